@@ -1,0 +1,466 @@
+//! The TOML config: a serde file model (`deny_unknown_fields`) and its validation into
+//! typed [`Settings`]. Parsing a string is separate from reading a file, and every error
+//! names the file, the key path (`route[1].upstream`) and, where known, the line. This
+//! module reads nothing but the config file and opens no sockets.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::route::{Route, Upstream};
+
+/// Validated settings: everything the daemon runs from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file these settings came from (for messages).
+    pub source: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    /// In file order; the first match wins.
+    pub routes: Vec<Route>,
+    pub limits: Limits,
+    pub shutdown: ShutdownSettings,
+    pub proxy: ProxySettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once; past it, new ones get `503` and are closed.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head (also the keep-alive idle time
+    /// between requests). On expiry the connection is closed.
+    pub handshake_timeout: Duration,
+    /// Close a WebSocket session after this long without a byte either way.
+    pub idle_timeout: Option<Duration>,
+    /// Largest request head accepted; past it, `431`.
+    pub max_header_size: usize,
+    /// Time allowed to open the TCP connection to an upstream; past it, `504`.
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response head once the request is sent; past it, `504`.
+    pub upstream_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownSettings {
+    /// How long in-flight requests and sessions may run on after SIGTERM/SIGINT.
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Add `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+    pub x_forwarded: bool,
+    /// Pass the client's `Host` header to the upstream instead of the upstream's authority.
+    pub preserve_host: bool,
+}
+
+/// A config error, already phrased for the operator.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Settings {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Settings::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `source` is used in messages only.
+    pub fn parse(text: &str, source: &Path) -> Result<Settings, ConfigError> {
+        let file = parse_file(text, source)?;
+        file.validate(source)
+    }
+}
+
+fn parse_file(text: &str, source: &Path) -> Result<FileConfig, ConfigError> {
+    let at = |key: &str, span: Option<std::ops::Range<usize>>, msg: &str| {
+        let mut out = format!("invalid config {}", source.display());
+        if let Some(span) = span {
+            let (line, col) = line_col(text, span.start);
+            out += &format!(":{line}:{col}");
+        }
+        if !key.is_empty() && key != "." {
+            out += &format!(": key `{key}`");
+        }
+        out + ": " + msg.trim_end()
+    };
+    let de = toml::de::Deserializer::parse(text)
+        .map_err(|e| ConfigError(at("", e.span(), e.message())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError(at(&key, inner.span(), inner.message()))
+    })
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+// ---- file model ----------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Vec<SocketAddr>,
+    #[serde(rename = "route", default)]
+    routes: Vec<FileRoute>,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    shutdown: FileShutdown,
+    #[serde(default)]
+    proxy: FileProxy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    #[serde(default = "default_path_prefix")]
+    path_prefix: String,
+    host: Option<String>,
+    upstream: Upstream,
+    #[serde(default)]
+    strip_prefix: bool,
+}
+
+fn default_path_prefix() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    max_connections: usize,
+    handshake_timeout: HumanDuration,
+    idle_timeout: HumanDuration,
+    max_header_size: ByteSize,
+    connect_timeout: HumanDuration,
+    upstream_timeout: HumanDuration,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits {
+            max_connections: 10_000,
+            handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::ZERO),
+            max_header_size: ByteSize(64 * 1024),
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            upstream_timeout: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileShutdown {
+    grace: HumanDuration,
+}
+
+impl Default for FileShutdown {
+    fn default() -> Self {
+        FileShutdown {
+            grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileProxy {
+    x_forwarded: bool,
+    preserve_host: bool,
+}
+
+impl Default for FileProxy {
+    fn default() -> Self {
+        FileProxy {
+            x_forwarded: true,
+            preserve_host: false,
+        }
+    }
+}
+
+/// A humantime duration written as a string: `"10s"`, `"1m 30s"`, `"250ms"`, `"0s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+/// A byte size: an integer, or a string such as `"64KiB"`, `"100 MiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<ByteSize, String> {
+        let s = s.trim();
+        let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(digits);
+        let num: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid byte size {s:?}: expected a number and a unit such as \"64KiB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "TiB" => 1 << 40,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid byte size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+                ))
+            }
+        };
+        num.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("invalid byte size {s:?}: too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+// ---- validation ------------------------------------------------------------------------
+
+impl FileConfig {
+    fn validate(self, source: &Path) -> Result<Settings, ConfigError> {
+        let fail = |key: &str, msg: String| {
+            Err(ConfigError(format!(
+                "invalid config {}: key `{key}`: {msg}",
+                source.display()
+            )))
+        };
+        if self.listen.is_empty() {
+            return fail("listen", "at least one address is required".into());
+        }
+        for (i, addr) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(addr) {
+                return fail(&format!("listen[{i}]"), format!("{addr} is listed twice"));
+            }
+        }
+        if self.routes.is_empty() {
+            return fail("route", "at least one [[route]] is required".into());
+        }
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.into_iter().enumerate() {
+            if !r.path_prefix.starts_with('/') {
+                return fail(
+                    &format!("route[{i}].path_prefix"),
+                    format!("{:?} must start with '/'", r.path_prefix),
+                );
+            }
+            let host = match r.host {
+                Some(h) if h.is_empty() || h.contains(['/', ' ']) => {
+                    return fail(&format!("route[{i}].host"), format!("{h:?} is not a host name"));
+                }
+                h => h.map(|h| h.to_ascii_lowercase()),
+            };
+            routes.push(Route {
+                host,
+                path_prefix: r.path_prefix,
+                strip_prefix: r.strip_prefix,
+                upstream: r.upstream,
+            });
+        }
+        let l = self.limits;
+        if l.max_connections == 0 {
+            return fail("limits.max_connections", "must be at least 1".into());
+        }
+        if l.handshake_timeout.0.is_zero() {
+            return fail("limits.handshake_timeout", "must be more than 0s".into());
+        }
+        if l.connect_timeout.0.is_zero() {
+            return fail("limits.connect_timeout", "must be more than 0s".into());
+        }
+        const MIN_HEAD: u64 = 1024;
+        const MAX_HEAD: u64 = 16 << 20;
+        if !(MIN_HEAD..=MAX_HEAD).contains(&l.max_header_size.0) {
+            return fail(
+                "limits.max_header_size",
+                format!("must be between 1KiB and 16MiB, not {} bytes", l.max_header_size.0),
+            );
+        }
+        let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
+        Ok(Settings {
+            source: source.to_owned(),
+            listen: self.listen,
+            routes,
+            limits: Limits {
+                max_connections: l.max_connections,
+                handshake_timeout: l.handshake_timeout.0,
+                idle_timeout: nonzero(l.idle_timeout),
+                max_header_size: l.max_header_size.0 as usize,
+                connect_timeout: l.connect_timeout.0,
+                upstream_timeout: nonzero(l.upstream_timeout),
+            },
+            shutdown: ShutdownSettings {
+                grace: self.shutdown.grace.0,
+            },
+            proxy: ProxySettings {
+                x_forwarded: self.proxy.x_forwarded,
+                preserve_host: self.proxy.preserve_host,
+            },
+        })
+    }
+}
+
+/// Prints the effective settings as TOML, defaults filled in (`wstap check`).
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
+        let listen: Vec<String> = self.listen.iter().map(|a| format!("{:?}", a.to_string())).collect();
+        writeln!(f, "# effective settings of {}", self.source.display())?;
+        writeln!(f, "listen = [{}]", listen.join(", "))?;
+        for r in &self.routes {
+            writeln!(f, "\n[[route]]")?;
+            if let Some(h) = &r.host {
+                writeln!(f, "host = {h:?}")?;
+            }
+            writeln!(f, "path_prefix = {:?}", r.path_prefix)?;
+            writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
+            writeln!(f, "upstream = {:?}", r.upstream.to_string())?;
+        }
+        let l = &self.limits;
+        writeln!(f, "\n[limits]")?;
+        writeln!(f, "max_connections = {}", l.max_connections)?;
+        writeln!(f, "handshake_timeout = {:?}", dur(Some(l.handshake_timeout)))?;
+        writeln!(f, "idle_timeout = {:?}", dur(l.idle_timeout))?;
+        writeln!(f, "max_header_size = {}", l.max_header_size)?;
+        writeln!(f, "connect_timeout = {:?}", dur(Some(l.connect_timeout)))?;
+        writeln!(f, "upstream_timeout = {:?}", dur(l.upstream_timeout))?;
+        writeln!(f, "\n[shutdown]")?;
+        writeln!(f, "grace = {:?}", dur(Some(self.shutdown.grace)))?;
+        writeln!(f, "\n[proxy]")?;
+        writeln!(f, "x_forwarded = {}", self.proxy.x_forwarded)?;
+        write!(f, "preserve_host = {}", self.proxy.preserve_host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, String> {
+        Settings::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    const MINIMAL: &str = "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ws://127.0.0.1:9000\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.routes[0].path_prefix, "/");
+        assert_eq!(s.limits.max_connections, 10_000);
+        assert_eq!(s.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.limits.idle_timeout, None);
+        assert_eq!(s.limits.max_header_size, 65536);
+        assert_eq!(s.shutdown.grace, Duration::from_secs(30));
+        assert!(s.proxy.x_forwarded);
+    }
+
+    #[test]
+    fn effective_settings_parse_back_to_the_same() {
+        let s = parse(MINIMAL).unwrap();
+        let again = parse(&s.to_string()).unwrap();
+        assert_eq!(s.to_string(), again.to_string());
+        assert_eq!(s.limits, again.limits);
+    }
+
+    #[test]
+    fn errors_name_key_file_and_line() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ftp://x:1\"\n",
+                &["test.toml:3:", "route[0].upstream", "ws://"],
+            ),
+            (
+                "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ws://a:1\"\n[limits]\nhandshake_timeout = \"10 parsecs\"\n",
+                &["test.toml:5:", "limits.handshake_timeout", "invalid duration"],
+            ),
+            (
+                "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ws://a:1\"\n[limits]\nmax_header_size = \"64 KB/s\"\n",
+                &["test.toml:5:", "limits.max_header_size", "unknown unit"],
+            ),
+            (
+                "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ws://a:1\"\nbogus = 1\n",
+                &["test.toml:4:", "route[0]", "unknown field `bogus`"],
+            ),
+            ("listen = [\"nonsense\"]\n", &["test.toml:1:", "listen[0]", "invalid socket address"]),
+            ("listen = [\"127.0.0.1:1\"]\n", &["key `route`", "at least one"]),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"api\"\nupstream = \"ws://a:1\"\n",
+                &["key `route[0].path_prefix`", "must start with '/'"],
+            ),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[limits]\nmax_connections = 0\n",
+                &["key `limits.max_connections`"],
+            ),
+            ("listen = [\n", &["test.toml:"]),
+        ];
+        for (text, wants) in cases {
+            let err = parse(text).expect_err(text);
+            for want in *wants {
+                assert!(err.contains(want), "error for {text:?} should contain {want:?}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        for (s, n) in [("64KiB", 65536), ("64 KiB", 65536), ("1MB", 1_000_000), ("100", 100), ("2GiB", 2 << 30)] {
+            assert_eq!(ByteSize::parse(s), Ok(ByteSize(n)), "{s}");
+        }
+        for s in ["", "KiB", "1.5MiB", "-1", "99999999999999TiB"] {
+            assert!(ByteSize::parse(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn ipv6_listen_and_zero_timeouts() {
+        let s = parse(
+            "listen = [\"[::1]:0\", \"127.0.0.1:0\"]\n[[route]]\nupstream = \"http://[::1]:9\"\n[limits]\nidle_timeout = \"0s\"\nupstream_timeout = \"0s\"\n",
+        )
+        .unwrap();
+        assert!(s.listen[0].is_ipv6());
+        assert_eq!(s.limits.upstream_timeout, None);
+    }
+}

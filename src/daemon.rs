@@ -1,0 +1,159 @@
+//! The daemon: binds the listeners, accepts client connections within the connection
+//! limit, hands each to [`crate::proxy`], and reacts to operator [`Action`]s until a
+//! shutdown, which it runs as a drain bounded by `shutdown.grace`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::Settings;
+use crate::proxy::{self, Conn};
+use crate::shutdown::{Coordinator, Phase, Shutdown};
+use crate::signals::Action;
+
+/// Sent, raw, to a connection over `limits.max_connections`; then it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// How long a refused client gets to take its 503 before the socket closes.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Longest pause after a failed `accept` (e.g. out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A daemon with its listeners bound, ready to run.
+pub struct Daemon {
+    settings: Arc<Settings>,
+    listeners: Vec<TcpListener>,
+}
+
+/// What every accept loop shares.
+struct Shared {
+    settings: Arc<Settings>,
+    limit: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl Daemon {
+    /// Binds every `listen` address. Port 0 binds a free port (see [`Daemon::local_addrs`]).
+    pub async fn bind(settings: Settings) -> anyhow::Result<Daemon> {
+        let mut listeners = Vec::with_capacity(settings.listen.len());
+        for addr in &settings.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (key `listen` in {})", settings.source.display()))?;
+            listeners.push(l);
+        }
+        Ok(Daemon {
+            settings: Arc::new(settings),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound, in `listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Serves until a [`Action::Shutdown`] arrives (or `actions` closes), then drains.
+    pub async fn run(self, mut actions: mpsc::Receiver<Action>) -> anyhow::Result<()> {
+        let coordinator = Coordinator::default();
+        let shared = Arc::new(Shared {
+            limit: Arc::new(Semaphore::new(self.settings.limits.max_connections)),
+            settings: self.settings.clone(),
+            next_id: AtomicU64::new(1),
+        });
+        for listener in self.listeners {
+            let addr = listener.local_addr()?;
+            info!(%addr, "listening");
+            tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle()));
+        }
+        loop {
+            match actions.recv().await {
+                Some(Action::Shutdown) | None => break,
+                Some(Action::Reload) => warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes"),
+                Some(Action::Rotate) => info!("SIGUSR1: no capture files to rotate"),
+            }
+        }
+        let grace = self.settings.shutdown.grace;
+        info!(grace = %humantime::format_duration(grace), live = coordinator.live(), "draining");
+        let second_signal = async {
+            while let Some(action) = actions.recv().await {
+                if action == Action::Shutdown {
+                    info!("second shutdown signal: cutting the grace period short");
+                    return;
+                }
+            }
+            std::future::pending().await
+        };
+        let drained = coordinator.drain(grace, second_signal).await;
+        if drained.cut > 0 {
+            warn!(cut = drained.cut, stuck = drained.stuck, "closed connections still open at the end of the grace period");
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.reached(Phase::Draining) => return,
+            r = listener.accept() => r,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, backoff = ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let id = shared.next_id.fetch_add(1, Relaxed);
+        let span = info_span!("conn", id, %client);
+        match shared.limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let conn = Arc::new(Conn::new(client, shared.settings.clone(), shutdown.clone(), permit));
+                tokio::spawn(proxy::serve(conn, stream).instrument(span));
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream).instrument(span));
+            }
+        }
+    }
+}
+
+/// Answers `503` to a connection over the limit and closes it. The request is drained
+/// briefly so the close does not turn into a reset that would eat the answer.
+async fn refuse(mut stream: TcpStream) {
+    warn!(side = "downstream", status = 503, "connection limit reached; refused");
+    let linger = async {
+        stream.write_all(REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}
+
+/// Logs to stderr via tracing: level from `RUST_LOG` (default `info`), no ANSI colour
+/// unless stderr is a terminal.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

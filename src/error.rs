@@ -1,0 +1,84 @@
+//! Why a proxied request failed, and whose fault it was. The proxy picks the status code
+//! from the kind and logs the side, so an operator can tell a broken client from a broken
+//! upstream at a glance. No I/O here.
+
+use std::fmt;
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+/// Where a fault came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client (downstream) sent something wrong or went away.
+    Downstream,
+    /// The upstream was unreachable, slow, or answered wrongly.
+    Upstream,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Downstream => "downstream",
+            Side::Upstream => "upstream",
+        })
+    }
+}
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// No route matches the request's host and path.
+    NoRoute,
+    /// The request is well-formed HTTP but not something a reverse proxy forwards.
+    MethodNotAllowed,
+    /// The upstream address could not be resolved or refused the connection.
+    Connect(std::io::Error),
+    /// The upstream did not accept the TCP connection in time.
+    ConnectTimeout(Duration),
+    /// The upstream did not send a response head in time.
+    ResponseTimeout(Duration),
+    /// The upstream connection failed while sending the request or reading the response.
+    Upstream(hyper::Error),
+    /// The upstream answered `101` to a request that asked for no upgrade.
+    UnexpectedUpgrade,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoRoute | ProxyError::MethodNotAllowed => Side::Downstream,
+            _ => Side::Upstream,
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::NoRoute => f.write_str("no route matches the request"),
+            ProxyError::MethodNotAllowed => f.write_str("method not allowed through a reverse proxy"),
+            ProxyError::Connect(e) => write!(f, "cannot connect to upstream: {e}"),
+            ProxyError::ConnectTimeout(d) => {
+                write!(f, "upstream did not accept the connection within {}", humantime::format_duration(*d))
+            }
+            ProxyError::ResponseTimeout(d) => {
+                write!(f, "upstream sent no response within {}", humantime::format_duration(*d))
+            }
+            ProxyError::Upstream(e) => write!(f, "upstream connection failed: {e}"),
+            ProxyError::UnexpectedUpgrade => f.write_str("upstream switched protocols without being asked"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}

@@ -1,0 +1,278 @@
+//! One client connection: hyper's HTTP/1.1 server runs over the accepted socket, and each
+//! request is forwarded over an upstream socket this module opens itself and hands to
+//! hyper's client connection (owning both sockets is what lets capture tee them later).
+//! The upstream connection is kept for the client connection's next request, so one
+//! client connection maps to one upstream connection. A `101 Switching Protocols`
+//! answer hands both sockets to [`crate::splice`]; any other answer streams back as is.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, HOST, UPGRADE};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Settings;
+use crate::error::{ProxyError, Side};
+use crate::headers;
+use crate::route::{self, Route, Upstream};
+use crate::shutdown::{Phase, Shutdown};
+use crate::splice::{self, End};
+
+/// Response bodies: streamed from the upstream, or a short one wstap writes itself.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// State of one accepted client connection, shared by its requests and its session.
+pub struct Conn {
+    pub client: SocketAddr,
+    pub settings: Arc<Settings>,
+    pub shutdown: Shutdown,
+    /// The upstream connection of the previous request, kept for reuse.
+    upstream: Mutex<Option<(Upstream, SendRequest<Incoming>)>>,
+    /// Held for as long as the connection or its WebSocket session lives.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    pub fn new(client: SocketAddr, settings: Arc<Settings>, shutdown: Shutdown, permit: OwnedSemaphorePermit) -> Conn {
+        Conn {
+            client,
+            settings,
+            shutdown,
+            upstream: Mutex::new(None),
+            _permit: permit,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
+/// daemon drains (then in-flight requests finish first).
+pub async fn serve(conn: Arc<Conn>, stream: TcpStream) {
+    let limits = &conn.settings.limits;
+    let svc_conn = conn.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_header_size(limits.max_header_size)
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(http);
+    let mut shutdown = conn.shutdown.clone();
+    let result = tokio::select! {
+        r = http.as_mut() => r,
+        () = shutdown.reached(Phase::Draining) => {
+            http.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = http.as_mut() => r,
+                () = shutdown.reached(Phase::Closing) => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        log_connection_error(&e);
+    }
+}
+
+/// Logs why hyper gave up on a client connection, once. hyper has already answered
+/// malformed heads itself (400, or 431 for an oversized head).
+fn log_connection_error(e: &hyper::Error) {
+    let side = Side::Downstream;
+    if e.is_parse_too_large() {
+        info!(%side, status = 431, error = %e, "request head too large");
+    } else if e.is_parse() || e.is_parse_status() {
+        info!(%side, status = 400, error = %e, "malformed request");
+    } else if e.is_timeout() {
+        info!(%side, error = %e, "request head not received in time; closed");
+    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        debug!(%side, error = %e, "client went away");
+    } else {
+        info!(%side, error = %e, "connection error");
+    }
+}
+
+impl Conn {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let target = req.uri().clone();
+        match self.forward(req).await {
+            Ok(resp) => {
+                debug!(%method, %target, status = resp.status().as_u16(), "forwarded");
+                resp
+            }
+            Err(e) => {
+                let (side, status) = (e.side(), e.status());
+                match side {
+                    Side::Upstream => warn!(%side, status = status.as_u16(), %method, %target, error = %e, "request failed"),
+                    Side::Downstream => info!(%side, status = status.as_u16(), %method, %target, error = %e, "request refused"),
+                }
+                error_response(status)
+            }
+        }
+    }
+
+    async fn forward(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
+        let host = req.headers().get(HOST).cloned();
+        let route = {
+            let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
+            route::find(&self.settings.routes, host_str, req.uri().path())
+                .ok_or(ProxyError::NoRoute)?
+                .clone()
+        };
+        let upgrade = headers::upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        parts.uri = route
+            .upstream_target(target)
+            .parse()
+            .map_err(|_| ProxyError::NoRoute)?;
+        parts.version = Version::HTTP_11;
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        if self.settings.proxy.x_forwarded {
+            headers::add_forwarded(&mut parts.headers, self.client.ip(), host.as_ref());
+        }
+        if !self.settings.proxy.preserve_host || host.is_none() {
+            let authority = route.upstream.authority();
+            let value = if route.upstream.port == 80 { &route.upstream.host } else { &authority };
+            if let Ok(v) = HeaderValue::from_str(value) {
+                parts.headers.insert(HOST, v);
+            }
+        }
+
+        let mut sender = self.upstream_sender(&route.upstream).await?;
+        let limits = &self.settings.limits;
+        let sent = sender.send_request(Request::from_parts(parts, body));
+        let mut resp = match limits.upstream_timeout {
+            Some(t) => tokio::time::timeout(t, sent)
+                .await
+                .map_err(|_| ProxyError::ResponseTimeout(t))?,
+            None => sent.await,
+        }
+        .map_err(ProxyError::Upstream)?;
+
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched {
+            let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            self.spawn_session(client_upgrade, upstream_upgrade, route.clone());
+        } else {
+            *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((route.upstream, sender));
+        }
+        let (mut parts, body) = resp.into_parts();
+        let proto = switched.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
+        headers::strip_hop_by_hop(&mut parts.headers, proto.as_ref());
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+
+    /// The upstream connection of the previous request if it goes to the same upstream
+    /// and is still usable; otherwise a new one.
+    async fn upstream_sender(&self, upstream: &Upstream) -> Result<SendRequest<Incoming>, ProxyError> {
+        let connect_timeout = self.settings.limits.connect_timeout;
+        let kept = self.upstream.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((kept_upstream, mut sender)) = kept {
+            if kept_upstream == *upstream && !sender.is_closed() {
+                if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
+                    return Ok(sender);
+                }
+            }
+        }
+        let stream = connect(upstream, connect_timeout).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProxyError::Upstream)?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(side = %Side::Upstream, error = %e, "upstream connection ended");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(sender)
+    }
+
+    /// Waits for both sides to finish switching protocols, then relays bytes until the
+    /// session ends. Runs as its own task: hyper's connection ends at the upgrade.
+    fn spawn_session(self: &Arc<Self>, client: OnUpgrade, upstream: OnUpgrade, route: Route) {
+        let conn = self.clone();
+        let span = info_span!("session", path_prefix = %route.path_prefix, upstream = %route.upstream);
+        tokio::spawn(
+            async move {
+                let mut shutdown = conn.shutdown.clone();
+                let (client, upstream) = match tokio::try_join!(client, upstream) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        info!(error = %e, "upgrade did not complete");
+                        return;
+                    }
+                };
+                let started = tokio::time::Instant::now();
+                info!("websocket session open");
+                let idle = conn.settings.limits.idle_timeout;
+                let done = splice::splice(TokioIo::new(client), TokioIo::new(upstream), idle, shutdown.reached(Phase::Closing)).await;
+                let (up, down) = (done.upstream_bytes, done.downstream_bytes);
+                let secs = started.elapsed().as_secs_f64();
+                match done.end {
+                    End::Closed => info!(up, down, secs, "websocket session closed"),
+                    End::Idle(d) => info!(up, down, secs, idle = %humantime::format_duration(d), "websocket session idle; closed"),
+                    End::Shutdown => info!(up, down, secs, "websocket session closed at end of shutdown grace"),
+                    End::Error { side, error } => info!(up, down, secs, %side, %error, "websocket session aborted"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Opens a TCP connection to the first reachable address of `upstream` within `limit`.
+async fn connect(upstream: &Upstream, limit: Duration) -> Result<TcpStream, ProxyError> {
+    let attempt = async {
+        let mut last = None;
+        for addr in tokio::net::lookup_host((upstream.connect_host(), upstream.port)).await? {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("host name resolved to no address")))
+    };
+    let stream = tokio::time::timeout(limit, attempt)
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout(limit))?
+        .map_err(ProxyError::Connect)?;
+    // WebSocket messages are small and latency-bound; never wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A short plain-text answer for a request wstap could not forward. It names the status
+/// only: causes go to the log, not to clients.
+pub fn error_response(status: StatusCode) -> Response<Body> {
+    let text = format!("{} {}\n", status.as_str(), status.canonical_reason().unwrap_or(""));
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

@@ -1,0 +1,175 @@
+//! Relays bytes both ways between two connected streams once a WebSocket upgrade has
+//! succeeded. Each direction runs on its own until its reader ends; an end of stream
+//! is passed on as a half-close (FIN) and the other direction keeps flowing. The relay
+//! ends when both directions have ended, on an error (the whole session is then torn
+//! down), on idle timeout, or when told to stop. It moves bytes; it never looks at them.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::error::Side;
+
+/// Bytes read per call. 16 KiB keeps syscalls per large message low.
+const CHUNK: usize = 16 * 1024;
+
+/// What a finished relay did.
+#[derive(Debug)]
+pub struct Spliced {
+    /// Bytes relayed client → upstream.
+    pub upstream_bytes: u64,
+    /// Bytes relayed upstream → client.
+    pub downstream_bytes: u64,
+    pub end: End,
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides closed their write direction (each FIN was passed on).
+    Closed,
+    /// No byte moved either way for this long.
+    Idle(Duration),
+    /// The daemon's grace period ran out.
+    Shutdown,
+    /// A read or write failed; `side` is the connection it failed on.
+    Error { side: Side, error: io::Error },
+}
+
+/// Relays between `client` and `upstream` until both directions end, one fails, the
+/// connection is idle for `idle`, or `stop` resolves.
+pub async fn splice<C, U>(client: C, upstream: U, idle: Option<Duration>, stop: impl Future<Output = ()>) -> Spliced
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let (mut client_rd, mut client_wr) = tokio::io::split(client);
+    let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
+    let start = Instant::now();
+    let activity = Activity {
+        start,
+        last_ms: AtomicU64::new(0),
+    };
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let both = async {
+        tokio::try_join!(
+            pump(&mut client_rd, &mut upstream_wr, Side::Downstream, Side::Upstream, &up, &activity),
+            pump(&mut upstream_rd, &mut client_wr, Side::Upstream, Side::Downstream, &down, &activity),
+        )
+    };
+    let end = tokio::select! {
+        r = both => r.err().unwrap_or(End::Closed),
+        d = activity.idle(idle) => End::Idle(d),
+        () = stop => End::Shutdown,
+    };
+    Spliced {
+        upstream_bytes: up.into_inner(),
+        downstream_bytes: down.into_inner(),
+        end,
+    }
+}
+
+/// Copies `from` → `to` until `from` ends, then shuts `to`'s write side.
+async fn pump<R, W>(from: &mut R, to: &mut W, from_side: Side, to_side: Side, count: &AtomicU64, activity: &Activity) -> Result<(), End>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let fail = |side| move |error| End::Error { side, error };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = from.read(&mut buf).await.map_err(fail(from_side))?;
+        if n == 0 {
+            return to.shutdown().await.map_err(fail(to_side));
+        }
+        to.write_all(&buf[..n]).await.map_err(fail(to_side))?;
+        count.fetch_add(n as u64, Relaxed);
+        activity.touch();
+    }
+}
+
+/// When a byte last moved, in ms since the relay started (shared by both directions).
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`; never when `idle` is `None`.
+    async fn idle(&self, idle: Option<Duration>) -> Duration {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let deadline = self.start + Duration::from_millis(self.last_ms.load(Relaxed)) + idle;
+            if Instant::now() >= deadline {
+                return idle;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction_open() {
+        let (mut client, proxy_client) = duplex(64);
+        let (proxy_upstream, mut upstream) = duplex(64);
+        let relay = tokio::spawn(splice(proxy_client, proxy_upstream, None, std::future::pending()));
+
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello", "upstream sees the data, then EOF");
+
+        upstream.write_all(b"still here").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"still here");
+
+        let done = relay.await.unwrap();
+        assert!(matches!(done.end, End::Closed), "{:?}", done.end);
+        assert_eq!((done.upstream_bytes, done.downstream_bytes), (5, 10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_both_directions() {
+        let (mut client, proxy_client) = duplex(64);
+        let (proxy_upstream, mut upstream) = duplex(64);
+        let relay = tokio::spawn(splice(proxy_client, proxy_upstream, Some(Duration::from_secs(10)), std::future::pending()));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            upstream.write_all(b"x").await.unwrap();
+            let mut one = [0u8; 1];
+            client.read_exact(&mut one).await.unwrap();
+        }
+        let quiet_since = Instant::now();
+        let done = relay.await.unwrap();
+        assert!(matches!(done.end, End::Idle(_)), "{:?}", done.end);
+        assert_eq!(done.downstream_bytes, 3);
+        // Paused clock: the relay lived 18s thanks to traffic and ended 10s after the last byte.
+        assert_eq!(quiet_since.elapsed().as_secs(), 10);
+    }
+
+    #[tokio::test]
+    async fn stop_ends_the_relay() {
+        let (_client, proxy_client) = duplex(64);
+        let (proxy_upstream, _upstream) = duplex(64);
+        let done = splice(proxy_client, proxy_upstream, None, std::future::ready(())).await;
+        assert!(matches!(done.end, End::Shutdown));
+    }
+}
