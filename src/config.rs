@@ -95,8 +95,7 @@ fn parse_file(text: &str, source: &Path) -> Result<FileConfig, ConfigError> {
         }
         out + ": " + msg.trim_end()
     };
-    let de = toml::de::Deserializer::parse(text)
-        .map_err(|e| ConfigError(at("", e.span(), e.message())))?;
+    let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError(at("", e.span(), e.message())))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
@@ -175,9 +174,7 @@ struct FileShutdown {
 
 impl Default for FileShutdown {
     fn default() -> Self {
-        FileShutdown {
-            grace: HumanDuration(Duration::from_secs(30)),
-        }
+        FileShutdown { grace: HumanDuration(Duration::from_secs(30)) }
     }
 }
 
@@ -190,10 +187,7 @@ struct FileProxy {
 
 impl Default for FileProxy {
     fn default() -> Self {
-        FileProxy {
-            x_forwarded: true,
-            preserve_host: false,
-        }
+        FileProxy { x_forwarded: true, preserve_host: false }
     }
 }
 
@@ -238,9 +232,7 @@ impl ByteSize {
                 ))
             }
         };
-        num.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("invalid byte size {s:?}: too large"))
+        num.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("invalid byte size {s:?}: too large"))
     }
 }
 
@@ -264,10 +256,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl FileConfig {
     fn validate(self, source: &Path) -> Result<Settings, ConfigError> {
         let fail = |key: &str, msg: String| {
-            Err(ConfigError(format!(
-                "invalid config {}: key `{key}`: {msg}",
-                source.display()
-            )))
+            Err(ConfigError(format!("invalid config {}: key `{key}`: {msg}", source.display())))
         };
         if self.listen.is_empty() {
             return fail("listen", "at least one address is required".into());
@@ -283,10 +272,7 @@ impl FileConfig {
         let mut routes = Vec::with_capacity(self.routes.len());
         for (i, r) in self.routes.into_iter().enumerate() {
             if !r.path_prefix.starts_with('/') {
-                return fail(
-                    &format!("route[{i}].path_prefix"),
-                    format!("{:?} must start with '/'", r.path_prefix),
-                );
+                return fail(&format!("route[{i}].path_prefix"), format!("{:?} must start with '/'", r.path_prefix));
             }
             let host = match r.host {
                 Some(h) if h.is_empty() || h.contains(['/', ' ']) => {
@@ -294,12 +280,7 @@ impl FileConfig {
                 }
                 h => h.map(|h| h.to_ascii_lowercase()),
             };
-            routes.push(Route {
-                host,
-                path_prefix: r.path_prefix,
-                strip_prefix: r.strip_prefix,
-                upstream: r.upstream,
-            });
+            routes.push(Route { host, path_prefix: r.path_prefix, strip_prefix: r.strip_prefix, upstream: r.upstream });
         }
         let l = self.limits;
         if l.max_connections == 0 {
@@ -332,13 +313,8 @@ impl FileConfig {
                 connect_timeout: l.connect_timeout.0,
                 upstream_timeout: nonzero(l.upstream_timeout),
             },
-            shutdown: ShutdownSettings {
-                grace: self.shutdown.grace.0,
-            },
-            proxy: ProxySettings {
-                x_forwarded: self.proxy.x_forwarded,
-                preserve_host: self.proxy.preserve_host,
-            },
+            shutdown: ShutdownSettings { grace: self.shutdown.grace.0 },
+            proxy: ProxySettings { x_forwarded: self.proxy.x_forwarded, preserve_host: self.proxy.preserve_host },
         })
     }
 }

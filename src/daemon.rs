@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Settings;
@@ -29,6 +29,18 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 pub struct Daemon {
     settings: Arc<Settings>,
     listeners: Vec<TcpListener>,
+    state: watch::Sender<State>,
+}
+
+/// What the daemon is doing, as published to [`Daemon::state`] watchers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Listeners are bound and accepting.
+    Serving,
+    /// Listeners are closed; live requests and sessions are finishing.
+    Draining,
+    /// Every task has ended or been cut; `run` is returning.
+    Stopped,
 }
 
 /// What every accept loop shares.
@@ -48,10 +60,12 @@ impl Daemon {
                 .with_context(|| format!("cannot listen on {addr} (key `listen` in {})", settings.source.display()))?;
             listeners.push(l);
         }
-        Ok(Daemon {
-            settings: Arc::new(settings),
-            listeners,
-        })
+        Ok(Daemon { settings: Arc::new(settings), listeners, state: watch::Sender::new(State::Serving) })
+    }
+
+    /// Follows the daemon's [`State`] (taken before `run`, which consumes the daemon).
+    pub fn state(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
     }
 
     /// The addresses actually bound, in `listen` order.
@@ -67,15 +81,18 @@ impl Daemon {
             settings: self.settings.clone(),
             next_id: AtomicU64::new(1),
         });
+        let mut accepting = Vec::with_capacity(self.listeners.len());
         for listener in self.listeners {
             let addr = listener.local_addr()?;
             info!(%addr, "listening");
-            tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle()));
+            accepting.push(tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle())));
         }
         loop {
             match actions.recv().await {
                 Some(Action::Shutdown) | None => break,
-                Some(Action::Reload) => warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes"),
+                Some(Action::Reload) => {
+                    warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes")
+                }
                 Some(Action::Rotate) => info!("SIGUSR1: no capture files to rotate"),
             }
         }
@@ -90,11 +107,22 @@ impl Daemon {
             }
             std::future::pending().await
         };
+        coordinator.start_drain();
+        for task in accepting {
+            let _ = task.await;
+        }
+        // Every listener is closed: from here on, connects are refused.
+        self.state.send_replace(State::Draining);
         let drained = coordinator.drain(grace, second_signal).await;
         if drained.cut > 0 {
-            warn!(cut = drained.cut, stuck = drained.stuck, "closed connections still open at the end of the grace period");
+            warn!(
+                cut = drained.cut,
+                stuck = drained.stuck,
+                "closed connections still open at the end of the grace period"
+            );
         }
         info!("stopped");
+        self.state.send_replace(State::Stopped);
         Ok(())
     }
 }

@@ -7,14 +7,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Fields that are hop-by-hop by definition (RFC 9110 §7.6.1), besides those named in
 /// `Connection`.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 6] = ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade"];
 
 /// The protocol a request asks to upgrade to: `Upgrade`'s value when `Connection` lists
 /// the `upgrade` option.
@@ -28,9 +21,8 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Removes the hop-by-hop fields and every field `Connection` names. When `upgrade` is
 /// given, puts back `Connection: upgrade` and `Upgrade: <upgrade>` for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    let named: Vec<HeaderName> = connection_options(headers)
-        .filter_map(|o| HeaderName::from_bytes(o.as_bytes()).ok())
-        .collect();
+    let named: Vec<HeaderName> =
+        connection_options(headers).filter_map(|o| HeaderName::from_bytes(o.as_bytes()).ok()).collect();
     for name in named {
         headers.remove(name);
     }
@@ -118,12 +110,18 @@ mod tests {
     fn upgrade_needs_both_fields() {
         assert!(upgrade_protocol(&map(&[("upgrade", "websocket")])).is_none());
         assert!(upgrade_protocol(&map(&[("connection", "upgrade")])).is_none());
-        assert!(upgrade_protocol(&map(&[("connection", "close"), ("connection", "UPGRADE"), ("upgrade", "websocket")])).is_some());
+        assert!(upgrade_protocol(&map(&[
+            ("connection", "close"),
+            ("connection", "UPGRADE"),
+            ("upgrade", "websocket")
+        ]))
+        .is_some());
     }
 
     #[test]
     fn forwarded_headers_append_and_overwrite() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2"), ("x-forwarded-proto", "https")]);
+        let mut h =
+            map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2"), ("x-forwarded-proto", "https")]);
         add_forwarded(&mut h, "192.0.2.7".parse().unwrap(), Some(&HeaderValue::from_static("app.example")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");

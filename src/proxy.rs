@@ -45,13 +45,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(client: SocketAddr, settings: Arc<Settings>, shutdown: Shutdown, permit: OwnedSemaphorePermit) -> Conn {
-        Conn {
-            client,
-            settings,
-            shutdown,
-            upstream: Mutex::new(None),
-            _permit: permit,
-        }
+        Conn { client, settings, shutdown, upstream: Mutex::new(None), _permit: permit }
     }
 }
 
@@ -117,8 +111,12 @@ impl Conn {
             Err(e) => {
                 let (side, status) = (e.side(), e.status());
                 match side {
-                    Side::Upstream => warn!(%side, status = status.as_u16(), %method, %target, error = %e, "request failed"),
-                    Side::Downstream => info!(%side, status = status.as_u16(), %method, %target, error = %e, "request refused"),
+                    Side::Upstream => {
+                        warn!(%side, status = status.as_u16(), %method, %target, error = %e, "request failed")
+                    }
+                    Side::Downstream => {
+                        info!(%side, status = status.as_u16(), %method, %target, error = %e, "request refused")
+                    }
                 }
                 error_response(status)
             }
@@ -132,19 +130,14 @@ impl Conn {
         let host = req.headers().get(HOST).cloned();
         let route = {
             let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-            route::find(&self.settings.routes, host_str, req.uri().path())
-                .ok_or(ProxyError::NoRoute)?
-                .clone()
+            route::find(&self.settings.routes, host_str, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone()
         };
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = route
-            .upstream_target(target)
-            .parse()
-            .map_err(|_| ProxyError::NoRoute)?;
+        parts.uri = route.upstream_target(target).parse().map_err(|_| ProxyError::NoRoute)?;
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
         if self.settings.proxy.x_forwarded {
@@ -162,9 +155,7 @@ impl Conn {
         let limits = &self.settings.limits;
         let sent = sender.send_request(Request::from_parts(parts, body));
         let mut resp = match limits.upstream_timeout {
-            Some(t) => tokio::time::timeout(t, sent)
-                .await
-                .map_err(|_| ProxyError::ResponseTimeout(t))?,
+            Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::ResponseTimeout(t))?,
             None => sent.await,
         }
         .map_err(ProxyError::Upstream)?;
@@ -230,12 +221,20 @@ impl Conn {
                 let started = tokio::time::Instant::now();
                 info!("websocket session open");
                 let idle = conn.settings.limits.idle_timeout;
-                let done = splice::splice(TokioIo::new(client), TokioIo::new(upstream), idle, shutdown.reached(Phase::Closing)).await;
+                let done = splice::splice(
+                    TokioIo::new(client),
+                    TokioIo::new(upstream),
+                    idle,
+                    shutdown.reached(Phase::Closing),
+                )
+                .await;
                 let (up, down) = (done.upstream_bytes, done.downstream_bytes);
                 let secs = started.elapsed().as_secs_f64();
                 match done.end {
                     End::Closed => info!(up, down, secs, "websocket session closed"),
-                    End::Idle(d) => info!(up, down, secs, idle = %humantime::format_duration(d), "websocket session idle; closed"),
+                    End::Idle(d) => {
+                        info!(up, down, secs, idle = %humantime::format_duration(d), "websocket session idle; closed")
+                    }
                     End::Shutdown => info!(up, down, secs, "websocket session closed at end of shutdown grace"),
                     End::Error { side, error } => info!(up, down, secs, %side, %error, "websocket session aborted"),
                 }
@@ -272,7 +271,6 @@ pub fn error_response(status: StatusCode) -> Response<Body> {
     let text = format!("{} {}\n", status.as_str(), status.canonical_reason().unwrap_or(""));
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(text))));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

@@ -57,12 +57,7 @@ impl Upstream {
             return Err(bad("no host"));
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream {
-            scheme,
-            host,
-            port: auth.port_u16().unwrap_or(80),
-            base_path,
-        })
+        Ok(Upstream { scheme, host, port: auth.port_u16().unwrap_or(80), base_path })
     }
 
     /// `host:port` as used to connect and as the default `Host` header.

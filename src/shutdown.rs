@@ -55,9 +55,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for Coordinator {
     fn default() -> Self {
-        Coordinator {
-            tx: watch::Sender::new(Phase::Running),
-        }
+        Coordinator { tx: watch::Sender::new(Phase::Running) }
     }
 }
 
@@ -71,10 +69,22 @@ impl Coordinator {
         self.tx.receiver_count()
     }
 
-    /// Tells every task to drain and waits up to `grace` for them to finish, or until
-    /// `cut_short` resolves (a second SIGTERM); then tells the rest to close.
+    /// Tells every task to drain (stop accepting, finish what is in flight).
+    pub fn start_drain(&self) {
+        self.tx.send_if_modified(|p| {
+            let was_running = *p == Phase::Running;
+            if was_running {
+                *p = Phase::Draining;
+            }
+            was_running
+        });
+    }
+
+    /// Drains: tells every task (if not done yet) and waits up to `grace` for them to
+    /// finish, or until `cut_short` resolves (a second SIGTERM); then tells the rest to
+    /// close.
     pub async fn drain(&self, grace: Duration, cut_short: impl std::future::Future<Output = ()>) -> Drained {
-        self.tx.send_replace(Phase::Draining);
+        self.start_drain();
         tokio::select! {
             _ = self.tx.closed() => return Drained { cut: 0, stuck: 0 },
             _ = tokio::time::sleep(grace) => {}

@@ -50,10 +50,7 @@ where
     let (mut client_rd, mut client_wr) = tokio::io::split(client);
     let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
     let start = Instant::now();
-    let activity = Activity {
-        start,
-        last_ms: AtomicU64::new(0),
-    };
+    let activity = Activity { start, last_ms: AtomicU64::new(0) };
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         tokio::try_join!(
@@ -66,15 +63,18 @@ where
         d = activity.idle(idle) => End::Idle(d),
         () = stop => End::Shutdown,
     };
-    Spliced {
-        upstream_bytes: up.into_inner(),
-        downstream_bytes: down.into_inner(),
-        end,
-    }
+    Spliced { upstream_bytes: up.into_inner(), downstream_bytes: down.into_inner(), end }
 }
 
 /// Copies `from` → `to` until `from` ends, then shuts `to`'s write side.
-async fn pump<R, W>(from: &mut R, to: &mut W, from_side: Side, to_side: Side, count: &AtomicU64, activity: &Activity) -> Result<(), End>
+async fn pump<R, W>(
+    from: &mut R,
+    to: &mut W,
+    from_side: Side,
+    to_side: Side,
+    count: &AtomicU64,
+    activity: &Activity,
+) -> Result<(), End>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -150,7 +150,8 @@ mod tests {
     async fn idle_timeout_counts_both_directions() {
         let (mut client, proxy_client) = duplex(64);
         let (proxy_upstream, mut upstream) = duplex(64);
-        let relay = tokio::spawn(splice(proxy_client, proxy_upstream, Some(Duration::from_secs(10)), std::future::pending()));
+        let relay =
+            tokio::spawn(splice(proxy_client, proxy_upstream, Some(Duration::from_secs(10)), std::future::pending()));
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(6)).await;
             upstream.write_all(b"x").await.unwrap();

@@ -1,1 +1,9 @@
+//! End-to-end tests: the daemon runs in-process on port 0, real clients and upstreams
+//! talk through it. One binary, one module per topic.
 
+mod cli;
+mod errors;
+mod http;
+mod shutdown;
+mod support;
+mod websocket;

@@ -1,0 +1,109 @@
+//! The `wstap` binary itself: shipped configs, `check`, `--version`, and SIGTERM on a
+//! real daemon process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+const WSTAP: &str = env!("CARGO_BIN_EXE_wstap");
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wstap-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            wstap::Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let out = Command::new(WSTAP).arg("check").arg("-c").arg(&path).output().unwrap();
+            assert!(out.status.success(), "wstap check {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no configs found in {}", dir.display());
+}
+
+#[test]
+fn check_prints_effective_settings_or_names_the_bad_key() {
+    let dir = scratch("check");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ws://127.0.0.1:9000\"\n").unwrap();
+    let out = Command::new(WSTAP).args(["check", "--config"]).arg(&good).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("grace = \"30s\""), "defaults are shown: {stdout}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "listen = [\"127.0.0.1:8080\"]\n[[route]]\nupstream = \"ws://127.0.0.1:9000\"\n[limits]\nidle_timeout = \"soon\"\n").unwrap();
+    let out = Command::new(WSTAP).args(["check", "-c"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [bad.to_str().unwrap(), ":5:", "limits.idle_timeout"] {
+        assert!(stderr.contains(want), "{want:?} missing from: {stderr}");
+    }
+
+    let out = Command::new(WSTAP).args(["run", "-c"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "run refuses a bad config too");
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(WSTAP).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("wstap {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_live_session_and_exits_zero() {
+    within(async {
+        let echo = echo_upstream().await;
+        let dir = scratch("sigterm");
+        let config = dir.join("wstap.toml");
+        std::fs::write(&config, super::support::config(echo, "")).unwrap();
+        let mut child = Command::new(WSTAP).args(["run", "-c"]).arg(&config).stderr(Stdio::piped()).spawn().unwrap();
+
+        // The daemon logs `listening addr=…` once bound: that line is the readiness signal.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let addr: SocketAddr = tokio::task::spawn_blocking(move || {
+            let line = rx.iter().find(|l| l.contains("listening")).expect("daemon logged its address");
+            let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+            (addr.parse().unwrap(), rx)
+        })
+        .await
+        .map(|(a, _rx): (SocketAddr, _)| a)
+        .unwrap();
+
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        ws.send(Message::text("still served while draining")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still served while draining"));
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws); // closes the client socket; the session then ends and the drain completes
+
+        let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert_eq!(exit.code(), Some(0), "exit status after SIGTERM");
+    })
+    .await;
+}

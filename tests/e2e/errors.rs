@@ -1,0 +1,83 @@
+//! Bad input and bad upstreams get the right status, and a good session running on the
+//! same daemon at the same time is unharmed by any of them.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn each_error_gets_its_status_and_a_live_session_is_unharmed() {
+    within(async {
+        let echo = echo_upstream().await;
+        let by_host = fixed_upstream("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nby host").await;
+        let refused = closed_port().await;
+        // Accepts, reads, never answers.
+        let silent = serve(|mut s| async move {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+        })
+        .await;
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n\
+             [[route]]\npath_prefix = \"/ws\"\nupstream = \"ws://{echo}\"\n\
+             [[route]]\npath_prefix = \"/refused\"\nupstream = \"ws://{refused}\"\n\
+             [[route]]\npath_prefix = \"/silent\"\nupstream = \"ws://{silent}\"\n\
+             [[route]]\nhost = \"ws.example\"\nupstream = \"ws://{by_host}\"\n\
+             [limits]\nupstream_timeout = \"300ms\"\nhandshake_timeout = \"300ms\"\nmax_header_size = \"4KiB\"\n"
+        );
+        let proxy = Proxy::start(&toml).await;
+        let addr = proxy.addr();
+        let mut witness = Witness::open(&proxy.ws_url("/ws")).await;
+
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let big_head = format!("GET /ws HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(8 * 1024));
+        let cases: Vec<(&str, String, u16)> = vec![
+            ("no route", get("/nowhere"), 404),
+            ("upstream refused", get("/refused/x"), 502),
+            ("upstream silent", get("/silent"), 504),
+            ("malformed request", "GARBAGE\r\n\r\n".to_owned(), 400),
+            ("oversized head", big_head, 431),
+            ("CONNECT", "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n".to_owned(), 405),
+        ];
+        for (what, request, want) in cases {
+            let response = raw_exchange(addr, request.as_bytes()).await;
+            assert_eq!(status_of(&response), want, "{what}: {response}");
+            witness.check(what).await;
+        }
+
+        // Host routing: the host-only route matches any path for its host.
+        let response =
+            raw_exchange(addr, b"GET /nowhere HTTP/1.1\r\nHost: WS.example:8080\r\nConnection: close\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n") && response.ends_with("by host"), "{response}");
+
+        // An unfinished head is closed after handshake_timeout (hyper closes without a 408).
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        slow.read_to_end(&mut rest).await.unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.is_empty() || status_of(&rest) == 408, "slow head: {rest}");
+        witness.check("slow head").await;
+
+        witness.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_max_connections_new_clients_get_503_and_the_others_go_on() {
+    within(async {
+        let echo = echo_upstream().await;
+        let proxy = Proxy::start(&config(echo, "[limits]\nmax_connections = 2")).await;
+        let mut first = Witness::open(&proxy.ws_url("/")).await;
+        let mut second = Witness::open(&proxy.ws_url("/")).await;
+        for _ in 0..3 {
+            let response = raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(status_of(&response), 503, "{response}");
+        }
+        first.check("refusals").await;
+        second.check("refusals").await;
+    })
+    .await;
+}

@@ -1,0 +1,206 @@
+//! Plain HTTP/1.1 through the proxy: header rules, keep-alive mapping, and bodies that
+//! stream both ways instead of being buffered whole.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::support::*;
+
+/// Reads a response with a `Content-Length` body.
+async fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
+    let head = read_head(r).await;
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test]
+async fn get_keeps_end_to_end_headers_and_their_case_and_drops_hop_by_hop_ones() {
+    within(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let upstream = serve(move |s| {
+            let tx = tx.clone();
+            async move {
+                let mut r = BufReader::new(s);
+                tx.send(read_head(&mut r).await).unwrap();
+                let answer = "HTTP/1.1 200 OK\r\nX-Upstream-Case: Yes\r\nConnection: keep-alive, X-Hop\r\n\
+                    X-Hop: secret\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok";
+                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "")).await;
+        let request = "GET /items?page=2 HTTP/1.1\r\nHost: shop.example\r\nX-Custom-Case: v\r\n\
+            Connection: close, X-Drop\r\nX-Drop: 1\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+            X-Forwarded-For: 203.0.113.9\r\n\r\n";
+        let response = raw_exchange(proxy.addr(), request.as_bytes()).await;
+
+        let seen = rx.recv().await.unwrap();
+        assert!(seen.starts_with("GET /items?page=2 HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.contains("X-Custom-Case: v\r\n"), "case kept: {seen}");
+        assert!(has_header(&seen, "x-forwarded-for", "203.0.113.9, 127.0.0.1"), "{seen}");
+        assert!(has_header(&seen, "x-forwarded-host", "shop.example"), "{seen}");
+        assert!(has_header(&seen, "x-forwarded-proto", "http"), "{seen}");
+        assert!(has_header(&seen, "host", &upstream.to_string()), "the upstream's Host by default: {seen}");
+        let seen_lower = seen.to_ascii_lowercase();
+        for gone in ["x-drop", "proxy-connection", "te:", "connection: close"] {
+            assert!(!seen_lower.contains(gone), "{gone} must not reach the upstream: {seen}");
+        }
+
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("X-Upstream-Case: Yes\r\n"), "{response}");
+        assert!(response.ends_with("\r\n\r\nok"), "{response}");
+        let response_lower = response.to_ascii_lowercase();
+        for gone in ["x-hop", "keep-alive"] {
+            assert!(!response_lower.contains(gone), "{gone} must not reach the client: {response}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn preserve_host_and_x_forwarded_are_configurable() {
+    within(async {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let upstream = serve(move |s| {
+            let tx = tx.clone();
+            async move {
+                let mut r = BufReader::new(s);
+                tx.send(read_head(&mut r).await).unwrap();
+                r.get_mut().write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "[proxy]\npreserve_host = true\nx_forwarded = false")).await;
+        raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n").await;
+        let seen = rx.recv().await.unwrap();
+        assert!(seen.contains("Host: shop.example\r\n"), "{seen}");
+        assert!(!seen.to_ascii_lowercase().contains("x-forwarded"), "{seen}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_on_one_client_connection_share_one_upstream_connection() {
+    within(async {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let upstream = serve(move |s| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let mut r = BufReader::new(s);
+                loop {
+                    let head = read_head(&mut r).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    let path = head.split(' ').nth(1).unwrap().to_owned();
+                    let body = format!("conn {n} {path}");
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "")).await;
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        for path in ["/a", "/b", "/c"] {
+            r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let (head, body) = read_response(&mut r).await;
+            assert_eq!(status_of(&head), 200);
+            assert_eq!(body, format!("conn 1 {path}"));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_body_streams_to_the_upstream_before_it_is_complete() {
+    within(async {
+        let (first_seen_tx, first_seen) = oneshot::channel::<()>();
+        let first_seen_tx = std::sync::Mutex::new(Some(first_seen_tx));
+        let upstream = serve(move |s| {
+            let tx = first_seen_tx.lock().unwrap().take().unwrap();
+            async move {
+                let mut r = BufReader::new(s);
+                let head = read_head(&mut r).await;
+                assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+                // Read the chunked body as raw lines; tell the test once the first chunk is in.
+                let (mut body, mut tx) = (String::new(), Some(tx));
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).await.unwrap();
+                    body.push_str(&line);
+                    if body.contains("first part") {
+                        if let Some(tx) = tx.take() {
+                            tx.send(()).unwrap();
+                        }
+                    }
+                    if body.ends_with("\r\n0\r\n\r\n") || line.is_empty() {
+                        break;
+                    }
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "")).await;
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        r.get_mut()
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\na\r\nfirst part\r\n")
+            .await
+            .unwrap();
+        first_seen.await.expect("the upstream got the first chunk while the body was still open");
+        r.get_mut().write_all(b"b\r\nsecond part\r\n0\r\n\r\n").await.unwrap();
+        let (head, body) = read_response(&mut r).await;
+        assert_eq!(status_of(&head), 200);
+        let first = body.find("first part").unwrap();
+        assert!(body[first..].contains("second part"), "{body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_response_body_streams_to_the_client_before_it_is_complete() {
+    within(async {
+        let (go_tx, go_rx) = oneshot::channel::<()>();
+        let go_rx = std::sync::Mutex::new(Some(go_rx));
+        let upstream = serve(move |s| {
+            let go = go_rx.lock().unwrap().take().unwrap();
+            async move {
+                let mut r = BufReader::new(s);
+                read_head(&mut r).await;
+                let w = r.get_mut();
+                w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nearly\r\n").await.unwrap();
+                go.await.unwrap();
+                w.write_all(b"4\r\nlate\r\n0\r\n\r\n").await.unwrap();
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "")).await;
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        r.get_mut().write_all(b"GET /feed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let head = read_head(&mut r).await;
+        assert_eq!(status_of(&head), 200);
+        let mut seen = String::new();
+        while !seen.contains("early") {
+            assert!(r.read_line(&mut seen).await.unwrap() > 0, "body ended early: {seen}");
+        }
+        go_tx.send(()).unwrap();
+        r.read_to_string(&mut seen).await.unwrap();
+        assert!(seen.contains("late"), "{seen}");
+    })
+    .await;
+}

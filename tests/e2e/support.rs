@@ -1,0 +1,169 @@
+//! Helpers for the end-to-end tests: the daemon in-process on port 0, a WebSocket echo
+//! upstream, raw TCP upstreams for exact-byte checks, and small HTTP/1.1 helpers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use wstap::{Action, Daemon, Settings};
+
+/// Upper bound for any one test: a safety net against hangs, never a speed assertion.
+pub const HANG: Duration = Duration::from_secs(60);
+
+pub async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, f).await.expect("test hung")
+}
+
+/// A daemon running in this process.
+pub struct Proxy {
+    pub addrs: Vec<SocketAddr>,
+    pub state: tokio::sync::watch::Receiver<wstap::daemon::State>,
+    actions: mpsc::Sender<Action>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Proxy {
+    pub async fn start(toml: &str) -> Proxy {
+        let settings = Settings::parse(toml, "test.toml".as_ref()).expect("test config is valid");
+        let daemon = Daemon::bind(settings).await.expect("bind");
+        let addrs = daemon.local_addrs();
+        let state = daemon.state();
+        let (actions, rx) = mpsc::channel(4);
+        let task = tokio::spawn(daemon.run(rx));
+        Proxy { addrs, state, actions, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr())
+    }
+
+    /// Asks for a shutdown (as SIGTERM would) without waiting for it.
+    pub async fn begin_shutdown(&self) {
+        self.actions.send(Action::Shutdown).await.unwrap();
+    }
+
+    /// Waits until the daemon's `run` has returned.
+    pub async fn stopped(self) {
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A config with one listener on port 0, one route to `upstream`, and `extra` appended.
+pub fn config(upstream: SocketAddr, extra: &str) -> String {
+    format!("listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"ws://{upstream}\"\n{extra}\n")
+}
+
+/// A WebSocket echo server (tungstenite): echoes text and binary messages, answers pings.
+pub async fn echo_upstream() -> SocketAddr {
+    serve(|stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts on a fresh port and runs `handler` on each connection.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(handler(s));
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Reads an HTTP/1.1 head (through the blank line) from `r`.
+pub async fn read_head<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> String {
+    let mut head = String::new();
+    loop {
+        let n = r.read_line(&mut head).await.unwrap();
+        if n == 0 || head.ends_with("\r\n\r\n") {
+            return head;
+        }
+    }
+}
+
+/// Whether `head` has a field `name` (any case) whose value is exactly `value`.
+pub fn has_header(head: &str, name: &str, value: &str) -> bool {
+    head.lines().any(|l| l.split_once(':').is_some_and(|(n, v)| n.eq_ignore_ascii_case(name) && v.trim() == value))
+}
+
+/// An upstream that answers every connection's first request with `response`, verbatim.
+pub async fn fixed_upstream(response: &'static str) -> SocketAddr {
+    serve(move |s| async move {
+        let mut r = BufReader::new(s);
+        read_head(&mut r).await;
+        let _ = r.get_mut().write_all(response.as_bytes()).await;
+    })
+    .await
+}
+
+/// The status code of a response head.
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Sends raw request bytes on a new connection and returns the whole response (read to EOF
+/// or until the server closes), or an empty string if the server closed without a word.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A WebSocket client session through the proxy used as a witness: it must keep working
+/// while other tests of the same daemon misbehave.
+pub struct Witness {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    n: u32,
+}
+
+impl Witness {
+    pub async fn open(url: &str) -> Witness {
+        let (ws, resp) = tokio_tungstenite::connect_async(url).await.expect("witness connects");
+        assert_eq!(resp.status(), 101);
+        Witness { ws, n: 0 }
+    }
+
+    /// Sends a message and checks the echo.
+    pub async fn check(&mut self, when: &str) {
+        self.n += 1;
+        let text = format!("witness {} after {when}", self.n);
+        self.ws.send(Message::text(text.clone())).await.unwrap_or_else(|e| panic!("witness send after {when}: {e}"));
+        let got = self.ws.next().await.expect("witness echo").unwrap_or_else(|e| panic!("witness after {when}: {e}"));
+        assert_eq!(got, Message::text(text), "witness echo after {when}");
+    }
+
+    pub async fn close(mut self) {
+        self.ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = self.ws.next().await {}
+    }
+}
