@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# make demo: the echo backend on 127.0.0.1:9000, wstap on config/wstap.toml in front of
+# it (127.0.0.1:8080), one short WebSocket session through it, then a clean SIGTERM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=target/release
+out=target/demo
+mkdir -p "$out"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+"$bin/examples/echo" 127.0.0.1:9000 2>"$out/echo.log" & pids+=($!)
+"$bin/wstap" run -c config/wstap.toml 2>"$out/wstap.log" & wstap=$!; pids+=($wstap)
+
+"$bin/examples/demo_client" ws://127.0.0.1:8080/demo
+
+kill -TERM "$wstap"
+wait "$wstap" && echo "demo: wstap drained and exited 0"
+echo "demo: the daemon's log (sessions with byte counts): $out/wstap.log"
+grep -E 'websocket session' "$out/wstap.log" | sed 's/^/  /'
