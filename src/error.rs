@@ -80,3 +80,24 @@ impl fmt::Display for ProxyError {
 }
 
 impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_has_its_status_and_side() {
+        let d = Duration::from_secs(1);
+        let cases = [
+            (ProxyError::NoRoute, 404, Side::Downstream),
+            (ProxyError::MethodNotAllowed, 405, Side::Downstream),
+            (ProxyError::Connect(std::io::ErrorKind::ConnectionRefused.into()), 502, Side::Upstream),
+            (ProxyError::ConnectTimeout(d), 504, Side::Upstream),
+            (ProxyError::ResponseTimeout(d), 504, Side::Upstream),
+            (ProxyError::UnexpectedUpgrade, 502, Side::Upstream),
+        ];
+        for (e, status, side) in cases {
+            assert_eq!((e.status().as_u16(), e.side()), (status, side), "{e}");
+        }
+    }
+}

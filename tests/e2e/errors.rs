@@ -81,3 +81,59 @@ async fn over_max_connections_new_clients_get_503_and_the_others_go_on() {
     })
     .await;
 }
+
+/// Log lines written while a test runs (a thread-local subscriber: `#[tokio::test]` runs
+/// every task of the in-process daemon on the test's thread).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
+    }
+}
+
+#[tokio::test]
+async fn each_failure_is_logged_once_with_its_connection_and_side() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    within(async {
+        let refused = closed_port().await;
+        let proxy = Proxy::start(&format!(
+            "listen = [\"127.0.0.1:0\"]\n[[route]]\npath_prefix = \"/refused\"\nupstream = \"ws://{refused}\"\n"
+        ))
+        .await;
+        for request in [
+            "GET /refused HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            raw_exchange(proxy.addr(), request.as_bytes()).await;
+        }
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+    })
+    .await;
+    for (status, side, conn) in [
+        ("status=502", "side=upstream", "conn{id=1"),
+        ("status=404", "side=downstream", "conn{id=2"),
+        ("status=400", "side=downstream", "conn{id=3"),
+    ] {
+        let lines = logs.lines_with(&[status]);
+        assert_eq!(lines.len(), 1, "{status} logged once: {lines:#?}");
+        assert!(lines[0].contains(side) && lines[0].contains(conn), "{status}: {}", lines[0]);
+    }
+}
