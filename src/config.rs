@@ -23,6 +23,46 @@ pub struct Settings {
     pub limits: Limits,
     pub shutdown: ShutdownSettings,
     pub proxy: ProxySettings,
+    pub capture: CaptureSettings,
+}
+
+/// What gets recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// WebSocket sessions only: the Upgrade exchange and everything after it.
+    Websocket,
+    /// Every connection, plain HTTP included.
+    All,
+    /// Nothing.
+    Off,
+}
+
+/// Which legs of a session are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Legs {
+    pub client: bool,
+    pub upstream: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureSettings {
+    pub mode: CaptureMode,
+    /// Created if missing. Relative paths are relative to the working directory.
+    pub dir: PathBuf,
+    pub prefix: String,
+    pub legs: Legs,
+    /// Write the server side of each leg with this port (for ports another Wireshark
+    /// dissector claims).
+    pub display_port: Option<u16>,
+    pub mss_ipv4: u16,
+    pub mss_ipv6: u16,
+    /// A pure ACK from the receiver after each chunk of data.
+    pub acks: bool,
+    /// Bytes of captured data allowed to wait for the writer; past it, data is dropped.
+    pub queue_size: usize,
+    /// Data reaches the OS at least this often.
+    pub flush_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +165,47 @@ struct FileConfig {
     shutdown: FileShutdown,
     #[serde(default)]
     proxy: FileProxy,
+    #[serde(default)]
+    capture: FileCapture,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileCapture {
+    mode: CaptureMode,
+    dir: PathBuf,
+    prefix: String,
+    legs: Vec<LegName>,
+    display_port: u16,
+    mss_ipv4: u16,
+    mss_ipv6: u16,
+    acks: bool,
+    queue_size: ByteSize,
+    flush_interval: HumanDuration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LegName {
+    Client,
+    Upstream,
+}
+
+impl Default for FileCapture {
+    fn default() -> Self {
+        FileCapture {
+            mode: CaptureMode::Websocket,
+            dir: "captures".into(),
+            prefix: "wstap".into(),
+            legs: vec![LegName::Client, LegName::Upstream],
+            display_port: 0,
+            mss_ipv4: crate::packet::MSS_IPV4,
+            mss_ipv6: crate::packet::MSS_IPV6,
+            acks: true,
+            queue_size: ByteSize(64 << 20),
+            flush_interval: HumanDuration(Duration::from_secs(1)),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +381,39 @@ impl FileConfig {
                 format!("must be between 1KiB and 16MiB, not {} bytes", l.max_header_size.0),
             );
         }
+        let c = self.capture;
+        if c.prefix.is_empty() || c.prefix.contains(['/', '\\', '\0']) {
+            return fail("capture.prefix", format!("{:?} must be a non-empty file name part", c.prefix));
+        }
+        if c.mode != CaptureMode::Off && c.legs.is_empty() {
+            return fail(
+                "capture.legs",
+                "list at least one of \"client\", \"upstream\" (or set mode = \"off\")".into(),
+            );
+        }
+        for (key, mss) in [("capture.mss_ipv4", c.mss_ipv4), ("capture.mss_ipv6", c.mss_ipv6)] {
+            if !(64..=crate::packet::MSS_MAX).contains(&mss) {
+                return fail(key, format!("must be between 64 and {}, not {mss}", crate::packet::MSS_MAX));
+            }
+        }
+        if c.queue_size.0 < 64 * 1024 {
+            return fail("capture.queue_size", "must be at least 64KiB".into());
+        }
+        if c.flush_interval.0.is_zero() {
+            return fail("capture.flush_interval", "must be more than 0s".into());
+        }
+        let capture = CaptureSettings {
+            mode: c.mode,
+            dir: c.dir,
+            prefix: c.prefix,
+            legs: Legs { client: c.legs.contains(&LegName::Client), upstream: c.legs.contains(&LegName::Upstream) },
+            display_port: (c.display_port != 0).then_some(c.display_port),
+            mss_ipv4: c.mss_ipv4,
+            mss_ipv6: c.mss_ipv6,
+            acks: c.acks,
+            queue_size: c.queue_size.0 as usize,
+            flush_interval: c.flush_interval.0,
+        };
         let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
         Ok(Settings {
             source: source.to_owned(),
@@ -315,6 +429,7 @@ impl FileConfig {
             },
             shutdown: ShutdownSettings { grace: self.shutdown.grace.0 },
             proxy: ProxySettings { x_forwarded: self.proxy.x_forwarded, preserve_host: self.proxy.preserve_host },
+            capture,
         })
     }
 }
@@ -347,7 +462,29 @@ impl fmt::Display for Settings {
         writeln!(f, "grace = {:?}", dur(Some(self.shutdown.grace)))?;
         writeln!(f, "\n[proxy]")?;
         writeln!(f, "x_forwarded = {}", self.proxy.x_forwarded)?;
-        write!(f, "preserve_host = {}", self.proxy.preserve_host)
+        writeln!(f, "preserve_host = {}", self.proxy.preserve_host)?;
+        let c = &self.capture;
+        let mode = match c.mode {
+            CaptureMode::Websocket => "websocket",
+            CaptureMode::All => "all",
+            CaptureMode::Off => "off",
+        };
+        let legs: Vec<&str> = [(c.legs.client, "\"client\""), (c.legs.upstream, "\"upstream\"")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        writeln!(f, "\n[capture]")?;
+        writeln!(f, "mode = {mode:?}")?;
+        writeln!(f, "dir = {:?}", c.dir.display().to_string())?;
+        writeln!(f, "prefix = {:?}", c.prefix)?;
+        writeln!(f, "legs = [{}]", legs.join(", "))?;
+        writeln!(f, "display_port = {}", c.display_port.unwrap_or(0))?;
+        writeln!(f, "mss_ipv4 = {}", c.mss_ipv4)?;
+        writeln!(f, "mss_ipv6 = {}", c.mss_ipv6)?;
+        writeln!(f, "acks = {}", c.acks)?;
+        writeln!(f, "queue_size = {}", c.queue_size)?;
+        write!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))
     }
 }
 
@@ -371,6 +508,24 @@ mod tests {
         assert_eq!(s.limits.max_header_size, 65536);
         assert_eq!(s.shutdown.grace, Duration::from_secs(30));
         assert!(s.proxy.x_forwarded);
+        assert_eq!(s.capture.mode, CaptureMode::Websocket);
+        assert_eq!(s.capture.legs, Legs { client: true, upstream: true });
+        assert_eq!((s.capture.mss_ipv4, s.capture.mss_ipv6, s.capture.display_port), (1460, 1440, None));
+    }
+
+    #[test]
+    fn capture_section() {
+        let s =
+            parse(&format!("{MINIMAL}[capture]\nmode = \"all\"\nlegs = [\"upstream\"]\ndisplay_port = 80\n")).unwrap();
+        assert_eq!(s.capture.mode, CaptureMode::All);
+        assert_eq!(s.capture.legs, Legs { client: false, upstream: true });
+        assert_eq!(s.capture.display_port, Some(80));
+        let err = parse(&format!("{MINIMAL}[capture]\nmode = \"some\"\n")).unwrap_err();
+        assert!(err.contains("capture.mode") && err.contains("test.toml:5:"), "{err}");
+        let err = parse(&format!("{MINIMAL}[capture]\nlegs = [\"sideways\"]\n")).unwrap_err();
+        assert!(err.contains("capture.legs[0]"), "{err}");
+        let err = parse(&format!("{MINIMAL}[capture]\nmss_ipv4 = 70000\n")).unwrap_err();
+        assert!(err.contains("capture.mss_ipv4"), "{err}");
     }
 
     #[test]

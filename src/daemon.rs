@@ -13,8 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::config::Settings;
-use crate::proxy::{self, Conn};
+use crate::config::{CaptureMode, Settings};
+use crate::proxy::{self, Context};
+use crate::recorder::Capture;
 use crate::shutdown::{Coordinator, Phase, Shutdown};
 use crate::signals::Action;
 
@@ -45,7 +46,7 @@ pub enum State {
 
 /// What every accept loop shares.
 struct Shared {
-    settings: Arc<Settings>,
+    ctx: Arc<Context>,
     limit: Arc<Semaphore>,
     next_id: AtomicU64,
 }
@@ -76,9 +77,16 @@ impl Daemon {
     /// Serves until a [`Action::Shutdown`] arrives (or `actions` closes), then drains.
     pub async fn run(self, mut actions: mpsc::Receiver<Action>) -> anyhow::Result<()> {
         let coordinator = Coordinator::default();
+        let capture = match self.settings.capture.mode {
+            CaptureMode::Off => None,
+            _ => Some(Capture::start(self.settings.capture.clone()).context("cannot start the capture writer")?),
+        };
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(self.settings.limits.max_connections)),
-            settings: self.settings.clone(),
+            ctx: Arc::new(Context {
+                settings: self.settings.clone(),
+                capture: capture.as_ref().map(|c| c.recorder().clone()),
+            }),
             next_id: AtomicU64::new(1),
         });
         let mut accepting = Vec::with_capacity(self.listeners.len());
@@ -149,8 +157,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: S
         let span = info_span!("conn", id, %client);
         match shared.limit.clone().try_acquire_owned() {
             Ok(permit) => {
-                let conn = Arc::new(Conn::new(client, shared.settings.clone(), shutdown.clone(), permit));
-                tokio::spawn(proxy::serve(conn, stream).instrument(span));
+                tokio::spawn(proxy::serve(shared.ctx.clone(), id, stream, shutdown.clone(), permit).instrument(span));
             }
             Err(_) => {
                 tokio::spawn(refuse(stream).instrument(span));

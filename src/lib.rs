@@ -26,11 +26,15 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod headers;
+pub mod packet;
+pub mod pcapng;
 pub mod proxy;
+pub mod recorder;
 pub mod route;
 pub mod shutdown;
 pub mod signals;
 pub mod splice;
+pub mod tap;
 
 pub use config::Settings;
 pub use daemon::Daemon;

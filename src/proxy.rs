@@ -22,37 +22,81 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::config::Settings;
+use crate::config::{CaptureMode, Settings};
 use crate::error::{ProxyError, Side};
 use crate::headers;
+use crate::recorder::{Dir, LegKind, Recorder};
 use crate::route::{self, Route, Upstream};
 use crate::shutdown::{Phase, Shutdown};
-use crate::splice::{self, End};
+use crate::splice;
+use crate::tap::{Tap, Tee};
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
+/// What every connection shares.
+pub struct Context {
+    pub settings: Arc<Settings>,
+    /// Where taps send events; `None` when capture is off.
+    pub capture: Option<Recorder>,
+}
+
+/// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
+/// whether a session starts (the Upgrade request and the `101` with any early frames).
+const UPSTREAM_PROBE: usize = 256 * 1024;
+
 /// State of one accepted client connection, shared by its requests and its session.
 pub struct Conn {
+    pub id: u64,
     pub client: SocketAddr,
-    pub settings: Arc<Settings>,
+    /// The listener's address the client connected to.
+    pub local: SocketAddr,
+    pub ctx: Arc<Context>,
     pub shutdown: Shutdown,
+    client_tap: Option<Arc<Tap>>,
     /// The upstream connection of the previous request, kept for reuse.
-    upstream: Mutex<Option<(Upstream, SendRequest<Incoming>)>>,
+    upstream: Mutex<Option<UpstreamConn>>,
     /// Held for as long as the connection or its WebSocket session lives.
     _permit: OwnedSemaphorePermit,
 }
 
-impl Conn {
-    pub fn new(client: SocketAddr, settings: Arc<Settings>, shutdown: Shutdown, permit: OwnedSemaphorePermit) -> Conn {
-        Conn { client, settings, shutdown, upstream: Mutex::new(None), _permit: permit }
-    }
+struct UpstreamConn {
+    upstream: Upstream,
+    sender: SendRequest<Incoming>,
+    tap: Option<Arc<Tap>>,
 }
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
 /// daemon drains (then in-flight requests finish first).
-pub async fn serve(conn: Arc<Conn>, stream: TcpStream) {
-    let limits = &conn.settings.limits;
+pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: OwnedSemaphorePermit) {
+    let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let client_tap = ctx.capture.as_ref().and_then(|rec| {
+        let capture = &ctx.settings.capture;
+        match capture.mode {
+            _ if !capture.legs.client => None,
+            CaptureMode::All => {
+                let comment = format!("wstap connection {id} from {client}");
+                Some(Tap::recording(rec.clone(), LegKind::Client, local, client, comment))
+            }
+            CaptureMode::Websocket => {
+                let ring = ctx.settings.limits.max_header_size + 64 * 1024;
+                Some(Tap::probing(rec.clone(), LegKind::Client, local, client, ring))
+            }
+            CaptureMode::Off => None,
+        }
+    });
+    let conn = Arc::new(Conn {
+        id,
+        client,
+        local,
+        shutdown,
+        client_tap: client_tap.clone(),
+        upstream: Mutex::new(None),
+        _permit: permit,
+        ctx,
+    });
+    let stream = Tee::new(stream, client_tap);
+    let limits = &conn.ctx.settings.limits;
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req| {
         let conn = svc_conn.clone();
@@ -130,20 +174,22 @@ impl Conn {
         let host = req.headers().get(HOST).cloned();
         let route = {
             let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-            route::find(&self.settings.routes, host_str, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone()
+            route::find(&self.ctx.settings.routes, host_str, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone()
         };
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let request_line = format!("{} {} HTTP/1.", req.method(), req.uri());
+        let client_out_base = self.client_tap.as_ref().map_or(0, |t| t.offset(Dir::Out));
 
         let (mut parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         parts.uri = route.upstream_target(target).parse().map_err(|_| ProxyError::NoRoute)?;
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        if self.settings.proxy.x_forwarded {
+        if self.ctx.settings.proxy.x_forwarded {
             headers::add_forwarded(&mut parts.headers, self.client.ip(), host.as_ref());
         }
-        if !self.settings.proxy.preserve_host || host.is_none() {
+        if !self.ctx.settings.proxy.preserve_host || host.is_none() {
             let authority = route.upstream.authority();
             let value = if route.upstream.port == 80 { &route.upstream.host } else { &authority };
             if let Ok(v) = HeaderValue::from_str(value) {
@@ -151,8 +197,9 @@ impl Conn {
             }
         }
 
-        let mut sender = self.upstream_sender(&route.upstream).await?;
-        let limits = &self.settings.limits;
+        let UpstreamConn { upstream, mut sender, tap: upstream_tap } = self.upstream_conn(&route.upstream).await?;
+        let upstream_bases = upstream_tap.as_ref().map(|t| (t.offset(Dir::In), t.offset(Dir::Out)));
+        let limits = &self.ctx.settings.limits;
         let sent = sender.send_request(Request::from_parts(parts, body));
         let mut resp = match limits.upstream_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::ResponseTimeout(t))?,
@@ -164,9 +211,28 @@ impl Conn {
         if switched {
             let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            self.spawn_session(client_upgrade, upstream_upgrade, route.clone());
+            let comment = format!(
+                "wstap session {}: {request_line_target} from {} via route {:?} to {}",
+                self.id,
+                self.client,
+                route.path_prefix,
+                route.upstream,
+                request_line_target = request_line.trim_end_matches(" HTTP/1."),
+            );
+            if let Some(tap) = &self.client_tap {
+                let start = tap.find_line(request_line.as_bytes());
+                if start.is_none() && !tap.is_recording() {
+                    debug!("Upgrade request not found among recent bytes; capture starts at the oldest kept byte");
+                }
+                self.begin_capture(tap, start.unwrap_or(0), client_out_base, &comment);
+            }
+            if let (Some(tap), Some((base_in, base_out))) = (&upstream_tap, upstream_bases) {
+                self.begin_capture(tap, base_in, base_out, &comment);
+            }
+            self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap);
         } else {
-            *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((route.upstream, sender));
+            *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(UpstreamConn { upstream, sender, tap: upstream_tap });
         }
         let (mut parts, body) = resp.into_parts();
         let proto = switched.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
@@ -174,22 +240,33 @@ impl Conn {
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
+    /// Starts a leg's capture at the given socket offsets (a probing tap), or notes the
+    /// session on an already recording one (`capture.mode = "all"`).
+    fn begin_capture(&self, tap: &Tap, base_in: u64, base_out: u64, comment: &str) {
+        if tap.is_recording() {
+            tap.note(comment.to_owned());
+        } else {
+            tap.start(base_in, base_out, comment.to_owned());
+        }
+    }
+
     /// The upstream connection of the previous request if it goes to the same upstream
     /// and is still usable; otherwise a new one.
-    async fn upstream_sender(&self, upstream: &Upstream) -> Result<SendRequest<Incoming>, ProxyError> {
-        let connect_timeout = self.settings.limits.connect_timeout;
+    async fn upstream_conn(&self, upstream: &Upstream) -> Result<UpstreamConn, ProxyError> {
+        let connect_timeout = self.ctx.settings.limits.connect_timeout;
         let kept = self.upstream.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((kept_upstream, mut sender)) = kept {
-            if kept_upstream == *upstream && !sender.is_closed() {
-                if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
-                    return Ok(sender);
+        if let Some(mut kept) = kept {
+            if kept.upstream == *upstream && !kept.sender.is_closed() {
+                if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, kept.sender.ready()).await {
+                    return Ok(kept);
                 }
             }
         }
         let stream = connect(upstream, connect_timeout).await?;
+        let tap = self.upstream_tap(&stream, upstream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(Tee::new(stream, tap.clone())))
             .await
             .map_err(ProxyError::Upstream)?;
         tokio::spawn(
@@ -200,12 +277,33 @@ impl Conn {
             }
             .in_current_span(),
         );
-        Ok(sender)
+        Ok(UpstreamConn { upstream: upstream.clone(), sender, tap })
+    }
+
+    fn upstream_tap(&self, stream: &TcpStream, upstream: &Upstream) -> Option<Arc<Tap>> {
+        let rec = self.ctx.capture.as_ref()?;
+        let capture = &self.ctx.settings.capture;
+        let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
+        match capture.mode {
+            _ if !capture.legs.upstream => None,
+            CaptureMode::All => {
+                let comment = format!("wstap upstream connection of connection {} to {upstream}", self.id);
+                Some(Tap::recording(rec.clone(), LegKind::Upstream, local, remote, comment))
+            }
+            CaptureMode::Websocket => Some(Tap::probing(rec.clone(), LegKind::Upstream, local, remote, UPSTREAM_PROBE)),
+            CaptureMode::Off => None,
+        }
     }
 
     /// Waits for both sides to finish switching protocols, then relays bytes until the
     /// session ends. Runs as its own task: hyper's connection ends at the upgrade.
-    fn spawn_session(self: &Arc<Self>, client: OnUpgrade, upstream: OnUpgrade, route: Route) {
+    fn spawn_session(
+        self: &Arc<Self>,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        route: Route,
+        upstream_tap: Option<Arc<Tap>>,
+    ) {
         let conn = self.clone();
         let span = info_span!("session", path_prefix = %route.path_prefix, upstream = %route.upstream);
         tokio::spawn(
@@ -220,24 +318,17 @@ impl Conn {
                 };
                 let started = tokio::time::Instant::now();
                 info!("websocket session open");
-                let idle = conn.settings.limits.idle_timeout;
-                let done = splice::splice(
-                    TokioIo::new(client),
-                    TokioIo::new(upstream),
-                    idle,
-                    shutdown.reached(Phase::Closing),
-                )
-                .await;
+                let idle = conn.ctx.settings.limits.idle_timeout;
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                let done = splice::splice(&mut client, &mut upstream, idle, shutdown.reached(Phase::Closing)).await;
+                // Say why before the sockets close: it goes on each leg's last captured packet.
+                for tap in [&conn.client_tap, &upstream_tap].into_iter().flatten() {
+                    tap.set_close_reason(format!("WebSocket session {} {}", conn.id, done.end));
+                }
+                drop((client, upstream));
                 let (up, down) = (done.upstream_bytes, done.downstream_bytes);
                 let secs = started.elapsed().as_secs_f64();
-                match done.end {
-                    End::Closed => info!(up, down, secs, "websocket session closed"),
-                    End::Idle(d) => {
-                        info!(up, down, secs, idle = %humantime::format_duration(d), "websocket session idle; closed")
-                    }
-                    End::Shutdown => info!(up, down, secs, "websocket session closed at end of shutdown grace"),
-                    End::Error { side, error } => info!(up, down, secs, %side, %error, "websocket session aborted"),
-                }
+                info!(up, down, secs, end = %done.end, "websocket session ended");
             }
             .instrument(span),
         );

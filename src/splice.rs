@@ -40,6 +40,17 @@ pub enum End {
     Error { side: Side, error: io::Error },
 }
 
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed by both sides"),
+            End::Idle(d) => write!(f, "closed after {} idle", humantime::format_duration(*d)),
+            End::Shutdown => f.write_str("closed at the end of the shutdown grace period"),
+            End::Error { side, error } => write!(f, "aborted: {side} error: {error}"),
+        }
+    }
+}
+
 /// Relays between `client` and `upstream` until both directions end, one fails, the
 /// connection is idle for `idle`, or `stop` resolves.
 pub async fn splice<C, U>(client: C, upstream: U, idle: Option<Duration>, stop: impl Future<Output = ()>) -> Spliced

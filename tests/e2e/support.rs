@@ -29,8 +29,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts a daemon on `toml`; capture is off unless the config has a `[capture]` table.
     pub async fn start(toml: &str) -> Proxy {
-        let settings = Settings::parse(toml, "test.toml".as_ref()).expect("test config is valid");
+        let toml =
+            if toml.contains("[capture]") { toml.to_owned() } else { format!("{toml}\n[capture]\nmode = \"off\"\n") };
+        let settings = Settings::parse(&toml, "test.toml".as_ref()).expect("test config is valid");
         let daemon = Daemon::bind(settings).await.expect("bind");
         let addrs = daemon.local_addrs();
         let state = daemon.state();

@@ -1,0 +1,403 @@
+//! TCP/IP packet synthesis: turns what happened on one TCP connection (handshake, bytes
+//! each way, half-closes, resets) into the IPv4 or IPv6 packets a capture on the wire
+//! would have shown, with correct sequence and acknowledgement numbers and checksums
+//! (headers and checksums by etherparse). Pure: builds bytes into a reused buffer and
+//! hands each packet to a callback; no I/O, no clock.
+
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement};
+
+/// Which end of the connection sent a packet: `A` opened it (sent the SYN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    A,
+    B,
+}
+
+impl End {
+    fn idx(self) -> usize {
+        self as usize
+    }
+
+    pub fn peer(self) -> End {
+        match self {
+            End::A => End::B,
+            End::B => End::A,
+        }
+    }
+}
+
+/// Default MSS for IPv4 (Ethernet MTU 1500 − 40).
+pub const MSS_IPV4: u16 = 1460;
+/// Default MSS for IPv6 (1500 − 60).
+pub const MSS_IPV6: u16 = 1440;
+/// Largest MSS whose packets still fit IPv4's 16-bit total length.
+pub const MSS_MAX: u16 = 65535 - 40;
+
+/// Receive window advertised by both ends: 65535 scaled by 2^7 (8 MiB), so no realistic
+/// burst between two ACKs looks like a full window.
+const WINDOW: u16 = 65535;
+const WINDOW_SHIFT: u8 = 7;
+const TTL: u8 = 64;
+
+/// One synthesized TCP connection.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    addr: [SocketAddr; 2],
+    isn: [u32; 2],
+    /// Payload bytes each end has sent so far (its stream offset).
+    sent: [u64; 2],
+    /// Whether each end has sent its FIN.
+    fin: [bool; 2],
+    mss: usize,
+    ip_id: [u16; 2],
+    buf: Vec<u8>,
+}
+
+impl Flow {
+    /// A flow between `a` (the opener) and `b` with the given initial sequence numbers.
+    /// Addresses of different families are written as IPv6 (v4-mapped).
+    pub fn new(a: SocketAddr, b: SocketAddr, isn: [u32; 2], mss: u16) -> Flow {
+        let (a, b) = match (a, b) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (a, b),
+            _ => (to_v6(a), to_v6(b)),
+        };
+        Flow {
+            addr: [a, b],
+            isn,
+            sent: [0; 2],
+            fin: [false; 2],
+            mss: usize::from(mss.clamp(1, MSS_MAX)),
+            ip_id: [0; 2],
+            buf: Vec::with_capacity(usize::from(mss) + 80),
+        }
+    }
+
+    pub fn addr(&self, end: End) -> SocketAddr {
+        self.addr[end.idx()]
+    }
+
+    /// Payload bytes `end` has sent so far.
+    pub fn sent(&self, end: End) -> u64 {
+        self.sent[end.idx()]
+    }
+
+    pub fn fin_sent(&self, end: End) -> bool {
+        self.fin[end.idx()]
+    }
+
+    /// The sequence number of `end`'s next byte.
+    pub fn next_seq(&self, end: End) -> u32 {
+        let i = end.idx();
+        self.isn[i].wrapping_add(1).wrapping_add(self.sent[i] as u32).wrapping_add(u32::from(self.fin[i]))
+    }
+
+    /// SYN, SYN-ACK, ACK, each with MSS, SACK-permitted and window-scale options on the
+    /// SYNs.
+    pub fn handshake(&mut self, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+        let (a, b) = (End::A, End::B);
+        let syn = Flags { syn: true, ..Flags::default() };
+        self.emit(a, self.isn[0], 0, syn, &[], emit);
+        let syn_ack = Flags { syn: true, ack: true, ..Flags::default() };
+        self.emit(b, self.isn[1], self.isn[0].wrapping_add(1), syn_ack, &[], emit);
+        self.ack(a, emit);
+    }
+
+    /// `payload` sent by `from`, cut into MSS-sized segments; PSH on the last one.
+    pub fn data(&mut self, from: End, payload: &[u8], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+        let segments = payload.len().div_ceil(self.mss);
+        for (i, segment) in payload.chunks(self.mss).enumerate() {
+            let flags = Flags { ack: true, psh: i + 1 == segments, ..Flags::default() };
+            let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
+            self.emit(from, seq, ack, flags, segment, emit);
+            self.sent[from.idx()] += segment.len() as u64;
+        }
+    }
+
+    /// Moves `from`'s stream on by `n` bytes that were not captured: the next segment
+    /// shows a sequence jump ("previous segment not captured").
+    pub fn skip(&mut self, from: End, n: u64) {
+        self.sent[from.idx()] += n;
+    }
+
+    /// A pure ACK from `from` of everything its peer has sent.
+    pub fn ack(&mut self, from: End, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+        let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
+        self.emit(from, seq, ack, Flags { ack: true, ..Flags::default() }, &[], emit);
+    }
+
+    /// FIN/ACK from `from` (its half-close). A second FIN from the same end is ignored.
+    pub fn fin(&mut self, from: End, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+        if self.fin[from.idx()] {
+            return;
+        }
+        let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
+        self.emit(from, seq, ack, Flags { fin: true, ack: true, ..Flags::default() }, &[], emit);
+        self.fin[from.idx()] = true;
+    }
+
+    /// RST/ACK from `from`: it aborted the connection.
+    pub fn rst(&mut self, from: End, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+        let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
+        self.emit(from, seq, ack, Flags { rst: true, ack: true, ..Flags::default() }, &[], emit);
+    }
+
+    fn emit(
+        &mut self,
+        from: End,
+        seq: u32,
+        ack: u32,
+        flags: Flags,
+        payload: &[u8],
+        emit: &mut (impl FnMut(End, &[u8]) + ?Sized),
+    ) {
+        let (src, dst) = (self.addr[from.idx()], self.addr[from.peer().idx()]);
+        let mut tcp = TcpHeader::new(src.port(), dst.port(), seq, WINDOW);
+        tcp.syn = flags.syn;
+        tcp.ack = flags.ack;
+        tcp.fin = flags.fin;
+        tcp.rst = flags.rst;
+        tcp.psh = flags.psh;
+        tcp.acknowledgment_number = if flags.ack { ack } else { 0 };
+        if flags.syn {
+            let mss = u16::try_from(self.mss).unwrap_or(MSS_MAX);
+            let options = [
+                TcpOptionElement::MaximumSegmentSize(mss),
+                TcpOptionElement::SelectiveAcknowledgementPermitted,
+                TcpOptionElement::Noop,
+                TcpOptionElement::WindowScale(WINDOW_SHIFT),
+            ];
+            tcp.set_options(&options).expect("SYN options fit the TCP header");
+        }
+        let id = &mut self.ip_id[from.idx()];
+        *id = id.wrapping_add(1);
+        let tcp_len = tcp.header_len() + payload.len();
+        self.buf.clear();
+        match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut ip = Ipv4Header::new(tcp_len as u16, TTL, IpNumber::TCP, s.octets(), d.octets())
+                    .expect("segments never exceed the IPv4 length limit");
+                ip.dont_fragment = true;
+                ip.identification = *id;
+                ip.header_checksum = ip.calc_header_checksum();
+                tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).expect("segment fits");
+                ip.write(&mut self.buf).expect("writing to a Vec cannot fail");
+            }
+            (s, d) => {
+                let (s, d) = (v6_octets(s), v6_octets(d));
+                let ip = Ipv6Header {
+                    traffic_class: 0,
+                    flow_label: Ipv6FlowLabel::ZERO,
+                    payload_length: tcp_len as u16,
+                    next_header: IpNumber::TCP,
+                    hop_limit: TTL,
+                    source: s,
+                    destination: d,
+                };
+                tcp.checksum = tcp.calc_checksum_ipv6(&ip, payload).expect("segment fits");
+                ip.write(&mut self.buf).expect("writing to a Vec cannot fail");
+            }
+        }
+        tcp.write(&mut self.buf).expect("writing to a Vec cannot fail");
+        self.buf.extend_from_slice(payload);
+        emit(from, &self.buf);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    syn: bool,
+    ack: bool,
+    fin: bool,
+    rst: bool,
+    psh: bool,
+}
+
+fn to_v6(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    }
+}
+
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    /// A parsed packet: (from, flags "SAFRP", seq, ack, payload length, options).
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        from: End,
+        flags: String,
+        seq: u32,
+        ack: u32,
+        len: usize,
+        total_len: usize,
+    }
+
+    fn collect(f: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])), flow: &mut Flow) -> Vec<Seen> {
+        let mut out = Vec::new();
+        let mut emit = |from: End, bytes: &[u8]| {
+            let p = SlicedPacket::from_ip(bytes).expect("parses as IP");
+            let Some(TransportSlice::Tcp(tcp)) = p.transport else { panic!("not TCP") };
+            let checksum_ok = match &p.net {
+                Some(NetSlice::Ipv4(ip)) => {
+                    let h = ip.header().to_header();
+                    h.header_checksum == h.calc_header_checksum()
+                        && tcp.calc_checksum_ipv4(ip.header().source(), ip.header().destination()).unwrap()
+                            == tcp.checksum()
+                }
+                Some(NetSlice::Ipv6(ip)) => {
+                    tcp.calc_checksum_ipv6(ip.header().source(), ip.header().destination()).unwrap() == tcp.checksum()
+                }
+                _ => false,
+            };
+            assert!(checksum_ok, "bad checksum");
+            let flags: String =
+                [(tcp.syn(), 'S'), (tcp.ack(), 'A'), (tcp.fin(), 'F'), (tcp.rst(), 'R'), (tcp.psh(), 'P')]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, c)| *c)
+                    .collect();
+            out.push(Seen {
+                from,
+                flags,
+                seq: tcp.sequence_number(),
+                ack: tcp.acknowledgment_number(),
+                len: tcp.payload().len(),
+                total_len: bytes.len(),
+            });
+        };
+        f(flow, &mut emit);
+        out
+    }
+
+    fn v4_flow(isn: [u32; 2], mss: u16) -> Flow {
+        Flow::new("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:8080".parse().unwrap(), isn, mss)
+    }
+
+    #[test]
+    fn handshake_data_ack_and_teardown_numbers() {
+        let mut flow = v4_flow([1000, 5000], 1460);
+        let seen = collect(
+            |f, e| {
+                f.handshake(&mut *e);
+                f.data(End::A, b"hello", &mut *e);
+                f.ack(End::B, &mut *e);
+                f.data(End::B, b"hi!", &mut *e);
+                f.ack(End::A, &mut *e);
+                f.fin(End::A, &mut *e);
+                f.ack(End::B, &mut *e);
+                f.fin(End::B, &mut *e);
+                f.ack(End::A, &mut *e);
+            },
+            &mut flow,
+        );
+        let row = |from, flags: &str, seq, ack, len| (from, flags.to_owned(), seq, ack, len);
+        let got: Vec<_> = seen.iter().map(|s| (s.from, s.flags.clone(), s.seq, s.ack, s.len)).collect();
+        assert_eq!(
+            got,
+            vec![
+                row(End::A, "S", 1000, 0, 0),
+                row(End::B, "SA", 5000, 1001, 0),
+                row(End::A, "A", 1001, 5001, 0),
+                row(End::A, "AP", 1001, 5001, 5),
+                row(End::B, "A", 5001, 1006, 0),
+                row(End::B, "AP", 5001, 1006, 3),
+                row(End::A, "A", 1006, 5004, 0),
+                row(End::A, "AF", 1006, 5004, 0),
+                row(End::B, "A", 5004, 1007, 0),
+                row(End::B, "AF", 5004, 1007, 0),
+                row(End::A, "A", 1007, 5005, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_around() {
+        let mut flow = v4_flow([u32::MAX - 2, 7], 4);
+        let seen = collect(
+            |f, e| {
+                f.handshake(&mut *e);
+                f.data(End::A, b"0123456789", &mut *e);
+                f.ack(End::B, &mut *e);
+            },
+            &mut flow,
+        );
+        let seqs: Vec<u32> = seen[3..6].iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, vec![u32::MAX - 1, 2, 6], "isn+1, then +4 twice, wrapping");
+        assert_eq!(seen[6].ack, 8, "ACK of all 10 bytes: (2^32 - 2) + 10 wraps to 8");
+        assert_eq!(flow.sent(End::A), 10);
+    }
+
+    #[test]
+    fn segments_never_exceed_the_mss_and_only_the_last_has_psh() {
+        for (len, mss, want) in
+            [(1460, 1460, vec![1460]), (1461, 1460, vec![1460, 1]), (4000, 1000, vec![1000; 4]), (1, 1460, vec![1])]
+        {
+            let mut flow = v4_flow([1, 1], mss);
+            let payload = vec![7u8; len];
+            let seen = collect(|f, e| f.data(End::B, &payload, &mut *e), &mut flow);
+            let lens: Vec<usize> = seen.iter().map(|s| s.len).collect();
+            assert_eq!(lens, want, "len {len} mss {mss}");
+            let psh: Vec<bool> = seen.iter().map(|s| s.flags.contains('P')).collect();
+            assert_eq!(psh.iter().filter(|p| **p).count(), 1);
+            assert!(*psh.last().unwrap());
+        }
+    }
+
+    #[test]
+    fn the_largest_mss_fits_ipv4s_length_field() {
+        let mut flow = v4_flow([1, 1], u16::MAX);
+        let payload = vec![0u8; 200_000];
+        let seen = collect(|f, e| f.data(End::A, &payload, &mut *e), &mut flow);
+        assert!(seen.iter().all(|s| s.total_len <= 65535), "no IPv4 packet over 65535 bytes");
+        assert_eq!(seen.iter().map(|s| s.len).sum::<usize>(), 200_000);
+    }
+
+    #[test]
+    fn syn_options_and_ipv6() {
+        let mut flow = Flow::new("[::1]:50000".parse().unwrap(), "[::1]:9000".parse().unwrap(), [10, 20], MSS_IPV6);
+        let mut syn = Vec::new();
+        flow.handshake(&mut |from, bytes: &[u8]| {
+            if from == End::A && syn.is_empty() {
+                syn = bytes.to_vec();
+            }
+        });
+        let p = SlicedPacket::from_ip(&syn).unwrap();
+        assert!(matches!(p.net, Some(NetSlice::Ipv6(_))));
+        let Some(TransportSlice::Tcp(tcp)) = p.transport else { panic!() };
+        let options: Vec<_> = tcp.options_iterator().map(|o| o.unwrap()).collect();
+        assert!(options.contains(&TcpOptionElement::MaximumSegmentSize(1440)));
+        assert!(options.contains(&TcpOptionElement::SelectiveAcknowledgementPermitted));
+        assert!(options.contains(&TcpOptionElement::WindowScale(7)));
+        let seen = collect(|f, e| f.data(End::B, &[1u8; 3000], &mut *e), &mut flow);
+        assert_eq!(seen.iter().map(|s| s.len).collect::<Vec<_>>(), vec![1440, 1440, 120]);
+    }
+
+    #[test]
+    fn a_gap_shows_as_a_sequence_jump_and_rst_carries_current_numbers() {
+        let mut flow = v4_flow([100, 200], 1460);
+        let seen = collect(
+            |f, e| {
+                f.data(End::A, b"abc", &mut *e);
+                f.skip(End::A, 1000);
+                f.data(End::A, b"def", &mut *e);
+                f.rst(End::B, &mut *e);
+            },
+            &mut flow,
+        );
+        assert_eq!(seen[0].seq, 101);
+        assert_eq!(seen[1].seq, 101 + 3 + 1000);
+        assert_eq!((seen[2].flags.as_str(), seen[2].seq, seen[2].ack), ("AR", 201, 101 + 1006));
+    }
+}

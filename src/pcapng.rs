@@ -1,0 +1,176 @@
+//! pcapng encoding over any `Write`, via pcap-file: one section header naming wstap, the
+//! OS and the host; one interface (IDB) per captured leg; Enhanced Packet Blocks with
+//! nanosecond timestamps, direction flags and comments. Knows nothing of TCP or files.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::time::Duration;
+
+use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
+use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::{DataLink, Endianness};
+
+/// pcap-file 2.0 writes option lengths as `u16` without checking: keep comments shorter.
+const MAX_COMMENT: usize = 60_000;
+
+/// Who wrote a section: goes into the section header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// `shb_userappl`, e.g. "wstap 0.1.0".
+    pub application: String,
+    /// `shb_os`, e.g. "linux 6.1.0".
+    pub os: String,
+    /// Named in the section comment.
+    pub hostname: String,
+}
+
+impl SectionInfo {
+    /// This program on this machine.
+    pub fn current() -> SectionInfo {
+        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).ok();
+        let os = match read("/proc/sys/kernel/osrelease") {
+            Some(release) => format!("{} {release}", std::env::consts::OS),
+            None => std::env::consts::OS.to_owned(),
+        };
+        SectionInfo {
+            application: format!("wstap {}", env!("CARGO_PKG_VERSION")),
+            os,
+            hostname: read("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown-host".to_owned()),
+        }
+    }
+}
+
+/// Which way a packet went, seen from wstap's side of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// A pcapng section being written, with link type RAW IP (packets start at the IP header).
+pub struct PcapngWriter<W: Write> {
+    inner: PcapNgWriter<W>,
+    interfaces: u32,
+}
+
+impl<W: Write> PcapngWriter<W> {
+    /// Writes the section header.
+    pub fn new(w: W, info: &SectionInfo) -> pcap_file::PcapResult<Self> {
+        let shb = SectionHeaderBlock {
+            endianness: Endianness::Little,
+            options: vec![
+                SectionHeaderOption::Comment(format!("captured by {} on {}", info.application, info.hostname).into()),
+                SectionHeaderOption::OS(info.os.clone().into()),
+                SectionHeaderOption::UserApplication(info.application.clone().into()),
+            ],
+            ..Default::default()
+        };
+        Ok(PcapngWriter { inner: PcapNgWriter::with_section_header(w, shb)?, interfaces: 0 })
+    }
+
+    /// Writes an interface description; returns its id for [`PcapngWriter::packet`].
+    pub fn add_interface(&mut self, name: &str, description: &str) -> pcap_file::PcapResult<u32> {
+        let idb = InterfaceDescriptionBlock {
+            linktype: DataLink::RAW,
+            snaplen: 0,
+            options: vec![
+                InterfaceDescriptionOption::IfName(name.to_owned().into()),
+                InterfaceDescriptionOption::IfDescription(description.to_owned().into()),
+                // pcap-file 2.0 writes EPB timestamps in ns whatever the IDB says; say so.
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        };
+        self.inner.write_pcapng_block(idb)?;
+        self.interfaces += 1;
+        Ok(self.interfaces - 1)
+    }
+
+    /// Writes one packet (an IP datagram) seen at `time` since the Unix epoch.
+    pub fn packet(
+        &mut self,
+        interface: u32,
+        time: Duration,
+        direction: Direction,
+        data: &[u8],
+        comment: Option<&str>,
+    ) -> pcap_file::PcapResult<()> {
+        let flags = match direction {
+            Direction::Inbound => 0b01,
+            Direction::Outbound => 0b10,
+        };
+        let mut options = Vec::with_capacity(2);
+        options.push(EnhancedPacketOption::Flags(flags));
+        if let Some(c) = comment {
+            options.push(EnhancedPacketOption::Comment(Cow::Borrowed(truncate(c, MAX_COMMENT))));
+        }
+        let epb = EnhancedPacketBlock {
+            interface_id: interface,
+            timestamp: time,
+            original_len: data.len() as u32,
+            data: Cow::Borrowed(data),
+            options,
+        };
+        self.inner.write_pcapng_block(epb)?;
+        Ok(())
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        self.inner.get_mut()
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner.into_inner()
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+
+    #[test]
+    fn blocks_read_back_with_their_options() {
+        let info = SectionInfo { application: "wstap 9.9".into(), os: "testos".into(), hostname: "h1".into() };
+        let mut w = PcapngWriter::new(Vec::new(), &info).unwrap();
+        assert_eq!(w.add_interface("client", "client leg").unwrap(), 0);
+        assert_eq!(w.add_interface("upstream", "upstream leg").unwrap(), 1);
+        let long = "é".repeat(40_000);
+        w.packet(1, Duration::new(1_700_000_000, 123_456_789), Direction::Outbound, &[0x45, 0, 0, 20], Some(&long))
+            .unwrap();
+        let bytes = w.into_inner();
+
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let shb = r.section().clone();
+        assert!(shb.options.contains(&SectionHeaderOption::UserApplication("wstap 9.9".into())));
+        assert!(shb.options.contains(&SectionHeaderOption::OS("testos".into())));
+        let mut blocks = Vec::new();
+        while let Some(b) = r.next_block() {
+            blocks.push(b.unwrap().into_owned());
+        }
+        let Block::InterfaceDescription(idb) = &blocks[0] else { panic!("{:?}", blocks[0]) };
+        assert_eq!(idb.linktype, DataLink::RAW);
+        assert!(idb.options.contains(&InterfaceDescriptionOption::IfTsResol(9)));
+        let Block::EnhancedPacket(epb) = &blocks[2] else { panic!("{:?}", blocks[2]) };
+        assert_eq!((epb.interface_id, epb.timestamp.as_nanos()), (1, 1_700_000_000_123_456_789));
+        assert!(epb.options.contains(&EnhancedPacketOption::Flags(2)));
+        let comment = epb.options.iter().find_map(|o| match o {
+            EnhancedPacketOption::Comment(c) => Some(c.len()),
+            _ => None,
+        });
+        assert!(comment.unwrap() <= MAX_COMMENT, "long comments are cut to fit the u16 length");
+    }
+}

@@ -1,0 +1,344 @@
+//! The capture point: [`Tee`] wraps a connection's raw stream (under hyper, on both
+//! legs) and reports to its [`Tap`] every byte read, every byte actually written, each
+//! end of stream and each reset, in the order they happened. The tap turns them into
+//! recorder events, or, while a connection is only a candidate for capture (`websocket`
+//! mode, before its `101`), keeps the most recent bytes in a small ring so that capture
+//! can begin at the exact first byte of the Upgrade request. It never blocks the stream.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
+
+const OFF: u8 = 0;
+const PROBE: u8 = 1;
+const ON: u8 = 2;
+
+/// One leg's capture state, shared by its [`Tee`] and the proxy.
+pub struct Tap {
+    recorder: Recorder,
+    leg: LegId,
+    kind: LegKind,
+    local: SocketAddr,
+    remote: SocketAddr,
+    mode: AtomicU8,
+    /// Bytes read (`In`) and written (`Out`) on the socket so far.
+    offset: [AtomicU64; 2],
+    /// Socket offsets where capture began, per direction.
+    base: [AtomicU64; 2],
+    state: Mutex<TapState>,
+}
+
+#[derive(Default)]
+struct TapState {
+    /// Recent chunks while probing: (time, dir, socket offset, bytes).
+    ring: VecDeque<(u64, Dir, u64, Bytes)>,
+    ring_bytes: usize,
+    ring_cap: usize,
+    fin_sent: [bool; 2],
+    reset_sent: bool,
+    close_reason: Option<String>,
+}
+
+fn idx(dir: Dir) -> usize {
+    match dir {
+        Dir::In => 0,
+        Dir::Out => 1,
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Tap {
+    /// A tap that records from the start: its handshake is written now.
+    pub fn recording(
+        recorder: Recorder,
+        kind: LegKind,
+        local: SocketAddr,
+        remote: SocketAddr,
+        comment: String,
+    ) -> Arc<Tap> {
+        let tap = Tap::new(recorder, kind, local, remote, ON, 0);
+        tap.recorder.send(tap.leg, What::Open(Box::new(tap.opening(comment))));
+        Arc::new(tap)
+    }
+
+    /// A tap that records nothing until [`Tap::start`], keeping the last `ring_cap` bytes
+    /// so that capture can begin a little in the past.
+    pub fn probing(
+        recorder: Recorder,
+        kind: LegKind,
+        local: SocketAddr,
+        remote: SocketAddr,
+        ring_cap: usize,
+    ) -> Arc<Tap> {
+        Arc::new(Tap::new(recorder, kind, local, remote, PROBE, ring_cap))
+    }
+
+    fn new(recorder: Recorder, kind: LegKind, local: SocketAddr, remote: SocketAddr, mode: u8, ring_cap: usize) -> Tap {
+        Tap {
+            leg: recorder.new_leg(),
+            recorder,
+            kind,
+            local,
+            remote,
+            mode: AtomicU8::new(mode),
+            offset: Default::default(),
+            base: Default::default(),
+            state: Mutex::new(TapState { ring_cap, ..TapState::default() }),
+        }
+    }
+
+    fn opening(&self, comment: String) -> Opening {
+        Opening { kind: self.kind, local: self.local, remote: self.remote, comment }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.mode.load(Relaxed) == ON
+    }
+
+    /// Bytes read (`In`) or written (`Out`) on the socket so far.
+    pub fn offset(&self, dir: Dir) -> u64 {
+        self.offset[idx(dir)].load(Relaxed)
+    }
+
+    /// Where the last line starting with `line` begins among the probed `In` bytes (a
+    /// request line such as `GET /chat HTTP/1.1`): the socket offset of its first byte.
+    pub fn find_line(&self, line: &[u8]) -> Option<u64> {
+        let state = self.lock();
+        let mut bytes = Vec::with_capacity(state.ring_bytes);
+        let mut first = None;
+        for (_, dir, off, b) in &state.ring {
+            if *dir == Dir::In {
+                first.get_or_insert(*off);
+                bytes.extend_from_slice(b);
+            }
+        }
+        let first = first?;
+        (0..bytes.len().saturating_sub(line.len() - 1))
+            .rev()
+            .find(|&i| bytes[i..].starts_with(line) && (i == 0 || bytes[i - 1] == b'\n'))
+            .map(|i| first + i as u64)
+    }
+
+    /// Starts recording a probing tap: the leg's capture begins at socket offsets
+    /// `base_in` / `base_out`; probed bytes from there on are written with the times they
+    /// crossed the socket. `comment` goes on the leg's first packet.
+    pub fn start(&self, base_in: u64, base_out: u64, comment: String) {
+        let mut state = self.lock();
+        if self.mode.load(Relaxed) != PROBE {
+            return;
+        }
+        let base = [base_in, base_out];
+        self.base[0].store(base_in, Relaxed);
+        self.base[1].store(base_out, Relaxed);
+        let kept: Vec<_> =
+            state.ring.drain(..).filter(|(_, dir, off, b)| off + b.len() as u64 > base[idx(*dir)]).collect();
+        state.ring_bytes = 0;
+        let first_time = kept.first().map_or_else(now_ns, |c| c.0);
+        self.recorder.send_at(first_time, self.leg, What::Open(Box::new(self.opening(comment))));
+        for (time, dir, off, bytes) in kept {
+            let base = base[idx(dir)];
+            let skip = base.saturating_sub(off) as usize;
+            let offset = off.max(base) - base;
+            self.recorder.send_at(time, self.leg, What::Data { dir, offset, bytes: bytes.slice(skip..) });
+        }
+        self.mode.store(ON, Relaxed);
+    }
+
+    /// A comment for the leg's next packet (only while recording).
+    pub fn note(&self, text: String) {
+        if self.is_recording() {
+            self.recorder.send(self.leg, What::Note(text));
+        }
+    }
+
+    /// Why the connection is about to close: goes on the leg's last packet.
+    pub fn set_close_reason(&self, reason: String) {
+        self.lock().close_reason = Some(reason);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TapState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn on_bytes(&self, dir: Dir, data: &[u8]) {
+        self.on_chunk(dir, data.len(), || Bytes::copy_from_slice(data));
+    }
+
+    /// `len` bytes crossed the socket; `copy` makes them (only called if they are kept).
+    fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce() -> Bytes) {
+        let off = self.offset[idx(dir)].fetch_add(len as u64, Relaxed);
+        match self.mode.load(Relaxed) {
+            ON => self.send_data(dir, off, copy()),
+            PROBE => {
+                let mut state = self.lock();
+                if self.mode.load(Relaxed) == ON {
+                    drop(state);
+                    return self.send_data(dir, off, copy());
+                }
+                state.ring.push_back((now_ns(), dir, off, copy()));
+                state.ring_bytes += len;
+                while state.ring_bytes > state.ring_cap && state.ring.len() > 1 {
+                    let (_, _, _, old) = state.ring.pop_front().expect("ring is not empty");
+                    state.ring_bytes -= old.len();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn send_data(&self, dir: Dir, off: u64, bytes: Bytes) {
+        let base = self.base[idx(dir)].load(Relaxed);
+        let offset = off.saturating_sub(base);
+        self.recorder.send(self.leg, What::Data { dir, offset, bytes });
+    }
+
+    fn on_fin(&self, dir: Dir) {
+        let mut state = self.lock();
+        if self.is_recording() && !std::mem::replace(&mut state.fin_sent[idx(dir)], true) {
+            self.recorder.send(self.leg, What::Fin { dir });
+        }
+    }
+
+    fn on_error(&self, dir: Dir, e: &io::Error) {
+        use io::ErrorKind::*;
+        if !matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
+            return;
+        }
+        let mut state = self.lock();
+        if self.is_recording() && !std::mem::replace(&mut state.reset_sent, true) {
+            self.recorder.send(self.leg, What::Reset { dir });
+        }
+    }
+
+    fn on_close(&self) {
+        if self.is_recording() {
+            let reason = self.lock().close_reason.take().unwrap_or_else(|| "connection closed".to_owned());
+            self.recorder.send(self.leg, What::Close { reason });
+            self.mode.store(OFF, Relaxed);
+        }
+    }
+}
+
+/// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).
+pub struct Tee<S> {
+    io: S,
+    tap: Option<Arc<Tap>>,
+}
+
+impl<S> Tee<S> {
+    pub fn new(io: S, tap: Option<Arc<Tap>>) -> Tee<S> {
+        Tee { io, tap }
+    }
+
+    pub fn tap(&self) -> Option<&Arc<Tap>> {
+        self.tap.as_ref()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+impl<S> Drop for Tee<S> {
+    fn drop(&mut self) {
+        if let Some(tap) = &self.tap {
+            tap.on_close();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let had_room = buf.remaining() > 0;
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(tap) = &this.tap {
+            match &result {
+                Poll::Ready(Ok(())) => {
+                    let got = &buf.filled()[before..];
+                    if !got.is_empty() {
+                        tap.on_bytes(Dir::In, got);
+                    } else if had_room {
+                        tap.on_fin(Dir::In);
+                    }
+                }
+                Poll::Ready(Err(e)) => tap.on_error(Dir::In, e),
+                Poll::Pending => {}
+            }
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Some(tap) = &this.tap {
+            match &result {
+                Poll::Ready(Ok(n)) if *n > 0 => tap.on_bytes(Dir::Out, &buf[..*n]),
+                Poll::Ready(Err(e)) => tap.on_error(Dir::Out, e),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Some(tap) = &this.tap {
+            match &result {
+                Poll::Ready(Ok(n)) if *n > 0 => {
+                    // Exactly the bytes written, gathered into one chunk, as one write.
+                    tap.on_chunk(Dir::Out, *n, || {
+                        let mut gathered = Vec::with_capacity(*n);
+                        for b in bufs {
+                            let take = (*n - gathered.len()).min(b.len());
+                            gathered.extend_from_slice(&b[..take]);
+                        }
+                        Bytes::from(gathered)
+                    });
+                }
+                Poll::Ready(Err(e)) => tap.on_error(Dir::Out, e),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_shutdown(cx);
+        if let (Some(tap), Poll::Ready(Ok(()))) = (&this.tap, &result) {
+            tap.on_fin(Dir::Out);
+        }
+        result
+    }
+}
