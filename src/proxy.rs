@@ -220,14 +220,15 @@ impl Conn {
                 request_line_target = request_line.trim_end_matches(" HTTP/1."),
             );
             if let Some(tap) = &self.client_tap {
-                let start = tap.find_line(request_line.as_bytes());
-                if start.is_none() && !tap.is_recording() {
+                let head = tap.find_head(request_line.as_bytes());
+                if head.is_none() && !tap.is_recording() {
                     debug!("Upgrade request not found among recent bytes; capture starts at the oldest kept byte");
                 }
-                self.begin_capture(tap, start.unwrap_or(0), client_out_base, &comment);
+                let (start, end) = head.map_or((0, None), |(s, e)| (s, Some(e)));
+                self.begin_capture(tap, start, client_out_base, end, &comment);
             }
             if let (Some(tap), Some((base_in, base_out))) = (&upstream_tap, upstream_bases) {
-                self.begin_capture(tap, base_in, base_out, &comment);
+                self.begin_capture(tap, base_in, base_out, None, &comment);
             }
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap);
         } else {
@@ -242,11 +243,11 @@ impl Conn {
 
     /// Starts a leg's capture at the given socket offsets (a probing tap), or notes the
     /// session on an already recording one (`capture.mode = "all"`).
-    fn begin_capture(&self, tap: &Tap, base_in: u64, base_out: u64, comment: &str) {
+    fn begin_capture(&self, tap: &Tap, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: &str) {
         if tap.is_recording() {
             tap.note(comment.to_owned());
         } else {
-            tap.start(base_in, base_out, comment.to_owned());
+            tap.start(base_in, base_out, hold_from, comment.to_owned());
         }
     }
 

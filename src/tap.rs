@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,6 +35,8 @@ pub struct Tap {
     offset: [AtomicU64; 2],
     /// Socket offsets where capture began, per direction.
     base: [AtomicU64; 2],
+    /// Client bytes are being held back until wstap's first write (the `101`).
+    holding: AtomicBool,
     state: Mutex<TapState>,
 }
 
@@ -47,6 +49,9 @@ struct TapState {
     fin_sent: [bool; 2],
     reset_sent: bool,
     close_reason: Option<String>,
+    /// Bytes read after the Upgrade request's head and before the `101` was written:
+    /// (time, captured-stream offset, bytes).
+    held: Vec<(u64, u64, Bytes)>,
 }
 
 fn idx(dir: Dir) -> usize {
@@ -96,6 +101,7 @@ impl Tap {
             mode: AtomicU8::new(mode),
             offset: Default::default(),
             base: Default::default(),
+            holding: AtomicBool::new(false),
             state: Mutex::new(TapState { ring_cap, ..TapState::default() }),
         }
     }
@@ -113,9 +119,10 @@ impl Tap {
         self.offset[idx(dir)].load(Relaxed)
     }
 
-    /// Where the last line starting with `line` begins among the probed `In` bytes (a
-    /// request line such as `GET /chat HTTP/1.1`): the socket offset of its first byte.
-    pub fn find_line(&self, line: &[u8]) -> Option<u64> {
+    /// Where the last request head whose first line starts with `line` (such as
+    /// `GET /chat HTTP/1.`) lies among the probed `In` bytes: the socket offsets of its
+    /// first byte and of the byte after its blank line.
+    pub fn find_head(&self, line: &[u8]) -> Option<(u64, u64)> {
         let state = self.lock();
         let mut bytes = Vec::with_capacity(state.ring_bytes);
         let mut first = None;
@@ -126,16 +133,22 @@ impl Tap {
             }
         }
         let first = first?;
-        (0..bytes.len().saturating_sub(line.len() - 1))
+        let start = (0..bytes.len().saturating_sub(line.len() - 1))
             .rev()
-            .find(|&i| bytes[i..].starts_with(line) && (i == 0 || bytes[i - 1] == b'\n'))
-            .map(|i| first + i as u64)
+            .find(|&i| bytes[i..].starts_with(line) && (i == 0 || bytes[i - 1] == b'\n'))?;
+        let end = bytes[start..].windows(4).position(|w| w == b"\r\n\r\n")? + start + 4;
+        Some((first + start as u64, first + end as u64))
     }
 
     /// Starts recording a probing tap: the leg's capture begins at socket offsets
     /// `base_in` / `base_out`; probed bytes from there on are written with the times they
     /// crossed the socket. `comment` goes on the leg's first packet.
-    pub fn start(&self, base_in: u64, base_out: u64, comment: String) {
+    ///
+    /// With `hold_from`, `In` bytes from that socket offset on (what a client sent right
+    /// behind its Upgrade request) are held until wstap's next write (the `101`) and
+    /// written just after it, with a comment giving their real arrival: Wireshark decodes
+    /// WebSocket frames only after the `101`, in capture order.
+    pub fn start(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String) {
         let mut state = self.lock();
         if self.mode.load(Relaxed) != PROBE {
             return;
@@ -148,13 +161,43 @@ impl Tap {
         state.ring_bytes = 0;
         let first_time = kept.first().map_or_else(now_ns, |c| c.0);
         self.recorder.send_at(first_time, self.leg, What::Open(Box::new(self.opening(comment))));
+        let hold_from = hold_from.unwrap_or(u64::MAX);
         for (time, dir, off, bytes) in kept {
             let base = base[idx(dir)];
             let skip = base.saturating_sub(off) as usize;
-            let offset = off.max(base) - base;
-            self.recorder.send_at(time, self.leg, What::Data { dir, offset, bytes: bytes.slice(skip..) });
+            let (offset, mut bytes) = (off.max(base) - base, bytes.slice(skip..));
+            let off = off.max(base);
+            if dir == Dir::In && off + bytes.len() as u64 > hold_from {
+                let keep = hold_from.saturating_sub(off) as usize;
+                let later = bytes.split_off(keep);
+                state.held.push((time, offset + keep as u64, later));
+            }
+            if !bytes.is_empty() {
+                self.recorder.send_at(time, self.leg, What::Data { dir, offset, bytes });
+            }
         }
+        self.holding.store(hold_from != u64::MAX, Relaxed);
         self.mode.store(ON, Relaxed);
+    }
+
+    /// Writes the held client bytes (after wstap's first write, or at close).
+    fn release_held(&self, state: &mut TapState) {
+        if !self.holding.swap(false, Relaxed) || state.held.is_empty() {
+            return;
+        }
+        let bytes: usize = state.held.iter().map(|h| h.2.len()).sum();
+        let arrived = state.held[0].0;
+        self.recorder.send(
+            self.leg,
+            What::Note(format!(
+                "the client sent these {bytes} bytes right behind its Upgrade request, before the 101 \
+                 (they arrived at {}); wstap shows them after the 101 so that Wireshark decodes them",
+                humantime::format_rfc3339_nanos(UNIX_EPOCH + std::time::Duration::from_nanos(arrived))
+            )),
+        );
+        for (_, offset, bytes) in state.held.drain(..) {
+            self.recorder.send(self.leg, What::Data { dir: Dir::In, offset, bytes });
+        }
     }
 
     /// A comment for the leg's next packet (only while recording).
@@ -181,6 +224,19 @@ impl Tap {
     fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce() -> Bytes) {
         let off = self.offset[idx(dir)].fetch_add(len as u64, Relaxed);
         match self.mode.load(Relaxed) {
+            ON if self.holding.load(Relaxed) => {
+                let mut state = self.lock();
+                match dir {
+                    Dir::In => {
+                        let offset = off.saturating_sub(self.base[0].load(Relaxed));
+                        state.held.push((now_ns(), offset, copy()));
+                    }
+                    Dir::Out => {
+                        self.send_data(dir, off, copy());
+                        self.release_held(&mut state);
+                    }
+                }
+            }
             ON => self.send_data(dir, off, copy()),
             PROBE => {
                 let mut state = self.lock();
@@ -225,7 +281,10 @@ impl Tap {
 
     fn on_close(&self) {
         if self.is_recording() {
-            let reason = self.lock().close_reason.take().unwrap_or_else(|| "connection closed".to_owned());
+            let mut state = self.lock();
+            self.release_held(&mut state);
+            let reason = state.close_reason.take().unwrap_or_else(|| "connection closed".to_owned());
+            drop(state);
             self.recorder.send(self.leg, What::Close { reason });
             self.mode.store(OFF, Relaxed);
         }

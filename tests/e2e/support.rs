@@ -170,3 +170,62 @@ impl Witness {
         while let Some(Ok(_)) = self.ws.next().await {}
     }
 }
+
+pub const UPGRADE: &str = "GET /chat HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+pub const SWITCHED: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+/// A masked client text frame carrying `text` (< 126 bytes).
+pub fn masked_text_frame(text: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Raw upstream for half-close tests: answers 101, then runs `after` on the socket.
+pub async fn switching_upstream<F, Fut>(after: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let after = std::sync::Arc::new(after);
+    serve(move |s| {
+        let after = after.clone();
+        async move {
+            let mut r = BufReader::new(s);
+            let head = read_head(&mut r).await;
+            r.get_mut().write_all(SWITCHED.as_bytes()).await.unwrap();
+            assert!(r.buffer().is_empty());
+            after(r.into_inner(), head).await;
+        }
+    })
+    .await
+}
+
+/// Connects through the proxy and completes a raw upgrade; returns the socket and any
+/// bytes that arrived right behind the 101.
+pub async fn raw_session(proxy: &Proxy) -> (TcpStream, Vec<u8>) {
+    let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+    r.get_mut().write_all(UPGRADE.as_bytes()).await.unwrap();
+    let head = read_head(&mut r).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    let early = r.buffer().to_vec();
+    (r.into_inner(), early)
+}

@@ -1,0 +1,462 @@
+//! Capture, checked the way a user would: real clients through the real daemon, then
+//! the pcapng file read back with tshark and capinfos (Debian's, installed by CI).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+/// A fresh capture directory for one test.
+fn capture_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wstap-capture-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `[capture]` settings writing into `dir`, plus `extra` lines.
+fn capture_toml(dir: &Path, extra: &str) -> String {
+    format!("[capture]\ndir = {:?}\n{extra}\n", dir.display().to_string())
+}
+
+/// The one finished capture file in `dir`.
+fn the_file(dir: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
+        .collect();
+    assert_eq!(files.len(), 1, "one capture file in {}: {files:?}", dir.display());
+    files.into_iter().next().unwrap()
+}
+
+/// Runs a tool and returns its stdout; fails the test if the tool fails.
+fn run(tool: &str, args: &[&str]) -> String {
+    let out =
+        Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool} not runnable ({e}): CI installs it"));
+    assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tshark(file: &Path, args: &[&str]) -> String {
+    let mut all = vec!["-r", file.to_str().unwrap()];
+    all.extend_from_slice(args);
+    run("tshark", &all)
+}
+
+/// Rows of `-T fields` output for `fields`, filtered by `filter`.
+fn fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut args = vec!["-Y", filter, "-T", "fields", "-E", "occurrence=f"];
+    for f in fields {
+        args.extend(["-e", f]);
+    }
+    tshark(file, &args).lines().map(|l| l.split('\t').map(str::to_owned).collect()).collect()
+}
+
+/// The clean-session bar: no expert Warnings or Errors, good IP and TCP checksums,
+/// both interfaces with ns resolution, strict time order.
+fn assert_clean(file: &Path, interfaces: usize) {
+    let expert = tshark(file, &["-q", "-z", "expert"]);
+    assert!(!expert.contains("Warnings (") && !expert.contains("Errors ("), "expert info:\n{expert}");
+    let sums = tshark(
+        file,
+        &[
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-T",
+            "fields",
+            "-e",
+            "ip.checksum.status",
+            "-e",
+            "tcp.checksum.status",
+        ],
+    );
+    for line in sums.lines() {
+        assert!(line.split('\t').filter(|s| !s.is_empty()).all(|s| s == "1"), "checksum status {line:?}");
+    }
+    let info = run("capinfos", &[file.to_str().unwrap()]);
+    assert!(info.contains(&format!("Number of interfaces in file: {interfaces}")), "{info}");
+    assert_eq!(info.matches("Time resolution = 0x09").count(), interfaces, "{info}");
+    assert!(info.contains("Strict time order:   True"), "{info}");
+}
+
+/// Both directions of TCP stream `stream`, reassembled by tshark: (from the opener,
+/// from the other end).
+fn follow(file: &Path, stream: &str) -> (Vec<u8>, Vec<u8>) {
+    let out = tshark(file, &["-q", "-z", &format!("follow,tcp,raw,{stream}")]);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let hex =
+        |s: &str| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<u8>>();
+    for line in out.lines().skip_while(|l| !l.starts_with("Node 1:")).skip(1) {
+        if line.starts_with("====") {
+            break;
+        }
+        match line.strip_prefix('\t') {
+            Some(h) => b.extend(hex(h.trim())),
+            None => a.extend(hex(line.trim())),
+        }
+    }
+    (a, b)
+}
+
+/// The tcp.stream index of each interface's first connection.
+fn stream_of(file: &Path, interface: u32) -> String {
+    fields(file, &format!("frame.interface_id == {interface}"), &["tcp.stream"])[0][0].clone()
+}
+
+/// WebSocket messages (opcode, unmasked payload) after the HTTP head in `bytes`;
+/// fragments are joined, control frames listed where they stand.
+fn ws_messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
+    let mut rest = &bytes[head_end..];
+    let (mut out, mut partial): (Vec<(u8, Vec<u8>)>, Option<(u8, Vec<u8>)>) = (Vec::new(), None);
+    while rest.len() >= 2 {
+        let (fin, opcode, masked) = (rest[0] & 0x80 != 0, rest[0] & 0x0f, rest[1] & 0x80 != 0);
+        let (len, mut at) = match rest[1] & 0x7f {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        let mask = masked.then(|| {
+            at += 4;
+            [rest[at - 4], rest[at - 3], rest[at - 2], rest[at - 1]]
+        });
+        let mut payload = rest[at..at + len].to_vec();
+        if let Some(m) = mask {
+            payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= m[i % 4]);
+        }
+        rest = &rest[at + len..];
+        match (opcode, partial.as_mut()) {
+            (0, Some((_, acc))) => acc.extend(payload),
+            (op, _) if op >= 8 => out.push((op, payload)),
+            (op, _) => partial = Some((op, payload)),
+        }
+        if fin && opcode < 8 {
+            out.extend(partial.take());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_full_session_decodes_message_for_message_on_both_legs() {
+    within(async {
+        let dir = capture_dir("full");
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/chat?room=7")).await.unwrap();
+        let sent = vec![
+            Message::text("héllo wörld"),
+            Message::binary((0..=255u8).collect::<Vec<_>>()),
+            Message::binary(noise(100 * 1024)),
+            Message::binary(noise(1 << 20)),
+        ];
+        for m in &sent {
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(&ws.next().await.unwrap().unwrap(), m);
+        }
+        for (part, opcode, fin) in [
+            ("frag", OpCode::Data(Data::Text), false),
+            ("ment", OpCode::Data(Data::Continue), false),
+            ("ed", OpCode::Data(Data::Continue), true),
+        ] {
+            ws.send(Message::Frame(Frame::message(part.as_bytes().to_vec(), opcode, fin))).await.unwrap();
+        }
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("fragmented"));
+        ws.send(Message::Ping(b"ping!".to_vec().into())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"ping!".to_vec().into()));
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let file = the_file(&dir);
+        assert_clean(&file, 2);
+
+        // Every message, exactly, in order, both ways, on both legs.
+        let mut want: Vec<(u8, Vec<u8>)> = vec![
+            (1, "héllo wörld".into()),
+            (2, (0..=255u8).collect()),
+            (2, noise(100 * 1024)),
+            (2, noise(1 << 20)),
+            (1, b"fragmented".to_vec()),
+        ];
+        let mut want_client = want.clone();
+        want_client.extend([(9, b"ping!".to_vec()), (8, Vec::new())]);
+        want.extend([(10, b"ping!".to_vec()), (8, Vec::new())]);
+        for interface in [0, 1] {
+            let (from_opener, from_server) = follow(&file, &stream_of(&file, interface));
+            let head = String::from_utf8_lossy(&from_opener[..200]);
+            assert!(head.starts_with("GET /chat?room=7 HTTP/1.1\r\n"), "leg {interface}: {head}");
+            assert!(String::from_utf8_lossy(&from_server).starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+            assert_eq!(ws_messages(&from_opener), want_client, "client → server messages, leg {interface}");
+            assert_eq!(ws_messages(&from_server), want, "server → client messages, leg {interface}");
+        }
+
+        // And Wireshark's own dissector finds every frame and the text on both legs.
+        let frames =
+            tshark(&file, &["-Y", "websocket", "-T", "fields", "-e", "frame.interface_id", "-e", "websocket.opcode"]);
+        for interface in ["0", "1"] {
+            let opcodes: Vec<&str> = frames
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .filter(|(i, _)| *i == interface)
+                .flat_map(|(_, ops)| ops.split(','))
+                .collect();
+            assert_eq!(
+                opcodes.len(),
+                9 + 7,
+                "9 frames from the client (3 fragments), 7 back, on {interface}: {opcodes:?}"
+            );
+        }
+        let texts = fields(&file, "websocket.payload.text", &["websocket.payload.text"]);
+        assert_eq!(texts.iter().filter(|r| r[0] == "héllo wörld").count(), 4, "{texts:?}");
+
+        // Session comments: first packet of each leg, and its last.
+        let comments = fields(&file, "frame.comment", &["frame.interface_id", "tcp.flags.syn", "frame.comment"]);
+        let first: Vec<_> = comments.iter().filter(|r| r[1] == "1").collect();
+        assert_eq!(first.len(), 2, "{comments:?}");
+        for r in &first {
+            assert!(r[2].contains("wstap session 1: GET /chat?room=7") && r[2].contains("ws://"), "{r:?}");
+        }
+        let last: Vec<_> = comments.iter().filter(|r| r[2].contains("leg closed")).collect();
+        assert_eq!(last.len(), 2, "{comments:?}");
+        assert!(
+            last.iter().all(|r| r[2].contains("closed by both sides") && r[2].contains("bytes from wstap")),
+            "{last:?}"
+        );
+        let all_frames = fields(&file, "frame", &["frame.number", "frame.interface_id", "frame.comment"]);
+        for r in &last {
+            let final_of_leg = all_frames.iter().filter(|f| f[1] == r[0]).last().unwrap();
+            assert!(
+                final_of_leg[2].contains("leg closed"),
+                "the close comment is on the leg's last packet: {final_of_leg:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ipv6_session_with_a_frame_in_the_upgrade_write_decodes() {
+    within(async {
+        let dir = capture_dir("ipv6");
+        let echo = echo_upstream().await;
+        let toml = format!("listen = [\"[::1]:0\"]\n[[route]]\nupstream = \"ws://{echo}\"\n{}", capture_toml(&dir, ""));
+        let proxy = Proxy::start(&toml).await;
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut first_write = UPGRADE.as_bytes().to_vec();
+        first_write.extend(masked_text_frame(b"early bird"));
+        s.write_all(&first_write).await.unwrap();
+        let mut r = BufReader::new(s);
+        assert_eq!(status_of(&read_head(&mut r).await), 101);
+        let mut echo_frame = [0u8; 12];
+        r.read_exact(&mut echo_frame).await.unwrap();
+        r.get_mut().shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        drop(r);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let file = the_file(&dir);
+        assert_clean(&file, 2);
+        let client_leg = fields(&file, "frame.interface_id == 0", &["ipv6.src", "tcp.srcport"]);
+        assert!(client_leg.iter().all(|r| r[0] == "::1"), "client leg is IPv6: {client_leg:?}");
+        let texts = fields(&file, "websocket.payload.text", &["frame.interface_id", "websocket.payload.text"]);
+        let early: Vec<_> = texts.iter().filter(|r| r[1] == "early bird").collect();
+        assert_eq!(early.len(), 4, "sent and echoed on both legs: {texts:?}");
+        // The request and the frame arrived in one segment; the 101 was written before
+        // the echo, and the capture keeps that order.
+        let (from_client, from_proxy) = follow(&file, &stream_of(&file, 0));
+        assert_eq!(from_client, first_write);
+        assert!(from_proxy.ends_with(&echo_frame));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_half_close_shows_fins_in_the_order_they_happened() {
+    within(async {
+        let dir = capture_dir("halfclose");
+        let upstream = switching_upstream(|mut s, _| async move {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            s.write_all(b"after your FIN").await.unwrap();
+            s.shutdown().await.unwrap();
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, &capture_toml(&dir, ""))).await;
+        let (mut s, _) = raw_session(&proxy).await;
+        s.write_all(b"bye").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"after your FIN");
+        drop(s);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let file = the_file(&dir);
+        assert_clean(&file, 2);
+        let rows = fields(&file, "frame.interface_id == 0", &["tcp.srcport", "tcp.flags.fin", "tcp.len"]);
+        let client_port = rows[0][0].clone();
+        let client_fin = rows.iter().position(|r| r[0] == client_port && r[1] == "1").expect("client FIN");
+        let late_data = rows
+            .iter()
+            .position(|r| r[0] != client_port && r[2] != "0" && rows[client_fin..].contains(r))
+            .expect("data after it");
+        let proxy_fin = rows.iter().position(|r| r[0] != client_port && r[1] == "1").expect("proxy FIN");
+        assert!(client_fin < late_data && late_data < proxy_fin, "FIN, data the other way, then its FIN: {rows:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_aborted_session_shows_a_reset() {
+    within(async {
+        let dir = capture_dir("reset");
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/")).await.unwrap();
+        ws.send(Message::text("then I vanish")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("then I vanish"));
+        let tcp = match ws.get_ref() {
+            tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!(),
+        };
+        tcp.set_zero_linger().unwrap();
+        drop(ws); // close with SO_LINGER 0: the kernel sends RST
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let file = the_file(&dir);
+        let rst = fields(&file, "tcp.flags.reset == 1", &["frame.interface_id", "frame.comment"]);
+        assert_eq!(rst.len(), 1, "{rst:?}");
+        assert_eq!(rst[0][0], "0", "the reset is on the client leg");
+        assert!(rst[0][1].contains("aborted"), "{rst:?}");
+        let texts = fields(&file, "websocket.payload.text", &["websocket.payload.text"]);
+        assert_eq!(texts.len(), 4, "{texts:?}");
+    })
+    .await;
+}
+
+/// A plain GET and then an upgrade on one client connection.
+async fn plain_then_upgrade(proxy: &Proxy) {
+    let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+    r.get_mut().write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let head = read_head(&mut r).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let mut body = [0u8; 5];
+    r.read_exact(&mut body).await.unwrap();
+    r.get_mut().write_all(UPGRADE.as_bytes()).await.unwrap();
+    assert_eq!(status_of(&read_head(&mut r).await), 101);
+    r.get_mut().write_all(&masked_text_frame(b"upgraded later")).await.unwrap();
+    let mut frame = [0u8; 16];
+    r.read_exact(&mut frame).await.unwrap();
+    assert_eq!(&frame[2..], b"upgraded later");
+}
+
+/// An upstream that answers a plain GET, then a WebSocket upgrade on the same connection
+/// (echoing one frame).
+async fn plain_and_ws_upstream() -> std::net::SocketAddr {
+    serve(|s| async move {
+        let mut r = BufReader::new(s);
+        loop {
+            let head = read_head(&mut r).await;
+            if head.is_empty() {
+                return;
+            }
+            if !head.to_ascii_lowercase().contains("upgrade: websocket") {
+                r.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain").await.unwrap();
+                continue;
+            }
+            r.get_mut().write_all(SWITCHED.as_bytes()).await.unwrap();
+            let mut hdr = [0u8; 6];
+            r.read_exact(&mut hdr).await.unwrap();
+            let len = (hdr[1] & 0x7f) as usize;
+            let mut payload = vec![0u8; len];
+            r.read_exact(&mut payload).await.unwrap();
+            payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= hdr[2 + i % 4]);
+            let mut out = vec![0x81, len as u8];
+            out.extend(payload);
+            r.get_mut().write_all(&out).await.unwrap();
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websocket_mode_starts_at_the_upgrade_and_all_mode_keeps_plain_http() {
+    within(async {
+        for (mode, plain_seen) in [("websocket", false), ("all", true)] {
+            let dir = capture_dir(&format!("mode-{mode}"));
+            let upstream = plain_and_ws_upstream().await;
+            let proxy = Proxy::start(&config(upstream, &capture_toml(&dir, &format!("mode = {mode:?}")))).await;
+            plain_then_upgrade(&proxy).await;
+            proxy.begin_shutdown().await;
+            proxy.stopped().await;
+
+            let file = the_file(&dir);
+            assert_clean(&file, 2);
+            let uris = fields(&file, "http.request", &["frame.interface_id", "http.request.uri"]);
+            let plain = uris.iter().filter(|r| r[1] == "/plain").count();
+            assert_eq!(plain, if plain_seen { 2 } else { 0 }, "mode {mode}: {uris:?}");
+            assert_eq!(uris.iter().filter(|r| r[1] == "/chat").count(), 2, "mode {mode}: {uris:?}");
+            let texts = fields(&file, "websocket.payload.text", &["frame.interface_id", "websocket.payload.text"]);
+            assert_eq!(texts.iter().filter(|r| r[1] == "upgraded later").count(), 4, "mode {mode}: {texts:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mode_off_writes_nothing_and_display_port_rewrites_the_server_port() {
+    within(async {
+        let off = capture_dir("off");
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&off, "mode = \"off\""))).await;
+        Witness::open(&proxy.ws_url("/")).await.close().await;
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        assert!(!off.exists(), "mode off creates no directory and no file");
+
+        let dir = capture_dir("display-port");
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, "display_port = 80"))).await;
+        let mut w = Witness::open(&proxy.ws_url("/")).await;
+        w.check("open").await;
+        w.close().await;
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = the_file(&dir);
+        assert_clean(&file, 2);
+        let syns = fields(&file, "tcp.flags.syn == 1 && tcp.flags.ack == 0", &["tcp.dstport"]);
+        assert_eq!(syns, vec![vec!["80".to_owned()], vec!["80".to_owned()]]);
+        assert_eq!(fields(&file, "websocket.payload.text", &["websocket.payload.text"]).len(), 4);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_configured_legs_are_written() {
+    within(async {
+        let dir = capture_dir("legs");
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, "legs = [\"upstream\"]"))).await;
+        let mut w = Witness::open(&proxy.ws_url("/")).await;
+        w.check("open").await;
+        w.close().await;
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = the_file(&dir);
+        assert_clean(&file, 1);
+        let info = run("capinfos", &[file.to_str().unwrap()]);
+        assert!(info.contains("Interface #0 info:\n                     Name = upstream"), "{info}");
+    })
+    .await;
+}
