@@ -114,10 +114,13 @@ fn stream_of(file: &Path, interface: u32) -> String {
 
 /// WebSocket messages (opcode, unmasked payload) after the HTTP head in `bytes`;
 /// fragments are joined, control frames listed where they stand.
-fn ws_messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+/// A WebSocket message: opcode and payload.
+type WsMessage = (u8, Vec<u8>);
+
+fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
-    let (mut out, mut partial): (Vec<(u8, Vec<u8>)>, Option<(u8, Vec<u8>)>) = (Vec::new(), None);
+    let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
     while rest.len() >= 2 {
         let (fin, opcode, masked) = (rest[0] & 0x80 != 0, rest[0] & 0x0f, rest[1] & 0x80 != 0);
         let (len, mut at) = match rest[1] & 0x7f {
@@ -182,7 +185,7 @@ async fn a_full_session_decodes_message_for_message_on_both_legs() {
         assert_clean(&file, 2);
 
         // Every message, exactly, in order, both ways, on both legs.
-        let mut want: Vec<(u8, Vec<u8>)> = vec![
+        let mut want: Vec<WsMessage> = vec![
             (1, "héllo wörld".into()),
             (2, (0..=255u8).collect()),
             (2, noise(100 * 1024)),
@@ -235,7 +238,7 @@ async fn a_full_session_decodes_message_for_message_on_both_legs() {
         );
         let all_frames = fields(&file, "frame", &["frame.number", "frame.interface_id", "frame.comment"]);
         for r in &last {
-            let final_of_leg = all_frames.iter().filter(|f| f[1] == r[0]).last().unwrap();
+            let final_of_leg = all_frames.iter().rfind(|f| f[1] == r[0]).unwrap();
             assert!(
                 final_of_leg[2].contains("leg closed"),
                 "the close comment is on the leg's last packet: {final_of_leg:?}"
