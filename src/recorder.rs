@@ -65,13 +65,15 @@ pub enum What {
     /// captured stream (a jump means bytes were lost).
     Data { dir: Dir, offset: u64, bytes: Bytes },
     /// End of stream: `In` = the peer's FIN was read, `Out` = wstap shut its write side.
-    Fin { dir: Dir },
+    /// `offset` is the stream's length (bytes lost just before it still count).
+    Fin { dir: Dir, offset: u64 },
     /// The peer reset the connection (seen while reading, `In`, or writing, `Out`).
     Reset { dir: Dir },
     /// A comment for the leg's next packet.
     Note(String),
-    /// The socket was closed; `reason` goes on the leg's last packet.
-    Close { reason: String },
+    /// The socket was closed; `reason` goes on the leg's last packet. `offsets` are the
+    /// captured streams' lengths (`In`, `Out`).
+    Close { reason: String, offsets: [u64; 2] },
 }
 
 #[derive(Debug, Clone)]
@@ -380,6 +382,8 @@ struct LegState {
     /// Comment for the leg's next packet.
     note: Option<String>,
     name: &'static str,
+    /// Bytes not captured, per end (A, B).
+    lost: [u64; 2],
     /// The leg is finished (both FINs, or a reset): its last packet waits for the Close,
     /// which follows within microseconds, to carry the close comment.
     last: Option<Pending>,
@@ -390,6 +394,21 @@ impl LegState {
         match dir {
             Dir::In => self.local.peer(),
             Dir::Out => self.local,
+        }
+    }
+
+    /// Brings `from`'s stream up to `offset`: bytes between were lost, which the next
+    /// packet's sequence number (and comment) will show.
+    fn catch_up(&mut self, from: End, offset: u64) {
+        let sent = self.flow.sent(from);
+        if offset > sent {
+            let lost = offset - sent;
+            self.flow.skip(from, lost);
+            self.lost[from as usize] += lost;
+            add_note(
+                &mut self.note,
+                format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)"),
+            );
         }
     }
 }
@@ -465,18 +484,9 @@ impl<W: Write> CaptureWriter<W> {
             What::Data { dir, offset, bytes } => {
                 let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
                 let from = leg.end_of(dir);
+                leg.catch_up(from, offset);
                 let sent = leg.flow.sent(from);
-                let mut payload = &bytes[..];
-                if offset > sent {
-                    let lost = offset - sent;
-                    leg.flow.skip(from, lost);
-                    add_note(
-                        &mut leg.note,
-                        format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)"),
-                    );
-                } else if offset < sent {
-                    payload = &payload[((sent - offset) as usize).min(payload.len())..];
-                }
+                let payload = &bytes[((sent - offset.min(sent)) as usize).min(bytes.len())..];
                 if payload.is_empty() {
                     return Ok(());
                 }
@@ -487,9 +497,10 @@ impl<W: Write> CaptureWriter<W> {
                 }
                 Ok(())
             }
-            What::Fin { dir } => {
-                let Some(leg) = self.legs.get(&ev.leg) else { return Ok(()) };
+            What::Fin { dir, offset } => {
+                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
                 let from = leg.end_of(dir);
+                leg.catch_up(from, offset);
                 if leg.flow.fin_sent(from) {
                     return Ok(());
                 }
@@ -513,7 +524,7 @@ impl<W: Write> CaptureWriter<W> {
                 }
                 Ok(())
             }
-            What::Close { reason } => self.close(ev.leg, time, &reason, stats),
+            What::Close { reason, offsets } => self.close(ev.leg, time, &reason, offsets, stats),
         }
     }
 
@@ -538,23 +549,28 @@ impl<W: Write> CaptureWriter<W> {
         let mss = if b.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
         let isn = [self.next_isn(), self.next_isn()];
         let flow = Flow::new(a, b, isn, mss);
-        self.legs
-            .insert(id, LegState { flow, local, interface, note: Some(o.comment), name: o.kind.name(), last: None });
+        self.legs.insert(
+            id,
+            LegState { flow, local, interface, note: Some(o.comment), name: o.kind.name(), lost: [0; 2], last: None },
+        );
         self.emit(id, time, |f, e| f.handshake(e), stats)
     }
 
-    fn close(&mut self, id: LegId, time: u64, reason: &str, stats: &Stats) -> io::Result<()> {
+    fn close(&mut self, id: LegId, time: u64, reason: &str, offsets: [u64; 2], stats: &Stats) -> io::Result<()> {
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let (local, remote) = (leg.local, leg.local.peer());
+        leg.catch_up(remote, offsets[0]);
+        leg.catch_up(local, offsets[1]);
+        let count = |end: End| match leg.lost[end as usize] {
+            0 => format!("{} bytes", leg.flow.sent(end)),
+            lost => format!("{} bytes ({lost} not captured)", leg.flow.sent(end)),
+        };
         let comment = format!(
-            "{} leg closed: {reason}; {} bytes from {}, {} bytes from wstap",
+            "{} leg closed: {reason}; {} from {}, {} from wstap",
             leg.name,
-            leg.flow.sent(remote),
-            match leg.name {
-                "client" => "client",
-                _ => "upstream",
-            },
-            leg.flow.sent(local),
+            count(remote),
+            leg.name,
+            count(local)
         );
         add_note(&mut leg.note, comment);
         if let Some(mut last) = leg.last.take() {
@@ -615,5 +631,98 @@ fn add_note(note: &mut Option<String>, text: String) {
             n.push_str(&text);
         }
         None => *note = Some(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{SlicedPacket, TransportSlice};
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+
+    fn detached(limit: usize) -> Recorder {
+        Recorder {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                wake: Condvar::new(),
+                limit,
+                stats: Stats::default(),
+                next_leg: AtomicU64::new(1),
+                dropping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn data(dir: Dir, offset: u64, bytes: &[u8]) -> What {
+        What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
+    }
+
+    #[test]
+    fn a_full_queue_drops_data_but_keeps_control_events() {
+        let rec = detached(1000);
+        assert!(rec.send(1, data(Dir::In, 0, &[0; 800])));
+        assert!(!rec.send(1, data(Dir::In, 800, &[0; 800])), "over the budget");
+        assert!(rec.send(1, What::Fin { dir: Dir::In, offset: 1600 }), "control events still fit");
+        let s = rec.stats();
+        assert_eq!((s.events_dropped.load(Relaxed), s.bytes_dropped.load(Relaxed)), (1, 800));
+        let q = rec.lock();
+        assert_eq!(q.events.len(), 2);
+        assert!(q.events[0].time <= q.events[1].time, "stamped in queue order");
+    }
+
+    /// (seq, payload length, comment) of each packet in a pcapng written by `events`.
+    fn written(events: Vec<What>) -> Vec<(u32, usize, Option<String>)> {
+        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+        let synth = Synthesis { mss_ipv4: 1460, mss_ipv6: 1440, acks: false, display_port: None, isn_seed: 7 };
+        let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
+        let stats = Stats::default();
+        for (i, what) in events.into_iter().enumerate() {
+            w.process(Event { time: 1_000 + i as u64, leg: 1, what }, &stats).unwrap();
+        }
+        let bytes = w.into_inner();
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut out = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                let sliced = SlicedPacket::from_ip(&p.data).unwrap();
+                let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!() };
+                let comment = p.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                });
+                out.push((tcp.sequence_number(), tcp.payload().len(), comment));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lost_bytes_show_as_a_sequence_jump_with_a_comment() {
+        let opening = Opening {
+            kind: LegKind::Client,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            comment: "first".into(),
+        };
+        let packets = written(vec![
+            What::Open(Box::new(opening)),
+            data(Dir::In, 0, b"abc"),
+            data(Dir::In, 503, b"def"),              // 500 bytes were dropped in between
+            What::Fin { dir: Dir::Out, offset: 10 }, // and all 10 bytes wstap sent
+            What::Close { reason: "done".into(), offsets: [506, 10] },
+        ]);
+        assert_eq!(packets[0].2.as_deref(), Some("first"), "the session comment is on the SYN");
+        let (seq_abc, seq_def) = (packets[3].0, packets[4].0);
+        assert_eq!(seq_def.wrapping_sub(seq_abc), 503);
+        let gap = packets[4].2.as_deref().unwrap();
+        assert!(gap.contains("500 bytes") && gap.contains("capture queue full"), "{gap}");
+        let last = packets.last().unwrap().2.as_deref().unwrap();
+        assert_eq!(
+            last,
+            "client leg closed: done; 506 bytes (500 not captured) from client, 10 bytes (10 not captured) from wstap"
+        );
+        let fin = &packets[5];
+        assert_eq!(fin.2.as_deref().map(|c| c.contains("10 bytes")), Some(true), "{fin:?}");
     }
 }

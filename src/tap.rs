@@ -261,10 +261,16 @@ impl Tap {
         self.recorder.send(self.leg, What::Data { dir, offset, bytes });
     }
 
+    /// Length of the captured stream in `dir` so far.
+    fn captured(&self, dir: Dir) -> u64 {
+        self.offset[idx(dir)].load(Relaxed).saturating_sub(self.base[idx(dir)].load(Relaxed))
+    }
+
     fn on_fin(&self, dir: Dir) {
         let mut state = self.lock();
         if self.is_recording() && !std::mem::replace(&mut state.fin_sent[idx(dir)], true) {
-            self.recorder.send(self.leg, What::Fin { dir });
+            let offset = self.captured(dir);
+            self.recorder.send(self.leg, What::Fin { dir, offset });
         }
     }
 
@@ -285,7 +291,8 @@ impl Tap {
             self.release_held(&mut state);
             let reason = state.close_reason.take().unwrap_or_else(|| "connection closed".to_owned());
             drop(state);
-            self.recorder.send(self.leg, What::Close { reason });
+            let offsets = [self.captured(Dir::In), self.captured(Dir::Out)];
+            self.recorder.send(self.leg, What::Close { reason, offsets });
             self.mode.store(OFF, Relaxed);
         }
     }
