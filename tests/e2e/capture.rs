@@ -463,3 +463,81 @@ async fn only_the_configured_legs_are_written() {
     })
     .await;
 }
+
+/// A deterministic session (fixed clock, ISNs and section info) must give exactly the
+/// committed file. `WSTAP_BLESS=1 cargo test golden` rewrites it after a deliberate change.
+#[test]
+fn golden_a_deterministic_session_gives_a_byte_identical_file() {
+    use wstap::config::Legs;
+    use wstap::pcapng::SectionInfo;
+    use wstap::recorder::{CaptureWriter, Dir, Event, LegKind, Opening, Stats, Synthesis, What};
+
+    let request = UPGRADE.as_bytes();
+    let response = SWITCHED.as_bytes();
+    let hello = masked_text_frame(b"hello, golden file");
+    let mut echo = vec![0x81, 18];
+    echo.extend_from_slice(b"hello, golden file");
+    let open = |kind, local: &str, remote: &str| {
+        What::Open(Box::new(Opening {
+            kind,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            comment: format!("golden {kind:?} leg"),
+        }))
+    };
+    let data =
+        |dir, offset: usize, bytes: &[u8]| What::Data { dir, offset: offset as u64, bytes: bytes.to_vec().into() };
+    let (client, upstream) = (1, 2);
+    let events = vec![
+        (client, open(LegKind::Client, "127.0.0.1:8080", "127.0.0.1:40000")),
+        (client, data(Dir::In, 0, request)),
+        (upstream, open(LegKind::Upstream, "127.0.0.1:50000", "127.0.0.1:9000")),
+        (upstream, data(Dir::Out, 0, request)),
+        (upstream, data(Dir::In, 0, response)),
+        (client, data(Dir::Out, 0, response)),
+        (client, data(Dir::In, request.len(), &hello)),
+        (upstream, data(Dir::Out, request.len(), &hello)),
+        (upstream, data(Dir::In, response.len(), &echo)),
+        (client, data(Dir::Out, response.len(), &echo)),
+        (client, What::Fin { dir: Dir::In, offset: (request.len() + hello.len()) as u64 }),
+        (upstream, What::Fin { dir: Dir::Out, offset: (request.len() + hello.len()) as u64 }),
+        (upstream, What::Fin { dir: Dir::In, offset: (response.len() + echo.len()) as u64 }),
+        (client, What::Fin { dir: Dir::Out, offset: (response.len() + echo.len()) as u64 }),
+        (
+            client,
+            What::Close {
+                reason: "golden end".into(),
+                offsets: [(request.len() + hello.len()) as u64, (response.len() + echo.len()) as u64],
+            },
+        ),
+        (
+            upstream,
+            What::Close {
+                reason: "golden end".into(),
+                offsets: [(response.len() + echo.len()) as u64, (request.len() + hello.len()) as u64],
+            },
+        ),
+    ];
+    let info =
+        SectionInfo { application: "wstap golden".into(), os: "golden-os".into(), hostname: "golden-host".into() };
+    let synth = Synthesis { mss_ipv4: 1460, mss_ipv6: 1440, acks: true, display_port: None, isn_seed: 0x5eed };
+    let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
+    let stats = Stats::default();
+    for (i, (leg, what)) in events.into_iter().enumerate() {
+        w.process(Event { time: 1_764_000_000_000_000_000 + i as u64 * 250_000, leg, what }, &stats).unwrap();
+    }
+    let bytes = w.into_inner();
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-session.pcapng");
+    if std::env::var_os("WSTAP_BLESS").is_some() {
+        std::fs::write(&fixture, &bytes).unwrap();
+    }
+    let want = std::fs::read(&fixture).expect("fixture exists (WSTAP_BLESS=1 writes it)");
+    assert!(bytes == want, "output differs from {}; if the change is deliberate, bless it", fixture.display());
+
+    // The fixture itself is a clean, decodable session.
+    assert_clean(&fixture, 2);
+    let texts = fields(&fixture, "websocket.payload.text", &["websocket.payload.text"]);
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    assert!(texts.iter().all(|t| t[0] == "hello, golden file"));
+}
