@@ -17,5 +17,11 @@ trap cleanup EXIT
 
 kill -TERM "$wstap"
 wait "$wstap" && echo "demo: wstap drained and exited 0"
-echo "demo: the daemon's log (sessions with byte counts): $out/wstap.log"
+echo "demo: the daemon's log: $out/wstap.log"
 grep -E 'websocket session' "$out/wstap.log" | sed 's/^/  /'
+capture=$(ls -t captures/wstap_*.pcapng | head -n 1)
+echo "demo: the capture: $capture (open it in Wireshark)"
+if command -v tshark >/dev/null; then
+  echo "demo: tshark -r $capture -Y websocket"
+  tshark -r "$capture" -Y websocket 2>/dev/null | sed 's/^/  /'
+fi

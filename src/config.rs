@@ -184,6 +184,31 @@ struct FileCapture {
     flush_interval: HumanDuration,
 }
 
+impl From<FileCapture> for CaptureSettings {
+    fn from(c: FileCapture) -> CaptureSettings {
+        CaptureSettings {
+            mode: c.mode,
+            dir: c.dir,
+            prefix: c.prefix,
+            legs: Legs { client: c.legs.contains(&LegName::Client), upstream: c.legs.contains(&LegName::Upstream) },
+            display_port: (c.display_port != 0).then_some(c.display_port),
+            mss_ipv4: c.mss_ipv4,
+            mss_ipv6: c.mss_ipv6,
+            acks: c.acks,
+            queue_size: c.queue_size.0 as usize,
+            flush_interval: c.flush_interval.0,
+        }
+    }
+}
+
+impl CaptureSettings {
+    /// The default capture settings, writing into `dir`: for applications that record
+    /// their own connections with [`crate::tap::Tee`].
+    pub fn in_dir(dir: impl Into<PathBuf>) -> CaptureSettings {
+        CaptureSettings { dir: dir.into(), ..FileCapture::default().into() }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum LegName {
@@ -402,18 +427,7 @@ impl FileConfig {
         if c.flush_interval.0.is_zero() {
             return fail("capture.flush_interval", "must be more than 0s".into());
         }
-        let capture = CaptureSettings {
-            mode: c.mode,
-            dir: c.dir,
-            prefix: c.prefix,
-            legs: Legs { client: c.legs.contains(&LegName::Client), upstream: c.legs.contains(&LegName::Upstream) },
-            display_port: (c.display_port != 0).then_some(c.display_port),
-            mss_ipv4: c.mss_ipv4,
-            mss_ipv6: c.mss_ipv6,
-            acks: c.acks,
-            queue_size: c.queue_size.0 as usize,
-            flush_interval: c.flush_interval.0,
-        };
+        let capture = CaptureSettings::from(c);
         let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
         Ok(Settings {
             source: source.to_owned(),

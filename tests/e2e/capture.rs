@@ -541,3 +541,23 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     assert_eq!(texts.len(), 4, "{texts:?}");
     assert!(texts.iter().all(|t| t[0] == "hello, golden file"));
 }
+
+#[tokio::test]
+async fn an_unwritable_capture_directory_never_hurts_traffic() {
+    within(async {
+        let blocker = capture_dir("blocker");
+        std::fs::write(&blocker, b"a file where the capture directory should be").unwrap();
+        let dir = blocker.join("captures");
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
+        for round in 0..3 {
+            let mut w = Witness::open(&proxy.ws_url("/")).await;
+            w.check(&format!("capture failed, round {round}")).await;
+            w.close().await;
+        }
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        assert!(!dir.exists());
+        std::fs::remove_file(&blocker).unwrap();
+    })
+    .await;
+}
