@@ -220,11 +220,15 @@ impl Conn {
                 request_line_target = request_line.trim_end_matches(" HTTP/1."),
             );
             if let Some(tap) = &self.client_tap {
-                let head = tap.find_head(request_line.as_bytes());
-                if head.is_none() && !tap.is_recording() {
-                    debug!("Upgrade request not found among recent bytes; capture starts at the oldest kept byte");
-                }
-                let (start, end) = head.map_or((0, None), |(s, e)| (s, Some(e)));
+                let (start, end) = match tap.find_head(request_line.as_bytes()) {
+                    Some((start, end)) => (start, Some(end)),
+                    None => {
+                        if !tap.is_recording() {
+                            debug!("Upgrade request not among the kept bytes; capture starts at the oldest one");
+                        }
+                        (tap.oldest_in().unwrap_or_else(|| tap.offset(Dir::In)), None)
+                    }
+                };
                 self.begin_capture(tap, start, client_out_base, end, &comment);
             }
             if let (Some(tap), Some((base_in, base_out))) = (&upstream_tap, upstream_bases) {

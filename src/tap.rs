@@ -119,6 +119,11 @@ impl Tap {
         self.offset[idx(dir)].load(Relaxed)
     }
 
+    /// The socket offset of the oldest `In` byte still kept while probing, if any.
+    pub fn oldest_in(&self) -> Option<u64> {
+        self.lock().ring.iter().find(|c| c.1 == Dir::In).map(|c| c.2)
+    }
+
     /// Where the last request head whose first line starts with `line` (such as
     /// `GET /chat HTTP/1.`) lies among the probed `In` bytes: the socket offsets of its
     /// first byte and of the byte after its blank line.
