@@ -7,11 +7,18 @@ use std::process::Command;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
+
+/// One short WebSocket session through `proxy`, then a clean stop (the file is finished).
+async fn one_session_then_stop(proxy: Proxy) {
+    let mut w = Witness::open(&proxy.ws_url("/")).await;
+    w.check("open").await;
+    w.close().await;
+    proxy.begin_shutdown().await;
+    proxy.stopped().await;
+}
 
 /// A fresh capture directory for one test.
 fn capture_dir(name: &str) -> PathBuf {
@@ -165,14 +172,7 @@ async fn a_full_session_decodes_message_for_message_on_both_legs() {
             ws.send(m.clone()).await.unwrap();
             assert_eq!(&ws.next().await.unwrap().unwrap(), m);
         }
-        for (part, opcode, fin) in [
-            ("frag", OpCode::Data(Data::Text), false),
-            ("ment", OpCode::Data(Data::Continue), false),
-            ("ed", OpCode::Data(Data::Continue), true),
-        ] {
-            ws.send(Message::Frame(Frame::message(part.as_bytes().to_vec(), opcode, fin))).await.unwrap();
-        }
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("fragmented"));
+        fragmented_round_trip(&mut ws).await;
         ws.send(Message::Ping(b"ping!".to_vec().into())).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"ping!".to_vec().into()));
         ws.close(None).await.unwrap();
@@ -425,18 +425,12 @@ async fn mode_off_writes_nothing_and_display_port_rewrites_the_server_port() {
     within(async {
         let off = capture_dir("off");
         let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&off, "mode = \"off\""))).await;
-        Witness::open(&proxy.ws_url("/")).await.close().await;
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        one_session_then_stop(proxy).await;
         assert!(!off.exists(), "mode off creates no directory and no file");
 
         let dir = capture_dir("display-port");
         let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, "display_port = 80"))).await;
-        let mut w = Witness::open(&proxy.ws_url("/")).await;
-        w.check("open").await;
-        w.close().await;
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        one_session_then_stop(proxy).await;
         let file = the_file(&dir);
         assert_clean(&file, 2);
         let syns = fields(&file, "tcp.flags.syn == 1 && tcp.flags.ack == 0", &["tcp.dstport"]);
@@ -451,11 +445,7 @@ async fn only_the_configured_legs_are_written() {
     within(async {
         let dir = capture_dir("legs");
         let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, "legs = [\"upstream\"]"))).await;
-        let mut w = Witness::open(&proxy.ws_url("/")).await;
-        w.check("open").await;
-        w.close().await;
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        one_session_then_stop(proxy).await;
         let file = the_file(&dir);
         assert_clean(&file, 1);
         let info = run("capinfos", &[file.to_str().unwrap()]);
@@ -549,13 +539,12 @@ async fn an_unwritable_capture_directory_never_hurts_traffic() {
         std::fs::write(&blocker, b"a file where the capture directory should be").unwrap();
         let dir = blocker.join("captures");
         let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
-        for round in 0..3 {
+        for round in 0..2 {
             let mut w = Witness::open(&proxy.ws_url("/")).await;
             w.check(&format!("capture failed, round {round}")).await;
             w.close().await;
         }
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        one_session_then_stop(proxy).await;
         assert!(!dir.exists());
         std::fs::remove_file(&blocker).unwrap();
     })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::support::*;
 
@@ -27,17 +27,10 @@ async fn read_response(r: &mut BufReader<TcpStream>) -> (String, String) {
 #[tokio::test]
 async fn get_keeps_end_to_end_headers_and_their_case_and_drops_hop_by_hop_ones() {
     within(async {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let upstream = serve(move |s| {
-            let tx = tx.clone();
-            async move {
-                let mut r = BufReader::new(s);
-                tx.send(read_head(&mut r).await).unwrap();
-                let answer = "HTTP/1.1 200 OK\r\nX-Upstream-Case: Yes\r\nConnection: keep-alive, X-Hop\r\n\
-                    X-Hop: secret\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok";
-                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
-            }
-        })
+        let (upstream, mut rx) = recording_upstream(
+            "HTTP/1.1 200 OK\r\nX-Upstream-Case: Yes\r\nConnection: keep-alive, X-Hop\r\n\
+             X-Hop: secret\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+        )
         .await;
         let proxy = Proxy::start(&config(upstream, "")).await;
         let request = "GET /items?page=2 HTTP/1.1\r\nHost: shop.example\r\nX-Custom-Case: v\r\n\
@@ -71,16 +64,7 @@ async fn get_keeps_end_to_end_headers_and_their_case_and_drops_hop_by_hop_ones()
 #[tokio::test]
 async fn preserve_host_and_x_forwarded_are_configurable() {
     within(async {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let upstream = serve(move |s| {
-            let tx = tx.clone();
-            async move {
-                let mut r = BufReader::new(s);
-                tx.send(read_head(&mut r).await).unwrap();
-                r.get_mut().write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
-            }
-        })
-        .await;
+        let (upstream, mut rx) = recording_upstream("HTTP/1.1 204 No Content\r\n\r\n").await;
         let proxy = Proxy::start(&config(upstream, "[proxy]\npreserve_host = true\nx_forwarded = false")).await;
         raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n").await;
         let seen = rx.recv().await.unwrap();
@@ -128,10 +112,8 @@ async fn requests_on_one_client_connection_share_one_upstream_connection() {
 #[tokio::test]
 async fn a_post_body_streams_to_the_upstream_before_it_is_complete() {
     within(async {
-        let (first_seen_tx, first_seen) = oneshot::channel::<()>();
-        let first_seen_tx = std::sync::Mutex::new(Some(first_seen_tx));
-        let upstream = serve(move |s| {
-            let tx = first_seen_tx.lock().unwrap().take().unwrap();
+        let (tx, first_seen) = oneshot::channel::<()>();
+        let upstream = serve_once(move |s| {
             async move {
                 let mut r = BufReader::new(s);
                 let head = read_head(&mut r).await;
@@ -175,18 +157,14 @@ async fn a_post_body_streams_to_the_upstream_before_it_is_complete() {
 #[tokio::test]
 async fn a_response_body_streams_to_the_client_before_it_is_complete() {
     within(async {
-        let (go_tx, go_rx) = oneshot::channel::<()>();
-        let go_rx = std::sync::Mutex::new(Some(go_rx));
-        let upstream = serve(move |s| {
-            let go = go_rx.lock().unwrap().take().unwrap();
-            async move {
-                let mut r = BufReader::new(s);
-                read_head(&mut r).await;
-                let w = r.get_mut();
-                w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nearly\r\n").await.unwrap();
-                go.await.unwrap();
-                w.write_all(b"4\r\nlate\r\n0\r\n\r\n").await.unwrap();
-            }
+        let (go_tx, go) = oneshot::channel::<()>();
+        let upstream = serve_once(move |s| async move {
+            let mut r = BufReader::new(s);
+            read_head(&mut r).await;
+            let w = r.get_mut();
+            w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nearly\r\n").await.unwrap();
+            go.await.unwrap();
+            w.write_all(b"4\r\nlate\r\n0\r\n\r\n").await.unwrap();
         })
         .await;
         let proxy = Proxy::start(&config(upstream, "")).await;

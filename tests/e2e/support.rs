@@ -95,9 +95,43 @@ where
     addr
 }
 
-/// A port nothing listens on.
+/// Accepts one connection on a fresh port and runs `handler` on it.
+pub async fn serve_once<F, Fut>(handler: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((s, _)) = listener.accept().await {
+            handler(s).await;
+        }
+    });
+    addr
+}
+
+/// A WebSocket client connection.
+pub type WsClient = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Sends "fragmented" as a text message in three frames and checks the (reassembled) echo.
+pub async fn fragmented_round_trip(ws: &mut WsClient) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    for (part, opcode, fin) in [
+        ("frag", OpCode::Data(Data::Text), false),
+        ("ment", OpCode::Data(Data::Continue), false),
+        ("ed", OpCode::Data(Data::Continue), true),
+    ] {
+        ws.send(Message::Frame(Frame::message(part.as_bytes().to_vec(), opcode, fin))).await.unwrap();
+    }
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("fragmented"));
+}
+
+/// An address nothing listens on: a port freed on 127.0.0.2, where no test listens (on
+/// 127.0.0.1 another test could be handed the freed port).
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = TcpListener::bind("127.0.0.2:0").await.unwrap();
     l.local_addr().unwrap()
 }
 
@@ -117,14 +151,25 @@ pub fn has_header(head: &str, name: &str, value: &str) -> bool {
     head.lines().any(|l| l.split_once(':').is_some_and(|(n, v)| n.eq_ignore_ascii_case(name) && v.trim() == value))
 }
 
+/// An upstream that answers every connection's first request with `response`, verbatim,
+/// and reports each request head it saw.
+pub async fn recording_upstream(response: &'static str) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = serve(move |s| {
+        let tx = tx.clone();
+        async move {
+            let mut r = BufReader::new(s);
+            let _ = tx.send(read_head(&mut r).await);
+            let _ = r.get_mut().write_all(response.as_bytes()).await;
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
 /// An upstream that answers every connection's first request with `response`, verbatim.
 pub async fn fixed_upstream(response: &'static str) -> SocketAddr {
-    serve(move |s| async move {
-        let mut r = BufReader::new(s);
-        read_head(&mut r).await;
-        let _ = r.get_mut().write_all(response.as_bytes()).await;
-    })
-    .await
+    recording_upstream(response).await.0
 }
 
 /// The status code of a response head.
@@ -145,7 +190,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 /// A WebSocket client session through the proxy used as a witness: it must keep working
 /// while other tests of the same daemon misbehave.
 pub struct Witness {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ws: WsClient,
     n: u32,
 }
 

@@ -5,8 +5,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
@@ -27,14 +27,7 @@ async fn every_kind_of_message_crosses_byte_for_byte() {
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(all_bytes));
 
         // A text message in three fragments; the echo server reassembles it.
-        for (part, opcode, fin) in [
-            ("frag", OpCode::Data(Data::Text), false),
-            ("ment", OpCode::Data(Data::Continue), false),
-            ("ed", OpCode::Data(Data::Continue), true),
-        ] {
-            ws.send(Message::Frame(Frame::message(part.as_bytes().to_vec(), opcode, fin))).await.unwrap();
-        }
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("fragmented"));
+        fragmented_round_trip(&mut ws).await;
 
         ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"are you there".to_vec().into()));
