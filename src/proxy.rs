@@ -45,12 +45,39 @@ pub struct Context {
 /// whether a session starts (the Upgrade request and the `101` with any early frames).
 const UPSTREAM_PROBE: usize = 256 * 1024;
 
+impl Context {
+    /// A tap for a new connection leg, as `[capture]` says: recording from its first byte
+    /// (`all`), probing until a session starts (`websocket`), or none.
+    fn tap(
+        &self,
+        kind: LegKind,
+        local: SocketAddr,
+        remote: SocketAddr,
+        comment: impl FnOnce() -> String,
+    ) -> Option<Arc<Tap>> {
+        let rec = self.capture.as_ref()?;
+        let capture = &self.settings.capture;
+        let wanted = match kind {
+            LegKind::Client => capture.legs.client,
+            LegKind::Upstream => capture.legs.upstream,
+        };
+        let probe = match kind {
+            LegKind::Client => self.settings.limits.max_header_size + 64 * 1024,
+            LegKind::Upstream => UPSTREAM_PROBE,
+        };
+        match capture.mode {
+            _ if !wanted => None,
+            CaptureMode::All => Some(Tap::recording(rec.clone(), kind, local, remote, comment())),
+            CaptureMode::Websocket => Some(Tap::probing(rec.clone(), kind, local, remote, probe)),
+            CaptureMode::Off => None,
+        }
+    }
+}
+
 /// State of one accepted client connection, shared by its requests and its session.
 pub struct Conn {
     pub id: u64,
     pub client: SocketAddr,
-    /// The listener's address the client connected to.
-    pub local: SocketAddr,
     pub ctx: Arc<Context>,
     pub shutdown: Shutdown,
     client_tap: Option<Arc<Tap>>,
@@ -70,25 +97,10 @@ struct UpstreamConn {
 /// daemon drains (then in-flight requests finish first).
 pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: OwnedSemaphorePermit) {
     let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
-    let client_tap = ctx.capture.as_ref().and_then(|rec| {
-        let capture = &ctx.settings.capture;
-        match capture.mode {
-            _ if !capture.legs.client => None,
-            CaptureMode::All => {
-                let comment = format!("wstap connection {id} from {client}");
-                Some(Tap::recording(rec.clone(), LegKind::Client, local, client, comment))
-            }
-            CaptureMode::Websocket => {
-                let ring = ctx.settings.limits.max_header_size + 64 * 1024;
-                Some(Tap::probing(rec.clone(), LegKind::Client, local, client, ring))
-            }
-            CaptureMode::Off => None,
-        }
-    });
+    let client_tap = ctx.tap(LegKind::Client, local, client, || format!("wstap connection {id} from {client}"));
     let conn = Arc::new(Conn {
         id,
         client,
-        local,
         shutdown,
         client_tap: client_tap.clone(),
         upstream: Mutex::new(None),
@@ -178,7 +190,9 @@ impl Conn {
         };
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let request_line = format!("{} {} HTTP/1.", req.method(), req.uri());
+        // Where a session's capture would start on the client leg: its request line, and
+        // wstap's next byte to the client.
+        let request_line = upgrade.as_ref().map(|_| format!("{} {} HTTP/1.", req.method(), req.uri()));
         let client_out_base = self.client_tap.as_ref().map_or(0, |t| t.offset(Dir::Out));
 
         let (mut parts, body) = req.into_parts();
@@ -211,29 +225,8 @@ impl Conn {
         if switched {
             let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let comment = format!(
-                "wstap session {}: {request_line_target} from {} via route {:?} to {}",
-                self.id,
-                self.client,
-                route.path_prefix,
-                route.upstream,
-                request_line_target = request_line.trim_end_matches(" HTTP/1."),
-            );
-            if let Some(tap) = &self.client_tap {
-                let (start, end) = match tap.find_head(request_line.as_bytes()) {
-                    Some((start, end)) => (start, Some(end)),
-                    None => {
-                        if !tap.is_recording() {
-                            debug!("Upgrade request not among the kept bytes; capture starts at the oldest one");
-                        }
-                        (tap.oldest_in().unwrap_or_else(|| tap.offset(Dir::In)), None)
-                    }
-                };
-                self.begin_capture(tap, start, client_out_base, end, &comment);
-            }
-            if let (Some(tap), Some((base_in, base_out))) = (&upstream_tap, upstream_bases) {
-                self.begin_capture(tap, base_in, base_out, None, &comment);
-            }
+            let upstream_leg = upstream_tap.as_deref().zip(upstream_bases);
+            self.capture_session(request_line.as_deref().unwrap_or_default(), client_out_base, upstream_leg, &route);
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap);
         } else {
             *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -245,13 +238,38 @@ impl Conn {
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
-    /// Starts a leg's capture at the given socket offsets (a probing tap), or notes the
-    /// session on an already recording one (`capture.mode = "all"`).
-    fn begin_capture(&self, tap: &Tap, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: &str) {
-        if tap.is_recording() {
-            tap.note(comment.to_owned());
-        } else {
-            tap.start(base_in, base_out, hold_from, comment.to_owned());
+    /// A session starts: both legs' capture begins where its Upgrade exchange began. On
+    /// the client leg that is the last `request_line` among the kept bytes; bytes after
+    /// its head are held until the `101` is written (see [`Tap::begin`]).
+    fn capture_session(
+        &self,
+        request_line: &str,
+        client_out_base: u64,
+        upstream: Option<(&Tap, (u64, u64))>,
+        route: &Route,
+    ) {
+        let comment = format!(
+            "wstap session {}: {} from {} via route {:?} to {}",
+            self.id,
+            request_line.trim_end_matches(" HTTP/1."),
+            self.client,
+            route.path_prefix,
+            route.upstream,
+        );
+        if let Some(tap) = &self.client_tap {
+            let (start, end) = match tap.find_head(request_line.as_bytes()) {
+                Some((start, end)) => (start, Some(end)),
+                None => {
+                    if !tap.is_recording() {
+                        debug!("Upgrade request not among the kept bytes; capture starts at the oldest one");
+                    }
+                    (tap.oldest_in().unwrap_or_else(|| tap.offset(Dir::In)), None)
+                }
+            };
+            tap.begin(start, client_out_base, end, comment.clone());
+        }
+        if let Some((tap, (base_in, base_out))) = upstream {
+            tap.begin(base_in, base_out, None, comment);
         }
     }
 
@@ -286,18 +304,10 @@ impl Conn {
     }
 
     fn upstream_tap(&self, stream: &TcpStream, upstream: &Upstream) -> Option<Arc<Tap>> {
-        let rec = self.ctx.capture.as_ref()?;
-        let capture = &self.ctx.settings.capture;
         let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
-        match capture.mode {
-            _ if !capture.legs.upstream => None,
-            CaptureMode::All => {
-                let comment = format!("wstap upstream connection of connection {} to {upstream}", self.id);
-                Some(Tap::recording(rec.clone(), LegKind::Upstream, local, remote, comment))
-            }
-            CaptureMode::Websocket => Some(Tap::probing(rec.clone(), LegKind::Upstream, local, remote, UPSTREAM_PROBE)),
-            CaptureMode::Off => None,
-        }
+        self.ctx.tap(LegKind::Upstream, local, remote, || {
+            format!("wstap upstream connection of connection {} to {upstream}", self.id)
+        })
     }
 
     /// Waits for both sides to finish switching protocols, then relays bytes until the

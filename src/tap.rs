@@ -205,10 +205,14 @@ impl Tap {
         }
     }
 
-    /// A comment for the leg's next packet (only while recording).
-    pub fn note(&self, text: String) {
+    /// A session starts on this leg: a probing tap starts recording (see
+    /// [`Tap::start`]); a tap already recording (`capture.mode = "all"`) puts `comment`
+    /// on its next packet.
+    pub fn begin(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String) {
         if self.is_recording() {
-            self.recorder.send(self.leg, What::Note(text));
+            self.recorder.send(self.leg, What::Note(comment));
+        } else {
+            self.start(base_in, base_out, hold_from, comment);
         }
     }
 
