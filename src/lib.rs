@@ -35,6 +35,7 @@ pub mod shutdown;
 pub mod signals;
 pub mod splice;
 pub mod tap;
+pub mod wsframe;
 
 pub use config::Settings;
 pub use daemon::Daemon;

@@ -104,6 +104,36 @@ impl Flow {
         self.ack(a, emit);
     }
 
+    /// Starts the flow over in a new file: a synthetic handshake, each end's `prelude`
+    /// (for a WebSocket session: the Upgrade request from A, the `101` response from B)
+    /// and any FIN already sent, placed in sequence space so that they end exactly where
+    /// the flow stands now. The live segments that follow continue seamlessly, as if the
+    /// bytes in between had never been on this connection.
+    pub fn replay(&mut self, prelude: [&[u8]; 2], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+        let real = (self.isn, self.sent, self.fin);
+        let live = [self.next_seq(End::A), self.next_seq(End::B)];
+        let virtual_isn = |end: End| {
+            let i = end.idx();
+            self.next_seq(end).wrapping_sub(1 + prelude[i].len() as u32 + u32::from(self.fin[i]))
+        };
+        self.isn = [virtual_isn(End::A), virtual_isn(End::B)];
+        (self.sent, self.fin) = ([0; 2], [false; 2]);
+        self.handshake(emit);
+        for end in [End::A, End::B] {
+            if !prelude[end.idx()].is_empty() {
+                self.data(end, prelude[end.idx()], emit);
+                self.ack(end.peer(), emit);
+            }
+        }
+        for end in [End::A, End::B] {
+            if real.2[end.idx()] {
+                self.fin(end, emit);
+            }
+        }
+        debug_assert_eq!([self.next_seq(End::A), self.next_seq(End::B)], live, "the replay ends where the flow stands");
+        (self.isn, self.sent, self.fin) = real;
+    }
+
     /// `payload` sent by `from`, cut into MSS-sized segments; PSH on the last one.
     pub fn data(&mut self, from: End, payload: &[u8], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
         let segments = payload.len().div_ceil(self.mss);
@@ -382,6 +412,29 @@ mod tests {
         assert!(options.contains(&TcpOptionElement::WindowScale(7)));
         let seen = collect(|f, e| f.data(End::B, &[1u8; 3000], &mut *e), &mut flow);
         assert_eq!(seen.iter().map(|s| s.len).collect::<Vec<_>>(), vec![1440, 1440, 120]);
+    }
+
+    #[test]
+    fn a_replay_ends_where_the_live_flow_continues() {
+        let mut flow = v4_flow([u32::MAX - 100, 5000], 1460);
+        let mut sink = |_: End, _: &[u8]| {};
+        flow.handshake(&mut sink);
+        flow.data(End::A, &[0u8; 3000], &mut sink);
+        flow.data(End::B, &[0u8; 200], &mut sink);
+        let (next_a, next_b) = (flow.next_seq(End::A), flow.next_seq(End::B));
+        let seen = collect(
+            |f, e| {
+                f.replay([b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 101 OK\r\n\r\n"], &mut *e);
+                f.data(End::A, b"live", &mut *e);
+            },
+            &mut flow,
+        );
+        let flags: Vec<&str> = seen.iter().map(|s| s.flags.as_str()).collect();
+        assert_eq!(flags, vec!["S", "SA", "A", "AP", "A", "AP", "A", "AP"]);
+        assert_eq!(seen[3].seq.wrapping_add(seen[3].len as u32), next_a, "request ends where A's stream stands");
+        assert_eq!(seen[5].seq.wrapping_add(seen[5].len as u32), next_b, "response ends where B's stream stands");
+        assert_eq!((seen[7].seq, seen[7].ack), (next_a, next_b), "live data continues seamlessly");
+        assert_eq!(flow.sent(End::A), 3004, "byte counts are the whole stream's");
     }
 
     #[test]

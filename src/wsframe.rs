@@ -1,0 +1,209 @@
+//! Where WebSocket frames begin and end in one direction of a session's byte stream:
+//! first the HTTP head (up to its blank line), then frame headers (RFC 6455 §5.2), whose
+//! lengths say how many payload bytes to skip. Only headers are read, never payloads, so
+//! tracking costs a few comparisons per chunk. Rotation uses it to cut files between
+//! frames. Pure.
+
+/// Tracks frame boundaries in one direction.
+#[derive(Debug, Clone)]
+pub struct FrameTracker {
+    state: State,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    /// In the HTTP head; the last bytes seen, to find `\r\n\r\n`.
+    Head { tail: u32, seen: u64 },
+    /// Between or inside frames.
+    Frames { header: [u8; 14], have: u8, payload_left: u64 },
+}
+
+/// Facts about a frame, from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub fin: bool,
+    pub rsv1: bool,
+    pub opcode: u8,
+    pub masked: bool,
+    pub len: u64,
+    pub header_len: usize,
+}
+
+impl FrameHeader {
+    /// Parses a frame header from the start of `b`, if complete.
+    pub fn parse(b: &[u8]) -> Option<FrameHeader> {
+        let (&b0, &b1) = (b.first()?, b.get(1)?);
+        let masked = b1 & 0x80 != 0;
+        let (len, at) = match b1 & 0x7f {
+            126 => (u64::from(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)), 4),
+            127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?), 10),
+            n => (u64::from(n), 2),
+        };
+        let header_len = at + if masked { 4 } else { 0 };
+        (b.len() >= header_len).then_some(FrameHeader {
+            fin: b0 & 0x80 != 0,
+            rsv1: b0 & 0x40 != 0,
+            opcode: b0 & 0x0f,
+            masked,
+            len,
+            header_len,
+        })
+    }
+}
+
+impl Default for FrameTracker {
+    fn default() -> Self {
+        FrameTracker::new()
+    }
+}
+
+impl FrameTracker {
+    /// A tracker at the start of an HTTP head.
+    pub fn new() -> FrameTracker {
+        FrameTracker { state: State::Head { tail: 0, seen: 0 } }
+    }
+
+    /// Between two frames (or before any byte of the head)?
+    pub fn at_boundary(&self) -> bool {
+        match self.state {
+            State::Head { seen, .. } => seen == 0,
+            State::Frames { have, payload_left, .. } => have == 0 && payload_left == 0,
+        }
+    }
+
+    /// Past the HTTP head?
+    pub fn in_frames(&self) -> bool {
+        matches!(self.state, State::Frames { .. })
+    }
+
+    /// Consumes `data`; with `stop_at_boundary`, stops at the first boundary reached after
+    /// at least one byte. Returns the bytes consumed, and the header of each frame whose
+    /// header was completed on the way (through `on_header`).
+    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool, mut on_header: impl FnMut(FrameHeader)) -> usize {
+        let mut at = 0;
+        while at < data.len() {
+            match &mut self.state {
+                State::Head { tail, seen } => {
+                    let b = data[at];
+                    at += 1;
+                    *seen += 1;
+                    *tail = (*tail << 8) | u32::from(b);
+                    if *tail == u32::from_be_bytes(*b"\r\n\r\n") {
+                        self.state = State::Frames { header: [0; 14], have: 0, payload_left: 0 };
+                        if stop_at_boundary {
+                            return at;
+                        }
+                    }
+                }
+                State::Frames { payload_left, .. } if *payload_left > 0 => {
+                    let take = (*payload_left).min((data.len() - at) as u64);
+                    *payload_left -= take;
+                    at += take as usize;
+                    if *payload_left == 0 && stop_at_boundary {
+                        return at;
+                    }
+                }
+                State::Frames { header, have, payload_left } => {
+                    header[usize::from(*have)] = data[at];
+                    *have += 1;
+                    at += 1;
+                    if let Some(h) = FrameHeader::parse(&header[..usize::from(*have)]) {
+                        *have = 0;
+                        *payload_left = h.len;
+                        on_header(h);
+                        if h.len == 0 && stop_at_boundary {
+                            return at;
+                        }
+                    }
+                }
+            }
+        }
+        at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(m | n as u8),
+            n if n < 65536 => {
+                f.push(m | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend((n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend([1, 2, 3, 4]);
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Boundaries found when `stream` is fed in pieces of `piece` bytes.
+    fn boundaries(stream: &[u8], piece: usize) -> Vec<usize> {
+        let mut t = FrameTracker::new();
+        let (mut pos, mut found) = (0, Vec::new());
+        for chunk in stream.chunks(piece) {
+            let mut off = 0;
+            while off < chunk.len() {
+                off += t.advance(&chunk[off..], true, |_| {});
+                if t.at_boundary() {
+                    found.push(pos + off);
+                }
+            }
+            pos += chunk.len();
+        }
+        found
+    }
+
+    #[test]
+    fn boundaries_are_found_whatever_the_chunking() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+        let f1 = frame(1, b"hello", true);
+        let f2 = frame(2, &vec![7u8; 300], true);
+        let f3 = frame(9, b"", false);
+        let f4 = frame(2, &vec![1u8; 70_000], false);
+        let mut stream = head.clone();
+        let mut want = vec![head.len()];
+        for f in [&f1, &f2, &f3, &f4] {
+            stream.extend_from_slice(f);
+            want.push(stream.len());
+        }
+        for piece in [1, 2, 3, 7, 64, 1000, stream.len()] {
+            assert_eq!(boundaries(&stream, piece), want, "piece size {piece}");
+        }
+    }
+
+    #[test]
+    fn mid_frame_is_not_a_boundary_and_headers_are_reported() {
+        let mut t = FrameTracker::new();
+        assert!(t.at_boundary(), "nothing seen yet");
+        t.advance(b"HTTP/1.1 101 Switching Protocols\r\n", false, |_| {});
+        assert!(!t.at_boundary(), "inside the head");
+        t.advance(b"\r\n", false, |_| {});
+        assert!(t.at_boundary() && t.in_frames());
+        let f = frame(1, b"abcdef", false);
+        let mut headers = Vec::new();
+        t.advance(&f[..4], false, |h| headers.push(h));
+        assert!(!t.at_boundary());
+        assert_eq!(headers, vec![FrameHeader { fin: true, rsv1: false, opcode: 1, masked: false, len: 6, header_len: 2 }]);
+        t.advance(&f[4..], false, |_| {});
+        assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn header_parsing() {
+        assert_eq!(FrameHeader::parse(&[0x81]), None);
+        assert_eq!(FrameHeader::parse(&[0x81, 0xfe, 0x01]), None);
+        let h = FrameHeader::parse(&[0x41, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 9, 9, 9, 9]).unwrap();
+        assert_eq!((h.fin, h.rsv1, h.opcode, h.masked, h.len, h.header_len), (false, true, 1, true, 1 << 32, 14));
+    }
+}
