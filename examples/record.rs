@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use wstap::config::CaptureSettings;
-use wstap::recorder::{Capture, LegKind};
+use wstap::recorder::{Capture, LegKind, Opening};
 use wstap::tap::{Tap, Tee};
 
 #[tokio::main]
@@ -23,7 +23,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(async move {
         let (stream, peer) = listener.accept().await?;
         // The one line that adds capture: the app's socket, teed.
-        let tap = Tap::recording(recorder, LegKind::Client, addr, peer, format!("my app: connection from {peer}"));
+        let opening = Opening {
+            kind: LegKind::Client,
+            local: addr,
+            remote: peer,
+            comment: format!("my app: connection from {peer}"),
+            session: false,
+            session_id: 1,
+            label: "my-app".into(),
+        };
+        let tap = Tap::recording(recorder, opening);
         let mut ws = tokio_tungstenite::accept_async(Tee::new(stream, Some(tap))).await?;
         while let Some(msg) = ws.next().await {
             let msg = msg?;

@@ -63,6 +63,25 @@ pub struct CaptureSettings {
     pub queue_size: usize,
     /// Data reaches the OS at least this often.
     pub flush_interval: Duration,
+    /// One file per session instead of one rotating series.
+    pub per_session: bool,
+    /// Mode of created files (the umask applies too).
+    pub file_mode: u32,
+    pub rotate: RotateSettings,
+}
+
+/// When files rotate and how many are kept (dumpcap's `-b filesize:`, `-b interval:`,
+/// `-b files:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateSettings {
+    /// Rotate once a file reaches this many bytes; 0 = never.
+    pub size: u64,
+    /// Rotate at wall-clock multiples of this; `None` = never.
+    pub interval: Option<Duration>,
+    /// Finished files kept; the oldest beyond are deleted; 0 = all.
+    pub files: usize,
+    /// Longest a due rotation waits for every session to be between frames.
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +201,29 @@ struct FileCapture {
     acks: bool,
     queue_size: ByteSize,
     flush_interval: HumanDuration,
+    per_session: bool,
+    file_mode: String,
+    rotate: FileRotate,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileRotate {
+    size: ByteSize,
+    interval: HumanDuration,
+    files: usize,
+    max_wait: HumanDuration,
+}
+
+impl Default for FileRotate {
+    fn default() -> Self {
+        FileRotate {
+            size: ByteSize(100 << 20),
+            interval: HumanDuration(Duration::from_secs(3600)),
+            files: 24,
+            max_wait: HumanDuration(Duration::from_secs(5)),
+        }
+    }
 }
 
 impl From<FileCapture> for CaptureSettings {
@@ -197,6 +239,14 @@ impl From<FileCapture> for CaptureSettings {
             acks: c.acks,
             queue_size: c.queue_size.0 as usize,
             flush_interval: c.flush_interval.0,
+            per_session: c.per_session,
+            file_mode: u32::from_str_radix(&c.file_mode, 8).unwrap_or(0o640),
+            rotate: RotateSettings {
+                size: c.rotate.size.0,
+                interval: (!c.rotate.interval.0.is_zero()).then_some(c.rotate.interval.0),
+                files: c.rotate.files,
+                max_wait: c.rotate.max_wait.0,
+            },
         }
     }
 }
@@ -229,6 +279,9 @@ impl Default for FileCapture {
             acks: true,
             queue_size: ByteSize(64 << 20),
             flush_interval: HumanDuration(Duration::from_secs(1)),
+            per_session: false,
+            file_mode: "0640".into(),
+            rotate: FileRotate::default(),
         }
     }
 }
@@ -427,6 +480,22 @@ impl FileConfig {
         if c.flush_interval.0.is_zero() {
             return fail("capture.flush_interval", "must be more than 0s".into());
         }
+        match u32::from_str_radix(&c.file_mode, 8) {
+            Ok(m) if m <= 0o777 && c.file_mode.len() <= 4 => {}
+            _ => {
+                return fail(
+                    "capture.file_mode",
+                    format!("{:?} is not an octal file mode such as \"0640\"", c.file_mode),
+                )
+            }
+        }
+        let iv = c.rotate.interval.0;
+        if !iv.is_zero() && iv < Duration::from_secs(1) {
+            return fail("capture.rotate.interval", "must be 0s (never) or at least 1s".into());
+        }
+        if c.rotate.size.0 != 0 && c.rotate.size.0 < 64 * 1024 {
+            return fail("capture.rotate.size", "must be 0 (never) or at least 64KiB".into());
+        }
         let capture = CaptureSettings::from(c);
         let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
         Ok(Settings {
@@ -498,7 +567,15 @@ impl fmt::Display for Settings {
         writeln!(f, "mss_ipv6 = {}", c.mss_ipv6)?;
         writeln!(f, "acks = {}", c.acks)?;
         writeln!(f, "queue_size = {}", c.queue_size)?;
-        write!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))
+        writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
+        writeln!(f, "per_session = {}", c.per_session)?;
+        writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
+        let r = &c.rotate;
+        writeln!(f, "\n[capture.rotate]")?;
+        writeln!(f, "size = {}", r.size)?;
+        writeln!(f, "interval = {:?}", dur(r.interval))?;
+        writeln!(f, "files = {}", r.files)?;
+        write!(f, "max_wait = {:?}", dur(Some(r.max_wait)))
     }
 }
 
@@ -540,6 +617,12 @@ mod tests {
         assert!(err.contains("capture.legs[0]"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture]\nmss_ipv4 = 70000\n")).unwrap_err();
         assert!(err.contains("capture.mss_ipv4"), "{err}");
+        let err = parse(&format!("{MINIMAL}[capture]\nfile_mode = \"0999\"\n")).unwrap_err();
+        assert!(err.contains("capture.file_mode"), "{err}");
+        let err = parse(&format!("{MINIMAL}[capture.rotate]\nsize = \"1KiB\"\n")).unwrap_err();
+        assert!(err.contains("capture.rotate.size"), "{err}");
+        let s = parse(&format!("{MINIMAL}[capture.rotate]\nsize = 0\ninterval = \"0s\"\nfiles = 3\n")).unwrap();
+        assert_eq!((s.capture.rotate.size, s.capture.rotate.interval, s.capture.rotate.files), (0, None, 3));
     }
 
     #[test]

@@ -101,7 +101,13 @@ impl Daemon {
                 Some(Action::Reload) => {
                     warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes")
                 }
-                Some(Action::Rotate) => info!("SIGUSR1: no capture files to rotate"),
+                Some(Action::Rotate) => match &capture {
+                    Some(c) => {
+                        info!("SIGUSR1: rotating capture files");
+                        c.rotate();
+                    }
+                    None => info!("SIGUSR1: capture is off; nothing to rotate"),
+                },
             }
         }
         let grace = self.settings.shutdown.grace;

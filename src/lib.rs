@@ -25,6 +25,7 @@
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod files;
 pub mod headers;
 pub mod packet;
 pub mod pcapng;
@@ -35,6 +36,7 @@ pub mod shutdown;
 pub mod signals;
 pub mod splice;
 pub mod tap;
+pub mod writer;
 pub mod wsframe;
 
 pub use config::Settings;

@@ -25,7 +25,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::{CaptureMode, Settings};
 use crate::error::{ProxyError, Side};
 use crate::headers;
-use crate::recorder::{Dir, LegKind, Recorder};
+use crate::recorder::{Dir, LegKind, Opening, Recorder};
 use crate::route::{self, Route, Upstream};
 use crate::shutdown::{Phase, Shutdown};
 use crate::splice;
@@ -51,6 +51,7 @@ impl Context {
     fn tap(
         &self,
         kind: LegKind,
+        id: u64,
         local: SocketAddr,
         remote: SocketAddr,
         comment: impl FnOnce() -> String,
@@ -65,10 +66,12 @@ impl Context {
             LegKind::Client => self.settings.limits.max_header_size + 64 * 1024,
             LegKind::Upstream => UPSTREAM_PROBE,
         };
+        let opening =
+            |comment| Opening { kind, local, remote, comment, session: false, session_id: id, label: String::new() };
         match capture.mode {
             _ if !wanted => None,
-            CaptureMode::All => Some(Tap::recording(rec.clone(), kind, local, remote, comment())),
-            CaptureMode::Websocket => Some(Tap::probing(rec.clone(), kind, local, remote, probe)),
+            CaptureMode::All => Some(Tap::recording(rec.clone(), opening(comment()))),
+            CaptureMode::Websocket => Some(Tap::probing(rec.clone(), opening(String::new()), probe)),
             CaptureMode::Off => None,
         }
     }
@@ -97,7 +100,7 @@ struct UpstreamConn {
 /// daemon drains (then in-flight requests finish first).
 pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: OwnedSemaphorePermit) {
     let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
-    let client_tap = ctx.tap(LegKind::Client, local, client, || format!("wstap connection {id} from {client}"));
+    let client_tap = ctx.tap(LegKind::Client, id, local, client, || format!("wstap connection {id} from {client}"));
     let conn = Arc::new(Conn {
         id,
         client,
@@ -256,6 +259,8 @@ impl Conn {
             route.path_prefix,
             route.upstream,
         );
+        // Per-session file names: client address and route.
+        let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), route.path_prefix);
         if let Some(tap) = &self.client_tap {
             let (start, end) = match tap.find_head(request_line.as_bytes()) {
                 Some((start, end)) => (start, Some(end)),
@@ -266,10 +271,10 @@ impl Conn {
                     (tap.oldest_in().unwrap_or_else(|| tap.offset(Dir::In)), None)
                 }
             };
-            tap.begin(start, client_out_base, end, comment.clone());
+            tap.begin(start, client_out_base, end, comment.clone(), label.clone());
         }
         if let Some((tap, (base_in, base_out))) = upstream {
-            tap.begin(base_in, base_out, None, comment);
+            tap.begin(base_in, base_out, None, comment, label);
         }
     }
 
@@ -305,7 +310,7 @@ impl Conn {
 
     fn upstream_tap(&self, stream: &TcpStream, upstream: &Upstream) -> Option<Arc<Tap>> {
         let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
-        self.ctx.tap(LegKind::Upstream, local, remote, || {
+        self.ctx.tap(LegKind::Upstream, self.id, local, remote, || {
             format!("wstap upstream connection of connection {} to {upstream}", self.id)
         })
     }

@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
+use crate::recorder::{Dir, LegId, Opening, Recorder, What};
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;
@@ -27,9 +26,8 @@ const ON: u8 = 2;
 pub struct Tap {
     recorder: Recorder,
     leg: LegId,
-    kind: LegKind,
-    local: SocketAddr,
-    remote: SocketAddr,
+    /// The leg's description; a session's comment and label are filled in at its start.
+    opening: Opening,
     mode: AtomicU8,
     /// Bytes read (`In`) and written (`Out`) on the socket so far.
     offset: [AtomicU64; 2],
@@ -66,48 +64,30 @@ fn now_ns() -> u64 {
 }
 
 impl Tap {
-    /// A tap that records from the start: its handshake is written now.
-    pub fn recording(
-        recorder: Recorder,
-        kind: LegKind,
-        local: SocketAddr,
-        remote: SocketAddr,
-        comment: String,
-    ) -> Arc<Tap> {
-        let tap = Tap::new(recorder, kind, local, remote, ON, 0);
-        tap.recorder.send(tap.leg, What::Open(Box::new(tap.opening(comment))));
+    /// A tap that records from the connection's first byte: its handshake is written now.
+    pub fn recording(recorder: Recorder, opening: Opening) -> Arc<Tap> {
+        let tap = Tap::new(recorder, opening, ON, 0);
+        tap.recorder.send(tap.leg, What::Open(Box::new(tap.opening.clone())));
         Arc::new(tap)
     }
 
     /// A tap that records nothing until [`Tap::start`], keeping the last `ring_cap` bytes
     /// so that capture can begin a little in the past.
-    pub fn probing(
-        recorder: Recorder,
-        kind: LegKind,
-        local: SocketAddr,
-        remote: SocketAddr,
-        ring_cap: usize,
-    ) -> Arc<Tap> {
-        Arc::new(Tap::new(recorder, kind, local, remote, PROBE, ring_cap))
+    pub fn probing(recorder: Recorder, opening: Opening, ring_cap: usize) -> Arc<Tap> {
+        Arc::new(Tap::new(recorder, opening, PROBE, ring_cap))
     }
 
-    fn new(recorder: Recorder, kind: LegKind, local: SocketAddr, remote: SocketAddr, mode: u8, ring_cap: usize) -> Tap {
+    fn new(recorder: Recorder, opening: Opening, mode: u8, ring_cap: usize) -> Tap {
         Tap {
             leg: recorder.new_leg(),
             recorder,
-            kind,
-            local,
-            remote,
+            opening,
             mode: AtomicU8::new(mode),
             offset: Default::default(),
             base: Default::default(),
             holding: AtomicBool::new(false),
             state: Mutex::new(TapState { ring_cap, ..TapState::default() }),
         }
-    }
-
-    fn opening(&self, comment: String) -> Opening {
-        Opening { kind: self.kind, local: self.local, remote: self.remote, comment }
     }
 
     pub fn is_recording(&self) -> bool {
@@ -153,7 +133,7 @@ impl Tap {
     /// behind its Upgrade request) are held until wstap's next write (the `101`) and
     /// written just after it, with a comment giving their real arrival: Wireshark decodes
     /// WebSocket frames only after the `101`, in capture order.
-    pub fn start(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String) {
+    pub fn start(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String, label: String) {
         let mut state = self.lock();
         if self.mode.load(Relaxed) != PROBE {
             return;
@@ -165,7 +145,8 @@ impl Tap {
             state.ring.drain(..).filter(|(_, dir, off, b)| off + b.len() as u64 > base[idx(*dir)]).collect();
         state.ring_bytes = 0;
         let first_time = kept.first().map_or_else(now_ns, |c| c.0);
-        self.recorder.send_at(first_time, self.leg, What::Open(Box::new(self.opening(comment))));
+        let opening = Opening { comment, label, session: true, ..self.opening.clone() };
+        self.recorder.send_at(first_time, self.leg, What::Open(Box::new(opening)));
         let hold_from = hold_from.unwrap_or(u64::MAX);
         for (time, dir, off, bytes) in kept {
             let base = base[idx(dir)];
@@ -208,11 +189,11 @@ impl Tap {
     /// A session starts on this leg: a probing tap starts recording (see
     /// [`Tap::start`]); a tap already recording (`capture.mode = "all"`) puts `comment`
     /// on its next packet.
-    pub fn begin(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String) {
+    pub fn begin(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String, label: String) {
         if self.is_recording() {
             self.recorder.send(self.leg, What::Note(comment));
         } else {
-            self.start(base_in, base_out, hold_from, comment);
+            self.start(base_in, base_out, hold_from, comment, label);
         }
     }
 

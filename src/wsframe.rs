@@ -194,7 +194,10 @@ mod tests {
         let mut headers = Vec::new();
         t.advance(&f[..4], false, |h| headers.push(h));
         assert!(!t.at_boundary());
-        assert_eq!(headers, vec![FrameHeader { fin: true, rsv1: false, opcode: 1, masked: false, len: 6, header_len: 2 }]);
+        assert_eq!(
+            headers,
+            vec![FrameHeader { fin: true, rsv1: false, opcode: 1, masked: false, len: 6, header_len: 2 }]
+        );
         t.advance(&f[4..], false, |_| {});
         assert!(t.at_boundary());
     }

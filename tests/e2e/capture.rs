@@ -27,9 +27,11 @@ fn capture_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// `[capture]` settings writing into `dir`, plus `extra` lines.
+/// `[capture]` settings writing into `dir`, plus `extra` lines. Interval rotation is off
+/// unless `extra` sets `[capture.rotate]`: a test must not straddle a wall-clock hour.
 fn capture_toml(dir: &Path, extra: &str) -> String {
-    format!("[capture]\ndir = {:?}\n{extra}\n", dir.display().to_string())
+    let rotate = if extra.contains("[capture.rotate]") { "" } else { "[capture.rotate]\ninterval = \"0s\"\n" };
+    format!("[capture]\ndir = {:?}\n{extra}\n{rotate}", dir.display().to_string())
 }
 
 /// The one finished capture file in `dir`.
@@ -460,7 +462,8 @@ async fn only_the_configured_legs_are_written() {
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     use wstap::config::Legs;
     use wstap::pcapng::SectionInfo;
-    use wstap::recorder::{CaptureWriter, Dir, Event, LegKind, Opening, Stats, Synthesis, What};
+    use wstap::recorder::{Dir, Event, LegKind, Opening, Stats, What};
+    use wstap::writer::{CaptureWriter, Step, Synthesis};
 
     let request = UPGRADE.as_bytes();
     let response = SWITCHED.as_bytes();
@@ -473,6 +476,9 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: format!("golden {kind:?} leg"),
+            session: true,
+            session_id: 1,
+            label: String::new(),
         }))
     };
     let data =
@@ -510,13 +516,22 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     ];
     let info =
         SectionInfo { application: "wstap golden".into(), os: "golden-os".into(), hostname: "golden-host".into() };
-    let synth = Synthesis { mss_ipv4: 1460, mss_ipv6: 1440, acks: true, display_port: None, isn_seed: 0x5eed };
+    let synth = Synthesis {
+        mss_ipv4: 1460,
+        mss_ipv6: 1440,
+        acks: true,
+        display_port: None,
+        isn_seed: 0x5eed,
+        rotate_wait: std::time::Duration::from_secs(5),
+    };
     let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
     let stats = Stats::default();
     for (i, (leg, what)) in events.into_iter().enumerate() {
-        w.process(Event { time: 1_764_000_000_000_000_000 + i as u64 * 250_000, leg, what }, &stats).unwrap();
+        let step =
+            w.process(Event { time: 1_764_000_000_000_000_000 + i as u64 * 250_000, leg, what }, &stats).unwrap();
+        assert!(matches!(step, Step::Done));
     }
-    let bytes = w.into_inner();
+    let bytes = w.finish(&stats).unwrap().unwrap();
 
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden-session.pcapng");
     if std::env::var_os("WSTAP_BLESS").is_some() {

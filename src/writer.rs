@@ -1,0 +1,596 @@
+//! Turns recorder events into pcapng packets: one synthesized [`Flow`] per connection
+//! leg, the session comments, held-back final packets, and rotation. Rotation happens
+//! only where every live WebSocket session is between frames (or when waiting any longer
+//! would be unbounded), and a new section begins with each live leg's replayed handshake
+//! and Upgrade exchange, so every file decodes on its own. Pure apart from writing to `W`;
+//! the caller decides when rotation is due and supplies each new `W`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crate::config::Legs;
+use crate::packet::{End, Flow};
+use crate::pcapng::{Direction, PcapngWriter, SectionInfo};
+use crate::recorder::{Dir, Event, LegId, LegKind, Opening, Stats, What};
+use crate::wsframe::FrameTracker;
+
+/// How packets are synthesized.
+#[derive(Debug, Clone)]
+pub struct Synthesis {
+    pub mss_ipv4: u16,
+    pub mss_ipv6: u16,
+    /// A pure ACK from the receiver after each chunk of data.
+    pub acks: bool,
+    /// Write the server side of each leg with this port instead of the real one.
+    pub display_port: Option<u16>,
+    /// Seed of the ISN generator (xorshift; ISNs need to look random, not be secret).
+    pub isn_seed: u64,
+    /// Longest a due rotation waits for every session to reach a frame boundary (in
+    /// event time); then it cuts and says so in a comment.
+    pub rotate_wait: Duration,
+}
+
+/// Most bytes of an HTTP head kept per direction for replay in later files.
+const MAX_PRELUDE: usize = 64 * 1024;
+
+/// A leg being written.
+struct LegState {
+    flow: Flow,
+    /// Which packet end wstap is (the other is the remote).
+    local: End,
+    interface: u32,
+    /// Comment for the leg's next packet.
+    note: Option<String>,
+    name: &'static str,
+    /// The comment of its first packet, repeated in replays.
+    comment: String,
+    /// A WebSocket session from its first byte (an Upgrade exchange): replayed with its
+    /// heads, and rotation waits for its frame boundaries.
+    session: bool,
+    /// Each end's HTTP head (A's request, B's response), for replays.
+    prelude: [Vec<u8>; 2],
+    /// Frame boundaries of each end's stream.
+    frames: [FrameTracker; 2],
+    /// Bytes not captured, per end.
+    lost: [u64; 2],
+    /// The leg is finished (both FINs, or a reset): its last packet waits for the Close,
+    /// which follows within microseconds, to carry the close comment.
+    last: Option<Pending>,
+}
+
+impl LegState {
+    fn end_of(&self, dir: Dir) -> End {
+        match dir {
+            Dir::In => self.local.peer(),
+            Dir::Out => self.local,
+        }
+    }
+
+    /// Brings `from`'s stream up to `offset`: bytes between were lost, which the next
+    /// packet's sequence number (and comment) will show.
+    fn catch_up(&mut self, from: End, offset: u64) {
+        let sent = self.flow.sent(from);
+        if offset > sent {
+            let lost = offset - sent;
+            self.flow.skip(from, lost);
+            self.lost[from as usize] += lost;
+            add_note(
+                &mut self.note,
+                format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)"),
+            );
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        !self.session || self.frames.iter().all(FrameTracker::at_boundary)
+    }
+}
+
+/// A packet held back until the next event, so that the leg's Close can put its comment
+/// on it (every leg's last packet then carries how it ended).
+struct Pending {
+    leg: LegId,
+    time: u64,
+    from: End,
+    kind: Final,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Final {
+    Ack,
+    Rst,
+}
+
+/// What the caller should do after [`CaptureWriter::process`].
+#[derive(Debug)]
+pub enum Step {
+    /// The event is written.
+    Done,
+    /// Rotate now ([`CaptureWriter::rotate`]), then process `then` (the event, or the rest
+    /// of it after a frame boundary).
+    Rotate { then: Option<Event> },
+}
+
+/// Turns events into pcapng packets, section after section.
+pub struct CaptureWriter<W: Write> {
+    /// `None` while no file can be written: events still move the flows on, so that the
+    /// next file starts in step.
+    out: Option<PcapngWriter<W>>,
+    info: SectionInfo,
+    wanted: Legs,
+    interfaces: [Option<u32>; 2],
+    /// Ordered by leg id, so replays come out in a stable order.
+    legs: BTreeMap<LegId, LegState>,
+    synth: Synthesis,
+    isn_state: u64,
+    last_time: u64,
+    pending: Option<Pending>,
+    /// Event time at which rotation became due.
+    rotation_due: Option<u64>,
+    /// Bytes dropped while no file could be written, to report in the next file.
+    unwritten: u64,
+}
+
+impl<W: Write> CaptureWriter<W> {
+    /// A writer with its first section begun in `w`.
+    pub fn new(w: W, info: &SectionInfo, legs: Legs, synth: Synthesis) -> io::Result<Self> {
+        let mut writer = CaptureWriter::detached(info, legs, synth);
+        writer.begin_section(w)?;
+        Ok(writer)
+    }
+
+    /// A writer with no output yet: [`CaptureWriter::rotate`] gives it one.
+    pub fn detached(info: &SectionInfo, legs: Legs, synth: Synthesis) -> Self {
+        let isn_state = synth.isn_seed | 1;
+        CaptureWriter {
+            out: None,
+            info: info.clone(),
+            wanted: legs,
+            interfaces: [None, None],
+            legs: BTreeMap::new(),
+            synth,
+            isn_state,
+            last_time: 0,
+            pending: None,
+            rotation_due: None,
+            unwritten: 0,
+        }
+    }
+
+    /// Section header and interfaces at the start of `w`.
+    fn begin_section(&mut self, w: W) -> io::Result<()> {
+        let mut out = PcapngWriter::new(w, &self.info).map_err(io::Error::other)?;
+        self.interfaces = [None, None];
+        if self.wanted.client {
+            self.interfaces[0] =
+                Some(out.add_interface("client", "client <-> wstap listener").map_err(io::Error::other)?);
+        }
+        if self.wanted.upstream {
+            self.interfaces[1] = Some(out.add_interface("upstream", "wstap <-> upstream").map_err(io::Error::other)?);
+        }
+        self.out = Some(out);
+        Ok(())
+    }
+
+    pub fn get_mut(&mut self) -> Option<&mut W> {
+        self.out.as_mut().map(PcapngWriter::get_mut)
+    }
+
+    /// Ends the current section: writes what is held back and hands back its writer.
+    pub fn finish(&mut self, stats: &Stats) -> io::Result<Option<W>> {
+        self.write_pending(stats)?;
+        Ok(self.out.take().map(PcapngWriter::into_inner))
+    }
+
+    /// The current output failed: go on without one (flows keep moving) until
+    /// [`CaptureWriter::rotate`] gives a new one.
+    pub fn lose_output(&mut self) -> Option<W> {
+        self.pending = None;
+        self.out.take().map(PcapngWriter::into_inner)
+    }
+
+    /// Asks for a rotation as soon as every live session is between frames.
+    pub fn rotation_due(&mut self, time: u64) {
+        self.rotation_due.get_or_insert(time);
+    }
+
+    /// A due rotation can happen now, between events: every session is between frames,
+    /// or it has waited as long as it may.
+    pub fn ready_to_rotate(&self, now: u64) -> bool {
+        self.rotation_due.is_some_and(|due| {
+            self.legs.values().all(LegState::at_boundary) || now >= due + self.synth.rotate_wait.as_nanos() as u64
+        })
+    }
+
+    /// Live legs.
+    pub fn live(&self) -> usize {
+        self.legs.len()
+    }
+
+    fn next_isn(&mut self) -> u32 {
+        let x = &mut self.isn_state;
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        (*x >> 16) as u32
+    }
+
+    /// Writes the packets one event stands for, or says it is time to rotate first.
+    pub fn process(&mut self, mut ev: Event, stats: &Stats) -> io::Result<Step> {
+        if let Some(due) = self.rotation_due {
+            if self.legs.values().all(LegState::at_boundary)
+                || ev.time >= due + self.synth.rotate_wait.as_nanos() as u64
+            {
+                return Ok(Step::Rotate { then: Some(ev) });
+            }
+            // Cut a chunk at its leg's next frame boundary if that is the last one missing.
+            if let What::Data { dir, offset, bytes } = &ev.what {
+                let Some(leg) = self.legs.get(&ev.leg) else { return self.apply(ev, stats).map(|()| Step::Done) };
+                let from = leg.end_of(*dir);
+                let others_ready = self
+                    .legs
+                    .iter()
+                    .all(|(id, l)| l.at_boundary() || (*id == ev.leg && l.frames[from.peer() as usize].at_boundary()));
+                let skip = leg.flow.sent(from).saturating_sub(*offset).min(bytes.len() as u64) as usize;
+                let mut probe = leg.frames[from as usize].clone();
+                let cut = skip + probe.advance(&bytes[skip..], true, |_| {});
+                if others_ready && leg.session && probe.at_boundary() && cut < bytes.len() {
+                    let (offset, dir, rest) = (*offset, *dir, bytes.slice(cut..));
+                    let rest = Event {
+                        time: ev.time,
+                        leg: ev.leg,
+                        what: What::Data { dir, offset: offset + cut as u64, bytes: rest },
+                    };
+                    if let What::Data { bytes, .. } = &mut ev.what {
+                        bytes.truncate(cut);
+                    }
+                    self.apply(ev, stats)?;
+                    return Ok(Step::Rotate { then: Some(rest) });
+                }
+            }
+        }
+        self.apply(ev, stats)?;
+        Ok(Step::Done)
+    }
+
+    fn apply(&mut self, ev: Event, stats: &Stats) -> io::Result<()> {
+        // Timestamps stay in file order even when two legs' events race by a few µs.
+        let time = ev.time.max(self.last_time);
+        self.last_time = time;
+        let closing_this_leg =
+            matches!(ev.what, What::Close { .. }) && self.pending.as_ref().is_some_and(|p| p.leg == ev.leg);
+        if !closing_this_leg {
+            self.write_pending(stats)?;
+        }
+        match ev.what {
+            What::Open(o) => self.open(ev.leg, time, *o, stats),
+            What::Data { dir, offset, bytes } => {
+                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
+                let from = leg.end_of(dir);
+                leg.catch_up(from, offset);
+                let sent = leg.flow.sent(from);
+                let payload = &bytes[((sent - offset.min(sent)) as usize).min(bytes.len())..];
+                if payload.is_empty() {
+                    return Ok(());
+                }
+                if leg.session {
+                    let (frames, prelude) = (&mut leg.frames[from as usize], &mut leg.prelude[from as usize]);
+                    let mut rest = payload;
+                    if !frames.in_frames() {
+                        let head = frames.advance(rest, true, |_| {});
+                        let room = MAX_PRELUDE.saturating_sub(prelude.len()).min(head);
+                        prelude.extend_from_slice(&rest[..room]);
+                        rest = &rest[head..];
+                    }
+                    frames.advance(rest, false, |_| {});
+                }
+                stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
+                self.emit(ev.leg, time, |f, e| f.data(from, payload, e), stats)?;
+                if self.synth.acks {
+                    self.pending = Some(Pending { leg: ev.leg, time, from: from.peer(), kind: Final::Ack });
+                }
+                Ok(())
+            }
+            What::Fin { dir, offset } => {
+                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
+                let from = leg.end_of(dir);
+                leg.catch_up(from, offset);
+                if leg.flow.fin_sent(from) {
+                    return Ok(());
+                }
+                self.emit(ev.leg, time, |f, e| f.fin(from, e), stats)?;
+                let ack = Pending { leg: ev.leg, time, from: from.peer(), kind: Final::Ack };
+                match self.legs.get_mut(&ev.leg) {
+                    Some(leg) if leg.flow.fin_sent(from.peer()) => leg.last = Some(ack),
+                    _ => self.pending = Some(ack),
+                }
+                Ok(())
+            }
+            What::Reset { .. } => {
+                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
+                let remote = leg.local.peer();
+                leg.last.get_or_insert(Pending { leg: ev.leg, time, from: remote, kind: Final::Rst });
+                Ok(())
+            }
+            What::Note(text) => {
+                if let Some(leg) = self.legs.get_mut(&ev.leg) {
+                    add_note(&mut leg.note, text);
+                }
+                Ok(())
+            }
+            What::Close { reason, offsets } => self.close(ev.leg, time, &reason, offsets, stats),
+        }
+    }
+
+    fn open(&mut self, id: LegId, time: u64, o: Opening, stats: &Stats) -> io::Result<()> {
+        let wanted = match o.kind {
+            LegKind::Client => self.wanted.client,
+            LegKind::Upstream => self.wanted.upstream,
+        };
+        if !wanted {
+            return Ok(());
+        }
+        // The opener is end A: the client on the client leg, wstap on the upstream leg.
+        // The server side (B) may be shown with the display port.
+        let (mut a, mut b, local) = match o.kind {
+            LegKind::Client => (o.remote, o.local, End::B),
+            LegKind::Upstream => (o.local, o.remote, End::A),
+        };
+        if let Some(port) = self.synth.display_port {
+            b.set_port(port);
+        }
+        if a == b {
+            a.set_port(a.port().wrapping_add(1));
+        }
+        let mss = if b.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
+        let isn = [self.next_isn(), self.next_isn()];
+        let leg = LegState {
+            flow: Flow::new(a, b, isn, mss),
+            local,
+            interface: match o.kind {
+                LegKind::Client => 0,
+                LegKind::Upstream => 1,
+            },
+            note: Some(o.comment.clone()),
+            name: o.kind.name(),
+            comment: o.comment,
+            session: o.session,
+            prelude: [Vec::new(), Vec::new()],
+            frames: [FrameTracker::new(), FrameTracker::new()],
+            lost: [0; 2],
+            last: None,
+        };
+        self.legs.insert(id, leg);
+        self.emit(id, time, |f, e| f.handshake(e), stats)
+    }
+
+    fn close(&mut self, id: LegId, time: u64, reason: &str, offsets: [u64; 2], stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        let (local, remote) = (leg.local, leg.local.peer());
+        leg.catch_up(remote, offsets[0]);
+        leg.catch_up(local, offsets[1]);
+        let count = |end: End| match leg.lost[end as usize] {
+            0 => format!("{} bytes", leg.flow.sent(end)),
+            lost => format!("{} bytes ({lost} not captured)", leg.flow.sent(end)),
+        };
+        let comment = format!(
+            "{} leg closed: {reason}; {} from {}, {} from wstap",
+            leg.name,
+            count(remote),
+            leg.name,
+            count(local)
+        );
+        add_note(&mut leg.note, comment);
+        if let Some(mut last) = leg.last.take() {
+            last.time = time;
+            self.pending = Some(last);
+            self.write_pending(stats)?;
+        } else if self.pending.as_ref().is_some_and(|p| p.leg == id) {
+            self.write_pending(stats)?;
+        } else if !leg.flow.fin_sent(local) {
+            // The socket was closed without a shutdown first: the kernel sends a FIN.
+            self.emit(id, time, |f, e| f.fin(local, e), stats)?;
+        } else {
+            self.emit(id, time, |f, e| f.ack(local, e), stats)?;
+        }
+        self.legs.remove(&id);
+        Ok(())
+    }
+
+    /// Starts a new section in `w` and returns the previous writer (to be finished by
+    /// the caller), if there was one. Every live leg is replayed at its start: handshake,
+    /// Upgrade exchange, each packet commented as repeated from an earlier file.
+    pub fn rotate(&mut self, w: W, stats: &Stats) -> io::Result<Option<W>> {
+        let forced = self.rotation_due.take().is_some() && !self.legs.values().all(LegState::at_boundary);
+        let old = self.finish(stats)?;
+        self.begin_section(w)?;
+        let time = self.last_time;
+        let unwritten = std::mem::take(&mut self.unwritten);
+        let ids: Vec<LegId> = self.legs.keys().copied().collect();
+        for id in ids {
+            let Some(leg) = self.legs.get_mut(&id) else { continue };
+            let mut repeated = format!("repeated from an earlier file: {}", leg.comment);
+            if leg.session {
+                repeated.push_str(
+                    " (synthetic handshake and the original Upgrade exchange, so this file decodes on its own)",
+                );
+            }
+            if unwritten > 0 {
+                repeated.push_str(&format!("; capture was interrupted: {unwritten} bytes could not be written"));
+            }
+            if forced && !leg.at_boundary() {
+                add_note(
+                    &mut leg.note,
+                    format!(
+                        "this file starts inside a WebSocket frame: rotation waited {} for a frame boundary",
+                        humantime::format_duration(self.synth.rotate_wait)
+                    ),
+                );
+            }
+            let prelude = std::mem::take(&mut leg.prelude);
+            self.emit_each(id, time, &repeated, |f, e| f.replay([&prelude[0], &prelude[1]], e), stats)?;
+            if let Some(leg) = self.legs.get_mut(&id) {
+                leg.prelude = prelude;
+            }
+        }
+        Ok(old)
+    }
+
+    fn write_pending(&mut self, stats: &Stats) -> io::Result<()> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        match p.kind {
+            Final::Ack => self.emit(p.leg, p.time, |f, e| f.ack(p.from, e), stats),
+            Final::Rst => self.emit(p.leg, p.time, |f, e| f.rst(p.from, e), stats),
+        }
+    }
+
+    /// Runs `make` on the leg's flow and writes every packet it produces; the leg's note,
+    /// if any, goes on the first one.
+    fn emit(
+        &mut self,
+        id: LegId,
+        time: u64,
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])),
+        stats: &Stats,
+    ) -> io::Result<()> {
+        self.write_packets(id, time, None, make, stats)
+    }
+
+    /// As [`CaptureWriter::emit`], with `comment` on every packet.
+    fn emit_each(
+        &mut self,
+        id: LegId,
+        time: u64,
+        comment: &str,
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])),
+        stats: &Stats,
+    ) -> io::Result<()> {
+        self.write_packets(id, time, Some(comment), make, stats)
+    }
+
+    fn write_packets(
+        &mut self,
+        id: LegId,
+        time: u64,
+        each: Option<&str>,
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])),
+        stats: &Stats,
+    ) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        let Some(out) = self.out.as_mut() else {
+            // No file: the flow still moves on, so the next file starts in step.
+            let mut dropped = 0;
+            make(&mut leg.flow, &mut |_, bytes| dropped += bytes.len() as u64);
+            self.unwritten += dropped;
+            return Ok(());
+        };
+        let (local, interface) = (leg.local, self.interfaces[leg.interface as usize]);
+        let Some(interface) = interface else { return Ok(()) };
+        let mut note = leg.note.take();
+        let mut result = Ok(());
+        let ts = Duration::from_nanos(time);
+        make(&mut leg.flow, &mut |from, bytes| {
+            if result.is_err() {
+                return;
+            }
+            let direction = if from == local { Direction::Outbound } else { Direction::Inbound };
+            let comment = match (note.take(), each) {
+                (Some(n), Some(e)) => Some(format!("{e}; {n}")),
+                (n, e) => n.or(e.map(str::to_owned)),
+            };
+            result = out.packet(interface, ts, direction, bytes, comment.as_deref()).map_err(io::Error::other);
+            stats.packets_written.fetch_add(1, Relaxed);
+        });
+        result
+    }
+}
+
+fn add_note(note: &mut Option<String>, text: String) {
+    match note {
+        Some(n) => {
+            n.push_str("; ");
+            n.push_str(&text);
+        }
+        None => *note = Some(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use etherparse::{SlicedPacket, TransportSlice};
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+
+    fn data(dir: Dir, offset: u64, bytes: &[u8]) -> What {
+        What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
+    }
+
+    /// (seq, payload length, comment) of each packet in a pcapng written by `events`.
+    fn written(events: Vec<What>) -> Vec<(u32, usize, Option<String>)> {
+        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+        let synth = Synthesis {
+            mss_ipv4: 1460,
+            mss_ipv6: 1440,
+            acks: false,
+            display_port: None,
+            isn_seed: 7,
+            rotate_wait: Duration::from_secs(5),
+        };
+        let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
+        let stats = Stats::default();
+        for (i, what) in events.into_iter().enumerate() {
+            assert!(matches!(w.process(Event { time: 1_000 + i as u64, leg: 1, what }, &stats).unwrap(), Step::Done));
+        }
+        let bytes = w.finish(&stats).unwrap().unwrap();
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut out = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                let sliced = SlicedPacket::from_ip(&p.data).unwrap();
+                let Some(TransportSlice::Tcp(tcp)) = sliced.transport else { panic!() };
+                let comment = p.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                });
+                out.push((tcp.sequence_number(), tcp.payload().len(), comment));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lost_bytes_show_as_a_sequence_jump_with_a_comment() {
+        let opening = Opening {
+            kind: LegKind::Client,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            comment: "first".into(),
+            session: false,
+            session_id: 1,
+            label: String::new(),
+        };
+        let packets = written(vec![
+            What::Open(Box::new(opening)),
+            data(Dir::In, 0, b"abc"),
+            data(Dir::In, 503, b"def"),              // 500 bytes were dropped in between
+            What::Fin { dir: Dir::Out, offset: 10 }, // and all 10 bytes wstap sent
+            What::Close { reason: "done".into(), offsets: [506, 10] },
+        ]);
+        assert_eq!(packets[0].2.as_deref(), Some("first"), "the session comment is on the SYN");
+        let (seq_abc, seq_def) = (packets[3].0, packets[4].0);
+        assert_eq!(seq_def.wrapping_sub(seq_abc), 503);
+        let gap = packets[4].2.as_deref().unwrap();
+        assert!(gap.contains("500 bytes") && gap.contains("capture queue full"), "{gap}");
+        let last = packets.last().unwrap().2.as_deref().unwrap();
+        assert_eq!(
+            last,
+            "client leg closed: done; 506 bytes (500 not captured) from client, 10 bytes (10 not captured) from wstap"
+        );
+        let fin = &packets[5];
+        assert_eq!(fin.2.as_deref().map(|c| c.contains("10 bytes")), Some(true), "{fin:?}");
+    }
+}
