@@ -127,11 +127,15 @@ async fn each_failure_is_logged_once_with_its_connection_and_side() {
         proxy.stopped().await;
     })
     .await;
-    for (status, side) in [("status=502", "side=upstream"), ("status=404", "side=downstream"), ("status=400", "side=downstream")] {
+    for (status, side) in
+        [("status=502", "side=upstream"), ("status=404", "side=downstream"), ("status=400", "side=downstream")]
+    {
         let lines = logs.lines_with(&[status]);
         let all = logs.lines_with(&[]).join("\n");
         assert_eq!(lines.len(), 1, "{status} logged once; the log:\n{all}");
-        assert!(lines[0].contains(side) && lines[0].contains("conn{id="), "{status} with its side and connection span; the log:\n{all}");
+        assert!(
+            lines[0].contains(side) && lines[0].contains("conn{id="),
+            "{status} with its side and connection span; the log:\n{all}"
+        );
     }
-}
 }
