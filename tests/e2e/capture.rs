@@ -34,13 +34,17 @@ fn capture_toml(dir: &Path, extra: &str) -> String {
     format!("[capture]\ndir = {:?}\n{extra}\n{rotate}", dir.display().to_string())
 }
 
+/// The finished capture files in `dir`, in name (= time) order; none left `.part`.
+fn the_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.iter().all(|p| p.extension().is_some_and(|e| e == "pcapng")), "only finished files: {files:?}");
+    files
+}
+
 /// The one finished capture file in `dir`.
 fn the_file(dir: &Path) -> PathBuf {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcapng"))
-        .collect();
+    let files = the_files(dir);
     assert_eq!(files.len(), 1, "one capture file in {}: {files:?}", dir.display());
     files.into_iter().next().unwrap()
 }
@@ -130,7 +134,8 @@ fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
-    while rest.len() >= 2 {
+    while !rest.is_empty() {
+        assert!(rest.len() >= 2, "a frame header is cut off at the end of the stream");
         let (fin, opcode, masked) = (rest[0] & 0x80 != 0, rest[0] & 0x0f, rest[1] & 0x80 != 0);
         let (len, mut at) = match rest[1] & 0x7f {
             126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
@@ -141,6 +146,11 @@ fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
             at += 4;
             [rest[at - 4], rest[at - 3], rest[at - 2], rest[at - 1]]
         });
+        assert!(
+            rest.len() >= at + len,
+            "a frame is cut off at the end of the stream ({} of {len} bytes)",
+            rest.len() - at.min(rest.len())
+        );
         let mut payload = rest[at..at + len].to_vec();
         if let Some(m) = mask {
             payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= m[i % 4]);
@@ -562,6 +572,77 @@ async fn an_unwritable_capture_directory_never_hurts_traffic() {
         one_session_then_stop(proxy).await;
         assert!(!dir.exists());
         std::fs::remove_file(&blocker).unwrap();
+    })
+    .await;
+}
+
+/// Every file decodes on its own: clean, and its client-leg stream parses into whole
+/// messages. Returns each file's (client → server, server → client) messages.
+fn decode_each(files: &[PathBuf], interfaces: usize) -> Vec<(Vec<WsMessage>, Vec<WsMessage>)> {
+    files
+        .iter()
+        .map(|file| {
+            assert_clean(file, interfaces);
+            let (up, down) = follow(file, &stream_of(file, 0));
+            let head = String::from_utf8_lossy(&up[..up.len().min(40)]).into_owned();
+            assert!(head.starts_with("GET /"), "{} starts with the Upgrade request: {head}", file.display());
+            let frames = fields(file, "websocket", &["frame.number"]).len();
+            let (up, down) = (ws_messages(&up), ws_messages(&down));
+            assert!(frames > 0 || (up.is_empty() && down.is_empty()), "{}: tshark decodes its frames", file.display());
+            (up, down)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
+    within(async {
+        let dir = capture_dir("rotate");
+        let rotate = "[capture.rotate]\nsize = \"64KiB\"\ninterval = \"0s\"";
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, rotate))).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/rotating?x=1")).await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..30u32 {
+            let m = if i % 3 == 0 {
+                Message::text(format!("message {i}"))
+            } else {
+                Message::binary(noise(2000 + i as usize * 150))
+            };
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m);
+            sent.push(m);
+            if i == 10 || i == 20 {
+                proxy.rotate().await; // SIGUSR1
+            }
+        }
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let files = the_files(&dir);
+        assert!(files.len() >= 4, "at least three rotations: {files:?}");
+        let per_file = decode_each(&files, 2);
+        let want: Vec<WsMessage> = sent
+            .iter()
+            .map(|m| match m {
+                Message::Text(t) => (1, t.as_bytes().to_vec()),
+                Message::Binary(b) => (2, b.to_vec()),
+                _ => unreachable!(),
+            })
+            .chain([(8, Vec::new())])
+            .collect();
+        let up: Vec<WsMessage> = per_file.iter().flat_map(|(u, _)| u.clone()).collect();
+        let down: Vec<WsMessage> = per_file.iter().flat_map(|(_, d)| d.clone()).collect();
+        assert_eq!(up.len(), want.len(), "client messages across all files");
+        assert!(up == want, "client messages across all files add up exactly to those sent");
+        assert!(down == want, "echoes across all files add up exactly");
+        // Files after the first begin with the replayed, commented handshake.
+        for file in &files[1..] {
+            let first = fields(file, "frame.number == 1", &["frame.comment"]);
+            assert!(first[0][0].contains("repeated from an earlier file"), "{}: {first:?}", file.display());
+        }
     })
     .await;
 }

@@ -55,6 +55,11 @@ impl Proxy {
         self.actions.send(Action::Shutdown).await.unwrap();
     }
 
+    /// Asks for a capture rotation (as SIGUSR1 would).
+    pub async fn rotate(&self) {
+        self.actions.send(Action::Rotate).await.unwrap();
+    }
+
     /// Waits until the daemon's `run` has returned.
     pub async fn stopped(self) {
         self.task.await.unwrap().unwrap();
