@@ -20,11 +20,9 @@ async fn one_session_then_stop(proxy: Proxy) {
     proxy.stopped().await;
 }
 
-/// A fresh capture directory for one test.
-fn capture_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wstap-capture-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A fresh capture directory for one test (not created: the daemon creates it).
+fn capture_dir(name: &str) -> Scratch {
+    Scratch::new(&format!("capture-{name}"))
 }
 
 /// `[capture]` settings writing into `dir`, plus `extra` lines. Interval rotation is off
@@ -571,7 +569,6 @@ async fn an_unwritable_capture_directory_never_hurts_traffic() {
         }
         one_session_then_stop(proxy).await;
         assert!(!dir.exists());
-        std::fs::remove_file(&blocker).unwrap();
     })
     .await;
 }

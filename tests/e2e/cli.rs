@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use futures_util::{SinkExt, StreamExt};
@@ -13,10 +13,9 @@ use crate::support::*;
 
 const WSTAP: &str = env!("CARGO_BIN_EXE_wstap");
 
-/// A fresh scratch directory for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wstap-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A fresh, existing scratch directory for one test.
+fn scratch(name: &str) -> Scratch {
+    let dir = Scratch::new(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -13,6 +13,40 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use wstap::{Action, Daemon, Settings};
 
+/// A scratch directory for one test, deleted when the test passes (kept for a look when
+/// it fails).
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("wstap-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 /// Upper bound for any one test: a safety net against hangs, never a speed assertion.
 pub const HANG: Duration = Duration::from_secs(60);
 
