@@ -247,6 +247,7 @@ impl FileSink {
             self.outputs.insert(key, Output { writer, file: None, opened_at: time, label });
             self.open_next(key, time, stats);
         }
+        self.check_interval(key, time);
         let mut next = Some(ev);
         while let Some(ev) = next.take() {
             let Some(out) = self.outputs.get_mut(&key) else { return };
@@ -282,15 +283,10 @@ impl FileSink {
     /// Called at least every flush interval: flushes, starts interval rotations, rotates
     /// idle outputs that are due, and retries after a write error.
     pub fn tick(&mut self, now: u64, stats: &Stats) {
-        let interval = self.settings.rotate.interval.map(|d| d.as_nanos() as u64);
         let keys: Vec<u64> = self.outputs.keys().copied().collect();
         for key in keys {
+            self.check_interval(key, now);
             let Some(out) = self.outputs.get_mut(&key) else { continue };
-            if let Some(iv) = interval.filter(|_| !self.settings.per_session) {
-                if now / iv != out.opened_at / iv {
-                    out.writer.rotation_due(now);
-                }
-            }
             if out.writer.ready_to_rotate(now) || (self.failing && now >= self.retry_at && out.file.is_none()) {
                 self.open_next(key, now, stats);
             }
@@ -298,6 +294,18 @@ impl FileSink {
                 if let Err(e) = w.flush() {
                     self.write_failed(key, &e, now, stats);
                 }
+            }
+        }
+    }
+
+    /// Makes a rotation due when `now` is in a later interval than the file's start
+    /// (boundaries at wall-clock multiples of the interval, as dumpcap's `interval:`).
+    fn check_interval(&mut self, key: u64, now: u64) {
+        let Some(iv) = self.settings.rotate.interval.filter(|_| !self.settings.per_session) else { return };
+        let iv = iv.as_nanos() as u64;
+        if let Some(out) = self.outputs.get_mut(&key) {
+            if now / iv != out.opened_at / iv {
+                out.writer.rotation_due(now);
             }
         }
     }

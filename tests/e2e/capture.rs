@@ -643,3 +643,151 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
     })
     .await;
 }
+
+/// The events of one WebSocket session (both legs) that sends `messages` and has each
+/// echoed: time starts at `t0` and moves by `step` ns per event.
+fn synthetic_session(
+    session_id: u64,
+    legs: (u64, u64),
+    messages: &[Vec<u8>],
+    t0: u64,
+    step: u64,
+) -> Vec<wstap::recorder::Event> {
+    use wstap::recorder::{Dir, Event, LegKind, Opening, What};
+    let (client, upstream) = legs;
+    let open = |kind, local: &str, remote: &str| {
+        What::Open(Box::new(Opening {
+            kind,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            comment: format!("synthetic session {session_id}"),
+            session: true,
+            session_id,
+            label: format!("127.0.0.1-4000{session_id}_/"),
+        }))
+    };
+    let mut ev = Vec::new();
+    let mut push = |leg, what| ev.push((leg, what));
+    let data =
+        |dir, offset: usize, bytes: &[u8]| What::Data { dir, offset: offset as u64, bytes: bytes.to_vec().into() };
+    let (req, resp) = (UPGRADE.as_bytes(), SWITCHED.as_bytes());
+    push(client, open(LegKind::Client, "127.0.0.1:8080", &format!("127.0.0.1:4000{session_id}")));
+    push(client, data(Dir::In, 0, req));
+    push(upstream, open(LegKind::Upstream, &format!("127.0.0.1:5000{session_id}"), "127.0.0.1:9000"));
+    push(upstream, data(Dir::Out, 0, req));
+    push(upstream, data(Dir::In, 0, resp));
+    push(client, data(Dir::Out, 0, resp));
+    let (mut up, mut down) = (req.len(), resp.len());
+    for m in messages {
+        let masked = masked_frame(m);
+        let plain = plain_frame(m);
+        push(client, data(Dir::In, up, &masked));
+        push(upstream, data(Dir::Out, up, &masked));
+        push(upstream, data(Dir::In, down, &plain));
+        push(client, data(Dir::Out, down, &plain));
+        (up, down) = (up + masked.len(), down + plain.len());
+    }
+    for (leg, offsets) in [(client, [up as u64, down as u64]), (upstream, [down as u64, up as u64])] {
+        push(leg, What::Close { reason: "synthetic end".into(), offsets });
+    }
+    ev.into_iter().enumerate().map(|(i, (leg, what))| Event { time: t0 + i as u64 * step, leg, what }).collect()
+}
+
+/// A masked binary frame (key 0x01020304).
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = frame_head(0x82, payload.len(), true);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+    f
+}
+
+fn plain_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = frame_head(0x82, payload.len(), false);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
+    let m = if masked { 0x80 } else { 0 };
+    let mut f = vec![b0];
+    match len {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend((n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend((n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        f.extend([1, 2, 3, 4]);
+    }
+    f
+}
+
+/// Runs events through a FileSink with `settings`, ticking the injected clock at each
+/// event's time.
+fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::recorder::Event>) {
+    use wstap::files::FileSink;
+    use wstap::pcapng::SectionInfo;
+    let stats = wstap::recorder::Stats::default();
+    let info = SectionInfo { application: "wstap test".into(), os: "test".into(), hostname: "test".into() };
+    let mut sink = FileSink::new(settings, info, 99);
+    for ev in events {
+        let now = ev.time;
+        sink.process(ev, &stats);
+        sink.tick(now, &stats);
+    }
+    sink.finish(&stats);
+}
+
+#[test]
+fn interval_rotation_at_wall_clock_multiples_keeps_every_file_whole() {
+    let dir = capture_dir("interval");
+    let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
+    s.rotate.size = 0;
+    s.rotate.interval = Some(std::time::Duration::from_secs(1));
+    let messages: Vec<Vec<u8>> = (0..24).map(|i| noise(500 + i * 31)).collect();
+    // 6 events per message, 25 ms apart: the session spans about 3.6 seconds (5 wall-clock seconds).
+    let t0 = 1_764_000_000_400_000_000; // 0.4 s past a whole second
+    sink_run(s, synthetic_session(1, (1, 2), &messages, t0, 25_000_000));
+
+    let files = the_files(&dir);
+    assert!(files.len() >= 4, "one file per wall-clock second: {files:?}");
+    let per_file = decode_each(&files, 2);
+    let up: Vec<Vec<u8>> = per_file.iter().flat_map(|(u, _)| u.iter().map(|m| m.1.clone())).collect();
+    assert!(up == messages, "all messages, in order, across the files");
+    // Each file covers one wall-clock second (dumpcap's interval semantics).
+    for file in &files {
+        let seconds: std::collections::BTreeSet<String> = fields(file, "websocket", &["frame.time_epoch"])
+            .iter()
+            .map(|r| r[0].split('.').next().unwrap().to_owned())
+            .collect();
+        assert!(seconds.len() <= 1, "{} holds frames of one second: {seconds:?}", file.display());
+    }
+}
+
+#[test]
+fn per_session_files_hold_one_session_each() {
+    let dir = capture_dir("per-session");
+    let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
+    s.per_session = true;
+    let a = synthetic_session(1, (1, 2), &[b"first session".to_vec()], 1_764_000_000_000_000_000, 1000);
+    let b =
+        synthetic_session(2, (3, 4), &[b"second session".to_vec(), b"again".to_vec()], 1_764_000_000_000_000_500, 1000);
+    let mut events: Vec<_> = a.into_iter().chain(b).collect();
+    events.sort_by_key(|e| e.time);
+    sink_run(s, events);
+
+    let files = the_files(&dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(
+        names[0].contains("127.0.0.1-40001") && names[1].contains("127.0.0.1-40002"),
+        "named by client and route: {names:?}"
+    );
+    let per_file = decode_each(&files, 2);
+    assert_eq!(per_file[0].0, vec![(2, b"first session".to_vec())]);
+    assert_eq!(per_file[1].0, vec![(2, b"second session".to_vec()), (2, b"again".to_vec())]);
+}
