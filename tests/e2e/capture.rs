@@ -748,8 +748,8 @@ fn interval_rotation_at_wall_clock_multiples_keeps_every_file_whole() {
     let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
     s.rotate.size = 0;
     s.rotate.interval = Some(std::time::Duration::from_secs(1));
-    let messages: Vec<Vec<u8>> = (0..24).map(|i| noise(500 + i * 31)).collect();
-    // 6 events per message, 25 ms apart: the session spans about 3.6 seconds (5 wall-clock seconds).
+    let messages: Vec<Vec<u8>> = (0..40).map(|i| noise(500 + i * 31)).collect();
+    // 4 events per message, 25 ms apart: the session spans about 4 s (5 wall-clock seconds).
     let t0 = 1_764_000_000_400_000_000; // 0.4 s past a whole second
     sink_run(s, synthetic_session(1, (1, 2), &messages, t0, 25_000_000));
 
