@@ -319,6 +319,12 @@ impl FileSink {
                 let old = out.writer.rotate(w, stats);
                 let old_file = out.file.replace(file);
                 out.opened_at = now;
+                // A new file is a valid capture from its first moment (a crash right
+                // after rotating leaves a file tshark opens): header and replay go out now.
+                if let Some(Err(e)) = out.writer.get_mut().map(Write::flush) {
+                    self.write_failed(key, &e, now, stats);
+                    return;
+                }
                 match old {
                     Ok(old_w) => {
                         if let (Some(f), Some(w)) = (old_file, old_w) {

@@ -21,19 +21,19 @@ async fn one_session_then_stop(proxy: Proxy) {
 }
 
 /// A fresh capture directory for one test (not created: the daemon creates it).
-fn capture_dir(name: &str) -> Scratch {
+pub(crate) fn capture_dir(name: &str) -> Scratch {
     Scratch::new(&format!("capture-{name}"))
 }
 
 /// `[capture]` settings writing into `dir`, plus `extra` lines. Interval rotation is off
 /// unless `extra` sets `[capture.rotate]`: a test must not straddle a wall-clock hour.
-fn capture_toml(dir: &Path, extra: &str) -> String {
+pub(crate) fn capture_toml(dir: &Path, extra: &str) -> String {
     let rotate = if extra.contains("[capture.rotate]") { "" } else { "[capture.rotate]\ninterval = \"0s\"\n" };
     format!("[capture]\ndir = {:?}\n{extra}\n{rotate}", dir.display().to_string())
 }
 
 /// The finished capture files in `dir`, in name (= time) order; none left `.part`.
-fn the_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn the_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(files.iter().all(|p| p.extension().is_some_and(|e| e == "pcapng")), "only finished files: {files:?}");
@@ -48,21 +48,21 @@ fn the_file(dir: &Path) -> PathBuf {
 }
 
 /// Runs a tool and returns its stdout; fails the test if the tool fails.
-fn run(tool: &str, args: &[&str]) -> String {
+pub(crate) fn run(tool: &str, args: &[&str]) -> String {
     let out =
         Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool} not runnable ({e}): CI installs it"));
     assert!(out.status.success(), "{tool} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn tshark(file: &Path, args: &[&str]) -> String {
+pub(crate) fn tshark(file: &Path, args: &[&str]) -> String {
     let mut all = vec!["-r", file.to_str().unwrap()];
     all.extend_from_slice(args);
     run("tshark", &all)
 }
 
 /// Rows of `-T fields` output for `fields`, filtered by `filter`.
-fn fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+pub(crate) fn fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     let mut args = vec!["-Y", filter, "-T", "fields", "-E", "occurrence=f"];
     for f in fields {
         args.extend(["-e", f]);
@@ -72,7 +72,7 @@ fn fields(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
 
 /// The clean-session bar: no expert Warnings or Errors, good IP and TCP checksums,
 /// both interfaces with ns resolution, strict time order.
-fn assert_clean(file: &Path, interfaces: usize) {
+pub(crate) fn assert_clean(file: &Path, interfaces: usize) {
     let expert = tshark(file, &["-q", "-z", "expert"]);
     assert!(!expert.contains("Warnings (") && !expert.contains("Errors ("), "expert info:\n{expert}");
     let sums = tshark(
@@ -101,8 +101,12 @@ fn assert_clean(file: &Path, interfaces: usize) {
 
 /// Both directions of TCP stream `stream`, reassembled by tshark: (from the opener,
 /// from the other end).
-fn follow(file: &Path, stream: &str) -> (Vec<u8>, Vec<u8>) {
-    let out = tshark(file, &["-q", "-z", &format!("follow,tcp,raw,{stream}")]);
+pub(crate) fn follow(file: &Path, stream: &str) -> (Vec<u8>, Vec<u8>) {
+    parse_follow(&tshark(file, &["-q", "-z", &format!("follow,tcp,raw,{stream}")]))
+}
+
+/// The two directions of `tshark -z follow,tcp,raw` output.
+pub(crate) fn parse_follow(out: &str) -> (Vec<u8>, Vec<u8>) {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let hex =
         |s: &str| (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<u8>>();
@@ -119,47 +123,48 @@ fn follow(file: &Path, stream: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// The tcp.stream index of each interface's first connection.
-fn stream_of(file: &Path, interface: u32) -> String {
-    fields(file, &format!("frame.interface_id == {interface}"), &["tcp.stream"])[0][0].clone()
+pub(crate) fn stream_of(file: &Path, interface: u32) -> String {
+    try_stream_of(file, interface).unwrap_or_else(|| panic!("{}: no packet on interface {interface}", file.display()))
+}
+
+pub(crate) fn try_stream_of(file: &Path, interface: u32) -> Option<String> {
+    fields(file, &format!("frame.interface_id == {interface}"), &["tcp.stream"]).first().map(|r| r[0].clone())
 }
 
 /// WebSocket messages (opcode, unmasked payload) after the HTTP head in `bytes`;
 /// fragments are joined, control frames listed where they stand.
 /// A WebSocket message: opcode and payload.
-type WsMessage = (u8, Vec<u8>);
+pub(crate) type WsMessage = (u8, Vec<u8>);
 
-fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
+pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
+    ws_messages_until(bytes, true)
+}
+
+/// As [`ws_messages`]; with `strict` false, a frame cut off at the end (a file a crash
+/// truncated) ends the list instead of failing.
+pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
+    use wstap::wsframe::FrameHeader;
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
     while !rest.is_empty() {
-        assert!(rest.len() >= 2, "a frame header is cut off at the end of the stream");
-        let (fin, opcode, masked) = (rest[0] & 0x80 != 0, rest[0] & 0x0f, rest[1] & 0x80 != 0);
-        let (len, mut at) = match rest[1] & 0x7f {
-            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-            127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
-            n => (n as usize, 2),
+        let whole = FrameHeader::parse(rest).filter(|h| rest.len() as u64 >= h.header_len as u64 + h.len);
+        let Some(h) = whole else {
+            assert!(!strict, "a frame is cut off at the end of the stream ({} bytes left)", rest.len());
+            break;
         };
-        let mask = masked.then(|| {
-            at += 4;
-            [rest[at - 4], rest[at - 3], rest[at - 2], rest[at - 1]]
-        });
-        assert!(
-            rest.len() >= at + len,
-            "a frame is cut off at the end of the stream ({} of {len} bytes)",
-            rest.len() - at.min(rest.len())
-        );
-        let mut payload = rest[at..at + len].to_vec();
-        if let Some(m) = mask {
+        let mut payload = rest[h.header_len..h.header_len + h.len as usize].to_vec();
+        if h.masked {
+            let m = &rest[h.header_len - 4..h.header_len];
             payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= m[i % 4]);
         }
-        rest = &rest[at + len..];
-        match (opcode, partial.as_mut()) {
+        rest = &rest[h.header_len + h.len as usize..];
+        match (h.opcode, partial.as_mut()) {
             (0, Some((_, acc))) => acc.extend(payload),
             (op, _) if op >= 8 => out.push((op, payload)),
             (op, _) => partial = Some((op, payload)),
         }
-        if fin && opcode < 8 {
+        if h.fin && h.opcode < 8 {
             out.extend(partial.take());
         }
     }
@@ -575,7 +580,7 @@ async fn an_unwritable_capture_directory_never_hurts_traffic() {
 
 /// Every file decodes on its own: clean, and its client-leg stream parses into whole
 /// messages. Returns each file's (client → server, server → client) messages.
-fn decode_each(files: &[PathBuf], interfaces: usize) -> Vec<(Vec<WsMessage>, Vec<WsMessage>)> {
+pub(crate) fn decode_each(files: &[PathBuf], interfaces: usize) -> Vec<(Vec<WsMessage>, Vec<WsMessage>)> {
     files
         .iter()
         .map(|file| {

@@ -1,10 +1,8 @@
 //! The `wstap` binary itself: shipped configs, `check`, `--version`, and SIGTERM on a
 //! real daemon process.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -73,25 +71,7 @@ async fn sigterm_drains_a_live_session_and_exits_zero() {
         let dir = scratch("sigterm");
         let config = dir.join("wstap.toml");
         std::fs::write(&config, super::support::config(echo, "")).unwrap();
-        let mut child = Command::new(WSTAP).args(["run", "-c"]).arg(&config).stderr(Stdio::piped()).spawn().unwrap();
-
-        // The daemon logs `listening addr=…` once bound: that line is the readiness signal.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr: SocketAddr = tokio::task::spawn_blocking(move || {
-            let line = rx.iter().find(|l| l.contains("listening")).expect("daemon logged its address");
-            let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-            (addr.parse().unwrap(), rx)
-        })
-        .await
-        .map(|(a, _rx): (SocketAddr, _)| a)
-        .unwrap();
-
+        let (mut child, addr) = spawn_daemon(&config).await;
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
         let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());

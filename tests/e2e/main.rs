@@ -3,6 +3,7 @@
 
 mod capture;
 mod cli;
+mod durability;
 mod errors;
 mod http;
 mod shutdown;

@@ -313,3 +313,41 @@ pub async fn raw_session(proxy: &Proxy) -> (TcpStream, Vec<u8>) {
     let early = r.buffer().to_vec();
     (r.into_inner(), early)
 }
+
+/// Starts the real `wstap` binary on `config` and waits for its `listening addr=…` log
+/// line (the readiness signal); its stderr keeps being drained.
+pub async fn spawn_daemon(config: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wstap"))
+        .args(["run", "-c"])
+        .arg(config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = tokio::task::spawn_blocking(move || {
+        let line = rx.iter().find(|l| l.contains("listening")).expect("daemon logged its address");
+        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    })
+    .await
+    .unwrap();
+    (child, addr)
+}
+
+/// Polls `done` (a state another thread or process reaches, with no channel to say so)
+/// up to five seconds.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 5 s");
+}

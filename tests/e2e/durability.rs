@@ -1,0 +1,221 @@
+//! Capture under trouble: a SIGKILLed daemon, a capture directory deleted under it, a
+//! full filesystem. Traffic must never notice, every file left must open in tshark, and
+//! capture must come back by itself with a file that decodes on its own.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::capture::*;
+use crate::support::*;
+
+/// Every file in `dir`, finished or `.part`.
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn has_part(dir: &Path) -> bool {
+    all_files(dir).iter().any(|f| f.to_string_lossy().ends_with(".part"))
+}
+
+/// A numbered message, so its presence can be checked in a capture.
+fn numbered(i: u32) -> Vec<u8> {
+    let mut m = format!("message {i:06} ").into_bytes();
+    m.resize(1024, b'.');
+    m
+}
+
+#[tokio::test]
+async fn after_kill_9_every_file_opens_and_only_the_last_flush_interval_is_missing() {
+    within(async {
+        let dir = capture_dir("kill9");
+        let captures = dir.join("captures");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let config = dir.join("wstap.toml");
+        let extra = "flush_interval = \"200ms\"\n[capture.rotate]\nsize = \"4MiB\"\ninterval = \"0s\"\nfiles = 0";
+        std::fs::write(&config, config_toml(echo_upstream().await, &capture_toml(&captures, extra))).unwrap();
+        let (mut child, addr) = spawn_daemon(&config).await;
+
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/load")).await.unwrap();
+        let start = Instant::now();
+        let mut echoed = Vec::new();
+        for i in 0.. {
+            ws.send(Message::binary(numbered(i))).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(numbered(i)));
+            echoed.push((i, Instant::now()));
+            if start.elapsed() > Duration::from_millis(1500) {
+                break;
+            }
+        }
+        let status = std::process::Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let killed = Instant::now();
+        child.wait().unwrap();
+
+        let files = all_files(&captures);
+        assert!(files.len() >= 2, "{files:?}");
+        let mut seen = std::collections::HashSet::new();
+        for file in &files {
+            // Every file opens (the only defect allowed is a final block cut short), and
+            // its first TCP stream, the client leg, holds whole messages up to the cut.
+            let out = std::process::Command::new("tshark")
+                .arg("-r")
+                .arg(file)
+                .args(["-q", "-z", "follow,tcp,raw,0"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stderr: Vec<&str> =
+                stderr.lines().filter(|l| !l.contains("Running as user") && !l.trim().is_empty()).collect();
+            assert!(
+                out.status.success() || stderr.iter().all(|l| l.contains("cut short")),
+                "{}: {stderr:?}",
+                file.display()
+            );
+            let (up, _) = parse_follow(&String::from_utf8_lossy(&out.stdout));
+            if !up.is_empty() {
+                seen.extend(ws_messages_until(&up, false).into_iter().map(|(_, m)| m));
+            }
+        }
+        // What crossed the proxy more than a flush interval (plus scheduling slack)
+        // before the kill is on disk.
+        let slack = Duration::from_millis(200 + 400);
+        let required: Vec<u32> = echoed.iter().filter(|(_, t)| killed - *t > slack).map(|(i, _)| *i).collect();
+        assert!(required.len() > 10, "the load ran long enough: {} messages", echoed.len());
+        let missing: Vec<&u32> = required.iter().filter(|i| !seen.contains(&numbered(**i))).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} messages older than {slack:?} missing after kill -9, first {:?}",
+            missing.len(),
+            required.len(),
+            &missing[..missing.len().min(5)]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_capture_directory_is_recreated_and_the_next_file_stands_alone() {
+    within(async {
+        let dir = capture_dir("deleted");
+        let proxy =
+            Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, "flush_interval = \"100ms\""))).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/deleted")).await.unwrap();
+        let mut round_trip = async |text: &str| {
+            ws.send(Message::text(text)).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+        };
+        round_trip("before").await;
+        eventually("the capture file exists", || has_part(&dir)).await;
+        std::fs::remove_dir_all(&*dir).unwrap();
+        round_trip("while the directory is gone").await;
+        proxy.rotate().await;
+        eventually("the directory is back with a new file", || has_part(&dir)).await;
+        round_trip("after").await;
+        drop(round_trip);
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let files = the_files(&dir);
+        assert_eq!(files.len(), 1, "the file started after the deletion: {files:?}");
+        let (up, _) = &decode_each(&files, 2)[0];
+        assert_eq!(up.first(), Some(&(1, b"after".to_vec())), "it decodes on its own: {up:?}");
+    })
+    .await;
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts a `size` tmpfs at `at`, or says why it cannot.
+    fn mount(at: &Path, size: &str) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(SmallDisk(at.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is_room() {
+    let scratch = capture_dir("fulldisk");
+    let disk = match SmallDisk::mount(&scratch, "160k") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: mounting a small tmpfs needs root ({why})");
+            return;
+        }
+    };
+    within(async {
+        let dir = scratch.join("captures");
+        let extra = "flush_interval = \"100ms\"\n[capture.rotate]\nsize = \"64KiB\"\ninterval = \"0s\"\nfiles = 0";
+        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, extra))).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/full")).await.unwrap();
+        // About 1 MB of capture for a 160 KiB disk: every echo must still be exact.
+        for i in 0..120 {
+            let m = Message::binary(numbered(i));
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m, "traffic is unaffected by the full disk");
+        }
+        // Make room; capture resumes by itself with a new file.
+        let before: Vec<PathBuf> = all_files(&dir);
+        for f in &before {
+            std::fs::remove_file(f).unwrap();
+        }
+        let mut i = 1000;
+        eventually("capture resumes with a new file", || has_part(&dir)).await;
+        for _ in 0..3 {
+            let m = Message::binary(numbered(i));
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m);
+            i += 1;
+        }
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let files = the_files(&dir);
+        let last = files.last().expect("a file after resumption");
+        let per_file = decode_each(std::slice::from_ref(last), 2);
+        let ups: Vec<&Vec<u8>> = per_file[0].0.iter().map(|m| &m.1).collect();
+        for n in 1000..1003 {
+            assert!(ups.contains(&&numbered(n)), "message {n} captured after resumption");
+        }
+        let comments = fields(last, "frame.comment", &["frame.comment"]);
+        assert!(
+            comments.iter().any(|c| c[0].contains("capture was interrupted")),
+            "the new file says capture was interrupted: {comments:?}"
+        );
+    })
+    .await;
+    drop(disk);
+}
+
+/// A whole config: one listener on port 0, one route, then `extra`.
+fn config_toml(upstream: std::net::SocketAddr, extra: &str) -> String {
+    config(upstream, extra)
+}
