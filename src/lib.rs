@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod deflate;
 pub mod error;
 pub mod files;
 pub mod headers;

@@ -104,26 +104,26 @@ impl Flow {
         self.ack(a, emit);
     }
 
-    /// Starts the flow over in a new file: a synthetic handshake, each end's `prelude`
-    /// (for a WebSocket session: the Upgrade request from A, the `101` response from B)
-    /// and any FIN already sent, placed in sequence space so that they end exactly where
-    /// the flow stands now. The live segments that follow continue seamlessly, as if the
-    /// bytes in between had never been on this connection.
-    pub fn replay(&mut self, prelude: [&[u8]; 2], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+    /// Starts the flow over in a new file: a synthetic handshake, then `parts` in order
+    /// (for a WebSocket session: the Upgrade request from A, the `101` response from B,
+    /// and anything else a file needs to decode), then any FIN already sent, all placed
+    /// in sequence space so that they end exactly where the flow stands now. The live
+    /// segments that follow continue seamlessly, as if the bytes in between had never
+    /// been on this connection. Each part is acknowledged by the other end.
+    pub fn replay(&mut self, parts: &[(End, &[u8])], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
         let real = (self.isn, self.sent, self.fin);
         let live = [self.next_seq(End::A), self.next_seq(End::B)];
         let virtual_isn = |end: End| {
             let i = end.idx();
-            self.next_seq(end).wrapping_sub(1 + prelude[i].len() as u32 + u32::from(self.fin[i]))
+            let len: usize = parts.iter().filter(|(e, _)| *e == end).map(|(_, b)| b.len()).sum();
+            self.next_seq(end).wrapping_sub(1 + len as u32 + u32::from(self.fin[i]))
         };
         self.isn = [virtual_isn(End::A), virtual_isn(End::B)];
         (self.sent, self.fin) = ([0; 2], [false; 2]);
         self.handshake(emit);
-        for end in [End::A, End::B] {
-            if !prelude[end.idx()].is_empty() {
-                self.data(end, prelude[end.idx()], emit);
-                self.ack(end.peer(), emit);
-            }
+        for (end, bytes) in parts.iter().filter(|(_, b)| !b.is_empty()) {
+            self.data(*end, bytes, emit);
+            self.ack(end.peer(), emit);
         }
         for end in [End::A, End::B] {
             if real.2[end.idx()] {
@@ -424,7 +424,7 @@ mod tests {
         let (next_a, next_b) = (flow.next_seq(End::A), flow.next_seq(End::B));
         let seen = collect(
             |f, e| {
-                f.replay([b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 101 OK\r\n\r\n"], &mut *e);
+                f.replay(&[(End::A, b"GET / HTTP/1.1\r\n\r\n"), (End::B, b"HTTP/1.1 101 OK\r\n\r\n")], &mut *e);
                 f.data(End::A, b"live", &mut *e);
             },
             &mut flow,

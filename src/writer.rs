@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::Legs;
+use crate::deflate;
 use crate::packet::{End, Flow};
 use crate::pcapng::{Direction, PcapngWriter, SectionInfo};
 use crate::recorder::{Dir, Event, LegId, LegKind, Opening, Stats, What};
@@ -53,6 +54,8 @@ struct LegState {
     prelude: [Vec<u8>; 2],
     /// Frame boundaries of each end's stream.
     frames: [FrameTracker; 2],
+    /// Each end's permessage-deflate context, when it is kept across messages.
+    deflate: [Option<deflate::Context>; 2],
     /// Bytes not captured, per end.
     lost: [u64; 2],
     /// The leg is finished (both FINs, or a reset): its last packet waits for the Close,
@@ -85,6 +88,42 @@ impl LegState {
 
     fn at_boundary(&self) -> bool {
         !self.session || self.frames.iter().all(FrameTracker::at_boundary)
+    }
+
+    /// Follows `from`'s stream: its HTTP head (kept for replays), then frame boundaries,
+    /// and the deflate context where one is kept across messages.
+    fn track(&mut self, from: End, mut bytes: &[u8]) {
+        let i = from as usize;
+        if !self.frames[i].in_frames() {
+            let head = self.frames[i].advance(bytes, true, |_| {});
+            let room = MAX_PRELUDE.saturating_sub(self.prelude[i].len()).min(head);
+            self.prelude[i].extend_from_slice(&bytes[..room]);
+            bytes = &bytes[head..];
+            // The 101 says whether (and which way) permessage-deflate keeps its context.
+            if from == End::B && self.frames[i].in_frames() {
+                if let Some(keep) = deflate::takeover(&self.prelude[i]) {
+                    for end in [End::A, End::B] {
+                        self.deflate[end as usize] = keep[end as usize].then(deflate::Context::new);
+                    }
+                }
+            }
+        }
+        match &mut self.deflate[i] {
+            Some(ctx) => self.frames[i].advance_with_payload(bytes, &mut |h, p, end| ctx.feed(h, p, end)),
+            None => self.frames[i].advance(bytes, false, |_| {}),
+        };
+    }
+
+    /// What a new file replays for this leg: each end's HTTP head, then (after the 101,
+    /// where Wireshark decodes frames) a message restoring each kept deflate context.
+    fn replay_parts(&self) -> Vec<(End, Vec<u8>)> {
+        let mut parts = vec![(End::A, self.prelude[0].clone()), (End::B, self.prelude[1].clone())];
+        for end in [End::A, End::B] {
+            if let Some(frame) = self.deflate[end as usize].as_ref().and_then(|c| c.priming_frame(end == End::A)) {
+                parts.push((end, frame));
+            }
+        }
+        parts
     }
 }
 
@@ -276,15 +315,7 @@ impl<W: Write> CaptureWriter<W> {
                     return Ok(());
                 }
                 if leg.session {
-                    let (frames, prelude) = (&mut leg.frames[from as usize], &mut leg.prelude[from as usize]);
-                    let mut rest = payload;
-                    if !frames.in_frames() {
-                        let head = frames.advance(rest, true, |_| {});
-                        let room = MAX_PRELUDE.saturating_sub(prelude.len()).min(head);
-                        prelude.extend_from_slice(&rest[..room]);
-                        rest = &rest[head..];
-                    }
-                    frames.advance(rest, false, |_| {});
+                    leg.track(from, payload);
                 }
                 stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
                 self.emit(ev.leg, time, |f, e| f.data(from, payload, e), stats)?;
@@ -359,6 +390,7 @@ impl<W: Write> CaptureWriter<W> {
             session: o.session,
             prelude: [Vec::new(), Vec::new()],
             frames: [FrameTracker::new(), FrameTracker::new()],
+            deflate: [None, None],
             lost: [0; 2],
             last: None,
         };
@@ -429,11 +461,12 @@ impl<W: Write> CaptureWriter<W> {
                     ),
                 );
             }
-            let prelude = std::mem::take(&mut leg.prelude);
-            self.emit_each(id, time, &repeated, |f, e| f.replay([&prelude[0], &prelude[1]], e), stats)?;
-            if let Some(leg) = self.legs.get_mut(&id) {
-                leg.prelude = prelude;
+            let parts = leg.replay_parts();
+            if parts.len() > 2 {
+                repeated.push_str("; a synthetic message restores the permessage-deflate context");
             }
+            let parts: Vec<(End, &[u8])> = parts.iter().map(|(e, b)| (*e, &b[..])).collect();
+            self.emit_each(id, time, &repeated, |f, e| f.replay(&parts, e), stats)?;
         }
         Ok(old)
     }

@@ -14,8 +14,9 @@ pub struct FrameTracker {
 enum State {
     /// In the HTTP head; the last bytes seen, to find `\r\n\r\n`.
     Head { tail: u32, seen: u64 },
-    /// Between or inside frames.
-    Frames { header: [u8; 14], have: u8, payload_left: u64 },
+    /// Between or inside frames. `current` is the frame whose payload is being read,
+    /// and how much of it has been.
+    Frames { header: [u8; 14], have: u8, payload_left: u64, current: Option<(FrameHeader, [u8; 4], u64)> },
 }
 
 /// Facts about a frame, from its header.
@@ -79,8 +80,30 @@ impl FrameTracker {
     /// Consumes `data`; with `stop_at_boundary`, stops at the first boundary reached after
     /// at least one byte. Returns the bytes consumed, and the header of each frame whose
     /// header was completed on the way (through `on_header`).
-    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool, mut on_header: impl FnMut(FrameHeader)) -> usize {
+    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool, on_header: impl FnMut(FrameHeader)) -> usize {
+        self.advance_inner(data, stop_at_boundary, on_header, None)
+    }
+
+    /// As [`FrameTracker::advance`] (without stopping), also handing every piece of
+    /// payload, unmasked, to `on_payload` with its frame's header and whether it ends the
+    /// frame. Only for streams whose payloads matter (permessage-deflate contexts).
+    pub fn advance_with_payload(
+        &mut self,
+        data: &[u8],
+        on_payload: &mut dyn FnMut(&FrameHeader, &[u8], bool),
+    ) -> usize {
+        self.advance_inner(data, false, |_| {}, Some(on_payload))
+    }
+
+    fn advance_inner(
+        &mut self,
+        data: &[u8],
+        stop_at_boundary: bool,
+        mut on_header: impl FnMut(FrameHeader),
+        mut on_payload: Option<&mut dyn FnMut(&FrameHeader, &[u8], bool)>,
+    ) -> usize {
         let mut at = 0;
+        let mut unmasked = Vec::new();
         while at < data.len() {
             match &mut self.state {
                 State::Head { tail, seen } => {
@@ -89,27 +112,51 @@ impl FrameTracker {
                     *seen += 1;
                     *tail = (*tail << 8) | u32::from(b);
                     if *tail == u32::from_be_bytes(*b"\r\n\r\n") {
-                        self.state = State::Frames { header: [0; 14], have: 0, payload_left: 0 };
+                        self.state = State::Frames { header: [0; 14], have: 0, payload_left: 0, current: None };
                         if stop_at_boundary {
                             return at;
                         }
                     }
                 }
-                State::Frames { payload_left, .. } if *payload_left > 0 => {
+                State::Frames { payload_left, current, .. } if *payload_left > 0 => {
                     let take = (*payload_left).min((data.len() - at) as u64);
                     *payload_left -= take;
+                    if let (Some(f), Some((h, key, pos))) = (on_payload.as_mut(), current.as_mut()) {
+                        let piece = &data[at..at + take as usize];
+                        let piece = if h.masked {
+                            unmasked.clear();
+                            let p0 = *pos as usize;
+                            unmasked.extend(piece.iter().enumerate().map(|(i, b)| b ^ key[(p0 + i) % 4]));
+                            &unmasked[..]
+                        } else {
+                            piece
+                        };
+                        *pos += take;
+                        f(h, piece, *payload_left == 0);
+                    }
                     at += take as usize;
                     if *payload_left == 0 && stop_at_boundary {
                         return at;
                     }
                 }
-                State::Frames { header, have, payload_left } => {
+                State::Frames { header, have, payload_left, current } => {
                     header[usize::from(*have)] = data[at];
                     *have += 1;
                     at += 1;
                     if let Some(h) = FrameHeader::parse(&header[..usize::from(*have)]) {
+                        let key = if h.masked {
+                            header[h.header_len - 4..h.header_len].try_into().unwrap_or([0; 4])
+                        } else {
+                            [0; 4]
+                        };
                         *have = 0;
                         *payload_left = h.len;
+                        *current = Some((h, key, 0));
+                        if h.len == 0 {
+                            if let Some(f) = on_payload.as_mut() {
+                                f(&h, &[], true);
+                            }
+                        }
                         on_header(h);
                         if h.len == 0 && stop_at_boundary {
                             return at;
@@ -142,8 +189,10 @@ mod tests {
         }
         if masked {
             f.extend([1, 2, 3, 4]);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+        } else {
+            f.extend_from_slice(payload);
         }
-        f.extend_from_slice(payload);
         f
     }
 
@@ -200,6 +249,29 @@ mod tests {
         );
         t.advance(&f[4..], false, |_| {});
         assert!(t.at_boundary());
+    }
+
+    #[test]
+    fn payloads_come_unmasked_whatever_the_chunking() {
+        let mut stream = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        stream.extend(frame(1, b"hello world", true));
+        stream.extend(frame(2, b"", true));
+        stream.extend(frame(1, b"plain", false));
+        for piece in [1, 3, 5, stream.len()] {
+            let mut t = FrameTracker::new();
+            let mut got: Vec<(u8, Vec<u8>, bool)> = Vec::new();
+            for chunk in stream.chunks(piece) {
+                t.advance_with_payload(chunk, &mut |h, p, end| match got.last_mut() {
+                    Some(last) if !last.2 => {
+                        last.1.extend_from_slice(p);
+                        last.2 = end;
+                    }
+                    _ => got.push((h.opcode, p.to_vec(), end)),
+                });
+            }
+            let want = vec![(1, b"hello world".to_vec(), true), (2, vec![], true), (1, b"plain".to_vec(), true)];
+            assert_eq!(got, want, "piece {piece}");
+        }
     }
 
     #[test]

@@ -796,3 +796,118 @@ fn per_session_files_hold_one_session_each() {
     assert_eq!(per_file[0].0, vec![(2, b"first session".to_vec())]);
     assert_eq!(per_file[1].0, vec![(2, b"second session".to_vec()), (2, b"again".to_vec())]);
 }
+
+/// permessage-deflate (RFC 7692): a compressor per direction, with or without context
+/// takeover.
+struct Deflater(flate2::Compress, bool);
+
+impl Deflater {
+    fn new(takeover: bool) -> Deflater {
+        Deflater(flate2::Compress::new(flate2::Compression::default(), false), takeover)
+    }
+
+    /// One message's compressed payload (sync flush, the 00 00 ff ff tail removed).
+    fn message(&mut self, text: &[u8]) -> Vec<u8> {
+        if !self.1 {
+            self.0.reset();
+        }
+        let mut out = Vec::with_capacity(text.len() + 64);
+        self.0.compress_vec(text, &mut out, flate2::FlushCompress::Sync).unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+}
+
+/// A text message compressed: RSV1 set.
+fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = frame_head(0xc1, payload.len(), masked);
+    if masked {
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// A deflate session's events: `texts` sent and echoed, each direction compressing with
+/// its own context.
+fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::recorder::Event> {
+    use wstap::recorder::{Dir, Event, LegKind, Opening, What};
+    let ext = if takeover {
+        "permessage-deflate"
+    } else {
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    };
+    let req = format!(
+        "GET /deflate HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    );
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: {ext}\r\n\r\n"
+    );
+    let open = |kind, local: &str, remote: &str| {
+        What::Open(Box::new(Opening {
+            kind,
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            comment: "deflate session".into(),
+            session: true,
+            session_id: 1,
+            label: String::new(),
+        }))
+    };
+    let data =
+        |dir, offset: usize, bytes: &[u8]| What::Data { dir, offset: offset as u64, bytes: bytes.to_vec().into() };
+    let mut ev = vec![
+        (1, open(LegKind::Client, "127.0.0.1:8080", "127.0.0.1:40001")),
+        (1, data(Dir::In, 0, req.as_bytes())),
+        (2, open(LegKind::Upstream, "127.0.0.1:50001", "127.0.0.1:9000")),
+        (2, data(Dir::Out, 0, req.as_bytes())),
+        (2, data(Dir::In, 0, resp.as_bytes())),
+        (1, data(Dir::Out, 0, resp.as_bytes())),
+    ];
+    let (mut client_z, mut server_z) = (Deflater::new(takeover), Deflater::new(takeover));
+    let (mut up, mut down) = (req.len(), resp.len());
+    for t in texts {
+        let masked = deflate_frame(&client_z.message(t.as_bytes()), true);
+        let plain = deflate_frame(&server_z.message(t.as_bytes()), false);
+        ev.push((1, data(Dir::In, up, &masked)));
+        ev.push((2, data(Dir::Out, up, &masked)));
+        ev.push((2, data(Dir::In, down, &plain)));
+        ev.push((1, data(Dir::Out, down, &plain)));
+        (up, down) = (up + masked.len(), down + plain.len());
+    }
+    ev.into_iter().enumerate().map(|(i, (leg, what))| Event { time: t0 + i as u64 * step, leg, what }).collect()
+}
+
+#[test]
+fn permessage_deflate_sessions_decompress_in_every_file() {
+    for takeover in [false, true] {
+        let dir = capture_dir(&format!("deflate-{takeover}"));
+        let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
+        s.rotate.size = 0;
+        s.rotate.interval = Some(std::time::Duration::from_secs(1));
+        // Repetitive texts: with context takeover, later messages refer back to earlier ones.
+        let texts: Vec<String> =
+            (0..40).map(|i| format!("the quick brown fox jumps over the lazy dog, message {i}")).collect();
+        sink_run(s, deflate_session(&texts, takeover, 1_764_000_000_400_000_000, 25_000_000));
+        let files = the_files(&dir);
+        assert!(files.len() >= 4, "{files:?}");
+        let mut decoded = Vec::new();
+        for file in &files {
+            assert_clean(file, 2);
+            let rows = fields(
+                file,
+                "websocket && frame.interface_id == 0 && tcp.srcport == 40001",
+                &["websocket.payload.text"],
+            );
+            let texts_here: Vec<String> =
+                rows.into_iter().map(|r| r[0].clone()).filter(|t| t.starts_with("the quick")).collect();
+            assert!(!texts_here.is_empty(), "takeover {takeover}: {} decompresses its messages", file.display());
+            decoded.extend(texts_here);
+        }
+        assert_eq!(decoded, texts, "takeover {takeover}: every message, decompressed, across the files");
+    }
+}

@@ -1,0 +1,176 @@
+//! permessage-deflate (RFC 7692) as far as capture files need it. With context takeover,
+//! a compressed message may refer back to anything in the last 32 KiB its sender
+//! compressed, so a file that starts mid-session cannot be decompressed on its own. The
+//! writer keeps, per direction, that 32 KiB window (by inflating the messages) and begins
+//! each new file with one synthetic message whose decompression is exactly the window:
+//! Wireshark's inflater is then in the state the real one was. Pure.
+
+use flate2::{Decompress, FlushDecompress};
+
+use crate::wsframe::FrameHeader;
+
+/// The deflate window: how far back a compressed message may refer.
+const WINDOW: usize = 32 * 1024;
+
+/// The decompression context of one direction of a session.
+pub struct Context {
+    z: Decompress,
+    /// The last (up to) 32 KiB of decompressed data, with some slack before trimming.
+    window: Vec<u8>,
+    /// The current message is compressed (its first frame had RSV1).
+    compressed: bool,
+    /// Inflating failed (not deflate after all, or bytes were lost): no priming.
+    broken: bool,
+}
+
+/// Which directions keep their compression context, from a `101` response head that
+/// accepted permessage-deflate: `[client → server, server → client]`. `None` when the
+/// extension was not negotiated.
+pub fn takeover(response_head: &[u8]) -> Option<[bool; 2]> {
+    let head = String::from_utf8_lossy(response_head).to_ascii_lowercase();
+    let ext = head
+        .lines()
+        .filter_map(|l| l.strip_prefix("sec-websocket-extensions:"))
+        .find(|v| v.contains("permessage-deflate"))?;
+    Some([!ext.contains("client_no_context_takeover"), !ext.contains("server_no_context_takeover")])
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::new()
+    }
+}
+
+impl Context {
+    pub fn new() -> Context {
+        Context { z: Decompress::new(false), window: Vec::new(), compressed: false, broken: false }
+    }
+
+    /// A piece of a frame's payload (unmasked); `frame_end` on its last piece.
+    pub fn feed(&mut self, h: &FrameHeader, payload: &[u8], frame_end: bool) {
+        if self.broken || h.opcode >= 8 {
+            return;
+        }
+        if h.opcode != 0 {
+            // A message's first frame says whether the message is compressed.
+            self.compressed = h.rsv1;
+        }
+        if !self.compressed {
+            return;
+        }
+        self.inflate(payload);
+        if frame_end && h.fin {
+            // The tail every compressed message had removed (RFC 7692 §7.2.1).
+            self.inflate(&[0, 0, 0xff, 0xff]);
+        }
+    }
+
+    fn inflate(&mut self, mut input: &[u8]) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let (in0, out0) = (self.z.total_in(), self.z.total_out());
+            if self.z.decompress(input, &mut buf, FlushDecompress::Sync).is_err() {
+                self.broken = true;
+                return;
+            }
+            let (used, made) = ((self.z.total_in() - in0) as usize, (self.z.total_out() - out0) as usize);
+            self.window.extend_from_slice(&buf[..made]);
+            if self.window.len() > 2 * WINDOW {
+                self.window.drain(..self.window.len() - WINDOW);
+            }
+            input = &input[used..];
+            if input.is_empty() && made < buf.len() {
+                return;
+            }
+            if used == 0 && made == 0 {
+                return;
+            }
+        }
+    }
+
+    /// A complete WebSocket frame (binary, RSV1, masked with a zero key if `masked`)
+    /// whose decompression is the current window: one uncompressed deflate block, without
+    /// the final empty block's `00 00 ff ff`. `None` when there is nothing to restore.
+    pub fn priming_frame(&self, masked: bool) -> Option<Vec<u8>> {
+        if self.broken || self.window.is_empty() {
+            return None;
+        }
+        let window = &self.window[self.window.len().saturating_sub(WINDOW)..];
+        let len = window.len() as u16;
+        let mut payload = vec![0x00];
+        payload.extend(len.to_le_bytes());
+        payload.extend((!len).to_le_bytes());
+        payload.extend_from_slice(window);
+        payload.push(0x00);
+        let mut frame = vec![0x80 | 0x40 | 0x2];
+        let m = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => frame.push(m | n as u8),
+            n => {
+                frame.push(m | 126);
+                frame.extend((n as u16).to_be_bytes());
+            }
+        }
+        if masked {
+            frame.extend([0; 4]);
+        }
+        frame.extend(payload);
+        Some(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    fn compressed(z: &mut Compress, text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len() + 64);
+        z.compress_vec(text, &mut out, FlushCompress::Sync).unwrap();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn header(len: usize) -> FrameHeader {
+        FrameHeader { fin: true, rsv1: true, opcode: 1, masked: false, len: len as u64, header_len: 2 }
+    }
+
+    #[test]
+    fn a_primed_inflater_decodes_what_follows() {
+        let mut z = Compress::new(Compression::default(), false);
+        let mut ctx = Context::new();
+        let texts: Vec<String> = (0..50).map(|i| format!("the same words again and again, number {i}")).collect();
+        for t in &texts[..40] {
+            let c = compressed(&mut z, t.as_bytes());
+            ctx.feed(&header(c.len()), &c, true);
+        }
+        // A fresh inflater (a new file) fed the priming frame's payload, then the rest.
+        let frame = ctx.priming_frame(false).unwrap();
+        let h = FrameHeader::parse(&frame).unwrap();
+        assert!(h.rsv1 && h.fin && h.opcode == 2);
+        let mut fresh = Decompress::new(false);
+        let mut sink = vec![0u8; 1 << 20];
+        let mut inflate = |fresh: &mut Decompress, data: &[u8]| {
+            let before = fresh.total_out();
+            let mut input = data.to_vec();
+            input.extend([0, 0, 0xff, 0xff]);
+            fresh.decompress(&input, &mut sink, FlushDecompress::Sync).unwrap();
+            String::from_utf8_lossy(&sink[..(fresh.total_out() - before) as usize]).into_owned()
+        };
+        let primed = inflate(&mut fresh, &frame[h.header_len..]);
+        assert!(primed.ends_with(&texts[39]), "the window is restored");
+        for t in &texts[40..] {
+            let c = compressed(&mut z, t.as_bytes());
+            assert_eq!(&inflate(&mut fresh, &c), t, "a message after the priming decompresses");
+        }
+    }
+
+    #[test]
+    fn negotiation_is_read_from_the_101() {
+        let both = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+        assert_eq!(takeover(both), Some([true, true]));
+        let none = b"HTTP/1.1 101 x\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n";
+        assert_eq!(takeover(none), Some([false, false]));
+        assert_eq!(takeover(b"HTTP/1.1 101 x\r\nUpgrade: websocket\r\n\r\n"), None);
+    }
+}
