@@ -4,6 +4,10 @@
 //! tracking costs a few comparisons per chunk. Rotation uses it to cut files between
 //! frames. Pure.
 
+/// Receives payload pieces (unmasked) with their frame's header, and whether the piece
+/// ends the frame.
+pub type PayloadSink<'a> = &'a mut dyn FnMut(&FrameHeader, &[u8], bool);
+
 /// Tracks frame boundaries in one direction.
 #[derive(Debug, Clone)]
 pub struct FrameTracker {
@@ -100,7 +104,7 @@ impl FrameTracker {
         data: &[u8],
         stop_at_boundary: bool,
         mut on_header: impl FnMut(FrameHeader),
-        mut on_payload: Option<&mut dyn FnMut(&FrameHeader, &[u8], bool)>,
+        mut on_payload: Option<PayloadSink<'_>>,
     ) -> usize {
         let mut at = 0;
         let mut unmasked = Vec::new();
