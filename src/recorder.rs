@@ -100,6 +100,8 @@ pub struct Stats {
     pub packets_written: AtomicU64,
     pub bytes_captured: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Packet bytes not written because no file could be (a write-error episode).
+    pub bytes_unwritten: AtomicU64,
 }
 
 /// Queue cost of an event besides its payload.

@@ -517,6 +517,7 @@ impl<W: Write> CaptureWriter<W> {
             let mut dropped = 0;
             make(&mut leg.flow, &mut |_, bytes| dropped += bytes.len() as u64);
             self.unwritten += dropped;
+            stats.bytes_unwritten.fetch_add(dropped, Relaxed);
             return Ok(());
         };
         let (local, interface) = (leg.local, self.interfaces[leg.interface as usize]);
@@ -593,6 +594,64 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn an_endless_frame_delays_rotation_only_up_to_the_limit_and_is_commented() {
+        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+        let synth = Synthesis {
+            mss_ipv4: 1460,
+            mss_ipv6: 1440,
+            acks: false,
+            display_port: None,
+            isn_seed: 7,
+            rotate_wait: Duration::from_secs(5),
+        };
+        let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
+        let stats = Stats::default();
+        let sec = 1_000_000_000u64;
+        let opening = Opening {
+            kind: LegKind::Client,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            comment: "s".into(),
+            session: true,
+            session_id: 1,
+            label: String::new(),
+        };
+        let head = b"GET / HTTP/1.1\r\n\r\n";
+        let mut frame_start = vec![0x82, 0x7f];
+        frame_start.extend((1u64 << 40).to_be_bytes()); // a 1 TiB frame that never ends
+        let step =
+            |w: &mut CaptureWriter<Vec<u8>>, time, what| w.process(Event { time, leg: 1, what }, &stats).unwrap();
+        assert!(matches!(step(&mut w, 0, What::Open(Box::new(opening))), Step::Done));
+        assert!(matches!(step(&mut w, 1, data(Dir::In, 0, head)), Step::Done));
+        assert!(matches!(step(&mut w, 2, data(Dir::In, head.len() as u64, &frame_start)), Step::Done));
+        w.rotation_due(3);
+        let mut off = (head.len() + frame_start.len()) as u64;
+        for t in [sec, 2 * sec, 4 * sec] {
+            assert!(matches!(step(&mut w, t, data(Dir::In, off, &[0; 100])), Step::Done), "mid-frame: rotation waits");
+            off += 100;
+        }
+        assert!(!w.ready_to_rotate(4 * sec));
+        assert!(w.ready_to_rotate(5 * sec + 3), "but not longer than rotate_wait");
+        let Step::Rotate { then: Some(next) } = step(&mut w, 6 * sec, data(Dir::In, off, &[0; 100])) else {
+            panic!("rotation is forced")
+        };
+        w.rotate(Vec::new(), &stats).unwrap();
+        w.process(next, &stats).unwrap();
+        let second = w.finish(&stats).unwrap().unwrap();
+        let mut r = PcapNgReader::new(&second[..]).unwrap();
+        let mut comments = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                comments.extend(p.options.iter().filter_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                }));
+            }
+        }
+        assert!(comments[0].contains("starts inside a WebSocket frame: rotation waited 5s"), "{comments:?}");
     }
 
     #[test]

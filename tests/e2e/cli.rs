@@ -65,24 +65,43 @@ fn version_is_printed() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_a_live_session_and_exits_zero() {
+async fn sigusr1_rotates_and_sigterm_drains_a_live_session_and_exits_zero() {
     within(async {
         let echo = echo_upstream().await;
-        let dir = scratch("sigterm");
-        let config = dir.join("wstap.toml");
-        std::fs::write(&config, super::support::config(echo, "")).unwrap();
+        let dir = scratch("signals");
+        let (config, captures) = (dir.join("wstap.toml"), dir.join("captures"));
+        let capture =
+            format!("[capture]\ndir = {:?}\n[capture.rotate]\ninterval = \"0s\"", captures.display().to_string());
+        std::fs::write(&config, super::support::config(echo, &capture)).unwrap();
         let (mut child, addr) = spawn_daemon(&config).await;
+        let pid = child.id().to_string();
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        ws.send(Message::text("still served while draining")).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still served while draining"));
+        let mut round_trip = async |text: &str| {
+            ws.send(Message::text(text)).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+        };
+        round_trip("before SIGUSR1").await;
+        assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success());
+        let files = || std::fs::read_dir(&captures).map(|d| d.count()).unwrap_or(0);
+        eventually("SIGUSR1 finishes the first file and starts a second", || files() == 2).await;
+        round_trip("after SIGUSR1").await;
+
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        round_trip("still served while draining").await;
         ws.close(None).await.unwrap();
         while let Some(Ok(_)) = ws.next().await {}
         drop(ws); // closes the client socket; the session then ends and the drain completes
 
         let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
         assert_eq!(exit.code(), Some(0), "exit status after SIGTERM");
+        let mut names: Vec<String> = std::fs::read_dir(&captures)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].starts_with("wstap_00001_") && names[1].starts_with("wstap_00002_"), "{names:?}");
+        assert!(names.iter().all(|n| n.ends_with(".pcapng")), "both finished (renamed) on exit: {names:?}");
     })
     .await;
 }
