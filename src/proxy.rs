@@ -29,7 +29,7 @@ use crate::recorder::{Dir, LegKind, Opening, Recorder};
 use crate::route::{self, Route, Upstream};
 use crate::shutdown::{Phase, Shutdown};
 use crate::splice;
-use crate::tap::{Tap, Tee};
+use crate::tap::{SessionStart, Tap, Tee};
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -271,10 +271,12 @@ impl Conn {
                     (tap.oldest_in().unwrap_or_else(|| tap.offset(Dir::In)), None)
                 }
             };
-            tap.begin(start, client_out_base, end, comment.clone(), label.clone());
+            let session =
+                SessionStart { comment: comment.clone(), label: label.clone(), request_line: request_line.into() };
+            tap.begin(start, client_out_base, end, session);
         }
         if let Some((tap, (base_in, base_out))) = upstream {
-            tap.begin(base_in, base_out, None, comment, label);
+            tap.begin(base_in, base_out, None, SessionStart { comment, label, request_line: request_line.into() });
         }
     }
 

@@ -69,6 +69,11 @@ pub enum What {
     Reset { dir: Dir },
     /// A comment for the leg's next packet.
     Note(String),
+    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`):
+    /// its Upgrade exchange begins at these captured-stream offsets (`In`, `Out`); `None`
+    /// means: the last line starting with `request_line` in that direction. `comment` goes
+    /// on the leg's next packet.
+    Session { comment: String, request_line: String, at: [Option<u64>; 2] },
     /// The socket was closed; `reason` goes on the leg's last packet. `offsets` are the
     /// captured streams' lengths (`In`, `Out`).
     Close { reason: String, offsets: [u64; 2] },

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::recorder::{Dir, LegId, Opening, Recorder, What};
+use crate::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;
@@ -187,13 +187,19 @@ impl Tap {
     }
 
     /// A session starts on this leg: a probing tap starts recording (see
-    /// [`Tap::start`]); a tap already recording (`capture.mode = "all"`) puts `comment`
-    /// on its next packet.
-    pub fn begin(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String, label: String) {
+    /// [`Tap::start`]); a tap already recording (`capture.mode = "all"`) tells the writer
+    /// where the session's Upgrade exchange began, so later files can replay it.
+    pub fn begin(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, session: SessionStart) {
         if self.is_recording() {
-            self.recorder.send(self.leg, What::Note(comment));
+            let at = match self.opening.kind {
+                // Where the request began among what was read is found by its line.
+                LegKind::Client => [None, Some(base_out)],
+                LegKind::Upstream => [Some(base_in), Some(base_out)],
+            };
+            let SessionStart { comment, request_line, .. } = session;
+            self.recorder.send(self.leg, What::Session { comment, request_line, at });
         } else {
-            self.start(base_in, base_out, hold_from, comment, label);
+            self.start(base_in, base_out, hold_from, session.comment, session.label);
         }
     }
 
@@ -286,6 +292,16 @@ impl Tap {
             self.mode.store(OFF, Relaxed);
         }
     }
+}
+
+/// What a session start tells a tap.
+pub struct SessionStart {
+    /// For the leg's first packet (or next, on a leg recorded from its first byte).
+    pub comment: String,
+    /// For per-session file names.
+    pub label: String,
+    /// The Upgrade request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
+    pub request_line: String,
 }
 
 /// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).

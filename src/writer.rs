@@ -35,6 +35,9 @@ pub struct Synthesis {
 
 /// Most bytes of an HTTP head kept per direction for replay in later files.
 const MAX_PRELUDE: usize = 64 * 1024;
+/// Recent bytes kept per direction of a leg recorded from its first byte, to find the
+/// Upgrade exchange in when a session starts on it.
+const RECENT: usize = 128 * 1024;
 
 /// A leg being written.
 struct LegState {
@@ -56,6 +59,9 @@ struct LegState {
     frames: [FrameTracker; 2],
     /// Each end's permessage-deflate context, when it is kept across messages.
     deflate: [Option<deflate::Context>; 2],
+    /// Before a session starts on a leg recorded from its first byte: each end's recent
+    /// bytes and the stream offset of the first of them.
+    recent: [(u64, Vec<u8>); 2],
     /// Bytes not captured, per end.
     lost: [u64; 2],
     /// The leg is finished (both FINs, or a reset): its last packet waits for the Close,
@@ -88,6 +94,36 @@ impl LegState {
 
     fn at_boundary(&self) -> bool {
         !self.session || self.frames.iter().all(FrameTracker::at_boundary)
+    }
+
+    /// Keeps the recent bytes of a leg that is not (yet) a session.
+    fn remember(&mut self, from: End, bytes: &[u8]) {
+        let (start, buf) = &mut self.recent[from as usize];
+        buf.extend_from_slice(bytes);
+        if buf.len() > 2 * RECENT {
+            let cut = buf.len() - RECENT;
+            buf.drain(..cut);
+            *start += cut as u64;
+        }
+    }
+
+    /// A session starts on this leg at `at` (`In`, `Out` stream offsets; `None`: the last
+    /// line starting with `request_line`): follow both ends from there as a session.
+    fn begin_session(&mut self, request_line: &[u8], at: [Option<u64>; 2]) {
+        self.session = true;
+        let recent = std::mem::take(&mut self.recent);
+        for (dir_at, dir) in at.into_iter().zip([Dir::In, Dir::Out]) {
+            let end = self.end_of(dir);
+            let (start, buf) = &recent[end as usize];
+            let from = match dir_at {
+                Some(off) => off.saturating_sub(*start) as usize,
+                None => (0..buf.len().saturating_sub(request_line.len()))
+                    .rev()
+                    .find(|&i| buf[i..].starts_with(request_line) && (i == 0 || buf[i - 1] == b'\n'))
+                    .unwrap_or(0),
+            };
+            self.track(end, &buf[from.min(buf.len())..]);
+        }
     }
 
     /// Follows `from`'s stream: its HTTP head (kept for replays), then frame boundaries,
@@ -316,6 +352,8 @@ impl<W: Write> CaptureWriter<W> {
                 }
                 if leg.session {
                     leg.track(from, payload);
+                } else {
+                    leg.remember(from, payload);
                 }
                 stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
                 self.emit(ev.leg, time, |f, e| f.data(from, payload, e), stats)?;
@@ -348,6 +386,13 @@ impl<W: Write> CaptureWriter<W> {
             What::Note(text) => {
                 if let Some(leg) = self.legs.get_mut(&ev.leg) {
                     add_note(&mut leg.note, text);
+                }
+                Ok(())
+            }
+            What::Session { comment, request_line, at } => {
+                if let Some(leg) = self.legs.get_mut(&ev.leg) {
+                    add_note(&mut leg.note, comment);
+                    leg.begin_session(request_line.as_bytes(), at);
                 }
                 Ok(())
             }
@@ -391,6 +436,7 @@ impl<W: Write> CaptureWriter<W> {
             prelude: [Vec::new(), Vec::new()],
             frames: [FrameTracker::new(), FrameTracker::new()],
             deflate: [None, None],
+            recent: [(0, Vec::new()), (0, Vec::new())],
             lost: [0; 2],
             last: None,
         };

@@ -911,3 +911,41 @@ fn permessage_deflate_sessions_decompress_in_every_file() {
         assert_eq!(decoded, texts, "takeover {takeover}: every message, decompressed, across the files");
     }
 }
+
+#[tokio::test]
+async fn in_mode_all_a_later_file_still_replays_the_sessions_upgrade() {
+    within(async {
+        let dir = capture_dir("all-rotate");
+        let upstream = plain_and_ws_upstream().await;
+        let rotate = "mode = \"all\"\n[capture.rotate]\ninterval = \"0s\"";
+        let proxy = Proxy::start(&config(upstream, &capture_toml(&dir, rotate))).await;
+        // Plain HTTP, then an upgrade on the same connection, then a rotation mid-session.
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        r.get_mut().write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert_eq!(status_of(&read_head(&mut r).await), 200);
+        let mut body = [0u8; 5];
+        r.read_exact(&mut body).await.unwrap();
+        r.get_mut().write_all(UPGRADE.as_bytes()).await.unwrap();
+        assert_eq!(status_of(&read_head(&mut r).await), 101);
+        eventually("the first file exists", || dir.is_dir()).await;
+        proxy.rotate().await;
+        let count = || std::fs::read_dir(&*dir).map(|d| d.count()).unwrap_or(0);
+        eventually("the rotation happened", || count() == 2).await;
+        r.get_mut().write_all(&masked_text_frame(b"after the rotation")).await.unwrap();
+        let mut frame = [0u8; 20];
+        r.read_exact(&mut frame).await.unwrap();
+        assert_eq!(&frame[2..], b"after the rotation");
+        drop(r);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        let files = the_files(&dir);
+        assert_eq!(files.len(), 2, "{files:?}");
+        let (up, down) = &decode_each(&files[1..], 2)[0];
+        assert_eq!(up, &vec![(1, b"after the rotation".to_vec())], "the second file decodes the session on its own");
+        assert_eq!(down, up);
+        let uris = fields(&files[1], "http.request", &["http.request.uri"]);
+        assert!(uris.iter().all(|u| u[0] == "/chat"), "it replays the Upgrade, not the plain request: {uris:?}");
+    })
+    .await;
+}
