@@ -369,8 +369,9 @@ impl FileSink {
     }
 
     /// Logs the first error of an episode; capture drops until the next file opens.
-    fn episode(&mut self, e: &io::Error, now: u64, what: &str, _stats: &Stats) {
+    fn episode(&mut self, e: &io::Error, now: u64, what: &str, stats: &Stats) {
         if !self.failing {
+            stats.error_episodes.fetch_add(1, Relaxed);
             error!(dir = %self.settings.dir.display(), error = %e, "{what}; capture is dropped (traffic is not affected) until a file can be written");
         }
         self.failing = true;

@@ -107,6 +107,8 @@ pub struct Stats {
     pub write_errors: AtomicU64,
     /// Packet bytes not written because no file could be (a write-error episode).
     pub bytes_unwritten: AtomicU64,
+    /// Write-error episodes: each is logged once, however many writes fail in it.
+    pub error_episodes: AtomicU64,
 }
 
 /// Queue cost of an event besides its payload.

@@ -651,7 +651,7 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
 
 /// The events of one WebSocket session (both legs) that sends `messages` and has each
 /// echoed: time starts at `t0` and moves by `step` ns per event.
-fn synthetic_session(
+pub(crate) fn synthetic_session(
     session_id: u64,
     legs: (u64, u64),
     messages: &[Vec<u8>],

@@ -216,6 +216,59 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
     drop(disk);
 }
 
+#[test]
+fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
+    use wstap::files::FileSink;
+    use wstap::pcapng::SectionInfo;
+    use wstap::recorder::Stats;
+    let scratch = capture_dir("episodes");
+    let disk = match SmallDisk::mount(&scratch, "96k") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: mounting a small tmpfs needs root ({why})");
+            return;
+        }
+    };
+    let dir = scratch.join("captures");
+    let mut s = wstap::config::CaptureSettings::in_dir(&dir);
+    (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 0);
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let stats = Stats::default();
+    let mut sink = FileSink::new(s, info, 1);
+    let sec = 1_000_000_000u64;
+    let t0 = 1_764_000_000 * sec;
+    // One session, fed with the injected clock; 200 messages of 2 KiB overflow 96 KiB.
+    let messages: Vec<Vec<u8>> = (0..200).map(|i| noise(2048 + i)).collect();
+    let events = crate::capture::synthetic_session(1, (1, 2), &messages, t0, 1000);
+    let (first, rest) = events.split_at(events.len() / 2);
+    for ev in first.iter().cloned() {
+        let now = ev.time;
+        sink.process(ev, &stats);
+        sink.tick(now, &stats);
+    }
+    let episodes = |s: &Stats| s.error_episodes.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = stats.write_errors.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(episodes(&stats), 1, "one episode, logged once, for {errors} failed writes");
+    assert!(stats.bytes_unwritten.load(std::sync::atomic::Ordering::Relaxed) > 0, "what was not written is counted");
+
+    // Room again: after the retry delay the next file opens and the episode ends.
+    for f in all_files(&dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    sink.tick(t0 + 2 * sec, &stats);
+    assert!(has_part(&dir), "capture resumed with a new file");
+    // Filling the disk again is a second episode.
+    for mut ev in rest.iter().cloned() {
+        ev.time += 2 * sec;
+        let now = ev.time;
+        sink.process(ev, &stats);
+        sink.tick(now, &stats);
+    }
+    assert_eq!(episodes(&stats), 2);
+    sink.finish(&stats);
+    drop(disk);
+}
+
 /// A whole config: one listener on port 0, one route, then `extra`.
 fn config_toml(upstream: std::net::SocketAddr, extra: &str) -> String {
     config(upstream, extra)
