@@ -206,6 +206,9 @@ pub struct CaptureWriter<W: Write> {
     rotation_due: Option<u64>,
     /// Bytes dropped while no file could be written, to report in the next file.
     unwritten: u64,
+    /// Live legs inside a frame (kept where that changes, so a due rotation does not
+    /// scan every leg per event).
+    mid_frame: usize,
 }
 
 impl<W: Write> CaptureWriter<W> {
@@ -231,6 +234,7 @@ impl<W: Write> CaptureWriter<W> {
             pending: None,
             rotation_due: None,
             unwritten: 0,
+            mid_frame: 0,
         }
     }
 
@@ -274,9 +278,8 @@ impl<W: Write> CaptureWriter<W> {
     /// A due rotation can happen now, between events: every session is between frames,
     /// or it has waited as long as it may.
     pub fn ready_to_rotate(&self, now: u64) -> bool {
-        self.rotation_due.is_some_and(|due| {
-            self.legs.values().all(LegState::at_boundary) || now >= due + self.synth.rotate_wait.as_nanos() as u64
-        })
+        self.rotation_due
+            .is_some_and(|due| self.mid_frame == 0 || now >= due + self.synth.rotate_wait.as_nanos() as u64)
     }
 
     /// Live legs.
@@ -295,19 +298,16 @@ impl<W: Write> CaptureWriter<W> {
     /// Writes the packets one event stands for, or says it is time to rotate first.
     pub fn process(&mut self, mut ev: Event, stats: &Stats) -> io::Result<Step> {
         if let Some(due) = self.rotation_due {
-            if self.legs.values().all(LegState::at_boundary)
-                || ev.time >= due + self.synth.rotate_wait.as_nanos() as u64
-            {
+            if self.mid_frame == 0 || ev.time >= due + self.synth.rotate_wait.as_nanos() as u64 {
                 return Ok(Step::Rotate { then: Some(ev) });
             }
             // Cut a chunk at its leg's next frame boundary if that is the last one missing.
             if let What::Data { dir, offset, bytes } = &ev.what {
                 let Some(leg) = self.legs.get(&ev.leg) else { return self.apply(ev, stats).map(|()| Step::Done) };
                 let from = leg.end_of(*dir);
-                let others_ready = self
-                    .legs
-                    .iter()
-                    .all(|(id, l)| l.at_boundary() || (*id == ev.leg && l.frames[from.peer() as usize].at_boundary()));
+                // This leg is the only one inside a frame, and only in this direction.
+                let others_ready =
+                    self.mid_frame == 1 && !leg.at_boundary() && leg.frames[from.peer() as usize].at_boundary();
                 let skip = leg.flow.sent(from).saturating_sub(*offset).min(bytes.len() as u64) as usize;
                 let mut probe = leg.frames[from as usize].clone();
                 let cut = skip + probe.advance(&bytes[skip..], true, |_| {});
@@ -351,7 +351,10 @@ impl<W: Write> CaptureWriter<W> {
                     return Ok(());
                 }
                 if leg.session {
+                    let was = leg.at_boundary();
                     leg.track(from, payload);
+                    self.mid_frame = self.mid_frame + usize::from(was && !leg.at_boundary())
+                        - usize::from(!was && leg.at_boundary());
                 } else {
                     leg.remember(from, payload);
                 }
@@ -393,6 +396,7 @@ impl<W: Write> CaptureWriter<W> {
                 if let Some(leg) = self.legs.get_mut(&ev.leg) {
                     add_note(&mut leg.note, comment);
                     leg.begin_session(request_line.as_bytes(), at);
+                    self.mid_frame += usize::from(!leg.at_boundary());
                 }
                 Ok(())
             }
@@ -473,7 +477,9 @@ impl<W: Write> CaptureWriter<W> {
         } else {
             self.emit(id, time, |f, e| f.ack(local, e), stats)?;
         }
-        self.legs.remove(&id);
+        if self.legs.remove(&id).is_some_and(|leg| !leg.at_boundary()) {
+            self.mid_frame -= 1;
+        }
         Ok(())
     }
 
@@ -481,7 +487,7 @@ impl<W: Write> CaptureWriter<W> {
     /// the caller), if there was one. Every live leg is replayed at its start: handshake,
     /// Upgrade exchange, each packet commented as repeated from an earlier file.
     pub fn rotate(&mut self, w: W, stats: &Stats) -> io::Result<Option<W>> {
-        let forced = self.rotation_due.take().is_some() && !self.legs.values().all(LegState::at_boundary);
+        let forced = self.rotation_due.take().is_some() && self.mid_frame > 0;
         let old = self.finish(stats)?;
         self.begin_section(w)?;
         let time = self.last_time;
@@ -609,8 +615,8 @@ mod tests {
         What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
     }
 
-    /// (seq, payload length, comment) of each packet in a pcapng written by `events`.
-    fn written(events: Vec<What>) -> Vec<(u32, usize, Option<String>)> {
+    /// A writer into memory: no pure ACKs, a 5 s rotation wait.
+    fn test_writer() -> CaptureWriter<Vec<u8>> {
         let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
         let synth = Synthesis {
             mss_ipv4: 1460,
@@ -620,7 +626,12 @@ mod tests {
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
         };
-        let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
+        CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap()
+    }
+
+    /// (seq, payload length, comment) of each packet in a pcapng written by `events`.
+    fn written(events: Vec<What>) -> Vec<(u32, usize, Option<String>)> {
+        let mut w = test_writer();
         let stats = Stats::default();
         for (i, what) in events.into_iter().enumerate() {
             assert!(matches!(w.process(Event { time: 1_000 + i as u64, leg: 1, what }, &stats).unwrap(), Step::Done));
@@ -644,16 +655,7 @@ mod tests {
 
     #[test]
     fn an_endless_frame_delays_rotation_only_up_to_the_limit_and_is_commented() {
-        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
-        let synth = Synthesis {
-            mss_ipv4: 1460,
-            mss_ipv6: 1440,
-            acks: false,
-            display_port: None,
-            isn_seed: 7,
-            rotate_wait: Duration::from_secs(5),
-        };
-        let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
+        let mut w = test_writer();
         let stats = Stats::default();
         let sec = 1_000_000_000u64;
         let opening = Opening {

@@ -190,11 +190,7 @@ async fn a_full_session_decodes_message_for_message_on_both_legs() {
         fragmented_round_trip(&mut ws).await;
         ws.send(Message::Ping(b"ping!".to_vec().into())).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"ping!".to_vec().into()));
-        ws.close(None).await.unwrap();
-        while let Some(Ok(_)) = ws.next().await {}
-        drop(ws);
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        close_and_stop(ws, proxy).await;
 
         let file = the_file(&dir);
         assert_clean(&file, 2);
@@ -617,11 +613,7 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
                 proxy.rotate().await; // SIGUSR1
             }
         }
-        ws.close(None).await.unwrap();
-        while let Some(Ok(_)) = ws.next().await {}
-        drop(ws);
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        close_and_stop(ws, proxy).await;
 
         let files = the_files(&dir);
         assert!(files.len() >= 4, "at least three rotations: {files:?}");

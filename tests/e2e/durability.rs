@@ -117,11 +117,7 @@ async fn a_deleted_capture_directory_is_recreated_and_the_next_file_stands_alone
         proxy.rotate().await;
         eventually("the directory is back with a new file", || has_part(&dir)).await;
         round_trip("after").await;
-        ws.close(None).await.unwrap();
-        while let Some(Ok(_)) = ws.next().await {}
-        drop(ws);
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        close_and_stop(ws, proxy).await;
 
         // The directory is back, and its newest file decodes on its own (it starts with the
         // Upgrade exchange) and holds what was sent after.
@@ -193,11 +189,7 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
             assert_eq!(ws.next().await.unwrap().unwrap(), m);
             i += 1;
         }
-        ws.close(None).await.unwrap();
-        while let Some(Ok(_)) = ws.next().await {}
-        drop(ws);
-        proxy.begin_shutdown().await;
-        proxy.stopped().await;
+        close_and_stop(ws, proxy).await;
 
         let files = the_files(&dir);
         let last = files.last().expect("a file after resumption");

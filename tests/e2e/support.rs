@@ -153,6 +153,16 @@ where
 /// A WebSocket client connection.
 pub type WsClient = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
+/// Ends a client's session (close handshake, then its socket) and stops the daemon,
+/// which finishes its capture files.
+pub async fn close_and_stop(mut ws: WsClient, proxy: Proxy) {
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    proxy.begin_shutdown().await;
+    proxy.stopped().await;
+}
+
 /// Sends "fragmented" as a text message in three frames and checks the (reassembled) echo.
 pub async fn fragmented_round_trip(ws: &mut WsClient) {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
