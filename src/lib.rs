@@ -11,6 +11,13 @@
 //! client socket ◀─▶ splice (both directions, half-close kept) ◀─▶ upstream socket
 //! ```
 //!
+//! And of its copy, for capture (both sockets are wrapped before hyper sees them):
+//!
+//! ```text
+//! tap::Tee (every read/write) ─▶ tap::Tap ─▶ recorder (bounded queue) ═▶ writer thread:
+//!   files::FileSink ─▶ writer::CaptureWriter (packet::Flow, wsframe, deflate) ─▶ pcapng ─▶ file
+//! ```
+//!
 //! - [`config`]: the TOML file model and its validation into typed [`config::Settings`].
 //! - [`route`]: which upstream a request goes to and the target it gets there.
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
@@ -20,6 +27,14 @@
 //! - [`splice`]: the byte relay of an upgraded session.
 //! - [`shutdown`]: Running → Draining → Closing, and waiting for every task.
 //! - [`signals`]: Unix signals mapped to daemon [`signals::Action`]s.
+//! - [`tap`]: the capture point: `Tee` under hyper and a leg's `Tap` (probe, start, close).
+//! - [`recorder`]: capture events, the bounded queue and the writer thread.
+//! - [`files`]: capture files on disk: names, `.part`, rotation, retention, write errors.
+//! - [`writer`]: events → packets → pcapng sections, replays, frame-boundary rotation.
+//! - [`packet`]: TCP/IP synthesis: handshake, segments, ACKs, FIN, RST, replays (pure).
+//! - [`pcapng`]: section header, interfaces and packet blocks over any `Write` (pure).
+//! - [`wsframe`]: WebSocket frame boundaries in a byte stream (pure).
+//! - [`deflate`]: permessage-deflate windows and the messages that restore them (pure).
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -1,9 +1,9 @@
-//! Turns connection events into a pcapng file, off the async workers. Taps push
+//! Carries connection events to the capture files, off the async workers. Taps push
 //! [`Event`]s into a bounded queue (stamped under its lock, so queue order is time
-//! order); a writer thread drains it, keeps one synthesized [`Flow`] per connection leg,
-//! and writes the packets. When the queue is full, data events are dropped and counted;
-//! the writer then shows the gap as a sequence jump plus a packet comment. Proxied
-//! traffic never waits for any of this.
+//! order); a writer thread drains it into a [`FileSink`], which owns the files and the
+//! packet writer. When the queue is full, data events are dropped and counted; the writer
+//! then shows the gap as a sequence jump plus a packet comment. Proxied traffic never
+//! waits for any of this.
 
 use std::collections::VecDeque;
 use std::io;
