@@ -15,7 +15,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::{CaptureMode, Settings};
 use crate::proxy::{self, Context};
-use crate::recorder::Capture;
+use crate::recorder::{Capture, Heartbeat};
+use crate::service::{self, Notifier};
 use crate::shutdown::{Coordinator, Phase, Shutdown};
 use crate::signals::Action;
 
@@ -90,16 +91,30 @@ impl Daemon {
             next_id: AtomicU64::new(1),
         });
         let mut accepting = Vec::with_capacity(self.listeners.len());
+        let mut addrs = Vec::with_capacity(self.listeners.len());
         for listener in self.listeners {
             let addr = listener.local_addr()?;
             info!(%addr, "listening");
+            addrs.push(addr.to_string());
             accepting.push(tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle())));
         }
+        let notifier = Notifier::from_env();
+        notifier.ready(&format!("listening on {}", addrs.join(", ")));
+        let pulse = tokio::spawn(pulse(
+            notifier,
+            accepting.iter().map(|t| t.abort_handle()).collect(),
+            capture.as_ref().map(Capture::heartbeat),
+            self.settings.capture.flush_interval,
+            shared.limit.clone(),
+            self.settings.limits.max_connections,
+        ));
         loop {
             match actions.recv().await {
                 Some(Action::Shutdown) | None => break,
                 Some(Action::Reload) => {
-                    warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes")
+                    warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes");
+                    notifier
+                        .status("SIGHUP ignored: live reload is not implemented yet; restart to apply config changes");
                 }
                 Some(Action::Rotate) => match &capture {
                     Some(c) => {
@@ -112,6 +127,9 @@ impl Daemon {
         }
         let grace = self.settings.shutdown.grace;
         info!(grace = %humantime::format_duration(grace), live = coordinator.live(), "draining");
+        pulse.abort();
+        let open = self.settings.limits.max_connections - shared.limit.available_permits();
+        notifier.stopping(&format!("draining {open} connections (grace {})", humantime::format_duration(grace)));
         let second_signal = async {
             while let Some(action) = actions.recv().await {
                 if action == Action::Shutdown {
@@ -140,6 +158,36 @@ impl Daemon {
         Ok(())
     }
 }
+
+/// While serving: STATUS lines and, when systemd asked for them, WATCHDOG pings, sent
+/// only while every accept loop runs and the capture writer is not stuck.
+async fn pulse(
+    notifier: Notifier,
+    accepting: Vec<tokio::task::AbortHandle>,
+    writer: Option<Heartbeat>,
+    flush_interval: Duration,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+) {
+    let watchdog = notifier.watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY).min(STATUS_EVERY));
+    let mut was_healthy = true;
+    loop {
+        tick.tick().await;
+        let alive = accepting.iter().all(|a| !a.is_finished());
+        let healthy = service::healthy(alive, writer.as_ref().map(Heartbeat::idle), flush_interval);
+        service::report_health(was_healthy, healthy);
+        was_healthy = healthy;
+        if healthy && watchdog.is_some() {
+            notifier.watchdog();
+        }
+        let open = max_connections - limit.available_permits();
+        notifier.status(&format!("{open} connections open{}", if healthy { "" } else { "; UNHEALTHY (see the log)" }));
+    }
+}
+
+/// How often STATUS is refreshed when no watchdog asks for more.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(5);

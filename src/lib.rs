@@ -27,6 +27,7 @@
 //! - [`splice`]: the byte relay of an upgraded session.
 //! - [`shutdown`]: Running → Draining → Closing, and waiting for every task.
 //! - [`signals`]: Unix signals mapped to daemon [`signals::Action`]s.
+//! - [`service`]: systemd notifications (READY, STOPPING, STATUS, WATCHDOG) and health.
 //! - [`tap`]: the capture point: `Tee` under hyper and a leg's `Tap` (probe, start, close).
 //! - [`recorder`]: capture events, the bounded queue and the writer thread.
 //! - [`files`]: capture files on disk: names, `.part`, rotation, retention, write errors.
@@ -48,6 +49,7 @@ pub mod pcapng;
 pub mod proxy;
 pub mod recorder;
 pub mod route;
+pub mod service;
 pub mod shutdown;
 pub mod signals;
 pub mod splice;

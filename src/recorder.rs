@@ -128,6 +128,8 @@ struct Shared {
     next_leg: AtomicU64,
     /// Set while data events are being dropped, to log once per episode.
     dropping: AtomicBool,
+    /// When the writer thread last went round its loop (ns since the epoch).
+    heartbeat: AtomicU64,
 }
 
 #[derive(Default)]
@@ -207,6 +209,18 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// When the writer thread last went round its loop.
+#[derive(Clone)]
+pub struct Heartbeat(Arc<Shared>);
+
+impl Heartbeat {
+    /// Time since then. The writer goes round at least every flush interval, so a long
+    /// silence means it is stuck (a hung disk, a bug).
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(now_ns().saturating_sub(self.0.heartbeat.load(Relaxed)))
+    }
+}
+
 /// The running capture: the recorder taps send to and the writer thread behind it.
 pub struct Capture {
     recorder: Recorder,
@@ -223,6 +237,7 @@ impl Capture {
             stats: Stats::default(),
             next_leg: AtomicU64::new(1),
             dropping: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(now_ns()),
         });
         let recorder = Recorder { shared };
         let thread_recorder = recorder.clone();
@@ -234,6 +249,11 @@ impl Capture {
 
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    /// The writer thread's heartbeat, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat(self.recorder.shared.clone())
     }
 
     /// Rotates the capture files as soon as every session is between frames.
@@ -270,6 +290,7 @@ fn writer_thread(recorder: Recorder, settings: CaptureSettings) {
     let mut sink = FileSink::new(settings, SectionInfo::current(), random_seed());
     let mut batch = VecDeque::new();
     loop {
+        shared.heartbeat.store(now_ns(), Relaxed);
         let (closed, rotate) = {
             let mut q = recorder.lock();
             if q.events.is_empty() && !q.closed && !q.rotate {
@@ -314,6 +335,7 @@ mod tests {
                 stats: Stats::default(),
                 next_leg: AtomicU64::new(1),
                 dropping: AtomicBool::new(false),
+                heartbeat: AtomicU64::new(0),
             }),
         }
     }

@@ -105,3 +105,47 @@ async fn sigusr1_rotates_and_sigterm_drains_a_live_session_and_exits_zero() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+    within(async {
+        let dir = scratch("notify");
+        let socket_path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let config = dir.join("wstap.toml");
+        let capture = format!("[capture]\ndir = {:?}", dir.join("captures").display().to_string());
+        std::fs::write(&config, super::support::config(echo_upstream().await, &capture)).unwrap();
+        let env = [("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")];
+        let (mut child, _addr) = spawn_daemon_with_env(&config, &env).await;
+
+        // Read what the daemon tells "systemd", until `until` has been seen.
+        let receive = |socket: std::os::unix::net::UnixDatagram, until: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+                while !seen.iter().any(|m: &String| m.contains(until)) {
+                    let n = socket.recv(&mut buf).expect("a notification within 10 s");
+                    seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                (socket, seen)
+            })
+        };
+        let (socket, mut seen) = receive(socket, "WATCHDOG=1").await.unwrap();
+        let (socket, more) = receive(socket, "WATCHDOG=1").await.unwrap();
+        seen.extend(more);
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let (_socket, more) = receive(socket, "STOPPING=1").await.unwrap();
+        seen.extend(more);
+        let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert_eq!(exit.code(), Some(0));
+
+        let first =
+            |what: &str| seen.iter().position(|m| m.contains(what)).unwrap_or_else(|| panic!("{what} in {seen:?}"));
+        let (ready, watchdog, stopping) = (first("READY=1"), first("WATCHDOG=1"), first("STOPPING=1"));
+        assert!(ready < watchdog && watchdog < stopping, "READY, WATCHDOG, STOPPING in order: {seen:?}");
+        assert!(seen[ready].contains("STATUS=listening on 127.0.0.1:"), "{seen:?}");
+        assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{seen:?}");
+        assert!(!seen[stopping..].iter().any(|m| m.contains("WATCHDOG=1")), "no ping after STOPPING: {seen:?}");
+    })
+    .await;
+}

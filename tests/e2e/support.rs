@@ -326,11 +326,41 @@ pub async fn raw_session(proxy: &Proxy) -> (TcpStream, Vec<u8>) {
 
 /// Starts the real `wstap` binary on `config` and waits for its `listening addr=…` log
 /// line (the readiness signal); its stderr keeps being drained.
-pub async fn spawn_daemon(config: &std::path::Path) -> (std::process::Child, SocketAddr) {
+pub async fn spawn_daemon(config: &std::path::Path) -> (DaemonProcess, SocketAddr) {
+    spawn_daemon_with_env(config, &[]).await
+}
+
+/// A daemon process, killed when dropped (a failing test leaves none behind).
+pub struct DaemonProcess(std::process::Child);
+
+impl std::ops::Deref for DaemonProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DaemonProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// As [`spawn_daemon`], with extra environment variables.
+pub async fn spawn_daemon_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> (DaemonProcess, SocketAddr) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wstap"))
         .args(["run", "-c"])
         .arg(config)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -347,7 +377,7 @@ pub async fn spawn_daemon(config: &std::path::Path) -> (std::process::Child, Soc
     })
     .await
     .unwrap();
-    (child, addr)
+    (DaemonProcess(child), addr)
 }
 
 /// Polls `done` (a state another thread or process reaches, with no channel to say so)
