@@ -1,7 +1,14 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt lint clean
+.PHONY: all build demo test install install-files clean
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/wstap
+BIN ?= target/release/wstap
 
 all: build
 
@@ -16,6 +23,19 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
+
+# sudo make install: the binary, the systemd unit (its paths made to match), and a default
+# config that an existing one is never replaced by. Then: systemctl daemon-reload &&
+# systemctl enable --now wstap
+install: build install-files
+
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(CONFDIR)
+	install -m 755 $(BIN) $(DESTDIR)$(BINDIR)/wstap
+	sed -e 's#/usr/local/bin/wstap#$(BINDIR)/wstap#g' -e 's#/etc/wstap/#$(CONFDIR)/#g' \
+		config/wstap.service > $(DESTDIR)$(UNITDIR)/wstap.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/wstap.service
+	test -e $(DESTDIR)$(CONFDIR)/wstap.toml || install -m 644 config/wstap.toml $(DESTDIR)$(CONFDIR)/wstap.toml
 
 clean:
 	$(CARGO) clean

@@ -24,6 +24,8 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub proxy: ProxySettings,
     pub capture: CaptureSettings,
+    /// A tracing filter (`info`, `wstap=debug`, …); `RUST_LOG` wins when set.
+    pub log_level: String,
 }
 
 /// What gets recorded.
@@ -186,6 +188,20 @@ struct FileConfig {
     proxy: FileProxy,
     #[serde(default)]
     capture: FileCapture,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLog {
+    level: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        FileLog { level: "info".into() }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -497,6 +513,9 @@ impl FileConfig {
             return fail("capture.rotate.size", "must be 0 (never) or at least 64KiB".into());
         }
         let capture = CaptureSettings::from(c);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return fail("log.level", format!("{:?} is not a log filter: {e}", self.log.level));
+        }
         let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
         Ok(Settings {
             source: source.to_owned(),
@@ -513,6 +532,7 @@ impl FileConfig {
             shutdown: ShutdownSettings { grace: self.shutdown.grace.0 },
             proxy: ProxySettings { x_forwarded: self.proxy.x_forwarded, preserve_host: self.proxy.preserve_host },
             capture,
+            log_level: self.log.level,
         })
     }
 }
@@ -575,7 +595,8 @@ impl fmt::Display for Settings {
         writeln!(f, "size = {}", r.size)?;
         writeln!(f, "interval = {:?}", dur(r.interval))?;
         writeln!(f, "files = {}", r.files)?;
-        write!(f, "max_wait = {:?}", dur(Some(r.max_wait)))
+        writeln!(f, "max_wait = {:?}", dur(Some(r.max_wait)))?;
+        write!(f, "\n[log]\nlevel = {:?}", self.log_level)
     }
 }
 
@@ -617,6 +638,9 @@ mod tests {
         assert!(err.contains("capture.legs[0]"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture]\nmss_ipv4 = 70000\n")).unwrap_err();
         assert!(err.contains("capture.mss_ipv4"), "{err}");
+        let err = parse(&format!("{MINIMAL}[log]\nlevel = \"wstap=loud\"\n")).unwrap_err();
+        assert!(err.contains("log.level"), "{err}");
+        assert_eq!(parse(&format!("{MINIMAL}[log]\nlevel = \"wstap=debug\"\n")).unwrap().log_level, "wstap=debug");
         let err = parse(&format!("{MINIMAL}[capture]\nfile_mode = \"0999\"\n")).unwrap_err();
         assert!(err.contains("capture.file_mode"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture.rotate]\nsize = \"1KiB\"\n")).unwrap_err();

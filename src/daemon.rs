@@ -234,12 +234,12 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }
 
-/// Logs to stderr via tracing: level from `RUST_LOG` (default `info`), no ANSI colour
-/// unless stderr is a terminal.
-pub fn init_logging() {
+/// Logs to stderr via tracing: level from `RUST_LOG` if set, else `level` (the config's
+/// `log.level`); no ANSI colour unless stderr is a terminal.
+pub fn init_logging(level: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

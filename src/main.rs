@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = wstap::Settings::load(config)?;
-    wstap::daemon::init_logging();
+    wstap::daemon::init_logging(&settings.log_level);
     let actions = wstap::signals::listen()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -149,3 +149,71 @@ async fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
     })
     .await;
 }
+
+/// The shipped unit with its paths pointed at this build and this repository's config.
+fn unit_for_this_build() -> String {
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wstap.service")).unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wstap.toml");
+    unit.replace("/usr/local/bin/wstap", WSTAP).replace("/etc/wstap/wstap.toml", config.to_str().unwrap())
+}
+
+#[test]
+fn the_shipped_unit_is_hardened_and_passes_systemd_analyze_verify() {
+    let unit = unit_for_this_build();
+    for line in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "StateDirectory=wstap",
+        "UMask=0027",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(unit.contains(line), "the unit has {line:?}");
+    }
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("skipped systemd-analyze verify: not installed (CI installs Debian's systemd)");
+        return;
+    }
+    let dir = scratch("unit");
+    let path = dir.join("wstap.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
+
+#[test]
+fn make_install_honours_prefix_and_destdir_and_keeps_an_edited_config() {
+    let dest = scratch("install");
+    let install = || {
+        let out = Command::new("make")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["install-files", "PREFIX=/usr", &format!("BIN={WSTAP}"), &format!("DESTDIR={}", dest.display())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "make install-files: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    install();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("usr/bin/wstap"), 0o755);
+    assert_eq!(mode("etc/systemd/system/wstap.service"), 0o644);
+    let unit = std::fs::read_to_string(dest.join("etc/systemd/system/wstap.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/wstap run -c /etc/wstap/wstap.toml"), "{unit}");
+    let config = dest.join("etc/wstap/wstap.toml");
+    wstap::Settings::load(&config).unwrap();
+    std::fs::write(&config, "# edited by the operator\n").unwrap();
+    install();
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "# edited by the operator\n", "an existing config is kept");
+}
