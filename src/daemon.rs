@@ -3,15 +3,15 @@
 //! shutdown, which it runs as a drain bounded by `shutdown.grace`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{CaptureMode, Settings};
 use crate::proxy::{self, Context};
@@ -32,6 +32,8 @@ pub struct Daemon {
     settings: Arc<Settings>,
     listeners: Vec<TcpListener>,
     state: watch::Sender<State>,
+    /// The bound addresses, after start and after each reload.
+    listening: watch::Sender<Vec<SocketAddr>>,
 }
 
 /// What the daemon is doing, as published to [`Daemon::state`] watchers.
@@ -47,9 +49,38 @@ pub enum State {
 
 /// What every accept loop shares.
 struct Shared {
-    ctx: Arc<Context>,
+    /// Swapped on reload: new connections take the current one, live ones keep theirs.
+    ctx: RwLock<Arc<Context>>,
     limit: Arc<Semaphore>,
+    /// The permits `limit` stands for (`limits.max_connections`).
+    max_connections: AtomicUsize,
     next_id: AtomicU64,
+    /// The capture writer's heartbeat, while there is one.
+    writer: Mutex<Option<Heartbeat>>,
+}
+
+impl Shared {
+    fn ctx(&self) -> Arc<Context> {
+        self.ctx.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn open_connections(&self) -> usize {
+        self.max_connections.load(Relaxed).saturating_sub(self.limit.available_permits())
+    }
+}
+
+/// A bound listener and its accept loop.
+struct Listening {
+    /// As written in the config (`127.0.0.1:0` stays that, whatever port it got).
+    configured: SocketAddr,
+    bound: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+type Listeners = Arc<Mutex<Vec<Listening>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Daemon {
@@ -62,12 +93,22 @@ impl Daemon {
                 .with_context(|| format!("cannot listen on {addr} (key `listen` in {})", settings.source.display()))?;
             listeners.push(l);
         }
-        Ok(Daemon { settings: Arc::new(settings), listeners, state: watch::Sender::new(State::Serving) })
+        Ok(Daemon {
+            settings: Arc::new(settings),
+            listeners,
+            state: watch::Sender::new(State::Serving),
+            listening: watch::Sender::new(Vec::new()),
+        })
     }
 
     /// Follows the daemon's [`State`] (taken before `run`, which consumes the daemon).
     pub fn state(&self) -> watch::Receiver<State> {
         self.state.subscribe()
+    }
+
+    /// Follows the bound addresses: set when `run` starts, replaced after each reload.
+    pub fn listening(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.listening.subscribe()
     }
 
     /// The addresses actually bound, in `listen` order.
@@ -78,43 +119,47 @@ impl Daemon {
     /// Serves until a [`Action::Shutdown`] arrives (or `actions` closes), then drains.
     pub async fn run(self, mut actions: mpsc::Receiver<Action>) -> anyhow::Result<()> {
         let coordinator = Coordinator::default();
-        let capture = match self.settings.capture.mode {
+        let mut capture = match self.settings.capture.mode {
             CaptureMode::Off => None,
             _ => Some(Capture::start(self.settings.capture.clone()).context("cannot start the capture writer")?),
         };
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(self.settings.limits.max_connections)),
-            ctx: Arc::new(Context {
+            max_connections: AtomicUsize::new(self.settings.limits.max_connections),
+            ctx: RwLock::new(Arc::new(Context {
                 settings: self.settings.clone(),
                 capture: capture.as_ref().map(|c| c.recorder().clone()),
-            }),
+            })),
             next_id: AtomicU64::new(1),
+            writer: Mutex::new(capture.as_ref().map(Capture::heartbeat)),
         });
-        let mut accepting = Vec::with_capacity(self.listeners.len());
-        let mut addrs = Vec::with_capacity(self.listeners.len());
-        for listener in self.listeners {
-            let addr = listener.local_addr()?;
-            info!(%addr, "listening");
-            addrs.push(addr.to_string());
-            accepting.push(tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle())));
+        let listeners: Listeners = Arc::new(Mutex::new(Vec::new()));
+        for (configured, listener) in self.settings.listen.iter().zip(self.listeners) {
+            listen(&listeners, *configured, listener, &shared, &coordinator)?;
         }
         let notifier = Notifier::from_env();
-        notifier.ready(&format!("listening on {}", addrs.join(", ")));
-        let pulse = tokio::spawn(pulse(
-            notifier,
-            accepting.iter().map(|t| t.abort_handle()).collect(),
-            capture.as_ref().map(Capture::heartbeat),
-            self.settings.capture.flush_interval,
-            shared.limit.clone(),
-            self.settings.limits.max_connections,
-        ));
+        self.listening.send_replace(lock(&listeners).iter().map(|l| l.bound).collect());
+        notifier.ready(&format!("listening on {}", bound_list(&listeners)));
+        let pulse = tokio::spawn(pulse(notifier, listeners.clone(), shared.clone()));
+        let mut settings = self.settings.clone();
         loop {
             match actions.recv().await {
                 Some(Action::Shutdown) | None => break,
                 Some(Action::Reload) => {
-                    warn!("SIGHUP: live reload is not implemented yet; restart to apply config changes");
-                    notifier
-                        .status("SIGHUP ignored: live reload is not implemented yet; restart to apply config changes");
+                    notifier.reloading();
+                    let result = reload(&settings.source, &shared, &listeners, &mut capture, &coordinator).await;
+                    self.listening.send_replace(lock(&listeners).iter().map(|l| l.bound).collect());
+                    match result {
+                        Ok(new) => {
+                            info!(config = %new.source.display(), listening = %bound_list(&listeners), "config reloaded");
+                            notifier.ready(&format!("reloaded; listening on {}", bound_list(&listeners)));
+                            settings = new;
+                        }
+                        Err(e) => {
+                            error!(error = format!("{e:#}"), "reload failed; still running on the previous config");
+                            notifier.ready(&format!("reload failed, still running on the previous config: {e:#}"));
+                        }
+                    }
                 }
                 Some(Action::Rotate) => match &capture {
                     Some(c) => {
@@ -125,10 +170,11 @@ impl Daemon {
                 },
             }
         }
-        let grace = self.settings.shutdown.grace;
+        let accepting: Vec<_> = lock(&listeners).drain(..).map(|l| l.task).collect();
+        let grace = settings.shutdown.grace;
         info!(grace = %humantime::format_duration(grace), live = coordinator.live(), "draining");
         pulse.abort();
-        let open = self.settings.limits.max_connections - shared.limit.available_permits();
+        let open = shared.open_connections();
         notifier.stopping(&format!("draining {open} connections (grace {})", humantime::format_duration(grace)));
         let second_signal = async {
             while let Some(action) = actions.recv().await {
@@ -161,29 +207,102 @@ impl Daemon {
 
 /// While serving: STATUS lines and, when systemd asked for them, WATCHDOG pings, sent
 /// only while every accept loop runs and the capture writer is not stuck.
-async fn pulse(
-    notifier: Notifier,
-    accepting: Vec<tokio::task::AbortHandle>,
-    writer: Option<Heartbeat>,
-    flush_interval: Duration,
-    limit: Arc<Semaphore>,
-    max_connections: usize,
-) {
+async fn pulse(notifier: Notifier, listeners: Listeners, shared: Arc<Shared>) {
     let watchdog = notifier.watchdog_interval();
     let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY).min(STATUS_EVERY));
     let mut was_healthy = true;
     loop {
         tick.tick().await;
-        let alive = accepting.iter().all(|a| !a.is_finished());
-        let healthy = service::healthy(alive, writer.as_ref().map(Heartbeat::idle), flush_interval);
+        let alive = lock(&listeners).iter().all(|l| !l.task.is_finished());
+        let writer_idle = lock(&shared.writer).as_ref().map(Heartbeat::idle);
+        let flush_interval = shared.ctx().settings.capture.flush_interval;
+        let healthy = service::healthy(alive, writer_idle, flush_interval);
         service::report_health(was_healthy, healthy);
         was_healthy = healthy;
         if healthy && watchdog.is_some() {
             notifier.watchdog();
         }
-        let open = max_connections - limit.available_permits();
+        let open = shared.open_connections();
         notifier.status(&format!("{open} connections open{}", if healthy { "" } else { "; UNHEALTHY (see the log)" }));
     }
+}
+
+/// Starts accepting on a bound listener.
+fn listen(
+    listeners: &Listeners,
+    configured: SocketAddr,
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    coordinator: &Coordinator,
+) -> anyhow::Result<()> {
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "listening");
+    let task = tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle()));
+    lock(listeners).push(Listening { configured, bound, task });
+    Ok(())
+}
+
+fn bound_list(listeners: &Listeners) -> String {
+    lock(listeners).iter().map(|l| l.bound.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// SIGHUP: re-reads the config and applies it for what comes next. New listen addresses
+/// are bound first, so a failure changes nothing; then new connections get the new
+/// routes, limits and capture settings (the capture writer takes its from the next
+/// file), and removed addresses stop listening. Live connections and sessions keep the
+/// settings they started with and are never disturbed.
+async fn reload(
+    source: &std::path::Path,
+    shared: &Arc<Shared>,
+    listeners: &Listeners,
+    capture: &mut Option<Capture>,
+    coordinator: &Coordinator,
+) -> anyhow::Result<Arc<Settings>> {
+    let new = Arc::new(Settings::load(source)?);
+    let current: Vec<SocketAddr> = lock(listeners).iter().map(|l| l.configured).collect();
+    let mut added = Vec::new();
+    for addr in new.listen.iter().filter(|a| !current.contains(a)) {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (key `listen` in {})", new.source.display()))?;
+        added.push((*addr, l));
+    }
+    let recorder = match (new.capture.mode, capture.as_ref()) {
+        (CaptureMode::Off, _) => None,
+        (_, Some(c)) => {
+            c.reconfigure(new.capture.clone());
+            Some(c.recorder().clone())
+        }
+        (_, None) => {
+            let c = Capture::start(new.capture.clone()).context("cannot start the capture writer")?;
+            *lock(&shared.writer) = Some(c.heartbeat());
+            let r = c.recorder().clone();
+            *capture = Some(c);
+            Some(r)
+        }
+    };
+    *shared.ctx.write().unwrap_or_else(|p| p.into_inner()) =
+        Arc::new(Context { settings: new.clone(), capture: recorder });
+    let (old_max, new_max) =
+        (shared.max_connections.swap(new.limits.max_connections, Relaxed), new.limits.max_connections);
+    if new_max > old_max {
+        shared.limit.add_permits(new_max - old_max);
+    } else {
+        // Permits held by live connections come back and are then forgotten too.
+        shared.limit.forget_permits(old_max - new_max);
+    }
+    for (configured, l) in added {
+        listen(listeners, configured, l, shared, coordinator)?;
+    }
+    lock(listeners).retain(|l| {
+        let keep = new.listen.contains(&l.configured);
+        if !keep {
+            l.task.abort();
+            info!(addr = %l.bound, "stopped listening (removed from the config)");
+        }
+        keep
+    });
+    Ok(new)
 }
 
 /// How often STATUS is refreshed when no watchdog asks for more.
@@ -211,7 +330,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: S
         let span = info_span!("conn", id, %client);
         match shared.limit.clone().try_acquire_owned() {
             Ok(permit) => {
-                tokio::spawn(proxy::serve(shared.ctx.clone(), id, stream, shutdown.clone(), permit).instrument(span));
+                tokio::spawn(proxy::serve(shared.ctx(), id, stream, shutdown.clone(), permit).instrument(span));
             }
             Err(_) => {
                 tokio::spawn(refuse(stream).instrument(span));

@@ -245,6 +245,9 @@ impl FileSink {
             let seed = self.seed ^ key.rotate_left(17);
             let writer = CaptureWriter::detached(&self.info, self.settings.legs, self.synthesis(seed));
             self.outputs.insert(key, Output { writer, file: None, opened_at: time, label });
+        }
+        // No file yet, or the last one was finished while nothing was live: start one.
+        if self.outputs.get(&key).is_some_and(|o| o.file.is_none()) && !self.failing {
             self.open_next(key, time, stats);
         }
         self.check_interval(key, time);
@@ -273,6 +276,21 @@ impl FileSink {
         }
     }
 
+    /// New settings (a reload): the next file goes where they say and is written as they
+    /// say; it starts as soon as every session is between frames.
+    pub fn reconfigure(&mut self, settings: CaptureSettings, now: u64) {
+        self.files = FileSet::new(&settings);
+        self.settings = settings;
+        let keys: Vec<u64> = self.outputs.keys().copied().collect();
+        for key in keys {
+            let synth = self.synthesis(self.seed ^ key.rotate_left(17));
+            if let Some(out) = self.outputs.get_mut(&key) {
+                out.writer.reconfigure(self.settings.legs, synth);
+                out.writer.rotation_due(now);
+            }
+        }
+    }
+
     /// Rotate now (SIGUSR1): as soon as every session is between frames.
     pub fn rotate_soon(&mut self, now: u64) {
         for out in self.outputs.values_mut() {
@@ -287,7 +305,11 @@ impl FileSink {
         for key in keys {
             self.check_interval(key, now);
             let Some(out) = self.outputs.get_mut(&key) else { continue };
-            if out.writer.ready_to_rotate(now) || (self.failing && now >= self.retry_at && out.file.is_none()) {
+            if out.writer.ready_to_rotate(now) && out.writer.live() == 0 {
+                // Nothing live to start a new file with: finish this one; the next event
+                // opens the next (no files that hold only headers).
+                self.finish_current(key, now, stats);
+            } else if out.writer.ready_to_rotate(now) || (self.failing && now >= self.retry_at && out.file.is_none()) {
                 self.open_next(key, now, stats);
             }
             if let Some(w) = self.outputs.get_mut(&key).and_then(|o| o.writer.get_mut()) {
@@ -346,6 +368,21 @@ impl FileSink {
                 }
                 self.episode(&e, now, "cannot create a capture file", stats);
             }
+        }
+    }
+
+    /// Finishes the output's current file without starting another.
+    fn finish_current(&mut self, key: u64, now: u64, stats: &Stats) {
+        let Some(out) = self.outputs.get_mut(&key) else { return };
+        out.writer.rotation_done();
+        match out.writer.finish(stats) {
+            Ok(Some(w)) => {
+                if let Some(f) = out.file.take() {
+                    self.finish_file(f, w);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.write_failed(key, &e, now, stats),
         }
     }
 

@@ -139,6 +139,8 @@ struct Queue {
     closed: bool,
     /// Rotate the files now (SIGUSR1).
     rotate: bool,
+    /// New settings (SIGHUP), for the next file.
+    reconfigure: Option<CaptureSettings>,
     writer_waiting: bool,
 }
 
@@ -256,6 +258,13 @@ impl Capture {
         Heartbeat(self.recorder.shared.clone())
     }
 
+    /// New capture settings (a reload): they apply from the next file, which starts as
+    /// soon as every session is between frames.
+    pub fn reconfigure(&self, settings: CaptureSettings) {
+        self.recorder.lock().reconfigure = Some(settings);
+        self.recorder.shared.wake.notify_one();
+    }
+
     /// Rotates the capture files as soon as every session is between frames.
     pub fn rotate(&self) {
         self.recorder.lock().rotate = true;
@@ -291,22 +300,26 @@ fn writer_thread(recorder: Recorder, settings: CaptureSettings) {
     let mut batch = VecDeque::new();
     loop {
         shared.heartbeat.store(now_ns(), Relaxed);
-        let (closed, rotate) = {
+        let (closed, rotate, reconfigure) = {
             let mut q = recorder.lock();
-            if q.events.is_empty() && !q.closed && !q.rotate {
+            if q.events.is_empty() && !q.closed && !q.rotate && q.reconfigure.is_none() {
                 q.writer_waiting = true;
                 q = shared.wake.wait_timeout(q, flush_interval).map(|(q, _)| q).unwrap_or_else(|p| p.into_inner().0);
                 q.writer_waiting = false;
             }
             std::mem::swap(&mut q.events, &mut batch);
             q.bytes = 0;
-            (q.closed, std::mem::take(&mut q.rotate))
+            (q.closed, std::mem::take(&mut q.rotate), q.reconfigure.take())
         };
-        if rotate {
-            sink.rotate_soon(now_ns());
-        }
         for event in batch.drain(..) {
             sink.process(event, &shared.stats);
+        }
+        // Asked for after the events already queued, so applied after them.
+        if let Some(settings) = reconfigure {
+            sink.reconfigure(settings, now_ns());
+        }
+        if rotate {
+            sink.rotate_soon(now_ns());
         }
         sink.tick(now_ns(), &shared.stats);
         if closed && recorder.lock().events.is_empty() {

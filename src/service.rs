@@ -34,6 +34,14 @@ impl Notifier {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// RELOADING=1 with the monotonic timestamp newer systemd wants for `Type=notify-reload`.
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status("reloading the config")]),
+            Err(_) => self.send(&[NotifyState::Reloading, NotifyState::Status("reloading the config")]),
+        }
+    }
+
     pub fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }

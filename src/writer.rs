@@ -270,9 +270,21 @@ impl<W: Write> CaptureWriter<W> {
         self.out.take().map(PcapngWriter::into_inner)
     }
 
+    /// New settings for the next section and for legs opened from now on (live legs
+    /// keep the segment size and ports they started with).
+    pub fn reconfigure(&mut self, legs: Legs, synth: Synthesis) {
+        self.wanted = legs;
+        self.synth = Synthesis { isn_seed: self.synth.isn_seed, ..synth };
+    }
+
     /// Asks for a rotation as soon as every live session is between frames.
     pub fn rotation_due(&mut self, time: u64) {
         self.rotation_due.get_or_insert(time);
+    }
+
+    /// The due rotation is taken care of (the file was finished with nothing live).
+    pub fn rotation_done(&mut self) {
+        self.rotation_due = None;
     }
 
     /// A due rotation can happen now, between events: every session is between frames,

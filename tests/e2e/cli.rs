@@ -107,7 +107,7 @@ async fn sigusr1_rotates_and_sigterm_drains_a_live_session_and_exits_zero() {
 }
 
 #[tokio::test]
-async fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+async fn systemd_hears_ready_watchdog_reloading_ready_and_stopping_in_order() {
     within(async {
         let dir = scratch("notify");
         let socket_path = dir.join("notify.sock");
@@ -133,6 +133,9 @@ async fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
         let (socket, mut seen) = receive(socket, "WATCHDOG=1").await.unwrap();
         let (socket, more) = receive(socket, "WATCHDOG=1").await.unwrap();
         seen.extend(more);
+        assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+        let (socket, more) = receive(socket, "STATUS=reloaded").await.unwrap();
+        seen.extend(more);
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let (_socket, more) = receive(socket, "STOPPING=1").await.unwrap();
         seen.extend(more);
@@ -142,7 +145,14 @@ async fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
         let first =
             |what: &str| seen.iter().position(|m| m.contains(what)).unwrap_or_else(|| panic!("{what} in {seen:?}"));
         let (ready, watchdog, stopping) = (first("READY=1"), first("WATCHDOG=1"), first("STOPPING=1"));
-        assert!(ready < watchdog && watchdog < stopping, "READY, WATCHDOG, STOPPING in order: {seen:?}");
+        let reloading = first("RELOADING=1");
+        let ready_again =
+            reloading + seen[reloading..].iter().position(|m| m.contains("READY=1")).expect("READY after RELOADING");
+        assert!(
+            ready < watchdog && watchdog < reloading && reloading < ready_again && ready_again < stopping,
+            "READY, WATCHDOG, RELOADING, READY, STOPPING in order: {seen:?}"
+        );
+        assert!(seen[reloading].contains("MONOTONIC_USEC="), "{seen:?}");
         assert!(seen[ready].contains("STATUS=listening on 127.0.0.1:"), "{seen:?}");
         assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{seen:?}");
         assert!(!seen[stopping..].iter().any(|m| m.contains("WATCHDOG=1")), "no ping after STOPPING: {seen:?}");

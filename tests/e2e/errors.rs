@@ -82,28 +82,6 @@ async fn over_max_connections_new_clients_get_503_and_the_others_go_on() {
     .await;
 }
 
-/// Log lines written while a test runs (a thread-local subscriber: `#[tokio::test]` runs
-/// every task of the in-process daemon on the test's thread).
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn lines_with(&self, needles: &[&str]) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
-    }
-}
-
 #[tokio::test]
 async fn each_failure_is_logged_once_with_its_connection_and_side() {
     let logs = Logs::default();

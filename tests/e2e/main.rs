@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod errors;
 mod http;
+mod reload;
 mod shutdown;
 mod support;
 mod websocket;

@@ -47,6 +47,13 @@ impl Drop for Scratch {
     }
 }
 
+/// A fresh, existing scratch directory.
+pub fn scratch_dir(name: &str) -> Scratch {
+    let dir = Scratch::new(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Upper bound for any one test: a safety net against hangs, never a speed assertion.
 pub const HANG: Duration = Duration::from_secs(60);
 
@@ -57,6 +64,7 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
 /// A daemon running in this process.
 pub struct Proxy {
     pub addrs: Vec<SocketAddr>,
+    pub listening: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
     pub state: tokio::sync::watch::Receiver<wstap::daemon::State>,
     actions: mpsc::Sender<Action>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -68,12 +76,22 @@ impl Proxy {
         let toml =
             if toml.contains("[capture]") { toml.to_owned() } else { format!("{toml}\n[capture]\nmode = \"off\"\n") };
         let settings = Settings::parse(&toml, "test.toml".as_ref()).expect("test config is valid");
+        Proxy::start_with(settings).await
+    }
+
+    /// Starts a daemon on a config file (which a reload re-reads).
+    pub async fn start_file(path: &std::path::Path) -> Proxy {
+        Proxy::start_with(Settings::load(path).expect("test config is valid")).await
+    }
+
+    async fn start_with(settings: Settings) -> Proxy {
         let daemon = Daemon::bind(settings).await.expect("bind");
         let addrs = daemon.local_addrs();
         let state = daemon.state();
+        let listening = daemon.listening();
         let (actions, rx) = mpsc::channel(4);
         let task = tokio::spawn(daemon.run(rx));
-        Proxy { addrs, state, actions, task }
+        Proxy { addrs, listening, state, actions, task }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -87,6 +105,11 @@ impl Proxy {
     /// Asks for a shutdown (as SIGTERM would) without waiting for it.
     pub async fn begin_shutdown(&self) {
         self.actions.send(Action::Shutdown).await.unwrap();
+    }
+
+    /// Asks for a config reload (as SIGHUP would).
+    pub async fn reload(&self) {
+        self.actions.send(Action::Reload).await.unwrap();
     }
 
     /// Asks for a capture rotation (as SIGUSR1 would).
@@ -390,4 +413,26 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{what}: not within 5 s");
+}
+
+/// Log lines written while a test runs (a thread-local subscriber: `#[tokio::test]` runs
+/// every task of the in-process daemon on the test's thread).
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
+    }
 }
