@@ -199,6 +199,11 @@ impl Daemon {
                 "closed connections still open at the end of the grace period"
             );
         }
+        // The capture writer stops last: every session's final packets are queued by now.
+        // It flushes, syncs and renames every file (a blocking join, at the very end).
+        if let Some(c) = capture.take() {
+            c.finish();
+        }
         info!("stopped");
         self.state.send_replace(State::Stopped);
         Ok(())
