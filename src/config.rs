@@ -26,6 +26,8 @@ pub struct Settings {
     pub capture: CaptureSettings,
     /// A tracing filter (`info`, `wstap=debug`, …); `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Where `/metrics`, `/sessions` and `/healthz` are served; `None`: nowhere.
+    pub admin: Option<SocketAddr>,
 }
 
 /// What gets recorded.
@@ -190,6 +192,14 @@ struct FileConfig {
     capture: FileCapture,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    admin: FileAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -533,6 +543,7 @@ impl FileConfig {
             proxy: ProxySettings { x_forwarded: self.proxy.x_forwarded, preserve_host: self.proxy.preserve_host },
             capture,
             log_level: self.log.level,
+            admin: self.admin.listen,
         })
     }
 }
@@ -596,7 +607,11 @@ impl fmt::Display for Settings {
         writeln!(f, "interval = {:?}", dur(r.interval))?;
         writeln!(f, "files = {}", r.files)?;
         writeln!(f, "max_wait = {:?}", dur(Some(r.max_wait)))?;
-        write!(f, "\n[log]\nlevel = {:?}", self.log_level)
+        writeln!(f, "\n[log]\nlevel = {:?}", self.log_level)?;
+        match self.admin {
+            Some(a) => write!(f, "\n[admin]\nlisten = {:?}", a.to_string()),
+            None => write!(f, "\n[admin]\n# listen: off"),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{CaptureMode, Settings};
+use crate::metrics::Metrics;
 use crate::proxy::{self, Context};
 use crate::recorder::{Capture, Heartbeat};
 use crate::service::{self, Notifier};
@@ -34,6 +35,9 @@ pub struct Daemon {
     state: watch::Sender<State>,
     /// The bound addresses, after start and after each reload.
     listening: watch::Sender<Vec<SocketAddr>>,
+    /// Serves `/metrics`, `/sessions`, `/healthz` (`admin.listen`).
+    admin: Option<TcpListener>,
+    metrics: Arc<Metrics>,
 }
 
 /// What the daemon is doing, as published to [`Daemon::state`] watchers.
@@ -93,17 +97,30 @@ impl Daemon {
                 .with_context(|| format!("cannot listen on {addr} (key `listen` in {})", settings.source.display()))?;
             listeners.push(l);
         }
+        let admin = match settings.admin {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (key `admin.listen` in {})", settings.source.display())
+            })?),
+            None => None,
+        };
         Ok(Daemon {
             settings: Arc::new(settings),
             listeners,
             state: watch::Sender::new(State::Serving),
             listening: watch::Sender::new(Vec::new()),
+            admin,
+            metrics: Arc::default(),
         })
     }
 
     /// Follows the daemon's [`State`] (taken before `run`, which consumes the daemon).
     pub fn state(&self) -> watch::Receiver<State> {
         self.state.subscribe()
+    }
+
+    /// Where the admin endpoints are served, if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Follows the bound addresses: set when `run` starts, replaced after each reload.
@@ -129,6 +146,7 @@ impl Daemon {
             ctx: RwLock::new(Arc::new(Context {
                 settings: self.settings.clone(),
                 capture: capture.as_ref().map(|c| c.recorder().clone()),
+                metrics: self.metrics.clone(),
             })),
             next_id: AtomicU64::new(1),
             writer: Mutex::new(capture.as_ref().map(Capture::heartbeat)),
@@ -141,6 +159,7 @@ impl Daemon {
         self.listening.send_replace(lock(&listeners).iter().map(|l| l.bound).collect());
         notifier.ready(&format!("listening on {}", bound_list(&listeners)));
         let pulse = tokio::spawn(pulse(notifier, listeners.clone(), shared.clone()));
+        let admin = self.admin.map(|l| tokio::spawn(admin_loop(l, listeners.clone(), shared.clone())));
         let mut settings = self.settings.clone();
         loop {
             match actions.recv().await {
@@ -151,11 +170,13 @@ impl Daemon {
                     self.listening.send_replace(lock(&listeners).iter().map(|l| l.bound).collect());
                     match result {
                         Ok(new) => {
+                            self.metrics.reloads_ok.fetch_add(1, Relaxed);
                             info!(config = %new.source.display(), listening = %bound_list(&listeners), "config reloaded");
                             notifier.ready(&format!("reloaded; listening on {}", bound_list(&listeners)));
                             settings = new;
                         }
                         Err(e) => {
+                            self.metrics.reloads_failed.fetch_add(1, Relaxed);
                             error!(error = format!("{e:#}"), "reload failed; still running on the previous config");
                             notifier.ready(&format!("reload failed, still running on the previous config: {e:#}"));
                         }
@@ -174,6 +195,9 @@ impl Daemon {
         let grace = settings.shutdown.grace;
         info!(grace = %humantime::format_duration(grace), live = coordinator.live(), "draining");
         pulse.abort();
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         let open = shared.open_connections();
         notifier.stopping(&format!("draining {open} connections (grace {})", humantime::format_duration(grace)));
         let second_signal = async {
@@ -218,18 +242,74 @@ async fn pulse(notifier: Notifier, listeners: Listeners, shared: Arc<Shared>) {
     let mut was_healthy = true;
     loop {
         tick.tick().await;
-        let alive = lock(&listeners).iter().all(|l| !l.task.is_finished());
-        let writer_idle = lock(&shared.writer).as_ref().map(Heartbeat::idle);
-        let flush_interval = shared.ctx().settings.capture.flush_interval;
-        let healthy = service::healthy(alive, writer_idle, flush_interval);
+        let healthy = healthy(&listeners, &shared);
         service::report_health(was_healthy, healthy);
         was_healthy = healthy;
         if healthy && watchdog.is_some() {
             notifier.watchdog();
         }
-        let open = shared.open_connections();
-        notifier.status(&format!("{open} connections open{}", if healthy { "" } else { "; UNHEALTHY (see the log)" }));
+        let (open, metrics) = (shared.open_connections(), shared.ctx().metrics.clone());
+        let total = |dir: usize| metrics.bytes[0][dir].load(Relaxed) + metrics.bytes[1][dir].load(Relaxed);
+        notifier.status(&format!(
+            "{open} connections, {} WebSocket sessions; {} bytes in, {} bytes out{}",
+            metrics.sessions_active(),
+            total(0),
+            total(1),
+            if healthy { "" } else { "; UNHEALTHY (see the log)" }
+        ));
     }
+}
+
+/// Every accept loop runs and the capture writer is not stuck (the watchdog's rule, and
+/// `/healthz`'s).
+fn healthy(listeners: &Listeners, shared: &Shared) -> bool {
+    let alive = lock(listeners).iter().all(|l| !l.task.is_finished());
+    let writer_idle = lock(&shared.writer).as_ref().map(Heartbeat::idle);
+    service::healthy(alive, writer_idle, shared.ctx().settings.capture.flush_interval)
+}
+
+/// Serves the admin endpoints: `/metrics` (Prometheus text), `/sessions` (JSON),
+/// `/healthz` (200 or 503). GET only; one small response per request.
+async fn admin_loop(listener: TcpListener, listeners: Listeners, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (listeners, shared) = (listeners.clone(), shared.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let response = admin_response(req.method(), req.uri().path(), &listeners, &shared);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin_response(
+    method: &hyper::Method,
+    path: &str,
+    listeners: &Listeners,
+    shared: &Shared,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, content_type, body) = match (method, path) {
+        (&hyper::Method::GET, "/metrics") => {
+            let ctx = shared.ctx();
+            let body = ctx.metrics.render(ctx.capture.as_ref().map(|r| r.stats()), healthy(listeners, shared));
+            (200, "text/plain; version=0.0.4; charset=utf-8", body)
+        }
+        (&hyper::Method::GET, "/sessions") => (200, "application/json", shared.ctx().metrics.sessions_json()),
+        (&hyper::Method::GET, "/healthz") => match healthy(listeners, shared) {
+            true => (200, "text/plain", "ok\n".to_owned()),
+            false => (503, "text/plain", "unhealthy: an accept loop ended or the capture writer is stuck\n".to_owned()),
+        },
+        (&hyper::Method::GET, _) => (404, "text/plain", "not found: try /metrics, /sessions or /healthz\n".to_owned()),
+        _ => (405, "text/plain", "GET only\n".to_owned()),
+    };
+    let mut response = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    response
 }
 
 /// Starts accepting on a bound listener.
@@ -286,8 +366,9 @@ async fn reload(
             Some(r)
         }
     };
+    let metrics = shared.ctx().metrics.clone();
     *shared.ctx.write().unwrap_or_else(|p| p.into_inner()) =
-        Arc::new(Context { settings: new.clone(), capture: recorder });
+        Arc::new(Context { settings: new.clone(), capture: recorder, metrics });
     let (old_max, new_max) =
         (shared.max_connections.swap(new.limits.max_connections, Relaxed), new.limits.max_connections);
     if new_max > old_max {

@@ -53,6 +53,19 @@ impl ProxyError {
         }
     }
 
+    /// A short name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::Connect(_) => "connect",
+            ProxyError::ConnectTimeout(_) => "connect_timeout",
+            ProxyError::ResponseTimeout(_) => "response_timeout",
+            ProxyError::Upstream(_) => "upstream_protocol",
+            ProxyError::UnexpectedUpgrade => "unexpected_upgrade",
+        }
+    }
+
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoRoute | ProxyError::MethodNotAllowed => Side::Downstream,

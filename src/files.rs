@@ -350,7 +350,7 @@ impl FileSink {
                 match old {
                     Ok(old_w) => {
                         if let (Some(f), Some(w)) = (old_file, old_w) {
-                            self.finish_file(f, w);
+                            self.finish_file(f, w, stats);
                         }
                     }
                     Err(e) => self.write_failed(key, &e, now, stats),
@@ -363,7 +363,7 @@ impl FileSink {
             Err(e) => {
                 if let Some(w) = out.writer.lose_output() {
                     if let Some(f) = out.file.take() {
-                        self.finish_file(f, w);
+                        self.finish_file(f, w, stats);
                     }
                 }
                 self.episode(&e, now, "cannot create a capture file", stats);
@@ -378,7 +378,7 @@ impl FileSink {
         match out.writer.finish(stats) {
             Ok(Some(w)) => {
                 if let Some(f) = out.file.take() {
-                    self.finish_file(f, w);
+                    self.finish_file(f, w, stats);
                 }
             }
             Ok(None) => {}
@@ -386,10 +386,13 @@ impl FileSink {
         }
     }
 
-    fn finish_file(&self, f: OpenFile, w: Counted) {
+    fn finish_file(&self, f: OpenFile, w: Counted, stats: &Stats) {
         let part = f.part.clone();
         match self.files.finish(f, w) {
-            Ok(path) => info!(path = %path.display(), "capture file finished"),
+            Ok(path) => {
+                stats.files_finished.fetch_add(1, Relaxed);
+                info!(path = %path.display(), "capture file finished");
+            }
             Err(e) => warn!(path = %part.display(), error = %e, "cannot finish a capture file"),
         }
     }
@@ -420,7 +423,7 @@ impl FileSink {
             match out.writer.finish(stats) {
                 Ok(Some(w)) => {
                     if let Some(f) = out.file.take() {
-                        self.finish_file(f, w);
+                        self.finish_file(f, w, stats);
                     }
                 }
                 Ok(None) => {}

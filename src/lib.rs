@@ -27,6 +27,7 @@
 //! - [`splice`]: the byte relay of an upgraded session.
 //! - [`shutdown`]: Running → Draining → Closing, and waiting for every task.
 //! - [`signals`]: Unix signals mapped to daemon [`signals::Action`]s.
+//! - [`metrics`]: counters and live sessions, rendered for `/metrics` and `/sessions`.
 //! - [`service`]: systemd notifications (READY, STOPPING, STATUS, WATCHDOG) and health.
 //! - [`tap`]: the capture point: `Tee` under hyper and a leg's `Tap` (probe, start, close).
 //! - [`recorder`]: capture events, the bounded queue and the writer thread.
@@ -44,6 +45,7 @@ pub mod deflate;
 pub mod error;
 pub mod files;
 pub mod headers;
+pub mod metrics;
 pub mod packet;
 pub mod pcapng;
 pub mod proxy;

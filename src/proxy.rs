@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::{CaptureMode, Settings};
 use crate::error::{ProxyError, Side};
 use crate::headers;
+use crate::metrics::{ConnectionGuard, Metrics, CLIENT_LEG, UPSTREAM_LEG};
 use crate::recorder::{Dir, LegKind, Opening, Recorder};
 use crate::route::{self, Route, Upstream};
 use crate::shutdown::{Phase, Shutdown};
@@ -39,6 +41,7 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// Where taps send events; `None` when capture is off.
     pub capture: Option<Recorder>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
@@ -88,6 +91,9 @@ pub struct Conn {
     upstream: Mutex<Option<UpstreamConn>>,
     /// Held for as long as the connection or its WebSocket session lives.
     _permit: OwnedSemaphorePermit,
+    _open: ConnectionGuard,
+    /// Switched to WebSocket: the session logs the end, not the connection.
+    upgraded: AtomicBool,
 }
 
 struct UpstreamConn {
@@ -108,9 +114,14 @@ pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shut
         client_tap: client_tap.clone(),
         upstream: Mutex::new(None),
         _permit: permit,
+        _open: ctx.metrics.connection_opened(),
+        upgraded: AtomicBool::new(false),
         ctx,
     });
-    let stream = Tee::new(stream, client_tap);
+    let started = tokio::time::Instant::now();
+    info!("connection open");
+    let bytes: Arc<[AtomicU64; 2]> = Arc::default();
+    let stream = Tee::new(stream, client_tap).metered(conn.ctx.metrics.clone(), CLIENT_LEG, Some(bytes.clone()));
     let limits = &conn.ctx.settings.limits;
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -137,24 +148,36 @@ pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shut
         }
     };
     if let Err(e) = result {
-        log_connection_error(&e);
+        if let Some(kind) = log_connection_error(&e) {
+            conn.ctx.metrics.request_failed("downstream", kind);
+        }
+    }
+    if !conn.upgraded.load(Relaxed) {
+        let (bytes_in, bytes_out) = (bytes[0].load(Relaxed), bytes[1].load(Relaxed));
+        info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
     }
 }
 
-/// Logs why hyper gave up on a client connection, once. hyper has already answered
+/// Logs why hyper gave up on a client connection, once, and names the kind of failure
+/// for the metrics (none when the client just went away). hyper has already answered
 /// malformed heads itself (400, or 431 for an oversized head).
-fn log_connection_error(e: &hyper::Error) {
+fn log_connection_error(e: &hyper::Error) -> Option<&'static str> {
     let side = Side::Downstream;
     if e.is_parse_too_large() {
         info!(%side, status = 431, error = %e, "request head too large");
+        Some("head_too_large")
     } else if e.is_parse() || e.is_parse_status() {
         info!(%side, status = 400, error = %e, "malformed request");
+        Some("malformed")
     } else if e.is_timeout() {
         info!(%side, error = %e, "request head not received in time; closed");
+        Some("head_timeout")
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         debug!(%side, error = %e, "client went away");
+        None
     } else {
         info!(%side, error = %e, "connection error");
+        Some("connection")
     }
 }
 
@@ -169,6 +192,9 @@ impl Conn {
             }
             Err(e) => {
                 let (side, status) = (e.side(), e.status());
+                self.ctx
+                    .metrics
+                    .request_failed(if side == Side::Upstream { "upstream" } else { "downstream" }, e.kind());
                 match side {
                     Side::Upstream => {
                         warn!(%side, status = status.as_u16(), %method, %target, error = %e, "request failed")
@@ -296,7 +322,11 @@ impl Conn {
         let tap = self.upstream_tap(&stream, upstream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)
-            .handshake(TokioIo::new(Tee::new(stream, tap.clone())))
+            .handshake(TokioIo::new(Tee::new(stream, tap.clone()).metered(
+                self.ctx.metrics.clone(),
+                UPSTREAM_LEG,
+                None,
+            )))
             .await
             .map_err(ProxyError::Upstream)?;
         tokio::spawn(
@@ -338,11 +368,21 @@ impl Conn {
                         return;
                     }
                 };
+                conn.upgraded.store(true, Relaxed);
                 let started = tokio::time::Instant::now();
                 info!("websocket session open");
                 let idle = conn.ctx.settings.limits.idle_timeout;
                 let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                let done = splice::splice(&mut client, &mut upstream, idle, shutdown.reached(Phase::Closing)).await;
+                let counts: Arc<[AtomicU64; 2]> = Arc::default();
+                let _listed = conn.ctx.metrics.session_started(
+                    conn.id,
+                    conn.client,
+                    route.path_prefix.clone(),
+                    route.upstream.to_string(),
+                    counts.clone(),
+                );
+                let done =
+                    splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
                 // Say why before the sockets close: it goes on each leg's last captured packet.
                 for tap in [&conn.client_tap, &upstream_tap].into_iter().flatten() {
                     tap.set_close_reason(format!("WebSocket session {} {}", conn.id, done.end));

@@ -109,6 +109,8 @@ pub struct Stats {
     pub bytes_unwritten: AtomicU64,
     /// Write-error episodes: each is logged once, however many writes fail in it.
     pub error_episodes: AtomicU64,
+    /// Files finished (synced and renamed).
+    pub files_finished: AtomicU64,
 }
 
 /// Queue cost of an event besides its payload.

@@ -53,7 +53,15 @@ impl std::fmt::Display for End {
 
 /// Relays between `client` and `upstream` until both directions end, one fails, the
 /// connection is idle for `idle`, or `stop` resolves.
-pub async fn splice<C, U>(client: C, upstream: U, idle: Option<Duration>, stop: impl Future<Output = ()>) -> Spliced
+/// `counts` are bytes client → upstream and upstream → client, kept up to date as the
+/// relay runs (for `/sessions`).
+pub async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    counts: &[AtomicU64; 2],
+    idle: Option<Duration>,
+    stop: impl Future<Output = ()>,
+) -> Spliced
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
@@ -62,11 +70,11 @@ where
     let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
     let start = Instant::now();
     let activity = Activity { start, last_ms: AtomicU64::new(0) };
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let [up, down] = counts;
     let both = async {
         tokio::try_join!(
-            pump(&mut client_rd, &mut upstream_wr, Side::Downstream, Side::Upstream, &up, &activity),
-            pump(&mut upstream_rd, &mut client_wr, Side::Upstream, Side::Downstream, &down, &activity),
+            pump(&mut client_rd, &mut upstream_wr, Side::Downstream, Side::Upstream, up, &activity),
+            pump(&mut upstream_rd, &mut client_wr, Side::Upstream, Side::Downstream, down, &activity),
         )
     };
     let end = tokio::select! {
@@ -74,7 +82,7 @@ where
         d = activity.idle(idle) => End::Idle(d),
         () = stop => End::Shutdown,
     };
-    Spliced { upstream_bytes: up.into_inner(), downstream_bytes: down.into_inner(), end }
+    Spliced { upstream_bytes: up.load(Relaxed), downstream_bytes: down.load(Relaxed), end }
 }
 
 /// Copies `from` → `to` until `from` ends, then shuts `to`'s write side.
@@ -138,7 +146,9 @@ mod tests {
     async fn half_close_keeps_the_other_direction_open() {
         let (mut client, proxy_client) = duplex(64);
         let (proxy_upstream, mut upstream) = duplex(64);
-        let relay = tokio::spawn(splice(proxy_client, proxy_upstream, None, std::future::pending()));
+        let relay = tokio::spawn(async move {
+            splice(proxy_client, proxy_upstream, &Default::default(), None, std::future::pending()).await
+        });
 
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
@@ -161,8 +171,16 @@ mod tests {
     async fn idle_timeout_counts_both_directions() {
         let (mut client, proxy_client) = duplex(64);
         let (proxy_upstream, mut upstream) = duplex(64);
-        let relay =
-            tokio::spawn(splice(proxy_client, proxy_upstream, Some(Duration::from_secs(10)), std::future::pending()));
+        let relay = tokio::spawn(async move {
+            splice(
+                proxy_client,
+                proxy_upstream,
+                &Default::default(),
+                Some(Duration::from_secs(10)),
+                std::future::pending(),
+            )
+            .await
+        });
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(6)).await;
             upstream.write_all(b"x").await.unwrap();
@@ -181,7 +199,7 @@ mod tests {
     async fn stop_ends_the_relay() {
         let (_client, proxy_client) = duplex(64);
         let (proxy_upstream, _upstream) = duplex(64);
-        let done = splice(proxy_client, proxy_upstream, None, std::future::ready(())).await;
+        let done = splice(proxy_client, proxy_upstream, &Default::default(), None, std::future::ready(())).await;
         assert!(matches!(done.end, End::Shutdown));
     }
 }

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::metrics::{ByteCounts, Metrics, IN, OUT};
 use crate::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
 
 const OFF: u8 = 0;
@@ -308,11 +309,30 @@ pub struct SessionStart {
 pub struct Tee<S> {
     io: S,
     tap: Option<Arc<Tap>>,
+    /// Byte counters of this leg (in, out), if metered: the daemon's, and the
+    /// connection's own.
+    meter: Option<(Arc<Metrics>, usize, Option<ByteCounts>)>,
 }
 
 impl<S> Tee<S> {
     pub fn new(io: S, tap: Option<Arc<Tap>>) -> Tee<S> {
-        Tee { io, tap }
+        Tee { io, tap, meter: None }
+    }
+
+    /// Also counts the bytes read and written, as leg `leg` of `metrics`, and into
+    /// `own` (in, out) when given.
+    pub fn metered(mut self, metrics: Arc<Metrics>, leg: usize, own: Option<ByteCounts>) -> Tee<S> {
+        self.meter = Some((metrics, leg, own));
+        self
+    }
+
+    fn count(&self, dir: usize, n: usize) {
+        if let Some((m, leg, own)) = &self.meter {
+            m.bytes[*leg][dir].fetch_add(n as u64, Relaxed);
+            if let Some(own) = own {
+                own[dir].fetch_add(n as u64, Relaxed);
+            }
+        }
     }
 
     pub fn tap(&self) -> Option<&Arc<Tap>> {
@@ -338,6 +358,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
         let had_room = buf.remaining() > 0;
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            this.count(IN, buf.filled().len() - before);
+        }
         if let Some(tap) = &this.tap {
             match &result {
                 Poll::Ready(Ok(())) => {
@@ -360,6 +383,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.count(OUT, *n);
+        }
         if let Some(tap) = &this.tap {
             match &result {
                 Poll::Ready(Ok(n)) if *n > 0 => tap.on_bytes(Dir::Out, &buf[..*n]),
@@ -377,6 +403,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.count(OUT, *n);
+        }
         if let Some(tap) = &this.tap {
             match &result {
                 Poll::Ready(Ok(n)) if *n > 0 => {

@@ -154,6 +154,10 @@ async fn systemd_hears_ready_watchdog_reloading_ready_and_stopping_in_order() {
         );
         assert!(seen[reloading].contains("MONOTONIC_USEC="), "{seen:?}");
         assert!(seen[ready].contains("STATUS=listening on 127.0.0.1:"), "{seen:?}");
+        assert!(
+            seen.iter().any(|m| m.contains("STATUS=0 connections, 0 WebSocket sessions; 0 bytes in, 0 bytes out")),
+            "STATUS carries connections, sessions and bytes: {seen:?}"
+        );
         assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{seen:?}");
         assert!(!seen[stopping..].iter().any(|m| m.contains("WATCHDOG=1")), "no ping after STOPPING: {seen:?}");
     })

@@ -168,7 +168,9 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
     within(async {
         let dir = scratch.join("captures");
         let extra = "flush_interval = \"100ms\"\n[capture.rotate]\nsize = \"64KiB\"\ninterval = \"0s\"\nfiles = 0";
-        let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, extra))).await;
+        let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+        let proxy =
+            Proxy::start(&config(echo_upstream().await, &format!("{admin}{}", capture_toml(&dir, extra)))).await;
         let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/full")).await.unwrap();
         // About 1 MB of capture for a 160 KiB disk: every echo must still be exact.
         for i in 0..120 {
@@ -176,6 +178,14 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
             ws.send(m.clone()).await.unwrap();
             assert_eq!(ws.next().await.unwrap().unwrap(), m, "traffic is unaffected by the full disk");
         }
+        // The operator sees it: write errors and unwritten bytes move in /metrics.
+        let metrics =
+            raw_exchange(proxy.admin.unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let value = |name: &str| -> u64 {
+            metrics.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+        };
+        assert!(value("wstap_capture_write_errors_total ") > 0, "{metrics}");
+        assert!(value("wstap_capture_unwritten_bytes_total ") > 0, "{metrics}");
         // Make room; capture resumes by itself with a new file.
         let before: Vec<PathBuf> = all_files(&dir);
         for f in &before {

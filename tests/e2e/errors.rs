@@ -105,6 +105,10 @@ async fn each_failure_is_logged_once_with_its_connection_and_side() {
         proxy.stopped().await;
     })
     .await;
+    // Each connection's open and close are logged, the close with byte counts and duration.
+    assert_eq!(logs.lines_with(&["connection open", "conn{id="]).len(), 3);
+    let closed = logs.lines_with(&["connection closed", "bytes_in=", "bytes_out=", "secs="]);
+    assert_eq!(closed.len(), 3, "{closed:#?}");
     for (status, side) in
         [("status=502", "side=upstream"), ("status=404", "side=downstream"), ("status=400", "side=downstream")]
     {

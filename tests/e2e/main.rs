@@ -1,6 +1,7 @@
 //! End-to-end tests: the daemon runs in-process on port 0, real clients and upstreams
 //! talk through it. One binary, one module per topic.
 
+mod admin;
 mod capture;
 mod cli;
 mod durability;

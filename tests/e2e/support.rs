@@ -65,6 +65,8 @@ pub async fn within<T>(f: impl Future<Output = T>) -> T {
 pub struct Proxy {
     pub addrs: Vec<SocketAddr>,
     pub listening: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
+    /// Where `/metrics`, `/sessions` and `/healthz` are served, if configured.
+    pub admin: Option<SocketAddr>,
     pub state: tokio::sync::watch::Receiver<wstap::daemon::State>,
     actions: mpsc::Sender<Action>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -89,9 +91,10 @@ impl Proxy {
         let addrs = daemon.local_addrs();
         let state = daemon.state();
         let listening = daemon.listening();
+        let admin = daemon.admin_addr();
         let (actions, rx) = mpsc::channel(4);
         let task = tokio::spawn(daemon.run(rx));
-        Proxy { addrs, listening, state, actions, task }
+        Proxy { addrs, listening, admin, state, actions, task }
     }
 
     pub fn addr(&self) -> SocketAddr {

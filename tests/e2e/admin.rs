@@ -1,0 +1,121 @@
+//! The admin listener: every metric moves when its event happens, `/sessions` lists live
+//! sessions, `/healthz` answers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::capture::*;
+use crate::support::*;
+
+/// `/metrics` as (name with labels → value).
+async fn scrape(admin: SocketAddr) -> BTreeMap<String, u64> {
+    let response = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Scrapes until `done` holds (the capture writer and the reload run on their own time),
+/// for up to five seconds; returns the last scrape.
+async fn scrape_until(
+    admin: SocketAddr,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> BTreeMap<String, u64> {
+    for _ in 0..500 {
+        let m = scrape(admin).await;
+        if done(&m) {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 5 s: {:?}", scrape(admin).await);
+}
+
+async fn get(admin: SocketAddr, path: &str) -> String {
+    raw_exchange(admin, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await
+}
+
+#[tokio::test]
+async fn every_metric_moves_when_its_event_happens() {
+    within(async {
+        let dir = scratch_dir("admin");
+        let (config, captures) = (dir.join("wstap.toml"), dir.join("captures"));
+        let (echo, refused) = (echo_upstream().await, closed_port().await);
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\npath_prefix = \"/refused\"\nupstream = \"ws://{refused}\"\n\
+             [[route]]\nupstream = \"ws://{echo}\"\n{}",
+            capture_toml(&captures, "")
+        );
+        std::fs::write(&config, &toml).unwrap();
+        let proxy = Proxy::start_file(&config).await;
+        let admin = proxy.admin.expect("admin listener");
+        let m = scrape(admin).await;
+        for (name, want) in [("wstap_up", 1), ("wstap_connections_active", 0), ("wstap_sessions_active", 0)] {
+            assert_eq!(m[name], want, "{name}");
+        }
+        assert_eq!(m["wstap_capture_write_errors_total"], 0, "capture counters are there");
+
+        // A session: connections, sessions, bytes on both legs both ways, captured bytes.
+        let mut w = Witness::open(&proxy.ws_url("/chat")).await;
+        w.check("open").await;
+        let m1 = scrape(admin).await;
+        assert_eq!((m1["wstap_sessions_active"], m1["wstap_sessions_total"]), (1, 1));
+        assert!(m1["wstap_connections_active"] >= 1 && m1["wstap_connections_total"] >= 1);
+        for leg in ["client", "upstream"] {
+            for dir in ["in", "out"] {
+                let key = format!("wstap_bytes_total{{leg=\"{leg}\",direction=\"{dir}\"}}");
+                assert!(m1[&key] > m[&key], "{key} moves");
+            }
+        }
+        let sessions: serde_json::Value = {
+            let r = get(admin, "/sessions").await;
+            serde_json::from_str(&r[r.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+        };
+        assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
+        assert!(sessions[0]["bytes_from_client"].as_u64().unwrap() > 0, "{sessions}");
+        assert!(sessions[0]["age_seconds"].as_f64().is_some(), "{sessions}");
+        w.close().await;
+        let after = scrape_until(admin, "the session ends and its bytes are captured", |m| {
+            m["wstap_sessions_active"] == 0 && m["wstap_capture_bytes_total"] > 0
+        })
+        .await;
+        assert!(after["wstap_capture_packets_total"] > 0);
+        assert_eq!(get(admin, "/sessions").await.split("\r\n\r\n").nth(1), Some("[]"));
+
+        // Failed requests, by side and kind.
+        raw_exchange(proxy.addr(), b"GET /refused HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        raw_exchange(proxy.addr(), b"GARBAGE\r\n\r\n").await;
+        let m2 = scrape(admin).await;
+        assert_eq!(m2["wstap_request_errors_total{side=\"upstream\",kind=\"connect\"}"], 1);
+        assert_eq!(m2["wstap_request_errors_total{side=\"downstream\",kind=\"malformed\"}"], 1);
+
+        // Reloads, by result; files finished on rotation.
+        proxy.reload().await;
+        scrape_until(admin, "a valid reload is counted", |m| m["wstap_reloads_total{result=\"ok\"}"] == 1).await;
+        std::fs::write(&config, "listen = [").unwrap();
+        proxy.reload().await;
+        proxy.rotate().await;
+        scrape_until(admin, "a failed reload and a finished file are counted", |m| {
+            m["wstap_reloads_total{result=\"failed\"}"] == 1 && m["wstap_capture_files_finished_total"] >= 1
+        })
+        .await;
+
+        assert!(get(admin, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(admin, "/nope").await.starts_with("HTTP/1.1 404"));
+        let post =
+            raw_exchange(admin, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+    })
+    .await;
+}
