@@ -192,14 +192,20 @@ struct FileConfig {
     capture: FileCapture,
     #[serde(default)]
     log: FileLog,
-    #[serde(default)]
-    admin: FileAdmin,
+    /// Present (even empty): serve the admin endpoints.
+    admin: Option<FileAdmin>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
-    listen: Option<SocketAddr>,
+    /// Loopback by default: the endpoints are unauthenticated.
+    #[serde(default = "default_admin_listen")]
+    listen: SocketAddr,
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
 }
 
 #[derive(Debug, Deserialize)]
@@ -543,7 +549,7 @@ impl FileConfig {
             proxy: ProxySettings { x_forwarded: self.proxy.x_forwarded, preserve_host: self.proxy.preserve_host },
             capture,
             log_level: self.log.level,
-            admin: self.admin.listen,
+            admin: self.admin.map(|a| a.listen),
         })
     }
 }
@@ -610,7 +616,7 @@ impl fmt::Display for Settings {
         writeln!(f, "\n[log]\nlevel = {:?}", self.log_level)?;
         match self.admin {
             Some(a) => write!(f, "\n[admin]\nlisten = {:?}", a.to_string()),
-            None => write!(f, "\n[admin]\n# listen: off"),
+            None => write!(f, "\n# [admin]: off"),
         }
     }
 }
@@ -653,6 +659,9 @@ mod tests {
         assert!(err.contains("capture.legs[0]"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture]\nmss_ipv4 = 70000\n")).unwrap_err();
         assert!(err.contains("capture.mss_ipv4"), "{err}");
+        assert_eq!(parse(MINIMAL).unwrap().admin, None, "no admin endpoints unless asked");
+        let on = parse(&format!("{MINIMAL}[admin]\n")).unwrap();
+        assert_eq!(on.admin, Some("127.0.0.1:9180".parse().unwrap()), "loopback by default");
         let err = parse(&format!("{MINIMAL}[log]\nlevel = \"wstap=loud\"\n")).unwrap_err();
         assert!(err.contains("log.level"), "{err}");
         assert_eq!(parse(&format!("{MINIMAL}[log]\nlevel = \"wstap=debug\"\n")).unwrap().log_level, "wstap=debug");

@@ -136,6 +136,15 @@ async fn systemd_hears_ready_watchdog_reloading_ready_and_stopping_in_order() {
         assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
         let (socket, more) = receive(socket, "STATUS=reloaded").await.unwrap();
         seen.extend(more);
+        // An invalid config: systemd hears why, and the daemon goes on.
+        let good = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"ftp://x\"\n").unwrap();
+        assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+        let (socket, more) = receive(socket, "STATUS=reload failed").await.unwrap();
+        let failed = more.last().unwrap().clone();
+        seen.extend(more);
+        assert!(failed.contains("route[0].upstream") && failed.contains("wstap.toml:3:"), "{failed}");
+        std::fs::write(&config, good).unwrap();
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let (_socket, more) = receive(socket, "STOPPING=1").await.unwrap();
         seen.extend(more);

@@ -18,19 +18,19 @@ async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live()
     let _default = tracing::subscriber::set_default(subscriber);
     within(async {
         let dir = scratch_dir("reload");
-        let (config, captures) = (dir.join("wstap.toml"), dir.join("captures"));
+        let (config, captures, moved) = (dir.join("wstap.toml"), dir.join("captures"), dir.join("moved"));
         let echo = echo_upstream().await;
         let plain = fixed_upstream("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnew route").await;
-        let write = |listen: &str, upstream: std::net::SocketAddr| {
+        let write = |listen: &str, upstream: std::net::SocketAddr, capture_dir: &std::path::Path| {
             let toml = format!(
                 "listen = [{listen}]\n[[route]]\npath_prefix = \"/ws\"\nupstream = \"ws://{echo}\"\n\
                  [[route]]\nupstream = \"ws://{upstream}\"\n{}",
-                capture_toml(&captures, "")
+                capture_toml(capture_dir, "")
             );
             std::fs::write(&config, toml).unwrap();
         };
         // Each listener on its own loopback address, so a closed one can be proven closed.
-        write("\"127.0.0.5:0\"", echo);
+        write("\"127.0.0.5:0\"", echo, &captures);
         let proxy = Proxy::start_file(&config).await;
         let first = proxy.addr();
         let mut listening = proxy.listening.clone();
@@ -53,8 +53,9 @@ async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live()
             (ws, sent)
         });
 
-        // Reload: a second listener, and "/" now goes to another upstream.
-        write("\"127.0.0.5:0\", \"127.0.0.6:0\"", plain);
+        // Reload: a second listener, "/" now goes to another upstream, and capture files
+        // go to another directory from the next file on.
+        write("\"127.0.0.5:0\", \"127.0.0.6:0\"", plain, &moved);
         proxy.reload().await;
         listening.wait_for(|l| l.len() == 2).await.unwrap();
         let second = listening.borrow()[1];
@@ -71,7 +72,7 @@ async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live()
         let after_invalid = raw_exchange(first, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(after_invalid.ends_with("new route"), "still on the previous config: {after_invalid}");
         // Then drop the first listener.
-        write("\"127.0.0.6:0\"", plain);
+        write("\"127.0.0.6:0\"", plain, &moved);
         proxy.reload().await;
         listening.wait_for(|l| l.len() == 1).await.unwrap();
         assert_eq!(listening.borrow()[0], second);
@@ -87,8 +88,12 @@ async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live()
 
         // Not one captured byte of the live session was lost across the reloads (each
         // of which starts a new file).
-        let files = the_files(&captures);
-        assert!(files.len() >= 2, "{files:?}");
+        let (before, after) = (the_files(&captures), the_files(&moved));
+        assert!(
+            !before.is_empty() && !after.is_empty(),
+            "the next file went to the new directory: {before:?} {after:?}"
+        );
+        let files: Vec<_> = before.into_iter().chain(after).collect();
         let captured: Vec<Vec<u8>> =
             decode_each(&files, 2).into_iter().flat_map(|(up, _)| up).filter(|m| m.0 == 2).map(|m| m.1).collect();
         assert!(captured == sent, "every message of the live session is captured, once, in order");
