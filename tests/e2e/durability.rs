@@ -149,6 +149,13 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// Mounts one, or says why the test is skipped (mounting needs root).
+    fn mount_or_skip(at: &Path, size: &str) -> Option<SmallDisk> {
+        SmallDisk::mount(at, size).map_err(|why| eprintln!("skipped: mounting a small tmpfs needs root ({why})")).ok()
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
@@ -158,13 +165,7 @@ impl Drop for SmallDisk {
 #[tokio::test]
 async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is_room() {
     let scratch = capture_dir("fulldisk");
-    let disk = match SmallDisk::mount(&scratch, "160k") {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipped: mounting a small tmpfs needs root ({why})");
-            return;
-        }
-    };
+    let Some(disk) = SmallDisk::mount_or_skip(&scratch, "160k") else { return };
     within(async {
         let dir = scratch.join("captures");
         let extra = "flush_interval = \"100ms\"\n[capture.rotate]\nsize = \"64KiB\"\ninterval = \"0s\"\nfiles = 0";
@@ -224,13 +225,7 @@ fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
     use wstap::pcapng::SectionInfo;
     use wstap::recorder::Stats;
     let scratch = capture_dir("episodes");
-    let disk = match SmallDisk::mount(&scratch, "96k") {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipped: mounting a small tmpfs needs root ({why})");
-            return;
-        }
-    };
+    let Some(disk) = SmallDisk::mount_or_skip(&scratch, "96k") else { return };
     let dir = scratch.join("captures");
     let mut s = wstap::config::CaptureSettings::in_dir(&dir);
     (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 0);

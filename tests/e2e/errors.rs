@@ -84,10 +84,7 @@ async fn over_max_connections_new_clients_get_503_and_the_others_go_on() {
 
 #[tokio::test]
 async fn each_failure_is_logged_once_with_its_connection_and_side() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (logs, _capturing) = Logs::capture();
     within(async {
         let refused = closed_port().await;
         let proxy = Proxy::start(&format!(

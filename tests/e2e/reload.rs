@@ -12,10 +12,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (logs, _capturing) = Logs::capture();
     within(async {
         let dir = scratch_dir("reload");
         let (config, captures, moved) = (dir.join("wstap.toml"), dir.join("captures"), dir.join("moved"));

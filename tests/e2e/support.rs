@@ -434,6 +434,15 @@ impl std::io::Write for Logs {
 }
 
 impl Logs {
+    /// Captures this thread's log lines (the in-process daemon's, on a current-thread
+    /// runtime) until the guard drops.
+    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
     pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
         let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
         text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned).collect()
