@@ -399,6 +399,7 @@ pub async fn spawn_daemon_with_env(config: &std::path::Path, env: &[(&str, &str)
     });
     let addr = tokio::task::spawn_blocking(move || {
         let line = rx.iter().find(|l| l.contains("listening")).expect("daemon logged its address");
+        assert!(!line.contains('\u{1b}'), "no ANSI colour when stderr is not a terminal: {line:?}");
         line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
     })
     .await
