@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test install install-files clean
+.PHONY: all build demo test bench-capture install install-files clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -23,6 +23,11 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
+
+# The capture path alone (issue 7's micro-benchmark); `make bench` (the full comparison
+# against direct connections and nginx) is not written yet.
+bench-capture:
+	$(CARGO) bench --bench capture
 
 # sudo make install: the binary, the systemd unit (its paths made to match), and a default
 # config that an existing one is never replaced by. Then: systemctl daemon-reload &&
