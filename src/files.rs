@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -438,10 +438,6 @@ impl FileSink {
         for key in keys {
             self.close_output(key, stats);
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.settings.dir
     }
 }
 

@@ -379,20 +379,32 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
     }
 }
 
+impl<S> Tee<S> {
+    /// After a write: counts what was written and reports it (or the error) to the tap.
+    /// `written` makes the bytes, only if the tap keeps them.
+    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize) -> Bytes) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.count(OUT, *n);
+                if let Some(tap) = &self.tap {
+                    tap.on_chunk(Dir::Out, *n, || written(*n));
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                if let Some(tap) = &self.tap {
+                    tap.on_error(Dir::Out, e);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.count(OUT, *n);
-        }
-        if let Some(tap) = &this.tap {
-            match &result {
-                Poll::Ready(Ok(n)) if *n > 0 => tap.on_bytes(Dir::Out, &buf[..*n]),
-                Poll::Ready(Err(e)) => tap.on_error(Dir::Out, e),
-                _ => {}
-            }
-        }
+        this.wrote(&result, |n| Bytes::copy_from_slice(&buf[..n]));
         result
     }
 
@@ -403,26 +415,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.count(OUT, *n);
-        }
-        if let Some(tap) = &this.tap {
-            match &result {
-                Poll::Ready(Ok(n)) if *n > 0 => {
-                    // Exactly the bytes written, gathered into one chunk, as one write.
-                    tap.on_chunk(Dir::Out, *n, || {
-                        let mut gathered = Vec::with_capacity(*n);
-                        for b in bufs {
-                            let take = (*n - gathered.len()).min(b.len());
-                            gathered.extend_from_slice(&b[..take]);
-                        }
-                        Bytes::from(gathered)
-                    });
-                }
-                Poll::Ready(Err(e)) => tap.on_error(Dir::Out, e),
-                _ => {}
+        // Exactly the bytes written, gathered into one chunk, as one write.
+        this.wrote(&result, |n| {
+            let mut gathered = Vec::with_capacity(n);
+            for b in bufs {
+                let take = (n - gathered.len()).min(b.len());
+                gathered.extend_from_slice(&b[..take]);
             }
-        }
+            Bytes::from(gathered)
+        });
         result
     }
 
