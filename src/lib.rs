@@ -50,6 +50,7 @@ pub mod packet;
 pub mod pcapng;
 pub mod proxy;
 pub mod recorder;
+pub mod replay;
 pub mod route;
 pub mod service;
 pub mod shutdown;

@@ -26,13 +26,101 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// List the WebSocket sessions in capture files (pcap or pcapng, from any tool).
+    Sessions {
+        /// Capture files, read as one capture in this order (a rotated set, say).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also list each message: time, direction, kind, size, a preview.
+        #[arg(long)]
+        messages: bool,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a recorded client against a server and compare its answers with the recording
+    /// (exit 0 matched, 1 mismatch, 2 error).
+    Replay {
+        #[command(flatten)]
+        pick: Pick,
+        /// The server: ws://HOST:PORT, optionally with a path that replaces the recorded one.
+        #[arg(long)]
+        target: String,
+        #[command(flatten)]
+        play: Play,
+    },
+    /// Act as the recorded server for a client, reporting where it diverges.
+    Mock {
+        #[command(flatten)]
+        pick: Pick,
+        /// Where to listen, e.g. 127.0.0.1:9000 (port 0 picks one; the address is printed).
+        #[arg(long)]
+        listen: String,
+        /// Serve one client, then exit with its verdict.
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        play: Play,
+    },
+}
+
+#[derive(clap::Args)]
+struct Pick {
+    /// Capture files, read as one capture in this order.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The session to play, by the id `wstap sessions` shows (needed when there are several).
+    #[arg(long)]
+    session: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct Play {
+    /// Pace messages by the recorded timing scaled by this factor, or `max` to send each as
+    /// soon as the peer's earlier messages are in.
+    #[arg(long, default_value = "1.0", value_parser = parse_speed)]
+    speed: Speed,
+    /// A regex over payload bytes that may differ (timestamps, ids); matches are masked on
+    /// both sides before comparing. Repeatable.
+    #[arg(long, value_name = "REGEX")]
+    ignore: Vec<regex::bytes::Regex>,
+    /// How long to wait for each message from the peer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    wait: std::time::Duration,
+}
+
+#[derive(Clone, Copy)]
+struct Speed(Option<f64>);
+
+fn parse_speed(s: &str) -> Result<Speed, String> {
+    if s == "max" {
+        return Ok(Speed(None));
+    }
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f.is_finite() => Ok(Speed(Some(f))),
+        _ => Err(format!("{s:?} is neither a positive number nor `max`")),
+    }
+}
+
+impl Play {
+    fn options(self) -> wstap::replay::player::Options {
+        wstap::replay::player::Options { speed: self.speed.0, ignore: self.ignore, wait: self.wait }
+    }
 }
 
 fn main() -> ExitCode {
+    use wstap::replay::cli;
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => wstap::Settings::load(&config).map(|s| println!("{s}")).map_err(Into::into),
+        Command::Sessions { files, messages, json } => return cli::sessions(&files, messages, json),
+        Command::Replay { pick, target, play } => {
+            return cli::replay(&pick.files, pick.session, &target, &play.options())
+        }
+        Command::Mock { pick, listen, once, play } => {
+            return cli::mock(&pick.files, pick.session, &listen, once, &play.options())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

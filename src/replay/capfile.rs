@@ -1,0 +1,373 @@
+//! Capture files as packets: classic pcap (µs or ns timestamps, either byte order) and
+//! pcapng (any number of sections and interfaces, any `if_tsresol`, `if_tsoffset`).
+//! Reads from a byte slice, so every packet is a borrowed slice and every error names
+//! the offset where the file stopped making sense. Pure.
+
+use std::fmt;
+
+/// One captured packet, as the file holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct RawPacket<'a> {
+    /// Where its record or block starts in the file.
+    pub offset: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub ts_ns: i128,
+    /// The LINKTYPE_ value of its interface.
+    pub link: u16,
+    pub data: &'a [u8],
+}
+
+/// Why the file cannot be read past `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatError {
+    pub offset: u64,
+    pub what: String,
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at offset {}: {}", self.offset, self.what)
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+/// Reads packets one by one; after the first error it yields nothing more.
+pub struct Reader<'a> {
+    data: &'a [u8],
+    at: usize,
+    format: Format,
+    failed: bool,
+}
+
+enum Format {
+    Pcap { big: bool, nanos: bool, link: u16 },
+    Pcapng { big: bool, interfaces: Vec<Interface> },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interface {
+    link: u16,
+    /// Timestamp units per second.
+    units: u64,
+    /// Seconds added to every timestamp.
+    offset_s: i64,
+}
+
+const SHB: u32 = 0x0A0D_0D0A;
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+
+/// The largest packet either format may hold: a corrupt length above it is an error, not
+/// an allocation.
+const MAX_PACKET: usize = 256 * 1024;
+
+fn err<T>(offset: usize, what: impl Into<String>) -> Result<T, FormatError> {
+    Err(FormatError { offset: offset as u64, what: what.into() })
+}
+
+fn u16_at(b: &[u8], at: usize, big: bool) -> Option<u16> {
+    let v: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
+    Some(if big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) })
+}
+
+fn u32_at(b: &[u8], at: usize, big: bool) -> Option<u32> {
+    let v: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+    Some(if big { u32::from_be_bytes(v) } else { u32::from_le_bytes(v) })
+}
+
+impl<'a> Reader<'a> {
+    /// Recognises the format from the first bytes.
+    pub fn new(data: &'a [u8]) -> Result<Reader<'a>, FormatError> {
+        let Some(magic) = u32_at(data, 0, false) else {
+            return err(0, format!("{} bytes is too short for a capture file", data.len()));
+        };
+        let (format, at) = match magic {
+            0xA1B2_C3D4 | 0xD4C3_B2A1 | 0xA1B2_3C4D | 0x4D3C_B2A1 => {
+                let big = matches!(magic, 0xD4C3_B2A1 | 0x4D3C_B2A1);
+                let nanos = matches!(magic, 0xA1B2_3C4D | 0x4D3C_B2A1);
+                let Some(link) = u32_at(data, 20, big) else {
+                    return err(0, "truncated pcap file header");
+                };
+                (Format::Pcap { big, nanos, link: link as u16 }, 24)
+            }
+            SHB => (Format::Pcapng { big: false, interfaces: Vec::new() }, 0),
+            _ => return err(0, format!("not a pcap or pcapng file (magic {magic:#010x})")),
+        };
+        Ok(Reader { data, at, format, failed: false })
+    }
+
+    fn next_pcap(&mut self, big: bool, nanos: bool, link: u16) -> Result<Option<RawPacket<'a>>, FormatError> {
+        let (d, at) = (self.data, self.at);
+        if at == d.len() {
+            return Ok(None);
+        }
+        let (Some(sec), Some(frac), Some(incl)) = (u32_at(d, at, big), u32_at(d, at + 4, big), u32_at(d, at + 8, big))
+        else {
+            return err(at, format!("truncated record header ({} of 16 bytes)", d.len() - at));
+        };
+        let incl = incl as usize;
+        if incl > MAX_PACKET {
+            return err(at, format!("record claims {incl} captured bytes (more than {MAX_PACKET})"));
+        }
+        let Some(body) = d.get(at + 16..at + 16 + incl) else {
+            return err(
+                at,
+                format!("record of {incl} bytes is cut short: {} remain", d.len() - at - 16.min(d.len() - at)),
+            );
+        };
+        let frac_ns = if nanos { i128::from(frac) } else { i128::from(frac) * 1000 };
+        self.at = at + 16 + incl;
+        Ok(Some(RawPacket { offset: at as u64, ts_ns: i128::from(sec) * 1_000_000_000 + frac_ns, link, data: body }))
+    }
+
+    fn next_pcapng(&mut self) -> Result<Option<RawPacket<'a>>, FormatError> {
+        loop {
+            let (d, at) = (self.data, self.at);
+            if at == d.len() {
+                return Ok(None);
+            }
+            let Some(kind) = u32_at(d, at, false) else {
+                return err(at, "truncated block header");
+            };
+            let Format::Pcapng { big, interfaces } = &mut self.format else { unreachable!() };
+            if kind == SHB {
+                *big = match u32_at(d, at + 8, false) {
+                    Some(BYTE_ORDER_MAGIC) => false,
+                    Some(m) if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
+                    Some(m) => return err(at + 8, format!("bad byte-order magic {m:#010x} in section header")),
+                    None => return err(at, "truncated section header"),
+                };
+                interfaces.clear();
+            }
+            let big = *big;
+            let kind = u32_at(d, at, big).unwrap_or(kind);
+            let Some(len) = u32_at(d, at + 4, big).map(|l| l as usize) else {
+                return err(at, "truncated block header");
+            };
+            if len < 12 || len % 4 != 0 {
+                return err(at, format!("block length {len} is not a multiple of 4 of at least 12"));
+            }
+            if len > MAX_PACKET + 1024 * 1024 {
+                return err(at, format!("block length {len} is implausibly large"));
+            }
+            let Some(block) = d.get(at..at + len) else {
+                return err(at, format!("block of {len} bytes is cut short: {} remain", d.len() - at));
+            };
+            if u32_at(block, len - 4, big) != Some(len as u32) {
+                return err(at + len - 4, "block's trailing length does not match its leading length");
+            }
+            self.at = at + len;
+            let body = &block[8..len - 4];
+            let packet = match kind {
+                SHB => None,
+                1 => {
+                    interfaces.push(
+                        interface(body, big).map_err(|(o, w)| FormatError { offset: (at + 8 + o) as u64, what: w })?,
+                    );
+                    None
+                }
+                6 | 2 => {
+                    // Enhanced (6) or obsolete (2) packet block: the same layout but for
+                    // a 16-bit interface id followed by a drop count in the old one.
+                    let id = if kind == 6 { u32_at(body, 0, big) } else { u16_at(body, 0, big).map(u32::from) };
+                    let (Some(id), Some(hi), Some(lo), Some(caplen)) =
+                        (id, u32_at(body, 4, big), u32_at(body, 8, big), u32_at(body, 12, big))
+                    else {
+                        return err(at, "packet block too short for its fixed fields");
+                    };
+                    let Some(data) = body.get(20..20 + caplen as usize) else {
+                        return err(
+                            at,
+                            format!(
+                                "packet block claims {caplen} captured bytes but holds {}",
+                                body.len().saturating_sub(20)
+                            ),
+                        );
+                    };
+                    let Some(ifc) = interfaces.get(id as usize) else {
+                        return err(
+                            at,
+                            format!("packet block names interface {id}, but the section has {}", interfaces.len()),
+                        );
+                    };
+                    Some(packet(at, ifc, (u64::from(hi) << 32) | u64::from(lo), data))
+                }
+                3 => {
+                    // Simple packet block: interface 0, no timestamp.
+                    let Some(ifc) = interfaces.first() else {
+                        return err(at, "simple packet block before any interface description");
+                    };
+                    let orig = u32_at(body, 0, big).unwrap_or(0) as usize;
+                    let data = &body[4.min(body.len())..];
+                    Some(packet(at, ifc, 0, &data[..orig.min(data.len())]))
+                }
+                _ => None,
+            };
+            if packet.is_some() {
+                return Ok(packet);
+            }
+        }
+    }
+}
+
+fn packet<'a>(at: usize, ifc: &Interface, ts: u64, data: &'a [u8]) -> RawPacket<'a> {
+    let ts = i128::from(ts);
+    let units = i128::from(ifc.units);
+    let ts_ns = ts / units * 1_000_000_000 + ts % units * 1_000_000_000 / units;
+    RawPacket { offset: at as u64, ts_ns: ts_ns + i128::from(ifc.offset_s) * 1_000_000_000, link: ifc.link, data }
+}
+
+/// An interface description block's body: link type, then options.
+fn interface(body: &[u8], big: bool) -> Result<Interface, (usize, String)> {
+    let link = u16_at(body, 0, big).ok_or((0, "interface description too short".to_string()))?;
+    let mut ifc = Interface { link, units: 1_000_000, offset_s: 0 };
+    let mut at = 8;
+    while let (Some(code), Some(len)) = (u16_at(body, at, big), u16_at(body, at + 2, big)) {
+        let len = usize::from(len);
+        let value =
+            body.get(at + 4..at + 4 + len).ok_or((at, format!("option {code} of {len} bytes overruns its block")))?;
+        match (code, value) {
+            (0, _) => break,
+            (9, &[r]) => {
+                let exp = u32::from(r & 0x7f);
+                let units = if r & 0x80 == 0 { 10u64.checked_pow(exp) } else { 2u64.checked_pow(exp) };
+                ifc.units = units.filter(|&u| u > 0).ok_or((at, format!("if_tsresol {r:#04x} is out of range")))?;
+            }
+            (14, v) if v.len() == 8 => {
+                let v: [u8; 8] = v.try_into().unwrap_or_default();
+                ifc.offset_s = if big { i64::from_be_bytes(v) } else { i64::from_le_bytes(v) };
+            }
+            _ => {}
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    Ok(ifc)
+}
+
+impl<'a> Iterator for Reader<'a> {
+    type Item = Result<RawPacket<'a>, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let result = match self.format {
+            Format::Pcap { big, nanos, link } => self.next_pcap(big, nanos, link),
+            Format::Pcapng { .. } => self.next_pcapng(),
+        };
+        self.failed = result.is_err();
+        result.transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcap(big: bool, nanos: bool, records: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w16 = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut f = Vec::new();
+        f.extend(w32(if nanos { 0xA1B2_3C4D } else { 0xA1B2_C3D4 }));
+        f.extend(w16(2));
+        f.extend(w16(4));
+        f.extend([0; 8]);
+        f.extend(w32(65535));
+        f.extend(w32(101));
+        for (s, frac, data) in records {
+            f.extend(w32(*s));
+            f.extend(w32(*frac));
+            f.extend(w32(data.len() as u32));
+            f.extend(w32(data.len() as u32));
+            f.extend(*data);
+        }
+        f
+    }
+
+    #[test]
+    fn pcap_in_both_byte_orders_and_resolutions() {
+        for big in [false, true] {
+            for nanos in [false, true] {
+                let f = pcap(big, nanos, &[(10, 5, b"abc"), (11, 0, b"")]);
+                let p: Vec<_> = Reader::new(&f).unwrap().collect::<Result<_, _>>().unwrap();
+                assert_eq!(p.len(), 2);
+                assert_eq!(p[0].ts_ns, 10_000_000_000 + if nanos { 5 } else { 5000 });
+                assert_eq!((p[0].link, p[0].data, p[0].offset), (101, &b"abc"[..], 24));
+                assert_eq!(p[1].offset, 24 + 16 + 3);
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_pcap_names_the_record() {
+        let f = pcap(false, false, &[(1, 0, b"abcdef")]);
+        let mut r = Reader::new(&f[..f.len() - 2]).unwrap();
+        let e = r.next().unwrap().unwrap_err();
+        assert_eq!(e.offset, 24);
+        assert!(e.what.contains("cut short"), "{e}");
+        assert!(r.next().is_none());
+    }
+
+    fn block(kind: u32, body: &[u8], big: bool) -> Vec<u8> {
+        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut body = body.to_vec();
+        body.resize(body.len().div_ceil(4) * 4, 0);
+        let len = body.len() as u32 + 12;
+        [&w32(kind)[..], &w32(len), &body, &w32(len)].concat()
+    }
+
+    fn pcapng_section(big: bool, tsresol: Option<u8>, packets: &[(u64, &[u8])]) -> Vec<u8> {
+        let w32 = |v: u32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let w16 = |v: u16| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut f = block(SHB, &[&w32(BYTE_ORDER_MAGIC)[..], &w16(1), &w16(0), &[0xff; 8]].concat(), big);
+        let mut idb = [&w16(1)[..], &w16(0), &w32(0)].concat();
+        if let Some(r) = tsresol {
+            idb.extend([&w16(9)[..], &w16(1), &[r, 0, 0, 0], &w16(0), &w16(0)].concat());
+        }
+        f.extend(block(1, &idb, big));
+        for (ts, data) in packets {
+            let epb = [
+                &w32(0)[..],
+                &w32((ts >> 32) as u32),
+                &w32(*ts as u32),
+                &w32(data.len() as u32),
+                &w32(data.len() as u32),
+                data,
+            ]
+            .concat();
+            f.extend(block(6, &epb, big));
+        }
+        f
+    }
+
+    #[test]
+    fn pcapng_sections_resolutions_and_byte_orders() {
+        let mut f = pcapng_section(false, None, &[(1_500_000, b"one")]);
+        f.extend(pcapng_section(true, Some(9), &[(2_000_000_001, b"two")]));
+        f.extend(pcapng_section(false, Some(0x80 | 10), &[(3 << 10, b"three")]));
+        let p: Vec<_> = Reader::new(&f).unwrap().collect::<Result<_, _>>().unwrap();
+        let got: Vec<_> = p.iter().map(|p| (p.ts_ns, p.data, p.link)).collect();
+        assert_eq!(
+            got,
+            [(1_500_000_000, &b"one"[..], 1), (2_000_000_001, &b"two"[..], 1), (3_000_000_000, &b"three"[..], 1)]
+        );
+    }
+
+    #[test]
+    fn pcapng_errors_name_offsets() {
+        let f = pcapng_section(false, None, &[(1, b"abcd")]);
+        let epb_at = f.len() - 36;
+        let mut bad = f.clone();
+        bad[epb_at + 4] = 0x30; // the leading length no longer matches the trailing one
+        let e = Reader::new(&bad).unwrap().find_map(Result::err).unwrap();
+        assert!(e.offset as usize >= epb_at, "{e}");
+        let e = Reader::new(&f[..f.len() - 3]).unwrap().find_map(Result::err).unwrap();
+        assert_eq!((e.offset as usize, e.what.contains("cut short")), (epb_at, true), "{e}");
+        let e = Reader::new(b"hello, world").err().unwrap();
+        assert!(e.what.contains("not a pcap"), "{e}");
+        let mut no_ifc = f.clone();
+        no_ifc[epb_at + 8] = 3; // interface 3 of 1
+        let e = Reader::new(&no_ifc).unwrap().find_map(Result::err).unwrap();
+        assert!(e.what.contains("interface 3"), "{e}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The `sessions`, `replay` and `mock` commands: reading files, choosing a session,
+//! printing listings, progress and summaries. Exit codes: 0 matched (or listed cleanly),
+//! 1 mismatch (or the files had problems), 2 error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::player::{self, kind_name, preview, Options, Report, Step};
+use super::{Message, Recording, Sender, Session};
+
+pub const MATCHED: u8 = 0;
+pub const MISMATCH: u8 = 1;
+pub const ERROR: u8 = 2;
+
+fn utc(ts_ns: i128) -> String {
+    let t = UNIX_EPOCH + Duration::from_nanos(ts_ns.clamp(0, u64::MAX as i128) as u64);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn close_codes(s: &Session) -> String {
+    let code = |who| s.close_code(who).map_or("-".to_string(), |c| c.to_string());
+    format!("{}/{}", code(Sender::Client), code(Sender::Server))
+}
+
+fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "type": "message",
+        "session": s.id,
+        "index": index,
+        "time": utc(m.ts_ns),
+        "sender": m.sender,
+        "kind": m.kind,
+        "size": m.data.len(),
+        "frames": m.frames,
+        "compressed": m.compressed,
+        "incomplete": m.incomplete,
+    });
+    match std::str::from_utf8(&m.data) {
+        Ok(t) if m.kind != super::Kind::Binary => v["text"] = t.into(),
+        _ => v["hex"] = m.data.iter().map(|b| format!("{b:02x}")).collect::<String>().into(),
+    }
+    v
+}
+
+fn session_json(s: &Session) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    v["type"] = "session".into();
+    v["time"] = utc(s.start_ts_ns).into();
+    v["messages_client"] = s.count(Sender::Client).into();
+    v["messages_server"] = s.count(Sender::Server).into();
+    v["close_client"] = s.close_code(Sender::Client).into();
+    v["close_server"] = s.close_code(Sender::Server).into();
+    v
+}
+
+/// `wstap sessions`.
+pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
+    let rec = match super::open_all(files) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut print = |line: String| writeln!(out, "{line}").is_ok();
+    if !json {
+        print(format!(
+            "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  CLOSE(C/S)",
+            "ID", "START (UTC)", "CLIENT → SERVER", "PATH", "C→S", "S→C"
+        ));
+    }
+    for s in &rec.sessions {
+        let ok = if json {
+            print(session_json(s).to_string())
+        } else {
+            print(format!(
+                "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  {}{}",
+                s.id,
+                utc(s.start_ts_ns),
+                format!("{} → {}", s.client, s.server),
+                s.path,
+                s.count(Sender::Client),
+                s.count(Sender::Server),
+                close_codes(s),
+                if s.problems.is_empty() { "" } else { "  (damaged)" }
+            ))
+        };
+        if !ok {
+            return ExitCode::from(MATCHED); // stdout closed (a pager quit): nothing more to say
+        }
+        for (i, m) in s.messages.iter().enumerate().filter(|_| messages) {
+            let line = if json {
+                message_json(s, i + 1, m).to_string()
+            } else {
+                format!(
+                    "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
+                    i + 1,
+                    (m.ts_ns - s.start_ts_ns) as f64 / 1e9,
+                    m.sender.arrow(),
+                    kind_name(m.kind),
+                    m.data.len(),
+                    preview(m.kind, &m.data, 60),
+                    if m.incomplete { "  (incomplete)" } else { "" }
+                )
+            };
+            if !print(line) {
+                return ExitCode::from(MATCHED);
+            }
+        }
+    }
+    report_problems(&rec);
+    ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
+}
+
+fn report_problems(rec: &Recording) {
+    for p in &rec.problems {
+        eprintln!("wstap: warning: {p}");
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("wstap: {e}");
+    ExitCode::from(ERROR)
+}
+
+/// Loads the files and picks the session to play: the one asked for, or the only one.
+fn choose(files: &[PathBuf], id: Option<usize>) -> Result<Session, String> {
+    let rec = super::open_all(files).map_err(|e| e.to_string())?;
+    report_problems(&rec);
+    let s = match id {
+        Some(id) => rec
+            .session(id)
+            .ok_or_else(|| format!("no session {id}: the capture has {} (see `wstap sessions`)", rec.sessions.len()))?,
+        None if rec.sessions.len() == 1 => &rec.sessions[0],
+        None if rec.sessions.is_empty() => return Err("the capture holds no WebSocket session".into()),
+        None => {
+            return Err(format!(
+                "the capture holds {} sessions: choose one with --session (see `wstap sessions`)",
+                rec.sessions.len()
+            ))
+        }
+    };
+    if let Some(m) = s.messages.iter().position(|m| m.incomplete) {
+        return Err(format!(
+            "session {}: message #{} is incomplete in the capture, so it cannot be played",
+            s.id,
+            m + 1
+        ));
+    }
+    Ok(s.clone())
+}
+
+fn print_step(step: &Step) {
+    println!("  {step}");
+}
+
+fn finish(result: anyhow::Result<Report>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            println!("{}", report.summary());
+            ExitCode::from(if report.matched() { MATCHED } else { MISMATCH })
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// `wstap replay`.
+pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options) -> ExitCode {
+    let session = match choose(files, id) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    println!(
+        "replaying session {} ({} {}, {} client and {} server messages) against {target}",
+        session.id,
+        session.method,
+        session.path,
+        session.count(Sender::Client),
+        session.count(Sender::Server)
+    );
+    match runtime() {
+        Ok(rt) => finish(rt.block_on(player::replay(&session, target, opts, print_step))),
+        Err(e) => fail(e),
+    }
+}
+
+/// `wstap mock`: serves the recorded server to one client after another, or to one with
+/// `once`.
+pub fn mock(files: &[PathBuf], id: Option<usize>, listen: &str, once: bool, opts: &Options) -> ExitCode {
+    let session = match choose(files, id) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("--listen {listen}: {e}")),
+        };
+        let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
+        println!("mocking session {} ({}) on ws://{addr}{}", session.id, session.path, session.path);
+        loop {
+            let result = player::mock(&session, &listener, opts, print_step).await;
+            let code = finish(result);
+            if once {
+                return code;
+            }
+        }
+    })
+}

@@ -1,0 +1,129 @@
+//! Captures as test fixtures: read any pcap or pcapng file — wstap's own, or one made by
+//! tcpdump, dumpcap or Wireshark — rebuild the WebSocket sessions in it, and replay a
+//! session's client against a server ([`player::replay`]) or act as its server
+//! ([`player::mock`]).
+//!
+//! The reading path, every stage pure:
+//!
+//! ```text
+//! capfile (pcap/pcapng records) ─▶ dissect (link, IP, TCP) ─▶ reassembly (byte streams,
+//!   gaps) ─▶ session (HTTP exchanges, Upgrade, frames, inflate) ─▶ Session { messages }
+//! ```
+//!
+//! Loading a fixture in a Rust test:
+//!
+//! ```no_run
+//! use wstap::replay::{self, Kind, Sender};
+//!
+//! let recording = replay::open("tests/fixtures/golden-session.pcapng")?;
+//! assert!(recording.problems.is_empty(), "{:?}", recording.problems);
+//! let session = &recording.sessions[0];
+//! assert_eq!(session.path, "/echo");
+//! for m in session.messages.iter().filter(|m| m.kind == Kind::Text) {
+//!     let who = if m.sender == Sender::Client { "client" } else { "server" };
+//!     println!("{who}: {}", String::from_utf8_lossy(&m.data));
+//! }
+//! # Ok::<(), wstap::replay::Error>(())
+//! ```
+
+pub mod capfile;
+pub mod cli;
+pub mod dissect;
+pub mod player;
+pub mod reassembly;
+pub mod session;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use capfile::FormatError;
+pub use session::{Kind, Message, Sender, Session};
+
+/// Everything read from one or more capture files.
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// The WebSocket sessions, in the order their connections were first seen.
+    pub sessions: Vec<Session>,
+    /// What could not be read: damaged files (with the offset) and damaged sessions.
+    /// The sessions above are still everything that could be.
+    pub problems: Vec<String>,
+    /// Packets read, and those that were not TCP segments (or not understood).
+    pub packets: u64,
+    pub skipped: u64,
+    /// TCP connections that carried no WebSocket session.
+    pub other_connections: usize,
+}
+
+impl Recording {
+    /// The session with this id.
+    pub fn session(&self, id: usize) -> Option<&Session> {
+        self.sessions.iter().find(|s| s.id == id)
+    }
+}
+
+/// A file that could not be read at all.
+#[derive(Debug)]
+pub enum Error {
+    Io(PathBuf, std::io::Error),
+    Format(PathBuf, FormatError),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            Error::Format(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Reads one capture file.
+pub fn open(path: impl AsRef<Path>) -> Result<Recording, Error> {
+    open_all(&[path])
+}
+
+/// Reads several capture files as one capture, in the order given (a rotated set, say):
+/// a session that crosses from one file to the next is one session.
+pub fn open_all<P: AsRef<Path>>(paths: &[P]) -> Result<Recording, Error> {
+    let files = paths
+        .iter()
+        .map(|p| std::fs::read(p).map(|b| (p.as_ref().to_path_buf(), b)).map_err(|e| Error::Io(p.as_ref().into(), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let borrowed: Vec<_> = files.iter().map(|(p, b)| (p.as_path(), b.as_slice())).collect();
+    read(&borrowed)
+}
+
+/// Reads captures already in memory, each named for its messages.
+pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
+    let mut rec = Recording::default();
+    let mut tcp = reassembly::Reassembler::new();
+    for (path, bytes) in files {
+        let reader = capfile::Reader::new(bytes).map_err(|e| Error::Format(path.to_path_buf(), e))?;
+        for packet in reader {
+            let packet = match packet {
+                Ok(p) => p,
+                Err(e) => {
+                    rec.problems.push(format!("{}: {e}; nothing after it was read", path.display()));
+                    break;
+                }
+            };
+            rec.packets += 1;
+            match dissect::segment(packet.link, packet.data) {
+                Ok(s) => tcp.push(packet.ts_ns, &s),
+                Err(_) => rec.skipped += 1,
+            }
+        }
+    }
+    for conn in tcp.finish() {
+        match session::decode(&conn, rec.sessions.len() + 1) {
+            Some(s) => {
+                rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
+                rec.sessions.push(s);
+            }
+            None => rec.other_connections += 1,
+        }
+    }
+    Ok(rec)
+}

@@ -1,0 +1,375 @@
+//! TCP reassembly: segments, in capture order, become each connection's two byte streams,
+//! interleaved in the order their bytes became readable. Out-of-order segments wait for
+//! the bytes before them; retransmitted and overlapping bytes are dropped, the first copy
+//! captured winning; a connection seen without its SYN is picked up at its first segment;
+//! bytes the capture missed become explicit [`Piece::Gap`]s — never glued over. Pure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use super::dissect::Segment;
+
+/// What became readable in one direction, at `ts_ns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Data(Vec<u8>),
+    /// This many bytes were on the wire but not in the capture.
+    Gap(u64),
+    Fin,
+    Rst,
+}
+
+/// One step of a connection's conversation. `from` is 0 for `Conn::a`, 1 for `Conn::b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub from: usize,
+    pub ts_ns: i128,
+    pub piece: Piece,
+}
+
+/// A reassembled TCP connection. `a` sent the SYN when the capture saw one; otherwise it
+/// is the sender of the first segment seen.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub a: SocketAddr,
+    pub b: SocketAddr,
+    pub first_ts_ns: i128,
+    /// The capture began after the connection did (no SYN from `a`).
+    pub midstream: bool,
+    pub events: Vec<Event>,
+    /// Bytes seen again (retransmissions and overlaps) and dropped.
+    pub duplicate_bytes: u64,
+    /// Segments that arrived ahead of a hole and waited.
+    pub out_of_order: u64,
+}
+
+/// Bytes waiting for a hole to fill, per direction, beyond which the hole is given up on.
+const MAX_PENDING: usize = 8 << 20;
+
+#[derive(Default)]
+struct Half {
+    isn: Option<u32>,
+    started: bool,
+    /// The next byte expected, as a sequence number and as a stream offset.
+    next_seq: u32,
+    next: u64,
+    pending: BTreeMap<u64, (i128, Vec<u8>)>,
+    pending_bytes: usize,
+    fin_at: Option<u64>,
+    done: bool,
+}
+
+impl Half {
+    /// The stream offset of sequence number `seq`, taken as the nearest one to `next`.
+    fn offset(&self, seq: u32) -> i64 {
+        self.next as i64 + i64::from(seq.wrapping_sub(self.next_seq) as i32)
+    }
+}
+
+struct Live {
+    conn: Conn,
+    halves: [Half; 2],
+}
+
+/// Feeds segments in capture order; [`Reassembler::finish`] returns the connections.
+#[derive(Default)]
+pub struct Reassembler {
+    by_key: HashMap<(SocketAddr, SocketAddr), usize>,
+    live: Vec<Live>,
+}
+
+fn key(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl Reassembler {
+    pub fn new() -> Reassembler {
+        Reassembler::default()
+    }
+
+    pub fn push(&mut self, ts_ns: i128, s: &Segment<'_>) {
+        let k = key(s.src, s.dst);
+        let reuse = self.by_key.get(&k).copied().filter(|&i| {
+            let l = &self.live[i];
+            let from = usize::from(l.conn.a != s.src);
+            let h = &l.halves[from];
+            // A fresh SYN on a finished tuple, or with another ISN, is a new connection.
+            let closed = l.halves.iter().all(|h| h.done) || l.halves.iter().any(|h| h.fin_at.is_some());
+            !(s.syn && s.ack.is_none() && (closed || h.isn.is_some_and(|isn| isn != s.seq)))
+        });
+        let i = reuse.unwrap_or_else(|| {
+            let (a, b) = if s.syn && s.ack.is_some() { (s.dst, s.src) } else { (s.src, s.dst) };
+            let conn = Conn {
+                a,
+                b,
+                first_ts_ns: ts_ns,
+                midstream: false,
+                events: Vec::new(),
+                duplicate_bytes: 0,
+                out_of_order: 0,
+            };
+            if let Some(old) = self.by_key.insert(k, self.live.len()) {
+                self.live[old].flush(ts_ns);
+            }
+            self.live.push(Live { conn, halves: Default::default() });
+            self.live.len() - 1
+        });
+        self.live[i].segment(ts_ns, s);
+    }
+
+    /// Ends every stream: what still waits for a hole is delivered after a gap.
+    pub fn finish(mut self) -> Vec<Conn> {
+        for l in &mut self.live {
+            l.flush(i128::MIN);
+        }
+        self.live.into_iter().map(|l| l.conn).collect()
+    }
+}
+
+impl Live {
+    fn segment(&mut self, ts: i128, s: &Segment<'_>) {
+        let from = usize::from(self.conn.a != s.src);
+        let h = &mut self.halves[from];
+        if h.done {
+            return;
+        }
+        let mut seq = s.seq;
+        if s.syn {
+            h.isn.get_or_insert(s.seq);
+            seq = seq.wrapping_add(1);
+        }
+        if !h.started {
+            h.started = true;
+            h.next_seq = seq;
+            if from == 0 && !s.syn {
+                self.conn.midstream = true;
+            }
+        }
+        let start = h.offset(seq);
+        if !s.payload.is_empty() {
+            self.insert(from, ts, start, s.payload);
+        }
+        if s.fin {
+            let h = &mut self.halves[from];
+            let at = (start + s.payload.len() as i64).max(h.next as i64) as u64;
+            h.fin_at.get_or_insert(at);
+        }
+        if let Some(ack) = s.ack {
+            self.acked(1 - from, ts, ack);
+        }
+        self.drain(from, ts);
+        if s.rst {
+            self.flush(ts);
+            self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Rst });
+        }
+    }
+
+    /// Queues `data` at stream offset `start`, keeping only bytes not seen before.
+    fn insert(&mut self, from: usize, ts: i128, start: i64, data: &[u8]) {
+        let h = &mut self.halves[from];
+        let end = start + data.len() as i64;
+        let mut at = start.max(h.next as i64);
+        self.conn.duplicate_bytes += (at.min(end) - start).max(0) as u64;
+        // Cut around what already waits: earlier copies win.
+        let mut pieces = Vec::new();
+        while at < end {
+            let covering = h.pending.range(..=at as u64).next_back().map(|(&o, (_, d))| o + d.len() as u64);
+            if let Some(covered_to) = covering.filter(|&c| c > at as u64) {
+                let skip = (covered_to as i64).min(end);
+                self.conn.duplicate_bytes += (skip - at) as u64;
+                at = skip;
+                continue;
+            }
+            let next_start = h.pending.range(at as u64 + 1..).next().map_or(end, |(&o, _)| (o as i64).min(end));
+            pieces.push((at as u64, data[(at - start) as usize..(next_start - start) as usize].to_vec()));
+            at = next_start;
+        }
+        if pieces.first().is_some_and(|(o, _)| *o > h.next) {
+            self.conn.out_of_order += 1;
+        }
+        for (o, d) in pieces {
+            h.pending_bytes += d.len();
+            h.pending.insert(o, (ts, d));
+        }
+        while self.halves[from].pending_bytes > MAX_PENDING {
+            self.gap_to_pending(from, ts);
+            self.drain(from, ts);
+        }
+    }
+
+    /// The other end acknowledged up to `ack`: bytes before it that the capture never
+    /// showed, while later ones wait, were lost by the capture, not the network.
+    fn acked(&mut self, from: usize, ts: i128, ack: u32) {
+        let h = &self.halves[from];
+        if !h.started || h.pending.is_empty() {
+            return;
+        }
+        if h.offset(ack) > h.next as i64 {
+            self.gap_to_pending(from, ts);
+            self.drain(from, ts);
+        }
+    }
+
+    fn gap_to_pending(&mut self, from: usize, ts: i128) {
+        let h = &mut self.halves[from];
+        let Some((&first, _)) = h.pending.first_key_value() else { return };
+        let n = first - h.next;
+        if n > 0 {
+            h.next = first;
+            h.next_seq = h.next_seq.wrapping_add(n as u32);
+            self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Gap(n) });
+        }
+    }
+
+    /// Delivers whatever is now contiguous, then the FIN if its turn has come.
+    fn drain(&mut self, from: usize, ts: i128) {
+        let h = &mut self.halves[from];
+        while let Some(entry) = h.pending.first_entry() {
+            if *entry.key() > h.next {
+                break;
+            }
+            let (o, (_, d)) = entry.remove_entry();
+            h.pending_bytes -= d.len();
+            let skip = (h.next - o) as usize;
+            if skip < d.len() {
+                let d = d[skip..].to_vec();
+                h.next += d.len() as u64;
+                h.next_seq = h.next_seq.wrapping_add(d.len() as u32);
+                self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Data(d) });
+            }
+        }
+        if h.fin_at.is_some_and(|f| f <= h.next) && !h.done {
+            h.done = true;
+            self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Fin });
+        }
+    }
+
+    /// Gives up on every hole: pending bytes follow gaps; a FIN beyond them too.
+    fn flush(&mut self, ts: i128) {
+        for from in 0..2 {
+            let at =
+                |h: &Half| if ts == i128::MIN { h.pending.values().map(|(t, _)| *t).max().unwrap_or(0) } else { ts };
+            while !self.halves[from].pending.is_empty() {
+                let t = at(&self.halves[from]);
+                self.gap_to_pending(from, t);
+                self.drain(from, t);
+            }
+            let h = &mut self.halves[from];
+            if let (Some(f), false) = (h.fin_at, h.done) {
+                let t = self.conn.events.last().map_or(self.conn.first_ts_ns, |e| e.ts_ns).max(ts);
+                if f > h.next {
+                    self.conn.events.push(Event { from, ts_ns: t, piece: Piece::Gap(f - h.next) });
+                }
+                h.next = f;
+                h.done = true;
+                self.conn.events.push(Event { from, ts_ns: t, piece: Piece::Fin });
+            }
+            self.halves[from].done = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "10.0.0.1:4000";
+    const S: &str = "10.0.0.2:80";
+
+    fn seg(src: &str, seq: u32, flags: &str, payload: &'static [u8]) -> Segment<'static> {
+        let (src, dst): (SocketAddr, SocketAddr) =
+            if src == C { (C.parse().unwrap(), S.parse().unwrap()) } else { (S.parse().unwrap(), C.parse().unwrap()) };
+        Segment {
+            src,
+            dst,
+            seq,
+            ack: None,
+            syn: flags.contains('S'),
+            fin: flags.contains('F'),
+            rst: flags.contains('R'),
+            payload,
+        }
+    }
+
+    fn run(segs: &[Segment<'static>]) -> Vec<Conn> {
+        let mut r = Reassembler::new();
+        for (t, s) in segs.iter().enumerate() {
+            r.push(t as i128, s);
+        }
+        r.finish()
+    }
+
+    fn stream(c: &Conn, from: usize) -> Vec<Piece> {
+        c.events.iter().filter(|e| e.from == from).map(|e| e.piece.clone()).collect()
+    }
+
+    #[test]
+    fn out_of_order_retransmitted_and_overlapping_segments() {
+        let c = run(&[
+            seg(C, 99, "S", b""),
+            seg(S, 499, "S", b""),
+            seg(C, 106, "", b"world"), // early
+            seg(C, 100, "", b"hello "),
+            seg(C, 100, "", b"HELLO "), // retransmission: dropped
+            seg(C, 109, "", b"LD!!"),   // overlaps "ld" then adds "!!"
+            seg(C, 114, "", b"?"),      // ahead again
+            seg(C, 114, "", b"X"),      // same start: the first copy wins
+            seg(C, 113, "", b"#"),      // fills the hole exactly
+            seg(C, 115, "F", b""),
+        ]);
+        assert_eq!(c.len(), 1);
+        let text: Vec<u8> = stream(&c[0], 0)
+            .into_iter()
+            .filter_map(|p| if let Piece::Data(d) = p { Some(d) } else { None })
+            .flatten()
+            .collect();
+        assert_eq!(text, b"hello world!!#?");
+        assert_eq!(stream(&c[0], 0).last(), Some(&Piece::Fin));
+        assert!(!c[0].midstream);
+        assert_eq!(c[0].out_of_order, 2);
+        assert_eq!(c[0].duplicate_bytes, 6 + 2 + 1);
+    }
+
+    #[test]
+    fn a_lost_segment_is_a_gap_not_glue() {
+        let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "F", b"ghi")]);
+        assert_eq!(
+            stream(&c[0], 0),
+            [Piece::Data(b"abc".to_vec()), Piece::Gap(3), Piece::Data(b"ghi".to_vec()), Piece::Fin]
+        );
+        // The receiver acknowledging past the hole declares it at once.
+        let mut ack = seg(S, 50, "", b"");
+        ack.ack = Some(10);
+        let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "", b"ghi"), ack]);
+        assert_eq!(c[0].events[1], Event { from: 0, ts_ns: 3, piece: Piece::Gap(3) });
+    }
+
+    #[test]
+    fn midstream_pickup_wraparound_and_new_connections_on_one_tuple() {
+        let c = run(&[
+            seg(C, u32::MAX - 1, "", b"ab"),
+            seg(C, 0, "", b"cd"),
+            seg(S, 7, "R", b""),
+            seg(C, 1000, "S", b""),
+            seg(C, 1001, "", b"new"),
+        ]);
+        assert_eq!(c.len(), 2);
+        assert!(c[0].midstream && !c[1].midstream);
+        assert_eq!(stream(&c[0], 0), [Piece::Data(b"ab".to_vec()), Piece::Data(b"cd".to_vec())]);
+        assert_eq!(c[0].events.last().unwrap().piece, Piece::Rst);
+        assert_eq!(stream(&c[1], 0), [Piece::Data(b"new".to_vec())]);
+    }
+
+    #[test]
+    fn syn_ack_first_makes_its_receiver_the_client() {
+        let mut synack = seg(S, 10, "S", b"");
+        synack.ack = Some(1);
+        let c = run(&[synack, seg(C, 1, "", b"GET")]);
+        assert_eq!(c[0].a, C.parse().unwrap());
+        assert_eq!(stream(&c[0], 0), [Piece::Data(b"GET".to_vec())]);
+    }
+}

@@ -1,0 +1,701 @@
+//! From a reassembled connection to a WebSocket session: the HTTP/1.1 exchanges on it
+//! (plain requests first, if any, bodies skipped by their framing), the Upgrade request
+//! and its `101`, then RFC 6455 frames in each direction — unmasked, fragments joined,
+//! control frames between fragments kept in place, permessage-deflate inflated when the
+//! handshake negotiated it. Frame headers are parsed by tungstenite. Pure.
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+
+use flate2::{Decompress, FlushDecompress, Status};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+use super::reassembly::{Conn, Piece};
+
+/// Who sent a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sender {
+    Client,
+    Server,
+}
+
+impl Sender {
+    pub fn arrow(self) -> &'static str {
+        match self {
+            Sender::Client => "C→S",
+            Sender::Server => "S→C",
+        }
+    }
+}
+
+/// A message's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Text,
+    Binary,
+    Ping,
+    Pong,
+    Close,
+}
+
+/// One WebSocket message, with its payload as the application saw it (unmasked, joined,
+/// inflated).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Message {
+    pub sender: Sender,
+    /// When its last byte was captured: nanoseconds since the Unix epoch.
+    pub ts_ns: i128,
+    pub kind: Kind,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+    pub frames: u32,
+    /// Sent compressed (permessage-deflate).
+    pub compressed: bool,
+    /// Some of its bytes are missing from the capture (a gap), or it never finished.
+    pub incomplete: bool,
+}
+
+impl Message {
+    /// The close code of a close message, if it carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.kind == Kind::Close && self.data.len() >= 2).then(|| u16::from_be_bytes([self.data[0], self.data[1]]))
+    }
+}
+
+/// A WebSocket session found in a capture.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Session {
+    /// 1-based, in the order the capture saw the sessions' first packets.
+    pub id: usize,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub start_ts_ns: i128,
+    pub method: String,
+    pub path: String,
+    /// The Upgrade request's header fields, in order.
+    pub request_headers: Vec<(String, String)>,
+    pub status: u16,
+    pub response_headers: Vec<(String, String)>,
+    /// permessage-deflate was negotiated.
+    pub deflate: bool,
+    #[serde(skip)]
+    pub messages: Vec<Message>,
+    /// What was wrong with this session's bytes; empty for a clean one.
+    pub problems: Vec<String>,
+}
+
+impl Session {
+    pub fn count(&self, sender: Sender) -> usize {
+        self.messages.iter().filter(|m| m.sender == sender).count()
+    }
+
+    /// The close code `sender` sent, if it sent a close message with one.
+    pub fn close_code(&self, sender: Sender) -> Option<u16> {
+        self.messages.iter().find(|m| m.sender == sender && m.kind == Kind::Close).and_then(Message::close_code)
+    }
+
+    /// A request header's value (name compared case-insensitively).
+    pub fn request_header(&self, name: &str) -> Option<&str> {
+        self.request_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The largest message or gap this reader will hold in memory.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// One direction's bytes, with the holes the capture left and when each byte arrived.
+#[derive(Default)]
+struct Stream {
+    bytes: Vec<u8>,
+    gaps: Vec<(usize, usize)>,
+    /// (end offset, timestamp, order) of each piece that arrived.
+    arrivals: Vec<(usize, i128, usize)>,
+    /// The stream stops being usable here (a gap too large to hold).
+    cut: Option<String>,
+}
+
+impl Stream {
+    fn has_gap(&self, from: usize, to: usize) -> bool {
+        self.gaps.iter().any(|&(s, e)| s < to && e > from)
+    }
+
+    /// When the byte before `end` arrived, and in which place of the conversation.
+    fn arrival(&self, end: usize) -> (i128, usize) {
+        let i = self.arrivals.partition_point(|a| a.0 < end);
+        self.arrivals.get(i).or(self.arrivals.last()).map_or((0, 0), |a| (a.1, a.2))
+    }
+}
+
+fn streams(conn: &Conn) -> [Stream; 2] {
+    let mut s: [Stream; 2] = Default::default();
+    for (order, e) in conn.events.iter().enumerate() {
+        let st = &mut s[e.from];
+        if st.cut.is_some() {
+            continue;
+        }
+        match &e.piece {
+            Piece::Data(d) => st.bytes.extend_from_slice(d),
+            Piece::Gap(n) if (*n as usize) <= MAX_MESSAGE => {
+                let at = st.bytes.len();
+                st.gaps.push((at, at + *n as usize));
+                st.bytes.resize(at + *n as usize, 0);
+            }
+            Piece::Gap(n) => st.cut = Some(format!("the capture lost {n} bytes at stream offset {}", st.bytes.len())),
+            Piece::Fin | Piece::Rst => continue,
+        }
+        st.arrivals.push((st.bytes.len(), e.ts_ns, order));
+    }
+    s
+}
+
+/// A parsed HTTP head: its length, the start line's parts and the fields.
+struct Head {
+    len: usize,
+    method: String,
+    path: String,
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+fn fields(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    h.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect()
+}
+
+fn request(b: &[u8]) -> Result<Option<Head>, String> {
+    let mut h = [httparse::EMPTY_HEADER; 100];
+    let mut r = httparse::Request::new(&mut h);
+    match r.parse(b).map_err(|e| format!("bad HTTP request: {e}"))? {
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(len) => Ok(Some(Head {
+            len,
+            method: r.method.unwrap_or_default().to_string(),
+            path: r.path.unwrap_or_default().to_string(),
+            status: 0,
+            headers: fields(r.headers),
+        })),
+    }
+}
+
+fn response(b: &[u8]) -> Result<Option<Head>, String> {
+    let mut h = [httparse::EMPTY_HEADER; 100];
+    let mut r = httparse::Response::new(&mut h);
+    match r.parse(b).map_err(|e| format!("bad HTTP response: {e}"))? {
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(len) => Ok(Some(Head {
+            len,
+            method: String::new(),
+            path: String::new(),
+            status: r.code.unwrap_or_default(),
+            headers: fields(r.headers),
+        })),
+    }
+}
+
+/// How many body bytes follow a head at `at`: `None` when the body runs to the end of
+/// the stream (or the stream ends first).
+fn body_len(head: &Head, b: &[u8], at: usize, no_body: bool) -> Result<Option<usize>, String> {
+    if no_body {
+        return Ok(Some(0));
+    }
+    if head.has_token("transfer-encoding", "chunked") {
+        let mut p = at;
+        loop {
+            let Some(line_end) = b[p.min(b.len())..].windows(2).position(|w| w == b"\r\n").map(|i| p + i) else {
+                return Ok(None);
+            };
+            let size = std::str::from_utf8(&b[p..line_end]).ok().and_then(|l| {
+                let hex = l.split(';').next()?.trim();
+                usize::from_str_radix(hex, 16).ok()
+            });
+            let size = size.ok_or_else(|| format!("bad chunk size line at stream offset {p}"))?;
+            p = line_end + 2;
+            if size == 0 {
+                // Trailer fields, then the blank line.
+                let mut q = p;
+                while let Some(i) = b[q.min(b.len())..].windows(2).position(|w| w == b"\r\n") {
+                    if i == 0 {
+                        return Ok(Some(q + 2 - at));
+                    }
+                    q += i + 2;
+                }
+                return Ok(None);
+            }
+            p = p.checked_add(size + 2).ok_or("chunk size overflows")?;
+        }
+    }
+    match head.field("content-length") {
+        Some(v) => v.trim().parse().map(Some).map_err(|_| format!("bad Content-Length {v:?}")),
+        None if head.status == 0 => Ok(Some(0)),
+        None => Ok(None),
+    }
+}
+
+/// Where the WebSocket frames start in each direction, after the HTTP exchanges.
+struct Upgrade {
+    request: Head,
+    response: Head,
+    at: [usize; 2],
+}
+
+fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, String> {
+    let (c, sv) = (&s[client], &s[1 - client]);
+    let (mut ci, mut si) = (0, 0);
+    loop {
+        if ci >= c.bytes.len() {
+            return Ok(None);
+        }
+        if c.has_gap(ci, ci + 1) {
+            return Err(format!("the capture lost bytes of an HTTP request at stream offset {ci}"));
+        }
+        let Some(req) = request(&c.bytes[ci..])? else { return Ok(None) };
+        let upgrade = req.has_token("upgrade", "websocket") || req.has_token("connection", "upgrade");
+        let req_body = body_len(&req, &c.bytes, ci + req.len, false)?.unwrap_or(0);
+        // Interim responses (100 Continue) come before the real one.
+        let res = loop {
+            if sv.has_gap(si, (si + 1).min(sv.bytes.len())) {
+                return Err(format!("the capture lost bytes of an HTTP response at stream offset {si}"));
+            }
+            let Some(res) = response(sv.bytes.get(si..).unwrap_or_default())? else { return Ok(None) };
+            if (100..200).contains(&res.status) && res.status != 101 {
+                si += res.len;
+                continue;
+            }
+            break res;
+        };
+        if upgrade && res.status == 101 {
+            return Ok(Some(Upgrade { at: [ci + req.len + req_body, si + res.len], request: req, response: res }));
+        }
+        let no_body = req.method == "HEAD" || res.status == 204 || res.status == 304;
+        let Some(res_body) = body_len(&res, &sv.bytes, si + res.len, no_body)? else { return Ok(None) };
+        ci += req.len + req_body;
+        si += res.len + res_body;
+    }
+}
+
+/// One direction's frame decoding state.
+struct Decoder {
+    sender: Sender,
+    inflate: Option<(Decompress, bool)>,
+    /// The data message being assembled: kind, payload, frames, compressed, incomplete.
+    partial: Option<(Kind, Vec<u8>, u32, bool, bool)>,
+}
+
+impl Decoder {
+    /// Decodes frames from `at`; messages are pushed with the order of their last byte.
+    fn run(&mut self, st: &Stream, mut at: usize, out: &mut Vec<(usize, usize, Message)>, problems: &mut Vec<String>) {
+        let who = self.sender.arrow();
+        let b = &st.bytes;
+        while at < b.len() {
+            let header_end = (at + 14).min(b.len());
+            if st.has_gap(at, header_end.min(at + 2)) {
+                problems.push(format!("{who}: the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"));
+                return;
+            }
+            let mut cur = Cursor::new(&b[at..]);
+            let (header, len) = match FrameHeader::parse(&mut cur) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    problems.push(format!("{who}: bad frame header at stream offset {at}: {e}"));
+                    return;
+                }
+            };
+            let start = at + cur.position() as usize;
+            if st.has_gap(at, start) {
+                problems.push(format!("{who}: the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"));
+                return;
+            }
+            if len > MAX_MESSAGE as u64 {
+                problems.push(format!(
+                    "{who}: frame at stream offset {at} claims {len} bytes, more than this reader holds"
+                ));
+                return;
+            }
+            let end = start + len as usize;
+            let complete = end <= b.len();
+            let mut payload = b[start..end.min(b.len())].to_vec();
+            if let Some(mask) = header.mask {
+                payload.iter_mut().enumerate().for_each(|(i, x)| *x ^= mask[i % 4]);
+            }
+            let gap = st.has_gap(start, end) || !complete;
+            let (ts, order) = st.arrival(end.min(b.len()));
+            self.frame(&header, payload, gap, ts, order, end, out, problems);
+            if !complete {
+                problems.push(format!("{who}: the stream ends inside a {len}-byte frame at stream offset {at}"));
+                return;
+            }
+            at = end;
+        }
+        if at < b.len() {
+            problems.push(format!("{who}: the stream ends inside a frame header at stream offset {at}"));
+        }
+        if let Some(why) = &st.cut {
+            problems.push(format!("{who}: {why}"));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn frame(
+        &mut self,
+        h: &FrameHeader,
+        payload: Vec<u8>,
+        gap: bool,
+        ts_ns: i128,
+        order: usize,
+        end: usize,
+        out: &mut Vec<(usize, usize, Message)>,
+        problems: &mut Vec<String>,
+    ) {
+        let (sender, who) = (self.sender, self.sender.arrow());
+        let msg = move |kind, data, frames, compressed, incomplete| Message {
+            sender,
+            ts_ns,
+            kind,
+            data,
+            frames,
+            compressed,
+            incomplete,
+        };
+        let kind = match h.opcode {
+            OpCode::Control(c) => {
+                let kind = match c {
+                    Control::Ping => Kind::Ping,
+                    Control::Pong => Kind::Pong,
+                    Control::Close => Kind::Close,
+                    Control::Reserved(r) => {
+                        problems.push(format!("{who}: reserved control opcode {r:#x} at stream offset {end}"));
+                        return;
+                    }
+                };
+                out.push((order, end, msg(kind, payload, 1, false, gap)));
+                return;
+            }
+            OpCode::Data(Data::Text) => Kind::Text,
+            OpCode::Data(Data::Binary) => Kind::Binary,
+            OpCode::Data(Data::Continue) => {
+                let Some(p) = self.partial.as_mut() else {
+                    problems.push(format!(
+                        "{who}: continuation frame with no message to continue, ending at stream offset {end}"
+                    ));
+                    return;
+                };
+                p.1.extend_from_slice(&payload);
+                p.2 += 1;
+                p.4 |= gap;
+                if h.is_final {
+                    let (kind, data, frames, compressed, incomplete) =
+                        self.partial.take().unwrap_or((Kind::Binary, Vec::new(), 0, false, false));
+                    let (data, incomplete) = self.finish(data, compressed, incomplete, end, problems);
+                    out.push((order, end, msg(kind, data, frames, compressed, incomplete)));
+                }
+                return;
+            }
+            OpCode::Data(Data::Reserved(r)) => {
+                problems.push(format!("{who}: reserved data opcode {r:#x}, frame ending at stream offset {end}"));
+                return;
+            }
+        };
+        if let Some(p) = self.partial.take() {
+            problems.push(format!(
+                "{who}: a new message began before the fragmented one ({} bytes so far) ended",
+                p.1.len()
+            ));
+            out.push((order, end, msg(p.0, p.1, p.2, p.3, true)));
+        }
+        let compressed = h.rsv1;
+        if h.is_final {
+            let (data, incomplete) = self.finish(payload, compressed, gap, end, problems);
+            out.push((order, end, msg(kind, data, 1, compressed, incomplete)));
+        } else {
+            self.partial = Some((kind, payload, 1, compressed, gap));
+        }
+    }
+
+    /// Inflates a compressed message; keeps the raw bytes if that fails.
+    fn finish(
+        &mut self,
+        data: Vec<u8>,
+        compressed: bool,
+        incomplete: bool,
+        end: usize,
+        problems: &mut Vec<String>,
+    ) -> (Vec<u8>, bool) {
+        if !compressed || incomplete {
+            return (data, incomplete);
+        }
+        let who = self.sender.arrow();
+        let Some((z, takeover)) = self.inflate.as_mut() else {
+            problems.push(format!("{who}: compressed message (RSV1) ending at stream offset {end}, but no permessage-deflate was negotiated"));
+            return (data, true);
+        };
+        if !*takeover {
+            z.reset(false);
+        }
+        let input = [&data[..], &[0, 0, 0xff, 0xff]].concat();
+        let mut out = Vec::with_capacity(input.len() * 3);
+        let (in0, mut used) = (z.total_in(), 0usize);
+        loop {
+            if out.len() == out.capacity() {
+                out.reserve(out.len().max(4096));
+            }
+            let status = z.decompress_vec(&input[used..], &mut out, FlushDecompress::Sync);
+            used = (z.total_in() - in0) as usize;
+            match status {
+                Ok(Status::Ok | Status::BufError) if used < input.len() && out.len() < MAX_MESSAGE => continue,
+                Ok(_) if out.len() == out.capacity() && out.len() < MAX_MESSAGE => continue,
+                Ok(_) => return (out, false),
+                Err(e) => {
+                    problems.push(format!("{who}: message ending at stream offset {end} does not inflate: {e}"));
+                    return (data, true);
+                }
+            }
+        }
+    }
+}
+
+/// The WebSocket session on `conn`, if it carries one.
+pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
+    let s = streams(conn);
+    let looks_http = |st: &Stream| st.bytes.first().is_some_and(u8::is_ascii_uppercase) && request(&st.bytes).is_ok();
+    // The client is the SYN's sender; a connection picked up mid-way: whoever talks HTTP.
+    let client = if conn.midstream && !looks_http(&s[0]) && looks_http(&s[1]) { 1 } else { 0 };
+    let mut problems = Vec::new();
+    if conn.midstream {
+        problems.push("the capture began after this connection opened".to_string());
+    }
+    // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
+    let up = find_upgrade(&s, client).ok()??;
+    let takeover = crate::deflate::takeover(&head_text(&up.response));
+    let mut out = Vec::new();
+    for (i, who) in [(client, Sender::Client), (1 - client, Sender::Server)] {
+        // Server→client context takeover is the second flag.
+        let inflate = takeover.map(|t| (Decompress::new(false), t[usize::from(who == Sender::Server)]));
+        let mut d = Decoder { sender: who, inflate, partial: None };
+        d.run(&s[i], up.at[usize::from(who == Sender::Server)], &mut out, &mut problems);
+        if let Some(p) = d.partial.take() {
+            problems.push(format!("{}: the capture ends inside a fragmented message", who.arrow()));
+            let (ts_ns, order) = s[i].arrival(s[i].bytes.len());
+            out.push((
+                order,
+                usize::MAX,
+                Message { sender: who, ts_ns, kind: p.0, data: p.1, frames: p.2, compressed: p.3, incomplete: true },
+            ));
+        }
+    }
+    out.sort_by_key(|(order, end, m)| (*order, m.sender == Sender::Server, *end));
+    let (client_addr, server_addr) = if client == 0 { (conn.a, conn.b) } else { (conn.b, conn.a) };
+    Some(Session {
+        id,
+        client: client_addr,
+        server: server_addr,
+        start_ts_ns: conn.first_ts_ns,
+        method: up.request.method,
+        path: up.request.path,
+        request_headers: up.request.headers,
+        status: up.response.status,
+        response_headers: up.response.headers,
+        deflate: takeover.is_some(),
+        messages: out.into_iter().map(|(_, _, m)| m).collect(),
+        problems,
+    })
+}
+
+fn head_text(h: &Head) -> Vec<u8> {
+    h.headers.iter().flat_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes()).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::replay::reassembly::Event;
+    use flate2::{Compress, Compression, FlushCompress};
+
+    pub(crate) fn session_with_path(path: &str) -> Session {
+        Session {
+            id: 1,
+            client: "127.0.0.1:1".parse().unwrap(),
+            server: "127.0.0.1:2".parse().unwrap(),
+            start_ts_ns: 0,
+            method: "GET".into(),
+            path: path.into(),
+            request_headers: Vec::new(),
+            status: 101,
+            response_headers: Vec::new(),
+            deflate: false,
+            messages: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// A frame as a client (masked) or server would send it.
+    fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut f = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
+        let m = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(m | n as u8),
+            n if n < 65536 => {
+                f.push(m | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend((n as u64).to_be_bytes());
+            }
+        }
+        let key = [0x11, 0x22, 0x33, 0x44];
+        if masked {
+            f.extend(key);
+        }
+        f.extend(payload.iter().enumerate().map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }));
+        f
+    }
+
+    const UPGRADE: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const SWITCH: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
+
+    fn conn(pieces: Vec<(usize, Piece)>) -> Conn {
+        let events =
+            pieces.into_iter().enumerate().map(|(t, (from, piece))| Event { from, ts_ns: t as i128, piece }).collect();
+        Conn {
+            a: "10.0.0.1:5000".parse().unwrap(),
+            b: "10.0.0.2:80".parse().unwrap(),
+            first_ts_ns: 0,
+            midstream: false,
+            events,
+            duplicate_bytes: 0,
+            out_of_order: 0,
+        }
+    }
+
+    fn data(from: usize, b: &[u8]) -> (usize, Piece) {
+        (from, Piece::Data(b.to_vec()))
+    }
+
+    fn summary(s: &Session) -> Vec<(Sender, Kind, Vec<u8>, u32)> {
+        s.messages.iter().map(|m| (m.sender, m.kind, m.data.clone(), m.frames)).collect()
+    }
+
+    #[test]
+    fn plain_requests_then_upgrade_then_fragments_with_a_ping_between() {
+        let big = vec![7u8; 70_000];
+        let c = conn(vec![
+            data(0, b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz"),
+            data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            data(0, b"GET /b HTTP/1.1\r\n\r\n"),
+            data(1, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            data(0, UPGRADE),
+            data(1, format!("{SWITCH}\r\n").as_bytes()),
+            data(0, &[frame(false, false, 1, b"hel", true), frame(true, false, 9, b"p", true)].concat()),
+            data(0, &frame(true, false, 0, b"lo", true)),
+            data(1, &frame(true, false, 2, &big, false)),
+            data(0, &frame(true, false, 8, &[3, 232, b'o', b'k'], true)),
+            data(1, &frame(true, false, 8, &[3, 232], false)),
+            (0, Piece::Fin),
+        ]);
+        let s = decode(&c, 1).unwrap();
+        assert_eq!((s.method.as_str(), s.path.as_str(), s.status), ("GET", "/chat?x=1", 101));
+        assert_eq!(s.request_header("sec-websocket-version"), Some("13"));
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(
+            summary(&s),
+            [
+                (Sender::Client, Kind::Ping, b"p".to_vec(), 1),
+                (Sender::Client, Kind::Text, b"hello".to_vec(), 2),
+                (Sender::Server, Kind::Binary, big, 1),
+                (Sender::Client, Kind::Close, vec![3, 232, b'o', b'k'], 1),
+                (Sender::Server, Kind::Close, vec![3, 232], 1),
+            ]
+        );
+        assert_eq!((s.close_code(Sender::Client), s.close_code(Sender::Server)), (Some(1000), Some(1000)));
+        assert_eq!(s.messages[1].ts_ns, 7, "a message is timed by its last byte");
+        assert_eq!((s.count(Sender::Client), s.count(Sender::Server)), (3, 2));
+    }
+
+    fn deflate(z: &mut Compress, text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len() + 64);
+        z.compress_vec(text, &mut out, FlushCompress::Sync).unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[test]
+    fn permessage_deflate_with_and_without_context_takeover() {
+        for (params, reset) in [("", false), ("; server_no_context_takeover; client_no_context_takeover", true)] {
+            let mut z = Compress::new(Compression::default(), false);
+            let mut msgs = Vec::new();
+            for text in [&b"hello hello hello"[..], b"hello hello hello again"] {
+                if reset {
+                    z.reset();
+                }
+                msgs.push(frame(true, true, 1, &deflate(&mut z, text), false));
+            }
+            let c = conn(vec![
+                data(0, UPGRADE),
+                data(1, format!("{SWITCH}Sec-WebSocket-Extensions: permessage-deflate{params}\r\n\r\n").as_bytes()),
+                data(1, &msgs.concat()),
+            ]);
+            let s = decode(&c, 1).unwrap();
+            assert!(s.deflate && s.problems.is_empty(), "{params}: {:?}", s.problems);
+            let texts: Vec<_> = s.messages.iter().map(|m| (m.compressed, m.data.clone())).collect();
+            assert_eq!(
+                texts,
+                [(true, b"hello hello hello".to_vec()), (true, b"hello hello hello again".to_vec())],
+                "{params}"
+            );
+        }
+    }
+
+    #[test]
+    fn gaps_inside_payloads_mark_messages_and_gaps_in_headers_stop_the_direction() {
+        let f = frame(true, false, 2, b"0123456789", false);
+        let c = conn(vec![
+            data(0, UPGRADE),
+            data(1, format!("{SWITCH}\r\n").as_bytes()),
+            data(1, &f[..4]),
+            (1, Piece::Gap(3)),
+            data(1, &f[7..]),
+            data(1, &frame(true, false, 1, b"after", false)),
+            (1, Piece::Gap(2)),
+            data(1, b"junk"),
+        ]);
+        let s = decode(&c, 1).unwrap();
+        assert_eq!(s.messages.len(), 2);
+        assert!(s.messages[0].incomplete && !s.messages[1].incomplete);
+        assert_eq!(s.messages[1].data, b"after");
+        assert!(s.problems.iter().any(|p| p.contains("lost a frame header")), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn not_websocket_is_no_session_and_bad_frames_are_reported() {
+        let plain =
+            conn(vec![data(0, b"GET / HTTP/1.1\r\n\r\n"), data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")]);
+        assert!(decode(&plain, 1).is_none());
+        assert!(decode(&conn(vec![data(0, b"\x16\x03\x01 tls hello")]), 1).is_none());
+        let bad = conn(vec![data(0, UPGRADE), data(1, format!("{SWITCH}\r\n").as_bytes()), data(1, &[0x83, 0x00])]);
+        let s = decode(&bad, 1).unwrap();
+        assert!(s.problems.iter().any(|p| p.contains("invalid opcode")), "{:?}", s.problems);
+        let cont = conn(vec![
+            data(0, UPGRADE),
+            data(1, format!("{SWITCH}\r\n").as_bytes()),
+            data(1, &frame(true, false, 0, b"x", false)),
+        ]);
+        assert!(decode(&cont, 1).unwrap().problems.iter().any(|p| p.contains("continuation")));
+    }
+}
