@@ -157,6 +157,9 @@ fn print_step(step: &Step) {
 fn finish(result: anyhow::Result<Report>) -> ExitCode {
     match result {
         Ok(report) => {
+            for step in report.steps.iter().filter(|s| s.is_failure()) {
+                println!("  {step}");
+            }
             println!("{}", report.summary());
             ExitCode::from(if report.matched() { MATCHED } else { MISMATCH })
         }

@@ -42,6 +42,11 @@ pub enum Step {
         kind: Kind,
         len: usize,
     },
+    /// A message from the peer arrived (compared at the end).
+    Received {
+        kind: Kind,
+        len: usize,
+    },
     Matched {
         index: usize,
         kind: Kind,
@@ -66,7 +71,7 @@ pub enum Step {
 
 impl Step {
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Step::Sent { .. } | Step::Matched { .. })
+        !matches!(self, Step::Sent { .. } | Step::Received { .. } | Step::Matched { .. })
     }
 }
 
@@ -75,6 +80,7 @@ impl std::fmt::Display for Step {
         let msg = |(k, d): &(Kind, Vec<u8>)| format!("{} {}", kind_name(*k), preview(*k, d, 60));
         match self {
             Step::Sent { index, kind, len } => write!(f, "#{index} sent {} ({len} B)", kind_name(*kind)),
+            Step::Received { kind, len } => write!(f, "received {} ({len} B)", kind_name(*kind)),
             Step::Matched { index, kind, len } => write!(f, "#{index} ok {} ({len} B)", kind_name(*kind)),
             Step::Different { index, expected, got } => {
                 let at = expected
@@ -253,7 +259,9 @@ pub async fn mock(
     converse(ws, session, Sender::Server, opts, report, on_step).await
 }
 
-/// Walks the recording as `me`.
+/// Walks the recording as `me`: each of our messages is sent once the peer's messages
+/// recorded before it are in (or the peer went quiet for `wait`) and its time has come;
+/// then everything the peer sent is compared with what it sent in the recording.
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: WebSocketStream<S>,
     session: &Session,
@@ -262,63 +270,157 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     mut report: Report,
     mut on_step: impl FnMut(&Step),
 ) -> anyhow::Result<Report> {
-    report.steps.iter().for_each(&mut on_step);
-    let mut step = |report: &mut Report, s: Step| {
-        on_step(&s);
-        report.steps.push(s);
-    };
+    let expected: Vec<(usize, Kind, Vec<u8>)> = session
+        .messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.sender != me && matches!(m.kind, Kind::Text | Kind::Binary | Kind::Close))
+        .map(|(i, m)| (i + 1, m.kind, m.data.clone()))
+        .collect();
+    let mut peer = Peer { got: Vec::new(), closed: false, quiet: false };
     let start = Instant::now();
-    let (mut closed_by_me, mut closed_by_peer) = (false, false);
+    let mut closed_by_me = false;
     for (i, m) in session.messages.iter().enumerate() {
-        let index = i + 1;
-        if m.sender == me {
-            if m.kind == Kind::Pong || closed_by_me {
-                continue;
-            }
-            if let Some(speed) = opts.speed {
-                let after = (m.ts_ns - session.start_ts_ns).max(0) as f64 / speed;
-                tokio::time::sleep_until(start + Duration::from_nanos(after as u64)).await;
-            }
-            closed_by_me |= m.kind == Kind::Close;
-            if closed_by_peer && m.kind != Kind::Close {
-                continue;
-            }
-            ws.send(to_ws(m)).await?;
-            step(&mut report, Step::Sent { index, kind: m.kind, len: m.data.len() });
+        if m.sender != me || m.kind == Kind::Pong || closed_by_me {
             continue;
         }
-        if matches!(m.kind, Kind::Ping | Kind::Pong) {
+        let due = expected.partition_point(|e| e.0 < i + 1);
+        peer.collect(&mut ws, due, opts.wait, &mut on_step).await;
+        if let Some(speed) = opts.speed {
+            let after = (m.ts_ns - session.start_ts_ns).max(0) as f64 / speed;
+            tokio::time::sleep_until(start + Duration::from_nanos(after as u64)).await;
+        }
+        closed_by_me |= m.kind == Kind::Close;
+        if peer.closed {
+            // The peer closed first: the library has answered its close already.
             continue;
         }
-        let expected = (m.kind, m.data.clone());
-        let got = if closed_by_peer { None } else { wait_for(&mut ws, opts.wait).await };
-        match got {
-            None => {
-                closed_by_peer = true;
-                step(&mut report, Step::Missing { index, expected });
-            }
-            Some(got) => {
-                closed_by_peer |= got.0 == Kind::Close;
-                if same(&expected, &got, &opts.ignore) {
-                    step(&mut report, Step::Matched { index, kind: got.0, len: got.1.len() });
-                } else {
-                    step(&mut report, Step::Different { index, expected, got });
-                }
-            }
+        if ws.send(to_ws(m)).await.is_err() {
+            // Gone: what it did not get shows as missing replies.
+            peer.closed = true;
+            continue;
         }
+        let sent = Step::Sent { index: i + 1, kind: m.kind, len: m.data.len() };
+        on_step(&sent);
+        report.steps.push(sent);
     }
-    // The recording is over: close if it did not, and anything the peer still sends
-    // before its close is more than the recording had.
-    if !closed_by_me && !closed_by_peer {
-        ws.send(Ws::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await?;
+    peer.collect(&mut ws, expected.len(), opts.wait, &mut on_step).await;
+    // The recording is over: close if it did not; whatever the peer still sends before
+    // its close is more than the recording had.
+    if !closed_by_me && !peer.closed {
+        peer.closed =
+            ws.send(Ws::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await.is_err();
     }
-    while let Some(got) = wait_for(&mut ws, opts.wait).await {
-        if got.0 == Kind::Close {
-            break;
-        }
-        step(&mut report, Step::Extra { got });
-    }
+    peer.quiet = false;
+    peer.collect(&mut ws, usize::MAX, opts.wait, &mut on_step).await;
+    report.steps.extend(diff(&expected, &peer.got, &opts.ignore));
     Ok(report)
+}
+
+/// What the peer sent so far.
+struct Peer {
+    got: Vec<(Kind, Vec<u8>)>,
+    closed: bool,
+    /// It let `wait` pass without a message: later waits do not wait again until it speaks.
+    quiet: bool,
+}
+
+impl Peer {
+    /// Receives until `n` messages are in, the peer closes, or it stays quiet.
+    async fn collect<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        n: usize,
+        wait: Duration,
+        on_step: &mut impl FnMut(&Step),
+    ) {
+        while self.got.len() < n && !self.closed {
+            let Some(got) = wait_for(ws, if self.quiet { Duration::ZERO } else { wait }).await else {
+                self.quiet = true;
+                return;
+            };
+            self.quiet = false;
+            self.closed = got.0 == Kind::Close;
+            on_step(&Step::Received { kind: got.0, len: got.1.len() });
+            self.got.push(got);
+        }
+    }
+}
+
+/// Pairs the recorded messages with the received ones: the longest common subsequence
+/// of equal messages matches; between two matches, messages of the same kind and
+/// similar size are the same message changed; the rest are missing or extra. So one
+/// added or lost message is reported as that, not as every later message differing.
+fn diff(expected: &[(usize, Kind, Vec<u8>)], got: &[(Kind, Vec<u8>)], ignore: &[Regex]) -> Vec<Step> {
+    let exp = |i: usize| (expected[i].1, expected[i].2.clone());
+    let equal = lcs(expected.len(), got.len(), |i, j| same(&exp(i), &got[j], ignore));
+    let mut steps = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    for &(mi, mj) in equal.iter().chain(&[(expected.len(), got.len())]) {
+        // A hunk: expected[i..mi] against got[j..mj].
+        let similar = |a: usize, b: usize| {
+            expected[i + a].1 == got[j + b].0 && likeness(&expected[i + a].2, &got[j + b].1) >= 0.5
+        };
+        let pairs = lcs(mi - i, mj - j, similar);
+        let (mut a, mut b) = (0, 0);
+        for &(pa, pb) in pairs.iter().chain(&[(mi - i, mj - j)]) {
+            steps.extend((a..pa).map(|k| Step::Missing { index: expected[i + k].0, expected: exp(i + k) }));
+            steps.extend((b..pb).map(|k| Step::Extra { got: got[j + k].clone() }));
+            if pa < mi - i {
+                steps.push(Step::Different {
+                    index: expected[i + pa].0,
+                    expected: exp(i + pa),
+                    got: got[j + pb].clone(),
+                });
+            }
+            (a, b) = (pa + 1, pb + 1);
+        }
+        if mi < expected.len() {
+            steps.push(Step::Matched { index: expected[mi].0, kind: got[mj].0, len: got[mj].1.len() });
+        }
+        (i, j) = (mi + 1, mj + 1);
+    }
+    steps
+}
+
+/// How alike two payloads are, 0 to 1: the share of positions holding the same byte
+/// (ASCII case aside), over the longer length.
+fn likeness(a: &[u8], b: &[u8]) -> f64 {
+    let same = a.iter().zip(b).filter(|(x, y)| x.eq_ignore_ascii_case(y)).count();
+    if a.is_empty() && b.is_empty() {
+        1.0
+    } else {
+        same as f64 / a.len().max(b.len()) as f64
+    }
+}
+
+/// The index pairs of a longest common subsequence under `eq`. Quadratic, so beyond
+/// a few thousand messages a side it falls back to pairing in order.
+fn lcs(n: usize, m: usize, eq: impl Fn(usize, usize) -> bool) -> Vec<(usize, usize)> {
+    if n.saturating_mul(m) > 16_000_000 {
+        return (0..n.min(m)).filter(|&k| eq(k, k)).map(|k| (k, k)).collect();
+    }
+    // len[i * w + j]: the LCS length of the suffixes from i and from j.
+    let w = m + 1;
+    let mut len = vec![0u32; (n + 1) * w];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            len[i * w + j] =
+                if eq(i, j) { len[(i + 1) * w + j + 1] + 1 } else { len[(i + 1) * w + j].max(len[i * w + j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < n && j < m {
+        if eq(i, j) && len[i * w + j] == len[(i + 1) * w + j + 1] + 1 {
+            out.push((i, j));
+            (i, j) = (i + 1, j + 1);
+        } else if len[(i + 1) * w + j] >= len[i * w + j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
 }
 
 fn to_ws(m: &Message) -> Ws {
@@ -386,6 +488,34 @@ mod tests {
         assert!(!same(&a, &c, &re));
         assert!(!same(&a, &(Kind::Binary, a.1.clone()), &[]));
         assert!(same(&(Kind::Close, vec![3, 232, b'x']), &(Kind::Close, vec![3, 232]), &[]));
+    }
+
+    fn text(s: &str) -> (Kind, Vec<u8>) {
+        (Kind::Text, s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_added_message_is_extra_not_a_shift_of_everything_after_it() {
+        let expected: Vec<_> = ["hello", "json-one", "fragment"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (2 * i + 2, Kind::Text, s.as_bytes().to_vec()))
+            .collect();
+        let got = vec![text("HELLO"), text("surprise!!"), text("JSON-ONE"), text("fragment"), text("more")];
+        let steps = diff(&expected, &got, &[]);
+        assert_eq!(
+            steps,
+            [
+                Step::Different { index: 2, expected: text("hello"), got: text("HELLO") },
+                Step::Extra { got: text("surprise!!") },
+                Step::Different { index: 4, expected: text("json-one"), got: text("JSON-ONE") },
+                Step::Matched { index: 6, kind: Kind::Text, len: 8 },
+                Step::Extra { got: text("more") },
+            ]
+        );
+        let lost = diff(&expected, &[text("hello"), text("fragment")], &[]);
+        assert_eq!(lost[1], Step::Missing { index: 4, expected: text("json-one") });
+        assert_eq!(lost.iter().filter(|s| s.is_failure()).count(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod durability;
 mod errors;
 mod http;
 mod reload;
+mod replay;
 mod shutdown;
 mod support;
 mod websocket;

@@ -1,0 +1,205 @@
+//! Captures as fixtures: sessions recorded by the daemon are read back with the library
+//! and the `sessions` command, replayed against a live upstream with `replay`, and served
+//! to a live client with `mock`. Foreign captures (tcpdump, dumpcap, hand-made) decode
+//! message for message; damaged files give errors, never panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+use wstap::replay::{self, Kind, Sender};
+
+use crate::capture::{capture_dir, capture_toml, the_files};
+use crate::support::*;
+
+const WSTAP: &str = env!("CARGO_BIN_EXE_wstap");
+
+/// Runs `wstap args…` to the end: (exit code, stdout, stderr).
+async fn wstap(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(WSTAP).args(args).output().await.unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+/// The client messages of the recorded session, as the test sends them.
+fn conversation() -> Vec<Message> {
+    vec![
+        Message::text("héllo wörld"),
+        Message::binary((0..=255u8).collect::<Vec<_>>()),
+        Message::binary(noise(200 * 1024)),
+        Message::text(r#"{"op":"time","at":1764000000123}"#),
+    ]
+}
+
+/// Records one session through the daemon to an echo upstream; returns the capture.
+async fn record(name: &str) -> (Scratch, PathBuf) {
+    let dir = capture_dir(name);
+    let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/chat?room=7")).await.unwrap();
+    for m in conversation() {
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), m);
+    }
+    fragmented_round_trip(&mut ws).await;
+    close_and_stop(ws, proxy).await;
+    let file = the_files(&dir).remove(0);
+    (dir, file)
+}
+
+/// An upstream that echoes, but upper-cases text and adds an extra message after the
+/// third one: a new build that behaves differently.
+async fn changed_upstream() -> std::net::SocketAddr {
+    serve(|stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+        let mut n = 0;
+        while let Some(Ok(msg)) = ws.next().await {
+            n += 1;
+            let reply = match msg {
+                Message::Text(t) => Message::text(t.to_uppercase()),
+                Message::Binary(b) => Message::Binary(b),
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() || (n == 3 && ws.send(Message::text("surprise")).await.is_err()) {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_captured_session_reads_back_message_for_message() {
+    within(async {
+        let (_dir, file) = record("replay-read").await;
+        let rec = replay::open(&file).unwrap();
+        assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        // Both legs: client ↔ wstap and wstap ↔ upstream.
+        assert_eq!(rec.sessions.len(), 2, "{:?}", rec.sessions);
+        let mut want: Vec<(Kind, Vec<u8>)> = conversation()
+            .into_iter()
+            .map(|m| match m {
+                Message::Text(t) => (Kind::Text, t.as_bytes().to_vec()),
+                other => (Kind::Binary, other.into_data().to_vec()),
+            })
+            .collect();
+        want.push((Kind::Text, b"fragmented".to_vec()));
+        for s in &rec.sessions {
+            assert_eq!((s.method.as_str(), s.path.as_str(), s.status), ("GET", "/chat?room=7", 101));
+            for who in [Sender::Client, Sender::Server] {
+                let got: Vec<_> = s
+                    .messages
+                    .iter()
+                    .filter(|m| m.sender == who && m.kind != Kind::Close)
+                    .map(|m| (m.kind, m.data.clone()))
+                    .collect();
+                assert_eq!(got, want, "session {} {who:?}", s.id);
+            }
+            assert_eq!(s.messages.iter().find(|m| m.data == b"fragmented").unwrap().frames, 3);
+            assert_eq!(s.messages.last().unwrap().kind, Kind::Close);
+            // In order: each echo follows its message.
+            let order: Vec<Sender> = s.messages.iter().map(|m| m.sender).collect();
+            assert!(order.chunks(2).all(|p| p == [Sender::Client, Sender::Server]), "{order:?}");
+        }
+
+        let (code, out, err) = wstap(&["sessions", file.to_str().unwrap(), "--messages"]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("/chat?room=7") && out.contains("\"héllo wörld\"") && out.contains("0x000102"), "{out}");
+        let (code, out, _) = wstap(&["sessions", file.to_str().unwrap(), "--json"]).await;
+        assert_eq!(code, 0);
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            (first["messages_client"].as_u64(), first["messages_server"].as_u64()),
+            (Some(6), Some(6)),
+            "{first}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_matches_the_same_upstream_and_diffs_a_changed_one() {
+    within(async {
+        let (_dir, file) = record("replay-run").await;
+        let f = file.to_str().unwrap();
+        let same = format!("ws://{}", echo_upstream().await);
+        let (code, out, err) = wstap(&["replay", f, "--session", "2", "--target", &same, "--speed", "max"]).await;
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(out.contains("MATCH: 6 sent; 6 of 6 expected matched, 0 different, 0 missing, 0 extra"), "{out}");
+        // Recorded pacing is kept (at 50× here) and still matches.
+        let (code, out, _) = wstap(&["replay", f, "--session", "1", "--target", &same, "--speed", "50"]).await;
+        assert_eq!(code, 0, "{out}");
+
+        let changed = format!("ws://{}", changed_upstream().await);
+        let (code, out, _) = wstap(&["replay", f, "--session", "1", "--target", &changed, "--speed", "max"]).await;
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("#2 DIFFERENT at byte 0:"), "{out}");
+        assert!(
+            out.contains(r#"expected text "héllo wörld" (13 B)"#)
+                && out.contains(r#"got      text "HÉLLO WÖRLD" (13 B)"#),
+            "{out}"
+        );
+        assert!(out.contains("EXTRA: got text \"surprise\""), "{out}");
+        assert!(out.contains("#8 DIFFERENT") && out.contains(r#"got      text "{\"OP\":\"TIME\""#), "{out}");
+        assert!(out.contains("#10 DIFFERENT") && out.contains(r#"got      text "FRAGMENTED""#), "{out}");
+        assert!(out.contains("MISMATCH: 6 sent; 3 of 6 expected matched, 3 different, 0 missing, 1 extra"), "{out}");
+
+        // Masking what legitimately differs: letters, here; the added message is still one
+        // too many.
+        let (code, out, _) =
+            wstap(&["replay", f, "--session", "1", "--target", &changed, "--speed", "max", "--ignore", "(?i)[a-zéö]"])
+                .await;
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("6 of 6 expected matched, 0 different, 0 missing, 1 extra"), "{out}");
+
+        // No session given when there are two; a target that is down: errors, exit 2.
+        let (code, _, err) = wstap(&["replay", f, "--target", &same]).await;
+        assert_eq!(code, 2);
+        assert!(err.contains("holds 2 sessions") && err.contains("--session"), "{err}");
+        let down = format!("ws://{}", closed_port().await);
+        let (code, _, err) = wstap(&["replay", f, "--session", "1", "--target", &down]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&down), "{err}");
+    })
+    .await;
+}
+
+/// Starts `wstap mock` on a free port; returns the child and its ws:// URL.
+async fn start_mock(file: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
+    let mut args = vec!["mock", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--once"];
+    args.extend_from_slice(extra);
+    let mut child =
+        tokio::process::Command::new(WSTAP).args(&args).stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let url = first.split_whitespace().find(|w| w.starts_with("ws://")).unwrap().to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test]
+async fn mock_serves_the_recorded_server_and_reports_a_diverging_client() {
+    within(async {
+        let (_dir, file) = record("replay-mock").await;
+        let (mut child, url) = start_mock(&file, &["--session", "1", "--speed", "max"]).await;
+        assert!(url.ends_with("/chat?room=7"), "{url}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        for m in conversation() {
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m, "the mock answers as recorded");
+        }
+        fragmented_round_trip(&mut ws).await;
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        assert_eq!(child.wait().await.unwrap().code(), Some(0));
+
+        let (mut child, url) = start_mock(&file, &["--session", "1", "--speed", "max", "--wait", "2s"]).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        ws.send(Message::text("something else")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("héllo wörld"), "the recording goes on");
+        drop(ws);
+        assert_eq!(child.wait().await.unwrap().code(), Some(1), "divergence is reported");
+    })
+    .await;
+}
