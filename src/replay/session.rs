@@ -85,6 +85,10 @@ pub struct Session {
     pub messages: Vec<Message>,
     /// What was wrong with this session's bytes; empty for a clean one.
     pub problems: Vec<String>,
+    /// TCP bytes the capture saw twice (retransmissions, overlaps) and segments that came
+    /// ahead of a hole: how messy the capture was, not problems.
+    pub duplicate_bytes: u64,
+    pub out_of_order: u64,
 }
 
 impl Session {
@@ -105,6 +109,9 @@ impl Session {
 
 /// The largest message or gap this reader will hold in memory.
 const MAX_MESSAGE: usize = 64 << 20;
+
+/// Holes one direction may have before the rest of it is given up on.
+const MAX_GAPS: usize = 64;
 
 /// One direction's bytes, with the holes the capture left and when each byte arrived.
 #[derive(Default)]
@@ -138,12 +145,17 @@ fn streams(conn: &Conn) -> [Stream; 2] {
         }
         match &e.piece {
             Piece::Data(d) => st.bytes.extend_from_slice(d),
-            Piece::Gap(n) if (*n as usize) <= MAX_MESSAGE => {
+            Piece::Gap(n) if *n as usize <= MAX_MESSAGE && st.gaps.len() < MAX_GAPS => {
                 let at = st.bytes.len();
                 st.gaps.push((at, at + *n as usize));
                 st.bytes.resize(at + *n as usize, 0);
             }
-            Piece::Gap(n) => st.cut = Some(format!("the capture lost {n} bytes at stream offset {}", st.bytes.len())),
+            Piece::Gap(n) => {
+                st.cut = Some(format!(
+                    "the capture lost {n} bytes at stream offset {}, too much missing to go on",
+                    st.bytes.len()
+                ))
+            }
             Piece::Fin | Piece::Rst => continue,
         }
         st.arrivals.push((st.bytes.len(), e.ts_ns, order));
@@ -236,7 +248,7 @@ fn body_len(head: &Head, b: &[u8], at: usize, no_body: bool) -> Result<Option<us
                 }
                 return Ok(None);
             }
-            p = p.checked_add(size + 2).ok_or("chunk size overflows")?;
+            p = p.saturating_add(size).saturating_add(2);
         }
     }
     match head.field("content-length") {
@@ -279,12 +291,18 @@ fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, Strin
             break res;
         };
         if upgrade && res.status == 101 {
-            return Ok(Some(Upgrade { at: [ci + req.len + req_body, si + res.len], request: req, response: res }));
+            return Ok(Some(Upgrade {
+                at: [(ci + req.len).saturating_add(req_body), si + res.len],
+                request: req,
+                response: res,
+            }));
         }
         let no_body = req.method == "HEAD" || res.status == 204 || res.status == 304;
         let Some(res_body) = body_len(&res, &sv.bytes, si + res.len, no_body)? else { return Ok(None) };
-        ci += req.len + req_body;
-        si += res.len + res_body;
+        // Bodies are skipped by their declared length, however absurd: past the end of
+        // the stream simply means no more exchanges.
+        ci = (ci + req.len).saturating_add(req_body);
+        si = (si + res.len).saturating_add(res_body);
     }
 }
 
@@ -513,6 +531,8 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
         deflate: takeover.is_some(),
         messages: out.into_iter().map(|(_, _, m)| m).collect(),
         problems,
+        duplicate_bytes: conn.duplicate_bytes,
+        out_of_order: conn.out_of_order,
     })
 }
 
@@ -540,6 +560,8 @@ pub(crate) mod tests {
             deflate: false,
             messages: Vec::new(),
             problems: Vec::new(),
+            duplicate_bytes: 0,
+            out_of_order: 0,
         }
     }
 
@@ -680,6 +702,16 @@ pub(crate) mod tests {
         assert!(s.messages[0].incomplete && !s.messages[1].incomplete);
         assert_eq!(s.messages[1].data, b"after");
         assert!(s.problems.iter().any(|p| p.contains("lost a frame header")), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn absurd_body_lengths_end_the_search_without_overflow() {
+        let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX);
+        let chunked = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", usize::MAX);
+        let c = conn(vec![data(0, huge.as_bytes()), data(1, chunked.as_bytes()), data(0, UPGRADE)]);
+        assert!(decode(&c, 1).is_none());
+        let c = conn(vec![data(0, b"GET / HTTP/1.1\r\n\r\n"), data(1, chunked.as_bytes()), data(0, UPGRADE)]);
+        assert!(decode(&c, 1).is_none());
     }
 
     #[test]
