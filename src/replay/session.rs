@@ -497,8 +497,19 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
     if conn.midstream {
         problems.push("the capture began after this connection opened".to_string());
     }
-    // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
-    let up = find_upgrade(&s, client).ok()??;
+    let (client, up) = match find_upgrade(&s, client) {
+        Ok(Some(up)) => (client, up),
+        // Picked up after the handshake: frames from the first byte, if both directions
+        // start with a plausible frame (masked from the client, not from the server).
+        _ if conn.midstream => {
+            let client = (0..2).find(|&c| starts_with_frame(&s[c], true) && starts_with_frame(&s[1 - c], false))?;
+            problems.push("no handshake in the capture: no path or headers, and compression unknown".to_string());
+            let none = || Head { len: 0, method: String::new(), path: String::new(), status: 0, headers: Vec::new() };
+            (client, Upgrade { request: none(), response: none(), at: [0, 0] })
+        }
+        // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
+        _ => return None,
+    };
     let takeover = crate::deflate::takeover(&head_text(&up.response));
     let mut out = Vec::new();
     for (i, who) in [(client, Sender::Client), (1 - client, Sender::Server)] {
@@ -534,6 +545,21 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
         duplicate_bytes: conn.duplicate_bytes,
         out_of_order: conn.out_of_order,
     })
+}
+
+/// Whether a stream starts with a sound frame header, masked as `masked` says (an empty
+/// stream passes: that side may not have spoken yet).
+fn starts_with_frame(st: &Stream, masked: bool) -> bool {
+    if st.bytes.is_empty() {
+        return true;
+    }
+    match FrameHeader::parse(&mut Cursor::new(&st.bytes)) {
+        Ok(Some((h, len))) => {
+            let known = !matches!(h.opcode, OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)));
+            known && !h.rsv2 && !h.rsv3 && h.mask.is_some() == masked && len <= MAX_MESSAGE as u64
+        }
+        _ => false,
+    }
 }
 
 fn head_text(h: &Head) -> Vec<u8> {
@@ -702,6 +728,26 @@ pub(crate) mod tests {
         assert!(s.messages[0].incomplete && !s.messages[1].incomplete);
         assert_eq!(s.messages[1].data, b"after");
         assert!(s.problems.iter().any(|p| p.contains("lost a frame header")), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn a_session_picked_up_after_its_handshake_still_yields_its_messages() {
+        let mut c = conn(vec![
+            data(1, &frame(true, false, 1, b"server first", false)),
+            data(0, &frame(true, false, 2, b"\x01\x02", true)),
+        ]);
+        c.midstream = true;
+        let s = decode(&c, 3).unwrap();
+        assert_eq!(s.client, c.a, "the masking side is the client");
+        assert_eq!(
+            summary(&s),
+            [(Sender::Server, Kind::Text, b"server first".to_vec(), 1), (Sender::Client, Kind::Binary, vec![1, 2], 1)]
+        );
+        assert!(s.problems.iter().any(|p| p.contains("no handshake")), "{:?}", s.problems);
+        // Not frames at all (mid-way through a payload, or not WebSocket): no session.
+        let mut junk = conn(vec![data(0, b"\x7f\xfe\x00garbage"), data(1, b"more")]);
+        junk.midstream = true;
+        assert!(decode(&junk, 1).is_none());
     }
 
     #[test]

@@ -632,6 +632,33 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
         assert_eq!(up.len(), want.len(), "client messages across all files");
         assert!(up == want, "client messages across all files add up exactly to those sent");
         assert!(down == want, "echoes across all files add up exactly");
+        // wstap's own reader: read as one capture, each file holds its part of each leg as
+        // a session of its own, beginning with the repeated Upgrade; the parts add up.
+        let rec = wstap::replay::open_all(&files).unwrap();
+        assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        assert_eq!(rec.sessions.len(), 2 * files.len(), "two legs per file");
+        for leg in [rec.sessions[0].client, rec.sessions[1].client] {
+            let parts: Vec<_> = rec.sessions.iter().filter(|s| s.client == leg).collect();
+            assert!(parts.iter().all(|s| s.path == "/rotating?x=1" && s.status == 101));
+            let client: Vec<WsMessage> = parts
+                .iter()
+                .flat_map(|s| &s.messages)
+                .filter(|m| m.sender == wstap::replay::Sender::Client)
+                .map(|m| {
+                    (
+                        if m.kind == wstap::replay::Kind::Text {
+                            1
+                        } else if m.kind == wstap::replay::Kind::Close {
+                            8
+                        } else {
+                            2
+                        },
+                        m.data.clone(),
+                    )
+                })
+                .collect();
+            assert!(client == want, "the parts of leg {leg} add up to what was sent");
+        }
         // Files after the first begin with the replayed, commented handshake.
         for file in &files[1..] {
             let first = fields(file, "frame.number == 1", &["frame.comment"]);

@@ -341,3 +341,18 @@ fn damaged_captures_give_errors_not_panics() {
     }
     assert!(errors + damaged > 0, "some mutations must be caught");
 }
+
+#[test]
+fn a_capture_started_after_the_handshake_still_yields_every_message() {
+    let full = std::fs::read(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
+    let packets: Vec<_> = replay::capfile::Reader::new(&full).unwrap().map(Result::unwrap).collect();
+    let switched = packets.iter().position(|p| p.data.windows(12).any(|w| w == b"HTTP/1.1 101")).unwrap();
+    let late = [&full[..24], &full[packets[switched + 1].offset as usize..]].concat();
+    let rec = replay::read(&[(Path::new("late.pcap"), &late)]).unwrap();
+    let whole = replay::open(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
+    assert_eq!(rec.sessions.len(), 1);
+    let s = &rec.sessions[0];
+    assert_eq!((s.client, s.path.as_str()), (whole.sessions[0].client, ""));
+    assert!(s.problems.iter().any(|p| p.contains("no handshake")), "{:?}", s.problems);
+    assert_eq!(s.messages, whole.sessions[0].messages);
+}
