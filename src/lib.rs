@@ -37,6 +37,13 @@
 //! - [`pcapng`]: section header, interfaces and packet blocks over any `Write` (pure).
 //! - [`wsframe`]: WebSocket frame boundaries in a byte stream (pure).
 //! - [`deflate`]: permessage-deflate windows and the messages that restore them (pure).
+//!
+//! And back, from any capture file to sessions and messages, for `wstap sessions`,
+//! `replay` and `mock` ([`replay`] has its own map):
+//!
+//! ```text
+//! replay::capfile ─▶ replay::dissect ─▶ replay::reassembly ─▶ replay::session ─▶ replay::player
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -12,13 +12,13 @@
 //!
 //! Loading a fixture in a Rust test:
 //!
-//! ```no_run
+//! ```
 //! use wstap::replay::{self, Kind, Sender};
 //!
-//! let recording = replay::open("tests/fixtures/golden-session.pcapng")?;
+//! let recording = replay::open("tests/fixtures/dumpcap-lo.pcapng")?;
 //! assert!(recording.problems.is_empty(), "{:?}", recording.problems);
 //! let session = &recording.sessions[0];
-//! assert_eq!(session.path, "/echo");
+//! assert_eq!(session.request_header("x-fixture"), Some("wstap"));
 //! for m in session.messages.iter().filter(|m| m.kind == Kind::Text) {
 //!     let who = if m.sender == Sender::Client { "client" } else { "server" };
 //!     println!("{who}: {}", String::from_utf8_lossy(&m.data));
