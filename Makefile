@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test bench-capture install install-files clean
+.PHONY: all build demo test bench-capture fixtures install install-files clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -28,6 +28,11 @@ test:
 # against direct connections and nginx) is not written yet.
 bench-capture:
 	$(CARGO) bench --bench capture
+
+# Re-records the foreign-capture fixtures in tests/fixtures (root, tcpdump, dumpcap and
+# python's websockets needed; see docs/replay.md).
+fixtures:
+	./scripts/fixtures/record.sh
 
 # sudo make install: the binary, the systemd unit (its paths made to match), and a default
 # config that an existing one is never replaced by. Then: systemctl daemon-reload &&

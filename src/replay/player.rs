@@ -313,6 +313,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     }
     peer.quiet = false;
     peer.collect(&mut ws, usize::MAX, opts.wait, &mut on_step).await;
+    // Finish the closing handshake: this flushes the library's answer to the peer's close.
+    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(opts.wait, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     report.steps.extend(diff(&expected, &peer.got, &opts.ignore));
     Ok(report)
 }
