@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test bench-capture fixtures install install-files clean
+.PHONY: all build demo test bench bench-capture fixtures install install-files clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -24,8 +24,12 @@ test:
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
 
-# The capture path alone (issue 7's micro-benchmark); `make bench` (the full comparison
-# against direct connections and nginx) is not written yet.
+# The benchmark: the capture path alone, then wstap against direct connections and nginx
+# (installed from Debian's packages if missing). docs/benchmarks.md explains the output.
+bench:
+	./scripts/bench.sh
+
+# The capture path alone.
 bench-capture:
 	$(CARGO) bench --bench capture
 

@@ -1,0 +1,571 @@
+//! `make bench`: wstap against direct connections and nginx, on this machine, in one run.
+//!
+//! Targets, all in front of the same echo backend (this binary re-run with `--echo`):
+//! direct (no proxy), nginx (Debian's, 1 worker, `proxy_buffering off`), nginx-64k (the
+//! same with 64 KiB proxy buffers), wstap with capture off, wstap with capture on. Every
+//! scenario runs the targets interleaved (A B C D E, A B C D E, …) for `ROUNDS` rounds and
+//! reports medians with the ratio to direct. The load generator is closed-loop and checks
+//! every echoed byte. Capture completeness is read back from wstap's own files with
+//! `wstap::replay`, after wstap has stopped.
+//!
+//! Environment: `WSTAP_BENCH_SECS` (measured seconds per run, default 3),
+//! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000).
+
+mod wire;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+const TARGETS: [&str; 5] = ["direct", "nginx", "nginx-64k", "wstap-off", "wstap-on"];
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--echo") {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind(&args[i + 1]).await.unwrap();
+            println!("{}", l.local_addr().unwrap());
+            wire::serve_echo(l).await.unwrap();
+        });
+        return;
+    }
+    let bench = Bench::start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = rt.block_on(bench.run());
+    drop(rt);
+    bench.report(results);
+}
+
+/// A free loopback port (bound, then released: the bench is alone on this machine).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    /// SIGTERM and wait: nginx's master then stops its worker (SIGKILL would orphan it).
+    fn drop(&mut self) {
+        terminate(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+struct Bench {
+    dir: PathBuf,
+    echo: Server,
+    nginx: Server,
+    nginx64: String,
+    wstap_off: Server,
+    wstap_on: Server,
+    admin: String,
+    secs: u64,
+    rounds: u64,
+    idle: u64,
+}
+
+fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Bench {
+    fn start() -> Bench {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("captures")).unwrap();
+        let mut echo = Command::new(std::env::current_exe().unwrap())
+            .args(["--echo", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(echo.stdout.take().unwrap()), &mut line).unwrap();
+        let upstream = line.trim().to_string();
+        let echo = Server { child: echo, addr: upstream.clone() };
+
+        let (n1, n2) = (free_port(), free_port());
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&dir, &upstream, n1, n2)).unwrap();
+        let nginx = Command::new(nginx_bin())
+            .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap(), "-e", "stderr"])
+            .stderr(std::fs::File::create(dir.join("nginx.log")).unwrap())
+            .spawn()
+            .expect("nginx (make bench installs it)");
+        let nginx = Server { child: nginx, addr: format!("127.0.0.1:{n1}") };
+
+        let admin = format!("127.0.0.1:{}", free_port());
+        let wstap = |name: &str, capture: String| {
+            let port = free_port();
+            let toml = format!(
+                "listen = [\"127.0.0.1:{port}\"]\n[[route]]\nupstream = \"ws://{upstream}\"\n[limits]\nmax_connections = 20000\n{capture}\n"
+            );
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, toml).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_wstap"))
+                .args(["run", "-c", path.to_str().unwrap()])
+                .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            Server { child, addr: format!("127.0.0.1:{port}") }
+        };
+        let wstap_off = wstap("wstap-off", "[capture]\nmode = \"off\"".into());
+        let captures = dir.join("captures");
+        let wstap_on = wstap(
+            "wstap-on",
+            format!(
+                "[capture]\ndir = {:?}\n[capture.rotate]\nfiles = 0\n[admin]\nlisten = \"{admin}\"",
+                captures.display().to_string()
+            ),
+        );
+        for s in [&echo.addr, &nginx.addr, &format!("127.0.0.1:{n2}"), &wstap_off.addr, &wstap_on.addr, &admin] {
+            wait_ready(s);
+        }
+        Bench {
+            dir,
+            echo,
+            nginx,
+            nginx64: format!("127.0.0.1:{n2}"),
+            wstap_off,
+            wstap_on,
+            admin,
+            secs: env_or("WSTAP_BENCH_SECS", 3),
+            rounds: env_or("WSTAP_BENCH_ROUNDS", 3),
+            idle: env_or("WSTAP_BENCH_IDLE", 5000),
+        }
+    }
+
+    fn addr(&self, target: &str) -> &str {
+        match target {
+            "direct" => &self.echo.addr,
+            "nginx" => &self.nginx.addr,
+            "nginx-64k" => &self.nginx64,
+            "wstap-off" => &self.wstap_off.addr,
+            _ => &self.wstap_on.addr,
+        }
+    }
+
+    /// The processes whose memory a target's sessions cost.
+    fn pids(&self, target: &str) -> Vec<u32> {
+        match target {
+            "direct" => vec![self.echo.child.id()],
+            "nginx" | "nginx-64k" => {
+                let master = self.nginx.child.id();
+                let mut p = vec![master];
+                p.extend(children(master));
+                p
+            }
+            "wstap-off" => vec![self.wstap_off.child.id()],
+            _ => vec![self.wstap_on.child.id()],
+        }
+    }
+
+    async fn run(&self) -> Results {
+        let mut r = Results::default();
+        let secs = Duration::from_secs(self.secs);
+        for round in 0..self.rounds {
+            eprintln!("round {} of {}", round + 1, self.rounds);
+            for t in TARGETS {
+                let a = self.addr(t);
+                let x = throughput(a, 50, 1024, secs).await;
+                r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied, t == "wstap-on");
+                let x = throughput(a, 4, 64 * 1024, secs).await;
+                r.add("4 × 64 KiB", "MB/s", t, x.bytes_per_s / 1e6, x.proxied, t == "wstap-on");
+                let (p50, p99, proxied) = latency(a, secs).await;
+                r.add("1 × 64 B", "p50 µs", t, p50, proxied, t == "wstap-on");
+                r.add("1 × 64 B", "p99 µs", t, p99, 0, false);
+                let (rate, proxied) = connect_rate(a, 8, secs).await;
+                r.add("connect+upgrade+close, 8 workers", "conn/s", t, rate, proxied, t == "wstap-on");
+                let (kib, proxied) = idle_rss(a, &self.pids(t), self.idle as usize).await;
+                r.add(&format!("{} idle sessions", self.idle), "KiB RSS/session", t, kib, proxied, t == "wstap-on");
+            }
+        }
+        r
+    }
+
+    fn report(mut self, results: Results) {
+        let metrics = http_get(&self.admin, "/metrics");
+        let metric = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let dropped = (metric("wstap_capture_dropped_events_total"), metric("wstap_capture_dropped_bytes_total"));
+        // Stop wstap-on so that its files are finished, then count what they hold.
+        terminate(self.wstap_on.child.id());
+        let _ = self.wstap_on.child.wait();
+        let captured = captured_payload(&self.dir.join("captures"));
+        let proxied = results.proxied_on;
+        println!("{}", results.table());
+        println!(
+            "capture (wstap-on, all scenarios): {:.1} MB proxied payload, {:.1} MB captured on each of 2 legs: completeness {:.4}; dropped {} events, {} bytes",
+            proxied as f64 / 1e6,
+            captured as f64 / 2e6,
+            captured as f64 / (2.0 * proxied as f64),
+            dropped.0,
+            dropped.1
+        );
+        println!("{}", results.goals());
+    }
+}
+
+/// SIGTERM, the way systemd stops the daemon.
+fn terminate(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+fn nginx_bin() -> &'static str {
+    if Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    }
+}
+
+fn nginx_conf(dir: &Path, upstream: &str, plain: u16, big: u16) -> String {
+    let server = |port: u16, extra: &str| {
+        format!(
+            "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1;
+               proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\";
+               proxy_set_header Host $host; proxy_buffering off; proxy_read_timeout 1h; {extra} }} }}\n"
+        )
+    };
+    format!(
+        "worker_processes 1;\nworker_rlimit_nofile 20000;\ndaemon off;\npid {pid};\nerror_log stderr;\n\
+         events {{ worker_connections 20000; }}\nhttp {{ access_log off; client_body_temp_path {tmp};\n\
+         proxy_temp_path {tmp};\n{a}{b}}}\n",
+        pid = dir.join("nginx.pid").display(),
+        tmp = dir.display(),
+        a = server(plain, ""),
+        b = server(big, "proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;"),
+    )
+}
+
+/// Child processes of `pid` (nginx's worker).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let ppid: Option<u32> = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) {
+            out.extend(e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Payload bytes of every text and binary message in the capture files of `dir`.
+fn captured_payload(dir: &Path) -> u64 {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    files.sort();
+    let mut total = 0;
+    for f in files {
+        let rec = wstap::replay::open(&f).unwrap_or_else(|e| panic!("{e}"));
+        for p in &rec.problems {
+            eprintln!("capture problem: {p}");
+        }
+        total += rec
+            .sessions
+            .iter()
+            .flat_map(|s| &s.messages)
+            .filter(|m| matches!(m.kind, wstap::replay::Kind::Text | wstap::replay::Kind::Binary))
+            .map(|m| m.data.len() as u64)
+            .sum::<u64>();
+    }
+    total
+}
+
+struct Throughput {
+    msgs_per_s: f64,
+    bytes_per_s: f64,
+    /// Payload bytes both ways, every message of the run (warm-up included).
+    proxied: u64,
+}
+
+/// `conns` closed-loop connections echoing `size`-byte binary messages; measured for
+/// `secs` after half a second of warm-up. Every echoed byte is checked.
+async fn throughput(addr: &str, conns: usize, size: usize, secs: Duration) -> Throughput {
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload: Rc<Vec<u8>> = Rc::new((0..size).map(|i| (i * 7 + i / 251) as u8).collect());
+    let local = tokio::task::LocalSet::new();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (count, stop, payload, addr) = (count.clone(), stop.clone(), payload.clone(), addr.to_string());
+        tasks.push(local.spawn_local(async move {
+            let mut s = wire::connect(&addr, "/bench").await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+            let frame = wire::client_frame(wire::BINARY, &payload, [c as u8, 0x5a, 0xa5, 0x3c]);
+            let mut got = Vec::with_capacity(size);
+            while !stop.load(Relaxed) {
+                s.get_mut().write_all(&frame).await.unwrap();
+                let op = wire::read_frame(&mut s, &mut got).await.unwrap();
+                assert!(op == wire::BINARY && got == *payload, "{addr}: a wrong echo");
+                count.fetch_add(1, Relaxed);
+            }
+            close(&mut s).await;
+        }));
+    }
+    let counted = local
+        .run_until(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (c0, t0) = (count.load(Relaxed), Instant::now());
+            tokio::time::sleep(secs).await;
+            let (c1, t1) = (count.load(Relaxed), Instant::now());
+            stop.store(true, Relaxed);
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+        })
+        .await;
+    Throughput {
+        msgs_per_s: counted,
+        bytes_per_s: counted * size as f64,
+        proxied: count.load(Relaxed) * 2 * size as u64,
+    }
+}
+
+async fn close(s: &mut tokio::io::BufReader<tokio::net::TcpStream>) {
+    let frame = wire::client_frame(wire::CLOSE, &1000u16.to_be_bytes(), [1, 2, 3, 4]);
+    if s.get_mut().write_all(&frame).await.is_ok() {
+        let mut got = Vec::new();
+        while let Ok(op) = wire::read_frame(s, &mut got).await {
+            if op == wire::CLOSE {
+                break;
+            }
+        }
+    }
+}
+
+/// One connection, 64-byte messages back and forth: (p50 µs, p99 µs, proxied bytes).
+async fn latency(addr: &str, secs: Duration) -> (f64, f64, u64) {
+    let mut s = wire::connect(addr, "/bench").await.unwrap();
+    let payload = vec![0x42u8; 64];
+    let frame = wire::client_frame(wire::BINARY, &payload, [9, 8, 7, 6]);
+    let mut got = Vec::new();
+    let mut samples = Vec::new();
+    let (warm, end) = (Instant::now() + Duration::from_millis(500), Instant::now() + Duration::from_millis(500) + secs);
+    let mut n = 0u64;
+    loop {
+        let t = Instant::now();
+        if t >= end {
+            break;
+        }
+        s.get_mut().write_all(&frame).await.unwrap();
+        wire::read_frame(&mut s, &mut got).await.unwrap();
+        assert!(got == payload);
+        n += 1;
+        if t >= warm {
+            samples.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    close(&mut s).await;
+    samples.sort_unstable();
+    let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+    (q(0.50), q(0.99), n * 128)
+}
+
+/// `workers` loops of connect, upgrade, one close handshake: completed sessions per second.
+async fn connect_rate(addr: &str, workers: usize, secs: Duration) -> (f64, u64) {
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let local = tokio::task::LocalSet::new();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (count, stop, addr) = (count.clone(), stop.clone(), addr.to_string());
+        tasks.push(local.spawn_local(async move {
+            while !stop.load(Relaxed) {
+                let mut s = wire::connect(&addr, "/bench").await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+                close(&mut s).await;
+                count.fetch_add(1, Relaxed);
+            }
+        }));
+    }
+    let rate = local
+        .run_until(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (c0, t0) = (count.load(Relaxed), Instant::now());
+            tokio::time::sleep(secs).await;
+            let (c1, t1) = (count.load(Relaxed), Instant::now());
+            stop.store(true, Relaxed);
+            for t in tasks {
+                t.await.unwrap();
+            }
+            (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+        })
+        .await;
+    (rate, 0)
+}
+
+/// Opens `n` sessions, one 64-byte round trip on each, then leaves them idle: the growth
+/// of the target's resident memory per session, in KiB.
+async fn idle_rss(addr: &str, pids: &[u32], n: usize) -> (f64, u64) {
+    let before = rss_kib(pids);
+    let payload = vec![0x17u8; 64];
+    let frame = wire::client_frame(wire::TEXT, &payload, [3, 1, 4, 1]);
+    let mut open = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(100) {
+        let batch = (chunk * 100..(chunk * 100 + 100).min(n)).map(|_| {
+            let (addr, frame, payload) = (addr.to_string(), frame.clone(), payload.clone());
+            async move {
+                let mut s = wire::connect(&addr, "/idle").await.unwrap_or_else(|e| panic!("{addr}: {e}"));
+                s.get_mut().write_all(&frame).await.unwrap();
+                let mut got = Vec::new();
+                wire::read_frame(&mut s, &mut got).await.unwrap();
+                assert!(got == payload);
+                s
+            }
+        });
+        open.extend(futures_util::future::join_all(batch).await);
+    }
+    // Let the target settle (allocator trims, deferred frees) before reading its RSS.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pids);
+    for s in &mut open {
+        close(s).await;
+    }
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ((after.saturating_sub(before)) as f64 / n as f64, (n * 128) as u64)
+}
+
+#[derive(Default)]
+struct Results {
+    /// (scenario, metric) → target → values per round.
+    values: BTreeMap<(usize, String, String), BTreeMap<&'static str, Vec<f64>>>,
+    order: Vec<(String, String)>,
+    proxied_on: u64,
+}
+
+impl Results {
+    fn add(&mut self, scenario: &str, metric: &str, target: &'static str, v: f64, proxied: u64, on: bool) {
+        let key = (scenario.to_string(), metric.to_string());
+        let i = self.order.iter().position(|k| *k == key).unwrap_or_else(|| {
+            self.order.push(key.clone());
+            self.order.len() - 1
+        });
+        self.values.entry((i, key.0, key.1)).or_default().entry(target).or_default().push(v);
+        if on {
+            self.proxied_on += proxied;
+        }
+    }
+
+    fn median(&self, scenario: &str, metric: &str, target: &str) -> f64 {
+        let Some((_, row)) = self.values.iter().find(|((_, s, m), _)| s == scenario && m == metric) else {
+            return f64::NAN;
+        };
+        let mut v = row.get(target).cloned().unwrap_or_default();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    fn table(&self) -> String {
+        let mut out =
+            format!("| scenario | metric | {} |\n|---|---|{}\n", TARGETS.join(" | "), "---:|".repeat(TARGETS.len()));
+        for (_, scenario, metric) in self.values.keys() {
+            let direct = self.median(scenario, metric, "direct");
+            let cells: Vec<String> = TARGETS
+                .iter()
+                .map(|t| {
+                    let v = self.median(scenario, metric, t);
+                    let shown = if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+                    if *t == "direct" {
+                        shown
+                    } else {
+                        format!("{shown} ({:.2})", v / direct)
+                    }
+                })
+                .collect();
+            out += &format!("| {scenario} | {metric} | {} |\n", cells.join(" | "));
+        }
+        out
+    }
+
+    fn goals(&self) -> String {
+        let m = |s: &str, k: &str, t: &str| self.median(s, k, t);
+        let idle =
+            self.values.keys().find(|(_, s, _)| s.ends_with("idle sessions")).map(|k| k.1.clone()).unwrap_or_default();
+        let rows = [
+            (
+                "50×1KiB: wstap-on ÷ nginx ≥ 1.10",
+                m("50 × 1 KiB", "msg/s", "wstap-on") / m("50 × 1 KiB", "msg/s", "nginx"),
+                1.10,
+                true,
+            ),
+            (
+                "4×64KiB: wstap-on ÷ nginx-64k ≥ 1.10",
+                m("4 × 64 KiB", "MB/s", "wstap-on") / m("4 × 64 KiB", "MB/s", "nginx-64k"),
+                1.10,
+                true,
+            ),
+            (
+                "64B p50: wstap-on ÷ nginx ≤ 1.00",
+                m("1 × 64 B", "p50 µs", "wstap-on") / m("1 × 64 B", "p50 µs", "nginx"),
+                1.0,
+                false,
+            ),
+            (
+                "64B p99: wstap-on ÷ nginx ≤ 1.00",
+                m("1 × 64 B", "p99 µs", "wstap-on") / m("1 × 64 B", "p99 µs", "nginx"),
+                1.0,
+                false,
+            ),
+            (
+                "connect rate: wstap-on ÷ nginx ≥ 1.00",
+                m("connect+upgrade+close, 8 workers", "conn/s", "wstap-on")
+                    / m("connect+upgrade+close, 8 workers", "conn/s", "nginx"),
+                1.0,
+                true,
+            ),
+            ("idle KiB/session, wstap-on ≤ 12", m(&idle, "KiB RSS/session", "wstap-on"), 12.0, false),
+            (
+                "capture overhead: on ÷ off ≥ 0.90",
+                m("50 × 1 KiB", "msg/s", "wstap-on") / m("50 × 1 KiB", "msg/s", "wstap-off"),
+                0.90,
+                true,
+            ),
+        ];
+        let mut out = String::from("goals:\n");
+        for (name, v, goal, at_least) in rows {
+            let met = if at_least { v >= goal } else { v <= goal };
+            out += &format!("  {name}: {v:.2} {}\n", if met { "MET" } else { "not met" });
+        }
+        out
+    }
+}

@@ -1,0 +1,133 @@
+//! Just enough WebSocket for the load generator and the echo backend: the client
+//! handshake, masked client frames, reading one frame, and a server that echoes. Raw on
+//! tokio's TcpStream, so the load generator and the backend cost as little CPU as
+//! possible: on two shared cores, every cycle they spend is one the proxy does not get.
+
+use std::io;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const TEXT: u8 = 1;
+pub const BINARY: u8 = 2;
+pub const CLOSE: u8 = 8;
+
+/// A client frame: FIN, `opcode`, masked with `mask`.
+pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(0x80 | opcode);
+    push_len(&mut f, payload.len(), 0x80);
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+fn push_len(f: &mut Vec<u8>, n: usize, mask_bit: u8) {
+    match n {
+        0..=125 => f.push(mask_bit | n as u8),
+        126..=65535 => {
+            f.push(mask_bit | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            f.push(mask_bit | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+}
+
+/// Reads one frame into `payload` (unmasked); returns its opcode.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> io::Result<u8> {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await?;
+    let len = match h[1] & 0x7f {
+        126 => u64::from(r.read_u16().await?),
+        127 => r.read_u64().await?,
+        n => u64::from(n),
+    };
+    let mut mask = [0u8; 4];
+    if h[1] & 0x80 != 0 {
+        r.read_exact(&mut mask).await?;
+    }
+    payload.resize(len as usize, 0);
+    r.read_exact(payload).await?;
+    if h[1] & 0x80 != 0 {
+        payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= mask[i % 4]);
+    }
+    Ok(h[0] & 0x0f)
+}
+
+/// Connects and upgrades; the stream is then positioned at the first frame.
+pub async fn connect(addr: &str, path: &str) -> io::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut s = BufReader::with_capacity(64 * 1024, s);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.get_mut().write_all(req.as_bytes()).await?;
+    let mut line = String::new();
+    s.read_line(&mut line).await?;
+    if !line.starts_with("HTTP/1.1 101") {
+        return Err(io::Error::other(format!("{addr}: upgrade refused: {line:?}")));
+    }
+    loop {
+        line.clear();
+        if s.read_line(&mut line).await? <= 2 {
+            return Ok(s);
+        }
+    }
+}
+
+/// The echo backend: answers the handshake, echoes data frames unmasked, answers a close.
+pub async fn serve_echo(listener: TcpListener) -> io::Result<()> {
+    loop {
+        let (s, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = s.set_nodelay(true);
+            let _ = echo(s).await;
+        });
+    }
+}
+
+async fn echo(s: TcpStream) -> io::Result<()> {
+    let mut s = BufReader::with_capacity(16 * 1024, s);
+    let mut key = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if s.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("sec-websocket-key") {
+                key = value.trim().to_string();
+            }
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    s.get_mut().write_all(head.as_bytes()).await?;
+    let (mut payload, mut out) = (Vec::new(), Vec::new());
+    loop {
+        let opcode = read_frame(&mut s, &mut payload).await?;
+        out.clear();
+        out.push(0x80 | opcode);
+        push_len(&mut out, payload.len(), 0);
+        out.extend_from_slice(&payload);
+        write_all(s.get_mut(), &out).await?;
+        if opcode == CLOSE {
+            return Ok(());
+        }
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> io::Result<()> {
+    w.write_all(b).await
+}
