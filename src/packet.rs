@@ -52,7 +52,12 @@ pub struct Flow {
     fin: [bool; 2],
     mss: usize,
     ip_id: [u16; 2],
-    buf: Vec<u8>,
+}
+
+thread_local! {
+    /// Where packets are built, one per thread rather than one per flow: a writer with
+    /// thousands of idle sessions keeps no buffer for each.
+    static PACKET: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(usize::from(MSS_MAX) + 80));
 }
 
 impl Flow {
@@ -70,7 +75,6 @@ impl Flow {
             fin: [false; 2],
             mss: usize::from(mss.clamp(1, MSS_MAX)),
             ip_id: [0; 2],
-            buf: Vec::with_capacity(usize::from(mss) + 80),
         }
     }
 
@@ -203,35 +207,37 @@ impl Flow {
         let id = &mut self.ip_id[from.idx()];
         *id = id.wrapping_add(1);
         let tcp_len = tcp.header_len() + payload.len();
-        self.buf.clear();
-        match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut ip = Ipv4Header::new(tcp_len as u16, TTL, IpNumber::TCP, s.octets(), d.octets())
-                    .expect("segments never exceed the IPv4 length limit");
-                ip.dont_fragment = true;
-                ip.identification = *id;
-                ip.header_checksum = ip.calc_header_checksum();
-                tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).expect("segment fits");
-                ip.write(&mut self.buf).expect("writing to a Vec cannot fail");
+        PACKET.with_borrow_mut(|buf| {
+            buf.clear();
+            match (src.ip(), dst.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    let mut ip = Ipv4Header::new(tcp_len as u16, TTL, IpNumber::TCP, s.octets(), d.octets())
+                        .expect("segments never exceed the IPv4 length limit");
+                    ip.dont_fragment = true;
+                    ip.identification = *id;
+                    ip.header_checksum = ip.calc_header_checksum();
+                    tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).expect("segment fits");
+                    ip.write(buf).expect("writing to a Vec cannot fail");
+                }
+                (s, d) => {
+                    let (s, d) = (v6_octets(s), v6_octets(d));
+                    let ip = Ipv6Header {
+                        traffic_class: 0,
+                        flow_label: Ipv6FlowLabel::ZERO,
+                        payload_length: tcp_len as u16,
+                        next_header: IpNumber::TCP,
+                        hop_limit: TTL,
+                        source: s,
+                        destination: d,
+                    };
+                    tcp.checksum = tcp.calc_checksum_ipv6(&ip, payload).expect("segment fits");
+                    ip.write(buf).expect("writing to a Vec cannot fail");
+                }
             }
-            (s, d) => {
-                let (s, d) = (v6_octets(s), v6_octets(d));
-                let ip = Ipv6Header {
-                    traffic_class: 0,
-                    flow_label: Ipv6FlowLabel::ZERO,
-                    payload_length: tcp_len as u16,
-                    next_header: IpNumber::TCP,
-                    hop_limit: TTL,
-                    source: s,
-                    destination: d,
-                };
-                tcp.checksum = tcp.calc_checksum_ipv6(&ip, payload).expect("segment fits");
-                ip.write(&mut self.buf).expect("writing to a Vec cannot fail");
-            }
-        }
-        tcp.write(&mut self.buf).expect("writing to a Vec cannot fail");
-        self.buf.extend_from_slice(payload);
-        emit(from, &self.buf);
+            tcp.write(buf).expect("writing to a Vec cannot fail");
+            buf.extend_from_slice(payload);
+            emit(from, buf);
+        });
     }
 }
 

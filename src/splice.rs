@@ -6,15 +6,18 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::error::Side;
 
-/// Bytes read per call. 16 KiB keeps syscalls per large message low.
+/// Bytes read per call. 16 KiB keeps syscalls per large message low; the buffer is one
+/// per thread, not one per session.
 const CHUNK: usize = 16 * 1024;
 
 /// What a finished relay did.
@@ -86,6 +89,11 @@ where
 }
 
 /// Copies `from` → `to` until `from` ends, then shuts `to`'s write side.
+///
+/// An idle pump holds no buffer: bytes are read into the thread's scratch buffer and
+/// written straight on in the same poll; only what the writer does not take at once is
+/// copied to the heap, and that copy is freed as soon as it is written. So a session
+/// costs memory only while its bytes are in flight.
 async fn pump<R, W>(
     from: &mut R,
     to: &mut W,
@@ -99,16 +107,73 @@ where
     W: AsyncWrite + Unpin,
 {
     let fail = |side| move |error| End::Error { side, error };
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = from.read(&mut buf).await.map_err(fail(from_side))?;
-        if n == 0 {
-            return to.shutdown().await.map_err(fail(to_side));
+    let mut backlog: Vec<u8> = Vec::new();
+    let mut at = 0;
+    std::future::poll_fn(|cx| loop {
+        // First whatever the writer did not take last time.
+        while at < backlog.len() {
+            match Pin::new(&mut *to).poll_write(cx, &backlog[at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(fail(to_side)(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(n)) => {
+                    at += n;
+                    count.fetch_add(n as u64, Relaxed);
+                    activity.touch();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(to_side)(e))),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        to.write_all(&buf[..n]).await.map_err(fail(to_side))?;
-        count.fetch_add(n as u64, Relaxed);
-        activity.touch();
-    }
+        if at > 0 {
+            (backlog, at) = (Vec::new(), 0);
+        }
+        let step = SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut *from).poll_read(cx, &mut buf) {
+                Poll::Pending => Step::Wait,
+                Poll::Ready(Err(e)) => Step::Failed(fail(from_side)(e)),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Step::Ended,
+                Poll::Ready(Ok(())) => {
+                    let data = buf.filled();
+                    let mut written = 0;
+                    while written < data.len() {
+                        match Pin::new(&mut *to).poll_write(cx, &data[written..]) {
+                            Poll::Ready(Ok(0)) => return Step::Failed(fail(to_side)(io::ErrorKind::WriteZero.into())),
+                            Poll::Ready(Ok(n)) => written += n,
+                            Poll::Ready(Err(e)) => return Step::Failed(fail(to_side)(e)),
+                            Poll::Pending => break,
+                        }
+                    }
+                    if written > 0 {
+                        count.fetch_add(written as u64, Relaxed);
+                        activity.touch();
+                    }
+                    Step::Left(data[written..].to_vec())
+                }
+            }
+        });
+        match step {
+            Step::Wait => return Poll::Pending,
+            Step::Failed(e) => return Poll::Ready(Err(e)),
+            Step::Ended => return Poll::Ready(Ok(())),
+            Step::Left(rest) => backlog = rest,
+        }
+    })
+    .await?;
+    to.shutdown().await.map_err(fail(to_side))
+}
+
+/// What one read-and-forward did.
+enum Step {
+    Wait,
+    Failed(End),
+    Ended,
+    /// Bytes read but not yet written (empty if all were).
+    Left(Vec<u8>),
+}
+
+thread_local! {
+    /// Where every pump on this thread reads to: borrowed only within one poll.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
 }
 
 /// When a byte last moved, in ms since the relay started (shared by both directions).
@@ -140,7 +205,32 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use std::sync::Arc;
+    use tokio::io::{duplex, AsyncReadExt};
+
+    /// Through 64-byte pipes, writes are always partial: every byte still arrives, in order.
+    #[tokio::test]
+    async fn bytes_a_slow_writer_did_not_take_are_kept_until_it_does() {
+        let (mut client, proxy_client) = duplex(64);
+        let (proxy_upstream, mut upstream) = duplex(64);
+        let counts: Arc<[AtomicU64; 2]> = Arc::default();
+        let c = counts.clone();
+        let relay =
+            tokio::spawn(async move { splice(proxy_client, proxy_upstream, &c, None, std::future::pending()).await });
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "{} of {} bytes, in order", got.len(), data.len());
+        drop((writer.await.unwrap(), upstream));
+        let done = relay.await.unwrap();
+        assert_eq!(done.upstream_bytes, 200_000);
+    }
 
     #[tokio::test]
     async fn half_close_keeps_the_other_direction_open() {

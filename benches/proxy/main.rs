@@ -9,7 +9,8 @@
 //! `wstap::replay`, after wstap has stopped.
 //!
 //! Environment: `WSTAP_BENCH_SECS` (measured seconds per run, default 3),
-//! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000).
+//! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000),
+//! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle`; all by default).
 
 mod wire;
 
@@ -60,6 +61,9 @@ struct Server {
 impl Drop for Server {
     /// SIGTERM and wait: nginx's master then stops its worker (SIGKILL would orphan it).
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         terminate(self.child.id());
         let _ = self.child.wait();
     }
@@ -76,6 +80,7 @@ struct Bench {
     secs: u64,
     rounds: u64,
     idle: u64,
+    only: Option<String>,
 }
 
 fn wait_ready(addr: &str) {
@@ -149,6 +154,7 @@ impl Bench {
             secs: env_or("WSTAP_BENCH_SECS", 3),
             rounds: env_or("WSTAP_BENCH_ROUNDS", 3),
             idle: env_or("WSTAP_BENCH_IDLE", 5000),
+            only: std::env::var("WSTAP_BENCH_ONLY").ok(),
         }
     }
 
@@ -177,6 +183,12 @@ impl Bench {
         }
     }
 
+    /// Whether `WSTAP_BENCH_ONLY` (a comma-separated list of 1kib, 64kib, latency,
+    /// connect, idle; all when unset) asks for this scenario.
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.split(',').any(|o| o.trim() == scenario))
+    }
+
     async fn run(&self) -> Results {
         let mut r = Results::default();
         let secs = Duration::from_secs(self.secs);
@@ -184,17 +196,28 @@ impl Bench {
             eprintln!("round {} of {}", round + 1, self.rounds);
             for t in TARGETS {
                 let a = self.addr(t);
-                let x = throughput(a, 50, 1024, secs).await;
-                r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied, t == "wstap-on");
-                let x = throughput(a, 4, 64 * 1024, secs).await;
-                r.add("4 × 64 KiB", "MB/s", t, x.bytes_per_s / 1e6, x.proxied, t == "wstap-on");
-                let (p50, p99, proxied) = latency(a, secs).await;
-                r.add("1 × 64 B", "p50 µs", t, p50, proxied, t == "wstap-on");
-                r.add("1 × 64 B", "p99 µs", t, p99, 0, false);
-                let (rate, proxied) = connect_rate(a, 8, secs).await;
-                r.add("connect+upgrade+close, 8 workers", "conn/s", t, rate, proxied, t == "wstap-on");
-                let (kib, proxied) = idle_rss(a, &self.pids(t), self.idle as usize).await;
-                r.add(&format!("{} idle sessions", self.idle), "KiB RSS/session", t, kib, proxied, t == "wstap-on");
+                let on = t == "wstap-on";
+                if self.wants("1kib") {
+                    let x = throughput(a, 50, 1024, secs).await;
+                    r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied, on);
+                }
+                if self.wants("64kib") {
+                    let x = throughput(a, 4, 64 * 1024, secs).await;
+                    r.add("4 × 64 KiB", "MB/s", t, x.bytes_per_s / 1e6, x.proxied, on);
+                }
+                if self.wants("latency") {
+                    let (p50, p99, proxied) = latency(a, secs).await;
+                    r.add("1 × 64 B", "p50 µs", t, p50, proxied, on);
+                    r.add("1 × 64 B", "p99 µs", t, p99, 0, false);
+                }
+                if self.wants("connect") {
+                    let (rate, proxied) = connect_rate(a, 8, secs).await;
+                    r.add("connect+upgrade+close, 8 workers", "conn/s", t, rate, proxied, on);
+                }
+                if self.wants("idle") {
+                    let (kib, proxied) = idle_rss(a, &self.pids(t), self.idle as usize).await;
+                    r.add(&format!("{} idle sessions", self.idle), "KiB RSS/session", t, kib, proxied, on);
+                }
             }
         }
         r
