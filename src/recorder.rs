@@ -10,7 +10,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tracing::{error, info, warn};
@@ -143,7 +143,7 @@ struct Queue {
     rotate: bool,
     /// New settings (SIGHUP), for the next file.
     reconfigure: Option<CaptureSettings>,
-    writer_waiting: bool,
+    writer_waiting: Waiting,
 }
 
 impl Recorder {
@@ -183,7 +183,11 @@ impl Recorder {
         let time = time.unwrap_or_else(now_ns);
         q.events.push_back(Event { time, leg, what });
         q.bytes += cost;
-        let wake = q.writer_waiting;
+        let wake = match q.writer_waiting {
+            Waiting::Asleep => true,
+            Waiting::Napping => q.bytes >= WAKE_BYTES,
+            Waiting::No => false,
+        };
         drop(q);
         if wake {
             self.shared.wake.notify_one();
@@ -295,20 +299,52 @@ impl Drop for Capture {
     }
 }
 
+/// What the writer thread is doing when it is not writing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Waiting {
+    /// Working: producers need not wake it.
+    #[default]
+    No,
+    /// Between two batches of a busy queue: woken early only when `WAKE_BYTES` are queued.
+    Napping,
+    /// Nothing to do: the next event wakes it.
+    Asleep,
+}
+
+/// After a batch, the writer naps this long before taking the next one, so that a busy
+/// queue costs one wake-up per nap rather than one per event (each a context switch on
+/// a machine whose cores also carry the traffic).
+const NAP: Duration = Duration::from_millis(2);
+
+/// Queued bytes that end a nap early.
+const WAKE_BYTES: usize = 1 << 20;
+
 fn writer_thread(recorder: Recorder, settings: CaptureSettings) {
     let shared = &recorder.shared;
     let flush_interval = settings.flush_interval;
     let mut sink = FileSink::new(settings, SectionInfo::current(), random_seed());
     let mut batch = VecDeque::new();
+    let mut busy = false;
     loop {
         shared.heartbeat.store(now_ns(), Relaxed);
         let (closed, rotate, reconfigure) = {
             let mut q = recorder.lock();
-            if q.events.is_empty() && !q.closed && !q.rotate && q.reconfigure.is_none() {
-                q.writer_waiting = true;
-                q = shared.wake.wait_timeout(q, flush_interval).map(|(q, _)| q).unwrap_or_else(|p| p.into_inner().0);
-                q.writer_waiting = false;
+            let asked = q.closed || q.rotate || q.reconfigure.is_some();
+            let wait = if asked || q.bytes >= WAKE_BYTES {
+                None
+            } else if busy {
+                Some((Waiting::Napping, NAP))
+            } else if q.events.is_empty() {
+                Some((Waiting::Asleep, flush_interval))
+            } else {
+                None
+            };
+            if let Some((how, long)) = wait {
+                q.writer_waiting = how;
+                q = shared.wake.wait_timeout(q, long).map(|(q, _)| q).unwrap_or_else(|p| p.into_inner().0);
+                q.writer_waiting = Waiting::No;
             }
+            busy = !q.events.is_empty();
             std::mem::swap(&mut q.events, &mut batch);
             q.bytes = 0;
             (q.closed, std::mem::take(&mut q.rotate), q.reconfigure.take())
