@@ -276,7 +276,7 @@ fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, Strin
             return Err(format!("the capture lost bytes of an HTTP request at stream offset {ci}"));
         }
         let Some(req) = request(&c.bytes[ci..])? else { return Ok(None) };
-        let upgrade = req.has_token("upgrade", "websocket") || req.has_token("connection", "upgrade");
+        let upgrade = req.has_token("upgrade", "websocket");
         let req_body = body_len(&req, &c.bytes, ci + req.len, false)?.unwrap_or(0);
         // Interim responses (100 Continue) come before the real one.
         let res = loop {
@@ -306,166 +306,148 @@ fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, Strin
     }
 }
 
-/// One direction's frame decoding state.
+/// One direction's frame decoding.
 struct Decoder {
     sender: Sender,
+    /// The inflater and whether it keeps its context between messages.
     inflate: Option<(Decompress, bool)>,
-    /// The data message being assembled: kind, payload, frames, compressed, incomplete.
-    partial: Option<(Kind, Vec<u8>, u32, bool, bool)>,
+    /// The fragmented data message being assembled.
+    partial: Option<Message>,
+    /// Messages, each with the conversation order and stream offset of its last byte.
+    out: Vec<(usize, usize, Message)>,
+    problems: Vec<String>,
 }
 
 impl Decoder {
-    /// Decodes frames from `at`; messages are pushed with the order of their last byte.
-    fn run(&mut self, st: &Stream, mut at: usize, out: &mut Vec<(usize, usize, Message)>, problems: &mut Vec<String>) {
-        let who = self.sender.arrow();
+    fn new(sender: Sender, inflate: Option<(Decompress, bool)>) -> Decoder {
+        Decoder { sender, inflate, partial: None, out: Vec::new(), problems: Vec::new() }
+    }
+
+    fn problem(&mut self, what: String) {
+        self.problems.push(format!("{}: {what}", self.sender.arrow()));
+    }
+
+    /// Decodes the frames of `st` from offset `at` to its end.
+    fn run(&mut self, st: &Stream, mut at: usize) {
         let b = &st.bytes;
         while at < b.len() {
-            let header_end = (at + 14).min(b.len());
-            if st.has_gap(at, header_end.min(at + 2)) {
-                problems.push(format!("{who}: the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"));
-                return;
+            if st.has_gap(at, (at + 2).min(b.len())) {
+                return self.problem(format!(
+                    "the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"
+                ));
             }
             let mut cur = Cursor::new(&b[at..]);
             let (header, len) = match FrameHeader::parse(&mut cur) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
-                Err(e) => {
-                    problems.push(format!("{who}: bad frame header at stream offset {at}: {e}"));
-                    return;
-                }
+                Err(e) => return self.problem(format!("bad frame header at stream offset {at}: {e}")),
             };
             let start = at + cur.position() as usize;
             if st.has_gap(at, start) {
-                problems.push(format!("{who}: the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"));
-                return;
+                return self.problem(format!(
+                    "the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"
+                ));
             }
             if len > MAX_MESSAGE as u64 {
-                problems.push(format!(
-                    "{who}: frame at stream offset {at} claims {len} bytes, more than this reader holds"
-                ));
-                return;
+                return self
+                    .problem(format!("frame at stream offset {at} claims {len} bytes, more than this reader holds"));
             }
             let end = start + len as usize;
-            let complete = end <= b.len();
             let mut payload = b[start..end.min(b.len())].to_vec();
             if let Some(mask) = header.mask {
                 payload.iter_mut().enumerate().for_each(|(i, x)| *x ^= mask[i % 4]);
             }
-            let gap = st.has_gap(start, end) || !complete;
-            let (ts, order) = st.arrival(end.min(b.len()));
-            self.frame(&header, payload, gap, ts, order, end, out, problems);
-            if !complete {
-                problems.push(format!("{who}: the stream ends inside a {len}-byte frame at stream offset {at}"));
-                return;
+            let gap = st.has_gap(start, end) || end > b.len();
+            let (ts_ns, order) = st.arrival(end.min(b.len()));
+            self.frame(&header, payload, gap, ts_ns, (order, end));
+            if end > b.len() {
+                return self.problem(format!("the stream ends inside a {len}-byte frame at stream offset {at}"));
             }
             at = end;
         }
         if at < b.len() {
-            problems.push(format!("{who}: the stream ends inside a frame header at stream offset {at}"));
+            self.problem(format!("the stream ends inside a frame header at stream offset {at}"));
         }
         if let Some(why) = &st.cut {
-            problems.push(format!("{who}: {why}"));
+            self.problem(why.clone());
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn frame(
-        &mut self,
-        h: &FrameHeader,
-        payload: Vec<u8>,
-        gap: bool,
-        ts_ns: i128,
-        order: usize,
-        end: usize,
-        out: &mut Vec<(usize, usize, Message)>,
-        problems: &mut Vec<String>,
-    ) {
-        let (sender, who) = (self.sender, self.sender.arrow());
-        let msg = move |kind, data, frames, compressed, incomplete| Message {
-            sender,
-            ts_ns,
-            kind,
-            data,
-            frames,
-            compressed,
-            incomplete,
-        };
-        let kind = match h.opcode {
+    /// One frame; `place` is the conversation order and stream offset of its last byte.
+    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, ts_ns: i128, place: (usize, usize)) {
+        let end = place.1;
+        let sender = self.sender;
+        let message =
+            move |kind, data, compressed| Message { sender, ts_ns, kind, data, frames: 1, compressed, incomplete: gap };
+        match h.opcode {
+            OpCode::Control(Control::Reserved(r)) | OpCode::Data(Data::Reserved(r)) => {
+                self.problem(format!("reserved opcode {r:#x} in the frame ending at stream offset {end}"));
+            }
             OpCode::Control(c) => {
                 let kind = match c {
                     Control::Ping => Kind::Ping,
                     Control::Pong => Kind::Pong,
-                    Control::Close => Kind::Close,
-                    Control::Reserved(r) => {
-                        problems.push(format!("{who}: reserved control opcode {r:#x} at stream offset {end}"));
-                        return;
-                    }
+                    _ => Kind::Close,
                 };
-                out.push((order, end, msg(kind, payload, 1, false, gap)));
-                return;
+                let m = message(kind, data, false);
+                self.out.push((place.0, end, m));
             }
-            OpCode::Data(Data::Text) => Kind::Text,
-            OpCode::Data(Data::Binary) => Kind::Binary,
             OpCode::Data(Data::Continue) => {
                 let Some(p) = self.partial.as_mut() else {
-                    problems.push(format!(
-                        "{who}: continuation frame with no message to continue, ending at stream offset {end}"
+                    return self.problem(format!(
+                        "continuation frame with no message to continue, ending at stream offset {end}"
                     ));
-                    return;
                 };
-                p.1.extend_from_slice(&payload);
-                p.2 += 1;
-                p.4 |= gap;
+                p.data.extend_from_slice(&data);
+                p.frames += 1;
+                p.incomplete |= gap;
+                p.ts_ns = ts_ns;
                 if h.is_final {
-                    let (kind, data, frames, compressed, incomplete) =
-                        self.partial.take().unwrap_or((Kind::Binary, Vec::new(), 0, false, false));
-                    let (data, incomplete) = self.finish(data, compressed, incomplete, end, problems);
-                    out.push((order, end, msg(kind, data, frames, compressed, incomplete)));
+                    let m = self.partial.take();
+                    m.into_iter().for_each(|m| self.complete(m, place));
                 }
-                return;
             }
-            OpCode::Data(Data::Reserved(r)) => {
-                problems.push(format!("{who}: reserved data opcode {r:#x}, frame ending at stream offset {end}"));
-                return;
+            OpCode::Data(d) => {
+                let kind = if matches!(d, Data::Text) { Kind::Text } else { Kind::Binary };
+                let m = message(kind, data, h.rsv1);
+                if let Some(mut unfinished) = self.partial.take() {
+                    let n = unfinished.data.len();
+                    self.problem(format!("a new message began before the fragmented one ({n} bytes so far) ended"));
+                    unfinished.incomplete = true;
+                    self.out.push((place.0, end, unfinished));
+                }
+                if h.is_final {
+                    self.complete(m, place);
+                } else {
+                    self.partial = Some(m);
+                }
             }
-        };
-        if let Some(p) = self.partial.take() {
-            problems.push(format!(
-                "{who}: a new message began before the fragmented one ({} bytes so far) ended",
-                p.1.len()
-            ));
-            out.push((order, end, msg(p.0, p.1, p.2, p.3, true)));
-        }
-        let compressed = h.rsv1;
-        if h.is_final {
-            let (data, incomplete) = self.finish(payload, compressed, gap, end, problems);
-            out.push((order, end, msg(kind, data, 1, compressed, incomplete)));
-        } else {
-            self.partial = Some((kind, payload, 1, compressed, gap));
         }
     }
 
-    /// Inflates a compressed message; keeps the raw bytes if that fails.
-    fn finish(
-        &mut self,
-        data: Vec<u8>,
-        compressed: bool,
-        incomplete: bool,
-        end: usize,
-        problems: &mut Vec<String>,
-    ) -> (Vec<u8>, bool) {
-        if !compressed || incomplete {
-            return (data, incomplete);
+    /// A message's last frame arrived: inflate it if it was compressed.
+    fn complete(&mut self, mut m: Message, place: (usize, usize)) {
+        if m.compressed && !m.incomplete {
+            match self.inflated(&m.data, place.1) {
+                Some(d) => m.data = d,
+                None => m.incomplete = true,
+            }
         }
-        let who = self.sender.arrow();
+        self.out.push((place.0, place.1, m));
+    }
+
+    /// The payload of a compressed message, inflated; `None` (and a problem) if it fails.
+    fn inflated(&mut self, data: &[u8], end: usize) -> Option<Vec<u8>> {
         let Some((z, takeover)) = self.inflate.as_mut() else {
-            problems.push(format!("{who}: compressed message (RSV1) ending at stream offset {end}, but no permessage-deflate was negotiated"));
-            return (data, true);
+            self.problem(format!(
+                "compressed message (RSV1) ending at stream offset {end}, but no permessage-deflate was negotiated"
+            ));
+            return None;
         };
         if !*takeover {
             z.reset(false);
         }
-        let input = [&data[..], &[0, 0, 0xff, 0xff]].concat();
+        let input = [data, &[0, 0, 0xff, 0xff]].concat();
         let mut out = Vec::with_capacity(input.len() * 3);
         let (in0, mut used) = (z.total_in(), 0usize);
         loop {
@@ -477,10 +459,10 @@ impl Decoder {
             match status {
                 Ok(Status::Ok | Status::BufError) if used < input.len() && out.len() < MAX_MESSAGE => continue,
                 Ok(_) if out.len() == out.capacity() && out.len() < MAX_MESSAGE => continue,
-                Ok(_) => return (out, false),
+                Ok(_) => return Some(out),
                 Err(e) => {
-                    problems.push(format!("{who}: message ending at stream offset {end} does not inflate: {e}"));
-                    return (data, true);
+                    self.problem(format!("message ending at stream offset {end} does not inflate: {e}"));
+                    return None;
                 }
             }
         }
@@ -515,17 +497,15 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
     for (i, who) in [(client, Sender::Client), (1 - client, Sender::Server)] {
         // Server→client context takeover is the second flag.
         let inflate = takeover.map(|t| (Decompress::new(false), t[usize::from(who == Sender::Server)]));
-        let mut d = Decoder { sender: who, inflate, partial: None };
-        d.run(&s[i], up.at[usize::from(who == Sender::Server)], &mut out, &mut problems);
-        if let Some(p) = d.partial.take() {
-            problems.push(format!("{}: the capture ends inside a fragmented message", who.arrow()));
-            let (ts_ns, order) = s[i].arrival(s[i].bytes.len());
-            out.push((
-                order,
-                usize::MAX,
-                Message { sender: who, ts_ns, kind: p.0, data: p.1, frames: p.2, compressed: p.3, incomplete: true },
-            ));
+        let mut d = Decoder::new(who, inflate);
+        d.run(&s[i], up.at[usize::from(who == Sender::Server)]);
+        if let Some(mut unfinished) = d.partial.take() {
+            d.problem("the capture ends inside a fragmented message".into());
+            unfinished.incomplete = true;
+            d.out.push((s[i].arrival(s[i].bytes.len()).1, usize::MAX, unfinished));
         }
+        problems.extend(d.problems);
+        out.extend(d.out);
     }
     out.sort_by_key(|(order, end, m)| (*order, m.sender == Sender::Server, *end));
     let (client_addr, server_addr) = if client == 0 { (conn.a, conn.b) } else { (conn.b, conn.a) };
@@ -768,7 +748,7 @@ pub(crate) mod tests {
         assert!(decode(&conn(vec![data(0, b"\x16\x03\x01 tls hello")]), 1).is_none());
         let bad = conn(vec![data(0, UPGRADE), data(1, format!("{SWITCH}\r\n").as_bytes()), data(1, &[0x83, 0x00])]);
         let s = decode(&bad, 1).unwrap();
-        assert!(s.problems.iter().any(|p| p.contains("invalid opcode")), "{:?}", s.problems);
+        assert!(s.problems.iter().any(|p| p.contains("opcode")), "{:?}", s.problems);
         let cont = conn(vec![
             data(0, UPGRADE),
             data(1, format!("{SWITCH}\r\n").as_bytes()),
