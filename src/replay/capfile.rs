@@ -129,7 +129,7 @@ impl<'a> Reader<'a> {
             let Some(kind) = u32_at(d, at, false) else {
                 return err(at, "truncated block header");
             };
-            let Format::Pcapng { big, interfaces } = &mut self.format else { unreachable!() };
+            let Format::Pcapng { big, interfaces } = &mut self.format else { return Ok(None) };
             if kind == SHB {
                 *big = match u32_at(d, at + 8, false) {
                     Some(BYTE_ORDER_MAGIC) => false,
