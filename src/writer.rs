@@ -587,7 +587,7 @@ impl<W: Write> CaptureWriter<W> {
         let (local, interface) = (leg.local, self.interfaces[leg.interface as usize]);
         let Some(interface) = interface else { return Ok(()) };
         let mut note = leg.note.take();
-        let mut result = Ok(());
+        let (mut result, mut written) = (Ok(()), 0);
         let ts = Duration::from_nanos(time);
         make(&mut leg.flow, &mut |from, bytes| {
             if result.is_err() {
@@ -598,9 +598,10 @@ impl<W: Write> CaptureWriter<W> {
                 (Some(n), Some(e)) => Some(format!("{e}; {n}")),
                 (n, e) => n.or(e.map(str::to_owned)),
             };
-            result = out.packet(interface, ts, direction, bytes, comment.as_deref()).map_err(io::Error::other);
-            stats.packets_written.fetch_add(1, Relaxed);
+            result = out.packet(interface, ts, direction, bytes, comment.as_deref());
+            written += 1;
         });
+        stats.packets_written.fetch_add(written, Relaxed);
         result
     }
 }
