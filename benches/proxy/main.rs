@@ -251,6 +251,8 @@ impl Bench {
         terminate(self.wstap_on.child.id());
         let _ = self.wstap_on.child.wait();
         let captured = captured_payload(&self.dir.join("captures"));
+        // Gigabytes, once counted: not worth keeping.
+        let _ = std::fs::remove_dir_all(self.dir.join("captures"));
         let proxied = results.proxied_on;
         println!("{}", results.table());
         println!(
