@@ -87,7 +87,8 @@ pub fn open(path: impl AsRef<Path>) -> Result<Recording, Error> {
 /// Reads several capture files as one capture, in the order given (a rotated set, say).
 /// A connection that runs on from one file into the next is one session; in wstap's own
 /// files each file instead begins its part of a session with the repeated Upgrade (so
-/// that it opens on its own), and each part is a session of its own.
+/// that it opens on its own), and each part is a session of its own (but for parts with
+/// no bytes between them, whose repeated handshakes are the same).
 pub fn open_all<P: AsRef<Path>>(paths: &[P]) -> Result<Recording, Error> {
     let files = paths
         .iter()
