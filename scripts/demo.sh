@@ -25,3 +25,5 @@ if command -v tshark >/dev/null; then
   echo "demo: tshark -r $capture -Y websocket"
   tshark -r "$capture" -Y websocket 2>/dev/null | sed 's/^/  /'
 fi
+echo "demo: wstap sessions $capture --messages  (see docs/replay.md for replay and mock)"
+"$bin/wstap" sessions "$capture" --messages | sed 's/^/  /'
