@@ -174,11 +174,16 @@ impl FrameTracker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
+        frame_with(0x80 | opcode, payload, masked)
+    }
+
+    /// A frame whose first byte (FIN, RSV bits, opcode) is `first`, masked or not.
+    pub(crate) fn frame_with(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut f = vec![first];
         let m = if masked { 0x80 } else { 0 };
         match payload.len() {
             n if n < 126 => f.push(m | n as u8),

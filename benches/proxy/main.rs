@@ -380,7 +380,24 @@ async fn throughput(addr: &str, conns: usize, size: usize, secs: Duration) -> Th
             close(&mut s).await;
         }));
     }
-    let counted = local
+    let counted = measure(&local, &count, &stop, tasks, secs).await;
+    Throughput {
+        msgs_per_s: counted,
+        bytes_per_s: counted * size as f64,
+        proxied: count.load(Relaxed) * 2 * size as u64,
+    }
+}
+
+/// Runs `tasks` for half a second of warm-up, then `secs` measured: `count`'s rate over
+/// the measured part. Then stops them and waits for each to finish its last round.
+async fn measure(
+    local: &tokio::task::LocalSet,
+    count: &AtomicU64,
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    secs: Duration,
+) -> f64 {
+    local
         .run_until(async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let (c0, t0) = (count.load(Relaxed), Instant::now());
@@ -392,12 +409,7 @@ async fn throughput(addr: &str, conns: usize, size: usize, secs: Duration) -> Th
             }
             (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
         })
-        .await;
-    Throughput {
-        msgs_per_s: counted,
-        bytes_per_s: counted * size as f64,
-        proxied: count.load(Relaxed) * 2 * size as u64,
-    }
+        .await
 }
 
 async fn close(s: &mut tokio::io::BufReader<tokio::net::TcpStream>) {
@@ -456,19 +468,7 @@ async fn connect_rate(addr: &str, workers: usize, secs: Duration) -> (f64, u64) 
             }
         }));
     }
-    let rate = local
-        .run_until(async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let (c0, t0) = (count.load(Relaxed), Instant::now());
-            tokio::time::sleep(secs).await;
-            let (c1, t1) = (count.load(Relaxed), Instant::now());
-            stop.store(true, Relaxed);
-            for t in tasks {
-                t.await.unwrap();
-            }
-            (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
-        })
-        .await;
+    let rate = measure(&local, &count, &stop, tasks, secs).await;
     (rate, 0)
 }
 

@@ -573,25 +573,7 @@ pub(crate) mod tests {
 
     /// A frame as a client (masked) or server would send it.
     fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        let mut f = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
-        let m = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n if n < 65536 => {
-                f.push(m | 126);
-                f.extend((n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(m | 127);
-                f.extend((n as u64).to_be_bytes());
-            }
-        }
-        let key = [0x11, 0x22, 0x33, 0x44];
-        if masked {
-            f.extend(key);
-        }
-        f.extend(payload.iter().enumerate().map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }));
-        f
+        crate::wsframe::tests::frame_with(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode, payload, masked)
     }
 
     const UPGRADE: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
