@@ -5,7 +5,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const TEXT: u8 = 1;
@@ -121,13 +121,9 @@ async fn echo(s: TcpStream) -> io::Result<()> {
         out.push(0x80 | opcode);
         push_len(&mut out, payload.len(), 0);
         out.extend_from_slice(&payload);
-        write_all(s.get_mut(), &out).await?;
+        s.get_mut().write_all(&out).await?;
         if opcode == CLOSE {
             return Ok(());
         }
     }
-}
-
-async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> io::Result<()> {
-    w.write_all(b).await
 }

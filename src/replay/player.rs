@@ -185,10 +185,10 @@ pub async fn replay(
         .map_err(|_| anyhow::anyhow!("{url}: no WebSocket handshake within {:?}", opts.wait))?
         .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
     let mut report = Report::default();
-    let recorded = session.response_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"));
+    let recorded = session.response_header("sec-websocket-protocol");
     let got = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
-    if recorded.map(|(_, v)| v.as_str()) != got {
-        report.steps.push(Step::Handshake(format!("subprotocol: recorded {:?}, got {got:?}", recorded.map(|r| &r.1))));
+    if recorded != got {
+        report.steps.push(Step::Handshake(format!("subprotocol: recorded {recorded:?}, got {got:?}")));
     }
     converse(ws, session, Sender::Client, opts, report, on_step).await
 }
@@ -236,11 +236,7 @@ pub async fn mock(
     let (socket, _) = listener.accept().await?;
     let mut report = Report::default();
     let mut asked = String::new();
-    let protocol = session
-        .response_headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol"))
-        .and_then(|(_, v)| HeaderValue::try_from(v.as_str()).ok());
+    let protocol = session.response_header("sec-websocket-protocol").and_then(|v| HeaderValue::try_from(v).ok());
     // The signature is tungstenite's: its error type is what it is.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut res: Response| -> Result<Response, ErrorResponse> {

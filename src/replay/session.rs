@@ -103,7 +103,12 @@ impl Session {
 
     /// A request header's value (name compared case-insensitively).
     pub fn request_header(&self, name: &str) -> Option<&str> {
-        self.request_headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        field(&self.request_headers, name)
+    }
+
+    /// A header's value in the `101` response (name compared case-insensitively).
+    pub fn response_header(&self, name: &str) -> Option<&str> {
+        field(&self.response_headers, name)
     }
 }
 
@@ -172,9 +177,14 @@ struct Head {
     headers: Vec<(String, String)>,
 }
 
+/// The first value of field `name` (case-insensitive) in `headers`.
+fn field<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
 impl Head {
     fn field(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        field(&self.headers, name)
     }
 
     fn has_token(&self, name: &str, token: &str) -> bool {
