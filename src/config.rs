@@ -18,6 +18,8 @@ pub struct Settings {
     /// The file these settings came from (for messages).
     pub source: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// Threads running connections: 0 = one per CPU; 1 = every task on one thread.
+    pub workers: usize,
     /// In file order; the first match wins.
     pub routes: Vec<Route>,
     pub limits: Limits,
@@ -180,6 +182,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Vec<SocketAddr>,
+    #[serde(default)]
+    workers: usize,
     #[serde(rename = "route", default)]
     routes: Vec<FileRoute>,
     #[serde(default)]
@@ -446,6 +450,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 impl FileConfig {
     fn validate(self, source: &Path) -> Result<Settings, ConfigError> {
+        const MAX_WORKERS: usize = 1024;
         let fail = |key: &str, msg: String| {
             Err(ConfigError(format!("invalid config {}: key `{key}`: {msg}", source.display())))
         };
@@ -456,6 +461,9 @@ impl FileConfig {
             if self.listen[..i].contains(addr) {
                 return fail(&format!("listen[{i}]"), format!("{addr} is listed twice"));
             }
+        }
+        if self.workers > MAX_WORKERS {
+            return fail("workers", format!("{} is more than {MAX_WORKERS}", self.workers));
         }
         if self.routes.is_empty() {
             return fail("route", "at least one [[route]] is required".into());
@@ -536,6 +544,7 @@ impl FileConfig {
         Ok(Settings {
             source: source.to_owned(),
             listen: self.listen,
+            workers: self.workers,
             routes,
             limits: Limits {
                 max_connections: l.max_connections,
@@ -561,6 +570,7 @@ impl fmt::Display for Settings {
         let listen: Vec<String> = self.listen.iter().map(|a| format!("{:?}", a.to_string())).collect();
         writeln!(f, "# effective settings of {}", self.source.display())?;
         writeln!(f, "listen = [{}]", listen.join(", "))?;
+        writeln!(f, "workers = {}", self.workers)?;
         for r in &self.routes {
             writeln!(f, "\n[[route]]")?;
             if let Some(h) = &r.host {
@@ -635,6 +645,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let s = parse(MINIMAL).unwrap();
         assert_eq!(s.routes[0].path_prefix, "/");
+        assert_eq!(s.workers, 0, "one per CPU");
         assert_eq!(s.limits.max_connections, 10_000);
         assert_eq!(s.limits.handshake_timeout, Duration::from_secs(10));
         assert_eq!(s.limits.idle_timeout, None);
@@ -644,6 +655,15 @@ mod tests {
         assert_eq!(s.capture.mode, CaptureMode::Websocket);
         assert_eq!(s.capture.legs, Legs { client: true, upstream: true });
         assert_eq!((s.capture.mss_ipv4, s.capture.mss_ipv6, s.capture.display_port), (1460, 1440, None));
+    }
+
+    #[test]
+    fn workers() {
+        assert_eq!(parse(&format!("workers = 1\n{MINIMAL}")).unwrap().workers, 1);
+        let err = parse(&format!("workers = 5000\n{MINIMAL}")).unwrap_err();
+        assert!(err.contains("key `workers`") && err.contains("test.toml"), "{err}");
+        let err = parse(&format!("workers = -1\n{MINIMAL}")).unwrap_err();
+        assert!(err.contains("workers") && err.contains("test.toml:1:"), "{err}");
     }
 
     #[test]

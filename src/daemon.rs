@@ -336,6 +336,19 @@ fn bound_list(listeners: &Listeners) -> String {
 /// routes, limits and capture settings (the capture writer takes its from the next
 /// file), and removed addresses stop listening. Live connections and sessions keep the
 /// settings they started with and are never disturbed.
+/// The event loop for `workers` threads (0: one per CPU, or `TOKIO_WORKER_THREADS`).
+/// With one, every task runs on the calling thread (tokio's current-thread scheduler):
+/// no task is ever handed to another thread and woken there, which on a small or busy
+/// machine is the fastest way to run; it is what nginx's `worker_processes 1` does.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    use tokio::runtime::Builder;
+    match workers {
+        1 => Builder::new_current_thread().enable_all().build(),
+        0 => Builder::new_multi_thread().enable_all().build(),
+        n => Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+}
+
 async fn reload(
     source: &std::path::Path,
     shared: &Arc<Shared>,
@@ -367,6 +380,10 @@ async fn reload(
         }
     };
     let metrics = shared.ctx().metrics.clone();
+    let workers = shared.ctx().settings.workers;
+    if new.workers != workers {
+        warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
+    }
     *shared.ctx.write().unwrap_or_else(|p| p.into_inner()) =
         Arc::new(Context { settings: new.clone(), capture: recorder, metrics });
     let (old_max, new_max) =

@@ -135,7 +135,7 @@ fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = wstap::Settings::load(config)?;
     wstap::daemon::init_logging(&settings.log_level);
     let actions = wstap::signals::listen()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = wstap::daemon::runtime(settings.workers)?;
     runtime.block_on(async {
         let daemon = wstap::Daemon::bind(settings).await?;
         daemon.run(actions).await

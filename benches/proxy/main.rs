@@ -2,7 +2,8 @@
 //!
 //! Targets, all in front of the same echo backend (this binary re-run with `--echo`):
 //! direct (no proxy), nginx (Debian's, 1 worker, `proxy_buffering off`), nginx-64k (the
-//! same with 64 KiB proxy buffers), wstap with capture off, wstap with capture on. Every
+//! same with 64 KiB proxy buffers), wstap (`workers = 1`, as nginx's one worker) with
+//! capture off, and with capture on. Every
 //! scenario runs the targets interleaved (A B C D E, A B C D E, …) for `ROUNDS` rounds and
 //! reports medians with the ratio to direct. The load generator is closed-loop and checks
 //! every echoed byte. Capture completeness is read back from wstap's own files with
@@ -11,7 +12,8 @@
 //! Environment: `WSTAP_BENCH_SECS` (measured seconds per run, default 3),
 //! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000),
 //! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle`; all by default),
-//! `WSTAP_BENCH_LOG` (wstap's `log.level`, default `info`, as shipped).
+//! `WSTAP_BENCH_TARGETS` (some of `direct,nginx,nginx-64k,wstap-off,wstap-on`, to
+//! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default `info`, as shipped).
 
 mod wire;
 
@@ -82,6 +84,8 @@ struct Bench {
     rounds: u64,
     idle: u64,
     only: Option<String>,
+    /// `WSTAP_BENCH_TARGETS`: some of the targets, for profiling one (all by default).
+    targets: Option<String>,
 }
 
 fn wait_ready(addr: &str) {
@@ -122,7 +126,7 @@ impl Bench {
         let wstap = |name: &str, capture: String| {
             let port = free_port();
             let toml = format!(
-                "listen = [\"127.0.0.1:{port}\"]\n[[route]]\nupstream = \"ws://{upstream}\"\n[limits]\nmax_connections = 20000\n[log]\nlevel = \"{log}\"\n{capture}\n"
+                "listen = [\"127.0.0.1:{port}\"]\nworkers = 1\n[[route]]\nupstream = \"ws://{upstream}\"\n[limits]\nmax_connections = 20000\n[log]\nlevel = \"{log}\"\n{capture}\n"
             );
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(&path, toml).unwrap();
@@ -157,6 +161,7 @@ impl Bench {
             rounds: env_or("WSTAP_BENCH_ROUNDS", 3),
             idle: env_or("WSTAP_BENCH_IDLE", 5000),
             only: std::env::var("WSTAP_BENCH_ONLY").ok(),
+            targets: std::env::var("WSTAP_BENCH_TARGETS").ok(),
         }
     }
 
@@ -212,7 +217,10 @@ impl Bench {
         }
         for round in 0..self.rounds {
             eprintln!("round {} of {}", round + 1, self.rounds);
-            for t in TARGETS {
+            for t in TARGETS
+                .into_iter()
+                .filter(|t| self.targets.as_ref().is_none_or(|o| o.split(',').any(|o| o.trim() == *t)))
+            {
                 let a = self.addr(t);
                 let on = t == "wstap-on";
                 if self.wants("1kib") {

@@ -106,6 +106,32 @@ async fn sigusr1_rotates_and_sigterm_drains_a_live_session_and_exits_zero() {
     .await;
 }
 
+/// `workers = 1` runs every connection on the main thread (no tokio worker threads);
+/// `workers = 3` starts three. Either way sessions are served.
+#[tokio::test]
+async fn workers_sets_the_threads_that_run_connections() {
+    within(async {
+        let echo = echo_upstream().await;
+        for (workers, expected) in [(1, 0), (3, 3)] {
+            let dir = scratch(&format!("workers-{workers}"));
+            let config = dir.join("wstap.toml");
+            std::fs::write(&config, format!("workers = {workers}\n{}", super::support::config(echo, ""))).unwrap();
+            let (child, addr) = spawn_daemon(&config).await;
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+            ws.send(Message::text("hello")).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|c| c.trim().to_owned())
+                .collect();
+            let runtime_workers = threads.iter().filter(|c| c.as_str() == "tokio-rt-worker").count();
+            assert_eq!(runtime_workers, expected, "workers = {workers}: threads {threads:?}");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn systemd_hears_ready_watchdog_reloading_ready_and_stopping_in_order() {
     within(async {
