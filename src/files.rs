@@ -312,6 +312,10 @@ impl FileSink {
             } else if out.writer.ready_to_rotate(now) || (self.failing && now >= self.retry_at && out.file.is_none()) {
                 self.open_next(key, now, stats);
             }
+            let Some(out) = self.outputs.get_mut(&key) else { continue };
+            if let Err(e) = out.writer.idle(stats) {
+                self.write_failed(key, &e, now, stats);
+            }
             if let Some(w) = self.outputs.get_mut(&key).and_then(|o| o.writer.get_mut()) {
                 if let Err(e) = w.flush() {
                     self.write_failed(key, &e, now, stats);

@@ -22,7 +22,8 @@ use crate::wsframe::FrameTracker;
 pub struct Synthesis {
     pub mss_ipv4: u16,
     pub mss_ipv6: u16,
-    /// A pure ACK from the receiver after each chunk of data.
+    /// The receiver acknowledges each chunk of data: on its own next data when that
+    /// comes first, else with a pure ACK.
     pub acks: bool,
     /// Write the server side of each leg with this port instead of the real one.
     pub display_port: Option<u16>,
@@ -67,6 +68,11 @@ struct LegState {
     /// The leg is finished (both FINs, or a reset): its last packet waits for the Close,
     /// which follows within microseconds, to carry the close comment.
     last: Option<Pending>,
+    /// The end that owes a pure ACK for data it received (`capture.acks`). Like a real
+    /// stack's delayed ACK, it rides on that end's own next data or FIN when that comes
+    /// first; it is written before anything else the leg does, and when the writer has
+    /// caught up with its queue ([`CaptureWriter::idle`]).
+    ack_due: Option<End>,
 }
 
 impl LegState {
@@ -260,6 +266,7 @@ impl<W: Write> CaptureWriter<W> {
     /// Ends the current section: writes what is held back and hands back its writer.
     pub fn finish(&mut self, stats: &Stats) -> io::Result<Option<W>> {
         self.write_pending(stats)?;
+        self.idle(stats)?;
         Ok(self.out.take().map(PcapngWriter::into_inner))
     }
 
@@ -292,6 +299,26 @@ impl<W: Write> CaptureWriter<W> {
     pub fn ready_to_rotate(&self, now: u64) -> bool {
         self.rotation_due
             .is_some_and(|due| self.mid_frame == 0 || now >= due + self.synth.rotate_wait.as_nanos() as u64)
+    }
+
+    /// The writer has caught up with its queue: the ACKs still owed are written now
+    /// (no data is coming that they could ride on).
+    pub fn idle(&mut self, stats: &Stats) -> io::Result<()> {
+        let owed: Vec<LegId> = self.legs.iter().filter(|(_, l)| l.ack_due.is_some()).map(|(id, _)| *id).collect();
+        for id in owed {
+            self.settle_ack(id, None, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pure ACK leg `id` owes, unless `rides_on` (the end about to send data
+    /// or a FIN, which carries the acknowledgement) is the end that owes it.
+    fn settle_ack(&mut self, id: LegId, rides_on: Option<End>, stats: &Stats) -> io::Result<()> {
+        let Some(due) = self.legs.get_mut(&id).and_then(|l| l.ack_due.take()) else { return Ok(()) };
+        if rides_on == Some(due) {
+            return Ok(());
+        }
+        self.emit(id, self.last_time, |f, e| f.ack(due, e), stats)
     }
 
     /// Live legs.
@@ -351,6 +378,22 @@ impl<W: Write> CaptureWriter<W> {
         if !closing_this_leg {
             self.write_pending(stats)?;
         }
+        // An ACK the leg owes goes out before whatever the leg does next, unless it rides on it.
+        let rides_on = match (&ev.what, self.legs.get(&ev.leg)) {
+            (What::Data { dir, .. } | What::Fin { dir, .. }, Some(leg)) => Some(leg.end_of(*dir)),
+            _ => None,
+        };
+        match &ev.what {
+            // The leg's last packet, unless it already has one: held for the close comment.
+            What::Close { .. } if self.legs.get(&ev.leg).is_some_and(|l| l.last.is_none() && l.ack_due.is_some()) => {
+                if let Some(from) = self.legs.get_mut(&ev.leg).and_then(|l| l.ack_due.take()) {
+                    self.write_pending(stats)?;
+                    self.pending = Some(Pending { leg: ev.leg, time, from, kind: Final::Ack });
+                }
+            }
+            What::Note(_) | What::Open(_) => {}
+            _ => self.settle_ack(ev.leg, rides_on, stats)?,
+        }
         match ev.what {
             What::Open(o) => self.open(ev.leg, time, *o, stats),
             What::Data { dir, offset, bytes } => {
@@ -373,7 +416,9 @@ impl<W: Write> CaptureWriter<W> {
                 stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
                 self.emit(ev.leg, time, |f, e| f.data(from, payload, e), stats)?;
                 if self.synth.acks {
-                    self.pending = Some(Pending { leg: ev.leg, time, from: from.peer(), kind: Final::Ack });
+                    if let Some(leg) = self.legs.get_mut(&ev.leg) {
+                        leg.ack_due = Some(from.peer());
+                    }
                 }
                 Ok(())
             }
@@ -455,6 +500,7 @@ impl<W: Write> CaptureWriter<W> {
             recent: [(0, Vec::new()), (0, Vec::new())],
             lost: [0; 2],
             last: None,
+            ack_due: None,
         };
         self.legs.insert(id, leg);
         self.emit(id, time, |f, e| f.handshake(e), stats)
@@ -630,11 +676,15 @@ mod tests {
 
     /// A writer into memory: no pure ACKs, a 5 s rotation wait.
     fn test_writer() -> CaptureWriter<Vec<u8>> {
+        test_writer_acks(false)
+    }
+
+    fn test_writer_acks(acks: bool) -> CaptureWriter<Vec<u8>> {
         let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
         let synth = Synthesis {
             mss_ipv4: 1460,
             mss_ipv6: 1440,
-            acks: false,
+            acks,
             display_port: None,
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
@@ -644,10 +694,27 @@ mod tests {
 
     /// (seq, payload length, comment) of each packet in a pcapng written by `events`.
     fn written(events: Vec<What>) -> Vec<(u32, usize, Option<String>)> {
-        let mut w = test_writer();
+        written_by(test_writer(), events.into_iter().map(Some).collect())
+            .into_iter()
+            .map(|(seq, len, comment, _)| (seq, len, comment))
+            .collect()
+    }
+
+    /// (seq, payload length, comment, flags) of each packet `w` writes for `events`;
+    /// `None` stands for the writer catching up with its queue ([`CaptureWriter::idle`]).
+    fn written_by(
+        mut w: CaptureWriter<Vec<u8>>,
+        events: Vec<Option<What>>,
+    ) -> Vec<(u32, usize, Option<String>, String)> {
         let stats = Stats::default();
         for (i, what) in events.into_iter().enumerate() {
-            assert!(matches!(w.process(Event { time: 1_000 + i as u64, leg: 1, what }, &stats).unwrap(), Step::Done));
+            match what {
+                Some(what) => {
+                    let ev = Event { time: 1_000 + i as u64, leg: 1, what };
+                    assert!(matches!(w.process(ev, &stats).unwrap(), Step::Done));
+                }
+                None => w.idle(&stats).unwrap(),
+            }
         }
         let bytes = w.finish(&stats).unwrap().unwrap();
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();
@@ -660,7 +727,9 @@ mod tests {
                     EnhancedPacketOption::Comment(c) => Some(c.to_string()),
                     _ => None,
                 });
-                out.push((tcp.sequence_number(), tcp.payload().len(), comment));
+                let flags = [(tcp.syn(), 'S'), (tcp.fin(), 'F'), (tcp.rst(), 'R'), (tcp.psh(), 'P')];
+                let flags = flags.iter().filter(|f| f.0).map(|f| f.1).collect();
+                out.push((tcp.sequence_number(), tcp.payload().len(), comment, flags));
             }
         }
         out
@@ -713,6 +782,48 @@ mod tests {
             }
         }
         assert!(comments[0].contains("starts inside a WebSocket frame: rotation waited 5s"), "{comments:?}");
+    }
+
+    /// Pure ACKs come only where no data of the receiver's can carry the acknowledgement,
+    /// as with a real stack's delayed ACKs: an echo exchange has none between messages.
+    #[test]
+    fn a_pure_ack_is_written_only_when_no_data_carries_it() {
+        let opening = Opening {
+            kind: LegKind::Client,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            comment: "c".into(),
+            session: false,
+            session_id: 1,
+            label: String::new(),
+        };
+        let packets = written_by(
+            test_writer_acks(true),
+            vec![
+                Some(What::Open(Box::new(opening.clone()))),
+                Some(data(Dir::In, 0, b"ping")),
+                Some(data(Dir::Out, 0, b"pong")), // carries wstap's ACK of "ping"
+                Some(data(Dir::In, 4, b"ping")),  // carries the client's ACK of "pong"
+                Some(data(Dir::In, 8, b"more")),  // wstap's pure ACK first: nothing carried it
+                None,                             // caught up: the ACK owed for "more"
+                Some(What::Close { reason: "done".into(), offsets: [12, 4] }),
+            ],
+        );
+        let shape: Vec<(usize, &str)> = packets.iter().skip(3).map(|p| (p.1, p.3.as_str())).collect();
+        assert_eq!(shape, [(4, "P"), (4, "P"), (4, "P"), (0, ""), (4, "P"), (0, ""), (0, "F")]);
+
+        // An ACK still owed when the leg closes is its last packet, with the close comment.
+        let packets = written_by(
+            test_writer_acks(true),
+            vec![
+                Some(What::Open(Box::new(opening))),
+                Some(data(Dir::In, 0, b"ping")),
+                Some(What::Close { reason: "done".into(), offsets: [4, 0] }),
+            ],
+        );
+        let last = packets.last().unwrap();
+        assert_eq!((last.1, last.3.as_str()), (0, ""), "{packets:?}");
+        assert!(last.2.as_deref().is_some_and(|c| c.contains("closed: done")), "{packets:?}");
     }
 
     #[test]

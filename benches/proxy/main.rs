@@ -224,8 +224,12 @@ impl Bench {
                 let a = self.addr(t);
                 let on = t == "wstap-on";
                 if self.wants("1kib") {
+                    let cpu = cpu_secs(&self.pids(t));
                     let x = throughput(a, 50, 1024, secs).await;
                     r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied, on);
+                    // Less noisy than a rate on shared cores: what the target spent per echo.
+                    let per_msg = (cpu_secs(&self.pids(t)) - cpu) * 1e6 / (x.proxied as f64 / 2048.0);
+                    r.add("50 × 1 KiB", "CPU µs/msg", t, per_msg, 0, false);
                 }
                 if self.wants("64kib") {
                     let x = throughput(a, 4, 64 * 1024, secs).await;
@@ -237,8 +241,11 @@ impl Bench {
                     r.add("1 × 64 B", "p99 µs", t, p99, 0, false);
                 }
                 if self.wants("connect") {
-                    let (rate, proxied) = connect_rate(a, 8, secs).await;
+                    let cpu = cpu_secs(&self.pids(t));
+                    let (rate, proxied, sessions) = connect_rate(a, 8, secs).await;
                     r.add("connect+upgrade+close, 8 workers", "conn/s", t, rate, proxied, on);
+                    let per_session = (cpu_secs(&self.pids(t)) - cpu) * 1e6 / sessions as f64;
+                    r.add("connect+upgrade+close, 8 workers", "CPU µs/session", t, per_session, 0, false);
                 }
             }
         }
@@ -319,6 +326,26 @@ fn children(pid: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// CPU time (user + system) the processes have used so far, in seconds.
+fn cpu_secs(pids: &[u32]) -> f64 {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let hz = *TICK.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().map(|o| o.stdout).unwrap_or_default();
+        String::from_utf8_lossy(&out).trim().parse().unwrap_or(100.0)
+    });
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .map(|stat| {
+            // After the command name: state is field 3, utime 14 and stime 15.
+            let after = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect::<Vec<_>>();
+            after.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+                + after.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    ticks as f64 / hz
 }
 
 fn rss_kib(pids: &[u32]) -> u64 {
@@ -461,7 +488,8 @@ async fn latency(addr: &str, secs: Duration) -> (f64, f64, u64) {
 }
 
 /// `workers` loops of connect, upgrade, one close handshake: completed sessions per second.
-async fn connect_rate(addr: &str, workers: usize, secs: Duration) -> (f64, u64) {
+/// Also the bytes proxied (none) and the sessions completed, warm-up included.
+async fn connect_rate(addr: &str, workers: usize, secs: Duration) -> (f64, u64, u64) {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let local = tokio::task::LocalSet::new();
@@ -477,7 +505,7 @@ async fn connect_rate(addr: &str, workers: usize, secs: Duration) -> (f64, u64) 
         }));
     }
     let rate = measure(&local, &count, &stop, tasks, secs).await;
-    (rate, 0)
+    (rate, 0, count.load(Relaxed))
 }
 
 /// Opens `n` sessions, one 64-byte round trip on each, then leaves them idle: the growth
