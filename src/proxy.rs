@@ -357,43 +357,42 @@ impl Conn {
         upstream_tap: Option<Arc<Tap>>,
     ) {
         let conn = self.clone();
+        // Entered for its log lines only, not around the task: the relay polls once per
+        // chunk, and entering a span each time costs more than the relay's own work.
         let span = info_span!("session", path_prefix = %route.path_prefix, upstream = %route.upstream);
-        tokio::spawn(
-            async move {
-                let mut shutdown = conn.shutdown.clone();
-                let (client, upstream) = match tokio::try_join!(client, upstream) {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        info!(error = %e, "upgrade did not complete");
-                        return;
-                    }
-                };
-                conn.upgraded.store(true, Relaxed);
-                let started = tokio::time::Instant::now();
-                info!("websocket session open");
-                let idle = conn.ctx.settings.limits.idle_timeout;
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                let counts: Arc<[AtomicU64; 2]> = Arc::default();
-                let _listed = conn.ctx.metrics.session_started(
-                    conn.id,
-                    conn.client,
-                    route.path_prefix.clone(),
-                    route.upstream.to_string(),
-                    counts.clone(),
-                );
-                let done =
-                    splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
-                // Say why before the sockets close: it goes on each leg's last captured packet.
-                for tap in [&conn.client_tap, &upstream_tap].into_iter().flatten() {
-                    tap.set_close_reason(format!("WebSocket session {} {}", conn.id, done.end));
+        tokio::spawn(async move {
+            let mut shutdown = conn.shutdown.clone();
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    span.in_scope(|| info!(error = %e, "upgrade did not complete"));
+                    return;
                 }
-                drop((client, upstream));
-                let (up, down) = (done.upstream_bytes, done.downstream_bytes);
-                let secs = started.elapsed().as_secs_f64();
-                info!(up, down, secs, end = %done.end, "websocket session ended");
+            };
+            conn.upgraded.store(true, Relaxed);
+            let started = tokio::time::Instant::now();
+            span.in_scope(|| info!("websocket session open"));
+            let idle = conn.ctx.settings.limits.idle_timeout;
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            let counts: Arc<[AtomicU64; 2]> = Arc::default();
+            let _listed = conn.ctx.metrics.session_started(
+                conn.id,
+                conn.client,
+                route.path_prefix.clone(),
+                route.upstream.to_string(),
+                counts.clone(),
+            );
+            let done =
+                splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
+            // Say why before the sockets close: it goes on each leg's last captured packet.
+            for tap in [&conn.client_tap, &upstream_tap].into_iter().flatten() {
+                tap.set_close_reason(format!("WebSocket session {} {}", conn.id, done.end));
             }
-            .instrument(span),
-        );
+            drop((client, upstream));
+            let (up, down) = (done.upstream_bytes, done.downstream_bytes);
+            let secs = started.elapsed().as_secs_f64();
+            span.in_scope(|| info!(up, down, secs, end = %done.end, "websocket session ended"));
+        });
     }
 }
 
