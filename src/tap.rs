@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::metrics::{ByteCounts, Metrics, IN, OUT};
@@ -214,11 +214,11 @@ impl Tap {
     }
 
     fn on_bytes(&self, dir: Dir, data: &[u8]) {
-        self.on_chunk(dir, data.len(), || Bytes::copy_from_slice(data));
+        self.on_chunk(dir, data.len(), |keep| copy_chunk([data], data.len(), keep));
     }
 
     /// `len` bytes crossed the socket; `copy` makes them (only called if they are kept).
-    fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce() -> Bytes) {
+    fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
         let off = self.offset[idx(dir)].fetch_add(len as u64, Relaxed);
         match self.mode.load(Relaxed) {
             ON if self.holding.load(Relaxed) => {
@@ -226,22 +226,22 @@ impl Tap {
                 match dir {
                     Dir::In => {
                         let offset = off.saturating_sub(self.base[0].load(Relaxed));
-                        state.held.push((now_ns(), offset, copy()));
+                        state.held.push((now_ns(), offset, copy(Keep::Briefly)));
                     }
                     Dir::Out => {
-                        self.send_data(dir, off, copy());
+                        self.send_data(dir, off, copy(Keep::Briefly));
                         self.release_held(&mut state);
                     }
                 }
             }
-            ON => self.send_data(dir, off, copy()),
+            ON => self.send_data(dir, off, copy(Keep::Briefly)),
             PROBE => {
                 let mut state = self.lock();
                 if self.mode.load(Relaxed) == ON {
                     drop(state);
-                    return self.send_data(dir, off, copy());
+                    return self.send_data(dir, off, copy(Keep::Briefly));
                 }
-                state.ring.push_back((now_ns(), dir, off, copy()));
+                state.ring.push_back((now_ns(), dir, off, copy(Keep::Long)));
                 state.ring_bytes += len;
                 while state.ring_bytes > state.ring_cap && state.ring.len() > 1 {
                     let (_, _, _, old) = state.ring.pop_front().expect("ring is not empty");
@@ -293,6 +293,51 @@ impl Tap {
             self.mode.store(OFF, Relaxed);
         }
     }
+}
+
+/// How long a captured chunk will live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// On its way to the writer, which drops it within milliseconds.
+    Briefly,
+    /// In a probe ring, perhaps for the connection's life.
+    Long,
+}
+
+/// Chunks shorter than this that are kept briefly share the thread's slab.
+const SLAB_CHUNK: usize = 16 * 1024;
+const SLAB: usize = 256 * 1024;
+
+thread_local! {
+    /// Where this thread copies captured chunks: one allocation cut into many `Bytes`,
+    /// freed by the writer thread when it drops the last of them. Per chunk that is a
+    /// reference count instead of an allocation here and a free on another thread.
+    static SLAB_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// The first `n` bytes of `parts`, copied. A chunk kept long gets its own allocation,
+/// so that it never pins a shared slab.
+fn copy_chunk<'a>(parts: impl IntoIterator<Item = &'a [u8]>, n: usize, keep: Keep) -> Bytes {
+    let gather = |out: &mut BytesMut| {
+        let mut left = n;
+        for p in parts {
+            let take = left.min(p.len());
+            out.extend_from_slice(&p[..take]);
+            left -= take;
+        }
+    };
+    if keep == Keep::Long || n > SLAB_CHUNK {
+        let mut own = BytesMut::with_capacity(n);
+        gather(&mut own);
+        return own.freeze();
+    }
+    SLAB_BUF.with_borrow_mut(|slab| {
+        if slab.capacity() - slab.len() < n {
+            *slab = BytesMut::with_capacity(SLAB);
+        }
+        gather(slab);
+        slab.split().freeze()
+    })
 }
 
 /// What a session start tells a tap.
@@ -382,12 +427,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
 impl<S> Tee<S> {
     /// After a write: counts what was written and reports it (or the error) to the tap.
     /// `written` makes the bytes, only if the tap keeps them.
-    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize) -> Bytes) {
+    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize, Keep) -> Bytes) {
         match result {
             Poll::Ready(Ok(n)) if *n > 0 => {
                 self.count(OUT, *n);
                 if let Some(tap) = &self.tap {
-                    tap.on_chunk(Dir::Out, *n, || written(*n));
+                    tap.on_chunk(Dir::Out, *n, |keep| written(*n, keep));
                 }
             }
             Poll::Ready(Err(e)) => {
@@ -404,7 +449,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(&result, |n| Bytes::copy_from_slice(&buf[..n]));
+        this.wrote(&result, |n, keep| copy_chunk([buf], n, keep));
         result
     }
 
@@ -416,14 +461,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         // Exactly the bytes written, gathered into one chunk, as one write.
-        this.wrote(&result, |n| {
-            let mut gathered = Vec::with_capacity(n);
-            for b in bufs {
-                let take = (n - gathered.len()).min(b.len());
-                gathered.extend_from_slice(&b[..take]);
-            }
-            Bytes::from(gathered)
-        });
+        this.wrote(&result, |n, keep| copy_chunk(bufs.iter().map(|b| &b[..]), n, keep));
         result
     }
 
@@ -442,5 +480,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
             tap.on_fin(Dir::Out);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brief_chunks_share_a_slab_and_long_ones_do_not() {
+        let a = copy_chunk([&b"hello "[..], b"world, and more"], 11, Keep::Briefly);
+        let b = copy_chunk([&b"again"[..]], 5, Keep::Briefly);
+        assert_eq!((&a[..], &b[..]), (&b"hello world"[..], &b"again"[..]));
+        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()), "cut from one slab");
+        let long = copy_chunk([&b"kept for long"[..]], 13, Keep::Long);
+        assert_eq!(&long[..], b"kept for long");
+        let c = copy_chunk([&b"next"[..]], 4, Keep::Briefly);
+        assert_eq!(c.as_ptr(), b.as_ptr().wrapping_add(b.len()), "a long chunk takes nothing from the slab");
+        // Filling the slab starts another; what was cut from the old one stays intact.
+        let big = vec![7u8; SLAB_CHUNK];
+        let many: Vec<Bytes> =
+            (0..2 * SLAB / SLAB_CHUNK).map(|_| copy_chunk([&big[..]], big.len(), Keep::Briefly)).collect();
+        assert!(many.iter().all(|m| m[..] == big[..]));
+        assert_eq!((&a[..], &b[..], &c[..]), (&b"hello world"[..], &b"again"[..], &b"next"[..]));
     }
 }
