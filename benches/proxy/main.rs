@@ -13,7 +13,9 @@
 //! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000),
 //! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle`; all by default),
 //! `WSTAP_BENCH_TARGETS` (some of `direct,nginx,nginx-64k,wstap-off,wstap-on`, to
-//! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default `info`, as shipped).
+//! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default
+//! `info`, as shipped; at `info` nginx writes its access log too, as shipped; below it
+//! neither logs connections).
 
 mod wire;
 
@@ -113,7 +115,10 @@ impl Bench {
 
         let (n1, n2) = (free_port(), free_port());
         let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(&dir, &upstream, n1, n2)).unwrap();
+        let log = std::env::var("WSTAP_BENCH_LOG").unwrap_or_else(|_| "info".into());
+        // Both log each connection as shipped (nginx: its access log), or neither does.
+        let access_log = log.contains("info") || log.contains("debug") || log.contains("trace");
+        std::fs::write(&conf, nginx_conf(&dir, &upstream, n1, n2, access_log)).unwrap();
         let nginx = Command::new(nginx_bin())
             .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap(), "-e", "stderr"])
             .stderr(std::fs::File::create(dir.join("nginx.log")).unwrap())
@@ -122,7 +127,6 @@ impl Bench {
         let nginx = Server { child: nginx, addr: format!("127.0.0.1:{n1}") };
 
         let admin = format!("127.0.0.1:{}", free_port());
-        let log = std::env::var("WSTAP_BENCH_LOG").unwrap_or_else(|_| "info".into());
         let wstap = |name: &str, capture: String| {
             let port = free_port();
             let toml = format!(
@@ -190,6 +194,19 @@ impl Bench {
         }
     }
 
+    /// CPU time of wstap-on's capture writer thread so far (`None` for other targets).
+    fn writer_cpu_secs(&self, target: &str) -> Option<f64> {
+        if target != "wstap-on" {
+            return None;
+        }
+        let pid = self.wstap_on.child.id();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let writer = tasks
+            .flatten()
+            .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "wstap-capture"))?;
+        Some(cpu_secs_of(&[writer.path().join("stat")]))
+    }
+
     /// Whether `WSTAP_BENCH_ONLY` (a comma-separated list of 1kib, 64kib, latency,
     /// connect, idle; all when unset) asks for this scenario.
     fn wants(&self, scenario: &str) -> bool {
@@ -224,12 +241,16 @@ impl Bench {
                 let a = self.addr(t);
                 let on = t == "wstap-on";
                 if self.wants("1kib") {
-                    let cpu = cpu_secs(&self.pids(t));
+                    let (cpu, writer) = (cpu_secs(&self.pids(t)), self.writer_cpu_secs(t));
                     let x = throughput(a, 50, 1024, secs).await;
                     r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied, on);
                     // Less noisy than a rate on shared cores: what the target spent per echo.
-                    let per_msg = (cpu_secs(&self.pids(t)) - cpu) * 1e6 / (x.proxied as f64 / 2048.0);
+                    let msgs = x.proxied as f64 / 2048.0;
+                    let per_msg = (cpu_secs(&self.pids(t)) - cpu) * 1e6 / msgs;
                     r.add("50 × 1 KiB", "CPU µs/msg", t, per_msg, 0, false);
+                    if let (Some(before), Some(after)) = (writer, self.writer_cpu_secs(t)) {
+                        r.add("50 × 1 KiB", "… of it capture writer", t, (after - before) * 1e6 / msgs, 0, false);
+                    }
                 }
                 if self.wants("64kib") {
                     let x = throughput(a, 4, 64 * 1024, secs).await;
@@ -295,7 +316,8 @@ fn nginx_bin() -> &'static str {
     }
 }
 
-fn nginx_conf(dir: &Path, upstream: &str, plain: u16, big: u16) -> String {
+/// With `access_log`, nginx logs each request to a file, as its shipped config does.
+fn nginx_conf(dir: &Path, upstream: &str, plain: u16, big: u16, access_log: bool) -> String {
     let server = |port: u16, extra: &str| {
         format!(
             "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1;
@@ -305,10 +327,11 @@ fn nginx_conf(dir: &Path, upstream: &str, plain: u16, big: u16) -> String {
     };
     format!(
         "worker_processes 1;\nworker_rlimit_nofile 20000;\ndaemon off;\npid {pid};\nerror_log stderr;\n\
-         events {{ worker_connections 20000; }}\nhttp {{ access_log off; client_body_temp_path {tmp};\n\
+         events {{ worker_connections 20000; }}\nhttp {{ access_log {access}; client_body_temp_path {tmp};\n\
          proxy_temp_path {tmp};\n{a}{b}}}\n",
         pid = dir.join("nginx.pid").display(),
         tmp = dir.display(),
+        access = if access_log { format!("{}", dir.join("nginx-access.log").display()) } else { "off".into() },
         a = server(plain, ""),
         b = server(big, "proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;"),
     )
@@ -330,14 +353,19 @@ fn children(pid: u32) -> Vec<u32> {
 
 /// CPU time (user + system) the processes have used so far, in seconds.
 fn cpu_secs(pids: &[u32]) -> f64 {
+    cpu_secs_of(&pids.iter().map(|p| PathBuf::from(format!("/proc/{p}/stat"))).collect::<Vec<_>>())
+}
+
+/// CPU time (user + system) in seconds from `/proc/…/stat` files (processes or threads).
+fn cpu_secs_of(stats: &[PathBuf]) -> f64 {
     static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     let hz = *TICK.get_or_init(|| {
         let out = Command::new("getconf").arg("CLK_TCK").output().map(|o| o.stdout).unwrap_or_default();
         String::from_utf8_lossy(&out).trim().parse().unwrap_or(100.0)
     });
-    let ticks: u64 = pids
+    let ticks: u64 = stats
         .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|stat| {
             // After the command name: state is field 3, utime 14 and stime 15.
             let after = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect::<Vec<_>>();
