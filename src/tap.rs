@@ -306,7 +306,10 @@ enum Keep {
 
 /// Chunks shorter than this that are kept briefly share the thread's slab.
 const SLAB_CHUNK: usize = 16 * 1024;
-const SLAB: usize = 256 * 1024;
+/// Below the allocator's mmap threshold (128 KiB), so that a new slab reuses warm heap
+/// memory: 256 KiB slabs came fresh from mmap, and faulting their pages in cost more
+/// than the allocations they saved.
+const SLAB: usize = 64 * 1024;
 
 thread_local! {
     /// Where this thread copies captured chunks: one allocation cut into many `Bytes`,
