@@ -203,14 +203,14 @@ impl Bench {
             let m = http_get(&self.admin, "/metrics");
             m.lines().find(|l| l.starts_with("wstap_capture_packets_total")).map(str::to_owned)
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = written();
-        loop {
+        // Quiet for a whole second: a pause of the writer (a file's fsync at rotation)
+        // is not mistaken for the end of its backlog.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut quiet) = (written(), 0);
+        while quiet < 5 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
             let now = written();
-            if now == last || Instant::now() > deadline {
-                break;
-            }
+            quiet = if now == last { quiet + 1 } else { 0 };
             last = now;
         }
         let _ = Command::new("sync").status();
