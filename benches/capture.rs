@@ -11,7 +11,8 @@ use wstap::pcapng::SectionInfo;
 use wstap::recorder::{Dir, Event, LegKind, Opening, Stats, What};
 use wstap::writer::{CaptureWriter, Step, Synthesis};
 
-/// Payload per data event: 16 KiB, the proxy's read size, i.e. 12 segments of 1460 bytes.
+/// Payload per data event: 16 KiB (a large read; the proxy reads up to 64 KiB at a time),
+/// i.e. 12 segments of 1460 bytes.
 const CHUNK: usize = 16 * 1024;
 const EVENTS: usize = 20_000;
 const RUNS: usize = 5;
