@@ -215,6 +215,9 @@ pub struct CaptureWriter<W: Write> {
     /// Live legs inside a frame (kept where that changes, so a due rotation does not
     /// scan every leg per event).
     mid_frame: usize,
+    /// Legs that came to owe an ACK since the writer last caught up (some may have
+    /// settled it since), so that [`CaptureWriter::idle`] does not scan every leg.
+    acks_owed: Vec<LegId>,
 }
 
 impl<W: Write> CaptureWriter<W> {
@@ -241,6 +244,7 @@ impl<W: Write> CaptureWriter<W> {
             rotation_due: None,
             unwritten: 0,
             mid_frame: 0,
+            acks_owed: Vec::new(),
         }
     }
 
@@ -304,9 +308,12 @@ impl<W: Write> CaptureWriter<W> {
     /// The writer has caught up with its queue: the ACKs still owed are written now
     /// (no data is coming that they could ride on).
     pub fn idle(&mut self, stats: &Stats) -> io::Result<()> {
-        let owed: Vec<LegId> = self.legs.iter().filter(|(_, l)| l.ack_due.is_some()).map(|(id, _)| *id).collect();
-        for id in owed {
-            self.settle_ack(id, None, stats)?;
+        let owed = std::mem::take(&mut self.acks_owed);
+        for (i, id) in owed.iter().enumerate() {
+            if let Err(e) = self.settle_ack(*id, None, stats) {
+                self.acks_owed.extend_from_slice(&owed[i + 1..]);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -417,7 +424,9 @@ impl<W: Write> CaptureWriter<W> {
                 self.emit(ev.leg, time, |f, e| f.data(from, payload, e), stats)?;
                 if self.synth.acks {
                     if let Some(leg) = self.legs.get_mut(&ev.leg) {
-                        leg.ack_due = Some(from.peer());
+                        if leg.ack_due.replace(from.peer()).is_none() {
+                            self.acks_owed.push(ev.leg);
+                        }
                     }
                 }
                 Ok(())
