@@ -331,11 +331,6 @@ fn bound_list(listeners: &Listeners) -> String {
     lock(listeners).iter().map(|l| l.bound.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// SIGHUP: re-reads the config and applies it for what comes next. New listen addresses
-/// are bound first, so a failure changes nothing; then new connections get the new
-/// routes, limits and capture settings (the capture writer takes its from the next
-/// file), and removed addresses stop listening. Live connections and sessions keep the
-/// settings they started with and are never disturbed.
 /// The event loop for `workers` threads (0: one per CPU, or `TOKIO_WORKER_THREADS`).
 /// With one, every task runs on the calling thread (tokio's current-thread scheduler):
 /// no task is ever handed to another thread and woken there, which on a small or busy
@@ -349,6 +344,11 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// SIGHUP: re-reads the config and applies it for what comes next. New listen addresses
+/// are bound first, so a failure changes nothing; then new connections get the new
+/// routes, limits and capture settings (the capture writer takes its from the next
+/// file), and removed addresses stop listening. Live connections and sessions keep the
+/// settings they started with and are never disturbed.
 async fn reload(
     source: &std::path::Path,
     shared: &Arc<Shared>,
