@@ -254,6 +254,14 @@ impl Bench {
                 );
             }
         }
+        // Each run starts settled (see `settle`).
+        let wants = |scenario: &str| {
+            let wanted = self.wants(scenario);
+            if wanted {
+                self.settle();
+            }
+            wanted
+        };
         for round in 0..self.rounds {
             eprintln!("round {} of {}", round + 1, self.rounds);
             for t in TARGETS
@@ -262,8 +270,7 @@ impl Bench {
             {
                 let a = self.addr(t);
                 let on = t == "wstap-on";
-                if self.wants("1kib") {
-                    self.settle();
+                if wants("1kib") {
                     let (cpu, writer) = (cpu_secs(&self.pids(t)), self.writer_cpu_secs(t));
                     let x = throughput(a, 50, 1024, secs).await;
                     r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied, on);
@@ -275,19 +282,16 @@ impl Bench {
                         r.add("50 × 1 KiB", "… of it capture writer", t, (after - before) * 1e6 / msgs, 0, false);
                     }
                 }
-                if self.wants("64kib") {
-                    self.settle();
+                if wants("64kib") {
                     let x = throughput(a, 4, 64 * 1024, secs).await;
                     r.add("4 × 64 KiB", "MB/s", t, x.bytes_per_s / 1e6, x.proxied, on);
                 }
-                if self.wants("latency") {
-                    self.settle();
+                if wants("latency") {
                     let (p50, p99, proxied) = latency(a, secs).await;
                     r.add("1 × 64 B", "p50 µs", t, p50, proxied, on);
                     r.add("1 × 64 B", "p99 µs", t, p99, 0, false);
                 }
-                if self.wants("connect") {
-                    self.settle();
+                if wants("connect") {
                     let cpu = cpu_secs(&self.pids(t));
                     let (rate, proxied, sessions) = connect_rate(a, 8, secs).await;
                     r.add("connect+upgrade+close, 8 workers", "conn/s", t, rate, proxied, on);
