@@ -701,6 +701,19 @@ mod tests {
         CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap()
     }
 
+    /// A client leg from 127.0.0.1:40000 to wstap's 127.0.0.1:8080.
+    fn client_leg(comment: &str, session: bool) -> Opening {
+        Opening {
+            kind: LegKind::Client,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            comment: comment.into(),
+            session,
+            session_id: 1,
+            label: String::new(),
+        }
+    }
+
     /// (seq, payload length, comment) of each packet in a pcapng written by `events`.
     fn written(events: Vec<What>) -> Vec<(u32, usize, Option<String>)> {
         written_by(test_writer(), events.into_iter().map(Some).collect())
@@ -749,15 +762,7 @@ mod tests {
         let mut w = test_writer();
         let stats = Stats::default();
         let sec = 1_000_000_000u64;
-        let opening = Opening {
-            kind: LegKind::Client,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            comment: "s".into(),
-            session: true,
-            session_id: 1,
-            label: String::new(),
-        };
+        let opening = client_leg("s", true);
         let head = b"GET / HTTP/1.1\r\n\r\n";
         let mut frame_start = vec![0x82, 0x7f];
         frame_start.extend((1u64 << 40).to_be_bytes()); // a 1 TiB frame that never ends
@@ -797,15 +802,7 @@ mod tests {
     /// as with a real stack's delayed ACKs: an echo exchange has none between messages.
     #[test]
     fn a_pure_ack_is_written_only_when_no_data_carries_it() {
-        let opening = Opening {
-            kind: LegKind::Client,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            comment: "c".into(),
-            session: false,
-            session_id: 1,
-            label: String::new(),
-        };
+        let opening = client_leg("c", false);
         let packets = written_by(
             test_writer_acks(true),
             vec![
@@ -837,15 +834,7 @@ mod tests {
 
     #[test]
     fn lost_bytes_show_as_a_sequence_jump_with_a_comment() {
-        let opening = Opening {
-            kind: LegKind::Client,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: "127.0.0.1:40000".parse().unwrap(),
-            comment: "first".into(),
-            session: false,
-            session_id: 1,
-            label: String::new(),
-        };
+        let opening = client_leg("first", false);
         let packets = written(vec![
             What::Open(Box::new(opening)),
             data(Dir::In, 0, b"abc"),
