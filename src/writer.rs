@@ -318,11 +318,12 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
-    /// Writes the pure ACK leg `id` owes, unless `rides_on` (the end about to send data
-    /// or a FIN, which carries the acknowledgement) is the end that owes it.
-    fn settle_ack(&mut self, id: LegId, rides_on: Option<End>, stats: &Stats) -> io::Result<()> {
-        let Some(due) = self.legs.get_mut(&id).and_then(|l| l.ack_due.take()) else { return Ok(()) };
-        if rides_on == Some(due) {
+    /// Writes the pure ACK leg `id` owes, unless the leg is about to send data or a FIN
+    /// in direction `next` from the end that owes it (which carries the acknowledgement).
+    fn settle_ack(&mut self, id: LegId, next: Option<Dir>, stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        let Some(due) = leg.ack_due.take() else { return Ok(()) };
+        if next.is_some_and(|dir| leg.end_of(dir) == due) {
             return Ok(());
         }
         self.emit(id, self.last_time, |f, e| f.ack(due, e), stats)
@@ -386,10 +387,6 @@ impl<W: Write> CaptureWriter<W> {
             self.write_pending(stats)?;
         }
         // An ACK the leg owes goes out before whatever the leg does next, unless it rides on it.
-        let rides_on = match (&ev.what, self.legs.get(&ev.leg)) {
-            (What::Data { dir, .. } | What::Fin { dir, .. }, Some(leg)) => Some(leg.end_of(*dir)),
-            _ => None,
-        };
         match &ev.what {
             // The leg's last packet, unless it already has one: held for the close comment.
             What::Close { .. } if self.legs.get(&ev.leg).is_some_and(|l| l.last.is_none() && l.ack_due.is_some()) => {
@@ -399,7 +396,8 @@ impl<W: Write> CaptureWriter<W> {
                 }
             }
             What::Note(_) | What::Open(_) => {}
-            _ => self.settle_ack(ev.leg, rides_on, stats)?,
+            What::Data { dir, .. } | What::Fin { dir, .. } => self.settle_ack(ev.leg, Some(*dir), stats)?,
+            _ => self.settle_ack(ev.leg, None, stats)?,
         }
         match ev.what {
             What::Open(o) => self.open(ev.leg, time, *o, stats),
