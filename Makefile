@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build demo test bench bench-capture fixtures install install-files clean
+.PHONY: all build deps demo test bench bench-capture fixtures install install-files clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -15,14 +15,18 @@ all: build
 build:
 	$(CARGO) build --release
 
-demo:
+# What the tests, the demo and the bench need from Debian's packages (tshark, capinfos,
+# systemd-analyze, mount; nginx for the bench), installed if missing; nothing if present.
+deps:
+	./scripts/deps.sh
+
+demo: deps
 	$(CARGO) build --release --bin wstap --example echo --example demo_client
 	./scripts/demo.sh
 
-test:
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
-	$(CARGO) test --locked
+# fmt check, clippy with warnings denied, every test, the docs; the tree is left clean.
+test: deps
+	CARGO=$(CARGO) ./scripts/test.sh
 
 # The benchmark: the capture path alone, then wstap against direct connections and nginx
 # (installed from Debian's packages if missing). docs/benchmarks.md explains the output.

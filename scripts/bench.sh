@@ -4,10 +4,7 @@
 # with its own config on loopback; the system's nginx service is not used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
-fi
+scripts/deps.sh bench
 # 5,000 idle sessions need 10,000 descriptors in a proxy.
 ulimit -n "$(ulimit -Hn)"
 echo "== $(date -u +%F) on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), nginx $(/usr/sbin/nginx -v 2>&1 | cut -d/ -f2)"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs, from Debian's packages, what `make test` (and `make demo`, `make bench`) need
+# and this machine lacks; does nothing when everything is present. Idempotent.
+#
+#   scripts/deps.sh          the tests' tools: tshark and capinfos, systemd-analyze, mount
+#   scripts/deps.sh bench    the same, plus nginx (the benchmark's yardstick)
+#
+# As root it runs apt-get itself; otherwise it uses `sudo -n` if that needs no password,
+# and else names the packages and the command to install them, and exits 1.
+set -euo pipefail
+
+# command → the Debian package that provides it
+tools=(tshark:tshark capinfos:tshark systemd-analyze:systemd mount:mount)
+[ "${1:-}" = bench ] && tools+=(nginx:nginx)
+
+missing=()
+for pair in "${tools[@]}"; do
+    cmd=${pair%%:*} pkg=${pair#*:}
+    # nginx lives in /usr/sbin, which a non-root PATH may lack.
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] && continue
+    [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
+done
+
+# rustfmt and clippy: `make test` runs both.
+if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+    done
+fi
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo -n)
+else
+    echo "wstap: the tests need Debian's packages ${missing[*]}, which are not installed." >&2
+    echo "Install them, then run make again:" >&2
+    echo "    sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+echo "deps: installing ${missing[*]} from Debian's packages"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# make test: formatting, clippy with warnings denied, every unit and end-to-end test, the
+# API docs with warnings denied; then a check that the run left nothing in the working
+# tree (captures, scratch files) that was not there before it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo=${CARGO:-cargo}
+
+# Untracked and ignored paths outside target/ (directories collapsed), when this is a git
+# checkout; nothing otherwise.
+leftovers() {
+    git rev-parse --git-dir >/dev/null 2>&1 || return 0
+    git status --porcelain --ignored --untracked-files=normal | grep -v ' target/$' | sort || true
+}
+before=$(leftovers)
+
+$cargo fmt --all -- --check
+$cargo clippy --all-targets --locked -- -D warnings
+$cargo test --locked
+RUSTDOCFLAGS="-D warnings" $cargo doc --no-deps --locked
+
+new=$(comm -13 <(echo "$before") <(leftovers))
+if [ -n "$new" ]; then
+    echo "make test: the tests left these in the working tree:" >&2
+    echo "$new" >&2
+    exit 1
+fi
