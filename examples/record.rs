@@ -9,8 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use wstap::config::CaptureSettings;
-use wstap::recorder::{Capture, LegKind, Opening};
-use wstap::tap::{Tap, Tee};
+use wstap::capture::recorder::{Capture, LegKind, Opening};
+use wstap::capture::tap::{Tap, Tee};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

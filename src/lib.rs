@@ -46,27 +46,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod config;
-pub mod daemon;
-pub mod deflate;
-pub mod error;
-pub mod files;
-pub mod headers;
-pub mod metrics;
-pub mod packet;
-pub mod pcapng;
 pub mod proxy;
-pub mod recorder;
 pub mod replay;
-pub mod route;
 pub mod service;
-pub mod shutdown;
-pub mod signals;
-pub mod splice;
-pub mod tap;
-pub mod writer;
-pub mod wsframe;
+pub mod wire;
 
 pub use config::Settings;
-pub use daemon::Daemon;
-pub use signals::Action;
+pub use service::daemon::Daemon;
+pub use service::signals::Action;

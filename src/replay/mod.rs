@@ -27,7 +27,6 @@
 //! ```
 
 pub mod capfile;
-pub mod cli;
 pub mod dissect;
 pub mod player;
 pub mod reassembly;

@@ -502,7 +502,7 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
         // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
         _ => return None,
     };
-    let takeover = crate::deflate::takeover(&head_text(&up.response));
+    let takeover = crate::wire::deflate::takeover(&head_text(&up.response));
     let mut out = Vec::new();
     for (i, who) in [(client, Sender::Client), (1 - client, Sender::Server)] {
         // Server→client context takeover is the second flag.
@@ -583,7 +583,7 @@ pub(crate) mod tests {
 
     /// A frame as a client (masked) or server would send it.
     fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        crate::wsframe::tests::frame_with(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode, payload, masked)
+        crate::wire::wsframe::tests::frame_with(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode, payload, masked)
     }
 
     const UPGRADE: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";

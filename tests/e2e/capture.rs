@@ -143,7 +143,7 @@ pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
 /// As [`ws_messages`]; with `strict` false, a frame cut off at the end (a file a crash
 /// truncated) ends the list instead of failing.
 pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
-    use wstap::wsframe::FrameHeader;
+    use wstap::wire::wsframe::FrameHeader;
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
@@ -470,9 +470,9 @@ async fn only_the_configured_legs_are_written() {
 #[test]
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     use wstap::config::Legs;
-    use wstap::pcapng::SectionInfo;
-    use wstap::recorder::{Dir, Event, LegKind, Opening, Stats, What};
-    use wstap::writer::{CaptureWriter, Step, Synthesis};
+    use wstap::wire::pcapng::SectionInfo;
+    use wstap::capture::recorder::{Dir, Event, LegKind, Opening, Stats, What};
+    use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
 
     let request = UPGRADE.as_bytes();
     let response = SWITCHED.as_bytes();
@@ -683,8 +683,8 @@ pub(crate) fn synthetic_session(
     messages: &[Vec<u8>],
     t0: u64,
     step: u64,
-) -> Vec<wstap::recorder::Event> {
-    use wstap::recorder::{Dir, Event, LegKind, Opening, What};
+) -> Vec<wstap::capture::recorder::Event> {
+    use wstap::capture::recorder::{Dir, Event, LegKind, Opening, What};
     let (client, upstream) = legs;
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
@@ -759,10 +759,10 @@ fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
 
 /// Runs events through a FileSink with `settings`, ticking the injected clock at each
 /// event's time.
-fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::recorder::Event>) {
-    use wstap::files::FileSink;
-    use wstap::pcapng::SectionInfo;
-    let stats = wstap::recorder::Stats::default();
+fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::capture::recorder::Event>) {
+    use wstap::capture::files::FileSink;
+    use wstap::wire::pcapng::SectionInfo;
+    let stats = wstap::capture::recorder::Stats::default();
     let info = SectionInfo { application: "wstap test".into(), os: "test".into(), hostname: "test".into() };
     let mut sink = FileSink::new(settings, info, 99);
     for ev in events {
@@ -858,8 +858,8 @@ fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
 
 /// A deflate session's events: `texts` sent and echoed, each direction compressing with
 /// its own context.
-fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::recorder::Event> {
-    use wstap::recorder::{Dir, Event, LegKind, Opening, What};
+fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::capture::recorder::Event> {
+    use wstap::capture::recorder::{Dir, Event, LegKind, Opening, What};
     let ext = if takeover {
         "permessage-deflate"
     } else {

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::route::{Route, Upstream};
+pub mod route;
+
+use route::{Route, Upstream};
 
 /// Validated settings: everything the daemon runs from.
 #[derive(Debug, Clone)]
@@ -289,7 +291,7 @@ impl From<FileCapture> for CaptureSettings {
 
 impl CaptureSettings {
     /// The default capture settings, writing into `dir`: for applications that record
-    /// their own connections with [`crate::tap::Tee`].
+    /// their own connections with [`crate::capture::tap::Tee`].
     pub fn in_dir(dir: impl Into<PathBuf>) -> CaptureSettings {
         CaptureSettings { dir: dir.into(), ..FileCapture::default().into() }
     }
@@ -310,8 +312,8 @@ impl Default for FileCapture {
             prefix: "wstap".into(),
             legs: vec![LegName::Client, LegName::Upstream],
             display_port: 0,
-            mss_ipv4: crate::packet::MSS_IPV4,
-            mss_ipv6: crate::packet::MSS_IPV6,
+            mss_ipv4: crate::wire::tcp::MSS_IPV4,
+            mss_ipv6: crate::wire::tcp::MSS_IPV6,
             acks: true,
             queue_size: ByteSize(64 << 20),
             flush_interval: HumanDuration(Duration::from_secs(1)),
@@ -510,8 +512,8 @@ impl FileConfig {
             );
         }
         for (key, mss) in [("capture.mss_ipv4", c.mss_ipv4), ("capture.mss_ipv6", c.mss_ipv6)] {
-            if !(64..=crate::packet::MSS_MAX).contains(&mss) {
-                return fail(key, format!("must be between 64 and {}, not {mss}", crate::packet::MSS_MAX));
+            if !(64..=crate::wire::tcp::MSS_MAX).contains(&mss) {
+                return fail(key, format!("must be between 64 and {}, not {mss}", crate::wire::tcp::MSS_MAX));
             }
         }
         if c.queue_size.0 < 64 * 1024 {

@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info, warn};
 
 use crate::config::CaptureSettings;
-use crate::pcapng::SectionInfo;
-use crate::recorder::{Event, LegId, Stats, What};
-use crate::writer::{CaptureWriter, Step, Synthesis};
+use crate::wire::pcapng::SectionInfo;
+use crate::capture::recorder::{Event, LegId, Stats, What};
+use crate::capture::writer::{CaptureWriter, Step, Synthesis};
 
 /// Mode of a capture directory wstap creates.
 const DIR_MODE: u32 = 0o750;

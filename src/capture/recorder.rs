@@ -16,8 +16,8 @@ use bytes::Bytes;
 use tracing::{error, info, warn};
 
 use crate::config::CaptureSettings;
-use crate::files::FileSink;
-use crate::pcapng::SectionInfo;
+use crate::capture::files::FileSink;
+use crate::wire::pcapng::SectionInfo;
 
 /// Identifies one leg of one connection in the event stream.
 pub type LegId = u64;
@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn capture_drops_show_in_the_metrics() {
         let rec = detached(1000);
-        let metrics = crate::metrics::Metrics::default();
+        let metrics = crate::service::metrics::Metrics::default();
         let before = metrics.render(Some(rec.stats()), true);
         assert!(before.contains("wstap_capture_dropped_events_total 0\n"), "{before}");
         rec.send(1, data(Dir::In, 0, &[0; 800]));

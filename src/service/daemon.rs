@@ -14,12 +14,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::config::{CaptureMode, Settings};
-use crate::metrics::Metrics;
-use crate::proxy::{self, Context};
-use crate::recorder::{Capture, Heartbeat};
-use crate::service::{self, Notifier};
-use crate::shutdown::{Coordinator, Phase, Shutdown};
-use crate::signals::Action;
+use crate::service::metrics::Metrics;
+use crate::proxy::conn::{self as proxy, Context};
+use crate::capture::recorder::{Capture, Heartbeat};
+use crate::service::systemd::{self as service, Notifier};
+use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
+use crate::service::signals::Action;
 
 /// Sent, raw, to a connection over `limits.max_connections`; then it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";

@@ -16,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::metrics::{ByteCounts, Metrics, IN, OUT};
-use crate::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
+use crate::service::metrics::{ByteCounts, Metrics, IN, OUT};
+use crate::capture::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod replay;
+
 #[derive(Parser)]
 #[command(version, about = "A reverse proxy that records every WebSocket session it carries")]
 struct Cli {
@@ -109,7 +111,7 @@ impl Play {
 }
 
 fn main() -> ExitCode {
-    use wstap::replay::cli;
+    use replay as cli;
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
@@ -133,9 +135,9 @@ fn main() -> ExitCode {
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = wstap::Settings::load(config)?;
-    wstap::daemon::init_logging(&settings.log_level);
-    let actions = wstap::signals::listen()?;
-    let runtime = wstap::daemon::runtime(settings.workers)?;
+    wstap::service::daemon::init_logging(&settings.log_level);
+    let actions = wstap::service::signals::listen()?;
+    let runtime = wstap::service::daemon::runtime(settings.workers)?;
     runtime.block_on(async {
         let daemon = wstap::Daemon::bind(settings).await?;
         daemon.run(actions).await

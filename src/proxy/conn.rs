@@ -3,7 +3,7 @@
 //! hyper's client connection (owning both sockets is what lets capture tee them later).
 //! The upstream connection is kept for the client connection's next request, so one
 //! client connection maps to one upstream connection. A `101 Switching Protocols`
-//! answer hands both sockets to [`crate::splice`]; any other answer streams back as is.
+//! answer hands both sockets to [`crate::proxy::splice`]; any other answer streams back as is.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,14 +24,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{CaptureMode, Settings};
-use crate::error::{ProxyError, Side};
-use crate::headers;
-use crate::metrics::{ConnectionGuard, Metrics, CLIENT_LEG, UPSTREAM_LEG};
-use crate::recorder::{Dir, LegKind, Opening, Recorder};
-use crate::route::{self, Route, Upstream};
-use crate::shutdown::{Phase, Shutdown};
-use crate::splice;
-use crate::tap::{SessionStart, Tap, Tee};
+use crate::proxy::error::{ProxyError, Side};
+use crate::proxy::headers;
+use crate::service::metrics::{ConnectionGuard, Metrics, CLIENT_LEG, UPSTREAM_LEG};
+use crate::capture::recorder::{Dir, LegKind, Opening, Recorder};
+use crate::config::route::{self, Route, Upstream};
+use crate::proxy::shutdown::{Phase, Shutdown};
+use crate::proxy::splice;
+use crate::capture::tap::{SessionStart, Tap, Tee};
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;

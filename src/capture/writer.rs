@@ -11,11 +11,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crate::config::Legs;
-use crate::deflate;
-use crate::packet::{End, Flow};
-use crate::pcapng::{Direction, PcapngWriter, SectionInfo};
-use crate::recorder::{Dir, Event, LegId, LegKind, Opening, Stats, What};
-use crate::wsframe::FrameTracker;
+use crate::wire::deflate;
+use crate::wire::tcp::{End, Flow};
+use crate::wire::pcapng::{Direction, PcapngWriter, SectionInfo};
+use crate::capture::recorder::{Dir, Event, LegId, LegKind, Opening, Stats, What};
+use crate::wire::wsframe::FrameTracker;
 
 /// How packets are synthesized.
 #[derive(Debug, Clone)]

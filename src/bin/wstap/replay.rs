@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::player::{self, kind_name, preview, Options, Report, Step};
-use super::{Message, Recording, Sender, Session};
+use wstap::replay::player::{self, kind_name, preview, Options, Report, Step};
+use wstap::replay::{Message, Recording, Sender, Session};
 
 pub const MATCHED: u8 = 0;
 pub const MISMATCH: u8 = 1;
@@ -38,7 +38,7 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
         "incomplete": m.incomplete,
     });
     match std::str::from_utf8(&m.data) {
-        Ok(t) if m.kind != super::Kind::Binary => v["text"] = t.into(),
+        Ok(t) if m.kind != wstap::replay::Kind::Binary => v["text"] = t.into(),
         _ => v["hex"] = m.data.iter().map(|b| format!("{b:02x}")).collect::<String>().into(),
     }
     v
@@ -57,7 +57,7 @@ fn session_json(s: &Session) -> serde_json::Value {
 
 /// `wstap sessions`.
 pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
-    let rec = match super::open_all(files) {
+    let rec = match wstap::replay::open_all(files) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -125,7 +125,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 /// Loads the files and picks the session to play: the one asked for, or the only one.
 fn choose(files: &[PathBuf], id: Option<usize>) -> Result<Session, String> {
-    let rec = super::open_all(files).map_err(|e| e.to_string())?;
+    let rec = wstap::replay::open_all(files).map_err(|e| e.to_string())?;
     report_problems(&rec);
     let s = match id {
         Some(id) => rec

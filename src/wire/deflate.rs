@@ -7,7 +7,7 @@
 
 use flate2::{Decompress, FlushDecompress};
 
-use crate::wsframe::FrameHeader;
+use crate::wire::wsframe::FrameHeader;
 
 /// The deflate window: how far back a compressed message may refer.
 const WINDOW: usize = 32 * 1024;
