@@ -6,10 +6,11 @@
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
+use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
+use wstap::capture::stats::Stats;
+use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
 use wstap::config::Legs;
 use wstap::wire::pcapng::SectionInfo;
-use wstap::capture::recorder::{Dir, Event, LegKind, Opening, Stats, What};
-use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
 
 /// Payload per data event: 16 KiB (a large read; the proxy reads up to 64 KiB at a time),
 /// i.e. 12 segments of 1460 bytes.

@@ -8,9 +8,11 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
+use wstap::capture::event::{LegKind, Opening};
+use wstap::capture::recorder::Capture;
+use wstap::capture::tap::Tap;
+use wstap::capture::tee::Tee;
 use wstap::config::CaptureSettings;
-use wstap::capture::recorder::{Capture, LegKind, Opening};
-use wstap::capture::tap::{Tap, Tee};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

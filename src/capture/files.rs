@@ -1,35 +1,25 @@
-//! The capture files on disk, and the sink that feeds them from the writer thread.
-//! [`FileSet`] names files (`<prefix>_<seq>_<YYYYmmddHHMMSS>.pcapng`, the sequence going on
-//! across restarts), keeps them `.part` until finished, applies the ring-buffer limit,
-//! creates them with the configured mode and never follows a symlink. [`FileSink`] drives
-//! the [`CaptureWriter`]: rotation by size, wall-clock interval or signal, one file per
-//! session if asked, flushing, and write errors (logged once per episode, capture dropped
-//! and counted, resumed with a fresh self-contained file when one can be opened).
+//! The capture files on disk: [`FileSet`] names files
+//! (`<prefix>_<seq>_<YYYYmmddHHMMSS>.pcapng`, the sequence going on across restarts), keeps
+//! them `.part` until finished, applies the ring-buffer limit, creates them with the
+//! configured mode and never follows a symlink.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::CaptureSettings;
-use crate::wire::pcapng::SectionInfo;
-use crate::capture::recorder::{Event, LegId, Stats, What};
-use crate::capture::writer::{CaptureWriter, Step, Synthesis};
 
 /// Mode of a capture directory wstap creates.
 const DIR_MODE: u32 = 0o750;
-/// How long after a write error before the next file is tried.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A file being written, counting its bytes.
 pub struct Counted {
     inner: BufWriter<File>,
-    written: u64,
+    pub(crate) written: u64,
 }
 
 impl Write for Counted {
@@ -55,9 +45,9 @@ pub struct FileSet {
 }
 
 /// An open `.part` file and the name it gets when finished.
-struct OpenFile {
-    part: PathBuf,
-    path: PathBuf,
+pub(crate) struct OpenFile {
+    pub(crate) part: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl FileSet {
@@ -104,7 +94,7 @@ impl FileSet {
 
     /// Opens the next file of the ring, as `.part`. `label` (per-session files) is added
     /// to the name.
-    fn create(&mut self, now: SystemTime, label: Option<&str>) -> io::Result<(OpenFile, Counted)> {
+    pub(crate) fn create(&mut self, now: SystemTime, label: Option<&str>) -> io::Result<(OpenFile, Counted)> {
         self.prepare()?;
         let seq = self.next_seq.unwrap_or(1);
         self.next_seq = Some(if seq >= 99_999 { 1 } else { seq + 1 });
@@ -125,7 +115,7 @@ impl FileSet {
     }
 
     /// Flushes, syncs and renames a file to its final name, then trims the ring.
-    fn finish(&self, f: OpenFile, w: Counted) -> io::Result<PathBuf> {
+    pub(crate) fn finish(&self, f: OpenFile, w: Counted) -> io::Result<PathBuf> {
         let file = w.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
@@ -169,322 +159,15 @@ fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string().chars().filter(char::is_ascii_digit).collect()
 }
 
-fn ns_to_time(ns: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(ns)
-}
-
-/// One output: a writer and the file it writes.
-struct Output {
-    writer: CaptureWriter<Counted>,
-    file: Option<OpenFile>,
-    opened_at: u64,
-    label: Option<String>,
-}
-
-/// Feeds events to the writer(s) and manages their files. Runs on the writer thread.
-pub struct FileSink {
-    settings: CaptureSettings,
-    files: FileSet,
-    info: SectionInfo,
-    seed: u64,
-    /// The single output, or in per-session mode one per session id.
-    outputs: HashMap<u64, Output, Ids>,
-    /// Per-session mode: which session each leg belongs to.
-    session_of: HashMap<LegId, u64, Ids>,
-    /// In a write-error episode: no file is being written.
-    failing: bool,
-    retry_at: u64,
-}
-
-/// Hashes the writer's own ids (session and leg numbers) for its maps, looked up for
-/// every event: a multiply, where the default SipHash was a visible part of the
-/// writer's profile. The keys come from counters, not from the network.
-#[derive(Default, Clone, Copy)]
-struct Ids;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::BuildHasher for Ids {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0.rotate_left(26)
-    }
-}
-
-impl FileSink {
-    pub fn new(settings: CaptureSettings, info: SectionInfo, seed: u64) -> FileSink {
-        FileSink {
-            files: FileSet::new(&settings),
-            settings,
-            info,
-            seed,
-            outputs: HashMap::default(),
-            session_of: HashMap::default(),
-            failing: false,
-            retry_at: 0,
-        }
-    }
-
-    fn synthesis(&self, seed: u64) -> Synthesis {
-        let s = &self.settings;
-        Synthesis {
-            mss_ipv4: s.mss_ipv4,
-            mss_ipv6: s.mss_ipv6,
-            acks: s.acks,
-            display_port: s.display_port,
-            isn_seed: seed,
-            rotate_wait: s.rotate.max_wait,
-        }
-    }
-
-    /// Which output an event goes to (per-session mode: the leg's session).
-    fn key_of(&mut self, ev: &Event) -> u64 {
-        if !self.settings.per_session {
-            return 0;
-        }
-        if let What::Open(o) = &ev.what {
-            self.session_of.insert(ev.leg, o.session_id);
-        }
-        self.session_of.get(&ev.leg).copied().unwrap_or(0)
-    }
-
-    pub fn process(&mut self, ev: Event, stats: &Stats) {
-        let time = ev.time;
-        let key = self.key_of(&ev);
-        let closing = matches!(ev.what, What::Close { .. });
-        if !self.outputs.contains_key(&key) {
-            let label = match &ev.what {
-                What::Open(o) if self.settings.per_session => Some(sanitize(&o.label)),
-                _ => None,
-            };
-            let seed = self.seed ^ key.rotate_left(17);
-            let writer = CaptureWriter::detached(&self.info, self.settings.legs, self.synthesis(seed));
-            self.outputs.insert(key, Output { writer, file: None, opened_at: time, label });
-        }
-        // No file yet, or the last one was finished while nothing was live: start one.
-        if self.outputs.get(&key).is_some_and(|o| o.file.is_none()) && !self.failing {
-            self.open_next(key, time, stats);
-        }
-        self.check_interval(key, time);
-        let mut next = Some(ev);
-        while let Some(ev) = next.take() {
-            let Some(out) = self.outputs.get_mut(&key) else { return };
-            match out.writer.process(ev, stats) {
-                Ok(Step::Done) => {}
-                Ok(Step::Rotate { then }) => {
-                    self.open_next(key, time, stats);
-                    next = then;
-                }
-                Err(e) => self.write_failed(key, &e, time, stats),
-            }
-        }
-        if let Some(out) = self.outputs.get_mut(&key) {
-            let size = self.settings.rotate.size;
-            let written = out.writer.get_mut().map_or(0, |w| w.written);
-            if !self.settings.per_session && size > 0 && written >= size {
-                out.writer.rotation_due(time);
-            }
-            if closing && self.settings.per_session && out.writer.live() == 0 {
-                self.session_of.retain(|_, s| *s != key);
-                self.close_output(key, stats);
-            }
-        }
-    }
-
-    /// New settings (a reload): the next file goes where they say and is written as they
-    /// say; it starts as soon as every session is between frames.
-    pub fn reconfigure(&mut self, settings: CaptureSettings, now: u64) {
-        self.files = FileSet::new(&settings);
-        self.settings = settings;
-        let keys: Vec<u64> = self.outputs.keys().copied().collect();
-        for key in keys {
-            let synth = self.synthesis(self.seed ^ key.rotate_left(17));
-            if let Some(out) = self.outputs.get_mut(&key) {
-                out.writer.reconfigure(self.settings.legs, synth);
-                out.writer.rotation_due(now);
-            }
-        }
-    }
-
-    /// Rotate now (SIGUSR1): as soon as every session is between frames.
-    pub fn rotate_soon(&mut self, now: u64) {
-        for out in self.outputs.values_mut() {
-            out.writer.rotation_due(now);
-        }
-    }
-
-    /// Called at least every flush interval: flushes, starts interval rotations, rotates
-    /// idle outputs that are due, and retries after a write error.
-    pub fn tick(&mut self, now: u64, stats: &Stats) {
-        let keys: Vec<u64> = self.outputs.keys().copied().collect();
-        for key in keys {
-            self.check_interval(key, now);
-            let Some(out) = self.outputs.get_mut(&key) else { continue };
-            if out.writer.ready_to_rotate(now) && out.writer.live() == 0 {
-                // Nothing live to start a new file with: finish this one; the next event
-                // opens the next (no files that hold only headers).
-                self.finish_current(key, now, stats);
-            } else if out.writer.ready_to_rotate(now) || (self.failing && now >= self.retry_at && out.file.is_none()) {
-                self.open_next(key, now, stats);
-            }
-            let Some(out) = self.outputs.get_mut(&key) else { continue };
-            if let Err(e) = out.writer.idle(stats) {
-                self.write_failed(key, &e, now, stats);
-            }
-            if let Some(w) = self.outputs.get_mut(&key).and_then(|o| o.writer.get_mut()) {
-                if let Err(e) = w.flush() {
-                    self.write_failed(key, &e, now, stats);
-                }
-            }
-        }
-    }
-
-    /// Makes a rotation due when `now` is in a later interval than the file's start
-    /// (boundaries at wall-clock multiples of the interval, as dumpcap's `interval:`).
-    fn check_interval(&mut self, key: u64, now: u64) {
-        let Some(iv) = self.settings.rotate.interval.filter(|_| !self.settings.per_session) else { return };
-        let iv = iv.as_nanos() as u64;
-        if let Some(out) = self.outputs.get_mut(&key) {
-            if now / iv != out.opened_at / iv {
-                out.writer.rotation_due(now);
-            }
-        }
-    }
-
-    /// Starts the output's next file (rotation, first file, or resumption), finishing the
-    /// previous one.
-    fn open_next(&mut self, key: u64, now: u64, stats: &Stats) {
-        let Some(out) = self.outputs.get_mut(&key) else { return };
-        match self.files.create(ns_to_time(now.max(1)), out.label.as_deref()) {
-            Ok((file, w)) => {
-                let old = out.writer.rotate(w, stats);
-                let old_file = out.file.replace(file);
-                out.opened_at = now;
-                // A new file is a valid capture from its first moment (a crash right
-                // after rotating leaves a file tshark opens): header and replay go out now.
-                if let Some(Err(e)) = out.writer.get_mut().map(Write::flush) {
-                    self.write_failed(key, &e, now, stats);
-                    return;
-                }
-                match old {
-                    Ok(old_w) => {
-                        if let (Some(f), Some(w)) = (old_file, old_w) {
-                            self.finish_file(f, w, stats);
-                        }
-                    }
-                    Err(e) => self.write_failed(key, &e, now, stats),
-                }
-                if self.failing {
-                    self.failing = false;
-                    info!(dir = %self.settings.dir.display(), "capture resumed");
-                }
-            }
-            Err(e) => {
-                if let Some(w) = out.writer.lose_output() {
-                    if let Some(f) = out.file.take() {
-                        self.finish_file(f, w, stats);
-                    }
-                }
-                self.episode(&e, now, "cannot create a capture file", stats);
-            }
-        }
-    }
-
-    /// Finishes the output's current file without starting another.
-    fn finish_current(&mut self, key: u64, now: u64, stats: &Stats) {
-        let Some(out) = self.outputs.get_mut(&key) else { return };
-        out.writer.rotation_done();
-        match out.writer.finish(stats) {
-            Ok(Some(w)) => {
-                if let Some(f) = out.file.take() {
-                    self.finish_file(f, w, stats);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => self.write_failed(key, &e, now, stats),
-        }
-    }
-
-    fn finish_file(&self, f: OpenFile, w: Counted, stats: &Stats) {
-        let part = f.part.clone();
-        match self.files.finish(f, w) {
-            Ok(path) => {
-                stats.files_finished.fetch_add(1, Relaxed);
-                info!(path = %path.display(), "capture file finished");
-            }
-            Err(e) => warn!(path = %part.display(), error = %e, "cannot finish a capture file"),
-        }
-    }
-
-    fn write_failed(&mut self, key: u64, e: &io::Error, now: u64, stats: &Stats) {
-        stats.write_errors.fetch_add(1, Relaxed);
-        if let Some(out) = self.outputs.get_mut(&key) {
-            // The bytes in the buffer are lost with the file; keep what reached the disk.
-            if let (Some(_), Some(f)) = (out.writer.lose_output(), out.file.take()) {
-                let _ = fs::rename(&f.part, &f.path);
-            }
-        }
-        self.episode(e, now, "capture write failed", stats);
-    }
-
-    /// Logs the first error of an episode; capture drops until the next file opens.
-    fn episode(&mut self, e: &io::Error, now: u64, what: &str, stats: &Stats) {
-        if !self.failing {
-            stats.error_episodes.fetch_add(1, Relaxed);
-            error!(dir = %self.settings.dir.display(), error = %e, "{what}; capture is dropped (traffic is not affected) until a file can be written");
-        }
-        self.failing = true;
-        self.retry_at = now + RETRY_AFTER.as_nanos() as u64;
-    }
-
-    fn close_output(&mut self, key: u64, stats: &Stats) {
-        if let Some(mut out) = self.outputs.remove(&key) {
-            match out.writer.finish(stats) {
-                Ok(Some(w)) => {
-                    if let Some(f) = out.file.take() {
-                        self.finish_file(f, w, stats);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => self.write_failed(key, &e, 0, stats),
-            }
-        }
-    }
-
-    /// Clean shutdown: every file flushed, synced, closed and renamed.
-    pub fn finish(&mut self, stats: &Stats) {
-        let keys: Vec<u64> = self.outputs.keys().copied().collect();
-        for key in keys {
-            self.close_output(key, stats);
-        }
-    }
-}
-
 /// A label made safe for a file name.
-fn sanitize(label: &str) -> String {
+pub(crate) fn sanitize(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).take(80).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn names_and_sequence_numbers() {

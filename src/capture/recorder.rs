@@ -7,111 +7,17 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
 use tracing::{error, info, warn};
 
+use crate::capture::event::{now_ns, Event, LegId, What};
+use crate::capture::sink::FileSink;
+use crate::capture::stats::Stats;
 use crate::config::CaptureSettings;
-use crate::capture::files::FileSink;
 use crate::wire::pcapng::SectionInfo;
-
-/// Identifies one leg of one connection in the event stream.
-pub type LegId = u64;
-
-/// The two connections of a proxied session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LegKind {
-    /// Client ↔ wstap's listener. The client opened it.
-    Client,
-    /// wstap ↔ upstream. wstap opened it.
-    Upstream,
-}
-
-impl LegKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            LegKind::Client => "client",
-            LegKind::Upstream => "upstream",
-        }
-    }
-}
-
-/// Which way bytes went, seen from wstap: `In` was read from the socket, `Out` written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dir {
-    In,
-    Out,
-}
-
-/// Something that happened on one leg, at `time` (ns since the Unix epoch).
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub time: u64,
-    pub leg: LegId,
-    pub what: What,
-}
-
-#[derive(Debug, Clone)]
-pub enum What {
-    /// The leg's capture starts: synthesize its handshake. `comment` goes on the SYN.
-    Open(Box<Opening>),
-    /// Bytes that crossed the socket; `offset` is their position in that direction's
-    /// captured stream (a jump means bytes were lost).
-    Data { dir: Dir, offset: u64, bytes: Bytes },
-    /// End of stream: `In` = the peer's FIN was read, `Out` = wstap shut its write side.
-    /// `offset` is the stream's length (bytes lost just before it still count).
-    Fin { dir: Dir, offset: u64 },
-    /// The peer reset the connection (seen while reading, `In`, or writing, `Out`).
-    Reset { dir: Dir },
-    /// A comment for the leg's next packet.
-    Note(String),
-    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`):
-    /// its Upgrade exchange begins at these captured-stream offsets (`In`, `Out`); `None`
-    /// means: the last line starting with `request_line` in that direction. `comment` goes
-    /// on the leg's next packet.
-    Session { comment: String, request_line: String, at: [Option<u64>; 2] },
-    /// The socket was closed; `reason` goes on the leg's last packet. `offsets` are the
-    /// captured streams' lengths (`In`, `Out`).
-    Close { reason: String, offsets: [u64; 2] },
-}
-
-#[derive(Debug, Clone)]
-pub struct Opening {
-    pub kind: LegKind,
-    /// wstap's end of the connection.
-    pub local: SocketAddr,
-    /// The client (client leg) or the upstream (upstream leg).
-    pub remote: SocketAddr,
-    /// Goes on the leg's first packet.
-    pub comment: String,
-    /// The capture starts at an Upgrade exchange (a WebSocket session), not at the
-    /// connection's first byte.
-    pub session: bool,
-    /// The client connection both legs of a session belong to.
-    pub session_id: u64,
-    /// For per-session file names: client address and route.
-    pub label: String,
-}
-
-/// Counters of what capture did and lost.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub events_dropped: AtomicU64,
-    pub bytes_dropped: AtomicU64,
-    pub packets_written: AtomicU64,
-    pub bytes_captured: AtomicU64,
-    pub write_errors: AtomicU64,
-    /// Packet bytes not written because no file could be (a write-error episode).
-    pub bytes_unwritten: AtomicU64,
-    /// Write-error episodes: each is logged once, however many writes fail in it.
-    pub error_episodes: AtomicU64,
-    /// Files finished (synced and renamed).
-    pub files_finished: AtomicU64,
-}
 
 /// Queue cost of an event besides its payload.
 const EVENT_COST: usize = 64;
@@ -211,10 +117,6 @@ impl Recorder {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// When the writer thread last went round its loop.
@@ -376,6 +278,8 @@ fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::event::Dir;
+    use bytes::Bytes;
 
     fn detached(limit: usize) -> Recorder {
         Recorder {

@@ -1,23 +1,20 @@
-//! The capture point: [`Tee`] wraps a connection's raw stream (under hyper, on both
-//! legs) and reports to its [`Tap`] every byte read, every byte actually written, each
-//! end of stream and each reset, in the order they happened. The tap turns them into
-//! recorder events, or, while a connection is only a candidate for capture (`websocket`
+//! One leg's capture state: what its [`crate::capture::tee::Tee`] reports (every byte
+//! read and written, each end of stream and each reset) the tap turns into recorder
+//! events, or, while a connection is only a candidate for capture (`websocket`
 //! mode, before its `101`), keeps the most recent bytes in a small ring so that capture
 //! can begin at the exact first byte of the Upgrade request. It never blocks the stream.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
-use std::pin::Pin;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::Bytes;
 
-use crate::service::metrics::{ByteCounts, Metrics, IN, OUT};
-use crate::capture::recorder::{Dir, LegId, LegKind, Opening, Recorder, What};
+use crate::capture::chunk::{copy_chunk, Keep};
+use crate::capture::event::{now_ns, Dir, LegId, LegKind, Opening, What};
+use crate::capture::recorder::Recorder;
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;
@@ -58,10 +55,6 @@ fn idx(dir: Dir) -> usize {
         Dir::In => 0,
         Dir::Out => 1,
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Tap {
@@ -213,12 +206,12 @@ impl Tap {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn on_bytes(&self, dir: Dir, data: &[u8]) {
+    pub(crate) fn on_bytes(&self, dir: Dir, data: &[u8]) {
         self.on_chunk(dir, data.len(), |keep| copy_chunk([data], data.len(), keep));
     }
 
     /// `len` bytes crossed the socket; `copy` makes them (only called if they are kept).
-    fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
+    pub(crate) fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
         let off = self.offset[idx(dir)].fetch_add(len as u64, Relaxed);
         match self.mode.load(Relaxed) {
             ON if self.holding.load(Relaxed) => {
@@ -263,7 +256,7 @@ impl Tap {
         self.offset[idx(dir)].load(Relaxed).saturating_sub(self.base[idx(dir)].load(Relaxed))
     }
 
-    fn on_fin(&self, dir: Dir) {
+    pub(crate) fn on_fin(&self, dir: Dir) {
         let mut state = self.lock();
         if self.is_recording() && !std::mem::replace(&mut state.fin_sent[idx(dir)], true) {
             let offset = self.captured(dir);
@@ -271,7 +264,7 @@ impl Tap {
         }
     }
 
-    fn on_error(&self, dir: Dir, e: &io::Error) {
+    pub(crate) fn on_error(&self, dir: Dir, e: &io::Error) {
         use io::ErrorKind::*;
         if !matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
             return;
@@ -282,7 +275,7 @@ impl Tap {
         }
     }
 
-    fn on_close(&self) {
+    pub(crate) fn on_close(&self) {
         if self.is_recording() {
             let mut state = self.lock();
             self.release_held(&mut state);
@@ -295,54 +288,6 @@ impl Tap {
     }
 }
 
-/// How long a captured chunk will live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    /// On its way to the writer, which drops it within milliseconds.
-    Briefly,
-    /// In a probe ring, perhaps for the connection's life.
-    Long,
-}
-
-/// Chunks shorter than this that are kept briefly share the thread's slab.
-const SLAB_CHUNK: usize = 16 * 1024;
-/// Below the allocator's mmap threshold (128 KiB), so that a new slab reuses warm heap
-/// memory: 256 KiB slabs came fresh from mmap, and faulting their pages in cost more
-/// than the allocations they saved.
-const SLAB: usize = 64 * 1024;
-
-thread_local! {
-    /// Where this thread copies captured chunks: one allocation cut into many `Bytes`,
-    /// freed by the writer thread when it drops the last of them. Per chunk that is a
-    /// reference count instead of an allocation here and a free on another thread.
-    static SLAB_BUF: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
-
-/// The first `n` bytes of `parts`, copied. A chunk kept long gets its own allocation,
-/// so that it never pins a shared slab.
-fn copy_chunk<'a>(parts: impl IntoIterator<Item = &'a [u8]>, n: usize, keep: Keep) -> Bytes {
-    let gather = |out: &mut BytesMut| {
-        let mut left = n;
-        for p in parts {
-            let take = left.min(p.len());
-            out.extend_from_slice(&p[..take]);
-            left -= take;
-        }
-    };
-    if keep == Keep::Long || n > SLAB_CHUNK {
-        let mut own = BytesMut::with_capacity(n);
-        gather(&mut own);
-        return own.freeze();
-    }
-    SLAB_BUF.with_borrow_mut(|slab| {
-        if slab.capacity() - slab.len() < n {
-            *slab = BytesMut::with_capacity(SLAB);
-        }
-        gather(slab);
-        slab.split().freeze()
-    })
-}
-
 /// What a session start tells a tap.
 pub struct SessionStart {
     /// For the leg's first packet (or next, on a leg recorded from its first byte).
@@ -351,160 +296,4 @@ pub struct SessionStart {
     pub label: String,
     /// The Upgrade request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
     pub request_line: String,
-}
-
-/// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).
-pub struct Tee<S> {
-    io: S,
-    tap: Option<Arc<Tap>>,
-    /// Byte counters of this leg (in, out), if metered: the daemon's, and the
-    /// connection's own.
-    meter: Option<(Arc<Metrics>, usize, Option<ByteCounts>)>,
-}
-
-impl<S> Tee<S> {
-    pub fn new(io: S, tap: Option<Arc<Tap>>) -> Tee<S> {
-        Tee { io, tap, meter: None }
-    }
-
-    /// Also counts the bytes read and written, as leg `leg` of `metrics`, and into
-    /// `own` (in, out) when given.
-    pub fn metered(mut self, metrics: Arc<Metrics>, leg: usize, own: Option<ByteCounts>) -> Tee<S> {
-        self.meter = Some((metrics, leg, own));
-        self
-    }
-
-    fn count(&self, dir: usize, n: usize) {
-        if let Some((m, leg, own)) = &self.meter {
-            m.bytes[*leg][dir].fetch_add(n as u64, Relaxed);
-            if let Some(own) = own {
-                own[dir].fetch_add(n as u64, Relaxed);
-            }
-        }
-    }
-
-    pub fn tap(&self) -> Option<&Arc<Tap>> {
-        self.tap.as_ref()
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-}
-
-impl<S> Drop for Tee<S> {
-    fn drop(&mut self) {
-        if let Some(tap) = &self.tap {
-            tap.on_close();
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let had_room = buf.remaining() > 0;
-        let this = &mut *self;
-        let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &result {
-            this.count(IN, buf.filled().len() - before);
-        }
-        if let Some(tap) = &this.tap {
-            match &result {
-                Poll::Ready(Ok(())) => {
-                    let got = &buf.filled()[before..];
-                    if !got.is_empty() {
-                        tap.on_bytes(Dir::In, got);
-                    } else if had_room {
-                        tap.on_fin(Dir::In);
-                    }
-                }
-                Poll::Ready(Err(e)) => tap.on_error(Dir::In, e),
-                Poll::Pending => {}
-            }
-        }
-        result
-    }
-}
-
-impl<S> Tee<S> {
-    /// After a write: counts what was written and reports it (or the error) to the tap.
-    /// `written` makes the bytes, only if the tap keeps them.
-    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize, Keep) -> Bytes) {
-        match result {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.count(OUT, *n);
-                if let Some(tap) = &self.tap {
-                    tap.on_chunk(Dir::Out, *n, |keep| written(*n, keep));
-                }
-            }
-            Poll::Ready(Err(e)) => {
-                if let Some(tap) = &self.tap {
-                    tap.on_error(Dir::Out, e);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(&result, |n, keep| copy_chunk([buf], n, keep));
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        // Exactly the bytes written, gathered into one chunk, as one write.
-        this.wrote(&result, |n, keep| copy_chunk(bufs.iter().map(|b| &b[..]), n, keep));
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let result = Pin::new(&mut this.io).poll_shutdown(cx);
-        if let (Some(tap), Poll::Ready(Ok(()))) = (&this.tap, &result) {
-            tap.on_fin(Dir::Out);
-        }
-        result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn brief_chunks_share_a_slab_and_long_ones_do_not() {
-        let a = copy_chunk([&b"hello "[..], b"world, and more"], 11, Keep::Briefly);
-        let b = copy_chunk([&b"again"[..]], 5, Keep::Briefly);
-        assert_eq!((&a[..], &b[..]), (&b"hello world"[..], &b"again"[..]));
-        assert_eq!(b.as_ptr(), a.as_ptr().wrapping_add(a.len()), "cut from one slab");
-        let long = copy_chunk([&b"kept for long"[..]], 13, Keep::Long);
-        assert_eq!(&long[..], b"kept for long");
-        let c = copy_chunk([&b"next"[..]], 4, Keep::Briefly);
-        assert_eq!(c.as_ptr(), b.as_ptr().wrapping_add(b.len()), "a long chunk takes nothing from the slab");
-        // Filling the slab starts another; what was cut from the old one stays intact.
-        let big = vec![7u8; SLAB_CHUNK];
-        let many: Vec<Bytes> =
-            (0..2 * SLAB / SLAB_CHUNK).map(|_| copy_chunk([&big[..]], big.len(), Keep::Briefly)).collect();
-        assert!(many.iter().all(|m| m[..] == big[..]));
-        assert_eq!((&a[..], &b[..], &c[..]), (&b"hello world"[..], &b"again"[..], &b"next"[..]));
-    }
 }

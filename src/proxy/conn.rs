@@ -23,15 +23,17 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::capture::event::{Dir, LegKind, Opening};
+use crate::capture::recorder::Recorder;
+use crate::capture::tap::{SessionStart, Tap};
+use crate::capture::tee::Tee;
+use crate::config::route::{self, Route, Upstream};
 use crate::config::{CaptureMode, Settings};
 use crate::proxy::error::{ProxyError, Side};
 use crate::proxy::headers;
-use crate::service::metrics::{ConnectionGuard, Metrics, CLIENT_LEG, UPSTREAM_LEG};
-use crate::capture::recorder::{Dir, LegKind, Opening, Recorder};
-use crate::config::route::{self, Route, Upstream};
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
-use crate::capture::tap::{SessionStart, Tap, Tee};
+use crate::service::metrics::{ConnectionGuard, Metrics, CLIENT_LEG, UPSTREAM_LEG};
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;

@@ -13,13 +13,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::config::{CaptureMode, Settings};
-use crate::service::metrics::Metrics;
-use crate::proxy::conn::{self as proxy, Context};
 use crate::capture::recorder::{Capture, Heartbeat};
-use crate::service::systemd::{self as service, Notifier};
+use crate::config::{CaptureMode, Settings};
+use crate::proxy::conn::{self as proxy, Context};
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
+use crate::service::metrics::Metrics;
 use crate::service::signals::Action;
+use crate::service::systemd::{self as service, Notifier};
 
 /// Sent, raw, to a connection over `limits.max_connections`; then it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";

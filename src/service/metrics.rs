@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::capture::recorder::Stats;
+use crate::capture::stats::Stats;
 
 /// Index of a leg in [`Metrics::bytes`].
 pub const CLIENT_LEG: usize = 0;

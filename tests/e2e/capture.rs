@@ -469,10 +469,11 @@ async fn only_the_configured_legs_are_written() {
 /// committed file. `WSTAP_BLESS=1 cargo test golden` rewrites it after a deliberate change.
 #[test]
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
+    use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
+    use wstap::capture::stats::Stats;
+    use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
     use wstap::config::Legs;
     use wstap::wire::pcapng::SectionInfo;
-    use wstap::capture::recorder::{Dir, Event, LegKind, Opening, Stats, What};
-    use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
 
     let request = UPGRADE.as_bytes();
     let response = SWITCHED.as_bytes();
@@ -683,8 +684,8 @@ pub(crate) fn synthetic_session(
     messages: &[Vec<u8>],
     t0: u64,
     step: u64,
-) -> Vec<wstap::capture::recorder::Event> {
-    use wstap::capture::recorder::{Dir, Event, LegKind, Opening, What};
+) -> Vec<wstap::capture::event::Event> {
+    use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
     let (client, upstream) = legs;
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
@@ -759,10 +760,10 @@ fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
 
 /// Runs events through a FileSink with `settings`, ticking the injected clock at each
 /// event's time.
-fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::capture::recorder::Event>) {
-    use wstap::capture::files::FileSink;
+fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::capture::event::Event>) {
+    use wstap::capture::sink::FileSink;
     use wstap::wire::pcapng::SectionInfo;
-    let stats = wstap::capture::recorder::Stats::default();
+    let stats = wstap::capture::stats::Stats::default();
     let info = SectionInfo { application: "wstap test".into(), os: "test".into(), hostname: "test".into() };
     let mut sink = FileSink::new(settings, info, 99);
     for ev in events {
@@ -858,8 +859,8 @@ fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
 
 /// A deflate session's events: `texts` sent and echoed, each direction compressing with
 /// its own context.
-fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::capture::recorder::Event> {
-    use wstap::capture::recorder::{Dir, Event, LegKind, Opening, What};
+fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::capture::event::Event> {
+    use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
     let ext = if takeover {
         "permessage-deflate"
     } else {

@@ -1,0 +1,92 @@
+//! What taps tell the capture writer: one [`Event`] per thing that happened on a leg
+//! (its start, bytes each way, an end of stream, a reset, a comment, its close), stamped
+//! with the time it happened. Both sides of the queue import these types; they import
+//! nothing of either side.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// Identifies one leg of one connection in the event stream.
+pub type LegId = u64;
+
+/// The two connections of a proxied session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegKind {
+    /// Client ↔ wstap's listener. The client opened it.
+    Client,
+    /// wstap ↔ upstream. wstap opened it.
+    Upstream,
+}
+
+impl LegKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LegKind::Client => "client",
+            LegKind::Upstream => "upstream",
+        }
+    }
+}
+
+/// Which way bytes went, seen from wstap: `In` was read from the socket, `Out` written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    In,
+    Out,
+}
+
+/// Something that happened on one leg, at `time` (ns since the Unix epoch).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub time: u64,
+    pub leg: LegId,
+    pub what: What,
+}
+
+#[derive(Debug, Clone)]
+pub enum What {
+    /// The leg's capture starts: synthesize its handshake. `comment` goes on the SYN.
+    Open(Box<Opening>),
+    /// Bytes that crossed the socket; `offset` is their position in that direction's
+    /// captured stream (a jump means bytes were lost).
+    Data { dir: Dir, offset: u64, bytes: Bytes },
+    /// End of stream: `In` = the peer's FIN was read, `Out` = wstap shut its write side.
+    /// `offset` is the stream's length (bytes lost just before it still count).
+    Fin { dir: Dir, offset: u64 },
+    /// The peer reset the connection (seen while reading, `In`, or writing, `Out`).
+    Reset { dir: Dir },
+    /// A comment for the leg's next packet.
+    Note(String),
+    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`):
+    /// its Upgrade exchange begins at these captured-stream offsets (`In`, `Out`); `None`
+    /// means: the last line starting with `request_line` in that direction. `comment` goes
+    /// on the leg's next packet.
+    Session { comment: String, request_line: String, at: [Option<u64>; 2] },
+    /// The socket was closed; `reason` goes on the leg's last packet. `offsets` are the
+    /// captured streams' lengths (`In`, `Out`).
+    Close { reason: String, offsets: [u64; 2] },
+}
+
+#[derive(Debug, Clone)]
+pub struct Opening {
+    pub kind: LegKind,
+    /// wstap's end of the connection.
+    pub local: SocketAddr,
+    /// The client (client leg) or the upstream (upstream leg).
+    pub remote: SocketAddr,
+    /// Goes on the leg's first packet.
+    pub comment: String,
+    /// The capture starts at an Upgrade exchange (a WebSocket session), not at the
+    /// connection's first byte.
+    pub session: bool,
+    /// The client connection both legs of a session belong to.
+    pub session_id: u64,
+    /// For per-session file names: client address and route.
+    pub label: String,
+}
+
+/// Now, in nanoseconds since the Unix epoch: the time base of every event.
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}

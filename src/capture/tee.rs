@@ -1,0 +1,150 @@
+//! The capture point: [`Tee`] wraps a connection's raw stream (under hyper, on both
+//! legs) and reports to its [`Tap`] every byte read, every byte actually written, each
+//! end of stream and each reset, in the order they happened. It never blocks the stream.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::capture::chunk::{copy_chunk, Keep};
+use crate::capture::event::Dir;
+use crate::capture::tap::Tap;
+use crate::service::metrics::{ByteCounts, Metrics, IN, OUT};
+
+/// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).
+pub struct Tee<S> {
+    io: S,
+    tap: Option<Arc<Tap>>,
+    /// Byte counters of this leg (in, out), if metered: the daemon's, and the
+    /// connection's own.
+    meter: Option<(Arc<Metrics>, usize, Option<ByteCounts>)>,
+}
+
+impl<S> Tee<S> {
+    pub fn new(io: S, tap: Option<Arc<Tap>>) -> Tee<S> {
+        Tee { io, tap, meter: None }
+    }
+
+    /// Also counts the bytes read and written, as leg `leg` of `metrics`, and into
+    /// `own` (in, out) when given.
+    pub fn metered(mut self, metrics: Arc<Metrics>, leg: usize, own: Option<ByteCounts>) -> Tee<S> {
+        self.meter = Some((metrics, leg, own));
+        self
+    }
+
+    fn count(&self, dir: usize, n: usize) {
+        if let Some((m, leg, own)) = &self.meter {
+            m.bytes[*leg][dir].fetch_add(n as u64, Relaxed);
+            if let Some(own) = own {
+                own[dir].fetch_add(n as u64, Relaxed);
+            }
+        }
+    }
+
+    pub fn tap(&self) -> Option<&Arc<Tap>> {
+        self.tap.as_ref()
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+impl<S> Drop for Tee<S> {
+    fn drop(&mut self) {
+        if let Some(tap) = &self.tap {
+            tap.on_close();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let had_room = buf.remaining() > 0;
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            this.count(IN, buf.filled().len() - before);
+        }
+        if let Some(tap) = &this.tap {
+            match &result {
+                Poll::Ready(Ok(())) => {
+                    let got = &buf.filled()[before..];
+                    if !got.is_empty() {
+                        tap.on_bytes(Dir::In, got);
+                    } else if had_room {
+                        tap.on_fin(Dir::In);
+                    }
+                }
+                Poll::Ready(Err(e)) => tap.on_error(Dir::In, e),
+                Poll::Pending => {}
+            }
+        }
+        result
+    }
+}
+
+impl<S> Tee<S> {
+    /// After a write: counts what was written and reports it (or the error) to the tap.
+    /// `written` makes the bytes, only if the tap keeps them.
+    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize, Keep) -> Bytes) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.count(OUT, *n);
+                if let Some(tap) = &self.tap {
+                    tap.on_chunk(Dir::Out, *n, |keep| written(*n, keep));
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                if let Some(tap) = &self.tap {
+                    tap.on_error(Dir::Out, e);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&result, |n, keep| copy_chunk([buf], n, keep));
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        // Exactly the bytes written, gathered into one chunk, as one write.
+        this.wrote(&result, |n, keep| copy_chunk(bufs.iter().map(|b| &b[..]), n, keep));
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_shutdown(cx);
+        if let (Some(tap), Poll::Ready(Ok(()))) = (&this.tap, &result) {
+            tap.on_fin(Dir::Out);
+        }
+        result
+    }
+}
