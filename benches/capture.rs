@@ -6,10 +6,11 @@
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
-use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
+use wstap::capture::event::{Event, Opening, What};
 use wstap::capture::stats::Stats;
 use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
 use wstap::config::Legs;
+use wstap::dir::{Dir, Leg};
 use wstap::wire::pcapng::SectionInfo;
 
 /// Payload per data event: 16 KiB (a large read; the proxy reads up to 64 KiB at a time),
@@ -33,7 +34,7 @@ fn run(acks: bool) -> (f64, f64) {
     let mut w = CaptureWriter::new(BufWriter::with_capacity(256 * 1024, sink), &info, legs, synth).unwrap();
     let stats = Stats::default();
     let open = Opening {
-        kind: LegKind::Client,
+        leg: Leg::Client,
         local: "127.0.0.1:8080".parse().unwrap(),
         remote: "127.0.0.1:40000".parse().unwrap(),
         comment: "bench".into(),
@@ -44,7 +45,7 @@ fn run(acks: bool) -> (f64, f64) {
     w.process(Event { time: 1, leg: 1, what: What::Open(Box::new(open)) }, &stats).unwrap();
     let head = b"GET / HTTP/1.1\r\n\r\n";
     w.process(
-        Event { time: 2, leg: 1, what: What::Data { dir: Dir::In, offset: 0, bytes: head.to_vec().into() } },
+        Event { time: 2, leg: 1, what: What::Data { dir: Dir::Up, offset: 0, bytes: head.to_vec().into() } },
         &stats,
     )
     .unwrap();
@@ -54,7 +55,7 @@ fn run(acks: bool) -> (f64, f64) {
     let payload = bytes::Bytes::from(vec![0x5a; CHUNK]);
     let mut offset = head.len() as u64;
     w.process(
-        Event { time: 3, leg: 1, what: What::Data { dir: Dir::In, offset, bytes: first.clone().into() } },
+        Event { time: 3, leg: 1, what: What::Data { dir: Dir::Up, offset, bytes: first.clone().into() } },
         &stats,
     )
     .unwrap();
@@ -63,7 +64,7 @@ fn run(acks: bool) -> (f64, f64) {
     let start = Instant::now();
     for i in 0..EVENTS {
         let ev =
-            Event { time: 4 + i as u64, leg: 1, what: What::Data { dir: Dir::In, offset, bytes: payload.clone() } };
+            Event { time: 4 + i as u64, leg: 1, what: What::Data { dir: Dir::Up, offset, bytes: payload.clone() } };
         assert!(matches!(w.process(ev, &stats).unwrap(), Step::Done));
         offset += CHUNK as u64;
     }

@@ -8,11 +8,12 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use wstap::capture::event::{LegKind, Opening};
+use wstap::capture::event::Opening;
 use wstap::capture::recorder::Capture;
 use wstap::capture::tap::Tap;
 use wstap::capture::tee::Tee;
 use wstap::config::CaptureSettings;
+use wstap::dir::Leg;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (stream, peer) = listener.accept().await?;
         // The one line that adds capture: the app's socket, teed.
         let opening = Opening {
-            kind: LegKind::Client,
+            leg: Leg::Client,
             local: addr,
             remote: peer,
             comment: format!("my app: connection from {peer}"),

@@ -48,9 +48,11 @@
 
 pub mod capture;
 pub mod config;
+pub mod dir;
 pub mod proxy;
 pub mod replay;
 pub mod service;
+pub mod sync;
 pub mod wire;
 
 pub use config::Settings;

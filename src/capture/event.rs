@@ -8,33 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::dir::{Dir, Leg, PerDir};
+
 /// Identifies one leg of one connection in the event stream.
 pub type LegId = u64;
-
-/// The two connections of a proxied session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LegKind {
-    /// Client ↔ wstap's listener. The client opened it.
-    Client,
-    /// wstap ↔ upstream. wstap opened it.
-    Upstream,
-}
-
-impl LegKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            LegKind::Client => "client",
-            LegKind::Upstream => "upstream",
-        }
-    }
-}
-
-/// Which way bytes went, seen from wstap: `In` was read from the socket, `Out` written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dir {
-    In,
-    Out,
-}
 
 /// Something that happened on one leg, at `time` (ns since the Unix epoch).
 #[derive(Debug, Clone)]
@@ -48,29 +25,30 @@ pub struct Event {
 pub enum What {
     /// The leg's capture starts: synthesize its handshake. `comment` goes on the SYN.
     Open(Box<Opening>),
-    /// Bytes that crossed the socket; `offset` is their position in that direction's
-    /// captured stream (a jump means bytes were lost).
+    /// Bytes that crossed the socket going `dir`; `offset` is their position in that
+    /// direction's captured stream (a jump means bytes were lost).
     Data { dir: Dir, offset: u64, bytes: Bytes },
-    /// End of stream: `In` = the peer's FIN was read, `Out` = wstap shut its write side.
-    /// `offset` is the stream's length (bytes lost just before it still count).
+    /// End of the stream going `dir`: the peer's FIN was read, or wstap shut its write
+    /// side. `offset` is the stream's length (bytes lost just before it still count).
     Fin { dir: Dir, offset: u64 },
-    /// The peer reset the connection (seen while reading, `In`, or writing, `Out`).
-    Reset { dir: Dir },
+    /// The peer reset the connection (seen while reading or writing).
+    Reset,
     /// A comment for the leg's next packet.
     Note(String),
     /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`):
-    /// its Upgrade exchange begins at these captured-stream offsets (`In`, `Out`); `None`
-    /// means: the last line starting with `request_line` in that direction. `comment` goes
-    /// on the leg's next packet.
-    Session { comment: String, request_line: String, at: [Option<u64>; 2] },
+    /// its Upgrade exchange begins at these captured-stream offsets; `None` means: the last
+    /// line starting with `request_line` in that direction. `comment` goes on the leg's
+    /// next packet.
+    Session { comment: String, request_line: String, at: PerDir<Option<u64>> },
     /// The socket was closed; `reason` goes on the leg's last packet. `offsets` are the
-    /// captured streams' lengths (`In`, `Out`).
-    Close { reason: String, offsets: [u64; 2] },
+    /// captured streams' lengths.
+    Close { reason: String, offsets: PerDir<u64> },
 }
 
 #[derive(Debug, Clone)]
 pub struct Opening {
-    pub kind: LegKind,
+    /// Which connection of its session this is.
+    pub leg: Leg,
     /// wstap's end of the connection.
     pub local: SocketAddr,
     /// The client (client leg) or the upstream (upstream leg).

@@ -278,7 +278,7 @@ fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::event::Dir;
+    use crate::dir::Dir;
     use bytes::Bytes;
 
     fn detached(limit: usize) -> Recorder {
@@ -305,8 +305,8 @@ mod tests {
         let metrics = crate::service::metrics::Metrics::default();
         let before = metrics.render(Some(rec.stats()), true);
         assert!(before.contains("wstap_capture_dropped_events_total 0\n"), "{before}");
-        rec.send(1, data(Dir::In, 0, &[0; 800]));
-        rec.send(1, data(Dir::In, 800, &[0; 800])); // over the budget: dropped
+        rec.send(1, data(Dir::Up, 0, &[0; 800]));
+        rec.send(1, data(Dir::Up, 800, &[0; 800])); // over the budget: dropped
         let after = metrics.render(Some(rec.stats()), true);
         assert!(after.contains("wstap_capture_dropped_events_total 1\n"), "{after}");
         assert!(after.contains("wstap_capture_dropped_bytes_total 800\n"), "{after}");
@@ -315,9 +315,9 @@ mod tests {
     #[test]
     fn a_full_queue_drops_data_but_keeps_control_events() {
         let rec = detached(1000);
-        assert!(rec.send(1, data(Dir::In, 0, &[0; 800])));
-        assert!(!rec.send(1, data(Dir::In, 800, &[0; 800])), "over the budget");
-        assert!(rec.send(1, What::Fin { dir: Dir::In, offset: 1600 }), "control events still fit");
+        assert!(rec.send(1, data(Dir::Up, 0, &[0; 800])));
+        assert!(!rec.send(1, data(Dir::Up, 800, &[0; 800])), "over the budget");
+        assert!(rec.send(1, What::Fin { dir: Dir::Up, offset: 1600 }), "control events still fit");
         let s = rec.stats();
         assert_eq!((s.events_dropped.load(Relaxed), s.bytes_dropped.load(Relaxed)), (1, 800));
         let q = rec.lock();

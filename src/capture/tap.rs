@@ -13,24 +13,25 @@ use std::time::UNIX_EPOCH;
 use bytes::Bytes;
 
 use crate::capture::chunk::{copy_chunk, Keep};
-use crate::capture::event::{now_ns, Dir, LegId, LegKind, Opening, What};
+use crate::capture::event::{now_ns, LegId, Opening, What};
 use crate::capture::recorder::Recorder;
+use crate::dir::{Dir, Leg, PerDir};
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;
 const ON: u8 = 2;
 
-/// One leg's capture state, shared by its [`Tee`] and the proxy.
+/// One leg's capture state, shared by its [`crate::capture::tee::Tee`] and the proxy.
 pub struct Tap {
     recorder: Recorder,
-    leg: LegId,
+    id: LegId,
     /// The leg's description; a session's comment and label are filled in at its start.
     opening: Opening,
     mode: AtomicU8,
-    /// Bytes read (`In`) and written (`Out`) on the socket so far.
-    offset: [AtomicU64; 2],
+    /// Bytes that crossed the socket each way so far.
+    offset: PerDir<AtomicU64>,
     /// Socket offsets where capture began, per direction.
-    base: [AtomicU64; 2],
+    base: PerDir<AtomicU64>,
     /// Client bytes are being held back until wstap's first write (the `101`).
     holding: AtomicBool,
     state: Mutex<TapState>,
@@ -42,7 +43,7 @@ struct TapState {
     ring: VecDeque<(u64, Dir, u64, Bytes)>,
     ring_bytes: usize,
     ring_cap: usize,
-    fin_sent: [bool; 2],
+    fin_sent: PerDir<bool>,
     reset_sent: bool,
     close_reason: Option<String>,
     /// Bytes read after the Upgrade request's head and before the `101` was written:
@@ -50,18 +51,11 @@ struct TapState {
     held: Vec<(u64, u64, Bytes)>,
 }
 
-fn idx(dir: Dir) -> usize {
-    match dir {
-        Dir::In => 0,
-        Dir::Out => 1,
-    }
-}
-
 impl Tap {
     /// A tap that records from the connection's first byte: its handshake is written now.
     pub fn recording(recorder: Recorder, opening: Opening) -> Arc<Tap> {
         let tap = Tap::new(recorder, opening, ON, 0);
-        tap.recorder.send(tap.leg, What::Open(Box::new(tap.opening.clone())));
+        tap.recorder.send(tap.id, What::Open(Box::new(tap.opening.clone())));
         Arc::new(tap)
     }
 
@@ -73,7 +67,7 @@ impl Tap {
 
     fn new(recorder: Recorder, opening: Opening, mode: u8, ring_cap: usize) -> Tap {
         Tap {
-            leg: recorder.new_leg(),
+            id: recorder.new_leg(),
             recorder,
             opening,
             mode: AtomicU8::new(mode),
@@ -88,25 +82,37 @@ impl Tap {
         self.mode.load(Relaxed) == ON
     }
 
-    /// Bytes read (`In`) or written (`Out`) on the socket so far.
-    pub fn offset(&self, dir: Dir) -> u64 {
-        self.offset[idx(dir)].load(Relaxed)
+    /// Which connection of its session this tap's is.
+    pub fn leg(&self) -> Leg {
+        self.opening.leg
     }
 
-    /// The socket offset of the oldest `In` byte still kept while probing, if any.
-    pub fn oldest_in(&self) -> Option<u64> {
-        self.lock().ring.iter().find(|c| c.1 == Dir::In).map(|c| c.2)
+    /// The direction of the bytes read on this leg.
+    fn inbound(&self) -> Dir {
+        self.opening.leg.inbound()
+    }
+
+    /// Bytes that crossed the socket going `dir` so far.
+    pub fn offset(&self, dir: Dir) -> u64 {
+        self.offset[dir].load(Relaxed)
+    }
+
+    /// The socket offset of the oldest byte read that is still kept while probing, if any.
+    pub fn oldest_read(&self) -> Option<u64> {
+        let inbound = self.inbound();
+        self.lock().ring.iter().find(|c| c.1 == inbound).map(|c| c.2)
     }
 
     /// Where the last request head whose first line starts with `line` (such as
-    /// `GET /chat HTTP/1.`) lies among the probed `In` bytes: the socket offsets of its
+    /// `GET /chat HTTP/1.`) lies among the probed bytes read: the socket offsets of its
     /// first byte and of the byte after its blank line.
     pub fn find_head(&self, line: &[u8]) -> Option<(u64, u64)> {
+        let inbound = self.inbound();
         let state = self.lock();
         let mut bytes = Vec::with_capacity(state.ring_bytes);
         let mut first = None;
         for (_, dir, off, b) in &state.ring {
-            if *dir == Dir::In {
+            if *dir == inbound {
                 first.get_or_insert(*off);
                 bytes.extend_from_slice(b);
             }
@@ -119,41 +125,40 @@ impl Tap {
         Some((first + start as u64, first + end as u64))
     }
 
-    /// Starts recording a probing tap: the leg's capture begins at socket offsets
-    /// `base_in` / `base_out`; probed bytes from there on are written with the times they
-    /// crossed the socket. `comment` goes on the leg's first packet.
+    /// Starts recording a probing tap: the leg's capture begins at socket offsets `base`;
+    /// probed bytes from there on are written with the times they crossed the socket.
+    /// `comment` goes on the leg's first packet.
     ///
-    /// With `hold_from`, `In` bytes from that socket offset on (what a client sent right
+    /// With `hold_from`, bytes read from that socket offset on (what a client sent right
     /// behind its Upgrade request) are held until wstap's next write (the `101`) and
     /// written just after it, with a comment giving their real arrival: Wireshark decodes
     /// WebSocket frames only after the `101`, in capture order.
-    pub fn start(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, comment: String, label: String) {
+    pub fn start(&self, base: PerDir<u64>, hold_from: Option<u64>, comment: String, label: String) {
         let mut state = self.lock();
         if self.mode.load(Relaxed) != PROBE {
             return;
         }
-        let base = [base_in, base_out];
-        self.base[0].store(base_in, Relaxed);
-        self.base[1].store(base_out, Relaxed);
-        let kept: Vec<_> =
-            state.ring.drain(..).filter(|(_, dir, off, b)| off + b.len() as u64 > base[idx(*dir)]).collect();
+        for dir in Dir::BOTH {
+            self.base[dir].store(base[dir], Relaxed);
+        }
+        let kept: Vec<_> = state.ring.drain(..).filter(|(_, dir, off, b)| off + b.len() as u64 > base[*dir]).collect();
         state.ring_bytes = 0;
         let first_time = kept.first().map_or_else(now_ns, |c| c.0);
         let opening = Opening { comment, label, session: true, ..self.opening.clone() };
-        self.recorder.send_at(first_time, self.leg, What::Open(Box::new(opening)));
+        self.recorder.send_at(first_time, self.id, What::Open(Box::new(opening)));
         let hold_from = hold_from.unwrap_or(u64::MAX);
         for (time, dir, off, bytes) in kept {
-            let base = base[idx(dir)];
+            let base = base[dir];
             let skip = base.saturating_sub(off) as usize;
             let (offset, mut bytes) = (off.max(base) - base, bytes.slice(skip..));
             let off = off.max(base);
-            if dir == Dir::In && off + bytes.len() as u64 > hold_from {
+            if dir == self.inbound() && off + bytes.len() as u64 > hold_from {
                 let keep = hold_from.saturating_sub(off) as usize;
                 let later = bytes.split_off(keep);
                 state.held.push((time, offset + keep as u64, later));
             }
             if !bytes.is_empty() {
-                self.recorder.send_at(time, self.leg, What::Data { dir, offset, bytes });
+                self.recorder.send_at(time, self.id, What::Data { dir, offset, bytes });
             }
         }
         self.holding.store(hold_from != u64::MAX, Relaxed);
@@ -168,32 +173,33 @@ impl Tap {
         let bytes: usize = state.held.iter().map(|h| h.2.len()).sum();
         let arrived = state.held[0].0;
         self.recorder.send(
-            self.leg,
+            self.id,
             What::Note(format!(
                 "the client sent these {bytes} bytes right behind its Upgrade request, before the 101 \
                  (they arrived at {}); wstap shows them after the 101 so that Wireshark decodes them",
                 humantime::format_rfc3339_nanos(UNIX_EPOCH + std::time::Duration::from_nanos(arrived))
             )),
         );
+        let dir = self.inbound();
         for (_, offset, bytes) in state.held.drain(..) {
-            self.recorder.send(self.leg, What::Data { dir: Dir::In, offset, bytes });
+            self.recorder.send(self.id, What::Data { dir, offset, bytes });
         }
     }
 
     /// A session starts on this leg: a probing tap starts recording (see
     /// [`Tap::start`]); a tap already recording (`capture.mode = "all"`) tells the writer
     /// where the session's Upgrade exchange began, so later files can replay it.
-    pub fn begin(&self, base_in: u64, base_out: u64, hold_from: Option<u64>, session: SessionStart) {
+    pub fn begin(&self, base: PerDir<u64>, hold_from: Option<u64>, session: SessionStart) {
         if self.is_recording() {
-            let at = match self.opening.kind {
+            let at = match self.opening.leg {
                 // Where the request began among what was read is found by its line.
-                LegKind::Client => [None, Some(base_out)],
-                LegKind::Upstream => [Some(base_in), Some(base_out)],
+                Leg::Client => PerDir::new(None, Some(base[Dir::Down])),
+                Leg::Upstream => base.map(|_, b| Some(b)),
             };
             let SessionStart { comment, request_line, .. } = session;
-            self.recorder.send(self.leg, What::Session { comment, request_line, at });
+            self.recorder.send(self.id, What::Session { comment, request_line, at });
         } else {
-            self.start(base_in, base_out, hold_from, session.comment, session.label);
+            self.start(base, hold_from, session.comment, session.label);
         }
     }
 
@@ -206,25 +212,29 @@ impl Tap {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn on_bytes(&self, dir: Dir, data: &[u8]) {
-        self.on_chunk(dir, data.len(), |keep| copy_chunk([data], data.len(), keep));
+    /// `data` was read from the socket.
+    pub(crate) fn on_read(&self, data: &[u8]) {
+        self.on_chunk(self.inbound(), data.len(), |keep| copy_chunk([data], data.len(), keep));
     }
 
-    /// `len` bytes crossed the socket; `copy` makes them (only called if they are kept).
-    pub(crate) fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
-        let off = self.offset[idx(dir)].fetch_add(len as u64, Relaxed);
+    /// `len` bytes were written to the socket; `copy` makes them (only called if kept).
+    pub(crate) fn on_written(&self, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
+        self.on_chunk(self.inbound().reverse(), len, copy);
+    }
+
+    /// `len` bytes crossed the socket going `dir`; `copy` makes them (only called if they
+    /// are kept).
+    fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
+        let off = self.offset[dir].fetch_add(len as u64, Relaxed);
         match self.mode.load(Relaxed) {
             ON if self.holding.load(Relaxed) => {
                 let mut state = self.lock();
-                match dir {
-                    Dir::In => {
-                        let offset = off.saturating_sub(self.base[0].load(Relaxed));
-                        state.held.push((now_ns(), offset, copy(Keep::Briefly)));
-                    }
-                    Dir::Out => {
-                        self.send_data(dir, off, copy(Keep::Briefly));
-                        self.release_held(&mut state);
-                    }
+                if dir == self.inbound() {
+                    let offset = off.saturating_sub(self.base[dir].load(Relaxed));
+                    state.held.push((now_ns(), offset, copy(Keep::Briefly)));
+                } else {
+                    self.send_data(dir, off, copy(Keep::Briefly));
+                    self.release_held(&mut state);
                 }
             }
             ON => self.send_data(dir, off, copy(Keep::Briefly)),
@@ -246,32 +256,43 @@ impl Tap {
     }
 
     fn send_data(&self, dir: Dir, off: u64, bytes: Bytes) {
-        let base = self.base[idx(dir)].load(Relaxed);
+        let base = self.base[dir].load(Relaxed);
         let offset = off.saturating_sub(base);
-        self.recorder.send(self.leg, What::Data { dir, offset, bytes });
+        self.recorder.send(self.id, What::Data { dir, offset, bytes });
     }
 
-    /// Length of the captured stream in `dir` so far.
+    /// Length of the captured stream going `dir` so far.
     fn captured(&self, dir: Dir) -> u64 {
-        self.offset[idx(dir)].load(Relaxed).saturating_sub(self.base[idx(dir)].load(Relaxed))
+        self.offset[dir].load(Relaxed).saturating_sub(self.base[dir].load(Relaxed))
     }
 
-    pub(crate) fn on_fin(&self, dir: Dir) {
+    /// The peer ended its stream (a read returned end of file).
+    pub(crate) fn on_read_end(&self) {
+        self.on_fin(self.inbound());
+    }
+
+    /// wstap shut its write side.
+    pub(crate) fn on_shutdown(&self) {
+        self.on_fin(self.inbound().reverse());
+    }
+
+    fn on_fin(&self, dir: Dir) {
         let mut state = self.lock();
-        if self.is_recording() && !std::mem::replace(&mut state.fin_sent[idx(dir)], true) {
+        if self.is_recording() && !std::mem::replace(&mut state.fin_sent[dir], true) {
             let offset = self.captured(dir);
-            self.recorder.send(self.leg, What::Fin { dir, offset });
+            self.recorder.send(self.id, What::Fin { dir, offset });
         }
     }
 
-    pub(crate) fn on_error(&self, dir: Dir, e: &io::Error) {
+    /// A read or write failed with `e`: a reset is recorded once.
+    pub(crate) fn on_error(&self, e: &io::Error) {
         use io::ErrorKind::*;
         if !matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
             return;
         }
         let mut state = self.lock();
         if self.is_recording() && !std::mem::replace(&mut state.reset_sent, true) {
-            self.recorder.send(self.leg, What::Reset { dir });
+            self.recorder.send(self.id, What::Reset);
         }
     }
 
@@ -281,8 +302,8 @@ impl Tap {
             self.release_held(&mut state);
             let reason = state.close_reason.take().unwrap_or_else(|| "connection closed".to_owned());
             drop(state);
-            let offsets = [self.captured(Dir::In), self.captured(Dir::Out)];
-            self.recorder.send(self.leg, What::Close { reason, offsets });
+            let offsets = PerDir::new(self.captured(Dir::Up), self.captured(Dir::Down));
+            self.recorder.send(self.id, What::Close { reason, offsets });
             self.mode.store(OFF, Relaxed);
         }
     }

@@ -4,7 +4,6 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,46 +11,39 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::capture::chunk::{copy_chunk, Keep};
-use crate::capture::event::Dir;
 use crate::capture::tap::Tap;
-use crate::service::metrics::{ByteCounts, Metrics, IN, OUT};
 
 /// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).
 pub struct Tee<S> {
     io: S,
     tap: Option<Arc<Tap>>,
-    /// Byte counters of this leg (in, out), if metered: the daemon's, and the
-    /// connection's own.
-    meter: Option<(Arc<Metrics>, usize, Option<ByteCounts>)>,
 }
 
 impl<S> Tee<S> {
+    /// Wraps `io`; with no tap it is a plain stream.
     pub fn new(io: S, tap: Option<Arc<Tap>>) -> Tee<S> {
-        Tee { io, tap, meter: None }
+        Tee { io, tap }
     }
 
-    /// Also counts the bytes read and written, as leg `leg` of `metrics`, and into
-    /// `own` (in, out) when given.
-    pub fn metered(mut self, metrics: Arc<Metrics>, leg: usize, own: Option<ByteCounts>) -> Tee<S> {
-        self.meter = Some((metrics, leg, own));
-        self
-    }
-
-    fn count(&self, dir: usize, n: usize) {
-        if let Some((m, leg, own)) = &self.meter {
-            m.bytes[*leg][dir].fetch_add(n as u64, Relaxed);
-            if let Some(own) = own {
-                own[dir].fetch_add(n as u64, Relaxed);
-            }
-        }
-    }
-
+    /// The tap this stream reports to.
     pub fn tap(&self) -> Option<&Arc<Tap>> {
         self.tap.as_ref()
     }
 
+    /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
         &self.io
+    }
+
+    /// After a write: reports what was written (or the error) to the tap. `written` makes
+    /// the bytes, only if the tap keeps them.
+    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize, Keep) -> Bytes) {
+        let Some(tap) = &self.tap else { return };
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => tap.on_written(*n, |keep| written(*n, keep)),
+            Poll::Ready(Err(e)) => tap.on_error(e),
+            _ => {}
+        }
     }
 }
 
@@ -69,45 +61,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
         let had_room = buf.remaining() > 0;
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &result {
-            this.count(IN, buf.filled().len() - before);
-        }
         if let Some(tap) = &this.tap {
             match &result {
                 Poll::Ready(Ok(())) => {
                     let got = &buf.filled()[before..];
                     if !got.is_empty() {
-                        tap.on_bytes(Dir::In, got);
+                        tap.on_read(got);
                     } else if had_room {
-                        tap.on_fin(Dir::In);
+                        tap.on_read_end();
                     }
                 }
-                Poll::Ready(Err(e)) => tap.on_error(Dir::In, e),
+                Poll::Ready(Err(e)) => tap.on_error(e),
                 Poll::Pending => {}
             }
         }
         result
-    }
-}
-
-impl<S> Tee<S> {
-    /// After a write: counts what was written and reports it (or the error) to the tap.
-    /// `written` makes the bytes, only if the tap keeps them.
-    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize, Keep) -> Bytes) {
-        match result {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.count(OUT, *n);
-                if let Some(tap) = &self.tap {
-                    tap.on_chunk(Dir::Out, *n, |keep| written(*n, keep));
-                }
-            }
-            Poll::Ready(Err(e)) => {
-                if let Some(tap) = &self.tap {
-                    tap.on_error(Dir::Out, e);
-                }
-            }
-            _ => {}
-        }
     }
 }
 
@@ -143,7 +111,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_shutdown(cx);
         if let (Some(tap), Poll::Ready(Ok(()))) = (&this.tap, &result) {
-            tap.on_fin(Dir::Out);
+            tap.on_shutdown();
         }
         result
     }

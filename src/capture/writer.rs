@@ -10,13 +10,15 @@ use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::capture::event::{Dir, Event, LegId, LegKind, Opening, What};
+use bytes::Bytes;
+
+use crate::capture::event::{Event, LegId, Opening, What};
 use crate::capture::leg::{add_note, Final, LegState, Pending};
 use crate::capture::stats::Stats;
 use crate::config::Legs;
-use crate::wire::pcapng::{Direction, PcapngWriter, SectionInfo};
-use crate::wire::tcp::{End, Flow};
-use crate::wire::wsframe::FrameTracker;
+use crate::dir::{Dir, Leg, PerDir, PerLeg};
+use crate::wire::pcapng::{PcapngWriter, SectionInfo};
+use crate::wire::tcp::Flow;
 
 /// How packets are synthesized.
 #[derive(Debug, Clone)]
@@ -52,7 +54,7 @@ pub struct CaptureWriter<W: Write> {
     out: Option<PcapngWriter<W>>,
     info: SectionInfo,
     wanted: Legs,
-    interfaces: [Option<u32>; 2],
+    interfaces: PerLeg<Option<u32>>,
     /// Ordered by leg id, so replays come out in a stable order.
     legs: BTreeMap<LegId, LegState>,
     synth: Synthesis,
@@ -86,7 +88,7 @@ impl<W: Write> CaptureWriter<W> {
             out: None,
             info: info.clone(),
             wanted: legs,
-            interfaces: [None, None],
+            interfaces: PerLeg::default(),
             legs: BTreeMap::new(),
             synth,
             isn_state,
@@ -102,13 +104,12 @@ impl<W: Write> CaptureWriter<W> {
     /// Section header and interfaces at the start of `w`.
     fn begin_section(&mut self, w: W) -> io::Result<()> {
         let mut out = PcapngWriter::new(w, &self.info).map_err(io::Error::other)?;
-        self.interfaces = [None, None];
-        if self.wanted.client {
-            self.interfaces[0] =
-                Some(out.add_interface("client", "client <-> wstap listener").map_err(io::Error::other)?);
-        }
-        if self.wanted.upstream {
-            self.interfaces[1] = Some(out.add_interface("upstream", "wstap <-> upstream").map_err(io::Error::other)?);
+        self.interfaces = PerLeg::default();
+        for (leg, description) in [(Leg::Client, "client <-> wstap listener"), (Leg::Upstream, "wstap <-> upstream")] {
+            if self.wanted.has(leg) {
+                let id = out.add_interface(leg.name(), description, leg.inbound()).map_err(io::Error::other)?;
+                self.interfaces[leg] = Some(id);
+            }
         }
         self.out = Some(out);
         Ok(())
@@ -170,11 +171,11 @@ impl<W: Write> CaptureWriter<W> {
     }
 
     /// Writes the pure ACK leg `id` owes, unless the leg is about to send data or a FIN
-    /// in direction `next` from the end that owes it (which carries the acknowledgement).
+    /// `next` the way the ACK goes (which carries the acknowledgement).
     fn settle_ack(&mut self, id: LegId, next: Option<Dir>, stats: &Stats) -> io::Result<()> {
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let Some(due) = leg.ack_due.take() else { return Ok(()) };
-        if next.is_some_and(|dir| leg.end_of(dir) == due) {
+        if next == Some(due) {
             return Ok(());
         }
         self.emit(id, self.last_time, |f, e| f.ack(due, e), stats)
@@ -202,12 +203,10 @@ impl<W: Write> CaptureWriter<W> {
             // Cut a chunk at its leg's next frame boundary if that is the last one missing.
             if let What::Data { dir, offset, bytes } = &ev.what {
                 let Some(leg) = self.legs.get(&ev.leg) else { return self.apply(ev, stats).map(|()| Step::Done) };
-                let from = leg.end_of(*dir);
                 // This leg is the only one inside a frame, and only in this direction.
-                let others_ready =
-                    self.mid_frame == 1 && !leg.at_boundary() && leg.frames[from.peer() as usize].at_boundary();
-                let skip = leg.flow.sent(from).saturating_sub(*offset).min(bytes.len() as u64) as usize;
-                let mut probe = leg.frames[from as usize].clone();
+                let others_ready = self.mid_frame == 1 && !leg.at_boundary() && leg.frames[dir.reverse()].at_boundary();
+                let skip = leg.flow.sent(*dir).saturating_sub(*offset).min(bytes.len() as u64) as usize;
+                let mut probe = leg.frames[*dir].clone();
                 let cut = skip + probe.advance(&bytes[skip..], true, |_| {});
                 if others_ready && leg.session && probe.at_boundary() && cut < bytes.len() {
                     let (offset, dir, rest) = (*offset, *dir, bytes.slice(cut..));
@@ -232,154 +231,143 @@ impl<W: Write> CaptureWriter<W> {
         // Timestamps stay in file order even when two legs' events race by a few µs.
         let time = ev.time.max(self.last_time);
         self.last_time = time;
-        let closing_this_leg =
-            matches!(ev.what, What::Close { .. }) && self.pending.as_ref().is_some_and(|p| p.leg == ev.leg);
-        if !closing_this_leg {
-            self.write_pending(stats)?;
-        }
-        // An ACK the leg owes goes out before whatever the leg does next, unless it rides on it.
-        match &ev.what {
-            // The leg's last packet, unless it already has one: held for the close comment.
-            What::Close { .. } if self.legs.get(&ev.leg).is_some_and(|l| l.last.is_none() && l.ack_due.is_some()) => {
-                if let Some(from) = self.legs.get_mut(&ev.leg).and_then(|l| l.ack_due.take()) {
-                    self.write_pending(stats)?;
-                    self.pending = Some(Pending { leg: ev.leg, time, from, kind: Final::Ack });
-                }
-            }
-            What::Note(_) | What::Open(_) => {}
-            What::Data { dir, .. } | What::Fin { dir, .. } => self.settle_ack(ev.leg, Some(*dir), stats)?,
-            _ => self.settle_ack(ev.leg, None, stats)?,
-        }
+        self.settle_before(&ev, time, stats)?;
+        let id = ev.leg;
         match ev.what {
-            What::Open(o) => self.open(ev.leg, time, *o, stats),
-            What::Data { dir, offset, bytes } => {
-                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
-                let from = leg.end_of(dir);
-                leg.catch_up(from, offset);
-                let sent = leg.flow.sent(from);
-                let payload = &bytes[((sent - offset.min(sent)) as usize).min(bytes.len())..];
-                if payload.is_empty() {
-                    return Ok(());
+            What::Open(o) => self.open(id, time, *o, stats),
+            What::Data { dir, offset, bytes } => self.on_data(id, time, dir, offset, &bytes, stats),
+            What::Fin { dir, offset } => self.on_fin(id, time, dir, offset, stats),
+            What::Reset => {
+                if let Some(leg) = self.legs.get_mut(&id) {
+                    // The remote end aborted: its RST is the leg's last packet.
+                    let dir = leg.leg.inbound();
+                    leg.last.get_or_insert(Pending { leg: id, time, dir, kind: Final::Rst });
                 }
-                if leg.session {
-                    let was = leg.at_boundary();
-                    leg.track(from, payload);
-                    self.mid_frame = self.mid_frame + usize::from(was && !leg.at_boundary())
-                        - usize::from(!was && leg.at_boundary());
-                } else {
-                    leg.remember(from, payload);
-                }
-                stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
-                self.emit(ev.leg, time, |f, e| f.data(from, payload, e), stats)?;
-                if self.synth.acks {
-                    if let Some(leg) = self.legs.get_mut(&ev.leg) {
-                        if leg.ack_due.replace(from.peer()).is_none() {
-                            self.acks_owed.push(ev.leg);
-                        }
-                    }
-                }
-                Ok(())
-            }
-            What::Fin { dir, offset } => {
-                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
-                let from = leg.end_of(dir);
-                leg.catch_up(from, offset);
-                if leg.flow.fin_sent(from) {
-                    return Ok(());
-                }
-                self.emit(ev.leg, time, |f, e| f.fin(from, e), stats)?;
-                let ack = Pending { leg: ev.leg, time, from: from.peer(), kind: Final::Ack };
-                match self.legs.get_mut(&ev.leg) {
-                    Some(leg) if leg.flow.fin_sent(from.peer()) => leg.last = Some(ack),
-                    _ => self.pending = Some(ack),
-                }
-                Ok(())
-            }
-            What::Reset { .. } => {
-                let Some(leg) = self.legs.get_mut(&ev.leg) else { return Ok(()) };
-                let remote = leg.local.peer();
-                leg.last.get_or_insert(Pending { leg: ev.leg, time, from: remote, kind: Final::Rst });
                 Ok(())
             }
             What::Note(text) => {
-                if let Some(leg) = self.legs.get_mut(&ev.leg) {
+                if let Some(leg) = self.legs.get_mut(&id) {
                     add_note(&mut leg.note, text);
                 }
                 Ok(())
             }
             What::Session { comment, request_line, at } => {
-                if let Some(leg) = self.legs.get_mut(&ev.leg) {
+                if let Some(leg) = self.legs.get_mut(&id) {
                     add_note(&mut leg.note, comment);
                     leg.begin_session(request_line.as_bytes(), at);
                     self.mid_frame += usize::from(!leg.at_boundary());
                 }
                 Ok(())
             }
-            What::Close { reason, offsets } => self.close(ev.leg, time, &reason, offsets, stats),
+            What::Close { reason, offsets } => self.close(id, time, &reason, offsets, stats),
         }
+    }
+
+    /// Before an event: the packet held back goes out (unless the event closes its leg,
+    /// whose comment it waits for), and so does an ACK the leg owes, unless the event
+    /// carries it.
+    fn settle_before(&mut self, ev: &Event, time: u64, stats: &Stats) -> io::Result<()> {
+        let closing_this_leg =
+            matches!(ev.what, What::Close { .. }) && self.pending.as_ref().is_some_and(|p| p.leg == ev.leg);
+        if !closing_this_leg {
+            self.write_pending(stats)?;
+        }
+        match &ev.what {
+            // The leg's last packet, unless it already has one: held for the close comment.
+            What::Close { .. } if self.legs.get(&ev.leg).is_some_and(|l| l.last.is_none() && l.ack_due.is_some()) => {
+                if let Some(dir) = self.legs.get_mut(&ev.leg).and_then(|l| l.ack_due.take()) {
+                    self.write_pending(stats)?;
+                    self.pending = Some(Pending { leg: ev.leg, time, dir, kind: Final::Ack });
+                }
+                Ok(())
+            }
+            What::Note(_) | What::Open(_) => Ok(()),
+            What::Data { dir, .. } | What::Fin { dir, .. } => self.settle_ack(ev.leg, Some(*dir), stats),
+            _ => self.settle_ack(ev.leg, None, stats),
+        }
+    }
+
+    /// Bytes that went `dir`, from `offset` in that direction's stream.
+    fn on_data(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, bytes: &Bytes, stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        leg.catch_up(dir, offset);
+        let sent = leg.flow.sent(dir);
+        let payload = &bytes[((sent - offset.min(sent)) as usize).min(bytes.len())..];
+        if payload.is_empty() {
+            return Ok(());
+        }
+        if leg.session {
+            let was = leg.at_boundary();
+            leg.track(dir, payload);
+            self.mid_frame =
+                self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
+        } else {
+            leg.remember(dir, payload);
+        }
+        stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
+        self.emit(id, time, |f, e| f.data(dir, payload, e), stats)?;
+        if self.synth.acks {
+            if let Some(leg) = self.legs.get_mut(&id) {
+                if leg.ack_due.replace(dir.reverse()).is_none() {
+                    self.acks_owed.push(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The end that sends `dir` half-closed, its stream `offset` bytes long.
+    fn on_fin(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        leg.catch_up(dir, offset);
+        if leg.flow.fin_sent(dir) {
+            return Ok(());
+        }
+        self.emit(id, time, |f, e| f.fin(dir, e), stats)?;
+        let ack = Pending { leg: id, time, dir: dir.reverse(), kind: Final::Ack };
+        match self.legs.get_mut(&id) {
+            Some(leg) if leg.flow.fin_sent(dir.reverse()) => leg.last = Some(ack),
+            _ => self.pending = Some(ack),
+        }
+        Ok(())
     }
 
     fn open(&mut self, id: LegId, time: u64, o: Opening, stats: &Stats) -> io::Result<()> {
-        let wanted = match o.kind {
-            LegKind::Client => self.wanted.client,
-            LegKind::Upstream => self.wanted.upstream,
-        };
-        if !wanted {
+        if !self.wanted.has(o.leg) {
             return Ok(());
         }
-        // The opener is end A: the client on the client leg, wstap on the upstream leg.
-        // The server side (B) may be shown with the display port.
-        let (mut a, mut b, local) = match o.kind {
-            LegKind::Client => (o.remote, o.local, End::B),
-            LegKind::Upstream => (o.local, o.remote, End::A),
+        // The opener sends `Up`: the client on the client leg, wstap on the upstream leg.
+        // The server side may be shown with the display port.
+        let (mut opener, mut acceptor) = match o.leg {
+            Leg::Client => (o.remote, o.local),
+            Leg::Upstream => (o.local, o.remote),
         };
         if let Some(port) = self.synth.display_port {
-            b.set_port(port);
+            acceptor.set_port(port);
         }
-        if a == b {
-            a.set_port(a.port().wrapping_add(1));
+        if opener == acceptor {
+            opener.set_port(opener.port().wrapping_add(1));
         }
-        let mss = if b.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
-        let isn = [self.next_isn(), self.next_isn()];
-        let leg = LegState {
-            flow: Flow::new(a, b, isn, mss),
-            local,
-            interface: match o.kind {
-                LegKind::Client => 0,
-                LegKind::Upstream => 1,
-            },
-            note: Some(o.comment.clone()),
-            name: o.kind.name(),
-            comment: o.comment,
-            session: o.session,
-            prelude: [Vec::new(), Vec::new()],
-            frames: [FrameTracker::new(), FrameTracker::new()],
-            deflate: [None, None],
-            recent: [(0, Vec::new()), (0, Vec::new())],
-            lost: [0; 2],
-            last: None,
-            ack_due: None,
-        };
-        self.legs.insert(id, leg);
+        let mss = if acceptor.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
+        let isn = PerDir::new(self.next_isn(), self.next_isn());
+        let flow = Flow::new(opener, acceptor, isn, mss);
+        self.legs.insert(id, LegState::new(o.leg, flow, o.comment, o.session));
         self.emit(id, time, |f, e| f.handshake(e), stats)
     }
 
-    fn close(&mut self, id: LegId, time: u64, reason: &str, offsets: [u64; 2], stats: &Stats) -> io::Result<()> {
+    fn close(&mut self, id: LegId, time: u64, reason: &str, offsets: PerDir<u64>, stats: &Stats) -> io::Result<()> {
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
-        let (local, remote) = (leg.local, leg.local.peer());
-        leg.catch_up(remote, offsets[0]);
-        leg.catch_up(local, offsets[1]);
-        let count = |end: End| match leg.lost[end as usize] {
-            0 => format!("{} bytes", leg.flow.sent(end)),
-            lost => format!("{} bytes ({lost} not captured)", leg.flow.sent(end)),
+        // What the remote end sent (wstap read it), and what wstap sent.
+        let (remote, local) = (leg.leg.inbound(), leg.leg.inbound().reverse());
+        leg.catch_up(remote, offsets[remote]);
+        leg.catch_up(local, offsets[local]);
+        let count = |dir: Dir| match leg.lost[dir] {
+            0 => format!("{} bytes", leg.flow.sent(dir)),
+            lost => format!("{} bytes ({lost} not captured)", leg.flow.sent(dir)),
         };
-        let comment = format!(
-            "{} leg closed: {reason}; {} from {}, {} from wstap",
-            leg.name,
-            count(remote),
-            leg.name,
-            count(local)
-        );
+        let name = leg.leg.name();
+        let comment =
+            format!("{name} leg closed: {reason}; {} from {name}, {} from wstap", count(remote), count(local));
         add_note(&mut leg.note, comment);
         if let Some(mut last) = leg.last.take() {
             last.time = time;
@@ -433,7 +421,7 @@ impl<W: Write> CaptureWriter<W> {
             if parts.len() > 2 {
                 repeated.push_str("; a synthetic message restores the permessage-deflate context");
             }
-            let parts: Vec<(End, &[u8])> = parts.iter().map(|(e, b)| (*e, &b[..])).collect();
+            let parts: Vec<(Dir, &[u8])> = parts.iter().map(|(d, b)| (*d, &b[..])).collect();
             self.emit_each(id, time, &repeated, |f, e| f.replay(&parts, e), stats)?;
         }
         Ok(old)
@@ -442,8 +430,8 @@ impl<W: Write> CaptureWriter<W> {
     fn write_pending(&mut self, stats: &Stats) -> io::Result<()> {
         let Some(p) = self.pending.take() else { return Ok(()) };
         match p.kind {
-            Final::Ack => self.emit(p.leg, p.time, |f, e| f.ack(p.from, e), stats),
-            Final::Rst => self.emit(p.leg, p.time, |f, e| f.rst(p.from, e), stats),
+            Final::Ack => self.emit(p.leg, p.time, |f, e| f.ack(p.dir, e), stats),
+            Final::Rst => self.emit(p.leg, p.time, |f, e| f.rst(p.dir, e), stats),
         }
     }
 
@@ -453,7 +441,7 @@ impl<W: Write> CaptureWriter<W> {
         &mut self,
         id: LegId,
         time: u64,
-        make: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])),
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])),
         stats: &Stats,
     ) -> io::Result<()> {
         self.write_packets(id, time, None, make, stats)
@@ -465,7 +453,7 @@ impl<W: Write> CaptureWriter<W> {
         id: LegId,
         time: u64,
         comment: &str,
-        make: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])),
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])),
         stats: &Stats,
     ) -> io::Result<()> {
         self.write_packets(id, time, Some(comment), make, stats)
@@ -476,7 +464,7 @@ impl<W: Write> CaptureWriter<W> {
         id: LegId,
         time: u64,
         each: Option<&str>,
-        make: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])),
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])),
         stats: &Stats,
     ) -> io::Result<()> {
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
@@ -488,21 +476,19 @@ impl<W: Write> CaptureWriter<W> {
             stats.bytes_unwritten.fetch_add(dropped, Relaxed);
             return Ok(());
         };
-        let (local, interface) = (leg.local, self.interfaces[leg.interface as usize]);
-        let Some(interface) = interface else { return Ok(()) };
+        let Some(interface) = self.interfaces[leg.leg] else { return Ok(()) };
         let mut note = leg.note.take();
         let (mut result, mut written) = (Ok(()), 0);
         let ts = Duration::from_nanos(time);
-        make(&mut leg.flow, &mut |from, bytes| {
+        make(&mut leg.flow, &mut |dir, bytes| {
             if result.is_err() {
                 return;
             }
-            let direction = if from == local { Direction::Outbound } else { Direction::Inbound };
             let comment = match (note.take(), each) {
                 (Some(n), Some(e)) => Some(format!("{e}; {n}")),
                 (n, e) => n.or(e.map(str::to_owned)),
             };
-            result = out.packet(interface, ts, direction, bytes, comment.as_deref());
+            result = out.packet(interface, ts, dir, bytes, comment.as_deref());
             written += 1;
         });
         stats.packets_written.fetch_add(written, Relaxed);
@@ -543,7 +529,7 @@ mod tests {
     /// A client leg from 127.0.0.1:40000 to wstap's 127.0.0.1:8080.
     fn client_leg(comment: &str, session: bool) -> Opening {
         Opening {
-            kind: LegKind::Client,
+            leg: Leg::Client,
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.0.0.1:40000".parse().unwrap(),
             comment: comment.into(),
@@ -608,17 +594,17 @@ mod tests {
         let step =
             |w: &mut CaptureWriter<Vec<u8>>, time, what| w.process(Event { time, leg: 1, what }, &stats).unwrap();
         assert!(matches!(step(&mut w, 0, What::Open(Box::new(opening))), Step::Done));
-        assert!(matches!(step(&mut w, 1, data(Dir::In, 0, head)), Step::Done));
-        assert!(matches!(step(&mut w, 2, data(Dir::In, head.len() as u64, &frame_start)), Step::Done));
+        assert!(matches!(step(&mut w, 1, data(Dir::Up, 0, head)), Step::Done));
+        assert!(matches!(step(&mut w, 2, data(Dir::Up, head.len() as u64, &frame_start)), Step::Done));
         w.rotation_due(3);
         let mut off = (head.len() + frame_start.len()) as u64;
         for t in [sec, 2 * sec, 4 * sec] {
-            assert!(matches!(step(&mut w, t, data(Dir::In, off, &[0; 100])), Step::Done), "mid-frame: rotation waits");
+            assert!(matches!(step(&mut w, t, data(Dir::Up, off, &[0; 100])), Step::Done), "mid-frame: rotation waits");
             off += 100;
         }
         assert!(!w.ready_to_rotate(4 * sec));
         assert!(w.ready_to_rotate(5 * sec + 3), "but not longer than rotate_wait");
-        let Step::Rotate { then: Some(next) } = step(&mut w, 6 * sec, data(Dir::In, off, &[0; 100])) else {
+        let Step::Rotate { then: Some(next) } = step(&mut w, 6 * sec, data(Dir::Up, off, &[0; 100])) else {
             panic!("rotation is forced")
         };
         w.rotate(Vec::new(), &stats).unwrap();
@@ -646,12 +632,12 @@ mod tests {
             test_writer_acks(true),
             vec![
                 Some(What::Open(Box::new(opening.clone()))),
-                Some(data(Dir::In, 0, b"ping")),
-                Some(data(Dir::Out, 0, b"pong")), // carries wstap's ACK of "ping"
-                Some(data(Dir::In, 4, b"ping")),  // carries the client's ACK of "pong"
-                Some(data(Dir::In, 8, b"more")),  // wstap's pure ACK first: nothing carried it
-                None,                             // caught up: the ACK owed for "more"
-                Some(What::Close { reason: "done".into(), offsets: [12, 4] }),
+                Some(data(Dir::Up, 0, b"ping")),
+                Some(data(Dir::Down, 0, b"pong")), // carries wstap's ACK of "ping"
+                Some(data(Dir::Up, 4, b"ping")),   // carries the client's ACK of "pong"
+                Some(data(Dir::Up, 8, b"more")),   // wstap's pure ACK first: nothing carried it
+                None,                              // caught up: the ACK owed for "more"
+                Some(What::Close { reason: "done".into(), offsets: PerDir::new(12, 4) }),
             ],
         );
         let shape: Vec<(usize, &str)> = packets.iter().skip(3).map(|p| (p.1, p.3.as_str())).collect();
@@ -662,8 +648,8 @@ mod tests {
             test_writer_acks(true),
             vec![
                 Some(What::Open(Box::new(opening))),
-                Some(data(Dir::In, 0, b"ping")),
-                Some(What::Close { reason: "done".into(), offsets: [4, 0] }),
+                Some(data(Dir::Up, 0, b"ping")),
+                Some(What::Close { reason: "done".into(), offsets: PerDir::new(4, 0) }),
             ],
         );
         let last = packets.last().unwrap();
@@ -676,10 +662,10 @@ mod tests {
         let opening = client_leg("first", false);
         let packets = written(vec![
             What::Open(Box::new(opening)),
-            data(Dir::In, 0, b"abc"),
-            data(Dir::In, 503, b"def"),              // 500 bytes were dropped in between
-            What::Fin { dir: Dir::Out, offset: 10 }, // and all 10 bytes wstap sent
-            What::Close { reason: "done".into(), offsets: [506, 10] },
+            data(Dir::Up, 0, b"abc"),
+            data(Dir::Up, 503, b"def"),               // 500 bytes were dropped in between
+            What::Fin { dir: Dir::Down, offset: 10 }, // and all 10 bytes wstap sent
+            What::Close { reason: "done".into(), offsets: PerDir::new(506, 10) },
         ]);
         assert_eq!(packets[0].2.as_deref(), Some("first"), "the session comment is on the SYN");
         let (seq_abc, seq_def) = (packets[3].0, packets[4].0);

@@ -14,6 +14,8 @@ pub mod route;
 
 use route::{Route, Upstream};
 
+use crate::dir::Leg;
+
 /// Validated settings: everything the daemon runs from.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -51,6 +53,16 @@ pub enum CaptureMode {
 pub struct Legs {
     pub client: bool,
     pub upstream: bool,
+}
+
+impl Legs {
+    /// Whether `leg` is recorded.
+    pub fn has(self, leg: Leg) -> bool {
+        match leg {
+            Leg::Client => self.client,
+            Leg::Upstream => self.upstream,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

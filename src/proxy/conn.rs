@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,17 +23,19 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::capture::event::{Dir, LegKind, Opening};
+use crate::capture::event::Opening;
 use crate::capture::recorder::Recorder;
 use crate::capture::tap::{SessionStart, Tap};
 use crate::capture::tee::Tee;
 use crate::config::route::{self, Route, Upstream};
 use crate::config::{CaptureMode, Settings};
-use crate::proxy::error::{ProxyError, Side};
+use crate::dir::{Dir, Leg, PerDir};
+use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
+use crate::proxy::metered::Metered;
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
-use crate::service::metrics::{ConnectionGuard, Metrics, CLIENT_LEG, UPSTREAM_LEG};
+use crate::proxy::traffic::{ByteCounts, ConnectionGuard, LiveSession, Traffic};
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -43,7 +45,7 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// Where taps send events; `None` when capture is off.
     pub capture: Option<Recorder>,
-    pub metrics: Arc<Metrics>,
+    pub traffic: Arc<Traffic>,
 }
 
 /// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
@@ -55,7 +57,7 @@ impl Context {
     /// (`all`), probing until a session starts (`websocket`), or none.
     fn tap(
         &self,
-        kind: LegKind,
+        leg: Leg,
         id: u64,
         local: SocketAddr,
         remote: SocketAddr,
@@ -63,16 +65,13 @@ impl Context {
     ) -> Option<Arc<Tap>> {
         let rec = self.capture.as_ref()?;
         let capture = &self.settings.capture;
-        let wanted = match kind {
-            LegKind::Client => capture.legs.client,
-            LegKind::Upstream => capture.legs.upstream,
-        };
-        let probe = match kind {
-            LegKind::Client => self.settings.limits.max_header_size + 64 * 1024,
-            LegKind::Upstream => UPSTREAM_PROBE,
+        let wanted = capture.legs.has(leg);
+        let probe = match leg {
+            Leg::Client => self.settings.limits.max_header_size + 64 * 1024,
+            Leg::Upstream => UPSTREAM_PROBE,
         };
         let opening =
-            |comment| Opening { kind, local, remote, comment, session: false, session_id: id, label: String::new() };
+            |comment| Opening { leg, local, remote, comment, session: false, session_id: id, label: String::new() };
         match capture.mode {
             _ if !wanted => None,
             CaptureMode::All => Some(Tap::recording(rec.clone(), opening(comment()))),
@@ -108,7 +107,7 @@ struct UpstreamConn {
 /// daemon drains (then in-flight requests finish first).
 pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: OwnedSemaphorePermit) {
     let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
-    let client_tap = ctx.tap(LegKind::Client, id, local, client, || format!("wstap connection {id} from {client}"));
+    let client_tap = ctx.tap(Leg::Client, id, local, client, || format!("wstap connection {id} from {client}"));
     let conn = Arc::new(Conn {
         id,
         client,
@@ -116,14 +115,14 @@ pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shut
         client_tap: client_tap.clone(),
         upstream: Mutex::new(None),
         _permit: permit,
-        _open: ctx.metrics.connection_opened(),
+        _open: ctx.traffic.connection_opened(),
         upgraded: AtomicBool::new(false),
         ctx,
     });
     let started = tokio::time::Instant::now();
     info!("connection open");
-    let bytes: Arc<[AtomicU64; 2]> = Arc::default();
-    let stream = Tee::new(stream, client_tap).metered(conn.ctx.metrics.clone(), CLIENT_LEG, Some(bytes.clone()));
+    let bytes: ByteCounts = Arc::default();
+    let stream = Metered::new(Tee::new(stream, client_tap), Leg::Client, conn.ctx.traffic.clone(), Some(bytes.clone()));
     let limits = &conn.ctx.settings.limits;
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -151,11 +150,11 @@ pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shut
     };
     if let Err(e) = result {
         if let Some(kind) = log_connection_error(&e) {
-            conn.ctx.metrics.request_failed("downstream", kind);
+            conn.ctx.traffic.request_failed(Leg::Client, kind);
         }
     }
     if !conn.upgraded.load(Relaxed) {
-        let (bytes_in, bytes_out) = (bytes[0].load(Relaxed), bytes[1].load(Relaxed));
+        let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
         info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
     }
 }
@@ -164,7 +163,7 @@ pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shut
 /// for the metrics (none when the client just went away). hyper has already answered
 /// malformed heads itself (400, or 431 for an oversized head).
 fn log_connection_error(e: &hyper::Error) -> Option<&'static str> {
-    let side = Side::Downstream;
+    let side = Leg::Client.side();
     if e.is_parse_too_large() {
         info!(%side, status = 431, error = %e, "request head too large");
         Some("head_too_large")
@@ -193,15 +192,14 @@ impl Conn {
                 resp
             }
             Err(e) => {
-                let (side, status) = (e.side(), e.status());
-                self.ctx
-                    .metrics
-                    .request_failed(if side == Side::Upstream { "upstream" } else { "downstream" }, e.kind());
-                match side {
-                    Side::Upstream => {
+                let (leg, status) = (e.leg(), e.status());
+                self.ctx.traffic.request_failed(leg, e.kind());
+                let side = leg.side();
+                match leg {
+                    Leg::Upstream => {
                         warn!(%side, status = status.as_u16(), %method, %target, error = %e, "request failed")
                     }
-                    Side::Downstream => {
+                    Leg::Client => {
                         info!(%side, status = status.as_u16(), %method, %target, error = %e, "request refused")
                     }
                 }
@@ -224,7 +222,7 @@ impl Conn {
         // Where a session's capture would start on the client leg: its request line, and
         // wstap's next byte to the client.
         let request_line = upgrade.as_ref().map(|_| format!("{} {} HTTP/1.", req.method(), req.uri()));
-        let client_out_base = self.client_tap.as_ref().map_or(0, |t| t.offset(Dir::Out));
+        let client_down_base = self.client_tap.as_ref().map_or(0, |t| t.offset(Dir::Down));
 
         let (mut parts, body) = req.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -243,7 +241,7 @@ impl Conn {
         }
 
         let UpstreamConn { upstream, mut sender, tap: upstream_tap } = self.upstream_conn(&route.upstream).await?;
-        let upstream_bases = upstream_tap.as_ref().map(|t| (t.offset(Dir::In), t.offset(Dir::Out)));
+        let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
         let limits = &self.ctx.settings.limits;
         let sent = sender.send_request(Request::from_parts(parts, body));
         let mut resp = match limits.upstream_timeout {
@@ -257,7 +255,7 @@ impl Conn {
             let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let upstream_leg = upstream_tap.as_deref().zip(upstream_bases);
-            self.capture_session(request_line.as_deref().unwrap_or_default(), client_out_base, upstream_leg, &route);
+            self.capture_session(request_line.as_deref().unwrap_or_default(), client_down_base, upstream_leg, &route);
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap);
         } else {
             *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -275,8 +273,8 @@ impl Conn {
     fn capture_session(
         &self,
         request_line: &str,
-        client_out_base: u64,
-        upstream: Option<(&Tap, (u64, u64))>,
+        client_down_base: u64,
+        upstream: Option<(&Tap, PerDir<u64>)>,
         route: &Route,
     ) {
         let comment = format!(
@@ -296,15 +294,15 @@ impl Conn {
                     if !tap.is_recording() {
                         debug!("Upgrade request not among the kept bytes; capture starts at the oldest one");
                     }
-                    (tap.oldest_in().unwrap_or_else(|| tap.offset(Dir::In)), None)
+                    (tap.oldest_read().unwrap_or_else(|| tap.offset(Dir::Up)), None)
                 }
             };
             let session =
                 SessionStart { comment: comment.clone(), label: label.clone(), request_line: request_line.into() };
-            tap.begin(start, client_out_base, end, session);
+            tap.begin(PerDir::new(start, client_down_base), end, session);
         }
-        if let Some((tap, (base_in, base_out))) = upstream {
-            tap.begin(base_in, base_out, None, SessionStart { comment, label, request_line: request_line.into() });
+        if let Some((tap, bases)) = upstream {
+            tap.begin(bases, None, SessionStart { comment, label, request_line: request_line.into() });
         }
     }
 
@@ -324,9 +322,10 @@ impl Conn {
         let tap = self.upstream_tap(&stream, upstream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)
-            .handshake(TokioIo::new(Tee::new(stream, tap.clone()).metered(
-                self.ctx.metrics.clone(),
-                UPSTREAM_LEG,
+            .handshake(TokioIo::new(Metered::new(
+                Tee::new(stream, tap.clone()),
+                Leg::Upstream,
+                self.ctx.traffic.clone(),
                 None,
             )))
             .await
@@ -334,7 +333,7 @@ impl Conn {
         tokio::spawn(
             async move {
                 if let Err(e) = conn.with_upgrades().await {
-                    debug!(side = %Side::Upstream, error = %e, "upstream connection ended");
+                    debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
                 }
             }
             .in_current_span(),
@@ -344,7 +343,7 @@ impl Conn {
 
     fn upstream_tap(&self, stream: &TcpStream, upstream: &Upstream) -> Option<Arc<Tap>> {
         let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
-        self.ctx.tap(LegKind::Upstream, self.id, local, remote, || {
+        self.ctx.tap(Leg::Upstream, self.id, local, remote, || {
             format!("wstap upstream connection of connection {} to {upstream}", self.id)
         })
     }
@@ -376,14 +375,15 @@ impl Conn {
             span.in_scope(|| info!("websocket session open"));
             let idle = conn.ctx.settings.limits.idle_timeout;
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            let counts: Arc<[AtomicU64; 2]> = Arc::default();
-            let _listed = conn.ctx.metrics.session_started(
-                conn.id,
-                conn.client,
-                route.path_prefix.clone(),
-                route.upstream.to_string(),
-                counts.clone(),
-            );
+            let counts: ByteCounts = Arc::default();
+            let live = LiveSession {
+                started: std::time::Instant::now(),
+                client: conn.client,
+                path: route.path_prefix.clone(),
+                upstream: route.upstream.to_string(),
+                bytes: counts.clone(),
+            };
+            let _listed = conn.ctx.traffic.session_started(conn.id, live);
             let done =
                 splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
             // Say why before the sockets close: it goes on each leg's last captured packet.
@@ -391,7 +391,7 @@ impl Conn {
                 tap.set_close_reason(format!("WebSocket session {} {}", conn.id, done.end));
             }
             drop((client, upstream));
-            let (up, down) = (done.upstream_bytes, done.downstream_bytes);
+            let (up, down) = (done.bytes[Dir::Up], done.bytes[Dir::Down]);
             let secs = started.elapsed().as_secs_f64();
             span.in_scope(|| info!(up, down, secs, end = %done.end, "websocket session ended"));
         });

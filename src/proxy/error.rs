@@ -1,29 +1,13 @@
 //! Why a proxied request failed, and whose fault it was. The proxy picks the status code
-//! from the kind and logs the side, so an operator can tell a broken client from a broken
-//! upstream at a glance. No I/O here.
+//! from the kind and logs the leg at fault as its side (`downstream`, `upstream`), so an
+//! operator can tell a broken client from a broken upstream at a glance. No I/O here.
 
 use std::fmt;
 use std::time::Duration;
 
 use hyper::StatusCode;
 
-/// Where a fault came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client (downstream) sent something wrong or went away.
-    Downstream,
-    /// The upstream was unreachable, slow, or answered wrongly.
-    Upstream,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Downstream => "downstream",
-            Side::Upstream => "upstream",
-        })
-    }
-}
+use crate::dir::Leg;
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -66,10 +50,12 @@ impl ProxyError {
         }
     }
 
-    pub fn side(&self) -> Side {
+    /// The leg at fault: the client (it asked for something wstap does not forward) or
+    /// the upstream.
+    pub fn leg(&self) -> Leg {
         match self {
-            ProxyError::NoRoute | ProxyError::MethodNotAllowed => Side::Downstream,
-            _ => Side::Upstream,
+            ProxyError::NoRoute | ProxyError::MethodNotAllowed => Leg::Client,
+            _ => Leg::Upstream,
         }
     }
 }
@@ -102,15 +88,15 @@ mod tests {
     fn each_kind_has_its_status_and_side() {
         let d = Duration::from_secs(1);
         let cases = [
-            (ProxyError::NoRoute, 404, Side::Downstream),
-            (ProxyError::MethodNotAllowed, 405, Side::Downstream),
-            (ProxyError::Connect(std::io::ErrorKind::ConnectionRefused.into()), 502, Side::Upstream),
-            (ProxyError::ConnectTimeout(d), 504, Side::Upstream),
-            (ProxyError::ResponseTimeout(d), 504, Side::Upstream),
-            (ProxyError::UnexpectedUpgrade, 502, Side::Upstream),
+            (ProxyError::NoRoute, 404, Leg::Client),
+            (ProxyError::MethodNotAllowed, 405, Leg::Client),
+            (ProxyError::Connect(std::io::ErrorKind::ConnectionRefused.into()), 502, Leg::Upstream),
+            (ProxyError::ConnectTimeout(d), 504, Leg::Upstream),
+            (ProxyError::ResponseTimeout(d), 504, Leg::Upstream),
+            (ProxyError::UnexpectedUpgrade, 502, Leg::Upstream),
         ];
         for (e, status, side) in cases {
-            assert_eq!((e.status().as_u16(), e.side()), (status, side), "{e}");
+            assert_eq!((e.status().as_u16(), e.leg()), (status, side), "{e}");
         }
     }
 }

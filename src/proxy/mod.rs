@@ -3,5 +3,7 @@
 pub mod conn;
 pub mod error;
 pub mod headers;
+pub mod metered;
 pub mod shutdown;
 pub mod splice;
+pub mod traffic;

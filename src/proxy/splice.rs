@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use crate::proxy::error::Side;
+use crate::dir::{Dir, Leg, PerDir};
 
 /// Bytes read per call: 64 KiB, like nginx's large proxy buffers, keeps system calls per
 /// large message low (16 KiB took four reads and four writes per 64 KiB message). The
@@ -24,10 +24,9 @@ const CHUNK: usize = 64 * 1024;
 /// What a finished relay did.
 #[derive(Debug)]
 pub struct Spliced {
-    /// Bytes relayed client → upstream.
-    pub upstream_bytes: u64,
-    /// Bytes relayed upstream → client.
-    pub downstream_bytes: u64,
+    /// Bytes relayed each way.
+    pub bytes: PerDir<u64>,
+    /// Why it ended.
     pub end: End,
 }
 
@@ -40,8 +39,8 @@ pub enum End {
     Idle(Duration),
     /// The daemon's grace period ran out.
     Shutdown,
-    /// A read or write failed; `side` is the connection it failed on.
-    Error { side: Side, error: io::Error },
+    /// A read or write failed on leg `leg`.
+    Error { leg: Leg, error: io::Error },
 }
 
 impl std::fmt::Display for End {
@@ -50,19 +49,19 @@ impl std::fmt::Display for End {
             End::Closed => f.write_str("closed by both sides"),
             End::Idle(d) => write!(f, "closed after {} idle", humantime::format_duration(*d)),
             End::Shutdown => f.write_str("closed at the end of the shutdown grace period"),
-            End::Error { side, error } => write!(f, "aborted: {side} error: {error}"),
+            End::Error { leg, error } => write!(f, "aborted: {} error: {error}", leg.side()),
         }
     }
 }
 
 /// Relays between `client` and `upstream` until both directions end, one fails, the
 /// connection is idle for `idle`, or `stop` resolves.
-/// `counts` are bytes client → upstream and upstream → client, kept up to date as the
-/// relay runs (for `/sessions`).
+/// `counts` are the bytes relayed each way, kept up to date as the relay runs (for
+/// `/sessions`).
 pub async fn splice<C, U>(
     client: C,
     upstream: U,
-    counts: &[AtomicU64; 2],
+    counts: &PerDir<AtomicU64>,
     idle: Option<Duration>,
     stop: impl Future<Output = ()>,
 ) -> Spliced
@@ -74,11 +73,10 @@ where
     let (mut upstream_rd, mut upstream_wr) = tokio::io::split(upstream);
     let start = Instant::now();
     let activity = Activity { start, last_ms: AtomicU64::new(0) };
-    let [up, down] = counts;
     let both = async {
         tokio::try_join!(
-            pump(&mut client_rd, &mut upstream_wr, Side::Downstream, Side::Upstream, up, &activity),
-            pump(&mut upstream_rd, &mut client_wr, Side::Upstream, Side::Downstream, down, &activity),
+            pump(&mut client_rd, &mut upstream_wr, Leg::Client, &counts[Dir::Up], &activity),
+            pump(&mut upstream_rd, &mut client_wr, Leg::Upstream, &counts[Dir::Down], &activity),
         )
     };
     let end = tokio::select! {
@@ -86,41 +84,36 @@ where
         d = activity.idle(idle) => End::Idle(d),
         () = stop => End::Shutdown,
     };
-    Spliced { upstream_bytes: up.load(Relaxed), downstream_bytes: down.load(Relaxed), end }
+    Spliced { bytes: PerDir::new(counts[Dir::Up].load(Relaxed), counts[Dir::Down].load(Relaxed)), end }
 }
 
-/// Copies `from` → `to` until `from` ends, then shuts `to`'s write side.
+/// Copies `from` (on leg `from_leg`) → `to` (on the other leg) until `from` ends, then
+/// shuts `to`'s write side.
 ///
 /// An idle pump holds no buffer: bytes are read into the thread's scratch buffer and
 /// written straight on in the same poll; only what the writer does not take at once is
 /// copied to the heap, and that copy is freed as soon as it is written. So a session
 /// costs memory only while its bytes are in flight.
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
-    from_side: Side,
-    to_side: Side,
-    count: &AtomicU64,
-    activity: &Activity,
-) -> Result<(), End>
+async fn pump<R, W>(from: &mut R, to: &mut W, from_leg: Leg, count: &AtomicU64, activity: &Activity) -> Result<(), End>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let fail = |side| move |error| End::Error { side, error };
+    let to_leg = from_leg.other();
+    let fail = |leg| move |error| End::Error { leg, error };
     let mut backlog: Vec<u8> = Vec::new();
     let mut at = 0;
     std::future::poll_fn(|cx| loop {
         // First whatever the writer did not take last time.
         while at < backlog.len() {
             match Pin::new(&mut *to).poll_write(cx, &backlog[at..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(fail(to_side)(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(fail(to_leg)(io::ErrorKind::WriteZero.into()))),
                 Poll::Ready(Ok(n)) => {
                     at += n;
                     count.fetch_add(n as u64, Relaxed);
                     activity.touch();
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(to_side)(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(fail(to_leg)(e))),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -131,16 +124,16 @@ where
             let mut buf = ReadBuf::new(scratch);
             match Pin::new(&mut *from).poll_read(cx, &mut buf) {
                 Poll::Pending => Step::Wait,
-                Poll::Ready(Err(e)) => Step::Failed(fail(from_side)(e)),
+                Poll::Ready(Err(e)) => Step::Failed(fail(from_leg)(e)),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => Step::Ended,
                 Poll::Ready(Ok(())) => {
                     let data = buf.filled();
                     let mut written = 0;
                     while written < data.len() {
                         match Pin::new(&mut *to).poll_write(cx, &data[written..]) {
-                            Poll::Ready(Ok(0)) => return Step::Failed(fail(to_side)(io::ErrorKind::WriteZero.into())),
+                            Poll::Ready(Ok(0)) => return Step::Failed(fail(to_leg)(io::ErrorKind::WriteZero.into())),
                             Poll::Ready(Ok(n)) => written += n,
-                            Poll::Ready(Err(e)) => return Step::Failed(fail(to_side)(e)),
+                            Poll::Ready(Err(e)) => return Step::Failed(fail(to_leg)(e)),
                             Poll::Pending => break,
                         }
                     }
@@ -160,7 +153,7 @@ where
         }
     })
     .await?;
-    to.shutdown().await.map_err(fail(to_side))
+    to.shutdown().await.map_err(fail(to_leg))
 }
 
 /// What one read-and-forward did.
@@ -214,7 +207,7 @@ mod tests {
     async fn bytes_a_slow_writer_did_not_take_are_kept_until_it_does() {
         let (mut client, proxy_client) = duplex(64);
         let (proxy_upstream, mut upstream) = duplex(64);
-        let counts: Arc<[AtomicU64; 2]> = Arc::default();
+        let counts: Arc<PerDir<AtomicU64>> = Arc::default();
         let c = counts.clone();
         let relay =
             tokio::spawn(async move { splice(proxy_client, proxy_upstream, &c, None, std::future::pending()).await });
@@ -230,7 +223,7 @@ mod tests {
         assert!(got == data, "{} of {} bytes, in order", got.len(), data.len());
         drop((writer.await.unwrap(), upstream));
         let done = relay.await.unwrap();
-        assert_eq!(done.upstream_bytes, 200_000);
+        assert_eq!(done.bytes[Dir::Up], 200_000);
     }
 
     #[tokio::test]
@@ -255,7 +248,7 @@ mod tests {
 
         let done = relay.await.unwrap();
         assert!(matches!(done.end, End::Closed), "{:?}", done.end);
-        assert_eq!((done.upstream_bytes, done.downstream_bytes), (5, 10));
+        assert_eq!(done.bytes, PerDir::new(5, 10));
     }
 
     #[tokio::test(start_paused = true)]
@@ -281,7 +274,7 @@ mod tests {
         let quiet_since = Instant::now();
         let done = relay.await.unwrap();
         assert!(matches!(done.end, End::Idle(_)), "{:?}", done.end);
-        assert_eq!(done.downstream_bytes, 3);
+        assert_eq!(done.bytes[Dir::Down], 3);
         // Paused clock: the relay lived 18s thanks to traffic and ended 10s after the last byte.
         assert_eq!(quiet_since.elapsed().as_secs(), 10);
     }

@@ -13,14 +13,14 @@
 //! Loading a fixture in a Rust test:
 //!
 //! ```
-//! use wstap::replay::{self, Kind, Sender};
+//! use wstap::replay::{self, Dir, Kind};
 //!
 //! let recording = replay::open("tests/fixtures/dumpcap-lo.pcapng")?;
 //! assert!(recording.problems.is_empty(), "{:?}", recording.problems);
 //! let session = &recording.sessions[0];
 //! assert_eq!(session.request_header("x-fixture"), Some("wstap"));
 //! for m in session.messages.iter().filter(|m| m.kind == Kind::Text) {
-//!     let who = if m.sender == Sender::Client { "client" } else { "server" };
+//!     let who = if m.dir == Dir::Up { "client" } else { "server" };
 //!     println!("{who}: {}", String::from_utf8_lossy(&m.data));
 //! }
 //! # Ok::<(), wstap::replay::Error>(())
@@ -35,8 +35,9 @@ pub mod session;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use crate::dir::Dir;
 pub use capfile::FormatError;
-pub use session::{Kind, Message, Sender, Session};
+pub use session::{Kind, Message, Session};
 
 /// Everything read from one or more capture files.
 #[derive(Debug, Default)]

@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::WebSocketStream;
 
-use super::session::{Kind, Message, Sender, Session};
+use super::session::{Kind, Message, Session};
+use crate::dir::Dir;
 
 /// How to play.
 #[derive(Debug, Clone)]
@@ -190,7 +191,7 @@ pub async fn replay(
     if recorded != got {
         report.steps.push(Step::Handshake(format!("subprotocol: recorded {recorded:?}, got {got:?}")));
     }
-    converse(ws, session, Sender::Client, opts, report, on_step).await
+    converse(ws, session, Dir::Up, opts, report, on_step).await
 }
 
 /// The URL to connect to: the target's authority, with its path or the recorded one.
@@ -253,16 +254,16 @@ pub async fn mock(
     if !session.path.is_empty() && asked != session.path {
         report.steps.push(Step::Handshake(format!("path: recorded {:?}, client asked for {asked:?}", session.path)));
     }
-    converse(ws, session, Sender::Server, opts, report, on_step).await
+    converse(ws, session, Dir::Down, opts, report, on_step).await
 }
 
-/// Walks the recording as `me`: each of our messages is sent once the peer's messages
+/// Walks the recording as the side whose messages go `me`: each of our messages is sent once the peer's messages
 /// recorded before it are in (or the peer went quiet for `wait`) and its time has come;
 /// then everything the peer sent is compared with what it sent in the recording.
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: WebSocketStream<S>,
     session: &Session,
-    me: Sender,
+    me: Dir,
     opts: &Options,
     mut report: Report,
     mut on_step: impl FnMut(&Step),
@@ -271,14 +272,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         .messages
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.sender != me && matches!(m.kind, Kind::Text | Kind::Binary | Kind::Close))
+        .filter(|(_, m)| m.dir != me && matches!(m.kind, Kind::Text | Kind::Binary | Kind::Close))
         .map(|(i, m)| (i + 1, m.kind, m.data.clone()))
         .collect();
     let mut peer = Peer { got: Vec::new(), closed: false, quiet: false };
     let start = Instant::now();
     let mut closed_by_me = false;
     for (i, m) in session.messages.iter().enumerate() {
-        if m.sender != me || m.kind == Kind::Pong || closed_by_me {
+        if m.dir != me || m.kind == Kind::Pong || closed_by_me {
             continue;
         }
         let due = expected.partition_point(|e| e.0 < i + 1);

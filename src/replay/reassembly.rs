@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
 use super::dissect::Segment;
+use crate::dir::{Dir, PerDir};
 
 /// What became readable in one direction, at `ts_ns`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,10 +20,11 @@ pub enum Piece {
     Rst,
 }
 
-/// One step of a connection's conversation. `from` is 0 for `Conn::a`, 1 for `Conn::b`.
+/// One step of a connection's conversation: `from` is `Up` for what `Conn::a` sent, `Down`
+/// for what `Conn::b` sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub from: usize,
+    pub from: Dir,
     pub ts_ns: i128,
     pub piece: Piece,
 }
@@ -68,7 +70,7 @@ impl Half {
 
 struct Live {
     conn: Conn,
-    halves: [Half; 2],
+    halves: PerDir<Half>,
 }
 
 /// Feeds segments in capture order; [`Reassembler::finish`] returns the connections.
@@ -95,10 +97,9 @@ impl Reassembler {
         let k = key(s.src, s.dst);
         let reuse = self.by_key.get(&k).copied().filter(|&i| {
             let l = &self.live[i];
-            let from = usize::from(l.conn.a != s.src);
-            let h = &l.halves[from];
+            let h = &l.halves[l.from(s)];
             // A fresh SYN on a finished tuple, or with another ISN, is a new connection.
-            let closed = l.halves.iter().all(|h| h.done) || l.halves.iter().any(|h| h.fin_at.is_some());
+            let closed = l.halves.iter().all(|(_, h)| h.done) || l.halves.iter().any(|(_, h)| h.fin_at.is_some());
             !(s.syn && s.ack.is_none() && (closed || h.isn.is_some_and(|isn| isn != s.seq)))
         });
         let i = reuse.unwrap_or_else(|| {
@@ -131,8 +132,17 @@ impl Reassembler {
 }
 
 impl Live {
+    /// Which way `s` goes: `Up` if `a` sent it.
+    fn from(&self, s: &Segment<'_>) -> Dir {
+        if self.conn.a == s.src {
+            Dir::Up
+        } else {
+            Dir::Down
+        }
+    }
+
     fn segment(&mut self, ts: i128, s: &Segment<'_>) {
-        let from = usize::from(self.conn.a != s.src);
+        let from = self.from(s);
         let h = &mut self.halves[from];
         if h.done {
             return;
@@ -145,7 +155,7 @@ impl Live {
         if !h.started {
             h.started = true;
             h.next_seq = seq;
-            if from == 0 && !s.syn {
+            if from == Dir::Up && !s.syn {
                 self.conn.midstream = true;
             }
         }
@@ -159,7 +169,7 @@ impl Live {
             h.fin_at.get_or_insert(at);
         }
         if let Some(ack) = s.ack {
-            self.acked(1 - from, ts, ack);
+            self.acked(from.reverse(), ts, ack);
         }
         self.drain(from, ts);
         if s.rst {
@@ -169,7 +179,7 @@ impl Live {
     }
 
     /// Queues `data` at stream offset `start`, keeping only bytes not seen before.
-    fn insert(&mut self, from: usize, ts: i128, start: i64, data: &[u8]) {
+    fn insert(&mut self, from: Dir, ts: i128, start: i64, data: &[u8]) {
         let h = &mut self.halves[from];
         let end = start + data.len() as i64;
         let mut at = start.max(h.next as i64);
@@ -203,7 +213,7 @@ impl Live {
 
     /// The other end acknowledged up to `ack`: bytes before it that the capture never
     /// showed, while later ones wait, were lost by the capture, not the network.
-    fn acked(&mut self, from: usize, ts: i128, ack: u32) {
+    fn acked(&mut self, from: Dir, ts: i128, ack: u32) {
         let h = &self.halves[from];
         if !h.started || h.pending.is_empty() {
             return;
@@ -214,7 +224,7 @@ impl Live {
         }
     }
 
-    fn gap_to_pending(&mut self, from: usize, ts: i128) {
+    fn gap_to_pending(&mut self, from: Dir, ts: i128) {
         let h = &mut self.halves[from];
         let Some((&first, _)) = h.pending.first_key_value() else { return };
         let n = first - h.next;
@@ -226,7 +236,7 @@ impl Live {
     }
 
     /// Delivers whatever is now contiguous, then the FIN if its turn has come.
-    fn drain(&mut self, from: usize, ts: i128) {
+    fn drain(&mut self, from: Dir, ts: i128) {
         let h = &mut self.halves[from];
         while let Some(entry) = h.pending.first_entry() {
             if *entry.key() > h.next {
@@ -250,7 +260,7 @@ impl Live {
 
     /// Gives up on every hole: pending bytes follow gaps; a FIN beyond them too.
     fn flush(&mut self, ts: i128) {
-        for from in 0..2 {
+        for from in Dir::BOTH {
             let at =
                 |h: &Half| if ts == i128::MIN { h.pending.values().map(|(t, _)| *t).max().unwrap_or(0) } else { ts };
             while !self.halves[from].pending.is_empty() {
@@ -303,7 +313,7 @@ mod tests {
         r.finish()
     }
 
-    fn stream(c: &Conn, from: usize) -> Vec<Piece> {
+    fn stream(c: &Conn, from: Dir) -> Vec<Piece> {
         c.events.iter().filter(|e| e.from == from).map(|e| e.piece.clone()).collect()
     }
 
@@ -322,13 +332,13 @@ mod tests {
             seg(C, 115, "F", b""),
         ]);
         assert_eq!(c.len(), 1);
-        let text: Vec<u8> = stream(&c[0], 0)
+        let text: Vec<u8> = stream(&c[0], Dir::Up)
             .into_iter()
             .filter_map(|p| if let Piece::Data(d) = p { Some(d) } else { None })
             .flatten()
             .collect();
         assert_eq!(text, b"hello world!!#?");
-        assert_eq!(stream(&c[0], 0).last(), Some(&Piece::Fin));
+        assert_eq!(stream(&c[0], Dir::Up).last(), Some(&Piece::Fin));
         assert!(!c[0].midstream);
         assert_eq!(c[0].out_of_order, 2);
         assert_eq!(c[0].duplicate_bytes, 6 + 2 + 1);
@@ -338,14 +348,14 @@ mod tests {
     fn a_lost_segment_is_a_gap_not_glue() {
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "F", b"ghi")]);
         assert_eq!(
-            stream(&c[0], 0),
+            stream(&c[0], Dir::Up),
             [Piece::Data(b"abc".to_vec()), Piece::Gap(3), Piece::Data(b"ghi".to_vec()), Piece::Fin]
         );
         // The receiver acknowledging past the hole declares it at once.
         let mut ack = seg(S, 50, "", b"");
         ack.ack = Some(10);
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "", b"ghi"), ack]);
-        assert_eq!(c[0].events[1], Event { from: 0, ts_ns: 3, piece: Piece::Gap(3) });
+        assert_eq!(c[0].events[1], Event { from: Dir::Up, ts_ns: 3, piece: Piece::Gap(3) });
     }
 
     #[test]
@@ -359,9 +369,9 @@ mod tests {
         ]);
         assert_eq!(c.len(), 2);
         assert!(c[0].midstream && !c[1].midstream);
-        assert_eq!(stream(&c[0], 0), [Piece::Data(b"ab".to_vec()), Piece::Data(b"cd".to_vec())]);
+        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"ab".to_vec()), Piece::Data(b"cd".to_vec())]);
         assert_eq!(c[0].events.last().unwrap().piece, Piece::Rst);
-        assert_eq!(stream(&c[1], 0), [Piece::Data(b"new".to_vec())]);
+        assert_eq!(stream(&c[1], Dir::Up), [Piece::Data(b"new".to_vec())]);
     }
 
     #[test]
@@ -370,6 +380,6 @@ mod tests {
         synack.ack = Some(1);
         let c = run(&[synack, seg(C, 1, "", b"GET")]);
         assert_eq!(c[0].a, C.parse().unwrap());
-        assert_eq!(stream(&c[0], 0), [Piece::Data(b"GET".to_vec())]);
+        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"GET".to_vec())]);
     }
 }

@@ -12,23 +12,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 use super::reassembly::{Conn, Piece};
-
-/// Who sent a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sender {
-    Client,
-    Server,
-}
-
-impl Sender {
-    pub fn arrow(self) -> &'static str {
-        match self {
-            Sender::Client => "C→S",
-            Sender::Server => "S→C",
-        }
-    }
-}
+use crate::dir::{Dir, PerDir};
 
 /// A message's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -43,13 +27,13 @@ pub enum Kind {
 
 /// One WebSocket message, with its payload as the application saw it (unmasked, joined,
 /// inflated).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    pub sender: Sender,
+    /// Which way it went: `Up` from the client, `Down` from the server.
+    pub dir: Dir,
     /// When its last byte was captured: nanoseconds since the Unix epoch.
     pub ts_ns: i128,
     pub kind: Kind,
-    #[serde(skip)]
     pub data: Vec<u8>,
     pub frames: u32,
     /// Sent compressed (permessage-deflate).
@@ -92,13 +76,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn count(&self, sender: Sender) -> usize {
-        self.messages.iter().filter(|m| m.sender == sender).count()
+    /// The messages that went `dir`.
+    pub fn count(&self, dir: Dir) -> usize {
+        self.messages.iter().filter(|m| m.dir == dir).count()
     }
 
-    /// The close code `sender` sent, if it sent a close message with one.
-    pub fn close_code(&self, sender: Sender) -> Option<u16> {
-        self.messages.iter().find(|m| m.sender == sender && m.kind == Kind::Close).and_then(Message::close_code)
+    /// The close code sent `dir`, if a close message with one went that way.
+    pub fn close_code(&self, dir: Dir) -> Option<u16> {
+        self.messages.iter().find(|m| m.dir == dir && m.kind == Kind::Close).and_then(Message::close_code)
     }
 
     /// A request header's value (name compared case-insensitively).
@@ -141,8 +126,8 @@ impl Stream {
     }
 }
 
-fn streams(conn: &Conn) -> [Stream; 2] {
-    let mut s: [Stream; 2] = Default::default();
+fn streams(conn: &Conn) -> PerDir<Stream> {
+    let mut s: PerDir<Stream> = PerDir::default();
     for (order, e) in conn.events.iter().enumerate() {
         let st = &mut s[e.from];
         if st.cut.is_some() {
@@ -268,15 +253,17 @@ fn body_len(head: &Head, b: &[u8], at: usize, no_body: bool) -> Result<Option<us
     }
 }
 
-/// Where the WebSocket frames start in each direction, after the HTTP exchanges.
+/// Where the WebSocket frames start in each direction (`Up`: the client's), after the
+/// HTTP exchanges.
 struct Upgrade {
     request: Head,
     response: Head,
-    at: [usize; 2],
+    at: PerDir<usize>,
 }
 
-fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, String> {
-    let (c, sv) = (&s[client], &s[1 - client]);
+/// The Upgrade exchange, with the client's stream going `client` on the connection.
+fn find_upgrade(s: &PerDir<Stream>, client: Dir) -> Result<Option<Upgrade>, String> {
+    let (c, sv) = (&s[client], &s[client.reverse()]);
     let (mut ci, mut si) = (0, 0);
     loop {
         if ci >= c.bytes.len() {
@@ -302,7 +289,7 @@ fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, Strin
         };
         if upgrade && res.status == 101 {
             return Ok(Some(Upgrade {
-                at: [(ci + req.len).saturating_add(req_body), si + res.len],
+                at: PerDir::new((ci + req.len).saturating_add(req_body), si + res.len),
                 request: req,
                 response: res,
             }));
@@ -318,7 +305,8 @@ fn find_upgrade(s: &[Stream; 2], client: usize) -> Result<Option<Upgrade>, Strin
 
 /// One direction's frame decoding.
 struct Decoder {
-    sender: Sender,
+    /// Which way its messages go (`Up`: the client's).
+    dir: Dir,
     /// The inflater and whether it keeps its context between messages.
     inflate: Option<(Decompress, bool)>,
     /// The fragmented data message being assembled.
@@ -329,12 +317,12 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(sender: Sender, inflate: Option<(Decompress, bool)>) -> Decoder {
-        Decoder { sender, inflate, partial: None, out: Vec::new(), problems: Vec::new() }
+    fn new(dir: Dir, inflate: Option<(Decompress, bool)>) -> Decoder {
+        Decoder { dir, inflate, partial: None, out: Vec::new(), problems: Vec::new() }
     }
 
     fn problem(&mut self, what: String) {
-        self.problems.push(format!("{}: {what}", self.sender.arrow()));
+        self.problems.push(format!("{}: {what}", self.dir.arrow()));
     }
 
     /// Decodes the frames of `st` from offset `at` to its end.
@@ -386,9 +374,9 @@ impl Decoder {
     /// One frame; `place` is the conversation order and stream offset of its last byte.
     fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, ts_ns: i128, place: (usize, usize)) {
         let end = place.1;
-        let sender = self.sender;
+        let dir = self.dir;
         let message =
-            move |kind, data, compressed| Message { sender, ts_ns, kind, data, frames: 1, compressed, incomplete: gap };
+            move |kind, data, compressed| Message { dir, ts_ns, kind, data, frames: 1, compressed, incomplete: gap };
         match h.opcode {
             OpCode::Control(Control::Reserved(r)) | OpCode::Data(Data::Reserved(r)) => {
                 self.problem(format!("reserved opcode {r:#x} in the frame ending at stream offset {end}"));
@@ -484,7 +472,8 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
     let s = streams(conn);
     let looks_http = |st: &Stream| st.bytes.first().is_some_and(u8::is_ascii_uppercase) && request(&st.bytes).is_ok();
     // The client is the SYN's sender; a connection picked up mid-way: whoever talks HTTP.
-    let client = if conn.midstream && !looks_http(&s[0]) && looks_http(&s[1]) { 1 } else { 0 };
+    let client =
+        if conn.midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) { Dir::Down } else { Dir::Up };
     let mut problems = Vec::new();
     if conn.midstream {
         problems.push("the capture began after this connection opened".to_string());
@@ -494,31 +483,34 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
         // Picked up after the handshake: frames from the first byte, if both directions
         // start with a plausible frame (masked from the client, not from the server).
         _ if conn.midstream => {
-            let client = (0..2).find(|&c| starts_with_frame(&s[c], true) && starts_with_frame(&s[1 - c], false))?;
+            let client = Dir::BOTH
+                .into_iter()
+                .find(|&c| starts_with_frame(&s[c], true) && starts_with_frame(&s[c.reverse()], false))?;
             problems.push("no handshake in the capture: no path or headers, and compression unknown".to_string());
             let none = || Head { len: 0, method: String::new(), path: String::new(), status: 0, headers: Vec::new() };
-            (client, Upgrade { request: none(), response: none(), at: [0, 0] })
+            (client, Upgrade { request: none(), response: none(), at: PerDir::default() })
         }
         // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
         _ => return None,
     };
     let takeover = crate::wire::deflate::takeover(&head_text(&up.response));
     let mut out = Vec::new();
-    for (i, who) in [(client, Sender::Client), (1 - client, Sender::Server)] {
-        // Server→client context takeover is the second flag.
-        let inflate = takeover.map(|t| (Decompress::new(false), t[usize::from(who == Sender::Server)]));
-        let mut d = Decoder::new(who, inflate);
-        d.run(&s[i], up.at[usize::from(who == Sender::Server)]);
+    // The client's stream is `client` on the connection, and its messages go `Up`.
+    for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
+        let inflate = takeover.map(|t| (Decompress::new(false), t[dir]));
+        let mut d = Decoder::new(dir, inflate);
+        let st = &s[stream];
+        d.run(st, up.at[dir]);
         if let Some(mut unfinished) = d.partial.take() {
             d.problem("the capture ends inside a fragmented message".into());
             unfinished.incomplete = true;
-            d.out.push((s[i].arrival(s[i].bytes.len()).1, usize::MAX, unfinished));
+            d.out.push((st.arrival(st.bytes.len()).1, usize::MAX, unfinished));
         }
         problems.extend(d.problems);
         out.extend(d.out);
     }
-    out.sort_by_key(|(order, end, m)| (*order, m.sender == Sender::Server, *end));
-    let (client_addr, server_addr) = if client == 0 { (conn.a, conn.b) } else { (conn.b, conn.a) };
+    out.sort_by_key(|(order, end, m)| (*order, m.dir == Dir::Down, *end));
+    let (client_addr, server_addr) = if client == Dir::Up { (conn.a, conn.b) } else { (conn.b, conn.a) };
     Some(Session {
         id,
         client: client_addr,
@@ -589,7 +581,7 @@ pub(crate) mod tests {
     const UPGRADE: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     const SWITCH: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
 
-    fn conn(pieces: Vec<(usize, Piece)>) -> Conn {
+    fn conn(pieces: Vec<(Dir, Piece)>) -> Conn {
         let events =
             pieces.into_iter().enumerate().map(|(t, (from, piece))| Event { from, ts_ns: t as i128, piece }).collect();
         Conn {
@@ -603,30 +595,30 @@ pub(crate) mod tests {
         }
     }
 
-    fn data(from: usize, b: &[u8]) -> (usize, Piece) {
+    fn data(from: Dir, b: &[u8]) -> (Dir, Piece) {
         (from, Piece::Data(b.to_vec()))
     }
 
-    fn summary(s: &Session) -> Vec<(Sender, Kind, Vec<u8>, u32)> {
-        s.messages.iter().map(|m| (m.sender, m.kind, m.data.clone(), m.frames)).collect()
+    fn summary(s: &Session) -> Vec<(Dir, Kind, Vec<u8>, u32)> {
+        s.messages.iter().map(|m| (m.dir, m.kind, m.data.clone(), m.frames)).collect()
     }
 
     #[test]
     fn plain_requests_then_upgrade_then_fragments_with_a_ping_between() {
         let big = vec![7u8; 70_000];
         let c = conn(vec![
-            data(0, b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz"),
-            data(1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
-            data(0, b"GET /b HTTP/1.1\r\n\r\n"),
-            data(1, b"HTTP/1.1 204 No Content\r\n\r\n"),
-            data(0, UPGRADE),
-            data(1, format!("{SWITCH}\r\n").as_bytes()),
-            data(0, &[frame(false, false, 1, b"hel", true), frame(true, false, 9, b"p", true)].concat()),
-            data(0, &frame(true, false, 0, b"lo", true)),
-            data(1, &frame(true, false, 2, &big, false)),
-            data(0, &frame(true, false, 8, &[3, 232, b'o', b'k'], true)),
-            data(1, &frame(true, false, 8, &[3, 232], false)),
-            (0, Piece::Fin),
+            data(Dir::Up, b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz"),
+            data(Dir::Down, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            data(Dir::Up, b"GET /b HTTP/1.1\r\n\r\n"),
+            data(Dir::Down, b"HTTP/1.1 204 No Content\r\n\r\n"),
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Up, &[frame(false, false, 1, b"hel", true), frame(true, false, 9, b"p", true)].concat()),
+            data(Dir::Up, &frame(true, false, 0, b"lo", true)),
+            data(Dir::Down, &frame(true, false, 2, &big, false)),
+            data(Dir::Up, &frame(true, false, 8, &[3, 232, b'o', b'k'], true)),
+            data(Dir::Down, &frame(true, false, 8, &[3, 232], false)),
+            (Dir::Up, Piece::Fin),
         ]);
         let s = decode(&c, 1).unwrap();
         assert_eq!((s.method.as_str(), s.path.as_str(), s.status), ("GET", "/chat?x=1", 101));
@@ -635,16 +627,16 @@ pub(crate) mod tests {
         assert_eq!(
             summary(&s),
             [
-                (Sender::Client, Kind::Ping, b"p".to_vec(), 1),
-                (Sender::Client, Kind::Text, b"hello".to_vec(), 2),
-                (Sender::Server, Kind::Binary, big, 1),
-                (Sender::Client, Kind::Close, vec![3, 232, b'o', b'k'], 1),
-                (Sender::Server, Kind::Close, vec![3, 232], 1),
+                (Dir::Up, Kind::Ping, b"p".to_vec(), 1),
+                (Dir::Up, Kind::Text, b"hello".to_vec(), 2),
+                (Dir::Down, Kind::Binary, big, 1),
+                (Dir::Up, Kind::Close, vec![3, 232, b'o', b'k'], 1),
+                (Dir::Down, Kind::Close, vec![3, 232], 1),
             ]
         );
-        assert_eq!((s.close_code(Sender::Client), s.close_code(Sender::Server)), (Some(1000), Some(1000)));
+        assert_eq!((s.close_code(Dir::Up), s.close_code(Dir::Down)), (Some(1000), Some(1000)));
         assert_eq!(s.messages[1].ts_ns, 7, "a message is timed by its last byte");
-        assert_eq!((s.count(Sender::Client), s.count(Sender::Server)), (3, 2));
+        assert_eq!((s.count(Dir::Up), s.count(Dir::Down)), (3, 2));
     }
 
     fn deflate(z: &mut Compress, text: &[u8]) -> Vec<u8> {
@@ -667,9 +659,12 @@ pub(crate) mod tests {
                 msgs.push(frame(true, true, 1, &deflate(&mut z, text), false));
             }
             let c = conn(vec![
-                data(0, UPGRADE),
-                data(1, format!("{SWITCH}Sec-WebSocket-Extensions: permessage-deflate{params}\r\n\r\n").as_bytes()),
-                data(1, &msgs.concat()),
+                data(Dir::Up, UPGRADE),
+                data(
+                    Dir::Down,
+                    format!("{SWITCH}Sec-WebSocket-Extensions: permessage-deflate{params}\r\n\r\n").as_bytes(),
+                ),
+                data(Dir::Down, &msgs.concat()),
             ]);
             let s = decode(&c, 1).unwrap();
             assert!(s.deflate && s.problems.is_empty(), "{params}: {:?}", s.problems);
@@ -686,14 +681,14 @@ pub(crate) mod tests {
     fn gaps_inside_payloads_mark_messages_and_gaps_in_headers_stop_the_direction() {
         let f = frame(true, false, 2, b"0123456789", false);
         let c = conn(vec![
-            data(0, UPGRADE),
-            data(1, format!("{SWITCH}\r\n").as_bytes()),
-            data(1, &f[..4]),
-            (1, Piece::Gap(3)),
-            data(1, &f[7..]),
-            data(1, &frame(true, false, 1, b"after", false)),
-            (1, Piece::Gap(2)),
-            data(1, b"junk"),
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Down, &f[..4]),
+            (Dir::Down, Piece::Gap(3)),
+            data(Dir::Down, &f[7..]),
+            data(Dir::Down, &frame(true, false, 1, b"after", false)),
+            (Dir::Down, Piece::Gap(2)),
+            data(Dir::Down, b"junk"),
         ]);
         let s = decode(&c, 1).unwrap();
         assert_eq!(s.messages.len(), 2);
@@ -705,19 +700,19 @@ pub(crate) mod tests {
     #[test]
     fn a_session_picked_up_after_its_handshake_still_yields_its_messages() {
         let mut c = conn(vec![
-            data(1, &frame(true, false, 1, b"server first", false)),
-            data(0, &frame(true, false, 2, b"\x01\x02", true)),
+            data(Dir::Down, &frame(true, false, 1, b"server first", false)),
+            data(Dir::Up, &frame(true, false, 2, b"\x01\x02", true)),
         ]);
         c.midstream = true;
         let s = decode(&c, 3).unwrap();
         assert_eq!(s.client, c.a, "the masking side is the client");
         assert_eq!(
             summary(&s),
-            [(Sender::Server, Kind::Text, b"server first".to_vec(), 1), (Sender::Client, Kind::Binary, vec![1, 2], 1)]
+            [(Dir::Down, Kind::Text, b"server first".to_vec(), 1), (Dir::Up, Kind::Binary, vec![1, 2], 1)]
         );
         assert!(s.problems.iter().any(|p| p.contains("no handshake")), "{:?}", s.problems);
         // Not frames at all (mid-way through a payload, or not WebSocket): no session.
-        let mut junk = conn(vec![data(0, b"\x7f\xfe\x00garbage"), data(1, b"more")]);
+        let mut junk = conn(vec![data(Dir::Up, b"\x7f\xfe\x00garbage"), data(Dir::Down, b"more")]);
         junk.midstream = true;
         assert!(decode(&junk, 1).is_none());
     }
@@ -726,25 +721,35 @@ pub(crate) mod tests {
     fn absurd_body_lengths_end_the_search_without_overflow() {
         let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX);
         let chunked = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", usize::MAX);
-        let c = conn(vec![data(0, huge.as_bytes()), data(1, chunked.as_bytes()), data(0, UPGRADE)]);
+        let c = conn(vec![data(Dir::Up, huge.as_bytes()), data(Dir::Down, chunked.as_bytes()), data(Dir::Up, UPGRADE)]);
         assert!(decode(&c, 1).is_none());
-        let c = conn(vec![data(0, b"GET / HTTP/1.1\r\n\r\n"), data(1, chunked.as_bytes()), data(0, UPGRADE)]);
+        let c = conn(vec![
+            data(Dir::Up, b"GET / HTTP/1.1\r\n\r\n"),
+            data(Dir::Down, chunked.as_bytes()),
+            data(Dir::Up, UPGRADE),
+        ]);
         assert!(decode(&c, 1).is_none());
     }
 
     #[test]
     fn not_websocket_is_no_session_and_bad_frames_are_reported() {
-        let plain =
-            conn(vec![data(0, b"GET / HTTP/1.1\r\n\r\n"), data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")]);
+        let plain = conn(vec![
+            data(Dir::Up, b"GET / HTTP/1.1\r\n\r\n"),
+            data(Dir::Down, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ]);
         assert!(decode(&plain, 1).is_none());
-        assert!(decode(&conn(vec![data(0, b"\x16\x03\x01 tls hello")]), 1).is_none());
-        let bad = conn(vec![data(0, UPGRADE), data(1, format!("{SWITCH}\r\n").as_bytes()), data(1, &[0x83, 0x00])]);
+        assert!(decode(&conn(vec![data(Dir::Up, b"\x16\x03\x01 tls hello")]), 1).is_none());
+        let bad = conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Down, &[0x83, 0x00]),
+        ]);
         let s = decode(&bad, 1).unwrap();
         assert!(s.problems.iter().any(|p| p.contains("opcode")), "{:?}", s.problems);
         let cont = conn(vec![
-            data(0, UPGRADE),
-            data(1, format!("{SWITCH}\r\n").as_bytes()),
-            data(1, &frame(true, false, 0, b"x", false)),
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Down, &frame(true, false, 0, b"x", false)),
         ]);
         assert!(decode(&cont, 1).unwrap().problems.iter().any(|p| p.contains("continuation")));
     }

@@ -15,6 +15,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::capture::recorder::{Capture, Heartbeat};
 use crate::config::{CaptureMode, Settings};
+use crate::dir::Leg;
 use crate::proxy::conn::{self as proxy, Context};
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
 use crate::service::metrics::Metrics;
@@ -61,6 +62,7 @@ struct Shared {
     next_id: AtomicU64,
     /// The capture writer's heartbeat, while there is one.
     writer: Mutex<Option<Heartbeat>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -146,9 +148,10 @@ impl Daemon {
             ctx: RwLock::new(Arc::new(Context {
                 settings: self.settings.clone(),
                 capture: capture.as_ref().map(|c| c.recorder().clone()),
-                metrics: self.metrics.clone(),
+                traffic: self.metrics.traffic.clone(),
             })),
             next_id: AtomicU64::new(1),
+            metrics: self.metrics.clone(),
             writer: Mutex::new(capture.as_ref().map(Capture::heartbeat)),
         });
         let listeners: Listeners = Arc::new(Mutex::new(Vec::new()));
@@ -248,13 +251,19 @@ async fn pulse(notifier: Notifier, listeners: Listeners, shared: Arc<Shared>) {
         if healthy && watchdog.is_some() {
             notifier.watchdog();
         }
-        let (open, metrics) = (shared.open_connections(), shared.ctx().metrics.clone());
-        let total = |dir: usize| metrics.bytes[0][dir].load(Relaxed) + metrics.bytes[1][dir].load(Relaxed);
+        let (open, traffic) = (shared.open_connections(), &shared.metrics.traffic);
+        // In: what wstap read on either leg; out: what it wrote.
+        let total = |read: bool| -> u64 {
+            Leg::BOTH
+                .into_iter()
+                .map(|leg| traffic.bytes(leg, if read { leg.inbound() } else { leg.inbound().reverse() }))
+                .sum()
+        };
         notifier.status(&format!(
             "{open} connections, {} WebSocket sessions; {} bytes in, {} bytes out{}",
-            metrics.sessions_active(),
-            total(0),
-            total(1),
+            traffic.sessions_active(),
+            total(true),
+            total(false),
             if healthy { "" } else { "; UNHEALTHY (see the log)" }
         ));
     }
@@ -295,10 +304,10 @@ fn admin_response(
     let (status, content_type, body) = match (method, path) {
         (&hyper::Method::GET, "/metrics") => {
             let ctx = shared.ctx();
-            let body = ctx.metrics.render(ctx.capture.as_ref().map(|r| r.stats()), healthy(listeners, shared));
+            let body = shared.metrics.render(ctx.capture.as_ref().map(|r| r.stats()), healthy(listeners, shared));
             (200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
-        (&hyper::Method::GET, "/sessions") => (200, "application/json", shared.ctx().metrics.sessions_json()),
+        (&hyper::Method::GET, "/sessions") => (200, "application/json", shared.metrics.sessions_json()),
         (&hyper::Method::GET, "/healthz") => match healthy(listeners, shared) {
             true => (200, "text/plain", "ok\n".to_owned()),
             false => (503, "text/plain", "unhealthy: an accept loop ended or the capture writer is stuck\n".to_owned()),
@@ -379,13 +388,13 @@ async fn reload(
             Some(r)
         }
     };
-    let metrics = shared.ctx().metrics.clone();
+    let traffic = shared.metrics.traffic.clone();
     let workers = shared.ctx().settings.workers;
     if new.workers != workers {
         warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
     }
     *shared.ctx.write().unwrap_or_else(|p| p.into_inner()) =
-        Arc::new(Context { settings: new.clone(), capture: recorder, metrics });
+        Arc::new(Context { settings: new.clone(), capture: recorder, traffic });
     let (old_max, new_max) =
         (shared.max_connections.swap(new.limits.max_connections, Relaxed), new.limits.max_connections);
     if new_max > old_max {

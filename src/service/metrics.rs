@@ -1,216 +1,118 @@
-//! The daemon's counters and its list of live sessions, and their renderings: Prometheus
-//! text for `/metrics`, JSON for `/sessions`. Counters are plain atomics bumped where the
-//! events happen (the `Tee` counts bytes per leg and direction); rendering reads them.
-//! No I/O here.
+//! What the daemon publishes about itself: the proxy's [`Traffic`], the reloads, the
+//! capture's [`Stats`] and its health, rendered as Prometheus text for `/metrics`, and the
+//! live sessions as JSON for `/sessions`. No I/O here.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::stats::Stats;
+use crate::dir::{Dir, Leg};
+use crate::proxy::traffic::Traffic;
 
-/// Index of a leg in [`Metrics::bytes`].
-pub const CLIENT_LEG: usize = 0;
-pub const UPSTREAM_LEG: usize = 1;
-/// Index of a direction in [`Metrics::bytes`]: read by wstap, written by wstap.
-pub const IN: usize = 0;
-pub const OUT: usize = 1;
-
-/// Bytes in and out of one connection or session, shared with whoever counts them.
-pub type ByteCounts = Arc<[AtomicU64; 2]>;
-
-/// Counters of one daemon.
+/// The daemon's counters: the proxy's, and its own.
 #[derive(Default)]
 pub struct Metrics {
-    pub connections_total: AtomicU64,
-    pub connections_active: AtomicU64,
-    pub sessions_total: AtomicU64,
-    /// Bytes per leg (client, upstream) and direction (in, out), all traffic.
-    pub bytes: [[AtomicU64; 2]; 2],
+    /// What the proxy counts (shared with every connection).
+    pub traffic: Arc<Traffic>,
+    /// Config reloads that applied.
     pub reloads_ok: AtomicU64,
+    /// Config reloads that were refused (the old config stays).
     pub reloads_failed: AtomicU64,
-    /// Failed requests by (side, kind).
-    errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    sessions: Mutex<BTreeMap<u64, LiveSession>>,
 }
 
-/// A WebSocket session being relayed.
-struct LiveSession {
-    started: Instant,
-    client: SocketAddr,
-    path: String,
-    upstream: String,
-    /// Bytes client → upstream, upstream → client (shared with the relay).
-    bytes: Arc<[AtomicU64; 2]>,
+/// One metric family: name, type, help, and its rows (labels, value).
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    rows: Vec<(String, u64)>,
 }
 
-/// Removes a session from the live list when dropped.
-pub struct SessionGuard {
-    metrics: Arc<Metrics>,
-    id: u64,
-}
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        lock(&self.metrics.sessions).remove(&self.id);
-    }
-}
-
-/// Counts an open client connection until dropped.
-pub struct ConnectionGuard(Arc<Metrics>);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.0.connections_active.fetch_sub(1, Relaxed);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn one(name: &'static str, kind: &'static str, help: &'static str, value: u64) -> Family {
+    Family { name, kind, help, rows: vec![(String::new(), value)] }
 }
 
 impl Metrics {
-    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
-        self.connections_total.fetch_add(1, Relaxed);
-        self.connections_active.fetch_add(1, Relaxed);
-        ConnectionGuard(self.clone())
-    }
-
-    /// A session starts: it is listed until the guard drops; `bytes` are its live counts.
-    pub fn session_started(
-        self: &Arc<Self>,
-        id: u64,
-        client: SocketAddr,
-        path: String,
-        upstream: String,
-        bytes: Arc<[AtomicU64; 2]>,
-    ) -> SessionGuard {
-        self.sessions_total.fetch_add(1, Relaxed);
-        lock(&self.sessions).insert(id, LiveSession { started: Instant::now(), client, path, upstream, bytes });
-        SessionGuard { metrics: self.clone(), id }
-    }
-
-    pub fn request_failed(&self, side: &'static str, kind: &'static str) {
-        *lock(&self.errors).entry((side, kind)).or_default() += 1;
-    }
-
-    pub fn sessions_active(&self) -> usize {
-        lock(&self.sessions).len()
-    }
-
-    /// `/metrics`: Prometheus text exposition format.
+    /// `/metrics`: the Prometheus text exposition format.
     pub fn render(&self, capture: Option<&Stats>, healthy: bool) -> String {
+        let mut families = self.proxy_families(healthy);
+        families.push(Family {
+            name: "wstap_reloads_total",
+            kind: "counter",
+            help: "Config reloads (SIGHUP), by result.",
+            rows: vec![
+                ("{result=\"ok\"}".to_owned(), self.reloads_ok.load(Relaxed)),
+                ("{result=\"failed\"}".to_owned(), self.reloads_failed.load(Relaxed)),
+            ],
+        });
+        families.extend(capture.map(capture_families).into_iter().flatten());
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "{name}{labels} {value}");
+        for f in families {
+            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", f.name, f.help, f.name, f.kind);
+            for (labels, value) in f.rows {
+                let _ = writeln!(out, "{}{labels} {value}", f.name);
             }
-        };
-        let one = |v: u64| vec![(String::new(), v)];
-        let get = |a: &AtomicU64| a.load(Relaxed);
-        metric(
-            "wstap_up",
-            "gauge",
-            "1 while every listener accepts and the capture writer is not stuck.",
-            &one(u64::from(healthy)),
-        );
-        metric(
-            "wstap_connections_active",
-            "gauge",
-            "Client connections open now.",
-            &one(get(&self.connections_active)),
-        );
-        metric(
-            "wstap_connections_total",
-            "counter",
-            "Client connections accepted.",
-            &one(get(&self.connections_total)),
-        );
-        metric(
-            "wstap_sessions_active",
-            "gauge",
-            "WebSocket sessions being relayed now.",
-            &one(self.sessions_active() as u64),
-        );
-        metric("wstap_sessions_total", "counter", "WebSocket sessions started.", &one(get(&self.sessions_total)));
-        let mut bytes = Vec::new();
-        for (leg, leg_name) in [(CLIENT_LEG, "client"), (UPSTREAM_LEG, "upstream")] {
-            for (dir, dir_name) in [(IN, "in"), (OUT, "out")] {
-                bytes.push((format!("{{leg=\"{leg_name}\",direction=\"{dir_name}\"}}"), get(&self.bytes[leg][dir])));
-            }
-        }
-        metric(
-            "wstap_bytes_total",
-            "counter",
-            "Bytes read (in) and written (out) by wstap, per connection leg.",
-            &bytes,
-        );
-        let errors: Vec<(String, u64)> = lock(&self.errors)
-            .iter()
-            .map(|((side, kind), n)| (format!("{{side=\"{side}\",kind=\"{kind}\"}}"), *n))
-            .collect();
-        metric(
-            "wstap_request_errors_total",
-            "counter",
-            "Requests wstap could not forward, by side at fault and kind.",
-            &errors,
-        );
-        let reloads = vec![
-            ("{result=\"ok\"}".to_owned(), get(&self.reloads_ok)),
-            ("{result=\"failed\"}".to_owned(), get(&self.reloads_failed)),
-        ];
-        metric("wstap_reloads_total", "counter", "Config reloads (SIGHUP), by result.", &reloads);
-        if let Some(s) = capture {
-            metric(
-                "wstap_capture_bytes_total",
-                "counter",
-                "Payload bytes written to capture files.",
-                &one(get(&s.bytes_captured)),
-            );
-            metric(
-                "wstap_capture_packets_total",
-                "counter",
-                "Packets written to capture files.",
-                &one(get(&s.packets_written)),
-            );
-            metric(
-                "wstap_capture_dropped_events_total",
-                "counter",
-                "Capture events dropped (queue full or no file).",
-                &one(get(&s.events_dropped)),
-            );
-            metric(
-                "wstap_capture_dropped_bytes_total",
-                "counter",
-                "Captured payload bytes dropped because the queue was full.",
-                &one(get(&s.bytes_dropped)),
-            );
-            metric(
-                "wstap_capture_unwritten_bytes_total",
-                "counter",
-                "Packet bytes not written because no file could be.",
-                &one(get(&s.bytes_unwritten)),
-            );
-            metric("wstap_capture_write_errors_total", "counter", "Capture write errors.", &one(get(&s.write_errors)));
-            metric(
-                "wstap_capture_files_finished_total",
-                "counter",
-                "Capture files finished (synced and renamed).",
-                &one(get(&s.files_finished)),
-            );
         }
         out
+    }
+
+    fn proxy_families(&self, healthy: bool) -> Vec<Family> {
+        let t = &self.traffic;
+        let bytes = Leg::BOTH
+            .into_iter()
+            .flat_map(|leg| [(leg, leg.inbound(), "in"), (leg, leg.inbound().reverse(), "out")])
+            .map(|(leg, dir, name)| (format!("{{leg=\"{}\",direction=\"{name}\"}}", leg.name()), t.bytes(leg, dir)))
+            .collect();
+        let errors = t
+            .errors()
+            .into_iter()
+            .map(|((leg, kind), n)| (format!("{{side=\"{}\",kind=\"{kind}\"}}", leg.side()), n))
+            .collect();
+        vec![
+            one(
+                "wstap_up",
+                "gauge",
+                "1 while every listener accepts and the capture writer is not stuck.",
+                healthy.into(),
+            ),
+            one(
+                "wstap_connections_active",
+                "gauge",
+                "Client connections open now.",
+                t.connections_active.load(Relaxed),
+            ),
+            one(
+                "wstap_connections_total",
+                "counter",
+                "Client connections accepted.",
+                t.connections_total.load(Relaxed),
+            ),
+            one("wstap_sessions_active", "gauge", "WebSocket sessions being relayed now.", t.sessions_active() as u64),
+            one("wstap_sessions_total", "counter", "WebSocket sessions started.", t.sessions_total.load(Relaxed)),
+            Family {
+                name: "wstap_bytes_total",
+                kind: "counter",
+                help: "Bytes read (in) and written (out) by wstap, per connection leg.",
+                rows: bytes,
+            },
+            Family {
+                name: "wstap_request_errors_total",
+                kind: "counter",
+                help: "Requests wstap could not forward, by side at fault and kind.",
+                rows: errors,
+            },
+        ]
     }
 
     /// `/sessions`: the live sessions as a JSON array.
     pub fn sessions_json(&self) -> String {
         let now = Instant::now();
-        let list: Vec<serde_json::Value> = lock(&self.sessions)
-            .iter()
+        let list: Vec<serde_json::Value> = self
+            .traffic
+            .sessions()
+            .into_iter()
             .map(|(id, s)| {
                 serde_json::json!({
                     "id": id,
@@ -218,8 +120,8 @@ impl Metrics {
                     "path": s.path,
                     "upstream": s.upstream,
                     "age_seconds": (now - s.started).as_secs_f64(),
-                    "bytes_from_client": s.bytes[0].load(Relaxed),
-                    "bytes_from_upstream": s.bytes[1].load(Relaxed),
+                    "bytes_from_client": s.bytes[Dir::Up].load(Relaxed),
+                    "bytes_from_upstream": s.bytes[Dir::Down].load(Relaxed),
                 })
             })
             .collect();
@@ -227,19 +129,59 @@ impl Metrics {
     }
 }
 
+fn capture_families(s: &Stats) -> Vec<Family> {
+    let get = |a: &AtomicU64| a.load(Relaxed);
+    vec![
+        one("wstap_capture_bytes_total", "counter", "Payload bytes written to capture files.", get(&s.bytes_captured)),
+        one("wstap_capture_packets_total", "counter", "Packets written to capture files.", get(&s.packets_written)),
+        one(
+            "wstap_capture_dropped_events_total",
+            "counter",
+            "Capture events dropped (queue full or no file).",
+            get(&s.events_dropped),
+        ),
+        one(
+            "wstap_capture_dropped_bytes_total",
+            "counter",
+            "Captured payload bytes dropped because the queue was full.",
+            get(&s.bytes_dropped),
+        ),
+        one(
+            "wstap_capture_unwritten_bytes_total",
+            "counter",
+            "Packet bytes not written because no file could be.",
+            get(&s.bytes_unwritten),
+        ),
+        one("wstap_capture_write_errors_total", "counter", "Capture write errors.", get(&s.write_errors)),
+        one(
+            "wstap_capture_files_finished_total",
+            "counter",
+            "Capture files finished (synced and renamed).",
+            get(&s.files_finished),
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dir::PerDir;
+    use crate::proxy::traffic::LiveSession;
 
     #[test]
     fn counters_render_and_sessions_list_while_live() {
-        let m = Arc::new(Metrics::default());
-        let conn = m.connection_opened();
-        m.bytes[CLIENT_LEG][IN].fetch_add(10, Relaxed);
-        m.request_failed("upstream", "connect");
-        let counts = Arc::new([AtomicU64::new(5), AtomicU64::new(7)]);
-        let session =
-            m.session_started(3, "127.0.0.1:4000".parse().unwrap(), "/chat".into(), "ws://u:1".into(), counts);
+        let m = Metrics::default();
+        let conn = m.traffic.connection_opened();
+        m.traffic.bytes[Leg::Client][Dir::Up].fetch_add(10, Relaxed);
+        m.traffic.request_failed(Leg::Upstream, "connect");
+        let live = LiveSession {
+            started: Instant::now(),
+            client: "127.0.0.1:4000".parse().unwrap(),
+            path: "/chat".into(),
+            upstream: "ws://u:1".into(),
+            bytes: Arc::new(PerDir::new(AtomicU64::new(5), AtomicU64::new(7))),
+        };
+        let session = m.traffic.session_started(3, live);
         let text = m.render(None, true);
         for line in [
             "wstap_up 1",

@@ -7,6 +7,7 @@
 
 use flate2::{Decompress, FlushDecompress};
 
+use crate::dir::PerDir;
 use crate::wire::wsframe::FrameHeader;
 
 /// The deflate window: how far back a compressed message may refer.
@@ -24,15 +25,14 @@ pub struct Context {
 }
 
 /// Which directions keep their compression context, from a `101` response head that
-/// accepted permessage-deflate: `[client → server, server → client]`. `None` when the
-/// extension was not negotiated.
-pub fn takeover(response_head: &[u8]) -> Option<[bool; 2]> {
+/// accepted permessage-deflate. `None` when the extension was not negotiated.
+pub fn takeover(response_head: &[u8]) -> Option<PerDir<bool>> {
     let head = String::from_utf8_lossy(response_head).to_ascii_lowercase();
     let ext = head
         .lines()
         .filter_map(|l| l.strip_prefix("sec-websocket-extensions:"))
         .find(|v| v.contains("permessage-deflate"))?;
-    Some([!ext.contains("client_no_context_takeover"), !ext.contains("server_no_context_takeover")])
+    Some(PerDir::new(!ext.contains("client_no_context_takeover"), !ext.contains("server_no_context_takeover")))
 }
 
 impl Default for Context {
@@ -168,9 +168,9 @@ mod tests {
     #[test]
     fn negotiation_is_read_from_the_101() {
         let both = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
-        assert_eq!(takeover(both), Some([true, true]));
+        assert_eq!(takeover(both), Some(PerDir::new(true, true)));
         let none = b"HTTP/1.1 101 x\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n";
-        assert_eq!(takeover(none), Some([false, false]));
+        assert_eq!(takeover(none), Some(PerDir::new(false, false)));
         assert_eq!(takeover(b"HTTP/1.1 101 x\r\nUpgrade: websocket\r\n\r\n"), None);
     }
 }

@@ -10,6 +10,8 @@ use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeade
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 
+use crate::dir::Dir;
+
 /// pcap-file 2.0 writes option lengths as `u16` without checking: keep comments shorter.
 const MAX_COMMENT: usize = 60_000;
 
@@ -40,17 +42,11 @@ impl SectionInfo {
     }
 }
 
-/// Which way a packet went, seen from wstap's side of the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
 /// A pcapng section being written, with link type RAW IP (packets start at the IP header).
 pub struct PcapngWriter<W: Write> {
     inner: PcapNgWriter<W>,
-    interfaces: u32,
+    /// Per interface, the direction its packets arrive in (the EPB flags say inbound).
+    inbound: Vec<Dir>,
 }
 
 impl<W: Write> PcapngWriter<W> {
@@ -65,11 +61,12 @@ impl<W: Write> PcapngWriter<W> {
             ],
             ..Default::default()
         };
-        Ok(PcapngWriter { inner: PcapNgWriter::with_section_header(w, shb)?, interfaces: 0 })
+        Ok(PcapngWriter { inner: PcapNgWriter::with_section_header(w, shb)?, inbound: Vec::new() })
     }
 
     /// Writes an interface description; returns its id for [`PcapngWriter::packet`].
-    pub fn add_interface(&mut self, name: &str, description: &str) -> pcap_file::PcapResult<u32> {
+    /// Packets going `inbound` on it are flagged inbound, the others outbound.
+    pub fn add_interface(&mut self, name: &str, description: &str, inbound: Dir) -> pcap_file::PcapResult<u32> {
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::RAW,
             snaplen: 0,
@@ -81,11 +78,12 @@ impl<W: Write> PcapngWriter<W> {
             ],
         };
         self.inner.write_pcapng_block(idb)?;
-        self.interfaces += 1;
-        Ok(self.interfaces - 1)
+        self.inbound.push(inbound);
+        Ok(self.inbound.len() as u32 - 1)
     }
 
-    /// Writes one packet (an IP datagram) seen at `time` since the Unix epoch.
+    /// Writes one packet (an IP datagram) that went `dir`, seen at `time` since the Unix
+    /// epoch.
     ///
     /// Encoded here rather than by pcap-file, which allocates an option list and
     /// serializes every block twice (once to measure it): this runs once per packet.
@@ -94,14 +92,12 @@ impl<W: Write> PcapngWriter<W> {
         &mut self,
         interface: u32,
         time: Duration,
-        direction: Direction,
+        dir: Dir,
         data: &[u8],
         comment: Option<&str>,
     ) -> std::io::Result<()> {
-        let flags: u32 = match direction {
-            Direction::Inbound => 0b01,
-            Direction::Outbound => 0b10,
-        };
+        let inbound = self.inbound.get(interface as usize) == Some(&dir);
+        let flags: u32 = if inbound { 0b01 } else { 0b10 };
         let comment = comment.map(|c| truncate(c, MAX_COMMENT).as_bytes());
         let pad = |n: usize| (4 - n % 4) % 4;
         // Options: flags (8 bytes), the comment if any, end of options (4 bytes).
@@ -167,11 +163,10 @@ mod tests {
     fn blocks_read_back_with_their_options() {
         let info = SectionInfo { application: "wstap 9.9".into(), os: "testos".into(), hostname: "h1".into() };
         let mut w = PcapngWriter::new(Vec::new(), &info).unwrap();
-        assert_eq!(w.add_interface("client", "client leg").unwrap(), 0);
-        assert_eq!(w.add_interface("upstream", "upstream leg").unwrap(), 1);
+        assert_eq!(w.add_interface("client", "client leg", Dir::Up).unwrap(), 0);
+        assert_eq!(w.add_interface("upstream", "upstream leg", Dir::Down).unwrap(), 1);
         let long = "é".repeat(40_000);
-        w.packet(1, Duration::new(1_700_000_000, 123_456_789), Direction::Outbound, &[0x45, 0, 0, 20], Some(&long))
-            .unwrap();
+        w.packet(1, Duration::new(1_700_000_000, 123_456_789), Dir::Up, &[0x45, 0, 0, 20], Some(&long)).unwrap();
         let bytes = w.into_inner();
 
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();

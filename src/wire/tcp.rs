@@ -8,25 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, TcpOptionElement};
 
-/// Which end of the connection sent a packet: `A` opened it (sent the SYN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    A,
-    B,
-}
-
-impl End {
-    fn idx(self) -> usize {
-        self as usize
-    }
-
-    pub fn peer(self) -> End {
-        match self {
-            End::A => End::B,
-            End::B => End::A,
-        }
-    }
-}
+use crate::dir::{Dir, PerDir};
 
 /// Default MSS for IPv4 (Ethernet MTU 1500 − 40).
 pub const MSS_IPV4: u16 = 1460;
@@ -41,17 +23,19 @@ const WINDOW: u16 = 65535;
 const WINDOW_SHIFT: u8 = 7;
 const TTL: u8 = 64;
 
-/// One synthesized TCP connection.
+/// One synthesized TCP connection. Each end is named by the direction it sends in: the
+/// end that opened the connection (sent the SYN) sends [`Dir::Up`].
 #[derive(Debug, Clone)]
 pub struct Flow {
-    addr: [SocketAddr; 2],
-    isn: [u32; 2],
-    /// Payload bytes each end has sent so far (its stream offset).
-    sent: [u64; 2],
+    /// The address each direction's packets come from.
+    addr: PerDir<SocketAddr>,
+    isn: PerDir<u32>,
+    /// Payload bytes sent each way so far (the stream's offset).
+    sent: PerDir<u64>,
     /// Whether each end has sent its FIN.
-    fin: [bool; 2],
+    fin: PerDir<bool>,
     mss: usize,
-    ip_id: [u16; 2],
+    ip_id: PerDir<u16>,
 }
 
 thread_local! {
@@ -61,132 +45,135 @@ thread_local! {
 }
 
 impl Flow {
-    /// A flow between `a` (the opener) and `b` with the given initial sequence numbers.
-    /// Addresses of different families are written as IPv6 (v4-mapped).
-    pub fn new(a: SocketAddr, b: SocketAddr, isn: [u32; 2], mss: u16) -> Flow {
-        let (a, b) = match (a, b) {
-            (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (a, b),
-            _ => (to_v6(a), to_v6(b)),
+    /// A flow between `opener` (which sends `Up`) and `acceptor`, with the given initial
+    /// sequence numbers. Addresses of different families are written as IPv6 (v4-mapped).
+    pub fn new(opener: SocketAddr, acceptor: SocketAddr, isn: PerDir<u32>, mss: u16) -> Flow {
+        let (a, b) = match (opener, acceptor) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (opener, acceptor),
+            _ => (to_v6(opener), to_v6(acceptor)),
         };
         Flow {
-            addr: [a, b],
+            addr: PerDir::new(a, b),
             isn,
-            sent: [0; 2],
-            fin: [false; 2],
+            sent: PerDir::default(),
+            fin: PerDir::default(),
             mss: usize::from(mss.clamp(1, MSS_MAX)),
-            ip_id: [0; 2],
+            ip_id: PerDir::default(),
         }
     }
 
-    pub fn addr(&self, end: End) -> SocketAddr {
-        self.addr[end.idx()]
+    /// The address of the end that sends `dir`.
+    pub fn addr(&self, dir: Dir) -> SocketAddr {
+        self.addr[dir]
     }
 
-    /// Payload bytes `end` has sent so far.
-    pub fn sent(&self, end: End) -> u64 {
-        self.sent[end.idx()]
+    /// Payload bytes sent `dir` so far.
+    pub fn sent(&self, dir: Dir) -> u64 {
+        self.sent[dir]
     }
 
-    pub fn fin_sent(&self, end: End) -> bool {
-        self.fin[end.idx()]
+    /// Whether the end that sends `dir` has sent its FIN.
+    pub fn fin_sent(&self, dir: Dir) -> bool {
+        self.fin[dir]
     }
 
-    /// The sequence number of `end`'s next byte.
-    pub fn next_seq(&self, end: End) -> u32 {
-        let i = end.idx();
-        self.isn[i].wrapping_add(1).wrapping_add(self.sent[i] as u32).wrapping_add(u32::from(self.fin[i]))
+    /// The sequence number of the next byte sent `dir`.
+    pub fn next_seq(&self, dir: Dir) -> u32 {
+        self.isn[dir].wrapping_add(1).wrapping_add(self.sent[dir] as u32).wrapping_add(u32::from(self.fin[dir]))
     }
 
     /// SYN, SYN-ACK, ACK, each with MSS, SACK-permitted and window-scale options on the
     /// SYNs.
-    pub fn handshake(&mut self, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
-        let (a, b) = (End::A, End::B);
+    pub fn handshake(&mut self, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
         let syn = Flags { syn: true, ..Flags::default() };
-        self.emit(a, self.isn[0], 0, syn, &[], emit);
+        self.emit(Dir::Up, self.isn[Dir::Up], 0, syn, &[], emit);
         let syn_ack = Flags { syn: true, ack: true, ..Flags::default() };
-        self.emit(b, self.isn[1], self.isn[0].wrapping_add(1), syn_ack, &[], emit);
-        self.ack(a, emit);
+        self.emit(Dir::Down, self.isn[Dir::Down], self.isn[Dir::Up].wrapping_add(1), syn_ack, &[], emit);
+        self.ack(Dir::Up, emit);
     }
 
     /// Starts the flow over in a new file: a synthetic handshake, then `parts` in order
-    /// (for a WebSocket session: the Upgrade request from A, the `101` response from B,
+    /// (for a WebSocket session: the Upgrade request `Up`, the `101` response `Down`,
     /// and anything else a file needs to decode), then any FIN already sent, all placed
     /// in sequence space so that they end exactly where the flow stands now. The live
     /// segments that follow continue seamlessly, as if the bytes in between had never
     /// been on this connection. Each part is acknowledged by the other end.
-    pub fn replay(&mut self, parts: &[(End, &[u8])], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+    pub fn replay(&mut self, parts: &[(Dir, &[u8])], emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
         let real = (self.isn, self.sent, self.fin);
-        let live = [self.next_seq(End::A), self.next_seq(End::B)];
-        let virtual_isn = |end: End| {
-            let i = end.idx();
-            let len: usize = parts.iter().filter(|(e, _)| *e == end).map(|(_, b)| b.len()).sum();
-            self.next_seq(end).wrapping_sub(1 + len as u32 + u32::from(self.fin[i]))
+        let live = PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down));
+        let virtual_isn = |dir: Dir| {
+            let len: usize = parts.iter().filter(|(d, _)| *d == dir).map(|(_, b)| b.len()).sum();
+            self.next_seq(dir).wrapping_sub(1 + len as u32 + u32::from(self.fin[dir]))
         };
-        self.isn = [virtual_isn(End::A), virtual_isn(End::B)];
-        (self.sent, self.fin) = ([0; 2], [false; 2]);
+        self.isn = PerDir::new(virtual_isn(Dir::Up), virtual_isn(Dir::Down));
+        (self.sent, self.fin) = (PerDir::default(), PerDir::default());
         self.handshake(emit);
-        for (end, bytes) in parts.iter().filter(|(_, b)| !b.is_empty()) {
-            self.data(*end, bytes, emit);
-            self.ack(end.peer(), emit);
+        for (dir, bytes) in parts.iter().filter(|(_, b)| !b.is_empty()) {
+            self.data(*dir, bytes, emit);
+            self.ack(dir.reverse(), emit);
         }
-        for end in [End::A, End::B] {
-            if real.2[end.idx()] {
-                self.fin(end, emit);
+        for dir in Dir::BOTH {
+            if real.2[dir] {
+                self.fin(dir, emit);
             }
         }
-        debug_assert_eq!([self.next_seq(End::A), self.next_seq(End::B)], live, "the replay ends where the flow stands");
+        debug_assert_eq!(
+            PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down)),
+            live,
+            "the replay ends where the flow stands"
+        );
         (self.isn, self.sent, self.fin) = real;
     }
 
-    /// `payload` sent by `from`, cut into MSS-sized segments; PSH on the last one.
-    pub fn data(&mut self, from: End, payload: &[u8], emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
+    /// `payload` sent `dir`, cut into MSS-sized segments; PSH on the last one.
+    pub fn data(&mut self, dir: Dir, payload: &[u8], emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
         let segments = payload.len().div_ceil(self.mss);
         for (i, segment) in payload.chunks(self.mss).enumerate() {
             let flags = Flags { ack: true, psh: i + 1 == segments, ..Flags::default() };
-            let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
-            self.emit(from, seq, ack, flags, segment, emit);
-            self.sent[from.idx()] += segment.len() as u64;
+            let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
+            self.emit(dir, seq, ack, flags, segment, emit);
+            self.sent[dir] += segment.len() as u64;
         }
     }
 
-    /// Moves `from`'s stream on by `n` bytes that were not captured: the next segment
-    /// shows a sequence jump ("previous segment not captured").
-    pub fn skip(&mut self, from: End, n: u64) {
-        self.sent[from.idx()] += n;
+    /// Moves the stream sent `dir` on by `n` bytes that were not captured: the next
+    /// segment shows a sequence jump ("previous segment not captured").
+    pub fn skip(&mut self, dir: Dir, n: u64) {
+        self.sent[dir] += n;
     }
 
-    /// A pure ACK from `from` of everything its peer has sent.
-    pub fn ack(&mut self, from: End, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
-        let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
-        self.emit(from, seq, ack, Flags { ack: true, ..Flags::default() }, &[], emit);
+    /// A pure ACK, sent `dir`, of everything the other end has sent.
+    pub fn ack(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+        let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
+        self.emit(dir, seq, ack, Flags { ack: true, ..Flags::default() }, &[], emit);
     }
 
-    /// FIN/ACK from `from` (its half-close). A second FIN from the same end is ignored.
-    pub fn fin(&mut self, from: End, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
-        if self.fin[from.idx()] {
+    /// FIN/ACK sent `dir` (its sender's half-close). A second FIN the same way is ignored.
+    pub fn fin(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+        if self.fin[dir] {
             return;
         }
-        let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
-        self.emit(from, seq, ack, Flags { fin: true, ack: true, ..Flags::default() }, &[], emit);
-        self.fin[from.idx()] = true;
+        let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
+        self.emit(dir, seq, ack, Flags { fin: true, ack: true, ..Flags::default() }, &[], emit);
+        self.fin[dir] = true;
     }
 
-    /// RST/ACK from `from`: it aborted the connection.
-    pub fn rst(&mut self, from: End, emit: &mut (impl FnMut(End, &[u8]) + ?Sized)) {
-        let (seq, ack) = (self.next_seq(from), self.next_seq(from.peer()));
-        self.emit(from, seq, ack, Flags { rst: true, ack: true, ..Flags::default() }, &[], emit);
+    /// RST/ACK sent `dir`: its sender aborted the connection.
+    pub fn rst(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+        let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
+        self.emit(dir, seq, ack, Flags { rst: true, ack: true, ..Flags::default() }, &[], emit);
     }
 
     fn emit(
         &mut self,
-        from: End,
+        dir: Dir,
         seq: u32,
         ack: u32,
         flags: Flags,
         payload: &[u8],
-        emit: &mut (impl FnMut(End, &[u8]) + ?Sized),
+        emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized),
     ) {
-        let (src, dst) = (self.addr[from.idx()], self.addr[from.peer().idx()]);
+        let (src, dst) = (self.addr[dir], self.addr[dir.reverse()]);
         let mut tcp = TcpHeader::new(src.port(), dst.port(), seq, WINDOW);
         tcp.syn = flags.syn;
         tcp.ack = flags.ack;
@@ -204,7 +191,7 @@ impl Flow {
             ];
             tcp.set_options(&options).expect("SYN options fit the TCP header");
         }
-        let id = &mut self.ip_id[from.idx()];
+        let id = &mut self.ip_id[dir];
         *id = id.wrapping_add(1);
         let tcp_len = tcp.header_len() + payload.len();
         PACKET.with_borrow_mut(|buf| {
@@ -242,7 +229,7 @@ impl Flow {
             buf.extend_from_slice(payload);
             let checksum = !fold(ones_sum(&buf[at..], pseudo));
             buf[at + 16..at + 18].copy_from_slice(&checksum.to_be_bytes());
-            emit(from, buf);
+            emit(dir, buf);
         });
     }
 }
@@ -361,7 +348,7 @@ mod tests {
     /// A parsed packet: (from, flags "SAFRP", seq, ack, payload length, options).
     #[derive(Debug, PartialEq)]
     struct Seen {
-        from: End,
+        from: Dir,
         flags: String,
         seq: u32,
         ack: u32,
@@ -369,9 +356,9 @@ mod tests {
         total_len: usize,
     }
 
-    fn collect(f: impl FnOnce(&mut Flow, &mut dyn FnMut(End, &[u8])), flow: &mut Flow) -> Vec<Seen> {
+    fn collect(f: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])), flow: &mut Flow) -> Vec<Seen> {
         let mut out = Vec::new();
-        let mut emit = |from: End, bytes: &[u8]| {
+        let mut emit = |from: Dir, bytes: &[u8]| {
             let p = SlicedPacket::from_ip(bytes).expect("parses as IP");
             let Some(TransportSlice::Tcp(tcp)) = p.transport else { panic!("not TCP") };
             let checksum_ok = match &p.net {
@@ -407,7 +394,7 @@ mod tests {
     }
 
     fn v4_flow(isn: [u32; 2], mss: u16) -> Flow {
-        Flow::new("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:8080".parse().unwrap(), isn, mss)
+        Flow::new("10.0.0.1:40000".parse().unwrap(), "10.0.0.2:8080".parse().unwrap(), PerDir::new(isn[0], isn[1]), mss)
     }
 
     #[test]
@@ -416,14 +403,14 @@ mod tests {
         let seen = collect(
             |f, e| {
                 f.handshake(&mut *e);
-                f.data(End::A, b"hello", &mut *e);
-                f.ack(End::B, &mut *e);
-                f.data(End::B, b"hi!", &mut *e);
-                f.ack(End::A, &mut *e);
-                f.fin(End::A, &mut *e);
-                f.ack(End::B, &mut *e);
-                f.fin(End::B, &mut *e);
-                f.ack(End::A, &mut *e);
+                f.data(Dir::Up, b"hello", &mut *e);
+                f.ack(Dir::Down, &mut *e);
+                f.data(Dir::Down, b"hi!", &mut *e);
+                f.ack(Dir::Up, &mut *e);
+                f.fin(Dir::Up, &mut *e);
+                f.ack(Dir::Down, &mut *e);
+                f.fin(Dir::Down, &mut *e);
+                f.ack(Dir::Up, &mut *e);
             },
             &mut flow,
         );
@@ -432,17 +419,17 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                row(End::A, "S", 1000, 0, 0),
-                row(End::B, "SA", 5000, 1001, 0),
-                row(End::A, "A", 1001, 5001, 0),
-                row(End::A, "AP", 1001, 5001, 5),
-                row(End::B, "A", 5001, 1006, 0),
-                row(End::B, "AP", 5001, 1006, 3),
-                row(End::A, "A", 1006, 5004, 0),
-                row(End::A, "AF", 1006, 5004, 0),
-                row(End::B, "A", 5004, 1007, 0),
-                row(End::B, "AF", 5004, 1007, 0),
-                row(End::A, "A", 1007, 5005, 0),
+                row(Dir::Up, "S", 1000, 0, 0),
+                row(Dir::Down, "SA", 5000, 1001, 0),
+                row(Dir::Up, "A", 1001, 5001, 0),
+                row(Dir::Up, "AP", 1001, 5001, 5),
+                row(Dir::Down, "A", 5001, 1006, 0),
+                row(Dir::Down, "AP", 5001, 1006, 3),
+                row(Dir::Up, "A", 1006, 5004, 0),
+                row(Dir::Up, "AF", 1006, 5004, 0),
+                row(Dir::Down, "A", 5004, 1007, 0),
+                row(Dir::Down, "AF", 5004, 1007, 0),
+                row(Dir::Up, "A", 1007, 5005, 0),
             ]
         );
     }
@@ -453,15 +440,15 @@ mod tests {
         let seen = collect(
             |f, e| {
                 f.handshake(&mut *e);
-                f.data(End::A, b"0123456789", &mut *e);
-                f.ack(End::B, &mut *e);
+                f.data(Dir::Up, b"0123456789", &mut *e);
+                f.ack(Dir::Down, &mut *e);
             },
             &mut flow,
         );
         let seqs: Vec<u32> = seen[3..6].iter().map(|s| s.seq).collect();
         assert_eq!(seqs, vec![u32::MAX - 1, 2, 6], "isn+1, then +4 twice, wrapping");
         assert_eq!(seen[6].ack, 8, "ACK of all 10 bytes: (2^32 - 2) + 10 wraps to 8");
-        assert_eq!(flow.sent(End::A), 10);
+        assert_eq!(flow.sent(Dir::Up), 10);
     }
 
     #[test]
@@ -471,7 +458,7 @@ mod tests {
         {
             let mut flow = v4_flow([1, 1], mss);
             let payload = vec![7u8; len];
-            let seen = collect(|f, e| f.data(End::B, &payload, &mut *e), &mut flow);
+            let seen = collect(|f, e| f.data(Dir::Down, &payload, &mut *e), &mut flow);
             let lens: Vec<usize> = seen.iter().map(|s| s.len).collect();
             assert_eq!(lens, want, "len {len} mss {mss}");
             let psh: Vec<bool> = seen.iter().map(|s| s.flags.contains('P')).collect();
@@ -484,17 +471,18 @@ mod tests {
     fn the_largest_mss_fits_ipv4s_length_field() {
         let mut flow = v4_flow([1, 1], u16::MAX);
         let payload = vec![0u8; 200_000];
-        let seen = collect(|f, e| f.data(End::A, &payload, &mut *e), &mut flow);
+        let seen = collect(|f, e| f.data(Dir::Up, &payload, &mut *e), &mut flow);
         assert!(seen.iter().all(|s| s.total_len <= 65535), "no IPv4 packet over 65535 bytes");
         assert_eq!(seen.iter().map(|s| s.len).sum::<usize>(), 200_000);
     }
 
     #[test]
     fn syn_options_and_ipv6() {
-        let mut flow = Flow::new("[::1]:50000".parse().unwrap(), "[::1]:9000".parse().unwrap(), [10, 20], MSS_IPV6);
+        let mut flow =
+            Flow::new("[::1]:50000".parse().unwrap(), "[::1]:9000".parse().unwrap(), PerDir::new(10, 20), MSS_IPV6);
         let mut syn = Vec::new();
         flow.handshake(&mut |from, bytes: &[u8]| {
-            if from == End::A && syn.is_empty() {
+            if from == Dir::Up && syn.is_empty() {
                 syn = bytes.to_vec();
             }
         });
@@ -505,22 +493,22 @@ mod tests {
         assert!(options.contains(&TcpOptionElement::MaximumSegmentSize(1440)));
         assert!(options.contains(&TcpOptionElement::SelectiveAcknowledgementPermitted));
         assert!(options.contains(&TcpOptionElement::WindowScale(7)));
-        let seen = collect(|f, e| f.data(End::B, &[1u8; 3000], &mut *e), &mut flow);
+        let seen = collect(|f, e| f.data(Dir::Down, &[1u8; 3000], &mut *e), &mut flow);
         assert_eq!(seen.iter().map(|s| s.len).collect::<Vec<_>>(), vec![1440, 1440, 120]);
     }
 
     #[test]
     fn a_replay_ends_where_the_live_flow_continues() {
         let mut flow = v4_flow([u32::MAX - 100, 5000], 1460);
-        let mut sink = |_: End, _: &[u8]| {};
+        let mut sink = |_: Dir, _: &[u8]| {};
         flow.handshake(&mut sink);
-        flow.data(End::A, &[0u8; 3000], &mut sink);
-        flow.data(End::B, &[0u8; 200], &mut sink);
-        let (next_a, next_b) = (flow.next_seq(End::A), flow.next_seq(End::B));
+        flow.data(Dir::Up, &[0u8; 3000], &mut sink);
+        flow.data(Dir::Down, &[0u8; 200], &mut sink);
+        let (next_a, next_b) = (flow.next_seq(Dir::Up), flow.next_seq(Dir::Down));
         let seen = collect(
             |f, e| {
-                f.replay(&[(End::A, b"GET / HTTP/1.1\r\n\r\n"), (End::B, b"HTTP/1.1 101 OK\r\n\r\n")], &mut *e);
-                f.data(End::A, b"live", &mut *e);
+                f.replay(&[(Dir::Up, b"GET / HTTP/1.1\r\n\r\n"), (Dir::Down, b"HTTP/1.1 101 OK\r\n\r\n")], &mut *e);
+                f.data(Dir::Up, b"live", &mut *e);
             },
             &mut flow,
         );
@@ -529,7 +517,7 @@ mod tests {
         assert_eq!(seen[3].seq.wrapping_add(seen[3].len as u32), next_a, "request ends where A's stream stands");
         assert_eq!(seen[5].seq.wrapping_add(seen[5].len as u32), next_b, "response ends where B's stream stands");
         assert_eq!((seen[7].seq, seen[7].ack), (next_a, next_b), "live data continues seamlessly");
-        assert_eq!(flow.sent(End::A), 3004, "byte counts are the whole stream's");
+        assert_eq!(flow.sent(Dir::Up), 3004, "byte counts are the whole stream's");
     }
 
     #[test]
@@ -537,10 +525,10 @@ mod tests {
         let mut flow = v4_flow([100, 200], 1460);
         let seen = collect(
             |f, e| {
-                f.data(End::A, b"abc", &mut *e);
-                f.skip(End::A, 1000);
-                f.data(End::A, b"def", &mut *e);
-                f.rst(End::B, &mut *e);
+                f.data(Dir::Up, b"abc", &mut *e);
+                f.skip(Dir::Up, 1000);
+                f.data(Dir::Up, b"def", &mut *e);
+                f.rst(Dir::Down, &mut *e);
             },
             &mut flow,
         );

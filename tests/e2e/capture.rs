@@ -469,10 +469,11 @@ async fn only_the_configured_legs_are_written() {
 /// committed file. `WSTAP_BLESS=1 cargo test golden` rewrites it after a deliberate change.
 #[test]
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
-    use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
+    use wstap::capture::event::{Event, Opening, What};
     use wstap::capture::stats::Stats;
     use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
     use wstap::config::Legs;
+    use wstap::dir::{Dir, Leg, PerDir};
     use wstap::wire::pcapng::SectionInfo;
 
     let request = UPGRADE.as_bytes();
@@ -482,7 +483,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     echo.extend_from_slice(b"hello, golden file");
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
-            kind,
+            leg: kind,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: format!("golden {kind:?} leg"),
@@ -495,32 +496,32 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         |dir, offset: usize, bytes: &[u8]| What::Data { dir, offset: offset as u64, bytes: bytes.to_vec().into() };
     let (client, upstream) = (1, 2);
     let events = vec![
-        (client, open(LegKind::Client, "127.0.0.1:8080", "127.0.0.1:40000")),
-        (client, data(Dir::In, 0, request)),
-        (upstream, open(LegKind::Upstream, "127.0.0.1:50000", "127.0.0.1:9000")),
-        (upstream, data(Dir::Out, 0, request)),
-        (upstream, data(Dir::In, 0, response)),
-        (client, data(Dir::Out, 0, response)),
-        (client, data(Dir::In, request.len(), &hello)),
-        (upstream, data(Dir::Out, request.len(), &hello)),
-        (upstream, data(Dir::In, response.len(), &echo)),
-        (client, data(Dir::Out, response.len(), &echo)),
-        (client, What::Fin { dir: Dir::In, offset: (request.len() + hello.len()) as u64 }),
-        (upstream, What::Fin { dir: Dir::Out, offset: (request.len() + hello.len()) as u64 }),
-        (upstream, What::Fin { dir: Dir::In, offset: (response.len() + echo.len()) as u64 }),
-        (client, What::Fin { dir: Dir::Out, offset: (response.len() + echo.len()) as u64 }),
+        (client, open(Leg::Client, "127.0.0.1:8080", "127.0.0.1:40000")),
+        (client, data(Dir::Up, 0, request)),
+        (upstream, open(Leg::Upstream, "127.0.0.1:50000", "127.0.0.1:9000")),
+        (upstream, data(Dir::Up, 0, request)),
+        (upstream, data(Dir::Down, 0, response)),
+        (client, data(Dir::Down, 0, response)),
+        (client, data(Dir::Up, request.len(), &hello)),
+        (upstream, data(Dir::Up, request.len(), &hello)),
+        (upstream, data(Dir::Down, response.len(), &echo)),
+        (client, data(Dir::Down, response.len(), &echo)),
+        (client, What::Fin { dir: Dir::Up, offset: (request.len() + hello.len()) as u64 }),
+        (upstream, What::Fin { dir: Dir::Up, offset: (request.len() + hello.len()) as u64 }),
+        (upstream, What::Fin { dir: Dir::Down, offset: (response.len() + echo.len()) as u64 }),
+        (client, What::Fin { dir: Dir::Down, offset: (response.len() + echo.len()) as u64 }),
         (
             client,
             What::Close {
                 reason: "golden end".into(),
-                offsets: [(request.len() + hello.len()) as u64, (response.len() + echo.len()) as u64],
+                offsets: PerDir::new((request.len() + hello.len()) as u64, (response.len() + echo.len()) as u64),
             },
         ),
         (
             upstream,
             What::Close {
                 reason: "golden end".into(),
-                offsets: [(response.len() + echo.len()) as u64, (request.len() + hello.len()) as u64],
+                offsets: PerDir::new((request.len() + hello.len()) as u64, (response.len() + echo.len()) as u64),
             },
         ),
     ];
@@ -651,7 +652,7 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
             let client: Vec<WsMessage> = parts
                 .iter()
                 .flat_map(|s| &s.messages)
-                .filter(|m| m.sender == wstap::replay::Sender::Client)
+                .filter(|m| m.dir == wstap::dir::Dir::Up)
                 .map(|m| {
                     (
                         if m.kind == wstap::replay::Kind::Text {
@@ -685,11 +686,12 @@ pub(crate) fn synthetic_session(
     t0: u64,
     step: u64,
 ) -> Vec<wstap::capture::event::Event> {
-    use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
+    use wstap::capture::event::{Event, Opening, What};
+    use wstap::dir::{Dir, Leg, PerDir};
     let (client, upstream) = legs;
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
-            kind,
+            leg: kind,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: format!("synthetic session {session_id}"),
@@ -703,23 +705,24 @@ pub(crate) fn synthetic_session(
     let data =
         |dir, offset: usize, bytes: &[u8]| What::Data { dir, offset: offset as u64, bytes: bytes.to_vec().into() };
     let (req, resp) = (UPGRADE.as_bytes(), SWITCHED.as_bytes());
-    push(client, open(LegKind::Client, "127.0.0.1:8080", &format!("127.0.0.1:4000{session_id}")));
-    push(client, data(Dir::In, 0, req));
-    push(upstream, open(LegKind::Upstream, &format!("127.0.0.1:5000{session_id}"), "127.0.0.1:9000"));
-    push(upstream, data(Dir::Out, 0, req));
-    push(upstream, data(Dir::In, 0, resp));
-    push(client, data(Dir::Out, 0, resp));
+    push(client, open(Leg::Client, "127.0.0.1:8080", &format!("127.0.0.1:4000{session_id}")));
+    push(client, data(Dir::Up, 0, req));
+    push(upstream, open(Leg::Upstream, &format!("127.0.0.1:5000{session_id}"), "127.0.0.1:9000"));
+    push(upstream, data(Dir::Up, 0, req));
+    push(upstream, data(Dir::Down, 0, resp));
+    push(client, data(Dir::Down, 0, resp));
     let (mut up, mut down) = (req.len(), resp.len());
     for m in messages {
         let masked = masked_frame(m);
         let plain = plain_frame(m);
-        push(client, data(Dir::In, up, &masked));
-        push(upstream, data(Dir::Out, up, &masked));
-        push(upstream, data(Dir::In, down, &plain));
-        push(client, data(Dir::Out, down, &plain));
+        push(client, data(Dir::Up, up, &masked));
+        push(upstream, data(Dir::Up, up, &masked));
+        push(upstream, data(Dir::Down, down, &plain));
+        push(client, data(Dir::Down, down, &plain));
         (up, down) = (up + masked.len(), down + plain.len());
     }
-    for (leg, offsets) in [(client, [up as u64, down as u64]), (upstream, [down as u64, up as u64])] {
+    for leg in [client, upstream] {
+        let offsets = PerDir::new(up as u64, down as u64);
         push(leg, What::Close { reason: "synthetic end".into(), offsets });
     }
     ev.into_iter().enumerate().map(|(i, (leg, what))| Event { time: t0 + i as u64 * step, leg, what }).collect()
@@ -860,7 +863,8 @@ fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
 /// A deflate session's events: `texts` sent and echoed, each direction compressing with
 /// its own context.
 fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::capture::event::Event> {
-    use wstap::capture::event::{Dir, Event, LegKind, Opening, What};
+    use wstap::capture::event::{Event, Opening, What};
+    use wstap::dir::{Dir, Leg};
     let ext = if takeover {
         "permessage-deflate"
     } else {
@@ -876,7 +880,7 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
     );
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
-            kind,
+            leg: kind,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: "deflate session".into(),
@@ -888,22 +892,22 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
     let data =
         |dir, offset: usize, bytes: &[u8]| What::Data { dir, offset: offset as u64, bytes: bytes.to_vec().into() };
     let mut ev = vec![
-        (1, open(LegKind::Client, "127.0.0.1:8080", "127.0.0.1:40001")),
-        (1, data(Dir::In, 0, req.as_bytes())),
-        (2, open(LegKind::Upstream, "127.0.0.1:50001", "127.0.0.1:9000")),
-        (2, data(Dir::Out, 0, req.as_bytes())),
-        (2, data(Dir::In, 0, resp.as_bytes())),
-        (1, data(Dir::Out, 0, resp.as_bytes())),
+        (1, open(Leg::Client, "127.0.0.1:8080", "127.0.0.1:40001")),
+        (1, data(Dir::Up, 0, req.as_bytes())),
+        (2, open(Leg::Upstream, "127.0.0.1:50001", "127.0.0.1:9000")),
+        (2, data(Dir::Up, 0, req.as_bytes())),
+        (2, data(Dir::Down, 0, resp.as_bytes())),
+        (1, data(Dir::Down, 0, resp.as_bytes())),
     ];
     let (mut client_z, mut server_z) = (Deflater::new(takeover), Deflater::new(takeover));
     let (mut up, mut down) = (req.len(), resp.len());
     for t in texts {
         let masked = deflate_frame(&client_z.message(t.as_bytes()), true);
         let plain = deflate_frame(&server_z.message(t.as_bytes()), false);
-        ev.push((1, data(Dir::In, up, &masked)));
-        ev.push((2, data(Dir::Out, up, &masked)));
-        ev.push((2, data(Dir::In, down, &plain)));
-        ev.push((1, data(Dir::Out, down, &plain)));
+        ev.push((1, data(Dir::Up, up, &masked)));
+        ev.push((2, data(Dir::Up, up, &masked)));
+        ev.push((2, data(Dir::Down, down, &plain)));
+        ev.push((1, data(Dir::Down, down, &plain)));
         (up, down) = (up + masked.len(), down + plain.len());
     }
     ev.into_iter().enumerate().map(|(i, (leg, what))| Event { time: t0 + i as u64 * step, leg, what }).collect()

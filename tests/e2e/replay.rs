@@ -9,7 +9,7 @@ use std::process::Stdio;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-use wstap::replay::{self, Kind, Sender};
+use wstap::replay::{self, Dir, Kind};
 
 use crate::capture::{capture_dir, capture_toml, the_files};
 use crate::support::*;
@@ -87,11 +87,11 @@ async fn a_captured_session_reads_back_message_for_message() {
         want.push((Kind::Text, b"fragmented".to_vec()));
         for s in &rec.sessions {
             assert_eq!((s.method.as_str(), s.path.as_str(), s.status), ("GET", "/chat?room=7", 101));
-            for who in [Sender::Client, Sender::Server] {
+            for who in [Dir::Up, Dir::Down] {
                 let got: Vec<_> = s
                     .messages
                     .iter()
-                    .filter(|m| m.sender == who && m.kind != Kind::Close)
+                    .filter(|m| m.dir == who && m.kind != Kind::Close)
                     .map(|m| (m.kind, m.data.clone()))
                     .collect();
                 assert_eq!(got, want, "session {} {who:?}", s.id);
@@ -99,8 +99,8 @@ async fn a_captured_session_reads_back_message_for_message() {
             assert_eq!(s.messages.iter().find(|m| m.data == b"fragmented").unwrap().frames, 3);
             assert_eq!(s.messages.last().unwrap().kind, Kind::Close);
             // In order: each echo follows its message.
-            let order: Vec<Sender> = s.messages.iter().map(|m| m.sender).collect();
-            assert!(order.chunks(2).all(|p| p == [Sender::Client, Sender::Server]), "{order:?}");
+            let order: Vec<Dir> = s.messages.iter().map(|m| m.dir).collect();
+            assert!(order.chunks(2).all(|p| p == [Dir::Up, Dir::Down]), "{order:?}");
         }
 
         let (code, out, err) = wstap(&["sessions", file.to_str().unwrap(), "--messages"]).await;
@@ -240,19 +240,19 @@ fn foreign_captures_decode_message_for_message() {
             text(&big_text),
             text("fragmented"),
         ] {
-            want.push((Sender::Client, m.clone()));
-            want.push((Sender::Server, m));
+            want.push((Dir::Up, m.clone()));
+            want.push((Dir::Down, m));
         }
-        want.push((Sender::Client, (Kind::Ping, b"are you there".to_vec())));
-        want.push((Sender::Server, (Kind::Pong, b"are you there".to_vec())));
-        want.push((Sender::Client, text("burst")));
+        want.push((Dir::Up, (Kind::Ping, b"are you there".to_vec())));
+        want.push((Dir::Down, (Kind::Pong, b"are you there".to_vec())));
+        want.push((Dir::Up, text("burst")));
         for t in ["burst", "b1", "b2", "b3", "b4", "b5"] {
-            want.push((Sender::Server, text(t)));
+            want.push((Dir::Down, text(t)));
         }
         let bye = (Kind::Close, [&1000u16.to_be_bytes()[..], b"bye"].concat());
-        want.push((Sender::Client, bye.clone()));
-        want.push((Sender::Server, bye));
-        let got: Vec<_> = s.messages.iter().map(|m| (m.sender, (m.kind, m.data.clone()))).collect();
+        want.push((Dir::Up, bye.clone()));
+        want.push((Dir::Down, bye));
+        let got: Vec<_> = s.messages.iter().map(|m| (m.dir, (m.kind, m.data.clone()))).collect();
         assert_eq!(got.len(), want.len(), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use wstap::replay::player::{self, kind_name, preview, Options, Report, Step};
-use wstap::replay::{Message, Recording, Sender, Session};
+use wstap::replay::{Dir, Message, Recording, Session};
 
 pub const MATCHED: u8 = 0;
 pub const MISMATCH: u8 = 1;
@@ -21,7 +21,7 @@ fn utc(ts_ns: i128) -> String {
 
 fn close_codes(s: &Session) -> String {
     let code = |who| s.close_code(who).map_or("-".to_string(), |c| c.to_string());
-    format!("{}/{}", code(Sender::Client), code(Sender::Server))
+    format!("{}/{}", code(Dir::Up), code(Dir::Down))
 }
 
 fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
@@ -30,7 +30,7 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
         "session": s.id,
         "index": index,
         "time": utc(m.ts_ns),
-        "sender": m.sender,
+        "sender": m.dir.sender(),
         "kind": m.kind,
         "size": m.data.len(),
         "frames": m.frames,
@@ -48,10 +48,10 @@ fn session_json(s: &Session) -> serde_json::Value {
     let mut v = serde_json::to_value(s).unwrap_or_default();
     v["type"] = "session".into();
     v["time"] = utc(s.start_ts_ns).into();
-    v["messages_client"] = s.count(Sender::Client).into();
-    v["messages_server"] = s.count(Sender::Server).into();
-    v["close_client"] = s.close_code(Sender::Client).into();
-    v["close_server"] = s.close_code(Sender::Server).into();
+    v["messages_client"] = s.count(Dir::Up).into();
+    v["messages_server"] = s.count(Dir::Down).into();
+    v["close_client"] = s.close_code(Dir::Up).into();
+    v["close_server"] = s.close_code(Dir::Down).into();
     v
 }
 
@@ -79,8 +79,8 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
                 utc(s.start_ts_ns),
                 format!("{} → {}", s.client, s.server),
                 s.path,
-                s.count(Sender::Client),
-                s.count(Sender::Server),
+                s.count(Dir::Up),
+                s.count(Dir::Down),
                 close_codes(s),
                 if s.problems.is_empty() { "" } else { "  (damaged)" }
             ))
@@ -96,7 +96,7 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
                     "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
                     i + 1,
                     (m.ts_ns - s.start_ts_ns) as f64 / 1e9,
-                    m.sender.arrow(),
+                    m.dir.arrow(),
                     kind_name(m.kind),
                     m.data.len(),
                     preview(m.kind, &m.data, 60),
@@ -182,8 +182,8 @@ pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options
         session.id,
         session.method,
         session.path,
-        session.count(Sender::Client),
-        session.count(Sender::Server)
+        session.count(Dir::Up),
+        session.count(Dir::Down)
     );
     match runtime() {
         Ok(rt) => finish(rt.block_on(player::replay(&session, target, opts, print_step))),
