@@ -4,10 +4,17 @@
 //! alive (a stuck writer stops the pings, so systemd restarts the service). Without
 //! `NOTIFY_SOCKET` every call does nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
+
+use crate::dir::Leg;
+use crate::service::shared::Shared;
+
+/// How often STATUS is refreshed when no watchdog asks for more.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Sends notifications to the service manager, if there is one.
 #[derive(Debug, Clone, Copy)]
@@ -65,11 +72,36 @@ impl Notifier {
     }
 }
 
-/// Whether the daemon is well enough to ping the watchdog: every accept loop still runs,
-/// and the capture writer (if any) went round its loop recently. It goes round at least
-/// every flush interval, so a writer silent for three of them is stuck.
-pub fn healthy(accepting: bool, writer_idle: Option<Duration>, flush_interval: Duration) -> bool {
-    accepting && writer_idle.is_none_or(|idle| idle <= flush_interval * 3)
+/// While serving: STATUS lines and, when systemd asked for them, WATCHDOG pings, sent
+/// only while every accept loop runs and the capture writer is not stuck.
+pub(crate) async fn pulse(notifier: Notifier, shared: Arc<Shared>) {
+    let watchdog = notifier.watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY).min(STATUS_EVERY));
+    let mut was_healthy = true;
+    loop {
+        tick.tick().await;
+        let healthy = shared.healthy();
+        report_health(was_healthy, healthy);
+        was_healthy = healthy;
+        if healthy && watchdog.is_some() {
+            notifier.watchdog();
+        }
+        let (open, traffic) = (shared.open_connections(), &shared.metrics.traffic);
+        // In: what wstap read on either leg; out: what it wrote.
+        let total = |read: bool| -> u64 {
+            Leg::BOTH
+                .into_iter()
+                .map(|leg| traffic.bytes(leg, if read { leg.inbound() } else { leg.inbound().reverse() }))
+                .sum()
+        };
+        notifier.status(&format!(
+            "{open} connections, {} WebSocket sessions; {} bytes in, {} bytes out{}",
+            traffic.sessions_active(),
+            total(true),
+            total(false),
+            if healthy { "" } else { "; UNHEALTHY (see the log)" }
+        ));
+    }
 }
 
 /// Logs a change of health once, not at every tick.
@@ -78,19 +110,5 @@ pub fn report_health(was: bool, now: bool) {
         (true, false) => warn!("unhealthy (an accept loop ended or the capture writer is stuck): watchdog pings stop"),
         (false, true) => warn!("healthy again: watchdog pings resume"),
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stuck_writer_or_a_dead_accept_loop_stops_the_pings() {
-        let flush = Duration::from_secs(1);
-        assert!(healthy(true, None, flush), "no capture");
-        assert!(healthy(true, Some(Duration::from_millis(1500)), flush));
-        assert!(!healthy(true, Some(Duration::from_secs(4)), flush), "writer stuck");
-        assert!(!healthy(false, Some(Duration::ZERO), flush), "accept loop gone");
     }
 }

@@ -135,9 +135,9 @@ fn main() -> ExitCode {
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = wstap::Settings::load(config)?;
-    wstap::service::daemon::init_logging(&settings.log_level);
+    wstap::service::runtime::init_logging(&settings.log_level);
     let actions = wstap::service::signals::listen()?;
-    let runtime = wstap::service::daemon::runtime(settings.workers)?;
+    let runtime = wstap::service::runtime::runtime(settings.workers)?;
     runtime.block_on(async {
         let daemon = wstap::Daemon::bind(settings).await?;
         daemon.run(actions).await

@@ -1,0 +1,92 @@
+//! Listening sockets and their accept loops: each accepted connection takes a permit of
+//! the connection limit (or gets a `503` and is closed) and is handed to the proxy with
+//! the context in force; a failed `accept` backs off and the loop goes on.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::proxy::conn;
+use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
+use crate::service::shared::{Listening, Shared};
+use crate::sync::lock;
+
+/// Sent, raw, to a connection over `limits.max_connections`; then it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// How long a refused client gets to take its 503 before the socket closes.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Longest pause after a failed `accept` (e.g. out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Binds `addr`, configured as `key` in the config file `source`.
+pub(crate) async fn bind(addr: SocketAddr, key: &str, source: &Path) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (key `{key}` in {})", source.display()))
+}
+
+/// Starts accepting on a bound listener.
+pub(crate) fn listen(
+    shared: &Arc<Shared>,
+    configured: SocketAddr,
+    listener: TcpListener,
+    coordinator: &Coordinator,
+) -> anyhow::Result<()> {
+    let bound = listener.local_addr()?;
+    info!(addr = %bound, "listening");
+    let task = tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle()));
+    lock(&shared.listeners).push(Listening { configured, bound, task });
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.reached(Phase::Draining) => return,
+            r = listener.accept() => r,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, backoff = ?backoff, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let id = shared.next_id.fetch_add(1, Relaxed);
+        let span = info_span!("conn", id, %client);
+        match shared.limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(conn::serve(shared.ctx(), id, stream, shutdown.clone(), permit).instrument(span));
+            }
+            Err(_) => {
+                tokio::spawn(refuse(stream).instrument(span));
+            }
+        }
+    }
+}
+
+/// Answers `503` to a connection over the limit and closes it. The request is drained
+/// briefly so the close does not turn into a reset that would eat the answer.
+async fn refuse(mut stream: TcpStream) {
+    warn!(side = "downstream", status = 503, "connection limit reached; refused");
+    let linger = async {
+        stream.write_all(REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
+}

@@ -1,0 +1,94 @@
+//! SIGHUP: the config is read again and applied to what comes next. New listen addresses
+//! are bound first, so a failure changes nothing; then new connections get the new
+//! routes, limits and capture settings (the capture writer takes its own from the next
+//! file), and removed addresses stop listening. Live connections and sessions keep the
+//! settings they started with and are never disturbed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::capture::recorder::{Capture, Recorder};
+use crate::config::{CaptureMode, Settings};
+use crate::proxy::conn::Context;
+use crate::proxy::shutdown::Coordinator;
+use crate::service::listeners;
+use crate::service::shared::Shared;
+use crate::sync::lock;
+
+/// Reads the config at `source` again and applies it; returns the new settings. On an
+/// error nothing has changed.
+pub(crate) async fn reload(
+    source: &Path,
+    shared: &Arc<Shared>,
+    capture: &mut Option<Capture>,
+    coordinator: &Coordinator,
+) -> anyhow::Result<Arc<Settings>> {
+    let new = Arc::new(Settings::load(source)?);
+    let current: Vec<SocketAddr> = lock(&shared.listeners).iter().map(|l| l.configured).collect();
+    let mut added = Vec::new();
+    for addr in new.listen.iter().filter(|a| !current.contains(a)) {
+        added.push((*addr, listeners::bind(*addr, "listen", &new.source).await?));
+    }
+    let recorder = reconfigure_capture(&new, shared, capture)?;
+    let workers = shared.ctx().settings.workers;
+    if new.workers != workers {
+        warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
+    }
+    shared.set_ctx(Arc::new(Context {
+        settings: new.clone(),
+        capture: recorder,
+        traffic: shared.metrics.traffic.clone(),
+    }));
+    resize_limit(shared, new.limits.max_connections);
+    for (configured, l) in added {
+        listeners::listen(shared, configured, l, coordinator)?;
+    }
+    lock(&shared.listeners).retain(|l| {
+        let keep = new.listen.contains(&l.configured);
+        if !keep {
+            l.task.abort();
+            info!(addr = %l.bound, "stopped listening (removed from the config)");
+        }
+        keep
+    });
+    Ok(new)
+}
+
+/// Hands the new capture settings to the writer (starting it if capture was off); returns
+/// where new connections send their capture events, if anywhere.
+fn reconfigure_capture(
+    new: &Settings,
+    shared: &Shared,
+    capture: &mut Option<Capture>,
+) -> anyhow::Result<Option<Recorder>> {
+    Ok(match (new.capture.mode, capture.as_ref()) {
+        (CaptureMode::Off, _) => None,
+        (_, Some(c)) => {
+            c.reconfigure(new.capture.clone());
+            Some(c.recorder().clone())
+        }
+        (_, None) => {
+            let c = Capture::start(new.capture.clone()).context("cannot start the capture writer")?;
+            *lock(&shared.writer) = Some(c.heartbeat());
+            let r = c.recorder().clone();
+            *capture = Some(c);
+            Some(r)
+        }
+    })
+}
+
+/// Changes the connection limit to `max`.
+fn resize_limit(shared: &Shared, max: usize) {
+    let old = shared.max_connections.swap(max, Relaxed);
+    if max > old {
+        shared.limit.add_permits(max - old);
+    } else {
+        // Permits held by live connections come back and are then forgotten too.
+        shared.limit.forget_permits(old - max);
+    }
+}
