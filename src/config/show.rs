@@ -1,0 +1,75 @@
+//! `wstap check`: the effective settings printed back as TOML, defaults filled in, so
+//! that the output parses back to the same settings.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::{CaptureMode, Settings};
+
+/// Prints the effective settings as TOML, defaults filled in (`wstap check`).
+impl fmt::Display for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
+        let listen: Vec<String> = self.listen.iter().map(|a| format!("{:?}", a.to_string())).collect();
+        writeln!(f, "# effective settings of {}", self.source.display())?;
+        writeln!(f, "listen = [{}]", listen.join(", "))?;
+        writeln!(f, "workers = {}", self.workers)?;
+        for r in &self.routes {
+            writeln!(f, "\n[[route]]")?;
+            if let Some(h) = &r.host {
+                writeln!(f, "host = {h:?}")?;
+            }
+            writeln!(f, "path_prefix = {:?}", r.path_prefix)?;
+            writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
+            writeln!(f, "upstream = {:?}", r.upstream.to_string())?;
+        }
+        let l = &self.limits;
+        writeln!(f, "\n[limits]")?;
+        writeln!(f, "max_connections = {}", l.max_connections)?;
+        writeln!(f, "handshake_timeout = {:?}", dur(Some(l.handshake_timeout)))?;
+        writeln!(f, "idle_timeout = {:?}", dur(l.idle_timeout))?;
+        writeln!(f, "max_header_size = {}", l.max_header_size)?;
+        writeln!(f, "connect_timeout = {:?}", dur(Some(l.connect_timeout)))?;
+        writeln!(f, "upstream_timeout = {:?}", dur(l.upstream_timeout))?;
+        writeln!(f, "\n[shutdown]")?;
+        writeln!(f, "grace = {:?}", dur(Some(self.shutdown.grace)))?;
+        writeln!(f, "\n[proxy]")?;
+        writeln!(f, "x_forwarded = {}", self.proxy.x_forwarded)?;
+        writeln!(f, "preserve_host = {}", self.proxy.preserve_host)?;
+        let c = &self.capture;
+        let mode = match c.mode {
+            CaptureMode::Websocket => "websocket",
+            CaptureMode::All => "all",
+            CaptureMode::Off => "off",
+        };
+        let legs: Vec<&str> = [(c.legs.client, "\"client\""), (c.legs.upstream, "\"upstream\"")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        writeln!(f, "\n[capture]")?;
+        writeln!(f, "mode = {mode:?}")?;
+        writeln!(f, "dir = {:?}", c.dir.display().to_string())?;
+        writeln!(f, "prefix = {:?}", c.prefix)?;
+        writeln!(f, "legs = [{}]", legs.join(", "))?;
+        writeln!(f, "display_port = {}", c.display_port.unwrap_or(0))?;
+        writeln!(f, "mss_ipv4 = {}", c.mss_ipv4)?;
+        writeln!(f, "mss_ipv6 = {}", c.mss_ipv6)?;
+        writeln!(f, "acks = {}", c.acks)?;
+        writeln!(f, "queue_size = {}", c.queue_size)?;
+        writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
+        writeln!(f, "per_session = {}", c.per_session)?;
+        writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
+        let r = &c.rotate;
+        writeln!(f, "\n[capture.rotate]")?;
+        writeln!(f, "size = {}", r.size)?;
+        writeln!(f, "interval = {:?}", dur(r.interval))?;
+        writeln!(f, "files = {}", r.files)?;
+        writeln!(f, "max_wait = {:?}", dur(Some(r.max_wait)))?;
+        writeln!(f, "\n[log]\nlevel = {:?}", self.log_level)?;
+        match self.admin {
+            Some(a) => write!(f, "\n[admin]\nlisten = {:?}", a.to_string()),
+            None => write!(f, "\n# [admin]: off"),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! From the file model to typed [`Settings`], one table at a time. Every check that fails
+//! names the key it is about; the caller adds the file.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::file::{FileCapture, FileConfig, FileLimits, FileRoute};
+use super::route::Route;
+use super::units::HumanDuration;
+use super::{CaptureMode, CaptureSettings, ConfigError, Limits, ProxySettings, Settings, ShutdownSettings};
+use crate::wire::tcp::MSS_MAX;
+
+/// Most worker threads `workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+/// The range `limits.max_header_size` must fall in.
+const HEAD_SIZES: std::ops::RangeInclusive<u64> = 1024..=16 << 20;
+
+/// A failed check: the key and what is wrong with it.
+struct Invalid {
+    key: String,
+    msg: String,
+}
+
+fn fail<T>(key: impl Into<String>, msg: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid { key: key.into(), msg: msg.into() })
+}
+
+/// The settings `file` (read from `source`) stands for, or the first thing wrong with it.
+pub(super) fn validate(file: FileConfig, source: &Path) -> Result<Settings, ConfigError> {
+    settings(file, source)
+        .map_err(|Invalid { key, msg }| ConfigError(format!("invalid config {}: key `{key}`: {msg}", source.display())))
+}
+
+fn settings(f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
+    check_listen(&f.listen)?;
+    if f.workers > MAX_WORKERS {
+        return fail("workers", format!("{} is more than {MAX_WORKERS}", f.workers));
+    }
+    let routes = routes(f.routes)?;
+    let limits = limits(f.limits)?;
+    let capture = capture(f.capture)?;
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log.level) {
+        return fail("log.level", format!("{:?} is not a log filter: {e}", f.log.level));
+    }
+    Ok(Settings {
+        source: source.to_owned(),
+        listen: f.listen,
+        workers: f.workers,
+        routes,
+        limits,
+        shutdown: ShutdownSettings { grace: f.shutdown.grace.0 },
+        proxy: ProxySettings { x_forwarded: f.proxy.x_forwarded, preserve_host: f.proxy.preserve_host },
+        capture,
+        log_level: f.log.level,
+        admin: f.admin.map(|a| a.listen),
+    })
+}
+
+fn check_listen(listen: &[SocketAddr]) -> Result<(), Invalid> {
+    if listen.is_empty() {
+        return fail("listen", "at least one address is required");
+    }
+    for (i, addr) in listen.iter().enumerate() {
+        if listen[..i].contains(addr) {
+            return fail(format!("listen[{i}]"), format!("{addr} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn routes(file: Vec<FileRoute>) -> Result<Vec<Route>, Invalid> {
+    if file.is_empty() {
+        return fail("route", "at least one [[route]] is required");
+    }
+    let mut routes = Vec::with_capacity(file.len());
+    for (i, r) in file.into_iter().enumerate() {
+        if !r.path_prefix.starts_with('/') {
+            return fail(format!("route[{i}].path_prefix"), format!("{:?} must start with '/'", r.path_prefix));
+        }
+        let host = match r.host {
+            Some(h) if h.is_empty() || h.contains(['/', ' ']) => {
+                return fail(format!("route[{i}].host"), format!("{h:?} is not a host name"));
+            }
+            h => h.map(|h| h.to_ascii_lowercase()),
+        };
+        routes.push(Route { host, path_prefix: r.path_prefix, strip_prefix: r.strip_prefix, upstream: r.upstream });
+    }
+    Ok(routes)
+}
+
+fn limits(l: FileLimits) -> Result<Limits, Invalid> {
+    if l.max_connections == 0 {
+        return fail("limits.max_connections", "must be at least 1");
+    }
+    if l.handshake_timeout.0.is_zero() {
+        return fail("limits.handshake_timeout", "must be more than 0s");
+    }
+    if l.connect_timeout.0.is_zero() {
+        return fail("limits.connect_timeout", "must be more than 0s");
+    }
+    if !HEAD_SIZES.contains(&l.max_header_size.0) {
+        let size = l.max_header_size.0;
+        return fail("limits.max_header_size", format!("must be between 1KiB and 16MiB, not {size} bytes"));
+    }
+    let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
+    Ok(Limits {
+        max_connections: l.max_connections,
+        handshake_timeout: l.handshake_timeout.0,
+        idle_timeout: nonzero(l.idle_timeout),
+        max_header_size: l.max_header_size.0 as usize,
+        connect_timeout: l.connect_timeout.0,
+        upstream_timeout: nonzero(l.upstream_timeout),
+    })
+}
+
+fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
+    if c.prefix.is_empty() || c.prefix.contains(['/', '\\', '\0']) {
+        return fail("capture.prefix", format!("{:?} must be a non-empty file name part", c.prefix));
+    }
+    if c.mode != CaptureMode::Off && c.legs.is_empty() {
+        return fail("capture.legs", "list at least one of \"client\", \"upstream\" (or set mode = \"off\")");
+    }
+    for (key, mss) in [("capture.mss_ipv4", c.mss_ipv4), ("capture.mss_ipv6", c.mss_ipv6)] {
+        if !(64..=MSS_MAX).contains(&mss) {
+            return fail(key, format!("must be between 64 and {MSS_MAX}, not {mss}"));
+        }
+    }
+    if c.queue_size.0 < 64 * 1024 {
+        return fail("capture.queue_size", "must be at least 64KiB");
+    }
+    if c.flush_interval.0.is_zero() {
+        return fail("capture.flush_interval", "must be more than 0s");
+    }
+    match u32::from_str_radix(&c.file_mode, 8) {
+        Ok(m) if m <= 0o777 && c.file_mode.len() <= 4 => {}
+        _ => return fail("capture.file_mode", format!("{:?} is not an octal file mode such as \"0640\"", c.file_mode)),
+    }
+    let iv = c.rotate.interval.0;
+    if !iv.is_zero() && iv < Duration::from_secs(1) {
+        return fail("capture.rotate.interval", "must be 0s (never) or at least 1s");
+    }
+    if c.rotate.size.0 != 0 && c.rotate.size.0 < 64 * 1024 {
+        return fail("capture.rotate.size", "must be 0 (never) or at least 64KiB");
+    }
+    Ok(CaptureSettings::from(c))
+}
