@@ -17,6 +17,7 @@ use crate::capture::event::{now_ns, Event, LegId, What};
 use crate::capture::sink::FileSink;
 use crate::capture::stats::Stats;
 use crate::config::CaptureSettings;
+use crate::sync::lock;
 use crate::wire::pcapng::SectionInfo;
 
 /// Queue cost of an event besides its payload.
@@ -115,7 +116,7 @@ impl Recorder {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shared.queue)
     }
 }
 

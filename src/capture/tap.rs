@@ -16,6 +16,7 @@ use crate::capture::chunk::{copy_chunk, Keep};
 use crate::capture::event::{now_ns, LegId, Opening, What};
 use crate::capture::recorder::Recorder;
 use crate::dir::{Dir, Leg, PerDir};
+use crate::sync::lock;
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;
@@ -209,7 +210,7 @@ impl Tap {
     }
 
     fn lock(&self) -> MutexGuard<'_, TapState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// `data` was read from the socket.

@@ -36,6 +36,7 @@ use crate::proxy::metered::Metered;
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
 use crate::proxy::traffic::{ByteCounts, ConnectionGuard, LiveSession, Traffic};
+use crate::sync::lock;
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -258,8 +259,7 @@ impl Conn {
             self.capture_session(request_line.as_deref().unwrap_or_default(), client_down_base, upstream_leg, &route);
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap);
         } else {
-            *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(UpstreamConn { upstream, sender, tap: upstream_tap });
+            *lock(&self.upstream) = Some(UpstreamConn { upstream, sender, tap: upstream_tap });
         }
         let (mut parts, body) = resp.into_parts();
         let proto = switched.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
@@ -310,7 +310,7 @@ impl Conn {
     /// and is still usable; otherwise a new one.
     async fn upstream_conn(&self, upstream: &Upstream) -> Result<UpstreamConn, ProxyError> {
         let connect_timeout = self.ctx.settings.limits.connect_timeout;
-        let kept = self.upstream.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let kept = lock(&self.upstream).take();
         if let Some(mut kept) = kept {
             if kept.upstream == *upstream && !kept.sender.is_closed() {
                 if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, kept.sender.ready()).await {

@@ -2,17 +2,16 @@
 //! (plain requests first, if any, bodies skipped by their framing), the Upgrade request
 //! and its `101`, then RFC 6455 frames in each direction — unmasked, fragments joined,
 //! control frames between fragments kept in place, permessage-deflate inflated when the
-//! handshake negotiated it. Frame headers are parsed by tungstenite. Pure.
+//! handshake negotiated it. Frames and inflating are [`crate::wire`]'s, as in capture. Pure.
 
-use std::io::Cursor;
 use std::net::SocketAddr;
 
-use flate2::{Decompress, FlushDecompress, Status};
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tungstenite::protocol::frame::FrameHeader;
+use flate2::Decompress;
 
 use super::reassembly::{Conn, Piece};
 use crate::dir::{Dir, PerDir};
+use crate::wire::deflate;
+use crate::wire::wsframe::{apply_mask, FrameHeader};
 
 /// A message's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -334,13 +333,12 @@ impl Decoder {
                     "the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"
                 ));
             }
-            let mut cur = Cursor::new(&b[at..]);
-            let (header, len) = match FrameHeader::parse(&mut cur) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => return self.problem(format!("bad frame header at stream offset {at}: {e}")),
-            };
-            let start = at + cur.position() as usize;
+            let Some(header) = FrameHeader::parse(&b[at..]) else { break };
+            if !header.known_opcode() {
+                let opcode = header.opcode;
+                return self.problem(format!("bad frame header at stream offset {at}: reserved opcode {opcode:#x}"));
+            }
+            let (start, len) = (at + header.header_len, header.len);
             if st.has_gap(at, start) {
                 return self.problem(format!(
                     "the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"
@@ -352,8 +350,8 @@ impl Decoder {
             }
             let end = start + len as usize;
             let mut payload = b[start..end.min(b.len())].to_vec();
-            if let Some(mask) = header.mask {
-                payload.iter_mut().enumerate().for_each(|(i, x)| *x ^= mask[i % 4]);
+            if let Some(key) = header.mask {
+                apply_mask(&mut payload, key, 0);
             }
             let gap = st.has_gap(start, end) || end > b.len();
             let (ts_ns, order) = st.arrival(end.min(b.len()));
@@ -378,19 +376,16 @@ impl Decoder {
         let message =
             move |kind, data, compressed| Message { dir, ts_ns, kind, data, frames: 1, compressed, incomplete: gap };
         match h.opcode {
-            OpCode::Control(Control::Reserved(r)) | OpCode::Data(Data::Reserved(r)) => {
-                self.problem(format!("reserved opcode {r:#x} in the frame ending at stream offset {end}"));
-            }
-            OpCode::Control(c) => {
-                let kind = match c {
-                    Control::Ping => Kind::Ping,
-                    Control::Pong => Kind::Pong,
+            8..=10 => {
+                let kind = match h.opcode {
+                    9 => Kind::Ping,
+                    10 => Kind::Pong,
                     _ => Kind::Close,
                 };
                 let m = message(kind, data, false);
                 self.out.push((place.0, end, m));
             }
-            OpCode::Data(Data::Continue) => {
+            0 => {
                 let Some(p) = self.partial.as_mut() else {
                     return self.problem(format!(
                         "continuation frame with no message to continue, ending at stream offset {end}"
@@ -400,13 +395,14 @@ impl Decoder {
                 p.frames += 1;
                 p.incomplete |= gap;
                 p.ts_ns = ts_ns;
-                if h.is_final {
+                if h.fin {
                     let m = self.partial.take();
                     m.into_iter().for_each(|m| self.complete(m, place));
                 }
             }
-            OpCode::Data(d) => {
-                let kind = if matches!(d, Data::Text) { Kind::Text } else { Kind::Binary };
+            opcode => {
+                // Reserved opcodes stopped the decoding at their header: 1 or 2 here.
+                let kind = if opcode == 1 { Kind::Text } else { Kind::Binary };
                 let m = message(kind, data, h.rsv1);
                 if let Some(mut unfinished) = self.partial.take() {
                     let n = unfinished.data.len();
@@ -414,7 +410,7 @@ impl Decoder {
                     unfinished.incomplete = true;
                     self.out.push((place.0, end, unfinished));
                 }
-                if h.is_final {
+                if h.fin {
                     self.complete(m, place);
                 } else {
                     self.partial = Some(m);
@@ -447,21 +443,11 @@ impl Decoder {
         }
         let input = [data, &[0, 0, 0xff, 0xff]].concat();
         let mut out = Vec::with_capacity(input.len() * 3);
-        let (in0, mut used) = (z.total_in(), 0usize);
-        loop {
-            if out.len() == out.capacity() {
-                out.reserve(out.len().max(4096));
-            }
-            let status = z.decompress_vec(&input[used..], &mut out, FlushDecompress::Sync);
-            used = (z.total_in() - in0) as usize;
-            match status {
-                Ok(Status::Ok | Status::BufError) if used < input.len() && out.len() < MAX_MESSAGE => continue,
-                Ok(_) if out.len() == out.capacity() && out.len() < MAX_MESSAGE => continue,
-                Ok(_) => return Some(out),
-                Err(e) => {
-                    self.problem(format!("message ending at stream offset {end} does not inflate: {e}"));
-                    return None;
-                }
+        match deflate::inflate(z, &input, MAX_MESSAGE, |piece| out.extend_from_slice(piece)) {
+            Ok(_) => Some(out),
+            Err(e) => {
+                self.problem(format!("message ending at stream offset {end} does not inflate: {e}"));
+                None
             }
         }
     }
@@ -493,7 +479,7 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
         // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
         _ => return None,
     };
-    let takeover = crate::wire::deflate::takeover(&head_text(&up.response));
+    let takeover = deflate::takeover(&head_text(&up.response));
     let mut out = Vec::new();
     // The client's stream is `client` on the connection, and its messages go `Up`.
     for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
@@ -535,13 +521,8 @@ fn starts_with_frame(st: &Stream, masked: bool) -> bool {
     if st.bytes.is_empty() {
         return true;
     }
-    match FrameHeader::parse(&mut Cursor::new(&st.bytes)) {
-        Ok(Some((h, len))) => {
-            let known = !matches!(h.opcode, OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)));
-            known && !h.rsv2 && !h.rsv3 && h.mask.is_some() == masked && len <= MAX_MESSAGE as u64
-        }
-        _ => false,
-    }
+    FrameHeader::parse(&st.bytes)
+        .is_some_and(|h| h.known_opcode() && !h.rsv23 && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
 }
 
 fn head_text(h: &Head) -> Vec<u8> {

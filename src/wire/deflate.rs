@@ -3,9 +3,10 @@
 //! compressed, so a file that starts mid-session cannot be decompressed on its own. The
 //! writer keeps, per direction, that 32 KiB window (by inflating the messages) and begins
 //! each new file with one synthetic message whose decompression is exactly the window:
-//! Wireshark's inflater is then in the state the real one was. Pure.
+//! Wireshark's inflater is then in the state the real one was. [`inflate`] is the one
+//! inflating loop, which replay uses for whole messages too. Pure.
 
-use flate2::{Decompress, FlushDecompress};
+use flate2::{Decompress, DecompressError, FlushDecompress};
 
 use crate::dir::PerDir;
 use crate::wire::wsframe::FrameHeader;
@@ -65,26 +66,16 @@ impl Context {
         }
     }
 
-    fn inflate(&mut self, mut input: &[u8]) {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let (in0, out0) = (self.z.total_in(), self.z.total_out());
-            if self.z.decompress(input, &mut buf, FlushDecompress::Sync).is_err() {
-                self.broken = true;
-                return;
+    fn inflate(&mut self, input: &[u8]) {
+        let window = &mut self.window;
+        let keep = |piece: &[u8]| {
+            window.extend_from_slice(piece);
+            if window.len() > 2 * WINDOW {
+                window.drain(..window.len() - WINDOW);
             }
-            let (used, made) = ((self.z.total_in() - in0) as usize, (self.z.total_out() - out0) as usize);
-            self.window.extend_from_slice(&buf[..made]);
-            if self.window.len() > 2 * WINDOW {
-                self.window.drain(..self.window.len() - WINDOW);
-            }
-            input = &input[used..];
-            if input.is_empty() && made < buf.len() {
-                return;
-            }
-            if used == 0 && made == 0 {
-                return;
-            }
+        };
+        if inflate(&mut self.z, input, usize::MAX, keep).is_err() {
+            self.broken = true;
         }
     }
 
@@ -102,20 +93,46 @@ impl Context {
         payload.extend((!len).to_le_bytes());
         payload.extend_from_slice(window);
         payload.push(0x00);
-        let mut frame = vec![0x80 | 0x40 | 0x2];
-        let m = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => frame.push(m | n as u8),
-            n => {
-                frame.push(m | 126);
-                frame.extend((n as u16).to_be_bytes());
-            }
-        }
-        if masked {
-            frame.extend([0; 4]);
-        }
+        // A zero key masks nothing, so the payload goes out as it is.
+        let mut frame = FrameHeader::encode(0x80 | 0x40 | 0x2, payload.len() as u64, masked.then_some([0; 4]));
         frame.extend(payload);
         Some(frame)
+    }
+}
+
+/// What [`inflate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inflated {
+    /// Bytes it produced.
+    pub made: usize,
+    /// It stopped at its limit with input (or output) left.
+    pub cut: bool,
+}
+
+/// Inflates `input` with `z` (raw deflate, as permessage-deflate compresses), handing the
+/// output to `sink` piece by piece, and stops once `limit` bytes have been produced.
+pub fn inflate(
+    z: &mut Decompress,
+    mut input: &[u8],
+    limit: usize,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<Inflated, DecompressError> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut made = 0;
+    loop {
+        let room = buf.len().min(limit - made);
+        if room == 0 {
+            return Ok(Inflated { made, cut: true });
+        }
+        let (in0, out0) = (z.total_in(), z.total_out());
+        z.decompress(input, &mut buf[..room], FlushDecompress::Sync)?;
+        let (used, got) = ((z.total_in() - in0) as usize, (z.total_out() - out0) as usize);
+        sink(&buf[..got]);
+        made += got;
+        input = &input[used..];
+        if (input.is_empty() && got < room) || (used == 0 && got == 0) {
+            return Ok(Inflated { made, cut: false });
+        }
     }
 }
 
@@ -132,7 +149,7 @@ mod tests {
     }
 
     fn header(len: usize) -> FrameHeader {
-        FrameHeader { fin: true, rsv1: true, opcode: 1, masked: false, len: len as u64, header_len: 2 }
+        FrameHeader { fin: true, rsv1: true, rsv23: false, opcode: 1, mask: None, len: len as u64, header_len: 2 }
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Where WebSocket frames begin and end in one direction of a session's byte stream:
-//! first the HTTP head (up to its blank line), then frame headers (RFC 6455 §5.2), whose
-//! lengths say how many payload bytes to skip. Only headers are read, never payloads, so
-//! tracking costs a few comparisons per chunk. Rotation uses it to cut files between
-//! frames. Pure.
+//! WebSocket frames (RFC 6455 §5.2): the one header parser and encoder wstap has, the
+//! masking, and [`FrameTracker`], which finds where frames begin and end in one direction
+//! of a session's byte stream: first the HTTP head (up to its blank line), then frame
+//! headers, whose lengths say how many payload bytes to skip. Only headers are read, never
+//! payloads, so tracking costs a few comparisons per chunk. Capture uses it to cut files
+//! between frames, replay to read the frames of a recorded session. Pure.
 
 /// Receives payload pieces (unmasked) with their frame's header, and whether the piece
 /// ends the frame.
@@ -20,17 +21,25 @@ enum State {
     Head { tail: u32, seen: u64 },
     /// Between or inside frames. `current` is the frame whose payload is being read,
     /// and how much of it has been.
-    Frames { header: [u8; 14], have: u8, payload_left: u64, current: Option<(FrameHeader, [u8; 4], u64)> },
+    Frames { header: [u8; 14], have: u8, payload_left: u64, current: Option<(FrameHeader, u64)> },
 }
 
 /// Facts about a frame, from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
+    /// The message's last frame.
     pub fin: bool,
+    /// RSV1: under permessage-deflate, the message is compressed.
     pub rsv1: bool,
+    /// RSV2 or RSV3: no extension wstap knows sets them.
+    pub rsv23: bool,
+    /// 0 continuation, 1 text, 2 binary, 8 close, 9 ping, 10 pong; others are reserved.
     pub opcode: u8,
-    pub masked: bool,
+    /// The masking key (every client frame has one).
+    pub mask: Option<[u8; 4]>,
+    /// Payload bytes.
     pub len: u64,
+    /// Bytes of the header itself.
     pub header_len: usize,
 }
 
@@ -38,21 +47,66 @@ impl FrameHeader {
     /// Parses a frame header from the start of `b`, if complete.
     pub fn parse(b: &[u8]) -> Option<FrameHeader> {
         let (&b0, &b1) = (b.first()?, b.get(1)?);
-        let masked = b1 & 0x80 != 0;
         let (len, at) = match b1 & 0x7f {
             126 => (u64::from(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)), 4),
             127 => (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?), 10),
             n => (u64::from(n), 2),
         };
-        let header_len = at + if masked { 4 } else { 0 };
-        (b.len() >= header_len).then_some(FrameHeader {
+        let mask = match b1 & 0x80 {
+            0 => None,
+            _ => Some(b.get(at..at + 4)?.try_into().ok()?),
+        };
+        Some(FrameHeader {
             fin: b0 & 0x80 != 0,
             rsv1: b0 & 0x40 != 0,
+            rsv23: b0 & 0x30 != 0,
             opcode: b0 & 0x0f,
-            masked,
+            mask,
             len,
-            header_len,
+            header_len: at + if mask.is_some() { 4 } else { 0 },
         })
+    }
+
+    /// Whether the frame is masked (sent by a client).
+    pub fn masked(&self) -> bool {
+        self.mask.is_some()
+    }
+
+    /// Whether the opcode is one RFC 6455 defines (not reserved).
+    pub fn known_opcode(&self) -> bool {
+        matches!(self.opcode, 0..=2 | 8..=10)
+    }
+
+    /// The header of a frame whose first byte (FIN, RSV bits, opcode) is `first`, with
+    /// `len` payload bytes, masked with `mask` if given: the shortest length encoding.
+    pub fn encode(first: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut h = Vec::with_capacity(14);
+        h.push(first);
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match len {
+            n if n < 126 => h.push(m | n as u8),
+            n if n < 65536 => {
+                h.push(m | 126);
+                h.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                h.push(m | 127);
+                h.extend(n.to_be_bytes());
+            }
+        }
+        if let Some(key) = mask {
+            h.extend(key);
+        }
+        h
+    }
+}
+
+/// Masks or unmasks `data` (the same operation) with `key`, where `data` starts `pos`
+/// bytes into its frame's payload.
+pub fn apply_mask(data: &mut [u8], key: [u8; 4], pos: u64) {
+    let start = (pos % 4) as usize;
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= key[(start + i) % 4];
     }
 }
 
@@ -125,15 +179,16 @@ impl FrameTracker {
                 State::Frames { payload_left, current, .. } if *payload_left > 0 => {
                     let take = (*payload_left).min((data.len() - at) as u64);
                     *payload_left -= take;
-                    if let (Some(f), Some((h, key, pos))) = (on_payload.as_mut(), current.as_mut()) {
+                    if let (Some(f), Some((h, pos))) = (on_payload.as_mut(), current.as_mut()) {
                         let piece = &data[at..at + take as usize];
-                        let piece = if h.masked {
-                            unmasked.clear();
-                            let p0 = *pos as usize;
-                            unmasked.extend(piece.iter().enumerate().map(|(i, b)| b ^ key[(p0 + i) % 4]));
-                            &unmasked[..]
-                        } else {
-                            piece
+                        let piece = match h.mask {
+                            Some(key) => {
+                                unmasked.clear();
+                                unmasked.extend_from_slice(piece);
+                                apply_mask(&mut unmasked, key, *pos);
+                                &unmasked[..]
+                            }
+                            None => piece,
                         };
                         *pos += take;
                         f(h, piece, *payload_left == 0);
@@ -148,14 +203,9 @@ impl FrameTracker {
                     *have += 1;
                     at += 1;
                     if let Some(h) = FrameHeader::parse(&header[..usize::from(*have)]) {
-                        let key = if h.masked {
-                            header[h.header_len - 4..h.header_len].try_into().unwrap_or([0; 4])
-                        } else {
-                            [0; 4]
-                        };
                         *have = 0;
                         *payload_left = h.len;
-                        *current = Some((h, key, 0));
+                        *current = Some((h, 0));
                         if h.len == 0 {
                             if let Some(f) = on_payload.as_mut() {
                                 f(&h, &[], true);
@@ -183,24 +233,12 @@ pub(crate) mod tests {
 
     /// A frame whose first byte (FIN, RSV bits, opcode) is `first`, masked or not.
     pub(crate) fn frame_with(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        let mut f = vec![first];
-        let m = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => f.push(m | n as u8),
-            n if n < 65536 => {
-                f.push(m | 126);
-                f.extend((n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(m | 127);
-                f.extend((n as u64).to_be_bytes());
-            }
-        }
-        if masked {
-            f.extend([1, 2, 3, 4]);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
-        } else {
-            f.extend_from_slice(payload);
+        let mask = masked.then_some([1, 2, 3, 4]);
+        let mut f = FrameHeader::encode(first, payload.len() as u64, mask);
+        let at = f.len();
+        f.extend_from_slice(payload);
+        if let Some(key) = mask {
+            apply_mask(&mut f[at..], key, 0);
         }
         f
     }
@@ -254,7 +292,7 @@ pub(crate) mod tests {
         assert!(!t.at_boundary());
         assert_eq!(
             headers,
-            vec![FrameHeader { fin: true, rsv1: false, opcode: 1, masked: false, len: 6, header_len: 2 }]
+            vec![FrameHeader { fin: true, rsv1: false, rsv23: false, opcode: 1, mask: None, len: 6, header_len: 2 }]
         );
         t.advance(&f[4..], false, |_| {});
         assert!(t.at_boundary());
@@ -287,7 +325,16 @@ pub(crate) mod tests {
     fn header_parsing() {
         assert_eq!(FrameHeader::parse(&[0x81]), None);
         assert_eq!(FrameHeader::parse(&[0x81, 0xfe, 0x01]), None);
-        let h = FrameHeader::parse(&[0x41, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 9, 9, 9, 9]).unwrap();
-        assert_eq!((h.fin, h.rsv1, h.opcode, h.masked, h.len, h.header_len), (false, true, 1, true, 1 << 32, 14));
+        let h = FrameHeader::parse(&[0x41, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 9, 8, 7, 6]).unwrap();
+        assert_eq!(
+            (h.fin, h.rsv1, h.opcode, h.mask, h.len, h.header_len),
+            (false, true, 1, Some([9, 8, 7, 6]), 1 << 32, 14)
+        );
+        assert_eq!(FrameHeader::parse(&[0x41, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 9, 8, 7]), None, "the key is cut short");
+        for (len, mask) in [(5, None), (125, Some([1, 2, 3, 4])), (126, None), (65535, Some([0; 4])), (65536, None)] {
+            let encoded = FrameHeader::encode(0x82, len, mask);
+            let h = FrameHeader::parse(&encoded).unwrap();
+            assert_eq!((h.opcode, h.len, h.mask, h.header_len), (2, len, mask, encoded.len()), "{len}");
+        }
     }
 }

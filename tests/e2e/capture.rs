@@ -143,7 +143,7 @@ pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
 /// As [`ws_messages`]; with `strict` false, a frame cut off at the end (a file a crash
 /// truncated) ends the list instead of failing.
 pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
-    use wstap::wire::wsframe::FrameHeader;
+    use wstap::wire::wsframe::{apply_mask, FrameHeader};
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
@@ -154,9 +154,8 @@ pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
             break;
         };
         let mut payload = rest[h.header_len..h.header_len + h.len as usize].to_vec();
-        if h.masked {
-            let m = &rest[h.header_len - 4..h.header_len];
-            payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= m[i % 4]);
+        if let Some(key) = h.mask {
+            apply_mask(&mut payload, key, 0);
         }
         rest = &rest[h.header_len + h.len as usize..];
         match (h.opcode, partial.as_mut()) {
@@ -742,23 +741,7 @@ fn plain_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
-    let m = if masked { 0x80 } else { 0 };
-    let mut f = vec![b0];
-    match len {
-        n if n < 126 => f.push(m | n as u8),
-        n if n < 65536 => {
-            f.push(m | 126);
-            f.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend((n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        f.extend([1, 2, 3, 4]);
-    }
-    f
+    wstap::wire::wsframe::FrameHeader::encode(b0, len as u64, masked.then_some([1, 2, 3, 4]))
 }
 
 /// Runs events through a FileSink with `settings`, ticking the injected clock at each

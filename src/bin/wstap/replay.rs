@@ -167,10 +167,6 @@ fn finish(result: anyhow::Result<Report>) -> ExitCode {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()
-}
-
 /// `wstap replay`.
 pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options) -> ExitCode {
     let session = match choose(files, id) {
@@ -185,7 +181,7 @@ pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options
         session.count(Dir::Up),
         session.count(Dir::Down)
     );
-    match runtime() {
+    match wstap::service::runtime::runtime(1) {
         Ok(rt) => finish(rt.block_on(player::replay(&session, target, opts, print_step))),
         Err(e) => fail(e),
     }
@@ -198,7 +194,7 @@ pub fn mock(files: &[PathBuf], id: Option<usize>, listen: &str, once: bool, opts
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rt = match runtime() {
+    let rt = match wstap::service::runtime::runtime(1) {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
