@@ -126,81 +126,23 @@ impl<'a> Reader<'a> {
             if at == d.len() {
                 return Ok(None);
             }
-            let Some(kind) = u32_at(d, at, false) else {
-                return err(at, "truncated block header");
-            };
             let Format::Pcapng { big, interfaces } = &mut self.format else { return Ok(None) };
+            let (kind, len) = block_header(d, at, big)?;
             if kind == SHB {
-                *big = match u32_at(d, at + 8, false) {
-                    Some(BYTE_ORDER_MAGIC) => false,
-                    Some(m) if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
-                    Some(m) => return err(at + 8, format!("bad byte-order magic {m:#010x} in section header")),
-                    None => return err(at, "truncated section header"),
-                };
                 interfaces.clear();
             }
-            let big = *big;
-            let kind = u32_at(d, at, big).unwrap_or(kind);
-            let Some(len) = u32_at(d, at + 4, big).map(|l| l as usize) else {
-                return err(at, "truncated block header");
-            };
-            if len < 12 || len % 4 != 0 {
-                return err(at, format!("block length {len} is not a multiple of 4 of at least 12"));
-            }
-            if len > MAX_PACKET + 1024 * 1024 {
-                return err(at, format!("block length {len} is implausibly large"));
-            }
-            let Some(block) = d.get(at..at + len) else {
-                return err(at, format!("block of {len} bytes is cut short: {} remain", d.len() - at));
-            };
-            if u32_at(block, len - 4, big) != Some(len as u32) {
-                return err(at + len - 4, "block's trailing length does not match its leading length");
-            }
+            let block = &d[at..at + len];
             self.at = at + len;
             let body = &block[8..len - 4];
             let packet = match kind {
-                SHB => None,
                 1 => {
-                    interfaces.push(
-                        interface(body, big).map_err(|(o, w)| FormatError { offset: (at + 8 + o) as u64, what: w })?,
-                    );
+                    let ifc =
+                        interface(body, *big).map_err(|(o, w)| FormatError { offset: (at + 8 + o) as u64, what: w })?;
+                    interfaces.push(ifc);
                     None
                 }
-                6 | 2 => {
-                    // Enhanced (6) or obsolete (2) packet block: the same layout but for
-                    // a 16-bit interface id followed by a drop count in the old one.
-                    let id = if kind == 6 { u32_at(body, 0, big) } else { u16_at(body, 0, big).map(u32::from) };
-                    let (Some(id), Some(hi), Some(lo), Some(caplen)) =
-                        (id, u32_at(body, 4, big), u32_at(body, 8, big), u32_at(body, 12, big))
-                    else {
-                        return err(at, "packet block too short for its fixed fields");
-                    };
-                    let Some(data) = body.get(20..20 + caplen as usize) else {
-                        return err(
-                            at,
-                            format!(
-                                "packet block claims {caplen} captured bytes but holds {}",
-                                body.len().saturating_sub(20)
-                            ),
-                        );
-                    };
-                    let Some(ifc) = interfaces.get(id as usize) else {
-                        return err(
-                            at,
-                            format!("packet block names interface {id}, but the section has {}", interfaces.len()),
-                        );
-                    };
-                    Some(packet(at, ifc, (u64::from(hi) << 32) | u64::from(lo), data))
-                }
-                3 => {
-                    // Simple packet block: interface 0, no timestamp.
-                    let Some(ifc) = interfaces.first() else {
-                        return err(at, "simple packet block before any interface description");
-                    };
-                    let orig = u32_at(body, 0, big).unwrap_or(0) as usize;
-                    let data = &body[4.min(body.len())..];
-                    Some(packet(at, ifc, 0, &data[..orig.min(data.len())]))
-                }
+                6 | 2 => Some(packet_block(at, kind, body, *big, interfaces)?),
+                3 => Some(simple_packet_block(at, body, *big, interfaces)?),
                 _ => None,
             };
             if packet.is_some() {
@@ -208,6 +150,80 @@ impl<'a> Reader<'a> {
             }
         }
     }
+}
+
+/// The type and length of the pcapng block at `at`, checked against the file and against
+/// its trailing length. A section header sets `big` (the section's byte order) first.
+fn block_header(d: &[u8], at: usize, big: &mut bool) -> Result<(u32, usize), FormatError> {
+    let Some(kind) = u32_at(d, at, false) else {
+        return err(at, "truncated block header");
+    };
+    if kind == SHB {
+        *big = match u32_at(d, at + 8, false) {
+            Some(BYTE_ORDER_MAGIC) => false,
+            Some(m) if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
+            Some(m) => return err(at + 8, format!("bad byte-order magic {m:#010x} in section header")),
+            None => return err(at, "truncated section header"),
+        };
+    }
+    let big = *big;
+    let kind = u32_at(d, at, big).unwrap_or(kind);
+    let Some(len) = u32_at(d, at + 4, big).map(|l| l as usize) else {
+        return err(at, "truncated block header");
+    };
+    if len < 12 || len % 4 != 0 {
+        return err(at, format!("block length {len} is not a multiple of 4 of at least 12"));
+    }
+    if len > MAX_PACKET + 1024 * 1024 {
+        return err(at, format!("block length {len} is implausibly large"));
+    }
+    let Some(block) = d.get(at..at + len) else {
+        return err(at, format!("block of {len} bytes is cut short: {} remain", d.len() - at));
+    };
+    if u32_at(block, len - 4, big) != Some(len as u32) {
+        return err(at + len - 4, "block's trailing length does not match its leading length");
+    }
+    Ok((kind, len))
+}
+
+/// An enhanced (6) or obsolete (2) packet block: the same layout but for a 16-bit
+/// interface id followed by a drop count in the old one.
+fn packet_block<'a>(
+    at: usize,
+    kind: u32,
+    body: &'a [u8],
+    big: bool,
+    interfaces: &[Interface],
+) -> Result<RawPacket<'a>, FormatError> {
+    let id = if kind == 6 { u32_at(body, 0, big) } else { u16_at(body, 0, big).map(u32::from) };
+    let (Some(id), Some(hi), Some(lo), Some(caplen)) =
+        (id, u32_at(body, 4, big), u32_at(body, 8, big), u32_at(body, 12, big))
+    else {
+        return err(at, "packet block too short for its fixed fields");
+    };
+    let Some(data) = body.get(20..20 + caplen as usize) else {
+        let holds = body.len().saturating_sub(20);
+        return err(at, format!("packet block claims {caplen} captured bytes but holds {holds}"));
+    };
+    let Some(ifc) = interfaces.get(id as usize) else {
+        return err(at, format!("packet block names interface {id}, but the section has {}", interfaces.len()));
+    };
+    Ok(packet(at, ifc, (u64::from(hi) << 32) | u64::from(lo), data))
+}
+
+/// A simple packet block: interface 0, no timestamp.
+fn simple_packet_block<'a>(
+    at: usize,
+    body: &'a [u8],
+    big: bool,
+    interfaces: &[Interface],
+) -> Result<RawPacket<'a>, FormatError> {
+    let Some(ifc) = interfaces.first() else {
+        return err(at, "simple packet block before any interface description");
+    };
+    let orig = u32_at(body, 0, big).unwrap_or(0) as usize;
+    let data = &body[4.min(body.len())..];
+    Ok(packet(at, ifc, 0, &data[..orig.min(data.len())]))
 }
 
 fn packet<'a>(at: usize, ifc: &Interface, ts: u64, data: &'a [u8]) -> RawPacket<'a> {
