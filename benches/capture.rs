@@ -6,12 +6,13 @@
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
-use wstap::capture::event::{Event, Opening, What};
-use wstap::capture::stats::Stats;
-use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
 use wstap::config::Legs;
-use wstap::dir::{Dir, Leg};
-use wstap::wire::pcapng::SectionInfo;
+use wstap::internals::SectionInfo;
+use wstap::internals::Stats;
+use wstap::internals::{CaptureWriter, Step, Synthesis};
+use wstap::internals::{Event, What};
+use wstap::Opening;
+use wstap::{Dir, Leg};
 
 /// Payload per data event: 16 KiB (a large read; the proxy reads up to 64 KiB at a time),
 /// i.e. 12 segments of 1460 bytes.

@@ -8,12 +8,12 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use wstap::capture::event::Opening;
-use wstap::capture::recorder::Capture;
-use wstap::capture::tap::Tap;
-use wstap::capture::tee::Tee;
 use wstap::config::CaptureSettings;
-use wstap::dir::Leg;
+use wstap::Capture;
+use wstap::Leg;
+use wstap::Opening;
+use wstap::Tap;
+use wstap::Tee;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,60 +1,102 @@
-//! wstap: a reverse proxy for HTTP/1.1 and WebSocket that records the sessions it carries.
+//! wstap: a reverse proxy for HTTP/1.1 and WebSocket that records the sessions it carries
+//! as pcapng files Wireshark decodes, and reads any capture back as sessions to replay.
 //!
 //! # Layout
 //!
-//! The path of a byte, client to upstream:
+//! ```text
+//! src/
+//!   dir.rs     Dir (Up: client → server, Down back), Leg (client, upstream), PerDir, PerLeg
+//!   config/    the TOML file → validated, typed Settings (errors name the key and the file)
+//!   wire/      pure codecs shared by capture and replay: tcp (TCP/IP synthesis), pcapng,
+//!              wsframe (frame headers, masking, boundaries), deflate (windows, inflating)
+//!   capture/   the tee under each socket → event queue → writer thread → pcapng files
+//!   proxy/     one client connection: hyper on both legs, routing, headers, the splice
+//!   service/   the daemon: listeners, run and drain, reload, signals, systemd, metrics
+//!   replay/    any capture file → sessions and messages → a player against a live peer
+//!   bin/wstap/ the command line, apart from the library
+//! ```
+//!
+//! Dependencies point one way: `service` → `proxy` → `capture` → `wire`, each of them
+//! → `config`, and `replay` → `wire`; `dir` and `sync` are leaves everyone uses.
+//!
+//! # The path of a byte
+//!
+//! Client to upstream (and the same way back):
 //!
 //! ```text
-//! socket ─▶ daemon (accept, limit) ─▶ proxy (hyper server: head, route, headers)
-//!        ─▶ proxy (hyper client on an upstream socket it opened) ─▶ upstream
+//! socket ─▶ service::listeners (accept, limit) ─▶ proxy::conn (hyper: head, route, headers)
+//!        ─▶ proxy::conn (hyper client on an upstream socket it opened) ─▶ upstream
 //! after `101 Switching Protocols`:
-//! client socket ◀─▶ splice (both directions, half-close kept) ◀─▶ upstream socket
+//! client socket ◀─▶ proxy::splice (both directions, half-close kept) ◀─▶ upstream socket
 //! ```
 //!
-//! And of its copy, for capture (both sockets are wrapped before hyper sees them):
+//! Its copy, for capture (both sockets are wrapped before hyper sees them):
 //!
 //! ```text
-//! tap::Tee (every read/write) ─▶ tap::Tap ─▶ recorder (bounded queue) ═▶ writer thread:
-//!   files::FileSink ─▶ writer::CaptureWriter (packet::Flow, wsframe, deflate) ─▶ pcapng ─▶ file
+//! capture::tee (every read and write) ─▶ capture::tap (probe, start, offsets)
+//!   ─▶ capture::recorder (bounded queue) ═▶ writer thread ─▶ capture::sink (files, rotation)
+//!   ─▶ capture::writer (events → packets: wire::tcp, wire::wsframe, wire::deflate)
+//!   ─▶ wire::pcapng (blocks) ─▶ capture::files (`.part`, then its final name)
 //! ```
 //!
-//! - [`config`]: the TOML file model and its validation into typed [`config::Settings`].
-//! - [`route`]: which upstream a request goes to and the target it gets there.
-//! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
-//! - [`error`]: why a request failed, whose fault it was, which status it gets.
-//! - [`daemon`]: listeners, accept loops, the connection limit, the run/drain cycle.
-//! - [`proxy`]: one client connection: hyper on both legs, forwarding, upgrades.
-//! - [`splice`]: the byte relay of an upgraded session.
-//! - [`shutdown`]: Running → Draining → Closing, and waiting for every task.
-//! - [`signals`]: Unix signals mapped to daemon [`signals::Action`]s.
-//! - [`metrics`]: counters and live sessions, rendered for `/metrics` and `/sessions`.
-//! - [`service`]: systemd notifications (READY, STOPPING, STATUS, WATCHDOG) and health.
-//! - [`tap`]: the capture point: `Tee` under hyper and a leg's `Tap` (probe, start, close).
-//! - [`recorder`]: capture events, the bounded queue and the writer thread.
-//! - [`files`]: capture files on disk: names, `.part`, rotation, retention, write errors.
-//! - [`writer`]: events → packets → pcapng sections, replays, frame-boundary rotation.
-//! - [`packet`]: TCP/IP synthesis: handshake, segments, ACKs, FIN, RST, replays (pure).
-//! - [`pcapng`]: section header, interfaces and packet blocks over any `Write` (pure).
-//! - [`wsframe`]: WebSocket frame boundaries in a byte stream (pure).
-//! - [`deflate`]: permessage-deflate windows and the messages that restore them (pure).
-//!
-//! And back, from any capture file to sessions and messages, for `wstap sessions`,
-//! `replay` and `mock` ([`replay`] has its own map):
+//! And back, from a file to a live peer ([`replay`]):
 //!
 //! ```text
-//! replay::capfile ─▶ replay::dissect ─▶ replay::reassembly ─▶ replay::session ─▶ replay::player
+//! replay::capfile (records) ─▶ replay::dissect (TCP segments) ─▶ replay::reassembly
+//!   (byte streams, gaps) ─▶ replay::session (HTTP, Upgrade, frames, inflate) ─▶ replay::player
 //! ```
+//!
+//! # The API
+//!
+//! - Run the daemon: [`Settings`] (from a file or a string), then [`Daemon::bind`] and
+//!   [`Daemon::run`], fed [`Action`]s; or [`run`], which is the `wstap run` command.
+//! - Record your own connections without the proxy: a [`Capture`], and each socket in a
+//!   [`Tee`] with its [`Tap`] (`examples/record.rs`).
+//! - Read captures and replay them: [`replay`].
+//! - [`internals`]: the capture writer on its own, for wstap's benches and golden tests.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod capture;
+mod capture;
 pub mod config;
-pub mod dir;
-pub mod proxy;
+mod dir;
+mod proxy;
 pub mod replay;
-pub mod service;
-pub mod sync;
-pub mod wire;
+mod service;
+mod sync;
+mod wire;
 
-pub use config::Settings;
-pub use service::daemon::Daemon;
-pub use service::signals::Action;
+pub use capture::event::Opening;
+pub use capture::recorder::Capture;
+pub use capture::tap::Tap;
+pub use capture::tee::Tee;
+pub use config::{CaptureSettings, ConfigError, Settings};
+pub use dir::{Dir, Leg, PerDir, PerLeg};
+pub use service::daemon::{Daemon, State};
+pub use service::runtime::{init_logging, runtime};
+pub use service::signals::{listen as signals, Action};
+
+/// Runs the daemon as `wstap run` does: logs as `settings` say, turns Unix signals into
+/// [`Action`]s, builds the runtime (`workers`), binds, and serves until a SIGTERM has been
+/// drained.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    init_logging(&settings.log_level);
+    let actions = signals()?;
+    runtime(settings.workers)?.block_on(async {
+        let daemon = Daemon::bind(settings).await?;
+        daemon.run(actions).await
+    })
+}
+
+/// The capture writer and its parts, and the capture-file reader, usable on their own:
+/// what wstap's benchmarks and its own tests drive directly. Not a stable API;
+/// applications use [`Capture`] and [`replay`].
+pub mod internals {
+    pub use crate::capture::event::{Event, LegId, What};
+    pub use crate::replay::capfile::{RawPacket, Reader};
+    pub use crate::capture::sink::FileSink;
+    pub use crate::capture::stats::Stats;
+    pub use crate::capture::writer::{CaptureWriter, Step, Synthesis};
+    pub use crate::wire::pcapng::SectionInfo;
+    pub use crate::wire::wsframe::{apply_mask, FrameHeader};
+}

@@ -16,36 +16,60 @@ pub type LegId = u64;
 /// Something that happened on one leg, at `time` (ns since the Unix epoch).
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// When it happened, in nanoseconds since the Unix epoch.
     pub time: u64,
+    /// The leg it happened on.
     pub leg: LegId,
+    /// What happened.
     pub what: What,
 }
 
+/// What happened on a leg.
 #[derive(Debug, Clone)]
 pub enum What {
-    /// The leg's capture starts: synthesize its handshake. `comment` goes on the SYN.
+    /// The leg's capture starts: synthesize its handshake. Its comment goes on the SYN.
     Open(Box<Opening>),
-    /// Bytes that crossed the socket going `dir`; `offset` is their position in that
-    /// direction's captured stream (a jump means bytes were lost).
-    Data { dir: Dir, offset: u64, bytes: Bytes },
-    /// End of the stream going `dir`: the peer's FIN was read, or wstap shut its write
-    /// side. `offset` is the stream's length (bytes lost just before it still count).
-    Fin { dir: Dir, offset: u64 },
+    /// Bytes crossed the socket.
+    Data {
+        /// Which way they went.
+        dir: Dir,
+        /// Their position in that direction's captured stream (a jump means bytes were lost).
+        offset: u64,
+        /// The bytes.
+        bytes: Bytes,
+    },
+    /// End of a stream: the peer's FIN was read, or wstap shut its write side.
+    Fin {
+        /// The stream that ended.
+        dir: Dir,
+        /// Its length (bytes lost just before it still count).
+        offset: u64,
+    },
     /// The peer reset the connection (seen while reading or writing).
     Reset,
     /// A comment for the leg's next packet.
     Note(String),
-    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`):
-    /// its Upgrade exchange begins at these captured-stream offsets; `None` means: the last
-    /// line starting with `request_line` in that direction. `comment` goes on the leg's
-    /// next packet.
-    Session { comment: String, request_line: String, at: PerDir<Option<u64>> },
-    /// The socket was closed; `reason` goes on the leg's last packet. `offsets` are the
-    /// captured streams' lengths.
-    Close { reason: String, offsets: PerDir<u64> },
+    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`).
+    Session {
+        /// For the leg's next packet.
+        comment: String,
+        /// The Upgrade request's first line up to `HTTP/1.`.
+        request_line: String,
+        /// Where the Upgrade exchange begins in each direction's captured stream; `None`:
+        /// at the last line starting with `request_line`.
+        at: PerDir<Option<u64>>,
+    },
+    /// The socket was closed.
+    Close {
+        /// How it ended: goes on the leg's last packet.
+        reason: String,
+        /// The captured streams' lengths.
+        offsets: PerDir<u64>,
+    },
 }
 
 #[derive(Debug, Clone)]
+/// How a leg's capture starts: which leg, its addresses, and what to say about it.
 pub struct Opening {
     /// Which connection of its session this is.
     pub leg: Leg,

@@ -158,6 +158,7 @@ impl Capture {
         Ok(Capture { recorder, thread: Some(thread) })
     }
 
+    /// Where taps send their events.
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
     }

@@ -81,6 +81,7 @@ impl std::hash::Hasher for IdHasher {
 }
 
 impl FileSink {
+    /// A sink writing files as `settings` say; `seed` varies the synthesized ISNs.
     pub fn new(settings: CaptureSettings, info: SectionInfo, seed: u64) -> FileSink {
         FileSink {
             files: FileSet::new(&settings),
@@ -117,6 +118,7 @@ impl FileSink {
         self.session_of.get(&ev.leg).copied().unwrap_or(0)
     }
 
+    /// Writes one event into the output it belongs to, opening or rotating files as due.
     pub fn process(&mut self, ev: Event, stats: &Stats) {
         let time = ev.time;
         let key = self.key_of(&ev);

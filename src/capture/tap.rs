@@ -79,6 +79,7 @@ impl Tap {
         }
     }
 
+    /// Whether the leg is being written (not only probed, nor finished).
     pub fn is_recording(&self) -> bool {
         self.mode.load(Relaxed) == ON
     }

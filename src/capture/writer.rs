@@ -23,7 +23,9 @@ use crate::wire::tcp::Flow;
 /// How packets are synthesized.
 #[derive(Debug, Clone)]
 pub struct Synthesis {
+    /// Largest synthesized segment over IPv4.
     pub mss_ipv4: u16,
+    /// Largest synthesized segment over IPv6.
     pub mss_ipv6: u16,
     /// The receiver acknowledges each chunk of data: on its own next data when that
     /// comes first, else with a pure ACK.
@@ -44,7 +46,10 @@ pub enum Step {
     Done,
     /// Rotate now ([`CaptureWriter::rotate`]), then process `then` (the event, or the rest
     /// of it after a frame boundary).
-    Rotate { then: Option<Event> },
+    Rotate {
+        /// What to process after rotating.
+        then: Option<Event>,
+    },
 }
 
 /// Turns events into pcapng packets, section after section.
@@ -115,6 +120,7 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
+    /// The output being written, if any.
     pub fn get_mut(&mut self) -> Option<&mut W> {
         self.out.as_mut().map(PcapngWriter::get_mut)
     }

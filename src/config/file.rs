@@ -122,7 +122,7 @@ impl From<FileCapture> for CaptureSettings {
 
 impl CaptureSettings {
     /// The default capture settings, writing into `dir`: for applications that record
-    /// their own connections with [`crate::capture::tap::Tee`].
+    /// their own connections with [`crate::Tee`].
     pub fn in_dir(dir: impl Into<PathBuf>) -> CaptureSettings {
         CaptureSettings { dir: dir.into(), ..FileCapture::default().into() }
     }

@@ -27,14 +27,19 @@ use crate::dir::Leg;
 pub struct Settings {
     /// The file these settings came from (for messages).
     pub source: PathBuf,
+    /// The addresses to listen on, in order.
     pub listen: Vec<SocketAddr>,
     /// Threads running connections: 0 = one per CPU; 1 = every task on one thread.
     pub workers: usize,
     /// In file order; the first match wins.
     pub routes: Vec<Route>,
+    /// Connection limits and timeouts.
     pub limits: Limits,
+    /// How a SIGTERM drains.
     pub shutdown: ShutdownSettings,
+    /// What the proxy does to requests.
     pub proxy: ProxySettings,
+    /// What is recorded, and how.
     pub capture: CaptureSettings,
     /// A tracing filter (`info`, `wstap=debug`, …); `RUST_LOG` wins when set.
     pub log_level: String,
@@ -57,7 +62,9 @@ pub enum CaptureMode {
 /// Which legs of a session are recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Legs {
+    /// The client leg (client ↔ wstap).
     pub client: bool,
+    /// The upstream leg (wstap ↔ upstream).
     pub upstream: bool,
 }
 
@@ -72,16 +79,22 @@ impl Legs {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// The `[capture]` table: what is recorded, where, and how packets are made.
 pub struct CaptureSettings {
+    /// What gets recorded.
     pub mode: CaptureMode,
     /// Created if missing. Relative paths are relative to the working directory.
     pub dir: PathBuf,
+    /// The start of every file name.
     pub prefix: String,
+    /// Which legs are recorded.
     pub legs: Legs,
     /// Write the server side of each leg with this port (for ports another Wireshark
     /// dissector claims).
     pub display_port: Option<u16>,
+    /// Largest synthesized segment over IPv4.
     pub mss_ipv4: u16,
+    /// Largest synthesized segment over IPv6.
     pub mss_ipv6: u16,
     /// A pure ACK from the receiver after each chunk of data.
     pub acks: bool,
@@ -93,6 +106,7 @@ pub struct CaptureSettings {
     pub per_session: bool,
     /// Mode of created files (the umask applies too).
     pub file_mode: u32,
+    /// When files rotate and how many are kept.
     pub rotate: RotateSettings,
 }
 
@@ -111,6 +125,7 @@ pub struct RotateSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// The `[limits]` table.
 pub struct Limits {
     /// Client connections open at once; past it, new ones get `503` and are closed.
     pub max_connections: usize,
@@ -128,12 +143,14 @@ pub struct Limits {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// The `[shutdown]` table.
 pub struct ShutdownSettings {
     /// How long in-flight requests and sessions may run on after SIGTERM/SIGINT.
     pub grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// The `[proxy]` table.
 pub struct ProxySettings {
     /// Add `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
     pub x_forwarded: bool,

@@ -14,12 +14,16 @@ pub struct Route {
     pub path_prefix: String,
     /// Remove `path_prefix` from the path before forwarding.
     pub strip_prefix: bool,
+    /// Where matching requests go.
     pub upstream: Upstream,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An upstream URL's scheme.
 pub enum Scheme {
+    /// `ws://`.
     Ws,
+    /// `http://`.
     Http,
 }
 
@@ -27,15 +31,18 @@ pub enum Scheme {
 /// carries plain HTTP and WebSocket upgrades alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
+    /// The scheme it was written with.
     pub scheme: Scheme,
     /// Host as written in the URL (IPv6 literals keep their brackets).
     pub host: String,
+    /// The port (80 when the URL has none).
     pub port: u16,
     /// Base path prepended to forwarded targets; empty for `/`.
     pub base_path: String,
 }
 
 impl Upstream {
+    /// Parses `ws://host:port[/base]` or `http://…`; the error says what is wrong.
     pub fn parse(s: &str) -> Result<Upstream, String> {
         let bad = |why: &str| format!("invalid upstream {s:?}: {why}");
         let uri: http::Uri = s.parse().map_err(|e| bad(&format!("{e}")))?;

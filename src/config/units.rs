@@ -22,6 +22,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// Parses `"64KiB"`, `"1 MB"`, `"100"`; the error says what is wrong.
     pub fn parse(s: &str) -> Result<ByteSize, String> {
         let s = s.trim();
         let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

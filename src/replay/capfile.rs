@@ -14,13 +14,16 @@ pub struct RawPacket<'a> {
     pub ts_ns: i128,
     /// The LINKTYPE_ value of its interface.
     pub link: u16,
+    /// The bytes captured, from the link-layer header on.
     pub data: &'a [u8],
 }
 
 /// Why the file cannot be read past `offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FormatError {
+    /// Where the file stops making sense.
     pub offset: u64,
+    /// What is wrong there.
     pub what: String,
 }
 

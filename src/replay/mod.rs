@@ -1,7 +1,6 @@
 //! Captures as test fixtures: read any pcap or pcapng file — wstap's own, or one made by
 //! tcpdump, dumpcap or Wireshark — rebuild the WebSocket sessions in it, and replay a
-//! session's client against a server ([`player::replay`]) or act as its server
-//! ([`player::mock`]).
+//! session's client against a server ([`replay()`]) or act as its server ([`mock`]).
 //!
 //! The reading path, every stage pure:
 //!
@@ -26,17 +25,18 @@
 //! # Ok::<(), wstap::replay::Error>(())
 //! ```
 
-pub mod capfile;
-pub mod dissect;
-pub mod player;
-pub mod reassembly;
-pub mod session;
+pub(crate) mod capfile;
+mod dissect;
+mod player;
+mod reassembly;
+mod session;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use crate::dir::Dir;
 pub use capfile::FormatError;
+pub use player::{mock, preview, replay, Options, Report, Step};
 pub use session::{Kind, Message, Session};
 
 /// Everything read from one or more capture files.
@@ -49,6 +49,7 @@ pub struct Recording {
     pub problems: Vec<String>,
     /// Packets read, and those that were not TCP segments (or not understood).
     pub packets: u64,
+    /// Packets that were not TCP segments (or not understood).
     pub skipped: u64,
     /// TCP connections that carried no WebSocket session.
     pub other_connections: usize,
@@ -64,7 +65,9 @@ impl Recording {
 /// A file that could not be read at all.
 #[derive(Debug)]
 pub enum Error {
+    /// The file could not be read.
     Io(PathBuf, std::io::Error),
+    /// The file is not a capture wstap can read.
     Format(PathBuf, FormatError),
 }
 

@@ -39,31 +39,48 @@ pub struct Options {
 pub enum Step {
     /// Our side's message number `index` (1-based, as `wstap sessions --messages` shows).
     Sent {
+        /// 1-based, as `wstap sessions --messages` numbers it.
         index: usize,
+        /// Its kind.
         kind: Kind,
+        /// Its payload bytes.
         len: usize,
     },
     /// A message from the peer arrived (compared at the end).
     Received {
+        /// Its kind.
         kind: Kind,
+        /// Its payload bytes.
         len: usize,
     },
+    /// The peer's message matched the recorded one.
     Matched {
+        /// The recorded message's number.
         index: usize,
+        /// Its kind.
         kind: Kind,
+        /// Its payload bytes.
         len: usize,
     },
+    /// The peer sent a message in the place of recorded one, but different.
     Different {
+        /// The recorded message's number.
         index: usize,
+        /// The recorded kind and payload.
         expected: (Kind, Vec<u8>),
+        /// What the peer sent.
         got: (Kind, Vec<u8>),
     },
+    /// The peer never sent a recorded message.
     Missing {
+        /// The recorded message's number.
         index: usize,
+        /// The recorded kind and payload.
         expected: (Kind, Vec<u8>),
     },
     /// The peer sent a message the recording does not have.
     Extra {
+        /// What the peer sent.
         got: (Kind, Vec<u8>),
     },
     /// The handshake differs from the recorded one (mock: the path asked for).
@@ -71,6 +88,7 @@ pub enum Step {
 }
 
 impl Step {
+    /// Whether this step makes the play-through a mismatch.
     pub fn is_failure(&self) -> bool {
         !matches!(self, Step::Sent { .. } | Step::Received { .. } | Step::Matched { .. })
     }
@@ -78,11 +96,11 @@ impl Step {
 
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let msg = |(k, d): &(Kind, Vec<u8>)| format!("{} {}", kind_name(*k), preview(*k, d, 60));
+        let msg = |(k, d): &(Kind, Vec<u8>)| format!("{} {}", k.name(), preview(*k, d, 60));
         match self {
-            Step::Sent { index, kind, len } => write!(f, "#{index} sent {} ({len} B)", kind_name(*kind)),
-            Step::Received { kind, len } => write!(f, "received {} ({len} B)", kind_name(*kind)),
-            Step::Matched { index, kind, len } => write!(f, "#{index} ok {} ({len} B)", kind_name(*kind)),
+            Step::Sent { index, kind, len } => write!(f, "#{index} sent {} ({len} B)", kind.name()),
+            Step::Received { kind, len } => write!(f, "received {} ({len} B)", kind.name()),
+            Step::Matched { index, kind, len } => write!(f, "#{index} ok {} ({len} B)", kind.name()),
             Step::Different { index, expected, got } => {
                 let at = expected
                     .1
@@ -109,14 +127,17 @@ impl std::fmt::Display for Step {
 /// The result of one play-through.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// Every step, in order.
     pub steps: Vec<Step>,
 }
 
 impl Report {
+    /// Everything the peer sent matched the recording.
     pub fn matched(&self) -> bool {
         !self.steps.iter().any(Step::is_failure)
     }
 
+    /// One line: the verdict and the counts.
     pub fn summary(&self) -> String {
         let n = |f: fn(&Step) -> bool| self.steps.iter().filter(|s| f(s)).count();
         let matched = n(|s| matches!(s, Step::Matched { .. }));
@@ -131,16 +152,6 @@ impl Report {
             matched + different + missing,
             if handshake > 0 { format!(", {handshake} handshake differences") } else { String::new() }
         )
-    }
-}
-
-pub fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Text => "text",
-        Kind::Binary => "binary",
-        Kind::Ping => "ping",
-        Kind::Pong => "pong",
-        Kind::Close => "close",
     }
 }
 

@@ -17,11 +17,29 @@ use crate::wire::wsframe::{apply_mask, FrameHeader};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// A text message (opcode 1), its fragments joined.
     Text,
+    /// A binary message (opcode 2), its fragments joined.
     Binary,
+    /// A ping (opcode 9).
     Ping,
+    /// A pong (opcode 10).
     Pong,
+    /// A close (opcode 8): a code and a reason, if any.
     Close,
+}
+
+impl Kind {
+    /// `"text"`, `"binary"`, `"ping"`, `"pong"` or `"close"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Binary => "binary",
+            Kind::Ping => "ping",
+            Kind::Pong => "pong",
+            Kind::Close => "close",
+        }
+    }
 }
 
 /// One WebSocket message, with its payload as the application saw it (unmasked, joined,
@@ -32,8 +50,11 @@ pub struct Message {
     pub dir: Dir,
     /// When its last byte was captured: nanoseconds since the Unix epoch.
     pub ts_ns: i128,
+    /// Its kind.
     pub kind: Kind,
+    /// The payload as the application saw it.
     pub data: Vec<u8>,
+    /// The frames it came in.
     pub frames: u32,
     /// Sent compressed (permessage-deflate).
     pub compressed: bool,
@@ -53,24 +74,33 @@ impl Message {
 pub struct Session {
     /// 1-based, in the order the capture saw the sessions' first packets.
     pub id: usize,
+    /// The client's address.
     pub client: SocketAddr,
+    /// The server's address.
     pub server: SocketAddr,
+    /// When the connection was first seen: nanoseconds since the Unix epoch.
     pub start_ts_ns: i128,
+    /// The Upgrade request's method (`GET`).
     pub method: String,
+    /// The Upgrade request's target, query included.
     pub path: String,
     /// The Upgrade request's header fields, in order.
     pub request_headers: Vec<(String, String)>,
+    /// The response's status (101).
     pub status: u16,
+    /// The `101` response's header fields, in order.
     pub response_headers: Vec<(String, String)>,
     /// permessage-deflate was negotiated.
     pub deflate: bool,
     #[serde(skip)]
+    /// Its messages, both ways, in the order they were captured.
     pub messages: Vec<Message>,
     /// What was wrong with this session's bytes; empty for a clean one.
     pub problems: Vec<String>,
     /// TCP bytes the capture saw twice (retransmissions, overlaps) and segments that came
     /// ahead of a hole: how messy the capture was, not problems.
     pub duplicate_bytes: u64,
+    /// TCP segments that arrived ahead of a hole in the stream.
     pub out_of_order: u64,
 }
 

@@ -62,11 +62,6 @@ impl Flow {
         }
     }
 
-    /// The address of the end that sends `dir`.
-    pub fn addr(&self, dir: Dir) -> SocketAddr {
-        self.addr[dir]
-    }
-
     /// Payload bytes sent `dir` so far.
     pub fn sent(&self, dir: Dir) -> u64 {
         self.sent[dir]

@@ -143,7 +143,7 @@ pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
 /// As [`ws_messages`]; with `strict` false, a frame cut off at the end (a file a crash
 /// truncated) ends the list instead of failing.
 pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
-    use wstap::wire::wsframe::{apply_mask, FrameHeader};
+    use wstap::internals::{apply_mask, FrameHeader};
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
@@ -468,12 +468,13 @@ async fn only_the_configured_legs_are_written() {
 /// committed file. `WSTAP_BLESS=1 cargo test golden` rewrites it after a deliberate change.
 #[test]
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
-    use wstap::capture::event::{Event, Opening, What};
-    use wstap::capture::stats::Stats;
-    use wstap::capture::writer::{CaptureWriter, Step, Synthesis};
     use wstap::config::Legs;
-    use wstap::dir::{Dir, Leg, PerDir};
-    use wstap::wire::pcapng::SectionInfo;
+    use wstap::internals::SectionInfo;
+    use wstap::internals::Stats;
+    use wstap::internals::{CaptureWriter, Step, Synthesis};
+    use wstap::internals::{Event, What};
+    use wstap::Opening;
+    use wstap::{Dir, Leg, PerDir};
 
     let request = UPGRADE.as_bytes();
     let response = SWITCHED.as_bytes();
@@ -651,7 +652,7 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
             let client: Vec<WsMessage> = parts
                 .iter()
                 .flat_map(|s| &s.messages)
-                .filter(|m| m.dir == wstap::dir::Dir::Up)
+                .filter(|m| m.dir == wstap::Dir::Up)
                 .map(|m| {
                     (
                         if m.kind == wstap::replay::Kind::Text {
@@ -684,9 +685,10 @@ pub(crate) fn synthetic_session(
     messages: &[Vec<u8>],
     t0: u64,
     step: u64,
-) -> Vec<wstap::capture::event::Event> {
-    use wstap::capture::event::{Event, Opening, What};
-    use wstap::dir::{Dir, Leg, PerDir};
+) -> Vec<wstap::internals::Event> {
+    use wstap::internals::{Event, What};
+    use wstap::Opening;
+    use wstap::{Dir, Leg, PerDir};
     let (client, upstream) = legs;
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
@@ -741,15 +743,15 @@ fn plain_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
-    wstap::wire::wsframe::FrameHeader::encode(b0, len as u64, masked.then_some([1, 2, 3, 4]))
+    wstap::internals::FrameHeader::encode(b0, len as u64, masked.then_some([1, 2, 3, 4]))
 }
 
 /// Runs events through a FileSink with `settings`, ticking the injected clock at each
 /// event's time.
-fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::capture::event::Event>) {
-    use wstap::capture::sink::FileSink;
-    use wstap::wire::pcapng::SectionInfo;
-    let stats = wstap::capture::stats::Stats::default();
+fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::internals::Event>) {
+    use wstap::internals::FileSink;
+    use wstap::internals::SectionInfo;
+    let stats = wstap::internals::Stats::default();
     let info = SectionInfo { application: "wstap test".into(), os: "test".into(), hostname: "test".into() };
     let mut sink = FileSink::new(settings, info, 99);
     for ev in events {
@@ -845,9 +847,10 @@ fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
 
 /// A deflate session's events: `texts` sent and echoed, each direction compressing with
 /// its own context.
-fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::capture::event::Event> {
-    use wstap::capture::event::{Event, Opening, What};
-    use wstap::dir::{Dir, Leg};
+fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::internals::Event> {
+    use wstap::internals::{Event, What};
+    use wstap::Opening;
+    use wstap::{Dir, Leg};
     let ext = if takeover {
         "permessage-deflate"
     } else {

@@ -230,9 +230,9 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
 
 #[test]
 fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
-    use wstap::capture::sink::FileSink;
-    use wstap::capture::stats::Stats;
-    use wstap::wire::pcapng::SectionInfo;
+    use wstap::internals::FileSink;
+    use wstap::internals::SectionInfo;
+    use wstap::internals::Stats;
     let scratch = capture_dir("episodes");
     let Some(disk) = SmallDisk::mount_or_skip(&scratch, "96k") else { return };
     let dir = scratch.join("captures");

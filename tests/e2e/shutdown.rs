@@ -5,7 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-use wstap::service::daemon::State;
+use wstap::State;
 
 use crate::support::*;
 

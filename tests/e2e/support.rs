@@ -67,7 +67,7 @@ pub struct Proxy {
     pub listening: tokio::sync::watch::Receiver<Vec<SocketAddr>>,
     /// Where `/metrics`, `/sessions` and `/healthz` are served, if configured.
     pub admin: Option<SocketAddr>,
-    pub state: tokio::sync::watch::Receiver<wstap::service::daemon::State>,
+    pub state: tokio::sync::watch::Receiver<wstap::State>,
     actions: mpsc::Sender<Action>,
     task: JoinHandle<anyhow::Result<()>>,
 }

@@ -105,8 +105,8 @@ fn parse_speed(s: &str) -> Result<Speed, String> {
 }
 
 impl Play {
-    fn options(self) -> wstap::replay::player::Options {
-        wstap::replay::player::Options { speed: self.speed.0, ignore: self.ignore, wait: self.wait }
+    fn options(self) -> wstap::replay::Options {
+        wstap::replay::Options { speed: self.speed.0, ignore: self.ignore, wait: self.wait }
     }
 }
 
@@ -134,12 +134,5 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
-    let settings = wstap::Settings::load(config)?;
-    wstap::service::runtime::init_logging(&settings.log_level);
-    let actions = wstap::service::signals::listen()?;
-    let runtime = wstap::service::runtime::runtime(settings.workers)?;
-    runtime.block_on(async {
-        let daemon = wstap::Daemon::bind(settings).await?;
-        daemon.run(actions).await
-    })
+    wstap::run(wstap::Settings::load(config)?)
 }

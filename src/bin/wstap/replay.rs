@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use wstap::replay::player::{self, kind_name, preview, Options, Report, Step};
+use wstap::replay::{self as player, preview, Options, Report, Step};
 use wstap::replay::{Dir, Message, Recording, Session};
 
 pub const MATCHED: u8 = 0;
@@ -97,7 +97,7 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
                     i + 1,
                     (m.ts_ns - s.start_ts_ns) as f64 / 1e9,
                     m.dir.arrow(),
-                    kind_name(m.kind),
+                    m.kind.name(),
                     m.data.len(),
                     preview(m.kind, &m.data, 60),
                     if m.incomplete { "  (incomplete)" } else { "" }
@@ -181,7 +181,7 @@ pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options
         session.count(Dir::Up),
         session.count(Dir::Down)
     );
-    match wstap::service::runtime::runtime(1) {
+    match wstap::runtime(1) {
         Ok(rt) => finish(rt.block_on(player::replay(&session, target, opts, print_step))),
         Err(e) => fail(e),
     }
@@ -194,7 +194,7 @@ pub fn mock(files: &[PathBuf], id: Option<usize>, listen: &str, once: bool, opts
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let rt = match wstap::service::runtime::runtime(1) {
+    let rt = match wstap::runtime(1) {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
