@@ -16,8 +16,8 @@
 //!   bin/wstap/ the command line, apart from the library
 //! ```
 //!
-//! Dependencies point one way: `service` → `proxy` → `capture` → `wire`, each of them
-//! → `config`, and `replay` → `wire`; `dir` and `sync` are leaves everyone uses.
+//! Dependencies point one way, down these layers: `service` → `proxy` → `capture` →
+//! `config` → `wire`, and `replay` → `wire`; `dir` and `sync` are leaves everyone uses.
 //!
 //! # The path of a byte
 //!
@@ -93,10 +93,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 /// applications use [`Capture`] and [`replay`].
 pub mod internals {
     pub use crate::capture::event::{Event, LegId, What};
-    pub use crate::replay::capfile::{RawPacket, Reader};
     pub use crate::capture::sink::FileSink;
     pub use crate::capture::stats::Stats;
     pub use crate::capture::writer::{CaptureWriter, Step, Synthesis};
+    pub use crate::replay::capfile::{RawPacket, Reader};
     pub use crate::wire::pcapng::SectionInfo;
     pub use crate::wire::wsframe::{apply_mask, FrameHeader};
 }

@@ -1,4 +1,23 @@
-//! Capture: the tee under each socket, the event queue, the writer thread and its files.
+//! Capture: every byte that crosses a proxied connection, copied on the way and written
+//! as TCP/IP packets into pcapng files, without ever holding up the traffic.
+//!
+//! ```text
+//! proxy thread                              │ writer thread (wstap-capture)
+//! tee ─▶ tap ─▶ chunk (copy into a slab)    │
+//!             ─▶ recorder (bounded queue) ══╪═▶ sink (files, rotation, errors)
+//!                                           │     ─▶ writer (events → packets; leg)
+//!                                           │     ─▶ files (`.part` → final, the ring)
+//! ```
+//!
+//! - [`event`]: what a tap tells the writer (a leaf both sides import).
+//! - [`stats`]: what capture did and lost (a leaf too).
+//! - [`tee`]: the stream wrapper under hyper; [`tap`]: a leg's capture state (probe ring,
+//!   offsets, the start of a session); [`chunk`]: the slab the copies go into.
+//! - [`recorder`]: the bounded queue, the writer thread and its heartbeat.
+//! - [`sink`]: the writer thread's side: outputs, rotation, write errors.
+//! - [`writer`]: events → packets → pcapng sections, replays in each new file;
+//!   [`leg`]: one leg as the writer keeps it.
+//! - [`files`]: names, `.part`, the ring of finished files.
 
 pub mod chunk;
 pub mod event;

@@ -302,19 +302,6 @@ mod tests {
     }
 
     #[test]
-    fn capture_drops_show_in_the_metrics() {
-        let rec = detached(1000);
-        let metrics = crate::service::metrics::Metrics::default();
-        let before = metrics.render(Some(rec.stats()), true);
-        assert!(before.contains("wstap_capture_dropped_events_total 0\n"), "{before}");
-        rec.send(1, data(Dir::Up, 0, &[0; 800]));
-        rec.send(1, data(Dir::Up, 800, &[0; 800])); // over the budget: dropped
-        let after = metrics.render(Some(rec.stats()), true);
-        assert!(after.contains("wstap_capture_dropped_events_total 1\n"), "{after}");
-        assert!(after.contains("wstap_capture_dropped_bytes_total 800\n"), "{after}");
-    }
-
-    #[test]
     fn a_full_queue_drops_data_but_keeps_control_events() {
         let rec = detached(1000);
         assert!(rec.send(1, data(Dir::Up, 0, &[0; 800])));

@@ -1,4 +1,13 @@
-//! The proxy: one client connection, its upstream connection, and the relay of a session.
+//! The proxy: one client connection at a time, HTTP/1.1 and WebSocket, forwarded over an
+//! upstream connection it opens itself, and the relay of each upgraded session.
+//!
+//! - [`conn`]: a client connection: hyper's server on the (teed) socket, routing, the
+//!   upstream connection (hyper's client on a socket it opened), the upgrade, the taps.
+//! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
+//! - [`error`]: why a request failed, whose fault it was, its status code (pure).
+//! - [`splice`]: the byte relay of an upgraded session, half-close kept.
+//! - [`metered`]: byte counting beside each stream; [`traffic`]: the counters.
+//! - [`shutdown`]: the phases a drain goes through, and the handle every task holds.
 
 pub mod conn;
 pub mod error;

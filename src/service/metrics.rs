@@ -203,4 +203,16 @@ mod tests {
         assert!(m.render(None, false).contains("wstap_connections_active 0\n"));
         assert_eq!(m.sessions_json(), "[]");
     }
+
+    #[test]
+    fn capture_drops_show_in_the_metrics() {
+        let (m, stats) = (Metrics::default(), Stats::default());
+        let before = m.render(Some(&stats), true);
+        assert!(before.contains("wstap_capture_dropped_events_total 0\n"), "{before}");
+        stats.events_dropped.fetch_add(1, Relaxed);
+        stats.bytes_dropped.fetch_add(800, Relaxed);
+        let after = m.render(Some(&stats), true);
+        assert!(after.contains("wstap_capture_dropped_events_total 1\n"), "{after}");
+        assert!(after.contains("wstap_capture_dropped_bytes_total 800\n"), "{after}");
+    }
 }

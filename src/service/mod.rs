@@ -1,4 +1,14 @@
-//! The service: the daemon's run and drain, signals, systemd, metrics.
+//! The service around the proxy: the daemon's run and drain, and everything an operator
+//! talks to it through.
+//!
+//! - [`daemon`]: bind, run (react to actions), drain.
+//! - [`shared`]: what its tasks share, and the health rule.
+//! - [`listeners`]: bound sockets and accept loops, the connection limit.
+//! - [`reload`]: SIGHUP, applied to what comes next.
+//! - [`signals`]: Unix signals → [`signals::Action`]s.
+//! - [`systemd`]: READY, STOPPING, STATUS and WATCHDOG.
+//! - [`admin`]: `/metrics`, `/sessions`, `/healthz`; [`metrics`]: their rendering.
+//! - [`runtime`]: the event loop and the log output.
 
 pub mod admin;
 pub mod daemon;
