@@ -350,8 +350,8 @@ pub async fn raw_session(proxy: &Proxy) -> (TcpStream, Vec<u8>) {
     (r.into_inner(), early)
 }
 
-/// Starts the real `wstap` binary on `config` and waits for its `listening addr=…` log
-/// line (the readiness signal); its stderr keeps being drained.
+/// Starts the real `wstap` binary on `config`, in the config's directory, and waits for
+/// its `listening addr=…` log line (the readiness signal); its stderr keeps being drained.
 pub async fn spawn_daemon(config: &std::path::Path) -> (DaemonProcess, SocketAddr) {
     spawn_daemon_with_env(config, &[]).await
 }
@@ -382,7 +382,10 @@ impl Drop for DaemonProcess {
 /// As [`spawn_daemon`], with extra environment variables.
 pub async fn spawn_daemon_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> (DaemonProcess, SocketAddr) {
     use std::io::BufRead;
+    // In the config's own (scratch) directory: relative paths, such as the default
+    // capture directory, must never land in the source tree.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wstap"))
+        .current_dir(config.parent().expect("the config is in a scratch directory"))
         .args(["run", "-c"])
         .arg(config)
         .envs(env.iter().copied())
