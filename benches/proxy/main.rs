@@ -15,7 +15,8 @@
 //! `WSTAP_BENCH_TARGETS` (some of `direct,nginx,nginx-64k,wstap-off,wstap-on`, to
 //! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default
 //! `info`, as shipped; at `info` nginx writes its access log too, as shipped; below it
-//! neither logs connections).
+//! neither logs connections), `WSTAP_BENCH_BIN` (the wstap binary to measure, to compare
+//! two builds in turn; this build's by default).
 
 mod wire;
 
@@ -134,7 +135,8 @@ impl Bench {
             );
             let path = dir.join(format!("{name}.toml"));
             std::fs::write(&path, toml).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_wstap"))
+            let bin = std::env::var("WSTAP_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wstap").to_owned());
+            let child = Command::new(bin)
                 .args(["run", "-c", path.to_str().unwrap()])
                 .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
                 .spawn()
