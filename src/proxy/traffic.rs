@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::dir::{Leg, PerDir, PerLeg};
+use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::sync::lock;
 
 /// Bytes moved each way by one connection or session, shared with whoever counts them.
@@ -103,7 +103,15 @@ impl Traffic {
     }
 
     /// Bytes moved `dir` by leg `leg` so far.
-    pub fn bytes(&self, leg: Leg, dir: crate::dir::Dir) -> u64 {
+    pub fn bytes(&self, leg: Leg, dir: Dir) -> u64 {
         self.bytes[leg][dir].load(Relaxed)
+    }
+
+    /// Bytes wstap read (`read`), or wrote, on both legs so far.
+    pub fn bytes_total(&self, read: bool) -> u64 {
+        Leg::BOTH
+            .into_iter()
+            .map(|leg| self.bytes(leg, if read { leg.inbound() } else { leg.inbound().reverse() }))
+            .sum()
     }
 }

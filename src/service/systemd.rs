@@ -10,7 +10,6 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
 
-use crate::dir::Leg;
 use crate::service::shared::Shared;
 
 /// How often STATUS is refreshed when no watchdog asks for more.
@@ -87,18 +86,11 @@ pub(crate) async fn pulse(notifier: Notifier, shared: Arc<Shared>) {
             notifier.watchdog();
         }
         let (open, traffic) = (shared.open_connections(), &shared.metrics.traffic);
-        // In: what wstap read on either leg; out: what it wrote.
-        let total = |read: bool| -> u64 {
-            Leg::BOTH
-                .into_iter()
-                .map(|leg| traffic.bytes(leg, if read { leg.inbound() } else { leg.inbound().reverse() }))
-                .sum()
-        };
         notifier.status(&format!(
             "{open} connections, {} WebSocket sessions; {} bytes in, {} bytes out{}",
             traffic.sessions_active(),
-            total(true),
-            total(false),
+            traffic.bytes_total(true),
+            traffic.bytes_total(false),
             if healthy { "" } else { "; UNHEALTHY (see the log)" }
         ));
     }
