@@ -27,7 +27,7 @@ fn run(acks: bool) -> (f64, f64) {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
         acks,
-        display_port: None,
+        display_port: wstap::config::DisplayPort::Real,
         isn_seed: 1,
         rotate_wait: Duration::from_secs(5),
     };
@@ -42,6 +42,7 @@ fn run(acks: bool) -> (f64, f64) {
         session: true,
         session_id: 1,
         label: String::new(),
+        snap: Default::default(),
     };
     w.process(Event { time: 1, leg: 1, what: What::Open(Box::new(open)) }, &stats).unwrap();
     let head = b"GET / HTTP/1.1\r\n\r\n";

@@ -26,15 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(async move {
         let (stream, peer) = listener.accept().await?;
         // The one line that adds capture: the app's socket, teed.
-        let opening = Opening {
-            leg: Leg::Client,
-            local: addr,
-            remote: peer,
-            comment: format!("my app: connection from {peer}"),
-            session: false,
-            session_id: 1,
-            label: "my-app".into(),
-        };
+        let opening = Opening::new(Leg::Client, addr, peer, format!("my app: connection from {peer}"));
         let tap = Tap::recording(recorder, opening);
         let mut ws = tokio_tungstenite::accept_async(Tee::new(stream, Some(tap))).await?;
         while let Some(msg) = ws.next().await {

@@ -93,6 +93,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 /// applications use [`Capture`] and [`replay`].
 pub mod internals {
     pub use crate::capture::event::{Event, LegId, What};
+    pub use crate::capture::ports::table as undecodable_ports;
     pub use crate::capture::sink::FileSink;
     pub use crate::capture::stats::Stats;
     pub use crate::capture::writer::{CaptureWriter, Step, Synthesis};

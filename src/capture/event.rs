@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::config::Snap;
 use crate::dir::{Dir, Leg, PerDir};
 
 /// Identifies one leg of one connection in the event stream.
@@ -58,6 +59,8 @@ pub enum What {
         /// Where the Upgrade exchange begins in each direction's captured stream; `None`:
         /// at the last line starting with `request_line`.
         at: PerDir<Option<u64>>,
+        /// How much of the session's payload is kept.
+        snap: Snap,
     },
     /// The socket was closed.
     Close {
@@ -86,6 +89,25 @@ pub struct Opening {
     pub session_id: u64,
     /// For per-session file names: client address and route.
     pub label: String,
+    /// How much of its payload is kept.
+    pub snap: Snap,
+}
+
+impl Opening {
+    /// A connection of its own (not a proxied session's), recorded from its first byte
+    /// and kept whole: what an application recording its own sockets opens.
+    pub fn new(leg: Leg, local: SocketAddr, remote: SocketAddr, comment: impl Into<String>) -> Opening {
+        Opening {
+            leg,
+            local,
+            remote,
+            comment: comment.into(),
+            session: false,
+            session_id: 0,
+            label: String::new(),
+            snap: Snap::default(),
+        }
+    }
 }
 
 /// Now, in nanoseconds since the Unix epoch: the time base of every event.

@@ -18,11 +18,13 @@
 //! - [`writer`]: events → packets → pcapng sections, replays in each new file;
 //!   [`leg`]: one leg as the writer keeps it.
 //! - [`files`]: names, `.part`, the ring of finished files.
+//! - [`ports`]: the ports Wireshark would not decode a session on, and the ones written.
 
 pub mod chunk;
 pub mod event;
 pub mod files;
 pub mod leg;
+pub mod ports;
 pub mod recorder;
 pub mod sink;
 pub mod stats;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use crate::capture::chunk::{copy_chunk, Keep};
 use crate::capture::event::{now_ns, LegId, Opening, What};
 use crate::capture::recorder::Recorder;
+use crate::config::Snap;
 use crate::dir::{Dir, Leg, PerDir};
 use crate::sync::lock;
 
@@ -135,7 +136,7 @@ impl Tap {
     /// behind its Upgrade request) are held until wstap's next write (the `101`) and
     /// written just after it, with a comment giving their real arrival: Wireshark decodes
     /// WebSocket frames only after the `101`, in capture order.
-    pub fn start(&self, base: PerDir<u64>, hold_from: Option<u64>, comment: String, label: String) {
+    pub fn start(&self, base: PerDir<u64>, hold_from: Option<u64>, start: Start) {
         let mut state = self.lock();
         if self.mode.load(Relaxed) != PROBE {
             return;
@@ -146,7 +147,8 @@ impl Tap {
         let kept: Vec<_> = state.ring.drain(..).filter(|(_, dir, off, b)| off + b.len() as u64 > base[*dir]).collect();
         state.ring_bytes = 0;
         let first_time = kept.first().map_or_else(now_ns, |c| c.0);
-        let opening = Opening { comment, label, session: true, ..self.opening.clone() };
+        let Start { comment, label, session, snap, .. } = start;
+        let opening = Opening { comment, label, session, snap, ..self.opening.clone() };
         self.recorder.send_at(first_time, self.id, What::Open(Box::new(opening)));
         let hold_from = hold_from.unwrap_or(u64::MAX);
         for (time, dir, off, bytes) in kept {
@@ -191,17 +193,17 @@ impl Tap {
     /// A session starts on this leg: a probing tap starts recording (see
     /// [`Tap::start`]); a tap already recording (`capture.mode = "all"`) tells the writer
     /// where the session's Upgrade exchange began, so later files can replay it.
-    pub fn begin(&self, base: PerDir<u64>, hold_from: Option<u64>, session: SessionStart) {
+    pub fn begin(&self, base: PerDir<u64>, hold_from: Option<u64>, start: Start) {
         if self.is_recording() {
             let at = match self.opening.leg {
                 // Where the request began among what was read is found by its line.
                 Leg::Client => PerDir::new(None, Some(base[Dir::Down])),
                 Leg::Upstream => base.map(|_, b| Some(b)),
             };
-            let SessionStart { comment, request_line, .. } = session;
-            self.recorder.send(self.id, What::Session { comment, request_line, at });
+            let Start { comment, request_line, snap, .. } = start;
+            self.recorder.send(self.id, What::Session { comment, request_line, at, snap });
         } else {
-            self.start(base, hold_from, session.comment, session.label);
+            self.start(base, hold_from, start);
         }
     }
 
@@ -311,12 +313,16 @@ impl Tap {
     }
 }
 
-/// What a session start tells a tap.
-pub struct SessionStart {
+/// What the start of a leg's capture tells its tap.
+pub struct Start {
     /// For the leg's first packet (or next, on a leg recorded from its first byte).
     pub comment: String,
     /// For per-session file names.
     pub label: String,
-    /// The Upgrade request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
+    /// The request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
     pub request_line: String,
+    /// A WebSocket session starts (at an Upgrade exchange), not a connection's capture.
+    pub session: bool,
+    /// How much of its payload is kept.
+    pub snap: Snap,
 }

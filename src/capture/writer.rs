@@ -14,8 +14,9 @@ use bytes::Bytes;
 
 use crate::capture::event::{Event, LegId, Opening, What};
 use crate::capture::leg::{add_note, Final, LegState, Pending};
+use crate::capture::ports;
 use crate::capture::stats::Stats;
-use crate::config::Legs;
+use crate::config::{DisplayPort, Legs};
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::wire::pcapng::{PcapngWriter, SectionInfo};
 use crate::wire::tcp::Flow;
@@ -30,8 +31,8 @@ pub struct Synthesis {
     /// The receiver acknowledges each chunk of data: on its own next data when that
     /// comes first, else with a pure ACK.
     pub acks: bool,
-    /// Write the server side of each leg with this port instead of the real one.
-    pub display_port: Option<u16>,
+    /// Which port the server side of each leg is written with.
+    pub display_port: DisplayPort,
     /// Seed of the ISN generator (xorshift; ISNs need to look random, not be secret).
     pub isn_seed: u64,
     /// Longest a due rotation waits for every session to reach a frame boundary (in
@@ -257,7 +258,7 @@ impl<W: Write> CaptureWriter<W> {
                 }
                 Ok(())
             }
-            What::Session { comment, request_line, at } => {
+            What::Session { comment, request_line, at, snap: _ } => {
                 if let Some(leg) = self.legs.get_mut(&id) {
                     add_note(&mut leg.note, comment);
                     leg.begin_session(request_line.as_bytes(), at);
@@ -344,12 +345,17 @@ impl<W: Write> CaptureWriter<W> {
         }
         // The opener sends `Up`: the client on the client leg, wstap on the upstream leg.
         // The server side may be shown with the display port.
-        let (mut opener, mut acceptor) = match o.leg {
+        let (opener, acceptor) = match o.leg {
             Leg::Client => (o.remote, o.local),
             Leg::Upstream => (o.local, o.remote),
         };
-        if let Some(port) = self.synth.display_port {
-            acceptor.set_port(port);
+        let (mut opener, acceptor, real_port) = ports::display(opener, acceptor, self.synth.display_port);
+        let mut comment = o.comment;
+        if let Some(real) = real_port {
+            comment.push_str(&format!(
+                "; the server port {real} is written as {} (capture.display_port), so that Wireshark decodes the session",
+                acceptor.port()
+            ));
         }
         if opener == acceptor {
             opener.set_port(opener.port().wrapping_add(1));
@@ -357,7 +363,7 @@ impl<W: Write> CaptureWriter<W> {
         let mss = if acceptor.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
         let isn = PerDir::new(self.next_isn(), self.next_isn());
         let flow = Flow::new(opener, acceptor, isn, mss);
-        self.legs.insert(id, LegState::new(o.leg, flow, o.comment, o.session));
+        self.legs.insert(id, LegState::new(o.leg, flow, comment, o.session));
         self.emit(id, time, |f, e| f.handshake(e), stats)
     }
 
@@ -505,6 +511,7 @@ impl<W: Write> CaptureWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Snap;
     use bytes::Bytes;
     use etherparse::{SlicedPacket, TransportSlice};
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
@@ -525,7 +532,7 @@ mod tests {
             mss_ipv4: 1460,
             mss_ipv6: 1440,
             acks,
-            display_port: None,
+            display_port: DisplayPort::Real,
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
         };
@@ -542,6 +549,7 @@ mod tests {
             session,
             session_id: 1,
             label: String::new(),
+            snap: Snap::default(),
         }
     }
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::route::Upstream;
 use super::units::{ByteSize, HumanDuration};
-use super::{CaptureMode, CaptureSettings, Legs, RotateSettings};
+use super::CaptureMode;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +64,12 @@ pub(super) struct FileCapture {
     pub(super) dir: PathBuf,
     pub(super) prefix: String,
     pub(super) legs: Vec<LegName>,
-    pub(super) display_port: u16,
+    pub(super) sample: f64,
+    pub(super) sample_seed: Option<u64>,
+    pub(super) max_session_bytes: ByteSize,
+    pub(super) max_message_bytes: ByteSize,
+    pub(super) display_port: FileDisplayPort,
+    pub(super) redact: FileRedact,
     pub(super) mss_ipv4: u16,
     pub(super) mss_ipv6: u16,
     pub(super) acks: bool,
@@ -95,39 +100,6 @@ impl Default for FileRotate {
     }
 }
 
-impl From<FileCapture> for CaptureSettings {
-    fn from(c: FileCapture) -> CaptureSettings {
-        CaptureSettings {
-            mode: c.mode,
-            dir: c.dir,
-            prefix: c.prefix,
-            legs: Legs { client: c.legs.contains(&LegName::Client), upstream: c.legs.contains(&LegName::Upstream) },
-            display_port: (c.display_port != 0).then_some(c.display_port),
-            mss_ipv4: c.mss_ipv4,
-            mss_ipv6: c.mss_ipv6,
-            acks: c.acks,
-            queue_size: c.queue_size.0 as usize,
-            flush_interval: c.flush_interval.0,
-            per_session: c.per_session,
-            file_mode: u32::from_str_radix(&c.file_mode, 8).unwrap_or(0o640),
-            rotate: RotateSettings {
-                size: c.rotate.size.0,
-                interval: (!c.rotate.interval.0.is_zero()).then_some(c.rotate.interval.0),
-                files: c.rotate.files,
-                max_wait: c.rotate.max_wait.0,
-            },
-        }
-    }
-}
-
-impl CaptureSettings {
-    /// The default capture settings, writing into `dir`: for applications that record
-    /// their own connections with [`crate::Tee`].
-    pub fn in_dir(dir: impl Into<PathBuf>) -> CaptureSettings {
-        CaptureSettings { dir: dir.into(), ..FileCapture::default().into() }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum LegName {
@@ -141,8 +113,13 @@ impl Default for FileCapture {
             mode: CaptureMode::Websocket,
             dir: "captures".into(),
             prefix: "wstap".into(),
-            legs: vec![LegName::Client, LegName::Upstream],
-            display_port: 0,
+            legs: vec![LegName::Client],
+            sample: 1.0,
+            sample_seed: None,
+            max_session_bytes: ByteSize(0),
+            max_message_bytes: ByteSize(0),
+            display_port: FileDisplayPort::Name("auto".into()),
+            redact: FileRedact::Table(FileRedactTable::default()),
             mss_ipv4: crate::wire::tcp::MSS_IPV4,
             mss_ipv6: crate::wire::tcp::MSS_IPV6,
             acks: true,
@@ -164,6 +141,12 @@ pub(super) struct FileRoute {
     pub(super) upstream: Upstream,
     #[serde(default)]
     pub(super) strip_prefix: bool,
+    /// The route's own capture policy, over `[capture]`'s.
+    pub(super) capture: Option<CaptureMode>,
+    pub(super) legs: Option<Vec<LegName>>,
+    pub(super) sample: Option<f64>,
+    pub(super) max_session_bytes: Option<ByteSize>,
+    pub(super) max_message_bytes: Option<ByteSize>,
 }
 
 pub(super) fn default_path_prefix() -> String {
@@ -216,5 +199,41 @@ pub(super) struct FileProxy {
 impl Default for FileProxy {
     fn default() -> Self {
         FileProxy { x_forwarded: true, preserve_host: false }
+    }
+}
+
+/// `display_port`: a port number (0: the real ports) or `"auto"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileDisplayPort {
+    Port(u16),
+    Name(String),
+}
+
+/// `redact`: `false` (nothing is masked), `true` (the defaults), or a table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileRedact {
+    Switch(bool),
+    Table(FileRedactTable),
+}
+
+/// `[capture.redact]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileRedactTable {
+    pub(super) headers: Vec<String>,
+    pub(super) query: Vec<String>,
+    pub(super) payload: Vec<String>,
+}
+
+impl Default for FileRedactTable {
+    fn default() -> Self {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect();
+        FileRedactTable {
+            headers: names(&super::Redact::DEFAULT_HEADERS),
+            query: names(&super::Redact::DEFAULT_QUERY),
+            payload: Vec::new(),
+        }
     }
 }

@@ -8,19 +8,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
+mod capture;
 mod file;
 pub mod route;
 mod show;
 mod units;
 mod validate;
 
+pub use capture::{CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Snap};
 use file::FileConfig;
 use route::Route;
 pub use units::{ByteSize, HumanDuration};
-
-use crate::dir::Leg;
 
 /// Validated settings: everything the daemon runs from.
 #[derive(Debug, Clone)]
@@ -45,83 +43,6 @@ pub struct Settings {
     pub log_level: String,
     /// Where `/metrics`, `/sessions` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
-}
-
-/// What gets recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CaptureMode {
-    /// WebSocket sessions only: the Upgrade exchange and everything after it.
-    Websocket,
-    /// Every connection, plain HTTP included.
-    All,
-    /// Nothing.
-    Off,
-}
-
-/// Which legs of a session are recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Legs {
-    /// The client leg (client ↔ wstap).
-    pub client: bool,
-    /// The upstream leg (wstap ↔ upstream).
-    pub upstream: bool,
-}
-
-impl Legs {
-    /// Whether `leg` is recorded.
-    pub fn has(self, leg: Leg) -> bool {
-        match leg {
-            Leg::Client => self.client,
-            Leg::Upstream => self.upstream,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-/// The `[capture]` table: what is recorded, where, and how packets are made.
-pub struct CaptureSettings {
-    /// What gets recorded.
-    pub mode: CaptureMode,
-    /// Created if missing. Relative paths are relative to the working directory.
-    pub dir: PathBuf,
-    /// The start of every file name.
-    pub prefix: String,
-    /// Which legs are recorded.
-    pub legs: Legs,
-    /// Write the server side of each leg with this port (for ports another Wireshark
-    /// dissector claims).
-    pub display_port: Option<u16>,
-    /// Largest synthesized segment over IPv4.
-    pub mss_ipv4: u16,
-    /// Largest synthesized segment over IPv6.
-    pub mss_ipv6: u16,
-    /// A pure ACK from the receiver after each chunk of data.
-    pub acks: bool,
-    /// Bytes of captured data allowed to wait for the writer; past it, data is dropped.
-    pub queue_size: usize,
-    /// Data reaches the OS at least this often.
-    pub flush_interval: Duration,
-    /// One file per session instead of one rotating series.
-    pub per_session: bool,
-    /// Mode of created files (the umask applies too).
-    pub file_mode: u32,
-    /// When files rotate and how many are kept.
-    pub rotate: RotateSettings,
-}
-
-/// When files rotate and how many are kept (dumpcap's `-b filesize:`, `-b interval:`,
-/// `-b files:`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RotateSettings {
-    /// Rotate once a file reaches this many bytes; 0 = never.
-    pub size: u64,
-    /// Rotate at wall-clock multiples of this; `None` = never.
-    pub interval: Option<Duration>,
-    /// Finished files kept; the oldest beyond are deleted; 0 = all.
-    pub files: usize,
-    /// Longest a due rotation waits for every session to be between frames.
-    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,9 +154,11 @@ mod tests {
         assert_eq!(s.limits.max_header_size, 65536);
         assert_eq!(s.shutdown.grace, Duration::from_secs(30));
         assert!(s.proxy.x_forwarded);
-        assert_eq!(s.capture.mode, CaptureMode::Websocket);
-        assert_eq!(s.capture.legs, Legs { client: true, upstream: true });
-        assert_eq!((s.capture.mss_ipv4, s.capture.mss_ipv6, s.capture.display_port), (1460, 1440, None));
+        assert_eq!(s.capture.policy.mode, CaptureMode::Websocket);
+        assert_eq!(s.capture.legs, Legs { client: true, upstream: false }, "the client leg only, by default");
+        assert_eq!(s.routes[0].policy, Policy::default());
+        assert_eq!((s.capture.mss_ipv4, s.capture.mss_ipv6, s.capture.display_port), (1460, 1440, DisplayPort::Auto));
+        assert_eq!(s.capture.redact, Redact::defaults(), "credentials are masked unless the config says otherwise");
     }
 
     #[test]
@@ -251,9 +174,15 @@ mod tests {
     fn capture_section() {
         let s =
             parse(&format!("{MINIMAL}[capture]\nmode = \"all\"\nlegs = [\"upstream\"]\ndisplay_port = 80\n")).unwrap();
-        assert_eq!(s.capture.mode, CaptureMode::All);
+        assert_eq!(s.capture.policy.mode, CaptureMode::All);
         assert_eq!(s.capture.legs, Legs { client: false, upstream: true });
-        assert_eq!(s.capture.display_port, Some(80));
+        assert_eq!(s.capture.display_port, DisplayPort::Fixed(80));
+        assert_eq!(
+            parse(&format!("{MINIMAL}[capture]\ndisplay_port = 0\n")).unwrap().capture.display_port,
+            DisplayPort::Real
+        );
+        let err = parse(&format!("{MINIMAL}[capture]\ndisplay_port = \"sometimes\"\n")).unwrap_err();
+        assert!(err.contains("capture.display_port"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture]\nmode = \"some\"\n")).unwrap_err();
         assert!(err.contains("capture.mode") && err.contains("test.toml:5:"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture]\nlegs = [\"sideways\"]\n")).unwrap_err();
@@ -339,5 +268,59 @@ mod tests {
         .unwrap();
         assert!(s.listen[0].is_ipv6());
         assert_eq!(s.limits.upstream_timeout, None);
+    }
+
+    #[test]
+    fn routes_override_the_capture_policy_and_the_files_get_the_legs_any_route_records() {
+        let text = "listen = [\"127.0.0.1:1\"]\n\
+            [[route]]\npath_prefix = \"/health\"\nupstream = \"ws://a:1\"\ncapture = \"off\"\n\
+            [[route]]\npath_prefix = \"/bulk\"\nupstream = \"ws://a:1\"\nsample = 0.25\nmax_message_bytes = \"1KiB\"\n\
+            [[route]]\nupstream = \"ws://a:1\"\nlegs = [\"client\", \"upstream\"]\n\
+            [capture]\nmax_session_bytes = \"1MiB\"\nsample_seed = 7\n";
+        let s = parse(text).unwrap();
+        let p: Vec<&Policy> = s.routes.iter().map(|r| &r.policy).collect();
+        assert_eq!((p[0].mode, p[0].records()), (CaptureMode::Off, false));
+        assert_eq!((p[1].sample, p[1].snap), (0.25, Snap { message: Some(1024), session: Some(1 << 20) }));
+        assert_eq!(p[2].legs, Legs { client: true, upstream: true });
+        assert_eq!(s.capture.legs, Legs { client: true, upstream: true }, "one route records the upstream leg");
+        assert_eq!(s.capture.sample_seed, Some(7));
+        let again = parse(&s.to_string()).unwrap();
+        assert_eq!(
+            again.routes.iter().map(|r| r.policy).collect::<Vec<_>>(),
+            s.routes.iter().map(|r| r.policy).collect::<Vec<_>>()
+        );
+        for (bad, key) in [
+            ("sample = 1.5", "route[0].sample"),
+            ("legs = []", "route[0].legs"),
+            ("capture = \"sometimes\"", "route[0].capture"),
+        ] {
+            let err =
+                parse(&format!("listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n{bad}\n")).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let off = parse(&format!("{MINIMAL}[capture]\nmode = \"off\"\n")).unwrap();
+        assert!(!off.capture.on(), "no route records anything: no capture writer");
+    }
+
+    #[test]
+    fn redaction_is_on_by_default_configurable_and_loud_when_off() {
+        let s = parse(&format!(
+            "{MINIMAL}[capture.redact]\nheaders = [\"X-Api-Key\"]\nquery = [\"sig\"]\npayload = ['\"password\":\"[^\"]*\"']\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.capture.redact.headers.clone(), s.capture.redact.query.clone()),
+            (vec!["x-api-key".to_owned()], vec!["sig".to_owned()])
+        );
+        assert_eq!(s.capture.redact.payload[0].as_str(), r#""password":"[^"]*""#);
+        assert_eq!(parse(&s.to_string()).unwrap().capture.redact, s.capture.redact, "printed back as it was read");
+        let off = parse(&format!("{MINIMAL}[capture]\nredact = false\n")).unwrap();
+        assert!(off.capture.redact.is_off());
+        assert!(off.to_string().contains("# WARNING: redaction is off"), "{off}");
+        assert!(parse(&off.to_string()).unwrap().capture.redact.is_off());
+        let err = parse(&format!("{MINIMAL}[capture.redact]\npayload = [\"(unclosed\"]\n")).unwrap_err();
+        assert!(err.contains("capture.redact.payload[0]"), "{err}");
+        let err = parse(&format!("{MINIMAL}[capture.redact]\nheaders = [\"bad header\"]\n")).unwrap_err();
+        assert!(err.contains("capture.redact.headers[0]"), "{err}");
     }
 }

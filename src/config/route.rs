@@ -5,8 +5,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::Policy;
+
 /// One `[[route]]`: requests whose host (if set) and path prefix match go to `upstream`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Lower-case host name to match against the request's `Host` (port ignored).
     pub host: Option<String>,
@@ -16,6 +18,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Where matching requests go.
     pub upstream: Upstream,
+    /// What is recorded of its sessions.
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,7 @@ mod tests {
             path_prefix: prefix.to_owned(),
             strip_prefix: strip,
             upstream: Upstream::parse(upstream).unwrap(),
+            policy: Policy::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{CaptureMode, Settings};
+use super::{CaptureSettings, DisplayPort, Policy, Redact, Settings};
 
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
@@ -22,6 +22,7 @@ impl fmt::Display for Settings {
             writeln!(f, "path_prefix = {:?}", r.path_prefix)?;
             writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
             writeln!(f, "upstream = {:?}", r.upstream.to_string())?;
+            write_policy(f, &r.policy, "capture")?;
         }
         let l = &self.limits;
         writeln!(f, "\n[limits]")?;
@@ -36,40 +37,66 @@ impl fmt::Display for Settings {
         writeln!(f, "\n[proxy]")?;
         writeln!(f, "x_forwarded = {}", self.proxy.x_forwarded)?;
         writeln!(f, "preserve_host = {}", self.proxy.preserve_host)?;
-        let c = &self.capture;
-        let mode = match c.mode {
-            CaptureMode::Websocket => "websocket",
-            CaptureMode::All => "all",
-            CaptureMode::Off => "off",
-        };
-        let legs: Vec<&str> = [(c.legs.client, "\"client\""), (c.legs.upstream, "\"upstream\"")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
-        writeln!(f, "\n[capture]")?;
-        writeln!(f, "mode = {mode:?}")?;
-        writeln!(f, "dir = {:?}", c.dir.display().to_string())?;
-        writeln!(f, "prefix = {:?}", c.prefix)?;
-        writeln!(f, "legs = [{}]", legs.join(", "))?;
-        writeln!(f, "display_port = {}", c.display_port.unwrap_or(0))?;
-        writeln!(f, "mss_ipv4 = {}", c.mss_ipv4)?;
-        writeln!(f, "mss_ipv6 = {}", c.mss_ipv6)?;
-        writeln!(f, "acks = {}", c.acks)?;
-        writeln!(f, "queue_size = {}", c.queue_size)?;
-        writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
-        writeln!(f, "per_session = {}", c.per_session)?;
-        writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
-        let r = &c.rotate;
-        writeln!(f, "\n[capture.rotate]")?;
-        writeln!(f, "size = {}", r.size)?;
-        writeln!(f, "interval = {:?}", dur(r.interval))?;
-        writeln!(f, "files = {}", r.files)?;
-        writeln!(f, "max_wait = {:?}", dur(Some(r.max_wait)))?;
+        write_capture(f, &self.capture)?;
         writeln!(f, "\n[log]\nlevel = {:?}", self.log_level)?;
         match self.admin {
             Some(a) => write!(f, "\n[admin]\nlisten = {:?}", a.to_string()),
             None => write!(f, "\n# [admin]: off"),
         }
     }
+}
+
+/// A policy's keys; `mode` is the name its mode goes by (`mode` in `[capture]`,
+/// `capture` in a route).
+fn write_policy(f: &mut fmt::Formatter<'_>, p: &Policy, mode: &str) -> fmt::Result {
+    writeln!(f, "{mode} = {:?}", p.mode.name())?;
+    writeln!(f, "legs = {}", p.legs.names())?;
+    writeln!(f, "sample = {:?}", p.sample)?;
+    writeln!(f, "max_session_bytes = {}", p.snap.session.unwrap_or(0))?;
+    writeln!(f, "max_message_bytes = {}", p.snap.message.unwrap_or(0))
+}
+
+fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result {
+    let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
+    writeln!(f, "\n[capture]")?;
+    write_policy(f, &c.policy, "mode")?;
+    if let Some(seed) = c.sample_seed {
+        writeln!(f, "sample_seed = {seed}")?;
+    }
+    writeln!(f, "dir = {:?}", c.dir.display().to_string())?;
+    writeln!(f, "prefix = {:?}", c.prefix)?;
+    match c.display_port {
+        DisplayPort::Auto => writeln!(f, "display_port = \"auto\"")?,
+        DisplayPort::Real => writeln!(f, "display_port = 0")?,
+        DisplayPort::Fixed(p) => writeln!(f, "display_port = {p}")?,
+    }
+    writeln!(f, "mss_ipv4 = {}", c.mss_ipv4)?;
+    writeln!(f, "mss_ipv6 = {}", c.mss_ipv6)?;
+    writeln!(f, "acks = {}", c.acks)?;
+    writeln!(f, "queue_size = {}", c.queue_size)?;
+    writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
+    writeln!(f, "per_session = {}", c.per_session)?;
+    writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
+    if c.redact.is_off() {
+        writeln!(f, "# WARNING: redaction is off: capture files hold every credential that crossed wstap")?;
+        writeln!(f, "redact = false")?;
+    }
+    let r = &c.rotate;
+    writeln!(f, "\n[capture.rotate]")?;
+    writeln!(f, "size = {}", r.size)?;
+    writeln!(f, "interval = {:?}", dur(r.interval))?;
+    writeln!(f, "files = {}", r.files)?;
+    writeln!(f, "max_wait = {:?}", dur(Some(r.max_wait)))?;
+    if !c.redact.is_off() {
+        write_redact(f, &c.redact)?;
+    }
+    Ok(())
+}
+
+fn write_redact(f: &mut fmt::Formatter<'_>, r: &Redact) -> fmt::Result {
+    let list = |items: Vec<&str>| items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+    writeln!(f, "\n[capture.redact]")?;
+    writeln!(f, "headers = [{}]", list(r.headers.iter().map(String::as_str).collect()))?;
+    writeln!(f, "query = [{}]", list(r.query.iter().map(String::as_str).collect()))?;
+    writeln!(f, "payload = [{}]", list(r.payload.iter().map(|p| p.as_str()).collect()))
 }

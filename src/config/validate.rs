@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::file::{FileCapture, FileConfig, FileLimits, FileRoute};
+use super::file::{FileCapture, FileConfig, FileDisplayPort, FileLimits, FileRedact, FileRoute, LegName};
 use super::route::Route;
-use super::units::HumanDuration;
-use super::{CaptureMode, CaptureSettings, ConfigError, Limits, ProxySettings, Settings, ShutdownSettings};
+use super::units::{ByteSize, HumanDuration};
+use super::{
+    CaptureMode, CaptureSettings, ConfigError, DisplayPort, Legs, Limits, Policy, ProxySettings, Redact,
+    RotateSettings, Settings, ShutdownSettings, Snap,
+};
 use crate::wire::tcp::MSS_MAX;
 
 /// Most worker threads `workers` may ask for.
@@ -37,9 +40,13 @@ fn settings(f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
     if f.workers > MAX_WORKERS {
         return fail("workers", format!("{} is more than {MAX_WORKERS}", f.workers));
     }
-    let routes = routes(f.routes)?;
+    let mut capture = capture(f.capture)?;
+    let routes = routes(f.routes, &capture.policy)?;
     let limits = limits(f.limits)?;
-    let capture = capture(f.capture)?;
+    capture.legs = routes
+        .iter()
+        .filter(|r| r.policy.records())
+        .fold(Legs { client: false, upstream: false }, |all, r| all.union(r.policy.legs));
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log.level) {
         return fail("log.level", format!("{:?} is not a log filter: {e}", f.log.level));
     }
@@ -69,7 +76,7 @@ fn check_listen(listen: &[SocketAddr]) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn routes(file: Vec<FileRoute>) -> Result<Vec<Route>, Invalid> {
+fn routes(file: Vec<FileRoute>, defaults: &Policy) -> Result<Vec<Route>, Invalid> {
     if file.is_empty() {
         return fail("route", "at least one [[route]] is required");
     }
@@ -84,7 +91,25 @@ fn routes(file: Vec<FileRoute>) -> Result<Vec<Route>, Invalid> {
             }
             h => h.map(|h| h.to_ascii_lowercase()),
         };
-        routes.push(Route { host, path_prefix: r.path_prefix, strip_prefix: r.strip_prefix, upstream: r.upstream });
+        let key = |name: &str| format!("route[{i}].{name}");
+        let mode = r.capture.unwrap_or(defaults.mode);
+        let policy = Policy {
+            mode,
+            legs: match r.legs {
+                Some(names) => legs(&key("legs"), &names, mode)?,
+                None => defaults.legs,
+            },
+            sample: match r.sample {
+                Some(s) => sample(&key("sample"), s)?,
+                None => defaults.sample,
+            },
+            snap: Snap {
+                message: r.max_message_bytes.map_or(defaults.snap.message, bytes_limit),
+                session: r.max_session_bytes.map_or(defaults.snap.session, bytes_limit),
+            },
+        };
+        let (path_prefix, strip_prefix, upstream) = (r.path_prefix, r.strip_prefix, r.upstream);
+        routes.push(Route { host, path_prefix, strip_prefix, upstream, policy });
     }
     Ok(routes)
 }
@@ -118,9 +143,12 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
     if c.prefix.is_empty() || c.prefix.contains(['/', '\\', '\0']) {
         return fail("capture.prefix", format!("{:?} must be a non-empty file name part", c.prefix));
     }
-    if c.mode != CaptureMode::Off && c.legs.is_empty() {
-        return fail("capture.legs", "list at least one of \"client\", \"upstream\" (or set mode = \"off\")");
-    }
+    let policy = Policy {
+        mode: c.mode,
+        legs: legs("capture.legs", &c.legs, c.mode)?,
+        sample: sample("capture.sample", c.sample)?,
+        snap: Snap { message: bytes_limit(c.max_message_bytes), session: bytes_limit(c.max_session_bytes) },
+    };
     for (key, mss) in [("capture.mss_ipv4", c.mss_ipv4), ("capture.mss_ipv6", c.mss_ipv6)] {
         if !(64..=MSS_MAX).contains(&mss) {
             return fail(key, format!("must be between 64 and {MSS_MAX}, not {mss}"));
@@ -132,10 +160,10 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
     if c.flush_interval.0.is_zero() {
         return fail("capture.flush_interval", "must be more than 0s");
     }
-    match u32::from_str_radix(&c.file_mode, 8) {
-        Ok(m) if m <= 0o777 && c.file_mode.len() <= 4 => {}
+    let file_mode = match u32::from_str_radix(&c.file_mode, 8) {
+        Ok(m) if m <= 0o777 && c.file_mode.len() <= 4 => m,
         _ => return fail("capture.file_mode", format!("{:?} is not an octal file mode such as \"0640\"", c.file_mode)),
-    }
+    };
     let iv = c.rotate.interval.0;
     if !iv.is_zero() && iv < Duration::from_secs(1) {
         return fail("capture.rotate.interval", "must be 0s (never) or at least 1s");
@@ -143,5 +171,87 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
     if c.rotate.size.0 != 0 && c.rotate.size.0 < 64 * 1024 {
         return fail("capture.rotate.size", "must be 0 (never) or at least 64KiB");
     }
-    Ok(CaptureSettings::from(c))
+    Ok(CaptureSettings {
+        policy,
+        legs: policy.legs,
+        dir: c.dir,
+        prefix: c.prefix,
+        display_port: display_port(c.display_port)?,
+        mss_ipv4: c.mss_ipv4,
+        mss_ipv6: c.mss_ipv6,
+        acks: c.acks,
+        queue_size: c.queue_size.0 as usize,
+        flush_interval: c.flush_interval.0,
+        per_session: c.per_session,
+        file_mode,
+        rotate: RotateSettings {
+            size: c.rotate.size.0,
+            interval: (!iv.is_zero()).then_some(iv),
+            files: c.rotate.files,
+            max_wait: c.rotate.max_wait.0,
+        },
+        redact: redact(c.redact)?,
+        sample_seed: c.sample_seed,
+    })
+}
+
+/// The legs `names` lists (at least one, unless `mode` records nothing).
+fn legs(key: &str, names: &[LegName], mode: CaptureMode) -> Result<Legs, Invalid> {
+    if mode != CaptureMode::Off && names.is_empty() {
+        return fail(key, "list at least one of \"client\", \"upstream\" (or set the mode to \"off\")");
+    }
+    Ok(Legs { client: names.contains(&LegName::Client), upstream: names.contains(&LegName::Upstream) })
+}
+
+fn sample(key: &str, fraction: f64) -> Result<f64, Invalid> {
+    match fraction {
+        f if (0.0..=1.0).contains(&f) => Ok(f),
+        f => fail(key, format!("{f} is not a fraction between 0.0 and 1.0")),
+    }
+}
+
+/// A byte limit, where 0 means none.
+fn bytes_limit(size: ByteSize) -> Option<u64> {
+    (size.0 != 0).then_some(size.0)
+}
+
+fn display_port(port: FileDisplayPort) -> Result<DisplayPort, Invalid> {
+    match port {
+        FileDisplayPort::Port(0) => Ok(DisplayPort::Real),
+        FileDisplayPort::Port(p) => Ok(DisplayPort::Fixed(p)),
+        FileDisplayPort::Name(n) if n == "auto" => Ok(DisplayPort::Auto),
+        FileDisplayPort::Name(n) => {
+            fail("capture.display_port", format!("{n:?} is neither \"auto\" nor a port number"))
+        }
+    }
+}
+
+fn redact(r: FileRedact) -> Result<Redact, Invalid> {
+    let t = match r {
+        FileRedact::Switch(false) => return Ok(Redact::default()),
+        FileRedact::Switch(true) => return Ok(Redact::defaults()),
+        FileRedact::Table(t) => t,
+    };
+    let mut headers = Vec::with_capacity(t.headers.len());
+    for (i, h) in t.headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(name) => headers.push(name.as_str().to_owned()),
+            Err(_) => return fail(format!("capture.redact.headers[{i}]"), format!("{h:?} is not a header name")),
+        }
+    }
+    for (i, q) in t.query.iter().enumerate() {
+        if q.is_empty() || q.contains(['&', '=', '#', ' ']) {
+            return fail(format!("capture.redact.query[{i}]"), format!("{q:?} is not a query parameter name"));
+        }
+    }
+    let mut payload = Vec::with_capacity(t.payload.len());
+    for (i, p) in t.payload.iter().enumerate() {
+        match regex::bytes::RegexBuilder::new(p).size_limit(1 << 20).build() {
+            Ok(re) => payload.push(re),
+            Err(e) => {
+                return fail(format!("capture.redact.payload[{i}]"), format!("{p:?} is not a usable pattern: {e}"))
+            }
+        }
+    }
+    Ok(Redact { headers, query: t.query, payload })
 }

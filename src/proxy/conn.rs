@@ -25,14 +25,15 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::capture::event::Opening;
 use crate::capture::recorder::Recorder;
-use crate::capture::tap::{SessionStart, Tap};
+use crate::capture::tap::{Start, Tap};
 use crate::capture::tee::Tee;
-use crate::config::route::{self, Route, Upstream};
-use crate::config::{CaptureMode, Settings};
+use crate::config::route::{Route, Upstream};
+use crate::config::{CaptureMode, Settings, Snap};
 use crate::dir::{Dir, Leg, PerDir};
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
+use crate::proxy::policy::Samplers;
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
 use crate::proxy::traffic::{ByteCounts, ConnectionGuard, LiveSession, Traffic};
@@ -47,6 +48,8 @@ pub struct Context {
     /// Where taps send events; `None` when capture is off.
     pub capture: Option<Recorder>,
     pub traffic: Arc<Traffic>,
+    /// Which sessions of each route are sampled.
+    samplers: Samplers,
 }
 
 /// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
@@ -54,16 +57,15 @@ pub struct Context {
 const UPSTREAM_PROBE: usize = 256 * 1024;
 
 impl Context {
-    /// A tap for a new connection leg, as `[capture]` says: recording from its first byte
-    /// (`all`), probing until a session starts (`websocket`), or none.
-    fn tap(
-        &self,
-        leg: Leg,
-        id: u64,
-        local: SocketAddr,
-        remote: SocketAddr,
-        comment: impl FnOnce() -> String,
-    ) -> Option<Arc<Tap>> {
+    /// The context of connections run with `settings`.
+    pub fn new(settings: Arc<Settings>, capture: Option<Recorder>, traffic: Arc<Traffic>) -> Context {
+        let samplers = Samplers::new(settings.routes.len(), settings.capture.sample_seed);
+        Context { settings, capture, traffic, samplers }
+    }
+
+    /// A tap for a new connection leg, if any route records that leg: it probes (keeps its
+    /// recent bytes) until a request's route says what to record.
+    fn tap(&self, leg: Leg, id: u64, local: SocketAddr, remote: SocketAddr) -> Option<Arc<Tap>> {
         let rec = self.capture.as_ref()?;
         let capture = &self.settings.capture;
         let wanted = capture.legs.has(leg);
@@ -71,14 +73,17 @@ impl Context {
             Leg::Client => self.settings.limits.max_header_size + 64 * 1024,
             Leg::Upstream => UPSTREAM_PROBE,
         };
-        let opening =
-            |comment| Opening { leg, local, remote, comment, session: false, session_id: id, label: String::new() };
-        match capture.mode {
-            _ if !wanted => None,
-            CaptureMode::All => Some(Tap::recording(rec.clone(), opening(comment()))),
-            CaptureMode::Websocket => Some(Tap::probing(rec.clone(), opening(String::new()), probe)),
-            CaptureMode::Off => None,
-        }
+        let opening = Opening {
+            leg,
+            local,
+            remote,
+            comment: String::new(),
+            session: false,
+            session_id: id,
+            label: String::new(),
+            snap: Snap::default(),
+        };
+        wanted.then(|| Tap::probing(rec.clone(), opening, probe))
     }
 }
 
@@ -108,7 +113,7 @@ struct UpstreamConn {
 /// daemon drains (then in-flight requests finish first).
 pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: OwnedSemaphorePermit) {
     let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
-    let client_tap = ctx.tap(Leg::Client, id, local, client, || format!("wstap connection {id} from {client}"));
+    let client_tap = ctx.tap(Leg::Client, id, local, client);
     let conn = Arc::new(Conn {
         id,
         client,
@@ -214,15 +219,17 @@ impl Conn {
             return Err(ProxyError::MethodNotAllowed);
         }
         let host = req.headers().get(HOST).cloned();
-        let route = {
+        let (index, route) = {
             let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-            route::find(&self.ctx.settings.routes, host_str, req.uri().path()).ok_or(ProxyError::NoRoute)?.clone()
+            let routes = &self.ctx.settings.routes;
+            let index = routes.iter().position(|r| r.matches(host_str, req.uri().path())).ok_or(ProxyError::NoRoute)?;
+            (index, routes[index].clone())
         };
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        // Where a session's capture would start on the client leg: its request line, and
-        // wstap's next byte to the client.
-        let request_line = upgrade.as_ref().map(|_| format!("{} {} HTTP/1.", req.method(), req.uri()));
+        // Where capture would start on the client leg: this request's line, and wstap's
+        // next byte to the client.
+        let request_line = format!("{} {} HTTP/1.", req.method(), req.uri());
         let client_down_base = self.client_tap.as_ref().map_or(0, |t| t.offset(Dir::Down));
 
         let (mut parts, body) = req.into_parts();
@@ -252,12 +259,21 @@ impl Conn {
         .map_err(ProxyError::Upstream)?;
 
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let start = CaptureStart {
+            request_line: &request_line,
+            client_down_base,
+            upstream: upstream_tap.as_deref().zip(upstream_bases),
+            route: &route,
+            index,
+        };
+        if route.policy.mode == CaptureMode::All {
+            self.capture_connection(&start);
+        }
         if switched {
             let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let upstream_leg = upstream_tap.as_deref().zip(upstream_bases);
-            self.capture_session(request_line.as_deref().unwrap_or_default(), client_down_base, upstream_leg, &route);
-            self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap);
+            let captured = self.capture_session(&start);
+            self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap, captured);
         } else {
             *lock(&self.upstream) = Some(UpstreamConn { upstream, sender, tap: upstream_tap });
         }
@@ -267,42 +283,72 @@ impl Conn {
         Ok(Response::from_parts(parts, Either::Left(body)))
     }
 
-    /// A session starts: both legs' capture begins where its Upgrade exchange began. On
-    /// the client leg that is the last `request_line` among the kept bytes; bytes after
-    /// its head are held until the `101` is written (see [`Tap::begin`]).
-    fn capture_session(
-        &self,
-        request_line: &str,
-        client_down_base: u64,
-        upstream: Option<(&Tap, PerDir<u64>)>,
-        route: &Route,
-    ) {
+    /// A session starts, and the route records it (sampled): each leg it records begins
+    /// where the Upgrade exchange began. Returns whether it is captured.
+    fn capture_session(&self, at: &CaptureStart<'_>) -> bool {
+        let policy = at.route.policy;
+        let recording = self.client_tap.as_ref().is_some_and(|t| t.is_recording())
+            || at.upstream.is_some_and(|(t, _)| t.is_recording());
+        // A connection recorded from its first byte (`all`) records its sessions anyway.
+        let sampled = || policy.records() && self.ctx.samplers.pick(at.index, policy.sample);
+        if !(recording || sampled()) {
+            return false;
+        }
+        let line = at.request_line.trim_end_matches(" HTTP/1.");
+        let (client, route) = (self.client, at.route);
         let comment = format!(
-            "wstap session {}: {} from {} via route {:?} to {}",
-            self.id,
-            request_line.trim_end_matches(" HTTP/1."),
-            self.client,
-            route.path_prefix,
-            route.upstream,
+            "wstap session {}: {line} from {client} via route {:?} to {}",
+            self.id, route.path_prefix, route.upstream
         );
+        self.start_legs(at, comment, true);
+        true
+    }
+
+    /// The route records whole connections (`all`): each leg it records is captured from
+    /// this request on (the connection's first byte, for its first request), unless it
+    /// already is or the connection is not sampled.
+    fn capture_connection(&self, at: &CaptureStart<'_>) {
+        let client_probing = self.client_tap.as_ref().is_some_and(|t| !t.is_recording());
+        if !client_probing || !self.ctx.samplers.pick(at.index, at.route.policy.sample) {
+            return;
+        }
+        let comment = format!("wstap connection {} from {}", self.id, self.client);
+        self.start_legs(at, comment, false);
+    }
+
+    /// Starts (or, on a leg already recorded, marks) the capture of the legs the route
+    /// records. On the client leg it begins at the last `request_line` among the kept
+    /// bytes; bytes after a session's request head are held until the `101` is written
+    /// (see [`Tap::begin`]).
+    fn start_legs(&self, at: &CaptureStart<'_>, comment: String, session: bool) {
+        let policy = at.route.policy;
         // Per-session file names: client address and route.
-        let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), route.path_prefix);
-        if let Some(tap) = &self.client_tap {
-            let (start, end) = match tap.find_head(request_line.as_bytes()) {
-                Some((start, end)) => (start, Some(end)),
+        let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), at.route.path_prefix);
+        let start = |comment| Start {
+            comment,
+            label: label.clone(),
+            request_line: at.request_line.into(),
+            session,
+            snap: policy.snap,
+        };
+        if let Some(tap) = self.client_tap.as_ref().filter(|_| policy.legs.client) {
+            let (first, end) = match tap.find_head(at.request_line.as_bytes()) {
+                Some((first, end)) => (first, Some(end)),
                 None => {
                     if !tap.is_recording() {
-                        debug!("Upgrade request not among the kept bytes; capture starts at the oldest one");
+                        debug!("request not among the kept bytes; capture starts at the oldest one");
                     }
                     (tap.oldest_read().unwrap_or_else(|| tap.offset(Dir::Up)), None)
                 }
             };
-            let session =
-                SessionStart { comment: comment.clone(), label: label.clone(), request_line: request_line.into() };
-            tap.begin(PerDir::new(start, client_down_base), end, session);
+            tap.begin(PerDir::new(first, at.client_down_base), end.filter(|_| session), start(comment.clone()));
         }
-        if let Some((tap, bases)) = upstream {
-            tap.begin(bases, None, SessionStart { comment, label, request_line: request_line.into() });
+        if let Some((tap, bases)) = at.upstream.filter(|_| policy.legs.upstream) {
+            let comment = match session {
+                true => comment,
+                false => format!("wstap upstream connection of connection {} to {}", self.id, at.route.upstream),
+            };
+            tap.begin(bases, None, start(comment));
         }
     }
 
@@ -319,7 +365,7 @@ impl Conn {
             }
         }
         let stream = connect(upstream, connect_timeout).await?;
-        let tap = self.upstream_tap(&stream, upstream);
+        let tap = self.upstream_tap(&stream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)
             .handshake(TokioIo::new(Metered::new(
@@ -341,11 +387,9 @@ impl Conn {
         Ok(UpstreamConn { upstream: upstream.clone(), sender, tap })
     }
 
-    fn upstream_tap(&self, stream: &TcpStream, upstream: &Upstream) -> Option<Arc<Tap>> {
+    fn upstream_tap(&self, stream: &TcpStream) -> Option<Arc<Tap>> {
         let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
-        self.ctx.tap(Leg::Upstream, self.id, local, remote, || {
-            format!("wstap upstream connection of connection {} to {upstream}", self.id)
-        })
+        self.ctx.tap(Leg::Upstream, self.id, local, remote)
     }
 
     /// Waits for both sides to finish switching protocols, then relays bytes until the
@@ -356,6 +400,7 @@ impl Conn {
         upstream: OnUpgrade,
         route: Route,
         upstream_tap: Option<Arc<Tap>>,
+        captured: bool,
     ) {
         let conn = self.clone();
         // Entered for its log lines only, not around the task: the relay polls once per
@@ -382,6 +427,8 @@ impl Conn {
                 path: route.path_prefix.clone(),
                 upstream: route.upstream.to_string(),
                 bytes: counts.clone(),
+                policy: route.policy,
+                captured,
             };
             let _listed = conn.ctx.traffic.session_started(conn.id, live);
             let done =
@@ -427,4 +474,17 @@ pub fn error_response(status: StatusCode) -> Response<Body> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
+}
+
+/// Where a request's capture would start, and under which route.
+struct CaptureStart<'a> {
+    /// The request's first line up to `HTTP/1.`.
+    request_line: &'a str,
+    /// wstap's next byte to the client.
+    client_down_base: u64,
+    /// The upstream leg's tap, and where the request and the response began on it.
+    upstream: Option<(&'a Tap, PerDir<u64>)>,
+    route: &'a Route,
+    /// The route's place in the config.
+    index: usize,
 }

@@ -6,6 +6,7 @@
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
 //! - [`error`]: why a request failed, whose fault it was, its status code (pure).
 //! - [`splice`]: the byte relay of an upgraded session, half-close kept.
+//! - [`policy`]: which sessions of a route are sampled.
 //! - [`metered`]: byte counting beside each stream; [`traffic`]: the counters.
 //! - [`shutdown`]: the phases a drain goes through, and the handle every task holds.
 
@@ -13,6 +14,7 @@ pub mod conn;
 pub mod error;
 pub mod headers;
 pub mod metered;
+pub mod policy;
 pub mod shutdown;
 pub mod splice;
 pub mod traffic;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::config::Policy;
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::sync::lock;
 
@@ -44,6 +45,10 @@ pub struct LiveSession {
     pub upstream: String,
     /// Bytes relayed each way (shared with the relay).
     pub bytes: ByteCounts,
+    /// Its route's capture policy.
+    pub policy: Policy,
+    /// Whether it is being captured (its route records it and it was sampled).
+    pub captured: bool,
 }
 
 /// Removes a session from the live list when dropped.

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::capture::recorder::Capture;
-use crate::config::{CaptureMode, Settings};
+use crate::config::Settings;
 use crate::proxy::conn::Context;
 use crate::proxy::shutdown::Coordinator;
 use crate::service::metrics::Metrics;
@@ -130,15 +130,12 @@ impl Running {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Running> {
         let coordinator = Coordinator::default();
-        let capture = match settings.capture.mode {
-            CaptureMode::Off => None,
-            _ => Some(Capture::start(settings.capture.clone()).context("cannot start the capture writer")?),
+        let capture = match settings.capture.on() {
+            false => None,
+            true => Some(Capture::start(settings.capture.clone()).context("cannot start the capture writer")?),
         };
-        let ctx = Context {
-            settings: settings.clone(),
-            capture: capture.as_ref().map(|c| c.recorder().clone()),
-            traffic: metrics.traffic.clone(),
-        };
+        let ctx =
+            Context::new(settings.clone(), capture.as_ref().map(|c| c.recorder().clone()), metrics.traffic.clone());
         let shared = Shared::new(ctx, capture.as_ref().map(Capture::heartbeat), metrics);
         for (configured, listener) in settings.listen.iter().zip(bound) {
             listeners::listen(&shared, *configured, listener, &coordinator)?;

@@ -122,6 +122,14 @@ impl Metrics {
                     "age_seconds": (now - s.started).as_secs_f64(),
                     "bytes_from_client": s.bytes[Dir::Up].load(Relaxed),
                     "bytes_from_upstream": s.bytes[Dir::Down].load(Relaxed),
+                    "capture": {
+                        "captured": s.captured,
+                        "mode": s.policy.mode.name(),
+                        "legs": Leg::BOTH.iter().filter(|l| s.policy.legs.has(**l)).map(|l| l.name()).collect::<Vec<_>>(),
+                        "sample": s.policy.sample,
+                        "max_session_bytes": s.policy.snap.session,
+                        "max_message_bytes": s.policy.snap.message,
+                    },
                 })
             })
             .collect();
@@ -180,6 +188,8 @@ mod tests {
             path: "/chat".into(),
             upstream: "ws://u:1".into(),
             bytes: Arc::new(PerDir::new(AtomicU64::new(5), AtomicU64::new(7))),
+            policy: crate::config::Policy::default(),
+            captured: true,
         };
         let session = m.traffic.session_started(3, live);
         let text = m.render(None, true);

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::capture::recorder::{Capture, Recorder};
-use crate::config::{CaptureMode, Settings};
+use crate::config::Settings;
 use crate::proxy::conn::Context;
 use crate::proxy::shutdown::Coordinator;
 use crate::service::listeners;
@@ -39,11 +39,7 @@ pub(crate) async fn reload(
     if new.workers != workers {
         warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
     }
-    shared.set_ctx(Arc::new(Context {
-        settings: new.clone(),
-        capture: recorder,
-        traffic: shared.metrics.traffic.clone(),
-    }));
+    shared.set_ctx(Arc::new(Context::new(new.clone(), recorder, shared.metrics.traffic.clone())));
     resize_limit(shared, new.limits.max_connections);
     for (configured, l) in added {
         listeners::listen(shared, configured, l, coordinator)?;
@@ -66,13 +62,13 @@ fn reconfigure_capture(
     shared: &Shared,
     capture: &mut Option<Capture>,
 ) -> anyhow::Result<Option<Recorder>> {
-    Ok(match (new.capture.mode, capture.as_ref()) {
-        (CaptureMode::Off, _) => None,
-        (_, Some(c)) => {
+    Ok(match (new.capture.on(), capture.as_ref()) {
+        (false, _) => None,
+        (true, Some(c)) => {
             c.reconfigure(new.capture.clone());
             Some(c.recorder().clone())
         }
-        (_, None) => {
+        (true, None) => {
             let c = Capture::start(new.capture.clone()).context("cannot start the capture writer")?;
             *lock(&shared.writer) = Some(c.heartbeat());
             let r = c.recorder().clone();

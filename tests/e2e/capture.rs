@@ -27,9 +27,18 @@ pub(crate) fn capture_dir(name: &str) -> Scratch {
 
 /// `[capture]` settings writing into `dir`, plus `extra` lines. Interval rotation is off
 /// unless `extra` sets `[capture.rotate]`: a test must not straddle a wall-clock hour.
+/// Both legs are recorded unless `extra` says which (most of these tests check both).
 pub(crate) fn capture_toml(dir: &Path, extra: &str) -> String {
     let rotate = if extra.contains("[capture.rotate]") { "" } else { "[capture.rotate]\ninterval = \"0s\"\n" };
-    format!("[capture]\ndir = {:?}\n{extra}\n{rotate}", dir.display().to_string())
+    let legs = if extra.contains("legs") { "" } else { "legs = [\"client\", \"upstream\"]\n" };
+    format!("[capture]\ndir = {:?}\n{legs}{extra}\n{rotate}", dir.display().to_string())
+}
+
+/// Capture settings for the file sink alone, writing into `dir`, both legs.
+pub(crate) fn sink_settings(dir: &Path) -> wstap::CaptureSettings {
+    let mut s = wstap::CaptureSettings::in_dir(dir);
+    s.legs = wstap::config::Legs { client: true, upstream: true };
+    s
 }
 
 /// The finished capture files in `dir`, in name (= time) order; none left `.part`.
@@ -490,6 +499,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
             session: true,
             session_id: 1,
             label: String::new(),
+            snap: Default::default(),
         }))
     };
     let data =
@@ -531,7 +541,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
         acks: true,
-        display_port: None,
+        display_port: wstap::config::DisplayPort::Real,
         isn_seed: 0x5eed,
         rotate_wait: std::time::Duration::from_secs(5),
     };
@@ -699,6 +709,7 @@ pub(crate) fn synthetic_session(
             session: true,
             session_id,
             label: format!("127.0.0.1-4000{session_id}_/"),
+            snap: Default::default(),
         }))
     };
     let mut ev = Vec::new();
@@ -765,7 +776,7 @@ fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::interna
 #[test]
 fn interval_rotation_at_wall_clock_multiples_keeps_every_file_whole() {
     let dir = capture_dir("interval");
-    let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
+    let mut s = sink_settings(&dir);
     s.rotate.size = 0;
     s.rotate.interval = Some(std::time::Duration::from_secs(1));
     let messages: Vec<Vec<u8>> = (0..40).map(|i| noise(500 + i * 31)).collect();
@@ -791,7 +802,7 @@ fn interval_rotation_at_wall_clock_multiples_keeps_every_file_whole() {
 #[test]
 fn per_session_files_hold_one_session_each() {
     let dir = capture_dir("per-session");
-    let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
+    let mut s = sink_settings(&dir);
     s.per_session = true;
     let a = synthetic_session(1, (1, 2), &[b"first session".to_vec()], 1_764_000_000_000_000_000, 1000);
     let b =
@@ -873,6 +884,7 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
             session: true,
             session_id: 1,
             label: String::new(),
+            snap: Default::default(),
         }))
     };
     let data =
@@ -903,7 +915,7 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
 fn permessage_deflate_sessions_decompress_in_every_file() {
     for takeover in [false, true] {
         let dir = capture_dir(&format!("deflate-{takeover}"));
-        let mut s = wstap::config::CaptureSettings::in_dir(&*dir);
+        let mut s = sink_settings(&dir);
         s.rotate.size = 0;
         s.rotate.interval = Some(std::time::Duration::from_secs(1));
         // Repetitive texts: with context takeover, later messages refer back to earlier ones.

@@ -236,7 +236,7 @@ fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
     let scratch = capture_dir("episodes");
     let Some(disk) = SmallDisk::mount_or_skip(&scratch, "96k") else { return };
     let dir = scratch.join("captures");
-    let mut s = wstap::config::CaptureSettings::in_dir(&dir);
+    let mut s = sink_settings(&dir);
     (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 0);
     let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
     let stats = Stats::default();

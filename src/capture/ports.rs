@@ -1,0 +1,68 @@
+//! Which TCP ports Wireshark will not decode a WebSocket session on, and the ports a leg
+//! is written with (`capture.display_port`). The table is data
+//! (`undecodable-ports.txt`), measured with tshark and checked by a test that asks it.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use crate::config::DisplayPort;
+
+/// One bit per port: set when another dissector claims it and wins over HTTP.
+static UNDECODABLE: LazyLock<Box<[u64; 1024]>> = LazyLock::new(|| {
+    let mut bits = Box::new([0u64; 1024]);
+    let table = include_str!("undecodable-ports.txt");
+    for port in table.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.trim().parse::<u16>().ok()) {
+        bits[usize::from(port / 64)] |= 1 << (port % 64);
+    }
+    bits
+});
+
+/// Whether Wireshark hands a connection using `port` to a dissector other than HTTP's.
+pub fn undecodable(port: u16) -> bool {
+    UNDECODABLE[usize::from(port / 64)] & (1 << (port % 64)) != 0
+}
+
+/// The port every leg's server side is written with when Wireshark would not decode the
+/// real ones: HTTP's own, and lower than any client's (Wireshark tries the lower port of a
+/// connection first).
+pub const SAFE_PORT: u16 = 80;
+
+/// The addresses a connection from `client` to `server` is written with, and the real
+/// server port when it was replaced.
+pub fn display(client: SocketAddr, mut server: SocketAddr, how: DisplayPort) -> (SocketAddr, SocketAddr, Option<u16>) {
+    let real = server.port();
+    match how {
+        DisplayPort::Real => return (client, server, None),
+        DisplayPort::Fixed(port) => server.set_port(port),
+        DisplayPort::Auto if undecodable(real) || undecodable(client.port()) => server.set_port(SAFE_PORT),
+        DisplayPort::Auto => return (client, server, None),
+    }
+    (client, server, (server.port() != real).then_some(real))
+}
+
+/// The ports in the table, in order (for the test that checks it against tshark).
+pub fn table() -> Vec<u16> {
+    (0..=u16::MAX).filter(|p| undecodable(*p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_ports_on_either_side_move_the_server_to_80() {
+        assert!(undecodable(6379) && undecodable(5432) && undecodable(1883) && undecodable(44321));
+        assert!(!undecodable(80) && !undecodable(8080) && !undecodable(443) && !undecodable(9000));
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (c, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:6379"), DisplayPort::Auto);
+        assert_eq!((c.port(), s.port(), real), (40000, 80, Some(6379)));
+        let (_, s, real) = display(a("10.0.0.1:44321"), a("10.0.0.2:8123"), DisplayPort::Auto);
+        assert_eq!((s.port(), real), (80, Some(8123)), "a claimed client port is lower-priority only below 80");
+        let (_, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:8123"), DisplayPort::Auto);
+        assert_eq!((s.port(), real), (8123, None));
+        let (_, s, _) = display(a("10.0.0.1:40000"), a("10.0.0.2:6379"), DisplayPort::Real);
+        assert_eq!(s.port(), 6379);
+        assert_eq!(display(a("10.0.0.1:1"), a("10.0.0.2:2"), DisplayPort::Fixed(8080)).2, Some(2));
+        assert_eq!(table().len(), 271);
+    }
+}
