@@ -67,18 +67,20 @@ impl LegState {
     }
 
     /// Brings the stream going `dir` up to `offset`: bytes between were lost, which the
-    /// next packet's sequence number (and comment) will show.
-    pub(crate) fn catch_up(&mut self, dir: Dir, offset: u64) {
+    /// next packet's sequence number (and comment) will show. Returns how many.
+    pub(crate) fn catch_up(&mut self, dir: Dir, offset: u64) -> u64 {
         let sent = self.flow.sent(dir);
-        if offset > sent {
-            let lost = offset - sent;
-            self.flow.skip(dir, lost);
-            self.lost[dir] += lost;
-            add_note(
-                &mut self.note,
-                format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)"),
-            );
+        if offset <= sent {
+            return 0;
         }
+        let lost = offset - sent;
+        self.flow.skip(dir, lost);
+        self.lost[dir] += lost;
+        add_note(
+            &mut self.note,
+            format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)"),
+        );
+        lost
     }
 
     /// Between frames in both directions (always, for a leg that is not a session).

@@ -18,7 +18,7 @@ use crate::capture::ports;
 use crate::capture::stats::Stats;
 use crate::config::{DisplayPort, Legs};
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
-use crate::wire::pcapng::{PcapngWriter, SectionInfo};
+use crate::wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
 use crate::wire::tcp::Flow;
 
 /// How packets are synthesized.
@@ -77,6 +77,33 @@ pub struct CaptureWriter<W: Write> {
     /// Legs that came to owe an ACK since the writer last caught up (some may have
     /// settled it since), so that [`CaptureWriter::idle`] does not scan every leg.
     acks_owed: Vec<LegId>,
+    /// What each interface saw in the current section, for its statistics block.
+    section: PerLeg<SectionCount>,
+}
+
+/// What one interface saw in the current section (file).
+#[derive(Debug, Clone, Copy, Default)]
+struct SectionCount {
+    /// The time of its first packet, and of its last.
+    first: Option<u64>,
+    last: u64,
+    packets: u64,
+    /// Packets the lost bytes would have made, and the bytes.
+    dropped: u64,
+    lost_bytes: u64,
+}
+
+impl SectionCount {
+    fn packet(&mut self, time: u64) {
+        self.first.get_or_insert(time);
+        self.last = time;
+        self.packets += 1;
+    }
+
+    fn lost(&mut self, bytes: u64, mss: usize) {
+        self.lost_bytes += bytes;
+        self.dropped += bytes.div_ceil(mss.max(1) as u64);
+    }
 }
 
 impl<W: Write> CaptureWriter<W> {
@@ -104,6 +131,7 @@ impl<W: Write> CaptureWriter<W> {
             unwritten: 0,
             mid_frame: 0,
             acks_owed: Vec::new(),
+            section: PerLeg::default(),
         }
     }
 
@@ -111,6 +139,7 @@ impl<W: Write> CaptureWriter<W> {
     fn begin_section(&mut self, w: W) -> io::Result<()> {
         let mut out = PcapngWriter::new(w, &self.info).map_err(io::Error::other)?;
         self.interfaces = PerLeg::default();
+        self.section = PerLeg::default();
         for (leg, description) in [(Leg::Client, "client <-> wstap listener"), (Leg::Upstream, "wstap <-> upstream")] {
             if self.wanted.has(leg) {
                 let id = out.add_interface(leg.name(), description, leg.inbound()).map_err(io::Error::other)?;
@@ -130,7 +159,43 @@ impl<W: Write> CaptureWriter<W> {
     pub fn finish(&mut self, stats: &Stats) -> io::Result<Option<W>> {
         self.write_pending(stats)?;
         self.idle(stats)?;
+        self.write_statistics()?;
         Ok(self.out.take().map(PcapngWriter::into_inner))
+    }
+
+    /// One Interface Statistics Block per interface, at the end of the section: what it
+    /// received and what the capture lost of it (Wireshark: Capture File Properties).
+    fn write_statistics(&mut self) -> io::Result<()> {
+        let Some(out) = self.out.as_mut() else { return Ok(()) };
+        for (leg, interface) in self.interfaces.iter() {
+            let Some(interface) = interface else { continue };
+            let c = self.section[leg];
+            let ns = |t: u64| Duration::from_nanos(t);
+            let stats = InterfaceStats {
+                start: ns(c.first.unwrap_or(self.last_time)),
+                end: ns(c.last.max(c.first.unwrap_or(self.last_time))),
+                received: c.packets + c.dropped,
+                dropped: c.dropped,
+            };
+            let comment = (c.lost_bytes > 0).then(|| {
+                format!(
+                    "wstap: {} bytes of this interface's connections were not captured in this file (capture queue full); \
+                     dropped packets count the segments they would have made",
+                    c.lost_bytes
+                )
+            });
+            out.statistics(*interface, &stats, comment.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Brings leg `id`'s stream going `dir` up to `offset`, counting what was lost.
+    fn catch_up(&mut self, id: LegId, dir: Dir, offset: u64) {
+        let Some(leg) = self.legs.get_mut(&id) else { return };
+        let lost = leg.catch_up(dir, offset);
+        if lost > 0 {
+            self.section[leg.leg].lost(lost, leg.flow.mss());
+        }
     }
 
     /// The current output failed: go on without one (flows keep moving) until
@@ -296,8 +361,8 @@ impl<W: Write> CaptureWriter<W> {
 
     /// Bytes that went `dir`, from `offset` in that direction's stream.
     fn on_data(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, bytes: &Bytes, stats: &Stats) -> io::Result<()> {
+        self.catch_up(id, dir, offset);
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
-        leg.catch_up(dir, offset);
         let sent = leg.flow.sent(dir);
         let payload = &bytes[((sent - offset.min(sent)) as usize).min(bytes.len())..];
         if payload.is_empty() {
@@ -325,8 +390,8 @@ impl<W: Write> CaptureWriter<W> {
 
     /// The end that sends `dir` half-closed, its stream `offset` bytes long.
     fn on_fin(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, stats: &Stats) -> io::Result<()> {
+        self.catch_up(id, dir, offset);
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
-        leg.catch_up(dir, offset);
         if leg.flow.fin_sent(dir) {
             return Ok(());
         }
@@ -368,11 +433,12 @@ impl<W: Write> CaptureWriter<W> {
     }
 
     fn close(&mut self, id: LegId, time: u64, reason: &str, offsets: PerDir<u64>, stats: &Stats) -> io::Result<()> {
-        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        let Some(which) = self.legs.get(&id).map(|l| l.leg) else { return Ok(()) };
         // What the remote end sent (wstap read it), and what wstap sent.
-        let (remote, local) = (leg.leg.inbound(), leg.leg.inbound().reverse());
-        leg.catch_up(remote, offsets[remote]);
-        leg.catch_up(local, offsets[local]);
+        let (remote, local) = (which.inbound(), which.inbound().reverse());
+        self.catch_up(id, remote, offsets[remote]);
+        self.catch_up(id, local, offsets[local]);
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let count = |dir: Dir| match leg.lost[dir] {
             0 => format!("{} bytes", leg.flow.sent(dir)),
             lost => format!("{} bytes ({lost} not captured)", leg.flow.sent(dir)),
@@ -489,6 +555,7 @@ impl<W: Write> CaptureWriter<W> {
             return Ok(());
         };
         let Some(interface) = self.interfaces[leg.leg] else { return Ok(()) };
+        let count = &mut self.section[leg.leg];
         let mut note = leg.note.take();
         let (mut result, mut written) = (Ok(()), 0);
         let ts = Duration::from_nanos(time);
@@ -501,6 +568,7 @@ impl<W: Write> CaptureWriter<W> {
                 (n, e) => n.or(e.map(str::to_owned)),
             };
             result = out.packet(interface, ts, dir, bytes, comment.as_deref());
+            count.packet(time);
             written += 1;
         });
         stats.packets_written.fetch_add(written, Relaxed);
@@ -693,5 +761,35 @@ mod tests {
         );
         let fin = &packets[5];
         assert_eq!(fin.2.as_deref().map(|c| c.contains("10 bytes")), Some(true), "{fin:?}");
+    }
+
+    #[test]
+    fn each_file_ends_with_the_statistics_of_each_interface() {
+        use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as Isb;
+        let mut w = test_writer();
+        let stats = Stats::default();
+        for (i, what) in [
+            What::Open(Box::new(client_leg("c", false))),
+            data(Dir::Up, 0, b"abc"),
+            data(Dir::Up, 3003, b"def"), // 3000 bytes lost: three 1460-byte segments' worth
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            w.process(Event { time: 1_000 + i as u64, leg: 1, what }, &stats).unwrap();
+        }
+        let bytes = w.finish(&stats).unwrap().unwrap();
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut isbs = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::InterfaceStatistics(s) = b.unwrap() {
+                isbs.push(s.into_owned());
+            }
+        }
+        assert_eq!(isbs.len(), 2, "one per interface");
+        let client = &isbs[0].options;
+        assert!(client.contains(&Isb::IsbIfDrop(3)) && client.contains(&Isb::IsbIfRecv(5 + 3)), "{client:?}");
+        assert!(client.iter().any(|o| matches!(o, Isb::Comment(c) if c.contains("3000 bytes"))), "{client:?}");
+        assert!(isbs[1].options.contains(&Isb::IsbIfDrop(0)), "{:?}", isbs[1].options);
     }
 }

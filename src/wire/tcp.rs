@@ -62,6 +62,11 @@ impl Flow {
         }
     }
 
+    /// The largest segment's payload.
+    pub fn mss(&self) -> usize {
+        self.mss
+    }
+
     /// Payload bytes sent `dir` so far.
     pub fn sent(&self, dir: Dir) -> u64 {
         self.sent[dir]
