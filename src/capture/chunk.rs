@@ -3,7 +3,55 @@
 //! last of them: per chunk a reference count rather than an allocation here and a free
 //! on another thread.
 
+use std::io::IoSlice;
+
 use bytes::{Bytes, BytesMut};
+
+/// What crossed a socket in one read or write: borrowed from the proxy's buffers (one
+/// slice, or the first bytes of a vectored write), or bytes already copied (kept in a
+/// probe ring, or held back) that can be sliced without another copy.
+#[derive(Clone, Copy)]
+pub(crate) enum Piece<'a> {
+    /// One slice.
+    Slice(&'a [u8]),
+    /// The first `len` bytes of these slices.
+    Vectored(&'a [IoSlice<'a>], usize),
+    /// Bytes already copied.
+    Owned(&'a Bytes),
+}
+
+impl<'a> Piece<'a> {
+    /// Its length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Piece::Slice(s) => s.len(),
+            Piece::Vectored(_, len) => *len,
+            Piece::Owned(b) => b.len(),
+        }
+    }
+
+    /// The slices holding its bytes from `from` on.
+    pub(crate) fn parts_from(&self, from: usize) -> Parts<'a> {
+        Parts { piece: *self, index: 0, left: self.len(), skip: from }
+    }
+
+    /// Slice `i` of the piece, as it holds it.
+    fn slice(&self, i: usize) -> Option<&'a [u8]> {
+        match *self {
+            Piece::Slice(s) => (i == 0).then_some(s),
+            Piece::Vectored(bufs, _) => bufs.get(i).map(|b| &b[..]),
+            Piece::Owned(b) => (i == 0).then_some(&b[..]),
+        }
+    }
+
+    /// Its bytes `from..to`, copied (or, if already owned, sliced).
+    pub(crate) fn bytes(&self, from: usize, to: usize, keep: Keep) -> Bytes {
+        match self {
+            Piece::Owned(b) => b.slice(from..to),
+            _ => copy_chunk(self.parts_from(from), to - from, keep),
+        }
+    }
+}
 
 /// How long a captured chunk will live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +60,37 @@ pub(crate) enum Keep {
     Briefly,
     /// In a probe ring, perhaps for the connection's life.
     Long,
+}
+
+/// The slices of a [`Piece`] from some byte on.
+pub(crate) struct Parts<'a> {
+    piece: Piece<'a>,
+    index: usize,
+    /// Bytes of the piece not yet walked past.
+    left: usize,
+    /// Bytes still to skip.
+    skip: usize,
+}
+
+impl<'a> Iterator for Parts<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            let s = self.piece.slice(self.index)?;
+            self.index += 1;
+            let s = &s[..s.len().min(self.left)];
+            self.left -= s.len();
+            let cut = self.skip.min(s.len());
+            self.skip -= cut;
+            if cut < s.len() {
+                return Some(&s[cut..]);
+            }
+            if self.left == 0 {
+                return None;
+            }
+        }
+    }
 }
 
 /// Chunks shorter than this that are kept briefly share the thread's slab.
@@ -56,6 +135,22 @@ pub(crate) fn copy_chunk<'a>(parts: impl IntoIterator<Item = &'a [u8]>, n: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_yield_their_bytes_from_any_offset() {
+        let (a, b) = (b"hello ".to_vec(), b"world!!".to_vec());
+        let bufs = [IoSlice::new(&a), IoSlice::new(&b)];
+        let piece = Piece::Vectored(&bufs, 11);
+        assert_eq!(piece.len(), 11);
+        let from = |n| piece.parts_from(n).flat_map(|p| p.iter().copied()).collect::<Vec<u8>>();
+        assert_eq!(
+            (from(0), from(4), from(6), from(11)),
+            (b"hello world".to_vec(), b"o world".to_vec(), b"world".to_vec(), vec![])
+        );
+        assert_eq!(&piece.bytes(3, 8, Keep::Briefly)[..], b"lo wo");
+        let owned = Bytes::from_static(b"kept bytes");
+        assert_eq!(&Piece::Owned(&owned).bytes(5, 10, Keep::Briefly)[..], b"bytes");
+    }
 
     #[test]
     fn brief_chunks_share_a_slab_and_long_ones_do_not() {

@@ -46,6 +46,18 @@ pub enum What {
         /// Its length (bytes lost just before it still count).
         offset: u64,
     },
+    /// The queue had no room: the stream going `dir` lost everything up to `until`, a
+    /// frame boundary, where its capture resumes.
+    Gap {
+        /// The stream that lost bytes.
+        dir: Dir,
+        /// Where the loss ends and capture resumes.
+        until: u64,
+        /// WebSocket frames lost, whole or in part.
+        frames: u64,
+        /// Some of them belonged to compressed (permessage-deflate) messages.
+        compressed: bool,
+    },
     /// The peer reset the connection (seen while reading or writing).
     Reset,
     /// A comment for the leg's next packet.

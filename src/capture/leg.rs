@@ -69,17 +69,43 @@ impl LegState {
     /// Brings the stream going `dir` up to `offset`: bytes between were lost, which the
     /// next packet's sequence number (and comment) will show. Returns how many.
     pub(crate) fn catch_up(&mut self, dir: Dir, offset: u64) -> u64 {
-        let sent = self.flow.sent(dir);
-        if offset <= sent {
+        let lost = self.skip_to(dir, offset);
+        if lost > 0 {
+            let note = format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)");
+            add_note(&mut self.note, note);
+        }
+        lost
+    }
+
+    /// The stream going `dir` lost everything up to `until`, where a frame begins (the
+    /// tap saw to that): the frames after it decode. Returns the bytes lost.
+    pub(crate) fn gap(&mut self, dir: Dir, until: u64, frames: u64, compressed: bool) -> u64 {
+        let lost = self.skip_to(dir, until);
+        if lost == 0 {
             return 0;
         }
-        let lost = offset - sent;
+        let s = if frames == 1 { "" } else { "s" };
+        let note = format!(
+            "capture gap: {lost} bytes ({frames} WebSocket frame{s}) of this stream were not captured \
+             (capture queue full); capture resumes at a frame boundary"
+        );
+        add_note(&mut self.note, note);
+        if self.session && self.frames[dir].in_frames() {
+            self.frames[dir] = FrameTracker::between_frames();
+        }
+        if compressed {
+            if let Some(ctx) = &mut self.deflate[dir] {
+                ctx.lose_window();
+            }
+        }
+        lost
+    }
+
+    /// Moves the stream going `dir` on to `offset` without writing the bytes between.
+    fn skip_to(&mut self, dir: Dir, offset: u64) -> u64 {
+        let lost = offset.saturating_sub(self.flow.sent(dir));
         self.flow.skip(dir, lost);
         self.lost[dir] += lost;
-        add_note(
-            &mut self.note,
-            format!("capture gap: {lost} bytes of this stream were not captured (capture queue full)"),
-        );
         lost
     }
 

@@ -12,7 +12,8 @@
 //! - [`event`]: what a tap tells the writer (a leaf both sides import).
 //! - [`stats`]: what capture did and lost (a leaf too).
 //! - [`tee`]: the stream wrapper under hyper; [`tap`]: a leg's capture state (probe ring,
-//!   offsets, the start of a session); [`chunk`]: the slab the copies go into.
+//!   offsets, the start of a session); [`track`]: a recorded direction's frames, and
+//!   drops that never cut one; [`chunk`]: what crossed a socket, and the slab copies.
 //! - [`recorder`]: the bounded queue, the writer thread and its heartbeat.
 //! - [`sink`]: the writer thread's side: outputs, rotation, write errors.
 //! - [`writer`]: events → packets → pcapng sections, replays in each new file;
@@ -30,4 +31,5 @@ pub mod sink;
 pub mod stats;
 pub mod tap;
 pub mod tee;
+pub mod track;
 pub mod writer;

@@ -72,23 +72,48 @@ impl Recorder {
         self.push(Some(time), leg, what)
     }
 
-    fn push(&self, time: Option<u64>, leg: LegId, what: What) -> bool {
+    /// Queues an event at `time` (now if `None`). Data may use up the budget; control
+    /// events are tiny and carry the stream's shape, so they may exceed it, up to twice
+    /// it (a dead writer must not grow memory without bound). Returns false if dropped.
+    pub(crate) fn push(&self, time: Option<u64>, leg: LegId, what: What) -> bool {
         let payload = match &what {
             What::Data { bytes, .. } => bytes.len(),
             _ => 0,
         };
-        let cost = payload + EVENT_COST;
+        self.push_all(time, leg, [what].into_iter(), payload, payload == 0)
+    }
+
+    /// Queues `first` and then `second` at `time`, both or neither; `small` lets them use
+    /// the control events' budget (a whole control frame after a gap).
+    pub(crate) fn push_pair(&self, time: Option<u64>, leg: LegId, first: What, second: What, small: bool) -> bool {
+        let payload = [&first, &second]
+            .iter()
+            .map(|w| match w {
+                What::Data { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        self.push_all(time, leg, [first, second].into_iter(), payload, small)
+    }
+
+    fn push_all(
+        &self,
+        time: Option<u64>,
+        leg: LegId,
+        events: impl ExactSizeIterator<Item = What>,
+        payload: usize,
+        small: bool,
+    ) -> bool {
+        let cost = payload + EVENT_COST * events.len();
         let mut q = self.lock();
-        // Control events are tiny and carry the stream's shape: they may exceed the
-        // budget, up to twice it (a dead writer must not grow memory without bound).
-        let limit = if payload > 0 { self.shared.limit } else { self.shared.limit * 2 };
+        let limit = if small { self.shared.limit * 2 } else { self.shared.limit };
         if q.closed || q.bytes + cost > limit {
             drop(q);
             self.dropped(payload);
             return false;
         }
         let time = time.unwrap_or_else(now_ns);
-        q.events.push_back(Event { time, leg, what });
+        q.events.extend(events.map(|what| Event { time, leg, what }));
         q.bytes += cost;
         let wake = match q.writer_waiting {
             Waiting::Asleep => true,
@@ -277,13 +302,10 @@ fn random_seed() -> u64 {
     t ^ here.rotate_left(32) ^ u64::from(std::process::id()).rotate_left(16)
 }
 
+/// For tests: a recorder with no writer thread, and ways to look into its queue.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dir::Dir;
-    use bytes::Bytes;
-
-    fn detached(limit: usize) -> Recorder {
+impl Recorder {
+    pub(crate) fn detached(limit: usize) -> Recorder {
         Recorder {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue::default()),
@@ -297,13 +319,37 @@ mod tests {
         }
     }
 
+    /// Takes every queued event.
+    pub(crate) fn take_events(&self) -> Vec<Event> {
+        let mut q = self.lock();
+        q.bytes = 0;
+        q.events.drain(..).collect()
+    }
+
+    /// Makes the queue look full of data (control events still fit).
+    pub(crate) fn fill(&self) {
+        self.lock().bytes = self.shared.limit;
+    }
+
+    /// Makes it look empty again.
+    pub(crate) fn unfill(&self) {
+        self.lock().bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dir::Dir;
+    use bytes::Bytes;
+
     fn data(dir: Dir, offset: u64, bytes: &[u8]) -> What {
         What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
     }
 
     #[test]
     fn a_full_queue_drops_data_but_keeps_control_events() {
-        let rec = detached(1000);
+        let rec = Recorder::detached(1000);
         assert!(rec.send(1, data(Dir::Up, 0, &[0; 800])));
         assert!(!rec.send(1, data(Dir::Up, 800, &[0; 800])), "over the budget");
         assert!(rec.send(1, What::Fin { dir: Dir::Up, offset: 1600 }), "control events still fit");

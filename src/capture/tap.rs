@@ -12,9 +12,10 @@ use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 
-use crate::capture::chunk::{copy_chunk, Keep};
+use crate::capture::chunk::{Keep, Piece};
 use crate::capture::event::{now_ns, LegId, Opening, What};
 use crate::capture::recorder::Recorder;
+use crate::capture::track::{To, Track};
 use crate::config::Snap;
 use crate::dir::{Dir, Leg, PerDir};
 use crate::sync::lock;
@@ -37,6 +38,8 @@ pub struct Tap {
     /// Client bytes are being held back until wstap's first write (the `101`).
     holding: AtomicBool,
     state: Mutex<TapState>,
+    /// Each direction's frames, once a session is recorded (locked after `state`).
+    tracks: PerDir<Mutex<Option<Track>>>,
 }
 
 #[derive(Default)]
@@ -77,6 +80,7 @@ impl Tap {
             base: Default::default(),
             holding: AtomicBool::new(false),
             state: Mutex::new(TapState { ring_cap, ..TapState::default() }),
+            tracks: PerDir::default(),
         }
     }
 
@@ -150,6 +154,12 @@ impl Tap {
         let Start { comment, label, session, snap, .. } = start;
         let opening = Opening { comment, label, session, snap, ..self.opening.clone() };
         self.recorder.send_at(first_time, self.id, What::Open(Box::new(opening)));
+        if session {
+            // A session's streams start with their heads: from here on, drops follow frames.
+            for dir in Dir::BOTH {
+                *lock(&self.tracks[dir]) = Some(Track::new());
+            }
+        }
         let hold_from = hold_from.unwrap_or(u64::MAX);
         for (time, dir, off, bytes) in kept {
             let base = base[dir];
@@ -162,7 +172,7 @@ impl Tap {
                 state.held.push((time, offset + keep as u64, later));
             }
             if !bytes.is_empty() {
-                self.recorder.send_at(time, self.id, What::Data { dir, offset, bytes });
+                self.pass(dir, offset, Piece::Owned(&bytes), Some(time));
             }
         }
         self.holding.store(hold_from != u64::MAX, Relaxed);
@@ -186,7 +196,7 @@ impl Tap {
         );
         let dir = self.inbound();
         for (_, offset, bytes) in state.held.drain(..) {
-            self.recorder.send(self.id, What::Data { dir, offset, bytes });
+            self.pass(dir, offset, Piece::Owned(&bytes), None);
         }
     }
 
@@ -218,37 +228,38 @@ impl Tap {
 
     /// `data` was read from the socket.
     pub(crate) fn on_read(&self, data: &[u8]) {
-        self.on_chunk(self.inbound(), data.len(), |keep| copy_chunk([data], data.len(), keep));
+        self.on_chunk(self.inbound(), Piece::Slice(data));
     }
 
-    /// `len` bytes were written to the socket; `copy` makes them (only called if kept).
-    pub(crate) fn on_written(&self, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
-        self.on_chunk(self.inbound().reverse(), len, copy);
+    /// `written` was written to the socket.
+    pub(crate) fn on_written(&self, written: Piece<'_>) {
+        self.on_chunk(self.inbound().reverse(), written);
     }
 
-    /// `len` bytes crossed the socket going `dir`; `copy` makes them (only called if they
-    /// are kept).
-    fn on_chunk(&self, dir: Dir, len: usize, copy: impl FnOnce(Keep) -> Bytes) {
+    /// `piece` crossed the socket going `dir`: it is recorded, held, kept in the probe
+    /// ring, or ignored, as the tap's state says.
+    fn on_chunk(&self, dir: Dir, piece: Piece<'_>) {
+        let len = piece.len();
         let off = self.offset[dir].fetch_add(len as u64, Relaxed);
+        let captured = |off: u64| off.saturating_sub(self.base[dir].load(Relaxed));
         match self.mode.load(Relaxed) {
             ON if self.holding.load(Relaxed) => {
                 let mut state = self.lock();
                 if dir == self.inbound() {
-                    let offset = off.saturating_sub(self.base[dir].load(Relaxed));
-                    state.held.push((now_ns(), offset, copy(Keep::Briefly)));
+                    state.held.push((now_ns(), captured(off), piece.bytes(0, len, Keep::Briefly)));
                 } else {
-                    self.send_data(dir, off, copy(Keep::Briefly));
+                    self.pass(dir, captured(off), piece, None);
                     self.release_held(&mut state);
                 }
             }
-            ON => self.send_data(dir, off, copy(Keep::Briefly)),
+            ON => self.pass(dir, captured(off), piece, None),
             PROBE => {
                 let mut state = self.lock();
                 if self.mode.load(Relaxed) == ON {
                     drop(state);
-                    return self.send_data(dir, off, copy(Keep::Briefly));
+                    return self.pass(dir, captured(off), piece, None);
                 }
-                state.ring.push_back((now_ns(), dir, off, copy(Keep::Long)));
+                state.ring.push_back((now_ns(), dir, off, piece.bytes(0, len, Keep::Long)));
                 state.ring_bytes += len;
                 while state.ring_bytes > state.ring_cap && state.ring.len() > 1 {
                     let (_, _, _, old) = state.ring.pop_front().expect("ring is not empty");
@@ -259,10 +270,17 @@ impl Tap {
         }
     }
 
-    fn send_data(&self, dir: Dir, off: u64, bytes: Bytes) {
-        let base = self.base[dir].load(Relaxed);
-        let offset = off.saturating_sub(base);
-        self.recorder.send(self.id, What::Data { dir, offset, bytes });
+    /// Records `piece`, which went `dir` from `at` in the captured stream: through the
+    /// direction's track once a session is recorded (drops then follow frames).
+    fn pass(&self, dir: Dir, at: u64, piece: Piece<'_>, time: Option<u64>) {
+        let mut track = lock(&self.tracks[dir]);
+        match track.as_mut() {
+            Some(t) => t.pass(&To { recorder: &self.recorder, leg: self.id, dir, time }, at, piece),
+            None => {
+                let bytes = piece.bytes(0, piece.len(), Keep::Briefly);
+                self.recorder.push(time, self.id, What::Data { dir, offset: at, bytes });
+            }
+        }
     }
 
     /// Length of the captured stream going `dir` so far.
@@ -284,6 +302,9 @@ impl Tap {
         let mut state = self.lock();
         if self.is_recording() && !std::mem::replace(&mut state.fin_sent[dir], true) {
             let offset = self.captured(dir);
+            if let Some(track) = lock(&self.tracks[dir]).as_mut() {
+                track.end(&To { recorder: &self.recorder, leg: self.id, dir, time: None }, offset);
+            }
             self.recorder.send(self.id, What::Fin { dir, offset });
         }
     }

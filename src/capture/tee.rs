@@ -7,10 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::capture::chunk::{copy_chunk, Keep};
+use crate::capture::chunk::Piece;
 use crate::capture::tap::Tap;
 
 /// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).
@@ -35,12 +34,12 @@ impl<S> Tee<S> {
         &self.io
     }
 
-    /// After a write: reports what was written (or the error) to the tap. `written` makes
-    /// the bytes, only if the tap keeps them.
-    fn wrote(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize, Keep) -> Bytes) {
+    /// After a write: reports what was written (the first `n` bytes of what `written`
+    /// makes), or the error, to the tap.
+    fn wrote<'a>(&self, result: &Poll<io::Result<usize>>, written: impl FnOnce(usize) -> Piece<'a>) {
         let Some(tap) = &self.tap else { return };
         match result {
-            Poll::Ready(Ok(n)) if *n > 0 => tap.on_written(*n, |keep| written(*n, keep)),
+            Poll::Ready(Ok(n)) if *n > 0 => tap.on_written(written(*n)),
             Poll::Ready(Err(e)) => tap.on_error(e),
             _ => {}
         }
@@ -83,7 +82,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(&result, |n, keep| copy_chunk([buf], n, keep));
+        this.wrote(&result, |n| Piece::Slice(&buf[..n]));
         result
     }
 
@@ -95,7 +94,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tee<S> {
         let this = &mut *self;
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         // Exactly the bytes written, gathered into one chunk, as one write.
-        this.wrote(&result, |n, keep| copy_chunk(bufs.iter().map(|b| &b[..]), n, keep));
+        this.wrote(&result, |n| Piece::Vectored(bufs, n));
         result
     }
 

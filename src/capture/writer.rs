@@ -91,6 +91,8 @@ struct SectionCount {
     /// Packets the lost bytes would have made, and the bytes.
     dropped: u64,
     lost_bytes: u64,
+    /// WebSocket frames lost, whole or in part, when the tap could tell.
+    lost_frames: u64,
 }
 
 impl SectionCount {
@@ -179,9 +181,10 @@ impl<W: Write> CaptureWriter<W> {
             };
             let comment = (c.lost_bytes > 0).then(|| {
                 format!(
-                    "wstap: {} bytes of this interface's connections were not captured in this file (capture queue full); \
-                     dropped packets count the segments they would have made",
-                    c.lost_bytes
+                    "wstap: {} bytes ({} WebSocket frames, where wstap could follow them) of this interface's \
+                     connections were not captured in this file (capture queue full); dropped packets count the \
+                     segments they would have made",
+                    c.lost_bytes, c.lost_frames
                 )
             });
             out.statistics(*interface, &stats, comment.as_deref())?;
@@ -309,6 +312,10 @@ impl<W: Write> CaptureWriter<W> {
             What::Open(o) => self.open(id, time, *o, stats),
             What::Data { dir, offset, bytes } => self.on_data(id, time, dir, offset, &bytes, stats),
             What::Fin { dir, offset } => self.on_fin(id, time, dir, offset, stats),
+            What::Gap { dir, until, frames, compressed } => {
+                self.on_gap(id, dir, until, frames, compressed);
+                Ok(())
+            }
             What::Reset => {
                 if let Some(leg) = self.legs.get_mut(&id) {
                     // The remote end aborted: its RST is the leg's last packet.
@@ -386,6 +393,19 @@ impl<W: Write> CaptureWriter<W> {
             }
         }
         Ok(())
+    }
+
+    /// The stream going `dir` lost its bytes up to `until`, where a frame begins.
+    fn on_gap(&mut self, id: LegId, dir: Dir, until: u64, frames: u64, compressed: bool) {
+        let Some(leg) = self.legs.get_mut(&id) else { return };
+        let was = leg.at_boundary();
+        let lost = leg.gap(dir, until, frames, compressed);
+        self.mid_frame =
+            self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
+        if lost > 0 {
+            self.section[leg.leg].lost(lost, leg.flow.mss());
+            self.section[leg.leg].lost_frames += frames;
+        }
     }
 
     /// The end that sends `dir` half-closed, its stream `offset` bytes long.

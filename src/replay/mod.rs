@@ -30,6 +30,7 @@ mod dissect;
 mod player;
 mod reassembly;
 mod session;
+mod stream;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -290,7 +290,8 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     let start = Instant::now();
     let mut closed_by_me = false;
     for (i, m) in session.messages.iter().enumerate() {
-        if m.dir != me || m.kind == Kind::Pong || closed_by_me {
+        // Pongs answer pings by themselves; a gap is not a message.
+        if m.dir != me || matches!(m.kind, Kind::Pong | Kind::Gap) || closed_by_me {
             continue;
         }
         let due = expected.partition_point(|e| e.0 < i + 1);
@@ -437,6 +438,8 @@ fn lcs(n: usize, m: usize, eq: impl Fn(usize, usize) -> bool) -> Vec<(usize, usi
 
 fn to_ws(m: &Message) -> Ws {
     match m.kind {
+        // Never sent: the players skip gaps.
+        Kind::Gap => Ws::Binary(Default::default()),
         Kind::Text => match String::from_utf8(m.data.clone()) {
             Ok(t) => Ws::Text(t.into()),
             Err(e) => Ws::Binary(e.into_bytes().into()),

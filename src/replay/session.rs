@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use flate2::Decompress;
 
 use super::reassembly::{Conn, Piece};
+use super::stream::{Hole, Stream};
 use crate::dir::{Dir, PerDir};
 use crate::wire::deflate;
+use crate::wire::http::{self, field, Head};
 use crate::wire::wsframe::{apply_mask, FrameHeader};
 
 /// A message's kind.
@@ -27,6 +29,8 @@ pub enum Kind {
     Pong,
     /// A close (opcode 8): a code and a reason, if any.
     Close,
+    /// Not a message: the capture lost bytes here (`lost`), and the messages in them.
+    Gap,
 }
 
 impl Kind {
@@ -38,6 +42,7 @@ impl Kind {
             Kind::Ping => "ping",
             Kind::Pong => "pong",
             Kind::Close => "close",
+            Kind::Gap => "gap",
         }
     }
 }
@@ -58,8 +63,11 @@ pub struct Message {
     pub frames: u32,
     /// Sent compressed (permessage-deflate).
     pub compressed: bool,
-    /// Some of its bytes are missing from the capture (a gap), or it never finished.
+    /// Some of its bytes are missing from the capture (a gap), it never finished, or it
+    /// was compressed after a gap that lost the shared deflate window.
     pub incomplete: bool,
+    /// For a [`Kind::Gap`]: the bytes the capture lost there.
+    pub lost: u64,
 }
 
 impl Message {
@@ -129,157 +137,16 @@ impl Session {
 /// The largest message or gap this reader will hold in memory.
 const MAX_MESSAGE: usize = 64 << 20;
 
-/// Holes one direction may have before the rest of it is given up on.
-const MAX_GAPS: usize = 64;
-
-/// One direction's bytes, with the holes the capture left and when each byte arrived.
-#[derive(Default)]
-struct Stream {
-    bytes: Vec<u8>,
-    gaps: Vec<(usize, usize)>,
-    /// (end offset, timestamp, order) of each piece that arrived.
-    arrivals: Vec<(usize, i128, usize)>,
-    /// The stream stops being usable here (a gap too large to hold).
-    cut: Option<String>,
-}
-
-impl Stream {
-    fn has_gap(&self, from: usize, to: usize) -> bool {
-        self.gaps.iter().any(|&(s, e)| s < to && e > from)
-    }
-
-    /// When the byte before `end` arrived, and in which place of the conversation.
-    fn arrival(&self, end: usize) -> (i128, usize) {
-        let i = self.arrivals.partition_point(|a| a.0 < end);
-        self.arrivals.get(i).or(self.arrivals.last()).map_or((0, 0), |a| (a.1, a.2))
-    }
-}
-
 fn streams(conn: &Conn) -> PerDir<Stream> {
     let mut s: PerDir<Stream> = PerDir::default();
     for (order, e) in conn.events.iter().enumerate() {
-        let st = &mut s[e.from];
-        if st.cut.is_some() {
-            continue;
-        }
         match &e.piece {
-            Piece::Data(d) => st.bytes.extend_from_slice(d),
-            Piece::Gap(n) if *n as usize <= MAX_MESSAGE && st.gaps.len() < MAX_GAPS => {
-                let at = st.bytes.len();
-                st.gaps.push((at, at + *n as usize));
-                st.bytes.resize(at + *n as usize, 0);
-            }
-            Piece::Gap(n) => {
-                st.cut = Some(format!(
-                    "the capture lost {n} bytes at stream offset {}, too much missing to go on",
-                    st.bytes.len()
-                ))
-            }
-            Piece::Fin | Piece::Rst => continue,
+            Piece::Data(d) => s[e.from].push_data(d, e.ts_ns, order),
+            Piece::Gap(n) => s[e.from].push_hole(*n, e.ts_ns, order),
+            Piece::Fin | Piece::Rst => {}
         }
-        st.arrivals.push((st.bytes.len(), e.ts_ns, order));
     }
     s
-}
-
-/// A parsed HTTP head: its length, the start line's parts and the fields.
-struct Head {
-    len: usize,
-    method: String,
-    path: String,
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-/// The first value of field `name` (case-insensitive) in `headers`.
-fn field<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
-impl Head {
-    fn field(&self, name: &str) -> Option<&str> {
-        field(&self.headers, name)
-    }
-
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
-}
-
-fn fields(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    h.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect()
-}
-
-fn request(b: &[u8]) -> Result<Option<Head>, String> {
-    let mut h = [httparse::EMPTY_HEADER; 100];
-    let mut r = httparse::Request::new(&mut h);
-    match r.parse(b).map_err(|e| format!("bad HTTP request: {e}"))? {
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(len) => Ok(Some(Head {
-            len,
-            method: r.method.unwrap_or_default().to_string(),
-            path: r.path.unwrap_or_default().to_string(),
-            status: 0,
-            headers: fields(r.headers),
-        })),
-    }
-}
-
-fn response(b: &[u8]) -> Result<Option<Head>, String> {
-    let mut h = [httparse::EMPTY_HEADER; 100];
-    let mut r = httparse::Response::new(&mut h);
-    match r.parse(b).map_err(|e| format!("bad HTTP response: {e}"))? {
-        httparse::Status::Partial => Ok(None),
-        httparse::Status::Complete(len) => Ok(Some(Head {
-            len,
-            method: String::new(),
-            path: String::new(),
-            status: r.code.unwrap_or_default(),
-            headers: fields(r.headers),
-        })),
-    }
-}
-
-/// How many body bytes follow a head at `at`: `None` when the body runs to the end of
-/// the stream (or the stream ends first).
-fn body_len(head: &Head, b: &[u8], at: usize, no_body: bool) -> Result<Option<usize>, String> {
-    if no_body {
-        return Ok(Some(0));
-    }
-    if head.has_token("transfer-encoding", "chunked") {
-        let mut p = at;
-        loop {
-            let Some(line_end) = b[p.min(b.len())..].windows(2).position(|w| w == b"\r\n").map(|i| p + i) else {
-                return Ok(None);
-            };
-            let size = std::str::from_utf8(&b[p..line_end]).ok().and_then(|l| {
-                let hex = l.split(';').next()?.trim();
-                usize::from_str_radix(hex, 16).ok()
-            });
-            let size = size.ok_or_else(|| format!("bad chunk size line at stream offset {p}"))?;
-            p = line_end + 2;
-            if size == 0 {
-                // Trailer fields, then the blank line.
-                let mut q = p;
-                while let Some(i) = b[q.min(b.len())..].windows(2).position(|w| w == b"\r\n") {
-                    if i == 0 {
-                        return Ok(Some(q + 2 - at));
-                    }
-                    q += i + 2;
-                }
-                return Ok(None);
-            }
-            p = p.saturating_add(size).saturating_add(2);
-        }
-    }
-    match head.field("content-length") {
-        Some(v) => v.trim().parse().map(Some).map_err(|_| format!("bad Content-Length {v:?}")),
-        None if head.status == 0 => Ok(Some(0)),
-        None => Ok(None),
-    }
 }
 
 /// Where the WebSocket frames start in each direction (`Up`: the client's), after the
@@ -287,48 +154,46 @@ fn body_len(head: &Head, b: &[u8], at: usize, no_body: bool) -> Result<Option<us
 struct Upgrade {
     request: Head,
     response: Head,
-    at: PerDir<usize>,
+    at: PerDir<u64>,
 }
 
 /// The Upgrade exchange, with the client's stream going `client` on the connection.
 fn find_upgrade(s: &PerDir<Stream>, client: Dir) -> Result<Option<Upgrade>, String> {
     let (c, sv) = (&s[client], &s[client.reverse()]);
-    let (mut ci, mut si) = (0, 0);
+    let (mut ci, mut si) = (0u64, 0u64);
     loop {
-        if ci >= c.bytes.len() {
+        if ci >= c.len() {
             return Ok(None);
         }
         if c.has_gap(ci, ci + 1) {
             return Err(format!("the capture lost bytes of an HTTP request at stream offset {ci}"));
         }
-        let Some(req) = request(&c.bytes[ci..])? else { return Ok(None) };
-        let upgrade = req.has_token("upgrade", "websocket");
-        let req_body = body_len(&req, &c.bytes, ci + req.len, false)?.unwrap_or(0);
+        let Some(req) = http::request(c.contiguous(ci))? else { return Ok(None) };
+        let req_end = ci + req.len as u64;
+        let req_body = http::body_len(&req, c.contiguous(req_end), false, req_end)?.unwrap_or(0) as u64;
         // Interim responses (100 Continue) come before the real one.
         let res = loop {
-            if sv.has_gap(si, (si + 1).min(sv.bytes.len())) {
+            if sv.has_gap(si, (si + 1).min(sv.len())) {
                 return Err(format!("the capture lost bytes of an HTTP response at stream offset {si}"));
             }
-            let Some(res) = response(sv.bytes.get(si..).unwrap_or_default())? else { return Ok(None) };
+            let Some(res) = http::response(sv.contiguous(si))? else { return Ok(None) };
             if (100..200).contains(&res.status) && res.status != 101 {
-                si += res.len;
+                si += res.len as u64;
                 continue;
             }
             break res;
         };
-        if upgrade && res.status == 101 {
-            return Ok(Some(Upgrade {
-                at: PerDir::new((ci + req.len).saturating_add(req_body), si + res.len),
-                request: req,
-                response: res,
-            }));
+        let res_end = si + res.len as u64;
+        if req.has_token("upgrade", "websocket") && res.status == 101 {
+            let at = PerDir::new(req_end.saturating_add(req_body), res_end);
+            return Ok(Some(Upgrade { at, request: req, response: res }));
         }
         let no_body = req.method == "HEAD" || res.status == 204 || res.status == 304;
-        let Some(res_body) = body_len(&res, &sv.bytes, si + res.len, no_body)? else { return Ok(None) };
+        let Some(res_body) = http::body_len(&res, sv.contiguous(res_end), no_body, res_end)? else { return Ok(None) };
         // Bodies are skipped by their declared length, however absurd: past the end of
         // the stream simply means no more exchanges.
-        ci = (ci + req.len).saturating_add(req_body);
-        si = (si + res.len).saturating_add(res_body);
+        ci = req_end.saturating_add(req_body);
+        si = res_end.saturating_add(res_body as u64);
     }
 }
 
@@ -341,70 +206,113 @@ struct Decoder {
     /// The fragmented data message being assembled.
     partial: Option<Message>,
     /// Messages, each with the conversation order and stream offset of its last byte.
-    out: Vec<(usize, usize, Message)>,
+    out: Vec<(usize, u64, Message)>,
     problems: Vec<String>,
+    /// The stream offset of a gap after which the shared deflate window is unknown.
+    window_lost: Option<u64>,
 }
 
 impl Decoder {
     fn new(dir: Dir, inflate: Option<(Decompress, bool)>) -> Decoder {
-        Decoder { dir, inflate, partial: None, out: Vec::new(), problems: Vec::new() }
+        Decoder { dir, inflate, partial: None, out: Vec::new(), problems: Vec::new(), window_lost: None }
     }
 
     fn problem(&mut self, what: String) {
         self.problems.push(format!("{}: {what}", self.dir.arrow()));
     }
 
-    /// Decodes the frames of `st` from offset `at` to its end.
-    fn run(&mut self, st: &Stream, mut at: usize) {
-        let b = &st.bytes;
-        while at < b.len() {
-            if st.has_gap(at, (at + 2).min(b.len())) {
-                return self.problem(format!(
-                    "the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"
-                ));
-            }
-            let Some(header) = FrameHeader::parse(&b[at..]) else { break };
+    /// Decodes the frames of `st` from offset `at` to its end. Where the capture lost a
+    /// frame header (a hole where one starts, or across one), decoding goes on at the
+    /// hole's end if a sound header starts there: wstap's own captures always resume at
+    /// a frame boundary, and list the hole as a gap.
+    fn run(&mut self, st: &Stream, mut at: u64) {
+        while at < st.len() {
+            let run = st.contiguous(at);
+            let Some(header) = FrameHeader::parse(run) else {
+                match st.hole_from(at).filter(|h| h.at <= at + run.len() as u64) {
+                    Some(hole) if self.resync(st, hole) => {
+                        at = hole.end;
+                        continue;
+                    }
+                    Some(_) => return,
+                    None => break,
+                }
+            };
             if !header.known_opcode() {
                 let opcode = header.opcode;
                 return self.problem(format!("bad frame header at stream offset {at}: reserved opcode {opcode:#x}"));
             }
-            let (start, len) = (at + header.header_len, header.len);
-            if st.has_gap(at, start) {
-                return self.problem(format!(
-                    "the capture lost a frame header at stream offset {at}; the rest of this direction is unreadable"
-                ));
-            }
+            let (start, len) = (at + header.header_len as u64, header.len);
             if len > MAX_MESSAGE as u64 {
                 return self
                     .problem(format!("frame at stream offset {at} claims {len} bytes, more than this reader holds"));
             }
-            let end = start + len as usize;
-            let mut payload = b[start..end.min(b.len())].to_vec();
-            if let Some(key) = header.mask {
-                apply_mask(&mut payload, key, 0);
-            }
-            let gap = st.has_gap(start, end) || end > b.len();
-            let (ts_ns, order) = st.arrival(end.min(b.len()));
+            let end = start + len;
+            let (payload, gap) = payload(st, start, end, header.mask);
+            let (ts_ns, order) = st.arrival(end.min(st.len()));
             self.frame(&header, payload, gap, ts_ns, (order, end));
-            if end > b.len() {
+            if end > st.len() {
                 return self.problem(format!("the stream ends inside a {len}-byte frame at stream offset {at}"));
             }
             at = end;
         }
-        if at < b.len() {
+        if at < st.len() {
             self.problem(format!("the stream ends inside a frame header at stream offset {at}"));
-        }
-        if let Some(why) = &st.cut {
-            self.problem(why.clone());
         }
     }
 
+    /// A hole where a frame header should be: lists it as a gap and says whether a sound
+    /// header follows it (else the rest of this direction cannot be read).
+    fn resync(&mut self, st: &Stream, hole: Hole) -> bool {
+        let lost = hole.end - hole.at;
+        let (ts_ns, order) = st.arrival(hole.end);
+        let next = FrameHeader::parse(st.contiguous(hole.end));
+        let sound = next.is_some_and(|h| {
+            h.known_opcode() && !h.rsv23 && h.masked() == (self.dir == Dir::Up) && (h.opcode < 8 || h.len <= 125)
+        });
+        if hole.end < st.len() && !sound {
+            self.problem(format!(
+                "the capture lost {lost} bytes at stream offset {}, and no frame header follows them; \
+                 the rest of this direction is unreadable",
+                hole.at
+            ));
+            return false;
+        }
+        if let Some(partial) = self.partial.as_mut() {
+            partial.incomplete = true;
+        }
+        if self.inflate.as_ref().is_some_and(|(_, takeover)| *takeover) {
+            // What the lost frames compressed is gone from the shared window.
+            self.window_lost.get_or_insert(hole.at);
+        }
+        let gap = Message {
+            dir: self.dir,
+            ts_ns,
+            kind: Kind::Gap,
+            data: Vec::new(),
+            frames: 0,
+            compressed: false,
+            incomplete: false,
+            lost,
+        };
+        self.out.push((order, hole.end, gap));
+        hole.end < st.len()
+    }
+
     /// One frame; `place` is the conversation order and stream offset of its last byte.
-    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, ts_ns: i128, place: (usize, usize)) {
+    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, ts_ns: i128, place: (usize, u64)) {
         let end = place.1;
         let dir = self.dir;
-        let message =
-            move |kind, data, compressed| Message { dir, ts_ns, kind, data, frames: 1, compressed, incomplete: gap };
+        let message = move |kind, data, compressed| Message {
+            dir,
+            ts_ns,
+            kind,
+            data,
+            frames: 1,
+            compressed,
+            incomplete: gap,
+            lost: 0,
+        };
         match h.opcode {
             8..=10 => {
                 let kind = match h.opcode {
@@ -450,7 +358,9 @@ impl Decoder {
     }
 
     /// A message's last frame arrived: inflate it if it was compressed.
-    fn complete(&mut self, mut m: Message, place: (usize, usize)) {
+    fn complete(&mut self, mut m: Message, place: (usize, u64)) {
+        // After a gap that took compressed bytes, the shared window is unknown.
+        m.incomplete |= m.compressed && self.window_lost.is_some();
         if m.compressed && !m.incomplete {
             match self.inflated(&m.data, place.1) {
                 Some(d) => m.data = d,
@@ -461,7 +371,7 @@ impl Decoder {
     }
 
     /// The payload of a compressed message, inflated; `None` (and a problem) if it fails.
-    fn inflated(&mut self, data: &[u8], end: usize) -> Option<Vec<u8>> {
+    fn inflated(&mut self, data: &[u8], end: u64) -> Option<Vec<u8>> {
         let Some((z, takeover)) = self.inflate.as_mut() else {
             self.problem(format!(
                 "compressed message (RSV1) ending at stream offset {end}, but no permessage-deflate was negotiated"
@@ -486,7 +396,10 @@ impl Decoder {
 /// The WebSocket session on `conn`, if it carries one.
 pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
     let s = streams(conn);
-    let looks_http = |st: &Stream| st.bytes.first().is_some_and(u8::is_ascii_uppercase) && request(&st.bytes).is_ok();
+    let looks_http = |st: &Stream| {
+        let b = st.contiguous(0);
+        b.first().is_some_and(u8::is_ascii_uppercase) && http::request(b).is_ok()
+    };
     // The client is the SYN's sender; a connection picked up mid-way: whoever talks HTTP.
     let client =
         if conn.midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) { Dir::Down } else { Dir::Up };
@@ -503,13 +416,12 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
                 .into_iter()
                 .find(|&c| starts_with_frame(&s[c], true) && starts_with_frame(&s[c.reverse()], false))?;
             problems.push("no handshake in the capture: no path or headers, and compression unknown".to_string());
-            let none = || Head { len: 0, method: String::new(), path: String::new(), status: 0, headers: Vec::new() };
-            (client, Upgrade { request: none(), response: none(), at: PerDir::default() })
+            (client, Upgrade { request: Head::none(), response: Head::none(), at: PerDir::default() })
         }
         // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
         _ => return None,
     };
-    let takeover = deflate::takeover(&head_text(&up.response));
+    let takeover = deflate::takeover(&up.response.fields_text());
     let mut out = Vec::new();
     // The client's stream is `client` on the connection, and its messages go `Up`.
     for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
@@ -520,7 +432,7 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
         if let Some(mut unfinished) = d.partial.take() {
             d.problem("the capture ends inside a fragmented message".into());
             unfinished.incomplete = true;
-            d.out.push((st.arrival(st.bytes.len()).1, usize::MAX, unfinished));
+            d.out.push((st.arrival(st.len()).1, u64::MAX, unfinished));
         }
         problems.extend(d.problems);
         out.extend(d.out);
@@ -548,15 +460,29 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
 /// Whether a stream starts with a sound frame header, masked as `masked` says (an empty
 /// stream passes: that side may not have spoken yet).
 fn starts_with_frame(st: &Stream, masked: bool) -> bool {
-    if st.bytes.is_empty() {
+    if st.is_empty() {
         return true;
     }
-    FrameHeader::parse(&st.bytes)
+    FrameHeader::parse(st.contiguous(0))
         .is_some_and(|h| h.known_opcode() && !h.rsv23 && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
 }
 
-fn head_text(h: &Head) -> Vec<u8> {
-    h.headers.iter().flat_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes()).collect()
+/// The payload of the frame at `start..end`, unmasked, and whether bytes of it are
+/// missing (each captured run is unmasked at its own place in the payload).
+fn payload(st: &Stream, start: u64, end: u64, mask: Option<[u8; 4]>) -> (Vec<u8>, bool) {
+    let (bytes, gap) = match st.slice(start, end) {
+        Some(b) => (vec![(start, b)], false),
+        None => (st.runs(start, end), true),
+    };
+    let mut out = Vec::with_capacity(bytes.iter().map(|(_, b)| b.len()).sum());
+    for (at, run) in bytes {
+        let from = out.len();
+        out.extend_from_slice(run);
+        if let Some(key) = mask {
+            apply_mask(&mut out[from..], key, at - start);
+        }
+    }
+    (out, gap)
 }
 
 #[cfg(test)]
@@ -705,7 +631,38 @@ pub(crate) mod tests {
         assert_eq!(s.messages.len(), 2);
         assert!(s.messages[0].incomplete && !s.messages[1].incomplete);
         assert_eq!(s.messages[1].data, b"after");
-        assert!(s.problems.iter().any(|p| p.contains("lost a frame header")), "{:?}", s.problems);
+        assert!(s.problems.iter().any(|p| p.contains("no frame header follows them")), "{:?}", s.problems);
+    }
+
+    /// wstap's own captures resume after a loss at a frame boundary: the frames after
+    /// the hole decode, the hole is listed as a gap, and nothing is called damage.
+    #[test]
+    fn a_gap_that_ends_on_a_frame_boundary_is_listed_and_the_frames_after_it_decode() {
+        let big = frame(true, false, 2, &[9; 5000], true);
+        let c = conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Up, &frame(true, false, 1, b"before", true)),
+            data(Dir::Up, &big[..1000]), // the rest of it and two more frames were lost
+            (Dir::Up, Piece::Gap((big.len() - 1000 + 40) as u64)),
+            data(Dir::Up, &[frame(true, false, 1, b"after", true), frame(true, false, 9, b"p", true)].concat()),
+            (Dir::Up, Piece::Gap(1 << 40)), // a huge hole costs nothing, at the end too
+        ]);
+        let s = decode(&c, 1).unwrap();
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        let kinds: Vec<(Kind, u64, bool)> = s.messages.iter().map(|m| (m.kind, m.lost, m.incomplete)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (Kind::Text, 0, false),
+                (Kind::Binary, 0, true),
+                (Kind::Gap, (big.len() - 1000 + 40) as u64, false),
+                (Kind::Text, 0, false),
+                (Kind::Ping, 0, false),
+                (Kind::Gap, 1 << 40, false),
+            ]
+        );
+        assert_eq!(s.messages[3].data, b"after");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct Context {
     window: Vec<u8>,
     /// The current message is compressed (its first frame had RSV1).
     compressed: bool,
-    /// Inflating failed (not deflate after all, or bytes were lost): no priming.
+    /// Inflating failed (not deflate after all), or the capture lost compressed bytes:
+    /// the window is unknown, so nothing is inflated and no file is primed.
     broken: bool,
 }
 
@@ -45,6 +46,12 @@ impl Default for Context {
 impl Context {
     pub fn new() -> Context {
         Context { z: Decompress::new(false), window: Vec::new(), compressed: false, broken: false }
+    }
+
+    /// The capture lost compressed bytes: the window is unknown from here on.
+    pub fn lose_window(&mut self) {
+        self.broken = true;
+        self.window = Vec::new();
     }
 
     /// A piece of a frame's payload (unmasked); `frame_end` on its last piece.

@@ -122,6 +122,12 @@ impl FrameTracker {
         FrameTracker { state: State::Head { tail: 0, seen: 0 } }
     }
 
+    /// A tracker between two frames, past the HTTP head: where a stream resumes after a
+    /// gap that ended on a frame boundary.
+    pub fn between_frames() -> FrameTracker {
+        FrameTracker { state: State::Frames { header: [0; 14], have: 0, payload_left: 0, current: None } }
+    }
+
     /// Between two frames (or before any byte of the head)?
     pub fn at_boundary(&self) -> bool {
         match self.state {

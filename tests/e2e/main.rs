@@ -7,6 +7,7 @@ mod cli;
 mod durability;
 mod errors;
 mod http;
+mod overload;
 mod ports;
 mod reload;
 mod replay;

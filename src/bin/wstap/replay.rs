@@ -37,6 +37,10 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
         "compressed": m.compressed,
         "incomplete": m.incomplete,
     });
+    if m.kind == wstap::replay::Kind::Gap {
+        v["lost"] = m.lost.into();
+        return v;
+    }
     match std::str::from_utf8(&m.data) {
         Ok(t) if m.kind != wstap::replay::Kind::Binary => v["text"] = t.into(),
         _ => v["hex"] = m.data.iter().map(|b| format!("{b:02x}")).collect::<String>().into(),
@@ -91,6 +95,9 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
         for (i, m) in s.messages.iter().enumerate().filter(|_| messages) {
             let line = if json {
                 message_json(s, i + 1, m).to_string()
+            } else if m.kind == wstap::replay::Kind::Gap {
+                let when = (m.ts_ns - s.start_ts_ns) as f64 / 1e9;
+                format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
             } else {
                 format!(
                     "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
@@ -140,6 +147,14 @@ fn choose(files: &[PathBuf], id: Option<usize>) -> Result<Session, String> {
             ))
         }
     };
+    if let Some(m) = s.messages.iter().position(|m| m.kind == wstap::replay::Kind::Gap) {
+        let lost = s.messages[m].lost;
+        return Err(format!(
+            "session {}: the capture lost {lost} bytes at #{} (a gap), so it cannot be played",
+            s.id,
+            m + 1
+        ));
+    }
     if let Some(m) = s.messages.iter().position(|m| m.incomplete) {
         return Err(format!(
             "session {}: message #{} is incomplete in the capture, so it cannot be played",

@@ -1,0 +1,234 @@
+//! How a tap follows one direction of a session it records: where its frames begin and
+//! end (headers only, never a payload, so it costs a few comparisons per chunk), and what
+//! to do when the queue has no room. Capture never resumes inside a frame: a direction
+//! that loses bytes skips to the next frame boundary and resumes there, telling the writer
+//! how many bytes and frames it lost ([`What::Gap`]), so that every frame after a loss
+//! still decodes. A whole control frame (close, ping, pong) is kept whenever there is any
+//! room at all.
+
+use crate::capture::chunk::{Keep, Piece};
+use crate::capture::event::{LegId, What};
+use crate::capture::recorder::Recorder;
+use crate::dir::Dir;
+use crate::wire::wsframe::{FrameHeader, FrameTracker};
+
+/// One direction of a session, as its tap follows it.
+pub(crate) struct Track {
+    frames: FrameTracker,
+    /// The current data message is compressed (its first frame had RSV1).
+    message_compressed: bool,
+    /// The frame being read belongs to a compressed message.
+    frame_compressed: bool,
+    /// Bytes are being dropped, since this loss began.
+    loss: Option<Loss>,
+}
+
+/// A loss in progress.
+struct Loss {
+    /// Frames that ended inside it (the first may have begun before it).
+    frames: u64,
+    compressed: bool,
+}
+
+/// Where a piece goes: the recorder, the leg, the direction and the time.
+pub(crate) struct To<'a> {
+    pub(crate) recorder: &'a Recorder,
+    pub(crate) leg: LegId,
+    pub(crate) dir: Dir,
+    /// When the bytes crossed the socket; `None`: now.
+    pub(crate) time: Option<u64>,
+}
+
+impl Track {
+    /// A direction whose captured stream starts with an HTTP head.
+    pub(crate) fn new() -> Track {
+        Track { frames: FrameTracker::new(), message_compressed: false, frame_compressed: false, loss: None }
+    }
+
+    /// Sends `piece`, which starts at `at` in the captured stream, or as much of it as
+    /// the queue takes without cutting a frame.
+    pub(crate) fn pass(&mut self, to: &To<'_>, at: u64, piece: Piece<'_>) {
+        let len = piece.len();
+        let whole_tried = self.loss.is_none();
+        if whole_tried {
+            let data = What::Data { dir: to.dir, offset: at, bytes: piece.bytes(0, len, Keep::Briefly) };
+            if to.recorder.push(to.time, to.leg, data) {
+                self.follow(&piece, 0);
+                return;
+            }
+            self.loss = Some(Loss { frames: 0, compressed: false });
+        }
+        let mut pos = 0;
+        while pos < len {
+            if self.frames.at_boundary() && self.frames.in_frames() {
+                // Resume here if the queue takes the rest; else keep a control frame.
+                if !(pos == 0 && whole_tried) && self.resume(to, at, &piece, pos, len, false) {
+                    self.follow(&piece, pos);
+                    return;
+                }
+                if let Some(end) =
+                    control_frame_at(&piece, pos).filter(|&end| self.resume(to, at, &piece, pos, end, true))
+                {
+                    self.follow_range(&piece, pos, end);
+                    self.loss = Some(Loss { frames: 0, compressed: false });
+                    pos = end;
+                    continue;
+                }
+            }
+            let in_frames = self.frames.in_frames();
+            pos = self.skip_to_boundary(&piece, pos);
+            if in_frames && self.frames.at_boundary() {
+                if let Some(loss) = self.loss.as_mut() {
+                    loss.frames += 1;
+                    loss.compressed |= self.frame_compressed;
+                }
+            }
+        }
+    }
+
+    /// The stream ends (a FIN) at `end`: a loss in progress is reported first.
+    pub(crate) fn end(&mut self, to: &To<'_>, end: u64) {
+        if let Some(loss) = self.loss.take() {
+            let gap = What::Gap { dir: to.dir, until: end, frames: loss.frames, compressed: loss.compressed };
+            to.recorder.push(to.time, to.leg, gap);
+        }
+    }
+
+    /// Sends `piece[from..to]` after the gap that ends there, both or neither; `small`:
+    /// within the control events' budget.
+    fn resume(&mut self, to: &To<'_>, at: u64, piece: &Piece<'_>, from: usize, end: usize, small: bool) -> bool {
+        let Some(loss) = &self.loss else { return false };
+        let until = at + from as u64;
+        let gap = What::Gap { dir: to.dir, until, frames: loss.frames, compressed: loss.compressed };
+        let data = What::Data { dir: to.dir, offset: until, bytes: piece.bytes(from, end, Keep::Briefly) };
+        let resumed = to.recorder.push_pair(to.time, to.leg, gap, data, small);
+        if resumed {
+            self.loss = None;
+        }
+        resumed
+    }
+
+    /// Follows the frames of `piece` from `from` to its end.
+    fn follow(&mut self, piece: &Piece<'_>, from: usize) {
+        self.follow_range(piece, from, piece.len());
+    }
+
+    fn follow_range(&mut self, piece: &Piece<'_>, from: usize, to: usize) {
+        let mut left = to - from;
+        for part in piece.parts_from(from) {
+            let part = &part[..part.len().min(left)];
+            left -= part.len();
+            self.advance(part, false);
+            if left == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Consumes `piece` from `from` up to the first frame boundary after at least one
+    /// byte, or its end; returns the position reached.
+    fn skip_to_boundary(&mut self, piece: &Piece<'_>, from: usize) -> usize {
+        let mut pos = from;
+        for part in piece.parts_from(from) {
+            let n = self.advance(part, true);
+            pos += n;
+            if n < part.len() || self.frames.at_boundary() {
+                break;
+            }
+        }
+        pos
+    }
+
+    fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let (message, frame) = (&mut self.message_compressed, &mut self.frame_compressed);
+        self.frames.advance(data, stop_at_boundary, |h| {
+            if h.opcode < 8 {
+                if h.opcode != 0 {
+                    *message = h.rsv1;
+                }
+                *frame = *message;
+            } else {
+                *frame = false;
+            }
+        })
+    }
+}
+
+/// Where the control frame starting at `pos` in `piece` ends, if one does and it is whole.
+fn control_frame_at(piece: &Piece<'_>, pos: usize) -> Option<usize> {
+    let mut head = [0u8; 14];
+    let mut n = 0;
+    for part in piece.parts_from(pos) {
+        let take = (head.len() - n).min(part.len());
+        head[n..n + take].copy_from_slice(&part[..take]);
+        n += take;
+        if n == head.len() {
+            break;
+        }
+    }
+    let h = FrameHeader::parse(&head[..n])?;
+    let end = pos + h.header_len + h.len as usize;
+    (h.opcode >= 8 && h.len <= 125 && end <= piece.len()).then_some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::event::Event;
+    use crate::wire::wsframe::FrameHeader;
+
+    fn frame(opcode: u8, len: usize) -> Vec<u8> {
+        let mut f = FrameHeader::encode(0x80 | opcode, len as u64, None);
+        f.extend(std::iter::repeat_n(b'x', len));
+        f
+    }
+
+    /// A recorder with room for `limit` bytes of data events, and what reached it.
+    fn queue(limit: usize) -> (Recorder, impl Fn(&Recorder) -> Vec<Event>) {
+        (Recorder::detached(limit), |r: &Recorder| r.take_events())
+    }
+
+    #[test]
+    fn a_full_queue_drops_to_the_next_frame_boundary_and_keeps_control_frames() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        let (a, b, c, ping, d) = (frame(2, 1000), frame(2, 3000), frame(1, 500), frame(9, 4), frame(1, 10));
+        let (rec, events) = queue(70 * 1024);
+        let mut t = Track::new();
+        let to = To { recorder: &rec, leg: 1, dir: Dir::Down, time: Some(1) };
+        let mut at = 0u64;
+        let mut send = |t: &mut Track, bytes: &[u8]| {
+            t.pass(&to, at, Piece::Slice(bytes));
+            at += bytes.len() as u64;
+        };
+        send(&mut t, &[head.clone(), a[..600].to_vec()].concat());
+        rec.fill(); // the queue is full from here
+        send(&mut t, &[a[600..].to_vec(), b[..2000].to_vec()].concat());
+        send(&mut t, &[b[2000..].to_vec(), c.clone(), ping.clone(), d[..5].to_vec()].concat());
+        rec.unfill();
+        send(&mut t, &d[5..]); // mid-frame: still dropping
+        let e = frame(1, 7);
+        send(&mut t, &e); // a boundary, and room: resumes
+        let got = events(&rec);
+        let shape: Vec<String> = got
+            .iter()
+            .map(|e| match &e.what {
+                What::Data { offset, bytes, .. } => format!("data {offset}+{}", bytes.len()),
+                What::Gap { until, frames, .. } => format!("gap to {until}, {frames} frames"),
+                _ => "other".into(),
+            })
+            .collect();
+        let ping_at = (head.len() + a.len() + b.len() + c.len()) as u64;
+        let e_at = ping_at + (ping.len() + d.len()) as u64;
+        assert_eq!(
+            shape,
+            [
+                format!("data 0+{}", head.len() + 600),
+                format!("gap to {ping_at}, 3 frames"),
+                format!("data {ping_at}+{}", ping.len()),
+                format!("gap to {e_at}, 1 frames"),
+                format!("data {e_at}+{}", e.len()),
+            ],
+            "the rest of A, B and C lost; the ping kept though the queue was full; D lost; E whole"
+        );
+    }
+}

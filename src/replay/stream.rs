@@ -1,0 +1,135 @@
+//! One direction of a reassembled connection as the session reader sees it: the bytes the
+//! capture holds, the holes where it missed some, and when each byte arrived. Positions
+//! are stream offsets (holes included); memory is only what was captured, however large
+//! a hole claims to be.
+
+/// A direction's captured bytes and the holes between them.
+#[derive(Debug, Default)]
+pub(super) struct Stream {
+    /// The captured bytes, holes left out.
+    data: Vec<u8>,
+    /// The holes, in order.
+    holes: Vec<Hole>,
+    /// Its length in stream offsets: captured bytes and holes.
+    len: u64,
+    /// (end offset, timestamp, order) of each piece that arrived.
+    arrivals: Vec<(u64, i128, usize)>,
+}
+
+/// Bytes the capture missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Hole {
+    /// Where it starts and ends, in stream offsets.
+    pub(super) at: u64,
+    pub(super) end: u64,
+    /// How many captured bytes come before it.
+    data_at: usize,
+}
+
+impl Stream {
+    /// Bytes that became readable at `ts`, `order`th in the conversation.
+    pub(super) fn push_data(&mut self, bytes: &[u8], ts: i128, order: usize) {
+        self.data.extend_from_slice(bytes);
+        self.len += bytes.len() as u64;
+        self.arrivals.push((self.len, ts, order));
+    }
+
+    /// `n` bytes the capture missed.
+    pub(super) fn push_hole(&mut self, n: u64, ts: i128, order: usize) {
+        let at = self.len;
+        self.len = at.saturating_add(n);
+        self.holes.push(Hole { at, end: self.len, data_at: self.data.len() });
+        self.arrivals.push((self.len, ts, order));
+    }
+
+    /// Its length in stream offsets.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it holds no byte at all.
+    pub(super) fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Whether any byte in `from..to` is missing.
+    pub(super) fn has_gap(&self, from: u64, to: u64) -> bool {
+        self.hole_from(from).is_some_and(|h| h.at < to)
+    }
+
+    /// The hole that contains `pos` or comes after it.
+    pub(super) fn hole_from(&self, pos: u64) -> Option<Hole> {
+        let i = self.holes.partition_point(|h| h.end <= pos);
+        self.holes.get(i).copied()
+    }
+
+    /// The captured bytes from `from` up to the next hole or the end; empty when `from`
+    /// is in a hole or past the end.
+    pub(super) fn contiguous(&self, from: u64) -> &[u8] {
+        let i = self.holes.partition_point(|h| h.end <= from);
+        if self.holes.get(i).is_some_and(|h| h.at <= from) || from >= self.len {
+            return &[];
+        }
+        // Captured bytes before `from`: those before the last hole that ends by then.
+        let start = match i.checked_sub(1).map(|j| self.holes[j]) {
+            Some(h) => h.data_at + (from - h.end) as usize,
+            None => from as usize,
+        };
+        let end = self.holes.get(i).map_or(self.data.len(), |h| h.data_at);
+        &self.data[start..end]
+    }
+
+    /// The bytes `from..to` when none is missing.
+    pub(super) fn slice(&self, from: u64, to: u64) -> Option<&[u8]> {
+        (!self.has_gap(from, to)).then(|| self.contiguous(from)).and_then(|b| b.get(..(to - from) as usize))
+    }
+
+    /// Whatever the capture holds of `from..to`: each run of bytes with its offset.
+    pub(super) fn runs(&self, from: u64, to: u64) -> Vec<(u64, &[u8])> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to.min(self.len) {
+            match self.hole_from(at).filter(|h| h.at <= at) {
+                Some(h) => at = h.end,
+                None => {
+                    let run = self.contiguous(at);
+                    let run = &run[..run.len().min((to - at) as usize)];
+                    out.push((at, run));
+                    at += run.len().max(1) as u64;
+                }
+            }
+        }
+        out
+    }
+
+    /// When the byte before `end` arrived, and in which place of the conversation.
+    pub(super) fn arrival(&self, end: u64) -> (i128, usize) {
+        let i = self.arrivals.partition_point(|a| a.0 < end);
+        self.arrivals.get(i).or(self.arrivals.last()).map_or((0, 0), |a| (a.1, a.2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_count_holes_but_memory_holds_only_what_was_captured() {
+        let mut s = Stream::default();
+        s.push_data(b"abc", 1, 0);
+        s.push_hole(1 << 40, 2, 1); // a hole of a terabyte costs nothing
+        s.push_data(b"defg", 3, 2);
+        let after = 3 + (1 << 40);
+        assert_eq!(s.len(), after + 4);
+        assert_eq!(s.contiguous(0), b"abc");
+        assert_eq!(s.contiguous(1), b"bc");
+        assert_eq!(s.contiguous(3), b"", "in the hole");
+        assert_eq!(s.contiguous(after + 1), b"efg");
+        assert!(s.has_gap(2, 4) && !s.has_gap(0, 3) && !s.has_gap(after, after + 4));
+        assert_eq!(s.slice(after, after + 2), Some(&b"de"[..]));
+        assert_eq!(s.slice(2, after + 1), None);
+        assert_eq!(s.runs(1, after + 2), [(1, &b"bc"[..]), (after, &b"de"[..])]);
+        assert_eq!(s.hole_from(0).map(|h| (h.at, h.end)), Some((3, after)));
+        assert_eq!(s.arrival(after + 1), (3, 2));
+    }
+}
