@@ -28,6 +28,7 @@ fn run(acks: bool) -> (f64, f64) {
         mss_ipv6: 1440,
         acks,
         display_port: wstap::config::DisplayPort::Real,
+        redact: Default::default(),
         isn_seed: 1,
         rotate_wait: Duration::from_secs(5),
     };

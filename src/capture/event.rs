@@ -62,15 +62,11 @@ pub enum What {
     Reset,
     /// A comment for the leg's next packet.
     Note(String),
-    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`).
+    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`;
+    /// the writer, which follows the leg's HTTP, has seen its Upgrade exchange).
     Session {
         /// For the leg's next packet.
         comment: String,
-        /// The Upgrade request's first line up to `HTTP/1.`.
-        request_line: String,
-        /// Where the Upgrade exchange begins in each direction's captured stream; `None`:
-        /// at the last line starting with `request_line`.
-        at: PerDir<Option<u64>>,
         /// How much of the session's payload is kept.
         snap: Snap,
     },

@@ -1,18 +1,12 @@
-//! One leg as the writer keeps it: its synthesized TCP flow, where each end's frames
-//! begin and end, the HTTP heads and deflate windows a new file replays, the bytes the
-//! capture lost, and the packet comment waiting for its next packet.
+//! One leg as the writer keeps it: its synthesized TCP flow, what it makes of each
+//! direction's bytes (the [`Rewriter`]: masked heads, frames cut to the policy, the heads
+//! and deflate windows a new file replays), how far each real stream has got, the bytes
+//! the capture lost, and the packet comment waiting for its next packet.
 
 use crate::capture::event::LegId;
+use crate::capture::rewrite::{Rewriter, Rules};
 use crate::dir::{Dir, Leg, PerDir};
-use crate::wire::deflate;
 use crate::wire::tcp::Flow;
-use crate::wire::wsframe::FrameTracker;
-
-/// Most bytes of an HTTP head kept per direction for replay in later files.
-const MAX_PRELUDE: usize = 64 * 1024;
-/// Recent bytes kept per direction of a leg recorded from its first byte, to find the
-/// Upgrade exchange in when a session starts on it.
-const RECENT: usize = 128 * 1024;
 
 /// A leg being written.
 pub(crate) struct LegState {
@@ -23,18 +17,14 @@ pub(crate) struct LegState {
     pub(crate) note: Option<String>,
     /// The comment of its first packet, repeated in replays.
     pub(crate) comment: String,
-    /// A WebSocket session from its first byte (an Upgrade exchange): replayed with its
-    /// heads, and rotation waits for its frame boundaries.
+    /// A WebSocket session (an Upgrade exchange): replayed with its heads, and rotation
+    /// waits for its frame boundaries.
     pub(crate) session: bool,
-    /// Each direction's HTTP head (the request `Up`, the response `Down`), for replays.
-    pub(crate) prelude: PerDir<Vec<u8>>,
-    /// Frame boundaries of each direction's stream.
-    pub(crate) frames: PerDir<FrameTracker>,
-    /// Each direction's permessage-deflate context, when it is kept across messages.
-    pub(crate) deflate: PerDir<Option<deflate::Context>>,
-    /// Before a session starts on a leg recorded from its first byte: each direction's
-    /// recent bytes and the stream offset of the first of them.
-    pub(crate) recent: PerDir<(u64, Vec<u8>)>,
+    /// What is written of each direction's bytes.
+    pub(crate) rewrite: Rewriter,
+    /// How far each direction's real stream has got: bytes written, cut by the rules,
+    /// and lost. The written stream (the flow) may be shorter.
+    pub(crate) real: PerDir<u64>,
     /// Bytes not captured, per direction.
     pub(crate) lost: PerDir<u64>,
     /// The leg is finished (both FINs, or a reset): its last packet waits for the Close,
@@ -48,18 +38,18 @@ pub(crate) struct LegState {
 }
 
 impl LegState {
-    /// A leg whose capture starts now, with its flow and the comment for its first packet.
-    pub(crate) fn new(leg: Leg, flow: Flow, comment: String, session: bool) -> LegState {
+    /// A leg whose capture starts now, with its flow, the comment for its first packet,
+    /// and the rules its bytes are written by. A session's capture starts at its Upgrade
+    /// request; any other leg's at the connection's first byte (its HTTP is followed).
+    pub(crate) fn new(leg: Leg, flow: Flow, comment: String, session: bool, rules: Rules) -> LegState {
         LegState {
             flow,
             leg,
             note: Some(comment.clone()),
             comment,
             session,
-            prelude: PerDir::default(),
-            frames: PerDir::default(),
-            deflate: PerDir::default(),
-            recent: PerDir::default(),
+            rewrite: Rewriter::new(rules, !session),
+            real: PerDir::default(),
             lost: PerDir::default(),
             last: None,
             ack_due: None,
@@ -78,104 +68,51 @@ impl LegState {
     }
 
     /// The stream going `dir` lost everything up to `until`, where a frame begins (the
-    /// tap saw to that): the frames after it decode. Returns the bytes lost.
-    pub(crate) fn gap(&mut self, dir: Dir, until: u64, frames: u64, compressed: bool) -> u64 {
+    /// tap saw to that, and the rewriter knows): the frames after it decode. Returns the
+    /// bytes lost.
+    pub(crate) fn gap(&mut self, dir: Dir, until: u64, frames: u64) -> u64 {
         let lost = self.skip_to(dir, until);
-        if lost == 0 {
-            return 0;
-        }
-        let s = if frames == 1 { "" } else { "s" };
-        let note = format!(
-            "capture gap: {lost} bytes ({frames} WebSocket frame{s}) of this stream were not captured \
-             (capture queue full); capture resumes at a frame boundary"
-        );
-        add_note(&mut self.note, note);
-        if self.session && self.frames[dir].in_frames() {
-            self.frames[dir] = FrameTracker::between_frames();
-        }
-        if compressed {
-            if let Some(ctx) = &mut self.deflate[dir] {
-                ctx.lose_window();
-            }
+        if lost > 0 {
+            let s = if frames == 1 { "" } else { "s" };
+            let note = format!(
+                "capture gap: {lost} bytes ({frames} WebSocket frame{s}) of this stream were not captured \
+                 (capture queue full); capture resumes at a frame boundary"
+            );
+            add_note(&mut self.note, note);
         }
         lost
     }
 
     /// Moves the stream going `dir` on to `offset` without writing the bytes between.
     fn skip_to(&mut self, dir: Dir, offset: u64) -> u64 {
-        let lost = offset.saturating_sub(self.flow.sent(dir));
+        let lost = offset.saturating_sub(self.real[dir]);
         self.flow.skip(dir, lost);
+        self.real[dir] += lost;
         self.lost[dir] += lost;
         lost
     }
 
     /// Between frames in both directions (always, for a leg that is not a session).
     pub(crate) fn at_boundary(&self) -> bool {
-        !self.session || self.frames.iter().all(|(_, f)| f.at_boundary())
+        !self.session || self.rewrite.at_boundary()
     }
 
-    /// Keeps the recent bytes of a leg that is not (yet) a session.
-    pub(crate) fn remember(&mut self, dir: Dir, bytes: &[u8]) {
-        let (start, buf) = &mut self.recent[dir];
-        buf.extend_from_slice(bytes);
-        if buf.len() > 2 * RECENT {
-            let cut = buf.len() - RECENT;
-            buf.drain(..cut);
-            *start += cut as u64;
-        }
-    }
-
-    /// A session starts on this leg at stream offsets `at` (`None`: the last line starting
-    /// with `request_line`): follow both directions from there as a session.
-    pub(crate) fn begin_session(&mut self, request_line: &[u8], at: PerDir<Option<u64>>) {
+    /// A session starts on a leg recorded from its first byte: from here on, rotation
+    /// waits for its frame boundaries and new files replay its Upgrade exchange (the
+    /// rewriter has followed its HTTP all along, and kept the heads).
+    pub(crate) fn begin_session(&mut self, rules: Rules) {
         self.session = true;
-        let recent = std::mem::take(&mut self.recent);
-        // What wstap read first, then what it wrote.
-        for dir in [self.leg.inbound(), self.leg.inbound().reverse()] {
-            let (start, buf) = &recent[dir];
-            let from = match at[dir] {
-                Some(off) => off.saturating_sub(*start) as usize,
-                None => (0..buf.len().saturating_sub(request_line.len()))
-                    .rev()
-                    .find(|&i| buf[i..].starts_with(request_line) && (i == 0 || buf[i - 1] == b'\n'))
-                    .unwrap_or(0),
-            };
-            self.track(dir, &buf[from.min(buf.len())..]);
-        }
+        self.rewrite.set_rules(rules);
     }
 
-    /// Follows the stream going `dir`: its HTTP head (kept for replays), then frame
-    /// boundaries, and the deflate context where one is kept across messages.
-    pub(crate) fn track(&mut self, dir: Dir, mut bytes: &[u8]) {
-        if !self.frames[dir].in_frames() {
-            let head = self.frames[dir].advance(bytes, true, |_| {});
-            let room = MAX_PRELUDE.saturating_sub(self.prelude[dir].len()).min(head);
-            self.prelude[dir].extend_from_slice(&bytes[..room]);
-            bytes = &bytes[head..];
-            // The 101 says whether (and which way) permessage-deflate keeps its context.
-            if dir == Dir::Down && self.frames[dir].in_frames() {
-                if let Some(keep) = deflate::takeover(&self.prelude[dir]) {
-                    self.deflate = keep.map(|_, keep| keep.then(deflate::Context::new));
-                }
-            }
-        }
-        match &mut self.deflate[dir] {
-            Some(ctx) => self.frames[dir].advance_with_payload(bytes, &mut |h, p, end| ctx.feed(h, p, end)),
-            None => self.frames[dir].advance(bytes, false, |_| {}),
-        };
-    }
-
-    /// What a new file replays for this leg: each direction's HTTP head, then (after the
-    /// 101, where Wireshark decodes frames) a message restoring each kept deflate context.
+    /// What a new file replays for this leg: a session's heads and deflate windows;
+    /// nothing but the handshake for a connection without one.
     pub(crate) fn replay_parts(&self) -> Vec<(Dir, Vec<u8>)> {
-        let mut parts: Vec<(Dir, Vec<u8>)> = self.prelude.iter().map(|(dir, head)| (dir, head.clone())).collect();
-        for (dir, ctx) in self.deflate.iter() {
-            // A client's frames are masked.
-            if let Some(frame) = ctx.as_ref().and_then(|c| c.priming_frame(dir == Dir::Up)) {
-                parts.push((dir, frame));
-            }
+        if self.session {
+            self.rewrite.replay_parts()
+        } else {
+            Vec::new()
         }
-        parts
     }
 }
 

@@ -18,6 +18,8 @@
 //! - [`sink`]: the writer thread's side: outputs, rotation, write errors.
 //! - [`writer`]: events → packets → pcapng sections, replays in each new file;
 //!   [`leg`]: one leg as the writer keeps it.
+//! - [`rewrite`]: what of a leg's bytes is written (heads masked by [`redact`], payloads
+//!   cut to the policy's limits, messages a lost deflate window makes undecodable).
 //! - [`files`]: names, `.part`, the ring of finished files.
 //! - [`ports`]: the ports Wireshark would not decode a session on, and the ones written.
 
@@ -27,6 +29,8 @@ pub mod files;
 pub mod leg;
 pub mod ports;
 pub mod recorder;
+pub mod redact;
+pub mod rewrite;
 pub mod sink;
 pub mod stats;
 pub mod tap;

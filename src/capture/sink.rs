@@ -102,6 +102,7 @@ impl FileSink {
             mss_ipv6: s.mss_ipv6,
             acks: s.acks,
             display_port: s.display_port,
+            redact: std::sync::Arc::new(s.redact.clone()),
             isn_seed: seed,
             rotate_wait: s.rotate.max_wait,
         }

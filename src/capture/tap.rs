@@ -205,13 +205,8 @@ impl Tap {
     /// where the session's Upgrade exchange began, so later files can replay it.
     pub fn begin(&self, base: PerDir<u64>, hold_from: Option<u64>, start: Start) {
         if self.is_recording() {
-            let at = match self.opening.leg {
-                // Where the request began among what was read is found by its line.
-                Leg::Client => PerDir::new(None, Some(base[Dir::Down])),
-                Leg::Upstream => base.map(|_, b| Some(b)),
-            };
-            let Start { comment, request_line, snap, .. } = start;
-            self.recorder.send(self.id, What::Session { comment, request_line, at, snap });
+            let Start { comment, snap, .. } = start;
+            self.recorder.send(self.id, What::Session { comment, snap });
         } else {
             self.start(base, hold_from, start);
         }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,8 +16,9 @@ use bytes::Bytes;
 use crate::capture::event::{Event, LegId, Opening, What};
 use crate::capture::leg::{add_note, Final, LegState, Pending};
 use crate::capture::ports;
+use crate::capture::rewrite::{Fed, Rules};
 use crate::capture::stats::Stats;
-use crate::config::{DisplayPort, Legs};
+use crate::config::{DisplayPort, Legs, Redact};
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
 use crate::wire::tcp::Flow;
@@ -33,6 +35,8 @@ pub struct Synthesis {
     pub acks: bool,
     /// Which port the server side of each leg is written with.
     pub display_port: DisplayPort,
+    /// What is masked before it is written.
+    pub redact: Arc<Redact>,
     /// Seed of the ISN generator (xorshift; ISNs need to look random, not be secret).
     pub isn_seed: u64,
     /// Longest a due rotation waits for every session to reach a frame boundary (in
@@ -279,11 +283,11 @@ impl<W: Write> CaptureWriter<W> {
             if let What::Data { dir, offset, bytes } = &ev.what {
                 let Some(leg) = self.legs.get(&ev.leg) else { return self.apply(ev, stats).map(|()| Step::Done) };
                 // This leg is the only one inside a frame, and only in this direction.
-                let others_ready = self.mid_frame == 1 && !leg.at_boundary() && leg.frames[dir.reverse()].at_boundary();
-                let skip = leg.flow.sent(*dir).saturating_sub(*offset).min(bytes.len() as u64) as usize;
-                let mut probe = leg.frames[*dir].clone();
-                let cut = skip + probe.advance(&bytes[skip..], true, |_| {});
-                if others_ready && leg.session && probe.at_boundary() && cut < bytes.len() {
+                let others_ready =
+                    self.mid_frame == 1 && !leg.at_boundary() && leg.rewrite.side_at_boundary(dir.reverse());
+                let skip = leg.real[*dir].saturating_sub(*offset).min(bytes.len() as u64) as usize;
+                let cut = leg.rewrite.boundary_in(*dir, &bytes[skip..]).map(|n| skip + n);
+                if let Some(cut) = cut.filter(|cut| others_ready && leg.session && *cut < bytes.len()) {
                     let (offset, dir, rest) = (*offset, *dir, bytes.slice(cut..));
                     let rest = Event {
                         time: ev.time,
@@ -313,8 +317,7 @@ impl<W: Write> CaptureWriter<W> {
             What::Data { dir, offset, bytes } => self.on_data(id, time, dir, offset, &bytes, stats),
             What::Fin { dir, offset } => self.on_fin(id, time, dir, offset, stats),
             What::Gap { dir, until, frames, compressed } => {
-                self.on_gap(id, dir, until, frames, compressed);
-                Ok(())
+                self.on_gap(id, time, (dir, until, frames, compressed), stats)
             }
             What::Reset => {
                 if let Some(leg) = self.legs.get_mut(&id) {
@@ -330,10 +333,10 @@ impl<W: Write> CaptureWriter<W> {
                 }
                 Ok(())
             }
-            What::Session { comment, request_line, at, snap: _ } => {
+            What::Session { comment, snap } => {
                 if let Some(leg) = self.legs.get_mut(&id) {
                     add_note(&mut leg.note, comment);
-                    leg.begin_session(request_line.as_bytes(), at);
+                    leg.begin_session(Rules { redact: self.synth.redact.clone(), snap });
                     self.mid_frame += usize::from(!leg.at_boundary());
                 }
                 Ok(())
@@ -370,21 +373,31 @@ impl<W: Write> CaptureWriter<W> {
     fn on_data(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, bytes: &Bytes, stats: &Stats) -> io::Result<()> {
         self.catch_up(id, dir, offset);
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
-        let sent = leg.flow.sent(dir);
-        let payload = &bytes[((sent - offset.min(sent)) as usize).min(bytes.len())..];
+        let real = leg.real[dir];
+        let payload = &bytes[((real - offset.min(real)) as usize).min(bytes.len())..];
         if payload.is_empty() {
             return Ok(());
         }
-        if leg.session {
-            let was = leg.at_boundary();
-            leg.track(dir, payload);
-            self.mid_frame =
-                self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
-        } else {
-            leg.remember(dir, payload);
+        let was = leg.at_boundary();
+        let fed = leg.rewrite.feed(dir, payload);
+        leg.real[dir] += payload.len() as u64;
+        self.mid_frame =
+            self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
+        self.write_fed(id, time, dir, &fed, payload, stats)
+    }
+
+    /// Writes what the rewriter made of `input` going `dir`, with its comments.
+    fn write_fed(&mut self, id: LegId, time: u64, dir: Dir, fed: &Fed, input: &[u8], stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        for note in &fed.notes {
+            add_note(&mut leg.note, note.clone());
         }
-        stats.bytes_captured.fetch_add(payload.len() as u64, Relaxed);
-        self.emit(id, time, |f, e| f.data(dir, payload, e), stats)?;
+        let out = fed.bytes(input);
+        if out.is_empty() {
+            return Ok(());
+        }
+        stats.bytes_captured.fetch_add(out.len() as u64, Relaxed);
+        self.emit(id, time, |f, e| f.data(dir, &out, e), stats)?;
         if self.synth.acks {
             if let Some(leg) = self.legs.get_mut(&id) {
                 if leg.ack_due.replace(dir.reverse()).is_none() {
@@ -395,21 +408,28 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
-    /// The stream going `dir` lost its bytes up to `until`, where a frame begins.
-    fn on_gap(&mut self, id: LegId, dir: Dir, until: u64, frames: u64, compressed: bool) {
-        let Some(leg) = self.legs.get_mut(&id) else { return };
+    /// The stream going `dir` lost its bytes up to `until`, where a frame begins; what
+    /// the rewriter held (a message searched for payload patterns) is written first.
+    fn on_gap(&mut self, id: LegId, time: u64, gap: (Dir, u64, u64, bool), stats: &Stats) -> io::Result<()> {
+        let (dir, until, frames, compressed) = gap;
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        let held = leg.rewrite.gap(dir, compressed);
+        self.write_fed(id, time, dir, &held, &[], stats)?;
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let was = leg.at_boundary();
-        let lost = leg.gap(dir, until, frames, compressed);
+        let lost = leg.gap(dir, until, frames);
         self.mid_frame =
             self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
         if lost > 0 {
             self.section[leg.leg].lost(lost, leg.flow.mss());
             self.section[leg.leg].lost_frames += frames;
         }
+        Ok(())
     }
 
     /// The end that sends `dir` half-closed, its stream `offset` bytes long.
     fn on_fin(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, stats: &Stats) -> io::Result<()> {
+        self.flush(id, time, dir, stats)?;
         self.catch_up(id, dir, offset);
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         if leg.flow.fin_sent(dir) {
@@ -422,6 +442,14 @@ impl<W: Write> CaptureWriter<W> {
             _ => self.pending = Some(ack),
         }
         Ok(())
+    }
+
+    /// Writes what leg `id` holds going `dir` (a message held for the payload patterns)
+    /// as it stands: its stream ends.
+    fn flush(&mut self, id: LegId, time: u64, dir: Dir, stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        let held = leg.rewrite.flush(dir);
+        self.write_fed(id, time, dir, &held, &[], stats)
     }
 
     fn open(&mut self, id: LegId, time: u64, o: Opening, stats: &Stats) -> io::Result<()> {
@@ -448,7 +476,8 @@ impl<W: Write> CaptureWriter<W> {
         let mss = if acceptor.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
         let isn = PerDir::new(self.next_isn(), self.next_isn());
         let flow = Flow::new(opener, acceptor, isn, mss);
-        self.legs.insert(id, LegState::new(o.leg, flow, comment, o.session));
+        let rules = Rules { redact: self.synth.redact.clone(), snap: o.snap };
+        self.legs.insert(id, LegState::new(o.leg, flow, comment, o.session, rules));
         self.emit(id, time, |f, e| f.handshake(e), stats)
     }
 
@@ -456,12 +485,15 @@ impl<W: Write> CaptureWriter<W> {
         let Some(which) = self.legs.get(&id).map(|l| l.leg) else { return Ok(()) };
         // What the remote end sent (wstap read it), and what wstap sent.
         let (remote, local) = (which.inbound(), which.inbound().reverse());
+        for dir in [remote, local] {
+            self.flush(id, time, dir, stats)?;
+        }
         self.catch_up(id, remote, offsets[remote]);
         self.catch_up(id, local, offsets[local]);
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let count = |dir: Dir| match leg.lost[dir] {
-            0 => format!("{} bytes", leg.flow.sent(dir)),
-            lost => format!("{} bytes ({lost} not captured)", leg.flow.sent(dir)),
+            0 => format!("{} bytes", leg.real[dir]),
+            lost => format!("{} bytes ({lost} not captured)", leg.real[dir]),
         };
         let name = leg.leg.name();
         let comment =
@@ -609,6 +641,25 @@ mod tests {
         What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
     }
 
+    /// An HTTP request head whose body runs on, and a response head whose body runs to the
+    /// close: a plain leg's bytes after these are passed through as they come.
+    const UP_HEAD: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n";
+    const DOWN_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+    const HEADS: PerDir<u64> = PerDir::new(UP_HEAD.len() as u64, DOWN_HEAD.len() as u64);
+
+    /// The two heads, then `body` with its offsets after them.
+    fn after_heads(body: Vec<What>) -> Vec<What> {
+        let shift = |w: What| match w {
+            What::Data { dir, offset, bytes } => What::Data { dir, offset: offset + HEADS[dir], bytes },
+            What::Fin { dir, offset } => What::Fin { dir, offset: offset + HEADS[dir] },
+            What::Close { reason, offsets } => What::Close { reason, offsets: offsets.map(|d, o| o + HEADS[d]) },
+            other => other,
+        };
+        let mut out = vec![data(Dir::Up, 0, UP_HEAD), data(Dir::Down, 0, DOWN_HEAD)];
+        out.extend(body.into_iter().map(shift));
+        out
+    }
+
     /// A writer into memory: no pure ACKs, a 5 s rotation wait.
     fn test_writer() -> CaptureWriter<Vec<u8>> {
         test_writer_acks(false)
@@ -621,6 +672,7 @@ mod tests {
             mss_ipv6: 1440,
             acks,
             display_port: DisplayPort::Real,
+            redact: Default::default(),
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
         };
@@ -732,27 +784,36 @@ mod tests {
         let opening = client_leg("c", false);
         let packets = written_by(
             test_writer_acks(true),
-            vec![
-                Some(What::Open(Box::new(opening.clone()))),
-                Some(data(Dir::Up, 0, b"ping")),
-                Some(data(Dir::Down, 0, b"pong")), // carries wstap's ACK of "ping"
-                Some(data(Dir::Up, 4, b"ping")),   // carries the client's ACK of "pong"
-                Some(data(Dir::Up, 8, b"more")),   // wstap's pure ACK first: nothing carried it
-                None,                              // caught up: the ACK owed for "more"
-                Some(What::Close { reason: "done".into(), offsets: PerDir::new(12, 4) }),
-            ],
+            [What::Open(Box::new(opening.clone()))]
+                .into_iter()
+                .chain(after_heads(vec![
+                    data(Dir::Up, 0, b"ping"),
+                    data(Dir::Down, 0, b"pong"), // carries wstap's ACK of "ping"
+                    data(Dir::Up, 4, b"ping"),   // carries the client's ACK of "pong"
+                    data(Dir::Up, 8, b"more"),   // wstap's pure ACK first: nothing carried it
+                ]))
+                .map(Some)
+                .chain([
+                    None, // caught up: the ACK owed for "more"
+                    Some(What::Close { reason: "done".into(), offsets: PerDir::new(12, 4).map(|d, o| o + HEADS[d]) }),
+                ])
+                .collect(),
         );
-        let shape: Vec<(usize, &str)> = packets.iter().skip(3).map(|p| (p.1, p.3.as_str())).collect();
+        // SYN, SYN-ACK, ACK and the two heads, then the exchange.
+        let shape: Vec<(usize, &str)> = packets.iter().skip(5).map(|p| (p.1, p.3.as_str())).collect();
         assert_eq!(shape, [(4, "P"), (4, "P"), (4, "P"), (0, ""), (4, "P"), (0, ""), (0, "F")]);
 
         // An ACK still owed when the leg closes is its last packet, with the close comment.
         let packets = written_by(
             test_writer_acks(true),
-            vec![
-                Some(What::Open(Box::new(opening))),
-                Some(data(Dir::Up, 0, b"ping")),
-                Some(What::Close { reason: "done".into(), offsets: PerDir::new(4, 0) }),
-            ],
+            [What::Open(Box::new(opening))]
+                .into_iter()
+                .chain(after_heads(vec![
+                    data(Dir::Up, 0, b"ping"),
+                    What::Close { reason: "done".into(), offsets: PerDir::new(4, 0) },
+                ]))
+                .map(Some)
+                .collect(),
         );
         let last = packets.last().unwrap();
         assert_eq!((last.1, last.3.as_str()), (0, ""), "{packets:?}");
@@ -762,24 +823,29 @@ mod tests {
     #[test]
     fn lost_bytes_show_as_a_sequence_jump_with_a_comment() {
         let opening = client_leg("first", false);
-        let packets = written(vec![
-            What::Open(Box::new(opening)),
+        let mut events = vec![What::Open(Box::new(opening))];
+        events.extend(after_heads(vec![
             data(Dir::Up, 0, b"abc"),
             data(Dir::Up, 503, b"def"),               // 500 bytes were dropped in between
             What::Fin { dir: Dir::Down, offset: 10 }, // and all 10 bytes wstap sent
             What::Close { reason: "done".into(), offsets: PerDir::new(506, 10) },
-        ]);
+        ]));
+        let packets = written(events);
         assert_eq!(packets[0].2.as_deref(), Some("first"), "the session comment is on the SYN");
-        let (seq_abc, seq_def) = (packets[3].0, packets[4].0);
+        let (seq_abc, seq_def) = (packets[5].0, packets[6].0);
         assert_eq!(seq_def.wrapping_sub(seq_abc), 503);
-        let gap = packets[4].2.as_deref().unwrap();
+        let gap = packets[6].2.as_deref().unwrap();
         assert!(gap.contains("500 bytes") && gap.contains("capture queue full"), "{gap}");
         let last = packets.last().unwrap().2.as_deref().unwrap();
         assert_eq!(
             last,
-            "client leg closed: done; 506 bytes (500 not captured) from client, 10 bytes (10 not captured) from wstap"
+            format!(
+                "client leg closed: done; {} bytes (500 not captured) from client, {} bytes (10 not captured) from wstap",
+                506 + HEADS[Dir::Up],
+                10 + HEADS[Dir::Down]
+            )
         );
-        let fin = &packets[5];
+        let fin = &packets[7];
         assert_eq!(fin.2.as_deref().map(|c| c.contains("10 bytes")), Some(true), "{fin:?}");
     }
 
@@ -788,14 +854,12 @@ mod tests {
         use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as Isb;
         let mut w = test_writer();
         let stats = Stats::default();
-        for (i, what) in [
-            What::Open(Box::new(client_leg("c", false))),
+        let mut events = vec![What::Open(Box::new(client_leg("c", false)))];
+        events.extend(after_heads(vec![
             data(Dir::Up, 0, b"abc"),
             data(Dir::Up, 3003, b"def"), // 3000 bytes lost: three 1460-byte segments' worth
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ]));
+        for (i, what) in events.into_iter().enumerate() {
             w.process(Event { time: 1_000 + i as u64, leg: 1, what }, &stats).unwrap();
         }
         let bytes = w.finish(&stats).unwrap().unwrap();
@@ -808,7 +872,7 @@ mod tests {
         }
         assert_eq!(isbs.len(), 2, "one per interface");
         let client = &isbs[0].options;
-        assert!(client.contains(&Isb::IsbIfDrop(3)) && client.contains(&Isb::IsbIfRecv(5 + 3)), "{client:?}");
+        assert!(client.contains(&Isb::IsbIfDrop(3)) && client.contains(&Isb::IsbIfRecv(5 + 3 + 2)), "{client:?}");
         assert!(client.iter().any(|o| matches!(o, Isb::Comment(c) if c.contains("3000 bytes"))), "{client:?}");
         assert!(isbs[1].options.contains(&Isb::IsbIfDrop(0)), "{:?}", isbs[1].options);
     }

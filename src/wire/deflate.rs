@@ -54,6 +54,11 @@ impl Context {
         self.window = Vec::new();
     }
 
+    /// Whether the window is lost (every later compressed message is undecodable).
+    pub fn window_lost(&self) -> bool {
+        self.broken
+    }
+
     /// A piece of a frame's payload (unmasked); `frame_end` on its last piece.
     pub fn feed(&mut self, h: &FrameHeader, payload: &[u8], frame_end: bool) {
         if self.broken || h.opcode >= 8 {

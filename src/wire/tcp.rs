@@ -68,6 +68,7 @@ impl Flow {
     }
 
     /// Payload bytes sent `dir` so far.
+    #[cfg(test)]
     pub fn sent(&self, dir: Dir) -> u64 {
         self.sent[dir]
     }

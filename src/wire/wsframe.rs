@@ -5,10 +5,6 @@
 //! payloads, so tracking costs a few comparisons per chunk. Capture uses it to cut files
 //! between frames, replay to read the frames of a recorded session. Pure.
 
-/// Receives payload pieces (unmasked) with their frame's header, and whether the piece
-/// ends the frame.
-pub type PayloadSink<'a> = &'a mut dyn FnMut(&FrameHeader, &[u8], bool);
-
 /// Tracks frame boundaries in one direction.
 #[derive(Debug, Clone)]
 pub struct FrameTracker {
@@ -144,30 +140,18 @@ impl FrameTracker {
     /// Consumes `data`; with `stop_at_boundary`, stops at the first boundary reached after
     /// at least one byte. Returns the bytes consumed, and the header of each frame whose
     /// header was completed on the way (through `on_header`).
-    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool, on_header: impl FnMut(FrameHeader)) -> usize {
-        self.advance_inner(data, stop_at_boundary, on_header, None)
+    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool, mut on_header: impl FnMut(FrameHeader)) -> usize {
+        self.walk(data, stop_at_boundary, |w| {
+            if let Walk::Header(h, _) = w {
+                on_header(h);
+            }
+        })
     }
 
-    /// As [`FrameTracker::advance`] (without stopping), also handing every piece of
-    /// payload, unmasked, to `on_payload` with its frame's header and whether it ends the
-    /// frame. Only for streams whose payloads matter (permessage-deflate contexts).
-    pub fn advance_with_payload(
-        &mut self,
-        data: &[u8],
-        on_payload: &mut dyn FnMut(&FrameHeader, &[u8], bool),
-    ) -> usize {
-        self.advance_inner(data, false, |_| {}, Some(on_payload))
-    }
-
-    fn advance_inner(
-        &mut self,
-        data: &[u8],
-        stop_at_boundary: bool,
-        mut on_header: impl FnMut(FrameHeader),
-        mut on_payload: Option<PayloadSink<'_>>,
-    ) -> usize {
+    /// Consumes `data` as [`FrameTracker::advance`] does, reporting each frame header
+    /// when it is complete and each piece of payload where it lies in `data`.
+    pub fn walk(&mut self, data: &[u8], stop_at_boundary: bool, mut f: impl FnMut(Walk<'_>)) -> usize {
         let mut at = 0;
-        let mut unmasked = Vec::new();
         while at < data.len() {
             match &mut self.state {
                 State::Head { tail, seen } => {
@@ -182,23 +166,11 @@ impl FrameTracker {
                         }
                     }
                 }
-                State::Frames { payload_left, current, .. } if *payload_left > 0 => {
+                State::Frames { payload_left, current: Some((h, pos)), .. } if *payload_left > 0 => {
                     let take = (*payload_left).min((data.len() - at) as u64);
                     *payload_left -= take;
-                    if let (Some(f), Some((h, pos))) = (on_payload.as_mut(), current.as_mut()) {
-                        let piece = &data[at..at + take as usize];
-                        let piece = match h.mask {
-                            Some(key) => {
-                                unmasked.clear();
-                                unmasked.extend_from_slice(piece);
-                                apply_mask(&mut unmasked, key, *pos);
-                                &unmasked[..]
-                            }
-                            None => piece,
-                        };
-                        *pos += take;
-                        f(h, piece, *payload_left == 0);
-                    }
+                    f(Walk::Payload(*h, at..at + take as usize, *pos, *payload_left == 0));
+                    *pos += take;
                     at += take as usize;
                     if *payload_left == 0 && stop_at_boundary {
                         return at;
@@ -209,17 +181,15 @@ impl FrameTracker {
                     *have += 1;
                     at += 1;
                     if let Some(h) = FrameHeader::parse(&header[..usize::from(*have)]) {
-                        *have = 0;
+                        let n = usize::from(std::mem::take(have));
                         *payload_left = h.len;
                         *current = Some((h, 0));
+                        f(Walk::Header(h, &header[..n]));
                         if h.len == 0 {
-                            if let Some(f) = on_payload.as_mut() {
-                                f(&h, &[], true);
+                            f(Walk::Payload(h, at..at, 0, true));
+                            if stop_at_boundary {
+                                return at;
                             }
-                        }
-                        on_header(h);
-                        if h.len == 0 && stop_at_boundary {
-                            return at;
                         }
                     }
                 }
@@ -227,6 +197,18 @@ impl FrameTracker {
         }
         at
     }
+}
+
+/// One step of [`FrameTracker::walk`], in stream order.
+#[derive(Debug)]
+pub enum Walk<'h> {
+    /// A frame's header is complete: the header, and all its bytes (some of them may have
+    /// come in earlier calls).
+    Header(FrameHeader, &'h [u8]),
+    /// Bytes `range` of the data are payload of the frame with this header, starting
+    /// `pos` bytes into its payload; the last argument marks the frame's last piece (a
+    /// frame without payload has one empty piece).
+    Payload(FrameHeader, std::ops::Range<usize>, u64, bool),
 }
 
 #[cfg(test)]
@@ -314,12 +296,19 @@ pub(crate) mod tests {
             let mut t = FrameTracker::new();
             let mut got: Vec<(u8, Vec<u8>, bool)> = Vec::new();
             for chunk in stream.chunks(piece) {
-                t.advance_with_payload(chunk, &mut |h, p, end| match got.last_mut() {
-                    Some(last) if !last.2 => {
-                        last.1.extend_from_slice(p);
-                        last.2 = end;
+                t.walk(chunk, false, |w| {
+                    let Walk::Payload(h, range, pos, end) = w else { return };
+                    let mut p = chunk[range].to_vec();
+                    if let Some(key) = h.mask {
+                        apply_mask(&mut p, key, pos);
                     }
-                    _ => got.push((h.opcode, p.to_vec(), end)),
+                    match got.last_mut() {
+                        Some(last) if !last.2 => {
+                            last.1.extend_from_slice(&p);
+                            last.2 = end;
+                        }
+                        _ => got.push((h.opcode, p, end)),
+                    }
                 });
             }
             let want = vec![(1, b"hello world".to_vec(), true), (2, vec![], true), (1, b"plain".to_vec(), true)];
