@@ -46,23 +46,46 @@ pub(crate) fn head(head: &mut [u8], rules: &Redact) -> Vec<String> {
 
 /// Masks the values of the named query parameters in a request line's target.
 fn target(line: &mut [u8], rules: &Redact, masked: &mut Vec<String>) {
-    if rules.query.is_empty() {
-        return;
-    }
     // METHOD SP target SP version: the target is between the first two spaces.
     let Some(sp1) = line.iter().position(|b| *b == b' ') else { return };
     let end = line[sp1 + 1..].iter().position(|b| *b == b' ').map_or(line.len(), |i| sp1 + 1 + i);
     let target = &mut line[sp1 + 1..end];
-    let Some(q) = target.iter().position(|b| *b == b'?') else { return };
-    let query_end = target.iter().position(|b| *b == b'#').unwrap_or(target.len());
-    let mut at = q + 1;
+    if let Some(q) = target.iter().position(|b| *b == b'?') {
+        query(&mut target[q + 1..], rules, masked);
+    }
+}
+
+/// Masks the named query parameters' values in free text (a comment quoting a request
+/// line): in each run after a `?` up to the next whitespace.
+pub(crate) fn text(text: &str, rules: &Redact) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let mut masked = Vec::new();
+    let mut at = 0;
+    while let Some(q) = bytes[at..].iter().position(|b| *b == b'?') {
+        let start = at + q + 1;
+        let end = bytes[start..].iter().position(u8::is_ascii_whitespace).map_or(bytes.len(), |i| start + i);
+        query(&mut bytes[start..end], rules, &mut masked);
+        at = end;
+    }
+    // Masking replaces ASCII bytes of whole values with '*', so the text stays UTF-8
+    // unless a masked value held a multi-byte character; then it is replaced whole.
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Masks the named parameters' values in a query (what follows the `?`, to the end of
+/// `q`; a `#fragment` is left alone).
+fn query(q: &mut [u8], rules: &Redact, masked: &mut Vec<String>) {
+    if rules.query.is_empty() {
+        return;
+    }
+    let query_end = q.iter().position(|b| *b == b'#').unwrap_or(q.len());
+    let mut at = 0;
     while at < query_end {
-        let pair_end =
-            target[at..query_end].iter().position(|b| *b == b'&' || *b == b';').map_or(query_end, |i| at + i);
-        if let Some(eq) = target[at..pair_end].iter().position(|b| *b == b'=') {
-            let name = String::from_utf8_lossy(&target[at..at + eq]).to_ascii_lowercase();
+        let pair_end = q[at..query_end].iter().position(|b| *b == b'&' || *b == b';').map_or(query_end, |i| at + i);
+        if let Some(eq) = q[at..pair_end].iter().position(|b| *b == b'=') {
+            let name = String::from_utf8_lossy(&q[at..at + eq]).to_ascii_lowercase();
             if rules.query.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
-                mask(&mut target[at + eq + 1..pair_end]);
+                mask(&mut q[at + eq + 1..pair_end]);
                 note(masked, format!("query {name}"));
             }
         }
@@ -146,6 +169,13 @@ mod tests {
         assert!(!String::from_utf8_lossy(&resp).contains("sid=42"));
         let mut plain = b"GET /?token=1 HTTP/1.1\r\nCookie: x\r\n\r\n".to_vec();
         assert!(head(&mut plain, &Redact::default()).is_empty(), "nothing, when redaction is off");
+        assert_eq!(
+            super::text(
+                "wstap session 1: GET /c?token=abc&x=1 from 1.2.3.4:5 via route \"/\" to ws://u?auth=z",
+                &rules
+            ),
+            "wstap session 1: GET /c?token=***&x=1 from 1.2.3.4:5 via route \"/\" to ws://u?auth=*"
+        );
     }
 
     #[test]

@@ -15,9 +15,9 @@ use bytes::Bytes;
 
 use crate::capture::event::{Event, LegId, Opening, What};
 use crate::capture::leg::{add_note, Final, LegState, Pending};
-use crate::capture::ports;
 use crate::capture::rewrite::{Fed, Rules};
 use crate::capture::stats::Stats;
+use crate::capture::{ports, redact};
 use crate::config::{DisplayPort, Legs, Redact};
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
@@ -463,7 +463,8 @@ impl<W: Write> CaptureWriter<W> {
             Leg::Upstream => (o.local, o.remote),
         };
         let (mut opener, acceptor, real_port) = ports::display(opener, acceptor, self.synth.display_port);
-        let mut comment = o.comment;
+        // The comment quotes the request line: its query is masked as the head's is.
+        let mut comment = redact::text(&o.comment, &self.synth.redact);
         if let Some(real) = real_port {
             comment.push_str(&format!(
                 "; the server port {real} is written as {} (capture.display_port), so that Wireshark decodes the session",

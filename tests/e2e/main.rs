@@ -8,6 +8,7 @@ mod durability;
 mod errors;
 mod http;
 mod overload;
+mod policy;
 mod ports;
 mod reload;
 mod replay;

@@ -1,0 +1,246 @@
+//! The capture policy, read back from the files: what is redacted, which routes and
+//! sessions are recorded, and how much of each message is kept.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::capture::{assert_clean, capture_dir, capture_toml, fields, follow, stream_of, the_files, ws_messages};
+use crate::support::*;
+
+/// An echo upstream that reports each Upgrade request it saw (target and headers) and
+/// sets a cookie in its 101.
+async fn cookie_echo_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = serve(move |stream| {
+        let tx = tx.clone();
+        async move {
+            let callback = |req: &Request, mut resp: Response| {
+                let mut seen = format!("{}\n", req.uri());
+                for (name, value) in req.headers() {
+                    seen.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+                }
+                let _ = tx.send(seen);
+                resp.headers_mut().insert("set-cookie", "sid=SECRET-SETCOOKIE; Path=/".parse().unwrap());
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// How many times `needle` occurs in the raw bytes of `file`.
+fn occurrences(file: &Path, needle: &str) -> usize {
+    let bytes = std::fs::read(file).unwrap();
+    bytes.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count()
+}
+
+#[tokio::test]
+async fn credentials_are_masked_in_the_file_and_reach_the_upstream_intact() {
+    within(async {
+        let dir = capture_dir("redact");
+        let (upstream, mut seen) = cookie_echo_upstream().await;
+        let redact = "[capture.redact]\npayload = ['\"password\":\"[^\"]*\"']\n";
+        let proxy = Proxy::start(&config(upstream, &capture_toml(&dir, redact))).await;
+
+        let mut req = proxy.ws_url("/chat?room=7&token=SECRET-TOKEN").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", "Bearer SECRET-AUTH".parse().unwrap());
+        req.headers_mut().insert("cookie", "sid=SECRET-COOKIE".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(resp.headers()["set-cookie"], "sid=SECRET-SETCOOKIE; Path=/", "the client gets its cookie");
+        let login = r#"{"user":"ann","password":"SECRET-PASSWORD"}"#;
+        let chat = "nothing secret here";
+        for m in [login, chat] {
+            ws.send(Message::text(m)).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m), "echoed unchanged");
+        }
+        let upgrade = seen.recv().await.unwrap();
+        for secret in ["token=SECRET-TOKEN", "Bearer SECRET-AUTH", "sid=SECRET-COOKIE"] {
+            assert!(upgrade.contains(secret), "the upstream got {secret:?}: {upgrade}");
+        }
+        close_and_stop(ws, proxy).await;
+
+        let files = the_files(&dir);
+        assert_eq!(files.len(), 1);
+        let file = &files[0];
+        assert_eq!(occurrences(file, "SECRET"), 0, "no secret, in any block of the file");
+        assert_clean(file, 2);
+
+        // Both legs: the heads keep their shape, with values masked to the same length;
+        // the login message is masked where the pattern matched, the chat is whole.
+        for interface in [0, 1] {
+            let (up, down) = follow(file, &stream_of(file, interface));
+            let up_text = String::from_utf8_lossy(&up);
+            assert!(up_text.contains("?room=7&token=************ HTTP/1.1\r\n"), "{up_text}");
+            let stars = |n: usize| "*".repeat(n);
+            assert!(up_text.contains(&format!(": {}\r\n", stars("Bearer SECRET-AUTH".len()))), "{up_text}");
+            assert!(up_text.contains(&format!(": {}\r\n", stars("sid=SECRET-COOKIE".len()))), "{up_text}");
+            let down_text = String::from_utf8_lossy(&down);
+            let set_cookie = format!(": {}\r\n", stars("sid=SECRET-SETCOOKIE; Path=/".len()));
+            assert!(down_text.contains(&set_cookie), "{down_text}");
+            let secret = r#""password":"SECRET-PASSWORD""#;
+            let masked = login.replace(secret, &stars(secret.len()));
+            let want = [(1, masked.into_bytes()), (1, chat.as_bytes().to_vec())];
+            assert_eq!(ws_messages(&up)[..2], want, "interface {interface}, from the client");
+            assert_eq!(ws_messages(&down)[..2], want, "interface {interface}, to the client");
+        }
+        let texts = fields(file, "websocket.payload.text", &["websocket.payload.text"]);
+        assert_eq!(texts.iter().filter(|r| r[0] == chat).count(), 4, "Wireshark decodes every message: {texts:?}");
+
+        // Comments name what was masked, never the values.
+        let comments: Vec<String> =
+            fields(file, "frame.comment", &["frame.comment"]).into_iter().map(|r| r.join(" ")).collect();
+        let all = comments.join("\n");
+        for what in [
+            "redacted query token",
+            "redacted header authorization",
+            "redacted header cookie",
+            "redacted header set-cookie",
+            "redacted payload pattern 0",
+        ] {
+            assert!(all.contains(what), "a comment says {what:?}:\n{all}");
+        }
+        assert!(all.contains("GET /chat?room=7&token=************ from"), "the session comment too:\n{all}");
+    })
+    .await;
+}
+
+/// The session ids (in `wstap session N` comments) a capture file holds, by path.
+fn captured_paths(files: &[std::path::PathBuf]) -> BTreeSet<String> {
+    let mut paths = BTreeSet::new();
+    for file in files {
+        for row in fields(file, "tcp.flags.syn == 1 && frame.comment", &["frame.comment"]) {
+            if let Some(rest) = row[0].split_once("GET ").map(|(_, r)| r) {
+                paths.insert(rest.split(' ').next().unwrap().to_owned());
+            }
+        }
+    }
+    paths
+}
+
+/// Three routes with their own policies ahead of the catch-all.
+fn policy_toml(upstream: std::net::SocketAddr, dir: &Path) -> String {
+    let route = |prefix: &str, extra: &str| {
+        format!("[[route]]\npath_prefix = \"{prefix}\"\nupstream = \"ws://{upstream}\"\n{extra}\n")
+    };
+    format!(
+        "listen = [\"127.0.0.1:0\"]\n{}{}{}{}{}",
+        route("/off", "capture = \"off\""),
+        route("/sampled", "sample = 0.5"),
+        route("/snapped", "max_message_bytes = \"16B\""),
+        route("/", ""),
+        capture_toml(dir, "sample_seed = 42")
+    )
+}
+
+/// Runs the same sessions through a daemon on `policy_toml`; returns the captured paths,
+/// the capture directory and its file.
+async fn run_policy_sessions(name: &str) -> (BTreeSet<String>, Scratch, std::path::PathBuf) {
+    let dir = capture_dir(name);
+    let proxy = Proxy::start(&policy_toml(echo_upstream().await, &dir)).await;
+    let mut paths = vec!["/off/1".to_owned(), "/whole".to_owned()];
+    paths.extend((0..24).map(|i| format!("/sampled/{i}")));
+    for path in &paths {
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url(path)).await.unwrap();
+        ws.send(Message::text(path.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(path.clone()));
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/snapped")).await.unwrap();
+    for m in [Message::binary(noise(1000)), Message::text("short")] {
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), m, "the traffic is never cut");
+    }
+    close_and_stop(ws, proxy).await;
+    let files = the_files(&dir);
+    (captured_paths(&files), dir, files[0].clone())
+}
+
+#[tokio::test]
+async fn each_route_records_by_its_policy_and_sampling_repeats_with_its_seed() {
+    within(async {
+        let (first, _dir, file) = run_policy_sessions("policy-a").await;
+        assert!(first.contains("/whole") && first.contains("/snapped"), "{first:?}");
+        assert!(!first.contains("/off/1"), "capture = \"off\" writes nothing: {first:?}");
+        let sampled = first.iter().filter(|p| p.starts_with("/sampled/")).count();
+        assert!((4..=20).contains(&sampled), "about half of 24 sessions are sampled: {sampled}");
+        let (second, _, _) = run_policy_sessions("policy-b").await;
+        assert_eq!(first, second, "the same seed picks the same sessions");
+
+        // max_message_bytes: each message keeps its first 16 bytes, with a comment giving
+        // its real length; shorter messages and the close frames are whole.
+        assert_clean(&file, 2);
+        let snapped = fields(&file, "frame.comment contains \"/snapped\"", &["tcp.stream"]);
+        let stream = &snapped[0][0];
+        let (up, down) = follow(&file, stream);
+        for messages in [ws_messages(&up), ws_messages(&down)] {
+            let lens: Vec<(u8, usize)> = messages.iter().map(|(op, p)| (*op, p.len())).collect();
+            assert_eq!(lens[..2], [(2, 16), (1, 5)], "{lens:?}");
+            assert_eq!(lens.last().unwrap().0, 8, "the close frame is there: {lens:?}");
+        }
+        let filter = format!("tcp.stream == {stream} && frame.comment");
+        let comments = fields(&file, &filter, &["frame.comment"]);
+        let cut = "a WebSocket frame written with 16 of its 1000 payload bytes (max_message_bytes)";
+        assert_eq!(comments.iter().filter(|r| r[0].contains(cut)).count(), 2, "{comments:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_gives_new_sessions_the_new_policy_and_leaves_live_ones_alone() {
+    let (logs, _capturing) = Logs::capture();
+    within(async {
+        let dir = scratch_dir("policy-reload");
+        let (config, captures) = (dir.join("wstap.toml"), dir.join("captures"));
+        let echo = echo_upstream().await;
+        let write = |route: &str| {
+            let toml = format!(
+                "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"ws://{echo}\"\n{route}\n{}",
+                capture_toml(&captures, "")
+            );
+            std::fs::write(&config, toml).unwrap();
+        };
+        write("capture = \"off\"");
+        let proxy = Proxy::start_file(&config).await;
+        let (mut before, _) = tokio_tungstenite::connect_async(proxy.ws_url("/before")).await.unwrap();
+        round_trip(&mut before, "one").await;
+
+        write("max_message_bytes = \"2B\"");
+        proxy.reload().await;
+        eventually("the reload is applied", || !logs.lines_with(&["config reloaded"]).is_empty()).await;
+        let (mut after, _) = tokio_tungstenite::connect_async(proxy.ws_url("/after")).await.unwrap();
+        round_trip(&mut after, "three").await;
+        round_trip(&mut before, "two").await;
+        after.close(None).await.unwrap();
+        while let Some(Ok(_)) = after.next().await {}
+        drop(after);
+        close_and_stop(before, proxy).await;
+
+        let files = the_files(&captures);
+        let paths = captured_paths(&files);
+        assert_eq!(paths, BTreeSet::from(["/after".to_owned()]), "the live session keeps its policy (off)");
+        let (up, _) = follow(&files[0], &stream_of(&files[0], 0));
+        assert_eq!(ws_messages(&up)[0], (1, b"th".to_vec()), "the new session has the new snap");
+    })
+    .await;
+}
+
+/// Sends `text` and checks its echo.
+async fn round_trip(ws: &mut WsClient, text: &'static str) {
+    let m = Message::text(text);
+    ws.send(m.clone()).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), m);
+}
