@@ -33,9 +33,11 @@
 //! Its copy, for capture (both sockets are wrapped before hyper sees them):
 //!
 //! ```text
-//! capture::tee (every read and write) ─▶ capture::tap (probe, start, offsets)
+//! capture::tee (every read and write) ─▶ capture::tap (probe, start, offsets;
+//!   capture::track drops whole frames when the queue is full)
 //!   ─▶ capture::recorder (bounded queue) ═▶ writer thread ─▶ capture::sink (files, rotation)
-//!   ─▶ capture::writer (events → packets: wire::tcp, wire::wsframe, wire::deflate)
+//!   ─▶ capture::writer (events → packets: wire::tcp) ◀─ capture::rewrite (what is
+//!      written: HTTP heads and frames followed, capture::redact masks, snaps)
 //!   ─▶ wire::pcapng (blocks) ─▶ capture::files (`.part`, then its final name)
 //! ```
 //!

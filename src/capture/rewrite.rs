@@ -144,8 +144,11 @@ enum Stage {
     Chunked(Chunk),
     /// A response body that runs to the end of the connection.
     Rest,
-    /// The HTTP framing could not be followed: everything is masked.
-    Lost,
+    /// The HTTP framing could not be followed: everything is masked (and said once,
+    /// when `true`).
+    Lost(bool),
+    /// Bytes were lost where no frame boundary was known: nothing more is written.
+    Unreadable,
     /// WebSocket frames.
     Frames(FrameTracker),
 }
@@ -260,6 +263,28 @@ impl Rewriter {
         fed
     }
 
+    /// The stream going `dir` lost bytes at no known boundary (a connection recorded
+    /// without frame tracking): its framing cannot be followed any more. HTTP is masked
+    /// from here on (a head could hide in what follows); frames are no longer written
+    /// (they would decode as garbage). A body running to the close is unaffected.
+    pub(crate) fn lose(&mut self, dir: Dir) -> Fed {
+        let mut fed = self.flush(dir);
+        let side = &mut self.dirs[dir];
+        side.message = Message::default();
+        side.stage = match side.stage {
+            Stage::Rest => Stage::Rest,
+            Stage::Frames(_) | Stage::Unreadable => {
+                fed.note("bytes lost where no frame boundary was known: the rest of this stream is not written".into());
+                Stage::Unreadable
+            }
+            _ => Stage::Lost(false),
+        };
+        if let Some(ctx) = &mut self.deflate[dir] {
+            ctx.lose_window();
+        }
+        fed
+    }
+
     /// Writes what is held going `dir` (a message held for the payload patterns) as it
     /// stands: a gap took the rest, or the leg ends.
     pub(crate) fn flush(&mut self, dir: Dir) -> Fed {
@@ -299,7 +324,7 @@ impl Rewriter {
                 let (n, done) = masked_head(rest, tail, fed);
                 if done {
                     // Its framing is unknown: a session's frames follow; otherwise lost.
-                    self.dirs[dir].stage = if self.follow_http { Stage::Lost } else { frames() };
+                    self.dirs[dir].stage = if self.follow_http { Stage::Lost(false) } else { frames() };
                 }
                 at + n
             }
@@ -328,13 +353,16 @@ impl Rewriter {
                 fed.keep(at..input.len());
                 input.len()
             }
-            Stage::Lost => {
+            Stage::Lost(said) => {
                 let mut masked = rest.to_vec();
                 masked.iter_mut().filter(|b| **b != b'\r' && **b != b'\n').for_each(|b| *b = b'*');
                 fed.make(masked);
-                fed.note("wstap could not follow this stream's HTTP framing: the rest of it is masked".into());
+                if !std::mem::replace(said, true) {
+                    fed.note("wstap could not follow this stream's HTTP framing: the rest of it is masked".into());
+                }
                 input.len()
             }
+            Stage::Unreadable => input.len(),
             Stage::Frames(_) => self.frames(dir, input, at, fed),
         }
     }
@@ -389,7 +417,7 @@ impl Rewriter {
     }
 
     fn after_request(&mut self, head: &[u8]) -> Stage {
-        let Ok(Some(req)) = http::request(head) else { return Stage::Lost };
+        let Ok(Some(req)) = http::request(head) else { return Stage::Lost(false) };
         if self.pending.len() < MAX_PENDING {
             self.pending.push_back(req.method == "HEAD");
         }
@@ -400,7 +428,7 @@ impl Rewriter {
     }
 
     fn after_response(&mut self, head: &[u8]) -> Stage {
-        let Ok(Some(res)) = http::response(head) else { return Stage::Lost };
+        let Ok(Some(res)) = http::response(head) else { return Stage::Lost(false) };
         if res.status == 101 {
             self.pending.pop_front();
             return frames();
@@ -612,7 +640,7 @@ fn body_stage(head: &http::Head, no_body: bool) -> Stage {
     match head.field("content-length").map(|v| v.trim().parse::<u64>()) {
         Some(Ok(0)) => Stage::Head(Vec::new()),
         Some(Ok(n)) => Stage::Body(n),
-        Some(Err(_)) => Stage::Lost,
+        Some(Err(_)) => Stage::Lost(false),
         None if head.status == 0 => Stage::Head(Vec::new()),
         None => Stage::Rest,
     }
@@ -641,7 +669,7 @@ fn chunked(chunk: &mut Chunk, rest: &[u8]) -> (usize, Option<Stage>) {
             let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
                 line.extend_from_slice(rest);
                 let lost = line.len() > MAX_CHUNK_LINE;
-                return (rest.len(), lost.then_some(Stage::Lost));
+                return (rest.len(), lost.then_some(Stage::Lost(false)));
             };
             line.extend_from_slice(&rest[..nl]);
             let size = std::str::from_utf8(line)
@@ -650,7 +678,7 @@ fn chunked(chunk: &mut Chunk, rest: &[u8]) -> (usize, Option<Stage>) {
             *chunk = match size {
                 Some(0) => Chunk::Trailers(true),
                 Some(n) => Chunk::Data(n),
-                None => return (nl + 1, Some(Stage::Lost)),
+                None => return (nl + 1, Some(Stage::Lost(false))),
             };
             (nl + 1, None)
         }
@@ -824,6 +852,26 @@ mod tests {
         assert!(!u.contains("xyz") && !d.contains("sid=1") && d.contains("Set-Cookie: *\r\n"), "{d}");
         assert!(d.contains("\r\n4\r\nSet-\r\n0\r\n\r\n"), "the chunked body untouched: {d}");
         assert!(r.in_frames(Dir::Up) && r.in_frames(Dir::Down), "{notes:?}");
+    }
+
+    #[test]
+    fn bytes_lost_at_no_boundary_never_let_a_secret_through_or_garbage_in() {
+        // HTTP followed from the first byte: a body of known length loses bytes, so where
+        // the next head begins is unknown; everything after is masked.
+        let mut r = Rewriter::new(rules(Snap::default(), &[]), true);
+        feed(&mut r, Dir::Up, b"POST /a HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789", 100);
+        r.lose(Dir::Up);
+        let (out, notes) = feed(&mut r, Dir::Up, UPGRADE, 7);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.len(), UPGRADE.len(), "lengths kept");
+        assert!(!text.contains("abc") && !text.contains("xyz") && !text.contains("Host"), "{text}");
+        assert!(notes[0].contains("could not follow"), "{notes:?}");
+        // Frames: bytes lost mid-frame leave no boundary to resume at; nothing more is written.
+        let mut r = Rewriter::new(rules(Snap::default(), &[]), false);
+        session(&mut r);
+        r.lose(Dir::Up);
+        let (out, _) = feed(&mut r, Dir::Up, &frame(0x81, b"hello", true)[3..], 4);
+        assert!(out.is_empty());
     }
 
     #[test]

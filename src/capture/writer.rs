@@ -196,8 +196,23 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
-    /// Brings leg `id`'s stream going `dir` up to `offset`, counting what was lost.
-    fn catch_up(&mut self, id: LegId, dir: Dir, offset: u64) {
+    /// Brings leg `id`'s stream going `dir` up to `offset`, counting what was lost. Bytes
+    /// lost here were lost at no known frame boundary: the rewriter is told (what it held
+    /// is written first, then the stream's framing is given up).
+    fn catch_up(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, stats: &Stats) -> io::Result<()> {
+        let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
+        if offset <= leg.real[dir] {
+            return Ok(());
+        }
+        let held = leg.rewrite.lose(dir);
+        self.write_fed(id, time, dir, &held, &[], stats)?;
+        self.count_lost(id, dir, offset);
+        Ok(())
+    }
+
+    /// Moves leg `id`'s stream going `dir` on to `offset`, counting the bytes between as
+    /// lost (in the leg's next comment and the file's statistics).
+    fn count_lost(&mut self, id: LegId, dir: Dir, offset: u64) {
         let Some(leg) = self.legs.get_mut(&id) else { return };
         let lost = leg.catch_up(dir, offset);
         if lost > 0 {
@@ -371,7 +386,7 @@ impl<W: Write> CaptureWriter<W> {
 
     /// Bytes that went `dir`, from `offset` in that direction's stream.
     fn on_data(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, bytes: &Bytes, stats: &Stats) -> io::Result<()> {
-        self.catch_up(id, dir, offset);
+        self.catch_up(id, time, dir, offset, stats)?;
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let real = leg.real[dir];
         let payload = &bytes[((real - offset.min(real)) as usize).min(bytes.len())..];
@@ -430,7 +445,7 @@ impl<W: Write> CaptureWriter<W> {
     /// The end that sends `dir` half-closed, its stream `offset` bytes long.
     fn on_fin(&mut self, id: LegId, time: u64, dir: Dir, offset: u64, stats: &Stats) -> io::Result<()> {
         self.flush(id, time, dir, stats)?;
-        self.catch_up(id, dir, offset);
+        self.catch_up(id, time, dir, offset, stats)?;
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         if leg.flow.fin_sent(dir) {
             return Ok(());
@@ -489,8 +504,9 @@ impl<W: Write> CaptureWriter<W> {
         for dir in [remote, local] {
             self.flush(id, time, dir, stats)?;
         }
-        self.catch_up(id, remote, offsets[remote]);
-        self.catch_up(id, local, offsets[local]);
+        // Bytes lost at the very end: nothing follows them to be written differently.
+        self.count_lost(id, remote, offsets[remote]);
+        self.count_lost(id, local, offsets[local]);
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let count = |dir: Dir| match leg.lost[dir] {
             0 => format!("{} bytes", leg.real[dir]),

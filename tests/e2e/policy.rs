@@ -15,6 +15,7 @@ use crate::support::*;
 
 /// An echo upstream that reports each Upgrade request it saw (target and headers) and
 /// sets a cookie in its 101.
+#[allow(clippy::result_large_err)] // the callback's type is tungstenite's
 async fn cookie_echo_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let addr = serve(move |stream| {
@@ -136,10 +137,11 @@ fn policy_toml(upstream: std::net::SocketAddr, dir: &Path) -> String {
         format!("[[route]]\npath_prefix = \"{prefix}\"\nupstream = \"ws://{upstream}\"\n{extra}\n")
     };
     format!(
-        "listen = [\"127.0.0.1:0\"]\n{}{}{}{}{}",
+        "listen = [\"127.0.0.1:0\"]\n{}{}{}{}{}{}",
         route("/off", "capture = \"off\""),
         route("/sampled", "sample = 0.5"),
         route("/snapped", "max_message_bytes = \"16B\""),
+        route("/capped", "max_session_bytes = \"100B\""),
         route("/", ""),
         capture_toml(dir, "sample_seed = 42")
     )
@@ -159,6 +161,15 @@ async fn run_policy_sessions(name: &str) -> (BTreeSet<String>, Scratch, std::pat
         ws.close(None).await.unwrap();
         while let Some(Ok(_)) = ws.next().await {}
     }
+    let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/capped")).await.unwrap();
+    for _ in 0..3 {
+        let m = Message::binary(noise(80));
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), m, "the traffic is never cut");
+    }
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
     let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/snapped")).await.unwrap();
     for m in [Message::binary(noise(1000)), Message::text("short")] {
         ws.send(m.clone()).await.unwrap();
@@ -195,6 +206,18 @@ async fn each_route_records_by_its_policy_and_sampling_repeats_with_its_seed() {
         let comments = fields(&file, &filter, &["frame.comment"]);
         let cut = "a WebSocket frame written with 16 of its 1000 payload bytes (max_message_bytes)";
         assert_eq!(comments.iter().filter(|r| r[0].contains(cut)).count(), 2, "{comments:?}");
+
+        // max_session_bytes: 100 bytes per direction, then frame headers, control frames
+        // and the close only.
+        let stream = &fields(&file, "frame.comment contains \"/capped\"", &["tcp.stream"])[0][0];
+        let (up, down) = follow(&file, stream);
+        for messages in [ws_messages(&up), ws_messages(&down)] {
+            let lens: Vec<(u8, usize)> = messages.iter().map(|(op, p)| (*op, p.len())).collect();
+            assert_eq!(lens[..3], [(2, 80), (2, 20), (2, 0)], "{lens:?}");
+            assert_eq!(lens.last().unwrap().0, 8, "the close frame is there: {lens:?}");
+        }
+        let filter = format!("tcp.stream == {stream} && frame.comment contains \"(max_session_bytes)\"");
+        assert_eq!(fields(&file, &filter, &["frame.comment"]).len(), 4, "one comment per cut frame");
     })
     .await;
 }
