@@ -43,30 +43,49 @@ async fn under_overload_whole_frames_are_dropped_and_every_kept_frame_decodes() 
         let dir = capture_dir("overload");
         let extra = "legs = [\"client\"]\nqueue_size = \"256KiB\"";
         let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, extra))).await;
-        let sessions = (0..4).map(|s| {
-            let url = proxy.ws_url(&format!("/overload/{s}"));
-            tokio::spawn(async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                let mut sent = Vec::new();
-                for i in 0..60 {
-                    let m = big_message(s, i);
-                    ws.send(Message::text(m.clone())).await.unwrap();
-                    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m.clone()), "traffic is exact");
-                    sent.push(m);
-                }
-                ws.close(None).await.unwrap();
-                while let Some(Ok(_)) = ws.next().await {}
-                sent
+        // Session 0 asks for a rotation (SIGUSR1) twice while the queue overflows: the
+        // rotation's wait for frame boundaries must work across drops.
+        let (rotate, mut rotations) = tokio::sync::mpsc::unbounded_channel();
+        let sessions = (0..4)
+            .map(|s| {
+                let url = proxy.ws_url(&format!("/overload/{s}"));
+                let rotate = rotate.clone();
+                tokio::spawn(async move {
+                    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                    let mut sent = Vec::new();
+                    for i in 0..60 {
+                        let m = big_message(s, i);
+                        ws.send(Message::text(m.clone())).await.unwrap();
+                        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m.clone()), "traffic is exact");
+                        sent.push(m);
+                        if s == 0 && (i == 20 || i == 40) {
+                            rotate.send(()).unwrap();
+                        }
+                    }
+                    ws.close(None).await.unwrap();
+                    while let Some(Ok(_)) = ws.next().await {}
+                    sent
+                })
             })
-        });
+            .collect::<Vec<_>>();
+        drop(rotate);
+        let all = futures_util::future::join_all(sessions);
+        tokio::pin!(all);
+        let results = loop {
+            tokio::select! {
+                results = &mut all => break results,
+                Some(()) = rotations.recv() => proxy.rotate().await,
+            }
+        };
         let mut sent = HashSet::new();
-        for s in futures_util::future::join_all(sessions).await {
+        for s in results {
             sent.extend(s.unwrap());
         }
         proxy.begin_shutdown().await;
         proxy.stopped().await;
 
         let files = the_files(&dir);
+        assert!(files.len() >= 3, "two rotations: {files:?}");
         let (mut decoded, mut gaps) = (0, 0);
         for file in &files {
             let expert = tshark(file, &["-q", "-z", "expert"]);
