@@ -157,6 +157,7 @@ pub(super) fn default_path_prefix() -> String {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileLimits {
     pub(super) max_connections: usize,
+    pub(super) max_connections_per_client: usize,
     pub(super) handshake_timeout: HumanDuration,
     pub(super) idle_timeout: HumanDuration,
     pub(super) max_header_size: ByteSize,
@@ -168,6 +169,7 @@ impl Default for FileLimits {
     fn default() -> Self {
         FileLimits {
             max_connections: 10_000,
+            max_connections_per_client: 0,
             handshake_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::ZERO),
             max_header_size: ByteSize(64 * 1024),

@@ -50,6 +50,9 @@ pub struct Settings {
 pub struct Limits {
     /// Client connections open at once; past it, new ones get `503` and are closed.
     pub max_connections: usize,
+    /// Client connections open at once from one IP address; past it, new ones get `429`
+    /// and are closed. 0: no such limit.
+    pub max_connections_per_client: usize,
     /// Time a client has to send a complete request head (also the keep-alive idle time
     /// between requests). On expiry the connection is closed.
     pub handshake_timeout: Duration,
@@ -239,6 +242,23 @@ mod tests {
             (
                 "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[limits]\nmax_connections = 0\n",
                 &["key `limits.max_connections`"],
+            ),
+            // Values `run` could not honour: each named, with the allowed range.
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[limits]\nmax_connections = 9223372036854775807\n",
+                &["key `limits.max_connections`", "between 1 and 16777216"],
+            ),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[limits]\nidle_timeout = \"1000000 years\"\n",
+                &["limits.idle_timeout", "at most 10 years"],
+            ),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[capture.rotate]\ninterval = \"18446744073709551616ns\"\n",
+                &["capture.rotate.interval"],
+            ),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[shutdown]\ngrace = \"600 years\"\n",
+                &["shutdown.grace", "at most 10 years"],
             ),
             ("listen = [\n", &["test.toml:"]),
         ];

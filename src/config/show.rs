@@ -27,6 +27,7 @@ impl fmt::Display for Settings {
         let l = &self.limits;
         writeln!(f, "\n[limits]")?;
         writeln!(f, "max_connections = {}", l.max_connections)?;
+        writeln!(f, "max_connections_per_client = {}", l.max_connections_per_client)?;
         writeln!(f, "handshake_timeout = {:?}", dur(Some(l.handshake_timeout)))?;
         writeln!(f, "idle_timeout = {:?}", dur(l.idle_timeout))?;
         writeln!(f, "max_header_size = {}", l.max_header_size)?;

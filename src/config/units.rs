@@ -8,12 +8,21 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
+impl HumanDuration {
+    /// The longest duration a config may give: every deadline and rotation computed from
+    /// one stays far from overflowing.
+    pub const MAX: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))?;
+        if d > HumanDuration::MAX {
+            return Err(serde::de::Error::custom(format!("duration {s:?} is too long: at most 10 years")));
+        }
+        Ok(HumanDuration(d))
     }
 }
 

@@ -17,6 +17,8 @@ use crate::wire::tcp::MSS_MAX;
 /// Most worker threads `workers` may ask for.
 const MAX_WORKERS: usize = 1024;
 /// The range `limits.max_header_size` must fall in.
+/// More connections than any one process can hold open (file descriptors).
+const MAX_CONNECTIONS: usize = 1 << 24;
 const HEAD_SIZES: std::ops::RangeInclusive<u64> = 1024..=16 << 20;
 
 /// A failed check: the key and what is wrong with it.
@@ -115,8 +117,13 @@ fn routes(file: Vec<FileRoute>, defaults: &Policy) -> Result<Vec<Route>, Invalid
 }
 
 fn limits(l: FileLimits) -> Result<Limits, Invalid> {
-    if l.max_connections == 0 {
-        return fail("limits.max_connections", "must be at least 1");
+    for (key, n, min) in [
+        ("limits.max_connections", l.max_connections, 1),
+        ("limits.max_connections_per_client", l.max_connections_per_client, 0),
+    ] {
+        if !(min..=MAX_CONNECTIONS).contains(&n) {
+            return fail(key, format!("must be between {min} and {MAX_CONNECTIONS}, not {n}"));
+        }
     }
     if l.handshake_timeout.0.is_zero() {
         return fail("limits.handshake_timeout", "must be more than 0s");
@@ -131,6 +138,7 @@ fn limits(l: FileLimits) -> Result<Limits, Invalid> {
     let nonzero = |d: HumanDuration| (!d.0.is_zero()).then_some(d.0);
     Ok(Limits {
         max_connections: l.max_connections,
+        max_connections_per_client: l.max_connections_per_client,
         handshake_timeout: l.handshake_timeout.0,
         idle_timeout: nonzero(l.idle_timeout),
         max_header_size: l.max_header_size.0 as usize,

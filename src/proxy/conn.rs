@@ -20,7 +20,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::capture::event::Opening;
@@ -30,6 +29,7 @@ use crate::capture::tee::Tee;
 use crate::config::route::{Route, Upstream};
 use crate::config::{CaptureMode, Settings, Snap};
 use crate::dir::{Dir, Leg, PerDir};
+use crate::proxy::admission::Permit;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
@@ -97,7 +97,7 @@ pub struct Conn {
     /// The upstream connection of the previous request, kept for reuse.
     upstream: Mutex<Option<UpstreamConn>>,
     /// Held for as long as the connection or its WebSocket session lives.
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
     _open: ConnectionGuard,
     /// Switched to WebSocket: the session logs the end, not the connection.
     upgraded: AtomicBool,
@@ -111,7 +111,7 @@ struct UpstreamConn {
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
 /// daemon drains (then in-flight requests finish first).
-pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: OwnedSemaphorePermit) {
+pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: Permit) {
     let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
     let client_tap = ctx.tap(Leg::Client, id, local, client);
     let conn = Arc::new(Conn {

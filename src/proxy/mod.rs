@@ -1,6 +1,7 @@
 //! The proxy: one client connection at a time, HTTP/1.1 and WebSocket, forwarded over an
 //! upstream connection it opens itself, and the relay of each upgraded session.
 //!
+//! - [`admission`]: the connection limits, total and per client.
 //! - [`conn`]: a client connection: hyper's server on the (teed) socket, routing, the
 //!   upstream connection (hyper's client on a socket it opened), the upgrade, the taps.
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
@@ -10,6 +11,7 @@
 //! - [`metered`]: byte counting beside each stream; [`traffic`]: the counters.
 //! - [`shutdown`]: the phases a drain goes through, and the handle every task holds.
 
+pub mod admission;
 pub mod conn;
 pub mod error;
 pub mod headers;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::proxy::admission::Refused;
 use crate::proxy::conn;
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
 use crate::service::shared::{Listening, Shared};
@@ -20,6 +21,8 @@ use crate::sync::lock;
 
 /// Sent, raw, to a connection over `limits.max_connections`; then it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// Sent, raw, to a connection over `limits.max_connections_per_client`.
+const REFUSAL_PER_CLIENT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 /// How long a refused client gets to take its 503 before the socket closes.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Longest pause after a failed `accept` (e.g. out of file descriptors).
@@ -66,23 +69,35 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: S
         let _ = stream.set_nodelay(true);
         let id = shared.next_id.fetch_add(1, Relaxed);
         let span = info_span!("conn", id, %client);
-        match shared.limit.clone().try_acquire_owned() {
+        let ctx = shared.ctx();
+        let limits = &ctx.settings.limits;
+        match shared.admission.admit(client.ip(), limits.max_connections, limits.max_connections_per_client) {
             Ok(permit) => {
-                tokio::spawn(conn::serve(shared.ctx(), id, stream, shutdown.clone(), permit).instrument(span));
+                tokio::spawn(conn::serve(ctx, id, stream, shutdown.clone(), permit).instrument(span));
             }
-            Err(_) => {
-                tokio::spawn(refuse(stream).instrument(span));
+            Err(why) => {
+                tokio::spawn(refuse(stream, why).instrument(span));
             }
         }
     }
 }
 
-/// Answers `503` to a connection over the limit and closes it. The request is drained
-/// briefly so the close does not turn into a reset that would eat the answer.
-async fn refuse(mut stream: TcpStream) {
-    warn!(side = "downstream", status = 503, "connection limit reached; refused");
+/// Answers `503` (or `429`, over the per-client limit) to a connection over the limit
+/// and closes it. The request is drained briefly so the close does not turn into a reset
+/// that would eat the answer.
+async fn refuse(mut stream: TcpStream, why: Refused) {
+    let answer = match why {
+        Refused::Total => {
+            warn!(side = "downstream", status = 503, "connection limit reached; refused");
+            REFUSAL
+        }
+        Refused::PerClient => {
+            warn!(side = "downstream", status = 429, "per-client connection limit reached; refused");
+            REFUSAL_PER_CLIENT
+        }
+    };
     let linger = async {
-        stream.write_all(REFUSAL).await?;
+        stream.write_all(answer).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 1024];
         while stream.read(&mut sink).await? > 0 {}

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -40,7 +39,6 @@ pub(crate) async fn reload(
         warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
     }
     shared.set_ctx(Arc::new(Context::new(new.clone(), recorder, shared.metrics.traffic.clone())));
-    resize_limit(shared, new.limits.max_connections);
     for (configured, l) in added {
         listeners::listen(shared, configured, l, coordinator)?;
     }
@@ -76,15 +74,4 @@ fn reconfigure_capture(
             Some(r)
         }
     })
-}
-
-/// Changes the connection limit to `max`.
-fn resize_limit(shared: &Shared, max: usize) {
-    let old = shared.max_connections.swap(max, Relaxed);
-    if max > old {
-        shared.limit.add_permits(max - old);
-    } else {
-        // Permits held by live connections come back and are then forgotten too.
-        shared.limit.forget_permits(old - max);
-    }
 }

@@ -3,13 +3,12 @@
 //! the capture writer's heartbeat and the metrics; and from them, the daemon's health.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use crate::capture::recorder::Heartbeat;
+use crate::proxy::admission::Admission;
 use crate::proxy::conn::Context;
 use crate::service::metrics::Metrics;
 use crate::sync::lock;
@@ -18,10 +17,8 @@ use crate::sync::lock;
 pub(crate) struct Shared {
     /// Swapped on reload: new connections take the current one, live ones keep theirs.
     ctx: RwLock<Arc<Context>>,
-    /// One permit per open client connection.
-    pub(crate) limit: Arc<Semaphore>,
-    /// The permits `limit` stands for (`limits.max_connections`).
-    pub(crate) max_connections: AtomicUsize,
+    /// The open client connections, against the current context's limits.
+    pub(crate) admission: Arc<Admission>,
     pub(crate) next_id: AtomicU64,
     /// The capture writer's heartbeat, while there is one.
     pub(crate) writer: Mutex<Option<Heartbeat>>,
@@ -40,11 +37,9 @@ pub(crate) struct Listening {
 impl Shared {
     /// State for a daemon that runs `ctx`, with no listener yet.
     pub(crate) fn new(ctx: Context, writer: Option<Heartbeat>, metrics: Arc<Metrics>) -> Arc<Shared> {
-        let max = ctx.settings.limits.max_connections;
         Arc::new(Shared {
             ctx: RwLock::new(Arc::new(ctx)),
-            limit: Arc::new(Semaphore::new(max)),
-            max_connections: AtomicUsize::new(max),
+            admission: Arc::default(),
             next_id: AtomicU64::new(1),
             writer: Mutex::new(writer),
             metrics,
@@ -64,7 +59,7 @@ impl Shared {
 
     /// Client connections open now.
     pub(crate) fn open_connections(&self) -> usize {
-        self.max_connections.load(Relaxed).saturating_sub(self.limit.available_permits())
+        self.admission.open()
     }
 
     /// The bound addresses, in the order they were bound.

@@ -118,3 +118,69 @@ async fn each_failure_is_logged_once_with_its_connection_and_side() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reload_that_lowers_max_connections_holds_for_every_new_connection() {
+    let (logs, _capturing) = Logs::capture();
+    within(async {
+        let dir = scratch_dir("limit-reload");
+        let config_file = dir.join("wstap.toml");
+        let echo = echo_upstream().await;
+        std::fs::write(&config_file, config(echo, "[limits]\nmax_connections = 10")).unwrap();
+        let proxy = Proxy::start_file(&config_file).await;
+        let mut live = Vec::new();
+        for _ in 0..3 {
+            live.push(Witness::open(&proxy.ws_url("/")).await);
+        }
+        std::fs::write(&config_file, config(echo, "[limits]\nmax_connections = 1")).unwrap();
+        proxy.reload().await;
+        eventually("the reload is applied", || !logs.lines_with(&["config reloaded"]).is_empty()).await;
+        for _ in 0..3 {
+            let response = raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(status_of(&response), 503, "3 open, the limit is 1 now: {response}");
+        }
+        for w in &mut live {
+            w.check("the live connections run on").await;
+        }
+        // Once they are gone, the new limit is the limit: one connection, not three.
+        for w in live {
+            w.close().await;
+        }
+        let (_one, _) = loop {
+            // Their places come back as the daemon finishes each connection.
+            match tokio_tungstenite::connect_async(proxy.ws_url("/")).await {
+                Ok(admitted) => break admitted,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        let response = raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&response), 503, "1 open, the limit is 1: {response}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_the_per_client_limit_a_client_gets_429_and_others_are_not_affected() {
+    within(async {
+        let echo = echo_upstream().await;
+        let proxy = Proxy::start(&config(echo, "[limits]\nmax_connections_per_client = 2")).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(Witness::open(&proxy.ws_url("/")).await);
+        }
+        let response = raw_exchange(proxy.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status_of(&response), 429, "{response}");
+        // The same proxy, from another loopback address: admitted.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let mut other = socket.connect(proxy.addr()).await.unwrap();
+        other.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        other.read_to_string(&mut response).await.unwrap();
+        assert_ne!(status_of(&response), 429, "{response}");
+        for w in &mut held {
+            w.check("the admitted connections run on").await;
+        }
+    })
+    .await;
+}
