@@ -1,5 +1,7 @@
 //! The admin endpoints (`admin.listen`): `/metrics` (Prometheus text), `/sessions`
-//! (JSON), `/healthz` (200 or 503). GET only; one small response per request.
+//! (JSON), `/healthz` (200 or 503). GET only; one small response per request. At most
+//! [`MAX_CONNECTIONS`] connections at once, each with `limits.handshake_timeout` to send
+//! a request head; a failing accept backs off like the proxy's.
 
 use std::sync::Arc;
 
@@ -7,22 +9,38 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::proxy::admission::Admission;
+use crate::service::listeners::Accepting;
 use crate::service::shared::Shared;
+
+/// Admin connections open at once; more are closed at once (scrapers and probes need few).
+const MAX_CONNECTIONS: usize = 16;
 
 /// Serves the endpoints on `listener` until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut accepting = Accepting::new(listener);
+    let admission = Arc::new(Admission::default());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, client) = accepting.next().await;
+        let Ok(permit) = admission.admit(client.ip(), MAX_CONNECTIONS, 0) else {
+            tracing::warn!(%client, "admin connection limit reached; closed");
+            continue;
+        };
         let shared = shared.clone();
+        let header_timeout = shared.ctx().settings.limits.handshake_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let response = respond(req.method(), req.uri().path(), &shared);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }

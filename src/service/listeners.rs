@@ -25,7 +25,8 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r
 const REFUSAL_PER_CLIENT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 /// How long a refused client gets to take its 503 before the socket closes.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// Longest pause after a failed `accept` (e.g. out of file descriptors).
+/// First and longest pause after a failed `accept` (e.g. out of file descriptors).
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Binds `addr`, configured as `key` in the config file `source`.
@@ -49,23 +50,43 @@ pub(crate) fn listen(
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.reached(Phase::Draining) => return,
-            r = listener.accept() => r,
-        };
-        let (stream, client) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, backoff = ?backoff, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                continue;
+/// Accepts connections; after a failed `accept` (out of file descriptors, say) it
+/// waits, doubling the pause up to [`MAX_ACCEPT_BACKOFF`], so a failing accept never spins.
+pub(crate) struct Accepting {
+    listener: TcpListener,
+    backoff: Duration,
+}
+
+impl Accepting {
+    pub(crate) fn new(listener: TcpListener) -> Accepting {
+        Accepting { listener, backoff: MIN_ACCEPT_BACKOFF }
+    }
+
+    /// The next connection (cancel-safe).
+    pub(crate) async fn next(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok(pair) => {
+                    self.backoff = MIN_ACCEPT_BACKOFF;
+                    return pair;
+                }
+                Err(e) => {
+                    warn!(error = %e, backoff = ?self.backoff, "accept failed");
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
             }
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut accepting = Accepting::new(listener);
+    loop {
+        let (stream, client) = tokio::select! {
+            () = shutdown.reached(Phase::Draining) => return,
+            pair = accepting.next() => pair,
         };
-        backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
         let id = shared.next_id.fetch_add(1, Relaxed);
         let span = info_span!("conn", id, %client);

@@ -119,3 +119,56 @@ async fn every_metric_moves_when_its_event_happens() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn idle_admin_connections_are_limited_and_timed_out() {
+    use tokio::io::AsyncReadExt;
+    within(async {
+        let extra = "[limits]\nhandshake_timeout = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:0\"";
+        let proxy = Proxy::start(&config(echo_upstream().await, extra)).await;
+        let admin = proxy.admin.unwrap();
+        // Sixteen connections that never send a byte hold every place...
+        let mut idle = Vec::new();
+        for _ in 0..16 {
+            idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+        }
+        // ... until the head timeout closes each of them (a hang here fails the test).
+        for s in &mut idle {
+            let mut buf = [0u8; 64];
+            assert_eq!(s.read(&mut buf).await.unwrap_or(0), 0, "closed without a request");
+        }
+        // Then the endpoints answer again.
+        let response = raw_exchange(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_the_admin_connection_limit_new_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    within(async {
+        let extra = "[admin]\nlisten = \"127.0.0.1:0\"";
+        let proxy = Proxy::start(&config(echo_upstream().await, extra)).await;
+        let admin = proxy.admin.unwrap();
+        let mut idle = Vec::new();
+        for _ in 0..16 {
+            idle.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+        }
+        let mut extra = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(extra.read(&mut buf).await.unwrap_or(0), 0, "the 17th is closed at once");
+        drop(idle);
+        let mut response = String::new();
+        for _ in 0..1000 {
+            // Places come back as the daemon notices each close.
+            response = raw_exchange(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            if !response.is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    })
+    .await;
+}
