@@ -1,12 +1,15 @@
 //! The capture files on disk: [`FileSet`] names files
 //! (`<prefix>_<seq>_<YYYYmmddHHMMSS>.pcapng`, the sequence going on across restarts), keeps
 //! them `.part` until finished, applies the ring-buffer limit, creates them with the
-//! configured mode and never follows a symlink.
+//! configured mode and never follows a symlink. A file that cannot be finished (a write
+//! error, a crash) gets its final name only if it holds a packet, cut to its last whole
+//! block; an empty or unreadable one is deleted, so the ring only ever counts captures.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use tracing::{info, warn};
@@ -42,6 +45,8 @@ pub struct FileSet {
     /// Finished files to keep; 0 = all.
     keep: usize,
     next_seq: Option<u32>,
+    /// The `.part` files this process has open: never mistaken for a crash's leftovers.
+    open: HashSet<PathBuf>,
 }
 
 /// An open `.part` file and the name it gets when finished.
@@ -58,7 +63,20 @@ impl FileSet {
             mode: s.file_mode,
             keep: s.rotate.files,
             next_seq: None,
+            open: HashSet::new(),
         }
+    }
+
+    /// New settings (a reload). Files open now stay open and `.part`; the sequence goes
+    /// on unless the directory or prefix changed (then the new one is scanned).
+    pub fn reconfigure(&mut self, s: &CaptureSettings) {
+        if s.dir != self.dir || s.prefix != self.prefix {
+            self.next_seq = None;
+        }
+        self.dir = s.dir.clone();
+        self.prefix = s.prefix.clone();
+        self.mode = s.file_mode;
+        self.keep = s.rotate.files;
     }
 
     /// The sequence number in a file name of this set, if it is one.
@@ -69,7 +87,7 @@ impl FileSet {
     }
 
     /// Creates the directory if needed; on first use, finds the next sequence number and
-    /// finishes `.part` files a crashed run left behind (they open in tshark as they are).
+    /// finishes `.part` files a crashed run left behind (see [`salvage`]).
     fn prepare(&mut self) -> io::Result<()> {
         if !self.dir.is_dir() {
             fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&self.dir)?;
@@ -82,9 +100,9 @@ impl FileSet {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if let Some(seq) = self.seq_of(&name) {
                 max = max.max(seq);
-                if let Some(finished) = name.strip_suffix(".part") {
-                    let _ = fs::rename(self.dir.join(&name), self.dir.join(finished));
-                    warn!(file = finished, "finished a capture file left open by an earlier run");
+                let part = self.dir.join(&name);
+                if name.ends_with(".part") && !self.open.contains(&part) {
+                    salvage(&part, "left open by an earlier run");
                 }
             }
         }
@@ -111,20 +129,38 @@ impl FileSet {
             .mode(self.mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&part)?;
+        self.open.insert(part.clone());
         Ok((OpenFile { part, path }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
     }
 
-    /// Flushes, syncs and renames a file to its final name, then trims the ring.
-    pub(crate) fn finish(&self, f: OpenFile, w: Counted) -> io::Result<PathBuf> {
-        let file = w.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&f.part, &f.path)?;
+    /// Flushes, syncs and renames a file to its final name, then trims the ring. On an
+    /// error the file is given up ([`FileSet::give_up`]).
+    pub(crate) fn finish(&mut self, f: OpenFile, w: Counted) -> io::Result<PathBuf> {
+        let done = (|| {
+            let file = w.inner.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&f.part, &f.path)
+        })();
+        if let Err(e) = done {
+            self.give_up(f);
+            return Err(e);
+        }
+        self.open.remove(&f.part);
         if let Ok(dir) = File::open(&self.dir) {
             let _ = dir.sync_all();
         }
         self.trim();
         Ok(f.path)
+    }
+
+    /// A file that failed: what reached the disk is kept under the final name if it holds
+    /// a packet (cut to its last whole block), else deleted.
+    pub(crate) fn give_up(&mut self, f: OpenFile) {
+        self.open.remove(&f.part);
+        if salvage(&f.part, "after a write error") {
+            self.trim();
+        }
     }
 
     /// Deletes the oldest finished files beyond the ring's size.
@@ -150,6 +186,43 @@ impl FileSet {
                 Ok(()) => info!(path = %path.display(), "deleted the oldest capture file (rotate.files)"),
                 Err(e) => warn!(path = %path.display(), error = %e, "cannot delete an old capture file"),
             }
+        }
+    }
+}
+
+/// Finishes a `.part` file that cannot be written on: if its whole blocks hold at least one
+/// packet, it is cut after the last of them and renamed to its final name; otherwise it
+/// is deleted (an empty file must not take a real capture's place in the ring). Returns
+/// whether a file was kept.
+fn salvage(part: &Path, why: &str) -> bool {
+    let finished = part.with_extension("");
+    let kept = (|| {
+        let file = OpenOptions::new().write(true).read(true).custom_flags(libc::O_NOFOLLOW).open(part)?;
+        let len = file.metadata()?.len();
+        let header = |at: u64| {
+            let mut h = [0u8; 8];
+            file.read_exact_at(&mut h, at).ok().map(|()| h)
+        };
+        let (whole, packets) = crate::wire::pcapng::whole_blocks(header, len);
+        if packets == 0 {
+            return Ok::<_, io::Error>(false);
+        }
+        file.set_len(whole)?;
+        file.sync_all()?;
+        fs::rename(part, &finished)?;
+        Ok(true)
+    })();
+    match kept {
+        Ok(true) => {
+            warn!(file = %finished.display(), "finished a capture file {why}");
+            true
+        }
+        Ok(false) | Err(_) => {
+            match fs::remove_file(part) {
+                Ok(()) => warn!(file = %part.display(), "deleted a capture file {why}: it held no packet"),
+                Err(e) => warn!(file = %part.display(), error = %e, "cannot delete an unreadable capture file"),
+            }
+            false
         }
     }
 }

@@ -4,7 +4,6 @@
 //! counted, resumed with a fresh self-contained file when one can be opened).
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -166,7 +165,7 @@ impl FileSink {
     /// New settings (a reload): the next file goes where they say and is written as they
     /// say; it starts as soon as every session is between frames.
     pub fn reconfigure(&mut self, settings: CaptureSettings, now: u64) {
-        self.files = FileSet::new(&settings);
+        self.files.reconfigure(&settings);
         self.settings = settings;
         let keys: Vec<u64> = self.outputs.keys().copied().collect();
         for key in keys {
@@ -277,7 +276,7 @@ impl FileSink {
         }
     }
 
-    fn finish_file(&self, f: OpenFile, w: Counted, stats: &Stats) {
+    fn finish_file(&mut self, f: OpenFile, w: Counted, stats: &Stats) {
         let part = f.part.clone();
         match self.files.finish(f, w) {
             Ok(path) => {
@@ -292,8 +291,10 @@ impl FileSink {
         stats.write_errors.fetch_add(1, Relaxed);
         if let Some(out) = self.outputs.get_mut(&key) {
             // The bytes in the buffer are lost with the file; keep what reached the disk.
-            if let (Some(_), Some(f)) = (out.writer.lose_output(), out.file.take()) {
-                let _ = fs::rename(&f.part, &f.path);
+            // The writer (and its buffer, whose drop would try to flush) goes first.
+            drop(out.writer.lose_output());
+            if let Some(f) = out.file.take() {
+                self.files.give_up(f);
             }
         }
         self.episode(e, now, "capture write failed", stats);

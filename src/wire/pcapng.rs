@@ -186,6 +186,27 @@ pub struct InterfaceStats {
     pub dropped: u64,
 }
 
+/// How much of a pcapng file, given block by block through `header(offset)` (the 8 bytes
+/// of block type and length at `offset`, or `None` past the end), is whole blocks in
+/// wstap's byte order: `(length of the whole-block prefix, packets in it)`. A file a
+/// crash or a full disk cut short is readable up to that length.
+pub fn whole_blocks(mut header: impl FnMut(u64) -> Option<[u8; 8]>, file_len: u64) -> (u64, u64) {
+    const SHB: u32 = 0x0A0D_0D0A;
+    const EPB: u32 = 6;
+    let (mut at, mut packets) = (0u64, 0u64);
+    while let Some(h) = header(at) {
+        let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let len = u64::from(u32::from_le_bytes([h[4], h[5], h[6], h[7]]));
+        let first_ok = at != 0 || kind == SHB;
+        if !first_ok || len < 12 || len % 4 != 0 || at + len > file_len {
+            break;
+        }
+        packets += u64::from(kind == EPB);
+        at += len;
+    }
+    (at, packets)
+}
+
 /// A nanosecond timestamp as pcapng writes it: high 32 bits, then low, each little-endian.
 fn timestamp(t: Duration) -> [u8; 8] {
     let ns = t.as_nanos() as u64;

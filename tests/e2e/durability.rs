@@ -281,3 +281,96 @@ fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
 fn config_toml(upstream: std::net::SocketAddr, extra: &str) -> String {
     config(upstream, extra)
 }
+
+/// Packets in a capture file, as capinfos counts them (fails if it does not open).
+fn packets_in(file: &Path) -> u64 {
+    let info = run("capinfos", &["-c", "-M", file.to_str().unwrap()]);
+    let line = info.lines().find(|l| l.contains("Number of packets")).unwrap_or_else(|| panic!("{info}"));
+    line.rsplit(' ').next().unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_captures_out() {
+    use wstap::internals::{FileSink, SectionInfo, Stats};
+    let scratch = capture_dir("episode-ring");
+    let Some(disk) = SmallDisk::mount_or_skip(&scratch, "256k") else { return };
+    let dir = scratch.join("captures");
+    let mut s = sink_settings(&dir);
+    (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 3);
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let (stats, sec) = (Stats::default(), 1_000_000_000u64);
+    let mut sink = FileSink::new(s, info, 1);
+    let mut now = 1_764_000_000 * sec;
+    let mut run_session = |sink: &mut FileSink, id: u64, now: &mut u64| {
+        let messages: Vec<Vec<u8>> = (0..4).map(|i| noise(500 + i)).collect();
+        for ev in crate::capture::synthetic_session(id, (2 * id, 2 * id + 1), &messages, *now, 1000) {
+            *now = ev.time;
+            sink.process(ev, &stats);
+        }
+        sink.rotate_soon(*now);
+        sink.tick(*now, &stats);
+    };
+    for id in 1..=3 {
+        run_session(&mut sink, id, &mut now);
+    }
+    let real = all_files(&dir);
+    assert_eq!(real.len(), 3, "three real captures: {real:?}");
+
+    // The disk fills up (another program's file), and six retries fail over 12 s.
+    let filler = scratch.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut f, &[0u8; 4096]).is_ok() {}
+    drop(f);
+    for id in 4..=9 {
+        now += 2 * sec;
+        run_session(&mut sink, id, &mut now);
+    }
+    assert!(stats.write_errors.load(std::sync::atomic::Ordering::Relaxed) > 0, "the writes failed");
+    let after: Vec<PathBuf> = all_files(&dir);
+    for file in &after {
+        assert!(file.extension().is_some_and(|e| e == "pcapng") || file.to_string_lossy().ends_with(".part"));
+        if file.extension().is_some_and(|e| e == "pcapng") {
+            assert!(packets_in(file) > 0, "{}: a final name holds packets", file.display());
+        }
+    }
+    for file in &real {
+        assert!(after.contains(file), "{} was pushed out of the ring by failed files: {after:?}", file.display());
+    }
+    std::fs::remove_file(&filler).unwrap();
+    sink.finish(&stats);
+    drop(disk);
+}
+
+/// A reload re-reads the capture directory only for what a crash left: the daemon's own
+/// open `.part` files (one per live session here) are not "finished" by it.
+#[test]
+fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
+    use wstap::internals::{FileSink, SectionInfo, Stats};
+    let scratch = capture_dir("reload-part");
+    let dir = scratch.join("captures");
+    let mut s = sink_settings(&dir);
+    s.per_session = true;
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let stats = Stats::default();
+    let mut sink = FileSink::new(s.clone(), info, 1);
+    let t0 = 1_764_000_000 * 1_000_000_000u64;
+    let mut now = t0;
+    // Two live sessions: everything but their closes.
+    for id in 1..=2 {
+        let events = crate::capture::synthetic_session(id, (2 * id, 2 * id + 1), &[noise(300)], now, 1000);
+        for ev in events.into_iter().filter(|e| !matches!(e.what, wstap::internals::What::Close { .. })) {
+            now = ev.time;
+            sink.process(ev, &stats);
+        }
+    }
+    sink.tick(now, &stats);
+    assert_eq!(all_files(&dir).iter().filter(|f| f.to_string_lossy().ends_with(".part")).count(), 2);
+    // The reload: each session's file rotates, one after the other.
+    sink.reconfigure(s, now);
+    sink.tick(now + 1, &stats);
+    let files = all_files(&dir);
+    let parts = files.iter().filter(|f| f.to_string_lossy().ends_with(".part")).count();
+    assert_eq!((files.len() - parts, parts), (2, 2), "two finished, two open: {files:?}");
+    assert_eq!(stats.files_finished.load(std::sync::atomic::Ordering::Relaxed), 2, "each finished by its own rotation");
+    sink.finish(&stats);
+}
