@@ -301,7 +301,7 @@ fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_ca
     let (stats, sec) = (Stats::default(), 1_000_000_000u64);
     let mut sink = FileSink::new(s, info, 1);
     let mut now = 1_764_000_000 * sec;
-    let mut run_session = |sink: &mut FileSink, id: u64, now: &mut u64| {
+    let run_session = |sink: &mut FileSink, id: u64, now: &mut u64| {
         let messages: Vec<Vec<u8>> = (0..4).map(|i| noise(500 + i)).collect();
         for ev in crate::capture::synthetic_session(id, (2 * id, 2 * id + 1), &messages, *now, 1000) {
             *now = ev.time;
