@@ -123,8 +123,9 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
             }
         }
     }
+    let mut budget = session::InflateBudget::for_input(files.iter().map(|(_, b)| b.len()).sum());
     for conn in tcp.finish() {
-        match session::decode(&conn, rec.sessions.len() + 1) {
+        match session::decode_within(&conn, rec.sessions.len() + 1, &mut budget) {
             Some(s) => {
                 rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
                 rec.sessions.push(s);

@@ -136,6 +136,23 @@ impl Session {
 
 /// The largest message or gap this reader will hold in memory.
 const MAX_MESSAGE: usize = 64 << 20;
+/// Problems listed per direction of a session; past them, only counted.
+const MAX_PROBLEMS: usize = 8;
+
+/// What a whole read may inflate, over every message of every session: 64 MiB plus 16
+/// times the capture's size. Compressed WebSocket text rarely inflates more than 10
+/// times, while a crafted file could ask for a thousand; past the budget, compressed
+/// messages are left as they are and marked incomplete.
+pub struct InflateBudget {
+    left: usize,
+}
+
+impl InflateBudget {
+    /// The budget for reading `input_bytes` of capture files.
+    pub fn for_input(input_bytes: usize) -> InflateBudget {
+        InflateBudget { left: (64usize << 20).saturating_add(input_bytes.saturating_mul(16)) }
+    }
+}
 
 fn streams(conn: &Conn) -> PerDir<Stream> {
     let mut s: PerDir<Stream> = PerDir::default();
@@ -198,9 +215,10 @@ fn find_upgrade(s: &PerDir<Stream>, client: Dir) -> Result<Option<Upgrade>, Stri
 }
 
 /// One direction's frame decoding.
-struct Decoder {
+struct Decoder<'b> {
     /// Which way its messages go (`Up`: the client's).
     dir: Dir,
+    budget: &'b mut InflateBudget,
     /// The inflater and whether it keeps its context between messages.
     inflate: Option<(Decompress, bool)>,
     /// The fragmented data message being assembled.
@@ -208,17 +226,35 @@ struct Decoder {
     /// Messages, each with the conversation order and stream offset of its last byte.
     out: Vec<(usize, u64, Message)>,
     problems: Vec<String>,
+    /// Problems past [`MAX_PROBLEMS`], counted only.
+    more_problems: u64,
     /// The stream offset of a gap after which the shared deflate window is unknown.
     window_lost: Option<u64>,
 }
 
-impl Decoder {
-    fn new(dir: Dir, inflate: Option<(Decompress, bool)>) -> Decoder {
-        Decoder { dir, inflate, partial: None, out: Vec::new(), problems: Vec::new(), window_lost: None }
+impl<'b> Decoder<'b> {
+    fn new(dir: Dir, inflate: Option<(Decompress, bool)>, budget: &'b mut InflateBudget) -> Decoder<'b> {
+        let (partial, out, problems) = (None, Vec::new(), Vec::new());
+        Decoder { dir, budget, inflate, partial, out, problems, more_problems: 0, window_lost: None }
     }
 
+    /// Notes a problem: the first few in full, the rest counted (a stream of broken frames
+    /// must not cost a string each).
     fn problem(&mut self, what: String) {
-        self.problems.push(format!("{}: {what}", self.dir.arrow()));
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(format!("{}: {what}", self.dir.arrow()));
+        } else {
+            self.more_problems += 1;
+        }
+    }
+
+    /// The problems, with the count of those not listed.
+    fn take_problems(&mut self) -> Vec<String> {
+        let mut all = std::mem::take(&mut self.problems);
+        if self.more_problems > 0 {
+            all.push(format!("{}: {} more problems like these", self.dir.arrow(), self.more_problems));
+        }
+        all
     }
 
     /// Decodes the frames of `st` from offset `at` to its end. Where the capture lost a
@@ -363,15 +399,18 @@ impl Decoder {
         m.incomplete |= m.compressed && self.window_lost.is_some();
         if m.compressed && !m.incomplete {
             match self.inflated(&m.data, place.1) {
-                Some(d) => m.data = d,
+                Some((d, whole)) => (m.data, m.incomplete) = (d, !whole),
                 None => m.incomplete = true,
             }
         }
         self.out.push((place.0, place.1, m));
     }
 
-    /// The payload of a compressed message, inflated; `None` (and a problem) if it fails.
-    fn inflated(&mut self, data: &[u8], end: u64) -> Option<Vec<u8>> {
+    /// The payload of a compressed message, inflated, and whether it is whole; `None` (and
+    /// a problem) if it fails or the read's budget is spent. A message cut at a limit is
+    /// returned as far as it got, never as whole, and (with context takeover) the window
+    /// is lost from there.
+    fn inflated(&mut self, data: &[u8], end: u64) -> Option<(Vec<u8>, bool)> {
         let Some((z, takeover)) = self.inflate.as_mut() else {
             self.problem(format!(
                 "compressed message (RSV1) ending at stream offset {end}, but no permessage-deflate was negotiated"
@@ -381,10 +420,34 @@ impl Decoder {
         if !*takeover {
             z.reset(false);
         }
+        let limit = MAX_MESSAGE.min(self.budget.left);
+        if limit == 0 {
+            self.problem(format!(
+                "compressed message ending at stream offset {end} left compressed: the read's inflate budget is spent"
+            ));
+            return None;
+        }
+        let takeover = *takeover;
         let input = [data, &[0, 0, 0xff, 0xff]].concat();
-        let mut out = Vec::with_capacity(input.len() * 3);
-        match deflate::inflate(z, &input, MAX_MESSAGE, |piece| out.extend_from_slice(piece)) {
-            Ok(_) => Some(out),
+        let mut out = Vec::with_capacity((input.len() * 3).min(limit));
+        let result = deflate::inflate(z, &input, limit, |piece| out.extend_from_slice(piece));
+        self.budget.left -= out.len();
+        match result {
+            Ok(done) if done.cut => {
+                let why = if limit == MAX_MESSAGE {
+                    "the largest message this reader holds"
+                } else {
+                    "the read's inflate budget"
+                };
+                self.problem(format!(
+                    "message ending at stream offset {end} inflates to more than {limit} bytes ({why}): cut there, incomplete"
+                ));
+                if takeover {
+                    self.window_lost.get_or_insert(end);
+                }
+                Some((out, false))
+            }
+            Ok(_) => Some((out, true)),
             Err(e) => {
                 self.problem(format!("message ending at stream offset {end} does not inflate: {e}"));
                 None
@@ -393,8 +456,14 @@ impl Decoder {
     }
 }
 
-/// The WebSocket session on `conn`, if it carries one.
+/// The WebSocket session on `conn`, if it carries one (inflating at most 64 MiB).
+#[cfg(test)]
 pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
+    decode_within(conn, id, &mut InflateBudget::for_input(0))
+}
+
+/// The WebSocket session on `conn`, if it carries one, inflating within `budget`.
+pub fn decode_within(conn: &Conn, id: usize, budget: &mut InflateBudget) -> Option<Session> {
     let s = streams(conn);
     let looks_http = |st: &Stream| {
         let b = st.contiguous(0);
@@ -426,7 +495,7 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
     // The client's stream is `client` on the connection, and its messages go `Up`.
     for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
         let inflate = takeover.map(|t| (Decompress::new(false), t[dir]));
-        let mut d = Decoder::new(dir, inflate);
+        let mut d = Decoder::new(dir, inflate, budget);
         let st = &s[stream];
         d.run(st, up.at[dir]);
         if let Some(mut unfinished) = d.partial.take() {
@@ -434,7 +503,7 @@ pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
             unfinished.incomplete = true;
             d.out.push((st.arrival(st.len()).1, u64::MAX, unfinished));
         }
-        problems.extend(d.problems);
+        problems.extend(d.take_problems());
         out.extend(d.out);
     }
     out.sort_by_key(|(order, end, m)| (*order, m.dir == Dir::Down, *end));
@@ -683,6 +752,57 @@ pub(crate) mod tests {
         let mut junk = conn(vec![data(Dir::Up, b"\x7f\xfe\x00garbage"), data(Dir::Down, b"more")]);
         junk.midstream = true;
         assert!(decode(&junk, 1).is_none());
+    }
+
+    /// A session whose server sends `messages`, each compressed with context takeover.
+    fn compressed_session(messages: &[&[u8]]) -> Conn {
+        let mut z = Compress::new(Compression::default(), false);
+        let frames: Vec<u8> = messages.iter().flat_map(|m| frame(true, true, 2, &deflate(&mut z, m), false)).collect();
+        conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").as_bytes()),
+            data(Dir::Down, &frames),
+        ])
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_cut_marked_incomplete_and_never_returned_as_whole() {
+        // 200 MiB of zeros compress to ~200 KB: the message is cut at 64 MiB, said so.
+        let bomb = vec![0u8; 200 << 20];
+        let s = decode(&compressed_session(&[&bomb, b"after"]), 1).unwrap();
+        let m = &s.messages[0];
+        assert!(m.incomplete && m.data.len() == MAX_MESSAGE, "{} bytes, incomplete {}", m.data.len(), m.incomplete);
+        assert!(s.problems.iter().any(|p| p.contains("cut there, incomplete")), "{:?}", s.problems);
+        assert!(s.messages[1].incomplete, "the shared window is lost after a cut: {:?}", s.messages[1].data);
+    }
+
+    #[test]
+    fn a_read_inflates_within_one_budget_across_messages() {
+        let ten_mib = vec![b'a'; 10 << 20];
+        let messages: Vec<&[u8]> = (0..10).map(|_| &ten_mib[..]).collect();
+        let c = compressed_session(&messages);
+        let mut budget = InflateBudget::for_input(0); // 64 MiB
+        let s = decode_within(&c, 1, &mut budget).unwrap();
+        // Six whole, the seventh cut; the rest keep their (small) compressed bytes.
+        let inflated: usize = s.messages[..7].iter().map(|m| m.data.len()).sum();
+        assert_eq!(inflated, 64 << 20);
+        assert!(s.messages[7..].iter().all(|m| m.incomplete && m.data.len() < 1 << 20));
+        let whole = s.messages.iter().filter(|m| !m.incomplete).count();
+        assert_eq!(whole, 6, "six whole messages fit, the seventh is cut, the rest left compressed");
+        assert!(s.problems.iter().any(|p| p.contains("inflate budget")), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn a_flood_of_bad_frames_costs_a_few_problems_and_a_count() {
+        let stray: Vec<u8> = (0..100_000).flat_map(|_| frame(true, false, 0, b"", false)).collect();
+        let c = conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Down, &stray),
+        ]);
+        let s = decode(&c, 1).unwrap();
+        assert!(s.problems.len() <= MAX_PROBLEMS + 1, "{}", s.problems.len());
+        assert!(s.problems.last().unwrap().contains("99992 more problems"), "{:?}", s.problems.last());
     }
 
     #[test]
