@@ -29,6 +29,7 @@ fn run(acks: bool) -> (f64, f64) {
         acks,
         display_port: wstap::config::DisplayPort::Real,
         redact: Default::default(),
+        inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: Duration::from_secs(5),
     };

@@ -107,7 +107,7 @@ impl LegState {
 
     /// What a new file replays for this leg: a session's heads and deflate windows;
     /// nothing but the handshake for a connection without one.
-    pub(crate) fn replay_parts(&self) -> Vec<(Dir, Vec<u8>)> {
+    pub(crate) fn replay_parts(&mut self) -> Vec<(Dir, Vec<u8>)> {
         if self.session {
             self.rewrite.replay_parts()
         } else {

@@ -278,7 +278,11 @@ fn writer_thread(recorder: Recorder, settings: CaptureSettings) {
             q.bytes = 0;
             (q.closed, std::mem::take(&mut q.rotate), q.reconfigure.take())
         };
-        for event in batch.drain(..) {
+        for (i, event) in batch.drain(..).enumerate() {
+            // Liveness is progress, not idleness: a long batch still beats.
+            if i % 256 == 255 {
+                shared.heartbeat.store(now_ns(), Relaxed);
+            }
             sink.process(event, &shared.stats);
         }
         // Asked for after the events already queued, so applied after them.

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::capture::redact;
 use crate::config::{Redact, Snap};
 use crate::dir::{Dir, PerDir};
-use crate::wire::deflate;
+use crate::wire::deflate::{self, Allowance, LOST_AT_DROP, NOT_FOLLOWED};
 use crate::wire::http;
 use crate::wire::wsframe::{apply_mask, FrameHeader, FrameTracker, Walk};
 
@@ -209,11 +209,11 @@ impl Rewriter {
     }
 
     /// Rewrites `input`, the next bytes going `dir`.
-    pub(crate) fn feed(&mut self, dir: Dir, input: &[u8]) -> Fed {
+    pub(crate) fn feed(&mut self, dir: Dir, input: &[u8], allowance: &mut Allowance) -> Fed {
         let mut fed = Fed::default();
         let mut at = 0;
         while at < input.len() {
-            at = self.step(dir, input, at, &mut fed);
+            at = self.step(dir, input, at, &mut fed, allowance);
         }
         fed
     }
@@ -257,7 +257,7 @@ impl Rewriter {
         side.message = Message::default();
         if compressed {
             if let Some(ctx) = &mut self.deflate[dir] {
-                ctx.lose_window();
+                ctx.lose_window(LOST_AT_DROP);
             }
         }
         fed
@@ -280,7 +280,7 @@ impl Rewriter {
             _ => Stage::Lost(false),
         };
         if let Some(ctx) = &mut self.deflate[dir] {
-            ctx.lose_window();
+            ctx.lose_window(LOST_AT_DROP);
         }
         fed
     }
@@ -298,8 +298,14 @@ impl Rewriter {
 
     /// What a new file replays for this leg: each direction's head, then (after the 101,
     /// where Wireshark decodes frames) a message restoring each kept deflate context.
-    pub(crate) fn replay_parts(&self) -> Vec<(Dir, Vec<u8>)> {
+    pub(crate) fn replay_parts(&mut self) -> Vec<(Dir, Vec<u8>)> {
         let mut parts: Vec<(Dir, Vec<u8>)> = self.prelude.iter().map(|(dir, head)| (dir, head.clone())).collect();
+        // A window no longer followed cannot be given to the new file: lost from here.
+        for dir in Dir::BOTH {
+            if let Some(ctx) = self.deflate[dir].as_mut() {
+                ctx.new_file();
+            }
+        }
         for (dir, ctx) in self.deflate.iter() {
             // A client's frames are masked.
             if let Some(frame) = ctx.as_ref().and_then(|c| c.priming_frame(dir == Dir::Up)) {
@@ -316,7 +322,7 @@ impl Rewriter {
     }
 
     /// One step of `input` from `at`; returns where the next begins.
-    fn step(&mut self, dir: Dir, input: &[u8], at: usize, fed: &mut Fed) -> usize {
+    fn step(&mut self, dir: Dir, input: &[u8], at: usize, fed: &mut Fed, allowance: &mut Allowance) -> usize {
         let rest = &input[at..];
         match &mut self.dirs[dir].stage {
             Stage::Head(_) => self.head(dir, input, at, fed),
@@ -363,7 +369,7 @@ impl Rewriter {
                 input.len()
             }
             Stage::Unreadable => input.len(),
-            Stage::Frames(_) => self.frames(dir, input, at, fed),
+            Stage::Frames(_) => self.frames(dir, input, at, fed, allowance),
         }
     }
 
@@ -441,13 +447,13 @@ impl Rewriter {
     }
 
     /// Frames going `dir`, from `at` in `input`.
-    fn frames(&mut self, dir: Dir, input: &[u8], at: usize, fed: &mut Fed) -> usize {
+    fn frames(&mut self, dir: Dir, input: &[u8], at: usize, fed: &mut Fed, allowance: &mut Allowance) -> usize {
         let (dirs, deflate, rules) = (&mut self.dirs, &mut self.deflate, &self.rules);
         let side = &mut dirs[dir];
         let Stage::Frames(tracker) = &mut side.stage else { return at };
         let mut writing = Writing { m: &mut side.message, session_left: &mut side.session_left, rules, fed };
         let ctx = &mut deflate[dir];
-        let consumed = tracker.walk(&input[at..], false, |w| writing.walk(w, &input[at..], at, ctx));
+        let consumed = tracker.walk(&input[at..], false, |w| writing.walk(w, &input[at..], at, ctx, allowance));
         at + consumed
     }
 }
@@ -462,13 +468,28 @@ struct Writing<'a> {
 
 impl Writing<'_> {
     /// One step of the frame walk over `data` (which starts `base` bytes into the input).
-    fn walk(&mut self, w: Walk<'_>, data: &[u8], base: usize, ctx: &mut Option<deflate::Context>) {
+    fn walk(
+        &mut self,
+        w: Walk<'_>,
+        data: &[u8],
+        base: usize,
+        ctx: &mut Option<deflate::Context>,
+        allowance: &mut Allowance,
+    ) {
         match w {
             Walk::Header(h, raw) => self.header(h, raw, ctx),
             Walk::Payload(h, range, pos, end) => {
                 let piece = &data[range.clone()];
                 if let Some(ctx) = ctx.as_mut().filter(|_| h.opcode < 8) {
-                    feed_deflate(ctx, &h, piece, pos, end);
+                    let followed = ctx.unfollowed().is_none();
+                    feed_deflate(ctx, &h, piece, pos, end, allowance);
+                    if followed && ctx.unfollowed().is_some() {
+                        self.fed.note(format!(
+                            "{NOT_FOLLOWED}: a message inflated past {} MiB, or the writer's inflating allowance \
+                             was spent; this file decodes, the next ones will not decode its compressed messages",
+                            deflate::MAX_FOLLOWED_MESSAGE >> 20
+                        ));
+                    }
                 }
                 self.payload(h, range.start + base, piece, pos);
                 if end && h.opcode < 8 && h.fin && self.m.held.is_some() {
@@ -516,8 +537,12 @@ impl Writing<'_> {
         let mut m = Message { compressed: h.rsv1, left: self.rules.snap.message, ..Message::default() };
         if h.rsv1 {
             m.left = None; // a compressed message is kept whole or not at all
-            m.removed = if ctx.as_ref().is_some_and(|c| c.window_lost()) {
-                Some("not decodable (window lost at drop)")
+            m.removed = if let Some(why) = ctx.as_ref().and_then(|c| c.window_lost()) {
+                Some(if why == LOST_AT_DROP {
+                    "not decodable (window lost at drop)"
+                } else {
+                    "not decodable (wstap stopped following this direction's compression)"
+                })
             } else if patterns {
                 Some("compressed, and capture.redact.payload is set: wstap does not search compressed messages")
             } else if *self.session_left == Some(0) {
@@ -614,14 +639,21 @@ impl Writing<'_> {
 }
 
 /// Feeds a piece of payload, unmasked, to the direction's deflate context.
-fn feed_deflate(ctx: &mut deflate::Context, h: &FrameHeader, piece: &[u8], pos: u64, end: bool) {
+fn feed_deflate(
+    ctx: &mut deflate::Context,
+    h: &FrameHeader,
+    piece: &[u8],
+    pos: u64,
+    end: bool,
+    allowance: &mut Allowance,
+) {
     match h.mask {
         Some(key) => {
             let mut unmasked = piece.to_vec();
             apply_mask(&mut unmasked, key, pos);
-            ctx.feed(h, &unmasked, end);
+            ctx.feed(h, &unmasked, end, allowance);
         }
-        None => ctx.feed(h, piece, end),
+        None => ctx.feed(h, piece, end, allowance),
     }
 }
 
@@ -758,7 +790,7 @@ mod tests {
     fn feed(r: &mut Rewriter, dir: Dir, input: &[u8], piece: usize) -> (Vec<u8>, Vec<String>) {
         let (mut out, mut notes) = (Vec::new(), Vec::new());
         for chunk in input.chunks(piece) {
-            let fed = r.feed(dir, chunk);
+            let fed = r.feed(dir, chunk, &mut Allowance::new(u64::MAX));
             out.extend_from_slice(&fed.bytes(chunk));
             notes.extend(fed.notes);
         }
@@ -783,7 +815,7 @@ mod tests {
         let mut r = Rewriter::new(rules(Snap::default(), &[]), false);
         session(&mut r);
         let frames = [frame(0x81, b"hello", true), frame(0x89, b"p", true), frame(0x82, &[7; 300], true)].concat();
-        let fed = r.feed(Dir::Up, &frames);
+        let fed = r.feed(Dir::Up, &frames, &mut Allowance::new(u64::MAX));
         assert_eq!(fed.runs.len(), 6, "each header made again, each payload kept in place: {:?}", fed.runs);
         assert_eq!(&fed.bytes(&frames)[..], &frames[..], "every byte as it came");
         assert!(fed.notes.is_empty());
@@ -890,6 +922,35 @@ mod tests {
         let (out, notes) = feed(&mut r, Dir::Down, &input, 100);
         assert_eq!(frames_in(&out), [(0xc1, vec![]), (0x81, b"plain".to_vec())]);
         assert!(notes[0].contains("not decodable (window lost at drop)"), "{notes:?}");
+    }
+
+    #[test]
+    fn a_message_that_inflates_too_far_stops_the_following_not_the_writing() {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut r = Rewriter::new(rules(Snap::default(), &[]), false);
+        feed(&mut r, Dir::Up, UPGRADE, 100);
+        feed(
+            &mut r,
+            Dir::Down,
+            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+            100,
+        );
+        let mut z = Compress::new(Compression::default(), false);
+        let mut deflate = |text: &[u8]| {
+            let mut out = Vec::with_capacity(text.len() / 100 + 64);
+            z.compress_vec(text, &mut out, FlushCompress::Sync).unwrap();
+            out.truncate(out.len() - 4);
+            out
+        };
+        let bomb = frame(0xc2, &deflate(&vec![0u8; 64 << 20]), false);
+        let (out, notes) = feed(&mut r, Dir::Down, &bomb, 1 << 16);
+        assert_eq!(out, bomb, "written as it came: this file decodes it");
+        assert!(notes.iter().any(|n| n.contains(NOT_FOLLOWED)), "{notes:?}");
+        assert!(r.replay_parts().len() == 2, "a new file: the heads, but no window to give it");
+        let next = frame(0xc1, &deflate(b"after"), false);
+        let (out, notes) = feed(&mut r, Dir::Down, &next, 100);
+        assert_eq!(frames_in(&out), [(0xc1, vec![])]);
+        assert!(notes[0].contains("not decodable (wstap stopped following"), "{notes:?}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct FileSink {
     /// In a write-error episode: no file is being written.
     failing: bool,
     retry_at: u64,
+    /// What every output's writer may inflate, together.
+    inflate: std::sync::Arc<std::sync::Mutex<crate::wire::deflate::Allowance>>,
 }
 
 /// Hashes the writer's own ids (session and leg numbers) for its maps, looked up for
@@ -91,6 +93,7 @@ impl FileSink {
             session_of: HashMap::default(),
             failing: false,
             retry_at: 0,
+            inflate: Default::default(),
         }
     }
 
@@ -102,6 +105,7 @@ impl FileSink {
             acks: s.acks,
             display_port: s.display_port,
             redact: std::sync::Arc::new(s.redact.clone()),
+            inflate: self.inflate.clone(),
             isn_seed: seed,
             rotate_wait: s.rotate.max_wait,
         }

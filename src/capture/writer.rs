@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +20,8 @@ use crate::capture::stats::Stats;
 use crate::capture::{ports, redact};
 use crate::config::{DisplayPort, Legs, Redact};
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
+use crate::sync::lock;
+use crate::wire::deflate::Allowance;
 use crate::wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
 use crate::wire::tcp::Flow;
 
@@ -37,6 +39,8 @@ pub struct Synthesis {
     pub display_port: DisplayPort,
     /// What is masked before it is written.
     pub redact: Arc<Redact>,
+    /// How much the writer (every writer of a sink) may inflate to follow deflate windows.
+    pub inflate: Arc<Mutex<Allowance>>,
     /// Seed of the ISN generator (xorshift; ISNs need to look random, not be secret).
     pub isn_seed: u64,
     /// Longest a due rotation waits for every session to reach a frame boundary (in
@@ -394,7 +398,11 @@ impl<W: Write> CaptureWriter<W> {
             return Ok(());
         }
         let was = leg.at_boundary();
-        let fed = leg.rewrite.feed(dir, payload);
+        let fed = {
+            let mut allowance = lock(&self.synth.inflate);
+            allowance.refill(time);
+            leg.rewrite.feed(dir, payload, &mut allowance)
+        };
         leg.real[dir] += payload.len() as u64;
         self.mid_frame =
             self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
@@ -690,6 +698,7 @@ mod tests {
             acks,
             display_port: DisplayPort::Real,
             redact: Default::default(),
+            inflate: Default::default(),
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
         };

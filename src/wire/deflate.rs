@@ -13,6 +13,48 @@ use crate::wire::wsframe::FrameHeader;
 
 /// The deflate window: how far back a compressed message may refer.
 const WINDOW: usize = 32 * 1024;
+/// The most one message is inflated to follow its window; past it, the direction is no
+/// longer followed (a small message can inflate to gigabytes).
+pub const MAX_FOLLOWED_MESSAGE: usize = 8 << 20;
+
+/// Why a window is unknown from some point on.
+pub const LOST_AT_DROP: &str = "window lost at drop";
+/// Why a window stopped being followed.
+pub const NOT_FOLLOWED: &str = "wstap stopped following this direction's compression";
+
+/// How much inflating the writer allows itself, over every session: a token bucket of
+/// `per_second` bytes of output, so that no client can make the one writer thread spend
+/// its time inflating. Past it, the session whose message ran out is no longer followed.
+#[derive(Debug)]
+pub struct Allowance {
+    per_second: u64,
+    tokens: u64,
+    at_ns: u64,
+}
+
+impl Default for Allowance {
+    /// 64 MiB of inflated output per second: a fifth or so of one core.
+    fn default() -> Allowance {
+        Allowance::new(64 << 20)
+    }
+}
+
+impl Allowance {
+    /// `per_second` bytes of inflated output per second, a second's worth to start with.
+    pub fn new(per_second: u64) -> Allowance {
+        Allowance { per_second, tokens: per_second, at_ns: 0 }
+    }
+
+    /// Adds what the time since the last refill earned, up to a second's worth.
+    pub fn refill(&mut self, now_ns: u64) {
+        let earned = (u128::from(now_ns.saturating_sub(self.at_ns)) * u128::from(self.per_second) / 1_000_000_000)
+            .min(u128::from(self.per_second)) as u64;
+        if earned > 0 {
+            self.tokens = self.tokens.saturating_add(earned).min(self.per_second);
+            self.at_ns = now_ns;
+        }
+    }
+}
 
 /// The decompression context of one direction of a session.
 pub struct Context {
@@ -21,9 +63,15 @@ pub struct Context {
     window: Vec<u8>,
     /// The current message is compressed (its first frame had RSV1).
     compressed: bool,
-    /// Inflating failed (not deflate after all), or the capture lost compressed bytes:
-    /// the window is unknown, so nothing is inflated and no file is primed.
-    broken: bool,
+    /// Inflated bytes of the current message.
+    message_out: usize,
+    /// Why the window is unknown: inflating failed, the capture lost compressed bytes,
+    /// or it stopped being followed and a new file began. Nothing is inflated from then
+    /// on, and no file is primed.
+    broken: Option<&'static str>,
+    /// Why the window stopped being followed, while the file it was followed in goes on
+    /// (that file holds every byte, so it decodes; the next one cannot be primed).
+    unfollowed: Option<&'static str>,
 }
 
 /// Which directions keep their compression context, from a `101` response head that
@@ -45,40 +93,60 @@ impl Default for Context {
 
 impl Context {
     pub fn new() -> Context {
-        Context { z: Decompress::new(false), window: Vec::new(), compressed: false, broken: false }
+        let window = Vec::new();
+        Context { z: Decompress::new(false), window, compressed: false, message_out: 0, broken: None, unfollowed: None }
     }
 
-    /// The capture lost compressed bytes: the window is unknown from here on.
-    pub fn lose_window(&mut self) {
-        self.broken = true;
+    /// The window is unknown from here on, for `why` ([`LOST_AT_DROP`], say).
+    pub fn lose_window(&mut self, why: &'static str) {
+        self.broken.get_or_insert(why);
         self.window = Vec::new();
     }
 
-    /// Whether the window is lost (every later compressed message is undecodable).
-    pub fn window_lost(&self) -> bool {
+    /// Why the window is lost, if it is (every later compressed message is undecodable).
+    pub fn window_lost(&self) -> Option<&'static str> {
         self.broken
     }
 
-    /// A piece of a frame's payload (unmasked); `frame_end` on its last piece.
-    pub fn feed(&mut self, h: &FrameHeader, payload: &[u8], frame_end: bool) {
-        if self.broken || h.opcode >= 8 {
+    /// Why the window stopped being followed, if it did and no new file began since.
+    pub fn unfollowed(&self) -> Option<&'static str> {
+        self.unfollowed
+    }
+
+    /// A new file begins: a window no longer followed cannot be given to it, so it is
+    /// lost from here on.
+    pub fn new_file(&mut self) {
+        if let Some(why) = self.unfollowed.take() {
+            self.lose_window(why);
+        }
+    }
+
+    /// A piece of a frame's payload (unmasked); `frame_end` on its last piece. Inflates
+    /// within `allowance` and [`MAX_FOLLOWED_MESSAGE`]; past either, stops following.
+    pub fn feed(&mut self, h: &FrameHeader, payload: &[u8], frame_end: bool, allowance: &mut Allowance) {
+        if self.broken.is_some() || self.unfollowed.is_some() || h.opcode >= 8 {
             return;
         }
         if h.opcode != 0 {
             // A message's first frame says whether the message is compressed.
             self.compressed = h.rsv1;
+            self.message_out = 0;
         }
         if !self.compressed {
             return;
         }
-        self.inflate(payload);
+        self.inflate(payload, allowance);
         if frame_end && h.fin {
             // The tail every compressed message had removed (RFC 7692 §7.2.1).
-            self.inflate(&[0, 0, 0xff, 0xff]);
+            self.inflate(&[0, 0, 0xff, 0xff], allowance);
         }
     }
 
-    fn inflate(&mut self, input: &[u8]) {
+    fn inflate(&mut self, input: &[u8], allowance: &mut Allowance) {
+        if self.unfollowed.is_some() {
+            return;
+        }
+        let limit = (MAX_FOLLOWED_MESSAGE - self.message_out).min(allowance.tokens as usize);
         let window = &mut self.window;
         let keep = |piece: &[u8]| {
             window.extend_from_slice(piece);
@@ -86,8 +154,16 @@ impl Context {
                 window.drain(..window.len() - WINDOW);
             }
         };
-        if inflate(&mut self.z, input, usize::MAX, keep).is_err() {
-            self.broken = true;
+        match inflate(&mut self.z, input, limit, keep) {
+            Ok(done) => {
+                self.message_out += done.made;
+                allowance.tokens -= done.made as u64;
+                if done.cut {
+                    self.unfollowed = Some(NOT_FOLLOWED);
+                    self.window = Vec::new();
+                }
+            }
+            Err(_) => self.lose_window("not deflate data"),
         }
     }
 
@@ -95,7 +171,7 @@ impl Context {
     /// whose decompression is the current window: one uncompressed deflate block, without
     /// the final empty block's `00 00 ff ff`. `None` when there is nothing to restore.
     pub fn priming_frame(&self, masked: bool) -> Option<Vec<u8>> {
-        if self.broken || self.window.is_empty() {
+        if self.broken.is_some() || self.unfollowed.is_some() || self.window.is_empty() {
             return None;
         }
         let window = &self.window[self.window.len().saturating_sub(WINDOW)..];
@@ -171,7 +247,7 @@ mod tests {
         let texts: Vec<String> = (0..50).map(|i| format!("the same words again and again, number {i}")).collect();
         for t in &texts[..40] {
             let c = compressed(&mut z, t.as_bytes());
-            ctx.feed(&header(c.len()), &c, true);
+            ctx.feed(&header(c.len()), &c, true, &mut Allowance::new(u64::MAX));
         }
         // A fresh inflater (a new file) fed the priming frame's payload, then the rest.
         let frame = ctx.priming_frame(false).unwrap();
@@ -192,6 +268,37 @@ mod tests {
             let c = compressed(&mut z, t.as_bytes());
             assert_eq!(&inflate(&mut fresh, &c), t, "a message after the priming decompresses");
         }
+    }
+
+    #[test]
+    fn inflating_is_bounded_per_message_and_per_second() {
+        // A bomb: 64 MiB of zeros in ~64 KB. Followed up to 8 MiB, then no longer.
+        let mut z = Compress::new(Compression::default(), false);
+        let bomb = compressed(&mut z, &vec![0u8; 64 << 20]);
+        let mut ctx = Context::new();
+        let mut plenty = Allowance::new(u64::MAX);
+        ctx.feed(&header(bomb.len()), &bomb, true, &mut plenty);
+        assert_eq!(ctx.unfollowed(), Some(NOT_FOLLOWED));
+        assert!(ctx.priming_frame(false).is_none() && ctx.window_lost().is_none(), "this file still decodes");
+        ctx.new_file();
+        assert_eq!(ctx.window_lost(), Some(NOT_FOLLOWED), "the next file cannot be primed");
+
+        // One writer-wide allowance of 1 MiB/s: two 600 KiB messages in the same second
+        // spend it (the second context stops being followed); a second later it is back.
+        let mut allowance = Allowance::new(1 << 20);
+        allowance.refill(1_000_000_000);
+        let text = vec![b'x'; 600 << 10];
+        let (mut a, mut b) = (Context::new(), Context::new());
+        for ctx in [&mut a, &mut b] {
+            let c = compressed(&mut Compress::new(Compression::default(), false), &text);
+            ctx.feed(&header(c.len()), &c, true, &mut allowance);
+        }
+        assert_eq!((a.unfollowed(), b.unfollowed()), (None, Some(NOT_FOLLOWED)));
+        allowance.refill(2_000_000_000);
+        let c = compressed(&mut z, &text);
+        let mut fresh = Context::new();
+        fresh.feed(&header(c.len()), &c, true, &mut allowance);
+        assert_eq!(fresh.unfollowed(), None, "refilled");
     }
 
     #[test]

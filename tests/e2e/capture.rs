@@ -543,6 +543,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         acks: true,
         display_port: wstap::config::DisplayPort::Real,
         redact: Default::default(),
+        inflate: Default::default(),
         isn_seed: 0x5eed,
         rotate_wait: std::time::Duration::from_secs(5),
     };

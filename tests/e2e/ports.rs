@@ -20,6 +20,7 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
         acks: false,
         display_port: DisplayPort::Real,
         redact: Default::default(),
+        inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: std::time::Duration::from_secs(5),
     };
