@@ -42,18 +42,77 @@ pub struct Tap {
     tracks: PerDir<Mutex<Option<Track>>>,
 }
 
+/// While probing, what the server's bytes of the current exchange may be the start of.
+#[derive(Default, Debug, PartialEq)]
+enum Answer {
+    /// Not seen enough of the status line yet: its first bytes so far.
+    #[default]
+    Undecided,
+    Start(Vec<u8>),
+    /// A `1xx` head: may be the `101` a session starts with. Kept.
+    Interim,
+    /// A final response (or no HTTP at all): no session starts in it. Not kept.
+    Final,
+}
+
+/// `HTTP/1.1 101`: the bytes that decide whether a response may start a session.
+const STATUS_PREFIX: usize = "HTTP/1.1 1".len();
+
 #[derive(Default)]
 struct TapState {
     /// Recent chunks while probing: (time, dir, socket offset, bytes).
     ring: VecDeque<(u64, Dir, u64, Bytes)>,
     ring_bytes: usize,
     ring_cap: usize,
+    /// What the probe makes of the server's bytes in the current exchange.
+    answer: Answer,
+    /// The direction of the last probed bytes.
+    last_dir: Option<Dir>,
     fin_sent: PerDir<bool>,
     reset_sent: bool,
     close_reason: Option<String>,
     /// Bytes read after the Upgrade request's head and before the `101` was written:
     /// (time, captured-stream offset, bytes).
     held: Vec<(u64, u64, Bytes)>,
+}
+
+impl TapState {
+    /// Whether the probe keeps `piece`, going `dir`. Only the current exchange can start
+    /// a session: the client's bytes after a response begin a new one (everything older
+    /// is dropped), and a final response is not kept at all. So an idle keep-alive
+    /// connection keeps its last request head, not the last response body.
+    fn probe_keeps(&mut self, dir: Dir, piece: &Piece<'_>) -> bool {
+        let turned = self.last_dir.replace(dir) != Some(dir);
+        if dir == Dir::Up {
+            if turned && self.answer != Answer::Undecided {
+                self.ring.clear();
+                self.ring.shrink_to(8);
+                self.ring_bytes = 0;
+                self.answer = Answer::Undecided;
+            }
+            return true;
+        }
+        let seen = match std::mem::take(&mut self.answer) {
+            Answer::Undecided => Vec::new(),
+            Answer::Start(seen) => seen,
+            decided => {
+                let keep = decided == Answer::Interim;
+                self.answer = decided;
+                return keep;
+            }
+        };
+        let mut seen = seen;
+        let want = STATUS_PREFIX - seen.len();
+        seen.extend(piece.bytes(0, want.min(piece.len()), Keep::Briefly).iter());
+        self.answer = if seen.len() < STATUS_PREFIX {
+            Answer::Start(seen)
+        } else if seen.starts_with(b"HTTP/1.") && seen[STATUS_PREFIX - 1] == b'1' {
+            Answer::Interim
+        } else {
+            Answer::Final
+        };
+        self.answer != Answer::Final
+    }
 }
 
 impl Tap {
@@ -254,6 +313,9 @@ impl Tap {
                     drop(state);
                     return self.pass(dir, captured(off), piece, None);
                 }
+                if !state.probe_keeps(dir, &piece) {
+                    return;
+                }
                 state.ring.push_back((now_ns(), dir, off, piece.bytes(0, len, Keep::Long)));
                 state.ring_bytes += len;
                 while state.ring_bytes > state.ring_cap && state.ring.len() > 1 {
@@ -341,4 +403,44 @@ pub struct Start {
     pub session: bool,
     /// How much of its payload is kept.
     pub snap: Snap,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_tap() -> Arc<Tap> {
+        let opening = Opening::new(
+            Leg::Client,
+            "127.0.0.1:80".parse().unwrap(),
+            "127.0.0.1:4000".parse().unwrap(),
+            String::new(),
+        );
+        Tap::probing(Recorder::detached(1 << 20), opening, 128 << 10)
+    }
+
+    /// An idle keep-alive connection keeps its last request, not the responses before.
+    #[test]
+    fn the_probe_keeps_only_what_can_start_a_session() {
+        let tap = client_tap();
+        let response = [&b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"[..], &[b'x'; 100_000]].concat();
+        for _ in 0..3 {
+            tap.on_read(b"GET /big HTTP/1.1\r\n\r\n");
+            for piece in response.chunks(7000) {
+                tap.on_written(Piece::Slice(piece));
+            }
+        }
+        assert_eq!(tap.lock().ring_bytes, "GET /big HTTP/1.1\r\n\r\n".len(), "a final response is not kept");
+        // The next exchange is an upgrade: its request and its 101 (split anywhere) are kept.
+        tap.on_read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(tap.find_head(b"GET /big HTTP/1."), None, "the previous exchange is gone");
+        assert!(tap.find_head(b"GET /ws HTTP/1.").is_some());
+        tap.on_written(Piece::Slice(b"HTTP/1"));
+        tap.on_written(Piece::Slice(b".1 101 Switching Protocols\r\n\r\n"));
+        let kept = tap.lock().ring_bytes;
+        assert_eq!(
+            kept,
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n".len()
+        );
+    }
 }
