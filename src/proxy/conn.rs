@@ -56,6 +56,11 @@ pub struct Context {
 /// whether a session starts (the Upgrade request and the `101` with any early frames).
 const UPSTREAM_PROBE: usize = 256 * 1024;
 
+/// The largest read buffer of an upstream connection (hyper grows it as reads fill it,
+/// and keeps it): a response head must fit, and a body streams through it. The default
+/// (~400 KB) stayed with every idle keep-alive connection after a large response.
+const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
+
 impl Context {
     /// The context of connections run with `settings`.
     pub fn new(settings: Arc<Settings>, capture: Option<Recorder>, traffic: Arc<Traffic>) -> Context {
@@ -368,6 +373,7 @@ impl Conn {
         let tap = self.upstream_tap(&stream);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)
+            .max_buf_size(UPSTREAM_READ_BUFFER)
             .handshake(TokioIo::new(Metered::new(
                 Tee::new(stream, tap.clone()),
                 Leg::Upstream,
