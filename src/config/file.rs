@@ -196,11 +196,13 @@ impl Default for FileShutdown {
 pub(super) struct FileProxy {
     pub(super) x_forwarded: bool,
     pub(super) preserve_host: bool,
+    pub(super) normalize_path: bool,
+    pub(super) allow_encoded_slash: bool,
 }
 
 impl Default for FileProxy {
     fn default() -> Self {
-        FileProxy { x_forwarded: true, preserve_host: false }
+        FileProxy { x_forwarded: true, preserve_host: false, normalize_path: true, allow_encoded_slash: false }
     }
 }
 

@@ -80,6 +80,12 @@ pub struct ProxySettings {
     pub x_forwarded: bool,
     /// Pass the client's `Host` header to the upstream instead of the upstream's authority.
     pub preserve_host: bool,
+    /// Route (and forward) the normalised path: unreserved escapes decoded, slashes
+    /// merged, dot-segments removed; paths that climb above the root or out of their
+    /// route get `400`.
+    pub normalize_path: bool,
+    /// Let `%2F` and `%5C` through (kept encoded) instead of answering `400`.
+    pub allow_encoded_slash: bool,
 }
 
 /// A config error, already phrased for the operator.

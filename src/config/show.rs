@@ -37,6 +37,8 @@ impl fmt::Display for Settings {
         writeln!(f, "grace = {:?}", dur(Some(self.shutdown.grace)))?;
         writeln!(f, "\n[proxy]")?;
         writeln!(f, "x_forwarded = {}", self.proxy.x_forwarded)?;
+        writeln!(f, "normalize_path = {}", self.proxy.normalize_path)?;
+        writeln!(f, "allow_encoded_slash = {}", self.proxy.allow_encoded_slash)?;
         writeln!(f, "preserve_host = {}", self.proxy.preserve_host)?;
         write_capture(f, &self.capture)?;
         writeln!(f, "\n[log]\nlevel = {:?}", self.log_level)?;

@@ -59,7 +59,12 @@ fn settings(f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
         routes,
         limits,
         shutdown: ShutdownSettings { grace: f.shutdown.grace.0 },
-        proxy: ProxySettings { x_forwarded: f.proxy.x_forwarded, preserve_host: f.proxy.preserve_host },
+        proxy: ProxySettings {
+            x_forwarded: f.proxy.x_forwarded,
+            preserve_host: f.proxy.preserve_host,
+            normalize_path: f.proxy.normalize_path,
+            allow_encoded_slash: f.proxy.allow_encoded_slash,
+        },
         capture,
         log_level: f.log.level,
         admin: f.admin.map(|a| a.listen),

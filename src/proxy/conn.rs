@@ -33,6 +33,7 @@ use crate::proxy::admission::Permit;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
+use crate::proxy::path;
 use crate::proxy::policy::Samplers;
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
@@ -224,11 +225,23 @@ impl Conn {
             return Err(ProxyError::MethodNotAllowed);
         }
         let host = req.headers().get(HOST).cloned();
-        let (index, route) = {
+        let (index, route, path) = {
             let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-            let routes = &self.ctx.settings.routes;
-            let index = routes.iter().position(|r| r.matches(host_str, req.uri().path())).ok_or(ProxyError::NoRoute)?;
-            (index, routes[index].clone())
+            let settings = &self.ctx.settings;
+            let find = |path: &str| settings.routes.iter().position(|r| r.matches(host_str, path));
+            let raw = req.uri().path();
+            let path = if settings.proxy.normalize_path {
+                let path = path::normalize(raw, settings.proxy.allow_encoded_slash).map_err(ProxyError::BadPath)?;
+                // `/ws/../admin` names the route of `/ws` and leads to another: refused.
+                if path::climbs(raw) && find(raw).is_some_and(|named| find(&path) != Some(named)) {
+                    return Err(ProxyError::BadPath(path::BadPath::OutOfRoute));
+                }
+                path
+            } else {
+                raw.to_owned()
+            };
+            let index = find(&path).ok_or(ProxyError::NoRoute)?;
+            (index, settings.routes[index].clone(), path)
         };
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -238,8 +251,12 @@ impl Conn {
         let client_down_base = self.client_tap.as_ref().map_or(0, |t| t.offset(Dir::Down));
 
         let (mut parts, body) = req.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        parts.uri = route.upstream_target(target).parse().map_err(|_| ProxyError::NoRoute)?;
+        // The upstream gets the path that was routed, and the query as it came.
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        parts.uri = route.upstream_target(&target).parse().map_err(|_| ProxyError::NoRoute)?;
         parts.version = Version::HTTP_11;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
         if self.ctx.settings.proxy.x_forwarded {

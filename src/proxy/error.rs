@@ -13,6 +13,8 @@ use crate::dir::Leg;
 pub enum ProxyError {
     /// No route matches the request's host and path.
     NoRoute,
+    /// The request's path is refused before routing.
+    BadPath(crate::proxy::path::BadPath),
     /// The request is well-formed HTTP but not something a reverse proxy forwards.
     MethodNotAllowed,
     /// The upstream address could not be resolved or refused the connection.
@@ -31,6 +33,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -41,6 +44,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "no_route",
+            ProxyError::BadPath(_) => "bad_path",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Connect(_) => "connect",
             ProxyError::ConnectTimeout(_) => "connect_timeout",
@@ -54,7 +58,7 @@ impl ProxyError {
     /// the upstream.
     pub fn leg(&self) -> Leg {
         match self {
-            ProxyError::NoRoute | ProxyError::MethodNotAllowed => Leg::Client,
+            ProxyError::NoRoute | ProxyError::BadPath(_) | ProxyError::MethodNotAllowed => Leg::Client,
             _ => Leg::Upstream,
         }
     }
@@ -64,6 +68,7 @@ impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyError::NoRoute => f.write_str("no route matches the request"),
+            ProxyError::BadPath(why) => write!(f, "bad request path: {why}"),
             ProxyError::MethodNotAllowed => f.write_str("method not allowed through a reverse proxy"),
             ProxyError::Connect(e) => write!(f, "cannot connect to upstream: {e}"),
             ProxyError::ConnectTimeout(d) => {

@@ -7,6 +7,7 @@
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
 //! - [`error`]: why a request failed, whose fault it was, its status code (pure).
 //! - [`splice`]: the byte relay of an upgraded session, half-close kept.
+//! - [`path`]: the request path routes see (normalised as nginx's `location` does).
 //! - [`policy`]: which sessions of a route are sampled.
 //! - [`metered`]: byte counting beside each stream; [`traffic`]: the counters.
 //! - [`shutdown`]: the phases a drain goes through, and the handle every task holds.
@@ -16,6 +17,7 @@ pub mod conn;
 pub mod error;
 pub mod headers;
 pub mod metered;
+pub mod path;
 pub mod policy;
 pub mod shutdown;
 pub mod splice;

@@ -182,3 +182,41 @@ async fn a_response_body_streams_to_the_client_before_it_is_complete() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn routes_match_the_normalised_path_and_paths_that_climb_out_get_400() {
+    within(async {
+        let (upstream, mut seen) = recording_upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let routes = |extra: &str| {
+            format!(
+                "listen = [\"127.0.0.1:0\"]\n[[route]]\npath_prefix = \"/ws\"\nupstream = \"ws://{upstream}\"\n{extra}"
+            )
+        };
+        let proxy = Proxy::start(&routes("")).await;
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        for (path, status) in [
+            ("/ws/../admin", 400),
+            ("/ws/%2e%2e/admin", 400),
+            ("/ws%2f..%2fadmin", 400),
+            ("/ws/%2E%2E%2F..%2Fadmin", 400),
+            ("/admin", 404),
+            ("/../ws", 400),
+        ] {
+            let response = raw_exchange(proxy.addr(), get(path).as_bytes()).await;
+            assert_eq!(status_of(&response), status, "{path}: {response}");
+        }
+        // What is routed is what is forwarded: the normalised path, the query as it came.
+        for (path, forwarded) in [("/ws/./chat//room?a=%2e", "/ws/chat/room?a=%2e"), ("/%77s/x", "/ws/x")] {
+            let response = raw_exchange(proxy.addr(), get(path).as_bytes()).await;
+            assert_eq!(status_of(&response), 200, "{path}: {response}");
+            let head = seen.recv().await.unwrap();
+            assert!(head.starts_with(&format!("GET {forwarded} HTTP/1.1\r\n")), "{path}: {head}");
+        }
+        // The opt-out, for apps that need encoded slashes: kept encoded, and forwarded.
+        let proxy = Proxy::start(&routes("[proxy]\nallow_encoded_slash = true")).await;
+        let response = raw_exchange(proxy.addr(), get("/ws/a%2Fb").as_bytes()).await;
+        assert_eq!(status_of(&response), 200, "{response}");
+        assert!(seen.recv().await.unwrap().starts_with("GET /ws/a%2Fb HTTP/1.1\r\n"));
+    })
+    .await;
+}
