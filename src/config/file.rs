@@ -163,6 +163,7 @@ pub(super) struct FileLimits {
     pub(super) max_header_size: ByteSize,
     pub(super) connect_timeout: HumanDuration,
     pub(super) upstream_timeout: HumanDuration,
+    pub(super) body_timeout: HumanDuration,
 }
 
 impl Default for FileLimits {
@@ -175,6 +176,7 @@ impl Default for FileLimits {
             max_header_size: ByteSize(64 * 1024),
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             upstream_timeout: HumanDuration(Duration::from_secs(60)),
+            body_timeout: HumanDuration(Duration::from_secs(60)),
         }
     }
 }

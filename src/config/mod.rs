@@ -64,6 +64,8 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Time allowed for the upstream's response head once the request is sent; past it, `504`.
     pub upstream_timeout: Option<Duration>,
+    /// Longest pause between two pieces of a request body; past it, `408`.
+    pub body_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

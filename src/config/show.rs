@@ -33,6 +33,7 @@ impl fmt::Display for Settings {
         writeln!(f, "max_header_size = {}", l.max_header_size)?;
         writeln!(f, "connect_timeout = {:?}", dur(Some(l.connect_timeout)))?;
         writeln!(f, "upstream_timeout = {:?}", dur(l.upstream_timeout))?;
+        writeln!(f, "body_timeout = {:?}", dur(l.body_timeout))?;
         writeln!(f, "\n[shutdown]")?;
         writeln!(f, "grace = {:?}", dur(Some(self.shutdown.grace)))?;
         writeln!(f, "\n[proxy]")?;

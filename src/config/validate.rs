@@ -149,6 +149,7 @@ fn limits(l: FileLimits) -> Result<Limits, Invalid> {
         max_header_size: l.max_header_size.0 as usize,
         connect_timeout: l.connect_timeout.0,
         upstream_timeout: nonzero(l.upstream_timeout),
+        body_timeout: nonzero(l.body_timeout),
     })
 }
 

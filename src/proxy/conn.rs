@@ -33,6 +33,7 @@ use crate::proxy::admission::Permit;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
+use crate::proxy::paced::Paced;
 use crate::proxy::path;
 use crate::proxy::policy::Samplers;
 use crate::proxy::shutdown::{Phase, Shutdown};
@@ -111,7 +112,7 @@ pub struct Conn {
 
 struct UpstreamConn {
     upstream: Upstream,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Paced>,
     tap: Option<Arc<Tap>>,
 }
 
@@ -273,12 +274,17 @@ impl Conn {
         let UpstreamConn { upstream, mut sender, tap: upstream_tap } = self.upstream_conn(&route.upstream).await?;
         let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
         let limits = &self.ctx.settings.limits;
+        let stalled = Arc::new(AtomicBool::new(false));
+        let body = Paced::new(body, limits.body_timeout, stalled.clone());
         let sent = sender.send_request(Request::from_parts(parts, body));
         let mut resp = match limits.upstream_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::ResponseTimeout(t))?,
             None => sent.await,
         }
-        .map_err(ProxyError::Upstream)?;
+        .map_err(|e| match (stalled.load(Relaxed), limits.body_timeout) {
+            (true, Some(t)) => ProxyError::BodyTimeout(t),
+            _ => ProxyError::Upstream(e),
+        })?;
 
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         let start = CaptureStart {

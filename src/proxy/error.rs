@@ -13,6 +13,8 @@ use crate::dir::Leg;
 pub enum ProxyError {
     /// No route matches the request's host and path.
     NoRoute,
+    /// The client stopped sending its request body for this long.
+    BodyTimeout(Duration),
     /// The request's path is refused before routing.
     BadPath(crate::proxy::path::BadPath),
     /// The request is well-formed HTTP but not something a reverse proxy forwards.
@@ -34,6 +36,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -45,6 +48,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => "no_route",
             ProxyError::BadPath(_) => "bad_path",
+            ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Connect(_) => "connect",
             ProxyError::ConnectTimeout(_) => "connect_timeout",
@@ -58,7 +62,10 @@ impl ProxyError {
     /// the upstream.
     pub fn leg(&self) -> Leg {
         match self {
-            ProxyError::NoRoute | ProxyError::BadPath(_) | ProxyError::MethodNotAllowed => Leg::Client,
+            ProxyError::NoRoute
+            | ProxyError::BadPath(_)
+            | ProxyError::BodyTimeout(_)
+            | ProxyError::MethodNotAllowed => Leg::Client,
             _ => Leg::Upstream,
         }
     }
@@ -69,6 +76,9 @@ impl fmt::Display for ProxyError {
         match self {
             ProxyError::NoRoute => f.write_str("no route matches the request"),
             ProxyError::BadPath(why) => write!(f, "bad request path: {why}"),
+            ProxyError::BodyTimeout(d) => {
+                write!(f, "the client sent no request body bytes for {}", humantime::format_duration(*d))
+            }
             ProxyError::MethodNotAllowed => f.write_str("method not allowed through a reverse proxy"),
             ProxyError::Connect(e) => write!(f, "cannot connect to upstream: {e}"),
             ProxyError::ConnectTimeout(d) => {

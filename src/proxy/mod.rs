@@ -7,6 +7,7 @@
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
 //! - [`error`]: why a request failed, whose fault it was, its status code (pure).
 //! - [`splice`]: the byte relay of an upgraded session, half-close kept.
+//! - [`paced`]: the request body deadline (`limits.body_timeout`).
 //! - [`path`]: the request path routes see (normalised as nginx's `location` does).
 //! - [`policy`]: which sessions of a route are sampled.
 //! - [`metered`]: byte counting beside each stream; [`traffic`]: the counters.
@@ -17,6 +18,7 @@ pub mod conn;
 pub mod error;
 pub mod headers;
 pub mod metered;
+pub mod paced;
 pub mod path;
 pub mod policy;
 pub mod shutdown;

@@ -184,3 +184,23 @@ async fn over_the_per_client_limit_a_client_gets_429_and_others_are_not_affected
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_stalls_gets_408() {
+    within(async {
+        // Reads the whole request (it never ends), never answers.
+        let patient = serve(|mut s| async move {
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+        })
+        .await;
+        let proxy = Proxy::start(&config(patient, "[limits]\nbody_timeout = \"300ms\"")).await;
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+        // Nothing more: the deadline answers (a hang here fails the test).
+        let mut response = String::new();
+        s.read_to_string(&mut response).await.unwrap();
+        assert_eq!(status_of(&response), 408, "{response}");
+    })
+    .await;
+}

@@ -1,0 +1,82 @@
+//! A request body that must keep coming: at most `limits.body_timeout` between two of its
+//! pieces (nginx's `client_body_timeout`). A client that sends a head with a body and then
+//! trickles or stalls would otherwise hold its connection, and an upstream one, for as
+//! long as the upstream waits. On expiry the body ends with an error, the upstream request
+//! is abandoned, and the client gets `408`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// `Incoming`, with a deadline between frames.
+pub struct Paced {
+    inner: Incoming,
+    limit: Option<Duration>,
+    deadline: Pin<Box<Sleep>>,
+    /// Set when the deadline passed: the request failed because of the client.
+    expired: Arc<AtomicBool>,
+    /// The body has been asked for (the clock runs from then).
+    started: bool,
+}
+
+/// Why a paced body ended early.
+#[derive(Debug)]
+pub struct Stalled(pub Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client sent no body bytes for {}", humantime::format_duration(self.0))
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+impl Paced {
+    /// `inner`, allowed `limit` between frames (none: no limit); `expired` is set on expiry.
+    pub fn new(inner: Incoming, limit: Option<Duration>, expired: Arc<AtomicBool>) -> Paced {
+        let deadline = Box::pin(tokio::time::sleep(limit.unwrap_or(Duration::ZERO)));
+        Paced { inner, limit, deadline, expired, started: false }
+    }
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let (false, Some(limit)) = (std::mem::replace(&mut this.started, true), this.limit) {
+            this.deadline.as_mut().reset(Instant::now() + limit);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(limit) = this.limit {
+                    this.deadline.as_mut().reset(Instant::now() + limit);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.limit {
+                Some(limit) if this.deadline.as_mut().poll(cx).is_ready() => {
+                    this.expired.store(true, Relaxed);
+                    Poll::Ready(Some(Err(Box::new(Stalled(limit)))))
+                }
+                _ => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
