@@ -273,6 +273,18 @@ impl Conn {
 
         let UpstreamConn { upstream, mut sender, tap: upstream_tap } = self.upstream_conn(&route.upstream).await?;
         let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
+        let start = CaptureStart {
+            request_line: &request_line,
+            client_down_base,
+            upstream: upstream_tap.as_deref().zip(upstream_bases),
+            route: &route,
+            index,
+        };
+        // A connection recorded whole starts with this request, before a byte of it
+        // goes upstream: what follows is recorded as it crosses, not kept in a probe.
+        if route.policy.mode == CaptureMode::All {
+            self.capture_connection(&start);
+        }
         let limits = &self.ctx.settings.limits;
         let stalled = Arc::new(AtomicBool::new(false));
         let body = Paced::new(body, limits.body_timeout, stalled.clone());
@@ -287,16 +299,6 @@ impl Conn {
         })?;
 
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let start = CaptureStart {
-            request_line: &request_line,
-            client_down_base,
-            upstream: upstream_tap.as_deref().zip(upstream_bases),
-            route: &route,
-            index,
-        };
-        if route.policy.mode == CaptureMode::All {
-            self.capture_connection(&start);
-        }
         if switched {
             let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
