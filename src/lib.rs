@@ -66,6 +66,8 @@ mod proxy;
 pub mod replay;
 mod service;
 mod sync;
+#[cfg(test)]
+mod testing;
 mod wire;
 
 pub use capture::event::Opening;

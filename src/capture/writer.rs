@@ -446,6 +446,11 @@ impl<W: Write> CaptureWriter<W> {
         if lost > 0 {
             self.section[leg.leg].lost(lost, leg.flow.mss());
             self.section[leg.leg].lost_frames += frames;
+            // The receiver got those bytes: its ACK (with the gap's comment) shows the
+            // loss in this file, as in a real capture, even if nothing follows here.
+            if self.synth.acks && leg.ack_due.replace(dir.reverse()).is_none() {
+                self.acks_owed.push(id);
+            }
         }
         Ok(())
     }
@@ -547,6 +552,8 @@ impl<W: Write> CaptureWriter<W> {
     /// Upgrade exchange, each packet commented as repeated from an earlier file.
     pub fn rotate(&mut self, w: W, stats: &Stats) -> io::Result<Option<W>> {
         let forced = self.rotation_due.take().is_some() && self.mid_frame > 0;
+        // ACKs owed for this file's data belong in it.
+        self.idle(stats)?;
         let old = self.finish(stats)?;
         self.begin_section(w)?;
         let time = self.last_time;

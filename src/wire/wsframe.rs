@@ -266,6 +266,43 @@ pub(crate) mod tests {
         }
     }
 
+    /// Property: for random frames (lengths around the 7/16/64-bit encodings, masked or
+    /// not) split at random points, the tracker finds exactly the frame boundaries and
+    /// headers it finds in one piece.
+    #[test]
+    fn boundaries_and_headers_do_not_depend_on_the_split() {
+        let lens = [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000];
+        for seed in 0..200 {
+            let mut rng = crate::testing::Rng::new(seed);
+            let (mut stream, mut want) = (b"HTTP/1.1 101 x\r\n\r\n".to_vec(), Vec::new());
+            want.push(stream.len());
+            for _ in 0..1 + rng.below(6) {
+                let len = if rng.below(2) == 0 { lens[rng.below(lens.len())] } else { rng.below(3000) };
+                let first = [0x81, 0x82, 0x01, 0x00, 0x80, 0x89, 0x8a, 0x88, 0xc1][rng.below(9)];
+                let (payload, masked) = (rng.bytes(len), rng.below(2) == 0);
+                stream.extend(frame_with(first, &payload, masked));
+                want.push(stream.len());
+            }
+            let max = 1 + rng.below(5000);
+            let pieces = rng.pieces(&stream, max);
+            let (mut t, mut pos, mut found, mut headers) = (FrameTracker::new(), 0, Vec::new(), Vec::new());
+            for piece in pieces {
+                let mut off = 0;
+                while off < piece.len() {
+                    off += t.advance(&piece[off..], true, |h| headers.push(h));
+                    if t.at_boundary() {
+                        found.push(pos + off);
+                    }
+                }
+                pos += piece.len();
+            }
+            assert_eq!(found, want, "seed {seed}");
+            let mut whole = Vec::new();
+            FrameTracker::new().advance(&stream, false, |h| whole.push(h));
+            assert_eq!(headers, whole, "seed {seed}");
+        }
+    }
+
     #[test]
     fn mid_frame_is_not_a_boundary_and_headers_are_reported() {
         let mut t = FrameTracker::new();

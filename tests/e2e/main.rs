@@ -10,6 +10,7 @@ mod http;
 mod overload;
 mod policy;
 mod ports;
+mod properties;
 mod reload;
 mod replay;
 mod shutdown;
