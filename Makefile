@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build deps demo test bench bench-capture fixtures install install-files clean
+.PHONY: all build deps demo test fuzz soak bench bench-capture fixtures install install-files clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -27,6 +27,16 @@ demo: deps
 # fmt check, clippy with warnings denied, every test, the docs; the tree is left clean.
 test: deps
 	CARGO=$(CARGO) ./scripts/test.sh
+
+# Coverage-guided fuzzing of every parser of untrusted input: a short run of each target
+# from its committed corpus (FUZZ_SECONDS each, default 8). docs/testing.md.
+fuzz:
+	./scripts/fuzz.sh
+
+# The long soak: 1,000 sessions for 10 minutes, 100,000 churned, then faults under load;
+# prints RSS and descriptor figures (a short version runs with `make test`).
+soak:
+	WSTAP_SOAK=long $(CARGO) test --release --test e2e soak:: -- --nocapture --test-threads=1
 
 # The benchmark: the capture path alone, then wstap against direct connections and nginx
 # (installed from Debian's packages if missing). docs/benchmarks.md explains the output.

@@ -102,6 +102,9 @@ pub mod internals {
     pub use crate::capture::stats::Stats;
     pub use crate::capture::writer::{CaptureWriter, Step, Synthesis};
     pub use crate::replay::capfile::{RawPacket, Reader};
+    pub use crate::replay::dissect::{segment, Segment};
+    pub use crate::replay::reassembly::{Conn, Reassembler};
+    pub use crate::replay::session::{decode_within, InflateBudget};
     pub use crate::wire::pcapng::SectionInfo;
     pub use crate::wire::wsframe::{apply_mask, FrameHeader};
 }

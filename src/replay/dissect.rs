@@ -10,13 +10,21 @@ use etherparse::{IpNumber, IpSlice, TcpSlice};
 /// One TCP segment as it was seen on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment<'a> {
+    /// Its sender.
     pub src: SocketAddr,
+    /// Its receiver.
     pub dst: SocketAddr,
+    /// Its sequence number.
     pub seq: u32,
+    /// Its acknowledgement number, if the ACK flag is set.
     pub ack: Option<u32>,
+    /// SYN flag.
     pub syn: bool,
+    /// FIN flag.
     pub fin: bool,
+    /// RST flag.
     pub rst: bool,
+    /// The TCP payload.
     pub payload: &'a [u8],
 }
 

@@ -26,10 +26,10 @@
 //! ```
 
 pub(crate) mod capfile;
-mod dissect;
+pub(crate) mod dissect;
 mod player;
-mod reassembly;
-mod session;
+pub(crate) mod reassembly;
+pub(crate) mod session;
 mod stream;
 
 use std::fmt;

@@ -33,11 +33,15 @@ pub struct Event {
 /// is the sender of the first segment seen.
 #[derive(Debug, Clone)]
 pub struct Conn {
+    /// The opener (see above).
     pub a: SocketAddr,
+    /// The other end.
     pub b: SocketAddr,
+    /// When the capture first saw it.
     pub first_ts_ns: i128,
     /// The capture began after the connection did (no SYN from `a`).
     pub midstream: bool,
+    /// What each end sent, in capture order.
     pub events: Vec<Event>,
     /// Bytes seen again (retransmissions and overlaps) and dropped.
     pub duplicate_bytes: u64,
@@ -92,10 +96,12 @@ fn key(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 }
 
 impl Reassembler {
+    /// No connections yet.
     pub fn new() -> Reassembler {
         Reassembler::default()
     }
 
+    /// One segment, in capture order.
     pub fn push(&mut self, ts_ns: i128, s: &Segment<'_>) {
         let k = key(s.src, s.dst);
         let reuse = self.by_key.get(&k).copied().filter(|&i| {

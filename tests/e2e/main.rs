@@ -14,5 +14,6 @@ mod properties;
 mod reload;
 mod replay;
 mod shutdown;
+mod soak;
 mod support;
 mod websocket;
