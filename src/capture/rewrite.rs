@@ -906,16 +906,18 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    #[test]
-    fn after_a_lost_window_compressed_messages_are_written_without_payload() {
+    /// A rewriter past an Upgrade whose 101 accepted permessage-deflate.
+    fn deflate_session() -> Rewriter {
         let mut r = Rewriter::new(rules(Snap::default(), &[]), false);
         feed(&mut r, Dir::Up, UPGRADE, 100);
-        feed(
-            &mut r,
-            Dir::Down,
-            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-            100,
-        );
+        let switched = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+        feed(&mut r, Dir::Down, switched, 100);
+        r
+    }
+
+    #[test]
+    fn after_a_lost_window_compressed_messages_are_written_without_payload() {
+        let mut r = deflate_session();
         assert!(r.deflate[Dir::Down].is_some());
         r.gap(Dir::Down, true);
         let input = [frame(0xc1, &[1, 2, 3, 4, 5], false), frame(0x81, b"plain", false)].concat();
@@ -927,14 +929,7 @@ mod tests {
     #[test]
     fn a_message_that_inflates_too_far_stops_the_following_not_the_writing() {
         use flate2::{Compress, Compression, FlushCompress};
-        let mut r = Rewriter::new(rules(Snap::default(), &[]), false);
-        feed(&mut r, Dir::Up, UPGRADE, 100);
-        feed(
-            &mut r,
-            Dir::Down,
-            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-            100,
-        );
+        let mut r = deflate_session();
         let mut z = Compress::new(Compression::default(), false);
         let mut deflate = |text: &[u8]| {
             let mut out = Vec::with_capacity(text.len() / 100 + 64);
