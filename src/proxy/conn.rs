@@ -221,29 +221,32 @@ impl Conn {
         }
     }
 
+    /// The route for `host` and the raw `path` (its place in the config, a copy), and the
+    /// path to forward: normalised unless `proxy.normalize_path` is off.
+    fn route(&self, host: Option<&str>, raw: &str) -> Result<(usize, Route, String), ProxyError> {
+        let settings = &self.ctx.settings;
+        let find = |path: &str| settings.routes.iter().position(|r| r.matches(host, path));
+        let path = if settings.proxy.normalize_path {
+            let path = path::normalize(raw, settings.proxy.allow_encoded_slash).map_err(ProxyError::BadPath)?;
+            // `/ws/../admin` names the route of `/ws` and leads to another: refused.
+            if path::climbs(raw) && find(raw).is_some_and(|named| find(&path) != Some(named)) {
+                return Err(ProxyError::BadPath(path::BadPath::OutOfRoute));
+            }
+            path
+        } else {
+            raw.to_owned()
+        };
+        let index = find(&path).ok_or(ProxyError::NoRoute)?;
+        Ok((index, settings.routes[index].clone(), path))
+    }
+
     async fn forward(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed);
         }
         let host = req.headers().get(HOST).cloned();
-        let (index, route, path) = {
-            let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-            let settings = &self.ctx.settings;
-            let find = |path: &str| settings.routes.iter().position(|r| r.matches(host_str, path));
-            let raw = req.uri().path();
-            let path = if settings.proxy.normalize_path {
-                let path = path::normalize(raw, settings.proxy.allow_encoded_slash).map_err(ProxyError::BadPath)?;
-                // `/ws/../admin` names the route of `/ws` and leads to another: refused.
-                if path::climbs(raw) && find(raw).is_some_and(|named| find(&path) != Some(named)) {
-                    return Err(ProxyError::BadPath(path::BadPath::OutOfRoute));
-                }
-                path
-            } else {
-                raw.to_owned()
-            };
-            let index = find(&path).ok_or(ProxyError::NoRoute)?;
-            (index, settings.routes[index].clone(), path)
-        };
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
+        let (index, route, path) = self.route(host_str, req.uri().path())?;
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         // Where capture would start on the client leg: this request's line, and wstap's
