@@ -82,6 +82,12 @@ async fn every_metric_moves_when_its_event_happens() {
         assert_eq!(sessions.as_array().unwrap().len(), 1, "{sessions}");
         assert!(sessions[0]["bytes_from_client"].as_u64().unwrap() > 0, "{sessions}");
         assert!(sessions[0]["age_seconds"].as_f64().is_some(), "{sessions}");
+        // Its effective capture policy.
+        let capture = &sessions[0]["capture"];
+        assert_eq!(capture["captured"], true, "{sessions}");
+        assert_eq!(capture["mode"], "websocket", "{sessions}");
+        assert_eq!(capture["legs"], serde_json::json!(["client", "upstream"]), "{sessions}");
+        assert_eq!(capture["sample"], 1.0, "{sessions}");
         w.close().await;
         let after = scrape_until(admin, "the session ends and its bytes are captured", |m| {
             m["wstap_sessions_active"] == 0 && m["wstap_capture_bytes_total"] > 0
