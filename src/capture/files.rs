@@ -217,11 +217,16 @@ fn salvage(part: &Path, why: &str) -> bool {
             warn!(file = %finished.display(), "finished a capture file {why}");
             true
         }
-        Ok(false) | Err(_) => {
+        Ok(false) => {
             match fs::remove_file(part) {
                 Ok(()) => warn!(file = %part.display(), "deleted a capture file {why}: it held no packet"),
-                Err(e) => warn!(file = %part.display(), error = %e, "cannot delete an unreadable capture file"),
+                Err(e) => warn!(file = %part.display(), error = %e, "cannot delete an empty capture file"),
             }
+            false
+        }
+        // Not known to be empty: left as it is, `.part`, for the next start to try again.
+        Err(e) => {
+            warn!(file = %part.display(), error = %e, "cannot finish a capture file {why}; left as .part");
             false
         }
     }

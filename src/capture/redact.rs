@@ -13,7 +13,19 @@ const MASK: u8 = b'*';
 /// `header cookie` or `query token`, once each.
 pub(crate) fn head(head: &mut [u8], rules: &Redact) -> Vec<String> {
     let mut masked = Vec::new();
-    let spans: Vec<(usize, usize)> = LineSpans::new(head).collect();
+    if rules.is_off() {
+        return masked;
+    }
+    // Empty lines before a request line are allowed (RFC 9112 §2.2) and skipped.
+    let start = head.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(head.len());
+    let spans: Vec<(usize, usize)> = LineSpans::new(head, start).collect();
+    let first = spans.first().map(|&(s, e)| &head[s..e]);
+    if !first.is_some_and(is_start_line) {
+        // Not a whole head (capture began inside one): which line is what is unknown.
+        head.iter_mut().filter(|b| **b != b'\r' && **b != b'\n').for_each(|b| *b = MASK);
+        masked.push("a head without its start line, masked whole".to_owned());
+        return masked;
+    }
     if let Some((start, end)) = spans.first() {
         target(&mut head[*start..*end], rules, &mut masked);
     }
@@ -128,9 +140,21 @@ struct LineSpans<'a> {
 }
 
 impl<'a> LineSpans<'a> {
-    fn new(head: &'a [u8]) -> LineSpans<'a> {
-        LineSpans { head, at: 0 }
+    fn new(head: &'a [u8], at: usize) -> LineSpans<'a> {
+        LineSpans { head, at }
     }
+}
+
+/// `METHOD SP target SP HTTP/x` or `HTTP/x SP status`.
+fn is_start_line(line: &[u8]) -> bool {
+    if line.starts_with(b"HTTP/") {
+        return true;
+    }
+    let mut parts = line.split(|b| *b == b' ');
+    let method = parts.next().unwrap_or_default();
+    let _target = parts.next();
+    let version = parts.next().unwrap_or_default();
+    !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) && version.starts_with(b"HTTP/")
 }
 
 impl Iterator for LineSpans<'_> {
@@ -176,6 +200,17 @@ mod tests {
             ),
             "wstap session 1: GET /c?token=***&x=1 from 1.2.3.4:5 via route \"/\" to ws://u?auth=*"
         );
+    }
+
+    #[test]
+    fn a_head_after_empty_lines_is_masked_and_one_without_a_start_line_is_masked_whole() {
+        let rules = Redact::defaults();
+        let mut req = b"\r\nGET /?token=abc HTTP/1.1\r\nCookie: sid=1\r\n\r\n".to_vec();
+        assert_eq!(head(&mut req, &rules), ["query token", "header cookie"]);
+        assert!(!String::from_utf8_lossy(&req).contains("abc") && !String::from_utf8_lossy(&req).contains("sid"));
+        let mut tail = b"Authorization: Bearer xyz\r\nHost: a\r\n\r\n".to_vec();
+        assert_eq!(head(&mut tail, &rules), ["a head without its start line, masked whole"]);
+        assert_eq!(&tail[..], b"*************************\r\n*******\r\n\r\n");
     }
 
     #[test]

@@ -249,12 +249,30 @@ impl Rewriter {
     /// The direction lost bytes up to a frame boundary (the tap saw to that); `compressed`:
     /// some of them were compressed, so the shared deflate window is lost.
     pub(crate) fn gap(&mut self, dir: Dir, compressed: bool) -> Fed {
-        let fed = self.flush(dir);
+        let mut fed = self.flush(dir);
         let side = &mut self.dirs[dir];
-        if let Stage::Frames(t) = &mut side.stage {
-            *t = FrameTracker::between_frames();
+        match &mut side.stage {
+            Stage::Frames(t) => *t = FrameTracker::between_frames(),
+            Stage::Head(buf) => {
+                // A head cut by the gap: what was held of it is written masked, and the
+                // frames after the gap follow (a session), or nothing can be followed.
+                let mut head = std::mem::take(buf);
+                head.iter_mut().filter(|b| **b != b'\r' && **b != b'\n').for_each(|b| *b = b'*');
+                if !head.is_empty() {
+                    fed.make(head);
+                    fed.note("an HTTP head cut by a capture gap: masked".into());
+                }
+                side.stage = if self.follow_http { Stage::Lost(false) } else { frames() };
+            }
+            _ => {}
         }
-        side.message = Message::default();
+        // The rest of an interrupted message may follow: its continuation frames cannot
+        // be searched for payload patterns, so they are written without payload.
+        let patterns = !self.rules.redact.payload.is_empty();
+        side.message = Message {
+            removed: patterns.then_some("its message began before a capture gap, so it cannot be searched"),
+            ..Message::default()
+        };
         if compressed {
             if let Some(ctx) = &mut self.deflate[dir] {
                 ctx.lose_window(LOST_AT_DROP);
@@ -413,8 +431,14 @@ impl Rewriter {
             }
         }
         if !self.follow_http {
-            // A session's Upgrade request and its 101: frames follow both.
-            return frames();
+            // A session's Upgrade request and its 101: frames follow both. An interim
+            // response (100, 103) before the 101 is a head of its own.
+            let interim = dir == Dir::Down
+                && http::response(head)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|r| (100..200).contains(&r.status) && r.status != 101);
+            return if interim { Stage::Head(Vec::new()) } else { frames() };
         }
         match dir {
             Dir::Up => self.after_request(head),
@@ -424,9 +448,12 @@ impl Rewriter {
 
     fn after_request(&mut self, head: &[u8]) -> Stage {
         let Ok(Some(req)) = http::request(head) else { return Stage::Lost(false) };
-        if self.pending.len() < MAX_PENDING {
-            self.pending.push_back(req.method == "HEAD");
+        if self.pending.len() >= MAX_PENDING {
+            // More requests ahead of their responses than followed: which response has
+            // no body (HEAD) is unknown from here, so nothing more can be followed.
+            return Stage::Lost(false);
         }
+        self.pending.push_back(req.method == "HEAD");
         if req.has_token("upgrade", "websocket") {
             return Stage::Undecided;
         }
@@ -913,6 +940,32 @@ mod tests {
         let switched = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
         feed(&mut r, Dir::Down, switched, 100);
         r
+    }
+
+    #[test]
+    fn an_interim_response_before_the_101_is_a_head_and_the_101_is_masked() {
+        let mut r = Rewriter::new(rules(Snap::default(), &[]), false);
+        feed(&mut r, Dir::Up, UPGRADE, 100);
+        let (out, notes) = feed(&mut r, Dir::Down, &[&b"HTTP/1.1 100 Continue\r\n\r\n"[..], SWITCHED].concat(), 9);
+        assert!(!String::from_utf8_lossy(&out).contains("sid=1"), "{notes:?}");
+        assert_eq!(notes, ["redacted header set-cookie"]);
+        assert!(r.in_frames(Dir::Down));
+    }
+
+    #[test]
+    fn a_gap_inside_a_head_or_a_searched_message_leaks_nothing() {
+        // The Upgrade request cut by a gap: what was held is masked.
+        let mut r = Rewriter::new(rules(Snap::default(), &["secret"]), false);
+        let (out, _) = feed(&mut r, Dir::Up, &UPGRADE[..40], 100);
+        assert!(out.is_empty(), "a head is held until it is whole");
+        let held = r.gap(Dir::Up, false);
+        assert!(!String::from_utf8_lossy(&held.bytes(&[])).contains("token=abc"));
+        // A message interrupted by a gap: its continuation is written without payload.
+        let mut r = Rewriter::new(rules(Snap::default(), &["secret"]), false);
+        session(&mut r);
+        r.gap(Dir::Up, false);
+        let (out, _) = feed(&mut r, Dir::Up, &frame(0x80, b"the secret", true), 100);
+        assert_eq!(frames_in(&out), [(0x80, vec![])]);
     }
 
     #[test]

@@ -235,19 +235,27 @@ impl FileSink {
                 let old = out.writer.rotate(w, stats);
                 let old_file = out.file.replace(file);
                 out.opened_at = now;
-                // A new file is a valid capture from its first moment (a crash right
-                // after rotating leaves a file tshark opens): header and replay go out now.
-                if let Some(Err(e)) = out.writer.get_mut().map(Write::flush) {
-                    self.write_failed(key, &e, now, stats);
-                    return;
-                }
+                // The previous file first: finished, or (its last writes failed) given up.
                 match old {
                     Ok(old_w) => {
                         if let (Some(f), Some(w)) = (old_file, old_w) {
                             self.finish_file(f, w, stats);
                         }
                     }
-                    Err(e) => self.write_failed(key, &e, now, stats),
+                    Err(e) => {
+                        if let Some(f) = old_file {
+                            self.files.give_up(f);
+                        }
+                        self.write_failed(key, &e, now, stats);
+                        return;
+                    }
+                }
+                // A new file is a valid capture from its first moment (a crash right
+                // after rotating leaves a file tshark opens): header and replay go out now.
+                let Some(out) = self.outputs.get_mut(&key) else { return };
+                if let Some(Err(e)) = out.writer.get_mut().map(Write::flush) {
+                    self.write_failed(key, &e, now, stats);
+                    return;
                 }
                 if self.failing {
                     self.failing = false;

@@ -84,7 +84,9 @@ impl TapState {
     fn probe_keeps(&mut self, dir: Dir, piece: &Piece<'_>) -> bool {
         let turned = self.last_dir.replace(dir) != Some(dir);
         if dir == Dir::Up {
-            if turned && self.answer != Answer::Undecided {
+            // After a final response only: bytes sent after an interim one (a body after
+            // `100 Continue`) still belong to the exchange that may upgrade.
+            if turned && self.answer == Answer::Final {
                 self.ring.clear();
                 self.ring.shrink_to(8);
                 self.ring_bytes = 0;

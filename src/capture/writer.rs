@@ -354,7 +354,7 @@ impl<W: Write> CaptureWriter<W> {
             }
             What::Session { comment, snap } => {
                 if let Some(leg) = self.legs.get_mut(&id) {
-                    add_note(&mut leg.note, comment);
+                    add_note(&mut leg.note, redact::text(&comment, &self.synth.redact));
                     leg.begin_session(Rules { redact: self.synth.redact.clone(), snap });
                     self.mid_frame += usize::from(!leg.at_boundary());
                 }
