@@ -22,7 +22,12 @@ mkdir -p artifacts
 for t in $targets; do
     mkdir -p "$scratch/$t"
     echo "fuzz: $t for ${seconds}s"
-    "$bin/$t" "$scratch/$t" "corpus/$t" -max_total_time="$seconds" -rss_limit_mb=512 -malloc_limit_mb=512 \
+    seeds=""
+    [ -d "corpus/$t" ] && seeds="corpus/$t"
+    # The reader's targets start from the repository's real captures too.
+    case $t in capfile | reader) seeds="$seeds ../tests/fixtures" ;; esac
+    # shellcheck disable=SC2086
+    "$bin/$t" "$scratch/$t" $seeds -max_total_time="$seconds" -rss_limit_mb=512 -malloc_limit_mb=512 \
         -max_len=65536 -timeout=10 -artifact_prefix="artifacts/$t-" -print_final_stats=1 2>&1 \
         | grep -E '^(stat::number_of_executed_units|==|SUMMARY|thread .* panicked)' || true
     test "${PIPESTATUS[0]}" -eq 0 || { echo "fuzz: $t failed; the input is in fuzz/artifacts/" >&2; exit 1; }
