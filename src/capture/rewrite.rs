@@ -94,15 +94,16 @@ impl Fed {
         match self.runs.as_slice() {
             [] => std::borrow::Cow::Borrowed(&[]),
             [Run::Kept(r)] => std::borrow::Cow::Borrowed(&input[r.clone()]),
-            runs => std::borrow::Cow::Owned(
-                runs.iter()
-                    .flat_map(|r| match r {
+            runs => {
+                let mut out = Vec::with_capacity(input.len() + 16);
+                for r in runs {
+                    out.extend_from_slice(match r {
                         Run::Kept(r) => &input[r.clone()],
                         Run::Made(b) => &b[..],
-                    })
-                    .copied()
-                    .collect(),
-            ),
+                    });
+                }
+                std::borrow::Cow::Owned(out)
+            }
         }
     }
 }
@@ -504,7 +505,14 @@ impl Writing<'_> {
         allowance: &mut Allowance,
     ) {
         match w {
-            Walk::Header(h, raw) => self.header(h, raw, ctx),
+            Walk::Header(h, raw) => {
+                // Where the header lies in the input, when it lies there whole (one that
+                // straddled two inputs comes from the tracker's own buffer).
+                let at = (raw.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
+                let within =
+                    (at <= data.len() && data.len() - at >= raw.len()).then(|| base + at..base + at + raw.len());
+                self.header(h, raw, within, ctx)
+            }
             Walk::Payload(h, range, pos, end) => {
                 let piece = &data[range.clone()];
                 if let Some(ctx) = ctx.as_mut().filter(|_| h.opcode < 8) {
@@ -527,7 +535,7 @@ impl Writing<'_> {
     }
 
     /// A frame begins: decide what of it is written, and write its header (or hold it).
-    fn header(&mut self, h: FrameHeader, raw: &[u8], ctx: &Option<deflate::Context>) {
+    fn header(&mut self, h: FrameHeader, raw: &[u8], within: Option<Range<usize>>, ctx: &Option<deflate::Context>) {
         if h.opcode == 1 || h.opcode == 2 {
             if self.m.held.is_some() {
                 self.release_held(false); // the previous message never finished
@@ -541,7 +549,11 @@ impl Writing<'_> {
         }
         let keep = self.kept(&h);
         self.m.frame_keep = keep;
-        self.write_header(&h, raw, keep);
+        match within {
+            // Written as it came: a run of the input, not a copy.
+            Some(range) if keep == h.len => self.fed.keep(range),
+            _ => self.write_header(&h, raw, keep),
+        }
     }
 
     fn write_header(&mut self, h: &FrameHeader, raw: &[u8], keep: u64) {
