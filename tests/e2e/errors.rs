@@ -126,13 +126,18 @@ async fn a_reload_that_lowers_max_connections_holds_for_every_new_connection() {
         let dir = scratch_dir("limit-reload");
         let config_file = dir.join("wstap.toml");
         let echo = echo_upstream().await;
-        std::fs::write(&config_file, config(echo, "[limits]\nmax_connections = 10")).unwrap();
+        // No capture: a daemon started from a file writes captures relative to the cwd.
+        let write = |max: u32| {
+            let toml = config(echo, &format!("[limits]\nmax_connections = {max}\n[capture]\nmode = \"off\""));
+            std::fs::write(&config_file, toml).unwrap();
+        };
+        write(10);
         let proxy = Proxy::start_file(&config_file).await;
         let mut live = Vec::new();
         for _ in 0..3 {
             live.push(Witness::open(&proxy.ws_url("/")).await);
         }
-        std::fs::write(&config_file, config(echo, "[limits]\nmax_connections = 1")).unwrap();
+        write(1);
         proxy.reload().await;
         eventually("the reload is applied", || !logs.lines_with(&["config reloaded"]).is_empty()).await;
         for _ in 0..3 {
