@@ -796,17 +796,7 @@ mod tests {
         Rules { redact: Arc::new(Redact { payload, ..Redact::defaults() }), snap }
     }
 
-    /// A frame: first byte, payload, masked with key 1 2 3 4 or not.
-    fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        let key = masked.then_some([1, 2, 3, 4]);
-        let mut f = FrameHeader::encode(first, payload.len() as u64, key);
-        let at = f.len();
-        f.extend_from_slice(payload);
-        if let Some(k) = key {
-            apply_mask(&mut f[at..], k, 0);
-        }
-        f
-    }
+    use crate::wire::wsframe::tests::frame_with as frame;
 
     /// The frames in `bytes`: (first byte, unmasked payload).
     fn frames_in(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
