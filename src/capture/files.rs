@@ -4,12 +4,19 @@
 //! configured mode and never follows a symlink. A file that cannot be finished (a write
 //! error, a crash) gets its final name only if it holds a packet, cut to its last whole
 //! block; an empty or unreadable one is deleted, so the ring only ever counts captures.
+//!
+//! Files end on a thread of their own ([`Finisher`]): an fsync can take seconds on a busy
+//! disk, and on the writer's thread it would hold up every event queued behind it (and a
+//! crash meanwhile would lose them all).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use tracing::{info, warn};
@@ -39,14 +46,21 @@ impl Write for Counted {
 
 /// The files of one capture directory and prefix.
 pub struct FileSet {
+    ring: Ring,
+    mode: u32,
+    /// The `.part` files this process has open: never mistaken for a crash's leftovers.
+    open: HashSet<PathBuf>,
+    finisher: Finisher,
+}
+
+/// Which files form the ring, and how many finished ones it keeps.
+#[derive(Clone)]
+struct Ring {
     dir: PathBuf,
     prefix: String,
-    mode: u32,
     /// Finished files to keep; 0 = all.
     keep: usize,
     next_seq: Option<u32>,
-    /// The `.part` files this process has open: never mistaken for a crash's leftovers.
-    open: HashSet<PathBuf>,
 }
 
 /// An open `.part` file and the name it gets when finished.
@@ -58,55 +72,50 @@ pub(crate) struct OpenFile {
 impl FileSet {
     pub fn new(s: &CaptureSettings) -> FileSet {
         FileSet {
-            dir: s.dir.clone(),
-            prefix: s.prefix.clone(),
+            ring: Ring { dir: s.dir.clone(), prefix: s.prefix.clone(), keep: s.rotate.files, next_seq: None },
             mode: s.file_mode,
-            keep: s.rotate.files,
-            next_seq: None,
             open: HashSet::new(),
+            finisher: Finisher::start(),
         }
     }
 
     /// New settings (a reload). Files open now stay open and `.part`; the sequence goes
-    /// on unless the directory or prefix changed (then the new one is scanned).
+    /// on unless the directory or prefix changed (then the new one is scanned, once the
+    /// files being finished have their final names).
     pub fn reconfigure(&mut self, s: &CaptureSettings) {
-        if s.dir != self.dir || s.prefix != self.prefix {
-            self.next_seq = None;
+        let r = &mut self.ring;
+        if s.dir != r.dir || s.prefix != r.prefix {
+            r.next_seq = None;
+            self.finisher.settle();
         }
-        self.dir = s.dir.clone();
-        self.prefix = s.prefix.clone();
+        r.dir = s.dir.clone();
+        r.prefix = s.prefix.clone();
+        r.keep = s.rotate.files;
         self.mode = s.file_mode;
-        self.keep = s.rotate.files;
-    }
-
-    /// The sequence number in a file name of this set, if it is one.
-    fn seq_of(&self, name: &str) -> Option<u32> {
-        let rest = name.strip_prefix(&self.prefix)?.strip_prefix('_')?;
-        let (seq, rest) = rest.split_once('_')?;
-        (seq.len() == 5 && rest.contains(".pcapng")).then(|| seq.parse().ok()).flatten()
     }
 
     /// Creates the directory if needed; on first use, finds the next sequence number and
     /// finishes `.part` files a crashed run left behind (see [`salvage`]).
     fn prepare(&mut self) -> io::Result<()> {
-        if !self.dir.is_dir() {
-            fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&self.dir)?;
+        let r = &mut self.ring;
+        if !r.dir.is_dir() {
+            fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&r.dir)?;
         }
-        if self.next_seq.is_some() {
+        if r.next_seq.is_some() {
             return Ok(());
         }
         let mut max = 0;
-        for entry in fs::read_dir(&self.dir)? {
+        for entry in fs::read_dir(&r.dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(seq) = self.seq_of(&name) {
+            if let Some(seq) = r.seq_of(&name) {
                 max = max.max(seq);
-                let part = self.dir.join(&name);
+                let part = r.dir.join(&name);
                 if name.ends_with(".part") && !self.open.contains(&part) {
                     salvage(&part, "left open by an earlier run");
                 }
             }
         }
-        self.next_seq = Some(max + 1);
+        r.next_seq = Some(max + 1);
         Ok(())
     }
 
@@ -114,15 +123,16 @@ impl FileSet {
     /// to the name.
     pub(crate) fn create(&mut self, now: SystemTime, label: Option<&str>) -> io::Result<(OpenFile, Counted)> {
         self.prepare()?;
-        let seq = self.next_seq.unwrap_or(1);
-        self.next_seq = Some(if seq >= 99_999 { 1 } else { seq + 1 });
-        let mut name = format!("{}_{seq:05}_{}", self.prefix, timestamp(now));
+        let r = &mut self.ring;
+        let seq = r.next_seq.unwrap_or(1);
+        r.next_seq = Some(if seq >= 99_999 { 1 } else { seq + 1 });
+        let mut name = format!("{}_{seq:05}_{}", r.prefix, timestamp(now));
         if let Some(l) = label {
             name.push('_');
             name.push_str(l);
         }
-        let path = self.dir.join(format!("{name}.pcapng"));
-        let part = self.dir.join(format!("{name}.pcapng.part"));
+        let path = r.dir.join(format!("{name}.pcapng"));
+        let part = r.dir.join(format!("{name}.pcapng.part"));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -133,34 +143,47 @@ impl FileSet {
         Ok((OpenFile { part, path }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
     }
 
-    /// Flushes, syncs and renames a file to its final name, then trims the ring. On an
-    /// error the file is given up ([`FileSet::give_up`]).
-    pub(crate) fn finish(&mut self, f: OpenFile, w: Counted) -> io::Result<PathBuf> {
-        let done = (|| {
-            let file = w.inner.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            drop(file);
-            fs::rename(&f.part, &f.path)
-        })();
-        if let Err(e) = done {
-            self.give_up(f);
-            return Err(e);
+    /// Writes out what the file's buffer holds, then hands it to the finisher: synced,
+    /// renamed to its final name, the ring trimmed. A write error here gives the file up
+    /// ([`FileSet::give_up`]); one in the finisher is logged there and salvages the file.
+    pub(crate) fn finish(&mut self, f: OpenFile, w: Counted) -> io::Result<()> {
+        match w.inner.into_inner() {
+            Ok(file) => {
+                self.open.remove(&f.part);
+                self.finisher.send(Job::Finish { file, f, ring: self.ring.clone() });
+                Ok(())
+            }
+            Err(e) => {
+                self.give_up(f);
+                Err(e.into_error())
+            }
         }
-        self.open.remove(&f.part);
-        if let Ok(dir) = File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        self.trim();
-        Ok(f.path)
     }
 
     /// A file that failed: what reached the disk is kept under the final name if it holds
     /// a packet (cut to its last whole block), else deleted.
     pub(crate) fn give_up(&mut self, f: OpenFile) {
         self.open.remove(&f.part);
-        if salvage(&f.part, "after a write error") {
-            self.trim();
-        }
+        self.finisher.send(Job::GiveUp { f, ring: self.ring.clone() });
+    }
+
+    /// Files finished (renamed to their final names) since the last call.
+    pub(crate) fn finished(&self) -> u64 {
+        self.finisher.finished.swap(0, Relaxed)
+    }
+
+    /// Waits until every file handed over so far has ended.
+    pub(crate) fn settle(&self) {
+        self.finisher.settle();
+    }
+}
+
+impl Ring {
+    /// The sequence number in a file name of this set, if it is one.
+    fn seq_of(&self, name: &str) -> Option<u32> {
+        let rest = name.strip_prefix(&self.prefix)?.strip_prefix('_')?;
+        let (seq, rest) = rest.split_once('_')?;
+        (seq.len() == 5 && rest.contains(".pcapng")).then(|| seq.parse().ok()).flatten()
     }
 
     /// Deletes the oldest finished files beyond the ring's size.
@@ -186,6 +209,120 @@ impl FileSet {
                 Ok(()) => info!(path = %path.display(), "deleted the oldest capture file (rotate.files)"),
                 Err(e) => warn!(path = %path.display(), error = %e, "cannot delete an old capture file"),
             }
+        }
+    }
+}
+
+/// What the finisher does, in the order it was asked.
+enum Job {
+    /// Sync, rename to the final name, sync the directory, trim the ring.
+    Finish { file: File, f: OpenFile, ring: Ring },
+    /// Salvage a file that failed ([`salvage`]), trim the ring.
+    GiveUp { f: OpenFile, ring: Ring },
+    /// Answer once every earlier job is done.
+    Settle(mpsc::SyncSender<()>),
+    /// For tests: a disk that takes its time (waits until told).
+    #[cfg(test)]
+    Stall(mpsc::Receiver<()>),
+}
+
+/// Files handed over waiting to end, at most: past that the writer waits for the disk
+/// (as it would have without a finisher), so open descriptors stay bounded.
+const FINISH_QUEUE: usize = 64;
+
+/// The thread that ends files. Dropping it waits for every file handed over.
+struct Finisher {
+    jobs: Option<mpsc::SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    finished: Arc<AtomicU64>,
+}
+
+impl Finisher {
+    fn start() -> Finisher {
+        let (jobs, queue) = mpsc::sync_channel(FINISH_QUEUE);
+        let finished = Arc::new(AtomicU64::new(0));
+        let count = finished.clone();
+        let thread = std::thread::Builder::new()
+            .name("wstap-finisher".into())
+            .spawn(move || queue.into_iter().for_each(|job| run(job, &count)))
+            .ok();
+        Finisher { jobs: thread.is_some().then_some(jobs), thread, finished }
+    }
+
+    /// Queues a job, or (no thread could be started) does it here.
+    fn send(&self, job: Job) {
+        let job = match &self.jobs {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        run(job, &self.finished);
+    }
+
+    fn settle(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if let Some(jobs) = &self.jobs {
+            if jobs.send(Job::Settle(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(job: Job, finished: &AtomicU64) {
+    match job {
+        Job::Finish { file, f, ring } => {
+            if end(file, &f, &ring) {
+                finished.fetch_add(1, Relaxed);
+            }
+        }
+        Job::GiveUp { f, ring } => {
+            if salvage(&f.part, "after a write error") {
+                ring.trim();
+            }
+        }
+        Job::Settle(done) => {
+            let _ = done.send(());
+        }
+        #[cfg(test)]
+        Job::Stall(until) => {
+            let _ = until.recv();
+        }
+    }
+}
+
+/// Syncs `file`, gives it its final name and trims the ring; on an error the file is
+/// salvaged. Returns whether it got its final name whole.
+fn end(file: File, f: &OpenFile, ring: &Ring) -> bool {
+    let synced = file.sync_all();
+    drop(file);
+    let done = synced.and_then(|()| fs::rename(&f.part, &f.path));
+    match done {
+        Ok(()) => {
+            if let Ok(dir) = File::open(&ring.dir) {
+                let _ = dir.sync_all();
+            }
+            info!(path = %f.path.display(), "capture file finished");
+            ring.trim();
+            true
+        }
+        Err(e) => {
+            warn!(path = %f.part.display(), error = %e, "cannot finish a capture file");
+            if salvage(&f.part, "after a write error") {
+                ring.trim();
+            }
+            false
         }
     }
 }
@@ -253,14 +390,15 @@ mod tests {
         s.prefix = "cap".into();
         let _ = fs::remove_dir_all(&s.dir);
         let mut set = FileSet::new(&s);
-        assert_eq!(set.seq_of("cap_00042_20261124181500.pcapng"), Some(42));
-        assert_eq!(set.seq_of("cap_00042_20261124181500.pcapng.part"), Some(42));
-        assert_eq!(set.seq_of("other_00042_20261124181500.pcapng"), None);
-        assert_eq!(set.seq_of("cap_42_x.pcapng"), None);
+        assert_eq!(set.ring.seq_of("cap_00042_20261124181500.pcapng"), Some(42));
+        assert_eq!(set.ring.seq_of("cap_00042_20261124181500.pcapng.part"), Some(42));
+        assert_eq!(set.ring.seq_of("other_00042_20261124181500.pcapng"), None);
+        assert_eq!(set.ring.seq_of("cap_42_x.pcapng"), None);
         let t = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
         let (f, w) = set.create(t, None).unwrap();
         assert_eq!(f.part.file_name().unwrap(), "cap_00001_20251124160000.pcapng.part");
         set.finish(f, w).unwrap();
+        set.settle();
         // A new set (a restart) goes on from the highest number present.
         let mut again = FileSet::new(&s);
         let (f, _) = again.create(t, Some("client")).unwrap();
@@ -279,6 +417,7 @@ mod tests {
             let (f, w) = set.create(t, None).unwrap();
             set.finish(f, w).unwrap();
         }
+        set.settle();
         let mut left: Vec<String> =
             fs::read_dir(&s.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
@@ -287,6 +426,29 @@ mod tests {
         let file_mode = fs::metadata(s.dir.join(&left[0])).unwrap().permissions().mode() & 0o777;
         let dir_mode = fs::metadata(&s.dir).unwrap().permissions().mode() & 0o777;
         assert_eq!((file_mode, dir_mode), (0o640 & !umask(), 0o750 & !umask()));
+        fs::remove_dir_all(&s.dir).unwrap();
+    }
+
+    #[test]
+    fn a_slow_disk_holds_up_the_finisher_not_the_writer() {
+        let s = CaptureSettings::in_dir(std::env::temp_dir().join(format!("wstap-slow-{}", std::process::id())));
+        let _ = fs::remove_dir_all(&s.dir);
+        let mut set = FileSet::new(&s);
+        let t = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let (go, until) = mpsc::sync_channel(1);
+        set.finisher.send(Job::Stall(until));
+        let (f, mut w) = set.create(t, None).unwrap();
+        w.write_all(b"written before the hand-over").unwrap();
+        let (part, path) = (f.part.clone(), f.path.clone());
+        set.finish(f, w).unwrap();
+        // The writer goes on at once; its bytes are in the file, which is not yet renamed.
+        assert_eq!(fs::read(&part).unwrap(), b"written before the hand-over");
+        assert!(!path.exists());
+        assert_eq!(set.finished(), 0);
+        go.send(()).unwrap();
+        set.settle();
+        assert!(path.exists() && !part.exists());
+        assert_eq!(set.finished(), 1);
         fs::remove_dir_all(&s.dir).unwrap();
     }
 
@@ -300,7 +462,7 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
         std::os::unix::fs::symlink(&victim, s.dir.join("wstap_00001_20251124160000.pcapng.part")).unwrap();
         let mut set = FileSet::new(&s);
-        set.next_seq = Some(1);
+        set.ring.next_seq = Some(1);
         assert!(set.create(t, None).is_err(), "an existing name (a symlink) is never opened");
         assert_eq!(fs::read(&victim).unwrap(), b"keep me");
         fs::remove_dir_all(&s.dir).unwrap();

@@ -191,6 +191,7 @@ impl FileSink {
     /// Called at least every flush interval: flushes, starts interval rotations, rotates
     /// idle outputs that are due, and retries after a write error.
     pub fn tick(&mut self, now: u64, stats: &Stats) {
+        stats.files_finished.fetch_add(self.files.finished(), Relaxed);
         let keys: Vec<u64> = self.outputs.keys().copied().collect();
         for key in keys {
             self.check_interval(key, now);
@@ -239,7 +240,7 @@ impl FileSink {
                 match old {
                     Ok(old_w) => {
                         if let (Some(f), Some(w)) = (old_file, old_w) {
-                            self.finish_file(f, w, stats);
+                            self.finish_file(f, w);
                         }
                     }
                     Err(e) => {
@@ -265,7 +266,7 @@ impl FileSink {
             Err(e) => {
                 if let Some(w) = out.writer.lose_output() {
                     if let Some(f) = out.file.take() {
-                        self.finish_file(f, w, stats);
+                        self.finish_file(f, w);
                     }
                 }
                 self.episode(&e, now, "cannot create a capture file", stats);
@@ -280,7 +281,7 @@ impl FileSink {
         match out.writer.finish(stats) {
             Ok(Some(w)) => {
                 if let Some(f) = out.file.take() {
-                    self.finish_file(f, w, stats);
+                    self.finish_file(f, w);
                 }
             }
             Ok(None) => {}
@@ -288,14 +289,11 @@ impl FileSink {
         }
     }
 
-    fn finish_file(&mut self, f: OpenFile, w: Counted, stats: &Stats) {
+    /// Hands a file over to be finished (off this thread: see [`FileSet`]).
+    fn finish_file(&mut self, f: OpenFile, w: Counted) {
         let part = f.part.clone();
-        match self.files.finish(f, w) {
-            Ok(path) => {
-                stats.files_finished.fetch_add(1, Relaxed);
-                info!(path = %path.display(), "capture file finished");
-            }
-            Err(e) => warn!(path = %part.display(), error = %e, "cannot finish a capture file"),
+        if let Err(e) = self.files.finish(f, w) {
+            warn!(path = %part.display(), error = %e, "cannot finish a capture file");
         }
     }
 
@@ -327,7 +325,7 @@ impl FileSink {
             match out.writer.finish(stats) {
                 Ok(Some(w)) => {
                     if let Some(f) = out.file.take() {
-                        self.finish_file(f, w, stats);
+                        self.finish_file(f, w);
                     }
                 }
                 Ok(None) => {}
@@ -342,5 +340,7 @@ impl FileSink {
         for key in keys {
             self.close_output(key, stats);
         }
+        self.files.settle();
+        stats.files_finished.fetch_add(self.files.finished(), Relaxed);
     }
 }

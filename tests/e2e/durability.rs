@@ -62,6 +62,7 @@ async fn after_kill_9_every_file_opens_and_only_the_last_flush_interval_is_missi
         let files = all_files(&captures);
         assert!(files.len() >= 2, "{files:?}");
         let mut seen = std::collections::HashSet::new();
+        let mut per_file = Vec::new();
         for file in &files {
             // Every file opens (the only defect allowed is a final block cut short), and
             // its first TCP stream, the client leg, holds whole messages up to the cut.
@@ -80,9 +81,12 @@ async fn after_kill_9_every_file_opens_and_only_the_last_flush_interval_is_missi
                 file.display()
             );
             let (up, _) = parse_follow(&String::from_utf8_lossy(&out.stdout));
-            if !up.is_empty() {
-                seen.extend(ws_messages_until(&up, false).into_iter().map(|(_, m)| m));
-            }
+            let messages = if up.is_empty() { Vec::new() } else { ws_messages_until(&up, false) };
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let numbers = |m: &Vec<u8>| String::from_utf8_lossy(&m[8..14.min(m.len())]).into_owned();
+            let span = (messages.first().map(|(_, m)| numbers(m)), messages.last().map(|(_, m)| numbers(m)));
+            per_file.push((name, std::fs::metadata(file).unwrap().len(), messages.len(), span, stderr.join(" ")));
+            seen.extend(messages.into_iter().map(|(_, m)| m));
         }
         // What crossed the proxy more than a flush interval (plus scheduling slack)
         // before the kill is on disk.
@@ -92,7 +96,8 @@ async fn after_kill_9_every_file_opens_and_only_the_last_flush_interval_is_missi
         let missing: Vec<&u32> = required.iter().filter(|i| !seen.contains(&numbered(**i))).collect();
         assert!(
             missing.is_empty(),
-            "{} of {} messages older than {slack:?} missing after kill -9, first {:?}",
+            "{} of {} messages older than {slack:?} missing after kill -9, first {:?}; files (name, bytes, \
+             messages, first and last, tshark): {per_file:?}",
             missing.len(),
             required.len(),
             &missing[..missing.len().min(5)]
