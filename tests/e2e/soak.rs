@@ -18,11 +18,17 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::capture::{capture_dir, run};
 use crate::support::*;
 
-/// (concurrent sessions, seconds of steady traffic, churned sessions).
+/// (concurrent sessions, seconds of steady traffic, churned sessions): `WSTAP_SOAK=long`
+/// for `make soak`, `WSTAP_SOAK=sessions,seconds,churned` for any other size.
 fn scale() -> (usize, u64, usize) {
+    let custom = |s: &str| {
+        let mut n = s.split(',').map(|n| n.trim().parse::<usize>().expect("WSTAP_SOAK=sessions,seconds,churned"));
+        (n.next().unwrap(), n.next().unwrap() as u64, n.next().unwrap())
+    };
     match std::env::var("WSTAP_SOAK").as_deref() {
         Ok("long") => (1000, 600, 100_000),
-        _ => (100, 3, 2000),
+        Ok(s) => custom(s),
+        Err(_) => (100, 3, 2000),
     }
 }
 
