@@ -21,6 +21,9 @@ const MAX_CONNECTIONS: usize = 16;
 
 /// Serves the endpoints on `listener` until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin endpoints served");
+    }
     let mut accepting = Accepting::new(listener);
     let admission = Arc::new(Admission::default());
     loop {

@@ -178,3 +178,67 @@ async fn over_the_admin_connection_limit_new_connections_are_closed() {
     })
     .await;
 }
+
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test]
+async fn when_descriptors_run_out_the_accept_loops_wait_instead_of_spinning() {
+    within(async {
+        let dir = capture_dir("nofile");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let path = dir.join("wstap.toml");
+        let extra = "[admin]\nlisten = \"127.0.0.1:0\"\n[capture]\nmode = \"off\"\n[log]\nlevel = \"info\"";
+        std::fs::write(&path, config(echo_upstream().await, extra)).unwrap();
+        // The daemon with 48 descriptors (a shell sets the limit, then becomes it).
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "ulimit -n 48 && exec \"$0\" run -c \"$1\"", env!("CARGO_BIN_EXE_wstap")]).arg(&path);
+        let (daemon, addr, log) = spawn_daemon_command(command, &path).await;
+        let admin = tokio::task::spawn_blocking(move || {
+            let line = log.iter().find(|l| l.contains("admin endpoints served")).expect("the admin address");
+            (addr_in(&line), log)
+        });
+        let (admin, log) = admin.await.unwrap();
+        // Connections that send nothing take every descriptor left (each accepted one
+        // holds one until the handshake timeout); the rest wait in the backlogs.
+        let mut hogs = Vec::new();
+        for _ in 0..64 {
+            hogs.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        for _ in 0..4 {
+            hogs.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+        }
+        let failing = tokio::task::spawn_blocking(move || {
+            let line = log.iter().find(|l| l.contains("accept failed")).expect("accept fails");
+            (line, log)
+        });
+        let (line, log) = failing.await.unwrap();
+        assert!(line.contains("Too many open files"), "{line}");
+        // While accepts fail, the loops wait: a second of it costs next to no CPU (a
+        // spinning loop takes a whole core) and logs a few lines, not thousands.
+        let before = cpu_ticks(daemon.id());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await; // the window measured
+        let ticks = cpu_ticks(daemon.id()) - before;
+        let lines = log.try_iter().filter(|l| l.contains("accept failed")).count();
+        assert!(ticks < 30, "{ticks} ticks of CPU in one second (100 a second is a whole core)");
+        assert!(lines < 50, "{lines} accept failures logged in one second");
+        // Descriptors back: the admin endpoints answer again.
+        drop(hogs);
+        let mut response = String::new();
+        for _ in 0..300 {
+            response = raw_exchange(admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            if response.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await; // the next back-off step
+        }
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    })
+    .await;
+}

@@ -381,14 +381,23 @@ impl Drop for DaemonProcess {
 
 /// As [`spawn_daemon`], with extra environment variables.
 pub async fn spawn_daemon_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> (DaemonProcess, SocketAddr) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wstap"));
+    command.args(["run", "-c"]).arg(config).envs(env.iter().copied());
+    let (daemon, addr, _log) = spawn_daemon_command(command, config).await;
+    (daemon, addr)
+}
+
+/// Starts `command` (the daemon, run directly or through a wrapper) in the config's
+/// directory, waits for its `listening addr=…` line, and hands back the rest of its log.
+pub async fn spawn_daemon_command(
+    mut command: std::process::Command,
+    config: &std::path::Path,
+) -> (DaemonProcess, SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     // In the config's own (scratch) directory: relative paths, such as the default
     // capture directory, must never land in the source tree.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wstap"))
+    let mut child = command
         .current_dir(config.parent().expect("the config is in a scratch directory"))
-        .args(["run", "-c"])
-        .arg(config)
-        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -400,14 +409,19 @@ pub async fn spawn_daemon_with_env(config: &std::path::Path, env: &[(&str, &str)
             let _ = tx.send(line);
         }
     });
-    let addr = tokio::task::spawn_blocking(move || {
+    let (addr, rx) = tokio::task::spawn_blocking(move || {
         let line = rx.iter().find(|l| l.contains("listening")).expect("daemon logged its address");
         assert!(!line.contains('\u{1b}'), "no ANSI colour when stderr is not a terminal: {line:?}");
-        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        (addr_in(&line), rx)
     })
     .await
     .unwrap();
-    (DaemonProcess(child), addr)
+    (DaemonProcess(child), addr, rx)
+}
+
+/// The `addr=` of a log line.
+pub fn addr_in(line: &str) -> SocketAddr {
+    line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// Polls `done` (a state another thread or process reaches, with no channel to say so)
