@@ -210,7 +210,7 @@ pub fn inflate(
     loop {
         let room = buf.len().min(limit - made);
         if room == 0 {
-            return Ok(Inflated { made, cut: true });
+            return Ok(Inflated { made, cut: more_out(z, input)? });
         }
         let (in0, out0) = (z.total_in(), z.total_out());
         z.decompress(input, &mut buf[..room], FlushDecompress::Sync)?;
@@ -220,6 +220,24 @@ pub fn inflate(
         input = &input[used..];
         if (input.is_empty() && got < room) || (used == 0 && got == 0) {
             return Ok(Inflated { made, cut: false });
+        }
+    }
+}
+
+/// At the limit: whether `input` still inflates to anything (one byte is tried; it is
+/// only ever made when the message is cut anyway).
+fn more_out(z: &mut Decompress, mut input: &[u8]) -> Result<bool, DecompressError> {
+    let mut probe = [0u8; 1];
+    loop {
+        let (in0, out0) = (z.total_in(), z.total_out());
+        z.decompress(input, &mut probe, FlushDecompress::Sync)?;
+        if z.total_out() > out0 {
+            return Ok(true);
+        }
+        let used = (z.total_in() - in0) as usize;
+        input = &input[used..];
+        if input.is_empty() || used == 0 {
+            return Ok(false);
         }
     }
 }
@@ -267,6 +285,20 @@ mod tests {
         for t in &texts[40..] {
             let c = compressed(&mut z, t.as_bytes());
             assert_eq!(&inflate(&mut fresh, &c), t, "a message after the priming decompresses");
+        }
+    }
+
+    #[test]
+    fn a_message_exactly_at_the_limit_is_whole_and_one_byte_more_is_cut() {
+        for size in [1usize, 1000, 16 * 1024, 40_000] {
+            let text: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let mut input = compressed(&mut Compress::new(Compression::default(), false), &text);
+            input.extend([0, 0, 0xff, 0xff]);
+            let mut out = Vec::new();
+            let whole = inflate(&mut Decompress::new(false), &input, size, |p| out.extend_from_slice(p)).unwrap();
+            assert_eq!((whole.made, whole.cut, &out), (size, false, &text), "{size} bytes, limit {size}");
+            let short = inflate(&mut Decompress::new(false), &input, size - 1, |_| {}).unwrap();
+            assert_eq!((short.made, short.cut), (size - 1, true), "{size} bytes, limit {}", size - 1);
         }
     }
 
