@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
@@ -48,8 +48,9 @@ impl Write for Counted {
 pub struct FileSet {
     ring: Ring,
     mode: u32,
-    /// The `.part` files this process has open: never mistaken for a crash's leftovers.
-    open: HashSet<PathBuf>,
+    /// The `.part` files this process has open, by device and inode (a directory can be
+    /// spelled many ways): never mistaken for a crash's leftovers.
+    open: HashSet<(u64, u64)>,
     finisher: Finisher,
 }
 
@@ -67,6 +68,8 @@ struct Ring {
 pub(crate) struct OpenFile {
     pub(crate) part: PathBuf,
     pub(crate) path: PathBuf,
+    /// Device and inode.
+    id: (u64, u64),
 }
 
 impl FileSet {
@@ -110,7 +113,8 @@ impl FileSet {
             if let Some(seq) = r.seq_of(&name) {
                 max = max.max(seq);
                 let part = r.dir.join(&name);
-                if name.ends_with(".part") && !self.open.contains(&part) {
+                let ours = fs::symlink_metadata(&part).is_ok_and(|m| self.open.contains(&(m.dev(), m.ino())));
+                if name.ends_with(".part") && !ours {
                     salvage(&part, "left open by an earlier run");
                 }
             }
@@ -139,8 +143,10 @@ impl FileSet {
             .mode(self.mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&part)?;
-        self.open.insert(part.clone());
-        Ok((OpenFile { part, path }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
+        let meta = file.metadata()?;
+        let id = (meta.dev(), meta.ino());
+        self.open.insert(id);
+        Ok((OpenFile { part, path, id }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
     }
 
     /// Writes out what the file's buffer holds, then hands it to the finisher: synced,
@@ -149,7 +155,7 @@ impl FileSet {
     pub(crate) fn finish(&mut self, f: OpenFile, w: Counted) -> io::Result<()> {
         match w.inner.into_inner() {
             Ok(file) => {
-                self.open.remove(&f.part);
+                self.open.remove(&f.id);
                 self.finisher.send(Job::Finish { file, f, ring: self.ring.clone() });
                 Ok(())
             }
@@ -163,7 +169,7 @@ impl FileSet {
     /// A file that failed: what reached the disk is kept under the final name if it holds
     /// a packet (cut to its last whole block), else deleted.
     pub(crate) fn give_up(&mut self, f: OpenFile) {
-        self.open.remove(&f.part);
+        self.open.remove(&f.id);
         self.finisher.send(Job::GiveUp { f, ring: self.ring.clone() });
     }
 
@@ -449,6 +455,23 @@ mod tests {
         set.settle();
         assert!(path.exists() && !part.exists());
         assert_eq!(set.finished(), 1);
+        fs::remove_dir_all(&s.dir).unwrap();
+    }
+
+    #[test]
+    fn a_reload_that_spells_the_directory_differently_leaves_the_open_file_alone() {
+        let s = CaptureSettings::in_dir(std::env::temp_dir().join(format!("wstap-spell-{}", std::process::id())));
+        let _ = fs::remove_dir_all(&s.dir);
+        let mut set = FileSet::new(&s);
+        let t = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let (f, _w) = set.create(t, None).unwrap();
+        let mut respelled = s.clone();
+        respelled.dir = s.dir.join("..").join(s.dir.file_name().unwrap());
+        set.reconfigure(&respelled);
+        // The next file scans the "new" directory for leftovers: its own open file is not one.
+        let (g, _w) = set.create(t, None).unwrap();
+        assert!(f.part.exists(), "the open file is still .part");
+        assert_eq!(g.part.file_name().unwrap(), "wstap_00002_20251124160000.pcapng.part");
         fs::remove_dir_all(&s.dir).unwrap();
     }
 
