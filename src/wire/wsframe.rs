@@ -13,8 +13,9 @@ pub struct FrameTracker {
 
 #[derive(Debug, Clone)]
 enum State {
-    /// In the HTTP head; the last bytes seen, to find `\r\n\r\n`.
-    Head { tail: u32, seen: u64 },
+    /// In the HTTP head; the last bytes seen, to find `\r\n\r\n`, and the first twelve
+    /// of this head (`HTTP/1.1 100`: an interim response, which another head follows).
+    Head { tail: u32, seen: u64, line: [u8; 12], this: u8 },
     /// Between or inside frames. `current` is the frame whose payload is being read,
     /// and how much of it has been.
     Frames { header: [u8; 14], have: u8, payload_left: u64, current: Option<(FrameHeader, u64)> },
@@ -115,7 +116,7 @@ impl Default for FrameTracker {
 impl FrameTracker {
     /// A tracker at the start of an HTTP head.
     pub fn new() -> FrameTracker {
-        FrameTracker { state: State::Head { tail: 0, seen: 0 } }
+        FrameTracker { state: State::Head { tail: 0, seen: 0, line: [0; 12], this: 0 } }
     }
 
     /// A tracker between two frames, past the HTTP head: where a stream resumes after a
@@ -154,12 +155,20 @@ impl FrameTracker {
         let mut at = 0;
         while at < data.len() {
             match &mut self.state {
-                State::Head { tail, seen } => {
+                State::Head { tail, seen, line, this } => {
                     let b = data[at];
                     at += 1;
                     *seen += 1;
+                    if let Some(slot) = line.get_mut(usize::from(*this)) {
+                        *slot = b;
+                        *this += 1;
+                    }
                     *tail = (*tail << 8) | u32::from(b);
-                    if *tail == u32::from_be_bytes(*b"\r\n\r\n") {
+                    if *tail == u32::from_be_bytes(*b"\r\n\r\n") && interim(line) {
+                        // `100 Continue`, `103 Early Hints`: the real response comes next
+                        // (still inside the exchange: not a boundary).
+                        (*tail, *this) = (0, 0);
+                    } else if *tail == u32::from_be_bytes(*b"\r\n\r\n") {
                         self.state = State::Frames { header: [0; 14], have: 0, payload_left: 0, current: None };
                         if stop_at_boundary {
                             return at;
@@ -209,6 +218,12 @@ pub enum Walk<'h> {
     /// `pos` bytes into its payload; the last argument marks the frame's last piece (a
     /// frame without payload has one empty piece).
     Payload(FrameHeader, std::ops::Range<usize>, u64, bool),
+}
+
+/// Whether a head's first twelve bytes are an interim response's status line (1xx but
+/// not 101, which frames follow).
+fn interim(line: &[u8; 12]) -> bool {
+    line.starts_with(b"HTTP/1.") && line[9] == b'1' && line[10..].iter().all(u8::is_ascii_digit) && &line[9..] != b"101"
 }
 
 #[cfg(test)]
@@ -262,6 +277,19 @@ pub(crate) mod tests {
             want.push(stream.len());
         }
         for piece in [1, 2, 3, 7, 64, 1000, stream.len()] {
+            assert_eq!(boundaries(&stream, piece), want, "piece size {piece}");
+        }
+    }
+
+    #[test]
+    fn interim_responses_before_the_101_are_heads_not_frames() {
+        let heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                      HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        let f1 = frame(1, b"hello", false);
+        let f2 = frame(2, &[7u8; 300], false);
+        let stream = [&heads[..], &f1, &f2].concat();
+        let want = vec![heads.len(), heads.len() + f1.len(), stream.len()];
+        for piece in [1, 2, 5, 13, 64, stream.len()] {
             assert_eq!(boundaries(&stream, piece), want, "piece size {piece}");
         }
     }
