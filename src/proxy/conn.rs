@@ -228,8 +228,11 @@ impl Conn {
         let find = |path: &str| settings.routes.iter().position(|r| r.matches(host, path));
         let path = if settings.proxy.normalize_path {
             let path = path::normalize(raw, settings.proxy.allow_encoded_slash).map_err(ProxyError::BadPath)?;
-            // `/ws/../admin` names the route of `/ws` and leads to another: refused.
-            if path::climbs(raw) && find(raw).is_some_and(|named| find(&path) != Some(named)) {
+            // `/ws/../admin` names the route of `/ws` and climbs out of it: refused. Under a
+            // catch-all `/`, `/static/../ws` stays inside the route it names, and goes on
+            // to the route its normalised path picks.
+            let named = find(raw).map(|i| &settings.routes[i]);
+            if path::climbs(raw) && named.is_some_and(|r| !r.matches(host, &path)) {
                 return Err(ProxyError::BadPath(path::BadPath::OutOfRoute));
             }
             path
