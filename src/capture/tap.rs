@@ -87,9 +87,7 @@ impl TapState {
             // After a final response only: bytes sent after an interim one (a body after
             // `100 Continue`) still belong to the exchange that may upgrade.
             if turned && self.answer == Answer::Final {
-                self.ring.clear();
-                self.ring.shrink_to(8);
-                self.ring_bytes = 0;
+                self.keep_pipelined();
                 self.answer = Answer::Undecided;
             }
             return true;
@@ -114,6 +112,34 @@ impl TapState {
             Answer::Final
         };
         self.answer != Answer::Final
+    }
+}
+
+impl TapState {
+    /// A final response ended an exchange: of the kept bytes only a request read before
+    /// it stays (pipelined: the request bytes after the last blank line, if they begin
+    /// like a request line); the answered request and interim responses go.
+    fn keep_pipelined(&mut self) {
+        let mut up = Vec::new();
+        let mut starts = Vec::new();
+        for (time, dir, off, b) in &self.ring {
+            if *dir == Dir::Up {
+                starts.push((up.len(), *time, *off));
+                up.extend_from_slice(b);
+            }
+        }
+        let tail = up.windows(4).rposition(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+        let next = &up[tail..];
+        let method = next.iter().take_while(|b| b.is_ascii_uppercase()).count();
+        let pipelined = method > 0 && next.get(method).is_none_or(|&b| b == b' ');
+        let from = starts.iter().rev().find(|(at, ..)| *at <= tail).copied();
+        self.ring.clear();
+        self.ring.shrink_to(8);
+        self.ring_bytes = 0;
+        if let Some((at, time, off)) = from.filter(|_| pipelined) {
+            self.ring.push_back((time, Dir::Up, off + (tail - at) as u64, Bytes::copy_from_slice(next)));
+            self.ring_bytes = next.len();
+        }
     }
 }
 
@@ -444,5 +470,25 @@ mod tests {
             kept,
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n".len()
         );
+    }
+
+    /// A request read before the previous response (pipelined), split across reads, is
+    /// found whole once it upgrades; a body left over is not kept.
+    #[test]
+    fn a_pipelined_upgrade_read_before_the_previous_response_is_kept() {
+        let tap = client_tap();
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        tap.on_read(first);
+        tap.on_read(b"GET /ws HT");
+        tap.on_written(Piece::Slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        tap.on_read(b"TP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        let want = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(tap.find_head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
+        assert_eq!(tap.lock().ring_bytes, want.len(), "the answered request is gone");
+        // A POST whose body is answered: nothing stays.
+        tap.on_read(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        tap.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        tap.on_read(b"G");
+        assert_eq!(tap.lock().ring_bytes, 1);
     }
 }
