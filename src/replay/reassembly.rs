@@ -283,6 +283,11 @@ impl Live {
                 self.drain(from, t);
             }
             let h = &mut self.halves[from];
+            // Acknowledged one past the last byte shown, and nothing after: that one is
+            // the FIN the capture missed (a FIN takes a sequence number), not a byte.
+            if h.fin_at.is_none() && !h.done && h.acked_to == h.next + 1 {
+                h.fin_at = Some(h.next);
+            }
             // Acknowledged, never shown, and nothing after: a gap at the end.
             if h.fin_at.is_none() && !h.done && h.acked_to > h.next {
                 let t = self.conn.events.last().map_or(self.conn.first_ts_ns, |e| e.ts_ns).max(ts);
@@ -442,6 +447,18 @@ mod tests {
         ack.ack = Some(10);
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "", b"ghi"), ack]);
         assert_eq!(c[0].events[1], Event { from: Dir::Up, ts_ns: 3, piece: Piece::Gap(3) });
+    }
+
+    #[test]
+    fn an_acknowledged_fin_the_capture_missed_is_an_end_not_a_gap() {
+        let mut ack = seg(S, 50, "", b"");
+        ack.ack = Some(5); // "abc" (1..=3) and the FIN (4)
+        let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), ack.clone()]);
+        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"abc".to_vec()), Piece::Fin]);
+        // Two past: a byte is missing as well.
+        ack.ack = Some(6);
+        let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), ack]);
+        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"abc".to_vec()), Piece::Gap(2)]);
     }
 
     #[test]
