@@ -453,7 +453,7 @@ mod tests {
     fn an_acknowledged_fin_the_capture_missed_is_an_end_not_a_gap() {
         let mut ack = seg(S, 50, "", b"");
         ack.ack = Some(5); // "abc" (1..=3) and the FIN (4)
-        let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), ack.clone()]);
+        let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), ack]);
         assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"abc".to_vec()), Piece::Fin]);
         // Two past: a byte is missing as well.
         ack.ack = Some(6);
