@@ -14,7 +14,11 @@ use super::CaptureMode;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
+    #[serde(default)]
     pub(super) listen: Vec<SocketAddr>,
+    /// Listeners with options (TLS).
+    #[serde(rename = "listener", default)]
+    pub(super) listeners: Vec<FileListener>,
     #[serde(default)]
     pub(super) workers: usize,
     #[serde(rename = "route", default)]
@@ -31,6 +35,31 @@ pub(super) struct FileConfig {
     pub(super) log: FileLog,
     /// Present (even empty): serve the admin endpoints.
     pub(super) admin: Option<FileAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileListener {
+    pub(super) addr: SocketAddr,
+    pub(super) tls: Option<FileServerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileServerTls {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    #[serde(default)]
+    pub(super) sni: Vec<FileSni>,
+    pub(super) client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSni {
+    pub(super) name: String,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ mod capture;
 mod file;
 pub mod route;
 mod show;
+pub mod tls;
 mod units;
 mod validate;
 
@@ -20,13 +21,22 @@ use file::FileConfig;
 use route::Route;
 pub use units::{ByteSize, HumanDuration};
 
+impl Settings {
+    /// The TLS settings of the listener configured at `addr`, if it terminates TLS.
+    pub fn tls_at(&self, addr: SocketAddr) -> Option<&tls::ServerTls> {
+        self.tls.iter().find(|(a, _)| *a == addr).map(|(_, t)| t)
+    }
+}
+
 /// Validated settings: everything the daemon runs from.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The file these settings came from (for messages).
     pub source: PathBuf,
-    /// The addresses to listen on, in order.
+    /// The addresses to listen on, in order: `listen`, then each `[[listener]]`.
     pub listen: Vec<SocketAddr>,
+    /// The listeners that terminate TLS, with their settings.
+    pub tls: Vec<(SocketAddr, tls::ServerTls)>,
     /// Threads running connections: 0 = one per CPU; 1 = every task on one thread.
     pub workers: usize,
     /// In file order; the first match wins.

@@ -10,10 +10,22 @@ use super::{CaptureSettings, DisplayPort, Policy, Redact, Settings};
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
-        let listen: Vec<String> = self.listen.iter().map(|a| format!("{:?}", a.to_string())).collect();
+        let plain = self.listen.iter().filter(|a| self.tls_at(**a).is_none());
+        let listen: Vec<String> = plain.map(|a| format!("{:?}", a.to_string())).collect();
         writeln!(f, "# effective settings of {}", self.source.display())?;
         writeln!(f, "listen = [{}]", listen.join(", "))?;
         writeln!(f, "workers = {}", self.workers)?;
+        for (addr, t) in &self.tls {
+            writeln!(f, "\n[[listener]]")?;
+            writeln!(f, "addr = {:?}", addr.to_string())?;
+            write!(f, "tls = {{ cert = {:?}, key = {:?}", t.cert, t.key)?;
+            if let Some(ca) = &t.client_ca {
+                write!(f, ", client_ca = {ca:?}")?;
+            }
+            let sni: Vec<String> =
+                t.sni.iter().map(|(n, c, k)| format!("{{ name = {n:?}, cert = {c:?}, key = {k:?} }}")).collect();
+            writeln!(f, ", sni = [{}] }}", sni.join(", "))?;
+        }
         for r in &self.routes {
             writeln!(f, "\n[[route]]")?;
             if let Some(h) = &r.host {

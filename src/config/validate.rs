@@ -37,8 +37,17 @@ pub(super) fn validate(file: FileConfig, source: &Path) -> Result<Settings, Conf
         .map_err(|Invalid { key, msg }| ConfigError(format!("invalid config {}: key `{key}`: {msg}", source.display())))
 }
 
-fn settings(f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
-    check_listen(&f.listen)?;
+fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
+    let mut listen = std::mem::take(&mut f.listen);
+    let mut tls = Vec::new();
+    for (i, l) in std::mem::take(&mut f.listeners).into_iter().enumerate() {
+        listen.push(l.addr);
+        if let Some(t) = l.tls {
+            let t = super::tls::server_tls(t).map_err(|(key, msg)| Invalid { key: format!("listener[{i}].tls.{key}"), msg })?;
+            tls.push((l.addr, t));
+        }
+    }
+    check_listen(&listen)?;
     if f.workers > MAX_WORKERS {
         return fail("workers", format!("{} is more than {MAX_WORKERS}", f.workers));
     }
@@ -54,7 +63,8 @@ fn settings(f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
     }
     Ok(Settings {
         source: source.to_owned(),
-        listen: f.listen,
+        listen,
+        tls,
         workers: f.workers,
         routes,
         limits,
@@ -73,11 +83,11 @@ fn settings(f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
 
 fn check_listen(listen: &[SocketAddr]) -> Result<(), Invalid> {
     if listen.is_empty() {
-        return fail("listen", "at least one address is required");
+        return fail("listen", "at least one address is required (in `listen` or a [[listener]])");
     }
     for (i, addr) in listen.iter().enumerate() {
         if listen[..i].contains(addr) {
-            return fail(format!("listen[{i}]"), format!("{addr} is listed twice"));
+            return fail("listen", format!("{addr} is listed twice (`listen` and [[listener]] together)"));
         }
     }
     Ok(())

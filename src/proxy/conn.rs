@@ -38,6 +38,7 @@ use crate::proxy::path;
 use crate::proxy::policy::Samplers;
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
+use crate::proxy::tls;
 use crate::proxy::traffic::{ByteCounts, ConnectionGuard, LiveSession, Traffic};
 use crate::sync::lock;
 
@@ -108,6 +109,8 @@ pub struct Conn {
     _open: ConnectionGuard,
     /// Switched to WebSocket: the session logs the end, not the connection.
     upgraded: AtomicBool,
+    /// The TLS the client connection runs over, described: `TLS 1.3, …, port 8443`.
+    tls: Option<String>,
 }
 
 struct UpstreamConn {
@@ -116,10 +119,51 @@ struct UpstreamConn {
     tap: Option<Arc<Tap>>,
 }
 
+/// Takes an accepted client connection: on a listener that terminates TLS, the handshake
+/// first (a failure is logged once and counted, and ends only this connection), then
+/// [`serve`].
+pub async fn accept(
+    ctx: Arc<Context>,
+    id: u64,
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: Shutdown,
+    permit: Permit,
+) {
+    let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+    let accepted = Accepted { id, client, local, tls: None, shutdown, permit };
+    let Some(config) = tls else { return serve(ctx, accepted, stream).await };
+    match tls::accept(config, stream, ctx.settings.limits.handshake_timeout).await {
+        Ok(stream) => {
+            let about = format!("{}, port {}", tls::describe(&stream), local.port());
+            debug!(tls = %about, "TLS handshake done");
+            serve(ctx, Accepted { tls: Some(about), ..accepted }, stream).await;
+        }
+        Err(e) => {
+            let reason = tls::reason(&e);
+            ctx.traffic.tls_failed(reason);
+            info!(reason, error = %e, "TLS handshake failed");
+        }
+    }
+}
+
+/// A client connection as accepted.
+pub struct Accepted {
+    id: u64,
+    client: SocketAddr,
+    local: SocketAddr,
+    tls: Option<String>,
+    shutdown: Shutdown,
+    permit: Permit,
+}
+
 /// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
 /// daemon drains (then in-flight requests finish first).
-pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shutdown, permit: Permit) {
-    let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+async fn serve<S>(ctx: Arc<Context>, a: Accepted, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Accepted { id, client, local, tls, shutdown, permit } = a;
     let client_tap = ctx.tap(Leg::Client, id, local, client);
     let conn = Arc::new(Conn {
         id,
@@ -130,6 +174,7 @@ pub async fn serve(ctx: Arc<Context>, id: u64, stream: TcpStream, shutdown: Shut
         _permit: permit,
         _open: ctx.traffic.connection_opened(),
         upgraded: AtomicBool::new(false),
+        tls,
         ctx,
     });
     let started = tokio::time::Instant::now();
@@ -332,10 +377,13 @@ impl Conn {
         }
         let line = at.request_line.trim_end_matches(" HTTP/1.");
         let (client, route) = (self.client, at.route);
-        let comment = format!(
+        let mut comment = format!(
             "wstap session {}: {line} from {client} via route {:?} to {}",
             self.id, route.path_prefix, route.upstream
         );
+        if let Some(tls) = &self.tls {
+            comment.push_str(&format!("; client leg over {tls} (captured decrypted)"));
+        }
         self.start_legs(at, comment, true);
         true
     }

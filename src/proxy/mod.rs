@@ -12,6 +12,7 @@
 //! - [`policy`]: which sessions of a route are sampled.
 //! - [`metered`]: byte counting beside each stream; [`traffic`]: the counters.
 //! - [`shutdown`]: the phases a drain goes through, and the handle every task holds.
+//! - [`tls`]: the handshake on a listener that terminates TLS.
 
 pub mod admission;
 pub mod conn;
@@ -23,4 +24,5 @@ pub mod path;
 pub mod policy;
 pub mod shutdown;
 pub mod splice;
+pub mod tls;
 pub mod traffic;

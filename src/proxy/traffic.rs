@@ -29,6 +29,8 @@ pub struct Traffic {
     pub bytes: PerLeg<PerDir<AtomicU64>>,
     /// Failed requests by (the leg at fault, kind).
     errors: Mutex<BTreeMap<(Leg, &'static str), u64>>,
+    /// Failed TLS handshakes on the listeners, by reason.
+    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
     sessions: Mutex<BTreeMap<u64, LiveSession>>,
 }
 
@@ -85,6 +87,16 @@ impl Traffic {
         self.sessions_total.fetch_add(1, Relaxed);
         lock(&self.sessions).insert(id, session);
         SessionGuard { traffic: self.clone(), id }
+    }
+
+    /// A TLS handshake on a listener failed.
+    pub fn tls_failed(&self, reason: &'static str) {
+        *lock(&self.tls_failures).entry(reason).or_default() += 1;
+    }
+
+    /// Failed TLS handshakes so far, by reason.
+    pub fn tls_failures(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.tls_failures).iter().map(|(r, n)| (*r, *n)).collect()
     }
 
     /// A request could not be forwarded; `leg` is the side at fault.

@@ -44,8 +44,8 @@ pub(crate) fn listen(
     coordinator: &Coordinator,
 ) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
-    info!(addr = %bound, "listening");
-    let task = tokio::spawn(accept_loop(listener, shared.clone(), coordinator.handle()));
+    info!(addr = %bound, tls = shared.ctx().settings.tls_at(configured).is_some(), "listening");
+    let task = tokio::spawn(accept_loop(configured, listener, shared.clone(), coordinator.handle()));
     lock(&shared.listeners).push(Listening { configured, bound, task });
     Ok(())
 }
@@ -80,7 +80,7 @@ impl Accepting {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut accepting = Accepting::new(listener);
     loop {
         let (stream, client) = tokio::select! {
@@ -94,7 +94,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: S
         let limits = &ctx.settings.limits;
         match shared.admission.admit(client.ip(), limits.max_connections, limits.max_connections_per_client) {
             Ok(permit) => {
-                tokio::spawn(conn::serve(ctx, id, stream, shutdown.clone(), permit).instrument(span));
+                let tls = ctx.settings.tls_at(configured).map(|t| t.config.clone());
+                tokio::spawn(conn::accept(ctx, id, stream, tls, shutdown.clone(), permit).instrument(span));
             }
             Err(why) => {
                 tokio::spawn(refuse(stream, why).instrument(span));

@@ -103,6 +103,12 @@ impl Metrics {
                 help: "Requests wstap could not forward, by side at fault and kind.",
                 rows: errors,
             },
+            Family {
+                name: "wstap_tls_handshake_failures_total",
+                kind: "counter",
+                help: "TLS handshakes on the listeners that failed, by reason.",
+                rows: t.tls_failures().into_iter().map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n)).collect(),
+            },
         ]
     }
 

@@ -16,4 +16,5 @@ mod replay;
 mod shutdown;
 mod soak;
 mod support;
+mod tls;
 mod websocket;

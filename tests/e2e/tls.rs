@@ -1,0 +1,217 @@
+//! TLS listeners: `wss://` clients through the real daemon, the certificate each SNI name
+//! gets, handshake failures counted without harming anyone else, certificates reloaded
+//! by SIGHUP (a bad file changes nothing), and the decrypted session in the capture.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::capture::*;
+use crate::support::*;
+
+/// A test CA, and certificates it signs, written as PEM files into a directory.
+struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    ca: CertificateDer<'static>,
+}
+
+/// A certificate's files and its DER.
+struct Site {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap().der().clone();
+        Pki { dir: dir.to_owned(), issuer: Issuer::new(params, key), ca }
+    }
+
+    /// A certificate for `name`, written as `<file>.pem` and `<file>.key`.
+    fn site(&self, name: &str, file: &str) -> Site {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Site { cert: cert_path, key: key_path, der: cert.der().clone() }
+    }
+
+    /// A client that trusts this CA.
+    fn client(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(wstap::config::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Connects with TLS to `addr` asking for `name`; returns the stream and the certificate
+/// the server showed.
+async fn connect(
+    pki: &Pki,
+    addr: SocketAddr,
+    name: &str,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, CertificateDer<'static>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = pki.client().connect(ServerName::try_from(name.to_owned()).unwrap(), tcp).await.unwrap();
+    let shown = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    (tls, shown)
+}
+
+/// `/metrics` line `name{labels}`'s value, or 0.
+async fn metric(admin: SocketAddr, line: &str) -> u64 {
+    let text = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    text.lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0)
+}
+
+fn listener_toml(a: &Site, b: &Site) -> String {
+    // 127.0.0.2: a listener is told apart by its configured address, and the plain one
+    // beside it (in one test) is on 127.0.0.1:0.
+    format!(
+        "[[listener]]\naddr = \"127.0.0.2:0\"\ntls = {{ cert = {:?}, key = {:?}, sni = [{{ name = \"b.example\", \
+         cert = {:?}, key = {:?} }}] }}\n",
+        a.cert, a.key, b.cert, b.key
+    )
+}
+
+#[tokio::test]
+async fn wss_clients_get_their_sni_certificate_and_their_sessions_decode() {
+    within(async {
+        let dir = capture_dir("tls");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let pki = Pki::new(&dir);
+        let (a, b) = (pki.site("localhost", "a"), pki.site("b.example", "b"));
+        let captures = dir.join("captures");
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n{}[[route]]\nupstream = \"ws://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [limits]\nhandshake_timeout = \"500ms\"\n{}",
+            listener_toml(&a, &b),
+            echo_upstream().await,
+            capture_toml(&captures, "")
+        );
+        let proxy = Proxy::start(&toml).await;
+        let (plain, tls, admin) = (proxy.addrs[0], proxy.addrs[1], proxy.admin.unwrap());
+
+        // Handshakes that fail: plaintext to the TLS port, a client that leaves mid-way.
+        let mut s = TcpStream::connect(tls).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await; // the daemon closes it
+        assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1"), "no HTTP answer over a TLS port");
+        drop(TcpStream::connect(tls).await.unwrap());
+        // A client that starts a record and stalls is closed after handshake_timeout.
+        let mut stalled = TcpStream::connect(tls).await.unwrap();
+        stalled.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff]).await.unwrap();
+        assert_eq!(stalled.read(&mut [0u8; 16]).await.unwrap_or(0), 0, "closed, not answered");
+        eventually_async("failures counted", async || {
+            metric(admin, "wstap_tls_handshake_failures_total{reason=\"not_tls\"}").await == 1
+                && metric(admin, "wstap_tls_handshake_failures_total{reason=\"closed\"}").await == 1
+                && metric(admin, "wstap_tls_handshake_failures_total{reason=\"timeout\"}").await == 1
+        })
+        .await;
+
+        // SNI picks the certificate; no SNI match gets the default one.
+        assert_eq!(connect(&pki, tls, "b.example").await.1, b.der);
+        let (stream, shown) = connect(&pki, tls, "localhost").await;
+        assert_eq!(shown, a.der);
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/secure", stream).await.unwrap();
+        let sent = [Message::text("over TLS"), Message::binary(noise(3000))];
+        for m in &sent {
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(&ws.next().await.unwrap().unwrap(), m);
+        }
+        // The plain listener beside it still serves.
+        let (mut plain_ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/plain")).await.unwrap();
+        plain_ws.send(Message::text("plain")).await.unwrap();
+        assert_eq!(plain_ws.next().await.unwrap().unwrap(), Message::text("plain"));
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        plain_ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = plain_ws.next().await {}
+        drop((ws, plain_ws));
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        // The TLS session is captured decrypted, decodes, and its comment says how it ran.
+        let files = the_files(&captures);
+        let per_file = decode_each(&files, 2);
+        let secure: Vec<_> = per_file.iter().flat_map(|(up, _)| up.clone()).collect();
+        assert!(secure.contains(&(1, b"over TLS".to_vec())), "{secure:?}");
+        assert!(secure.contains(&(2, noise(3000))));
+        let comments: Vec<String> =
+            files.iter().flat_map(|f| fields(f, "frame.comment", &["frame.comment"])).flatten().collect();
+        let about = comments.iter().find(|c| c.contains("/secure")).expect("the TLS session's comment");
+        assert!(about.contains("TLS 1.3") && about.contains("SNI localhost") && about.contains("ALPN http/1.1"));
+        assert!(about.contains(&format!("port {}", tls.port())), "{about}");
+    })
+    .await;
+}
+
+/// Polls an async condition (a state reached in the daemon, read over HTTP) for up to
+/// five seconds.
+async fn eventually_async(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    for _ in 0..500 {
+        if done().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[tokio::test]
+async fn sighup_reloads_certificates_and_a_bad_file_changes_nothing() {
+    within(async {
+        let dir = scratch_dir("tls-reload");
+        let pki = Pki::new(&dir);
+        let (a, b) = (pki.site("localhost", "a"), pki.site("b.example", "b"));
+        let config = dir.join("wstap.toml");
+        let toml = |a: &Site| {
+            format!(
+                "{}[[route]]\nupstream = \"ws://127.0.0.1:9\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [capture]\nmode = \"off\"\n",
+                listener_toml(a, &b)
+            )
+        };
+        std::fs::write(&config, toml(&a)).unwrap();
+        let proxy = Proxy::start_file(&config).await;
+        let (tls, admin) = (proxy.addr(), proxy.admin.unwrap());
+        let (held, shown) = connect(&pki, tls, "localhost").await;
+        assert_eq!(shown, a.der);
+
+        // New certificate files, then SIGHUP: new handshakes get the new certificate.
+        let renewed = pki.site("localhost", "a2");
+        std::fs::write(&config, toml(&renewed)).unwrap();
+        proxy.reload().await;
+        eventually_async("reloaded", async || metric(admin, "wstap_reloads_total{result=\"ok\"}").await == 1).await;
+        assert_eq!(connect(&pki, tls, "localhost").await.1, renewed.der, "the reloaded certificate");
+
+        // A key that is not the certificate's: the reload is refused, the old one stays.
+        std::fs::copy(&a.key, &renewed.key).unwrap();
+        proxy.reload().await;
+        eventually_async("refused", async || metric(admin, "wstap_reloads_total{result=\"failed\"}").await == 1)
+            .await;
+        assert_eq!(connect(&pki, tls, "localhost").await.1, renewed.der);
+        drop(held);
+    })
+    .await;
+}
