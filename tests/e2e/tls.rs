@@ -35,8 +35,9 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&key).unwrap().der().clone();
-        Pki { dir: dir.to_owned(), issuer: Issuer::new(params, key), ca }
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir: dir.to_owned(), issuer: Issuer::new(params, key), ca: ca.der().clone() }
     }
 
     /// A certificate for `name`, written as `<file>.pem` and `<file>.key`.
@@ -51,13 +52,25 @@ impl Pki {
 
     /// A client that trusts this CA.
     fn client(&self) -> tokio_rustls::TlsConnector {
+        self.client_as(None)
+    }
+
+    /// A client that trusts this CA and shows `cert` if the server asks for one.
+    fn client_as(&self, cert: Option<&Site>) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(wstap::config::tls::provider())
+        let builder = rustls::ClientConfig::builder_with_provider(wstap::config::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut config = match cert {
+            Some(site) => {
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&site.key).unwrap();
+                builder.with_client_auth_cert(vec![site.der.clone()], key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
@@ -162,6 +175,45 @@ async fn wss_clients_get_their_sni_certificate_and_their_sessions_decode() {
         let about = comments.iter().find(|c| c.contains("/secure")).expect("the TLS session's comment");
         assert!(about.contains("TLS 1.3") && about.contains("SNI localhost") && about.contains("ALPN http/1.1"));
         assert!(about.contains(&format!("port {}", tls.port())), "{about}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_client_ca_only_clients_holding_a_certificate_from_it_get_in() {
+    within(async {
+        let dir = scratch_dir("tls-mtls");
+        let pki = Pki::new(&dir);
+        let (a, alice) = (pki.site("localhost", "a"), pki.site("alice", "alice"));
+        let other = dir.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let stranger = Pki::new(&other).site("mallory", "mallory");
+        let toml = format!(
+            "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?}, client_ca = {:?} }}\n\
+             [[route]]\nupstream = \"ws://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            a.cert,
+            a.key,
+            dir.join("ca.pem"),
+            echo_upstream().await
+        );
+        let proxy = Proxy::start(&toml).await;
+        let (addr, admin) = (proxy.addr(), proxy.admin.unwrap());
+        let session = async |who: Option<&Site>| {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let tls = pki.client_as(who).connect(name, tcp).await.ok()?;
+            let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/m", tls).await.ok()?;
+            ws.send(Message::text("hi")).await.ok()?;
+            ws.next().await?.ok()
+        };
+        assert_eq!(session(Some(&alice)).await, Some(Message::text("hi")), "a certificate from the CA");
+        assert_eq!(session(None).await, None, "no certificate");
+        assert_eq!(session(Some(&stranger)).await, None, "a certificate from another CA");
+        eventually_async("failures counted", async || {
+            metric(admin, "wstap_tls_handshake_failures_total{reason=\"no_client_certificate\"}").await == 1
+                && metric(admin, "wstap_tls_handshake_failures_total{reason=\"bad_client_certificate\"}").await == 1
+        })
+        .await;
     })
     .await;
 }
