@@ -176,6 +176,19 @@ pub(super) struct FileRoute {
     pub(super) sample: Option<f64>,
     pub(super) max_session_bytes: Option<ByteSize>,
     pub(super) max_message_bytes: Option<ByteSize>,
+    /// TLS to a `wss://` or `https://` upstream.
+    pub(super) tls: Option<FileUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileUpstreamTls {
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) insecure_skip_verify: bool,
 }
 
 pub(super) fn default_path_prefix() -> String {

@@ -20,6 +20,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// What is recorded of its sessions.
     pub policy: Policy,
+    /// TLS to the upstream (`wss://`, `https://`).
+    pub tls: Option<super::tls::UpstreamTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,32 +31,38 @@ pub enum Scheme {
     Ws,
     /// `http://`.
     Http,
+    /// `wss://`: TLS.
+    Wss,
+    /// `https://`: TLS.
+    Https,
 }
 
-/// A parsed `ws://` or `http://` upstream URL. Both schemes mean plain TCP; either
-/// carries plain HTTP and WebSocket upgrades alike.
+/// A parsed `ws://`, `http://`, `wss://` or `https://` upstream URL. The first two mean
+/// plain TCP, the others TLS; any of them carries plain HTTP and WebSocket upgrades alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// The scheme it was written with.
     pub scheme: Scheme,
     /// Host as written in the URL (IPv6 literals keep their brackets).
     pub host: String,
-    /// The port (80 when the URL has none).
+    /// The port (80, or 443 for TLS, when the URL has none).
     pub port: u16,
     /// Base path prepended to forwarded targets; empty for `/`.
     pub base_path: String,
 }
 
 impl Upstream {
-    /// Parses `ws://host:port[/base]` or `http://…`; the error says what is wrong.
+    /// Parses `ws://host:port[/base]`, `http://…`, `wss://…` or `https://…`; the error says
+    /// what is wrong.
     pub fn parse(s: &str) -> Result<Upstream, String> {
         let bad = |why: &str| format!("invalid upstream {s:?}: {why}");
         let uri: http::Uri = s.parse().map_err(|e| bad(&format!("{e}")))?;
         let scheme = match uri.scheme_str() {
             Some("ws") => Scheme::Ws,
             Some("http") => Scheme::Http,
-            Some("wss" | "https") => return Err(bad("TLS upstreams (wss://, https://) are not supported yet")),
-            _ => return Err(bad("the URL must start with ws:// or http://")),
+            Some("wss") => Scheme::Wss,
+            Some("https") => Scheme::Https,
+            _ => return Err(bad("the URL must start with ws://, http://, wss:// or https://")),
         };
         let auth = uri.authority().ok_or_else(|| bad("no host"))?;
         if auth.as_str().contains('@') {
@@ -68,7 +76,13 @@ impl Upstream {
             return Err(bad("no host"));
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream { scheme, host, port: auth.port_u16().unwrap_or(80), base_path })
+        let default_port = if matches!(scheme, Scheme::Wss | Scheme::Https) { 443 } else { 80 };
+        Ok(Upstream { scheme, host, port: auth.port_u16().unwrap_or(default_port), base_path })
+    }
+
+    /// Reached over TLS?
+    pub fn tls(&self) -> bool {
+        matches!(self.scheme, Scheme::Wss | Scheme::Https)
     }
 
     /// `host:port` as used to connect and as the default `Host` header.
@@ -87,6 +101,8 @@ impl fmt::Display for Upstream {
         let scheme = match self.scheme {
             Scheme::Ws => "ws",
             Scheme::Http => "http",
+            Scheme::Wss => "wss",
+            Scheme::Https => "https",
         };
         write!(f, "{scheme}://{}{}", self.authority(), self.base_path)
     }
@@ -152,6 +168,7 @@ mod tests {
             strip_prefix: strip,
             upstream: Upstream::parse(upstream).unwrap(),
             policy: Policy::default(),
+            tls: None,
         }
     }
 
@@ -162,7 +179,10 @@ mod tests {
         let u = Upstream::parse("http://[::1]/base/").unwrap();
         assert_eq!((u.connect_host(), u.port, u.base_path.as_str()), ("::1", 80, "/base"));
         assert_eq!(u.to_string(), "http://[::1]:80/base");
-        for bad in ["ftp://a:1", "wss://a:1", "ws://u@a:1", "ws://a:1/?q=1", "a:1", "ws://"] {
+        let u = Upstream::parse("wss://app.internal").unwrap();
+        assert_eq!((u.scheme, u.port, u.tls()), (Scheme::Wss, 443, true));
+        assert_eq!(Upstream::parse("https://a:8443/x").unwrap().to_string(), "https://a:8443/x");
+        for bad in ["ftp://a:1", "ws://u@a:1", "ws://a:1/?q=1", "a:1", "ws://"] {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
         }
     }

@@ -34,6 +34,16 @@ impl fmt::Display for Settings {
             writeln!(f, "path_prefix = {:?}", r.path_prefix)?;
             writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
             writeln!(f, "upstream = {:?}", r.upstream.to_string())?;
+            if let Some(t) = &r.tls {
+                write!(f, "tls = {{ server_name = {:?}", t.server_name.to_str())?;
+                if let Some(ca) = &t.ca_file {
+                    write!(f, ", ca_file = {ca:?}")?;
+                }
+                if let Some((cert, key)) = &t.cert {
+                    write!(f, ", cert = {cert:?}, key = {key:?}")?;
+                }
+                writeln!(f, ", insecure_skip_verify = {} }}", t.insecure_skip_verify)?;
+            }
             write_policy(f, &r.policy, "capture")?;
         }
         let l = &self.limits;

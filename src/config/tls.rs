@@ -1,9 +1,12 @@
-//! TLS settings of a listener (`[[listener]]` `tls = { … }`): certificates and keys read
-//! from PEM files into a rustls server configuration when the config is checked or
-//! loaded, so `wstap check` finds a bad file and a reload (SIGHUP) that cannot read one
-//! changes nothing. TLS 1.2 and 1.3 with rustls's default suites (no TLS 1.0/1.1, no
-//! weak ciphers), ALPN `http/1.1`, one certificate per SNI name over a default one, and
-//! client certificates when `client_ca` is set.
+//! TLS settings of a listener (`[[listener]]` `tls = { … }`) and of a route's upstream
+//! (`wss://`, `https://`, `tls = { … }`): certificates and keys read from PEM files into
+//! rustls configurations when the config is checked or loaded, so `wstap check` finds a
+//! bad file and a reload (SIGHUP) that cannot read one changes nothing. TLS 1.2 and 1.3
+//! with rustls's default suites (no TLS 1.0/1.1, no weak ciphers), ALPN `http/1.1`.
+//! Listeners: one certificate per SNI name over a default one, client certificates when
+//! `client_ca` is set. Upstreams: verified against the system's roots (the ones the
+//! host's administrator keeps, read by rustls-native-certs) or `ca_file`; a client
+//! certificate if asked; `insecure_skip_verify` only when written out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,8 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
-use super::file::FileServerTls;
+use super::file::{FileServerTls, FileUpstreamTls};
+use super::route::Upstream;
 
 /// A TLS listener's settings: the files it was built from (for `wstap check`) and the
 /// rustls configuration new handshakes use.
@@ -32,6 +36,126 @@ pub struct ServerTls {
     pub client_ca: Option<PathBuf>,
     /// What handshakes run with.
     pub config: Arc<ServerConfig>,
+}
+
+/// TLS to a route's upstream: the settings as written (for `wstap check`) and the rustls
+/// configuration connections use. Two are the same when they share the configuration
+/// (an upstream connection is reused only by requests that would have opened it alike).
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// CA certificates to verify the upstream with, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// The name to ask for (SNI) and verify, instead of the URL's host.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// The client certificate chain and key to show, if any.
+    pub cert: Option<(PathBuf, PathBuf)>,
+    /// The upstream's certificate is not checked at all.
+    pub insecure_skip_verify: bool,
+    /// What connections run with.
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config)
+    }
+}
+
+/// The system's root certificates, read once.
+fn system_roots() -> Result<Arc<RootCertStore>, String> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<RootCertStore>, String>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            match (added, found.errors.first()) {
+                (0, Some(e)) => Err(format!("no system root certificate could be read: {e}")),
+                (0, None) => Err("the system has no root certificates (set ca_file)".to_owned()),
+                _ => Ok(Arc::new(roots)),
+            }
+        })
+        .clone()
+}
+
+/// Builds the TLS settings of an upstream; the error names the key (under the route's
+/// `tls.`) and what was wrong.
+pub(super) fn upstream_tls(f: FileUpstreamTls, upstream: &Upstream) -> Result<UpstreamTls, (String, String)> {
+    let provider = provider();
+    let name = f.server_name.clone().unwrap_or_else(|| upstream.connect_host().to_owned());
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| ("server_name".to_owned(), format!("{name:?} is not a DNS name or an IP address")))?;
+    let roots = match &f.ca_file {
+        Some(ca) => Arc::new(roots(ca).map_err(|e| ("ca_file".to_owned(), e))?),
+        None if f.insecure_skip_verify => Arc::new(RootCertStore::empty()),
+        None => system_roots().map_err(|e| ("ca_file".to_owned(), e))?,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("ca_file".to_owned(), e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (&f.cert, &f.key) {
+        (Some(cert), Some(key)) => {
+            let chain = certificates(cert).map_err(|e| ("cert".to_owned(), e))?;
+            let der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ("key".to_owned(), format!("{}: no private key read: {e}", key.display())))?;
+            builder.with_client_auth_cert(chain, der).map_err(|e| ("key".to_owned(), format!("{}: {e}", key.display())))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        (Some(_), None) => return Err(("key".to_owned(), "cert is set without its key".to_owned())),
+        (None, Some(_)) => return Err(("cert".to_owned(), "key is set without its cert".to_owned())),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if f.insecure_skip_verify {
+        config.dangerous().set_certificate_verifier(Arc::new(NoVerification(provider)));
+    }
+    Ok(UpstreamTls {
+        ca_file: f.ca_file,
+        server_name,
+        cert: f.cert.zip(f.key),
+        insecure_skip_verify: f.insecure_skip_verify,
+        config: Arc::new(config),
+    })
+}
+
+/// `insecure_skip_verify`: any certificate is accepted; signatures are still checked,
+/// so the connection is encrypted, to someone.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The crypto wstap's TLS uses: rustls with *ring*.
@@ -158,6 +282,22 @@ mod tests {
         ] {
             let e = parse(cert, key).unwrap_err();
             assert!(e.contains("test.toml") && e.contains(wanted), "{e}");
+        }
+        // A route's upstream TLS: named keys.
+        let route = |url: &str, tls: &str| {
+            let toml = format!("listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"{url}\"\ntls = {{ {tls} }}\n");
+            Settings::parse(&toml, Path::new("test.toml")).map_err(|e| e.to_string())
+        };
+        let ok = route("wss://localhost", &format!("ca_file = {cert:?}, cert = {cert:?}, key = {key:?}")).unwrap();
+        assert_eq!(ok.routes[0].tls.as_ref().unwrap().server_name.to_str(), "localhost");
+        for (url, tls, wanted) in [
+            ("ws://localhost", "insecure_skip_verify = true", "key `route[0].tls`: the upstream ws://localhost:80 is plain"),
+            ("wss://localhost", "ca_file = \"/nonexistent/ca.pem\"", "key `route[0].tls.ca_file`: /nonexistent/ca.pem"),
+            ("wss://localhost", &format!("cert = {cert:?}"), "key `route[0].tls.key`: cert is set without its key"),
+            ("wss://localhost", "server_name = \"a b\"", "key `route[0].tls.server_name`"),
+        ] {
+            let e = route(url, tls).unwrap_err();
+            assert!(e.contains(wanted), "{e}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

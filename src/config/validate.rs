@@ -125,8 +125,18 @@ fn routes(file: Vec<FileRoute>, defaults: &Policy) -> Result<Vec<Route>, Invalid
                 session: r.max_session_bytes.map_or(defaults.snap.session, bytes_limit),
             },
         };
+        let tls = match (r.upstream.tls(), r.tls) {
+            (true, tls) => Some(
+                super::tls::upstream_tls(tls.unwrap_or_default(), &r.upstream)
+                    .map_err(|(k, msg)| Invalid { key: key(&format!("tls.{k}")), msg })?,
+            ),
+            (false, Some(_)) => {
+                return fail(key("tls"), format!("the upstream {} is plain; TLS settings need wss:// or https://", r.upstream));
+            }
+            (false, None) => None,
+        };
         let (path_prefix, strip_prefix, upstream) = (r.path_prefix, r.strip_prefix, r.upstream);
-        routes.push(Route { host, path_prefix, strip_prefix, upstream, policy });
+        routes.push(Route { host, path_prefix, strip_prefix, upstream, policy, tls });
     }
     Ok(routes)
 }

@@ -113,8 +113,12 @@ pub struct Conn {
     tls: Option<String>,
 }
 
+/// The task that drives an upstream connection (whatever stream it runs on).
+type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
+
 struct UpstreamConn {
     upstream: Upstream,
+    tls: Option<crate::config::tls::UpstreamTls>,
     sender: SendRequest<Paced>,
     tap: Option<Arc<Tap>>,
 }
@@ -322,7 +326,7 @@ impl Conn {
             }
         }
 
-        let UpstreamConn { upstream, mut sender, tap: upstream_tap } = self.upstream_conn(&route.upstream).await?;
+        let UpstreamConn { upstream, tls, mut sender, tap: upstream_tap } = self.upstream_conn(&route).await?;
         let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
         let start = CaptureStart {
             request_line: &request_line,
@@ -356,7 +360,7 @@ impl Conn {
             let captured = self.capture_session(&start);
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap, captured);
         } else {
-            *lock(&self.upstream) = Some(UpstreamConn { upstream, sender, tap: upstream_tap });
+            *lock(&self.upstream) = Some(UpstreamConn { upstream, tls, sender, tap: upstream_tap });
         }
         let (mut parts, body) = resp.into_parts();
         let proto = switched.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
@@ -438,11 +442,12 @@ impl Conn {
 
     /// The upstream connection of the previous request if it goes to the same upstream
     /// and is still usable; otherwise a new one.
-    async fn upstream_conn(&self, upstream: &Upstream) -> Result<UpstreamConn, ProxyError> {
+    async fn upstream_conn(&self, route: &Route) -> Result<UpstreamConn, ProxyError> {
+        let (upstream, tls) = (&route.upstream, &route.tls);
         let connect_timeout = self.ctx.settings.limits.connect_timeout;
         let kept = lock(&self.upstream).take();
         if let Some(mut kept) = kept {
-            if kept.upstream == *upstream && !kept.sender.is_closed() {
+            if kept.upstream == *upstream && kept.tls == *tls && !kept.sender.is_closed() {
                 if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, kept.sender.ready()).await {
                     return Ok(kept);
                 }
@@ -450,26 +455,46 @@ impl Conn {
         }
         let stream = connect(upstream, connect_timeout).await?;
         let tap = self.upstream_tap(&stream);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .preserve_header_case(true)
-            .max_buf_size(UPSTREAM_READ_BUFFER)
-            .handshake(TokioIo::new(Metered::new(
-                Tee::new(stream, tap.clone()),
-                Leg::Upstream,
-                self.ctx.traffic.clone(),
-                None,
-            )))
-            .await
-            .map_err(ProxyError::Upstream)?;
+        let (sender, conn) = match tls {
+            None => self.upstream_handshake(stream, tap.clone()).await?,
+            Some(t) => {
+                let name = t.server_name.clone();
+                let tls = tokio_rustls::TlsConnector::from(t.config.clone()).connect(name, stream);
+                let stream = tokio::time::timeout(connect_timeout, tls)
+                    .await
+                    .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
+                    .map_err(ProxyError::UpstreamTls)?;
+                self.upstream_handshake(stream, tap.clone()).await?
+            }
+        };
         tokio::spawn(
             async move {
-                if let Err(e) = conn.with_upgrades().await {
+                if let Err(e) = conn.await {
                     debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
                 }
             }
             .in_current_span(),
         );
-        Ok(UpstreamConn { upstream: upstream.clone(), sender, tap })
+        Ok(UpstreamConn { upstream: upstream.clone(), tls: tls.clone(), sender, tap })
+    }
+
+    /// hyper's client on the (teed, metered) upstream stream, plain or TLS.
+    async fn upstream_handshake<S>(
+        &self,
+        stream: S,
+        tap: Option<Arc<Tap>>,
+    ) -> Result<(SendRequest<Paced>, UpstreamDriver), ProxyError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = Metered::new(Tee::new(stream, tap), Leg::Upstream, self.ctx.traffic.clone(), None);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .max_buf_size(UPSTREAM_READ_BUFFER)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(ProxyError::Upstream)?;
+        Ok((sender, Box::pin(async move { conn.with_upgrades().await })))
     }
 
     fn upstream_tap(&self, stream: &TcpStream) -> Option<Arc<Tap>> {

@@ -21,6 +21,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     /// The upstream address could not be resolved or refused the connection.
     Connect(std::io::Error),
+    /// The TLS handshake with the upstream failed (its certificate, most often).
+    UpstreamTls(std::io::Error),
     /// The upstream did not accept the TCP connection in time.
     ConnectTimeout(Duration),
     /// The upstream did not send a response head in time.
@@ -38,7 +40,10 @@ impl ProxyError {
             ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -51,6 +56,7 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) => "body_timeout",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Connect(_) => "connect",
+            ProxyError::UpstreamTls(_) => "tls",
             ProxyError::ConnectTimeout(_) => "connect_timeout",
             ProxyError::ResponseTimeout(_) => "response_timeout",
             ProxyError::Upstream(_) => "upstream_protocol",
@@ -81,6 +87,7 @@ impl fmt::Display for ProxyError {
             }
             ProxyError::MethodNotAllowed => f.write_str("method not allowed through a reverse proxy"),
             ProxyError::Connect(e) => write!(f, "cannot connect to upstream: {e}"),
+            ProxyError::UpstreamTls(e) => write!(f, "TLS with the upstream failed: {e}"),
             ProxyError::ConnectTimeout(d) => {
                 write!(f, "upstream did not accept the connection within {}", humantime::format_duration(*d))
             }

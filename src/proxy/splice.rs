@@ -124,6 +124,9 @@ where
             let mut buf = ReadBuf::new(scratch);
             match Pin::new(&mut *from).poll_read(cx, &mut buf) {
                 Poll::Pending => Step::Wait,
+                // A TLS peer that closed without close_notify (many do, after a WebSocket
+                // close handshake): the end of its stream, as TCP's FIN would be.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Step::Ended,
                 Poll::Ready(Err(e)) => Step::Failed(fail(from_leg)(e)),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => Step::Ended,
                 Poll::Ready(Ok(())) => {

@@ -120,6 +120,17 @@ struct Running {
     listening: watch::Sender<Vec<SocketAddr>>,
 }
 
+/// `insecure_skip_verify` is said out loud each time a config with it is applied.
+fn warn_insecure(settings: &Settings) {
+    for r in settings.routes.iter().filter(|r| r.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)) {
+        warn!(
+            route = %r.path_prefix,
+            upstream = %r.upstream,
+            "insecure_skip_verify: this upstream's certificate is NOT checked; anyone on the way can pose as it"
+        );
+    }
+}
+
 impl Running {
     /// Starts the capture writer and the accept loops, and tells systemd it is ready.
     fn start(
@@ -140,6 +151,7 @@ impl Running {
         for (configured, listener) in settings.listen.iter().zip(bound) {
             listeners::listen(&shared, *configured, listener, &coordinator)?;
         }
+        warn_insecure(&settings);
         let notifier = Notifier::from_env();
         listening.send_replace(shared.bound());
         notifier.ready(&format!("listening on {}", shared.bound_list()));
@@ -157,6 +169,7 @@ impl Running {
                 metrics.reloads_ok.fetch_add(1, Relaxed);
                 let listening = self.shared.bound_list();
                 info!(config = %new.source.display(), %listening, "config reloaded");
+                warn_insecure(&new);
                 self.notifier.ready(&format!("reloaded; listening on {listening}"));
                 self.settings = new;
             }

@@ -267,3 +267,89 @@ async fn sighup_reloads_certificates_and_a_bad_file_changes_nothing() {
     })
     .await;
 }
+
+/// A WebSocket echo server over TLS with `site`'s certificate.
+async fn tls_echo_upstream(site: &Site) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&site.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(wstap::config::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![site.der.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    serve(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else { return };
+            while let Some(Ok(msg)) = ws.next().await {
+                if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wss_upstreams_are_verified_and_their_sessions_decode() {
+    let (logs, _capturing) = Logs::capture();
+    within(async {
+        let dir = capture_dir("tls-upstream");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let pki = Pki::new(&dir);
+        let up = tls_echo_upstream(&pki.site("localhost", "upstream")).await;
+        let ca = dir.join("ca.pem");
+        let port = up.port();
+        let route = |prefix: &str, url: &str, tls: &str| {
+            format!("[[route]]\npath_prefix = \"{prefix}\"\nupstream = \"{url}\"\ntls = {{ {tls} }}\n")
+        };
+        let toml = [
+            // A refused upgrade leaves the connection open until the keep-alive time.
+            "listen = [\"127.0.0.1:0\"]\n[limits]\nhandshake_timeout = \"300ms\"\n".to_owned(),
+            route("/good", &format!("wss://localhost:{port}"), &format!("ca_file = {ca:?}")),
+            route("/by-ip", &format!("wss://127.0.0.1:{port}"), &format!("ca_file = {ca:?}, server_name = \"localhost\"")),
+            route("/wrong-name", &format!("wss://127.0.0.1:{port}"), &format!("ca_file = {ca:?}")),
+            route("/system-roots", &format!("wss://localhost:{port}"), ""),
+            route("/insecure", &format!("wss://127.0.0.1:{port}"), "insecure_skip_verify = true"),
+            capture_toml(&dir.join("captures"), ""),
+        ]
+        .concat();
+        let proxy = Proxy::start(&toml).await;
+        for path in ["/good", "/by-ip", "/insecure"] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url(path)).await.unwrap();
+            let m = Message::text(format!("through {path}"));
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m, "{path}");
+            ws.close(None).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+        // A certificate that does not verify: 502, and the log says it was the certificate.
+        for (path, why) in [("/wrong-name", "not valid for name"), ("/system-roots", "UnknownIssuer")] {
+            let upgrade = format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            let response = raw_exchange(proxy.addr(), upgrade.as_bytes()).await;
+            assert_eq!(status_of(&response), 502, "{path}: {response}");
+            let lines = logs.lines_with(&["TLS with the upstream failed: invalid peer certificate", why]);
+            assert_eq!(lines.len(), 1, "{path}: one log line naming the certificate's fault: {:?}", logs.lines_with(&["TLS"]));
+        }
+        assert_eq!(logs.lines_with(&["insecure_skip_verify", "NOT checked"]).len(), 1, "said at start");
+        assert_eq!(logs.lines_with(&["session ended", "end=aborted"]), Vec::<String>::new(), "no close_notify is an end");
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+
+        // Both legs are captured decrypted and decode.
+        let files = the_files(&dir.join("captures"));
+        let per_file = decode_each(&files, 2);
+        let up: Vec<_> = per_file.iter().flat_map(|(up, _)| up.clone()).collect();
+        assert!(up.contains(&(1, b"through /good".to_vec())), "{up:?}");
+        let upstream_leg = files.iter().flat_map(|f| fields(f, "websocket && frame.interface_id == 1", &["frame.number"]));
+        assert!(upstream_leg.count() >= 6, "the upstream leg's frames decode too");
+    })
+    .await;
+}
