@@ -22,6 +22,12 @@ pub fn undecodable(port: u16) -> bool {
     UNDECODABLE[usize::from(port / 64)] & (1 << (port % 64)) != 0
 }
 
+/// Ports Wireshark's HTTP dissector takes for encrypted ones (its `http.tls.port`): plain
+/// HTTP there decodes, with a Warning ("Unencrypted HTTP protocol detected over encrypted
+/// port"), so a clean capture (what a TLS listener or upstream on 443 gives when captured
+/// decrypted) is written with another port.
+const TLS_PORTS: [u16; 1] = [443];
+
 /// The port every leg's server side is written with when Wireshark would not decode the
 /// real ones: HTTP's own, and lower than any client's (Wireshark tries the lower port of a
 /// connection first).
@@ -34,7 +40,9 @@ pub fn display(client: SocketAddr, mut server: SocketAddr, how: DisplayPort) -> 
     match how {
         DisplayPort::Real => return (client, server, None),
         DisplayPort::Fixed(port) => server.set_port(port),
-        DisplayPort::Auto if undecodable(real) || undecodable(client.port()) => server.set_port(SAFE_PORT),
+        DisplayPort::Auto if undecodable(real) || undecodable(client.port()) || TLS_PORTS.contains(&real) => {
+            server.set_port(SAFE_PORT)
+        }
         DisplayPort::Auto => return (client, server, None),
     }
     (client, server, (server.port() != real).then_some(real))
@@ -64,5 +72,7 @@ mod tests {
         assert_eq!(s.port(), 6379);
         assert_eq!(display(a("10.0.0.1:1"), a("10.0.0.2:2"), DisplayPort::Fixed(8080)).2, Some(2));
         assert_eq!(table().len(), 271);
+        let (_, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:443"), DisplayPort::Auto);
+        assert_eq!((s.port(), real), (80, Some(443)), "decrypted TLS on 443 is not written as 443");
     }
 }
