@@ -119,6 +119,8 @@ type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::
 struct UpstreamConn {
     upstream: Upstream,
     tls: Option<crate::config::tls::UpstreamTls>,
+    /// The TLS to the upstream, described for the capture.
+    tls_about: Option<String>,
     sender: SendRequest<Paced>,
     tap: Option<Arc<Tap>>,
 }
@@ -139,7 +141,8 @@ pub async fn accept(
     let Some(config) = tls else { return serve(ctx, accepted, stream).await };
     match tls::accept(config, stream, ctx.settings.limits.handshake_timeout).await {
         Ok(stream) => {
-            let about = format!("{}, port {}", tls::describe(&stream), local.port());
+            let server = stream.get_ref().1;
+            let about = format!("{}, port {}", tls::describe(server, server.server_name()), local.port());
             debug!(tls = %about, "TLS handshake done");
             serve(ctx, Accepted { tls: Some(about), ..accepted }, stream).await;
         }
@@ -326,12 +329,13 @@ impl Conn {
             }
         }
 
-        let UpstreamConn { upstream, tls, mut sender, tap: upstream_tap } = self.upstream_conn(&route).await?;
+        let UpstreamConn { upstream, tls, tls_about, mut sender, tap: upstream_tap } = self.upstream_conn(&route).await?;
         let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
         let start = CaptureStart {
             request_line: &request_line,
             client_down_base,
             upstream: upstream_tap.as_deref().zip(upstream_bases),
+            upstream_tls: tls_about.as_deref(),
             route: &route,
             index,
         };
@@ -360,7 +364,7 @@ impl Conn {
             let captured = self.capture_session(&start);
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap, captured);
         } else {
-            *lock(&self.upstream) = Some(UpstreamConn { upstream, tls, sender, tap: upstream_tap });
+            *lock(&self.upstream) = Some(UpstreamConn { upstream, tls, tls_about, sender, tap: upstream_tap });
         }
         let (mut parts, body) = resp.into_parts();
         let proto = switched.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
@@ -387,6 +391,9 @@ impl Conn {
         );
         if let Some(tls) = &self.tls {
             comment.push_str(&format!("; client leg over {tls} (captured decrypted)"));
+        }
+        if let Some(tls) = at.upstream_tls {
+            comment.push_str(&format!("; upstream leg over {tls} (captured decrypted)"));
         }
         self.start_legs(at, comment, true);
         true
@@ -455,8 +462,12 @@ impl Conn {
         }
         let stream = connect(upstream, connect_timeout).await?;
         let tap = self.upstream_tap(&stream);
-        let (sender, conn) = match tls {
-            None => self.upstream_handshake(stream, tap.clone()).await?,
+        let port = upstream.port;
+        let (sender, conn, tls_about) = match tls {
+            None => {
+                let (sender, conn) = self.upstream_handshake(stream, tap.clone()).await?;
+                (sender, conn, None)
+            }
             Some(t) => {
                 let name = t.server_name.clone();
                 let tls = tokio_rustls::TlsConnector::from(t.config.clone()).connect(name, stream);
@@ -464,7 +475,9 @@ impl Conn {
                     .await
                     .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
                     .map_err(ProxyError::UpstreamTls)?;
-                self.upstream_handshake(stream, tap.clone()).await?
+                let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
+                let (sender, conn) = self.upstream_handshake(stream, tap.clone()).await?;
+                (sender, conn, Some(format!("{about}, port {port}")))
             }
         };
         tokio::spawn(
@@ -475,7 +488,7 @@ impl Conn {
             }
             .in_current_span(),
         );
-        Ok(UpstreamConn { upstream: upstream.clone(), tls: tls.clone(), sender, tap })
+        Ok(UpstreamConn { upstream: upstream.clone(), tls: tls.clone(), tls_about, sender, tap })
     }
 
     /// hyper's client on the (teed, metered) upstream stream, plain or TLS.
@@ -594,6 +607,8 @@ struct CaptureStart<'a> {
     client_down_base: u64,
     /// The upstream leg's tap, and where the request and the response began on it.
     upstream: Option<(&'a Tap, PerDir<u64>)>,
+    /// The TLS to the upstream, described.
+    upstream_tls: Option<&'a str>,
     route: &'a Route,
     /// The route's place in the config.
     index: usize,

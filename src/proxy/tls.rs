@@ -44,17 +44,16 @@ pub async fn accept(
 }
 
 /// What a finished handshake agreed: `TLS 1.3, TLS13_AES_128_GCM_SHA256, SNI a.example,
-/// ALPN http/1.1`.
-pub fn describe(stream: &TlsStream<TcpStream>) -> String {
-    let (_, conn) = stream.get_ref();
-    let version = match conn.protocol_version() {
+/// ALPN http/1.1`. `sni`: the name the client asked for.
+pub fn describe(tls: &rustls::CommonState, sni: Option<&str>) -> String {
+    let version = match tls.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_owned(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_owned(),
         v => format!("{v:?}"),
     };
-    let suite = conn.negotiated_cipher_suite().map_or_else(|| "no suite".to_owned(), |s| format!("{:?}", s.suite()));
-    let sni = conn.server_name().map_or_else(|| "no SNI".to_owned(), |n| format!("SNI {n}"));
-    let alpn = conn
+    let suite = tls.negotiated_cipher_suite().map_or_else(|| "no suite".to_owned(), |s| format!("{:?}", s.suite()));
+    let sni = sni.map_or_else(|| "no SNI".to_owned(), |n| format!("SNI {n}"));
+    let alpn = tls
         .alpn_protocol()
         .map_or_else(|| "no ALPN".to_owned(), |a| format!("ALPN {}", String::from_utf8_lossy(a)));
     format!("{version}, {suite}, {sni}, {alpn}")

@@ -350,6 +350,12 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
         assert!(up.contains(&(1, b"through /good".to_vec())), "{up:?}");
         let upstream_leg = files.iter().flat_map(|f| fields(f, "websocket && frame.interface_id == 1", &["frame.number"]));
         assert!(upstream_leg.count() >= 6, "the upstream leg's frames decode too");
+        let comments: Vec<String> =
+            files.iter().flat_map(|f| fields(f, "frame.comment", &["frame.comment"])).flatten().collect();
+        let about = comments.iter().find(|c| c.contains("/by-ip")).expect("the session's comment");
+        // (The test's upstream offers no ALPN.)
+        let tail = format!("SNI localhost, no ALPN, port {port} (captured decrypted)");
+        assert!(about.contains("upstream leg over TLS 1.3, TLS13_") && about.contains(&tail), "{about}");
     })
     .await;
 }
