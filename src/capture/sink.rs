@@ -340,6 +340,12 @@ impl FileSink {
         for key in keys {
             self.close_output(key, stats);
         }
+        self.settle(stats);
+    }
+
+    /// Waits until every file handed over to be finished has its final name (and is
+    /// counted): for whoever reads the directory next.
+    pub fn settle(&mut self, stats: &Stats) {
         self.files.settle();
         stats.files_finished.fetch_add(self.files.finished(), Relaxed);
     }

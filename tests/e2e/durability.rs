@@ -314,6 +314,7 @@ fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_ca
         }
         sink.rotate_soon(*now);
         sink.tick(*now, &stats);
+        sink.settle(&stats); // files end on their own thread
     };
     for id in 1..=3 {
         run_session(&mut sink, id, &mut now);
@@ -373,6 +374,7 @@ fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
     // The reload: each session's file rotates, one after the other.
     sink.reconfigure(s, now);
     sink.tick(now + 1, &stats);
+    sink.settle(&stats); // files end on their own thread
     let files = all_files(&dir);
     let parts = files.iter().filter(|f| f.to_string_lossy().ends_with(".part")).count();
     assert_eq!((files.len() - parts, parts), (2, 2), "two finished, two open: {files:?}");
