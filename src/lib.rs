@@ -10,7 +10,7 @@
 //!   wire/      pure codecs shared by capture and replay: tcp (TCP/IP synthesis), pcapng,
 //!              wsframe (frame headers, masking, boundaries), deflate (windows, inflating)
 //!   capture/   the tee under each socket → event queue → writer thread → pcapng files
-//!   proxy/     one client connection: hyper on both legs, routing, headers, the splice
+//!   proxy/     one client connection: TLS, hyper on both legs, routing, headers, the splice
 //!   service/   the daemon: listeners, run and drain, reload, signals, systemd, metrics
 //!   replay/    any capture file → sessions and messages → a player against a live peer
 //!   bin/wstap/ the command line, apart from the library
