@@ -70,6 +70,19 @@ pub(crate) struct OpenFile {
     pub(crate) path: PathBuf,
     /// Device and inode.
     id: (u64, u64),
+    /// The ring it was created in (a reload may move the directory before it ends).
+    ring: Ring,
+}
+
+impl OpenFile {
+    /// The ring to trim when it ends: the current one (its latest sequence number) if
+    /// the file is in it, else the one it was created in.
+    fn ring_now(&self, current: &Ring) -> Ring {
+        match self.ring.dir == current.dir && self.ring.prefix == current.prefix {
+            true => current.clone(),
+            false => self.ring.clone(),
+        }
+    }
 }
 
 impl FileSet {
@@ -107,6 +120,8 @@ impl FileSet {
         if r.next_seq.is_some() {
             return Ok(());
         }
+        // Files being finished are ours, not a crash's: let them get their names first.
+        self.finisher.settle();
         let mut max = 0;
         for entry in fs::read_dir(&r.dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
@@ -146,7 +161,7 @@ impl FileSet {
         let meta = file.metadata()?;
         let id = (meta.dev(), meta.ino());
         self.open.insert(id);
-        Ok((OpenFile { part, path, id }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
+        Ok((OpenFile { part, path, id, ring: self.ring.clone() }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
     }
 
     /// Writes out what the file's buffer holds, then hands it to the finisher: synced,
@@ -156,7 +171,8 @@ impl FileSet {
         match w.inner.into_inner() {
             Ok(file) => {
                 self.open.remove(&f.id);
-                self.finisher.send(Job::Finish { file, f, ring: self.ring.clone() });
+                let ring = f.ring_now(&self.ring);
+                self.finisher.send(Job::Finish { file, f, ring });
                 Ok(())
             }
             Err(e) => {
@@ -170,7 +186,8 @@ impl FileSet {
     /// a packet (cut to its last whole block), else deleted.
     pub(crate) fn give_up(&mut self, f: OpenFile) {
         self.open.remove(&f.id);
-        self.finisher.send(Job::GiveUp { f, ring: self.ring.clone() });
+        let ring = f.ring_now(&self.ring);
+        self.finisher.send(Job::GiveUp { f, ring });
     }
 
     /// Files finished (renamed to their final names) since the last call.
@@ -441,9 +458,9 @@ mod tests {
         let _ = fs::remove_dir_all(&s.dir);
         let mut set = FileSet::new(&s);
         let t = UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        let (f, mut w) = set.create(t, None).unwrap();
         let (go, until) = mpsc::sync_channel(1);
         set.finisher.send(Job::Stall(until));
-        let (f, mut w) = set.create(t, None).unwrap();
         w.write_all(b"written before the hand-over").unwrap();
         let (part, path) = (f.part.clone(), f.path.clone());
         set.finish(f, w).unwrap();

@@ -128,10 +128,19 @@ impl TapState {
                 up.extend_from_slice(b);
             }
         }
-        let tail = up.windows(4).rposition(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+        let request_at = |at: usize| {
+            let method = up[at..].iter().take_while(|b| b.is_ascii_uppercase()).count();
+            method > 0 && up.get(at + method).is_none_or(|&b| b == b' ')
+        };
+        // The next request starts where the answered one's head ends (a whole pipelined
+        // request, and what followed it, stay); after a body, only bytes after the last
+        // blank line can be one.
+        let ends = |p: usize| p + 4;
+        let first = up.windows(4).position(|w| w == b"\r\n\r\n").map(ends);
+        let last = up.windows(4).rposition(|w| w == b"\r\n\r\n").map_or(0, ends);
+        let tail = first.filter(|&at| at < up.len() && request_at(at)).unwrap_or(last);
         let next = &up[tail..];
-        let method = next.iter().take_while(|b| b.is_ascii_uppercase()).count();
-        let pipelined = method > 0 && next.get(method).is_none_or(|&b| b == b' ');
+        let pipelined = tail < up.len() && request_at(tail);
         let from = starts.iter().rev().find(|(at, ..)| *at <= tail).copied();
         self.ring.clear();
         self.ring.shrink_to(8);
@@ -378,6 +387,16 @@ impl Tap {
         self.on_fin(self.inbound());
     }
 
+    /// The peer's TLS ended without `close_notify`: taken as the end of its stream (a FIN),
+    /// which the packet's comment says, since a cut stream looks the same.
+    pub(crate) fn on_read_cut(&self) {
+        if self.is_recording() {
+            let text = "the TLS peer closed without close_notify: its stream ended here (or was cut)";
+            self.recorder.send(self.id, What::Note(text.to_owned()));
+        }
+        self.on_fin(self.inbound());
+    }
+
     /// wstap shut its write side.
     pub(crate) fn on_shutdown(&self) {
         self.on_fin(self.inbound().reverse());
@@ -485,6 +504,14 @@ mod tests {
         let want = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
         assert_eq!(tap.find_head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
         assert_eq!(tap.lock().ring_bytes, want.len(), "the answered request is gone");
+        // A whole pipelined Upgrade with an early frame behind it, read before the answer
+        // to the request ahead of it: the Upgrade and the frame stay.
+        let tap = client_tap();
+        tap.on_read(first);
+        tap.on_read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x85abcd");
+        tap.on_written(Piece::Slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        tap.on_read(b"more");
+        assert_eq!(tap.find_head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
         // A POST whose body is answered: nothing stays.
         tap.on_read(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
         tap.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));

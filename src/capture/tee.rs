@@ -71,7 +71,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tee<S> {
                     }
                 }
                 // TLS closed without close_notify: the stream ended (the splice agrees).
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => tap.on_read_end(),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => tap.on_read_cut(),
                 Poll::Ready(Err(e)) => tap.on_error(e),
                 Poll::Pending => {}
             }

@@ -61,21 +61,17 @@ impl PartialEq for UpstreamTls {
     }
 }
 
-/// The system's root certificates, read once.
+/// The system's root certificates, read each time a config is loaded (a reload picks up
+/// an updated store).
 fn system_roots() -> Result<Arc<RootCertStore>, String> {
-    static ROOTS: std::sync::OnceLock<Result<Arc<RootCertStore>, String>> = std::sync::OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            let mut roots = RootCertStore::empty();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            match (added, found.errors.first()) {
-                (0, Some(e)) => Err(format!("no system root certificate could be read: {e}")),
-                (0, None) => Err("the system has no root certificates (set ca_file)".to_owned()),
-                _ => Ok(Arc::new(roots)),
-            }
-        })
-        .clone()
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    match (added, found.errors.first()) {
+        (0, Some(e)) => Err(format!("no system root certificate could be read: {e}")),
+        (0, None) => Err("the system has no root certificates (set ca_file)".to_owned()),
+        _ => Ok(Arc::new(roots)),
+    }
 }
 
 /// Builds the TLS settings of an upstream; the error names the key (under the route's
@@ -174,6 +170,9 @@ pub(super) fn server_tls(f: FileServerTls) -> Result<ServerTls, (String, String)
         let name = s.name.trim_end_matches('.').to_ascii_lowercase();
         if name.is_empty() || name.contains(['/', ' ', ':']) {
             return Err((format!("sni[{i}].name"), format!("{:?} is not a host name", s.name)));
+        }
+        if name.contains('*') {
+            return Err((format!("sni[{i}].name"), format!("{:?}: wildcards are not matched; list each name", s.name)));
         }
         let key = certified(&s.cert, &s.key, &provider).map_err(|e| (format!("sni[{i}].cert"), e))?;
         if by_name.insert(name.clone(), Arc::new(key)).is_some() {

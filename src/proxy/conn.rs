@@ -323,7 +323,8 @@ impl Conn {
         }
         if !self.ctx.settings.proxy.preserve_host || host.is_none() {
             let authority = route.upstream.authority();
-            let value = if route.upstream.port == 80 { &route.upstream.host } else { &authority };
+            let default_port = if route.upstream.tls() { 443 } else { 80 };
+            let value = if route.upstream.port == default_port { &route.upstream.host } else { &authority };
             if let Ok(v) = HeaderValue::from_str(value) {
                 parts.headers.insert(HOST, v);
             }
@@ -460,6 +461,7 @@ impl Conn {
                 }
             }
         }
+        let started = tokio::time::Instant::now();
         let stream = connect(upstream, connect_timeout).await?;
         let tap = self.upstream_tap(&stream);
         let port = upstream.port;
@@ -471,7 +473,8 @@ impl Conn {
             Some(t) => {
                 let name = t.server_name.clone();
                 let tls = tokio_rustls::TlsConnector::from(t.config.clone()).connect(name, stream);
-                let stream = tokio::time::timeout(connect_timeout, tls)
+                // One connect_timeout covers the TCP connect and the handshake.
+                let stream = tokio::time::timeout_at(started + connect_timeout, tls)
                     .await
                     .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
                     .map_err(ProxyError::UpstreamTls)?;

@@ -125,7 +125,9 @@ where
             match Pin::new(&mut *from).poll_read(cx, &mut buf) {
                 Poll::Pending => Step::Wait,
                 // A TLS peer that closed without close_notify (many do, after a WebSocket
-                // close handshake): the end of its stream, as TCP's FIN would be.
+                // close handshake): the end of its stream, as TCP's FIN would be. A cut
+                // stream looks the same; WebSocket's own Close frames tell them apart, and
+                // the capture's comment on that FIN says so.
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Step::Ended,
                 Poll::Ready(Err(e)) => Step::Failed(fail(from_leg)(e)),
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => Step::Ended,

@@ -97,6 +97,12 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
                 let tls = ctx.settings.tls_at(configured).map(|t| t.config.clone());
                 tokio::spawn(conn::accept(ctx, id, stream, tls, shutdown.clone(), permit).instrument(span));
             }
+            // A TLS client would read a plaintext answer as garbage: it is closed instead.
+            Err(why) if ctx.settings.tls_at(configured).is_some() => {
+                let _enter = span.enter();
+                warn!(side = "downstream", limit = ?why, "connection limit reached on a TLS listener; closed");
+                drop(stream);
+            }
             Err(why) => {
                 tokio::spawn(refuse(stream, why).instrument(span));
             }

@@ -356,6 +356,8 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
         // (The test's upstream offers no ALPN.)
         let tail = format!("SNI localhost, no ALPN, port {port} (captured decrypted)");
         assert!(about.contains("upstream leg over TLS 1.3, TLS13_") && about.contains(&tail), "{about}");
+        // The test's upstream drops its TLS without close_notify: a FIN, with a comment.
+        assert!(comments.iter().any(|c| c.contains("closed without close_notify")), "{comments:?}");
     })
     .await;
 }
