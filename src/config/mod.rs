@@ -230,6 +230,13 @@ mod tests {
         let again = parse(&s.to_string()).unwrap();
         assert_eq!(s.to_string(), again.to_string());
         assert_eq!(s.limits, again.limits);
+        // Strings TOML escapes differently from Rust's Debug: a quote in a path, a
+        // combining accent, a backslash, a tab.
+        let odd = format!("{MINIMAL}[capture]\ndir = \"caps/bob's \\\"x\\\" \\\\ e\u{301}\\t\"\n");
+        let s = parse(&odd).unwrap();
+        assert_eq!(s.capture.dir, Path::new("caps/bob's \"x\" \\ e\u{301}\t"));
+        let again = parse(&s.to_string()).unwrap();
+        assert_eq!(again.capture.dir, s.capture.dir);
     }
 
     #[test]

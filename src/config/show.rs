@@ -11,36 +11,36 @@ impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
         let plain = self.listen.iter().filter(|a| self.tls_at(**a).is_none());
-        let listen: Vec<String> = plain.map(|a| format!("{:?}", a.to_string())).collect();
+        let listen: Vec<String> = plain.map(|a| Q(&a.to_string()).to_string()).collect();
         writeln!(f, "# effective settings of {}", self.source.display())?;
         writeln!(f, "listen = [{}]", listen.join(", "))?;
         writeln!(f, "workers = {}", self.workers)?;
         for (addr, t) in &self.tls {
             writeln!(f, "\n[[listener]]")?;
-            writeln!(f, "addr = {:?}", addr.to_string())?;
-            write!(f, "tls = {{ cert = {:?}, key = {:?}", t.cert, t.key)?;
+            writeln!(f, "addr = {}", Q(&addr.to_string()))?;
+            write!(f, "tls = {{ cert = {}, key = {}", P(&t.cert), P(&t.key))?;
             if let Some(ca) = &t.client_ca {
-                write!(f, ", client_ca = {ca:?}")?;
+                write!(f, ", client_ca = {}", P(ca))?;
             }
             let sni: Vec<String> =
-                t.sni.iter().map(|(n, c, k)| format!("{{ name = {n:?}, cert = {c:?}, key = {k:?} }}")).collect();
+                t.sni.iter().map(|(n, c, k)| format!("{{ name = {}, cert = {}, key = {} }}", Q(n), P(c), P(k))).collect();
             writeln!(f, ", sni = [{}] }}", sni.join(", "))?;
         }
         for r in &self.routes {
             writeln!(f, "\n[[route]]")?;
             if let Some(h) = &r.host {
-                writeln!(f, "host = {h:?}")?;
+                writeln!(f, "host = {}", Q(h))?;
             }
-            writeln!(f, "path_prefix = {:?}", r.path_prefix)?;
+            writeln!(f, "path_prefix = {}", Q(&r.path_prefix))?;
             writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
-            writeln!(f, "upstream = {:?}", r.upstream.to_string())?;
+            writeln!(f, "upstream = {}", Q(&r.upstream.to_string()))?;
             if let Some(t) = &r.tls {
-                write!(f, "tls = {{ server_name = {:?}", t.server_name.to_str())?;
+                write!(f, "tls = {{ server_name = {}", Q(&t.server_name.to_str()))?;
                 if let Some(ca) = &t.ca_file {
-                    write!(f, ", ca_file = {ca:?}")?;
+                    write!(f, ", ca_file = {}", P(ca))?;
                 }
                 if let Some((cert, key)) = &t.cert {
-                    write!(f, ", cert = {cert:?}, key = {key:?}")?;
+                    write!(f, ", cert = {}, key = {}", P(cert), P(key))?;
                 }
                 writeln!(f, ", insecure_skip_verify = {} }}", t.insecure_skip_verify)?;
             }
@@ -64,7 +64,7 @@ impl fmt::Display for Settings {
         writeln!(f, "allow_encoded_slash = {}", self.proxy.allow_encoded_slash)?;
         writeln!(f, "preserve_host = {}", self.proxy.preserve_host)?;
         write_capture(f, &self.capture)?;
-        writeln!(f, "\n[log]\nlevel = {:?}", self.log_level)?;
+        writeln!(f, "\n[log]\nlevel = {}", Q(&self.log_level))?;
         match self.admin {
             Some(a) => write!(f, "\n[admin]\nlisten = {:?}", a.to_string()),
             None => write!(f, "\n# [admin]: off"),
@@ -89,8 +89,8 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
     if let Some(seed) = c.sample_seed {
         writeln!(f, "sample_seed = {seed}")?;
     }
-    writeln!(f, "dir = {:?}", c.dir.display().to_string())?;
-    writeln!(f, "prefix = {:?}", c.prefix)?;
+    writeln!(f, "dir = {}", P(&c.dir))?;
+    writeln!(f, "prefix = {}", Q(&c.prefix))?;
     match c.display_port {
         DisplayPort::Auto => writeln!(f, "display_port = \"auto\"")?,
         DisplayPort::Real => writeln!(f, "display_port = 0")?,
@@ -120,9 +120,39 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
 }
 
 fn write_redact(f: &mut fmt::Formatter<'_>, r: &Redact) -> fmt::Result {
-    let list = |items: Vec<&str>| items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(", ");
+    let list = |items: Vec<&str>| items.iter().map(|i| Q(i).to_string()).collect::<Vec<_>>().join(", ");
     writeln!(f, "\n[capture.redact]")?;
     writeln!(f, "headers = [{}]", list(r.headers.iter().map(String::as_str).collect()))?;
     writeln!(f, "query = [{}]", list(r.query.iter().map(String::as_str).collect()))?;
     writeln!(f, "payload = [{}]", list(r.payload.iter().map(|p| p.as_str()).collect()))
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped as TOML
+/// escapes them (Rust's `{:?}` writes some, such as `\'` in a path or `\u{301}`, that
+/// TOML does not read).
+struct Q<'a>(&'a str);
+
+impl fmt::Display for Q<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                c if c.is_control() => write!(f, "\\u{:04X}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
+}
+
+/// A path as a TOML string (a path that is not UTF-8 is shown with U+FFFD where it is not).
+struct P<'a>(&'a std::path::Path);
+
+impl fmt::Display for P<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Q(&self.0.to_string_lossy()).fmt(f)
+    }
 }
