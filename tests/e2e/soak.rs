@@ -155,7 +155,8 @@ async fn faults_under_load_leave_other_sessions_untouched() {
     within(async {
         let dir = capture_dir("faults");
         std::fs::create_dir_all(&*dir).unwrap();
-        // An upstream that resets mid-frame (`/reset`) or stops reading (`/deaf`).
+        // An upstream that resets mid-frame (`/reset`), stops reading (`/deaf`), or floods a
+        // client that does not read (`/flood`).
         let upstream = serve(|mut s| async move {
             let mut head = Vec::new();
             let mut buf = [0u8; 4096];
@@ -166,7 +167,7 @@ async fn faults_under_load_leave_other_sessions_untouched() {
                 }
             }
             let text = String::from_utf8_lossy(&head).into_owned();
-            if text.starts_with("GET /reset") || text.starts_with("GET /deaf") {
+            if ["GET /reset", "GET /deaf", "GET /flood"].iter().any(|p| text.starts_with(p)) {
                 let key = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap_or("x").trim().to_owned();
                 let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
                 let resp = format!(
@@ -180,6 +181,13 @@ async fn faults_under_load_leave_other_sessions_untouched() {
                     let _ = s.set_linger(Some(Duration::ZERO));
                     return;
                 }
+                if text.starts_with("GET /flood") {
+                    // 64 KiB binary frames for as long as the proxy takes them.
+                    let mut frame = vec![0x82, 0x7f, 0, 0, 0, 0, 0, 1, 0, 0];
+                    frame.resize(10 + 64 * 1024, 7);
+                    while s.write_all(&frame).await.is_ok() {}
+                    return;
+                }
                 // Deaf: never reads again, holds the socket.
                 std::future::pending::<()>().await;
             }
@@ -190,6 +198,7 @@ async fn faults_under_load_leave_other_sessions_untouched() {
         let toml = format!(
             "listen = [\"127.0.0.1:0\"]\n[[route]]\npath_prefix = \"/reset\"\nupstream = \"ws://{upstream}\"\n\
              [[route]]\npath_prefix = \"/deaf\"\nupstream = \"ws://{upstream}\"\n\
+             [[route]]\npath_prefix = \"/flood\"\nupstream = \"ws://{upstream}\"\n\
              [[route]]\nupstream = \"ws://{echo}\"\n[capture]\ndir = \"captures\"\n[log]\nlevel = \"warn,wstap::service::listeners=info\"\n"
         );
         std::fs::write(&config, toml).unwrap();
@@ -200,6 +209,7 @@ async fn faults_under_load_leave_other_sessions_untouched() {
         let (mut witness, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/witness")).await.unwrap();
 
         // Faults, each while the witness talks; SIGHUP every round.
+        let mut deaf_clients = Vec::new();
         for round in 0..10u32 {
             // Upstream resets mid-frame.
             let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/reset")).await.unwrap();
@@ -224,6 +234,10 @@ async fn faults_under_load_leave_other_sessions_untouched() {
                 Ok::<(), tokio_tungstenite::tungstenite::Error>(())
             };
             let _ = tokio::time::timeout(Duration::from_millis(200), flood).await; // backpressure holds it
+            // A client that stops reading while its upstream floods it (kept to the end).
+            let mut deaf_client = TcpStream::connect(addr).await.unwrap();
+            deaf_client.write_all(UPGRADE.replace("GET /chat ", "GET /flood ").as_bytes()).await.unwrap();
+            deaf_clients.push(deaf_client);
             // SIGHUP.
             let status = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
             assert!(status.success());
@@ -232,10 +246,53 @@ async fn faults_under_load_leave_other_sessions_untouched() {
             assert_eq!(witness.next().await.unwrap().unwrap(), m, "round {round}: the witness is untouched");
         }
         let (rss, _) = usage(pid);
-        assert!(rss < 200 * 1024, "ten deaf upstreams flooded with 64 KiB messages hold {rss} KiB");
+        assert!(
+            rss < 200 * 1024,
+            "ten deaf upstreams and ten deaf clients flooded with 64 KiB messages hold {rss} KiB"
+        );
+        drop(deaf_clients);
         witness.close(None).await.unwrap();
         while let Some(Ok(_)) = witness.next().await {}
         drop(daemon);
     })
     .await;
+}
+
+/// kill -9 and start again, over and over, on one capture directory: every session's
+/// echoes are exact while it runs, and every file left (each killed run's `.part` is
+/// finished by the next start) opens and holds packets.
+#[tokio::test]
+async fn a_kill_9_restart_loop_loses_no_traffic_and_leaves_every_file_readable() {
+    let rounds = if std::env::var("WSTAP_SOAK").is_ok() { 20 } else { 4 };
+    let dir = capture_dir("kill-loop");
+    std::fs::create_dir_all(&*dir).unwrap();
+    let upstream = echo_upstream().await;
+    for round in 0..=rounds {
+        let (mut daemon, addr) = soak_daemon(&dir, upstream).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/round/{round}")).await.unwrap();
+        for i in 0..50 {
+            let m = Message::binary(format!("round {round} message {i}").into_bytes());
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m, "exact echo");
+        }
+        // The last run stops cleanly (its session closed first); the others are killed.
+        let signal = if round == rounds { "-TERM" } else { "-KILL" };
+        if round == rounds {
+            ws.close(None).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {}
+            drop(ws);
+        }
+        let status = std::process::Command::new("kill").args([signal, &daemon.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        daemon.wait().unwrap();
+    }
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("captures")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= rounds, "a file per run: {files:?}");
+    for f in &files {
+        assert!(f.extension().is_some_and(|e| e == "pcapng"), "every killed run's file finished: {}", f.display());
+        let info = run("capinfos", &["-c", "-M", f.to_str().unwrap()]);
+        let packets = info.lines().find(|l| l.contains("Number of packets")).unwrap_or_else(|| panic!("{info}"));
+        assert!(!packets.trim_end().ends_with(" 0"), "{}: {packets}", f.display());
+    }
 }
