@@ -264,6 +264,15 @@ async fn sighup_reloads_certificates_and_a_bad_file_changes_nothing() {
             .await;
         assert_eq!(connect(&pki, tls, "localhost").await.1, renewed.der);
         drop(held);
+
+        // The same address made plain: the socket stays, new connections speak HTTP.
+        let plain = "listen = [\"127.0.0.2:0\"]\n[[route]]\nupstream = \"ws://127.0.0.1:9\"\n\
+                     [admin]\nlisten = \"127.0.0.1:0\"\n[capture]\nmode = \"off\"\n";
+        std::fs::write(&config, plain).unwrap();
+        proxy.reload().await;
+        eventually_async("reloaded", async || metric(admin, "wstap_reloads_total{result=\"ok\"}").await == 2).await;
+        let response = raw_exchange(tls, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(status_of(&response), 502, "plain HTTP on the same port (no upstream there): {response}");
     })
     .await;
 }
