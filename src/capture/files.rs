@@ -161,7 +161,10 @@ impl FileSet {
         let meta = file.metadata()?;
         let id = (meta.dev(), meta.ino());
         self.open.insert(id);
-        Ok((OpenFile { part, path, id, ring: self.ring.clone() }, Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 }))
+        Ok((
+            OpenFile { part, path, id, ring: self.ring.clone() },
+            Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 },
+        ))
     }
 
     /// Writes out what the file's buffer holds, then hands it to the finisher: synced,

@@ -22,8 +22,11 @@ impl fmt::Display for Settings {
             if let Some(ca) = &t.client_ca {
                 write!(f, ", client_ca = {}", P(ca))?;
             }
-            let sni: Vec<String> =
-                t.sni.iter().map(|(n, c, k)| format!("{{ name = {}, cert = {}, key = {} }}", Q(n), P(c), P(k))).collect();
+            let sni: Vec<String> = t
+                .sni
+                .iter()
+                .map(|(n, c, k)| format!("{{ name = {}, cert = {}, key = {} }}", Q(n), P(c), P(k)))
+                .collect();
             writeln!(f, ", sni = [{}] }}", sni.join(", "))?;
         }
         for r in &self.routes {

@@ -95,7 +95,9 @@ pub(super) fn upstream_tls(f: FileUpstreamTls, upstream: &Upstream) -> Result<Up
             let chain = certificates(cert).map_err(|e| ("cert".to_owned(), e))?;
             let der = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| ("key".to_owned(), format!("{}: no private key read: {e}", key.display())))?;
-            builder.with_client_auth_cert(chain, der).map_err(|e| ("key".to_owned(), format!("{}: {e}", key.display())))?
+            builder
+                .with_client_auth_cert(chain, der)
+                .map_err(|e| ("key".to_owned(), format!("{}: {e}", key.display())))?
         }
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => return Err(("key".to_owned(), "cert is set without its key".to_owned())),
@@ -202,8 +204,7 @@ pub(super) fn server_tls(f: FileServerTls) -> Result<ServerTls, (String, String)
 fn certified(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
     let chain = certificates(cert)?;
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: no private key read: {e}", key.display()))?;
-    CertifiedKey::from_der(chain, der, provider)
-        .map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))
+    CertifiedKey::from_der(chain, der, provider).map_err(|e| format!("{} with {}: {e}", cert.display(), key.display()))
 }
 
 /// Every certificate of a PEM file (at least one).
@@ -290,7 +291,11 @@ mod tests {
         let ok = route("wss://localhost", &format!("ca_file = {cert:?}, cert = {cert:?}, key = {key:?}")).unwrap();
         assert_eq!(ok.routes[0].tls.as_ref().unwrap().server_name.to_str(), "localhost");
         for (url, tls, wanted) in [
-            ("ws://localhost", "insecure_skip_verify = true", "key `route[0].tls`: the upstream ws://localhost:80 is plain"),
+            (
+                "ws://localhost",
+                "insecure_skip_verify = true",
+                "key `route[0].tls`: the upstream ws://localhost:80 is plain",
+            ),
             ("wss://localhost", "ca_file = \"/nonexistent/ca.pem\"", "key `route[0].tls.ca_file`: /nonexistent/ca.pem"),
             ("wss://localhost", &format!("cert = {cert:?}"), "key `route[0].tls.key`: cert is set without its key"),
             ("wss://localhost", "server_name = \"a b\"", "key `route[0].tls.server_name`"),

@@ -43,7 +43,8 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
     for (i, l) in std::mem::take(&mut f.listeners).into_iter().enumerate() {
         listen.push(l.addr);
         if let Some(t) = l.tls {
-            let t = super::tls::server_tls(t).map_err(|(key, msg)| Invalid { key: format!("listener[{i}].tls.{key}"), msg })?;
+            let t = super::tls::server_tls(t)
+                .map_err(|(key, msg)| Invalid { key: format!("listener[{i}].tls.{key}"), msg })?;
             tls.push((l.addr, t));
         }
     }
@@ -131,7 +132,10 @@ fn routes(file: Vec<FileRoute>, defaults: &Policy) -> Result<Vec<Route>, Invalid
                     .map_err(|(k, msg)| Invalid { key: key(&format!("tls.{k}")), msg })?,
             ),
             (false, Some(_)) => {
-                return fail(key("tls"), format!("the upstream {} is plain; TLS settings need wss:// or https://", r.upstream));
+                return fail(
+                    key("tls"),
+                    format!("the upstream {} is plain; TLS settings need wss:// or https://", r.upstream),
+                );
             }
             (false, None) => None,
         };

@@ -330,7 +330,8 @@ impl Conn {
             }
         }
 
-        let UpstreamConn { upstream, tls, tls_about, mut sender, tap: upstream_tap } = self.upstream_conn(&route).await?;
+        let UpstreamConn { upstream, tls, tls_about, mut sender, tap: upstream_tap } =
+            self.upstream_conn(&route).await?;
         let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
         let start = CaptureStart {
             request_line: &request_line,

@@ -53,8 +53,7 @@ pub fn describe(tls: &rustls::CommonState, sni: Option<&str>) -> String {
     };
     let suite = tls.negotiated_cipher_suite().map_or_else(|| "no suite".to_owned(), |s| format!("{:?}", s.suite()));
     let sni = sni.map_or_else(|| "no SNI".to_owned(), |n| format!("SNI {n}"));
-    let alpn = tls
-        .alpn_protocol()
-        .map_or_else(|| "no ALPN".to_owned(), |a| format!("ALPN {}", String::from_utf8_lossy(a)));
+    let alpn =
+        tls.alpn_protocol().map_or_else(|| "no ALPN".to_owned(), |a| format!("ALPN {}", String::from_utf8_lossy(a)));
     format!("{version}, {suite}, {sni}, {alpn}")
 }

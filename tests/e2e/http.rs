@@ -220,7 +220,8 @@ async fn routes_match_the_normalised_path_and_paths_that_climb_out_get_400() {
         // With a catch-all `/`, dot-segments that stay under it are fine (as in nginx): the
         // normalised path picks its route. Climbing out of `/ws` is still refused.
         let (other, mut other_seen) = recording_upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-        let proxy = Proxy::start(&routes(&format!("[[route]]\npath_prefix = \"/\"\nupstream = \"ws://{other}\""))).await;
+        let proxy =
+            Proxy::start(&routes(&format!("[[route]]\npath_prefix = \"/\"\nupstream = \"ws://{other}\""))).await;
         let response = raw_exchange(proxy.addr(), get("/static/../ws/x").as_bytes()).await;
         assert_eq!(status_of(&response), 200, "{response}");
         assert!(seen.recv().await.unwrap().starts_with("GET /ws/x HTTP/1.1\r\n"), "routed to /ws");

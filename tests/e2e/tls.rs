@@ -260,8 +260,7 @@ async fn sighup_reloads_certificates_and_a_bad_file_changes_nothing() {
         // A key that is not the certificate's: the reload is refused, the old one stays.
         std::fs::copy(&a.key, &renewed.key).unwrap();
         proxy.reload().await;
-        eventually_async("refused", async || metric(admin, "wstap_reloads_total{result=\"failed\"}").await == 1)
-            .await;
+        eventually_async("refused", async || metric(admin, "wstap_reloads_total{result=\"failed\"}").await == 1).await;
         assert_eq!(connect(&pki, tls, "localhost").await.1, renewed.der);
         drop(held);
 
@@ -320,7 +319,11 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
             // A refused upgrade leaves the connection open until the keep-alive time.
             "listen = [\"127.0.0.1:0\"]\n[limits]\nhandshake_timeout = \"300ms\"\n".to_owned(),
             route("/good", &format!("wss://localhost:{port}"), &format!("ca_file = {ca:?}")),
-            route("/by-ip", &format!("wss://127.0.0.1:{port}"), &format!("ca_file = {ca:?}, server_name = \"localhost\"")),
+            route(
+                "/by-ip",
+                &format!("wss://127.0.0.1:{port}"),
+                &format!("ca_file = {ca:?}, server_name = \"localhost\""),
+            ),
             route("/wrong-name", &format!("wss://127.0.0.1:{port}"), &format!("ca_file = {ca:?}")),
             route("/system-roots", &format!("wss://localhost:{port}"), ""),
             route("/insecure", &format!("wss://127.0.0.1:{port}"), "insecure_skip_verify = true"),
@@ -345,10 +348,19 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
             let response = raw_exchange(proxy.addr(), upgrade.as_bytes()).await;
             assert_eq!(status_of(&response), 502, "{path}: {response}");
             let lines = logs.lines_with(&["TLS with the upstream failed: invalid peer certificate", why]);
-            assert_eq!(lines.len(), 1, "{path}: one log line naming the certificate's fault: {:?}", logs.lines_with(&["TLS"]));
+            assert_eq!(
+                lines.len(),
+                1,
+                "{path}: one log line naming the certificate's fault: {:?}",
+                logs.lines_with(&["TLS"])
+            );
         }
         assert_eq!(logs.lines_with(&["insecure_skip_verify", "NOT checked"]).len(), 1, "said at start");
-        assert_eq!(logs.lines_with(&["session ended", "end=aborted"]), Vec::<String>::new(), "no close_notify is an end");
+        assert_eq!(
+            logs.lines_with(&["session ended", "end=aborted"]),
+            Vec::<String>::new(),
+            "no close_notify is an end"
+        );
         proxy.begin_shutdown().await;
         proxy.stopped().await;
 
@@ -357,7 +369,8 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
         let per_file = decode_each(&files, 2);
         let up: Vec<_> = per_file.iter().flat_map(|(up, _)| up.clone()).collect();
         assert!(up.contains(&(1, b"through /good".to_vec())), "{up:?}");
-        let upstream_leg = files.iter().flat_map(|f| fields(f, "websocket && frame.interface_id == 1", &["frame.number"]));
+        let upstream_leg =
+            files.iter().flat_map(|f| fields(f, "websocket && frame.interface_id == 1", &["frame.number"]));
         assert!(upstream_leg.count() >= 6, "the upstream leg's frames decode too");
         let comments: Vec<String> =
             files.iter().flat_map(|f| fields(f, "frame.comment", &["frame.comment"])).flatten().collect();
