@@ -113,9 +113,6 @@ pub struct Conn {
     tls: Option<String>,
 }
 
-/// The task that drives an upstream connection (whatever stream it runs on).
-type UpstreamDriver = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
-
 struct UpstreamConn {
     upstream: Upstream,
     tls: Option<crate::config::tls::UpstreamTls>,
@@ -155,7 +152,7 @@ pub async fn accept(
 }
 
 /// A client connection as accepted.
-pub struct Accepted {
+struct Accepted {
     id: u64,
     client: SocketAddr,
     local: SocketAddr,
@@ -466,11 +463,8 @@ impl Conn {
         let stream = connect(upstream, connect_timeout).await?;
         let tap = self.upstream_tap(&stream);
         let port = upstream.port;
-        let (sender, conn, tls_about) = match tls {
-            None => {
-                let (sender, conn) = self.upstream_handshake(stream, tap.clone()).await?;
-                (sender, conn, None)
-            }
+        let (sender, tls_about) = match tls {
+            None => (self.upstream_handshake(stream, tap.clone()).await?, None),
             Some(t) => {
                 let name = t.server_name.clone();
                 let tls = tokio_rustls::TlsConnector::from(t.config.clone()).connect(name, stream);
@@ -480,27 +474,15 @@ impl Conn {
                     .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
                     .map_err(ProxyError::UpstreamTls)?;
                 let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
-                let (sender, conn) = self.upstream_handshake(stream, tap.clone()).await?;
-                (sender, conn, Some(format!("{about}, port {port}")))
+                (self.upstream_handshake(stream, tap.clone()).await?, Some(format!("{about}, port {port}")))
             }
         };
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.await {
-                    debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
-                }
-            }
-            .in_current_span(),
-        );
         Ok(UpstreamConn { upstream: upstream.clone(), tls: tls.clone(), tls_about, sender, tap })
     }
 
-    /// hyper's client on the (teed, metered) upstream stream, plain or TLS.
-    async fn upstream_handshake<S>(
-        &self,
-        stream: S,
-        tap: Option<Arc<Tap>>,
-    ) -> Result<(SendRequest<Paced>, UpstreamDriver), ProxyError>
+    /// hyper's client on the (teed, metered) upstream stream, plain or TLS; the
+    /// connection runs on a task of its own.
+    async fn upstream_handshake<S>(&self, stream: S, tap: Option<Arc<Tap>>) -> Result<SendRequest<Paced>, ProxyError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -511,7 +493,15 @@ impl Conn {
             .handshake(TokioIo::new(io))
             .await
             .map_err(ProxyError::Upstream)?;
-        Ok((sender, Box::pin(async move { conn.with_upgrades().await })))
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(sender)
     }
 
     fn upstream_tap(&self, stream: &TcpStream) -> Option<Arc<Tap>> {
