@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::route::Upstream;
+use super::tls::{FileServerTls, FileUpstreamTls};
 use super::units::{ByteSize, HumanDuration};
 use super::CaptureMode;
 
@@ -42,24 +43,6 @@ pub(super) struct FileConfig {
 pub(super) struct FileListener {
     pub(super) addr: SocketAddr,
     pub(super) tls: Option<FileServerTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileServerTls {
-    pub(super) cert: PathBuf,
-    pub(super) key: PathBuf,
-    #[serde(default)]
-    pub(super) sni: Vec<FileSni>,
-    pub(super) client_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileSni {
-    pub(super) name: String,
-    pub(super) cert: PathBuf,
-    pub(super) key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,17 +161,6 @@ pub(super) struct FileRoute {
     pub(super) max_message_bytes: Option<ByteSize>,
     /// TLS to a `wss://` or `https://` upstream.
     pub(super) tls: Option<FileUpstreamTls>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct FileUpstreamTls {
-    pub(super) ca_file: Option<PathBuf>,
-    pub(super) server_name: Option<String>,
-    pub(super) cert: Option<PathBuf>,
-    pub(super) key: Option<PathBuf>,
-    #[serde(default)]
-    pub(super) insecure_skip_verify: bool,
 }
 
 pub(super) fn default_path_prefix() -> String {

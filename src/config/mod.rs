@@ -1,7 +1,8 @@
 //! The TOML config: a serde file model (`deny_unknown_fields`) and its validation into
 //! typed [`Settings`]. Parsing a string is separate from reading a file, and every error
 //! names the file, the key path (`route[1].upstream`) and, where known, the line. This
-//! module reads nothing but the config file and opens no sockets.
+//! module reads nothing but the config file and the TLS files it names (and the system's
+//! root certificates for TLS upstreams), and opens no sockets.
 
 use std::fmt;
 use std::net::SocketAddr;

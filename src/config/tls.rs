@@ -19,8 +19,39 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
-use super::file::{FileServerTls, FileUpstreamTls};
-use super::route::Upstream;
+use serde::Deserialize;
+
+/// `tls` of a `[[listener]]`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileServerTls {
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+    #[serde(default)]
+    pub(super) sni: Vec<FileSni>,
+    pub(super) client_ca: Option<PathBuf>,
+}
+
+/// One `sni` entry, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSni {
+    pub(super) name: String,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
+}
+
+/// `tls` of a `[[route]]`, as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileUpstreamTls {
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) insecure_skip_verify: bool,
+}
 
 /// A TLS listener's settings: the files it was built from (for `wstap check`) and the
 /// rustls configuration new handshakes use.
@@ -76,9 +107,9 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 
 /// Builds the TLS settings of an upstream; the error names the key (under the route's
 /// `tls.`) and what was wrong.
-pub(super) fn upstream_tls(f: FileUpstreamTls, upstream: &Upstream) -> Result<UpstreamTls, (String, String)> {
+pub(super) fn upstream_tls(f: FileUpstreamTls, host: &str) -> Result<UpstreamTls, (String, String)> {
     let provider = provider();
-    let name = f.server_name.clone().unwrap_or_else(|| upstream.connect_host().to_owned());
+    let name = f.server_name.clone().unwrap_or_else(|| host.to_owned());
     let server_name = rustls::pki_types::ServerName::try_from(name.clone())
         .map_err(|_| ("server_name".to_owned(), format!("{name:?} is not a DNS name or an IP address")))?;
     let roots = match &f.ca_file {

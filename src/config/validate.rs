@@ -128,7 +128,7 @@ fn routes(file: Vec<FileRoute>, defaults: &Policy) -> Result<Vec<Route>, Invalid
         };
         let tls = match (r.upstream.tls(), r.tls) {
             (true, tls) => Some(
-                super::tls::upstream_tls(tls.unwrap_or_default(), &r.upstream)
+                super::tls::upstream_tls(tls.unwrap_or_default(), r.upstream.connect_host())
                     .map_err(|(k, msg)| Invalid { key: key(&format!("tls.{k}")), msg })?,
             ),
             (false, Some(_)) => {
