@@ -147,6 +147,20 @@ pub(super) fn upstream_tls(f: FileUpstreamTls, host: &str) -> Result<UpstreamTls
     })
 }
 
+/// TLS to a server outside a config (`wstap replay --target wss://…`): verified against
+/// `ca_file` or the system's roots, or not at all when `insecure`. The error names the
+/// option.
+pub fn client(host: &str, ca_file: Option<PathBuf>, insecure: bool) -> Result<UpstreamTls, String> {
+    let f = FileUpstreamTls { ca_file, insecure_skip_verify: insecure, ..FileUpstreamTls::default() };
+    upstream_tls(f, host).map_err(|(key, e)| format!("--{}: {e}", key.replace('_', "-")))
+}
+
+/// A server's TLS outside a config (`wstap mock --tls-cert … --tls-key …`).
+pub fn server(cert: PathBuf, key: PathBuf) -> Result<ServerTls, String> {
+    let f = FileServerTls { cert, key, sni: Vec::new(), client_ca: None };
+    server_tls(f).map_err(|(_, e)| format!("--tls-cert/--tls-key: {e}"))
+}
+
 /// `insecure_skip_verify`: any certificate is accepted; signatures are still checked,
 /// so the connection is encrypted, to someone.
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 //! the `ignore` patterns. Pings and pongs are keep-alives, answered by the library and
 //! never compared.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -32,7 +33,15 @@ pub struct Options {
     pub ignore: Vec<Regex>,
     /// How long to wait for each message from the peer.
     pub wait: Duration,
+    /// TLS to a `wss://` target ([`replay()`]): whom to trust.
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS to serve with ([`mock`]): clients connect with `wss://`.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// A connection to play over: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
 
 /// What happened to one message of the recording, or one the peer added.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,8 +182,8 @@ pub fn preview(kind: Kind, data: &[u8], max: usize) -> String {
     }
 }
 
-/// Plays the recorded client of `session` against the server at `target` (`ws://host:port`,
-/// optionally with a path that replaces the recorded one).
+/// Plays the recorded client of `session` against the server at `target` (`ws://` or
+/// `wss://host:port`, optionally with a path that replaces the recorded one).
 pub async fn replay(
     session: &Session,
     target: &str,
@@ -191,7 +200,21 @@ pub async fn replay(
             request.headers_mut().append(n, v);
         }
     }
-    let connect = tokio_tungstenite::connect_async(request);
+    let tls = url.starts_with("wss://");
+    let host = request.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = request.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let stream: Box<dyn Io> = match (tls, &opts.client_tls) {
+            (false, _) => Box::new(tcp),
+            (true, Some(config)) => {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())?;
+                Box::new(tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?)
+            }
+            (true, None) => anyhow::bail!("no TLS settings for a wss:// target"),
+        };
+        Ok(tokio_tungstenite::client_async(request, stream).await?)
+    };
     let (ws, response) = tokio::time::timeout(opts.wait, connect)
         .await
         .map_err(|_| anyhow::anyhow!("{url}: no WebSocket handshake within {:?}", opts.wait))?
@@ -205,17 +228,20 @@ pub async fn replay(
     converse(ws, session, Dir::Up, opts, report, on_step).await
 }
 
-/// The URL to connect to: the target's authority, with its path or the recorded one.
+/// The URL to connect to: the target's scheme and authority, with its path or the
+/// recorded one.
 fn url_for(session: &Session, target: &str) -> anyhow::Result<String> {
-    let rest = target.strip_prefix("ws://").ok_or_else(|| {
-        anyhow::anyhow!("--target {target:?}: expected ws://HOST:PORT[/PATH] (wss is not supported yet)")
-    })?;
+    let (scheme, rest) = match (target.strip_prefix("ws://"), target.strip_prefix("wss://")) {
+        (Some(rest), _) => ("ws", rest),
+        (_, Some(rest)) => ("wss", rest),
+        _ => anyhow::bail!("--target {target:?}: expected ws:// or wss://HOST[:PORT][/PATH]"),
+    };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.is_empty() {
         anyhow::bail!("--target {target:?}: no host");
     }
     let path = if path.is_empty() || path == "/" { session.path.as_str() } else { path };
-    Ok(format!("ws://{authority}{path}"))
+    Ok(format!("{scheme}://{authority}{path}"))
 }
 
 /// Recorded request fields worth sending again: not the ones the handshake makes fresh
@@ -258,7 +284,14 @@ pub async fn mock(
         }
         Ok(res)
     };
-    let ws = tokio::time::timeout(opts.wait, tokio_tungstenite::accept_hdr_async(socket, callback))
+    let handshake = async {
+        let stream: Box<dyn Io> = match &opts.server_tls {
+            Some(config) => Box::new(tokio_rustls::TlsAcceptor::from(config.clone()).accept(socket).await?),
+            None => Box::new(socket),
+        };
+        anyhow::Ok(tokio_tungstenite::accept_hdr_async(stream, callback).await?)
+    };
+    let ws = tokio::time::timeout(opts.wait, handshake)
         .await
         .map_err(|_| anyhow::anyhow!("no WebSocket handshake within {:?}", opts.wait))??;
     // A session captured without its handshake has no recorded path to hold the client to.

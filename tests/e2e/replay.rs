@@ -17,7 +17,7 @@ use crate::support::*;
 const WSTAP: &str = env!("CARGO_BIN_EXE_wstap");
 
 /// Runs `wstap args…` to the end: (exit code, stdout, stderr).
-async fn wstap(args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn wstap(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(WSTAP).args(args).output().await.unwrap();
     let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
     (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
@@ -34,7 +34,7 @@ fn conversation() -> Vec<Message> {
 }
 
 /// Records one session through the daemon to an echo upstream; returns the capture.
-async fn record(name: &str) -> (Scratch, PathBuf) {
+pub(crate) async fn record(name: &str) -> (Scratch, PathBuf) {
     let dir = capture_dir(name);
     let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/chat?room=7")).await.unwrap();
@@ -165,15 +165,15 @@ async fn replay_matches_the_same_upstream_and_diffs_a_changed_one() {
     .await;
 }
 
-/// Starts `wstap mock` on a free port; returns the child and its ws:// URL.
-async fn start_mock(file: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
+/// Starts `wstap mock` on a free port; returns the child and its ws:// (or wss://) URL.
+pub(crate) async fn start_mock(file: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
     let mut args = vec!["mock", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--once"];
     args.extend_from_slice(extra);
     let mut child =
         tokio::process::Command::new(WSTAP).args(&args).stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next_line().await.unwrap().unwrap();
-    let url = first.split_whitespace().find(|w| w.starts_with("ws://")).unwrap().to_string();
+    let url = first.split_whitespace().find(|w| w.starts_with("ws://") || w.starts_with("wss://")).unwrap().to_string();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, url)
 }

@@ -383,3 +383,55 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn replay_reaches_a_wss_server_and_mock_serves_one() {
+    use crate::replay::{record, start_mock, wstap};
+    within(async {
+        let (dir, file) = record("tls-replay").await;
+        let pki = Pki::new(&dir);
+        let site = pki.site("localhost", "mock");
+        let (cert, key) = (site.cert.to_str().unwrap(), site.key.to_str().unwrap());
+        let ca = dir.join("ca.pem");
+        let f = file.to_str().unwrap();
+        let args = ["--session", "1", "--speed", "max", "--wait", "2s", "--tls-cert", cert, "--tls-key", key];
+        // The mock serves wss://; replay trusts it through --ca-file: every message matches.
+        let wss = |url: String| {
+            let port = url.trim_start_matches("wss://127.0.0.1:").split('/').next().unwrap().to_owned();
+            format!("wss://localhost:{port}")
+        };
+        let (mut child, url) = start_mock(&file, &args).await;
+        let target = wss(url);
+        let (code, out, err) =
+            wstap(&["replay", f, "--session", "1", "--target", &target, "--ca-file", ca.to_str().unwrap()]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("MATCH:"), "{out}");
+        assert_eq!(child.wait().await.unwrap().code(), Some(0), "the mock saw the recorded client");
+
+        // The system's roots do not know the test CA: an error that says it was the certificate.
+        let (mut child, url) = start_mock(&file, &args).await;
+        let target = wss(url);
+        let (code, _, err) = wstap(&["replay", f, "--session", "1", "--target", &target]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("invalid peer certificate") && err.contains("UnknownIssuer"), "{err}");
+        let _ = child.kill().await;
+
+        // --insecure connects anyway, and says so.
+        let (mut child, url) = start_mock(&file, &args).await;
+        let target = wss(url);
+        let (code, out, err) = wstap(&["replay", f, "--session", "1", "--target", &target, "--insecure"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(err.contains("not verified"), "{err}");
+        assert_eq!(child.wait().await.unwrap().code(), Some(0));
+
+        // The TLS options belong to wss:// targets; a bad certificate file is named.
+        let (code, _, err) =
+            wstap(&["replay", f, "--session", "1", "--target", "ws://127.0.0.1:1", "--insecure"]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("wss://"), "{err}");
+        let (code, _, err) = wstap(&["mock", f, "--listen", "127.0.0.1:0", "--tls-cert", key, "--tls-key", key]).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("mock.key"), "{err}");
+    })
+    .await;
+}

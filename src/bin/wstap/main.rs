@@ -51,9 +51,16 @@ enum Command {
     Replay {
         #[command(flatten)]
         pick: Pick,
-        /// The server: ws://HOST:PORT, optionally with a path that replaces the recorded one.
+        /// The server: ws:// or wss://HOST:PORT, optionally with a path that replaces the
+        /// recorded one.
         #[arg(long)]
         target: String,
+        /// wss://: CA certificates (PEM) to verify the server with, instead of the system's.
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// wss://: do not verify the server's certificate at all.
+        #[arg(long)]
+        insecure: bool,
         #[command(flatten)]
         play: Play,
     },
@@ -67,6 +74,12 @@ enum Command {
         /// Serve one client, then exit with its verdict.
         #[arg(long)]
         once: bool,
+        /// Serve wss://: the certificate chain (PEM); needs --tls-key.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Serve wss://: the certificate's private key (PEM); needs --tls-cert.
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         #[command(flatten)]
         play: Play,
     },
@@ -112,7 +125,13 @@ fn parse_speed(s: &str) -> Result<Speed, String> {
 
 impl Play {
     fn options(self) -> wstap::replay::Options {
-        wstap::replay::Options { speed: self.speed.0, ignore: self.ignore, wait: self.wait }
+        wstap::replay::Options {
+            speed: self.speed.0,
+            ignore: self.ignore,
+            wait: self.wait,
+            client_tls: None,
+            server_tls: None,
+        }
     }
 }
 
@@ -123,11 +142,12 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config } => wstap::Settings::load(&config).map(|s| println!("{s}")).map_err(Into::into),
         Command::Sessions { files, messages, json } => return cli::sessions(&files, messages, json),
-        Command::Replay { pick, target, play } => {
-            return cli::replay(&pick.files, pick.session, &target, &play.options())
+        Command::Replay { pick, target, ca_file, insecure, play } => {
+            let tls = cli::Trust { ca_file, insecure };
+            return cli::replay(&pick.files, pick.session, &target, tls, play.options());
         }
-        Command::Mock { pick, listen, once, play } => {
-            return cli::mock(&pick.files, pick.session, &listen, once, &play.options())
+        Command::Mock { pick, listen, once, tls_cert, tls_key, play } => {
+            return cli::mock(&pick.files, pick.session, &listen, once, tls_cert.zip(tls_key), play.options())
         }
     };
     match result {

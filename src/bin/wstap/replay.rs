@@ -182,8 +182,31 @@ fn finish(result: anyhow::Result<Report>) -> ExitCode {
     }
 }
 
+/// Whom a `wss://` target is trusted by: `--ca-file`, or the system's roots, or nobody
+/// (`--insecure`).
+pub struct Trust {
+    pub ca_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
 /// `wstap replay`.
-pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options) -> ExitCode {
+pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, trust: Trust, mut opts: Options) -> ExitCode {
+    if target.starts_with("wss://") {
+        let host = target["wss://".len()..].split(['/', ':']).next().unwrap_or_default();
+        let host = match target["wss://".len()..].strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host,
+        };
+        match wstap::config::tls::client(host, trust.ca_file, trust.insecure) {
+            Ok(tls) => opts.client_tls = Some(tls.config),
+            Err(e) => return fail(e),
+        }
+        if trust.insecure {
+            eprintln!("wstap: warning: --insecure: the server's certificate is not verified");
+        }
+    } else if trust.ca_file.is_some() || trust.insecure {
+        return fail("--ca-file and --insecure are for a wss:// target");
+    }
     let session = match choose(files, id) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -197,14 +220,28 @@ pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, opts: &Options
         session.count(Dir::Down)
     );
     match wstap::runtime(1) {
-        Ok(rt) => finish(rt.block_on(player::replay(&session, target, opts, print_step))),
+        Ok(rt) => finish(rt.block_on(player::replay(&session, target, &opts, print_step))),
         Err(e) => fail(e),
     }
 }
 
 /// `wstap mock`: serves the recorded server to one client after another, or to one with
-/// `once`.
-pub fn mock(files: &[PathBuf], id: Option<usize>, listen: &str, once: bool, opts: &Options) -> ExitCode {
+/// `once`; over TLS with `tls` (certificate chain, key).
+pub fn mock(
+    files: &[PathBuf],
+    id: Option<usize>,
+    listen: &str,
+    once: bool,
+    tls: Option<(PathBuf, PathBuf)>,
+    mut opts: Options,
+) -> ExitCode {
+    if let Some((cert, key)) = tls {
+        match wstap::config::tls::server(cert, key) {
+            Ok(tls) => opts.server_tls = Some(tls.config),
+            Err(e) => return fail(e),
+        }
+    }
+    let scheme = if opts.server_tls.is_some() { "wss" } else { "ws" };
     let session = match choose(files, id) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -219,9 +256,9 @@ pub fn mock(files: &[PathBuf], id: Option<usize>, listen: &str, once: bool, opts
             Err(e) => return fail(format!("--listen {listen}: {e}")),
         };
         let addr = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
-        println!("mocking session {} ({}) on ws://{addr}{}", session.id, session.path, session.path);
+        println!("mocking session {} ({}) on {scheme}://{addr}{}", session.id, session.path, session.path);
         loop {
-            let result = player::mock(&session, &listener, opts, print_step).await;
+            let result = player::mock(&session, &listener, &opts, print_step).await;
             let code = finish(result);
             if once {
                 return code;
