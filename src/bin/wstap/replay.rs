@@ -191,9 +191,9 @@ pub struct Trust {
 
 /// `wstap replay`.
 pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, trust: Trust, mut opts: Options) -> ExitCode {
-    if target.starts_with("wss://") {
-        let host = target["wss://".len()..].split(['/', ':']).next().unwrap_or_default();
-        let host = match target["wss://".len()..].strip_prefix('[') {
+    if let Some(rest) = target.strip_prefix("wss://") {
+        let host = rest.split(['/', ':']).next().unwrap_or_default();
+        let host = match rest.strip_prefix('[') {
             Some(v6) => v6.split(']').next().unwrap_or_default(),
             None => host,
         };
