@@ -45,6 +45,7 @@ fn run(acks: bool) -> (f64, f64) {
         session_id: 1,
         label: String::new(),
         snap: Default::default(),
+        tls_secrets: None,
     };
     w.process(Event { time: 1, leg: 1, what: What::Open(Box::new(open)) }, &stats).unwrap();
     let head = b"GET / HTTP/1.1\r\n\r\n";

@@ -64,6 +64,9 @@ fuzz_target!(|data: &[u8]| {
                 o.session = op & 0x40 != 0;
                 let n = u64::from(input.byte().unwrap_or(0));
                 o.snap = Snap { message: (n & 1 == 1).then_some(n), session: (n & 2 == 2).then_some(n * 7) };
+                // A leg of TLS records, written as they come and repeated by new files.
+                o.tls_secrets = (n & 4 == 4).then(|| "CLIENT_RANDOM 00 00
+".to_owned());
                 *at = PerDir::default();
                 What::Open(Box::new(o))
             }

@@ -99,6 +99,9 @@ pub struct Opening {
     pub label: String,
     /// How much of its payload is kept.
     pub snap: Snap,
+    /// The leg's bytes are TLS records (`capture.tls = "encrypted"`), and these are the
+    /// connection's keys (NSS key log lines), for the file's Decryption Secrets Block.
+    pub tls_secrets: Option<String>,
 }
 
 impl Opening {
@@ -114,6 +117,7 @@ impl Opening {
             session_id: 0,
             label: String::new(),
             snap: Snap::default(),
+            tls_secrets: None,
         }
     }
 }

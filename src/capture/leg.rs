@@ -3,6 +3,7 @@
 //! and deflate windows a new file replays), how far each real stream has got, the bytes
 //! the capture lost, and the packet comment waiting for its next packet.
 
+use crate::capture::encrypted::Encrypted;
 use crate::capture::event::LegId;
 use crate::capture::rewrite::{Rewriter, Rules};
 use crate::dir::{Dir, Leg, PerDir};
@@ -35,6 +36,8 @@ pub(crate) struct LegState {
     /// first; it is written before anything else the leg does, and when the writer has
     /// caught up with its queue ([`crate::capture::writer::CaptureWriter::idle`]).
     pub(crate) ack_due: Option<Dir>,
+    /// The leg's bytes are TLS records, written as they crossed, with the keys.
+    pub(crate) encrypted: Option<Encrypted>,
 }
 
 impl LegState {
@@ -53,6 +56,7 @@ impl LegState {
             lost: PerDir::default(),
             last: None,
             ack_due: None,
+            encrypted: None,
         }
     }
 

@@ -17,13 +17,15 @@
 //! - [`recorder`]: the bounded queue, the writer thread and its heartbeat.
 //! - [`sink`]: the writer thread's side: outputs, rotation, write errors.
 //! - [`writer`]: events → packets → pcapng sections, replays in each new file;
-//!   [`leg`]: one leg as the writer keeps it.
+//!   [`leg`]: one leg as the writer keeps it; [`encrypted`]: a leg of TLS records, its
+//!   keys and what a new file repeats of it.
 //! - [`rewrite`]: what of a leg's bytes is written (heads masked by [`redact`], payloads
 //!   cut to the policy's limits, messages a lost deflate window makes undecodable).
 //! - [`files`]: names, `.part`, the ring of finished files.
 //! - [`ports`]: the ports Wireshark would not decode a session on, and the ones written.
 
 pub mod chunk;
+pub mod encrypted;
 pub mod event;
 pub mod files;
 pub mod leg;

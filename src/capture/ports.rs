@@ -48,6 +48,21 @@ pub fn display(client: SocketAddr, mut server: SocketAddr, how: DisplayPort) -> 
     (client, server, (server.port() != real).then_some(real))
 }
 
+/// The addresses an encrypted leg (TLS records, `capture.tls = "encrypted"`) is written
+/// with: the server on 443, which Wireshark's TLS dissector takes (and, past it, HTTP's),
+/// unless the real ports are asked for; and the real server port when it was replaced.
+pub fn display_encrypted(
+    client: SocketAddr,
+    mut server: SocketAddr,
+    how: DisplayPort,
+) -> (SocketAddr, SocketAddr, Option<u16>) {
+    let real = server.port();
+    if how != DisplayPort::Real {
+        server.set_port(TLS_PORTS[0]);
+    }
+    (client, server, (server.port() != real).then_some(real))
+}
+
 /// The ports in the table, in order (for the test that checks it against tshark).
 pub fn table() -> Vec<u16> {
     (0..=u16::MAX).filter(|p| undecodable(*p)).collect()
@@ -74,5 +89,9 @@ mod tests {
         assert_eq!(table().len(), 271);
         let (_, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:443"), DisplayPort::Auto);
         assert_eq!((s.port(), real), (80, Some(443)), "decrypted TLS on 443 is not written as 443");
+        let (_, s, real) = display_encrypted(a("10.0.0.1:40000"), a("10.0.0.2:8443"), DisplayPort::Auto);
+        assert_eq!((s.port(), real), (443, Some(8443)), "TLS records are written where Wireshark reads TLS");
+        let (_, s, real) = display_encrypted(a("10.0.0.1:40000"), a("10.0.0.2:8443"), DisplayPort::Real);
+        assert_eq!((s.port(), real), (8443, None));
     }
 }

@@ -74,6 +74,12 @@ struct TapState {
     /// Bytes read after the Upgrade request's head and before the `101` was written:
     /// (time, captured-stream offset, bytes).
     held: Vec<(u64, u64, Bytes)>,
+    /// The leg's bytes are TLS records: the probe keeps them all from the first (the
+    /// handshake, without which none decrypts), not the current HTTP exchange.
+    encrypted: bool,
+    /// More than `ring_cap` bytes crossed an encrypted leg while probing: its start is
+    /// gone, and nothing more is kept.
+    start_lost: bool,
 }
 
 impl TapState {
@@ -166,6 +172,21 @@ impl Tap {
         Arc::new(Tap::new(recorder, opening, PROBE, ring_cap))
     }
 
+    /// A tap under TLS (`capture.tls = "encrypted"`) that records nothing until
+    /// [`Tap::start`], keeping every byte from the connection's first while they are no
+    /// more than `ring_cap` (see [`Tap::kept_from_start`]).
+    pub fn probing_encrypted(recorder: Recorder, opening: Opening, ring_cap: usize) -> Arc<Tap> {
+        let tap = Tap::new(recorder, opening, PROBE, ring_cap);
+        tap.lock().encrypted = true;
+        Arc::new(tap)
+    }
+
+    /// Whether an encrypted leg's probe still holds every byte since the connection's
+    /// first (its TLS handshake): only then can its capture be decrypted.
+    pub fn kept_from_start(&self) -> bool {
+        !self.lock().start_lost
+    }
+
     fn new(recorder: Recorder, opening: Opening, mode: u8, ring_cap: usize) -> Tap {
         Tap {
             id: recorder.new_leg(),
@@ -247,10 +268,12 @@ impl Tap {
         let kept: Vec<_> = state.ring.drain(..).filter(|(_, dir, off, b)| off + b.len() as u64 > base[*dir]).collect();
         state.ring_bytes = 0;
         let first_time = kept.first().map_or_else(now_ns, |c| c.0);
-        let Start { comment, label, session, snap, .. } = start;
-        let opening = Opening { comment, label, session, snap, ..self.opening.clone() };
+        let Start { comment, label, session, snap, tls_secrets, .. } = start;
+        let encrypted = state.encrypted;
+        let opening = Opening { comment, label, session, snap, tls_secrets, ..self.opening.clone() };
         self.recorder.send_at(first_time, self.id, What::Open(Box::new(opening)));
-        if session {
+        // TLS records are not frames: a drop is a drop (after it, nothing decrypts).
+        if session && !encrypted {
             // A session's streams start with their heads: from here on, drops follow frames.
             for dir in Dir::BOTH {
                 *lock(&self.tracks[dir]) = Some(Track::new());
@@ -350,11 +373,20 @@ impl Tap {
                     drop(state);
                     return self.pass(dir, captured(off), piece, None);
                 }
-                if !state.probe_keeps(dir, &piece) {
+                if state.encrypted {
+                    if state.start_lost {
+                        return;
+                    }
+                } else if !state.probe_keeps(dir, &piece) {
                     return;
                 }
                 state.ring.push_back((now_ns(), dir, off, piece.bytes(0, len, Keep::Long)));
                 state.ring_bytes += len;
+                if state.encrypted && state.ring_bytes > state.ring_cap {
+                    state.ring = VecDeque::new();
+                    state.ring_bytes = 0;
+                    state.start_lost = true;
+                }
                 while state.ring_bytes > state.ring_cap && state.ring.len() > 1 {
                     let (_, _, _, old) = state.ring.pop_front().expect("ring is not empty");
                     state.ring_bytes -= old.len();
@@ -450,6 +482,8 @@ pub struct Start {
     pub session: bool,
     /// How much of its payload is kept.
     pub snap: Snap,
+    /// An encrypted leg's keys (NSS key log lines); `None` on a leg captured decrypted.
+    pub tls_secrets: Option<String>,
 }
 
 #[cfg(test)]

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::capture::encrypted::{Encrypted, MAX_HISTORY};
 use crate::capture::event::{Event, LegId, Opening, What};
 use crate::capture::leg::{add_note, Final, LegState, Pending};
-use crate::capture::rewrite::{Fed, Rules};
+use crate::capture::rewrite::{Fed, Rules, Run};
 use crate::capture::stats::Stats;
 use crate::capture::{ports, redact};
 use crate::config::{DisplayPort, Legs, Redact};
@@ -87,6 +88,8 @@ pub struct CaptureWriter<W: Write> {
     acks_owed: Vec<LegId>,
     /// What each interface saw in the current section, for its statistics block.
     section: PerLeg<SectionCount>,
+    /// Bytes of TLS records kept by every encrypted leg, for new files to repeat.
+    history_bytes: usize,
 }
 
 /// What one interface saw in the current section (file).
@@ -142,6 +145,7 @@ impl<W: Write> CaptureWriter<W> {
             mid_frame: 0,
             acks_owed: Vec::new(),
             section: PerLeg::default(),
+            history_bytes: 0,
         }
     }
 
@@ -209,6 +213,12 @@ impl<W: Write> CaptureWriter<W> {
             return Ok(());
         }
         let held = leg.rewrite.lose(dir);
+        if let Some(enc) = leg.encrypted.as_mut() {
+            self.history_bytes -= enc.kept();
+            enc.forget("the capture lost some of its records".to_owned());
+            let note = "the TLS records after this gap cannot be decrypted: each depends on the records before it";
+            add_note(&mut leg.note, note.to_owned());
+        }
         self.write_fed(id, time, dir, &held, &[], stats)?;
         self.count_lost(id, dir, offset);
         Ok(())
@@ -398,7 +408,13 @@ impl<W: Write> CaptureWriter<W> {
             return Ok(());
         }
         let was = leg.at_boundary();
-        let fed = {
+        let fed = if let Some(enc) = leg.encrypted.as_mut() {
+            // TLS records: written as they crossed, and kept for the next file.
+            let before = enc.kept();
+            enc.record(dir, payload, MAX_HISTORY.saturating_sub(self.history_bytes));
+            self.history_bytes = self.history_bytes + enc.kept() - before;
+            Fed { runs: vec![Run::Kept(0..payload.len())], notes: Vec::new() }
+        } else {
             let mut allowance = lock(&self.synth.inflate);
             allowance.refill(time);
             leg.rewrite.feed(dir, payload, &mut allowance)
@@ -490,7 +506,10 @@ impl<W: Write> CaptureWriter<W> {
             Leg::Client => (o.remote, o.local),
             Leg::Upstream => (o.local, o.remote),
         };
-        let (mut opener, acceptor, real_port) = ports::display(opener, acceptor, self.synth.display_port);
+        let (mut opener, acceptor, real_port) = match o.tls_secrets {
+            Some(_) => ports::display_encrypted(opener, acceptor, self.synth.display_port),
+            None => ports::display(opener, acceptor, self.synth.display_port),
+        };
         // The comment quotes the request line: its query is masked as the head's is.
         let mut comment = redact::text(&o.comment, &self.synth.redact);
         if let Some(real) = real_port {
@@ -506,8 +525,22 @@ impl<W: Write> CaptureWriter<W> {
         let isn = PerDir::new(self.next_isn(), self.next_isn());
         let flow = Flow::new(opener, acceptor, isn, mss);
         let rules = Rules { redact: self.synth.redact.clone(), snap: o.snap };
-        self.legs.insert(id, LegState::new(o.leg, flow, comment, o.session, rules));
+        let mut leg = LegState::new(o.leg, flow, comment, o.session, rules);
+        if let Some(secrets) = &o.tls_secrets {
+            self.write_secrets(secrets)?;
+        }
+        leg.encrypted = o.tls_secrets.map(Encrypted::new);
+        self.legs.insert(id, leg);
         self.emit(id, time, |f, e| f.handshake(e), stats)
+    }
+
+    /// An encrypted leg's keys, in a Decryption Secrets Block before its first packet in
+    /// the file.
+    fn write_secrets(&mut self, secrets: &str) -> io::Result<()> {
+        match self.out.as_mut() {
+            Some(out) if !secrets.is_empty() => out.tls_secrets(secrets.as_bytes()),
+            _ => Ok(()),
+        }
     }
 
     fn close(&mut self, id: LegId, time: u64, reason: &str, offsets: PerDir<u64>, stats: &Stats) -> io::Result<()> {
@@ -541,8 +574,9 @@ impl<W: Write> CaptureWriter<W> {
         } else {
             self.emit(id, time, |f, e| f.ack(local, e), stats)?;
         }
-        if self.legs.remove(&id).is_some_and(|leg| !leg.at_boundary()) {
-            self.mid_frame -= 1;
+        if let Some(leg) = self.legs.remove(&id) {
+            self.mid_frame -= usize::from(!leg.at_boundary());
+            self.history_bytes -= leg.encrypted.as_ref().map_or(0, Encrypted::kept);
         }
         Ok(())
     }
@@ -562,14 +596,40 @@ impl<W: Write> CaptureWriter<W> {
         for id in ids {
             let Some(leg) = self.legs.get_mut(&id) else { continue };
             let mut repeated = format!("repeated from an earlier file: {}", leg.comment);
+            let interrupted = match unwritten {
+                0 => String::new(),
+                n => format!("; capture was interrupted: {n} bytes could not be written"),
+            };
+            if let Some(enc) = leg.encrypted.take() {
+                // TLS records are repeated whole: the leg is never inside one for rotation.
+                match enc.replay_parts() {
+                    Ok(_) => repeated.push_str(
+                        " (synthetic handshake, then the TLS records since the connection's first, with its keys, \
+                         so this file decrypts on its own)",
+                    ),
+                    Err(why) => repeated.push_str(&format!(
+                        "; its TLS records cannot be decrypted from this file alone ({why}): open it together with \
+                         the files before it (mergecap)"
+                    )),
+                }
+                repeated.push_str(&interrupted);
+                // Up to a MiB of records: the whole comment on the first packet only.
+                add_note(&mut leg.note, repeated);
+                let parts = enc.replay_parts().unwrap_or_default();
+                self.write_secrets(&enc.secrets)?;
+                self.emit_each(id, time, "repeated from an earlier file", |f, e| f.replay(&parts, e), stats)?;
+                drop(parts);
+                if let Some(leg) = self.legs.get_mut(&id) {
+                    leg.encrypted = Some(enc);
+                }
+                continue;
+            }
             if leg.session {
                 repeated.push_str(
                     " (synthetic handshake and the original Upgrade exchange, so this file decodes on its own)",
                 );
             }
-            if unwritten > 0 {
-                repeated.push_str(&format!("; capture was interrupted: {unwritten} bytes could not be written"));
-            }
+            repeated.push_str(&interrupted);
             if forced && !leg.at_boundary() {
                 add_note(
                     &mut leg.note,
@@ -723,6 +783,7 @@ mod tests {
             session_id: 1,
             label: String::new(),
             snap: Snap::default(),
+            tls_secrets: None,
         }
     }
 

@@ -108,6 +108,18 @@ pub struct Snap {
     pub session: Option<u64>,
 }
 
+/// What a TLS leg's capture holds (`capture.tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsCapture {
+    /// The decrypted bytes, written and masked as on a plain leg.
+    #[default]
+    Plaintext,
+    /// The TLS records as they crossed, and the connection's keys in a Decryption
+    /// Secrets Block: Wireshark decrypts them from the file alone. Nothing is masked.
+    Encrypted,
+}
+
 /// Which server port a leg's packets are written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisplayPort {
@@ -197,6 +209,11 @@ pub struct CaptureSettings {
     pub redact: Redact,
     /// Seeds the choice of sampled sessions, for runs that must repeat; `None`: random.
     pub sample_seed: Option<u64>,
+    /// What a TLS leg's capture holds.
+    pub tls: TlsCapture,
+    /// A key log file (`SSLKEYLOGFILE` format) every TLS connection's keys are appended
+    /// to, for captures made by other tools; `None`: none.
+    pub tls_keylog: Option<PathBuf>,
 }
 
 impl CaptureSettings {
@@ -225,6 +242,8 @@ impl CaptureSettings {
             },
             redact: Redact::defaults(),
             sample_seed: None,
+            tls: TlsCapture::Plaintext,
+            tls_keylog: None,
         }
     }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::route::Upstream;
 use super::tls::{FileServerTls, FileUpstreamTls};
 use super::units::{ByteSize, HumanDuration};
-use super::CaptureMode;
+use super::{CaptureMode, TlsCapture};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +90,8 @@ pub(super) struct FileCapture {
     pub(super) per_session: bool,
     pub(super) file_mode: String,
     pub(super) rotate: FileRotate,
+    pub(super) tls: TlsCapture,
+    pub(super) tls_keylog: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +142,8 @@ impl Default for FileCapture {
             per_session: false,
             file_mode: "0640".into(),
             rotate: FileRotate::default(),
+            tls: TlsCapture::Plaintext,
+            tls_keylog: None,
         }
     }
 }

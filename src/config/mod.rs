@@ -17,7 +17,7 @@ pub mod tls;
 mod units;
 mod validate;
 
-pub use capture::{CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Snap};
+pub use capture::{CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Snap, TlsCapture};
 use file::FileConfig;
 use route::Route;
 pub use units::{ByteSize, HumanDuration};

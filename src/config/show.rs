@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{CaptureSettings, DisplayPort, Policy, Redact, Settings};
+use super::{CaptureSettings, DisplayPort, Policy, Redact, Settings, TlsCapture};
 
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
@@ -106,6 +106,13 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
     writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
     writeln!(f, "per_session = {}", c.per_session)?;
     writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
+    if c.tls == TlsCapture::Encrypted {
+        writeln!(f, "# WARNING: TLS legs are captured encrypted with their keys: nothing in them is masked")?;
+        writeln!(f, "tls = \"encrypted\"")?;
+    }
+    if let Some(keylog) = &c.tls_keylog {
+        writeln!(f, "tls_keylog = {}", P(keylog))?;
+    }
     if c.redact.is_off() {
         writeln!(f, "# WARNING: redaction is off: capture files hold every credential that crossed wstap")?;
         writeln!(f, "redact = false")?;

@@ -230,6 +230,8 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         },
         redact: redact(c.redact)?,
         sample_seed: c.sample_seed,
+        tls: c.tls,
+        tls_keylog: c.tls_keylog,
     })
 }
 

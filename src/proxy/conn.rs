@@ -27,7 +27,7 @@ use crate::capture::recorder::Recorder;
 use crate::capture::tap::{Start, Tap};
 use crate::capture::tee::Tee;
 use crate::config::route::{Route, Upstream};
-use crate::config::{CaptureMode, Settings, Snap};
+use crate::config::{CaptureMode, Settings, Snap, TlsCapture};
 use crate::dir::{Dir, Leg, PerDir};
 use crate::proxy::admission::Permit;
 use crate::proxy::error::ProxyError;
@@ -38,7 +38,7 @@ use crate::proxy::path;
 use crate::proxy::policy::Samplers;
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::splice;
-use crate::proxy::tls;
+use crate::proxy::tls::{self, KeyLogFile, Keys};
 use crate::proxy::traffic::{ByteCounts, ConnectionGuard, LiveSession, Traffic};
 use crate::sync::lock;
 
@@ -53,6 +53,8 @@ pub struct Context {
     pub traffic: Arc<Traffic>,
     /// Which sessions of each route are sampled.
     samplers: Samplers,
+    /// Where every TLS connection's keys are appended (`capture.tls_keylog`).
+    keylog: Option<Arc<KeyLogFile>>,
 }
 
 /// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
@@ -66,14 +68,36 @@ const UPSTREAM_READ_BUFFER: usize = 64 * 1024;
 
 impl Context {
     /// The context of connections run with `settings`.
-    pub fn new(settings: Arc<Settings>, capture: Option<Recorder>, traffic: Arc<Traffic>) -> Context {
+    pub fn new(
+        settings: Arc<Settings>,
+        capture: Option<Recorder>,
+        traffic: Arc<Traffic>,
+        keylog: Option<Arc<KeyLogFile>>,
+    ) -> Context {
         let samplers = Samplers::new(settings.routes.len(), settings.capture.sample_seed);
-        Context { settings, capture, traffic, samplers }
+        Context { settings, capture, traffic, samplers, keylog }
+    }
+
+    /// For a new TLS connection on `leg`: a tap under its TLS, if its records are
+    /// captured (`capture.tls = "encrypted"` and some route records the leg), and what
+    /// collects its keys, if they are kept or logged.
+    fn tls_capture(
+        &self,
+        leg: Leg,
+        id: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> (Option<Arc<Tap>>, Option<Arc<Keys>>) {
+        let encrypted = self.settings.capture.tls == TlsCapture::Encrypted;
+        let tap = encrypted.then(|| self.tap(leg, id, local, remote, true)).flatten();
+        let keys = Keys::new(tap.is_some(), self.keylog.clone());
+        (tap, keys)
     }
 
     /// A tap for a new connection leg, if any route records that leg: it probes (keeps its
-    /// recent bytes) until a request's route says what to record.
-    fn tap(&self, leg: Leg, id: u64, local: SocketAddr, remote: SocketAddr) -> Option<Arc<Tap>> {
+    /// recent bytes) until a request's route says what to record. An `encrypted` one is
+    /// under TLS and keeps the connection's first bytes.
+    fn tap(&self, leg: Leg, id: u64, local: SocketAddr, remote: SocketAddr, encrypted: bool) -> Option<Arc<Tap>> {
         let rec = self.capture.as_ref()?;
         let capture = &self.settings.capture;
         let wanted = capture.legs.has(leg);
@@ -90,8 +114,12 @@ impl Context {
             session_id: id,
             label: String::new(),
             snap: Snap::default(),
+            tls_secrets: None,
         };
-        wanted.then(|| Tap::probing(rec.clone(), opening, probe))
+        match encrypted {
+            true => wanted.then(|| Tap::probing_encrypted(rec.clone(), opening, probe)),
+            false => wanted.then(|| Tap::probing(rec.clone(), opening, probe)),
+        }
     }
 }
 
@@ -102,6 +130,8 @@ pub struct Conn {
     pub ctx: Arc<Context>,
     pub shutdown: Shutdown,
     client_tap: Option<Arc<Tap>>,
+    /// The client connection's TLS keys, when `client_tap` is under its TLS.
+    client_keys: Option<Arc<Keys>>,
     /// The upstream connection of the previous request, kept for reuse.
     upstream: Mutex<Option<UpstreamConn>>,
     /// Held for as long as the connection or its WebSocket session lives.
@@ -120,6 +150,8 @@ struct UpstreamConn {
     tls_about: Option<String>,
     sender: SendRequest<Paced>,
     tap: Option<Arc<Tap>>,
+    /// The upstream connection's TLS keys, when `tap` is under its TLS.
+    keys: Option<Arc<Keys>>,
 }
 
 /// Takes an accepted client connection: on a listener that terminates TLS, the handshake
@@ -134,14 +166,20 @@ pub async fn accept(
     permit: Permit,
 ) {
     let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
-    let accepted = Accepted { id, client, local, tls: None, shutdown, permit };
+    let accepted = Accepted { id, client, local, tls: None, raw: None, shutdown, permit };
     let Some(config) = tls else { return serve(ctx, accepted, stream).await };
-    match tls::accept(config, stream, ctx.settings.limits.handshake_timeout).await {
+    let (tap, keys) = ctx.tls_capture(Leg::Client, id, local, client);
+    let config = match &keys {
+        Some(k) => k.server_config(&config),
+        None => config,
+    };
+    match tls::accept(config, Tee::new(stream, tap.clone()), ctx.settings.limits.handshake_timeout).await {
         Ok(stream) => {
             let server = stream.get_ref().1;
             let about = format!("{}, port {}", tls::describe(server, server.server_name()), local.port());
             debug!(tls = %about, "TLS handshake done");
-            serve(ctx, Accepted { tls: Some(about), ..accepted }, stream).await;
+            let raw = tap.zip(keys);
+            serve(ctx, Accepted { tls: Some(about), raw, ..accepted }, stream).await;
         }
         Err(e) => {
             let reason = tls::reason(&e);
@@ -157,6 +195,8 @@ struct Accepted {
     client: SocketAddr,
     local: SocketAddr,
     tls: Option<String>,
+    /// A tap under the connection's TLS, and its keys (`capture.tls = "encrypted"`).
+    raw: Option<(Arc<Tap>, Arc<Keys>)>,
     shutdown: Shutdown,
     permit: Permit,
 }
@@ -167,13 +207,21 @@ async fn serve<S>(ctx: Arc<Context>, a: Accepted, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Accepted { id, client, local, tls, shutdown, permit } = a;
-    let client_tap = ctx.tap(Leg::Client, id, local, client);
+    let Accepted { id, client, local, tls, raw, shutdown, permit } = a;
+    // The tap over TLS sees what hyper sees; one under it, the records.
+    let (plain_tap, client_tap, client_keys) = match raw {
+        Some((tap, keys)) => (None, Some(tap), Some(keys)),
+        None => {
+            let tap = ctx.tap(Leg::Client, id, local, client, false);
+            (tap.clone(), tap, None)
+        }
+    };
     let conn = Arc::new(Conn {
         id,
         client,
         shutdown,
-        client_tap: client_tap.clone(),
+        client_tap,
+        client_keys,
         upstream: Mutex::new(None),
         _permit: permit,
         _open: ctx.traffic.connection_opened(),
@@ -184,7 +232,7 @@ where
     let started = tokio::time::Instant::now();
     info!("connection open");
     let bytes: ByteCounts = Arc::default();
-    let stream = Metered::new(Tee::new(stream, client_tap), Leg::Client, conn.ctx.traffic.clone(), Some(bytes.clone()));
+    let stream = Metered::new(Tee::new(stream, plain_tap), Leg::Client, conn.ctx.traffic.clone(), Some(bytes.clone()));
     let limits = &conn.ctx.settings.limits;
     let svc_conn = conn.clone();
     let service = hyper::service::service_fn(move |req| {
@@ -327,13 +375,14 @@ impl Conn {
             }
         }
 
-        let UpstreamConn { upstream, tls, tls_about, mut sender, tap: upstream_tap } =
+        let UpstreamConn { upstream, tls, tls_about, mut sender, tap: upstream_tap, keys } =
             self.upstream_conn(&route).await?;
         let upstream_bases = upstream_tap.as_ref().map(|t| PerDir::new(t.offset(Dir::Up), t.offset(Dir::Down)));
         let start = CaptureStart {
             request_line: &request_line,
             client_down_base,
             upstream: upstream_tap.as_deref().zip(upstream_bases),
+            upstream_keys: keys.as_deref(),
             upstream_tls: tls_about.as_deref(),
             route: &route,
             index,
@@ -363,7 +412,7 @@ impl Conn {
             let captured = self.capture_session(&start);
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap, captured);
         } else {
-            *lock(&self.upstream) = Some(UpstreamConn { upstream, tls, tls_about, sender, tap: upstream_tap });
+            *lock(&self.upstream) = Some(UpstreamConn { upstream, tls, tls_about, sender, tap: upstream_tap, keys });
         }
         let (mut parts, body) = resp.into_parts();
         let proto = switched.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
@@ -388,11 +437,15 @@ impl Conn {
             "wstap session {}: {line} from {client} via route {:?} to {}",
             self.id, route.path_prefix, route.upstream
         );
+        let how = |encrypted: bool| match encrypted {
+            true => "captured as TLS records; the keys that decrypt them are in this file",
+            false => "captured decrypted",
+        };
         if let Some(tls) = &self.tls {
-            comment.push_str(&format!("; client leg over {tls} (captured decrypted)"));
+            comment.push_str(&format!("; client leg over {tls} ({})", how(self.client_keys.is_some())));
         }
         if let Some(tls) = at.upstream_tls {
-            comment.push_str(&format!("; upstream leg over {tls} (captured decrypted)"));
+            comment.push_str(&format!("; upstream leg over {tls} ({})", how(at.upstream_keys.is_some())));
         }
         self.start_legs(at, comment, true);
         true
@@ -418,14 +471,18 @@ impl Conn {
         let policy = at.route.policy;
         // Per-session file names: client address and route.
         let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), at.route.path_prefix);
-        let start = |comment| Start {
+        let start = |comment, keys: Option<&Keys>| Start {
             comment,
             label: label.clone(),
             request_line: at.request_line.into(),
             session,
             snap: policy.snap,
+            tls_secrets: keys.and_then(Keys::kept),
         };
-        if let Some(tap) = self.client_tap.as_ref().filter(|_| policy.legs.client) {
+        let client_tap = self.client_tap.as_ref().filter(|_| policy.legs.client);
+        if let (Some(tap), Some(keys)) = (client_tap, &self.client_keys) {
+            begin_encrypted(tap, start(comment.clone(), Some(keys)));
+        } else if let Some(tap) = client_tap {
             let (first, end) = match tap.find_head(at.request_line.as_bytes()) {
                 Some((first, end)) => (first, Some(end)),
                 None => {
@@ -435,14 +492,17 @@ impl Conn {
                     (tap.oldest_read().unwrap_or_else(|| tap.offset(Dir::Up)), None)
                 }
             };
-            tap.begin(PerDir::new(first, at.client_down_base), end.filter(|_| session), start(comment.clone()));
+            tap.begin(PerDir::new(first, at.client_down_base), end.filter(|_| session), start(comment.clone(), None));
         }
         if let Some((tap, bases)) = at.upstream.filter(|_| policy.legs.upstream) {
             let comment = match session {
                 true => comment,
                 false => format!("wstap upstream connection of connection {} to {}", self.id, at.route.upstream),
             };
-            tap.begin(bases, None, start(comment));
+            match at.upstream_keys {
+                Some(keys) => begin_encrypted(tap, start(comment, Some(keys))),
+                None => tap.begin(bases, None, start(comment, None)),
+            }
         }
     }
 
@@ -461,23 +521,44 @@ impl Conn {
         }
         let started = tokio::time::Instant::now();
         let stream = connect(upstream, connect_timeout).await?;
-        let tap = self.upstream_tap(&stream);
-        let port = upstream.port;
-        let (sender, tls_about) = match tls {
-            None => (self.upstream_handshake(stream, tap.clone()).await?, None),
-            Some(t) => {
-                let name = t.server_name.clone();
-                let tls = tokio_rustls::TlsConnector::from(t.config.clone()).connect(name, stream);
-                // One connect_timeout covers the TCP connect and the handshake.
-                let stream = tokio::time::timeout_at(started + connect_timeout, tls)
-                    .await
-                    .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
-                    .map_err(ProxyError::UpstreamTls)?;
-                let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
-                (self.upstream_handshake(stream, tap.clone()).await?, Some(format!("{about}, port {port}")))
-            }
+        let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+            return Err(ProxyError::Connect(std::io::Error::from(std::io::ErrorKind::NotConnected)));
         };
-        Ok(UpstreamConn { upstream: upstream.clone(), tls: tls.clone(), tls_about, sender, tap })
+        let port = upstream.port;
+        let Some(t) = tls else {
+            let tap = self.ctx.tap(Leg::Upstream, self.id, local, remote, false);
+            let sender = self.upstream_handshake(stream, tap.clone()).await?;
+            return Ok(UpstreamConn {
+                upstream: upstream.clone(),
+                tls: None,
+                tls_about: None,
+                sender,
+                tap,
+                keys: None,
+            });
+        };
+        // The tap over TLS sees what hyper sees; one under it, the records.
+        let (raw, keys) = self.ctx.tls_capture(Leg::Upstream, self.id, local, remote);
+        let config = keys.as_ref().map_or_else(|| t.config.clone(), |k| k.client_config(&t.config));
+        let connecting =
+            tokio_rustls::TlsConnector::from(config).connect(t.server_name.clone(), Tee::new(stream, raw.clone()));
+        // One connect_timeout covers the TCP connect and the handshake.
+        let stream = tokio::time::timeout_at(started + connect_timeout, connecting)
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
+            .map_err(ProxyError::UpstreamTls)?;
+        let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
+        let (tap, keys) = match raw {
+            Some(raw) => (None, Some(raw).zip(keys)),
+            None => (self.ctx.tap(Leg::Upstream, self.id, local, remote, false), None),
+        };
+        let sender = self.upstream_handshake(stream, tap.clone()).await?;
+        let (tap, keys) = match keys {
+            Some((raw, keys)) => (Some(raw), Some(keys)),
+            None => (tap, None),
+        };
+        let tls_about = Some(format!("{about}, port {port}"));
+        Ok(UpstreamConn { upstream: upstream.clone(), tls: Some(t.clone()), tls_about, sender, tap, keys })
     }
 
     /// hyper's client on the (teed, metered) upstream stream, plain or TLS; the
@@ -502,11 +583,6 @@ impl Conn {
             .in_current_span(),
         );
         Ok(sender)
-    }
-
-    fn upstream_tap(&self, stream: &TcpStream) -> Option<Arc<Tap>> {
-        let (local, remote) = (stream.local_addr().ok()?, stream.peer_addr().ok()?);
-        self.ctx.tap(Leg::Upstream, self.id, local, remote)
     }
 
     /// Waits for both sides to finish switching protocols, then relays bytes until the
@@ -562,6 +638,20 @@ impl Conn {
     }
 }
 
+/// Starts (or, recording already, marks) the capture of a leg whose tap is under its TLS:
+/// from the connection's first byte, its handshake, without which nothing decrypts. When
+/// more than the probe holds crossed before, the leg is not captured, and the log says so.
+fn begin_encrypted(tap: &Tap, start: Start) {
+    if tap.is_recording() || tap.kept_from_start() {
+        tap.begin(PerDir::default(), None, start);
+    } else {
+        info!(
+            leg = tap.leg().name(),
+            "not captured: the TLS handshake is not kept (too much crossed before the session), so its records could not be decrypted"
+        );
+    }
+}
+
 /// Opens a TCP connection to the first reachable address of `upstream` within `limit`.
 async fn connect(upstream: &Upstream, limit: Duration) -> Result<TcpStream, ProxyError> {
     let attempt = async {
@@ -603,6 +693,8 @@ struct CaptureStart<'a> {
     upstream: Option<(&'a Tap, PerDir<u64>)>,
     /// The TLS to the upstream, described.
     upstream_tls: Option<&'a str>,
+    /// The upstream connection's keys, when its tap is under its TLS.
+    upstream_keys: Option<&'a Keys>,
     route: &'a Route,
     /// The route's place in the config.
     index: usize,

@@ -141,12 +141,17 @@ impl Running {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Running> {
         let coordinator = Coordinator::default();
+        let keylog = reload::open_keylog(&settings)?;
         let capture = match settings.capture.on() {
             false => None,
             true => Some(Capture::start(settings.capture.clone()).context("cannot start the capture writer")?),
         };
-        let ctx =
-            Context::new(settings.clone(), capture.as_ref().map(|c| c.recorder().clone()), metrics.traffic.clone());
+        let ctx = Context::new(
+            settings.clone(),
+            capture.as_ref().map(|c| c.recorder().clone()),
+            metrics.traffic.clone(),
+            keylog,
+        );
         let shared = Shared::new(ctx, capture.as_ref().map(Capture::heartbeat), metrics);
         for (configured, listener) in settings.listen.iter().zip(bound) {
             listeners::listen(&shared, *configured, listener, &coordinator)?;

@@ -15,6 +15,7 @@ use crate::capture::recorder::{Capture, Recorder};
 use crate::config::Settings;
 use crate::proxy::conn::Context;
 use crate::proxy::shutdown::Coordinator;
+use crate::proxy::tls::KeyLogFile;
 use crate::service::listeners;
 use crate::service::shared::Shared;
 use crate::sync::lock;
@@ -33,12 +34,13 @@ pub(crate) async fn reload(
     for addr in new.listen.iter().filter(|a| !current.contains(a)) {
         added.push((*addr, listeners::bind(*addr, "listen", &new.source).await?));
     }
+    let keylog = open_keylog(&new)?;
     let recorder = reconfigure_capture(&new, shared, capture)?;
     let workers = shared.ctx().settings.workers;
     if new.workers != workers {
         warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
     }
-    shared.set_ctx(Arc::new(Context::new(new.clone(), recorder, shared.metrics.traffic.clone())));
+    shared.set_ctx(Arc::new(Context::new(new.clone(), recorder, shared.metrics.traffic.clone(), keylog)));
     for (configured, l) in added {
         listeners::listen(shared, configured, l, coordinator)?;
     }
@@ -51,6 +53,15 @@ pub(crate) async fn reload(
         keep
     });
     Ok(new)
+}
+
+/// The key log file the settings name (`capture.tls_keylog`), opened for appending.
+pub(crate) fn open_keylog(settings: &Settings) -> anyhow::Result<Option<Arc<KeyLogFile>>> {
+    let Some(path) = &settings.capture.tls_keylog else { return Ok(None) };
+    let file = KeyLogFile::open(path).with_context(|| {
+        format!("{}: capture.tls_keylog: cannot open {}", settings.source.display(), path.display())
+    })?;
+    Ok(Some(file))
 }
 
 /// Hands the new capture settings to the writer (starting it if capture was off); returns

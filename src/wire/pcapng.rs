@@ -164,6 +164,22 @@ impl<W: Write> PcapngWriter<W> {
         w.write_all(&(block_len as u32).to_le_bytes())
     }
 
+    /// Writes a Decryption Secrets Block of TLS key log lines (NSS format): Wireshark
+    /// decrypts with them the TLS records of the packets that follow it.
+    pub fn tls_secrets(&mut self, keylog: &[u8]) -> std::io::Result<()> {
+        const TLS_KEY_LOG: u32 = 0x544c_534b;
+        let pad = (4 - keylog.len() % 4) % 4;
+        // Type, length, secrets type, secrets length, the secrets, no options, length again.
+        let block_len = 4 + 4 + 4 + 4 + keylog.len() + pad + 4;
+        let w = self.inner.get_mut();
+        for v in [0x0Au32, block_len as u32, TLS_KEY_LOG, keylog.len() as u32] {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        w.write_all(keylog)?;
+        w.write_all(&[0; 3][..pad])?;
+        w.write_all(&(block_len as u32).to_le_bytes())
+    }
+
     pub fn get_mut(&mut self) -> &mut W {
         self.inner.get_mut()
     }

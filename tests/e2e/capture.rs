@@ -500,6 +500,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
             session_id: 1,
             label: String::new(),
             snap: Default::default(),
+            tls_secrets: None,
         }))
     };
     let data =
@@ -712,6 +713,7 @@ pub(crate) fn synthetic_session(
             session_id,
             label: format!("127.0.0.1-4000{session_id}_/"),
             snap: Default::default(),
+            tls_secrets: None,
         }))
     };
     let mut ev = Vec::new();
@@ -887,6 +889,7 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
             session_id: 1,
             label: String::new(),
             snap: Default::default(),
+            tls_secrets: None,
         }))
     };
     let data =

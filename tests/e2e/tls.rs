@@ -278,10 +278,15 @@ async fn sighup_reloads_certificates_and_a_bad_file_changes_nothing() {
 
 /// A WebSocket echo server over TLS with `site`'s certificate.
 async fn tls_echo_upstream(site: &Site) -> SocketAddr {
+    tls_echo_upstream_speaking(site, rustls::DEFAULT_VERSIONS).await
+}
+
+/// A WebSocket echo server over TLS `versions` with `site`'s certificate.
+async fn tls_echo_upstream_speaking(site: &Site, versions: &[&'static rustls::SupportedProtocolVersion]) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&site.key).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(wstap::config::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![site.der.clone()], key)
@@ -432,6 +437,116 @@ async fn replay_reaches_a_wss_server_and_mock_serves_one() {
         let (code, _, err) = wstap(&["mock", f, "--listen", "127.0.0.1:0", "--tls-cert", key, "--tls-key", key]).await;
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("mock.key"), "{err}");
+    })
+    .await;
+}
+
+/// A client for `pki`'s sites that speaks only TLS `version`.
+fn client_speaking(pki: &Pki, version: &'static rustls::SupportedProtocolVersion) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(wstap::config::tls::provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Each WebSocket text message tshark decrypts and decodes in `file` (no options given):
+/// (interface, text).
+fn decrypted_texts(file: &Path) -> Vec<(String, String)> {
+    fields(file, "websocket.opcode == 1", &["frame.interface_id", "websocket.payload.text"])
+        .into_iter()
+        .map(|row| (row[0].clone(), row.get(1).cloned().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn encrypted_tls13_captures_decrypt_from_the_file_alone_in_every_rotated_file() {
+    encrypted_captures_decrypt(&rustls::version::TLS13, "1.3").await;
+}
+
+#[tokio::test]
+async fn encrypted_tls12_captures_decrypt_from_the_file_alone_in_every_rotated_file() {
+    encrypted_captures_decrypt(&rustls::version::TLS12, "1.2").await;
+}
+
+/// Both legs TLS `version`, captured encrypted, rotated twice mid-session: tshark, given
+/// no key, decrypts every message in every file.
+async fn encrypted_captures_decrypt(version: &'static rustls::SupportedProtocolVersion, name: &str) {
+    within(async {
+        {
+            let dir = capture_dir(&format!("tls-encrypted-{name}"));
+            std::fs::create_dir_all(&*dir).unwrap();
+            let pki = Pki::new(&dir);
+            let site = pki.site("localhost", "site");
+            let up = tls_echo_upstream_speaking(&pki.site("localhost", "upstream"), &[version]).await;
+            let (captures, keylog) = (dir.join("captures"), dir.join("keys.log"));
+            let toml = format!(
+                "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}\n\
+                 [[route]]\nupstream = \"wss://localhost:{}\"\ntls = {{ ca_file = {:?} }}\n{}",
+                site.cert,
+                site.key,
+                up.port(),
+                dir.join("ca.pem"),
+                capture_toml(&captures, &format!("tls = \"encrypted\"\ntls_keylog = {keylog:?}\n"))
+            );
+            let proxy = Proxy::start(&toml).await;
+            let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+            let tls = client_speaking(&pki, version).connect(ServerName::try_from("localhost").unwrap(), tcp).await;
+            let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/sealed", tls.unwrap()).await.unwrap();
+            let mut sent = Vec::new();
+            for i in 0..12 {
+                let m = format!("secret message {i} over TLS {name}");
+                ws.send(Message::text(m.clone())).await.unwrap();
+                assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m.clone()));
+                sent.push(m);
+                if i == 3 || i == 7 {
+                    proxy.rotate().await; // SIGUSR1, mid-session
+                    eventually("rotated", || std::fs::read_dir(&captures).unwrap().count() > 1 + i / 4).await;
+                }
+            }
+            ws.close(None).await.unwrap();
+            while let Some(Ok(_)) = ws.next().await {}
+            proxy.begin_shutdown().await;
+            proxy.stopped().await;
+
+            let files = the_files(&captures);
+            assert_eq!(files.len(), 3, "two rotations: {files:?}");
+            let mut seen = Vec::new();
+            for (n, file) in files.iter().enumerate() {
+                let expert = tshark(file, &["-q", "-z", "expert"]);
+                assert!(!expert.contains("Warnings (") && !expert.contains("Errors ("), "{name}: {expert}");
+                // No key log file given to tshark: the Decryption Secrets Block does it.
+                let texts = decrypted_texts(file);
+                // Each file holds every message since the session's start (the records
+                // before the rotation are repeated, or nothing would decrypt), each on the
+                // client leg (interface 0) and the upstream leg (1), each way.
+                let last = [3, 7, 11][n];
+                for (i, m) in sent.iter().enumerate() {
+                    let mut legs: Vec<&str> = texts.iter().filter(|(_, t)| t == m).map(|(l, _)| &l[..]).collect();
+                    legs.sort();
+                    let want = if i <= last { vec!["0", "0", "1", "1"] } else { vec![] };
+                    assert_eq!(legs, want, "TLS {name}, file {n}, {m:?}: {texts:?}");
+                }
+                seen.extend(texts);
+                // The records are the real ones: no plaintext in the file.
+                assert!(!std::fs::read(file).unwrap().windows(14).any(|w| w == b"secret message"));
+            }
+            assert!(!seen.is_empty());
+            let comments: Vec<String> =
+                files.iter().flat_map(|f| fields(f, "frame.comment", &["frame.comment"])).flatten().collect();
+            assert!(comments.iter().any(|c| c.contains("captured as TLS records")), "{comments:?}");
+            // The key log file has the same keys, and only the owner may read it.
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&keylog).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            let lines = std::fs::read_to_string(&keylog).unwrap();
+            let label = if name == "1.3" { "CLIENT_TRAFFIC_SECRET_0 " } else { "CLIENT_RANDOM " };
+            assert_eq!(lines.lines().filter(|l| l.starts_with(label)).count(), 2, "both legs: {lines}");
+        }
     })
     .await;
 }
