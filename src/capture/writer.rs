@@ -970,4 +970,67 @@ mod tests {
         assert!(client.iter().any(|o| matches!(o, Isb::Comment(c) if c.contains("3000 bytes"))), "{client:?}");
         assert!(isbs[1].options.contains(&Isb::IsbIfDrop(0)), "{:?}", isbs[1].options);
     }
+
+    /// (type, body) of each pcapng block in `file` (little-endian, as written).
+    fn blocks(file: &[u8]) -> Vec<(u32, &[u8])> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 12 <= file.len() {
+            let kind = u32::from_le_bytes(file[at..at + 4].try_into().unwrap());
+            let len = u32::from_le_bytes(file[at + 4..at + 8].try_into().unwrap()) as usize;
+            out.push((kind, &file[at + 8..at + len - 4]));
+            at += len;
+        }
+        out
+    }
+
+    #[test]
+    fn an_encrypted_leg_is_written_as_it_came_with_its_keys_and_repeated_whole_within_its_bound() {
+        let mut w = test_writer();
+        let stats = Stats::default();
+        let mut opening = client_leg("tls", true);
+        opening.tls_secrets = Some("CLIENT_RANDOM aa bb\n".into());
+        let (hello, answer) = (b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03\x00\x06answer");
+        let mut step =
+            |w: &mut CaptureWriter<Vec<u8>>, what| w.process(Event { time: 1, leg: 1, what }, &stats).unwrap();
+        step(&mut w, What::Open(Box::new(opening)));
+        step(&mut w, data(Dir::Up, 0, hello));
+        step(&mut w, data(Dir::Down, 0, answer));
+        let stats = Stats::default();
+        let first = w.rotate(Vec::new(), &stats).unwrap().unwrap();
+        let second = w.rotate(Vec::new(), &stats).unwrap().unwrap();
+        for file in [&first, &second] {
+            let blocks = blocks(file);
+            let dsb = blocks.iter().position(|b| b.0 == 0x0A).expect("a Decryption Secrets Block");
+            assert!(dsb < blocks.iter().position(|b| b.0 == 6).unwrap(), "before the first packet");
+            assert_eq!(&blocks[dsb].1[..8], &[0x4b, 0x53, 0x4c, 0x54, 20, 0, 0, 0], "TLSK, 20 bytes");
+            assert_eq!(&blocks[dsb].1[8..28], b"CLIENT_RANDOM aa bb\n");
+            // The records, untouched, in the order they crossed (repeated in the second).
+            let packets: Vec<&[u8]> = blocks.iter().filter(|b| b.0 == 6).map(|b| b.1).collect();
+            let carrying = |record: &[u8]| {
+                let at: Vec<usize> =
+                    (0..packets.len()).filter(|i| packets[*i].windows(record.len()).any(|w| w == record)).collect();
+                assert_eq!(at.len(), 1, "one packet carries {record:?}");
+                at[0]
+            };
+            assert!(carrying(hello) < carrying(answer));
+        }
+        // Past the bound, a new file no longer repeats the records, and says why.
+        let big = vec![0x17; crate::capture::encrypted::MAX_LEG_HISTORY];
+        w.process(Event { time: 2, leg: 1, what: data(Dir::Up, hello.len() as u64, &big) }, &stats).unwrap();
+        w.rotate(Vec::new(), &stats).unwrap();
+        let third = w.finish(&stats).unwrap().unwrap();
+        let mut r = PcapNgReader::new(&third[..]).unwrap();
+        let mut comments = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                comments.extend(p.options.iter().filter_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                }));
+            }
+        }
+        assert!(comments[0].contains("cannot be decrypted from this file alone (more than 1024 KiB"), "{comments:?}");
+        assert_eq!(w.history_bytes, 0, "the writer's budget is given back");
+    }
 }

@@ -286,6 +286,14 @@ mod tests {
                 "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[shutdown]\ngrace = \"600 years\"\n",
                 &["shutdown.grace", "at most 10 years"],
             ),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[capture]\ntls = \"sealed\"\n",
+                &["test.toml:5:", "capture.tls", "`plaintext` or `encrypted`"],
+            ),
+            (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[capture]\ntls_keylog = \"/no/such/dir/keys\"\n",
+                &["capture.tls_keylog", "/no/such/dir/keys", "not a file in an existing directory"],
+            ),
             ("listen = [\n", &["test.toml:"]),
         ];
         for (text, wants) in cases {

@@ -209,6 +209,12 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
     if c.rotate.size.0 != 0 && c.rotate.size.0 < 64 * 1024 {
         return fail("capture.rotate.size", "must be 0 (never) or at least 64KiB");
     }
+    if let Some(path) = &c.tls_keylog {
+        let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() || path.is_dir() {
+            return fail("capture.tls_keylog", format!("{}: not a file in an existing directory", path.display()));
+        }
+    }
     Ok(CaptureSettings {
         policy,
         legs: policy.legs,

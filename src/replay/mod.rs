@@ -54,6 +54,9 @@ pub struct Recording {
     pub skipped: u64,
     /// TCP connections that carried no WebSocket session.
     pub other_connections: usize,
+    /// TCP connections that carried TLS (`capture.tls = "encrypted"`): not decrypted, so
+    /// their sessions are not read (a problem says so).
+    pub tls_connections: usize,
 }
 
 impl Recording {
@@ -130,8 +133,26 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
                 rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
                 rec.sessions.push(s);
             }
+            None if tls(&conn) => rec.tls_connections += 1,
             None => rec.other_connections += 1,
         }
     }
+    if rec.tls_connections > 0 {
+        rec.problems.push(format!(
+            "{} TLS connection(s) not read: wstap does not decrypt TLS records (a capture made with \
+             capture.tls = \"encrypted\"); Wireshark and tshark do, with the keys the file carries, or \
+             capture with capture.tls = \"plaintext\" to replay them",
+            rec.tls_connections
+        ));
+    }
     Ok(rec)
+}
+
+/// Whether the opener's first bytes are a TLS handshake record (a ClientHello).
+fn tls(conn: &reassembly::Conn) -> bool {
+    let first = conn.events.iter().find_map(|e| match (&e.piece, e.from) {
+        (reassembly::Piece::Data(d), Dir::Up) => Some(d),
+        _ => None,
+    });
+    first.is_some_and(|d| d.len() >= 6 && d[0] == 0x16 && d[1] == 3 && d[5] == 1)
 }

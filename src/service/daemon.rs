@@ -120,8 +120,19 @@ struct Running {
     listening: watch::Sender<Vec<SocketAddr>>,
 }
 
-/// `insecure_skip_verify` is said out loud each time a config with it is applied.
+/// What exposes secrets (`insecure_skip_verify`, TLS keys in captures or a key log) is
+/// said out loud each time a config with it is applied.
 fn warn_insecure(settings: &Settings) {
+    let c = &settings.capture;
+    if c.on() && c.tls == crate::config::TlsCapture::Encrypted {
+        warn!(
+            "capture.tls = \"encrypted\": TLS legs are recorded with their keys; whoever reads the files reads \
+             everything on them, credentials included (redaction cannot apply to records)"
+        );
+    }
+    if let Some(path) = &c.tls_keylog {
+        warn!(file = %path.display(), "capture.tls_keylog: every TLS connection's keys are written to this file");
+    }
     for r in settings.routes.iter().filter(|r| r.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)) {
         warn!(
             route = %r.path_prefix,
