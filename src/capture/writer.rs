@@ -991,8 +991,7 @@ mod tests {
         let mut opening = client_leg("tls", true);
         opening.tls_secrets = Some("CLIENT_RANDOM aa bb\n".into());
         let (hello, answer) = (b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03\x00\x06answer");
-        let mut step =
-            |w: &mut CaptureWriter<Vec<u8>>, what| w.process(Event { time: 1, leg: 1, what }, &stats).unwrap();
+        let step = |w: &mut CaptureWriter<Vec<u8>>, what| w.process(Event { time: 1, leg: 1, what }, &stats).unwrap();
         step(&mut w, What::Open(Box::new(opening)));
         step(&mut w, data(Dir::Up, 0, hello));
         step(&mut w, data(Dir::Down, 0, answer));
