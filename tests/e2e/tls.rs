@@ -510,6 +510,7 @@ async fn encrypted_captures_decrypt(version: &'static rustls::SupportedProtocolV
             }
             ws.close(None).await.unwrap();
             while let Some(Ok(_)) = ws.next().await {}
+            drop(ws);
             proxy.begin_shutdown().await;
             proxy.stopped().await;
 
@@ -550,6 +551,54 @@ async fn encrypted_captures_decrypt(version: &'static rustls::SupportedProtocolV
             assert_eq!(code, 1, "{out}{err}");
             assert!(err.contains("2 TLS connection(s) not read") && err.contains("tshark"), "{err}");
         }
+    })
+    .await;
+}
+
+/// A TLS listener on 443 itself (the port Wireshark reads as TLS), captured decrypted with
+/// the default config: every message decodes as WebSocket with no Warning, the server
+/// port is written as 80, and the comment names 443.
+#[tokio::test]
+async fn a_tls_listener_on_443_decodes_in_plaintext_captures_with_no_options() {
+    within(async {
+        // An address of its own, so nothing else on this machine's 443 is in the way.
+        let addr = "127.0.44.3:443";
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            panic!("this test binds {addr} (root, or net.ipv4.ip_unprivileged_port_start <= 443): {e}");
+        }
+        let dir = capture_dir("tls-443");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let pki = Pki::new(&dir);
+        let site = pki.site("localhost", "site");
+        let captures = dir.join("captures");
+        let toml = format!(
+            "[[listener]]\naddr = \"{addr}\"\ntls = {{ cert = {:?}, key = {:?} }}\n[[route]]\nupstream = \"ws://{}\"\n\
+             [capture]\ndir = {:?}\n[capture.rotate]\ninterval = \"0s\"\n",
+            site.cert,
+            site.key,
+            echo_upstream().await,
+            captures.display().to_string()
+        );
+        let proxy = Proxy::start(&toml).await;
+        let (stream, _) = connect(&pki, proxy.addr(), "localhost").await;
+        let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/on-443", stream).await.unwrap();
+        for i in 0..3 {
+            let m = Message::text(format!("message {i} on 443"));
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m);
+        }
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = the_files(&captures).pop().unwrap();
+        assert_clean(&file, 1);
+        let texts = fields(&file, "websocket.opcode == 1", &["websocket.payload.text"]).concat();
+        let want: Vec<String> = (0..6).map(|i| format!("message {} on 443", i / 2)).collect();
+        assert_eq!(texts, want, "each message, each way");
+        let comments = fields(&file, "frame.comment", &["frame.comment"]).concat();
+        assert!(comments.iter().any(|c| c.contains("server port 443 is written as 80")), "{comments:?}");
     })
     .await;
 }
