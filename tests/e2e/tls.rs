@@ -504,8 +504,10 @@ async fn encrypted_captures_decrypt(version: &'static rustls::SupportedProtocolV
                 assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(m.clone()));
                 sent.push(m);
                 if i == 3 || i == 7 {
-                    proxy.rotate().await; // SIGUSR1, mid-session
+                    // The file being written exists (the writer is this far), then rotate.
                     let count = || std::fs::read_dir(&captures).map_or(0, |d| d.count());
+                    eventually("written", || count() == 1 + i / 4).await;
+                    proxy.rotate().await; // SIGUSR1, mid-session
                     eventually("rotated", || count() > 1 + i / 4).await;
                 }
             }
