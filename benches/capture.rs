@@ -32,6 +32,7 @@ fn run(acks: bool) -> (f64, f64) {
         inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: Duration::from_secs(5),
+        history: Default::default(),
     };
     let legs = Legs { client: true, upstream: true };
     let mut w = CaptureWriter::new(BufWriter::with_capacity(256 * 1024, sink), &info, legs, synth).unwrap();

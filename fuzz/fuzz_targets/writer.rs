@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         inflate: Default::default(),
         isn_seed: 7,
         rotate_wait: Duration::from_millis(5),
+        history: Default::default(),
     };
     let info = SectionInfo { application: "fuzz".into(), os: "fuzz".into(), hostname: "fuzz".into() };
     let Ok(mut w) = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth) else { return };

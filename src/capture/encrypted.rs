@@ -4,8 +4,12 @@
 //! which a new file repeats after the synthetic handshake. The keys alone do not decrypt
 //! a file that starts mid-connection: each record's nonce (TLS 1.3) or authenticated data
 //! (TLS 1.2) holds its sequence number counted from the handshake, so Wireshark has to see
-//! every record from there. What is repeated is bounded, per leg and for the writer;
-//! past the bound the new file says the leg cannot be decrypted from it alone.
+//! every record from there. What is kept is bounded per leg and, through a [`Budget`]
+//! every writer of the capture shares, in all; past a bound the new file says the leg
+//! cannot be decrypted from it alone.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 use crate::dir::Dir;
 
@@ -15,60 +19,83 @@ pub(crate) const MAX_LEG_HISTORY: usize = 1 << 20;
 /// The most all legs' kept records may take together.
 pub(crate) const MAX_HISTORY: usize = 64 << 20;
 
+/// What a change of direction costs in the accounting: its entry in the run index.
+const RUN_COST: usize = std::mem::size_of::<(Dir, usize)>();
+
+/// Bytes of records kept by every encrypted leg of a capture (all its writers).
+pub type Budget = Arc<AtomicUsize>;
+
 /// One encrypted leg.
 pub(crate) struct Encrypted {
     /// The connection's keys (NSS key log lines).
     pub(crate) secrets: String,
-    /// The records since the connection's first byte, in the order they crossed.
-    history: Vec<(Dir, Vec<u8>)>,
-    bytes: usize,
+    /// The records since the connection's first byte, in the order they crossed: one
+    /// buffer, and where each direction's run of it ends.
+    data: Vec<u8>,
+    runs: Vec<(Dir, usize)>,
+    /// What this leg holds of the budget.
+    charged: usize,
+    budget: Budget,
     /// Why a new file can no longer repeat the records.
     lost: Option<String>,
 }
 
 impl Encrypted {
-    pub(crate) fn new(secrets: String) -> Encrypted {
-        Encrypted { secrets, history: Vec::new(), bytes: 0, lost: None }
+    pub(crate) fn new(secrets: String, budget: Budget) -> Encrypted {
+        Encrypted { secrets, data: Vec::new(), runs: Vec::new(), charged: 0, budget, lost: None }
     }
 
-    /// Bytes kept.
-    pub(crate) fn kept(&self) -> usize {
-        self.bytes
-    }
-
-    /// `bytes` went `dir`: kept for the next file if the bounds allow (`budget`: what
-    /// all legs may still add).
-    pub(crate) fn record(&mut self, dir: Dir, bytes: &[u8], budget: usize) {
-        if self.lost.is_some() {
+    /// `bytes` went `dir`: kept for the next file while the bounds allow.
+    pub(crate) fn record(&mut self, dir: Dir, bytes: &[u8]) {
+        if self.lost.is_some() || bytes.is_empty() {
             return;
         }
-        if self.bytes + bytes.len() > MAX_LEG_HISTORY {
+        let new_run = self.runs.last().is_none_or(|(d, _)| *d != dir);
+        let cost = bytes.len() + if new_run { RUN_COST } else { 0 };
+        if self.charged + cost > MAX_LEG_HISTORY {
             return self.forget(format!("more than {} KiB of its records crossed", MAX_LEG_HISTORY >> 10));
         }
-        if bytes.len() > budget {
-            return self.forget(format!("the writer's {} MiB for repeated records was spent", MAX_HISTORY >> 20));
+        if self.budget.fetch_add(cost, Relaxed) + cost > MAX_HISTORY {
+            self.budget.fetch_sub(cost, Relaxed);
+            return self.forget(format!("the capture's {} MiB for repeated records was spent", MAX_HISTORY >> 20));
         }
-        match self.history.last_mut() {
-            Some((d, last)) if *d == dir => last.extend_from_slice(bytes),
-            _ => self.history.push((dir, bytes.to_vec())),
+        self.charged += cost;
+        self.data.extend_from_slice(bytes);
+        match self.runs.last_mut() {
+            Some(last) if !new_run => last.1 = self.data.len(),
+            _ => self.runs.push((dir, self.data.len())),
         }
-        self.bytes += bytes.len();
     }
 
     /// Stops keeping records, for `why`.
     pub(crate) fn forget(&mut self, why: String) {
         self.lost.get_or_insert(why);
-        self.history = Vec::new();
-        self.bytes = 0;
+        (self.data, self.runs) = (Vec::new(), Vec::new());
+        self.budget.fetch_sub(std::mem::take(&mut self.charged), Relaxed);
     }
 
     /// What a new file repeats after the handshake: every record since the first, or why
     /// it cannot.
     pub(crate) fn replay_parts(&self) -> Result<Vec<(Dir, &[u8])>, &str> {
-        match &self.lost {
-            Some(why) => Err(why),
-            None => Ok(self.history.iter().map(|(d, b)| (*d, &b[..])).collect()),
+        if let Some(why) = &self.lost {
+            return Err(why);
         }
+        let mut start = 0;
+        Ok(self
+            .runs
+            .iter()
+            .map(|&(dir, end)| {
+                let run = (dir, &self.data[start..end]);
+                start = end;
+                run
+            })
+            .collect())
+    }
+}
+
+impl Drop for Encrypted {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.charged, Relaxed);
     }
 }
 
@@ -77,22 +104,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_are_kept_in_order_within_both_bounds() {
-        let mut e = Encrypted::new(String::new());
-        e.record(Dir::Up, b"hello", usize::MAX);
-        assert_eq!(e.kept(), 5);
-        e.record(Dir::Up, b" more", usize::MAX);
-        e.record(Dir::Down, b"hi", usize::MAX);
+    fn records_are_kept_in_order_within_both_bounds_and_given_back() {
+        let budget = Budget::default();
+        let mut e = Encrypted::new(String::new(), budget.clone());
+        e.record(Dir::Up, b"hello");
+        e.record(Dir::Up, b" more");
+        e.record(Dir::Down, b"hi");
         assert_eq!(e.replay_parts().unwrap(), vec![(Dir::Up, &b"hello more"[..]), (Dir::Down, &b"hi"[..])]);
-        e.record(Dir::Up, b"x", 0);
-        assert!(e.replay_parts().unwrap_err().contains("MiB"));
-        assert_eq!(e.kept(), 0, "everything is given back");
+        assert_eq!(budget.load(Relaxed), 12 + 2 * RUN_COST, "bytes and runs are charged");
+        drop(e);
+        assert_eq!(budget.load(Relaxed), 0, "a leg that ends gives its share back");
 
-        let mut e = Encrypted::new(String::new());
-        e.record(Dir::Up, &vec![0; MAX_LEG_HISTORY], usize::MAX);
-        e.record(Dir::Down, b"1", usize::MAX);
+        let mut e = Encrypted::new(String::new(), budget.clone());
+        budget.store(MAX_HISTORY, Relaxed);
+        e.record(Dir::Up, b"x");
+        assert!(e.replay_parts().unwrap_err().contains("MiB"));
+        budget.store(0, Relaxed);
+
+        let mut e = Encrypted::new(String::new(), budget.clone());
+        e.record(Dir::Up, &vec![0; MAX_LEG_HISTORY - RUN_COST]);
+        e.record(Dir::Down, b"1");
         assert!(e.replay_parts().unwrap_err().contains("KiB of its records"));
-        e.record(Dir::Down, b"1", usize::MAX);
-        assert_eq!(e.kept(), 0, "once lost, lost");
+        assert_eq!(budget.load(Relaxed), 0, "forgetting gives back");
+        e.record(Dir::Down, b"1");
+        assert_eq!(budget.load(Relaxed), 0, "once lost, lost");
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{error, info, warn};
 
+use crate::capture::encrypted::Budget;
 use crate::capture::event::{Event, LegId, What};
 use crate::capture::files::{sanitize, Counted, FileSet, OpenFile};
 use crate::capture::stats::Stats;
@@ -29,6 +30,10 @@ struct Output {
     writer: CaptureWriter<Counted>,
     file: Option<OpenFile>,
     opened_at: u64,
+    /// Bytes the file began with: its headers and what it repeats of live legs (not
+    /// counted against `rotate.size`, or a file repeating more than the size would rotate
+    /// at every event).
+    preamble: u64,
     label: Option<String>,
 }
 
@@ -47,6 +52,8 @@ pub struct FileSink {
     retry_at: u64,
     /// What every output's writer may inflate, together.
     inflate: std::sync::Arc<std::sync::Mutex<crate::wire::deflate::Allowance>>,
+    /// What every output's encrypted legs may keep of their records, together.
+    history: Budget,
 }
 
 /// Hashes the writer's own ids (session and leg numbers) for its maps, looked up for
@@ -94,6 +101,7 @@ impl FileSink {
             failing: false,
             retry_at: 0,
             inflate: Default::default(),
+            history: Budget::default(),
         }
     }
 
@@ -108,6 +116,7 @@ impl FileSink {
             inflate: self.inflate.clone(),
             isn_seed: seed,
             rotate_wait: s.rotate.max_wait,
+            history: self.history.clone(),
         }
     }
 
@@ -134,7 +143,7 @@ impl FileSink {
             };
             let seed = self.seed ^ key.rotate_left(17);
             let writer = CaptureWriter::detached(&self.info, self.settings.legs, self.synthesis(seed));
-            self.outputs.insert(key, Output { writer, file: None, opened_at: time, label });
+            self.outputs.insert(key, Output { writer, file: None, opened_at: time, preamble: 0, label });
         }
         // No file yet, or the last one was finished while nothing was live: start one.
         if self.outputs.get(&key).is_some_and(|o| o.file.is_none()) && !self.failing {
@@ -155,7 +164,7 @@ impl FileSink {
         }
         if let Some(out) = self.outputs.get_mut(&key) {
             let size = self.settings.rotate.size;
-            let written = out.writer.get_mut().map_or(0, |w| w.written);
+            let written = out.writer.get_mut().map_or(0, |w| w.written).saturating_sub(out.preamble);
             if !self.settings.per_session && size > 0 && written >= size {
                 out.writer.rotation_due(time);
             }
@@ -236,6 +245,7 @@ impl FileSink {
                 let old = out.writer.rotate(w, stats);
                 let old_file = out.file.replace(file);
                 out.opened_at = now;
+                out.preamble = out.writer.get_mut().map_or(0, |w| w.written);
                 // The previous file first: finished, or (its last writes failed) given up.
                 match old {
                     Ok(old_w) => {

@@ -80,6 +80,8 @@ struct TapState {
     /// More than `ring_cap` bytes crossed an encrypted leg while probing: its start is
     /// gone, and nothing more is kept.
     start_lost: bool,
+    /// That was said.
+    lost_said: bool,
 }
 
 impl TapState {
@@ -181,10 +183,12 @@ impl Tap {
         Arc::new(tap)
     }
 
-    /// Whether an encrypted leg's probe still holds every byte since the connection's
-    /// first (its TLS handshake): only then can its capture be decrypted.
-    pub fn kept_from_start(&self) -> bool {
-        !self.lock().start_lost
+    /// Whether an encrypted leg's probe lost the connection's first bytes (its TLS
+    /// handshake, without which its capture cannot be decrypted) since this was last
+    /// asked: true once.
+    pub fn start_just_lost(&self) -> bool {
+        let mut state = self.lock();
+        state.start_lost && !std::mem::replace(&mut state.lost_said, true)
     }
 
     fn new(recorder: Recorder, opening: Opening, mode: u8, ring_cap: usize) -> Tap {
@@ -259,7 +263,8 @@ impl Tap {
     /// WebSocket frames only after the `101`, in capture order.
     pub fn start(&self, base: PerDir<u64>, hold_from: Option<u64>, start: Start) {
         let mut state = self.lock();
-        if self.mode.load(Relaxed) != PROBE {
+        // An encrypted leg whose first bytes are gone would not decrypt: not started.
+        if self.mode.load(Relaxed) != PROBE || state.start_lost {
             return;
         }
         for dir in Dir::BOTH {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::capture::encrypted::{Encrypted, MAX_HISTORY};
+use crate::capture::encrypted::{Budget, Encrypted};
 use crate::capture::event::{Event, LegId, Opening, What};
 use crate::capture::leg::{add_note, Final, LegState, Pending};
 use crate::capture::rewrite::{Fed, Rules, Run};
@@ -47,6 +47,8 @@ pub struct Synthesis {
     /// Longest a due rotation waits for every session to reach a frame boundary (in
     /// event time); then it cuts and says so in a comment.
     pub rotate_wait: Duration,
+    /// What every writer of a sink's encrypted legs keep of their records, together.
+    pub history: Budget,
 }
 
 /// What the caller should do after [`CaptureWriter::process`].
@@ -88,8 +90,6 @@ pub struct CaptureWriter<W: Write> {
     acks_owed: Vec<LegId>,
     /// What each interface saw in the current section, for its statistics block.
     section: PerLeg<SectionCount>,
-    /// Bytes of TLS records kept by every encrypted leg, for new files to repeat.
-    history_bytes: usize,
 }
 
 /// What one interface saw in the current section (file).
@@ -145,7 +145,6 @@ impl<W: Write> CaptureWriter<W> {
             mid_frame: 0,
             acks_owed: Vec::new(),
             section: PerLeg::default(),
-            history_bytes: 0,
         }
     }
 
@@ -214,7 +213,6 @@ impl<W: Write> CaptureWriter<W> {
         }
         let held = leg.rewrite.lose(dir);
         if let Some(enc) = leg.encrypted.as_mut() {
-            self.history_bytes -= enc.kept();
             enc.forget("the capture lost some of its records".to_owned());
             let note = "the TLS records after this gap cannot be decrypted: each depends on the records before it";
             add_note(&mut leg.note, note.to_owned());
@@ -410,9 +408,7 @@ impl<W: Write> CaptureWriter<W> {
         let was = leg.at_boundary();
         let fed = if let Some(enc) = leg.encrypted.as_mut() {
             // TLS records: written as they crossed, and kept for the next file.
-            let before = enc.kept();
-            enc.record(dir, payload, MAX_HISTORY.saturating_sub(self.history_bytes));
-            self.history_bytes = self.history_bytes + enc.kept() - before;
+            enc.record(dir, payload);
             Fed { runs: vec![Run::Kept(0..payload.len())], notes: Vec::new() }
         } else {
             let mut allowance = lock(&self.synth.inflate);
@@ -526,19 +522,21 @@ impl<W: Write> CaptureWriter<W> {
         let flow = Flow::new(opener, acceptor, isn, mss);
         let rules = Rules { redact: self.synth.redact.clone(), snap: o.snap };
         let mut leg = LegState::new(o.leg, flow, comment, o.session, rules);
-        if let Some(secrets) = &o.tls_secrets {
-            self.write_secrets(secrets)?;
-        }
-        leg.encrypted = o.tls_secrets.map(Encrypted::new);
+        let (which, secrets) = (o.leg, o.tls_secrets.clone());
+        leg.encrypted = o.tls_secrets.map(|s| Encrypted::new(s, self.synth.history.clone()));
         self.legs.insert(id, leg);
+        if let Some(secrets) = secrets {
+            self.write_secrets(which, &secrets)?;
+        }
         self.emit(id, time, |f, e| f.handshake(e), stats)
     }
 
     /// An encrypted leg's keys, in a Decryption Secrets Block before its first packet in
     /// the file.
-    fn write_secrets(&mut self, secrets: &str) -> io::Result<()> {
+    fn write_secrets(&mut self, leg: Leg, secrets: &str) -> io::Result<()> {
         match self.out.as_mut() {
-            Some(out) if !secrets.is_empty() => out.tls_secrets(secrets.as_bytes()),
+            // (No interface: a reload took the leg's out of the files; nothing to decrypt.)
+            Some(out) if !secrets.is_empty() && self.interfaces[leg].is_some() => out.tls_secrets(secrets.as_bytes()),
             _ => Ok(()),
         }
     }
@@ -574,9 +572,8 @@ impl<W: Write> CaptureWriter<W> {
         } else {
             self.emit(id, time, |f, e| f.ack(local, e), stats)?;
         }
-        if let Some(leg) = self.legs.remove(&id) {
-            self.mid_frame -= usize::from(!leg.at_boundary());
-            self.history_bytes -= leg.encrypted.as_ref().map_or(0, Encrypted::kept);
+        if self.legs.remove(&id).is_some_and(|leg| !leg.at_boundary()) {
+            self.mid_frame -= 1;
         }
         Ok(())
     }
@@ -616,12 +613,16 @@ impl<W: Write> CaptureWriter<W> {
                 // Up to a MiB of records: the whole comment on the first packet only.
                 add_note(&mut leg.note, repeated);
                 let parts = enc.replay_parts().unwrap_or_default();
-                self.write_secrets(&enc.secrets)?;
-                self.emit_each(id, time, "repeated from an earlier file", |f, e| f.replay(&parts, e), stats)?;
+                // The leg keeps its state whatever the writing gives.
+                let which = leg.leg;
+                let written = self.write_secrets(which, &enc.secrets).and_then(|()| {
+                    self.emit_each(id, time, "repeated from an earlier file", |f, e| f.replay(&parts, e), stats)
+                });
                 drop(parts);
                 if let Some(leg) = self.legs.get_mut(&id) {
                     leg.encrypted = Some(enc);
                 }
+                written?;
                 continue;
             }
             if leg.session {
@@ -768,6 +769,7 @@ mod tests {
             inflate: Default::default(),
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
+            history: Default::default(),
         };
         CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap()
     }
@@ -1030,6 +1032,6 @@ mod tests {
             }
         }
         assert!(comments[0].contains("cannot be decrypted from this file alone (more than 1024 KiB"), "{comments:?}");
-        assert_eq!(w.history_bytes, 0, "the writer's budget is given back");
+        assert_eq!(w.synth.history.load(Relaxed), 0, "the leg's share of the budget is given back");
     }
 }

@@ -447,8 +447,7 @@ impl Conn {
         if let Some(tls) = at.upstream_tls {
             comment.push_str(&format!("; upstream leg over {tls} ({})", how(at.upstream_keys.is_some())));
         }
-        self.start_legs(at, comment, true);
-        true
+        self.start_legs(at, comment, true)
     }
 
     /// The route records whole connections (`all`): each leg it records is captured from
@@ -466,8 +465,8 @@ impl Conn {
     /// Starts (or, on a leg already recorded, marks) the capture of the legs the route
     /// records. On the client leg it begins at the last `request_line` among the kept
     /// bytes; bytes after a session's request head are held until the `101` is written
-    /// (see [`Tap::begin`]).
-    fn start_legs(&self, at: &CaptureStart<'_>, comment: String, session: bool) {
+    /// (see [`Tap::begin`]). Returns whether any leg is recorded.
+    fn start_legs(&self, at: &CaptureStart<'_>, comment: String, session: bool) -> bool {
         let policy = at.route.policy;
         // Per-session file names: client address and route.
         let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), at.route.path_prefix);
@@ -479,9 +478,10 @@ impl Conn {
             snap: policy.snap,
             tls_secrets: keys.and_then(Keys::kept),
         };
+        let mut recorded = false;
         let client_tap = self.client_tap.as_ref().filter(|_| policy.legs.client);
         if let (Some(tap), Some(keys)) = (client_tap, &self.client_keys) {
-            begin_encrypted(tap, start(comment.clone(), Some(keys)));
+            recorded |= begin_encrypted(tap, start(comment.clone(), Some(keys)));
         } else if let Some(tap) = client_tap {
             let (first, end) = match tap.find_head(at.request_line.as_bytes()) {
                 Some((first, end)) => (first, Some(end)),
@@ -493,17 +493,22 @@ impl Conn {
                 }
             };
             tap.begin(PerDir::new(first, at.client_down_base), end.filter(|_| session), start(comment.clone(), None));
+            recorded = true;
         }
         if let Some((tap, bases)) = at.upstream.filter(|_| policy.legs.upstream) {
             let comment = match session {
                 true => comment,
                 false => format!("wstap upstream connection of connection {} to {}", self.id, at.route.upstream),
             };
-            match at.upstream_keys {
+            recorded |= match at.upstream_keys {
                 Some(keys) => begin_encrypted(tap, start(comment, Some(keys))),
-                None => tap.begin(bases, None, start(comment, None)),
-            }
+                None => {
+                    tap.begin(bases, None, start(comment, None));
+                    true
+                }
+            };
         }
+        recorded
     }
 
     /// The upstream connection of the previous request if it goes to the same upstream
@@ -640,16 +645,17 @@ impl Conn {
 
 /// Starts (or, recording already, marks) the capture of a leg whose tap is under its TLS:
 /// from the connection's first byte, its handshake, without which nothing decrypts. When
-/// more than the probe holds crossed before, the leg is not captured, and the log says so.
-fn begin_encrypted(tap: &Tap, start: Start) {
-    if tap.is_recording() || tap.kept_from_start() {
-        tap.begin(PerDir::default(), None, start);
-    } else {
+/// more than the probe holds crossed before, the leg is not captured, and the log says so
+/// (once per connection). Returns whether the leg is recorded.
+fn begin_encrypted(tap: &Tap, start: Start) -> bool {
+    tap.begin(PerDir::default(), None, start);
+    if tap.start_just_lost() {
         info!(
             leg = tap.leg().name(),
             "not captured: the TLS handshake is not kept (too much crossed before the session), so its records could not be decrypted"
         );
     }
+    tap.is_recording()
 }
 
 /// Opens a TCP connection to the first reachable address of `upstream` within `limit`.

@@ -19,34 +19,69 @@ use tracing::warn;
 use crate::sync::lock;
 
 /// The key log file (`capture.tls_keylog`): every TLS connection's keys appended in the
-/// NSS key log format (`SSLKEYLOGFILE`), for captures made with other tools. Created with
-/// mode 0600, and made so if it existed.
+/// NSS key log format (`SSLKEYLOGFILE`), for captures made with other tools. Opened
+/// without following a symlink, refused if someone else owns it, and made mode 0600.
+/// Lines are written by a thread of its own, so a slow disk never holds up a handshake;
+/// past [`KEYLOG_QUEUE`] lines waiting, lines are dropped (and said once).
 #[derive(Debug)]
 pub struct KeyLogFile {
+    lines: std::sync::mpsc::SyncSender<String>,
     path: PathBuf,
-    file: Mutex<std::fs::File>,
-    /// A write failed (said once, until one succeeds again).
-    failing: AtomicBool,
+    /// Lines were dropped (said once, until one is queued again).
+    dropping: AtomicBool,
 }
 
+/// Lines the key log file's thread may have waiting.
+const KEYLOG_QUEUE: usize = 4096;
+
 impl KeyLogFile {
-    /// Opens (creates) the file at `path` for appending.
+    /// Opens (creates) the file at `path` for appending, and starts its thread.
     pub fn open(path: &Path) -> std::io::Result<Arc<KeyLogFile>> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(flags).open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let own = own_uid();
+        if meta.uid() != own {
+            return Err(std::io::Error::other(format!("owned by uid {}, not by wstap's ({own})", meta.uid())));
+        }
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        Ok(Arc::new(KeyLogFile { path: path.to_owned(), file: Mutex::new(file), failing: AtomicBool::new(false) }))
+        let (lines, queue) = std::sync::mpsc::sync_channel::<String>(KEYLOG_QUEUE);
+        let shown = path.display().to_string();
+        std::thread::Builder::new().name("wstap-keylog".into()).spawn(move || {
+            let mut failing = false;
+            // Ends when the last connection using this file has gone (a reload opens anew).
+            for line in queue {
+                match file.write_all(line.as_bytes()) {
+                    Ok(()) => failing = false,
+                    Err(e) if !std::mem::replace(&mut failing, true) => {
+                        warn!(file = %shown, error = %e, "cannot write the TLS key log file")
+                    }
+                    Err(_) => {}
+                }
+            }
+        })?;
+        Ok(Arc::new(KeyLogFile { lines, path: path.to_owned(), dropping: AtomicBool::new(false) }))
     }
 
-    fn append(&self, line: &str) {
-        match lock(&self.file).write_all(line.as_bytes()) {
-            Ok(()) => self.failing.store(false, Relaxed),
-            Err(e) if !self.failing.swap(true, Relaxed) => {
-                warn!(file = %self.path.display(), error = %e, "cannot write the TLS key log file")
+    fn append(&self, line: String) {
+        match self.lines.try_send(line) {
+            Ok(()) => self.dropping.store(false, Relaxed),
+            Err(_) if !self.dropping.swap(true, Relaxed) => {
+                warn!(file = %self.path.display(), "the TLS key log file is not keeping up: keys dropped")
             }
             Err(_) => {}
         }
     }
+}
+
+/// wstap's own user id: the owner of `/proc/self` (the crate has no unsafe for getuid).
+fn own_uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m))
 }
 
 /// One TLS connection's keys, as rustls derives them: kept for its capture (encrypted
@@ -88,7 +123,7 @@ impl rustls::KeyLog for Keys {
         let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let line = format!("{label} {} {}\n", hex(client_random), hex(secret));
         if let Some(file) = &self.file {
-            file.append(&line);
+            file.append(line.clone());
         }
         if let Some(kept) = &self.kept {
             lock(kept).push_str(&line);
@@ -141,4 +176,45 @@ pub fn describe(tls: &rustls::CommonState, sni: Option<&str>) -> String {
     let alpn =
         tls.alpn_protocol().map_or_else(|| "no ALPN".to_owned(), |a| format!("ALPN {}", String::from_utf8_lossy(a)));
     format!("{version}, {suite}, {sni}, {alpn}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_key_log_file_is_the_owners_alone_and_never_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("wstap-keylog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // An existing file readable by all is made 0600; lines arrive (by its thread).
+        let path = dir.join("keys.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let file = KeyLogFile::open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let keys = Keys::new(true, Some(file.clone())).unwrap();
+        rustls::KeyLog::log(&*keys, "CLIENT_RANDOM", &[0xab; 2], &[0xcd; 2]);
+        assert_eq!(keys.kept().unwrap(), "CLIENT_RANDOM abab cdcd\n");
+        drop((keys, file)); // the thread writes what is queued, then ends
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&path).unwrap().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "CLIENT_RANDOM abab cdcd\n");
+        // A symlink planted where the file goes is not followed.
+        let link = dir.join("link.log");
+        std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
+        assert!(KeyLogFile::open(&link).is_err());
+        assert!(!dir.join("elsewhere").exists());
+        // A file someone else owns (planted in a shared directory) is refused.
+        let foreign = dir.join("foreign.log");
+        std::fs::write(&foreign, "").unwrap();
+        if std::os::unix::fs::chown(&foreign, Some(65534), None).is_ok() {
+            let e = KeyLogFile::open(&foreign).unwrap_err();
+            assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -547,6 +547,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         inflate: Default::default(),
         isn_seed: 0x5eed,
         rotate_wait: std::time::Duration::from_secs(5),
+        history: Default::default(),
     };
     let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
     let stats = Stats::default();

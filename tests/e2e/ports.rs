@@ -23,6 +23,7 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
         inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: std::time::Duration::from_secs(5),
+        history: Default::default(),
     };
     let legs = Legs { client: true, upstream: false };
     let mut w = CaptureWriter::new(Vec::new(), &info, legs, synth).unwrap();
