@@ -22,6 +22,8 @@
 //! - [`rewrite`]: what of a leg's bytes is written (heads masked by [`redact`], payloads
 //!   cut to the policy's limits, messages a lost deflate window makes undecodable).
 //! - [`files`]: names, `.part`, the ring of finished files.
+//! - [`live`]: the live stream: a writer of its own, each subscriber's section and
+//!   bounded queue.
 //! - [`ports`]: the ports Wireshark would not decode a session on, and the ones written.
 
 pub mod chunk;
@@ -29,6 +31,7 @@ pub mod encrypted;
 pub mod event;
 pub mod files;
 pub mod leg;
+pub mod live;
 pub mod ports;
 pub mod recorder;
 pub mod redact;

@@ -14,8 +14,10 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::capture::event::{now_ns, Event, LegId, What};
+use crate::capture::live::{Feed, Hub};
 use crate::capture::sink::FileSink;
 use crate::capture::stats::Stats;
+use crate::capture::writer::Synthesis;
 use crate::config::CaptureSettings;
 use crate::sync::lock;
 use crate::wire::pcapng::SectionInfo;
@@ -161,6 +163,8 @@ impl Heartbeat {
 pub struct Capture {
     recorder: Recorder,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Where live-stream subscribers join.
+    hub: Arc<Hub>,
 }
 
 impl Capture {
@@ -177,10 +181,18 @@ impl Capture {
         });
         let recorder = Recorder { shared };
         let thread_recorder = recorder.clone();
+        let waker = recorder.clone();
+        let hub = Arc::new(Hub::new(Box::new(move || waker.shared.wake.notify_one())));
+        let thread_hub = hub.clone();
         let thread = std::thread::Builder::new()
             .name("wstap-capture".into())
-            .spawn(move || writer_thread(thread_recorder, settings))?;
-        Ok(Capture { recorder, thread: Some(thread) })
+            .spawn(move || writer_thread(thread_recorder, settings, thread_hub))?;
+        Ok(Capture { recorder, thread: Some(thread), hub })
+    }
+
+    /// Where live-stream subscribers join (`[live]`).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Where taps send their events.
@@ -248,10 +260,13 @@ const NAP: Duration = Duration::from_millis(2);
 /// Queued bytes that end a nap early.
 const WAKE_BYTES: usize = 1 << 20;
 
-fn writer_thread(recorder: Recorder, settings: CaptureSettings) {
+fn writer_thread(recorder: Recorder, settings: CaptureSettings, hub: Arc<Hub>) {
     let shared = &recorder.shared;
     let flush_interval = settings.flush_interval;
-    let mut sink = FileSink::new(settings, SectionInfo::current(), random_seed());
+    let seed = random_seed();
+    let live_seed = seed.rotate_left(29) ^ 0x11fe;
+    let mut feed = settings.live.map(|format| Feed::new(Synthesis::new(&settings, live_seed), format, hub.clone()));
+    let mut sink = FileSink::new(settings, SectionInfo::current(), seed);
     let mut batch = VecDeque::new();
     let mut busy = false;
     loop {
@@ -283,11 +298,26 @@ fn writer_thread(recorder: Recorder, settings: CaptureSettings) {
             if i % 256 == 255 {
                 shared.heartbeat.store(now_ns(), Relaxed);
             }
+            if let Some(feed) = feed.as_mut() {
+                feed.process(&event);
+            }
             sink.process(event, &shared.stats);
         }
         // Asked for after the events already queued, so applied after them.
         if let Some(settings) = reconfigure {
+            // A stream turned on by a reload shows the sessions that start from then on.
+            feed = match (feed.take(), settings.live) {
+                (_, None) => None,
+                (Some(mut feed), Some(format)) => {
+                    feed.reconfigure(Synthesis::new(&settings, live_seed), format);
+                    Some(feed)
+                }
+                (None, Some(format)) => Some(Feed::new(Synthesis::new(&settings, live_seed), format, hub.clone())),
+            };
             sink.reconfigure(settings, now_ns());
+        }
+        if let Some(feed) = feed.as_mut() {
+            feed.tick(now_ns());
         }
         if rotate {
             sink.rotate_soon(now_ns());

@@ -106,17 +106,11 @@ impl FileSink {
     }
 
     fn synthesis(&self, seed: u64) -> Synthesis {
-        let s = &self.settings;
+        // Every output inflates and keeps records within the same allowances.
         Synthesis {
-            mss_ipv4: s.mss_ipv4,
-            mss_ipv6: s.mss_ipv6,
-            acks: s.acks,
-            display_port: s.display_port,
-            redact: std::sync::Arc::new(s.redact.clone()),
             inflate: self.inflate.clone(),
-            isn_seed: seed,
-            rotate_wait: s.rotate.max_wait,
             history: self.history.clone(),
+            ..Synthesis::new(&self.settings, seed)
         }
     }
 

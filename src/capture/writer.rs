@@ -51,6 +51,33 @@ pub struct Synthesis {
     pub history: Budget,
 }
 
+impl Synthesis {
+    /// As `settings` say, with ISNs from `seed`, and an inflate allowance and a record
+    /// budget of its own.
+    pub fn new(settings: &crate::config::CaptureSettings, seed: u64) -> Synthesis {
+        Synthesis {
+            mss_ipv4: settings.mss_ipv4,
+            mss_ipv6: settings.mss_ipv6,
+            acks: settings.acks,
+            display_port: settings.display_port,
+            redact: Arc::new(settings.redact.clone()),
+            inflate: Arc::default(),
+            isn_seed: seed,
+            rotate_wait: settings.rotate.max_wait,
+            history: Budget::default(),
+        }
+    }
+}
+
+/// Whom live legs are replayed for at the start of a section.
+#[derive(Debug, Clone, Copy)]
+enum Replay {
+    /// A new file.
+    File,
+    /// A live stream's new subscriber.
+    Stream,
+}
+
 /// What the caller should do after [`CaptureWriter::process`].
 #[derive(Debug)]
 pub enum Step {
@@ -587,12 +614,23 @@ impl<W: Write> CaptureWriter<W> {
         self.idle(stats)?;
         let old = self.finish(stats)?;
         self.begin_section(w)?;
-        let time = self.last_time;
         let unwritten = std::mem::take(&mut self.unwritten);
+        self.replay_legs(Replay::File, unwritten, forced, stats)?;
+        Ok(old)
+    }
+
+    /// Writes every live leg at the start of the current section: handshake, Upgrade
+    /// exchange, deflate windows or TLS records, each packet commented.
+    fn replay_legs(&mut self, how: Replay, unwritten: u64, forced: bool, stats: &Stats) -> io::Result<()> {
+        let (origin, whole, alone) = match how {
+            Replay::File => ("repeated from an earlier file", "so this file decodes on its own", "this file"),
+            Replay::Stream => ("in progress when this stream began", "so the stream decodes from here", "this stream"),
+        };
+        let time = self.last_time;
         let ids: Vec<LegId> = self.legs.keys().copied().collect();
         for id in ids {
             let Some(leg) = self.legs.get_mut(&id) else { continue };
-            let mut repeated = format!("repeated from an earlier file: {}", leg.comment);
+            let mut repeated = format!("{origin}: {}", leg.comment);
             let interrupted = match unwritten {
                 0 => String::new(),
                 n => format!("; capture was interrupted: {n} bytes could not be written"),
@@ -600,13 +638,13 @@ impl<W: Write> CaptureWriter<W> {
             if let Some(enc) = leg.encrypted.take() {
                 // TLS records are repeated whole: the leg is never inside one for rotation.
                 match enc.replay_parts() {
-                    Ok(_) => repeated.push_str(
+                    Ok(_) => repeated.push_str(&format!(
                         " (synthetic handshake, then the TLS records since the connection's first, with its keys, \
-                         so this file decrypts on its own)",
-                    ),
+                         {whole})"
+                    )),
                     Err(why) => repeated.push_str(&format!(
-                        "; its TLS records cannot be decrypted from this file alone ({why}): open it together with \
-                         the files before it (mergecap)"
+                        "; its TLS records cannot be decrypted from {alone} alone ({why}): open it together \
+                         with the files before it (mergecap)"
                     )),
                 }
                 repeated.push_str(&interrupted);
@@ -615,9 +653,9 @@ impl<W: Write> CaptureWriter<W> {
                 let parts = enc.replay_parts().unwrap_or_default();
                 // The leg keeps its state whatever the writing gives.
                 let which = leg.leg;
-                let written = self.write_secrets(which, &enc.secrets).and_then(|()| {
-                    self.emit_each(id, time, "repeated from an earlier file", |f, e| f.replay(&parts, e), stats)
-                });
+                let written = self
+                    .write_secrets(which, &enc.secrets)
+                    .and_then(|()| self.emit_each(id, time, origin, |f, e| f.replay(&parts, e), stats));
                 drop(parts);
                 if let Some(leg) = self.legs.get_mut(&id) {
                     leg.encrypted = Some(enc);
@@ -626,19 +664,20 @@ impl<W: Write> CaptureWriter<W> {
                 continue;
             }
             if leg.session {
-                repeated.push_str(
-                    " (synthetic handshake and the original Upgrade exchange, so this file decodes on its own)",
-                );
+                repeated.push_str(&format!(" (synthetic handshake and the original Upgrade exchange, {whole})"));
             }
             repeated.push_str(&interrupted);
             if forced && !leg.at_boundary() {
-                add_note(
-                    &mut leg.note,
-                    format!(
-                        "this file starts inside a WebSocket frame: rotation waited {} for a frame boundary",
-                        humantime::format_duration(self.synth.rotate_wait)
+                let wait = humantime::format_duration(self.synth.rotate_wait);
+                let text = match how {
+                    Replay::File => format!(
+                        "this file starts inside a WebSocket frame: rotation waited {wait} for a frame boundary"
                     ),
-                );
+                    Replay::Stream => {
+                        format!("this stream starts inside a WebSocket frame: it waited {wait} for a frame boundary")
+                    }
+                };
+                add_note(&mut leg.note, text);
             }
             let parts = leg.replay_parts();
             if parts.len() > 2 {
@@ -647,7 +686,7 @@ impl<W: Write> CaptureWriter<W> {
             let parts: Vec<(Dir, &[u8])> = parts.iter().map(|(d, b)| (*d, &b[..])).collect();
             self.emit_each(id, time, &repeated, |f, e| f.replay(&parts, e), stats)?;
         }
-        Ok(old)
+        Ok(())
     }
 
     fn write_pending(&mut self, stats: &Stats) -> io::Result<()> {
@@ -718,6 +757,30 @@ impl<W: Write> CaptureWriter<W> {
         });
         stats.packets_written.fetch_add(written, Relaxed);
         result
+    }
+}
+
+impl CaptureWriter<Vec<u8>> {
+    /// A section of its own that shows every live leg as it stands (handshake, Upgrade
+    /// exchange, deflate windows, TLS records), for a reader that starts now: a live
+    /// stream's new subscriber, which then gets the packets this writer writes next. The
+    /// writer's own output, comments and counts are untouched; call it where
+    /// [`CaptureWriter::ready_to_rotate`] says a new section may start (or on
+    /// [`Step::Rotate`]).
+    pub fn snapshot(&mut self, stats: &Stats) -> io::Result<Vec<u8>> {
+        let forced = self.rotation_due.take().is_some() && self.mid_frame > 0;
+        let main = self.out.take();
+        let (interfaces, section) = (self.interfaces, self.section);
+        let notes: Vec<(LegId, Option<String>)> = self.legs.iter_mut().map(|(id, l)| (*id, l.note.take())).collect();
+        let result = self.begin_section(Vec::new()).and_then(|()| self.replay_legs(Replay::Stream, 0, forced, stats));
+        let snapshot = self.out.take().map(PcapngWriter::into_inner);
+        (self.out, self.interfaces, self.section) = (main, interfaces, section);
+        for (id, note) in notes {
+            if let Some(leg) = self.legs.get_mut(&id) {
+                leg.note = note;
+            }
+        }
+        result.map(|()| snapshot.unwrap_or_default())
     }
 }
 

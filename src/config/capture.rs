@@ -214,6 +214,9 @@ pub struct CaptureSettings {
     /// A key log file (`SSLKEYLOGFILE` format) every TLS connection's keys are appended
     /// to, for captures made by other tools; `None`: none.
     pub tls_keylog: Option<PathBuf>,
+    /// A live stream is served (`[live]`), in this format: the writer keeps what a
+    /// subscriber joining at any moment needs.
+    pub live: Option<super::LiveFormat>,
 }
 
 impl CaptureSettings {
@@ -244,6 +247,7 @@ impl CaptureSettings {
             sample_seed: None,
             tls: TlsCapture::Plaintext,
             tls_keylog: None,
+            live: None,
         }
     }
 

@@ -36,6 +36,8 @@ pub(super) struct FileConfig {
     pub(super) log: FileLog,
     /// Present (even empty): serve the admin endpoints.
     pub(super) admin: Option<FileAdmin>,
+    /// The live capture stream.
+    pub(super) live: Option<super::live::FileLive>,
 }
 
 #[derive(Debug, Deserialize)]

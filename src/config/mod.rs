@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod capture;
 mod file;
+mod live;
 pub mod route;
 mod show;
 pub mod tls;
@@ -19,6 +20,7 @@ mod validate;
 
 pub use capture::{CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Snap, TlsCapture};
 use file::FileConfig;
+pub use live::{LiveFormat, LiveSettings};
 use route::Route;
 pub use units::{ByteSize, HumanDuration};
 
@@ -54,6 +56,8 @@ pub struct Settings {
     pub log_level: String,
     /// Where `/metrics`, `/sessions` and `/healthz` are served; `None`: nowhere.
     pub admin: Option<SocketAddr>,
+    /// The live capture stream; `None`: none.
+    pub live: Option<LiveSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

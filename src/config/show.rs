@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{CaptureSettings, DisplayPort, Policy, Redact, Settings, TlsCapture};
+use super::{CaptureSettings, DisplayPort, LiveFormat, Policy, Redact, Settings, TlsCapture};
 
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
@@ -69,9 +69,16 @@ impl fmt::Display for Settings {
         write_capture(f, &self.capture)?;
         writeln!(f, "\n[log]\nlevel = {}", Q(&self.log_level))?;
         match self.admin {
-            Some(a) => write!(f, "\n[admin]\nlisten = {:?}", a.to_string()),
-            None => write!(f, "\n# [admin]: off"),
+            Some(a) => writeln!(f, "\n[admin]\nlisten = {:?}", a.to_string())?,
+            None => writeln!(f, "\n# [admin]: off")?,
         }
+        let Some(l) = &self.live else { return write!(f, "\n# [live]: off") };
+        writeln!(f, "\n[live]\nlisten = {:?}", l.listen.to_string())?;
+        writeln!(f, "format = \"{}\"", if l.format == LiveFormat::Pcap { "pcap" } else { "pcapng" })?;
+        writeln!(f, "max_clients = {}", l.max_clients)?;
+        let allow: Vec<String> = l.allow.iter().map(|(ip, len)| format!("\"{ip}/{len}\"")).collect();
+        writeln!(f, "allow = [{}]", allow.join(", "))?;
+        write!(f, "buffer = {}", l.buffer)
     }
 }
 

@@ -59,6 +59,14 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
         .iter()
         .filter(|r| r.policy.records())
         .fold(Legs { client: false, upstream: false }, |all, r| all.union(r.policy.legs));
+    let live = super::live::live(f.live).map_err(|(key, msg)| Invalid { key: format!("live.{key}"), msg })?;
+    if let Some(l) = &live {
+        let taken = |a: &SocketAddr| *a == l.listen && a.port() != 0;
+        if listen.iter().any(taken) || f.admin.as_ref().is_some_and(|a| taken(&a.listen)) {
+            return fail("live.listen", format!("{} is already a proxy or admin address", l.listen));
+        }
+    }
+    capture.live = live.as_ref().map(|l| l.format);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log.level) {
         return fail("log.level", format!("{:?} is not a log filter: {e}", f.log.level));
     }
@@ -79,6 +87,7 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
         capture,
         log_level: f.log.level,
         admin: f.admin.map(|a| a.listen),
+        live,
     })
 }
 
@@ -238,6 +247,7 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         sample_seed: c.sample_seed,
         tls: c.tls,
         tls_keylog: c.tls_keylog,
+        live: None,
     })
 }
 

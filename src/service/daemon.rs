@@ -20,7 +20,7 @@ use crate::service::metrics::Metrics;
 use crate::service::shared::Shared;
 use crate::service::signals::Action;
 use crate::service::systemd::{self, Notifier};
-use crate::service::{admin, listeners, reload};
+use crate::service::{admin, listeners, live, reload};
 use crate::sync::lock;
 
 /// A daemon with its listeners bound, ready to run.
@@ -167,6 +167,9 @@ impl Running {
         for (configured, listener) in settings.listen.iter().zip(bound) {
             listeners::listen(&shared, *configured, listener, &coordinator)?;
         }
+        let live_socket = live::bind(&settings)?;
+        *lock(&shared.live) =
+            live::apply(None, &settings, live_socket, capture.as_ref().map(Capture::hub), &shared.metrics);
         warn_insecure(&settings);
         let notifier = Notifier::from_env();
         listening.send_replace(shared.bound());
@@ -243,6 +246,10 @@ impl Running {
         // It flushes, syncs and renames every file (a blocking join, at the very end).
         if let Some(c) = self.capture.take() {
             c.finish();
+        }
+        // After the capture: subscribers get the sessions' last packets, then the end.
+        if let Some(live) = lock(&self.shared.live).take() {
+            info!(addr = %live.bound, "live stream: closed");
         }
         info!("stopped");
         self.state.send_replace(State::Stopped);

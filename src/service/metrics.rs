@@ -20,6 +20,14 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Config reloads that were refused (the old config stays).
     pub reloads_failed: AtomicU64,
+    /// Live-stream subscribers that joined.
+    pub live_joined: AtomicU64,
+    /// Live-stream subscribers gone, any way.
+    pub live_gone: AtomicU64,
+    /// Live-stream subscribers cut off for falling more than `live.buffer` behind.
+    pub live_cut_off: AtomicU64,
+    /// Live-stream connections refused (access rule, `live.max_clients`).
+    pub live_refused: AtomicU64,
 }
 
 /// One metric family: name, type, help, and its rows (labels, value).
@@ -48,6 +56,28 @@ impl Metrics {
             ],
         });
         families.extend(capture.map(capture_families).into_iter().flatten());
+        let joined = self.live_joined.load(Relaxed);
+        families.extend([
+            one(
+                "wstap_live_subscribers",
+                "gauge",
+                "Live-stream subscribers connected now.",
+                joined.saturating_sub(self.live_gone.load(Relaxed)),
+            ),
+            one("wstap_live_subscribers_total", "counter", "Live-stream subscribers that joined.", joined),
+            one(
+                "wstap_live_cut_off_total",
+                "counter",
+                "Live-stream subscribers disconnected for falling more than live.buffer behind.",
+                self.live_cut_off.load(Relaxed),
+            ),
+            one(
+                "wstap_live_refused_total",
+                "counter",
+                "Live-stream connections refused (live.allow, live.max_clients).",
+                self.live_refused.load(Relaxed),
+            ),
+        ]);
         let mut out = String::new();
         for f in families {
             let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", f.name, f.help, f.name, f.kind);

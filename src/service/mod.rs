@@ -5,6 +5,7 @@
 //! - [`shared`]: what its tasks share, and the health rule.
 //! - [`listeners`]: bound sockets and accept loops, the connection limit.
 //! - [`reload`]: SIGHUP, applied to what comes next.
+//! - [`live`]: the live capture stream's listener and its subscribers' sockets.
 //! - [`signals`]: Unix signals → [`signals::Action`]s.
 //! - [`systemd`]: READY, STOPPING, STATUS and WATCHDOG.
 //! - [`admin`]: `/metrics`, `/sessions`, `/healthz`; [`metrics`]: their rendering.
@@ -13,6 +14,7 @@
 pub mod admin;
 pub mod daemon;
 pub mod listeners;
+pub mod live;
 pub mod metrics;
 pub mod reload;
 pub mod runtime;

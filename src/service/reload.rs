@@ -17,6 +17,7 @@ use crate::proxy::conn::Context;
 use crate::proxy::shutdown::Coordinator;
 use crate::proxy::tls::KeyLogFile;
 use crate::service::listeners;
+use crate::service::live::{self, LiveListener};
 use crate::service::shared::Shared;
 use crate::sync::lock;
 
@@ -34,6 +35,11 @@ pub(crate) async fn reload(
     for addr in new.listen.iter().filter(|a| !current.contains(a)) {
         added.push((*addr, listeners::bind(*addr, "listen", &new.source).await?));
     }
+    let moved = |l: &LiveListener| new.live.as_ref().is_none_or(|n| n.listen != l.configured);
+    let live_socket = match lock(&shared.live).as_ref() {
+        Some(current) if !moved(current) => None,
+        _ => live::bind(&new)?,
+    };
     let keylog = open_keylog(&new)?;
     let recorder = reconfigure_capture(&new, shared, capture)?;
     let workers = shared.ctx().settings.workers;
@@ -44,6 +50,9 @@ pub(crate) async fn reload(
     for (configured, l) in added {
         listeners::listen(shared, configured, l, coordinator)?;
     }
+    let current = lock(&shared.live).take();
+    let hub = capture.as_ref().map(Capture::hub);
+    *lock(&shared.live) = live::apply(current, &new, live_socket, hub, &shared.metrics);
     lock(&shared.listeners).retain(|l| {
         let keep = new.listen.contains(&l.configured);
         if !keep {

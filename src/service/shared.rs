@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::capture::recorder::Heartbeat;
 use crate::proxy::admission::Admission;
 use crate::proxy::conn::Context;
+use crate::service::live::LiveListener;
 use crate::service::metrics::Metrics;
 use crate::sync::lock;
 
@@ -24,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) writer: Mutex<Option<Heartbeat>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) listeners: Mutex<Vec<Listening>>,
+    /// The live capture stream, if served.
+    pub(crate) live: Mutex<Option<LiveListener>>,
 }
 
 /// A bound listener and its accept loop.
@@ -44,6 +47,7 @@ impl Shared {
             writer: Mutex::new(writer),
             metrics,
             listeners: Mutex::new(Vec::new()),
+            live: Mutex::new(None),
         })
     }
 

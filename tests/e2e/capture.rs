@@ -830,15 +830,15 @@ fn per_session_files_hold_one_session_each() {
 
 /// permessage-deflate (RFC 7692): a compressor per direction, with or without context
 /// takeover.
-struct Deflater(flate2::Compress, bool);
+pub(crate) struct Deflater(flate2::Compress, bool);
 
 impl Deflater {
-    fn new(takeover: bool) -> Deflater {
+    pub(crate) fn new(takeover: bool) -> Deflater {
         Deflater(flate2::Compress::new(flate2::Compression::default(), false), takeover)
     }
 
     /// One message's compressed payload (sync flush, the 00 00 ff ff tail removed).
-    fn message(&mut self, text: &[u8]) -> Vec<u8> {
+    pub(crate) fn message(&mut self, text: &[u8]) -> Vec<u8> {
         if !self.1 {
             self.0.reset();
         }
@@ -851,7 +851,7 @@ impl Deflater {
 }
 
 /// A text message compressed: RSV1 set.
-fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
+pub(crate) fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
     let mut f = frame_head(0xc1, payload.len(), masked);
     if masked {
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));

@@ -7,6 +7,7 @@ mod cli;
 mod durability;
 mod errors;
 mod http;
+mod live;
 mod overload;
 mod policy;
 mod ports;

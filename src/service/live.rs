@@ -1,0 +1,175 @@
+//! The live stream's listener (`[live]`): PCAP-over-IP subscribers (`tshark -i
+//! TCP@host:port`, Wireshark through `wstap extcap`, Arkime) connect, are checked against
+//! the access rule (loopback, or a network in `live.allow`) and `live.max_clients`, and
+//! join the capture's [`Hub`]; each then has a task writing its queue to its socket. A
+//! subscriber that falls more than `live.buffer` behind is disconnected with a log line;
+//! one that closes leaves. Nothing here ever waits on the capture writer, nor it on us.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::capture::live::{Hub, Next, Subscriber};
+use crate::config::{LiveSettings, Settings};
+use crate::service::listeners::Accepting;
+use crate::service::metrics::Metrics;
+
+/// The live listener, its settings (a reload may change them under it) and its loop.
+pub(crate) struct LiveListener {
+    /// As written in the config.
+    pub(crate) configured: SocketAddr,
+    /// Where it listens (the port a `:0` got).
+    pub(crate) bound: SocketAddr,
+    settings: watch::Sender<LiveSettings>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LiveListener {
+    fn drop(&mut self) {
+        // Its subscribers see the sender gone and leave.
+        self.task.abort();
+    }
+}
+
+/// Binds the stream `settings` describe (key `live.listen` in `source`'s file).
+pub(crate) fn bind(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
+    let Some(live) = &settings.live else { return Ok(None) };
+    let bind = || {
+        let l = std::net::TcpListener::bind(live.listen)?;
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    };
+    let listener = bind().with_context(|| {
+        format!("cannot listen on {} (key `live.listen` in {})", live.listen, settings.source.display())
+    })?;
+    Ok(Some(listener))
+}
+
+/// Applies `settings`' `[live]` to the running stream `current`: unchanged address, new
+/// settings for the same listener and its subscribers; a new address (bound already, as
+/// `bound`), a new listener; none, no stream. Returns the stream now running.
+pub(crate) fn apply(
+    current: Option<LiveListener>,
+    settings: &Settings,
+    bound: Option<TcpListener>,
+    hub: Option<&Arc<Hub>>,
+    metrics: &Arc<Metrics>,
+) -> Option<LiveListener> {
+    let live = settings.live.clone()?;
+    let Some(hub) = hub else {
+        warn!("[live] is set but capture is off (no route records anything): the stream is not served");
+        return None;
+    };
+    if let Some(current) = current.filter(|c| c.configured == live.listen) {
+        current.settings.send_replace(live);
+        return Some(current);
+    }
+    let listener = bound?;
+    let bound = listener.local_addr().ok()?;
+    info!(addr = %bound, format = ?live.format, "live stream: listening");
+    if !live.listen.ip().is_loopback() && live.allow.is_empty() {
+        warn!(addr = %bound, "live stream: listening beyond loopback, but live.allow is empty: only loopback clients get in");
+    }
+    let configured = live.listen;
+    let (tx, rx) = watch::channel(live);
+    let task = tokio::spawn(accept_loop(listener, rx, hub.clone(), metrics.clone()));
+    Some(LiveListener { configured, bound, settings: tx, task })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    settings: watch::Receiver<LiveSettings>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+) {
+    let mut accepting = Accepting::new(listener);
+    loop {
+        let (socket, client) = accepting.next().await;
+        let live = settings.borrow().clone();
+        if !live.allows(client.ip()) {
+            info!(%client, "live stream: refused: not loopback and not in live.allow");
+            metrics.live_refused.fetch_add(1, Relaxed);
+            continue;
+        }
+        if hub.subscribers() >= live.max_clients {
+            info!(%client, max_clients = live.max_clients, "live stream: refused: live.max_clients subscribers already");
+            metrics.live_refused.fetch_add(1, Relaxed);
+            continue;
+        }
+        let sub = Subscriber::new(live.buffer);
+        hub.join(sub.clone());
+        metrics.live_joined.fetch_add(1, Relaxed);
+        info!(%client, "live stream: subscriber connected");
+        tokio::spawn(serve(socket, client, sub, hub.clone(), settings.clone(), metrics.clone()));
+    }
+}
+
+/// Writes a subscriber's queue to its socket until it leaves, falls behind, or the
+/// stream is removed.
+async fn serve(
+    socket: TcpStream,
+    client: SocketAddr,
+    sub: Arc<Subscriber>,
+    hub: Arc<Hub>,
+    mut settings: watch::Receiver<LiveSettings>,
+    metrics: Arc<Metrics>,
+) {
+    let (mut read, mut write) = socket.into_split();
+    let mut scratch = [0u8; 64];
+    let mut joined = false;
+    let why = loop {
+        let next = tokio::select! {
+            // What is queued goes out before any ending.
+            biased;
+            next = sub.next() => next,
+            // A subscriber sends nothing: a read that returns is its leaving.
+            _ = read.read(&mut scratch) => break "left",
+            changed = settings.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => break "the stream was removed by a reload",
+            },
+        };
+        let chunks = match next {
+            Next::Bytes(chunks) => chunks,
+            Next::Overflowed => break "cut off",
+        };
+        let mut written = true;
+        for chunk in chunks {
+            // A subscriber that stops reading must not hold this task in a write forever.
+            tokio::select! {
+                r = write.write_all(&chunk) => written = r.is_ok(),
+                () = sub.cut_off() => break,
+            }
+            if !written {
+                break;
+            }
+        }
+        if !written {
+            break "left";
+        }
+        if !std::mem::replace(&mut joined, true) {
+            // Its first bytes are its section: the headers and every live session.
+            info!(%client, "live stream: subscriber joined");
+        }
+        if sub.is_cut_off() {
+            break "cut off";
+        }
+    };
+    sub.leave();
+    hub.left();
+    metrics.live_gone.fetch_add(1, Relaxed);
+    if why == "cut off" {
+        metrics.live_cut_off.fetch_add(1, Relaxed);
+        let buffer = settings.borrow().buffer;
+        warn!(%client, buffer, "live stream: subscriber disconnected: it fell more than live.buffer bytes behind");
+    } else {
+        info!(%client, why, "live stream: subscriber gone");
+    }
+    let _ = write.shutdown().await;
+}
