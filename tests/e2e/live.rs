@@ -197,3 +197,87 @@ async fn eventually_long(what: &str, mut done: impl FnMut() -> bool) {
     }
     panic!("{what}: not within 20 s");
 }
+
+/// RSS of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_cut_off_and_hurts_nothing() {
+    within(async {
+        let dir = capture_dir("live-stalled");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let config = dir.join("wstap.toml");
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = 1\n[[route]]\nupstream = \"ws://{}\"\n[capture]\ndir = \"captures\"\n\
+             [capture.rotate]\ninterval = \"0s\"\n[live]\nlisten = \"127.0.0.1:0\"\nbuffer = \"1MiB\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
+            echo_upstream().await
+        );
+        std::fs::write(&config, toml).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wstap"));
+        // Freed memory goes back at once, so RSS shows what is held, not what was.
+        command.args(["run", "-c"]).arg(&config).env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0");
+        let (mut daemon, addr, log) = spawn_daemon_command(command, &config).await;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || log.iter().for_each(|l| sink.lock().unwrap().push(l)));
+        let said = |what: &str| lines.lock().unwrap().iter().find(|l| l.contains(what)).cloned();
+        eventually("the stream listens", || said("live stream: listening").is_some()).await;
+        let live = addr_in(&said("live stream: listening").unwrap());
+        eventually("the admin endpoints", || said("admin endpoints served").is_some()).await;
+        let admin = addr_in(&said("admin endpoints served").unwrap());
+
+        // A subscriber that never reads.
+        let stalled = TcpStream::connect(live).await.unwrap();
+        eventually("it joined", || said("live stream: subscriber joined").is_some()).await;
+        let before = rss_kib(daemon.id());
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/flood")).await.unwrap();
+        let count = 400;
+        for i in 0..count {
+            let m = Message::binary(noise(64 * 1024 + i));
+            ws.send(m.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), m, "the traffic is untouched");
+        }
+        eventually("it was cut off", || said("fell more than live.buffer bytes behind").is_some()).await;
+        // Once the writer has caught up, 2 x 25 MiB have gone by (50 MiB of packets for
+        // the subscriber, which has not read a byte): held for it, at most its 1 MiB.
+        let payload: u64 = (0..count as u64).map(|i| 2 * (64 * 1024 + i)).sum();
+        for _ in 0..2000 {
+            if metric(admin, "wstap_capture_bytes_total").await >= payload {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(metric(admin, "wstap_capture_bytes_total").await >= payload, "the writer caught up");
+        assert_eq!(metric(admin, "wstap_live_cut_off_total").await, 1);
+        let grown = rss_kib(daemon.id()).saturating_sub(before);
+        assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop((ws, stalled));
+        let pid = nix_pid(daemon.id());
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(daemon.wait().unwrap().success());
+        // The files have every message.
+        let files = the_files(&dir.join("captures"));
+        let rec = wstap::replay::open_all(&files).unwrap();
+        assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        let binaries = rec.sessions[0].messages.iter().filter(|m| m.kind == wstap::replay::Kind::Binary).count();
+        assert_eq!(binaries, 2 * count, "every message, both ways, in the files");
+    })
+    .await;
+}
+
+fn nix_pid(pid: u32) -> String {
+    pid.to_string()
+}
+
+/// `/metrics` line `name`'s value, or 0.
+async fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let text = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+}
