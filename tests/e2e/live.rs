@@ -281,3 +281,67 @@ async fn metric(admin: SocketAddr, name: &str) -> u64 {
     let text = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
 }
+
+/// Reads from `sub` until its bytes hold `text` (a server's unmasked frame carries it as is).
+async fn until_seen(sub: &mut TcpStream, text: &[u8]) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !seen.windows(text.len()).any(|w| w == text) {
+        let n = sub.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended before {:?}", String::from_utf8_lossy(text));
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_reload_keeps_subscribers_unless_their_listener_moves() {
+    let (logs, _capturing) = Logs::capture();
+    within(async {
+        let dir = capture_dir("live-reload");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let config = dir.join("wstap.toml");
+        let base = format!(
+            "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"ws://{}\"\n{}",
+            echo_upstream().await,
+            capture_toml(&dir.join("files"), "")
+        );
+        std::fs::write(&config, format!("{base}[live]\nlisten = \"127.0.0.1:0\"\nmax_clients = 8\n")).unwrap();
+        let proxy = Proxy::start_file(&config).await;
+        eventually("the stream listens", || !logs.lines_with(&["live stream: listening"]).is_empty()).await;
+        let live = addr_in(&logs.lines_with(&["live stream: listening"])[0]);
+        let mut sub = TcpStream::connect(live).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url("/r")).await.unwrap();
+        let mut say = async |text: &str| {
+            ws.send(Message::text(text)).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+        };
+        say("before the reload").await;
+        until_seen(&mut sub, b"before the reload").await;
+
+        // Other [live] settings, same address: the subscriber stays and goes on.
+        std::fs::write(&config, format!("{base}[live]\nlisten = \"127.0.0.1:0\"\nmax_clients = 2\nbuffer = \"2MiB\"\n"))
+            .unwrap();
+        proxy.reload().await;
+        eventually("reloaded", || !logs.lines_with(&["config reloaded"]).is_empty()).await;
+        say("after the reload").await;
+        until_seen(&mut sub, b"after the reload").await;
+        assert_eq!(logs.lines_with(&["live stream: listening"]).len(), 1, "the same listener");
+
+        // Another address: a new listener; the old one's subscribers are let go.
+        std::fs::write(&config, format!("{base}[live]\nlisten = \"127.0.0.2:0\"\n")).unwrap();
+        proxy.reload().await;
+        eventually("moved", || logs.lines_with(&["live stream: listening"]).len() == 2).await;
+        let mut rest = Vec::new();
+        sub.read_to_end(&mut rest).await.unwrap();
+        assert!(TcpStream::connect(live).await.is_err(), "the old address is closed");
+        let moved = addr_in(&logs.lines_with(&["live stream: listening"])[1]);
+        let mut sub = TcpStream::connect(moved).await.unwrap();
+        eventually("joined the new one", || logs.lines_with(&["subscriber joined"]).len() >= 2).await;
+        say("at the new address").await;
+        until_seen(&mut sub, b"at the new address").await;
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+    })
+    .await;
+}
