@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build deps demo test fuzz soak bench bench-capture fixtures install install-files clean
+.PHONY: all build deps demo test fuzz soak bench bench-capture fixtures install install-files install-extcap link-extcap clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -51,6 +51,18 @@ bench-capture:
 # python's websockets needed; see docs/replay.md).
 fixtures:
 	./scripts/fixtures/record.sh
+
+# Wireshark's interface list gets `wstap` (the daemon's live stream, docs/live.md): the
+# binary is linked into the extcap folder `tshark -G folders` names (the personal one on
+# Wireshark 4.2+, the global one on 4.0, which needs root). link-extcap links $(BIN) as it is.
+install-extcap: build link-extcap
+
+link-extcap:
+	@folders=$$(tshark -G folders 2>/dev/null); \
+	dir=$$(printf '%s\n' "$$folders" | sed -n 's/^Personal Extcap path:[[:space:]]*//p' | head -1); \
+	[ -n "$$dir" ] || dir=$$(printf '%s\n' "$$folders" | sed -n 's/^Extcap path:[[:space:]]*//p' | head -1); \
+	[ -n "$$dir" ] || { echo "tshark -G folders names no extcap folder: is tshark installed?" >&2; exit 1; }; \
+	mkdir -p "$$dir" && ln -sf "$(abspath $(BIN))" "$$dir/wstap" && echo "linked $$dir/wstap -> $(abspath $(BIN))"
 
 # sudo make install: the binary, the systemd unit (its paths made to match), and a default
 # config that an existing one is never replaced by. Then: systemctl daemon-reload &&

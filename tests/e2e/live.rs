@@ -75,8 +75,17 @@ impl DeflateClient {
     }
 }
 
+/// How tshark watches the stream.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// `-i TCP@host:port` (PCAP-over-IP).
+    PcapOverIp,
+    /// `-i wstap`, the extcap interface, told the address by `WSTAP_LIVE`.
+    Extcap,
+}
+
 /// Runs the scenario with the stream in `format`: returns the capture tshark wrote.
-async fn watch_live(format: &str, name: &str) -> (Scratch, std::path::PathBuf) {
+async fn watch_live(format: &str, name: &str, via: Via) -> (Scratch, std::path::PathBuf) {
     let (logs, _capturing) = Logs::capture();
     let dir = capture_dir(name);
     std::fs::create_dir_all(&*dir).unwrap();
@@ -101,8 +110,13 @@ async fn watch_live(format: &str, name: &str) -> (Scratch, std::path::PathBuf) {
     }
 
     let out = dir.join("live.pcapng");
+    let interface = match via {
+        Via::PcapOverIp => format!("TCP@{live}"),
+        Via::Extcap => "wstap".to_owned(),
+    };
     let mut tshark = tokio::process::Command::new("tshark")
-        .args(["-q", "-i", &format!("TCP@{live}"), "-a", "duration:30", "-w", out.to_str().unwrap()])
+        .args(["-q", "-i", &interface, "-a", "duration:30", "-w", out.to_str().unwrap()])
+        .env("WSTAP_LIVE", live.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -159,7 +173,7 @@ fn assert_watched(file: &Path) {
 #[tokio::test]
 async fn tshark_watching_the_live_stream_decodes_every_session_from_when_it_joined() {
     within(async {
-        let (_dir, file) = watch_live("pcapng", "live-pcapng").await;
+        let (_dir, file) = watch_live("pcapng", "live-pcapng", Via::PcapOverIp).await;
         assert_clean(&file, 2);
         assert_watched(&file);
         let comments = fields(&file, "frame.comment", &["frame.comment"]).concat();
@@ -172,7 +186,7 @@ async fn tshark_watching_the_live_stream_decodes_every_session_from_when_it_join
 #[tokio::test]
 async fn in_pcap_format_the_stream_is_classic_pcap_over_ethernet_and_decodes_too() {
     within(async {
-        let (_dir, file) = watch_live("pcap", "live-pcap").await;
+        let (_dir, file) = watch_live("pcap", "live-pcap", Via::PcapOverIp).await;
         let info = run("capinfos", &[file.to_str().unwrap()]);
         assert!(info.contains("Ethernet"), "{info}");
         let expert = tshark(&file, &["-q", "-z", "expert"]);
@@ -319,8 +333,11 @@ async fn a_reload_keeps_subscribers_unless_their_listener_moves() {
         until_seen(&mut sub, b"before the reload").await;
 
         // Other [live] settings, same address: the subscriber stays and goes on.
-        std::fs::write(&config, format!("{base}[live]\nlisten = \"127.0.0.1:0\"\nmax_clients = 2\nbuffer = \"2MiB\"\n"))
-            .unwrap();
+        std::fs::write(
+            &config,
+            format!("{base}[live]\nlisten = \"127.0.0.1:0\"\nmax_clients = 2\nbuffer = \"2MiB\"\n"),
+        )
+        .unwrap();
         proxy.reload().await;
         eventually("reloaded", || !logs.lines_with(&["config reloaded"]).is_empty()).await;
         say("after the reload").await;
@@ -342,6 +359,22 @@ async fn a_reload_keeps_subscribers_unless_their_listener_moves() {
         drop(ws);
         proxy.begin_shutdown().await;
         proxy.stopped().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_extcap_interface_lists_in_tshark_and_decodes_the_live_sessions() {
+    within(async {
+        // What `make install-extcap` does, with this build: linked into the folder tshark names.
+        let bin = env!("CARGO_BIN_EXE_wstap");
+        let make = run("make", &["-s", "-C", env!("CARGO_MANIFEST_DIR"), "link-extcap", &format!("BIN={bin}")]);
+        assert!(make.contains("linked"), "{make}");
+        let interfaces = run("tshark", &["-D"]);
+        assert!(interfaces.contains("wstap (wstap live capture"), "{interfaces}");
+        let (_dir, file) = watch_live("pcapng", "live-extcap", Via::Extcap).await;
+        assert_clean(&file, 2);
+        assert_watched(&file);
     })
     .await;
 }

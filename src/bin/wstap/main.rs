@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod extcap;
 mod replay;
 
 /// jemalloc, with its background thread: memory freed after a peak of sessions goes back
@@ -63,6 +64,13 @@ enum Command {
         insecure: bool,
         #[command(flatten)]
         play: Play,
+    },
+    /// Wireshark's extcap protocol for the daemon's live stream (`make install-extcap`
+    /// puts this program in Wireshark's extcap folder; docs/live.md).
+    Extcap {
+        /// The extcap flags Wireshark passes (--extcap-interfaces, --capture --fifo …).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Act as the recorded server for a client, reporting where it diverges.
     Mock {
@@ -137,11 +145,17 @@ impl Play {
 
 fn main() -> ExitCode {
     use replay as cli;
+    // Wireshark runs the program in its extcap folder with extcap flags, no subcommand.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if extcap::called_by_wireshark(&args) {
+        return extcap::run(&args);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => wstap::Settings::load(&config).map(|s| println!("{s}")).map_err(Into::into),
         Command::Sessions { files, messages, json } => return cli::sessions(&files, messages, json),
+        Command::Extcap { args } => return extcap::run(&args),
         Command::Replay { pick, target, ca_file, insecure, play } => {
             let tls = cli::Trust { ca_file, insecure };
             return cli::replay(&pick.files, pick.session, &target, tls, play.options());
