@@ -39,6 +39,8 @@
 //!   ─▶ capture::writer (events → packets: wire::tcp) ◀─ capture::rewrite (what is
 //!      written: HTTP heads and frames followed, capture::redact masks, snaps)
 //!   ─▶ wire::pcapng (blocks) ─▶ capture::files (`.part`, then its final name)
+//!   and, with `[live]`, a second writer ─▶ capture::live (each subscriber's queue)
+//!   ─▶ service::live (its socket)
 //! ```
 //!
 //! And back, from a file to a live peer ([`replay`]):
