@@ -11,7 +11,7 @@
 //!
 //! Environment: `WSTAP_BENCH_SECS` (measured seconds per run, default 3),
 //! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000),
-//! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle`; all by default),
+//! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle,live`; all by default),
 //! `WSTAP_BENCH_TARGETS` (some of `direct,nginx,nginx-64k,wstap-off,wstap-on`, to
 //! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default
 //! `info`, as shipped; at `info` nginx writes its access log too, as shipped; below it
@@ -50,8 +50,113 @@ fn main() {
     let bench = Bench::start();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let results = rt.block_on(bench.run());
+    let live = bench.wants("live").then(|| rt.block_on(live_cost(&bench)));
     drop(rt);
     bench.report(results);
+    if let Some(live) = live {
+        println!("{live}");
+    }
+}
+
+/// Subscribers in the live-stream scenario.
+const SUBSCRIBERS: usize = 10;
+
+/// The live stream's cost: a wstap with capture on and `[live]`, under the 50 × 1 KiB load
+/// with no subscriber and then with ten (threads here that read and discard), rounds
+/// interleaved; CPU per message of wstap's process, the cost per subscriber, whether any
+/// was cut off, and the files' completeness.
+async fn live_cost(bench: &Bench) -> String {
+    let dir = bench.dir.join("live");
+    let captures = dir.join("captures");
+    std::fs::create_dir_all(&captures).unwrap();
+    let (port, live, admin) = (free_port(), format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let toml = format!(
+        "listen = [\"127.0.0.1:{port}\"]\nworkers = 1\n[[route]]\nupstream = \"ws://{}\"\n[limits]\nmax_connections = 20000\n\
+         [log]\nlevel = \"warn\"\n[capture]\ndir = {:?}\n[capture.rotate]\nfiles = 0\n[live]\nlisten = \"{live}\"\n\
+         max_clients = {SUBSCRIBERS}\n[admin]\nlisten = \"{admin}\"\n",
+        bench.echo.addr,
+        captures.display().to_string()
+    );
+    let path = dir.join("wstap-live.toml");
+    std::fs::write(&path, toml).unwrap();
+    let bin = std::env::var("WSTAP_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wstap").to_owned());
+    let mut wstap = Command::new(bin)
+        .args(["run", "-c", path.to_str().unwrap()])
+        .stderr(std::fs::File::create(dir.join("wstap-live.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    for a in [&addr, &live, &admin] {
+        wait_ready(a);
+    }
+    let pid = [wstap.id()];
+    let secs = Duration::from_secs(bench.secs);
+    let (mut rows, mut proxied) = (BTreeMap::<usize, Vec<(f64, f64)>>::new(), 0);
+    let received = Arc::new(AtomicU64::new(0));
+    for round in 0..bench.rounds {
+        eprintln!("live stream, round {} of {}", round + 1, bench.rounds);
+        for subs in [0, SUBSCRIBERS] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let readers: Vec<_> = (0..subs)
+                .map(|_| {
+                    let (stop, received, live) = (stop.clone(), received.clone(), live.clone());
+                    std::thread::spawn(move || {
+                        use std::io::Read;
+                        let mut s = std::net::TcpStream::connect(&live).unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                        let mut buf = vec![0u8; 1 << 16];
+                        while !stop.load(Relaxed) {
+                            match s.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => drop(received.fetch_add(n as u64, Relaxed)),
+                                Err(_) => {}
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let cpu = cpu_secs(&pid);
+            let x = throughput(&addr, 50, 1024, secs).await;
+            let per_msg = (cpu_secs(&pid) - cpu) * 1e6 / (x.proxied as f64 / 2048.0);
+            rows.entry(subs).or_default().push((x.msgs_per_s, per_msg));
+            proxied += x.proxied;
+            stop.store(true, Relaxed);
+            for r in readers {
+                r.join().unwrap();
+            }
+        }
+    }
+    let metrics = http_get(&admin, "/metrics");
+    let metric = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    let cut_off = metric("wstap_live_cut_off_total");
+    let dropped = metric("wstap_capture_dropped_bytes_total");
+    terminate(wstap.id());
+    let _ = wstap.wait();
+    let captured = captured_payload(&captures);
+    let _ = std::fs::remove_dir_all(&captures);
+    let median = |subs: usize, pick: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = rows[&subs].iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (rate0, cpu0) = (median(0, |r| r.0), median(0, |r| r.1));
+    let (rate10, cpu10) = (median(SUBSCRIBERS, |r| r.0), median(SUBSCRIBERS, |r| r.1));
+    format!(
+        "live stream (wstap, capture on, [live]; 50 × 1 KiB, medians of {} rounds):\n\
+         | subscribers | msg/s | CPU µs/msg (wstap) |\n|---:|---:|---:|\n| 0 | {rate0:.0} | {cpu0:.2} |\n\
+         | {SUBSCRIBERS} | {rate10:.0} ({:.2}) | {cpu10:.2} |\n\
+         cost per subscriber: {:.3} µs CPU per message ({:.1}% of a message's cost with none); \
+         subscribers received {:.1} MB; cut off: {cut_off}; capture dropped {dropped} bytes; \
+         completeness (read back ÷ proxied, client leg): {:.4}",
+        bench.rounds,
+        rate10 / rate0,
+        (cpu10 - cpu0) / SUBSCRIBERS as f64,
+        (cpu10 - cpu0) / SUBSCRIBERS as f64 / cpu0 * 100.0,
+        received.load(Relaxed) as f64 / 1e6,
+        captured as f64 / proxied as f64,
+    )
 }
 
 /// A free loopback port (bound, then released: the bench is alone on this machine).

@@ -198,11 +198,16 @@ impl Feed {
                 }
             }
         }
-        self.send();
+        // A long batch goes out in pieces: no one chunk near a subscriber's bound.
+        if self.writer.get_mut().is_some_and(|out| out.len() >= SEND_AT) {
+            self.send();
+        }
     }
 
-    /// Called at least every flush interval: admits subscribers waiting when nothing
-    /// happens, and writes the ACKs owed.
+    /// Called after each batch of events, and at least every flush interval: sends what
+    /// the batch made (one chunk per batch, not per event: fewer wake-ups and writes for
+    /// each subscriber), admits subscribers waiting when nothing happens, and writes the
+    /// ACKs owed.
     pub(crate) fn tick(&mut self, now: u64) {
         if !lock(&self.hub.joining).is_empty() {
             self.writer.rotation_due(now);
@@ -255,6 +260,9 @@ impl Feed {
         self.joined.retain(|sub| sub.push(bytes.clone()));
     }
 }
+
+/// What the live writer holds before it sends within a batch.
+const SEND_AT: usize = 256 * 1024;
 
 const BOTH_LEGS: Legs = Legs { client: true, upstream: true };
 
