@@ -378,3 +378,35 @@ async fn the_extcap_interface_lists_in_tshark_and_decodes_the_live_sessions() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn past_max_clients_a_subscriber_is_closed_and_counted() {
+    let (logs, _capturing) = Logs::capture();
+    within(async {
+        let dir = capture_dir("live-max");
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"ws://{}\"\n{}[live]\nlisten = \"127.0.0.1:0\"\n\
+             max_clients = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            echo_upstream().await,
+            capture_toml(&dir, "")
+        );
+        let proxy = Proxy::start(&toml).await;
+        eventually("the stream listens", || !logs.lines_with(&["live stream: listening"]).is_empty()).await;
+        let live = addr_in(&logs.lines_with(&["live stream: listening"])[0]);
+        let mut first = TcpStream::connect(live).await.unwrap();
+        let mut header = [0u8; 4];
+        first.read_exact(&mut header).await.unwrap();
+        assert_eq!(header, [0x0a, 0x0d, 0x0d, 0x0a], "a pcapng section header first");
+        let mut second = TcpStream::connect(live).await.unwrap();
+        assert_eq!(second.read(&mut [0u8; 16]).await.unwrap(), 0, "closed at once");
+        assert_eq!(logs.lines_with(&["live stream: refused", "max_clients"]).len(), 1);
+        let metrics =
+            raw_exchange(proxy.admin.unwrap(), b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(metrics.contains("wstap_live_subscribers 1\n"), "{metrics}");
+        assert!(metrics.contains("wstap_live_refused_total 1\n"), "{metrics}");
+        drop(first);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+    })
+    .await;
+}
