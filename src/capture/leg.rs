@@ -109,11 +109,12 @@ impl LegState {
         self.rewrite.set_rules(rules);
     }
 
-    /// What a new file replays for this leg: a session's heads and deflate windows;
-    /// nothing but the handshake for a connection without one.
-    pub(crate) fn replay_parts(&mut self) -> Vec<(Dir, Vec<u8>)> {
+    /// What a new file (or, not `new_file`, a live subscriber) replays for this leg: a
+    /// session's heads and deflate windows; nothing but the handshake for a connection
+    /// without one.
+    pub(crate) fn replay_parts(&mut self, new_file: bool) -> Vec<(Dir, Vec<u8>)> {
         if self.session {
-            self.rewrite.replay_parts()
+            self.rewrite.replay_parts(new_file)
         } else {
             Vec::new()
         }

@@ -35,19 +35,24 @@ pub struct Subscriber {
 #[derive(Default)]
 struct Queue {
     chunks: VecDeque<Bytes>,
+    /// Bytes queued or taken and not yet written.
     bytes: usize,
     /// It fell more than `limit` behind: cut off.
     overflowed: bool,
+    /// The stream changed under it (its format, by a reload): let go.
+    closed: bool,
     /// Its connection is gone: the writer forgets it.
     gone: bool,
 }
 
 /// What a subscriber's task gets next.
 pub enum Next {
-    /// Bytes to write, in order.
+    /// Bytes to write, in order ([`Subscriber::written`] each once written).
     Bytes(Vec<Bytes>),
     /// It fell too far behind.
     Overflowed,
+    /// The stream changed under it: it has to connect again.
+    Closed,
 }
 
 impl Subscriber {
@@ -57,13 +62,14 @@ impl Subscriber {
     }
 
     /// Queues `bytes`; past the limit, everything waiting is dropped and the subscriber
-    /// is cut off. Returns whether it is still wanted.
+    /// is cut off (a chunk larger than the limit is taken when nothing waits: its first
+    /// section may be). Returns whether it is still wanted.
     fn push(&self, bytes: Bytes) -> bool {
         let mut q = lock(&self.queue);
-        if q.gone || q.overflowed {
+        if q.gone || q.overflowed || q.closed {
             return false;
         }
-        if q.bytes + bytes.len() > self.limit {
+        if q.bytes > 0 && q.bytes + bytes.len() > self.limit {
             (q.chunks, q.bytes, q.overflowed) = (VecDeque::new(), 0, true);
         } else {
             q.bytes += bytes.len();
@@ -84,8 +90,10 @@ impl Subscriber {
                     return Next::Overflowed;
                 }
                 if !q.chunks.is_empty() {
-                    q.bytes = 0;
                     return Next::Bytes(std::mem::take(&mut q.chunks).into());
+                }
+                if q.closed {
+                    return Next::Closed;
                 }
             }
             notified.await;
@@ -106,6 +114,22 @@ impl Subscriber {
     /// Whether it fell too far behind.
     pub fn is_cut_off(&self) -> bool {
         lock(&self.queue).overflowed
+    }
+
+    /// `n` bytes it was given went to its socket.
+    pub fn written(&self, n: usize) {
+        let mut q = lock(&self.queue);
+        q.bytes = q.bytes.saturating_sub(n);
+    }
+
+    /// Lets it go: the stream changed under it.
+    fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.wake.notify_one();
+    }
+
+    fn is_gone(&self) -> bool {
+        lock(&self.queue).gone
     }
 
     /// Its connection is gone.
@@ -138,7 +162,11 @@ impl Hub {
     /// `sub` joins at the next moment every session is between frames.
     pub fn join(&self, sub: Arc<Subscriber>) {
         self.count.fetch_add(1, Relaxed);
-        lock(&self.joining).push(sub);
+        let mut joining = lock(&self.joining);
+        // (Those that left before the writer came round are forgotten here.)
+        joining.retain(|s| !s.is_gone());
+        joining.push(sub);
+        drop(joining);
         (self.wake)();
     }
 
@@ -161,10 +189,13 @@ pub(crate) struct Feed {
     joined: Vec<Arc<Subscriber>>,
     /// The live writer's own counts (the files' are the capture's).
     stats: Stats,
+    /// Its inflate allowance and record budget, kept across reloads.
+    shared: (Arc<Mutex<crate::wire::deflate::Allowance>>, crate::capture::encrypted::Budget),
 }
 
 impl Feed {
     pub(crate) fn new(synth: Synthesis, format: LiveFormat, hub: Arc<Hub>) -> Feed {
+        let shared = (synth.inflate.clone(), synth.history.clone());
         // Both interfaces always, so that their ids never change under a subscriber (the
         // taps send only the legs the config records).
         let mut writer = CaptureWriter::detached(&SectionInfo::current(), BOTH_LEGS, synth);
@@ -173,12 +204,18 @@ impl Feed {
         if let Some(out) = writer.get_mut() {
             out.clear();
         }
-        Feed { writer, format, hub, joined: Vec::new(), stats: Stats::default() }
+        Feed { writer, format, hub, joined: Vec::new(), stats: Stats::default(), shared }
     }
 
-    /// New settings (a reload): legs opened from now on are written by them.
+    /// New settings (a reload): legs opened from now on are written by them. Subscribers
+    /// of another format are let go (their stream would no longer parse).
     pub(crate) fn reconfigure(&mut self, synth: Synthesis, format: LiveFormat) {
-        self.writer.reconfigure(BOTH_LEGS, synth);
+        let (inflate, history) = self.shared.clone();
+        self.writer.reconfigure(BOTH_LEGS, Synthesis { inflate, history, ..synth });
+        if format != self.format {
+            self.joined.drain(..).for_each(|s| s.close());
+            lock(&self.hub.joining).drain(..).for_each(|s| s.close());
+        }
         self.format = format;
     }
 
@@ -222,12 +259,16 @@ impl Feed {
 
     /// Gives each subscriber waiting to join its section: headers and the live legs.
     fn admit(&mut self) {
-        let joining = std::mem::take(&mut *lock(&self.hub.joining));
-        let snapshot = self.writer.snapshot(&self.stats).unwrap_or_default();
-        self.writer.rotation_done();
+        let mut joining = std::mem::take(&mut *lock(&self.hub.joining));
+        joining.retain(|s| !s.is_gone());
         if joining.is_empty() {
+            self.writer.rotation_done();
             return;
         }
+        // ACKs owed go to those already watching, not after the new ones' replays.
+        let _ = self.writer.idle(&self.stats);
+        self.send();
+        let snapshot = self.writer.snapshot(&self.stats).unwrap_or_default();
         let section = Bytes::from(match self.format {
             LiveFormat::Pcapng => snapshot,
             LiveFormat::Pcap => {

@@ -317,10 +317,11 @@ impl Rewriter {
 
     /// What a new file replays for this leg: each direction's head, then (after the 101,
     /// where Wireshark decodes frames) a message restoring each kept deflate context.
-    pub(crate) fn replay_parts(&mut self) -> Vec<(Dir, Vec<u8>)> {
+    /// `new_file`: a window no longer followed is lost from here on (the file's reader
+    /// cannot be given it); otherwise (a live subscriber joining) nothing changes.
+    pub(crate) fn replay_parts(&mut self, new_file: bool) -> Vec<(Dir, Vec<u8>)> {
         let mut parts: Vec<(Dir, Vec<u8>)> = self.prelude.iter().map(|(dir, head)| (dir, head.clone())).collect();
-        // A window no longer followed cannot be given to the new file: lost from here.
-        for dir in Dir::BOTH {
+        for dir in Dir::BOTH.into_iter().filter(|_| new_file) {
             if let Some(ctx) = self.deflate[dir].as_mut() {
                 ctx.new_file();
             }
@@ -996,7 +997,7 @@ mod tests {
         let (out, notes) = feed(&mut r, Dir::Down, &bomb, 1 << 16);
         assert_eq!(out, bomb, "written as it came: this file decodes it");
         assert!(notes.iter().any(|n| n.contains(NOT_FOLLOWED)), "{notes:?}");
-        assert!(r.replay_parts().len() == 2, "a new file: the heads, but no window to give it");
+        assert!(r.replay_parts(true).len() == 2, "a new file: the heads, but no window to give it");
         let next = frame(0xc1, &deflate(b"after"), false);
         let (out, notes) = feed(&mut r, Dir::Down, &next, 100);
         assert_eq!(frames_in(&out), [(0xc1, vec![])]);

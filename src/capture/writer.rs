@@ -679,7 +679,7 @@ impl<W: Write> CaptureWriter<W> {
                 };
                 add_note(&mut leg.note, text);
             }
-            let parts = leg.replay_parts();
+            let parts = leg.replay_parts(matches!(how, Replay::File));
             if parts.len() > 2 {
                 repeated.push_str("; a synthetic message restores the permessage-deflate context");
             }

@@ -103,6 +103,11 @@ pub(super) fn live(f: Option<FileLive>) -> Result<Option<LiveSettings>, (String,
                 (format!("allow[{i}]"), format!("{a:?}: the prefix length must be between 0 and {max}"))
             })?,
         };
+        // A v4-mapped network is the v4 one (clients' addresses are compared as v4 too).
+        let (net, len) = match net {
+            IpAddr::V6(v6) if len >= 96 => v6.to_ipv4_mapped().map_or((net, len), |v4| (IpAddr::V4(v4), len - 96)),
+            _ => (net, len),
+        };
         allow.push((net, len));
     }
     Ok(Some(LiveSettings { listen, format: f.format, max_clients: f.max_clients, allow, buffer: f.buffer.0 as usize }))
@@ -118,7 +123,12 @@ mod tests {
             listen: Some("0.0.0.0:57012".parse().unwrap()),
             format: LiveFormat::Pcap,
             max_clients: 2,
-            allow: vec!["10.1.0.0/16".into(), "2001:db8::/32".into(), "192.0.2.7".into()],
+            allow: vec![
+                "10.1.0.0/16".into(),
+                "2001:db8::/32".into(),
+                "192.0.2.7".into(),
+                "::ffff:198.51.100.0/120".into(),
+            ],
             buffer: ByteSize(1 << 20),
         };
         let s = live(Some(f)).unwrap().unwrap();
@@ -128,6 +138,7 @@ mod tests {
         assert!(ok("2001:db8:1::5") && !ok("2001:db9::1"));
         assert!(ok("192.0.2.7") && !ok("192.0.2.8"));
         assert!(ok("::ffff:10.1.0.9"), "a v4-mapped address is its v4 one");
+        assert!(ok("198.51.100.77") && !ok("198.51.101.1"), "and so is a v4-mapped network");
         let bad = |allow: &str| {
             let f = FileLive {
                 listen: Some("127.0.0.1:1".parse().unwrap()),

@@ -248,8 +248,11 @@ impl Running {
             c.finish();
         }
         // After the capture: subscribers get the sessions' last packets, then the end.
-        if let Some(live) = lock(&self.shared.live).take() {
-            info!(addr = %live.bound, "live stream: closed");
+        let live = lock(&self.shared.live).take();
+        if let Some(live) = live {
+            let addr = live.bound;
+            live.close().await;
+            info!(%addr, "live stream: closed");
         }
         info!("stopped");
         self.state.send_replace(State::Stopped);

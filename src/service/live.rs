@@ -8,11 +8,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::capture::live::{Hub, Next, Subscriber};
@@ -28,12 +30,33 @@ pub(crate) struct LiveListener {
     pub(crate) bound: SocketAddr,
     settings: watch::Sender<LiveSettings>,
     task: tokio::task::JoinHandle<()>,
+    /// Its subscribers' tasks, for the end.
+    serving: Serving,
 }
+
+type Serving = Arc<tokio::sync::Mutex<JoinSet<()>>>;
 
 impl Drop for LiveListener {
     fn drop(&mut self) {
         // Its subscribers see the sender gone and leave.
         self.task.abort();
+    }
+}
+
+/// How long the end waits for subscribers to take what is queued for them.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
+impl LiveListener {
+    /// Stops listening; each subscriber gets what is queued for it (within a bound), and
+    /// its connection is closed.
+    pub(crate) async fn close(self) {
+        let serving = self.serving.clone();
+        drop(self);
+        let mut serving = serving.lock().await;
+        let all = async { while serving.join_next().await.is_some() {} };
+        if tokio::time::timeout(LAST_WORDS, all).await.is_err() {
+            serving.abort_all();
+        }
     }
 }
 
@@ -62,7 +85,7 @@ pub(crate) fn apply(
     metrics: &Arc<Metrics>,
 ) -> Option<LiveListener> {
     let live = settings.live.clone()?;
-    let Some(hub) = hub else {
+    let Some(hub) = hub.filter(|_| settings.capture.on()) else {
         warn!("[live] is set but capture is off (no route records anything): the stream is not served");
         return None;
     };
@@ -78,8 +101,9 @@ pub(crate) fn apply(
     }
     let configured = live.listen;
     let (tx, rx) = watch::channel(live);
-    let task = tokio::spawn(accept_loop(listener, rx, hub.clone(), metrics.clone()));
-    Some(LiveListener { configured, bound, settings: tx, task })
+    let serving = Serving::default();
+    let task = tokio::spawn(accept_loop(listener, rx, hub.clone(), metrics.clone(), serving.clone()));
+    Some(LiveListener { configured, bound, settings: tx, task, serving })
 }
 
 async fn accept_loop(
@@ -87,6 +111,7 @@ async fn accept_loop(
     settings: watch::Receiver<LiveSettings>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    serving: Serving,
 ) {
     let mut accepting = Accepting::new(listener);
     loop {
@@ -106,7 +131,9 @@ async fn accept_loop(
         hub.join(sub.clone());
         metrics.live_joined.fetch_add(1, Relaxed);
         info!(%client, "live stream: subscriber connected");
-        tokio::spawn(serve(socket, client, sub, hub.clone(), settings.clone(), metrics.clone()));
+        let mut serving = serving.lock().await;
+        while serving.try_join_next().is_some() {}
+        serving.spawn(serve(socket, client, sub, hub.clone(), settings.clone(), metrics.clone()));
     }
 }
 
@@ -122,26 +149,33 @@ async fn serve(
 ) {
     let (mut read, mut write) = socket.into_split();
     let mut scratch = [0u8; 64];
-    let mut joined = false;
+    let (mut joined, mut reading) = (false, true);
     let why = loop {
         let next = tokio::select! {
             // What is queued goes out before any ending.
             biased;
             next = sub.next() => next,
-            // A subscriber sends nothing: a read that returns is its leaving.
-            _ = read.read(&mut scratch) => break "left",
+            // A subscriber sends nothing; the end of what it sends (`nc … < /dev/null`)
+            // is not its leaving: a write that fails is.
+            r = read.read(&mut scratch), if reading => match r {
+                Ok(0) => { reading = false; continue }
+                Ok(_) => continue,
+                Err(_) => break "left",
+            },
             changed = settings.changed() => match changed {
                 Ok(()) => continue,
-                Err(_) => break "the stream was removed by a reload",
+                Err(_) => break "the stream ended",
             },
         };
         let chunks = match next {
             Next::Bytes(chunks) => chunks,
             Next::Overflowed => break "cut off",
+            Next::Closed => break "the stream's format changed (a reload): connect again",
         };
         let mut written = true;
         for chunk in chunks {
-            // A subscriber that stops reading must not hold this task in a write forever.
+            // A subscriber that stops reading must not hold this task in a write forever
+            // (cut off there, its stream ends inside a block).
             tokio::select! {
                 r = write.write_all(&chunk) => written = r.is_ok(),
                 () = sub.cut_off() => break,
@@ -149,6 +183,7 @@ async fn serve(
             if !written {
                 break;
             }
+            sub.written(chunk.len());
         }
         if !written {
             break "left";

@@ -343,6 +343,23 @@ async fn a_reload_keeps_subscribers_unless_their_listener_moves() {
         say("after the reload").await;
         until_seen(&mut sub, b"after the reload").await;
         assert_eq!(logs.lines_with(&["live stream: listening"]).len(), 1, "the same listener");
+        // A subscriber that shuts its sending side (`nc … < /dev/null`) still watches.
+        sub.shutdown().await.unwrap();
+        say("after a half-close").await;
+        until_seen(&mut sub, b"after a half-close").await;
+
+        // Another format: its stream would no longer parse, so it is let go; a new one
+        // gets the new format from its first byte.
+        std::fs::write(&config, format!("{base}[live]\nlisten = \"127.0.0.1:0\"\nformat = \"pcap\"\n")).unwrap();
+        proxy.reload().await;
+        eventually("reloaded again", || logs.lines_with(&["config reloaded"]).len() == 2).await;
+        let mut rest = Vec::new();
+        sub.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(logs.lines_with(&["subscriber gone", "format changed"]).len(), 1);
+        let mut sub = TcpStream::connect(live).await.unwrap();
+        let mut magic = [0u8; 4];
+        sub.read_exact(&mut magic).await.unwrap();
+        assert_eq!(magic, [0xd4, 0xc3, 0xb2, 0xa1], "classic pcap, little-endian");
 
         // Another address: a new listener; the old one's subscribers are let go.
         std::fs::write(&config, format!("{base}[live]\nlisten = \"127.0.0.2:0\"\n")).unwrap();

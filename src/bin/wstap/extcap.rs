@@ -104,6 +104,10 @@ fn capture(address: &str, fifo: &PathBuf) -> ExitCode {
         }
     };
     match std::io::copy(&mut stream, &mut out) {
+        Ok(0) => {
+            eprintln!("wstap extcap: {address} closed the stream at once (not loopback or in live.allow, or live.max_clients reached: see wstap's log)");
+            ExitCode::FAILURE
+        }
         Ok(_) => ExitCode::SUCCESS,
         // Wireshark closed the fifo: the capture was stopped.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
