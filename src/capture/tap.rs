@@ -176,7 +176,7 @@ impl Tap {
 
     /// A tap under TLS (`capture.tls = "encrypted"`) that records nothing until
     /// [`Tap::start`], keeping every byte from the connection's first while they are no
-    /// more than `ring_cap` (see [`Tap::kept_from_start`]).
+    /// more than `ring_cap` (see [`Tap::start_just_lost`]).
     pub fn probing_encrypted(recorder: Recorder, opening: Opening, ring_cap: usize) -> Arc<Tap> {
         let tap = Tap::new(recorder, opening, PROBE, ring_cap);
         tap.lock().encrypted = true;
