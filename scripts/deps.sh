@@ -3,7 +3,7 @@
 # and this machine lacks; does nothing when everything is present. Idempotent.
 #
 #   scripts/deps.sh          the tests' tools: tshark and capinfos, systemd-analyze, mount
-#   scripts/deps.sh bench    the same, plus nginx (the benchmark's yardstick)
+#   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #
 # As root it runs apt-get itself; otherwise it uses `sudo -n` if that needs no password,
 # and else names the packages and the command to install them, and exits 1.
@@ -11,7 +11,7 @@ set -euo pipefail
 
 # command → the Debian package that provides it
 tools=(tshark:tshark capinfos:tshark systemd-analyze:systemd mount:mount)
-[ "${1:-}" = bench ] && tools+=(nginx:nginx)
+[ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common)
 
 missing=()
 for pair in "${tools[@]}"; do
