@@ -137,11 +137,6 @@ impl Subscriber {
         let mut q = lock(&self.queue);
         (q.chunks, q.bytes, q.gone) = (VecDeque::new(), 0, true);
     }
-
-    /// Bytes waiting (for tests and metrics).
-    pub fn waiting(&self) -> usize {
-        lock(&self.queue).bytes
-    }
 }
 
 /// Where subscribers ask to join, and how many there are. Shared by the writer thread and
@@ -341,7 +336,7 @@ fn to_pcap(blocks: &[u8], out: &mut Vec<u8>) {
         let caplen = caplen as usize;
         let Some(data) = body.get(20..20 + caplen) else { continue };
         let ts = (u64::from(hi) << 32) | u64::from(lo);
-        let inbound = epb_flags(&body[20 + caplen.next_multiple_of(4)..]) & 0b11 == 0b01;
+        let inbound = epb_flags(body.get(20 + caplen.next_multiple_of(4)..).unwrap_or_default()) & 0b11 == 0b01;
         let (src, dst) = if inbound { (MAC_PEER, MAC_WSTAP) } else { (MAC_WSTAP, MAC_PEER) };
         let ethertype: u16 = if data.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
         let frame_len = (14 + caplen) as u32;

@@ -923,16 +923,7 @@ mod tests {
         w.rotate(Vec::new(), &stats).unwrap();
         w.process(next, &stats).unwrap();
         let second = w.finish(&stats).unwrap().unwrap();
-        let mut r = PcapNgReader::new(&second[..]).unwrap();
-        let mut comments = Vec::new();
-        while let Some(b) = r.next_block() {
-            if let Block::EnhancedPacket(p) = b.unwrap() {
-                comments.extend(p.options.iter().filter_map(|o| match o {
-                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
-                    _ => None,
-                }));
-            }
-        }
+        let comments = packet_comments(&second);
         assert!(comments[0].contains("starts inside a WebSocket frame: rotation waited 5s"), "{comments:?}");
     }
 
@@ -1036,6 +1027,21 @@ mod tests {
         assert!(isbs[1].options.contains(&Isb::IsbIfDrop(0)), "{:?}", isbs[1].options);
     }
 
+    /// Every packet comment in `file`, in order.
+    fn packet_comments(file: &[u8]) -> Vec<String> {
+        let mut r = PcapNgReader::new(file).unwrap();
+        let mut comments = Vec::new();
+        while let Some(b) = r.next_block() {
+            if let Block::EnhancedPacket(p) = b.unwrap() {
+                comments.extend(p.options.iter().filter_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                }));
+            }
+        }
+        comments
+    }
+
     /// (type, body) of each pcapng block in `file` (little-endian, as written).
     fn blocks(file: &[u8]) -> Vec<(u32, &[u8])> {
         let mut out = Vec::new();
@@ -1084,16 +1090,7 @@ mod tests {
         w.process(Event { time: 2, leg: 1, what: data(Dir::Up, hello.len() as u64, &big) }, &stats).unwrap();
         w.rotate(Vec::new(), &stats).unwrap();
         let third = w.finish(&stats).unwrap().unwrap();
-        let mut r = PcapNgReader::new(&third[..]).unwrap();
-        let mut comments = Vec::new();
-        while let Some(b) = r.next_block() {
-            if let Block::EnhancedPacket(p) = b.unwrap() {
-                comments.extend(p.options.iter().filter_map(|o| match o {
-                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
-                    _ => None,
-                }));
-            }
-        }
+        let comments = packet_comments(&third);
         assert!(comments[0].contains("cannot be decrypted from this file alone (more than 1024 KiB"), "{comments:?}");
         assert_eq!(w.synth.history.load(Relaxed), 0, "the leg's share of the budget is given back");
     }

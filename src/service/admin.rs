@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::proxy::admission::Admission;
-use crate::service::listeners::Accepting;
+use crate::service::accepting::Accepting;
 use crate::service::shared::Shared;
 
 /// Admin connections open at once; more are closed at once (scrapers and probes need few).

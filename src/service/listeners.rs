@@ -16,6 +16,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::proxy::admission::Refused;
 use crate::proxy::conn;
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
+use crate::service::accepting::Accepting;
 use crate::service::shared::{Listening, Shared};
 use crate::sync::lock;
 
@@ -25,9 +26,6 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r
 const REFUSAL_PER_CLIENT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 /// How long a refused client gets to take its 503 before the socket closes.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// First and longest pause after a failed `accept` (e.g. out of file descriptors).
-const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Binds `addr`, configured as `key` in the config file `source`.
 pub(crate) async fn bind(addr: SocketAddr, key: &str, source: &Path) -> anyhow::Result<TcpListener> {
@@ -48,36 +46,6 @@ pub(crate) fn listen(
     let task = tokio::spawn(accept_loop(configured, listener, shared.clone(), coordinator.handle()));
     lock(&shared.listeners).push(Listening { configured, bound, task });
     Ok(())
-}
-
-/// Accepts connections; after a failed `accept` (out of file descriptors, say) it
-/// waits, doubling the pause up to [`MAX_ACCEPT_BACKOFF`], so a failing accept never spins.
-pub(crate) struct Accepting {
-    listener: TcpListener,
-    backoff: Duration,
-}
-
-impl Accepting {
-    pub(crate) fn new(listener: TcpListener) -> Accepting {
-        Accepting { listener, backoff: MIN_ACCEPT_BACKOFF }
-    }
-
-    /// The next connection (cancel-safe).
-    pub(crate) async fn next(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            match self.listener.accept().await {
-                Ok(pair) => {
-                    self.backoff = MIN_ACCEPT_BACKOFF;
-                    return pair;
-                }
-                Err(e) => {
-                    warn!(error = %e, backoff = ?self.backoff, "accept failed");
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                }
-            }
-        }
-    }
 }
 
 async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {

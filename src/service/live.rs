@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::capture::live::{Hub, Next, Subscriber};
 use crate::config::{LiveSettings, Settings};
-use crate::service::listeners::Accepting;
+use crate::service::accepting::Accepting;
 use crate::service::metrics::Metrics;
 
 /// The live listener, its settings (a reload may change them under it) and its loop.

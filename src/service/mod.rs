@@ -3,7 +3,8 @@
 //!
 //! - [`daemon`]: bind, run (react to actions), drain.
 //! - [`shared`]: what its tasks share, and the health rule.
-//! - [`listeners`]: bound sockets and accept loops, the connection limit.
+//! - [`listeners`]: bound sockets and accept loops, the connection limit; [`accepting`]:
+//!   an accept that backs off when it fails.
 //! - [`reload`]: SIGHUP, applied to what comes next.
 //! - [`live`]: the live capture stream's listener and its subscribers' sockets.
 //! - [`signals`]: Unix signals → [`signals::Action`]s.
@@ -11,6 +12,7 @@
 //! - [`admin`]: `/metrics`, `/sessions`, `/healthz`; [`metrics`]: their rendering.
 //! - [`runtime`]: the event loop and the log output.
 
+pub mod accepting;
 pub mod admin;
 pub mod daemon;
 pub mod listeners;
