@@ -336,6 +336,16 @@ impl Tap {
         }
     }
 
+    /// A probing tap whose connection will never be recorded (its session started
+    /// unrecorded) lets go of what it kept and keeps nothing more.
+    pub fn stop_probing(&self) {
+        let mut state = self.lock();
+        if self.mode.load(Relaxed) == PROBE {
+            self.mode.store(OFF, Relaxed);
+            (state.ring, state.ring_bytes) = (VecDeque::new(), 0);
+        }
+    }
+
     /// Why the connection is about to close: goes on the leg's last packet.
     pub fn set_close_reason(&self, reason: String) {
         self.lock().close_reason = Some(reason);
@@ -503,6 +513,21 @@ mod tests {
             String::new(),
         );
         Tap::probing(Recorder::detached(1 << 20), opening, 128 << 10)
+    }
+
+    /// A session that starts unrecorded: its probe keeps nothing more.
+    #[test]
+    fn a_probe_that_stops_keeps_nothing() {
+        let tap = client_tap();
+        tap.on_read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        tap.on_written(Piece::Slice(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"));
+        assert!(tap.lock().ring_bytes > 0);
+        tap.stop_probing();
+        tap.on_read(&[0x81; 4096]);
+        let state = tap.lock();
+        assert_eq!((state.ring_bytes, state.ring.capacity()), (0, 0));
+        drop(state);
+        assert!(!tap.is_recording());
     }
 
     /// An idle keep-alive connection keeps its last request, not the responses before.

@@ -410,6 +410,12 @@ impl Conn {
             let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let captured = self.capture_session(&start);
+            if !captured {
+                // The connection is this session's until it ends: nothing more to probe for.
+                for tap in [self.client_tap.as_deref(), upstream_tap.as_deref()].into_iter().flatten() {
+                    tap.stop_probing();
+                }
+            }
             self.spawn_session(client_upgrade, upstream_upgrade, route.clone(), upstream_tap, captured);
         } else {
             *lock(&self.upstream) = Some(UpstreamConn { upstream, tls, tls_about, sender, tap: upstream_tap, keys });
