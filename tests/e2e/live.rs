@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::capture::*;
 use crate::support::*;
+use crate::tls::metric;
 
 /// An upstream that accepts permessage-deflate (with context takeover) and echoes each
 /// compressed frame back as it came (the same deflate stream the other way).
@@ -273,8 +274,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_hurts_nothing() {
         ws.close(None).await.unwrap();
         while let Some(Ok(_)) = ws.next().await {}
         drop((ws, stalled));
-        let pid = nix_pid(daemon.id());
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        std::process::Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
         assert!(daemon.wait().unwrap().success());
         // The files have every message.
         let files = the_files(&dir.join("captures"));
@@ -284,16 +284,6 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_hurts_nothing() {
         assert_eq!(binaries, 2 * count, "every message, both ways, in the files");
     })
     .await;
-}
-
-fn nix_pid(pid: u32) -> String {
-    pid.to_string()
-}
-
-/// `/metrics` line `name`'s value, or 0.
-async fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let text = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
 }
 
 /// Reads from `sub` until its bytes hold `text` (a server's unmasked frame carries it as is).

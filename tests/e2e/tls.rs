@@ -90,7 +90,7 @@ async fn connect(
 }
 
 /// `/metrics` line `name{labels}`'s value, or 0.
-async fn metric(admin: SocketAddr, line: &str) -> u64 {
+pub(crate) async fn metric(admin: SocketAddr, line: &str) -> u64 {
     let text = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     text.lines().find_map(|l| l.strip_prefix(line)?.trim().parse().ok()).unwrap_or(0)
 }
