@@ -1,12 +1,15 @@
-//! Micro-benchmark of the capture path alone (issue 7): data events through
-//! `CaptureWriter` (segmentation, headers, checksums, pcapng blocks) into a buffered file,
-//! as the writer thread does. Prints synthesized packets per second and payload bytes per
-//! second, best of several runs. `cargo bench --bench capture` (or `make bench-capture`).
+//! Micro-benchmark of the capture path alone (issue 16's goal 3): 64 KiB WebSocket
+//! messages, echoed (one event each way, as the proxy reads them), through
+//! `CaptureWriter` (framing, segmentation, headers, checksums, ACKs, pcapng blocks) into a
+//! buffered sink that discards (`/dev/null`), on one core, as the writer thread does.
+//! Prints message payload per second and synthesized packets per second, best of several
+//! runs, for `capture.segment = "mss"` (1460-byte segments) and `"gro"`.
+//! `cargo bench --bench capture` (or `make bench-capture`).
 
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
-use wstap::config::Legs;
+use wstap::config::{Legs, Segmentation};
 use wstap::internals::SectionInfo;
 use wstap::internals::Stats;
 use wstap::internals::{CaptureWriter, Step, Synthesis};
@@ -14,27 +17,29 @@ use wstap::internals::{Event, What};
 use wstap::Opening;
 use wstap::{Dir, Leg};
 
-/// Payload per data event: 16 KiB (a large read; the proxy reads up to 64 KiB at a time),
-/// i.e. 12 segments of 1460 bytes.
-const CHUNK: usize = 16 * 1024;
-const EVENTS: usize = 20_000;
+/// A message's payload, and how many are echoed per run.
+const MESSAGE: usize = 64 * 1024;
+const MESSAGES: usize = 10_000;
 const RUNS: usize = 5;
 
-fn run(acks: bool) -> (f64, f64) {
+/// Message payload bytes and packets written per second.
+fn run(segment: Segmentation) -> (f64, f64) {
     let sink = std::fs::File::create("/dev/null").expect("/dev/null");
     let info = SectionInfo { application: "bench".into(), os: "bench".into(), hostname: "bench".into() };
     let synth = Synthesis {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
-        acks,
+        segment,
+        acks: true,
         display_port: wstap::config::DisplayPort::Real,
-        redact: Default::default(),
+        // As shipped: credentials in the Upgrade request masked.
+        redact: std::sync::Arc::new(wstap::config::Redact::defaults()),
         inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: Duration::from_secs(5),
         history: Default::default(),
     };
-    let legs = Legs { client: true, upstream: true };
+    let legs = Legs { client: true, upstream: false };
     let mut w = CaptureWriter::new(BufWriter::with_capacity(256 * 1024, sink), &info, legs, synth).unwrap();
     let stats = Stats::default();
     let open = Opening {
@@ -48,46 +53,59 @@ fn run(acks: bool) -> (f64, f64) {
         snap: Default::default(),
         tls_secrets: None,
     };
-    w.process(Event { time: 1, leg: 1, what: What::Open(Box::new(open)) }, &stats).unwrap();
-    let head = b"GET / HTTP/1.1\r\n\r\n";
-    w.process(
-        Event { time: 2, leg: 1, what: What::Data { dir: Dir::Up, offset: 0, bytes: head.to_vec().into() } },
-        &stats,
-    )
-    .unwrap();
-    // One binary frame header, then its payload as a stream of chunks.
-    let mut first = vec![0x82, 0x7f];
-    first.extend(((EVENTS * CHUNK) as u64).to_be_bytes());
-    let payload = bytes::Bytes::from(vec![0x5a; CHUNK]);
-    let mut offset = head.len() as u64;
-    w.process(
-        Event { time: 3, leg: 1, what: What::Data { dir: Dir::Up, offset, bytes: first.clone().into() } },
-        &stats,
-    )
-    .unwrap();
-    offset += first.len() as u64;
+    let mut time = 1;
+    let mut event = |w: &mut CaptureWriter<_>, what| {
+        time += 1;
+        assert!(matches!(w.process(Event { time, leg: 1, what }, &stats).unwrap(), Step::Done));
+    };
+    event(&mut w, What::Open(Box::new(open)));
+    let mut offset = [0u64; 2];
+    let mut data = |w: &mut CaptureWriter<_>, dir: Dir, bytes: bytes::Bytes| {
+        let at = &mut offset[dir as usize];
+        event(w, What::Data { dir, offset: *at, bytes: bytes.clone() });
+        *at += bytes.len() as u64;
+    };
+    let upgrade = "GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let accept = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    data(&mut w, Dir::Up, upgrade.as_bytes().to_vec().into());
+    data(&mut w, Dir::Down, accept.as_bytes().to_vec().into());
+    // A masked binary message up (as a client sends it), the same unmasked down.
+    let frame = |mask: bool| {
+        let mut f = vec![0x82, if mask { 0xff } else { 0x7f }];
+        f.extend((MESSAGE as u64).to_be_bytes());
+        if mask {
+            f.extend([0x11, 0x22, 0x33, 0x44]);
+        }
+        f.extend((0..MESSAGE).map(|i| (i * 7) as u8));
+        bytes::Bytes::from(f)
+    };
+    let (up, down) = (frame(true), frame(false));
     let packets0 = stats.packets_written.load(std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    for i in 0..EVENTS {
-        let ev =
-            Event { time: 4 + i as u64, leg: 1, what: What::Data { dir: Dir::Up, offset, bytes: payload.clone() } };
-        assert!(matches!(w.process(ev, &stats).unwrap(), Step::Done));
-        offset += CHUNK as u64;
+    for _ in 0..MESSAGES {
+        data(&mut w, Dir::Up, up.clone());
+        data(&mut w, Dir::Down, down.clone());
     }
     w.get_mut().unwrap().flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
     let packets = stats.packets_written.load(std::sync::atomic::Ordering::Relaxed) - packets0;
-    (packets as f64 / secs, (EVENTS * CHUNK) as f64 / secs)
+    ((2 * MESSAGES * MESSAGE) as f64 / secs, packets as f64 / secs)
 }
 
 fn main() {
-    println!("capture path alone: {EVENTS} events of {CHUNK} bytes (1460-byte segments), best of {RUNS}");
-    for acks in [false, true] {
-        let (mut best_pps, mut best_bps) = (0.0f64, 0.0f64);
+    println!("capture path alone: {MESSAGES} echoed 64 KiB messages into /dev/null, best of {RUNS}");
+    for segment in [Segmentation::Mss, Segmentation::Gro] {
+        let (mut best_bps, mut best_pps) = (0.0f64, 0.0f64);
         for _ in 0..RUNS {
-            let (pps, bps) = run(acks);
-            (best_pps, best_bps) = (best_pps.max(pps), best_bps.max(bps));
+            let (bps, pps) = run(segment);
+            (best_bps, best_pps) = (best_bps.max(bps), best_pps.max(pps));
         }
-        println!("  acks={acks:<5}  {:>8.2} M packets/s  {:>8.1} MB/s payload", best_pps / 1e6, best_bps / 1e6);
+        println!(
+            "  segment={segment:<4?}  {:>7.2} GB/s of messages  {:>6.2} M packets/s",
+            best_bps / 1e9,
+            best_pps / 1e6
+        );
     }
 }

@@ -18,7 +18,8 @@
 //! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default
 //! `info`, as shipped; at `info` nginx writes its access log too, as shipped; below it
 //! neither logs connections), `WSTAP_BENCH_BIN` (the wstap binary to measure, to compare
-//! two builds in turn; this build's by default).
+//! two builds in turn; this build's by default), `WSTAP_BENCH_CAPTURE` (more `[capture]`
+//! lines for the capturing wstaps, e.g. `segment = "gro"`, to measure a setting).
 
 mod wire;
 
@@ -270,11 +271,13 @@ impl Bench {
             Server { child, addr: format!("127.0.0.1:{port}") }
         };
         let wstap_off = wstap("wstap-off", "[capture]\nmode = \"off\"".into());
+        // A lever under measurement: more `[capture]` keys for every capturing wstap.
+        let extra = std::env::var("WSTAP_BENCH_CAPTURE").map(|c| format!("{c}\n")).unwrap_or_default();
         let capturing = |name: &str, legs: &str, admin: &str| {
             let captures = dir.join(name);
             std::fs::create_dir_all(&captures).unwrap();
             let c = format!(
-                "[capture]\ndir = {:?}\n{legs}[capture.rotate]\nfiles = 0\n[admin]\nlisten = \"{admin}\"",
+                "[capture]\ndir = {:?}\n{legs}{extra}[capture.rotate]\nfiles = 0\n[admin]\nlisten = \"{admin}\"",
                 captures.display().to_string()
             );
             wstap(name, c)

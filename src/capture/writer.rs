@@ -19,12 +19,12 @@ use crate::capture::leg::{add_note, Final, LegState, Pending};
 use crate::capture::rewrite::{Fed, Rules, Run};
 use crate::capture::stats::Stats;
 use crate::capture::{ports, redact};
-use crate::config::{DisplayPort, Legs, Redact};
+use crate::config::{DisplayPort, Legs, Redact, Segmentation};
 use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::sync::lock;
 use crate::wire::deflate::Allowance;
 use crate::wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
-use crate::wire::tcp::Flow;
+use crate::wire::tcp::{Flow, Packet};
 
 /// How packets are synthesized.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct Synthesis {
     pub mss_ipv4: u16,
     /// Largest synthesized segment over IPv6.
     pub mss_ipv6: u16,
+    /// Segments of the MSS, or as large as the proxy relayed them.
+    pub segment: Segmentation,
     /// The receiver acknowledges each chunk of data: on its own next data when that
     /// comes first, else with a pure ACK.
     pub acks: bool,
@@ -58,6 +60,7 @@ impl Synthesis {
         Synthesis {
             mss_ipv4: settings.mss_ipv4,
             mss_ipv6: settings.mss_ipv6,
+            segment: settings.segment,
             acks: settings.acks,
             display_port: settings.display_port,
             redact: Arc::new(settings.redact.clone()),
@@ -255,7 +258,7 @@ impl<W: Write> CaptureWriter<W> {
         let Some(leg) = self.legs.get_mut(&id) else { return };
         let lost = leg.catch_up(dir, offset);
         if lost > 0 {
-            self.section[leg.leg].lost(lost, leg.flow.mss());
+            self.section[leg.leg].lost(lost, leg.flow.segment());
         }
     }
 
@@ -483,7 +486,7 @@ impl<W: Write> CaptureWriter<W> {
         self.mid_frame =
             self.mid_frame + usize::from(was && !leg.at_boundary()) - usize::from(!was && leg.at_boundary());
         if lost > 0 {
-            self.section[leg.leg].lost(lost, leg.flow.mss());
+            self.section[leg.leg].lost(lost, leg.flow.segment());
             self.section[leg.leg].lost_frames += frames;
             // The receiver got those bytes: its ACK (with the gap's comment) shows the
             // loss in this file, as in a real capture, even if nothing follows here.
@@ -546,7 +549,10 @@ impl<W: Write> CaptureWriter<W> {
         }
         let mss = if acceptor.is_ipv4() { self.synth.mss_ipv4 } else { self.synth.mss_ipv6 };
         let isn = PerDir::new(self.next_isn(), self.next_isn());
-        let flow = Flow::new(opener, acceptor, isn, mss);
+        let flow = match self.synth.segment {
+            Segmentation::Mss => Flow::new(opener, acceptor, isn, mss),
+            Segmentation::Gro => Flow::new(opener, acceptor, isn, mss).coalesced(),
+        };
         let rules = Rules { redact: self.synth.redact.clone(), snap: o.snap };
         let mut leg = LegState::new(o.leg, flow, comment, o.session, rules);
         let (which, secrets) = (o.leg, o.tls_secrets.clone());
@@ -703,7 +709,7 @@ impl<W: Write> CaptureWriter<W> {
         &mut self,
         id: LegId,
         time: u64,
-        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])),
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, Packet<'_>)),
         stats: &Stats,
     ) -> io::Result<()> {
         self.write_packets(id, time, None, make, stats)
@@ -715,7 +721,7 @@ impl<W: Write> CaptureWriter<W> {
         id: LegId,
         time: u64,
         comment: &str,
-        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])),
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, Packet<'_>)),
         stats: &Stats,
     ) -> io::Result<()> {
         self.write_packets(id, time, Some(comment), make, stats)
@@ -726,14 +732,14 @@ impl<W: Write> CaptureWriter<W> {
         id: LegId,
         time: u64,
         each: Option<&str>,
-        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])),
+        make: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, Packet<'_>)),
         stats: &Stats,
     ) -> io::Result<()> {
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let Some(out) = self.out.as_mut() else {
             // No file: the flow still moves on, so the next file starts in step.
             let mut dropped = 0;
-            make(&mut leg.flow, &mut |_, bytes| dropped += bytes.len() as u64);
+            make(&mut leg.flow, &mut |_, packet| dropped += packet.len() as u64);
             self.unwritten += dropped;
             stats.bytes_unwritten.fetch_add(dropped, Relaxed);
             return Ok(());
@@ -743,7 +749,7 @@ impl<W: Write> CaptureWriter<W> {
         let mut note = leg.note.take();
         let (mut result, mut written) = (Ok(()), 0);
         let ts = Duration::from_nanos(time);
-        make(&mut leg.flow, &mut |dir, bytes| {
+        make(&mut leg.flow, &mut |dir, packet| {
             if result.is_err() {
                 return;
             }
@@ -751,7 +757,7 @@ impl<W: Write> CaptureWriter<W> {
                 (Some(n), Some(e)) => Some(format!("{e}; {n}")),
                 (n, e) => n.or(e.map(str::to_owned)),
             };
-            result = out.packet(interface, ts, dir, bytes, comment.as_deref());
+            result = out.packet(interface, ts, dir, &[packet.headers, packet.payload], comment.as_deref());
             count.packet(time);
             written += 1;
         });
@@ -826,6 +832,7 @@ mod tests {
         let synth = Synthesis {
             mss_ipv4: 1460,
             mss_ipv6: 1440,
+            segment: Default::default(),
             acks,
             display_port: DisplayPort::Real,
             redact: Default::default(),

@@ -120,6 +120,20 @@ pub enum TlsCapture {
     Encrypted,
 }
 
+/// How a leg's data is cut into packets (`capture.segment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Segmentation {
+    /// Segments of at most the MSS, as a capture on the wire of a 1500-byte MTU shows.
+    #[default]
+    Mss,
+    /// Each chunk the proxy relayed at once as one segment of up to 65,495 bytes, as a
+    /// capture on a host whose network card coalesces (GRO) or splits late (TSO) shows:
+    /// up to 45 times fewer packets to write and to dissect. The SYNs still advertise the
+    /// MSS.
+    Gro,
+}
+
 /// Which server port a leg's packets are written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DisplayPort {
@@ -193,6 +207,8 @@ pub struct CaptureSettings {
     pub mss_ipv4: u16,
     /// Largest synthesized segment over IPv6.
     pub mss_ipv6: u16,
+    /// Segments of the MSS, or as large as the proxy relayed them.
+    pub segment: Segmentation,
     /// A pure ACK from the receiver after each chunk of data.
     pub acks: bool,
     /// Bytes of captured data allowed to wait for the writer; past it, data is dropped.
@@ -232,6 +248,7 @@ impl CaptureSettings {
             display_port: DisplayPort::Auto,
             mss_ipv4: crate::wire::tcp::MSS_IPV4,
             mss_ipv6: crate::wire::tcp::MSS_IPV6,
+            segment: Segmentation::Mss,
             acks: true,
             queue_size: 64 << 20,
             flush_interval: Duration::from_secs(1),

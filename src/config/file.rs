@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::route::Upstream;
 use super::tls::{FileServerTls, FileUpstreamTls};
 use super::units::{ByteSize, HumanDuration};
-use super::{CaptureMode, TlsCapture};
+use super::{CaptureMode, Segmentation, TlsCapture};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +86,7 @@ pub(super) struct FileCapture {
     pub(super) redact: FileRedact,
     pub(super) mss_ipv4: u16,
     pub(super) mss_ipv6: u16,
+    pub(super) segment: Segmentation,
     pub(super) acks: bool,
     pub(super) queue_size: ByteSize,
     pub(super) flush_interval: HumanDuration,
@@ -138,6 +139,7 @@ impl Default for FileCapture {
             redact: FileRedact::Table(FileRedactTable::default()),
             mss_ipv4: crate::wire::tcp::MSS_IPV4,
             mss_ipv6: crate::wire::tcp::MSS_IPV6,
+            segment: Segmentation::Mss,
             acks: true,
             queue_size: ByteSize(64 << 20),
             flush_interval: HumanDuration(Duration::from_secs(1)),

@@ -18,7 +18,9 @@ pub mod tls;
 mod units;
 mod validate;
 
-pub use capture::{CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Snap, TlsCapture};
+pub use capture::{
+    CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Segmentation, Snap, TlsCapture,
+};
 use file::FileConfig;
 pub use live::{LiveFormat, LiveSettings};
 use route::Route;
@@ -215,6 +217,11 @@ mod tests {
         assert!(err.contains("capture.legs[0]"), "{err}");
         let err = parse(&format!("{MINIMAL}[capture]\nmss_ipv4 = 70000\n")).unwrap_err();
         assert!(err.contains("capture.mss_ipv4"), "{err}");
+        assert_eq!(parse(MINIMAL).unwrap().capture.segment, Segmentation::Mss, "MSS-sized segments by default");
+        let gro = parse(&format!("{MINIMAL}[capture]\nsegment = \"gro\"\n")).unwrap();
+        assert_eq!(gro.capture.segment, Segmentation::Gro);
+        let err = parse(&format!("{MINIMAL}[capture]\nsegment = \"jumbo\"\n")).unwrap_err();
+        assert!(err.contains("capture.segment") && err.contains("test.toml:5:"), "{err}");
         assert_eq!(parse(MINIMAL).unwrap().admin, None, "no admin endpoints unless asked");
         let on = parse(&format!("{MINIMAL}[admin]\n")).unwrap();
         assert_eq!(on.admin, Some("127.0.0.1:9180".parse().unwrap()), "loopback by default");

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{CaptureSettings, DisplayPort, LiveFormat, Policy, Redact, Settings, TlsCapture};
+use super::{CaptureSettings, DisplayPort, LiveFormat, Policy, Redact, Segmentation, Settings, TlsCapture};
 
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
@@ -108,6 +108,9 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
     }
     writeln!(f, "mss_ipv4 = {}", c.mss_ipv4)?;
     writeln!(f, "mss_ipv6 = {}", c.mss_ipv6)?;
+    if c.segment == Segmentation::Gro {
+        writeln!(f, "segment = \"gro\"")?;
+    }
     writeln!(f, "acks = {}", c.acks)?;
     writeln!(f, "queue_size = {}", c.queue_size)?;
     writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;

@@ -232,6 +232,7 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         display_port: display_port(c.display_port)?,
         mss_ipv4: c.mss_ipv4,
         mss_ipv6: c.mss_ipv6,
+        segment: c.segment,
         acks: c.acks,
         queue_size: c.queue_size.0 as usize,
         flush_interval: c.flush_interval.0,

@@ -82,8 +82,8 @@ impl<W: Write> PcapngWriter<W> {
         Ok(self.inbound.len() as u32 - 1)
     }
 
-    /// Writes one packet (an IP datagram) that went `dir`, seen at `time` since the Unix
-    /// epoch.
+    /// Writes one packet (an IP datagram, the concatenation of `parts`) that went `dir`,
+    /// seen at `time` since the Unix epoch.
     ///
     /// Encoded here rather than by pcap-file, which allocates an option list and
     /// serializes every block twice (once to measure it): this runs once per packet.
@@ -93,29 +93,31 @@ impl<W: Write> PcapngWriter<W> {
         interface: u32,
         time: Duration,
         dir: Dir,
-        data: &[u8],
+        parts: &[&[u8]],
         comment: Option<&str>,
     ) -> std::io::Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let inbound = self.inbound.get(interface as usize) == Some(&dir);
         let flags: u32 = if inbound { 0b01 } else { 0b10 };
         let comment = comment.map(|c| truncate(c, MAX_COMMENT).as_bytes());
         let pad = |n: usize| (4 - n % 4) % 4;
         // Options: flags (8 bytes), the comment if any, end of options (4 bytes).
         let comment_len = comment.map_or(0, |c| 4 + c.len() + pad(c.len()));
-        let block_len = 12 + 20 + data.len() + pad(data.len()) + 8 + comment_len + 4;
+        let block_len = 12 + 20 + len + pad(len) + 8 + comment_len + 4;
         let ts = time.as_nanos() as u64;
         let mut head = [0u8; 28];
-        for (i, v) in
-            [6, block_len as u32, interface, (ts >> 32) as u32, ts as u32, data.len() as u32, data.len() as u32]
-                .into_iter()
-                .enumerate()
+        for (i, v) in [6, block_len as u32, interface, (ts >> 32) as u32, ts as u32, len as u32, len as u32]
+            .into_iter()
+            .enumerate()
         {
             head[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
         }
         let w = self.inner.get_mut();
         w.write_all(&head)?;
-        w.write_all(data)?;
-        w.write_all(&[0; 3][..pad(data.len())])?;
+        for part in parts {
+            w.write_all(part)?;
+        }
+        w.write_all(&[0; 3][..pad(len)])?;
         let mut opts = [0u8; 8];
         opts[..2].copy_from_slice(&2u16.to_le_bytes());
         opts[2..4].copy_from_slice(&4u16.to_le_bytes());
@@ -257,7 +259,7 @@ mod tests {
         assert_eq!(w.add_interface("client", "client leg", Dir::Up).unwrap(), 0);
         assert_eq!(w.add_interface("upstream", "upstream leg", Dir::Down).unwrap(), 1);
         let long = "é".repeat(40_000);
-        w.packet(1, Duration::new(1_700_000_000, 123_456_789), Dir::Up, &[0x45, 0, 0, 20], Some(&long)).unwrap();
+        w.packet(1, Duration::new(1_700_000_000, 123_456_789), Dir::Up, &[&[0x45, 0], &[0, 20]], Some(&long)).unwrap();
         let bytes = w.into_inner();
 
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();

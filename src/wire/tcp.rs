@@ -34,14 +34,41 @@ pub struct Flow {
     sent: PerDir<u64>,
     /// Whether each end has sent its FIN.
     fin: PerDir<bool>,
+    /// The MSS the SYNs advertise.
     mss: usize,
+    /// The largest segment's payload: the MSS, or more (see [`Flow::coalesced`]).
+    segment: usize,
     ip_id: PerDir<u16>,
 }
 
+/// One synthesized packet (an IP datagram) in two parts: its IP and TCP headers, and
+/// its payload, which is borrowed from the caller's data rather than copied: the
+/// packet's bytes are the two concatenated.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    /// The IP and TCP headers.
+    pub headers: &'a [u8],
+    /// The TCP payload.
+    pub payload: &'a [u8],
+}
+
+impl Packet<'_> {
+    /// The packet's length in bytes.
+    pub fn len(&self) -> usize {
+        self.headers.len() + self.payload.len()
+    }
+
+    /// The whole packet, copied into one buffer.
+    #[cfg(test)]
+    pub fn to_vec(self) -> Vec<u8> {
+        [self.headers, self.payload].concat()
+    }
+}
+
 thread_local! {
-    /// Where packets are built, one per thread rather than one per flow: a writer with
+    /// Where packets' headers are built, one per thread rather than one per flow: a writer with
     /// thousands of idle sessions keeps no buffer for each.
-    static PACKET: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(usize::from(MSS_MAX) + 80));
+    static PACKET: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(128));
 }
 
 impl Flow {
@@ -58,13 +85,21 @@ impl Flow {
             sent: PerDir::default(),
             fin: PerDir::default(),
             mss: usize::from(mss.clamp(1, MSS_MAX)),
+            segment: usize::from(mss.clamp(1, MSS_MAX)),
             ip_id: PerDir::default(),
         }
     }
 
+    /// The same flow with data cut into segments of up to [`MSS_MAX`] bytes rather than
+    /// the MSS (which the SYNs still advertise): what a capture on a host whose network
+    /// card coalesces received segments (GRO) or cuts sent ones itself (TSO) shows.
+    pub fn coalesced(self) -> Flow {
+        Flow { segment: usize::from(MSS_MAX), ..self }
+    }
+
     /// The largest segment's payload.
-    pub fn mss(&self) -> usize {
-        self.mss
+    pub fn segment(&self) -> usize {
+        self.segment
     }
 
     /// Payload bytes sent `dir` so far.
@@ -85,7 +120,7 @@ impl Flow {
 
     /// SYN, SYN-ACK, ACK, each with MSS, SACK-permitted and window-scale options on the
     /// SYNs.
-    pub fn handshake(&mut self, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+    pub fn handshake(&mut self, emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         let syn = Flags { syn: true, ..Flags::default() };
         self.emit(Dir::Up, self.isn[Dir::Up], 0, syn, &[], emit);
         let syn_ack = Flags { syn: true, ack: true, ..Flags::default() };
@@ -99,7 +134,7 @@ impl Flow {
     /// in sequence space so that they end exactly where the flow stands now. The live
     /// segments that follow continue seamlessly, as if the bytes in between had never
     /// been on this connection. Each part is acknowledged by the other end.
-    pub fn replay(&mut self, parts: &[(Dir, &[u8])], emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+    pub fn replay(&mut self, parts: &[(Dir, &[u8])], emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         let real = (self.isn, self.sent, self.fin);
         let live = PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down));
         let virtual_isn = |dir: Dir| {
@@ -126,10 +161,11 @@ impl Flow {
         (self.isn, self.sent, self.fin) = real;
     }
 
-    /// `payload` sent `dir`, cut into MSS-sized segments; PSH on the last one.
-    pub fn data(&mut self, dir: Dir, payload: &[u8], emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
-        let segments = payload.len().div_ceil(self.mss);
-        for (i, segment) in payload.chunks(self.mss).enumerate() {
+    /// `payload` sent `dir`, cut into segments of [`Flow::segment`] bytes; PSH on the
+    /// last one.
+    pub fn data(&mut self, dir: Dir, payload: &[u8], emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
+        let segments = payload.len().div_ceil(self.segment);
+        for (i, segment) in payload.chunks(self.segment).enumerate() {
             let flags = Flags { ack: true, psh: i + 1 == segments, ..Flags::default() };
             let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
             self.emit(dir, seq, ack, flags, segment, emit);
@@ -144,13 +180,13 @@ impl Flow {
     }
 
     /// A pure ACK, sent `dir`, of everything the other end has sent.
-    pub fn ack(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+    pub fn ack(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
         self.emit(dir, seq, ack, Flags { ack: true, ..Flags::default() }, &[], emit);
     }
 
     /// FIN/ACK sent `dir` (its sender's half-close). A second FIN the same way is ignored.
-    pub fn fin(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+    pub fn fin(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         if self.fin[dir] {
             return;
         }
@@ -160,7 +196,7 @@ impl Flow {
     }
 
     /// RST/ACK sent `dir`: its sender aborted the connection.
-    pub fn rst(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized)) {
+    pub fn rst(&mut self, dir: Dir, emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         let (seq, ack) = (self.next_seq(dir), self.next_seq(dir.reverse()));
         self.emit(dir, seq, ack, Flags { rst: true, ack: true, ..Flags::default() }, &[], emit);
     }
@@ -172,7 +208,7 @@ impl Flow {
         ack: u32,
         flags: Flags,
         payload: &[u8],
-        emit: &mut (impl FnMut(Dir, &[u8]) + ?Sized),
+        emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized),
     ) {
         let (src, dst) = (self.addr[dir], self.addr[dir.reverse()]);
         let mut tcp = TcpHeader::new(src.port(), dst.port(), seq, WINDOW);
@@ -222,15 +258,16 @@ impl Flow {
                     ones_sum(&pseudo_v6(s, d, tcp_len), 0)
                 }
             };
-            // The checksum is summed over the segment as built (its field still zero),
-            // while those bytes are in cache, then written in.
+            // The checksum is summed over the header as built (its field still zero) and
+            // over the payload where it lies (the header's length is a multiple of 4, so
+            // the payload's 16-bit words line up), then written in. The payload is never
+            // copied here: the packet's consumer takes it from where it is.
             let at = buf.len();
             tcp.checksum = 0;
             tcp.write(buf).expect("writing to a Vec cannot fail");
-            buf.extend_from_slice(payload);
-            let checksum = !fold(ones_sum(&buf[at..], pseudo));
+            let checksum = !fold(ones_sum(payload, ones_sum(&buf[at..], pseudo)));
             buf[at + 16..at + 18].copy_from_slice(&checksum.to_be_bytes());
-            emit(dir, buf);
+            emit(dir, Packet { headers: buf, payload });
         });
     }
 }
@@ -258,15 +295,26 @@ fn pseudo_v6(src: [u8; 16], dst: [u8; 16], tcp_len: usize) -> [u8; 40] {
 /// Adds `data`, as big-endian 16-bit words (the last one zero-padded), to the
 /// ones'-complement accumulator `acc` (RFC 1071). etherparse's TCP checksum was half of
 /// the capture path's time in its profile, and it needs the header serialized apart; this
-/// one sums the segment where it is built. It adds 32-bit words into 64 bits instead, which
-/// the compiler vectorizes: 2^16 ≡ 1 (mod 2^16 − 1), so a 32-bit word sums like its two
-/// 16-bit halves, and 2^32 of them cannot overflow the accumulator.
+/// one sums the segment where it is built, 8 bytes at a time: 2^16 ≡ 1 (mod 2^16 − 1), so
+/// a 64-bit word sums like its four 16-bit parts, and 2^64 of them cannot overflow the
+/// 128-bit accumulator. The words are read little-endian (no byte swap per word) and the
+/// folded sum swapped once at the end (RFC 1071 §2(B): the sum is byte-order independent).
 fn ones_sum(data: &[u8], acc: u64) -> u64 {
-    let words = data.chunks_exact(4);
-    let mut last = [0u8; 4];
-    last[..words.remainder().len()].copy_from_slice(words.remainder());
-    let sum: u64 = words.map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]))).sum();
-    acc + sum + u64::from(u32::from_be_bytes(last))
+    let word = |w: &[u8]| u128::from(u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]));
+    let pairs = data.chunks_exact(16);
+    let rest = pairs.remainder();
+    // Two accumulators: two carry chains the processor runs side by side.
+    let (mut a, mut b) = (0u128, 0u128);
+    for p in pairs {
+        a += word(&p[..8]);
+        b += word(&p[8..]);
+    }
+    let mut last = [0u8; 16];
+    last[..rest.len()].copy_from_slice(rest);
+    let sum = a + b + word(&last[..8]) + word(&last[8..]);
+    let sum = u128::from(sum as u64) + (sum >> 64);
+    let folded = fold(sum as u64 + (sum >> 64) as u64);
+    acc + u64::from(folded.swap_bytes())
 }
 
 /// Folds a 64-bit ones'-complement sum to 16 bits.
@@ -357,9 +405,10 @@ mod tests {
         total_len: usize,
     }
 
-    fn collect(f: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, &[u8])), flow: &mut Flow) -> Vec<Seen> {
+    fn collect(f: impl FnOnce(&mut Flow, &mut dyn FnMut(Dir, Packet<'_>)), flow: &mut Flow) -> Vec<Seen> {
         let mut out = Vec::new();
-        let mut emit = |from: Dir, bytes: &[u8]| {
+        let mut emit = |from: Dir, packet: Packet<'_>| {
+            let bytes = &packet.to_vec()[..];
             let p = SlicedPacket::from_ip(bytes).expect("parses as IP");
             let Some(TransportSlice::Tcp(tcp)) = p.transport else { panic!("not TCP") };
             let checksum_ok = match &p.net {
@@ -478,13 +527,34 @@ mod tests {
     }
 
     #[test]
+    fn a_coalesced_flow_cuts_at_the_largest_segment_and_still_advertises_the_mss() {
+        for (opener, acceptor) in [("10.0.0.1:40000", "10.0.0.2:8080"), ("[::1]:40000", "[::1]:8080")] {
+            let mut flow =
+                Flow::new(opener.parse().unwrap(), acceptor.parse().unwrap(), PerDir::new(1, 1), 1460).coalesced();
+            let mut syn = Vec::new();
+            flow.handshake(&mut |from, packet: Packet<'_>| {
+                if from == Dir::Up && syn.is_empty() {
+                    syn = packet.to_vec();
+                }
+            });
+            let Some(TransportSlice::Tcp(tcp)) = SlicedPacket::from_ip(&syn).unwrap().transport else { panic!() };
+            assert!(tcp.options_iterator().any(|o| o.unwrap() == TcpOptionElement::MaximumSegmentSize(1460)));
+            let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+            let seen = collect(|f, e| f.data(Dir::Up, &payload, &mut *e), &mut flow);
+            let lens: Vec<usize> = seen.iter().map(|s| s.len).collect();
+            assert_eq!(lens, [65495, 65495, 65495, 3515], "{opener}");
+            assert!(seen.iter().all(|s| s.total_len <= 65535 + 40), "{opener}: within the IP length fields");
+        }
+    }
+
+    #[test]
     fn syn_options_and_ipv6() {
         let mut flow =
             Flow::new("[::1]:50000".parse().unwrap(), "[::1]:9000".parse().unwrap(), PerDir::new(10, 20), MSS_IPV6);
         let mut syn = Vec::new();
-        flow.handshake(&mut |from, bytes: &[u8]| {
+        flow.handshake(&mut |from, packet: Packet<'_>| {
             if from == Dir::Up && syn.is_empty() {
-                syn = bytes.to_vec();
+                syn = packet.to_vec();
             }
         });
         let p = SlicedPacket::from_ip(&syn).unwrap();
@@ -501,7 +571,7 @@ mod tests {
     #[test]
     fn a_replay_ends_where_the_live_flow_continues() {
         let mut flow = v4_flow([u32::MAX - 100, 5000], 1460);
-        let mut sink = |_: Dir, _: &[u8]| {};
+        let mut sink = |_: Dir, _: Packet<'_>| {};
         flow.handshake(&mut sink);
         flow.data(Dir::Up, &[0u8; 3000], &mut sink);
         flow.data(Dir::Down, &[0u8; 200], &mut sink);

@@ -17,6 +17,7 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
     let synth = Synthesis {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
+        segment: Default::default(),
         acks: false,
         display_port: DisplayPort::Real,
         redact: Default::default(),
