@@ -117,20 +117,25 @@ impl<W: Write> PcapngWriter<W> {
         for part in parts {
             w.write_all(part)?;
         }
-        w.write_all(&[0; 3][..pad(len)])?;
-        let mut opts = [0u8; 8];
-        opts[..2].copy_from_slice(&2u16.to_le_bytes());
-        opts[2..4].copy_from_slice(&4u16.to_le_bytes());
-        opts[4..].copy_from_slice(&flags.to_le_bytes());
-        w.write_all(&opts)?;
+        // What follows the data, in as few writes as it takes (this runs per packet): its
+        // padding, the flags option, the comment option if any, the end of options and
+        // the block's length again.
+        let mut tail = [0u8; 3 + 8 + 4 + 4 + 4];
+        let mut n = pad(len);
+        tail[n..n + 4].copy_from_slice(&[2, 0, 4, 0]);
+        tail[n + 4..n + 8].copy_from_slice(&flags.to_le_bytes());
+        n += 8;
         if let Some(comment) = comment {
-            w.write_all(&1u16.to_le_bytes())?;
-            w.write_all(&(comment.len() as u16).to_le_bytes())?;
+            tail[n..n + 2].copy_from_slice(&1u16.to_le_bytes());
+            tail[n + 2..n + 4].copy_from_slice(&(comment.len() as u16).to_le_bytes());
+            w.write_all(&tail[..n + 4])?;
             w.write_all(comment)?;
-            w.write_all(&[0; 3][..pad(comment.len())])?;
+            n = pad(comment.len());
+            tail[..n].fill(0);
         }
-        w.write_all(&[0; 4])?;
-        w.write_all(&(block_len as u32).to_le_bytes())?;
+        tail[n..n + 4].fill(0);
+        tail[n + 4..n + 8].copy_from_slice(&(block_len as u32).to_le_bytes());
+        w.write_all(&tail[..n + 8])?;
         Ok(())
     }
 
