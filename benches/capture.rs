@@ -3,7 +3,9 @@
 //! `CaptureWriter` (framing, segmentation, headers, checksums, ACKs, pcapng blocks) into a
 //! buffered sink that discards (`/dev/null`), on one core, as the writer thread does.
 //! Prints message payload per second and synthesized packets per second, best of several
-//! runs, for `capture.segment = "mss"` (1460-byte segments) and `"gro"`.
+//! runs, for `capture.segment = "mss"` (1460-byte segments) and `"gro"`; then issue 7's
+//! measure, for comparison with earlier figures: one message streamed one way as 16 KiB
+//! chunks, 1460-byte segments.
 //! `cargo bench --bench capture` (or `make bench-capture`).
 
 use std::io::{BufWriter, Write};
@@ -20,10 +22,22 @@ use wstap::{Dir, Leg};
 /// A message's payload, and how many are echoed per run.
 const MESSAGE: usize = 64 * 1024;
 const MESSAGES: usize = 10_000;
+/// Issue 7's measure: a chunk, and how many are streamed per run.
+const CHUNK: usize = 16 * 1024;
+const CHUNKS: usize = 20_000;
 const RUNS: usize = 5;
 
-/// Message payload bytes and packets written per second.
-fn run(segment: Segmentation) -> (f64, f64) {
+/// What is fed to the writer.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// 64 KiB messages, each as one event up (masked) and one down.
+    Echo,
+    /// One long message up, as 16 KiB events.
+    Stream,
+}
+
+/// Payload bytes and packets written per second.
+fn run(segment: Segmentation, load: Load) -> (f64, f64) {
     let sink = std::fs::File::create("/dev/null").expect("/dev/null");
     let info = SectionInfo { application: "bench".into(), os: "bench".into(), hostname: "bench".into() };
     let synth = Synthesis {
@@ -82,30 +96,47 @@ fn run(segment: Segmentation) -> (f64, f64) {
         bytes::Bytes::from(f)
     };
     let (up, down) = (frame(true), frame(false));
+    let chunk = bytes::Bytes::from(vec![0x5a; CHUNK]);
+    if load == Load::Stream {
+        let mut head = vec![0x82, 0x7f];
+        head.extend(((CHUNKS * CHUNK) as u64).to_be_bytes());
+        data(&mut w, Dir::Up, head.into());
+    }
     let packets0 = stats.packets_written.load(std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    for _ in 0..MESSAGES {
-        data(&mut w, Dir::Up, up.clone());
-        data(&mut w, Dir::Down, down.clone());
-    }
+    let payload = match load {
+        Load::Echo => {
+            for _ in 0..MESSAGES {
+                data(&mut w, Dir::Up, up.clone());
+                data(&mut w, Dir::Down, down.clone());
+            }
+            2 * MESSAGES * MESSAGE
+        }
+        Load::Stream => {
+            for _ in 0..CHUNKS {
+                data(&mut w, Dir::Up, chunk.clone());
+            }
+            CHUNKS * CHUNK
+        }
+    };
     w.get_mut().unwrap().flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
     let packets = stats.packets_written.load(std::sync::atomic::Ordering::Relaxed) - packets0;
-    ((2 * MESSAGES * MESSAGE) as f64 / secs, packets as f64 / secs)
+    (payload as f64 / secs, packets as f64 / secs)
 }
 
 fn main() {
-    println!("capture path alone: {MESSAGES} echoed 64 KiB messages into /dev/null, best of {RUNS}");
-    for segment in [Segmentation::Mss, Segmentation::Gro] {
+    println!("capture path alone, into /dev/null, best of {RUNS}:");
+    for (segment, load, what) in [
+        (Segmentation::Mss, Load::Echo, "64 KiB messages echoed, segment = mss"),
+        (Segmentation::Gro, Load::Echo, "64 KiB messages echoed, segment = gro"),
+        (Segmentation::Mss, Load::Stream, "16 KiB chunks one way (issue 7), mss"),
+    ] {
         let (mut best_bps, mut best_pps) = (0.0f64, 0.0f64);
         for _ in 0..RUNS {
-            let (bps, pps) = run(segment);
+            let (bps, pps) = run(segment, load);
             (best_bps, best_pps) = (best_bps.max(bps), best_pps.max(pps));
         }
-        println!(
-            "  segment={segment:<4?}  {:>7.2} GB/s of messages  {:>6.2} M packets/s",
-            best_bps / 1e9,
-            best_pps / 1e6
-        );
+        println!("  {what:<40} {:>6.2} GB/s of payload  {:>5.2} M packets/s", best_bps / 1e9, best_pps / 1e6);
     }
 }
