@@ -66,8 +66,8 @@ impl Packet<'_> {
 }
 
 thread_local! {
-    /// Where packets' headers are built, one per thread rather than one per flow: a writer with
-    /// thousands of idle sessions keeps no buffer for each.
+    /// Where packets' headers are built, one per thread rather than one per flow: a writer
+    /// with thousands of idle sessions keeps no buffer for each.
     static PACKET: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(128));
 }
 
