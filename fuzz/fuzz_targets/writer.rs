@@ -1,5 +1,6 @@
 //! The capture writer fed any sequence of events (opens, data at any offsets, gaps, FINs,
-//! resets, closes, sessions, rotations) on up to four legs, with redaction and snaps on.
+//! resets, closes, sessions, rotations) on up to four legs, with redaction and snaps on,
+//! in MSS-sized or GRO-sized segments.
 //! Every file it writes must read back without a format problem.
 #![no_main]
 use std::collections::HashMap;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use wstap::config::{DisplayPort, Legs, Redact, Snap};
+use wstap::config::{DisplayPort, Legs, Redact, Segmentation, Snap};
 use wstap::internals::{CaptureWriter, Event, SectionInfo, Stats, Step, Synthesis, What};
 use wstap::{Dir, Leg, Opening, PerDir};
 
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let synth = Synthesis {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
+        segment: if data.first().is_some_and(|b| b & 2 == 2) { Segmentation::Gro } else { Segmentation::Mss },
         acks: data.first().is_some_and(|b| b & 1 == 1),
         display_port: DisplayPort::Auto,
         redact: Arc::new(redact),
