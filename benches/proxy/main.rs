@@ -17,9 +17,10 @@
 //! `WSTAP_BENCH_TARGETS` (some of `direct,nginx,nginx-64k,wstap-off,wstap-on`, to
 //! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default
 //! `warn`, as issue 16 measures: neither logs connections; at `info`, as shipped, both
-//! do: wstap its session lines, nginx its access log), `WSTAP_BENCH_BIN` (the wstap binary to measure, to compare
-//! two builds in turn; this build's by default), `WSTAP_BENCH_CAPTURE` (more `[capture]`
-//! lines for the capturing wstaps, e.g. `segment = "gro"`, to measure a setting).
+//! do: wstap its session lines, nginx its access log), `WSTAP_BENCH_BIN` (the wstap
+//! binary to measure, to compare two builds in turn; this build's by default),
+//! `WSTAP_BENCH_CAPTURE` (more `[capture]` lines for the capturing wstaps, e.g.
+//! `segment = "gro"`, to measure a setting).
 
 mod wire;
 

@@ -295,7 +295,7 @@ fn pseudo_v6(src: [u8; 16], dst: [u8; 16], tcp_len: usize) -> [u8; 40] {
 /// Adds `data`, as big-endian 16-bit words (the last one zero-padded), to the
 /// ones'-complement accumulator `acc` (RFC 1071). etherparse's TCP checksum was half of
 /// the capture path's time in its profile, and it needs the header serialized apart; this
-/// one sums the segment where it is built, 8 bytes at a time: 2^16 ≡ 1 (mod 2^16 − 1), so
+/// one sums each part where it lies, 8 bytes at a time: 2^16 ≡ 1 (mod 2^16 − 1), so
 /// a 64-bit word sums like its four 16-bit parts, and 2^64 of them cannot overflow the
 /// 128-bit accumulator. The words are read little-endian (no byte swap per word) and the
 /// folded sum swapped once at the end (RFC 1071 §2(B): the sum is byte-order independent).
