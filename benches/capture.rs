@@ -11,11 +11,14 @@
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
+use wstap::capture::CaptureWriter;
+use wstap::capture::Event;
+use wstap::capture::SectionInfo;
+use wstap::capture::Stats;
+use wstap::capture::Step;
+use wstap::capture::Synthesis;
+use wstap::capture::What;
 use wstap::config::{Legs, Segmentation};
-use wstap::internals::SectionInfo;
-use wstap::internals::Stats;
-use wstap::internals::{CaptureWriter, Step, Synthesis};
-use wstap::internals::{Event, What};
 use wstap::Opening;
 use wstap::{Dir, Leg};
 

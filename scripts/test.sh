@@ -15,9 +15,9 @@ leftovers() {
 before=$(leftovers)
 
 $cargo fmt --all -- --check
-$cargo clippy --all-targets --locked -- -D warnings
-$cargo test --locked
-RUSTDOCFLAGS="-D warnings" $cargo doc --no-deps --locked
+$cargo clippy --workspace --all-targets --locked -- -D warnings
+$cargo test --workspace --locked
+RUSTDOCFLAGS="-D warnings" $cargo doc --workspace --no-deps --locked
 
 new=$(comm -13 <(echo "$before") <(leftovers))
 if [ -n "$new" ]; then

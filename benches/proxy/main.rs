@@ -9,7 +9,7 @@
 //! scenario runs the targets interleaved (A B C D E, A B C D E, …) for `ROUNDS` rounds and
 //! reports medians with the ratio to direct. The load generator is closed-loop and checks
 //! every echoed byte. Capture completeness is read back from wstap's own files with
-//! `wstap::replay`, after wstap has stopped.
+//! `wstap_replay`, after wstap has stopped.
 //!
 //! Environment: `WSTAP_BENCH_SECS` (measured seconds per run, default 3),
 //! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000),
@@ -631,7 +631,7 @@ fn captured_payload(dir: &Path) -> u64 {
     files.sort();
     let mut total = 0;
     for f in files {
-        let rec = wstap::replay::open(&f).unwrap_or_else(|e| panic!("{e}"));
+        let rec = wstap_replay::open(&f).unwrap_or_else(|e| panic!("{e}"));
         for p in &rec.problems {
             eprintln!("capture problem: {p}");
         }
@@ -639,7 +639,7 @@ fn captured_payload(dir: &Path) -> u64 {
             .sessions
             .iter()
             .flat_map(|s| &s.messages)
-            .filter(|m| matches!(m.kind, wstap::replay::Kind::Text | wstap::replay::Kind::Binary))
+            .filter(|m| matches!(m.kind, wstap_replay::Kind::Text | wstap_replay::Kind::Binary))
             .map(|m| m.data.len() as u64)
             .sum::<u64>();
     }

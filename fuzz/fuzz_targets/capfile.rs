@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(reader) = wstap::internals::Reader::new(data) {
+    if let Ok(reader) = wstap_replay::capfile::Reader::new(data) {
         for record in reader {
             if record.is_err() {
                 break;

@@ -7,5 +7,6 @@ const LINKS: [u16; 8] = [0, 1, 101, 108, 113, 228, 229, 276];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, frame)) = data.split_first() else { return };
-    let _ = wstap::internals::segment(LINKS[usize::from(which) % LINKS.len()], frame);
+    let link = wstap_replay::dissect::LinkType::from_value(LINKS[usize::from(which) % LINKS.len()]);
+    let _ = wstap_replay::dissect::segment(link, frame);
 });

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wstap::replay::read(&[(std::path::Path::new("fuzz.pcapng"), data)]);
+    let _ = wstap_replay::read(&[(std::path::Path::new("fuzz.pcapng"), data)]);
 });

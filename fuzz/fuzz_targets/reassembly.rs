@@ -3,7 +3,10 @@
 //! payload. Every connection's streams are then decoded as WebSocket sessions.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wstap::internals::{decode_within, InflateBudget, Reassembler, Segment};
+use wstap_replay::decode_within;
+use wstap_replay::InflateBudget;
+use wstap_replay::reassembly::Reassembler;
+use wstap_replay::dissect::Segment;
 
 fuzz_target!(|data: &[u8]| {
     let (a, b) = ("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
@@ -28,8 +31,8 @@ fuzz_target!(|data: &[u8]| {
             rst: flags & 16 != 0,
             payload,
         };
-        r.push(t, &s);
-        t += i128::from(h[1]);
+        r.push(wstap_wire::Timestamp::from_nanos(t), &s);
+        t += u64::from(h[1]);
         rest = tail;
     }
     let mut budget = InflateBudget::for_input(data.len());

@@ -3,7 +3,10 @@
 //! valid handshake is prefixed half the time so the fuzzer reaches the frames at once.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use wstap::internals::{decode_within, InflateBudget, Reassembler, Segment};
+use wstap_replay::decode_within;
+use wstap_replay::InflateBudget;
+use wstap_replay::reassembly::Reassembler;
+use wstap_replay::dissect::Segment;
 
 const UPGRADE: &[u8] = b"GET /f HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
 const SWITCH: &[u8] =
@@ -24,13 +27,13 @@ fuzz_target!(|data: &[u8]| {
     let (a, b) = ("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
     let mut r = Reassembler::new();
     let seg = |src, dst, seq, syn, payload| Segment { src, dst, seq, ack: None, syn, fin: false, rst: false, payload };
-    r.push(0, &seg(a, b, 0, true, &[]));
-    r.push(1, &seg(b, a, 0, true, &[]));
+    r.push(wstap_wire::Timestamp::from_nanos(0), &seg(a, b, 0, true, &[]));
+    r.push(wstap_wire::Timestamp::from_nanos(1), &seg(b, a, 0, true, &[]));
     for (i, chunk) in up.chunks(1400).enumerate() {
-        r.push(2, &seg(a, b, 1 + (i * 1400) as u32, false, chunk));
+        r.push(wstap_wire::Timestamp::from_nanos(2), &seg(a, b, 1 + (i * 1400) as u32, false, chunk));
     }
     for (i, chunk) in down.chunks(1400).enumerate() {
-        r.push(3, &seg(b, a, 1 + (i * 1400) as u32, false, chunk));
+        r.push(wstap_wire::Timestamp::from_nanos(3), &seg(b, a, 1 + (i * 1400) as u32, false, chunk));
     }
     let mut budget = InflateBudget::for_input(data.len());
     for conn in r.finish() {

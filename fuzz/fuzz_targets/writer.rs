@@ -10,7 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use wstap::config::{DisplayPort, Legs, Redact, Segmentation, Snap};
-use wstap::internals::{CaptureWriter, Event, SectionInfo, Stats, Step, Synthesis, What};
+use wstap::capture::CaptureWriter;
+use wstap::capture::Event;
+use wstap::capture::SectionInfo;
+use wstap::capture::Stats;
+use wstap::capture::Step;
+use wstap::capture::Synthesis;
+use wstap::capture::What;
 use wstap::{Dir, Leg, Opening, PerDir};
 
 struct Input<'a>(&'a [u8]);
@@ -115,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
         files.push(last);
     }
     for (i, file) in files.iter().enumerate() {
-        let rec = wstap::replay::read(&[(std::path::Path::new("fuzz.pcapng"), file)]).expect("the writer's file opens");
+        let rec = wstap_replay::read(&[(std::path::Path::new("fuzz.pcapng"), file)]).expect("the writer's file opens");
         assert!(
             !rec.problems.iter().any(|p| p.contains("nothing after it was read")),
             "file {i} of {}: {:?}",

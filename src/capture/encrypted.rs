@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::dir::Dir;
+use wstap_wire::dir::Dir;
 
 /// The most of one leg's records a new file repeats.
 pub(crate) const MAX_LEG_HISTORY: usize = 1 << 20;

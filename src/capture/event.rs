@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::config::Snap;
-use crate::dir::{Dir, Leg, PerDir};
+use wstap_wire::dir::{Dir, Leg, PerDir};
 
 /// Identifies one leg of one connection in the event stream.
 pub type LegId = u64;

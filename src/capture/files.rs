@@ -366,11 +366,11 @@ fn salvage(part: &Path, why: &str) -> bool {
             let mut h = [0u8; 8];
             file.read_exact_at(&mut h, at).ok().map(|()| h)
         };
-        let (whole, packets) = crate::wire::pcapng::whole_blocks(header, len);
-        if packets == 0 {
+        let whole = wstap_wire::pcapng::whole_blocks(header, len);
+        if whole.packets == 0 {
             return Ok::<_, io::Error>(false);
         }
-        file.set_len(whole)?;
+        file.set_len(whole.len)?;
         file.sync_all()?;
         fs::rename(part, &finished)?;
         Ok(true)

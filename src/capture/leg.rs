@@ -6,8 +6,8 @@
 use crate::capture::encrypted::Encrypted;
 use crate::capture::event::LegId;
 use crate::capture::rewrite::{Rewriter, Rules};
-use crate::dir::{Dir, Leg, PerDir};
-use crate::wire::tcp::Flow;
+use wstap_wire::dir::{Dir, Leg, PerDir};
+use wstap_wire::tcp::Flow;
 
 /// A leg being written.
 pub(crate) struct LegState {

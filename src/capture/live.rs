@@ -21,7 +21,6 @@ use crate::capture::stats::Stats;
 use crate::capture::writer::{CaptureWriter, Step, Synthesis};
 use crate::config::{Legs, LiveFormat};
 use crate::sync::lock;
-use crate::wire::pcapng::SectionInfo;
 
 /// One subscriber's queue, shared by the writer thread (which fills it) and the task
 /// writing it to the subscriber's socket.
@@ -185,7 +184,7 @@ pub(crate) struct Feed {
     /// The live writer's own counts (the files' are the capture's).
     stats: Stats,
     /// Its inflate allowance and record budget, kept across reloads.
-    shared: (Arc<Mutex<crate::wire::deflate::Allowance>>, crate::capture::encrypted::Budget),
+    shared: (Arc<Mutex<wstap_wire::deflate::Allowance>>, crate::capture::encrypted::Budget),
 }
 
 impl Feed {
@@ -193,7 +192,7 @@ impl Feed {
         let shared = (synth.inflate.clone(), synth.history.clone());
         // Both interfaces always, so that their ids never change under a subscriber (the
         // taps send only the legs the config records).
-        let mut writer = CaptureWriter::detached(&SectionInfo::current(), BOTH_LEGS, synth);
+        let mut writer = CaptureWriter::detached(&crate::capture::host::section_info(), BOTH_LEGS, synth);
         let _ = writer.rotate(Vec::new(), &Stats::default());
         // Its own section is nobody's: each subscriber gets one of its own.
         if let Some(out) = writer.get_mut() {

@@ -20,7 +20,6 @@ use crate::capture::stats::Stats;
 use crate::capture::writer::Synthesis;
 use crate::config::CaptureSettings;
 use crate::sync::lock;
-use crate::wire::pcapng::SectionInfo;
 
 /// Queue cost of an event besides its payload.
 const EVENT_COST: usize = 64;
@@ -266,7 +265,7 @@ fn writer_thread(recorder: Recorder, settings: CaptureSettings, hub: Arc<Hub>) {
     let seed = random_seed();
     let live_seed = seed.rotate_left(29) ^ 0x11fe;
     let mut feed = settings.live.map(|format| Feed::new(Synthesis::new(&settings, live_seed), format, hub.clone()));
-    let mut sink = FileSink::new(settings, SectionInfo::current(), seed);
+    let mut sink = FileSink::new(settings, crate::capture::host::section_info(), seed);
     let mut batch = VecDeque::new();
     let mut busy = false;
     loop {
@@ -374,8 +373,8 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dir::Dir;
     use bytes::Bytes;
+    use wstap_wire::dir::Dir;
 
     fn data(dir: Dir, offset: u64, bytes: &[u8]) -> What {
         What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }

@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use crate::capture::redact;
 use crate::config::{Redact, Snap};
-use crate::dir::{Dir, PerDir};
-use crate::wire::deflate::{self, Allowance, LOST_AT_DROP, NOT_FOLLOWED};
-use crate::wire::http;
-use crate::wire::wsframe::{apply_mask, FrameHeader, FrameTracker, Walk};
+use wstap_wire::deflate::{self, Allowance, LOST_AT_DROP, NOT_FOLLOWED};
+use wstap_wire::dir::{Dir, PerDir};
+use wstap_wire::http;
+use wstap_wire::wsframe::{apply_mask, FrameHeader, FrameTracker, Walk};
 
 /// The longest HTTP head held to be masked; a longer one is masked whole (the client
 /// leg's probe ring, which every connection has, is of the same size).
@@ -516,7 +516,7 @@ impl Writing<'_> {
             }
             Walk::Payload(h, range, pos, end) => {
                 let piece = &data[range.clone()];
-                if let Some(ctx) = ctx.as_mut().filter(|_| h.opcode < 8) {
+                if let Some(ctx) = ctx.as_mut().filter(|_| !h.opcode.is_control()) {
                     let followed = ctx.unfollowed().is_none();
                     feed_deflate(ctx, &h, piece, pos, end, allowance);
                     if followed && ctx.unfollowed().is_some() {
@@ -528,7 +528,7 @@ impl Writing<'_> {
                     }
                 }
                 self.payload(h, range.start + base, piece, pos);
-                if end && h.opcode < 8 && h.fin && self.m.held.is_some() {
+                if end && !h.opcode.is_control() && h.fin && self.m.held.is_some() {
                     self.release_held(false);
                 }
             }
@@ -537,7 +537,7 @@ impl Writing<'_> {
 
     /// A frame begins: decide what of it is written, and write its header (or hold it).
     fn header(&mut self, h: FrameHeader, raw: &[u8], within: Option<Range<usize>>, ctx: &Option<deflate::Context>) {
-        if h.opcode == 1 || h.opcode == 2 {
+        if h.opcode.starts_message() {
             if self.m.held.is_some() {
                 self.release_held(false); // the previous message never finished
             }
@@ -598,7 +598,7 @@ impl Writing<'_> {
 
     /// Payload bytes frame `h` keeps, taken from the budgets.
     fn kept(&mut self, h: &FrameHeader) -> u64 {
-        if h.opcode >= 8 {
+        if h.opcode.is_control() {
             return h.len;
         }
         if self.m.removed.is_some() {
@@ -646,7 +646,7 @@ impl Writing<'_> {
             self.m.frame_keep = 0;
         }
         let mut text: Vec<u8> =
-            frames.iter().filter(|f| f.header.opcode < 8).flat_map(|f| f.payload.iter().copied()).collect();
+            frames.iter().filter(|f| !f.header.opcode.is_control()).flat_map(|f| f.payload.iter().copied()).collect();
         if !too_big {
             for what in redact::payload(&mut text, &self.rules.redact) {
                 self.fed.note(format!("redacted {what}"));
@@ -654,13 +654,13 @@ impl Writing<'_> {
         }
         let mut at = 0;
         for f in frames {
-            let mut payload = if f.header.opcode < 8 {
+            let mut payload = if !f.header.opcode.is_control() {
                 at += f.payload.len();
                 text[at - f.payload.len()..at].to_vec()
             } else {
                 f.payload
             };
-            let keep = if too_big && f.header.opcode < 8 { 0 } else { self.kept(&f.header) };
+            let keep = if too_big && !f.header.opcode.is_control() { 0 } else { self.kept(&f.header) };
             self.write_header(&f.header, &f.raw_header, keep);
             payload.truncate(keep as usize);
             if let Some(key) = f.header.mask {
@@ -797,7 +797,10 @@ mod tests {
         Rules { redact: Arc::new(Redact { payload, ..Redact::defaults() }), snap }
     }
 
-    use crate::wire::wsframe::tests::frame_with as frame;
+    /// A frame whose first byte (FIN, RSV bits, opcode) is `first`, masked or not.
+    fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        wstap_wire::wsframe::encode_frame(first, payload, masked.then_some([1, 2, 3, 4]))
+    }
 
     /// The frames in `bytes`: (first byte, unmasked payload).
     fn frames_in(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {

@@ -16,7 +16,7 @@ use crate::capture::files::{sanitize, Counted, FileSet, OpenFile};
 use crate::capture::stats::Stats;
 use crate::capture::writer::{CaptureWriter, Step, Synthesis};
 use crate::config::CaptureSettings;
-use crate::wire::pcapng::SectionInfo;
+use wstap_wire::pcapng::SectionInfo;
 
 /// How long after a write error before the next file is tried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -51,7 +51,7 @@ pub struct FileSink {
     failing: bool,
     retry_at: u64,
     /// What every output's writer may inflate, together.
-    inflate: std::sync::Arc<std::sync::Mutex<crate::wire::deflate::Allowance>>,
+    inflate: std::sync::Arc<std::sync::Mutex<wstap_wire::deflate::Allowance>>,
     /// What every output's encrypted legs may keep of their records, together.
     history: Budget,
 }

@@ -17,8 +17,8 @@ use crate::capture::event::{now_ns, LegId, Opening, What};
 use crate::capture::recorder::Recorder;
 use crate::capture::track::{To, Track};
 use crate::config::Snap;
-use crate::dir::{Dir, Leg, PerDir};
 use crate::sync::lock;
+use wstap_wire::dir::{Dir, Leg, PerDir};
 
 const OFF: u8 = 0;
 const PROBE: u8 = 1;

@@ -9,8 +9,8 @@
 use crate::capture::chunk::{Keep, Piece};
 use crate::capture::event::{LegId, What};
 use crate::capture::recorder::Recorder;
-use crate::dir::Dir;
-use crate::wire::wsframe::{FrameHeader, FrameTracker};
+use wstap_wire::dir::Dir;
+use wstap_wire::wsframe::{FrameHeader, FrameTracker};
 
 /// One direction of a session, as its tap follows it.
 pub(crate) struct Track {
@@ -142,8 +142,8 @@ impl Track {
     fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
         let (message, frame) = (&mut self.message_compressed, &mut self.frame_compressed);
         self.frames.advance(data, stop_at_boundary, |h| {
-            if h.opcode < 8 {
-                if h.opcode != 0 {
+            if !h.opcode.is_control() {
+                if h.opcode.starts_message() {
                     *message = h.rsv1;
                 }
                 *frame = *message;
@@ -168,14 +168,14 @@ fn control_frame_at(piece: &Piece<'_>, pos: usize) -> Option<usize> {
     }
     let h = FrameHeader::parse(&head[..n])?;
     let end = pos + h.header_len + h.len as usize;
-    (h.opcode >= 8 && h.len <= 125 && end <= piece.len()).then_some(end)
+    (h.opcode.is_control() && h.len <= 125 && end <= piece.len()).then_some(end)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::capture::event::Event;
-    use crate::wire::wsframe::FrameHeader;
+    use wstap_wire::wsframe::FrameHeader;
 
     fn frame(opcode: u8, len: usize) -> Vec<u8> {
         let mut f = FrameHeader::encode(0x80 | opcode, len as u64, None);

@@ -20,11 +20,12 @@ use crate::capture::rewrite::{Fed, Rules, Run};
 use crate::capture::stats::Stats;
 use crate::capture::{ports, redact};
 use crate::config::{DisplayPort, Legs, Redact, Segmentation};
-use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::sync::lock;
-use crate::wire::deflate::Allowance;
-use crate::wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
-use crate::wire::tcp::{Flow, Packet};
+use wstap_wire::deflate::Allowance;
+use wstap_wire::dir::{Dir, Leg, PerDir, PerLeg};
+use wstap_wire::pcapng::{InterfaceStats, PcapngWriter, SectionInfo};
+use wstap_wire::tcp::{Flow, Packet};
+use wstap_wire::Timestamp;
 
 /// How packets are synthesized.
 #[derive(Debug, Clone)]
@@ -213,7 +214,7 @@ impl<W: Write> CaptureWriter<W> {
         for (leg, interface) in self.interfaces.iter() {
             let Some(interface) = interface else { continue };
             let c = self.section[leg];
-            let ns = |t: u64| Duration::from_nanos(t);
+            let ns = Timestamp::from_nanos;
             let stats = InterfaceStats {
                 start: ns(c.first.unwrap_or(self.last_time)),
                 end: ns(c.last.max(c.first.unwrap_or(self.last_time))),
@@ -442,7 +443,7 @@ impl<W: Write> CaptureWriter<W> {
             Fed { runs: vec![Run::Kept(0..payload.len())], notes: Vec::new() }
         } else {
             let mut allowance = lock(&self.synth.inflate);
-            allowance.refill(time);
+            allowance.refill(Timestamp::from_nanos(time));
             leg.rewrite.feed(dir, payload, &mut allowance)
         };
         leg.real[dir] += payload.len() as u64;
@@ -739,7 +740,7 @@ impl<W: Write> CaptureWriter<W> {
         let Some(out) = self.out.as_mut() else {
             // No file: the flow still moves on, so the next file starts in step.
             let mut dropped = 0;
-            make(&mut leg.flow, &mut |_, packet| dropped += packet.len() as u64);
+            make(&mut leg.flow, &mut |_, packet| dropped += packet.size() as u64);
             self.unwritten += dropped;
             stats.bytes_unwritten.fetch_add(dropped, Relaxed);
             return Ok(());
@@ -748,7 +749,7 @@ impl<W: Write> CaptureWriter<W> {
         let count = &mut self.section[leg.leg];
         let mut note = leg.note.take();
         let (mut result, mut written) = (Ok(()), 0);
-        let ts = Duration::from_nanos(time);
+        let ts = Timestamp::from_nanos(time);
         make(&mut leg.flow, &mut |dir, packet| {
             if result.is_err() {
                 return;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::dir::Leg;
+use wstap_wire::dir::Leg;
 
 /// What gets recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -246,8 +246,8 @@ impl CaptureSettings {
             dir: dir.into(),
             prefix: "wstap".into(),
             display_port: DisplayPort::Auto,
-            mss_ipv4: crate::wire::tcp::MSS_IPV4,
-            mss_ipv6: crate::wire::tcp::MSS_IPV6,
+            mss_ipv4: wstap_wire::tcp::MSS_IPV4,
+            mss_ipv6: wstap_wire::tcp::MSS_IPV6,
             segment: Segmentation::Mss,
             acks: true,
             queue_size: 64 << 20,

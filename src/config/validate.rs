@@ -12,7 +12,7 @@ use super::{
     CaptureMode, CaptureSettings, ConfigError, DisplayPort, Legs, Limits, Policy, ProxySettings, Redact,
     RotateSettings, Settings, ShutdownSettings, Snap,
 };
-use crate::wire::tcp::MSS_MAX;
+use wstap_wire::tcp::MSS_MAX;
 
 /// Most worker threads `workers` may ask for.
 const MAX_WORKERS: usize = 1024;

@@ -28,7 +28,6 @@ use crate::capture::tap::{Start, Tap};
 use crate::capture::tee::Tee;
 use crate::config::route::{Route, Upstream};
 use crate::config::{CaptureMode, Settings, Snap, TlsCapture};
-use crate::dir::{Dir, Leg, PerDir};
 use crate::proxy::admission::Permit;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
@@ -41,6 +40,7 @@ use crate::proxy::splice;
 use crate::proxy::tls::{self, KeyLogFile, Keys};
 use crate::proxy::traffic::{ByteCounts, ConnectionGuard, LiveSession, Traffic};
 use crate::sync::lock;
+use wstap_wire::dir::{Dir, Leg, PerDir};
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-use crate::dir::Leg;
+use wstap_wire::dir::Leg;
 
 #[derive(Debug)]
 pub enum ProxyError {

@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::dir::{Dir, Leg};
 use crate::proxy::traffic::{ByteCounts, Traffic};
+use wstap_wire::dir::{Dir, Leg};
 
 /// A stream on leg `leg` whose bytes are counted.
 pub struct Metered<S> {

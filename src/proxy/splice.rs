@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use crate::dir::{Dir, Leg, PerDir};
+use wstap_wire::dir::{Dir, Leg, PerDir};
 
 /// Bytes read per call: 64 KiB, like nginx's large proxy buffers, keeps system calls per
 /// large message low (16 KiB took four reads and four writes per 64 KiB message). The

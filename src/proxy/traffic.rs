@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::Policy;
-use crate::dir::{Dir, Leg, PerDir, PerLeg};
 use crate::sync::lock;
+use wstap_wire::dir::{Dir, Leg, PerDir, PerLeg};
 
 /// Bytes moved each way by one connection or session, shared with whoever counts them.
 pub type ByteCounts = Arc<PerDir<AtomicU64>>;

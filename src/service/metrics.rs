@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::stats::Stats;
-use crate::dir::{Dir, Leg};
 use crate::proxy::traffic::Traffic;
+use wstap_wire::dir::{Dir, Leg};
 
 /// The daemon's counters: the proxy's, and its own.
 #[derive(Default)]
@@ -209,8 +209,8 @@ fn capture_families(s: &Stats) -> Vec<Family> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dir::PerDir;
     use crate::proxy::traffic::LiveSession;
+    use wstap_wire::dir::PerDir;
 
     #[test]
     fn counters_render_and_sessions_list_while_live() {

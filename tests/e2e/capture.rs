@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
+use wstap_wire::wsframe::Opcode;
 
 /// One short WebSocket session through `proxy`, then a clean stop (the file is finished).
 async fn one_session_then_stop(proxy: Proxy) {
@@ -143,7 +144,7 @@ pub(crate) fn try_stream_of(file: &Path, interface: u32) -> Option<String> {
 /// WebSocket messages (opcode, unmasked payload) after the HTTP head in `bytes`;
 /// fragments are joined, control frames listed where they stand.
 /// A WebSocket message: opcode and payload.
-pub(crate) type WsMessage = (u8, Vec<u8>);
+pub(crate) type WsMessage = (Opcode, Vec<u8>);
 
 pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
     ws_messages_until(bytes, true)
@@ -152,7 +153,7 @@ pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
 /// As [`ws_messages`]; with `strict` false, a frame cut off at the end (a file a crash
 /// truncated) ends the list instead of failing.
 pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
-    use wstap::internals::{apply_mask, FrameHeader};
+    use wstap_wire::wsframe::{apply_mask, FrameHeader};
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
@@ -168,11 +169,11 @@ pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
         }
         rest = &rest[h.header_len + h.len as usize..];
         match (h.opcode, partial.as_mut()) {
-            (0, Some((_, acc))) => acc.extend(payload),
-            (op, _) if op >= 8 => out.push((op, payload)),
+            (Opcode::Continuation, Some((_, acc))) => acc.extend(payload),
+            (op, _) if op.is_control() => out.push((op, payload)),
             (op, _) => partial = Some((op, payload)),
         }
-        if h.fin && h.opcode < 8 {
+        if h.fin && !h.opcode.is_control() {
             out.extend(partial.take());
         }
     }
@@ -205,15 +206,15 @@ async fn a_full_session_decodes_message_for_message_on_both_legs() {
 
         // Every message, exactly, in order, both ways, on both legs.
         let mut want: Vec<WsMessage> = vec![
-            (1, "héllo wörld".into()),
-            (2, (0..=255u8).collect()),
-            (2, noise(100 * 1024)),
-            (2, noise(1 << 20)),
-            (1, b"fragmented".to_vec()),
+            (Opcode::Text, "héllo wörld".into()),
+            (Opcode::Binary, (0..=255u8).collect()),
+            (Opcode::Binary, noise(100 * 1024)),
+            (Opcode::Binary, noise(1 << 20)),
+            (Opcode::Text, b"fragmented".to_vec()),
         ];
         let mut want_client = want.clone();
-        want_client.extend([(9, b"ping!".to_vec()), (8, Vec::new())]);
-        want.extend([(10, b"ping!".to_vec()), (8, Vec::new())]);
+        want_client.extend([(Opcode::Ping, b"ping!".to_vec()), (Opcode::Close, Vec::new())]);
+        want.extend([(Opcode::Pong, b"ping!".to_vec()), (Opcode::Close, Vec::new())]);
         for interface in [0, 1] {
             let (from_opener, from_server) = follow(&file, &stream_of(&file, interface));
             let head = String::from_utf8_lossy(&from_opener[..200]);
@@ -285,7 +286,11 @@ async fn gro_segments_are_as_large_as_relayed_and_decode_clean() {
 
         let file = the_file(&dir);
         assert_clean(&file, 2);
-        let want: Vec<WsMessage> = vec![(1, b"small".to_vec()), (2, noise(100 * 1024)), (2, noise(1 << 20))];
+        let want: Vec<WsMessage> = vec![
+            (Opcode::Text, b"small".to_vec()),
+            (Opcode::Binary, noise(100 * 1024)),
+            (Opcode::Binary, noise(1 << 20)),
+        ];
         for interface in [0, 1] {
             let (from_opener, from_server) = follow(&file, &stream_of(&file, interface));
             let (up, down) = (ws_messages(&from_opener), ws_messages(&from_server));
@@ -515,11 +520,14 @@ async fn only_the_configured_legs_are_written() {
 /// committed file. `WSTAP_BLESS=1 cargo test golden` rewrites it after a deliberate change.
 #[test]
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
+    use wstap::capture::CaptureWriter;
+    use wstap::capture::Event;
+    use wstap::capture::SectionInfo;
+    use wstap::capture::Stats;
+    use wstap::capture::Step;
+    use wstap::capture::Synthesis;
+    use wstap::capture::What;
     use wstap::config::Legs;
-    use wstap::internals::SectionInfo;
-    use wstap::internals::Stats;
-    use wstap::internals::{CaptureWriter, Step, Synthesis};
-    use wstap::internals::{Event, What};
     use wstap::Opening;
     use wstap::{Dir, Leg, PerDir};
 
@@ -676,11 +684,11 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
         let want: Vec<WsMessage> = sent
             .iter()
             .map(|m| match m {
-                Message::Text(t) => (1, t.as_bytes().to_vec()),
-                Message::Binary(b) => (2, b.to_vec()),
+                Message::Text(t) => (Opcode::Text, t.as_bytes().to_vec()),
+                Message::Binary(b) => (Opcode::Binary, b.to_vec()),
                 _ => unreachable!(),
             })
-            .chain([(8, Vec::new())])
+            .chain([(Opcode::Close, Vec::new())])
             .collect();
         let up: Vec<WsMessage> = per_file.iter().flat_map(|(u, _)| u.clone()).collect();
         let down: Vec<WsMessage> = per_file.iter().flat_map(|(_, d)| d.clone()).collect();
@@ -689,7 +697,7 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
         assert!(down == want, "echoes across all files add up exactly");
         // wstap's own reader: read as one capture, each file holds its part of each leg as
         // a session of its own, beginning with the repeated Upgrade; the parts add up.
-        let rec = wstap::replay::open_all(&files).unwrap();
+        let rec = wstap_replay::open_all(&files).unwrap();
         assert!(rec.problems.is_empty(), "{:?}", rec.problems);
         // Two legs per file, fewer when a leg moved nothing between two rotations: its
         // replays then repeat the same handshake, and the reader takes them as one.
@@ -708,12 +716,10 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
                 .filter(|m| m.dir == wstap::Dir::Up)
                 .map(|m| {
                     (
-                        if m.kind == wstap::replay::Kind::Text {
-                            1
-                        } else if m.kind == wstap::replay::Kind::Close {
-                            8
-                        } else {
-                            2
+                        match m.kind {
+                            wstap_replay::Kind::Text => Opcode::Text,
+                            wstap_replay::Kind::Close => Opcode::Close,
+                            _ => Opcode::Binary,
                         },
                         m.data.clone(),
                     )
@@ -738,8 +744,9 @@ pub(crate) fn synthetic_session(
     messages: &[Vec<u8>],
     t0: u64,
     step: u64,
-) -> Vec<wstap::internals::Event> {
-    use wstap::internals::{Event, What};
+) -> Vec<wstap::capture::Event> {
+    use wstap::capture::Event;
+    use wstap::capture::What;
     use wstap::Opening;
     use wstap::{Dir, Leg, PerDir};
     let (client, upstream) = legs;
@@ -798,15 +805,15 @@ fn plain_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
-    wstap::internals::FrameHeader::encode(b0, len as u64, masked.then_some([1, 2, 3, 4]))
+    wstap_wire::wsframe::FrameHeader::encode(b0, len as u64, masked.then_some([1, 2, 3, 4]))
 }
 
 /// Runs events through a FileSink with `settings`, ticking the injected clock at each
 /// event's time.
-fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::internals::Event>) {
-    use wstap::internals::FileSink;
-    use wstap::internals::SectionInfo;
-    let stats = wstap::internals::Stats::default();
+fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::capture::Event>) {
+    use wstap::capture::FileSink;
+    use wstap::capture::SectionInfo;
+    let stats = wstap::capture::Stats::default();
     let info = SectionInfo { application: "wstap test".into(), os: "test".into(), hostname: "test".into() };
     let mut sink = FileSink::new(settings, info, 99);
     for ev in events {
@@ -863,8 +870,8 @@ fn per_session_files_hold_one_session_each() {
         "named by client and route: {names:?}"
     );
     let per_file = decode_each(&files, 2);
-    assert_eq!(per_file[0].0, vec![(2, b"first session".to_vec())]);
-    assert_eq!(per_file[1].0, vec![(2, b"second session".to_vec()), (2, b"again".to_vec())]);
+    assert_eq!(per_file[0].0, vec![(Opcode::Binary, b"first session".to_vec())]);
+    assert_eq!(per_file[1].0, vec![(Opcode::Binary, b"second session".to_vec()), (Opcode::Binary, b"again".to_vec())]);
 }
 
 /// permessage-deflate (RFC 7692): a compressor per direction, with or without context
@@ -902,8 +909,9 @@ pub(crate) fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
 
 /// A deflate session's events: `texts` sent and echoed, each direction compressing with
 /// its own context.
-fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::internals::Event> {
-    use wstap::internals::{Event, What};
+fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<wstap::capture::Event> {
+    use wstap::capture::Event;
+    use wstap::capture::What;
     use wstap::Opening;
     use wstap::{Dir, Leg};
     let ext = if takeover {
@@ -1016,7 +1024,11 @@ async fn in_mode_all_a_later_file_still_replays_the_sessions_upgrade() {
         let files = the_files(&dir);
         assert_eq!(files.len(), 2, "{files:?}");
         let (up, down) = &decode_each(&files[1..], 2)[0];
-        assert_eq!(up, &vec![(1, b"after the rotation".to_vec())], "the second file decodes the session on its own");
+        assert_eq!(
+            up,
+            &vec![(Opcode::Text, b"after the rotation".to_vec())],
+            "the second file decodes the session on its own"
+        );
         assert_eq!(down, up);
         let uris = fields(&files[1], "http.request", &["http.request.uri"]);
         assert!(uris.iter().all(|u| u[0] == "/chat"), "it replays the Upgrade, not the plain request: {uris:?}");

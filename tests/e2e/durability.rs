@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::capture::*;
 use crate::support::*;
+use wstap_wire::wsframe::Opcode;
 
 /// Every file in `dir`, finished or `.part`.
 fn all_files(dir: &Path) -> Vec<PathBuf> {
@@ -131,7 +132,7 @@ async fn a_deleted_capture_directory_is_recreated_and_the_next_file_stands_alone
         let files = the_files(&dir);
         let last = files.last().expect("a file in the recreated directory");
         let (up, _) = &decode_each(std::slice::from_ref(last), 2)[0];
-        assert!(up.contains(&(1, b"after".to_vec())), "{up:?}");
+        assert!(up.contains(&(Opcode::Text, b"after".to_vec())), "{up:?}");
     })
     .await;
 }
@@ -237,9 +238,9 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
 
 #[test]
 fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
-    use wstap::internals::FileSink;
-    use wstap::internals::SectionInfo;
-    use wstap::internals::Stats;
+    use wstap::capture::FileSink;
+    use wstap::capture::SectionInfo;
+    use wstap::capture::Stats;
     let scratch = capture_dir("episodes");
     let Some(disk) = SmallDisk::mount_or_skip(&scratch, "96k") else { return };
     let dir = scratch.join("captures");
@@ -296,7 +297,9 @@ fn packets_in(file: &Path) -> u64 {
 
 #[test]
 fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_captures_out() {
-    use wstap::internals::{FileSink, SectionInfo, Stats};
+    use wstap::capture::FileSink;
+    use wstap::capture::SectionInfo;
+    use wstap::capture::Stats;
     let scratch = capture_dir("episode-ring");
     let Some(disk) = SmallDisk::mount_or_skip(&scratch, "256k") else { return };
     let dir = scratch.join("captures");
@@ -351,7 +354,9 @@ fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_ca
 /// open `.part` files (one per live session here) are not "finished" by it.
 #[test]
 fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
-    use wstap::internals::{FileSink, SectionInfo, Stats};
+    use wstap::capture::FileSink;
+    use wstap::capture::SectionInfo;
+    use wstap::capture::Stats;
     let scratch = capture_dir("reload-part");
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
@@ -364,7 +369,7 @@ fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
     // Two live sessions: everything but their closes.
     for id in 1..=2 {
         let events = crate::capture::synthetic_session(id, (2 * id, 2 * id + 1), &[noise(300)], now, 1000);
-        for ev in events.into_iter().filter(|e| !matches!(e.what, wstap::internals::What::Close { .. })) {
+        for ev in events.into_iter().filter(|e| !matches!(e.what, wstap::capture::What::Close { .. })) {
             now = ev.time;
             sink.process(ev, &stats);
         }

@@ -278,9 +278,9 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_hurts_nothing() {
         assert!(daemon.wait().unwrap().success());
         // The files have every message.
         let files = the_files(&dir.join("captures"));
-        let rec = wstap::replay::open_all(&files).unwrap();
+        let rec = wstap_replay::open_all(&files).unwrap();
         assert!(rec.problems.is_empty(), "{:?}", rec.problems);
-        let binaries = rec.sessions[0].messages.iter().filter(|m| m.kind == wstap::replay::Kind::Binary).count();
+        let binaries = rec.sessions[0].messages.iter().filter(|m| m.kind == wstap_replay::Kind::Binary).count();
         assert_eq!(binaries, 2 * count, "every message, both ways, in the files");
     })
     .await;

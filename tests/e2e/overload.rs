@@ -111,19 +111,19 @@ async fn under_overload_whole_frames_are_dropped_and_every_kept_frame_decodes() 
 
         // wstap's own reader: no damage, the gaps listed with their sizes, every message
         // it decodes exactly one that was sent.
-        let rec = wstap::replay::open_all(&files).unwrap();
+        let rec = wstap_replay::open_all(&files).unwrap();
         assert!(rec.problems.is_empty(), "{:?}", rec.problems);
         let (mut listed_gaps, mut after_a_gap) = (0, 0);
         for s in &rec.sessions {
             let mut seen_gap = wstap::PerDir::new(false, false);
             for m in &s.messages {
                 match m.kind {
-                    wstap::replay::Kind::Gap => {
+                    wstap_replay::Kind::Gap => {
                         assert!(m.lost > 0);
                         listed_gaps += 1;
                         seen_gap[m.dir] = true;
                     }
-                    wstap::replay::Kind::Text => {
+                    wstap_replay::Kind::Text => {
                         assert!(sent.contains(std::str::from_utf8(&m.data).unwrap()), "exact payload");
                         after_a_gap += usize::from(seen_gap[m.dir]);
                     }

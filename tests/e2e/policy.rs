@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::capture::{assert_clean, capture_dir, capture_toml, fields, follow, stream_of, the_files, ws_messages};
 use crate::support::*;
+use wstap_wire::wsframe::Opcode;
 
 /// An echo upstream that reports each Upgrade request it saw (target and headers) and
 /// sets a cookie in its 101.
@@ -93,7 +94,7 @@ async fn credentials_are_masked_in_the_file_and_reach_the_upstream_intact() {
             assert!(down_text.contains(&set_cookie), "{down_text}");
             let secret = r#""password":"SECRET-PASSWORD""#;
             let masked = login.replace(secret, &stars(secret.len()));
-            let want = [(1, masked.into_bytes()), (1, chat.as_bytes().to_vec())];
+            let want = [(Opcode::Text, masked.into_bytes()), (Opcode::Text, chat.as_bytes().to_vec())];
             assert_eq!(ws_messages(&up)[..2], want, "interface {interface}, from the client");
             assert_eq!(ws_messages(&down)[..2], want, "interface {interface}, to the client");
         }
@@ -198,9 +199,9 @@ async fn each_route_records_by_its_policy_and_sampling_repeats_with_its_seed() {
         let stream = &snapped[0][0];
         let (up, down) = follow(&file, stream);
         for messages in [ws_messages(&up), ws_messages(&down)] {
-            let lens: Vec<(u8, usize)> = messages.iter().map(|(op, p)| (*op, p.len())).collect();
-            assert_eq!(lens[..2], [(2, 16), (1, 5)], "{lens:?}");
-            assert_eq!(lens.last().unwrap().0, 8, "the close frame is there: {lens:?}");
+            let lens: Vec<(Opcode, usize)> = messages.iter().map(|(op, p)| (*op, p.len())).collect();
+            assert_eq!(lens[..2], [(Opcode::Binary, 16), (Opcode::Text, 5)], "{lens:?}");
+            assert_eq!(lens.last().unwrap().0, Opcode::Close, "the close frame is there: {lens:?}");
         }
         let filter = format!("tcp.stream == {stream} && frame.comment");
         let comments = fields(&file, &filter, &["frame.comment"]);
@@ -212,9 +213,9 @@ async fn each_route_records_by_its_policy_and_sampling_repeats_with_its_seed() {
         let stream = &fields(&file, "frame.comment contains \"/capped\"", &["tcp.stream"])[0][0];
         let (up, down) = follow(&file, stream);
         for messages in [ws_messages(&up), ws_messages(&down)] {
-            let lens: Vec<(u8, usize)> = messages.iter().map(|(op, p)| (*op, p.len())).collect();
-            assert_eq!(lens[..3], [(2, 80), (2, 20), (2, 0)], "{lens:?}");
-            assert_eq!(lens.last().unwrap().0, 8, "the close frame is there: {lens:?}");
+            let lens: Vec<(Opcode, usize)> = messages.iter().map(|(op, p)| (*op, p.len())).collect();
+            assert_eq!(lens[..3], [(Opcode::Binary, 80), (Opcode::Binary, 20), (Opcode::Binary, 0)], "{lens:?}");
+            assert_eq!(lens.last().unwrap().0, Opcode::Close, "the close frame is there: {lens:?}");
         }
         let filter = format!("tcp.stream == {stream} && frame.comment contains \"(max_session_bytes)\"");
         assert_eq!(fields(&file, &filter, &["frame.comment"]).len(), 4, "one comment per cut frame");
@@ -256,7 +257,7 @@ async fn a_reload_gives_new_sessions_the_new_policy_and_leaves_live_ones_alone()
         let paths = captured_paths(&files);
         assert_eq!(paths, BTreeSet::from(["/after".to_owned()]), "the live session keeps its policy (off)");
         let (up, _) = follow(&files[0], &stream_of(&files[0], 0));
-        assert_eq!(ws_messages(&up)[0], (1, b"th".to_vec()), "the new session has the new snap");
+        assert_eq!(ws_messages(&up)[0], (Opcode::Text, b"th".to_vec()), "the new session has the new snap");
     })
     .await;
 }

@@ -10,8 +10,13 @@ use crate::support::*;
 /// A WebSocket session's first bytes on one leg per port: SYN, Upgrade, 101, one frame;
 /// written with wstap's writer at the real ports. Client `i` is 10.0.x.y:40000.
 fn one_session_per_port(ports: &[u16], file: &Path) {
+    use wstap::capture::CaptureWriter;
+    use wstap::capture::Event;
+    use wstap::capture::SectionInfo;
+    use wstap::capture::Stats;
+    use wstap::capture::Synthesis;
+    use wstap::capture::What;
     use wstap::config::{DisplayPort, Legs};
-    use wstap::internals::{CaptureWriter, Event, SectionInfo, Stats, Synthesis, What};
     use wstap::{Dir, Leg, Opening};
     let info = SectionInfo { application: "ports".into(), os: "test".into(), hostname: "test".into() };
     let synth = Synthesis {
@@ -61,7 +66,7 @@ fn the_table_of_undecodable_ports_covers_every_port_tshark_will_not_decode() {
         .filter_map(|l| l.strip_prefix("tcp.port\t"))
         .filter_map(|l| l.split('\t').next()?.parse().ok())
         .collect();
-    let table = wstap::internals::undecodable_ports();
+    let table = wstap::capture::undecodable_ports();
     assert!(ports.len() > 100, "tshark lists the ports dissectors claim: {}", ports.len());
     ports.extend(&table);
     ports.sort_unstable();

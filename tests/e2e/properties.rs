@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use wstap::internals::{Event, FileSink, SectionInfo, Stats, What};
-use wstap::replay::{self, Kind};
+use wstap::capture::Event;
+use wstap::capture::FileSink;
+use wstap::capture::Stats;
+use wstap::capture::What;
 use wstap::Dir;
+use wstap_replay::Kind;
 
 use crate::capture::{capture_dir, sink_settings, synthetic_session, the_files};
 
@@ -40,7 +43,7 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
         let events = synthetic_session(1, (client, upstream), &messages, 1_764_000_000_000_000_000, 1000);
 
         let dir = capture_dir(&format!("property-{seed}"));
-        let mut sink = FileSink::new(sink_settings(&dir), SectionInfo::current(), seed);
+        let mut sink = FileSink::new(sink_settings(&dir), wstap::capture::section_info(), seed);
         let stats = Stats::default();
         let mut expected: Expected = BTreeMap::new();
         let mut rotations = 0;
@@ -84,7 +87,7 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
         sink.finish(&stats);
 
         let files = the_files(&dir);
-        let rec = replay::open_all(&files).unwrap();
+        let rec = wstap_replay::open_all(&files).unwrap();
         assert!(rec.problems.is_empty(), "seed {seed}: {:?}", rec.problems);
         // The client leg's parts (one per file it spans), in order, read as one.
         let mut got: Expected = BTreeMap::new();

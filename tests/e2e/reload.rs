@@ -91,8 +91,12 @@ async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live()
             "the next file went to the new directory: {before:?} {after:?}"
         );
         let files: Vec<_> = before.into_iter().chain(after).collect();
-        let captured: Vec<Vec<u8>> =
-            decode_each(&files, 2).into_iter().flat_map(|(up, _)| up).filter(|m| m.0 == 2).map(|m| m.1).collect();
+        let captured: Vec<Vec<u8>> = decode_each(&files, 2)
+            .into_iter()
+            .flat_map(|(up, _)| up)
+            .filter(|m| m.0 == wstap_wire::wsframe::Opcode::Binary)
+            .map(|m| m.1)
+            .collect();
         assert!(captured == sent, "every message of the live session is captured, once, in order");
     })
     .await;

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-use wstap::replay::{self, Dir, Kind};
+use wstap_replay::{Dir, Kind};
 
 use crate::capture::{capture_dir, capture_toml, the_files};
 use crate::support::*;
@@ -73,7 +73,7 @@ async fn changed_upstream() -> std::net::SocketAddr {
 async fn a_captured_session_reads_back_message_for_message() {
     within(async {
         let (_dir, file) = record("replay-read").await;
-        let rec = replay::open(&file).unwrap();
+        let rec = wstap_replay::open(&file).unwrap();
         assert!(rec.problems.is_empty(), "{:?}", rec.problems);
         // Both legs: client ↔ wstap and wstap ↔ upstream.
         assert_eq!(rec.sessions.len(), 2, "{:?}", rec.sessions);
@@ -221,7 +221,7 @@ const FOREIGN: &[(&str, usize)] = &[
 #[test]
 fn foreign_captures_decode_message_for_message() {
     for &(name, big) in FOREIGN {
-        let rec = replay::open(fixture(name)).unwrap();
+        let rec = wstap_replay::open(fixture(name)).unwrap();
         assert!(rec.problems.is_empty(), "{name}: {:?}", rec.problems);
         assert_eq!(rec.sessions.len(), 1, "{name}");
         let s = &rec.sessions[0];
@@ -267,7 +267,7 @@ fn foreign_captures_decode_message_for_message() {
         }
         // python's websockets ends a fragmented message with an empty final frame.
         assert_eq!(s.messages[6].frames, 4, "{name}: fragmented in three, then the FIN frame");
-        assert!(s.messages.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns), "{name}: in time order");
+        assert!(s.messages.windows(2).all(|w| w[0].time <= w[1].time), "{name}: in time order");
         let compressed = s.messages.iter().filter(|m| m.compressed).count();
         assert_eq!(compressed > 0, deflate, "{name}: {compressed} compressed");
     }
@@ -275,8 +275,8 @@ fn foreign_captures_decode_message_for_message() {
 
 #[test]
 fn the_hand_made_capture_is_messy_and_still_reads_as_its_source() {
-    let clean = replay::open(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
-    let messy = replay::open(fixture("handmade-reordered.pcap")).unwrap();
+    let clean = wstap_replay::open(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
+    let messy = wstap_replay::open(fixture("handmade-reordered.pcap")).unwrap();
     let (c, m) = (&clean.sessions[0], &messy.sessions[0]);
     assert_eq!((c.duplicate_bytes, c.out_of_order), (0, 0));
     assert!(m.out_of_order >= 2, "segments came ahead of holes: {}", m.out_of_order);
@@ -322,7 +322,7 @@ fn damaged_captures_give_errors_not_panics() {
                 }
             }
             let path = Path::new(name);
-            match replay::read(&[(path, &b)]) {
+            match wstap_replay::read(&[(path, &b)]) {
                 Err(e) => {
                     errors += 1;
                     assert!(e.to_string().contains("at offset"), "{e}");
@@ -345,11 +345,11 @@ fn damaged_captures_give_errors_not_panics() {
 #[test]
 fn a_capture_started_after_the_handshake_still_yields_every_message() {
     let full = std::fs::read(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
-    let packets: Vec<_> = wstap::internals::Reader::new(&full).unwrap().map(Result::unwrap).collect();
+    let packets: Vec<_> = wstap_replay::capfile::Reader::new(&full).unwrap().map(Result::unwrap).collect();
     let switched = packets.iter().position(|p| p.data.windows(12).any(|w| w == b"HTTP/1.1 101")).unwrap();
     let late = [&full[..24], &full[packets[switched + 1].offset as usize..]].concat();
-    let rec = replay::read(&[(Path::new("late.pcap"), &late)]).unwrap();
-    let whole = replay::open(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
+    let rec = wstap_replay::read(&[(Path::new("late.pcap"), &late)]).unwrap();
+    let whole = wstap_replay::open(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
     assert_eq!(rec.sessions.len(), 1);
     let s = &rec.sessions[0];
     assert_eq!((s.client, s.path.as_str()), (whole.sessions[0].client, ""));
@@ -399,7 +399,7 @@ fn a_damaged_file_still_gives_the_sessions_before_the_damage() {
     let good = std::fs::read(fixture("dumpcap-lo.pcapng")).unwrap();
     let cut = std::fs::read(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
     let cut = &cut[..cut.len() / 2];
-    let rec = replay::read(&[(Path::new("good.pcapng"), &good), (Path::new("cut.pcap"), cut)]).unwrap();
+    let rec = wstap_replay::read(&[(Path::new("good.pcapng"), &good), (Path::new("cut.pcap"), cut)]).unwrap();
     assert_eq!(rec.sessions.len(), 2);
     assert_eq!(rec.sessions[0].messages.len(), 19, "the intact session is whole");
     assert!(rec.sessions[0].problems.is_empty());

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::capture::*;
 use crate::support::*;
+use wstap_wire::wsframe::Opcode;
 
 /// A test CA, and certificates it signs, written as PEM files into a directory.
 struct Pki {
@@ -168,8 +169,8 @@ async fn wss_clients_get_their_sni_certificate_and_their_sessions_decode() {
         let files = the_files(&captures);
         let per_file = decode_each(&files, 2);
         let secure: Vec<_> = per_file.iter().flat_map(|(up, _)| up.clone()).collect();
-        assert!(secure.contains(&(1, b"over TLS".to_vec())), "{secure:?}");
-        assert!(secure.contains(&(2, noise(3000))));
+        assert!(secure.contains(&(Opcode::Text, b"over TLS".to_vec())), "{secure:?}");
+        assert!(secure.contains(&(Opcode::Binary, noise(3000))));
         let comments: Vec<String> =
             files.iter().flat_map(|f| fields(f, "frame.comment", &["frame.comment"])).flatten().collect();
         let about = comments.iter().find(|c| c.contains("/secure")).expect("the TLS session's comment");
@@ -373,7 +374,7 @@ async fn wss_upstreams_are_verified_and_their_sessions_decode() {
         let files = the_files(&dir.join("captures"));
         let per_file = decode_each(&files, 2);
         let up: Vec<_> = per_file.iter().flat_map(|(up, _)| up.clone()).collect();
-        assert!(up.contains(&(1, b"through /good".to_vec())), "{up:?}");
+        assert!(up.contains(&(Opcode::Text, b"through /good".to_vec())), "{up:?}");
         let upstream_leg =
             files.iter().flat_map(|f| fields(f, "websocket && frame.interface_id == 1", &["frame.number"]));
         assert!(upstream_leg.count() >= 6, "the upstream leg's frames decode too");

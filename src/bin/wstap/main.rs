@@ -132,8 +132,8 @@ fn parse_speed(s: &str) -> Result<Speed, String> {
 }
 
 impl Play {
-    fn options(self) -> wstap::replay::Options {
-        wstap::replay::Options {
+    fn options(self) -> wstap_replay::Options {
+        wstap_replay::Options {
             speed: self.speed.0,
             ignore: self.ignore,
             wait: self.wait,

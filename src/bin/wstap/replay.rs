@@ -5,18 +5,16 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
-use wstap::replay::{self as player, preview, Options, Report, Step};
-use wstap::replay::{Dir, Message, Recording, Session};
+use wstap_replay::{self as player, preview, Options, Report, Step};
+use wstap_replay::{Dir, Message, Recording, Session};
 
 pub const MATCHED: u8 = 0;
 pub const MISMATCH: u8 = 1;
 pub const ERROR: u8 = 2;
 
-fn utc(ts_ns: i128) -> String {
-    let t = UNIX_EPOCH + Duration::from_nanos(ts_ns.clamp(0, u64::MAX as i128) as u64);
-    humantime::format_rfc3339_micros(t).to_string()
+fn utc(t: wstap_wire::Timestamp) -> String {
+    humantime::format_rfc3339_micros(t.to_system_time()).to_string()
 }
 
 fn close_codes(s: &Session) -> String {
@@ -29,7 +27,7 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
         "type": "message",
         "session": s.id,
         "index": index,
-        "time": utc(m.ts_ns),
+        "time": utc(m.time),
         "sender": m.dir.sender(),
         "kind": m.kind,
         "size": m.data.len(),
@@ -37,12 +35,12 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
         "compressed": m.compressed,
         "incomplete": m.incomplete,
     });
-    if m.kind == wstap::replay::Kind::Gap {
+    if m.kind == wstap_replay::Kind::Gap {
         v["lost"] = m.lost.into();
         return v;
     }
     match std::str::from_utf8(&m.data) {
-        Ok(t) if m.kind != wstap::replay::Kind::Binary => v["text"] = t.into(),
+        Ok(t) if m.kind != wstap_replay::Kind::Binary => v["text"] = t.into(),
         _ => v["hex"] = m.data.iter().map(|b| format!("{b:02x}")).collect::<String>().into(),
     }
     v
@@ -51,7 +49,7 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
 fn session_json(s: &Session) -> serde_json::Value {
     let mut v = serde_json::to_value(s).unwrap_or_default();
     v["type"] = "session".into();
-    v["time"] = utc(s.start_ts_ns).into();
+    v["time"] = utc(s.start).into();
     v["messages_client"] = s.count(Dir::Up).into();
     v["messages_server"] = s.count(Dir::Down).into();
     v["close_client"] = s.close_code(Dir::Up).into();
@@ -61,7 +59,7 @@ fn session_json(s: &Session) -> serde_json::Value {
 
 /// `wstap sessions`.
 pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
-    let rec = match wstap::replay::open_all(files) {
+    let rec = match wstap_replay::open_all(files) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -80,7 +78,7 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
             print(format!(
                 "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  {}{}",
                 s.id,
-                utc(s.start_ts_ns),
+                utc(s.start),
                 format!("{} → {}", s.client, s.server),
                 s.path,
                 s.count(Dir::Up),
@@ -95,14 +93,14 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
         for (i, m) in s.messages.iter().enumerate().filter(|_| messages) {
             let line = if json {
                 message_json(s, i + 1, m).to_string()
-            } else if m.kind == wstap::replay::Kind::Gap {
-                let when = (m.ts_ns - s.start_ts_ns) as f64 / 1e9;
+            } else if m.kind == wstap_replay::Kind::Gap {
+                let when = m.time.since(s.start).as_secs_f64();
                 format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
             } else {
                 format!(
                     "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
                     i + 1,
-                    (m.ts_ns - s.start_ts_ns) as f64 / 1e9,
+                    m.time.since(s.start).as_secs_f64(),
                     m.dir.arrow(),
                     m.kind.name(),
                     m.data.len(),
@@ -132,7 +130,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 /// Loads the files and picks the session to play: the one asked for, or the only one.
 fn choose(files: &[PathBuf], id: Option<usize>) -> Result<Session, String> {
-    let rec = wstap::replay::open_all(files).map_err(|e| e.to_string())?;
+    let rec = wstap_replay::open_all(files).map_err(|e| e.to_string())?;
     report_problems(&rec);
     let s = match id {
         Some(id) => rec
@@ -147,7 +145,7 @@ fn choose(files: &[PathBuf], id: Option<usize>) -> Result<Session, String> {
             ))
         }
     };
-    if let Some(m) = s.messages.iter().position(|m| m.kind == wstap::replay::Kind::Gap) {
+    if let Some(m) = s.messages.iter().position(|m| m.kind == wstap_replay::Kind::Gap) {
         let lost = s.messages[m].lost;
         return Err(format!(
             "session {}: the capture lost {lost} bytes at #{} (a gap), so it cannot be played",
@@ -169,7 +167,7 @@ fn print_step(step: &Step) {
     println!("  {step}");
 }
 
-fn finish(result: anyhow::Result<Report>) -> ExitCode {
+fn finish(result: Result<Report, player::PlayError>) -> ExitCode {
     match result {
         Ok(report) => {
             for step in report.steps.iter().filter(|s| s.is_failure()) {

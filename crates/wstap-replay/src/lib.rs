@@ -1,6 +1,10 @@
-//! Captures as test fixtures: read any pcap or pcapng file — wstap's own, or one made by
-//! tcpdump, dumpcap or Wireshark — rebuild the WebSocket sessions in it, and replay a
-//! session's client against a server ([`replay()`]) or act as its server ([`mock`]).
+//! wstap-replay: captures as test fixtures. Read any pcap or pcapng file — wstap's own,
+//! or one made by tcpdump, dumpcap or Wireshark — rebuild the WebSocket sessions in it,
+//! and replay a session's client against a server ([`replay()`]) or act as its server
+//! ([`mock`]). It needs none of the wstap daemon: a project adds it to its
+//! `[dev-dependencies]` alone (see `docs/replay.md`).
+//!
+//! # Layout
 //!
 //! The reading path, every stage pure:
 //!
@@ -12,9 +16,10 @@
 //! Loading a fixture in a Rust test:
 //!
 //! ```
-//! use wstap::replay::{self, Dir, Kind};
+//! use wstap_replay::{Dir, Kind};
 //!
-//! let recording = replay::open("tests/fixtures/dumpcap-lo.pcapng")?;
+//! # let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/dumpcap-lo.pcapng");
+//! let recording = wstap_replay::open(fixture)?;
 //! assert!(recording.problems.is_empty(), "{:?}", recording.problems);
 //! let session = &recording.sessions[0];
 //! assert_eq!(session.request_header("x-fixture"), Some("wstap"));
@@ -22,23 +27,34 @@
 //!     let who = if m.dir == Dir::Up { "client" } else { "server" };
 //!     println!("{who}: {}", String::from_utf8_lossy(&m.data));
 //! }
-//! # Ok::<(), wstap::replay::Error>(())
+//! # Ok::<(), wstap_replay::Error>(())
 //! ```
+//!
+//! The stages, for a reader that wants one alone (a fuzz target, a tool of its own):
+//!
+//! - [`capfile`]: pcap and pcapng records from a byte slice, errors with file offsets.
+//! - [`dissect`]: link layer → IP → TCP segment.
+//! - [`reassembly`]: per-connection byte streams in the order their bytes became
+//!   readable, with explicit gaps.
+//! - [`decode_within`]: HTTP exchanges, the Upgrade, frames, inflating: a [`Session`]
+//!   of [`Message`]s.
+//! - [`replay()`] and [`mock`]: one side of a session against a live peer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub(crate) mod capfile;
-pub(crate) mod dissect;
+pub mod capfile;
+pub mod dissect;
 mod player;
-pub(crate) mod reassembly;
-pub(crate) mod session;
+pub mod reassembly;
+mod session;
 mod stream;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use crate::dir::Dir;
 pub use capfile::FormatError;
-pub use player::{mock, preview, replay, Options, Report, Step};
-pub use session::{Kind, Message, Session};
+pub use player::{mock, preview, replay, Options, PlayError, Report, Step};
+pub use session::{decode_within, InflateBudget, Kind, Message, Session};
+pub use wstap_wire::Dir;
 
 /// Everything read from one or more capture files.
 #[derive(Debug, Default)]
@@ -67,24 +83,25 @@ impl Recording {
 }
 
 /// A file that could not be read at all.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read.
-    Io(PathBuf, std::io::Error),
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
     /// The file is not a capture wstap can read.
-    Format(PathBuf, FormatError),
+    #[error("{}: {source}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Where it stops making sense, and why.
+        source: FormatError,
+    },
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            Error::Format(p, e) => write!(f, "{}: {e}", p.display()),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// Reads one capture file.
 pub fn open(path: impl AsRef<Path>) -> Result<Recording, Error> {
@@ -99,7 +116,11 @@ pub fn open(path: impl AsRef<Path>) -> Result<Recording, Error> {
 pub fn open_all<P: AsRef<Path>>(paths: &[P]) -> Result<Recording, Error> {
     let files = paths
         .iter()
-        .map(|p| std::fs::read(p).map(|b| (p.as_ref().to_path_buf(), b)).map_err(|e| Error::Io(p.as_ref().into(), e)))
+        .map(|p| {
+            std::fs::read(p)
+                .map(|b| (p.as_ref().to_path_buf(), b))
+                .map_err(|source| Error::Io { path: p.as_ref().into(), source })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let borrowed: Vec<_> = files.iter().map(|(p, b)| (p.as_path(), b.as_slice())).collect();
     read(&borrowed)
@@ -110,7 +131,8 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
     let mut rec = Recording::default();
     let mut tcp = reassembly::Reassembler::new();
     for (path, bytes) in files {
-        let reader = capfile::Reader::new(bytes).map_err(|e| Error::Format(path.to_path_buf(), e))?;
+        let reader =
+            capfile::Reader::new(bytes).map_err(|source| Error::Format { path: path.to_path_buf(), source })?;
         for packet in reader {
             let packet = match packet {
                 Ok(p) => p,
@@ -121,7 +143,7 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
             };
             rec.packets += 1;
             match dissect::segment(packet.link, packet.data) {
-                Ok(s) => tcp.push(packet.ts_ns, &s),
+                Ok(s) => tcp.push(packet.time, &s),
                 Err(_) => rec.skipped += 1,
             }
         }
@@ -149,9 +171,9 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
 }
 
 /// Whether the opener's first bytes are a TLS handshake record (a ClientHello).
-fn tls(conn: &reassembly::Conn) -> bool {
-    let first = conn.events.iter().find_map(|e| match (&e.piece, e.from) {
-        (reassembly::Piece::Data(d), Dir::Up) => Some(d),
+fn tls(conn: &reassembly::Reassembled) -> bool {
+    let first = conn.deliveries.iter().find_map(|e| match (&e.what, e.from) {
+        (reassembly::Readable::Data(d), Dir::Up) => Some(d),
         _ => None,
     });
     first.is_some_and(|d| d.len() >= 6 && d[0] == 0x16 && d[1] == 3 && d[5] == 1)

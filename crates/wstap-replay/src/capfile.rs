@@ -3,37 +3,32 @@
 //! Reads from a byte slice, so every packet is a borrowed slice and every error names
 //! the offset where the file stopped making sense. Pure.
 
-use std::fmt;
+use wstap_wire::Timestamp;
+
+use crate::dissect::LinkType;
 
 /// One captured packet, as the file holds it.
 #[derive(Debug, Clone, Copy)]
 pub struct RawPacket<'a> {
     /// Where its record or block starts in the file.
     pub offset: u64,
-    /// Nanoseconds since the Unix epoch.
-    pub ts_ns: i128,
-    /// The LINKTYPE_ value of its interface.
-    pub link: u16,
+    /// When it was captured.
+    pub time: Timestamp,
+    /// Its interface's link type.
+    pub link: LinkType,
     /// The bytes captured, from the link-layer header on.
     pub data: &'a [u8],
 }
 
 /// Why the file cannot be read past `offset`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at offset {offset}: {what}")]
 pub struct FormatError {
     /// Where the file stops making sense.
     pub offset: u64,
     /// What is wrong there.
     pub what: String,
 }
-
-impl fmt::Display for FormatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at offset {}: {}", self.offset, self.what)
-    }
-}
-
-impl std::error::Error for FormatError {}
 
 /// Reads packets one by one; after the first error it yields nothing more.
 pub struct Reader<'a> {
@@ -44,13 +39,13 @@ pub struct Reader<'a> {
 }
 
 enum Format {
-    Pcap { big: bool, nanos: bool, link: u16 },
+    Pcap { big: bool, nanos: bool, link: LinkType },
     Pcapng { big: bool, interfaces: Vec<Interface> },
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Interface {
-    link: u16,
+    link: LinkType,
     /// Timestamp units per second.
     units: u64,
     /// Seconds added to every timestamp.
@@ -91,7 +86,7 @@ impl<'a> Reader<'a> {
                 let Some(link) = u32_at(data, 20, big) else {
                     return err(0, "truncated pcap file header");
                 };
-                (Format::Pcap { big, nanos, link: link as u16 }, 24)
+                (Format::Pcap { big, nanos, link: LinkType::from_value(link as u16) }, 24)
             }
             SHB => (Format::Pcapng { big: false, interfaces: Vec::new() }, 0),
             _ => return err(0, format!("not a pcap or pcapng file (magic {magic:#010x})")),
@@ -99,7 +94,7 @@ impl<'a> Reader<'a> {
         Ok(Reader { data, at, format, failed: false })
     }
 
-    fn next_pcap(&mut self, big: bool, nanos: bool, link: u16) -> Result<Option<RawPacket<'a>>, FormatError> {
+    fn next_pcap(&mut self, big: bool, nanos: bool, link: LinkType) -> Result<Option<RawPacket<'a>>, FormatError> {
         let (d, at) = (self.data, self.at);
         if at == d.len() {
             return Ok(None);
@@ -118,9 +113,10 @@ impl<'a> Reader<'a> {
                 format!("record of {incl} bytes is cut short: {} remain", d.len() - at - 16.min(d.len() - at)),
             );
         };
-        let frac_ns = if nanos { i128::from(frac) } else { i128::from(frac) * 1000 };
+        let frac_ns = if nanos { u64::from(frac) } else { u64::from(frac) * 1000 };
+        let time = Timestamp::from_nanos(u64::from(sec) * 1_000_000_000 + frac_ns);
         self.at = at + 16 + incl;
-        Ok(Some(RawPacket { offset: at as u64, ts_ns: i128::from(sec) * 1_000_000_000 + frac_ns, link, data: body }))
+        Ok(Some(RawPacket { offset: at as u64, time, link, data: body }))
     }
 
     fn next_pcapng(&mut self) -> Result<Option<RawPacket<'a>>, FormatError> {
@@ -232,14 +228,14 @@ fn simple_packet_block<'a>(
 fn packet<'a>(at: usize, ifc: &Interface, ts: u64, data: &'a [u8]) -> RawPacket<'a> {
     let ts = i128::from(ts);
     let units = i128::from(ifc.units);
-    let ts_ns = ts / units * 1_000_000_000 + ts % units * 1_000_000_000 / units;
-    RawPacket { offset: at as u64, ts_ns: ts_ns + i128::from(ifc.offset_s) * 1_000_000_000, link: ifc.link, data }
+    let ns = ts / units * 1_000_000_000 + ts % units * 1_000_000_000 / units + i128::from(ifc.offset_s) * 1_000_000_000;
+    RawPacket { offset: at as u64, time: Timestamp::saturating_from_nanos(ns), link: ifc.link, data }
 }
 
 /// An interface description block's body: link type, then options.
 fn interface(body: &[u8], big: bool) -> Result<Interface, (usize, String)> {
     let link = u16_at(body, 0, big).ok_or((0, "interface description too short".to_string()))?;
-    let mut ifc = Interface { link, units: 1_000_000, offset_s: 0 };
+    let mut ifc = Interface { link: LinkType::from_value(link), units: 1_000_000, offset_s: 0 };
     let mut at = 8;
     while let (Some(code), Some(len)) = (u16_at(body, at, big), u16_at(body, at + 2, big)) {
         let len = usize::from(len);
@@ -310,8 +306,8 @@ mod tests {
                 let f = pcap(big, nanos, &[(10, 5, b"abc"), (11, 0, b"")]);
                 let p: Vec<_> = Reader::new(&f).unwrap().collect::<Result<_, _>>().unwrap();
                 assert_eq!(p.len(), 2);
-                assert_eq!(p[0].ts_ns, 10_000_000_000 + if nanos { 5 } else { 5000 });
-                assert_eq!((p[0].link, p[0].data, p[0].offset), (101, &b"abc"[..], 24));
+                assert_eq!(p[0].time.as_nanos(), 10_000_000_000 + if nanos { 5 } else { 5000 });
+                assert_eq!((p[0].link, p[0].data, p[0].offset), (LinkType::Raw, &b"abc"[..], 24));
                 assert_eq!(p[1].offset, 24 + 16 + 3);
             }
         }
@@ -365,10 +361,14 @@ mod tests {
         f.extend(pcapng_section(true, Some(9), &[(2_000_000_001, b"two")]));
         f.extend(pcapng_section(false, Some(0x80 | 10), &[(3 << 10, b"three")]));
         let p: Vec<_> = Reader::new(&f).unwrap().collect::<Result<_, _>>().unwrap();
-        let got: Vec<_> = p.iter().map(|p| (p.ts_ns, p.data, p.link)).collect();
+        let got: Vec<_> = p.iter().map(|p| (p.time.as_nanos(), p.data, p.link)).collect();
         assert_eq!(
             got,
-            [(1_500_000_000, &b"one"[..], 1), (2_000_000_001, &b"two"[..], 1), (3_000_000_000, &b"three"[..], 1)]
+            [
+                (1_500_000_000, &b"one"[..], LinkType::Ethernet),
+                (2_000_000_001, &b"two"[..], LinkType::Ethernet),
+                (3_000_000_000, &b"three"[..], LinkType::Ethernet)
+            ]
         );
     }
 

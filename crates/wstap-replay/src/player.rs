@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::WebSocketStream;
 
-use super::session::{Kind, Message, Session};
-use crate::dir::Dir;
+use crate::session::{Kind, Message, Session};
+use wstap_wire::dir::Dir;
 
 /// How to play.
 #[derive(Debug, Clone)]
@@ -182,6 +182,50 @@ pub fn preview(kind: Kind, data: &[u8], max: usize) -> String {
     }
 }
 
+/// Why a play-through could not run (a peer that answers differently is a [`Report`],
+/// not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum PlayError {
+    /// The target is not `ws://` or `wss://HOST[:PORT][/PATH]`.
+    #[error("--target {target:?}: {why}")]
+    Target {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A `wss://` target, but [`Options::client_tls`] is not set.
+    #[error("{url}: no TLS settings for a wss:// target")]
+    NoTls {
+        /// The URL played against.
+        url: String,
+    },
+    /// No WebSocket handshake within [`Options::wait`].
+    #[error("{}no WebSocket handshake within {wait:?}", at(url))]
+    Timeout {
+        /// The URL played against (none for a mock).
+        url: Option<String>,
+        /// How long it waited.
+        wait: Duration,
+    },
+    /// The connection, its TLS or its WebSocket handshake failed.
+    #[error("{}{source}", at(url))]
+    Handshake {
+        /// The URL played against (none for a mock).
+        url: Option<String>,
+        /// What failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The mock's listener failed to accept a client.
+    #[error("accepting a client: {0}")]
+    Accept(#[source] std::io::Error),
+}
+
+/// `URL: ` before an error's text, when there is a URL.
+fn at(url: &Option<String>) -> String {
+    url.as_ref().map_or_else(String::new, |u| format!("{u}: "))
+}
+
 /// Plays the recorded client of `session` against the server at `target` (`ws://` or
 /// `wss://host:port`, optionally with a path that replaces the recorded one).
 pub async fn replay(
@@ -189,9 +233,11 @@ pub async fn replay(
     target: &str,
     opts: &Options,
     on_step: impl FnMut(&Step),
-) -> anyhow::Result<Report> {
+) -> Result<Report, PlayError> {
     let url = url_for(session, target)?;
-    let mut request = url.as_str().into_client_request()?;
+    let failed =
+        |source: Box<dyn std::error::Error + Send + Sync>| PlayError::Handshake { url: Some(url.clone()), source };
+    let mut request = url.as_str().into_client_request().map_err(|e| failed(e.into()))?;
     for (name, value) in &session.request_headers {
         if !forwarded(name) {
             continue;
@@ -203,22 +249,24 @@ pub async fn replay(
     let tls = url.starts_with("wss://");
     let host = request.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = request.uri().port_u16().unwrap_or(if tls { 443 } else { 80 });
+    if tls && opts.client_tls.is_none() {
+        return Err(PlayError::NoTls { url });
+    }
     let connect = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let stream: Box<dyn Io> = match (tls, &opts.client_tls) {
-            (false, _) => Box::new(tcp),
-            (true, Some(config)) => {
+        let stream: Box<dyn Io> = match &opts.client_tls {
+            Some(config) if tls => {
                 let name = rustls::pki_types::ServerName::try_from(host.clone())?;
                 Box::new(tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?)
             }
-            (true, None) => anyhow::bail!("no TLS settings for a wss:// target"),
+            _ => Box::new(tcp),
         };
-        Ok(tokio_tungstenite::client_async(request, stream).await?)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tokio_tungstenite::client_async(request, stream).await?)
     };
     let (ws, response) = tokio::time::timeout(opts.wait, connect)
         .await
-        .map_err(|_| anyhow::anyhow!("{url}: no WebSocket handshake within {:?}", opts.wait))?
-        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        .map_err(|_| PlayError::Timeout { url: Some(url.clone()), wait: opts.wait })?
+        .map_err(failed)?;
     let mut report = Report::default();
     let recorded = session.response_header("sec-websocket-protocol");
     let got = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
@@ -230,15 +278,16 @@ pub async fn replay(
 
 /// The URL to connect to: the target's scheme and authority, with its path or the
 /// recorded one.
-fn url_for(session: &Session, target: &str) -> anyhow::Result<String> {
+fn url_for(session: &Session, target: &str) -> Result<String, PlayError> {
+    let bad = |why| PlayError::Target { target: target.to_owned(), why };
     let (scheme, rest) = match (target.strip_prefix("ws://"), target.strip_prefix("wss://")) {
         (Some(rest), _) => ("ws", rest),
         (_, Some(rest)) => ("wss", rest),
-        _ => anyhow::bail!("--target {target:?}: expected ws:// or wss://HOST[:PORT][/PATH]"),
+        _ => return Err(bad("expected ws:// or wss://HOST[:PORT][/PATH]")),
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.is_empty() {
-        anyhow::bail!("--target {target:?}: no host");
+        return Err(bad("no host"));
     }
     let path = if path.is_empty() || path == "/" { session.path.as_str() } else { path };
     Ok(format!("{scheme}://{authority}{path}"))
@@ -270,8 +319,8 @@ pub async fn mock(
     listener: &tokio::net::TcpListener,
     opts: &Options,
     on_step: impl FnMut(&Step),
-) -> anyhow::Result<Report> {
-    let (socket, _) = listener.accept().await?;
+) -> Result<Report, PlayError> {
+    let (socket, _) = listener.accept().await.map_err(PlayError::Accept)?;
     let mut report = Report::default();
     let mut asked = String::new();
     let protocol = session.response_header("sec-websocket-protocol").and_then(|v| HeaderValue::try_from(v).ok());
@@ -289,11 +338,12 @@ pub async fn mock(
             Some(config) => Box::new(tokio_rustls::TlsAcceptor::from(config.clone()).accept(socket).await?),
             None => Box::new(socket),
         };
-        anyhow::Ok(tokio_tungstenite::accept_hdr_async(stream, callback).await?)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tokio_tungstenite::accept_hdr_async(stream, callback).await?)
     };
     let ws = tokio::time::timeout(opts.wait, handshake)
         .await
-        .map_err(|_| anyhow::anyhow!("no WebSocket handshake within {:?}", opts.wait))??;
+        .map_err(|_| PlayError::Timeout { url: None, wait: opts.wait })?
+        .map_err(|source| PlayError::Handshake { url: None, source })?;
     // A session captured without its handshake has no recorded path to hold the client to.
     if !session.path.is_empty() && asked != session.path {
         report.steps.push(Step::Handshake(format!("path: recorded {:?}, client asked for {asked:?}", session.path)));
@@ -311,7 +361,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     opts: &Options,
     mut report: Report,
     mut on_step: impl FnMut(&Step),
-) -> anyhow::Result<Report> {
+) -> Result<Report, PlayError> {
     let expected: Vec<(usize, Kind, Vec<u8>)> = session
         .messages
         .iter()
@@ -330,7 +380,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         let due = expected.partition_point(|e| e.0 < i + 1);
         peer.collect(&mut ws, due, opts.wait, &mut on_step).await;
         if let Some(speed) = opts.speed {
-            let after = (m.ts_ns - session.start_ts_ns).max(0) as f64 / speed;
+            let after = m.time.since(session.start).as_nanos() as f64 / speed;
             tokio::time::sleep_until(start + Duration::from_nanos(after as u64)).await;
         }
         closed_by_me |= m.kind == Kind::Close;
@@ -582,7 +632,7 @@ mod tests {
 
     #[test]
     fn targets_keep_the_recorded_path_unless_they_name_one() {
-        let s = crate::replay::session::tests::session_with_path("/chat?room=1");
+        let s = crate::session::tests::session_with_path("/chat?room=1");
         assert_eq!(url_for(&s, "ws://127.0.0.1:9").unwrap(), "ws://127.0.0.1:9/chat?room=1");
         assert_eq!(url_for(&s, "ws://h:9/").unwrap(), "ws://h:9/chat?room=1");
         assert_eq!(url_for(&s, "ws://h:9/other").unwrap(), "ws://h:9/other");

@@ -21,6 +21,69 @@ enum State {
     Frames { header: [u8; 14], have: u8, payload_left: u64, current: Option<(FrameHeader, u64)> },
 }
 
+/// A frame's opcode (RFC 6455 §5.2): what its payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Opcode {
+    /// 0: the next fragment of the data message in progress.
+    Continuation,
+    /// 1: the first frame of a text message.
+    Text,
+    /// 2: the first frame of a binary message.
+    Binary,
+    /// 8: a close, with a status code and a reason if any.
+    Close,
+    /// 9: a ping.
+    Ping,
+    /// 10: a pong.
+    Pong,
+    /// 3-7 and 11-15: reserved for extensions no one has defined.
+    Reserved(u8),
+}
+
+impl Opcode {
+    /// The opcode of a frame's low four bits.
+    pub fn from_bits(bits: u8) -> Opcode {
+        match bits & 0x0f {
+            0 => Opcode::Continuation,
+            1 => Opcode::Text,
+            2 => Opcode::Binary,
+            8 => Opcode::Close,
+            9 => Opcode::Ping,
+            10 => Opcode::Pong,
+            other => Opcode::Reserved(other),
+        }
+    }
+
+    /// Its four bits, as a frame's first byte carries them.
+    pub fn bits(self) -> u8 {
+        match self {
+            Opcode::Continuation => 0,
+            Opcode::Text => 1,
+            Opcode::Binary => 2,
+            Opcode::Close => 8,
+            Opcode::Ping => 9,
+            Opcode::Pong => 10,
+            Opcode::Reserved(bits) => bits & 0x0f,
+        }
+    }
+
+    /// A control frame (close, ping, pong, or a reserved control opcode): it stands
+    /// alone, between the fragments of a data message if need be.
+    pub fn is_control(self) -> bool {
+        self.bits() >= 8
+    }
+
+    /// The first frame of a data message (text or binary).
+    pub fn starts_message(self) -> bool {
+        matches!(self, Opcode::Text | Opcode::Binary)
+    }
+
+    /// One RFC 6455 defines (not reserved).
+    pub fn is_known(self) -> bool {
+        !matches!(self, Opcode::Reserved(_))
+    }
+}
+
 /// Facts about a frame, from its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -30,8 +93,8 @@ pub struct FrameHeader {
     pub rsv1: bool,
     /// RSV2 or RSV3: no extension wstap knows sets them.
     pub rsv23: bool,
-    /// 0 continuation, 1 text, 2 binary, 8 close, 9 ping, 10 pong; others are reserved.
-    pub opcode: u8,
+    /// What the payload is.
+    pub opcode: Opcode,
     /// The masking key (every client frame has one).
     pub mask: Option<[u8; 4]>,
     /// Payload bytes.
@@ -57,7 +120,7 @@ impl FrameHeader {
             fin: b0 & 0x80 != 0,
             rsv1: b0 & 0x40 != 0,
             rsv23: b0 & 0x30 != 0,
-            opcode: b0 & 0x0f,
+            opcode: Opcode::from_bits(b0),
             mask,
             len,
             header_len: at + if mask.is_some() { 4 } else { 0 },
@@ -67,11 +130,6 @@ impl FrameHeader {
     /// Whether the frame is masked (sent by a client).
     pub fn masked(&self) -> bool {
         self.mask.is_some()
-    }
-
-    /// Whether the opcode is one RFC 6455 defines (not reserved).
-    pub fn known_opcode(&self) -> bool {
-        matches!(self.opcode, 0..=2 | 8..=10)
     }
 
     /// The header of a frame whose first byte (FIN, RSV bits, opcode) is `first`, with
@@ -96,6 +154,23 @@ impl FrameHeader {
         }
         h
     }
+}
+
+/// A frame's first byte: FIN, RSV1 (a compressed message's first frame) and the opcode.
+pub fn first_byte(fin: bool, rsv1: bool, opcode: Opcode) -> u8 {
+    u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode.bits()
+}
+
+/// A whole frame whose first byte is `first` ([`first_byte`]), carrying `payload`, masked
+/// with `mask` if given (as a client sends it).
+pub fn encode_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut f = FrameHeader::encode(first, payload.len() as u64, mask);
+    let at = f.len();
+    f.extend_from_slice(payload);
+    if let Some(key) = mask {
+        apply_mask(&mut f[at..], key, 0);
+    }
+    f
 }
 
 /// Masks or unmasks `data` (the same operation) with `key`, where `data` starts `pos`
@@ -227,23 +302,27 @@ fn interim(line: &[u8; 12]) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        frame_with(0x80 | opcode, payload, masked)
+    fn frame(opcode: Opcode, payload: &[u8], masked: bool) -> Vec<u8> {
+        frame_with(first_byte(true, false, opcode), payload, masked)
     }
 
     /// A frame whose first byte (FIN, RSV bits, opcode) is `first`, masked or not.
-    pub(crate) fn frame_with(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        let mask = masked.then_some([1, 2, 3, 4]);
-        let mut f = FrameHeader::encode(first, payload.len() as u64, mask);
-        let at = f.len();
-        f.extend_from_slice(payload);
-        if let Some(key) = mask {
-            apply_mask(&mut f[at..], key, 0);
+    fn frame_with(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        encode_frame(first, payload, masked.then_some([1, 2, 3, 4]))
+    }
+
+    /// `data` cut at random points into pieces of at most `max` bytes.
+    fn pieces<'a>(rng: &mut fastrand::Rng, data: &'a [u8], max: usize) -> Vec<&'a [u8]> {
+        let (mut out, mut rest) = (Vec::new(), data);
+        while !rest.is_empty() {
+            let (piece, tail) = rest.split_at(1 + rng.usize(..max.min(rest.len())));
+            out.push(piece);
+            rest = tail;
         }
-        f
+        out
     }
 
     /// Boundaries found when `stream` is fed in pieces of `piece` bytes.
@@ -266,10 +345,10 @@ pub(crate) mod tests {
     #[test]
     fn boundaries_are_found_whatever_the_chunking() {
         let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
-        let f1 = frame(1, b"hello", true);
-        let f2 = frame(2, &vec![7u8; 300], true);
-        let f3 = frame(9, b"", false);
-        let f4 = frame(2, &vec![1u8; 70_000], false);
+        let f1 = frame(Opcode::Text, b"hello", true);
+        let f2 = frame(Opcode::Binary, &vec![7u8; 300], true);
+        let f3 = frame(Opcode::Ping, b"", false);
+        let f4 = frame(Opcode::Binary, &vec![1u8; 70_000], false);
         let mut stream = head.clone();
         let mut want = vec![head.len()];
         for f in [&f1, &f2, &f3, &f4] {
@@ -285,8 +364,8 @@ pub(crate) mod tests {
     fn interim_responses_before_the_101_are_heads_not_frames() {
         let heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
                       HTTP/1.1 101 Switching Protocols\r\n\r\n";
-        let f1 = frame(1, b"hello", false);
-        let f2 = frame(2, &[7u8; 300], false);
+        let f1 = frame(Opcode::Text, b"hello", false);
+        let f2 = frame(Opcode::Binary, &[7u8; 300], false);
         let stream = [&heads[..], &f1, &f2].concat();
         let want = vec![heads.len(), heads.len() + f1.len(), stream.len()];
         for piece in [1, 2, 5, 13, 64, stream.len()] {
@@ -301,18 +380,19 @@ pub(crate) mod tests {
     fn boundaries_and_headers_do_not_depend_on_the_split() {
         let lens = [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000];
         for seed in 0..200 {
-            let mut rng = crate::testing::Rng::new(seed);
+            let mut rng = fastrand::Rng::with_seed(seed);
             let (mut stream, mut want) = (b"HTTP/1.1 101 x\r\n\r\n".to_vec(), Vec::new());
             want.push(stream.len());
-            for _ in 0..1 + rng.below(6) {
-                let len = if rng.below(2) == 0 { lens[rng.below(lens.len())] } else { rng.below(3000) };
-                let first = [0x81, 0x82, 0x01, 0x00, 0x80, 0x89, 0x8a, 0x88, 0xc1][rng.below(9)];
-                let (payload, masked) = (rng.bytes(len), rng.below(2) == 0);
+            for _ in 0..1 + rng.usize(..6) {
+                let len = if rng.bool() { lens[rng.usize(..lens.len())] } else { rng.usize(..3000) };
+                let first = [0x81, 0x82, 0x01, 0x00, 0x80, 0x89, 0x8a, 0x88, 0xc1][rng.usize(..9)];
+                let (payload, masked) =
+                    (std::iter::repeat_with(|| rng.u8(..)).take(len).collect::<Vec<u8>>(), rng.bool());
                 stream.extend(frame_with(first, &payload, masked));
                 want.push(stream.len());
             }
-            let max = 1 + rng.below(5000);
-            let pieces = rng.pieces(&stream, max);
+            let max = 1 + rng.usize(..5000);
+            let pieces = pieces(&mut rng, &stream, max);
             let (mut t, mut pos, mut found, mut headers) = (FrameTracker::new(), 0, Vec::new(), Vec::new());
             for piece in pieces {
                 let mut off = 0;
@@ -339,13 +419,21 @@ pub(crate) mod tests {
         assert!(!t.at_boundary(), "inside the head");
         t.advance(b"\r\n", false, |_| {});
         assert!(t.at_boundary() && t.in_frames());
-        let f = frame(1, b"abcdef", false);
+        let f = frame(Opcode::Text, b"abcdef", false);
         let mut headers = Vec::new();
         t.advance(&f[..4], false, |h| headers.push(h));
         assert!(!t.at_boundary());
         assert_eq!(
             headers,
-            vec![FrameHeader { fin: true, rsv1: false, rsv23: false, opcode: 1, mask: None, len: 6, header_len: 2 }]
+            vec![FrameHeader {
+                fin: true,
+                rsv1: false,
+                rsv23: false,
+                opcode: Opcode::Text,
+                mask: None,
+                len: 6,
+                header_len: 2
+            }]
         );
         t.advance(&f[4..], false, |_| {});
         assert!(t.at_boundary());
@@ -354,12 +442,12 @@ pub(crate) mod tests {
     #[test]
     fn payloads_come_unmasked_whatever_the_chunking() {
         let mut stream = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        stream.extend(frame(1, b"hello world", true));
-        stream.extend(frame(2, b"", true));
-        stream.extend(frame(1, b"plain", false));
+        stream.extend(frame(Opcode::Text, b"hello world", true));
+        stream.extend(frame(Opcode::Binary, b"", true));
+        stream.extend(frame(Opcode::Text, b"plain", false));
         for piece in [1, 3, 5, stream.len()] {
             let mut t = FrameTracker::new();
-            let mut got: Vec<(u8, Vec<u8>, bool)> = Vec::new();
+            let mut got: Vec<(Opcode, Vec<u8>, bool)> = Vec::new();
             for chunk in stream.chunks(piece) {
                 t.walk(chunk, false, |w| {
                     let Walk::Payload(h, range, pos, end) = w else { return };
@@ -376,9 +464,25 @@ pub(crate) mod tests {
                     }
                 });
             }
-            let want = vec![(1, b"hello world".to_vec(), true), (2, vec![], true), (1, b"plain".to_vec(), true)];
+            let want = vec![
+                (Opcode::Text, b"hello world".to_vec(), true),
+                (Opcode::Binary, vec![], true),
+                (Opcode::Text, b"plain".to_vec(), true),
+            ];
             assert_eq!(got, want, "piece {piece}");
         }
+    }
+
+    #[test]
+    fn opcodes_round_trip_and_say_what_they_are() {
+        for bits in 0..16 {
+            let op = Opcode::from_bits(bits);
+            assert_eq!(op.bits(), bits);
+            assert_eq!(op.is_control(), bits >= 8, "{op:?}");
+            assert_eq!(op.is_known(), matches!(bits, 0..=2 | 8..=10), "{op:?}");
+        }
+        assert!(Opcode::Text.starts_message() && !Opcode::Continuation.starts_message());
+        assert_eq!(first_byte(true, true, Opcode::Binary), 0xc2);
     }
 
     #[test]
@@ -388,13 +492,13 @@ pub(crate) mod tests {
         let h = FrameHeader::parse(&[0x41, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 9, 8, 7, 6]).unwrap();
         assert_eq!(
             (h.fin, h.rsv1, h.opcode, h.mask, h.len, h.header_len),
-            (false, true, 1, Some([9, 8, 7, 6]), 1 << 32, 14)
+            (false, true, Opcode::Text, Some([9, 8, 7, 6]), 1 << 32, 14)
         );
         assert_eq!(FrameHeader::parse(&[0x41, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 9, 8, 7]), None, "the key is cut short");
         for (len, mask) in [(5, None), (125, Some([1, 2, 3, 4])), (126, None), (65535, Some([0; 4])), (65536, None)] {
             let encoded = FrameHeader::encode(0x82, len, mask);
             let h = FrameHeader::parse(&encoded).unwrap();
-            assert_eq!((h.opcode, h.len, h.mask, h.header_len), (2, len, mask, encoded.len()), "{len}");
+            assert_eq!((h.opcode, h.len, h.mask, h.header_len), (Opcode::Binary, len, mask, encoded.len()), "{len}");
         }
     }
 }

@@ -2,47 +2,54 @@
 //! interleaved in the order their bytes became readable. Out-of-order segments wait for
 //! the bytes before them; retransmitted and overlapping bytes are dropped, the first copy
 //! captured winning; a connection seen without its SYN is picked up at its first segment;
-//! bytes the capture missed become explicit [`Piece::Gap`]s — never glued over. Pure.
+//! bytes the capture missed become explicit [`Readable::Gap`]s — never glued over. Pure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use super::dissect::Segment;
-use crate::dir::{Dir, PerDir};
+use crate::dissect::Segment;
+use wstap_wire::dir::{Dir, PerDir};
+use wstap_wire::Timestamp;
 
-/// What became readable in one direction, at `ts_ns`.
+/// What became readable in one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
+pub enum Readable {
+    /// Bytes, in stream order.
     Data(Vec<u8>),
     /// This many bytes were on the wire but not in the capture.
     Gap(u64),
+    /// The sender's end of stream.
     Fin,
+    /// The sender reset the connection.
     Rst,
 }
 
-/// One step of a connection's conversation: `from` is `Up` for what `Conn::a` sent, `Down`
-/// for what `Conn::b` sent.
+/// One step of a connection's conversation: `from` is `Up` for what `Reassembled::a` sent, `Down`
+/// for what `Reassembled::b` sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Delivery {
+    /// Who sent it: `Up` for `a`, `Down` for `b`.
     pub from: Dir,
-    pub ts_ns: i128,
-    pub piece: Piece,
+    /// When it became readable: the capture time of the segment that completed it.
+    pub time: Timestamp,
+    /// What became readable.
+    pub what: Readable,
 }
 
 /// A reassembled TCP connection. `a` sent the SYN when the capture saw one; otherwise it
 /// is the sender of the first segment seen.
 #[derive(Debug, Clone)]
-pub struct Conn {
+pub struct Reassembled {
     /// The opener (see above).
     pub a: SocketAddr,
     /// The other end.
     pub b: SocketAddr,
     /// When the capture first saw it.
-    pub first_ts_ns: i128,
+    pub first_seen: Timestamp,
     /// The capture began after the connection did (no SYN from `a`).
     pub midstream: bool,
     /// What each end sent, in capture order.
-    pub events: Vec<Event>,
+    pub deliveries: Vec<Delivery>,
     /// Bytes seen again (retransmissions and overlaps) and dropped.
     pub duplicate_bytes: u64,
     /// Segments that arrived ahead of a hole and waited.
@@ -59,7 +66,7 @@ struct Half {
     /// The next byte expected, as a sequence number and as a stream offset.
     next_seq: u32,
     next: u64,
-    pending: BTreeMap<u64, (i128, Vec<u8>)>,
+    pending: BTreeMap<u64, (Timestamp, Vec<u8>)>,
     pending_bytes: usize,
     fin_at: Option<u64>,
     done: bool,
@@ -76,7 +83,7 @@ impl Half {
 }
 
 struct Live {
-    conn: Conn,
+    conn: Reassembled,
     halves: PerDir<Half>,
 }
 
@@ -102,7 +109,7 @@ impl Reassembler {
     }
 
     /// One segment, in capture order.
-    pub fn push(&mut self, ts_ns: i128, s: &Segment<'_>) {
+    pub fn push(&mut self, time: Timestamp, s: &Segment<'_>) {
         let k = key(s.src, s.dst);
         let reuse = self.by_key.get(&k).copied().filter(|&i| {
             let l = &self.live[i];
@@ -113,28 +120,28 @@ impl Reassembler {
         });
         let i = reuse.unwrap_or_else(|| {
             let (a, b) = if s.syn && s.ack.is_some() { (s.dst, s.src) } else { (s.src, s.dst) };
-            let conn = Conn {
+            let conn = Reassembled {
                 a,
                 b,
-                first_ts_ns: ts_ns,
+                first_seen: time,
                 midstream: false,
-                events: Vec::new(),
+                deliveries: Vec::new(),
                 duplicate_bytes: 0,
                 out_of_order: 0,
             };
             if let Some(old) = self.by_key.insert(k, self.live.len()) {
-                self.live[old].flush(ts_ns);
+                self.live[old].flush(Some(time));
             }
             self.live.push(Live { conn, halves: Default::default() });
             self.live.len() - 1
         });
-        self.live[i].segment(ts_ns, s);
+        self.live[i].segment(time, s);
     }
 
     /// Ends every stream: what still waits for a hole is delivered after a gap.
-    pub fn finish(mut self) -> Vec<Conn> {
+    pub fn finish(mut self) -> Vec<Reassembled> {
         for l in &mut self.live {
-            l.flush(i128::MIN);
+            l.flush(None);
         }
         self.live.into_iter().map(|l| l.conn).collect()
     }
@@ -150,7 +157,7 @@ impl Live {
         }
     }
 
-    fn segment(&mut self, ts: i128, s: &Segment<'_>) {
+    fn segment(&mut self, ts: Timestamp, s: &Segment<'_>) {
         let from = self.from(s);
         let h = &mut self.halves[from];
         if h.done {
@@ -182,13 +189,13 @@ impl Live {
         }
         self.drain(from, ts);
         if s.rst {
-            self.flush(ts);
-            self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Rst });
+            self.flush(Some(ts));
+            self.conn.deliveries.push(Delivery { from, time: ts, what: Readable::Rst });
         }
     }
 
     /// Queues `data` at stream offset `start`, keeping only bytes not seen before.
-    fn insert(&mut self, from: Dir, ts: i128, start: i64, data: &[u8]) {
+    fn insert(&mut self, from: Dir, ts: Timestamp, start: i64, data: &[u8]) {
         let h = &mut self.halves[from];
         let end = start + data.len() as i64;
         let mut at = start.max(h.next as i64);
@@ -222,7 +229,7 @@ impl Live {
 
     /// The other end acknowledged up to `ack`: bytes before it that the capture never
     /// showed, while later ones wait, were lost by the capture, not the network.
-    fn acked(&mut self, from: Dir, ts: i128, ack: u32) {
+    fn acked(&mut self, from: Dir, ts: Timestamp, ack: u32) {
         let h = &mut self.halves[from];
         if !h.started {
             return;
@@ -238,19 +245,19 @@ impl Live {
         }
     }
 
-    fn gap_to_pending(&mut self, from: Dir, ts: i128) {
+    fn gap_to_pending(&mut self, from: Dir, ts: Timestamp) {
         let h = &mut self.halves[from];
         let Some((&first, _)) = h.pending.first_key_value() else { return };
         let n = first - h.next;
         if n > 0 {
             h.next = first;
             h.next_seq = h.next_seq.wrapping_add(n as u32);
-            self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Gap(n) });
+            self.conn.deliveries.push(Delivery { from, time: ts, what: Readable::Gap(n) });
         }
     }
 
     /// Delivers whatever is now contiguous, then the FIN if its turn has come.
-    fn drain(&mut self, from: Dir, ts: i128) {
+    fn drain(&mut self, from: Dir, ts: Timestamp) {
         let h = &mut self.halves[from];
         while let Some(entry) = h.pending.first_entry() {
             if *entry.key() > h.next {
@@ -263,20 +270,22 @@ impl Live {
                 let d = d[skip..].to_vec();
                 h.next += d.len() as u64;
                 h.next_seq = h.next_seq.wrapping_add(d.len() as u32);
-                self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Data(d) });
+                self.conn.deliveries.push(Delivery { from, time: ts, what: Readable::Data(d) });
             }
         }
         if h.fin_at.is_some_and(|f| f <= h.next) && !h.done {
             h.done = true;
-            self.conn.events.push(Event { from, ts_ns: ts, piece: Piece::Fin });
+            self.conn.deliveries.push(Delivery { from, time: ts, what: Readable::Fin });
         }
     }
 
     /// Gives up on every hole: pending bytes follow gaps; a FIN beyond them too.
-    fn flush(&mut self, ts: i128) {
+    /// `now`: when the flush happens, if it happens at a segment (else at the end of
+    /// the capture, when each pending piece's own time is used).
+    fn flush(&mut self, now: Option<Timestamp>) {
+        let ts = now.unwrap_or(Timestamp::EPOCH);
         for from in Dir::BOTH {
-            let at =
-                |h: &Half| if ts == i128::MIN { h.pending.values().map(|(t, _)| *t).max().unwrap_or(0) } else { ts };
+            let at = |h: &Half| now.unwrap_or_else(|| h.pending.values().map(|(t, _)| *t).max().unwrap_or_default());
             while !self.halves[from].pending.is_empty() {
                 let t = at(&self.halves[from]);
                 self.gap_to_pending(from, t);
@@ -290,18 +299,18 @@ impl Live {
             }
             // Acknowledged, never shown, and nothing after: a gap at the end.
             if h.fin_at.is_none() && !h.done && h.acked_to > h.next {
-                let t = self.conn.events.last().map_or(self.conn.first_ts_ns, |e| e.ts_ns).max(ts);
-                self.conn.events.push(Event { from, ts_ns: t, piece: Piece::Gap(h.acked_to - h.next) });
+                let t = self.conn.deliveries.last().map_or(self.conn.first_seen, |e| e.time).max(ts);
+                self.conn.deliveries.push(Delivery { from, time: t, what: Readable::Gap(h.acked_to - h.next) });
                 h.next = h.acked_to;
             }
             if let (Some(f), false) = (h.fin_at, h.done) {
-                let t = self.conn.events.last().map_or(self.conn.first_ts_ns, |e| e.ts_ns).max(ts);
+                let t = self.conn.deliveries.last().map_or(self.conn.first_seen, |e| e.time).max(ts);
                 if f > h.next {
-                    self.conn.events.push(Event { from, ts_ns: t, piece: Piece::Gap(f - h.next) });
+                    self.conn.deliveries.push(Delivery { from, time: t, what: Readable::Gap(f - h.next) });
                 }
                 h.next = f;
                 h.done = true;
-                self.conn.events.push(Event { from, ts_ns: t, piece: Piece::Fin });
+                self.conn.deliveries.push(Delivery { from, time: t, what: Readable::Fin });
             }
             self.halves[from].done = true;
         }
@@ -330,16 +339,16 @@ mod tests {
         }
     }
 
-    fn run(segs: &[Segment<'static>]) -> Vec<Conn> {
+    fn run(segs: &[Segment<'static>]) -> Vec<Reassembled> {
         let mut r = Reassembler::new();
         for (t, s) in segs.iter().enumerate() {
-            r.push(t as i128, s);
+            r.push(Timestamp::from_nanos(t as u64), s);
         }
         r.finish()
     }
 
-    fn stream(c: &Conn, from: Dir) -> Vec<Piece> {
-        c.events.iter().filter(|e| e.from == from).map(|e| e.piece.clone()).collect()
+    fn stream(c: &Reassembled, from: Dir) -> Vec<Readable> {
+        c.deliveries.iter().filter(|e| e.from == from).map(|e| e.what.clone()).collect()
     }
 
     /// Property: however a stream is cut into segments, reordered, duplicated and
@@ -348,26 +357,25 @@ mod tests {
     #[test]
     fn any_order_duplication_and_overlap_give_the_same_stream() {
         for seed in 0..300 {
-            let mut rng = crate::testing::Rng::new(seed);
-            let len = rng.below(6000);
-            let data = rng.bytes(len);
-            let isn = rng.next() as u32; // sequence numbers may wrap
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let len = rng.usize(..6000);
+            let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
+            let isn = rng.u32(..); // sequence numbers may wrap
             let mut ranges: Vec<(usize, usize)> = Vec::new();
+            let max = 1 + rng.usize(..1500);
             let mut at = 0;
-            let max = 1 + rng.below(1500);
-            for piece in rng.pieces(&data, max) {
-                ranges.push((at, at + piece.len()));
-                at += piece.len();
+            while at < data.len() {
+                let end = at + 1 + rng.usize(..max.min(data.len() - at));
+                ranges.push((at, end));
+                at = end;
             }
-            for _ in 0..rng.below(ranges.len() + 1) {
+            for _ in 0..rng.usize(..=ranges.len()) {
                 // A retransmission: a random span of what was sent.
-                let a = rng.below(data.len());
-                let b = a + 1 + rng.below(data.len() - a);
+                let a = rng.usize(..data.len());
+                let b = a + 1 + rng.usize(..data.len() - a);
                 ranges.push((a, b));
             }
-            for i in (1..ranges.len()).rev() {
-                ranges.swap(i, rng.below(i + 1));
-            }
+            rng.shuffle(&mut ranges);
             let client: SocketAddr = C.parse().unwrap();
             let server: SocketAddr = S.parse().unwrap();
             let syn = Segment {
@@ -381,7 +389,7 @@ mod tests {
                 payload: b"",
             };
             let mut r = Reassembler::new();
-            r.push(0, &syn);
+            r.push(Timestamp::EPOCH, &syn);
             for (t, (a, b)) in ranges.iter().enumerate() {
                 let seq = isn.wrapping_add(1).wrapping_add(*a as u32);
                 let s = Segment {
@@ -394,13 +402,13 @@ mod tests {
                     rst: false,
                     payload: &data[*a..*b],
                 };
-                r.push(1 + t as i128, &s);
+                r.push(Timestamp::from_nanos(1 + t as u64), &s);
             }
             let conns = r.finish();
             let mut got = Vec::new();
-            for e in conns.iter().flat_map(|c| &c.events) {
-                match &e.piece {
-                    Piece::Data(d) => got.extend_from_slice(d),
+            for e in conns.iter().flat_map(|c| &c.deliveries) {
+                match &e.what {
+                    Readable::Data(d) => got.extend_from_slice(d),
                     other => panic!("seed {seed}: {other:?}"),
                 }
             }
@@ -425,11 +433,11 @@ mod tests {
         assert_eq!(c.len(), 1);
         let text: Vec<u8> = stream(&c[0], Dir::Up)
             .into_iter()
-            .filter_map(|p| if let Piece::Data(d) = p { Some(d) } else { None })
+            .filter_map(|p| if let Readable::Data(d) = p { Some(d) } else { None })
             .flatten()
             .collect();
         assert_eq!(text, b"hello world!!#?");
-        assert_eq!(stream(&c[0], Dir::Up).last(), Some(&Piece::Fin));
+        assert_eq!(stream(&c[0], Dir::Up).last(), Some(&Readable::Fin));
         assert!(!c[0].midstream);
         assert_eq!(c[0].out_of_order, 2);
         assert_eq!(c[0].duplicate_bytes, 6 + 2 + 1);
@@ -440,13 +448,16 @@ mod tests {
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "F", b"ghi")]);
         assert_eq!(
             stream(&c[0], Dir::Up),
-            [Piece::Data(b"abc".to_vec()), Piece::Gap(3), Piece::Data(b"ghi".to_vec()), Piece::Fin]
+            [Readable::Data(b"abc".to_vec()), Readable::Gap(3), Readable::Data(b"ghi".to_vec()), Readable::Fin]
         );
         // The receiver acknowledging past the hole declares it at once.
         let mut ack = seg(S, 50, "", b"");
         ack.ack = Some(10);
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), seg(C, 7, "", b"ghi"), ack]);
-        assert_eq!(c[0].events[1], Event { from: Dir::Up, ts_ns: 3, piece: Piece::Gap(3) });
+        assert_eq!(
+            c[0].deliveries[1],
+            Delivery { from: Dir::Up, time: Timestamp::from_nanos(3), what: Readable::Gap(3) }
+        );
     }
 
     #[test]
@@ -454,11 +465,11 @@ mod tests {
         let mut ack = seg(S, 50, "", b"");
         ack.ack = Some(5); // "abc" (1..=3) and the FIN (4)
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), ack]);
-        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"abc".to_vec()), Piece::Fin]);
+        assert_eq!(stream(&c[0], Dir::Up), [Readable::Data(b"abc".to_vec()), Readable::Fin]);
         // Two past: a byte is missing as well.
         ack.ack = Some(6);
         let c = run(&[seg(C, 0, "S", b""), seg(C, 1, "", b"abc"), ack]);
-        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"abc".to_vec()), Piece::Gap(2)]);
+        assert_eq!(stream(&c[0], Dir::Up), [Readable::Data(b"abc".to_vec()), Readable::Gap(2)]);
     }
 
     #[test]
@@ -472,9 +483,9 @@ mod tests {
         ]);
         assert_eq!(c.len(), 2);
         assert!(c[0].midstream && !c[1].midstream);
-        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"ab".to_vec()), Piece::Data(b"cd".to_vec())]);
-        assert_eq!(c[0].events.last().unwrap().piece, Piece::Rst);
-        assert_eq!(stream(&c[1], Dir::Up), [Piece::Data(b"new".to_vec())]);
+        assert_eq!(stream(&c[0], Dir::Up), [Readable::Data(b"ab".to_vec()), Readable::Data(b"cd".to_vec())]);
+        assert_eq!(c[0].deliveries.last().unwrap().what, Readable::Rst);
+        assert_eq!(stream(&c[1], Dir::Up), [Readable::Data(b"new".to_vec())]);
     }
 
     #[test]
@@ -483,6 +494,6 @@ mod tests {
         synack.ack = Some(1);
         let c = run(&[synack, seg(C, 1, "", b"GET")]);
         assert_eq!(c[0].a, C.parse().unwrap());
-        assert_eq!(stream(&c[0], Dir::Up), [Piece::Data(b"GET".to_vec())]);
+        assert_eq!(stream(&c[0], Dir::Up), [Readable::Data(b"GET".to_vec())]);
     }
 }

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 
 use flate2::Decompress;
 
-use super::reassembly::{Conn, Piece};
-use super::stream::{Hole, Stream};
-use crate::dir::{Dir, PerDir};
-use crate::wire::deflate;
-use crate::wire::http::{self, field, Head};
-use crate::wire::wsframe::{apply_mask, FrameHeader};
+use crate::reassembly::{Readable, Reassembled};
+use crate::stream::{Arrival, Hole, Stream};
+use wstap_wire::deflate;
+use wstap_wire::dir::{Dir, PerDir};
+use wstap_wire::http::{self, field, Head};
+use wstap_wire::wsframe::{apply_mask, FrameHeader, Opcode};
+use wstap_wire::Timestamp;
 
 /// A message's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,8 +54,8 @@ impl Kind {
 pub struct Message {
     /// Which way it went: `Up` from the client, `Down` from the server.
     pub dir: Dir,
-    /// When its last byte was captured: nanoseconds since the Unix epoch.
-    pub ts_ns: i128,
+    /// When its last byte was captured.
+    pub time: Timestamp,
     /// Its kind.
     pub kind: Kind,
     /// The payload as the application saw it.
@@ -87,7 +88,8 @@ pub struct Session {
     /// The server's address.
     pub server: SocketAddr,
     /// When the connection was first seen: nanoseconds since the Unix epoch.
-    pub start_ts_ns: i128,
+    #[serde(rename = "start_ts_ns", serialize_with = "nanos")]
+    pub start: Timestamp,
     /// The Upgrade request's method (`GET`).
     pub method: String,
     /// The Upgrade request's target, query included.
@@ -134,6 +136,11 @@ impl Session {
     }
 }
 
+/// A timestamp as JSON shows it: nanoseconds since the epoch.
+fn nanos<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(t.as_nanos())
+}
+
 /// The largest message or gap this reader will hold in memory.
 const MAX_MESSAGE: usize = 64 << 20;
 /// Problems listed per direction of a session; past them, only counted.
@@ -154,13 +161,13 @@ impl InflateBudget {
     }
 }
 
-fn streams(conn: &Conn) -> PerDir<Stream> {
+fn streams(conn: &Reassembled) -> PerDir<Stream> {
     let mut s: PerDir<Stream> = PerDir::default();
-    for (order, e) in conn.events.iter().enumerate() {
-        match &e.piece {
-            Piece::Data(d) => s[e.from].push_data(d, e.ts_ns, order),
-            Piece::Gap(n) => s[e.from].push_hole(*n, e.ts_ns, order),
-            Piece::Fin | Piece::Rst => {}
+    for (order, e) in conn.deliveries.iter().enumerate() {
+        match &e.what {
+            Readable::Data(d) => s[e.from].push_data(d, e.time, order),
+            Readable::Gap(n) => s[e.from].push_hole(*n, e.time, order),
+            Readable::Fin | Readable::Rst => {}
         }
     }
     s
@@ -223,8 +230,8 @@ struct Decoder<'b> {
     inflate: Option<(Decompress, bool)>,
     /// The fragmented data message being assembled.
     partial: Option<Message>,
-    /// Messages, each with the conversation order and stream offset of its last byte.
-    out: Vec<(usize, u64, Message)>,
+    /// Messages, each with the arrival of its last byte.
+    out: Vec<(Arrival, Message)>,
     problems: Vec<String>,
     /// Problems past [`MAX_PROBLEMS`], counted only.
     more_problems: u64,
@@ -274,9 +281,8 @@ impl<'b> Decoder<'b> {
                     None => break,
                 }
             };
-            if !header.known_opcode() {
-                let opcode = header.opcode;
-                return self.problem(format!("bad frame header at stream offset {at}: reserved opcode {opcode:#x}"));
+            if let Opcode::Reserved(bits) = header.opcode {
+                return self.problem(format!("bad frame header at stream offset {at}: reserved opcode {bits:#x}"));
             }
             let (start, len) = (at + header.header_len as u64, header.len);
             if len > MAX_MESSAGE as u64 {
@@ -285,8 +291,8 @@ impl<'b> Decoder<'b> {
             }
             let end = start + len;
             let (payload, gap) = payload(st, start, end, header.mask);
-            let (ts_ns, order) = st.arrival(end.min(st.len()));
-            self.frame(&header, payload, gap, ts_ns, (order, end));
+            let arrived = Arrival { end, ..st.arrival(end.min(st.len())) };
+            self.frame(&header, payload, gap, arrived);
             if end > st.len() {
                 return self.problem(format!("the stream ends inside a {len}-byte frame at stream offset {at}"));
             }
@@ -301,10 +307,13 @@ impl<'b> Decoder<'b> {
     /// header follows it (else the rest of this direction cannot be read).
     fn resync(&mut self, st: &Stream, hole: Hole) -> bool {
         let lost = hole.end - hole.at;
-        let (ts_ns, order) = st.arrival(hole.end);
+        let arrived = st.arrival(hole.end);
         let next = FrameHeader::parse(st.contiguous(hole.end));
         let sound = next.is_some_and(|h| {
-            h.known_opcode() && !h.rsv23 && h.masked() == (self.dir == Dir::Up) && (h.opcode < 8 || h.len <= 125)
+            h.opcode.is_known()
+                && !h.rsv23
+                && h.masked() == (self.dir == Dir::Up)
+                && (!h.opcode.is_control() || h.len <= 125)
         });
         if hole.end < st.len() && !sound {
             self.problem(format!(
@@ -323,7 +332,7 @@ impl<'b> Decoder<'b> {
         }
         let gap = Message {
             dir: self.dir,
-            ts_ns,
+            time: arrived.time,
             kind: Kind::Gap,
             data: Vec::new(),
             frames: 0,
@@ -331,17 +340,17 @@ impl<'b> Decoder<'b> {
             incomplete: false,
             lost,
         };
-        self.out.push((order, hole.end, gap));
+        self.out.push((arrived, gap));
         hole.end < st.len()
     }
 
-    /// One frame; `place` is the conversation order and stream offset of its last byte.
-    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, ts_ns: i128, place: (usize, u64)) {
-        let end = place.1;
+    /// One frame, whose last byte `arrived`.
+    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, arrived: Arrival) {
+        let end = arrived.end;
         let dir = self.dir;
         let message = move |kind, data, compressed| Message {
             dir,
-            ts_ns,
+            time: arrived.time,
             kind,
             data,
             frames: 1,
@@ -350,16 +359,15 @@ impl<'b> Decoder<'b> {
             lost: 0,
         };
         match h.opcode {
-            8..=10 => {
+            Opcode::Close | Opcode::Ping | Opcode::Pong => {
                 let kind = match h.opcode {
-                    9 => Kind::Ping,
-                    10 => Kind::Pong,
-                    _ => Kind::Close,
+                    Opcode::Close => Kind::Close,
+                    Opcode::Ping => Kind::Ping,
+                    _ => Kind::Pong,
                 };
-                let m = message(kind, data, false);
-                self.out.push((place.0, end, m));
+                self.out.push((arrived, message(kind, data, false)));
             }
-            0 => {
+            Opcode::Continuation => {
                 let Some(p) = self.partial.as_mut() else {
                     return self.problem(format!(
                         "continuation frame with no message to continue, ending at stream offset {end}"
@@ -368,42 +376,43 @@ impl<'b> Decoder<'b> {
                 p.data.extend_from_slice(&data);
                 p.frames += 1;
                 p.incomplete |= gap;
-                p.ts_ns = ts_ns;
+                p.time = arrived.time;
                 if h.fin {
                     let m = self.partial.take();
-                    m.into_iter().for_each(|m| self.complete(m, place));
+                    m.into_iter().for_each(|m| self.complete(m, arrived));
                 }
             }
-            opcode => {
-                // Reserved opcodes stopped the decoding at their header: 1 or 2 here.
-                let kind = if opcode == 1 { Kind::Text } else { Kind::Binary };
+            Opcode::Text | Opcode::Binary => {
+                let kind = if h.opcode == Opcode::Text { Kind::Text } else { Kind::Binary };
                 let m = message(kind, data, h.rsv1);
                 if let Some(mut unfinished) = self.partial.take() {
                     let n = unfinished.data.len();
                     self.problem(format!("a new message began before the fragmented one ({n} bytes so far) ended"));
                     unfinished.incomplete = true;
-                    self.out.push((place.0, end, unfinished));
+                    self.out.push((arrived, unfinished));
                 }
                 if h.fin {
-                    self.complete(m, place);
+                    self.complete(m, arrived);
                 } else {
                     self.partial = Some(m);
                 }
             }
+            // Reserved opcodes stopped the decoding at their header.
+            Opcode::Reserved(_) => {}
         }
     }
 
     /// A message's last frame arrived: inflate it if it was compressed.
-    fn complete(&mut self, mut m: Message, place: (usize, u64)) {
+    fn complete(&mut self, mut m: Message, arrived: Arrival) {
         // After a gap that took compressed bytes, the shared window is unknown.
         m.incomplete |= m.compressed && self.window_lost.is_some();
         if m.compressed && !m.incomplete {
-            match self.inflated(&m.data, place.1) {
+            match self.inflated(&m.data, arrived.end) {
                 Some((d, whole)) => (m.data, m.incomplete) = (d, !whole),
                 None => m.incomplete = true,
             }
         }
-        self.out.push((place.0, place.1, m));
+        self.out.push((arrived, m));
     }
 
     /// The payload of a compressed message, inflated, and whether it is whole; `None` (and
@@ -458,12 +467,12 @@ impl<'b> Decoder<'b> {
 
 /// The WebSocket session on `conn`, if it carries one (inflating at most 64 MiB).
 #[cfg(test)]
-pub fn decode(conn: &Conn, id: usize) -> Option<Session> {
+pub fn decode(conn: &Reassembled, id: usize) -> Option<Session> {
     decode_within(conn, id, &mut InflateBudget::for_input(0))
 }
 
 /// The WebSocket session on `conn`, if it carries one, inflating within `budget`.
-pub fn decode_within(conn: &Conn, id: usize, budget: &mut InflateBudget) -> Option<Session> {
+pub fn decode_within(conn: &Reassembled, id: usize, budget: &mut InflateBudget) -> Option<Session> {
     let s = streams(conn);
     let looks_http = |st: &Stream| {
         let b = st.contiguous(0);
@@ -501,25 +510,25 @@ pub fn decode_within(conn: &Conn, id: usize, budget: &mut InflateBudget) -> Opti
         if let Some(mut unfinished) = d.partial.take() {
             d.problem("the capture ends inside a fragmented message".into());
             unfinished.incomplete = true;
-            d.out.push((st.arrival(st.len()).1, u64::MAX, unfinished));
+            d.out.push((Arrival { end: u64::MAX, ..st.arrival(st.len()) }, unfinished));
         }
         problems.extend(d.take_problems());
         out.extend(d.out);
     }
-    out.sort_by_key(|(order, end, m)| (*order, m.dir == Dir::Down, *end));
+    out.sort_by_key(|(at, m)| (at.order, m.dir == Dir::Down, at.end));
     let (client_addr, server_addr) = if client == Dir::Up { (conn.a, conn.b) } else { (conn.b, conn.a) };
     Some(Session {
         id,
         client: client_addr,
         server: server_addr,
-        start_ts_ns: conn.first_ts_ns,
+        start: conn.first_seen,
         method: up.request.method,
         path: up.request.path,
         request_headers: up.request.headers,
         status: up.response.status,
         response_headers: up.response.headers,
         deflate: takeover.is_some(),
-        messages: out.into_iter().map(|(_, _, m)| m).collect(),
+        messages: out.into_iter().map(|(_, m)| m).collect(),
         problems,
         duplicate_bytes: conn.duplicate_bytes,
         out_of_order: conn.out_of_order,
@@ -533,7 +542,7 @@ fn starts_with_frame(st: &Stream, masked: bool) -> bool {
         return true;
     }
     FrameHeader::parse(st.contiguous(0))
-        .is_some_and(|h| h.known_opcode() && !h.rsv23 && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
+        .is_some_and(|h| h.opcode.is_known() && !h.rsv23 && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
 }
 
 /// The payload of the frame at `start..end`, unmasked, and whether bytes of it are
@@ -557,15 +566,16 @@ fn payload(st: &Stream, start: u64, end: u64, mask: Option<[u8; 4]>) -> (Vec<u8>
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::replay::reassembly::Event;
+    use crate::reassembly::Delivery;
     use flate2::{Compress, Compression, FlushCompress};
+    use wstap_wire::wsframe::{encode_frame, first_byte};
 
     pub(crate) fn session_with_path(path: &str) -> Session {
         Session {
             id: 1,
             client: "127.0.0.1:1".parse().unwrap(),
             server: "127.0.0.1:2".parse().unwrap(),
-            start_ts_ns: 0,
+            start: Timestamp::EPOCH,
             method: "GET".into(),
             path: path.into(),
             request_headers: Vec::new(),
@@ -580,29 +590,32 @@ pub(crate) mod tests {
     }
 
     /// A frame as a client (masked) or server would send it.
-    fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-        crate::wire::wsframe::tests::frame_with(u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode, payload, masked)
+    fn frame(fin: bool, rsv1: bool, opcode: Opcode, payload: &[u8], masked: bool) -> Vec<u8> {
+        encode_frame(first_byte(fin, rsv1, opcode), payload, masked.then_some([1, 2, 3, 4]))
     }
 
     const UPGRADE: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     const SWITCH: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n";
 
-    fn conn(pieces: Vec<(Dir, Piece)>) -> Conn {
-        let events =
-            pieces.into_iter().enumerate().map(|(t, (from, piece))| Event { from, ts_ns: t as i128, piece }).collect();
-        Conn {
+    fn conn(pieces: Vec<(Dir, Readable)>) -> Reassembled {
+        let deliveries = pieces
+            .into_iter()
+            .enumerate()
+            .map(|(t, (from, what))| Delivery { from, time: Timestamp::from_nanos(t as u64), what })
+            .collect();
+        Reassembled {
             a: "10.0.0.1:5000".parse().unwrap(),
             b: "10.0.0.2:80".parse().unwrap(),
-            first_ts_ns: 0,
+            first_seen: Timestamp::EPOCH,
             midstream: false,
-            events,
+            deliveries,
             duplicate_bytes: 0,
             out_of_order: 0,
         }
     }
 
-    fn data(from: Dir, b: &[u8]) -> (Dir, Piece) {
-        (from, Piece::Data(b.to_vec()))
+    fn data(from: Dir, b: &[u8]) -> (Dir, Readable) {
+        (from, Readable::Data(b.to_vec()))
     }
 
     fn summary(s: &Session) -> Vec<(Dir, Kind, Vec<u8>, u32)> {
@@ -619,12 +632,16 @@ pub(crate) mod tests {
             data(Dir::Down, b"HTTP/1.1 204 No Content\r\n\r\n"),
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
-            data(Dir::Up, &[frame(false, false, 1, b"hel", true), frame(true, false, 9, b"p", true)].concat()),
-            data(Dir::Up, &frame(true, false, 0, b"lo", true)),
-            data(Dir::Down, &frame(true, false, 2, &big, false)),
-            data(Dir::Up, &frame(true, false, 8, &[3, 232, b'o', b'k'], true)),
-            data(Dir::Down, &frame(true, false, 8, &[3, 232], false)),
-            (Dir::Up, Piece::Fin),
+            data(
+                Dir::Up,
+                &[frame(false, false, Opcode::Text, b"hel", true), frame(true, false, Opcode::Ping, b"p", true)]
+                    .concat(),
+            ),
+            data(Dir::Up, &frame(true, false, Opcode::Continuation, b"lo", true)),
+            data(Dir::Down, &frame(true, false, Opcode::Binary, &big, false)),
+            data(Dir::Up, &frame(true, false, Opcode::Close, &[3, 232, b'o', b'k'], true)),
+            data(Dir::Down, &frame(true, false, Opcode::Close, &[3, 232], false)),
+            (Dir::Up, Readable::Fin),
         ]);
         let s = decode(&c, 1).unwrap();
         assert_eq!((s.method.as_str(), s.path.as_str(), s.status), ("GET", "/chat?x=1", 101));
@@ -641,7 +658,7 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!((s.close_code(Dir::Up), s.close_code(Dir::Down)), (Some(1000), Some(1000)));
-        assert_eq!(s.messages[1].ts_ns, 7, "a message is timed by its last byte");
+        assert_eq!(s.messages[1].time.as_nanos(), 7, "a message is timed by its last byte");
         assert_eq!((s.count(Dir::Up), s.count(Dir::Down)), (3, 2));
     }
 
@@ -662,7 +679,7 @@ pub(crate) mod tests {
                 if reset {
                     z.reset();
                 }
-                msgs.push(frame(true, true, 1, &deflate(&mut z, text), false));
+                msgs.push(frame(true, true, Opcode::Text, &deflate(&mut z, text), false));
             }
             let c = conn(vec![
                 data(Dir::Up, UPGRADE),
@@ -685,15 +702,15 @@ pub(crate) mod tests {
 
     #[test]
     fn gaps_inside_payloads_mark_messages_and_gaps_in_headers_stop_the_direction() {
-        let f = frame(true, false, 2, b"0123456789", false);
+        let f = frame(true, false, Opcode::Binary, b"0123456789", false);
         let c = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
             data(Dir::Down, &f[..4]),
-            (Dir::Down, Piece::Gap(3)),
+            (Dir::Down, Readable::Gap(3)),
             data(Dir::Down, &f[7..]),
-            data(Dir::Down, &frame(true, false, 1, b"after", false)),
-            (Dir::Down, Piece::Gap(2)),
+            data(Dir::Down, &frame(true, false, Opcode::Text, b"after", false)),
+            (Dir::Down, Readable::Gap(2)),
             data(Dir::Down, b"junk"),
         ]);
         let s = decode(&c, 1).unwrap();
@@ -707,15 +724,19 @@ pub(crate) mod tests {
     /// the hole decode, the hole is listed as a gap, and nothing is called damage.
     #[test]
     fn a_gap_that_ends_on_a_frame_boundary_is_listed_and_the_frames_after_it_decode() {
-        let big = frame(true, false, 2, &[9; 5000], true);
+        let big = frame(true, false, Opcode::Binary, &[9; 5000], true);
         let c = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
-            data(Dir::Up, &frame(true, false, 1, b"before", true)),
+            data(Dir::Up, &frame(true, false, Opcode::Text, b"before", true)),
             data(Dir::Up, &big[..1000]), // the rest of it and two more frames were lost
-            (Dir::Up, Piece::Gap((big.len() - 1000 + 40) as u64)),
-            data(Dir::Up, &[frame(true, false, 1, b"after", true), frame(true, false, 9, b"p", true)].concat()),
-            (Dir::Up, Piece::Gap(1 << 40)), // a huge hole costs nothing, at the end too
+            (Dir::Up, Readable::Gap((big.len() - 1000 + 40) as u64)),
+            data(
+                Dir::Up,
+                &[frame(true, false, Opcode::Text, b"after", true), frame(true, false, Opcode::Ping, b"p", true)]
+                    .concat(),
+            ),
+            (Dir::Up, Readable::Gap(1 << 40)), // a huge hole costs nothing, at the end too
         ]);
         let s = decode(&c, 1).unwrap();
         assert!(s.problems.is_empty(), "{:?}", s.problems);
@@ -737,8 +758,8 @@ pub(crate) mod tests {
     #[test]
     fn a_session_picked_up_after_its_handshake_still_yields_its_messages() {
         let mut c = conn(vec![
-            data(Dir::Down, &frame(true, false, 1, b"server first", false)),
-            data(Dir::Up, &frame(true, false, 2, b"\x01\x02", true)),
+            data(Dir::Down, &frame(true, false, Opcode::Text, b"server first", false)),
+            data(Dir::Up, &frame(true, false, Opcode::Binary, b"\x01\x02", true)),
         ]);
         c.midstream = true;
         let s = decode(&c, 3).unwrap();
@@ -755,9 +776,10 @@ pub(crate) mod tests {
     }
 
     /// A session whose server sends `messages`, each compressed with context takeover.
-    fn compressed_session(messages: &[&[u8]]) -> Conn {
+    fn compressed_session(messages: &[&[u8]]) -> Reassembled {
         let mut z = Compress::new(Compression::default(), false);
-        let frames: Vec<u8> = messages.iter().flat_map(|m| frame(true, true, 2, &deflate(&mut z, m), false)).collect();
+        let frames: Vec<u8> =
+            messages.iter().flat_map(|m| frame(true, true, Opcode::Binary, &deflate(&mut z, m), false)).collect();
         conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").as_bytes()),
@@ -794,7 +816,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_flood_of_bad_frames_costs_a_few_problems_and_a_count() {
-        let stray: Vec<u8> = (0..100_000).flat_map(|_| frame(true, false, 0, b"", false)).collect();
+        let stray: Vec<u8> = (0..100_000).flat_map(|_| frame(true, false, Opcode::Continuation, b"", false)).collect();
         let c = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
@@ -830,14 +852,14 @@ pub(crate) mod tests {
         let bad = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
-            data(Dir::Down, &[0x83, 0x00]),
+            data(Dir::Down, &[0x83, 0x00]), // a reserved opcode
         ]);
         let s = decode(&bad, 1).unwrap();
         assert!(s.problems.iter().any(|p| p.contains("opcode")), "{:?}", s.problems);
         let cont = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
-            data(Dir::Down, &frame(true, false, 0, b"x", false)),
+            data(Dir::Down, &frame(true, false, Opcode::Continuation, b"x", false)),
         ]);
         assert!(decode(&cont, 1).unwrap().problems.iter().any(|p| p.contains("continuation")));
     }

@@ -3,69 +3,82 @@
 //! are stream offsets (holes included); memory is only what was captured, however large
 //! a hole claims to be.
 
+use wstap_wire::Timestamp;
+
 /// A direction's captured bytes and the holes between them.
 #[derive(Debug, Default)]
-pub(super) struct Stream {
+pub(crate) struct Stream {
     /// The captured bytes, holes left out.
     data: Vec<u8>,
     /// The holes, in order.
     holes: Vec<Hole>,
     /// Its length in stream offsets: captured bytes and holes.
     len: u64,
-    /// (end offset, timestamp, order) of each piece that arrived.
-    arrivals: Vec<(u64, i128, usize)>,
+    /// When each piece arrived.
+    arrivals: Vec<Arrival>,
+}
+
+/// When bytes of a stream became readable, and their place in the conversation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Arrival {
+    /// The stream offset just past them.
+    pub(crate) end: u64,
+    /// When they became readable.
+    pub(crate) time: Timestamp,
+    /// The place, in both directions' deliveries together, of the one that made them readable.
+    pub(crate) order: usize,
 }
 
 /// Bytes the capture missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Hole {
+pub(crate) struct Hole {
     /// Where it starts and ends, in stream offsets.
-    pub(super) at: u64,
-    pub(super) end: u64,
+    pub(crate) at: u64,
+    pub(crate) end: u64,
     /// How many captured bytes come before it.
     data_at: usize,
 }
 
 impl Stream {
     /// Bytes that became readable at `ts`, `order`th in the conversation.
-    pub(super) fn push_data(&mut self, bytes: &[u8], ts: i128, order: usize) {
+    pub(crate) fn push_data(&mut self, bytes: &[u8], time: Timestamp, order: usize) {
         self.data.extend_from_slice(bytes);
         self.len += bytes.len() as u64;
-        self.arrivals.push((self.len, ts, order));
+        self.arrivals.push(Arrival { end: self.len, time, order });
     }
 
     /// `n` bytes the capture missed.
-    pub(super) fn push_hole(&mut self, n: u64, ts: i128, order: usize) {
+    pub(crate) fn push_hole(&mut self, n: u64, time: Timestamp, order: usize) {
         let at = self.len;
         self.len = at.saturating_add(n);
         self.holes.push(Hole { at, end: self.len, data_at: self.data.len() });
-        self.arrivals.push((self.len, ts, order));
+        self.arrivals.push(Arrival { end: self.len, time, order });
     }
 
     /// Its length in stream offsets.
-    pub(super) fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// Whether it holds no byte at all.
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
 
     /// Whether any byte in `from..to` is missing.
-    pub(super) fn has_gap(&self, from: u64, to: u64) -> bool {
+    pub(crate) fn has_gap(&self, from: u64, to: u64) -> bool {
         self.hole_from(from).is_some_and(|h| h.at < to)
     }
 
     /// The hole that contains `pos` or comes after it.
-    pub(super) fn hole_from(&self, pos: u64) -> Option<Hole> {
+    pub(crate) fn hole_from(&self, pos: u64) -> Option<Hole> {
         let i = self.holes.partition_point(|h| h.end <= pos);
         self.holes.get(i).copied()
     }
 
     /// The captured bytes from `from` up to the next hole or the end; empty when `from`
     /// is in a hole or past the end.
-    pub(super) fn contiguous(&self, from: u64) -> &[u8] {
+    pub(crate) fn contiguous(&self, from: u64) -> &[u8] {
         let i = self.holes.partition_point(|h| h.end <= from);
         if self.holes.get(i).is_some_and(|h| h.at <= from) || from >= self.len {
             return &[];
@@ -80,12 +93,12 @@ impl Stream {
     }
 
     /// The bytes `from..to` when none is missing.
-    pub(super) fn slice(&self, from: u64, to: u64) -> Option<&[u8]> {
+    pub(crate) fn slice(&self, from: u64, to: u64) -> Option<&[u8]> {
         (!self.has_gap(from, to)).then(|| self.contiguous(from)).and_then(|b| b.get(..(to - from) as usize))
     }
 
     /// Whatever the capture holds of `from..to`: each run of bytes with its offset.
-    pub(super) fn runs(&self, from: u64, to: u64) -> Vec<(u64, &[u8])> {
+    pub(crate) fn runs(&self, from: u64, to: u64) -> Vec<(u64, &[u8])> {
         let mut out = Vec::new();
         let mut at = from;
         while at < to.min(self.len) {
@@ -102,10 +115,12 @@ impl Stream {
         out
     }
 
-    /// When the byte before `end` arrived, and in which place of the conversation.
-    pub(super) fn arrival(&self, end: u64) -> (i128, usize) {
-        let i = self.arrivals.partition_point(|a| a.0 < end);
-        self.arrivals.get(i).or(self.arrivals.last()).map_or((0, 0), |a| (a.1, a.2))
+    /// When the byte before `end` arrived, and its place in the conversation: the
+    /// arrival of the piece that holds it, with `end` as its end.
+    pub(crate) fn arrival(&self, end: u64) -> Arrival {
+        let i = self.arrivals.partition_point(|a| a.end < end);
+        let piece = self.arrivals.get(i).or(self.arrivals.last()).copied().unwrap_or_default();
+        Arrival { end, ..piece }
     }
 }
 
@@ -116,9 +131,10 @@ mod tests {
     #[test]
     fn offsets_count_holes_but_memory_holds_only_what_was_captured() {
         let mut s = Stream::default();
-        s.push_data(b"abc", 1, 0);
-        s.push_hole(1 << 40, 2, 1); // a hole of a terabyte costs nothing
-        s.push_data(b"defg", 3, 2);
+        let t = Timestamp::from_nanos;
+        s.push_data(b"abc", t(1), 0);
+        s.push_hole(1 << 40, t(2), 1); // a hole of a terabyte costs nothing
+        s.push_data(b"defg", t(3), 2);
         let after = 3 + (1 << 40);
         assert_eq!(s.len(), after + 4);
         assert_eq!(s.contiguous(0), b"abc");
@@ -130,6 +146,6 @@ mod tests {
         assert_eq!(s.slice(2, after + 1), None);
         assert_eq!(s.runs(1, after + 2), [(1, &b"bc"[..]), (after, &b"de"[..])]);
         assert_eq!(s.hole_from(0).map(|h| (h.at, h.end)), Some((3, after)));
-        assert_eq!(s.arrival(after + 1), (3, 2));
+        assert_eq!(s.arrival(after + 1), Arrival { end: after + 1, time: t(3), order: 2 });
     }
 }

@@ -3,7 +3,6 @@
 //! nanosecond timestamps, direction flags and comments. Knows nothing of TCP or files.
 
 use std::io::Write;
-use std::time::Duration;
 
 use pcap_file::pcapng::blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption};
 use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
@@ -11,6 +10,7 @@ use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::{DataLink, Endianness};
 
 use crate::dir::Dir;
+use crate::time::Timestamp;
 
 /// pcap-file 2.0 writes option lengths as `u16` without checking: keep comments shorter.
 const MAX_COMMENT: usize = 60_000;
@@ -24,22 +24,6 @@ pub struct SectionInfo {
     pub os: String,
     /// Named in the section comment.
     pub hostname: String,
-}
-
-impl SectionInfo {
-    /// This program on this machine.
-    pub fn current() -> SectionInfo {
-        let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_owned()).ok();
-        let os = match read("/proc/sys/kernel/osrelease") {
-            Some(release) => format!("{} {release}", std::env::consts::OS),
-            None => std::env::consts::OS.to_owned(),
-        };
-        SectionInfo {
-            application: format!("wstap {}", env!("CARGO_PKG_VERSION")),
-            os,
-            hostname: read("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown-host".to_owned()),
-        }
-    }
 }
 
 /// A pcapng section being written, with link type RAW IP (packets start at the IP header).
@@ -83,7 +67,7 @@ impl<W: Write> PcapngWriter<W> {
     }
 
     /// Writes one packet (an IP datagram, the concatenation of `parts`) that went `dir`,
-    /// seen at `time` since the Unix epoch.
+    /// seen at `time`.
     ///
     /// Encoded here rather than by pcap-file, which allocates an option list and
     /// serializes every block twice (once to measure it): this runs once per packet.
@@ -91,7 +75,7 @@ impl<W: Write> PcapngWriter<W> {
     pub fn packet(
         &mut self,
         interface: u32,
-        time: Duration,
+        time: Timestamp,
         dir: Dir,
         parts: &[&[u8]],
         comment: Option<&str>,
@@ -104,7 +88,7 @@ impl<W: Write> PcapngWriter<W> {
         // Options: flags (8 bytes), the comment if any, end of options (4 bytes).
         let comment_len = comment.map_or(0, |c| 4 + c.len() + pad(c.len()));
         let block_len = 12 + 20 + len + pad(len) + 8 + comment_len + 4;
-        let ts = time.as_nanos() as u64;
+        let ts = time.as_nanos();
         let mut head = [0u8; 28];
         for (i, v) in [6, block_len as u32, interface, (ts >> 32) as u32, ts as u32, len as u32, len as u32]
             .into_iter()
@@ -140,7 +124,7 @@ impl<W: Write> PcapngWriter<W> {
     }
 
     /// Writes an Interface Statistics Block for `interface`: what it saw from `start`
-    /// to `end` (since the Unix epoch), `received` and `dropped` packets, and a comment.
+    /// to `end`, `received` and `dropped` packets, and a comment.
     /// Wireshark's Capture File Properties and `capinfos` show them.
     pub fn statistics(&mut self, interface: u32, stats: &InterfaceStats, comment: Option<&str>) -> std::io::Result<()> {
         let pad = |n: usize| (4 - n % 4) % 4;
@@ -187,10 +171,12 @@ impl<W: Write> PcapngWriter<W> {
         w.write_all(&(block_len as u32).to_le_bytes())
     }
 
+    /// The output the section is written to.
     pub fn get_mut(&mut self) -> &mut W {
         self.inner.get_mut()
     }
 
+    /// Ends the section (nothing more is written) and hands back the output.
     pub fn into_inner(self) -> W {
         self.inner.into_inner()
     }
@@ -199,21 +185,29 @@ impl<W: Write> PcapngWriter<W> {
 /// What an interface saw over a section: for its Interface Statistics Block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InterfaceStats {
-    /// Its first packet, since the Unix epoch.
-    pub start: Duration,
-    /// Its last packet.
-    pub end: Duration,
+    /// When it saw its first packet.
+    pub start: Timestamp,
+    /// When it saw its last packet.
+    pub end: Timestamp,
     /// Packets received (written, and dropped).
     pub received: u64,
     /// Packets not captured.
     pub dropped: u64,
 }
 
+/// The start of a pcapng file that is whole blocks: what [`whole_blocks`] finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeBlocks {
+    /// Its length in bytes.
+    pub len: u64,
+    /// The packets in it.
+    pub packets: u64,
+}
+
 /// How much of a pcapng file, given block by block through `header(offset)` (the 8 bytes
 /// of block type and length at `offset`, or `None` past the end), is whole blocks in
-/// wstap's byte order: `(length of the whole-block prefix, packets in it)`. A file a
-/// crash or a full disk cut short is readable up to that length.
-pub fn whole_blocks(mut header: impl FnMut(u64) -> Option<[u8; 8]>, file_len: u64) -> (u64, u64) {
+/// wstap's byte order. A file a crash or a full disk cut short is readable up to there.
+pub fn whole_blocks(mut header: impl FnMut(u64) -> Option<[u8; 8]>, file_len: u64) -> WholeBlocks {
     const SHB: u32 = 0x0A0D_0D0A;
     const EPB: u32 = 6;
     let (mut at, mut packets) = (0u64, 0u64);
@@ -227,12 +221,12 @@ pub fn whole_blocks(mut header: impl FnMut(u64) -> Option<[u8; 8]>, file_len: u6
         packets += u64::from(kind == EPB);
         at += len;
     }
-    (at, packets)
+    WholeBlocks { len: at, packets }
 }
 
 /// A nanosecond timestamp as pcapng writes it: high 32 bits, then low, each little-endian.
-fn timestamp(t: Duration) -> [u8; 8] {
-    let ns = t.as_nanos() as u64;
+fn timestamp(t: Timestamp) -> [u8; 8] {
+    let ns = t.as_nanos();
     let mut b = [0u8; 8];
     b[..4].copy_from_slice(&((ns >> 32) as u32).to_le_bytes());
     b[4..].copy_from_slice(&(ns as u32).to_le_bytes());
@@ -264,7 +258,8 @@ mod tests {
         assert_eq!(w.add_interface("client", "client leg", Dir::Up).unwrap(), 0);
         assert_eq!(w.add_interface("upstream", "upstream leg", Dir::Down).unwrap(), 1);
         let long = "é".repeat(40_000);
-        w.packet(1, Duration::new(1_700_000_000, 123_456_789), Dir::Up, &[&[0x45, 0], &[0, 20]], Some(&long)).unwrap();
+        w.packet(1, Timestamp::from_nanos(1_700_000_000_123_456_789), Dir::Up, &[&[0x45, 0], &[0, 20]], Some(&long))
+            .unwrap();
         let bytes = w.into_inner();
 
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();
@@ -295,8 +290,8 @@ mod tests {
         let mut w = PcapngWriter::new(Vec::new(), &info).unwrap();
         w.add_interface("client", "client leg", Dir::Up).unwrap();
         let stats = InterfaceStats {
-            start: Duration::new(1_700_000_000, 5),
-            end: Duration::new(1_700_000_001, 7),
+            start: Timestamp::from_nanos(1_700_000_000_000_000_005),
+            end: Timestamp::from_nanos(1_700_000_001_000_000_007),
             received: 10,
             dropped: 3,
         };

@@ -53,8 +53,8 @@ pub struct Packet<'a> {
 }
 
 impl Packet<'_> {
-    /// The packet's length in bytes.
-    pub fn len(&self) -> usize {
+    /// The packet's size in bytes.
+    pub fn size(&self) -> usize {
         self.headers.len() + self.payload.len()
     }
 

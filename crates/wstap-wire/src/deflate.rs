@@ -9,7 +9,8 @@
 use flate2::{Decompress, DecompressError, FlushDecompress};
 
 use crate::dir::PerDir;
-use crate::wire::wsframe::FrameHeader;
+use crate::time::Timestamp;
+use crate::wsframe::{first_byte, FrameHeader, Opcode};
 
 /// The deflate window: how far back a compressed message may refer.
 const WINDOW: usize = 32 * 1024;
@@ -29,7 +30,7 @@ pub const NOT_FOLLOWED: &str = "wstap stopped following this direction's compres
 pub struct Allowance {
     per_second: u64,
     tokens: u64,
-    at_ns: u64,
+    at: Timestamp,
 }
 
 impl Default for Allowance {
@@ -42,16 +43,16 @@ impl Default for Allowance {
 impl Allowance {
     /// `per_second` bytes of inflated output per second, a second's worth to start with.
     pub fn new(per_second: u64) -> Allowance {
-        Allowance { per_second, tokens: per_second, at_ns: 0 }
+        Allowance { per_second, tokens: per_second, at: Timestamp::EPOCH }
     }
 
     /// Adds what the time since the last refill earned, up to a second's worth.
-    pub fn refill(&mut self, now_ns: u64) {
-        let earned = (u128::from(now_ns.saturating_sub(self.at_ns)) * u128::from(self.per_second) / 1_000_000_000)
+    pub fn refill(&mut self, now: Timestamp) {
+        let earned = (now.since(self.at).as_nanos() * u128::from(self.per_second) / 1_000_000_000)
             .min(u128::from(self.per_second)) as u64;
         if earned > 0 {
             self.tokens = self.tokens.saturating_add(earned).min(self.per_second);
-            self.at_ns = now_ns;
+            self.at = now;
         }
     }
 }
@@ -92,6 +93,7 @@ impl Default for Context {
 }
 
 impl Context {
+    /// A direction whose compression is followed from its first message.
     pub fn new() -> Context {
         let window = Vec::new();
         Context { z: Decompress::new(false), window, compressed: false, message_out: 0, broken: None, unfollowed: None }
@@ -124,10 +126,10 @@ impl Context {
     /// A piece of a frame's payload (unmasked); `frame_end` on its last piece. Inflates
     /// within `allowance` and [`MAX_FOLLOWED_MESSAGE`]; past either, stops following.
     pub fn feed(&mut self, h: &FrameHeader, payload: &[u8], frame_end: bool, allowance: &mut Allowance) {
-        if self.broken.is_some() || self.unfollowed.is_some() || h.opcode >= 8 {
+        if self.broken.is_some() || self.unfollowed.is_some() || h.opcode.is_control() {
             return;
         }
-        if h.opcode != 0 {
+        if h.opcode.starts_message() {
             // A message's first frame says whether the message is compressed.
             self.compressed = h.rsv1;
             self.message_out = 0;
@@ -182,7 +184,8 @@ impl Context {
         payload.extend_from_slice(window);
         payload.push(0x00);
         // A zero key masks nothing, so the payload goes out as it is.
-        let mut frame = FrameHeader::encode(0x80 | 0x40 | 0x2, payload.len() as u64, masked.then_some([0; 4]));
+        let mut frame =
+            FrameHeader::encode(first_byte(true, true, Opcode::Binary), payload.len() as u64, masked.then_some([0; 4]));
         frame.extend(payload);
         Some(frame)
     }
@@ -255,7 +258,15 @@ mod tests {
     }
 
     fn header(len: usize) -> FrameHeader {
-        FrameHeader { fin: true, rsv1: true, rsv23: false, opcode: 1, mask: None, len: len as u64, header_len: 2 }
+        FrameHeader {
+            fin: true,
+            rsv1: true,
+            rsv23: false,
+            opcode: Opcode::Text,
+            mask: None,
+            len: len as u64,
+            header_len: 2,
+        }
     }
 
     #[test]
@@ -270,7 +281,7 @@ mod tests {
         // A fresh inflater (a new file) fed the priming frame's payload, then the rest.
         let frame = ctx.priming_frame(false).unwrap();
         let h = FrameHeader::parse(&frame).unwrap();
-        assert!(h.rsv1 && h.fin && h.opcode == 2);
+        assert!(h.rsv1 && h.fin && h.opcode == Opcode::Binary);
         let mut fresh = Decompress::new(false);
         let mut sink = vec![0u8; 1 << 20];
         let mut inflate = |fresh: &mut Decompress, data: &[u8]| {
@@ -318,7 +329,7 @@ mod tests {
         // One writer-wide allowance of 1 MiB/s: two 600 KiB messages in the same second
         // spend it (the second context stops being followed); a second later it is back.
         let mut allowance = Allowance::new(1 << 20);
-        allowance.refill(1_000_000_000);
+        allowance.refill(Timestamp::from_nanos(1_000_000_000));
         let text = vec![b'x'; 600 << 10];
         let (mut a, mut b) = (Context::new(), Context::new());
         for ctx in [&mut a, &mut b] {
@@ -326,7 +337,7 @@ mod tests {
             ctx.feed(&header(c.len()), &c, true, &mut allowance);
         }
         assert_eq!((a.unfollowed(), b.unfollowed()), (None, Some(NOT_FOLLOWED)));
-        allowance.refill(2_000_000_000);
+        allowance.refill(Timestamp::from_nanos(2_000_000_000));
         let c = compressed(&mut z, &text);
         let mut fresh = Context::new();
         fresh.feed(&header(c.len()), &c, true, &mut allowance);

@@ -28,16 +28,45 @@ pub struct Segment<'a> {
     pub payload: &'a [u8],
 }
 
-/// LINKTYPE_ values this reader understands.
-pub mod link {
-    pub const NULL: u16 = 0;
-    pub const ETHERNET: u16 = 1;
-    pub const RAW: u16 = 101;
-    pub const LOOP: u16 = 108;
-    pub const LINUX_SLL: u16 = 113;
-    pub const IPV4: u16 = 228;
-    pub const IPV6: u16 = 229;
-    pub const LINUX_SLL2: u16 = 276;
+/// A capture interface's link type (its `LINKTYPE_` value): what header comes before the
+/// IP packet in each of its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkType {
+    /// 0, BSD loopback: a 4-byte address family in the capturing host's byte order.
+    Null,
+    /// 1, Ethernet II, with any number of VLAN tags.
+    Ethernet,
+    /// 101 (and 12 or 14 in some old files): the IP header first, as wstap writes.
+    Raw,
+    /// 108, OpenBSD loopback: a 4-byte address family, big-endian.
+    Loop,
+    /// 113, Linux cooked capture (`tcpdump -i any` before 2020).
+    LinuxSll,
+    /// 228: IPv4 only, the IP header first.
+    Ipv4,
+    /// 229: IPv6 only, the IP header first.
+    Ipv6,
+    /// 276, Linux cooked capture version 2 (`tcpdump -i any` since).
+    LinuxSll2,
+    /// Any other: its frames are not read.
+    Other(u16),
+}
+
+impl LinkType {
+    /// The link type a file's `LINKTYPE_` value names.
+    pub fn from_value(value: u16) -> LinkType {
+        match value {
+            0 => LinkType::Null,
+            1 => LinkType::Ethernet,
+            12 | 14 | 101 => LinkType::Raw,
+            108 => LinkType::Loop,
+            113 => LinkType::LinuxSll,
+            228 => LinkType::Ipv4,
+            229 => LinkType::Ipv6,
+            276 => LinkType::LinuxSll2,
+            other => LinkType::Other(other),
+        }
+    }
 }
 
 /// Why a frame is not a TCP segment; `Unsupported` frames are counted, not reported.
@@ -46,13 +75,13 @@ pub enum Skip {
     /// Not TCP over IP (ARP, UDP, an IP fragment, …).
     NotTcp,
     /// A link type this reader does not know.
-    Link(u16),
+    Link(LinkType),
     /// Claims to be IP/TCP but its headers are cut short or malformed.
     Malformed(String),
 }
 
 /// The IP packet inside a frame of link type `link`, if it carries one.
-fn ip_payload(link: u16, frame: &[u8]) -> Result<&[u8], Skip> {
+fn ip_payload(link: LinkType, frame: &[u8]) -> Result<&[u8], Skip> {
     fn ethertype_ip(t: u16, rest: &[u8]) -> Result<&[u8], Skip> {
         match t {
             0x0800 | 0x86DD => Ok(rest),
@@ -62,8 +91,8 @@ fn ip_payload(link: u16, frame: &[u8]) -> Result<&[u8], Skip> {
     let short = || Skip::Malformed(format!("{}-byte frame is shorter than its link header", frame.len()));
     let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or_else(short);
     match link {
-        link::RAW | link::IPV4 | link::IPV6 | 12 | 14 => Ok(frame),
-        link::ETHERNET => {
+        LinkType::Raw | LinkType::Ipv4 | LinkType::Ipv6 => Ok(frame),
+        LinkType::Ethernet => {
             let mut at = 12;
             loop {
                 match be16(at)? {
@@ -72,11 +101,11 @@ fn ip_payload(link: u16, frame: &[u8]) -> Result<&[u8], Skip> {
                 }
             }
         }
-        link::LINUX_SLL => ethertype_ip(be16(14)?, frame.get(16..).ok_or_else(short)?),
-        link::LINUX_SLL2 => ethertype_ip(be16(0)?, frame.get(20..).ok_or_else(short)?),
-        link::NULL | link::LOOP => {
+        LinkType::LinuxSll => ethertype_ip(be16(14)?, frame.get(16..).ok_or_else(short)?),
+        LinkType::LinuxSll2 => ethertype_ip(be16(0)?, frame.get(20..).ok_or_else(short)?),
+        LinkType::Null | LinkType::Loop => {
             let family = frame.get(..4).ok_or_else(short)?;
-            let family = if link == link::LOOP {
+            let family = if link == LinkType::Loop {
                 u32::from_be_bytes(family.try_into().unwrap_or_default())
             } else {
                 // The host's byte order, which the file does not record: whichever reads small.
@@ -92,12 +121,12 @@ fn ip_payload(link: u16, frame: &[u8]) -> Result<&[u8], Skip> {
                 _ => Err(Skip::NotTcp),
             }
         }
-        other => Err(Skip::Link(other)),
+        LinkType::Other(_) => Err(Skip::Link(link)),
     }
 }
 
 /// The TCP segment in a frame.
-pub fn segment(link: u16, frame: &[u8]) -> Result<Segment<'_>, Skip> {
+pub fn segment(link: LinkType, frame: &[u8]) -> Result<Segment<'_>, Skip> {
     let ip = IpSlice::from_slice(ip_payload(link, frame)?).map_err(|e| Skip::Malformed(format!("IP: {e}")))?;
     let payload = ip.payload();
     if payload.ip_number != IpNumber::TCP {
@@ -150,31 +179,32 @@ mod tests {
         let null_le = [&2u32.to_le_bytes()[..], &ip].concat();
         let null_be = [&2u32.to_be_bytes()[..], &ip].concat();
         for (link, frame) in [
-            (link::ETHERNET, &eth),
-            (link::RAW, &ip),
-            (link::LINUX_SLL, &sll),
-            (link::LINUX_SLL2, &sll2),
-            (link::NULL, &null_le),
-            (link::NULL, &null_be),
-            (link::LOOP, &null_be),
+            (LinkType::Ethernet, &eth),
+            (LinkType::Raw, &ip),
+            (LinkType::LinuxSll, &sll),
+            (LinkType::LinuxSll2, &sll2),
+            (LinkType::Null, &null_le),
+            (LinkType::Null, &null_be),
+            (LinkType::Loop, &null_be),
         ] {
-            let s = segment(link, frame).unwrap_or_else(|e| panic!("link {link}: {e:?}"));
-            assert_eq!(s.payload, b"hello", "link {link}");
+            let s = segment(link, frame).unwrap_or_else(|e| panic!("{link:?}: {e:?}"));
+            assert_eq!(s.payload, b"hello", "{link:?}");
             assert_eq!((s.src.port(), s.dst.port(), s.seq, s.ack), (4000, 80, 1000, Some(77)));
             assert!(!s.syn && !s.fin && !s.rst);
         }
         let v6 = ipv6_tcp(b"x");
-        let v6 = segment(link::RAW, &v6).unwrap();
+        let v6 = segment(LinkType::Raw, &v6).unwrap();
         assert!(v6.src.is_ipv6() && v6.syn && v6.ack.is_none());
     }
 
     #[test]
     fn other_traffic_and_damage_are_skipped_not_fatal() {
         let arp = [&[0u8; 12][..], &[0x08, 0x06], &[0; 28]].concat();
-        assert_eq!(segment(link::ETHERNET, &arp), Err(Skip::NotTcp));
-        assert_eq!(segment(999, b"x"), Err(Skip::Link(999)));
+        assert_eq!(segment(LinkType::Ethernet, &arp), Err(Skip::NotTcp));
+        let unknown = LinkType::from_value(999);
+        assert_eq!(segment(unknown, b"x"), Err(Skip::Link(LinkType::Other(999))));
         let ip = ipv4_tcp(b"hello");
-        assert!(matches!(segment(link::RAW, &ip[..30]), Err(Skip::Malformed(_))));
-        assert!(matches!(segment(link::ETHERNET, &[0; 5]), Err(Skip::Malformed(_))));
+        assert!(matches!(segment(LinkType::Raw, &ip[..30]), Err(Skip::Malformed(_))));
+        assert!(matches!(segment(LinkType::Ethernet, &[0; 5]), Err(Skip::Malformed(_))));
     }
 }
