@@ -4,9 +4,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use wstap_replay::decode_within;
-use wstap_replay::InflateBudget;
-use wstap_replay::reassembly::Reassembler;
 use wstap_replay::dissect::Segment;
+use wstap_replay::reassembly::Reassembler;
+use wstap_replay::InflateBudget;
 
 fuzz_target!(|data: &[u8]| {
     let (a, b) = ("10.0.0.1:4000".parse().unwrap(), "10.0.0.2:80".parse().unwrap());

@@ -4,9 +4,9 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use wstap_replay::decode_within;
-use wstap_replay::InflateBudget;
-use wstap_replay::reassembly::Reassembler;
 use wstap_replay::dissect::Segment;
+use wstap_replay::reassembly::Reassembler;
+use wstap_replay::InflateBudget;
 
 const UPGRADE: &[u8] = b"GET /f HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
 const SWITCH: &[u8] =

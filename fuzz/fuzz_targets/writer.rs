@@ -9,15 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use wstap::capture::{CaptureWriter, ConnId, Event, Gap, LegId, Processed, PureAcks, Scope};
+use wstap::capture::{SectionInfo, Stats, Synthesis, What};
 use wstap::config::{DisplayPort, Legs, Redact, Segmentation, Snap};
-use wstap::capture::CaptureWriter;
-use wstap::capture::Event;
-use wstap::capture::SectionInfo;
-use wstap::capture::Stats;
-use wstap::capture::Step;
-use wstap::capture::Synthesis;
-use wstap::capture::What;
 use wstap::{Dir, Leg, Opening, PerDir};
+use wstap_wire::Timestamp;
 
 struct Input<'a>(&'a [u8]);
 
@@ -42,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
         segment: if data.first().is_some_and(|b| b & 2 == 2) { Segmentation::Gro } else { Segmentation::Mss },
-        acks: data.first().is_some_and(|b| b & 1 == 1),
+        acks: if data.first().is_some_and(|b| b & 1 == 1) { PureAcks::Written } else { PureAcks::Omitted },
         display_port: DisplayPort::Auto,
         redact: Arc::new(redact),
         inflate: Default::default(),
@@ -57,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let mut offsets: HashMap<u64, PerDir<u64>> = HashMap::new();
     let mut input = Input(data);
     let mut time = 1_000u64;
+    let conn = ConnId(1);
     while let Some(op) = input.byte() {
         let leg = u64::from(op >> 4 & 3) + 1;
         let dir = if op & 0x40 == 0 { Dir::Up } else { Dir::Down };
@@ -70,12 +67,16 @@ fuzz_target!(|data: &[u8]| {
                     "127.0.0.1:40000".parse().unwrap(),
                     "fuzz ?token=x",
                 );
-                o.session = op & 0x40 != 0;
+                o.scope = if op & 0x40 != 0 { Scope::Session } else { Scope::Connection };
+                o.conn = conn;
                 let n = u64::from(input.byte().unwrap_or(0));
                 o.snap = Snap { message: (n & 1 == 1).then_some(n), session: (n & 2 == 2).then_some(n * 7) };
                 // A leg of TLS records, written as they come and repeated by new files.
-                o.tls_secrets = (n & 4 == 4).then(|| "CLIENT_RANDOM 00 00
-".to_owned());
+                o.tls_secrets = (n & 4 == 4).then(|| {
+                    "CLIENT_RANDOM 00 00
+"
+                    .to_owned()
+                });
                 *at = PerDir::default();
                 What::Open(Box::new(o))
             }
@@ -91,22 +92,22 @@ fuzz_target!(|data: &[u8]| {
             8 => {
                 let until = at[dir] + u64::from(input.byte().unwrap_or(0)) * 16;
                 at[dir] = until;
-                What::Gap { dir, until, frames: 1, compressed: op & 0x80 != 0 }
+                What::Gap(Gap { dir, until, frames: 1, compressed: op & 0x80 != 0 })
             }
             9 => What::Reset,
-            10 => What::Note("fuzz note".into()),
+            10 => What::Note(wstap::capture::Note::TlsAfterLoss),
             11 => What::Session { comment: "fuzz session".into(), snap: Snap::default() },
             12 => {
-                w.rotation_due(time);
+                w.rotation_due(Timestamp::from_nanos(time));
                 continue;
             }
             _ => What::Close { reason: "fuzz".into(), offsets: *at },
         };
-        let mut ev = Some(Event { time, leg, what });
+        let mut ev = Some(Event { time: Timestamp::from_nanos(time), leg: LegId(leg), what });
         while let Some(e) = ev.take() {
             match w.process(e, &stats) {
-                Ok(Step::Done) => {}
-                Ok(Step::Rotate { then }) => match w.rotate(Vec::new(), &stats) {
+                Ok(Processed::Done) => {}
+                Ok(Processed::RotateFirst { then }) => match w.rotate(Vec::new(), &stats) {
                     Ok(Some(old)) => {
                         files.push(old);
                         ev = then;

@@ -1,24 +1,49 @@
 //! What taps tell the capture writer: one [`Event`] per thing that happened on a leg
 //! (its start, bytes each way, an end of stream, a reset, a comment, its close), stamped
-//! with the time it happened. Both sides of the queue import these types; they import
-//! nothing of either side.
+//! with the time it happened, and the ids and kinds those events name. Both sides of the
+//! queue import these types; they import nothing of either side.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
+use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
+use crate::capture::note::Note;
 use crate::config::Snap;
-use wstap_wire::dir::{Dir, Leg, PerDir};
 
-/// Identifies one leg of one connection in the event stream.
-pub type LegId = u64;
+/// One leg of one connection, as the event stream names it (a capture numbers its legs
+/// from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LegId(pub u64);
 
-/// Something that happened on one leg, at `time` (ns since the Unix epoch).
+/// One client connection accepted by the proxy, and so the WebSocket session it may
+/// carry (numbered from 1, as the logs and `/sessions` number them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a leg's capture covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole connection, from its first byte (`capture = "all"`, or an application
+    /// recording its own sockets): its HTTP is followed, and any session on it.
+    Connection,
+    /// A WebSocket session, from the first byte of its Upgrade request.
+    Session,
+}
+
+/// Something that happened on one leg, at `time`.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// When it happened, in nanoseconds since the Unix epoch.
-    pub time: u64,
+    /// When it happened.
+    pub time: Timestamp,
     /// The leg it happened on.
     pub leg: LegId,
     /// What happened.
@@ -28,7 +53,7 @@ pub struct Event {
 /// What happened on a leg.
 #[derive(Debug, Clone)]
 pub enum What {
-    /// The leg's capture starts: synthesize its handshake. Its comment goes on the SYN.
+    /// The leg's capture starts: synthesize its handshake. Its description goes on the SYN.
     Open(Box<Opening>),
     /// Bytes crossed the socket.
     Data {
@@ -48,24 +73,15 @@ pub enum What {
     },
     /// The queue had no room: the stream going `dir` lost everything up to `until`, a
     /// frame boundary, where its capture resumes.
-    Gap {
-        /// The stream that lost bytes.
-        dir: Dir,
-        /// Where the loss ends and capture resumes.
-        until: u64,
-        /// WebSocket frames lost, whole or in part.
-        frames: u64,
-        /// Some of them belonged to compressed (permessage-deflate) messages.
-        compressed: bool,
-    },
+    Gap(Gap),
     /// The peer reset the connection (seen while reading or writing).
     Reset,
     /// A comment for the leg's next packet.
-    Note(String),
+    Note(Note),
     /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`;
     /// the writer, which follows the leg's HTTP, has seen its Upgrade exchange).
     Session {
-        /// For the leg's next packet.
+        /// The session's description, for the leg's next packet.
         comment: String,
         /// How much of the session's payload is kept.
         snap: Snap,
@@ -79,8 +95,22 @@ pub enum What {
     },
 }
 
-#[derive(Debug, Clone)]
+/// Bytes a session's direction lost while the queue was full, ending at a frame boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The stream that lost bytes.
+    pub dir: Dir,
+    /// Where the loss ends and capture resumes.
+    pub until: u64,
+    /// WebSocket frames lost, whole or in part.
+    pub frames: u64,
+    /// Some of them belonged to compressed (permessage-deflate) messages: the shared
+    /// deflate window is lost with them.
+    pub compressed: bool,
+}
+
 /// How a leg's capture starts: which leg, its addresses, and what to say about it.
+#[derive(Debug, Clone)]
 pub struct Opening {
     /// Which connection of its session this is.
     pub leg: Leg,
@@ -90,11 +120,11 @@ pub struct Opening {
     pub remote: SocketAddr,
     /// Goes on the leg's first packet.
     pub comment: String,
-    /// The capture starts at an Upgrade exchange (a WebSocket session), not at the
-    /// connection's first byte.
-    pub session: bool,
+    /// What the capture covers: from the connection's first byte, or from an Upgrade
+    /// exchange (a WebSocket session).
+    pub scope: Scope,
     /// The client connection both legs of a session belong to.
-    pub session_id: u64,
+    pub conn: ConnId,
     /// For per-session file names: client address and route.
     pub label: String,
     /// How much of its payload is kept.
@@ -113,8 +143,8 @@ impl Opening {
             local,
             remote,
             comment: comment.into(),
-            session: false,
-            session_id: 0,
+            scope: Scope::Connection,
+            conn: ConnId::default(),
             label: String::new(),
             snap: Snap::default(),
             tls_secrets: None,
@@ -122,7 +152,7 @@ impl Opening {
     }
 }
 
-/// Now, in nanoseconds since the Unix epoch: the time base of every event.
-pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+/// Now: the time base of every event.
+pub fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
 }

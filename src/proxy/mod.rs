@@ -1,9 +1,13 @@
 //! The proxy: one client connection at a time, HTTP/1.1 and WebSocket, forwarded over an
 //! upstream connection it opens itself, and the relay of each upgraded session.
 //!
+//! - [`context`]: what every connection of one configuration shares.
 //! - [`admission`]: the connection limits, total and per client.
-//! - [`conn`]: a client connection: hyper's server on the (teed) socket, routing, the
-//!   upstream connection (hyper's client on a socket it opened), the upgrade, the taps.
+//! - [`conn`]: a client connection: hyper's server on the (teed) socket, routing, each
+//!   request forwarded; [`upstream`]: its upstream connection (hyper's client on a
+//!   socket it opened); [`session`]: a WebSocket session's task.
+//! - [`recording`]: the connection's capture as the proxy drives it: its taps, and
+//!   what each route records.
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
 //! - [`error`]: why a request failed, whose fault it was, its status code (pure).
 //! - [`splice`]: the byte relay of an upgraded session, half-close kept.
@@ -16,13 +20,17 @@
 
 pub mod admission;
 pub mod conn;
+pub mod context;
 pub mod error;
 pub mod headers;
 pub mod metered;
 pub mod paced;
 pub mod path;
 pub mod policy;
+pub mod recording;
+pub mod session;
 pub mod shutdown;
 pub mod splice;
 pub mod tls;
 pub mod traffic;
+pub mod upstream;

@@ -3,6 +3,8 @@
 //! atomics bumped where things happen ([`crate::proxy::metered::Metered`] counts bytes);
 //! the service renders them for `/metrics` and `/sessions`. No I/O here.
 
+use crate::capture::ConnId;
+use crate::proxy::recording::SessionCapture;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -31,7 +33,7 @@ pub struct Traffic {
     errors: Mutex<BTreeMap<(Leg, &'static str), u64>>,
     /// Failed TLS handshakes on the listeners, by reason.
     tls_failures: Mutex<BTreeMap<&'static str, u64>>,
-    sessions: Mutex<BTreeMap<u64, LiveSession>>,
+    sessions: Mutex<BTreeMap<ConnId, LiveSession>>,
 }
 
 /// A WebSocket session being relayed.
@@ -50,13 +52,13 @@ pub struct LiveSession {
     /// Its route's capture policy.
     pub policy: Policy,
     /// Whether it is being captured (its route records it and it was sampled).
-    pub captured: bool,
+    pub captured: SessionCapture,
 }
 
 /// Removes a session from the live list when dropped.
 pub struct SessionGuard {
     traffic: Arc<Traffic>,
-    id: u64,
+    id: ConnId,
 }
 
 impl Drop for SessionGuard {
@@ -83,7 +85,7 @@ impl Traffic {
     }
 
     /// A session starts: it is listed until the guard drops.
-    pub fn session_started(self: &Arc<Self>, id: u64, session: LiveSession) -> SessionGuard {
+    pub fn session_started(self: &Arc<Self>, id: ConnId, session: LiveSession) -> SessionGuard {
         self.sessions_total.fetch_add(1, Relaxed);
         lock(&self.sessions).insert(id, session);
         SessionGuard { traffic: self.clone(), id }
@@ -110,7 +112,7 @@ impl Traffic {
     }
 
     /// The live sessions, by id.
-    pub fn sessions(&self) -> Vec<(u64, LiveSession)> {
+    pub fn sessions(&self) -> Vec<(ConnId, LiveSession)> {
         lock(&self.sessions).iter().map(|(id, s)| (*id, s.clone())).collect()
     }
 

@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::capture::recorder::Capture;
+use crate::capture::Capture;
 use crate::config::Settings;
-use crate::proxy::conn::Context;
+use crate::proxy::context::ProxyContext;
 use crate::proxy::shutdown::Coordinator;
 use crate::service::metrics::Metrics;
 use crate::service::shared::Shared;
@@ -157,7 +157,7 @@ impl Running {
             false => None,
             true => Some(Capture::start(settings.capture.clone()).context("cannot start the capture writer")?),
         };
-        let ctx = Context::new(
+        let ctx = ProxyContext::new(
             settings.clone(),
             capture.as_ref().map(|c| c.recorder().clone()),
             metrics.traffic.clone(),

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::capture::ConnId;
 use crate::proxy::admission::Refused;
 use crate::proxy::conn;
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
@@ -56,8 +57,8 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
             pair = accepting.next() => pair,
         };
         let _ = stream.set_nodelay(true);
-        let id = shared.next_id.fetch_add(1, Relaxed);
-        let span = info_span!("conn", id, %client);
+        let id = ConnId(shared.next_id.fetch_add(1, Relaxed));
+        let span = info_span!("conn", id = id.0, %client);
         let ctx = shared.ctx();
         let limits = &ctx.settings.limits;
         match shared.admission.admit(client.ip(), limits.max_connections, limits.max_connections_per_client) {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::stats::Stats;
+use crate::proxy::recording::SessionCapture;
 use crate::proxy::traffic::Traffic;
 use wstap_wire::dir::{Dir, Leg};
 
@@ -151,7 +152,7 @@ impl Metrics {
             .into_iter()
             .map(|(id, s)| {
                 serde_json::json!({
-                    "id": id,
+                    "id": id.0,
                     "client": s.client.to_string(),
                     "path": s.path,
                     "upstream": s.upstream,
@@ -159,7 +160,7 @@ impl Metrics {
                     "bytes_from_client": s.bytes[Dir::Up].load(Relaxed),
                     "bytes_from_upstream": s.bytes[Dir::Down].load(Relaxed),
                     "capture": {
-                        "captured": s.captured,
+                        "captured": s.captured == SessionCapture::Captured,
                         "mode": s.policy.mode.name(),
                         "legs": Leg::BOTH.iter().filter(|l| s.policy.legs.has(**l)).map(|l| l.name()).collect::<Vec<_>>(),
                         "sample": s.policy.sample,
@@ -225,9 +226,9 @@ mod tests {
             upstream: "ws://u:1".into(),
             bytes: Arc::new(PerDir::new(AtomicU64::new(5), AtomicU64::new(7))),
             policy: crate::config::Policy::default(),
-            captured: true,
+            captured: SessionCapture::Captured,
         };
-        let session = m.traffic.session_started(3, live);
+        let session = m.traffic.session_started(crate::capture::ConnId(3), live);
         let text = m.render(None, true);
         for line in [
             "wstap_up 1",

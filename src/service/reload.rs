@@ -11,9 +11,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tracing::{info, warn};
 
-use crate::capture::recorder::{Capture, Recorder};
+use crate::capture::{Capture, Recorder};
 use crate::config::Settings;
-use crate::proxy::conn::Context;
+use crate::proxy::context::ProxyContext;
 use crate::proxy::shutdown::Coordinator;
 use crate::proxy::tls::KeyLogFile;
 use crate::service::listeners;
@@ -46,7 +46,7 @@ pub(crate) async fn reload(
     if new.workers != workers {
         warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
     }
-    shared.set_ctx(Arc::new(Context::new(new.clone(), recorder, shared.metrics.traffic.clone(), keylog)));
+    shared.set_ctx(Arc::new(ProxyContext::new(new.clone(), recorder, shared.metrics.traffic.clone(), keylog)));
     for (configured, l) in added {
         listeners::listen(shared, configured, l, coordinator)?;
     }

@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::capture::recorder::Heartbeat;
+use crate::capture::Heartbeat;
 use crate::proxy::admission::Admission;
-use crate::proxy::conn::Context;
+use crate::proxy::context::ProxyContext;
 use crate::service::live::LiveListener;
 use crate::service::metrics::Metrics;
 use crate::sync::lock;
@@ -17,7 +17,7 @@ use crate::sync::lock;
 /// Shared by the accept loops, the admin endpoints, the systemd pulse and reloads.
 pub(crate) struct Shared {
     /// Swapped on reload: new connections take the current one, live ones keep theirs.
-    ctx: RwLock<Arc<Context>>,
+    ctx: RwLock<Arc<ProxyContext>>,
     /// The open client connections, against the current context's limits.
     pub(crate) admission: Arc<Admission>,
     pub(crate) next_id: AtomicU64,
@@ -39,7 +39,7 @@ pub(crate) struct Listening {
 
 impl Shared {
     /// State for a daemon that runs `ctx`, with no listener yet.
-    pub(crate) fn new(ctx: Context, writer: Option<Heartbeat>, metrics: Arc<Metrics>) -> Arc<Shared> {
+    pub(crate) fn new(ctx: ProxyContext, writer: Option<Heartbeat>, metrics: Arc<Metrics>) -> Arc<Shared> {
         Arc::new(Shared {
             ctx: RwLock::new(Arc::new(ctx)),
             admission: Arc::default(),
@@ -52,12 +52,12 @@ impl Shared {
     }
 
     /// The context a new connection takes.
-    pub(crate) fn ctx(&self) -> Arc<Context> {
+    pub(crate) fn ctx(&self) -> Arc<ProxyContext> {
         self.ctx.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// From now on, new connections take `ctx`.
-    pub(crate) fn set_ctx(&self, ctx: Arc<Context>) {
+    pub(crate) fn set_ctx(&self, ctx: Arc<ProxyContext>) {
         *self.ctx.write().unwrap_or_else(|p| p.into_inner()) = ctx;
     }
 

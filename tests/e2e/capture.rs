@@ -10,7 +10,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
+use wstap::capture::{ConnId, LegId, PureAcks, Scope};
 use wstap_wire::wsframe::Opcode;
+use wstap_wire::Timestamp;
 
 /// One short WebSocket session through `proxy`, then a clean stop (the file is finished).
 async fn one_session_then_stop(proxy: Proxy) {
@@ -522,9 +524,9 @@ async fn only_the_configured_legs_are_written() {
 fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     use wstap::capture::CaptureWriter;
     use wstap::capture::Event;
+    use wstap::capture::Processed;
     use wstap::capture::SectionInfo;
     use wstap::capture::Stats;
-    use wstap::capture::Step;
     use wstap::capture::Synthesis;
     use wstap::capture::What;
     use wstap::config::Legs;
@@ -542,8 +544,8 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: format!("golden {kind:?} leg"),
-            session: true,
-            session_id: 1,
+            scope: Scope::Session,
+            conn: ConnId(1),
             label: String::new(),
             snap: Default::default(),
             tls_secrets: None,
@@ -588,7 +590,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
         segment: Default::default(),
-        acks: true,
+        acks: PureAcks::Written,
         display_port: wstap::config::DisplayPort::Real,
         redact: Default::default(),
         inflate: Default::default(),
@@ -599,9 +601,17 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
     let stats = Stats::default();
     for (i, (leg, what)) in events.into_iter().enumerate() {
-        let step =
-            w.process(Event { time: 1_764_000_000_000_000_000 + i as u64 * 250_000, leg, what }, &stats).unwrap();
-        assert!(matches!(step, Step::Done));
+        let step = w
+            .process(
+                Event {
+                    time: Timestamp::from_nanos(1_764_000_000_000_000_000 + i as u64 * 250_000),
+                    leg: LegId(leg),
+                    what,
+                },
+                &stats,
+            )
+            .unwrap();
+        assert!(matches!(step, Processed::Done));
     }
     let bytes = w.finish(&stats).unwrap().unwrap();
 
@@ -756,8 +766,8 @@ pub(crate) fn synthetic_session(
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: format!("synthetic session {session_id}"),
-            session: true,
-            session_id,
+            scope: Scope::Session,
+            conn: ConnId(session_id),
             label: format!("127.0.0.1-4000{session_id}_/"),
             snap: Default::default(),
             tls_secrets: None,
@@ -788,7 +798,10 @@ pub(crate) fn synthetic_session(
         let offsets = PerDir::new(up as u64, down as u64);
         push(leg, What::Close { reason: "synthetic end".into(), offsets });
     }
-    ev.into_iter().enumerate().map(|(i, (leg, what))| Event { time: t0 + i as u64 * step, leg, what }).collect()
+    ev.into_iter()
+        .enumerate()
+        .map(|(i, (leg, what))| Event { time: Timestamp::from_nanos(t0 + i as u64 * step), leg: LegId(leg), what })
+        .collect()
 }
 
 /// A masked binary frame (key 0x01020304).
@@ -933,8 +946,8 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             comment: "deflate session".into(),
-            session: true,
-            session_id: 1,
+            scope: Scope::Session,
+            conn: ConnId(1),
             label: String::new(),
             snap: Default::default(),
             tls_secrets: None,
@@ -961,7 +974,10 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
         ev.push((1, data(Dir::Down, down, &plain)));
         (up, down) = (up + masked.len(), down + plain.len());
     }
-    ev.into_iter().enumerate().map(|(i, (leg, what))| Event { time: t0 + i as u64 * step, leg, what }).collect()
+    ev.into_iter()
+        .enumerate()
+        .map(|(i, (leg, what))| Event { time: Timestamp::from_nanos(t0 + i as u64 * step), leg: LegId(leg), what })
+        .collect()
 }
 
 #[test]

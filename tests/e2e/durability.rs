@@ -269,11 +269,11 @@ fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
     for f in all_files(&dir) {
         std::fs::remove_file(f).unwrap();
     }
-    sink.tick(t0 + 2 * sec, &stats);
+    sink.tick(wstap_wire::Timestamp::from_nanos(t0 + 2 * sec), &stats);
     assert!(has_part(&dir), "capture resumed with a new file");
     // Filling the disk again is a second episode.
     for mut ev in rest.iter().cloned() {
-        ev.time += 2 * sec;
+        ev.time = ev.time.after(std::time::Duration::from_nanos(2 * sec));
         let now = ev.time;
         sink.process(ev, &stats);
         sink.tick(now, &stats);
@@ -312,11 +312,11 @@ fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_ca
     let run_session = |sink: &mut FileSink, id: u64, now: &mut u64| {
         let messages: Vec<Vec<u8>> = (0..4).map(|i| noise(500 + i)).collect();
         for ev in crate::capture::synthetic_session(id, (2 * id, 2 * id + 1), &messages, *now, 1000) {
-            *now = ev.time;
+            *now = ev.time.as_nanos();
             sink.process(ev, &stats);
         }
-        sink.rotate_soon(*now);
-        sink.tick(*now, &stats);
+        sink.rotate_soon(wstap_wire::Timestamp::from_nanos(*now));
+        sink.tick(wstap_wire::Timestamp::from_nanos(*now), &stats);
         sink.settle(&stats); // files end on their own thread
     };
     for id in 1..=3 {
@@ -370,15 +370,15 @@ fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
     for id in 1..=2 {
         let events = crate::capture::synthetic_session(id, (2 * id, 2 * id + 1), &[noise(300)], now, 1000);
         for ev in events.into_iter().filter(|e| !matches!(e.what, wstap::capture::What::Close { .. })) {
-            now = ev.time;
+            now = ev.time.as_nanos();
             sink.process(ev, &stats);
         }
     }
-    sink.tick(now, &stats);
+    sink.tick(wstap_wire::Timestamp::from_nanos(now), &stats);
     assert_eq!(all_files(&dir).iter().filter(|f| f.to_string_lossy().ends_with(".part")).count(), 2);
     // The reload: each session's file rotates, one after the other.
-    sink.reconfigure(s, now);
-    sink.tick(now + 1, &stats);
+    sink.reconfigure(s, wstap_wire::Timestamp::from_nanos(now));
+    sink.tick(wstap_wire::Timestamp::from_nanos(now + 1), &stats);
     sink.settle(&stats); // files end on their own thread
     let files = all_files(&dir);
     let parts = files.iter().filter(|f| f.to_string_lossy().ends_with(".part")).count();

@@ -10,12 +10,7 @@ use crate::support::*;
 /// A WebSocket session's first bytes on one leg per port: SYN, Upgrade, 101, one frame;
 /// written with wstap's writer at the real ports. Client `i` is 10.0.x.y:40000.
 fn one_session_per_port(ports: &[u16], file: &Path) {
-    use wstap::capture::CaptureWriter;
-    use wstap::capture::Event;
-    use wstap::capture::SectionInfo;
-    use wstap::capture::Stats;
-    use wstap::capture::Synthesis;
-    use wstap::capture::What;
+    use wstap::capture::{CaptureWriter, Event, LegId, PureAcks, SectionInfo, Stats, Synthesis, What};
     use wstap::config::{DisplayPort, Legs};
     use wstap::{Dir, Leg, Opening};
     let info = SectionInfo { application: "ports".into(), os: "test".into(), hostname: "test".into() };
@@ -23,7 +18,7 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
         segment: Default::default(),
-        acks: false,
+        acks: PureAcks::Omitted,
         display_port: DisplayPort::Real,
         redact: Default::default(),
         inflate: Default::default(),
@@ -35,9 +30,9 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
     let mut w = CaptureWriter::new(Vec::new(), &info, legs, synth).unwrap();
     let stats = Stats::default();
     let frame = masked_text_frame(b"decoded");
-    let mut time = 1_764_000_000_000_000_000;
+    let mut time = wstap_wire::Timestamp::from_nanos(1_764_000_000_000_000_000);
     for (i, port) in ports.iter().enumerate() {
-        let leg = i as u64 + 1;
+        let leg = LegId(i as u64 + 1);
         let client = format!("10.0.{}.{}:40000", i >> 8, i & 255).parse().unwrap();
         let server = format!("10.1.0.1:{port}").parse().unwrap();
         let data =
@@ -48,7 +43,7 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
             data(Dir::Down, 0, SWITCHED.as_bytes()),
             data(Dir::Up, UPGRADE.len(), &frame),
         ] {
-            time += 1000;
+            time = time.after(std::time::Duration::from_micros(1));
             w.process(Event { time, leg, what }, &stats).unwrap();
         }
     }

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use wstap::capture::Event;
 use wstap::capture::FileSink;
 use wstap::capture::Stats;
 use wstap::capture::What;
+use wstap::capture::{Event, Gap, LegId};
 use wstap::Dir;
 use wstap_replay::Kind;
 
@@ -53,13 +53,13 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
             match what {
                 What::Data { dir: d, offset, bytes } if offset > 0 => {
                     let frame = bytes.len() as u64;
-                    if leg == client {
+                    if leg == LegId(client) {
                         let payload = messages[sent[d]].clone();
                         sent[d] += 1;
                         // One client-leg frame in five is dropped, as a full queue would.
                         if rng.below(5) == 0 {
                             expected.entry(d).or_default().push((Kind::Gap, Vec::new(), frame));
-                            let what = What::Gap { dir: d, until: offset + frame, frames: 1, compressed: false };
+                            let what = What::Gap(Gap { dir: d, until: offset + frame, frames: 1, compressed: false });
                             sink.process(Event { time, leg, what }, &stats);
                             continue;
                         }

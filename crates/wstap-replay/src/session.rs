@@ -12,7 +12,7 @@ use crate::reassembly::{Readable, Reassembled};
 use crate::stream::{Arrival, Hole, Stream};
 use wstap_wire::deflate;
 use wstap_wire::dir::{Dir, PerDir};
-use wstap_wire::http::{self, field, Head};
+use wstap_wire::http::{self, field, Framer, Head, Part};
 use wstap_wire::wsframe::{apply_mask, FrameHeader, Opcode};
 use wstap_wire::Timestamp;
 
@@ -181,43 +181,63 @@ struct Upgrade {
     at: PerDir<u64>,
 }
 
-/// The Upgrade exchange, with the client's stream going `client` on the connection.
+/// The longest HTTP head the reader holds.
+const MAX_HEAD: usize = 1 << 20;
+
+/// The Upgrade exchange, with the client's stream going `client` on the connection: the
+/// exchanges before it walked with the HTTP framer, each request and then its answers.
+/// `Err` says why the exchanges cannot be followed.
 fn find_upgrade(s: &PerDir<Stream>, client: Dir) -> Result<Option<Upgrade>, String> {
-    let (c, sv) = (&s[client], &s[client.reverse()]);
-    let (mut ci, mut si) = (0u64, 0u64);
+    let streams = PerDir::new(&s[client], &s[client.reverse()]);
+    let mut framer = Framer::new(MAX_HEAD);
+    let mut at = PerDir::new(0u64, 0u64);
     loop {
-        if ci >= c.len() {
+        let Some(request) = next_message(&mut framer, Dir::Up, streams[Dir::Up], &mut at[Dir::Up])? else {
             return Ok(None);
-        }
-        if c.has_gap(ci, ci + 1) {
-            return Err(format!("the capture lost bytes of an HTTP request at stream offset {ci}"));
-        }
-        let Some(req) = http::request(c.contiguous(ci))? else { return Ok(None) };
-        let req_end = ci + req.len as u64;
-        let req_body = http::body_len(&req, c.contiguous(req_end), false, req_end)?.unwrap_or(0) as u64;
-        // Interim responses (100 Continue) come before the real one.
-        let res = loop {
-            if sv.has_gap(si, (si + 1).min(sv.len())) {
-                return Err(format!("the capture lost bytes of an HTTP response at stream offset {si}"));
-            }
-            let Some(res) = http::response(sv.contiguous(si))? else { return Ok(None) };
-            if (100..200).contains(&res.status) && res.status != 101 {
-                si += res.len as u64;
-                continue;
-            }
-            break res;
         };
-        let res_end = si + res.len as u64;
-        if req.has_token("upgrade", "websocket") && res.status == 101 {
-            let at = PerDir::new(req_end.saturating_add(req_body), res_end);
-            return Ok(Some(Upgrade { at, request: req, response: res }));
+        // Interim responses (100 Continue) come before the real one.
+        let response = loop {
+            let Some(answer) = next_message(&mut framer, Dir::Down, streams[Dir::Down], &mut at[Dir::Down])? else {
+                return Ok(None);
+            };
+            if !answer.is_interim() {
+                break answer;
+            }
+        };
+        if framer.switched(Dir::Down) {
+            // A 101: to WebSocket, or to a protocol this reader does not read.
+            return Ok(request.asks_websocket().then_some(Upgrade { request, response, at }));
         }
-        let no_body = req.method == "HEAD" || res.status == 204 || res.status == 304;
-        let Some(res_body) = http::body_len(&res, sv.contiguous(res_end), no_body, res_end)? else { return Ok(None) };
-        // Bodies are skipped by their declared length, however absurd: past the end of
-        // the stream simply means no more exchanges.
-        ci = req_end.saturating_add(req_body);
-        si = res_end.saturating_add(res_body as u64);
+    }
+}
+
+/// Feeds the framer the stream going `dir` from `at` until a message is complete, and
+/// returns its head; `None` when the stream ends first (a body may run to the close, or
+/// claim more than was captured).
+fn next_message(f: &mut Framer, dir: Dir, st: &Stream, at: &mut u64) -> Result<Option<Head>, String> {
+    let what = if dir == Dir::Up { "request" } else { "response" };
+    let mut head = None;
+    loop {
+        let run = st.contiguous(*at);
+        if run.is_empty() {
+            let Some(hole) = st.hole_from(*at).filter(|h| h.at <= *at) else { return Ok(None) };
+            if f.skip(dir, hole.end - *at).is_err() {
+                return Err(format!("the capture lost bytes of an HTTP {what} at stream offset {at}"));
+            }
+            *at = hole.end;
+            continue;
+        }
+        let step = f.advance(dir, run);
+        *at += step.used as u64;
+        match step.part {
+            Part::HeadSoFar | Part::Body { ends: false } => {}
+            Part::Head { head: h, ends: true, .. } => return Ok(Some(h)),
+            Part::Head { head: h, ends: false, .. } => head = Some(h),
+            Part::Body { ends: true } => return Ok(head),
+            Part::Switched => return Ok(None),
+            Part::HeadTooLong { .. } => return Err(format!("an HTTP {what} head of more than {MAX_HEAD} bytes")),
+            Part::Unframed(e) => return Err(format!("the HTTP {what} at stream offset {at}: {e}")),
+        }
     }
 }
 
@@ -499,7 +519,7 @@ pub fn decode_within(conn: &Reassembled, id: usize, budget: &mut InflateBudget) 
         // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
         _ => return None,
     };
-    let takeover = deflate::takeover(&up.response.fields_text());
+    let takeover = deflate::takeover(&up.response);
     let mut out = Vec::new();
     // The client's stream is `client` on the connection, and its messages go `Up`.
     for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {

@@ -9,6 +9,7 @@
 use flate2::{Decompress, DecompressError, FlushDecompress};
 
 use crate::dir::PerDir;
+use crate::http::Head;
 use crate::time::Timestamp;
 use crate::wsframe::{first_byte, FrameHeader, Opcode};
 
@@ -18,10 +19,20 @@ const WINDOW: usize = 32 * 1024;
 /// longer followed (a small message can inflate to gigabytes).
 pub const MAX_FOLLOWED_MESSAGE: usize = 8 << 20;
 
-/// Why a window is unknown from some point on.
-pub const LOST_AT_DROP: &str = "window lost at drop";
-/// Why a window stopped being followed.
-pub const NOT_FOLLOWED: &str = "wstap stopped following this direction's compression";
+/// Why a direction's window is unknown from some point on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Loss {
+    /// The capture dropped compressed bytes, which the window holds.
+    #[error("window lost at drop")]
+    AtDrop,
+    /// wstap stopped following it (a message inflated too far, or the allowance was
+    /// spent), and a new file began.
+    #[error("wstap stopped following this direction's compression")]
+    NotFollowed,
+    /// Bytes that do not inflate.
+    #[error("not deflate data")]
+    NotDeflate,
+}
 
 /// How much inflating the writer allows itself, over every session: a token bucket of
 /// `per_second` bytes of output, so that no client can make the one writer thread spend
@@ -57,8 +68,9 @@ impl Allowance {
     }
 }
 
-/// The decompression context of one direction of a session.
-pub struct Context {
+/// One direction of a session, its compression followed: the inflater and the window a
+/// new file is primed with.
+pub struct Follower {
     z: Decompress,
     /// The last (up to) 32 KiB of decompressed data, with some slack before trimming.
     window: Vec<u8>,
@@ -66,67 +78,81 @@ pub struct Context {
     compressed: bool,
     /// Inflated bytes of the current message.
     message_out: usize,
-    /// Why the window is unknown: inflating failed, the capture lost compressed bytes,
-    /// or it stopped being followed and a new file began. Nothing is inflated from then
-    /// on, and no file is primed.
-    broken: Option<&'static str>,
-    /// Why the window stopped being followed, while the file it was followed in goes on
-    /// (that file holds every byte, so it decodes; the next one cannot be primed).
-    unfollowed: Option<&'static str>,
+    /// Whether the window is still known.
+    state: Following,
 }
 
-/// Which directions keep their compression context, from a `101` response head that
+/// How far a [`Follower`] still follows its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Following {
+    /// Every message is inflated and the window kept.
+    Yes,
+    /// It stopped, in the file being written: that file holds every byte, so it decodes;
+    /// the next one cannot be primed.
+    StoppedInThisFile,
+    /// The window is unknown, for this reason: nothing is inflated from here on, and no
+    /// file is primed.
+    Lost(Loss),
+}
+
+/// Which directions keep their compression context, from the `101` response head that
 /// accepted permessage-deflate. `None` when the extension was not negotiated.
-pub fn takeover(response_head: &[u8]) -> Option<PerDir<bool>> {
-    let head = String::from_utf8_lossy(response_head).to_ascii_lowercase();
-    let ext = head
-        .lines()
-        .filter_map(|l| l.strip_prefix("sec-websocket-extensions:"))
+pub fn takeover(response: &Head) -> Option<PerDir<bool>> {
+    let ext = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|(_, value)| value.to_ascii_lowercase())
         .find(|v| v.contains("permessage-deflate"))?;
     Some(PerDir::new(!ext.contains("client_no_context_takeover"), !ext.contains("server_no_context_takeover")))
 }
 
-impl Default for Context {
+impl Default for Follower {
     fn default() -> Self {
-        Context::new()
+        Follower::new()
     }
 }
 
-impl Context {
+impl Follower {
     /// A direction whose compression is followed from its first message.
-    pub fn new() -> Context {
+    pub fn new() -> Follower {
         let window = Vec::new();
-        Context { z: Decompress::new(false), window, compressed: false, message_out: 0, broken: None, unfollowed: None }
+        Follower { z: Decompress::new(false), window, compressed: false, message_out: 0, state: Following::Yes }
     }
 
-    /// The window is unknown from here on, for `why` ([`LOST_AT_DROP`], say).
-    pub fn lose_window(&mut self, why: &'static str) {
-        self.broken.get_or_insert(why);
+    /// The window is unknown from here on, for `why` (unless it already was).
+    pub fn lose_window(&mut self, why: Loss) {
+        if !matches!(self.state, Following::Lost(_)) {
+            self.state = Following::Lost(why);
+        }
         self.window = Vec::new();
     }
 
     /// Why the window is lost, if it is (every later compressed message is undecodable).
-    pub fn window_lost(&self) -> Option<&'static str> {
-        self.broken
+    pub fn window_lost(&self) -> Option<Loss> {
+        match self.state {
+            Following::Lost(why) => Some(why),
+            _ => None,
+        }
     }
 
-    /// Why the window stopped being followed, if it did and no new file began since.
-    pub fn unfollowed(&self) -> Option<&'static str> {
-        self.unfollowed
+    /// Whether it stopped following, in the file being written.
+    pub fn stopped(&self) -> bool {
+        self.state == Following::StoppedInThisFile
     }
 
     /// A new file begins: a window no longer followed cannot be given to it, so it is
     /// lost from here on.
     pub fn new_file(&mut self) {
-        if let Some(why) = self.unfollowed.take() {
-            self.lose_window(why);
+        if self.stopped() {
+            self.lose_window(Loss::NotFollowed);
         }
     }
 
     /// A piece of a frame's payload (unmasked); `frame_end` on its last piece. Inflates
     /// within `allowance` and [`MAX_FOLLOWED_MESSAGE`]; past either, stops following.
     pub fn feed(&mut self, h: &FrameHeader, payload: &[u8], frame_end: bool, allowance: &mut Allowance) {
-        if self.broken.is_some() || self.unfollowed.is_some() || h.opcode.is_control() {
+        if self.state != Following::Yes || h.opcode.is_control() {
             return;
         }
         if h.opcode.starts_message() {
@@ -145,7 +171,7 @@ impl Context {
     }
 
     fn inflate(&mut self, input: &[u8], allowance: &mut Allowance) {
-        if self.unfollowed.is_some() {
+        if self.state != Following::Yes {
             return;
         }
         let limit = (MAX_FOLLOWED_MESSAGE - self.message_out).min(allowance.tokens as usize);
@@ -161,11 +187,11 @@ impl Context {
                 self.message_out += done.made;
                 allowance.tokens -= done.made as u64;
                 if done.cut {
-                    self.unfollowed = Some(NOT_FOLLOWED);
+                    self.state = Following::StoppedInThisFile;
                     self.window = Vec::new();
                 }
             }
-            Err(_) => self.lose_window("not deflate data"),
+            Err(_) => self.lose_window(Loss::NotDeflate),
         }
     }
 
@@ -173,7 +199,7 @@ impl Context {
     /// whose decompression is the current window: one uncompressed deflate block, without
     /// the final empty block's `00 00 ff ff`. `None` when there is nothing to restore.
     pub fn priming_frame(&self, masked: bool) -> Option<Vec<u8>> {
-        if self.broken.is_some() || self.unfollowed.is_some() || self.window.is_empty() {
+        if self.state != Following::Yes || self.window.is_empty() {
             return None;
         }
         let window = &self.window[self.window.len().saturating_sub(WINDOW)..];
@@ -248,6 +274,7 @@ fn more_out(z: &mut Decompress, mut input: &[u8]) -> Result<bool, DecompressErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http;
     use flate2::{Compress, Compression, FlushCompress};
 
     fn compressed(z: &mut Compress, text: &[u8]) -> Vec<u8> {
@@ -272,7 +299,7 @@ mod tests {
     #[test]
     fn a_primed_inflater_decodes_what_follows() {
         let mut z = Compress::new(Compression::default(), false);
-        let mut ctx = Context::new();
+        let mut ctx = Follower::new();
         let texts: Vec<String> = (0..50).map(|i| format!("the same words again and again, number {i}")).collect();
         for t in &texts[..40] {
             let c = compressed(&mut z, t.as_bytes());
@@ -318,38 +345,39 @@ mod tests {
         // A bomb: 64 MiB of zeros in ~64 KB. Followed up to 8 MiB, then no longer.
         let mut z = Compress::new(Compression::default(), false);
         let bomb = compressed(&mut z, &vec![0u8; 64 << 20]);
-        let mut ctx = Context::new();
+        let mut ctx = Follower::new();
         let mut plenty = Allowance::new(u64::MAX);
         ctx.feed(&header(bomb.len()), &bomb, true, &mut plenty);
-        assert_eq!(ctx.unfollowed(), Some(NOT_FOLLOWED));
+        assert!(ctx.stopped());
         assert!(ctx.priming_frame(false).is_none() && ctx.window_lost().is_none(), "this file still decodes");
         ctx.new_file();
-        assert_eq!(ctx.window_lost(), Some(NOT_FOLLOWED), "the next file cannot be primed");
+        assert_eq!(ctx.window_lost(), Some(Loss::NotFollowed), "the next file cannot be primed");
 
         // One writer-wide allowance of 1 MiB/s: two 600 KiB messages in the same second
         // spend it (the second context stops being followed); a second later it is back.
         let mut allowance = Allowance::new(1 << 20);
         allowance.refill(Timestamp::from_nanos(1_000_000_000));
         let text = vec![b'x'; 600 << 10];
-        let (mut a, mut b) = (Context::new(), Context::new());
+        let (mut a, mut b) = (Follower::new(), Follower::new());
         for ctx in [&mut a, &mut b] {
             let c = compressed(&mut Compress::new(Compression::default(), false), &text);
             ctx.feed(&header(c.len()), &c, true, &mut allowance);
         }
-        assert_eq!((a.unfollowed(), b.unfollowed()), (None, Some(NOT_FOLLOWED)));
+        assert_eq!((a.stopped(), b.stopped()), (false, true));
         allowance.refill(Timestamp::from_nanos(2_000_000_000));
         let c = compressed(&mut z, &text);
-        let mut fresh = Context::new();
+        let mut fresh = Follower::new();
         fresh.feed(&header(c.len()), &c, true, &mut allowance);
-        assert_eq!(fresh.unfollowed(), None, "refilled");
+        assert!(!fresh.stopped(), "refilled");
     }
 
     #[test]
     fn negotiation_is_read_from_the_101() {
+        let head = |text: &[u8]| http::response(text).unwrap().unwrap();
         let both = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
-        assert_eq!(takeover(both), Some(PerDir::new(true, true)));
+        assert_eq!(takeover(&head(both)), Some(PerDir::new(true, true)));
         let none = b"HTTP/1.1 101 x\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n";
-        assert_eq!(takeover(none), Some(PerDir::new(false, false)));
-        assert_eq!(takeover(b"HTTP/1.1 101 x\r\nUpgrade: websocket\r\n\r\n"), None);
+        assert_eq!(takeover(&head(none)), Some(PerDir::new(false, false)));
+        assert_eq!(takeover(&head(b"HTTP/1.1 101 x\r\nUpgrade: websocket\r\n\r\n")), None);
     }
 }

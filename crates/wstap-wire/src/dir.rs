@@ -128,6 +128,11 @@ macro_rules! pair {
                 $key::BOTH.into_iter().zip(&self.0)
             }
 
+            /// Each value, to change.
+            pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+                self.0.iter_mut()
+            }
+
             /// The pair with `f` applied to each value.
             pub fn map<U>(self, mut f: impl FnMut($key, T) -> U) -> $name<U> {
                 let [a, b] = self.0;

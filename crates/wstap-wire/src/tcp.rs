@@ -65,6 +65,15 @@ impl Packet<'_> {
     }
 }
 
+/// Bytes one end sent: a part of what a restarted flow repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent<'a> {
+    /// Which way they went.
+    pub dir: Dir,
+    /// The bytes.
+    pub bytes: &'a [u8],
+}
+
 thread_local! {
     /// Where packets' headers are built, one per thread rather than one per flow: a writer
     /// with thousands of idle sessions keeps no buffer for each.
@@ -134,19 +143,19 @@ impl Flow {
     /// in sequence space so that they end exactly where the flow stands now. The live
     /// segments that follow continue seamlessly, as if the bytes in between had never
     /// been on this connection. Each part is acknowledged by the other end.
-    pub fn replay(&mut self, parts: &[(Dir, &[u8])], emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
+    pub fn restart(&mut self, parts: &[Sent<'_>], emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         let real = (self.isn, self.sent, self.fin);
         let live = PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down));
         let virtual_isn = |dir: Dir| {
-            let len: usize = parts.iter().filter(|(d, _)| *d == dir).map(|(_, b)| b.len()).sum();
+            let len: usize = parts.iter().filter(|p| p.dir == dir).map(|p| p.bytes.len()).sum();
             self.next_seq(dir).wrapping_sub(1 + len as u32 + u32::from(self.fin[dir]))
         };
         self.isn = PerDir::new(virtual_isn(Dir::Up), virtual_isn(Dir::Down));
         (self.sent, self.fin) = (PerDir::default(), PerDir::default());
         self.handshake(emit);
-        for (dir, bytes) in parts.iter().filter(|(_, b)| !b.is_empty()) {
-            self.data(*dir, bytes, emit);
-            self.ack(dir.reverse(), emit);
+        for part in parts.iter().filter(|p| !p.bytes.is_empty()) {
+            self.data(part.dir, part.bytes, emit);
+            self.ack(part.dir.reverse(), emit);
         }
         for dir in Dir::BOTH {
             if real.2[dir] {
@@ -156,7 +165,7 @@ impl Flow {
         debug_assert_eq!(
             PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down)),
             live,
-            "the replay ends where the flow stands"
+            "the restart ends where the flow stands"
         );
         (self.isn, self.sent, self.fin) = real;
     }
@@ -575,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_ends_where_the_live_flow_continues() {
+    fn a_restart_ends_where_the_live_flow_continues() {
         let mut flow = v4_flow([u32::MAX - 100, 5000], 1460);
         let mut sink = |_: Dir, _: Packet<'_>| {};
         flow.handshake(&mut sink);
@@ -584,7 +593,11 @@ mod tests {
         let (next_a, next_b) = (flow.next_seq(Dir::Up), flow.next_seq(Dir::Down));
         let seen = collect(
             |f, e| {
-                f.replay(&[(Dir::Up, b"GET / HTTP/1.1\r\n\r\n"), (Dir::Down, b"HTTP/1.1 101 OK\r\n\r\n")], &mut *e);
+                let parts = [
+                    Sent { dir: Dir::Up, bytes: b"GET / HTTP/1.1\r\n\r\n" },
+                    Sent { dir: Dir::Down, bytes: b"HTTP/1.1 101 OK\r\n\r\n" },
+                ];
+                f.restart(&parts, &mut *e);
                 f.data(Dir::Up, b"live", &mut *e);
             },
             &mut flow,

@@ -1,9 +1,9 @@
 //! WebSocket frames (RFC 6455 §5.2): the one header parser and encoder wstap has, the
-//! masking, and [`FrameTracker`], which finds where frames begin and end in one direction
-//! of a session's byte stream: first the HTTP head (up to its blank line), then frame
-//! headers, whose lengths say how many payload bytes to skip. Only headers are read, never
-//! payloads, so tracking costs a few comparisons per chunk. Capture uses it to cut files
-//! between frames, replay to read the frames of a recorded session. Pure.
+//! opcodes, the masking, and [`FrameTracker`], which finds where frames begin and end in
+//! one direction of a session's byte stream: frame headers, whose lengths say how many
+//! payload bytes to skip. Only headers are read, never payloads, so tracking costs a few
+//! comparisons per chunk. Capture uses it to cut files between frames and to drop whole
+//! frames, replay to read the frames of a recorded session. Pure.
 
 /// Tracks frame boundaries in one direction.
 #[derive(Debug, Clone)]
@@ -11,14 +11,16 @@ pub struct FrameTracker {
     state: State,
 }
 
+/// Between or inside frames.
 #[derive(Debug, Clone)]
-enum State {
-    /// In the HTTP head; the last bytes seen, to find `\r\n\r\n`, and the first twelve
-    /// of this head (`HTTP/1.1 100`: an interim response, which another head follows).
-    Head { tail: u32, seen: u64, line: [u8; 12], this: u8 },
-    /// Between or inside frames. `current` is the frame whose payload is being read,
-    /// and how much of it has been.
-    Frames { header: [u8; 14], have: u8, payload_left: u64, current: Option<(FrameHeader, u64)> },
+struct State {
+    /// The bytes of a header being read, and how many there are.
+    header: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// The frame whose payload is being read, and how much of it has been.
+    current: Option<(FrameHeader, u64)>,
 }
 
 /// A frame's opcode (RFC 6455 §5.2): what its payload is.
@@ -189,28 +191,15 @@ impl Default for FrameTracker {
 }
 
 impl FrameTracker {
-    /// A tracker at the start of an HTTP head.
+    /// A tracker between two frames: where a session's frames begin, past its HTTP heads,
+    /// or where a stream resumes after a gap that ended on a frame boundary.
     pub fn new() -> FrameTracker {
-        FrameTracker { state: State::Head { tail: 0, seen: 0, line: [0; 12], this: 0 } }
+        FrameTracker { state: State { header: [0; 14], have: 0, payload_left: 0, current: None } }
     }
 
-    /// A tracker between two frames, past the HTTP head: where a stream resumes after a
-    /// gap that ended on a frame boundary.
-    pub fn between_frames() -> FrameTracker {
-        FrameTracker { state: State::Frames { header: [0; 14], have: 0, payload_left: 0, current: None } }
-    }
-
-    /// Between two frames (or before any byte of the head)?
+    /// Between two frames?
     pub fn at_boundary(&self) -> bool {
-        match self.state {
-            State::Head { seen, .. } => seen == 0,
-            State::Frames { have, payload_left, .. } => have == 0 && payload_left == 0,
-        }
-    }
-
-    /// Past the HTTP head?
-    pub fn in_frames(&self) -> bool {
-        matches!(self.state, State::Frames { .. })
+        self.state.have == 0 && self.state.payload_left == 0
     }
 
     /// Consumes `data`; with `stop_at_boundary`, stops at the first boundary reached after
@@ -228,29 +217,10 @@ impl FrameTracker {
     /// when it is complete and each piece of payload where it lies in `data`.
     pub fn walk(&mut self, data: &[u8], stop_at_boundary: bool, mut f: impl FnMut(Walk<'_>)) -> usize {
         let mut at = 0;
+        let State { header, have, payload_left, current } = &mut self.state;
         while at < data.len() {
-            match &mut self.state {
-                State::Head { tail, seen, line, this } => {
-                    let b = data[at];
-                    at += 1;
-                    *seen += 1;
-                    if let Some(slot) = line.get_mut(usize::from(*this)) {
-                        *slot = b;
-                        *this += 1;
-                    }
-                    *tail = (*tail << 8) | u32::from(b);
-                    if *tail == u32::from_be_bytes(*b"\r\n\r\n") && interim(line) {
-                        // `100 Continue`, `103 Early Hints`: the real response comes next
-                        // (still inside the exchange: not a boundary).
-                        (*tail, *this) = (0, 0);
-                    } else if *tail == u32::from_be_bytes(*b"\r\n\r\n") {
-                        self.state = State::Frames { header: [0; 14], have: 0, payload_left: 0, current: None };
-                        if stop_at_boundary {
-                            return at;
-                        }
-                    }
-                }
-                State::Frames { payload_left, current: Some((h, pos)), .. } if *payload_left > 0 => {
+            match current {
+                Some((h, pos)) if *payload_left > 0 => {
                     let take = (*payload_left).min((data.len() - at) as u64);
                     *payload_left -= take;
                     f(Walk::Payload(*h, at..at + take as usize, *pos, *payload_left == 0));
@@ -260,7 +230,7 @@ impl FrameTracker {
                         return at;
                     }
                 }
-                State::Frames { header, have, payload_left, current } => {
+                _ => {
                     header[usize::from(*have)] = data[at];
                     *have += 1;
                     at += 1;
@@ -293,12 +263,6 @@ pub enum Walk<'h> {
     /// `pos` bytes into its payload; the last argument marks the frame's last piece (a
     /// frame without payload has one empty piece).
     Payload(FrameHeader, std::ops::Range<usize>, u64, bool),
-}
-
-/// Whether a head's first twelve bytes are an interim response's status line (1xx but
-/// not 101, which frames follow).
-fn interim(line: &[u8; 12]) -> bool {
-    line.starts_with(b"HTTP/1.") && line[9] == b'1' && line[10..].iter().all(u8::is_ascii_digit) && &line[9..] != b"101"
 }
 
 #[cfg(test)]
@@ -344,31 +308,17 @@ mod tests {
 
     #[test]
     fn boundaries_are_found_whatever_the_chunking() {
-        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
         let f1 = frame(Opcode::Text, b"hello", true);
         let f2 = frame(Opcode::Binary, &vec![7u8; 300], true);
         let f3 = frame(Opcode::Ping, b"", false);
         let f4 = frame(Opcode::Binary, &vec![1u8; 70_000], false);
-        let mut stream = head.clone();
-        let mut want = vec![head.len()];
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
         for f in [&f1, &f2, &f3, &f4] {
             stream.extend_from_slice(f);
             want.push(stream.len());
         }
         for piece in [1, 2, 3, 7, 64, 1000, stream.len()] {
-            assert_eq!(boundaries(&stream, piece), want, "piece size {piece}");
-        }
-    }
-
-    #[test]
-    fn interim_responses_before_the_101_are_heads_not_frames() {
-        let heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
-                      HTTP/1.1 101 Switching Protocols\r\n\r\n";
-        let f1 = frame(Opcode::Text, b"hello", false);
-        let f2 = frame(Opcode::Binary, &[7u8; 300], false);
-        let stream = [&heads[..], &f1, &f2].concat();
-        let want = vec![heads.len(), heads.len() + f1.len(), stream.len()];
-        for piece in [1, 2, 5, 13, 64, stream.len()] {
             assert_eq!(boundaries(&stream, piece), want, "piece size {piece}");
         }
     }
@@ -381,8 +331,7 @@ mod tests {
         let lens = [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000];
         for seed in 0..200 {
             let mut rng = fastrand::Rng::with_seed(seed);
-            let (mut stream, mut want) = (b"HTTP/1.1 101 x\r\n\r\n".to_vec(), Vec::new());
-            want.push(stream.len());
+            let (mut stream, mut want) = (Vec::new(), Vec::new());
             for _ in 0..1 + rng.usize(..6) {
                 let len = if rng.bool() { lens[rng.usize(..lens.len())] } else { rng.usize(..3000) };
                 let first = [0x81, 0x82, 0x01, 0x00, 0x80, 0x89, 0x8a, 0x88, 0xc1][rng.usize(..9)];
@@ -415,10 +364,6 @@ mod tests {
     fn mid_frame_is_not_a_boundary_and_headers_are_reported() {
         let mut t = FrameTracker::new();
         assert!(t.at_boundary(), "nothing seen yet");
-        t.advance(b"HTTP/1.1 101 Switching Protocols\r\n", false, |_| {});
-        assert!(!t.at_boundary(), "inside the head");
-        t.advance(b"\r\n", false, |_| {});
-        assert!(t.at_boundary() && t.in_frames());
         let f = frame(Opcode::Text, b"abcdef", false);
         let mut headers = Vec::new();
         t.advance(&f[..4], false, |h| headers.push(h));
@@ -441,8 +386,7 @@ mod tests {
 
     #[test]
     fn payloads_come_unmasked_whatever_the_chunking() {
-        let mut stream = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        stream.extend(frame(Opcode::Text, b"hello world", true));
+        let mut stream = frame(Opcode::Text, b"hello world", true);
         stream.extend(frame(Opcode::Binary, b"", true));
         stream.extend(frame(Opcode::Text, b"plain", false));
         for piece in [1, 3, 5, stream.len()] {

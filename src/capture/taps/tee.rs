@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::capture::chunk::Piece;
-use crate::capture::tap::Tap;
+use super::chunk::Piece;
+use super::tap::Tap;
 
 /// A stream whose traffic is reported to a [`Tap`] (or, with no tap, a plain stream).
 pub struct Tee<S> {

@@ -6,30 +6,46 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
-
-use crate::capture::encrypted::Budget;
-use crate::capture::event::{Event, LegId, What};
-use crate::capture::files::{sanitize, Counted, FileSet, OpenFile};
-use crate::capture::stats::Stats;
-use crate::capture::writer::{CaptureWriter, Step, Synthesis};
-use crate::config::CaptureSettings;
 use wstap_wire::pcapng::SectionInfo;
+use wstap_wire::Timestamp;
+
+use super::encrypted::Budget;
+use super::files::{sanitize, Counted, FileSet, OpenFile};
+use super::writer::{CaptureWriter, Processed, Synthesis};
+use crate::capture::event::{ConnId, Event, LegId, What};
+use crate::capture::stats::Stats;
+use crate::config::CaptureSettings;
 
 /// How long after a write error before the next file is tried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-fn ns_to_time(ns: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(ns)
+/// Which output an event goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    /// The one output, when files are not per session.
+    All,
+    /// A session's own output (`per_session`).
+    Conn(ConnId),
+}
+
+impl Key {
+    /// The ISN seed of this output's writer.
+    fn seed(self, seed: u64) -> u64 {
+        match self {
+            Key::All => seed,
+            Key::Conn(conn) => seed ^ conn.0.rotate_left(17),
+        }
+    }
 }
 
 /// One output: a writer and the file it writes.
 struct Output {
     writer: CaptureWriter<Counted>,
     file: Option<OpenFile>,
-    opened_at: u64,
+    opened_at: Timestamp,
     /// Bytes the file began with: its headers and what it repeats of live legs (not
     /// counted against `rotate.size`, or a file repeating more than the size would rotate
     /// at every event).
@@ -43,13 +59,13 @@ pub struct FileSink {
     files: FileSet,
     info: SectionInfo,
     seed: u64,
-    /// The single output, or in per-session mode one per session id.
-    outputs: HashMap<u64, Output, Ids>,
+    /// The single output, or in per-session mode one per session.
+    outputs: HashMap<Key, Output, Ids>,
     /// Per-session mode: which session each leg belongs to.
-    session_of: HashMap<LegId, u64, Ids>,
+    session_of: HashMap<LegId, ConnId, Ids>,
     /// In a write-error episode: no file is being written.
     failing: bool,
-    retry_at: u64,
+    retry_at: Timestamp,
     /// What every output's writer may inflate, together.
     inflate: std::sync::Arc<std::sync::Mutex<wstap_wire::deflate::Allowance>>,
     /// What every output's encrypted legs may keep of their records, together.
@@ -99,7 +115,7 @@ impl FileSink {
             outputs: HashMap::default(),
             session_of: HashMap::default(),
             failing: false,
-            retry_at: 0,
+            retry_at: Timestamp::EPOCH,
             inflate: Default::default(),
             history: Budget::default(),
         }
@@ -115,14 +131,14 @@ impl FileSink {
     }
 
     /// Which output an event goes to (per-session mode: the leg's session).
-    fn key_of(&mut self, ev: &Event) -> u64 {
+    fn key_of(&mut self, ev: &Event) -> Key {
         if !self.settings.per_session {
-            return 0;
+            return Key::All;
         }
         if let What::Open(o) = &ev.what {
-            self.session_of.insert(ev.leg, o.session_id);
+            self.session_of.insert(ev.leg, o.conn);
         }
-        self.session_of.get(&ev.leg).copied().unwrap_or(0)
+        Key::Conn(self.session_of.get(&ev.leg).copied().unwrap_or_default())
     }
 
     /// Writes one event into the output it belongs to, opening or rotating files as due.
@@ -135,7 +151,7 @@ impl FileSink {
                 What::Open(o) if self.settings.per_session => Some(sanitize(&o.label)),
                 _ => None,
             };
-            let seed = self.seed ^ key.rotate_left(17);
+            let seed = key.seed(self.seed);
             let writer = CaptureWriter::detached(&self.info, self.settings.legs, self.synthesis(seed));
             self.outputs.insert(key, Output { writer, file: None, opened_at: time, preamble: 0, label });
         }
@@ -148,8 +164,8 @@ impl FileSink {
         while let Some(ev) = next.take() {
             let Some(out) = self.outputs.get_mut(&key) else { return };
             match out.writer.process(ev, stats) {
-                Ok(Step::Done) => {}
-                Ok(Step::Rotate { then }) => {
+                Ok(Processed::Done) => {}
+                Ok(Processed::RotateFirst { then }) => {
                     self.open_next(key, time, stats);
                     next = then;
                 }
@@ -163,7 +179,7 @@ impl FileSink {
                 out.writer.rotation_due(time);
             }
             if closing && self.settings.per_session && out.writer.live() == 0 {
-                self.session_of.retain(|_, s| *s != key);
+                self.session_of.retain(|_, s| Key::Conn(*s) != key);
                 self.close_output(key, stats);
             }
         }
@@ -171,12 +187,12 @@ impl FileSink {
 
     /// New settings (a reload): the next file goes where they say and is written as they
     /// say; it starts as soon as every session is between frames.
-    pub fn reconfigure(&mut self, settings: CaptureSettings, now: u64) {
+    pub fn reconfigure(&mut self, settings: CaptureSettings, now: Timestamp) {
         self.files.reconfigure(&settings);
         self.settings = settings;
-        let keys: Vec<u64> = self.outputs.keys().copied().collect();
+        let keys: Vec<Key> = self.outputs.keys().copied().collect();
         for key in keys {
-            let synth = self.synthesis(self.seed ^ key.rotate_left(17));
+            let synth = self.synthesis(key.seed(self.seed));
             if let Some(out) = self.outputs.get_mut(&key) {
                 out.writer.reconfigure(self.settings.legs, synth);
                 out.writer.rotation_due(now);
@@ -185,7 +201,7 @@ impl FileSink {
     }
 
     /// Rotate now (SIGUSR1): as soon as every session is between frames.
-    pub fn rotate_soon(&mut self, now: u64) {
+    pub fn rotate_soon(&mut self, now: Timestamp) {
         for out in self.outputs.values_mut() {
             out.writer.rotation_due(now);
         }
@@ -193,9 +209,9 @@ impl FileSink {
 
     /// Called at least every flush interval: flushes, starts interval rotations, rotates
     /// idle outputs that are due, and retries after a write error.
-    pub fn tick(&mut self, now: u64, stats: &Stats) {
+    pub fn tick(&mut self, now: Timestamp, stats: &Stats) {
         stats.files_finished.fetch_add(self.files.finished(), Relaxed);
-        let keys: Vec<u64> = self.outputs.keys().copied().collect();
+        let keys: Vec<Key> = self.outputs.keys().copied().collect();
         for key in keys {
             self.check_interval(key, now);
             let Some(out) = self.outputs.get_mut(&key) else { continue };
@@ -220,11 +236,11 @@ impl FileSink {
 
     /// Makes a rotation due when `now` is in a later interval than the file's start
     /// (boundaries at wall-clock multiples of the interval, as dumpcap's `interval:`).
-    fn check_interval(&mut self, key: u64, now: u64) {
+    fn check_interval(&mut self, key: Key, now: Timestamp) {
         let Some(iv) = self.settings.rotate.interval.filter(|_| !self.settings.per_session) else { return };
         let iv = iv.as_nanos() as u64;
         if let Some(out) = self.outputs.get_mut(&key) {
-            if now / iv != out.opened_at / iv {
+            if now.as_nanos() / iv != out.opened_at.as_nanos() / iv {
                 out.writer.rotation_due(now);
             }
         }
@@ -232,9 +248,9 @@ impl FileSink {
 
     /// Starts the output's next file (rotation, first file, or resumption), finishing the
     /// previous one.
-    fn open_next(&mut self, key: u64, now: u64, stats: &Stats) {
+    fn open_next(&mut self, key: Key, now: Timestamp, stats: &Stats) {
         let Some(out) = self.outputs.get_mut(&key) else { return };
-        match self.files.create(ns_to_time(now.max(1)), out.label.as_deref()) {
+        match self.files.create(now.to_system_time(), out.label.as_deref()) {
             Ok((file, w)) => {
                 let old = out.writer.rotate(w, stats);
                 let old_file = out.file.replace(file);
@@ -279,7 +295,7 @@ impl FileSink {
     }
 
     /// Finishes the output's current file without starting another.
-    fn finish_current(&mut self, key: u64, now: u64, stats: &Stats) {
+    fn finish_current(&mut self, key: Key, now: Timestamp, stats: &Stats) {
         let Some(out) = self.outputs.get_mut(&key) else { return };
         out.writer.rotation_done();
         match out.writer.finish(stats) {
@@ -301,7 +317,7 @@ impl FileSink {
         }
     }
 
-    fn write_failed(&mut self, key: u64, e: &io::Error, now: u64, stats: &Stats) {
+    fn write_failed(&mut self, key: Key, e: &io::Error, now: Timestamp, stats: &Stats) {
         stats.write_errors.fetch_add(1, Relaxed);
         if let Some(out) = self.outputs.get_mut(&key) {
             // The bytes in the buffer are lost with the file; keep what reached the disk.
@@ -315,16 +331,16 @@ impl FileSink {
     }
 
     /// Logs the first error of an episode; capture drops until the next file opens.
-    fn episode(&mut self, e: &io::Error, now: u64, what: &str, stats: &Stats) {
+    fn episode(&mut self, e: &io::Error, now: Timestamp, what: &str, stats: &Stats) {
         if !self.failing {
             stats.error_episodes.fetch_add(1, Relaxed);
             error!(dir = %self.settings.dir.display(), error = %e, "{what}; capture is dropped (traffic is not affected) until a file can be written");
         }
         self.failing = true;
-        self.retry_at = now + RETRY_AFTER.as_nanos() as u64;
+        self.retry_at = now.after(RETRY_AFTER);
     }
 
-    fn close_output(&mut self, key: u64, stats: &Stats) {
+    fn close_output(&mut self, key: Key, stats: &Stats) {
         if let Some(mut out) = self.outputs.remove(&key) {
             match out.writer.finish(stats) {
                 Ok(Some(w)) => {
@@ -333,14 +349,14 @@ impl FileSink {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => self.write_failed(key, &e, 0, stats),
+                Err(e) => self.write_failed(key, &e, Timestamp::EPOCH, stats),
             }
         }
     }
 
     /// Clean shutdown: every file flushed, synced, closed and renamed.
     pub fn finish(&mut self, stats: &Stats) {
-        let keys: Vec<u64> = self.outputs.keys().copied().collect();
+        let keys: Vec<Key> = self.outputs.keys().copied().collect();
         for key in keys {
             self.close_output(key, stats);
         }

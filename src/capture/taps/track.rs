@@ -1,26 +1,36 @@
-//! How a tap follows one direction of a session it records: where its frames begin and
-//! end (headers only, never a payload, so it costs a few comparisons per chunk), and what
-//! to do when the queue has no room. Capture never resumes inside a frame: a direction
+//! How a tap follows one direction of a session it records: where its heads end and its
+//! frames begin and end (headers only, never a payload, so it costs a few comparisons per
+//! chunk), and what to do when the queue has no room. Capture never resumes inside a frame: a direction
 //! that loses bytes skips to the next frame boundary and resumes there, telling the writer
 //! how many bytes and frames it lost ([`What::Gap`]), so that every frame after a loss
 //! still decodes. A whole control frame (close, ping, pong) is kept whenever there is any
 //! room at all.
 
-use crate::capture::chunk::{Keep, Piece};
-use crate::capture::event::{LegId, What};
-use crate::capture::recorder::Recorder;
-use wstap_wire::dir::Dir;
+use wstap_wire::http::HeadEnd;
 use wstap_wire::wsframe::{FrameHeader, FrameTracker};
+use wstap_wire::{Dir, Timestamp};
+
+use super::chunk::{Keep, Piece};
+use crate::capture::event::{Gap, LegId, What};
+use crate::capture::queue::{Budget, Recorder};
 
 /// One direction of a session, as its tap follows it.
 pub(crate) struct Track {
-    frames: FrameTracker,
+    stage: Stage,
     /// The current data message is compressed (its first frame had RSV1).
     message_compressed: bool,
     /// The frame being read belongs to a compressed message.
     frame_compressed: bool,
     /// Bytes are being dropped, since this loss began.
     loss: Option<Loss>,
+}
+
+/// Where a direction is.
+enum Stage {
+    /// In the HTTP heads before the session's frames (interim responses come before the `101`).
+    Heads(HeadEnd),
+    /// In the frames.
+    Frames(FrameTracker),
 }
 
 /// A loss in progress.
@@ -36,13 +46,14 @@ pub(crate) struct To<'a> {
     pub(crate) leg: LegId,
     pub(crate) dir: Dir,
     /// When the bytes crossed the socket; `None`: now.
-    pub(crate) time: Option<u64>,
+    pub(crate) time: Option<Timestamp>,
 }
 
 impl Track {
     /// A direction whose captured stream starts with an HTTP head.
     pub(crate) fn new() -> Track {
-        Track { frames: FrameTracker::new(), message_compressed: false, frame_compressed: false, loss: None }
+        let stage = Stage::Heads(HeadEnd::new());
+        Track { stage, message_compressed: false, frame_compressed: false, loss: None }
     }
 
     /// Sends `piece`, which starts at `at` in the captured stream, or as much of it as
@@ -60,14 +71,14 @@ impl Track {
         }
         let mut pos = 0;
         while pos < len {
-            if self.frames.at_boundary() && self.frames.in_frames() {
+            if self.between_frames() {
                 // Resume here if the queue takes the rest; else keep a control frame.
-                if !(pos == 0 && whole_tried) && self.resume(to, at, &piece, pos, len, false) {
+                if !(pos == 0 && whole_tried) && self.resume(to, at, &piece, pos, len, Budget::Data) {
                     self.follow(&piece, pos);
                     return;
                 }
                 if let Some(end) =
-                    control_frame_at(&piece, pos).filter(|&end| self.resume(to, at, &piece, pos, end, true))
+                    control_frame_at(&piece, pos).filter(|&end| self.resume(to, at, &piece, pos, end, Budget::Control))
                 {
                     self.follow_range(&piece, pos, end);
                     self.loss = Some(Loss { frames: 0, compressed: false });
@@ -75,9 +86,9 @@ impl Track {
                     continue;
                 }
             }
-            let in_frames = self.frames.in_frames();
+            let in_frames = matches!(self.stage, Stage::Frames(_));
             pos = self.skip_to_boundary(&piece, pos);
-            if in_frames && self.frames.at_boundary() {
+            if in_frames && self.between_frames() {
                 if let Some(loss) = self.loss.as_mut() {
                     loss.frames += 1;
                     loss.compressed |= self.frame_compressed;
@@ -89,19 +100,19 @@ impl Track {
     /// The stream ends (a FIN) at `end`: a loss in progress is reported first.
     pub(crate) fn end(&mut self, to: &To<'_>, end: u64) {
         if let Some(loss) = self.loss.take() {
-            let gap = What::Gap { dir: to.dir, until: end, frames: loss.frames, compressed: loss.compressed };
-            to.recorder.push(to.time, to.leg, gap);
+            let gap = Gap { dir: to.dir, until: end, frames: loss.frames, compressed: loss.compressed };
+            to.recorder.push(to.time, to.leg, What::Gap(gap));
         }
     }
 
-    /// Sends `piece[from..to]` after the gap that ends there, both or neither; `small`:
-    /// within the control events' budget.
-    fn resume(&mut self, to: &To<'_>, at: u64, piece: &Piece<'_>, from: usize, end: usize, small: bool) -> bool {
+    /// Sends `piece[from..to]` after the gap that ends there, both or neither, within
+    /// `budget`.
+    fn resume(&mut self, to: &To<'_>, at: u64, piece: &Piece<'_>, from: usize, end: usize, budget: Budget) -> bool {
         let Some(loss) = &self.loss else { return false };
         let until = at + from as u64;
-        let gap = What::Gap { dir: to.dir, until, frames: loss.frames, compressed: loss.compressed };
+        let gap = What::Gap(Gap { dir: to.dir, until, frames: loss.frames, compressed: loss.compressed });
         let data = What::Data { dir: to.dir, offset: until, bytes: piece.bytes(from, end, Keep::Briefly) };
-        let resumed = to.recorder.push_pair(to.time, to.leg, gap, data, small);
+        let resumed = to.recorder.push_pair(to.time, to.leg, [gap, data], budget);
         if resumed {
             self.loss = None;
         }
@@ -132,16 +143,46 @@ impl Track {
         for part in piece.parts_from(from) {
             let n = self.advance(part, true);
             pos += n;
-            if n < part.len() || self.frames.at_boundary() {
+            if n < part.len() || self.at_boundary() {
                 break;
             }
         }
         pos
     }
 
+    /// Between frames, past the heads: where capture may resume.
+    fn between_frames(&self) -> bool {
+        matches!(&self.stage, Stage::Frames(t) if t.at_boundary())
+    }
+
+    /// Between frames, or before any byte of a head.
+    fn at_boundary(&self) -> bool {
+        match &self.stage {
+            Stage::Heads(end) => !end.started(),
+            Stage::Frames(t) => t.at_boundary(),
+        }
+    }
+
+    /// Consumes `data` (with `stop_at_boundary`, up to the first boundary after at least
+    /// one byte); returns the bytes consumed.
     fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut used = 0;
+        while let Stage::Heads(end) = &mut self.stage {
+            let Some(n) = end.scan(&data[used..]) else { return data.len() };
+            used += n;
+            // An interim response (`100 Continue`) is followed by another head, still
+            // inside the exchange: not a boundary.
+            self.stage = match end.is_interim() {
+                true => Stage::Heads(HeadEnd::new()),
+                false => Stage::Frames(FrameTracker::new()),
+            };
+            if used == data.len() || (stop_at_boundary && matches!(self.stage, Stage::Frames(_))) {
+                return used;
+            }
+        }
+        let Stage::Frames(frames) = &mut self.stage else { return used };
         let (message, frame) = (&mut self.message_compressed, &mut self.frame_compressed);
-        self.frames.advance(data, stop_at_boundary, |h| {
+        used + frames.advance(&data[used..], stop_at_boundary, |h| {
             if !h.opcode.is_control() {
                 if h.opcode.starts_message() {
                     *message = h.rsv1;
@@ -174,27 +215,20 @@ fn control_frame_at(piece: &Piece<'_>, pos: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::event::Event;
-    use wstap_wire::wsframe::FrameHeader;
+    use wstap_wire::wsframe::{encode_frame, first_byte, Opcode};
 
-    fn frame(opcode: u8, len: usize) -> Vec<u8> {
-        let mut f = FrameHeader::encode(0x80 | opcode, len as u64, None);
-        f.extend(std::iter::repeat_n(b'x', len));
-        f
-    }
-
-    /// A recorder with room for `limit` bytes of data events, and what reached it.
-    fn queue(limit: usize) -> (Recorder, impl Fn(&Recorder) -> Vec<Event>) {
-        (Recorder::detached(limit), |r: &Recorder| r.take_events())
+    fn frame(opcode: Opcode, len: usize) -> Vec<u8> {
+        encode_frame(first_byte(true, false, opcode), &vec![b'x'; len], None)
     }
 
     #[test]
     fn a_full_queue_drops_to_the_next_frame_boundary_and_keeps_control_frames() {
         let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
-        let (a, b, c, ping, d) = (frame(2, 1000), frame(2, 3000), frame(1, 500), frame(9, 4), frame(1, 10));
-        let (rec, events) = queue(70 * 1024);
+        let (a, b, c) = (frame(Opcode::Binary, 1000), frame(Opcode::Binary, 3000), frame(Opcode::Text, 500));
+        let (ping, d) = (frame(Opcode::Ping, 4), frame(Opcode::Text, 10));
+        let rec = Recorder::new(70 * 1024);
         let mut t = Track::new();
-        let to = To { recorder: &rec, leg: 1, dir: Dir::Down, time: Some(1) };
+        let to = To { recorder: &rec, leg: LegId(1), dir: Dir::Down, time: Some(Timestamp::from_nanos(1)) };
         let mut at = 0u64;
         let mut send = |t: &mut Track, bytes: &[u8]| {
             t.pass(&to, at, Piece::Slice(bytes));
@@ -206,14 +240,14 @@ mod tests {
         send(&mut t, &[b[2000..].to_vec(), c.clone(), ping.clone(), d[..5].to_vec()].concat());
         rec.unfill();
         send(&mut t, &d[5..]); // mid-frame: still dropping
-        let e = frame(1, 7);
+        let e = frame(Opcode::Text, 7);
         send(&mut t, &e); // a boundary, and room: resumes
-        let got = events(&rec);
+        let got = rec.take_events();
         let shape: Vec<String> = got
             .iter()
             .map(|e| match &e.what {
                 What::Data { offset, bytes, .. } => format!("data {offset}+{}", bytes.len()),
-                What::Gap { until, frames, .. } => format!("gap to {until}, {frames} frames"),
+                What::Gap(Gap { until, frames, .. }) => format!("gap to {until}, {frames} frames"),
                 _ => "other".into(),
             })
             .collect();

@@ -1,8 +1,26 @@
-//! HTTP/1.1 heads (httparse) and how long the body after one is: what replay needs to
-//! walk the exchanges before an Upgrade, and capture to find the values it masks. Pure.
+//! HTTP/1.1 as far as WebSocket capture needs it: heads parsed into a [`Head`]
+//! (httparse), the end of a head found as bytes arrive ([`HeadEnd`]), and the one
+//! message framer ([`Framer`]) that capture's rewriter and the replay reader both follow
+//! a connection's exchanges with. Pure.
+
+mod framer;
+mod head_end;
+
+pub use framer::{Advance, Framer, FramingError, Part};
+pub use head_end::HeadEnd;
+
+/// Why bytes are not an HTTP/1.1 head.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad HTTP {what}: {source}")]
+pub struct HeadError {
+    /// `request` or `response`.
+    pub what: &'static str,
+    /// What httparse found wrong.
+    pub source: httparse::Error,
+}
 
 /// A parsed HTTP head: its length, the start line's parts and the fields.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     /// Bytes of the head, its blank line included.
     pub len: usize,
@@ -40,9 +58,15 @@ impl Head {
             .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     }
 
-    /// The head as text again, its fields only (enough for the extension negotiation).
-    pub fn fields_text(&self) -> Vec<u8> {
-        self.headers.iter().flat_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes()).collect()
+    /// A response that another head follows in the same exchange: `1xx`, but not the
+    /// `101` that switches protocols.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+
+    /// A request to switch to WebSocket (`Upgrade: websocket`).
+    pub fn asks_websocket(&self) -> bool {
+        self.has_token("upgrade", "websocket")
     }
 }
 
@@ -51,10 +75,10 @@ fn fields(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
 }
 
 /// The request head at the start of `b`; `None` if it is not complete yet.
-pub fn request(b: &[u8]) -> Result<Option<Head>, String> {
+pub fn request(b: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut h = [httparse::EMPTY_HEADER; 100];
     let mut r = httparse::Request::new(&mut h);
-    match r.parse(b).map_err(|e| format!("bad HTTP request: {e}"))? {
+    match r.parse(b).map_err(|source| HeadError { what: "request", source })? {
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) => Ok(Some(Head {
             len,
@@ -67,10 +91,10 @@ pub fn request(b: &[u8]) -> Result<Option<Head>, String> {
 }
 
 /// The response head at the start of `b`; `None` if it is not complete yet.
-pub fn response(b: &[u8]) -> Result<Option<Head>, String> {
+pub fn response(b: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut h = [httparse::EMPTY_HEADER; 100];
     let mut r = httparse::Response::new(&mut h);
-    match r.parse(b).map_err(|e| format!("bad HTTP response: {e}"))? {
+    match r.parse(b).map_err(|source| HeadError { what: "response", source })? {
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) => Ok(Some(Head {
             len,
@@ -79,48 +103,5 @@ pub fn response(b: &[u8]) -> Result<Option<Head>, String> {
             status: r.code.unwrap_or_default(),
             headers: fields(r.headers),
         })),
-    }
-}
-
-/// How many body bytes follow `head` at the start of `b`: `None` when the body runs to
-/// the end of the stream (or `b` ends first). Chunk offsets in errors count from `base`.
-pub fn body_len(head: &Head, b: &[u8], no_body: bool, base: u64) -> Result<Option<usize>, String> {
-    if no_body {
-        return Ok(Some(0));
-    }
-    if head.has_token("transfer-encoding", "chunked") {
-        return chunked_len(b, base);
-    }
-    match head.field("content-length") {
-        Some(v) => v.trim().parse().map(Some).map_err(|_| format!("bad Content-Length {v:?}")),
-        None if head.status == 0 => Ok(Some(0)),
-        None => Ok(None),
-    }
-}
-
-/// The length of the chunked body at the start of `b`, trailers included.
-fn chunked_len(b: &[u8], base: u64) -> Result<Option<usize>, String> {
-    let line_end = |from: usize| b[from.min(b.len())..].windows(2).position(|w| w == b"\r\n").map(|i| from + i);
-    let mut p = 0;
-    loop {
-        let Some(end) = line_end(p) else { return Ok(None) };
-        let size = std::str::from_utf8(&b[p..end]).ok().and_then(|l| {
-            let hex = l.split(';').next()?.trim();
-            usize::from_str_radix(hex, 16).ok()
-        });
-        let size = size.ok_or_else(|| format!("bad chunk size line at stream offset {}", base + p as u64))?;
-        p = end + 2;
-        if size == 0 {
-            // Trailer fields, then the blank line.
-            let mut q = p;
-            while let Some(e) = line_end(q) {
-                if e == q {
-                    return Ok(Some(q + 2));
-                }
-                q = e + 2;
-            }
-            return Ok(None);
-        }
-        p = p.saturating_add(size).saturating_add(2);
     }
 }

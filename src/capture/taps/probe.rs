@@ -1,0 +1,347 @@
+//! A probing tap's memory. While a connection is only a candidate for capture
+//! (`websocket` mode, before a `101`), its probe keeps the bytes that could begin a
+//! session: the current HTTP exchange (a final response ends one, and is not kept), so
+//! that a session's capture can begin at the exact first byte of its Upgrade request.
+//! Under TLS (`capture.tls = "encrypted"`) it keeps every record from the connection's
+//! first byte instead, the handshake without which none decrypts, within its bound.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use wstap_wire::{Dir, Timestamp};
+
+use super::chunk::{Keep, Piece};
+
+/// `HTTP/1.1 1`: the bytes that tell whether a response may start a session.
+const STATUS_PREFIX: usize = "HTTP/1.1 1".len();
+
+/// A probe's ring of recent chunks.
+pub(super) struct Probe {
+    ring: VecDeque<Kept>,
+    /// Bytes in the ring.
+    bytes: usize,
+    /// The most it keeps.
+    cap: usize,
+    keeps: Keeps,
+    /// What the server's bytes of the current exchange may be the start of.
+    answer: Answer,
+    /// The direction of the last bytes probed.
+    last_dir: Option<Dir>,
+}
+
+/// A chunk the probe kept.
+pub(super) struct Kept {
+    /// When it crossed the socket.
+    pub(super) time: Timestamp,
+    /// Which way.
+    pub(super) dir: Dir,
+    /// Its first byte's place in that direction's socket stream.
+    pub(super) offset: u64,
+    /// Its bytes.
+    pub(super) bytes: Bytes,
+}
+
+/// What a probe keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keeps {
+    /// The current HTTP exchange: a session starts at an Upgrade request.
+    Exchange,
+    /// Every byte from the connection's first (TLS records), while they fit.
+    FromStart(Start),
+    /// Nothing: nothing on the connection will be recorded.
+    Nothing,
+}
+
+/// Whether a TLS probe still holds the connection's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// It does.
+    Kept,
+    /// More than it keeps crossed: the start is gone, and nothing more is kept.
+    Lost,
+    /// Lost, and that was told.
+    LostAndTold,
+}
+
+/// While probing, what the server's bytes of the current exchange may be the start of.
+#[derive(Debug, Default, PartialEq)]
+enum Answer {
+    /// Not seen enough of the status line yet: its first bytes so far.
+    #[default]
+    Undecided,
+    Start(Vec<u8>),
+    /// A `1xx` head: may be the `101` a session starts with. Kept.
+    Interim,
+    /// A final response (or no HTTP at all): no session starts in it. Not kept.
+    Final,
+}
+
+/// Where a request head lies among the bytes read: the socket offsets of its first byte
+/// and of the byte after its blank line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HeadAt {
+    pub(super) first: u64,
+    pub(super) end: u64,
+}
+
+impl Probe {
+    /// A probe keeping up to `cap` bytes, as `keeps` says.
+    pub(super) fn new(cap: usize, keeps: Keeps) -> Probe {
+        Probe { ring: VecDeque::new(), bytes: 0, cap, keeps, answer: Answer::default(), last_dir: None }
+    }
+
+    /// `piece` crossed the socket going `dir` at `time`, from socket offset `offset`:
+    /// kept if it may belong to a session's start.
+    pub(super) fn see(&mut self, time: Timestamp, dir: Dir, offset: u64, piece: &Piece<'_>) {
+        let keep = match self.keeps {
+            Keeps::FromStart(start) => start == Start::Kept,
+            Keeps::Exchange => self.may_start_session(dir, piece),
+            Keeps::Nothing => false,
+        };
+        if !keep {
+            return;
+        }
+        let len = piece.len();
+        self.ring.push_back(Kept { time, dir, offset, bytes: piece.bytes(0, len, Keep::Long) });
+        self.bytes += len;
+        if self.keeps == Keeps::FromStart(Start::Kept) && self.bytes > self.cap {
+            (self.ring, self.bytes) = (VecDeque::new(), 0);
+            self.keeps = Keeps::FromStart(Start::Lost);
+        }
+        while self.bytes > self.cap && self.ring.len() > 1 {
+            let old = self.ring.pop_front().expect("the ring is not empty");
+            self.bytes -= old.bytes.len();
+        }
+    }
+
+    /// What it keeps.
+    pub(super) fn keeps(&self) -> Keeps {
+        self.keeps
+    }
+
+    /// Whether a TLS probe lost the connection's start (see [`Start`]).
+    pub(super) fn start_lost(&self) -> bool {
+        matches!(self.keeps, Keeps::FromStart(Start::Lost | Start::LostAndTold))
+    }
+
+    /// Whether a TLS probe lost the connection's start since this was last asked: true once.
+    pub(super) fn start_just_lost(&mut self) -> bool {
+        let lost = self.keeps == Keeps::FromStart(Start::Lost);
+        if lost {
+            self.keeps = Keeps::FromStart(Start::LostAndTold);
+        }
+        lost
+    }
+
+    /// The kept chunks that reach past `base` (per direction), taken out.
+    pub(super) fn take_from(&mut self, base: wstap_wire::PerDir<u64>) -> Vec<Kept> {
+        self.bytes = 0;
+        self.ring.drain(..).filter(|k| k.offset + k.bytes.len() as u64 > base[k.dir]).collect()
+    }
+
+    /// Lets go of what it kept, and keeps nothing more.
+    pub(super) fn forget(&mut self) {
+        (self.ring, self.bytes, self.keeps) = (VecDeque::new(), 0, Keeps::Nothing);
+    }
+
+    /// The socket offset of the oldest byte read (going `inbound`) that is still kept.
+    pub(super) fn oldest_read(&self, inbound: Dir) -> Option<u64> {
+        self.ring.iter().find(|k| k.dir == inbound).map(|k| k.offset)
+    }
+
+    /// Where the last request head whose first line starts with `line` (such as
+    /// `GET /chat HTTP/1.`) lies among the bytes read (going `inbound`).
+    pub(super) fn find_head(&self, inbound: Dir, line: &[u8]) -> Option<HeadAt> {
+        let mut bytes = Vec::with_capacity(self.bytes);
+        let mut first = None;
+        for k in self.ring.iter().filter(|k| k.dir == inbound) {
+            first.get_or_insert(k.offset);
+            bytes.extend_from_slice(&k.bytes);
+        }
+        let first = first?;
+        let start = (0..bytes.len().saturating_sub(line.len() - 1))
+            .rev()
+            .find(|&i| bytes[i..].starts_with(line) && (i == 0 || bytes[i - 1] == b'\n'))?;
+        let end = bytes[start..].windows(4).position(|w| w == b"\r\n\r\n")? + start + 4;
+        Some(HeadAt { first: first + start as u64, end: first + end as u64 })
+    }
+
+    /// Whether bytes going `dir` may belong to a session's start. Only the current
+    /// exchange can start one: the client's bytes after a response begin a new one
+    /// (everything older is dropped), and a final response is not kept at all. So an idle
+    /// keep-alive connection keeps its last request head, not the last response body.
+    fn may_start_session(&mut self, dir: Dir, piece: &Piece<'_>) -> bool {
+        let turned = self.last_dir.replace(dir) != Some(dir);
+        if dir == Dir::Up {
+            // After a final response only: bytes sent after an interim one (a body after
+            // `100 Continue`) still belong to the exchange that may upgrade.
+            if turned && self.answer == Answer::Final {
+                self.keep_pipelined();
+                self.answer = Answer::Undecided;
+            }
+            return true;
+        }
+        let mut seen = match std::mem::take(&mut self.answer) {
+            Answer::Undecided => Vec::new(),
+            Answer::Start(seen) => seen,
+            decided => {
+                let keep = decided == Answer::Interim;
+                self.answer = decided;
+                return keep;
+            }
+        };
+        let want = STATUS_PREFIX - seen.len();
+        seen.extend(piece.bytes(0, want.min(piece.len()), Keep::Briefly).iter());
+        self.answer = if seen.len() < STATUS_PREFIX {
+            Answer::Start(seen)
+        } else if seen.starts_with(b"HTTP/1.") && seen[STATUS_PREFIX - 1] == b'1' {
+            Answer::Interim
+        } else {
+            Answer::Final
+        };
+        self.answer != Answer::Final
+    }
+
+    /// A final response ended an exchange: of the kept bytes only a request read before
+    /// it stays (pipelined: the request bytes after the last blank line, if they begin
+    /// like a request line); the answered request and interim responses go.
+    fn keep_pipelined(&mut self) {
+        let mut up = Vec::new();
+        let mut starts = Vec::new();
+        for k in self.ring.iter().filter(|k| k.dir == Dir::Up) {
+            starts.push((up.len(), k.time, k.offset));
+            up.extend_from_slice(&k.bytes);
+        }
+        let request_at = |at: usize| {
+            let method = up[at..].iter().take_while(|b| b.is_ascii_uppercase()).count();
+            method > 0 && up.get(at + method).is_none_or(|&b| b == b' ')
+        };
+        // The next request starts where the answered one's head ends (a whole pipelined
+        // request, and what followed it, stay); after a body, only bytes after the last
+        // blank line can be one.
+        let ends = |p: usize| p + 4;
+        let first = up.windows(4).position(|w| w == b"\r\n\r\n").map(ends);
+        let last = up.windows(4).rposition(|w| w == b"\r\n\r\n").map_or(0, ends);
+        let tail = first.filter(|&at| at < up.len() && request_at(at)).unwrap_or(last);
+        let next = &up[tail..];
+        let pipelined = tail < up.len() && request_at(tail);
+        let from = starts.iter().rev().find(|(at, ..)| *at <= tail).copied();
+        self.ring.clear();
+        self.ring.shrink_to(8);
+        self.bytes = 0;
+        if let Some((at, time, offset)) = from.filter(|_| pipelined) {
+            let kept =
+                Kept { time, dir: Dir::Up, offset: offset + (tail - at) as u64, bytes: Bytes::copy_from_slice(next) };
+            self.ring.push_back(kept);
+            self.bytes = next.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client leg's probe, and what was fed to it each way.
+    struct Fed {
+        probe: Probe,
+        offsets: wstap_wire::PerDir<u64>,
+    }
+
+    impl Fed {
+        fn new() -> Fed {
+            Fed { probe: Probe::new(128 << 10, Keeps::Exchange), offsets: Default::default() }
+        }
+
+        fn read(&mut self, bytes: &[u8]) {
+            self.see(Dir::Up, bytes);
+        }
+
+        fn written(&mut self, bytes: &[u8]) {
+            self.see(Dir::Down, bytes);
+        }
+
+        fn see(&mut self, dir: Dir, bytes: &[u8]) {
+            self.probe.see(Timestamp::EPOCH, dir, self.offsets[dir], &Piece::Slice(bytes));
+            self.offsets[dir] += bytes.len() as u64;
+        }
+
+        fn head(&self, line: &[u8]) -> Option<(u64, u64)> {
+            self.probe.find_head(Dir::Up, line).map(|h| (h.first, h.end))
+        }
+    }
+
+    #[test]
+    fn a_probe_that_forgets_keeps_nothing() {
+        let mut p = Fed::new();
+        p.read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        p.written(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert!(p.probe.bytes > 0);
+        p.probe.forget();
+        p.read(&[0x81; 4096]);
+        assert_eq!((p.probe.bytes, p.probe.ring.capacity()), (0, 0));
+    }
+
+    /// An idle keep-alive connection keeps its last request, not the responses before.
+    #[test]
+    fn the_probe_keeps_only_what_can_start_a_session() {
+        let mut p = Fed::new();
+        let response = [&b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"[..], &[b'x'; 100_000]].concat();
+        for _ in 0..3 {
+            p.read(b"GET /big HTTP/1.1\r\n\r\n");
+            for piece in response.chunks(7000) {
+                p.written(piece);
+            }
+        }
+        assert_eq!(p.probe.bytes, "GET /big HTTP/1.1\r\n\r\n".len(), "a final response is not kept");
+        // The next exchange is an upgrade: its request and its 101 (split anywhere) are kept.
+        p.read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(p.head(b"GET /big HTTP/1."), None, "the previous exchange is gone");
+        assert!(p.head(b"GET /ws HTTP/1.").is_some());
+        p.written(b"HTTP/1");
+        p.written(b".1 101 Switching Protocols\r\n\r\n");
+        let want = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n";
+        assert_eq!(p.probe.bytes, want.len());
+    }
+
+    /// A request read before the previous response (pipelined), split across reads, is
+    /// found whole once it upgrades; a body left over is not kept.
+    #[test]
+    fn a_pipelined_upgrade_read_before_the_previous_response_is_kept() {
+        let mut p = Fed::new();
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        p.read(first);
+        p.read(b"GET /ws HT");
+        p.written(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        p.read(b"TP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        let want = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
+        assert_eq!(p.head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
+        assert_eq!(p.probe.bytes, want.len(), "the answered request is gone");
+        // A whole pipelined Upgrade with an early frame behind it, read before the answer
+        // to the request ahead of it: the Upgrade and the frame stay.
+        let mut p = Fed::new();
+        p.read(first);
+        p.read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x85abcd");
+        p.written(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        p.read(b"more");
+        assert_eq!(p.head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
+        // A POST whose body is answered: nothing stays.
+        p.read(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        p.written(b"HTTP/1.1 204 No Content\r\n\r\n");
+        p.read(b"G");
+        assert_eq!(p.probe.bytes, 1);
+    }
+
+    /// Under TLS the probe keeps the connection's start, or says once that it lost it.
+    #[test]
+    fn a_tls_probe_keeps_the_start_or_says_once_it_lost_it() {
+        let mut p = Probe::new(100, Keeps::FromStart(Start::Kept));
+        p.see(Timestamp::EPOCH, Dir::Up, 0, &Piece::Slice(&[0x16; 60]));
+        p.see(Timestamp::EPOCH, Dir::Down, 0, &Piece::Slice(&[0x16; 30]));
+        assert!(!p.start_lost() && p.bytes == 90);
+        p.see(Timestamp::EPOCH, Dir::Up, 60, &Piece::Slice(&[0x17; 30]));
+        assert!(p.start_lost() && p.bytes == 0, "past its bound, nothing is kept");
+        assert!(p.start_just_lost());
+        assert!(!p.start_just_lost(), "told once");
+    }
+}

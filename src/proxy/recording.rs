@@ -1,0 +1,204 @@
+//! A client connection's capture, as the proxy drives it: the taps under each leg's
+//! socket (made with the socket, probing until a route says what to record), where each
+//! exchange would start, and the routes' decisions (record this session, record this
+//! whole connection, or nothing on this connection ever), told to the taps through
+//! capture's small API ([`Tap::mark`], [`Tap::begin`], [`Tap::forgo`],
+//! [`Tap::set_close_reason`]); and the words that describe a session in its capture.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use wstap_wire::Leg;
+
+use crate::capture::{ConnId, Layer, Mark, Opening, Scope, Start, Tap};
+use crate::config::route::Route;
+use crate::config::TlsCapture;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::tls::Keys;
+
+/// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
+/// whether a session starts (the Upgrade request and the `101` with any early frames).
+const UPSTREAM_PROBE: usize = 256 * 1024;
+
+/// Whether a WebSocket session is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCapture {
+    /// Its route records it (and it was sampled), or its connection is recorded whole.
+    Captured,
+    /// Not recorded.
+    NotCaptured,
+}
+
+/// A tap for a new connection leg, if any route records that leg: it probes (keeps what
+/// may start a session) until a request's route says what to record. Under TLS
+/// (`Layer::Tls`) it keeps the connection's first bytes instead.
+pub(crate) fn tap(
+    ctx: &ProxyContext,
+    leg: Leg,
+    conn: ConnId,
+    local: SocketAddr,
+    remote: SocketAddr,
+    layer: Layer,
+) -> Option<Arc<Tap>> {
+    let rec = ctx.capture.as_ref()?;
+    if !ctx.settings.capture.legs.has(leg) {
+        return None;
+    }
+    let probe = match leg {
+        Leg::Client => ctx.settings.limits.max_header_size + 64 * 1024,
+        Leg::Upstream => UPSTREAM_PROBE,
+    };
+    let opening = Opening { conn, ..Opening::new(leg, local, remote, String::new()) };
+    Some(Tap::probing(rec.clone(), opening, probe, layer))
+}
+
+/// For a new TLS connection on `leg`: a tap under its TLS, if its records are captured
+/// (`capture.tls = "encrypted"` and some route records the leg), and what collects its
+/// keys, if they are kept or logged.
+pub(crate) fn tls_tap(
+    ctx: &ProxyContext,
+    leg: Leg,
+    conn: ConnId,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> (Option<Arc<Tap>>, Option<Arc<Keys>>) {
+    let encrypted = ctx.settings.capture.tls == TlsCapture::Encrypted;
+    let tap = encrypted.then(|| tap(ctx, leg, conn, local, remote, Layer::Tls)).flatten();
+    let keys = Keys::new(tap.is_some(), ctx.keylog.clone());
+    (tap, keys)
+}
+
+/// A leg's tap, and the keys of its TLS when the tap is under it.
+#[derive(Default)]
+pub(crate) struct LegTap {
+    pub(crate) tap: Option<Arc<Tap>>,
+    pub(crate) keys: Option<Arc<Keys>>,
+    /// The TLS the leg runs over, described (`TLS 1.3, …, port 8443`).
+    pub(crate) tls: Option<String>,
+}
+
+impl LegTap {
+    fn is_recording(&self) -> bool {
+        self.tap.as_ref().is_some_and(|t| t.is_recording())
+    }
+
+    /// How the leg is captured, for the session's description.
+    fn how(&self) -> &'static str {
+        match self.keys.is_some() {
+            true => "captured as TLS records; the keys that decrypt them are in this file",
+            false => "captured decrypted",
+        }
+    }
+}
+
+/// One exchange on a connection, where its capture would start.
+pub(crate) struct Exchange<'a> {
+    /// The request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
+    pub(crate) request_line: &'a str,
+    /// Where it began on the client leg.
+    pub(crate) client: Option<Mark>,
+    /// The upstream leg, and where it began there.
+    pub(crate) upstream: &'a LegTap,
+    pub(crate) upstream_mark: Option<Mark>,
+    /// Its route, and the route's place in the config.
+    pub(crate) route: &'a Route,
+    pub(crate) index: usize,
+}
+
+/// What the client connection's capture knows of itself.
+pub(crate) struct Recording<'a> {
+    pub(crate) ctx: &'a ProxyContext,
+    pub(crate) conn: ConnId,
+    pub(crate) client: SocketAddr,
+    pub(crate) client_leg: &'a LegTap,
+}
+
+impl Recording<'_> {
+    /// A session starts at `ex` (its upstream answered `101`), and the route records it
+    /// (sampled), or its connection is recorded whole: each leg the route records begins
+    /// where the Upgrade exchange began.
+    pub(crate) fn session(&self, ex: &Exchange<'_>) -> SessionCapture {
+        let policy = ex.route.policy;
+        // A connection recorded from its first byte (`all`) records its sessions anyway.
+        let recording = self.client_leg.is_recording() || ex.upstream.is_recording();
+        let sampled = || policy.records() && self.ctx.samplers.pick(ex.index, policy.sample);
+        if !(recording || sampled()) {
+            self.forgo(ex);
+            return SessionCapture::NotCaptured;
+        }
+        let line = ex.request_line.trim_end_matches(" HTTP/1.");
+        let (client, route) = (self.client, ex.route);
+        let mut comment = format!(
+            "wstap session {}: {line} from {client} via route {:?} to {}",
+            self.conn, route.path_prefix, route.upstream
+        );
+        if let Some(tls) = &self.client_leg.tls {
+            comment.push_str(&format!("; client leg over {tls} ({})", self.client_leg.how()));
+        }
+        if let Some(tls) = &ex.upstream.tls {
+            comment.push_str(&format!("; upstream leg over {tls} ({})", ex.upstream.how()));
+        }
+        match self.begin(ex, Scope::Session, comment) {
+            true => SessionCapture::Captured,
+            false => {
+                self.forgo(ex);
+                SessionCapture::NotCaptured
+            }
+        }
+    }
+
+    /// The route records whole connections (`all`): each leg it records is captured from
+    /// this request on (the connection's first byte, for its first request), unless it
+    /// already is or the connection is not sampled.
+    pub(crate) fn connection(&self, ex: &Exchange<'_>) {
+        let client_probing = self.client_leg.tap.as_ref().is_some_and(|t| !t.is_recording());
+        if client_probing && self.ctx.samplers.pick(ex.index, ex.route.policy.sample) {
+            self.begin(ex, Scope::Connection, format!("wstap connection {} from {}", self.conn, self.client));
+        }
+    }
+
+    /// Begins (or, on a leg already recorded, marks) the capture of the legs the route
+    /// records. Returns whether any leg is recorded.
+    fn begin(&self, ex: &Exchange<'_>, scope: Scope, comment: String) -> bool {
+        let policy = ex.route.policy;
+        // Per-session file names: client address and route.
+        let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), ex.route.path_prefix);
+        let start = |comment, keys: &Option<Arc<Keys>>| Start {
+            comment,
+            label: label.clone(),
+            request_line: ex.request_line.into(),
+            snap: policy.snap,
+            tls_secrets: keys.as_deref().and_then(Keys::kept),
+        };
+        let mut recorded = false;
+        if let (Some(tap), Some(mark), true) = (&self.client_leg.tap, ex.client, policy.legs.client) {
+            recorded |= tap.begin(scope, mark, start(comment.clone(), &self.client_leg.keys));
+        }
+        if let (Some(tap), Some(mark), true) = (&ex.upstream.tap, ex.upstream_mark, policy.legs.upstream) {
+            let comment = match scope {
+                Scope::Session => comment,
+                Scope::Connection => {
+                    format!("wstap upstream connection of connection {} to {}", self.conn, ex.route.upstream)
+                }
+            };
+            recorded |= tap.begin(scope, mark, start(comment, &ex.upstream.keys));
+        }
+        recorded
+    }
+
+    /// The connection is this session's until it ends, and the session is not recorded:
+    /// nothing more to probe for.
+    fn forgo(&self, ex: &Exchange<'_>) {
+        for tap in [&self.client_leg.tap, &ex.upstream.tap].into_iter().flatten() {
+            tap.forgo();
+        }
+    }
+}
+
+/// Says why a session's legs close, before their sockets do: it goes on each leg's last
+/// captured packet.
+pub(crate) fn closing(taps: [&Option<Arc<Tap>>; 2], reason: &str) {
+    for tap in taps.into_iter().flatten() {
+        tap.set_close_reason(reason.to_owned());
+    }
+}
