@@ -1,11 +1,10 @@
-//! Micro-benchmark of the capture path alone (issue 16's goal 3): 64 KiB WebSocket
-//! messages, echoed (one event each way, as the proxy reads them), through
+//! Micro-benchmark of the capture path alone: 64 KiB WebSocket messages, echoed (one
+//! event each way, as the proxy reads them), through
 //! `CaptureWriter` (framing, segmentation, headers, checksums, ACKs, pcapng blocks) into a
 //! buffered sink that discards (`/dev/null`), on one core, as the writer thread does.
 //! Prints message payload per second and synthesized packets per second, best of several
-//! runs, for `capture.segment = "mss"` (1460-byte segments) and `"gro"`; then issue 7's
-//! measure, for comparison with earlier figures: one message streamed one way as 16 KiB
-//! chunks, 1460-byte segments.
+//! runs, for `capture.segment = "mss"` (1460-byte segments) and `"gro"`; then one
+//! message streamed one way as 16 KiB chunks, 1460-byte segments.
 //! `cargo bench --bench capture` (or `make bench-capture`).
 
 use std::io::{BufWriter, Write};
@@ -34,8 +33,9 @@ enum Load {
     Stream,
 }
 
-/// Payload bytes and packets written per second.
-fn run(segment: Segmentation, load: Load) -> (f64, f64) {
+/// A writer into `/dev/null` (buffered, as the writer thread's file is), as shipped
+/// (credentials in the Upgrade request redacted), with a client leg whose session is open.
+fn writer(segment: Segmentation, stats: &Stats) -> CaptureWriter<BufWriter<std::fs::File>> {
     let sink = std::fs::File::create("/dev/null").expect("/dev/null");
     let info = SectionInfo { application: "bench".into(), os: "bench".into(), hostname: "bench".into() };
     let synth = Synthesis {
@@ -44,7 +44,6 @@ fn run(segment: Segmentation, load: Load) -> (f64, f64) {
         segment,
         acks: PureAcks::Written,
         display_port: wstap::config::DisplayPort::Real,
-        // As shipped: credentials in the Upgrade request masked.
         redact: std::sync::Arc::new(wstap::config::Redact::defaults()),
         inflate: Default::default(),
         isn_seed: 1,
@@ -53,67 +52,77 @@ fn run(segment: Segmentation, load: Load) -> (f64, f64) {
     };
     let legs = Legs { client: true, upstream: false };
     let mut w = CaptureWriter::new(BufWriter::with_capacity(256 * 1024, sink), &info, legs, synth).unwrap();
-    let stats = Stats::default();
     let open = Opening {
-        leg: Leg::Client,
-        local: "127.0.0.1:8080".parse().unwrap(),
-        remote: "127.0.0.1:40000".parse().unwrap(),
-        comment: "bench".into(),
         scope: Scope::Session,
         conn: ConnId(1),
-        label: String::new(),
-        snap: Default::default(),
-        tls_secrets: None,
+        ..Opening::new(Leg::Client, "127.0.0.1:8080".parse().unwrap(), "127.0.0.1:40000".parse().unwrap(), "bench")
     };
-    let mut time = 1;
-    let mut event = |w: &mut CaptureWriter<_>, what| {
-        time += 1;
-        let ev = Event { time: Timestamp::from_nanos(time), leg: LegId(1), what };
-        assert!(matches!(w.process(ev, &stats).unwrap(), Processed::Done));
-    };
-    event(&mut w, What::Open(Box::new(open)));
-    let mut offset = [0u64; 2];
-    let mut data = |w: &mut CaptureWriter<_>, dir: Dir, bytes: bytes::Bytes| {
-        let at = &mut offset[dir as usize];
-        event(w, What::Data { dir, offset: *at, bytes: bytes.clone() });
+    let ev = Event { time: Timestamp::from_nanos(1), leg: LegId(1), what: What::Open(Box::new(open)) };
+    assert!(matches!(w.process(ev, stats).unwrap(), Processed::Done));
+    w
+}
+
+/// One leg's events, in order: times and offsets each way.
+struct Feed {
+    time: u64,
+    offset: [u64; 2],
+}
+
+impl Feed {
+    /// `bytes` going `dir`, the next event.
+    fn data(&mut self, w: &mut CaptureWriter<BufWriter<std::fs::File>>, stats: &Stats, dir: Dir, bytes: bytes::Bytes) {
+        self.time += 1;
+        let at = &mut self.offset[dir as usize];
+        let what = What::Data { dir, offset: *at, bytes: bytes.clone() };
         *at += bytes.len() as u64;
-    };
+        let ev = Event { time: Timestamp::from_nanos(self.time), leg: LegId(1), what };
+        assert!(matches!(w.process(ev, stats).unwrap(), Processed::Done));
+    }
+}
+
+/// A frame of a `MESSAGE`-byte binary message, masked as a client sends it or not.
+fn message_frame(mask: bool) -> bytes::Bytes {
+    let mut f = vec![0x82, if mask { 0xff } else { 0x7f }];
+    f.extend((MESSAGE as u64).to_be_bytes());
+    if mask {
+        f.extend([0x11, 0x22, 0x33, 0x44]);
+    }
+    f.extend((0..MESSAGE).map(|i| (i * 7) as u8));
+    bytes::Bytes::from(f)
+}
+
+/// Payload bytes and packets written per second.
+fn run(segment: Segmentation, load: Load) -> (f64, f64) {
+    let stats = Stats::default();
+    let mut w = writer(segment, &stats);
+    let mut feed = Feed { time: 1, offset: [0; 2] };
     let upgrade = "GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let accept = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-    data(&mut w, Dir::Up, upgrade.as_bytes().to_vec().into());
-    data(&mut w, Dir::Down, accept.as_bytes().to_vec().into());
+    feed.data(&mut w, &stats, Dir::Up, upgrade.as_bytes().to_vec().into());
+    feed.data(&mut w, &stats, Dir::Down, accept.as_bytes().to_vec().into());
     // A masked binary message up (as a client sends it), the same unmasked down.
-    let frame = |mask: bool| {
-        let mut f = vec![0x82, if mask { 0xff } else { 0x7f }];
-        f.extend((MESSAGE as u64).to_be_bytes());
-        if mask {
-            f.extend([0x11, 0x22, 0x33, 0x44]);
-        }
-        f.extend((0..MESSAGE).map(|i| (i * 7) as u8));
-        bytes::Bytes::from(f)
-    };
-    let (up, down) = (frame(true), frame(false));
+    let (up, down) = (message_frame(true), message_frame(false));
     let chunk = bytes::Bytes::from(vec![0x5a; CHUNK]);
     if load == Load::Stream {
         let mut head = vec![0x82, 0x7f];
         head.extend(((CHUNKS * CHUNK) as u64).to_be_bytes());
-        data(&mut w, Dir::Up, head.into());
+        feed.data(&mut w, &stats, Dir::Up, head.into());
     }
     let packets0 = stats.packets_written.load(std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
     let payload = match load {
         Load::Echo => {
             for _ in 0..MESSAGES {
-                data(&mut w, Dir::Up, up.clone());
-                data(&mut w, Dir::Down, down.clone());
+                feed.data(&mut w, &stats, Dir::Up, up.clone());
+                feed.data(&mut w, &stats, Dir::Down, down.clone());
             }
             2 * MESSAGES * MESSAGE
         }
         Load::Stream => {
             for _ in 0..CHUNKS {
-                data(&mut w, Dir::Up, chunk.clone());
+                feed.data(&mut w, &stats, Dir::Up, chunk.clone());
             }
             CHUNKS * CHUNK
         }

@@ -272,56 +272,16 @@ impl fmt::Display for Note {
             Note::FrameCut { kept, len, why } => {
                 write!(f, "a WebSocket frame written with {kept} of its {len} payload bytes ({why})")
             }
-            Note::Closed { leg, reason, bytes, lost } => {
-                let count = |dir: Dir| match lost[dir] {
-                    0 => format!("{} bytes", bytes[dir]),
-                    n => format!("{} bytes ({n} not captured)", bytes[dir]),
-                };
-                let name = leg.name();
-                // What the remote end sent (wstap read it), and what wstap sent.
-                let (remote, local) = (leg.inbound(), leg.inbound().reverse());
-                write!(f, "{name} leg closed: {reason}; {} from {name}, {} from wstap", count(remote), count(local))
-            }
+            Note::Closed { leg, reason, bytes, lost } => closed(f, *leg, reason, bytes, lost),
             Note::Repeat(audience) => f.write_str(audience.origin()),
-            Note::Repeated { audience, leg, what, unwritten } => {
-                write!(f, "{}: {leg}", audience.origin())?;
-                match what {
-                    Repeats::Handshake => {}
-                    Repeats::Upgrade { deflate } => {
-                        write!(f, " (synthetic handshake and the original Upgrade exchange, {})", audience.whole())?;
-                        if *deflate {
-                            f.write_str("; a synthetic message restores the permessage-deflate context")?;
-                        }
-                    }
-                    Repeats::TlsRecords => write!(
-                        f,
-                        " (synthetic handshake, then the TLS records since the connection's first, with its keys, {})",
-                        audience.whole()
-                    )?,
-                    Repeats::TlsNotKept(why) => write!(
-                        f,
-                        "; its TLS records cannot be decrypted from {} alone ({why}): open it together with the \
-                         files before it (mergecap)",
-                        audience.alone()
-                    )?,
-                }
-                if *unwritten > 0 {
-                    write!(f, "; capture was interrupted: {unwritten} bytes could not be written")?;
-                }
-                Ok(())
-            }
-            Note::StartsInsideFrame { audience, waited } => {
+            Note::Repeated { audience, leg, what, unwritten } => repeated(f, *audience, leg, what, *unwritten),
+            Note::StartsInsideFrame { audience: Audience::File, waited } => {
                 let waited = humantime::format_duration(*waited);
-                match audience {
-                    Audience::File => write!(
-                        f,
-                        "this file starts inside a WebSocket frame: rotation waited {waited} for a frame boundary"
-                    ),
-                    Audience::Subscriber => write!(
-                        f,
-                        "this stream starts inside a WebSocket frame: it waited {waited} for a frame boundary"
-                    ),
-                }
+                write!(f, "this file starts inside a WebSocket frame: rotation waited {waited} for a frame boundary")
+            }
+            Note::StartsInsideFrame { audience: Audience::Subscriber, waited } => {
+                let waited = humantime::format_duration(*waited);
+                write!(f, "this stream starts inside a WebSocket frame: it waited {waited} for a frame boundary")
             }
             Note::SectionLoss { bytes, frames } => write!(
                 f,
@@ -331,6 +291,47 @@ impl fmt::Display for Note {
             ),
         }
     }
+}
+
+/// How a leg closed, and what each end sent.
+fn closed(f: &mut fmt::Formatter<'_>, leg: Leg, reason: &str, bytes: &PerDir<u64>, lost: &PerDir<u64>) -> fmt::Result {
+    let count = |dir: Dir| match lost[dir] {
+        0 => format!("{} bytes", bytes[dir]),
+        n => format!("{} bytes ({n} not captured)", bytes[dir]),
+    };
+    let name = leg.name();
+    // What the remote end sent (wstap read it), and what wstap sent.
+    let (remote, local) = (leg.inbound(), leg.inbound().reverse());
+    write!(f, "{name} leg closed: {reason}; {} from {name}, {} from wstap", count(remote), count(local))
+}
+
+/// What a new section repeats of a leg, for whom, and why.
+fn repeated(f: &mut fmt::Formatter<'_>, audience: Audience, leg: &str, what: &Repeats, unwritten: u64) -> fmt::Result {
+    write!(f, "{}: {leg}", audience.origin())?;
+    match what {
+        Repeats::Handshake => {}
+        Repeats::Upgrade { deflate } => {
+            write!(f, " (synthetic handshake and the original Upgrade exchange, {})", audience.whole())?;
+            if *deflate {
+                f.write_str("; a synthetic message restores the permessage-deflate context")?;
+            }
+        }
+        Repeats::TlsRecords => write!(
+            f,
+            " (synthetic handshake, then the TLS records since the connection's first, with its keys, {})",
+            audience.whole()
+        )?,
+        Repeats::TlsNotKept(why) => write!(
+            f,
+            "; its TLS records cannot be decrypted from {} alone ({why}): open it together with the files \
+             before it (mergecap)",
+            audience.alone()
+        )?,
+    }
+    if unwritten > 0 {
+        write!(f, "; capture was interrupted: {unwritten} bytes could not be written")?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Redaction {

@@ -9,7 +9,6 @@ use super::{CaptureSettings, DisplayPort, LiveFormat, Policy, Redact, Segmentati
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
         let plain = self.listen.iter().filter(|a| self.tls_at(**a).is_none());
         let listen: Vec<String> = plain.map(|a| Q(&a.to_string()).to_string()).collect();
         writeln!(f, "# effective settings of {}", self.source.display())?;
@@ -30,42 +29,9 @@ impl fmt::Display for Settings {
             writeln!(f, ", sni = [{}] }}", sni.join(", "))?;
         }
         for r in &self.routes {
-            writeln!(f, "\n[[route]]")?;
-            if let Some(h) = &r.host {
-                writeln!(f, "host = {}", Q(h))?;
-            }
-            writeln!(f, "path_prefix = {}", Q(&r.path_prefix))?;
-            writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
-            writeln!(f, "upstream = {}", Q(&r.upstream.to_string()))?;
-            if let Some(t) = &r.tls {
-                write!(f, "tls = {{ server_name = {}", Q(&t.server_name.to_str()))?;
-                if let Some(ca) = &t.ca_file {
-                    write!(f, ", ca_file = {}", P(ca))?;
-                }
-                if let Some((cert, key)) = &t.cert {
-                    write!(f, ", cert = {}, key = {}", P(cert), P(key))?;
-                }
-                writeln!(f, ", insecure_skip_verify = {} }}", t.insecure_skip_verify)?;
-            }
-            write_policy(f, &r.policy, "capture")?;
+            write_route(f, r)?;
         }
-        let l = &self.limits;
-        writeln!(f, "\n[limits]")?;
-        writeln!(f, "max_connections = {}", l.max_connections)?;
-        writeln!(f, "max_connections_per_client = {}", l.max_connections_per_client)?;
-        writeln!(f, "handshake_timeout = {:?}", dur(Some(l.handshake_timeout)))?;
-        writeln!(f, "idle_timeout = {:?}", dur(l.idle_timeout))?;
-        writeln!(f, "max_header_size = {}", l.max_header_size)?;
-        writeln!(f, "connect_timeout = {:?}", dur(Some(l.connect_timeout)))?;
-        writeln!(f, "upstream_timeout = {:?}", dur(l.upstream_timeout))?;
-        writeln!(f, "body_timeout = {:?}", dur(l.body_timeout))?;
-        writeln!(f, "\n[shutdown]")?;
-        writeln!(f, "grace = {:?}", dur(Some(self.shutdown.grace)))?;
-        writeln!(f, "\n[proxy]")?;
-        writeln!(f, "x_forwarded = {}", self.proxy.x_forwarded)?;
-        writeln!(f, "normalize_path = {}", self.proxy.normalize_path)?;
-        writeln!(f, "allow_encoded_slash = {}", self.proxy.allow_encoded_slash)?;
-        writeln!(f, "preserve_host = {}", self.proxy.preserve_host)?;
+        write_limits(f, self)?;
         write_capture(f, &self.capture)?;
         writeln!(f, "\n[log]\nlevel = {}", Q(&self.log_level))?;
         match self.admin {
@@ -80,6 +46,50 @@ impl fmt::Display for Settings {
         writeln!(f, "allow = [{}]", allow.join(", "))?;
         write!(f, "buffer = {}", l.buffer)
     }
+}
+
+/// A `[[route]]` table.
+fn write_route(f: &mut fmt::Formatter<'_>, r: &super::route::Route) -> fmt::Result {
+    writeln!(f, "\n[[route]]")?;
+    if let Some(h) = &r.host {
+        writeln!(f, "host = {}", Q(h))?;
+    }
+    writeln!(f, "path_prefix = {}", Q(&r.path_prefix))?;
+    writeln!(f, "strip_prefix = {}", r.strip_prefix)?;
+    writeln!(f, "upstream = {}", Q(&r.upstream.to_string()))?;
+    if let Some(t) = &r.tls {
+        write!(f, "tls = {{ server_name = {}", Q(&t.server_name.to_str()))?;
+        if let Some(ca) = &t.ca_file {
+            write!(f, ", ca_file = {}", P(ca))?;
+        }
+        if let Some((cert, key)) = &t.cert {
+            write!(f, ", cert = {}, key = {}", P(cert), P(key))?;
+        }
+        writeln!(f, ", insecure_skip_verify = {} }}", t.insecure_skip_verify)?;
+    }
+    write_policy(f, &r.policy, "capture")
+}
+
+/// The `[limits]`, `[shutdown]` and `[proxy]` tables.
+fn write_limits(f: &mut fmt::Formatter<'_>, s: &Settings) -> fmt::Result {
+    let dur = |d: Option<Duration>| humantime::format_duration(d.unwrap_or_default()).to_string();
+    let l = &s.limits;
+    writeln!(f, "\n[limits]")?;
+    writeln!(f, "max_connections = {}", l.max_connections)?;
+    writeln!(f, "max_connections_per_client = {}", l.max_connections_per_client)?;
+    writeln!(f, "handshake_timeout = {:?}", dur(Some(l.handshake_timeout)))?;
+    writeln!(f, "idle_timeout = {:?}", dur(l.idle_timeout))?;
+    writeln!(f, "max_header_size = {}", l.max_header_size)?;
+    writeln!(f, "connect_timeout = {:?}", dur(Some(l.connect_timeout)))?;
+    writeln!(f, "upstream_timeout = {:?}", dur(l.upstream_timeout))?;
+    writeln!(f, "body_timeout = {:?}", dur(l.body_timeout))?;
+    writeln!(f, "\n[shutdown]")?;
+    writeln!(f, "grace = {:?}", dur(Some(s.shutdown.grace)))?;
+    writeln!(f, "\n[proxy]")?;
+    writeln!(f, "x_forwarded = {}", s.proxy.x_forwarded)?;
+    writeln!(f, "normalize_path = {}", s.proxy.normalize_path)?;
+    writeln!(f, "allow_encoded_slash = {}", s.proxy.allow_encoded_slash)?;
+    writeln!(f, "preserve_host = {}", s.proxy.preserve_host)
 }
 
 /// A policy's keys; `mode` is the name its mode goes by (`mode` in `[capture]`,

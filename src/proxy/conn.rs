@@ -7,8 +7,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -24,6 +24,7 @@ use crate::capture::{ConnId, Layer, Tee};
 use crate::config::route::Route;
 use crate::config::CaptureMode;
 use crate::proxy::admission::Permit;
+use crate::proxy::client::ClientConn;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::ProxyError;
 use crate::proxy::headers;
@@ -32,29 +33,12 @@ use crate::proxy::path;
 use crate::proxy::recording::{self, Exchange, LegTap, Recording};
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::tls;
-use crate::proxy::traffic::{ByteCounts, ConnectionGuard};
-use crate::proxy::upstream::UpstreamConn;
+use crate::proxy::traffic::ByteCounts;
+use crate::proxy::upstream;
 use crate::sync::lock;
 
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
-
-/// State of one accepted client connection, shared by its requests and its session.
-pub struct ClientConn {
-    pub(crate) id: ConnId,
-    pub(crate) client: SocketAddr,
-    pub(crate) ctx: Arc<ProxyContext>,
-    pub(crate) shutdown: Shutdown,
-    /// The client leg's capture.
-    pub(crate) capture: LegTap,
-    /// The upstream connection of the previous request, kept for reuse.
-    pub(crate) upstream: Mutex<Option<UpstreamConn>>,
-    /// Held for as long as the connection or its WebSocket session lives.
-    _permit: Permit,
-    _open: ConnectionGuard,
-    /// Switched to WebSocket: the session logs the end, not the connection.
-    pub(crate) upgraded: AtomicBool,
-}
 
 /// Takes an accepted client connection: on a listener that terminates TLS, the handshake
 /// first (a failure is logged once and counted, and ends only this connection), then
@@ -118,17 +102,7 @@ where
         None => recording::tap(&ctx, Leg::Client, id, local, client, Layer::Http),
     };
     capture.tap = capture.tap.or(over.clone());
-    let conn = Arc::new(ClientConn {
-        id,
-        client,
-        shutdown,
-        capture,
-        upstream: Mutex::new(None),
-        _permit: permit,
-        _open: ctx.traffic.connection_opened(),
-        upgraded: AtomicBool::new(false),
-        ctx,
-    });
+    let conn = Arc::new(ClientConn::new(ctx, id, client, shutdown, capture, permit));
     let started = tokio::time::Instant::now();
     info!("connection open");
     let bytes: ByteCounts = Arc::default();
@@ -193,6 +167,7 @@ fn log_connection_error(e: &hyper::Error) -> Option<&'static str> {
 }
 
 impl ClientConn {
+    /// Answers one request.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
         let target = req.uri().clone();
@@ -256,7 +231,7 @@ impl ClientConn {
         let request_line = format!("{} {} HTTP/1.", req.method(), req.uri());
         let client_mark = self.capture.tap.as_ref().map(|t| t.mark());
         let req = self.upstream_request(req, &route, path, host, upgrade.as_ref())?;
-        let mut up = self.upstream_conn(&route).await?;
+        let mut up = upstream::open_or_reuse(&self.ctx, self.id, &self.upstream, &route).await?;
         let upstream_mark = up.capture.tap.as_ref().map(|t| t.mark());
         let exchange = Exchange {
             request_line: &request_line,

@@ -3,8 +3,8 @@
 //!
 //! - [`context`]: what every connection of one configuration shares.
 //! - [`admission`]: the connection limits, total and per client.
-//! - [`conn`]: a client connection: hyper's server on the (teed) socket, routing, each
-//!   request forwarded; [`upstream`]: its upstream connection (hyper's client on a
+//! - [`conn`]: a client connection served: hyper's server on the (teed) socket, routing,
+//!   each request forwarded; [`client`]: the connection's state; [`upstream`]: its upstream connection (hyper's client on a
 //!   socket it opened); [`session`]: a WebSocket session's task.
 //! - [`recording`]: the connection's capture as the proxy drives it: its taps, and
 //!   what each route records.
@@ -19,6 +19,7 @@
 //! - [`tls`]: the handshake on a listener that terminates TLS.
 
 pub mod admission;
+pub mod client;
 pub mod conn;
 pub mod context;
 pub mod error;

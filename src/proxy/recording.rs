@@ -15,19 +15,11 @@ use crate::config::route::Route;
 use crate::config::TlsCapture;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::tls::Keys;
+use crate::proxy::traffic::SessionCapture;
 
 /// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
 /// whether a session starts (the Upgrade request and the `101` with any early frames).
 const UPSTREAM_PROBE: usize = 256 * 1024;
-
-/// Whether a WebSocket session is captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionCapture {
-    /// Its route records it (and it was sampled), or its connection is recorded whole.
-    Captured,
-    /// Not recorded.
-    NotCaptured,
-}
 
 /// A tap for a new connection leg, if any route records that leg: it probes (keeps what
 /// may start a session) until a request's route says what to record. Under TLS

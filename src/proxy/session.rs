@@ -13,10 +13,11 @@ use wstap_wire::Dir;
 
 use crate::capture::Tap;
 use crate::config::route::Route;
-use crate::proxy::conn::ClientConn;
-use crate::proxy::recording::{self, SessionCapture};
+use crate::proxy::client::ClientConn;
+use crate::proxy::recording;
 use crate::proxy::shutdown::Phase;
 use crate::proxy::splice;
+use crate::proxy::traffic::SessionCapture;
 use crate::proxy::traffic::{ByteCounts, LiveSession};
 
 /// Starts the task of `conn`'s session on `route`, once `client` and `upstream` have

@@ -4,7 +4,6 @@
 //! the service renders them for `/metrics` and `/sessions`. No I/O here.
 
 use crate::capture::ConnId;
-use crate::proxy::recording::SessionCapture;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -53,6 +52,15 @@ pub struct LiveSession {
     pub policy: Policy,
     /// Whether it is being captured (its route records it and it was sampled).
     pub captured: SessionCapture,
+}
+
+/// Whether a WebSocket session is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionCapture {
+    /// Its route records it (and it was sampled), or its connection is recorded whole.
+    Captured,
+    /// Not recorded.
+    NotCaptured,
 }
 
 /// Removes a session from the live list when dropped.

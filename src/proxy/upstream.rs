@@ -4,7 +4,7 @@
 //! request, to the same upstream.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -15,11 +15,12 @@ use tokio::net::TcpStream;
 use tracing::{debug, Instrument};
 use wstap_wire::Leg;
 
+use crate::capture::ConnId;
 use crate::capture::{Layer, Tap, Tee};
 use crate::config::route::{Route, Upstream};
 use crate::config::tls::UpstreamTls;
 use crate::config::Limits;
-use crate::proxy::conn::ClientConn;
+use crate::proxy::context::ProxyContext;
 use crate::proxy::error::ProxyError;
 use crate::proxy::metered::Metered;
 use crate::proxy::paced::Paced;
@@ -67,75 +68,78 @@ impl Sender {
     }
 }
 
-impl ClientConn {
-    /// The upstream connection of the previous request if it goes to the same upstream
-    /// and is still usable; otherwise a new one.
-    pub(crate) async fn upstream_conn(&self, route: &Route) -> Result<UpstreamConn, ProxyError> {
-        let (upstream, tls) = (&route.upstream, &route.tls);
-        let connect_timeout = self.ctx.settings.limits.connect_timeout;
-        let kept = lock(&self.upstream).take();
-        if let Some(mut kept) = kept {
-            if kept.upstream == *upstream && kept.tls == *tls && !kept.sender.0.is_closed() {
-                if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, kept.sender.0.ready()).await {
-                    return Ok(kept);
-                }
+/// Connection `id`'s upstream connection for `route`: the one `kept` from its previous
+/// request if it goes to the same upstream and is still usable; otherwise a new one.
+pub(crate) async fn open_or_reuse(
+    ctx: &Arc<ProxyContext>,
+    id: ConnId,
+    kept: &Mutex<Option<UpstreamConn>>,
+    route: &Route,
+) -> Result<UpstreamConn, ProxyError> {
+    let (upstream, tls) = (&route.upstream, &route.tls);
+    let connect_timeout = ctx.settings.limits.connect_timeout;
+    let kept = lock(kept).take();
+    if let Some(mut kept) = kept {
+        if kept.upstream == *upstream && kept.tls == *tls && !kept.sender.0.is_closed() {
+            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, kept.sender.0.ready()).await {
+                return Ok(kept);
             }
         }
-        let started = tokio::time::Instant::now();
-        let stream = connect(upstream, connect_timeout).await?;
-        let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
-            return Err(ProxyError::Connect(std::io::Error::from(std::io::ErrorKind::NotConnected)));
-        };
-        let tap = |layer| recording::tap(&self.ctx, Leg::Upstream, self.id, local, remote, layer);
-        let Some(t) = tls else {
-            let capture = LegTap { tap: tap(Layer::Http), keys: None, tls: None };
-            let sender = self.upstream_handshake(stream, capture.tap.clone()).await?;
-            return Ok(UpstreamConn { upstream: upstream.clone(), tls: None, sender, capture });
-        };
-        // The tap over TLS sees what hyper sees; one under it, the records.
-        let (under, keys) = recording::tls_tap(&self.ctx, Leg::Upstream, self.id, local, remote);
-        let config = keys.as_ref().map_or_else(|| t.config.clone(), |k| k.client_config(&t.config));
-        let connecting =
-            tokio_rustls::TlsConnector::from(config).connect(t.server_name.clone(), Tee::new(stream, under.clone()));
-        // One connect_timeout covers the TCP connect and the handshake.
-        let stream = tokio::time::timeout_at(started + connect_timeout, connecting)
-            .await
-            .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
-            .map_err(ProxyError::UpstreamTls)?;
-        let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
-        let over = match under {
-            Some(_) => None,
-            None => tap(Layer::Http),
-        };
-        let sender = self.upstream_handshake(stream, over.clone()).await?;
-        let keys = keys.filter(|_| under.is_some());
-        let capture = LegTap { tap: under.or(over), keys, tls: Some(format!("{about}, port {}", upstream.port)) };
-        Ok(UpstreamConn { upstream: upstream.clone(), tls: Some(t.clone()), sender, capture })
     }
+    let started = tokio::time::Instant::now();
+    let stream = connect(upstream, connect_timeout).await?;
+    let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
+        return Err(ProxyError::Connect(std::io::Error::from(std::io::ErrorKind::NotConnected)));
+    };
+    let tap = |layer| recording::tap(&ctx, Leg::Upstream, id, local, remote, layer);
+    let Some(t) = tls else {
+        let capture = LegTap { tap: tap(Layer::Http), keys: None, tls: None };
+        let sender = handshake(ctx, stream, capture.tap.clone()).await?;
+        return Ok(UpstreamConn { upstream: upstream.clone(), tls: None, sender, capture });
+    };
+    // The tap over TLS sees what hyper sees; one under it, the records.
+    let (under, keys) = recording::tls_tap(&ctx, Leg::Upstream, id, local, remote);
+    let config = keys.as_ref().map_or_else(|| t.config.clone(), |k| k.client_config(&t.config));
+    let connecting =
+        tokio_rustls::TlsConnector::from(config).connect(t.server_name.clone(), Tee::new(stream, under.clone()));
+    // One connect_timeout covers the TCP connect and the handshake.
+    let stream = tokio::time::timeout_at(started + connect_timeout, connecting)
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
+        .map_err(ProxyError::UpstreamTls)?;
+    let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
+    let over = match under {
+        Some(_) => None,
+        None => tap(Layer::Http),
+    };
+    let sender = handshake(ctx, stream, over.clone()).await?;
+    let keys = keys.filter(|_| under.is_some());
+    let capture = LegTap { tap: under.or(over), keys, tls: Some(format!("{about}, port {}", upstream.port)) };
+    Ok(UpstreamConn { upstream: upstream.clone(), tls: Some(t.clone()), sender, capture })
+}
 
-    /// hyper's client on the (teed, metered) upstream stream, plain or TLS; the
-    /// connection runs on a task of its own.
-    async fn upstream_handshake<S>(&self, stream: S, tap: Option<Arc<Tap>>) -> Result<Sender, ProxyError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = Metered::new(Tee::new(stream, tap), Leg::Upstream, self.ctx.traffic.clone(), None);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .preserve_header_case(true)
-            .max_buf_size(UPSTREAM_READ_BUFFER)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(ProxyError::Upstream)?;
-        tokio::spawn(
-            async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
-                }
+/// hyper's client on the (teed, metered) upstream stream, plain or TLS; the connection
+/// runs on a task of its own.
+async fn handshake<S>(ctx: &ProxyContext, stream: S, tap: Option<Arc<Tap>>) -> Result<Sender, ProxyError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = Metered::new(Tee::new(stream, tap), Leg::Upstream, ctx.traffic.clone(), None);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .max_buf_size(UPSTREAM_READ_BUFFER)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(ProxyError::Upstream)?;
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
             }
-            .in_current_span(),
-        );
-        Ok(Sender(sender))
-    }
+        }
+        .in_current_span(),
+    );
+    Ok(Sender(sender))
 }
 
 /// Opens a TCP connection to the first reachable address of `upstream` within `limit`.

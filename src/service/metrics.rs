@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::stats::Stats;
-use crate::proxy::recording::SessionCapture;
+use crate::proxy::traffic::SessionCapture;
 use crate::proxy::traffic::Traffic;
 use wstap_wire::dir::{Dir, Leg};
 

@@ -6,6 +6,7 @@ mod capture;
 mod cli;
 mod durability;
 mod errors;
+mod house;
 mod http;
 mod live;
 mod overload;

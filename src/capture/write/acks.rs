@@ -7,7 +7,7 @@
 
 use wstap_wire::{Dir, Timestamp};
 
-use super::leg::LegState;
+use super::leg::{Final, FinalKind, LegState};
 use crate::capture::event::{Event, LegId, What};
 
 /// Whether the receivers' pure ACKs are written (`capture.acks`).
@@ -19,25 +19,6 @@ pub enum PureAcks {
     Written,
     /// Only data, handshakes and teardowns are written.
     Omitted,
-}
-
-/// A leg's last packet, held back for its close comment.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Final {
-    pub(super) leg: LegId,
-    pub(super) time: Timestamp,
-    /// The direction the packet goes.
-    pub(super) dir: Dir,
-    pub(super) kind: FinalKind,
-}
-
-/// What a held-back last packet is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FinalKind {
-    /// The ACK of the other end's FIN.
-    Ack,
-    /// The remote end's reset.
-    Rst,
 }
 
 /// What a leg's last packet is, at its close.

@@ -4,9 +4,10 @@
 //! bytes the capture lost, and the notes waiting for its next packet.
 
 use wstap_wire::tcp::Flow;
-use wstap_wire::{Dir, Leg, PerDir};
+use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
-use super::acks::Final;
+use crate::capture::event::LegId;
+
 use super::encrypted::Encrypted;
 use super::rewrite::{Repeated, Rewriter, Rules};
 use crate::capture::event::Scope;
@@ -139,4 +140,23 @@ impl LegState {
             Scope::Connection => Repeated::default(),
         }
     }
+}
+
+/// A leg's last packet, held back for its close comment.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Final {
+    pub(super) leg: LegId,
+    pub(super) time: Timestamp,
+    /// The direction the packet goes.
+    pub(super) dir: Dir,
+    pub(super) kind: FinalKind,
+}
+
+/// What a held-back last packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FinalKind {
+    /// The ACK of the other end's FIN.
+    Ack,
+    /// The remote end's reset.
+    Rst,
 }

@@ -11,15 +11,14 @@
 //!   close comment), `rotation` (when a section may end), `repeat` (what a new section
 //!   repeats of each live leg), `snapshot` (a live subscriber's first section).
 //! - `leg`: one leg as the writer keeps it; `encrypted`: a leg of TLS records.
-//! - `rewrite`: what of a leg's bytes is written (HTTP followed with the framer, heads
-//!   redacted by `redact`); `frames`: the rules frame by frame.
+//! - `rewrite/`: what of a leg's bytes is written (HTTP followed with the framer, heads
+//!   redacted by `redact`), and `rewrite/frames`: the rules frame by frame.
 //! - `ports`: the ports Wireshark would not decode a session on, and the ones written.
 //! - `live`: the live stream's writer, each subscriber's first section and chunks.
 
 mod acks;
 mod encrypted;
 pub(crate) mod files;
-mod frames;
 mod leg;
 mod live;
 pub(crate) mod ports;

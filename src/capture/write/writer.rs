@@ -19,9 +19,9 @@ use wstap_wire::pcapng::SectionInfo;
 use wstap_wire::tcp::{Flow, Packet};
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
-use super::acks::{Acks, Final, FinalKind, LastPacket, PureAcks};
+use super::acks::{Acks, LastPacket, PureAcks};
 use super::encrypted::{Budget, Encrypted};
-use super::leg::LegState;
+use super::leg::{Final, FinalKind, LegState};
 use super::repeat::{repeat_all, Beginning};
 use super::rewrite::{Rewritten, Rules, Run};
 use super::rotation::Rotation;

@@ -18,9 +18,9 @@ use std::ops::Range;
 use wstap_wire::deflate::{self, Allowance, Follower};
 use wstap_wire::wsframe::{apply_mask, FrameHeader, Walk};
 
-use super::redact;
-use super::rewrite::{Rewritten, Rules};
+use super::{Rewritten, Rules};
 use crate::capture::note::{Cut, Note};
+use crate::capture::write::redact;
 
 /// The longest message held to search for payload patterns; a longer one is written
 /// without its payload.

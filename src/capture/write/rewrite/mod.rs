@@ -3,7 +3,7 @@
 //! [`Framer`](wstap_wire::http::Framer): heads held until whole, redacted as
 //! `capture.redact` says and kept for the sections that repeat them; bodies by their
 //! framing, written as they came), then, past an Upgrade, WebSocket frames, written as
-//! the rules say (`super::frames`). Where the framing cannot be followed, what follows is
+//! the rules say (`frames`). Where the framing cannot be followed, what follows is
 //! blanked out (HTTP could hide a head in it) or not written (frames would decode as
 //! garbage), and a note says so.
 //!
@@ -19,11 +19,13 @@ use wstap_wire::tcp::Sent;
 use wstap_wire::wsframe::FrameTracker;
 use wstap_wire::{Dir, PerDir};
 
-use super::frames::{FrameWriter, Outgoing};
 use super::redact;
 use crate::capture::event::Scope;
 use crate::capture::note::Note;
 use crate::config::{Redact, Snap};
+use frames::{FrameWriter, Outgoing};
+
+mod frames;
 
 /// The longest HTTP head held to be redacted; a longer one is blanked out whole (the
 /// client leg's probe, which every connection has, is of the same size).
@@ -426,7 +428,7 @@ fn blanked(bytes: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::frames::MAX_HELD;
+    use super::frames::MAX_HELD;
     use super::*;
     use crate::capture::note::{Cut, Redaction};
     use wstap_wire::wsframe::{apply_mask, FrameHeader};

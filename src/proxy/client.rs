@@ -1,0 +1,57 @@
+//! The state of one accepted client connection, shared by its requests and its
+//! WebSocket session: who it is, what it shares with every connection, its capture, the
+//! upstream connection kept for its next request, and the permits it holds while it
+//! lives.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use crate::capture::ConnId;
+use crate::proxy::admission::Permit;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::recording::LegTap;
+use crate::proxy::shutdown::Shutdown;
+use crate::proxy::traffic::ConnectionGuard;
+use crate::proxy::upstream::UpstreamConn;
+
+/// State of one accepted client connection, shared by its requests and its session.
+pub struct ClientConn {
+    pub(crate) id: ConnId,
+    pub(crate) client: SocketAddr,
+    pub(crate) ctx: Arc<ProxyContext>,
+    pub(crate) shutdown: Shutdown,
+    /// The client leg's capture.
+    pub(crate) capture: LegTap,
+    /// The upstream connection of the previous request, kept for reuse.
+    pub(crate) upstream: Mutex<Option<UpstreamConn>>,
+    /// Held for as long as the connection or its WebSocket session lives.
+    _permit: Permit,
+    _open: ConnectionGuard,
+    /// Switched to WebSocket: the session logs the end, not the connection.
+    pub(crate) upgraded: AtomicBool,
+}
+
+impl ClientConn {
+    /// A connection accepted as `id` from `client`, holding its `permit` while it lives.
+    pub(crate) fn new(
+        ctx: Arc<ProxyContext>,
+        id: ConnId,
+        client: SocketAddr,
+        shutdown: Shutdown,
+        capture: LegTap,
+        permit: Permit,
+    ) -> ClientConn {
+        ClientConn {
+            id,
+            client,
+            shutdown,
+            capture,
+            upstream: Mutex::new(None),
+            _permit: permit,
+            _open: ctx.traffic.connection_opened(),
+            upgraded: AtomicBool::new(false),
+            ctx,
+        }
+    }
+}
