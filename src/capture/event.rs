@@ -3,31 +3,15 @@
 //! with the time it happened, and the ids and kinds those events name. Both sides of the
 //! queue import these types; they import nothing of either side.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
+use crate::capture::ids::{ConnId, LegId};
 use crate::capture::note::Note;
 use crate::config::Snap;
-
-/// One leg of one connection, as the event stream names it (a capture numbers its legs
-/// from 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct LegId(pub u64);
-
-/// One client connection accepted by the proxy, and so the WebSocket session it may
-/// carry (numbered from 1, as the logs and `/sessions` number them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(pub u64);
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// What a leg's capture covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,6 +23,7 @@
 
 pub(crate) mod event;
 pub(crate) mod host;
+pub(crate) mod ids;
 pub mod live;
 pub(crate) mod note;
 pub(crate) mod queue;
@@ -30,9 +31,10 @@ pub(crate) mod stats;
 pub(crate) mod taps;
 pub(crate) mod write;
 
-pub use event::{ConnId, Event, Gap, LegId, Opening, Scope, What};
+pub use event::{Event, Gap, Opening, Scope, What};
 pub use host::section_info;
-pub use note::{Audience, Cut, Forgotten, Note, Redaction, Repeats};
+pub use ids::{ConnId, LegId};
+pub use note::{Audience, Cut, Forgotten, Heading, Note, Redaction, Repeats, TlsHeld, TlsLeg};
 pub use queue::Recorder;
 pub use stats::Stats;
 pub use taps::{Layer, Mark, Start, Tap, Tee};

@@ -4,11 +4,14 @@
 //! wording. A leaf: the proxy threads' side (a tap) and the writer's both use it.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use wstap_wire::deflate::Loss;
 use wstap_wire::http::FramingError;
-use wstap_wire::{Dir, Leg, PerDir, Timestamp};
+use wstap_wire::{Dir, Leg, PerDir, PerLeg, Timestamp};
+
+use crate::capture::ids::ConnId;
 
 /// Something a capture file says about a packet, in a comment on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +201,84 @@ pub enum Forgotten {
     },
     /// The capture lost some of them.
     Lost,
+}
+
+/// What a leg's capture is, in words: its first comment, and what a new section's
+/// repeat of it says (the proxy writes it; the writer redacts it like any other text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heading {
+    /// A WebSocket session, on either of its legs.
+    Session {
+        /// The client connection that carries it.
+        conn: ConnId,
+        /// The Upgrade request's first line, without its `HTTP/1.1`.
+        request: String,
+        /// The client's address.
+        client: SocketAddr,
+        /// The route's path prefix.
+        route: String,
+        /// The route's upstream.
+        upstream: String,
+        /// The legs over TLS.
+        tls: PerLeg<Option<TlsLeg>>,
+    },
+    /// A client connection recorded whole (`capture = "all"`).
+    Connection {
+        /// The connection.
+        conn: ConnId,
+        /// The client's address.
+        client: SocketAddr,
+    },
+    /// The upstream connection of a client connection recorded whole.
+    UpstreamConnection {
+        /// The client connection it serves.
+        conn: ConnId,
+        /// The route's upstream.
+        upstream: String,
+    },
+}
+
+/// A leg over TLS: what its handshake agreed (`TLS 1.3, TLS13_AES_128_GCM_SHA256, …`),
+/// and what its capture holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsLeg {
+    /// The version, suite, SNI and ALPN agreed.
+    pub agreed: String,
+    /// What the capture holds of it.
+    pub held: TlsHeld,
+}
+
+/// What the capture of a TLS leg holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHeld {
+    /// Its TLS records, and the keys that decrypt them (`capture.tls = "encrypted"`).
+    Records,
+    /// Its plaintext.
+    Decrypted,
+}
+
+impl fmt::Display for Heading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Heading::Session { conn, request, client, route, upstream, tls } => {
+                write!(f, "wstap session {conn}: {request} from {client} via route {route:?} to {upstream}")?;
+                for leg in Leg::BOTH {
+                    if let Some(TlsLeg { agreed, held }) = &tls[leg] {
+                        let held = match held {
+                            TlsHeld::Records => "captured as TLS records; the keys that decrypt them are in this file",
+                            TlsHeld::Decrypted => "captured decrypted",
+                        };
+                        write!(f, "; {} leg over {agreed} ({held})", leg.name())?;
+                    }
+                }
+                Ok(())
+            }
+            Heading::Connection { conn, client } => write!(f, "wstap connection {conn} from {client}"),
+            Heading::UpstreamConnection { conn, upstream } => {
+                write!(f, "wstap upstream connection of connection {conn} to {upstream}")
+            }
+        }
+    }
 }
 
 impl Audience {
@@ -393,6 +474,22 @@ mod tests {
     #[test]
     fn golden_every_note_reads_as_the_golden_file_says() {
         let t = Timestamp::from_nanos(1_764_000_000_123_456_789);
+        let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let tls = |held| Some(TlsLeg { agreed: "TLS 1.3, TLS13_AES_128_GCM_SHA256, SNI a.example".into(), held });
+        let session = |tls| Heading::Session {
+            conn: ConnId(3),
+            request: "GET /chat".into(),
+            client,
+            route: "/chat".into(),
+            upstream: "127.0.0.1:9000".into(),
+            tls,
+        };
+        let headings = [
+            session(PerLeg::new(None, None)),
+            session(PerLeg::new(tls(TlsHeld::Decrypted), tls(TlsHeld::Records))),
+            Heading::Connection { conn: ConnId(4), client },
+            Heading::UpstreamConnection { conn: ConnId(4), upstream: "127.0.0.1:9000".into() },
+        ];
         let notes = [
             Note::Leg("wstap session 3: GET /chat from 127.0.0.1:40000".into()),
             Note::DisplayPort { real: 6379, written: 80 },
@@ -475,7 +572,8 @@ mod tests {
             Note::StartsInsideFrame { audience: Audience::Subscriber, waited: Duration::from_millis(1500) },
             Note::SectionLoss { bytes: 3000, frames: 2 },
         ];
-        let text: String = notes.iter().map(|n| format!("{n}\n")).collect();
+        let headings = headings.iter().map(|h| format!("{h}\n"));
+        let text: String = headings.chain(notes.iter().map(|n| format!("{n}\n"))).collect();
         let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/notes.txt");
         if std::env::var_os("WSTAP_BLESS").is_some() {
             std::fs::write(&golden, &text).unwrap();

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 use wstap_wire::Timestamp;
 
-use crate::capture::event::{now, Event, LegId, What};
+use crate::capture::event::{now, Event, What};
+
+use crate::capture::ids::LegId;
 use crate::capture::stats::Stats;
 use crate::config::CaptureSettings;
 use crate::sync::lock;

@@ -112,7 +112,7 @@ pub struct Snap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsCapture {
-    /// The decrypted bytes, written and masked as on a plain leg.
+    /// The decrypted bytes, written and redacted as on a plain leg.
     #[default]
     Plaintext,
     /// The TLS records as they crossed, and the connection's keys in a Decryption
@@ -152,18 +152,18 @@ pub enum DisplayPort {
 /// changed.
 #[derive(Debug, Clone, Default)]
 pub struct Redact {
-    /// Header names (lower case) whose values are masked in every HTTP head captured.
+    /// Header names (lower case) whose values are redacted in every HTTP head captured.
     pub headers: Vec<String>,
-    /// Query parameter names whose values are masked in request targets.
+    /// Query parameter names whose values are redacted in request targets.
     pub query: Vec<String>,
-    /// Patterns masked in message payloads (uncompressed ones; see `docs/capture.md`).
+    /// Patterns redacted in message payloads (uncompressed ones; see `docs/capture.md`).
     pub payload: Vec<regex::bytes::Regex>,
 }
 
 impl Redact {
-    /// Headers masked unless the config says otherwise.
+    /// Headers redacted unless the config says otherwise.
     pub const DEFAULT_HEADERS: [&'static str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
-    /// Query parameters masked unless the config says otherwise.
+    /// Query parameters redacted unless the config says otherwise.
     pub const DEFAULT_QUERY: [&'static str; 8] =
         ["token", "access_token", "id_token", "refresh_token", "auth", "password", "secret", "api_key"];
 

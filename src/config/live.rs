@@ -77,8 +77,8 @@ fn within(ip: IpAddr, net: IpAddr, len: u8) -> bool {
         IpAddr::V6(v6) => (u128::from(v6), false),
     };
     let ((a, a4), (b, b4)) = (bits(ip), bits(net));
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-    a4 == b4 && a & mask == b & mask
+    let prefix = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    a4 == b4 && a & prefix == b & prefix
 }
 
 /// Validates `[live]`; the error is (key under `live.`, what is wrong). `None`: no stream.

@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(s.capture.legs, Legs { client: true, upstream: false }, "the client leg only, by default");
         assert_eq!(s.routes[0].policy, Policy::default());
         assert_eq!((s.capture.mss_ipv4, s.capture.mss_ipv6, s.capture.display_port), (1460, 1440, DisplayPort::Auto));
-        assert_eq!(s.capture.redact, Redact::defaults(), "credentials are masked unless the config says otherwise");
+        assert_eq!(s.capture.redact, Redact::defaults(), "credentials are redacted unless the config says otherwise");
     }
 
     #[test]

@@ -147,11 +147,21 @@ pub(super) fn upstream_tls(f: FileUpstreamTls, host: &str) -> Result<UpstreamTls
     })
 }
 
-/// TLS to a server outside a config (`wstap replay --target wss://…`): verified against
-/// `ca_file` or the system's roots, or not at all when `insecure`. The error names the
+/// Whether a server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCheck {
+    /// Against the CA file given, or the system's roots.
+    Verified,
+    /// Any certificate is accepted (`--insecure`).
+    Skipped,
+}
+
+/// TLS to a server outside a config (`wstap replay --target wss://…`): its certificate
+/// checked as `check` says, against `ca_file` or the system's roots. The error names the
 /// option.
-pub fn client(host: &str, ca_file: Option<PathBuf>, insecure: bool) -> Result<UpstreamTls, String> {
-    let f = FileUpstreamTls { ca_file, insecure_skip_verify: insecure, ..FileUpstreamTls::default() };
+pub fn client(host: &str, ca_file: Option<PathBuf>, check: ServerCheck) -> Result<UpstreamTls, String> {
+    let insecure_skip_verify = check == ServerCheck::Skipped;
+    let f = FileUpstreamTls { ca_file, insecure_skip_verify, ..FileUpstreamTls::default() };
     upstream_tls(f, host).map_err(|(key, e)| format!("--{}: {e}", key.replace('_', "-")))
 }
 

@@ -26,10 +26,10 @@ use crate::config::CaptureMode;
 use crate::proxy::admission::Permit;
 use crate::proxy::client::ClientConn;
 use crate::proxy::context::ProxyContext;
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{Failure, ProxyError};
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
-use crate::proxy::path;
+use crate::proxy::path::{self, EncodedSlash};
 use crate::proxy::recording::{self, Exchange, LegTap, Recording};
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::tls;
@@ -70,9 +70,9 @@ pub async fn accept(
             serve(ctx, Accepted { capture, ..accepted }, stream).await;
         }
         Err(e) => {
-            let reason = tls::reason(&e);
+            let reason = tls::HandshakeFailure::of(&e);
             ctx.traffic.tls_failed(reason);
-            info!(reason, error = %e, "TLS handshake failed");
+            info!(reason = reason.label(), error = %e, "TLS handshake failed");
         }
     }
 }
@@ -146,23 +146,23 @@ where
 /// Logs why hyper gave up on a client connection, once, and names the kind of failure
 /// for the metrics (none when the client just went away). hyper has already answered
 /// malformed heads itself (400, or 431 for an oversized head).
-fn log_connection_error(e: &hyper::Error) -> Option<&'static str> {
-    let side = Leg::Client.side();
+fn log_connection_error(e: &hyper::Error) -> Option<Failure> {
+    let side = Leg::Client.name();
     if e.is_parse_too_large() {
         info!(%side, status = 431, error = %e, "request head too large");
-        Some("head_too_large")
+        Some(Failure::HeadTooLarge)
     } else if e.is_parse() || e.is_parse_status() {
         info!(%side, status = 400, error = %e, "malformed request");
-        Some("malformed")
+        Some(Failure::Malformed)
     } else if e.is_timeout() {
         info!(%side, error = %e, "request head not received in time; closed");
-        Some("head_timeout")
+        Some(Failure::HeadTimeout)
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
         debug!(%side, error = %e, "client went away");
         None
     } else {
         info!(%side, error = %e, "connection error");
-        Some("connection")
+        Some(Failure::Connection)
     }
 }
 
@@ -178,8 +178,8 @@ impl ClientConn {
             }
             Err(e) => {
                 let (leg, status) = (e.leg(), e.status());
-                self.ctx.traffic.request_failed(leg, e.kind());
-                let side = leg.side();
+                self.ctx.traffic.request_failed(leg, e.failure());
+                let side = leg.name();
                 match leg {
                     Leg::Upstream => {
                         warn!(%side, status = status.as_u16(), %method, %target, error = %e, "request failed")
@@ -199,7 +199,8 @@ impl ClientConn {
         let settings = &self.ctx.settings;
         let find = |path: &str| settings.routes.iter().position(|r| r.matches(host, path));
         let path = if settings.proxy.normalize_path {
-            let path = path::normalize(raw, settings.proxy.allow_encoded_slash).map_err(ProxyError::BadPath)?;
+            let slash = if settings.proxy.allow_encoded_slash { EncodedSlash::Kept } else { EncodedSlash::Refused };
+            let path = path::normalize(raw, slash).map_err(ProxyError::BadPath)?;
             // `/ws/../admin` names the route of `/ws` and climbs out of it: refused. Under a
             // catch-all `/`, `/static/../ws` stays inside the route it names, and goes on
             // to the route its normalised path picks.

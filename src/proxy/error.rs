@@ -1,5 +1,5 @@
 //! Why a proxied request failed, and whose fault it was. The proxy picks the status code
-//! from the kind and logs the leg at fault as its side (`downstream`, `upstream`), so an
+//! from the kind and logs the leg at fault as its side (`client`, `upstream`), so an
 //! operator can tell a broken client from a broken upstream at a glance. No I/O here.
 
 use std::fmt;
@@ -48,19 +48,19 @@ impl ProxyError {
         }
     }
 
-    /// A short name for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// Which failure this is, for the metrics.
+    pub fn failure(&self) -> Failure {
         match self {
-            ProxyError::NoRoute => "no_route",
-            ProxyError::BadPath(_) => "bad_path",
-            ProxyError::BodyTimeout(_) => "body_timeout",
-            ProxyError::MethodNotAllowed => "method_not_allowed",
-            ProxyError::Connect(_) => "connect",
-            ProxyError::UpstreamTls(_) => "tls",
-            ProxyError::ConnectTimeout(_) => "connect_timeout",
-            ProxyError::ResponseTimeout(_) => "response_timeout",
-            ProxyError::Upstream(_) => "upstream_protocol",
-            ProxyError::UnexpectedUpgrade => "unexpected_upgrade",
+            ProxyError::NoRoute => Failure::NoRoute,
+            ProxyError::BadPath(_) => Failure::BadPath,
+            ProxyError::BodyTimeout(_) => Failure::BodyTimeout,
+            ProxyError::MethodNotAllowed => Failure::MethodNotAllowed,
+            ProxyError::Connect(_) => Failure::Connect,
+            ProxyError::UpstreamTls(_) => Failure::Tls,
+            ProxyError::ConnectTimeout(_) => Failure::ConnectTimeout,
+            ProxyError::ResponseTimeout(_) => Failure::ResponseTimeout,
+            ProxyError::Upstream(_) => Failure::UpstreamProtocol,
+            ProxyError::UnexpectedUpgrade => Failure::UnexpectedUpgrade,
         }
     }
 
@@ -73,6 +73,52 @@ impl ProxyError {
             | ProxyError::BodyTimeout(_)
             | ProxyError::MethodNotAllowed => Leg::Client,
             _ => Leg::Upstream,
+        }
+    }
+}
+
+/// The kinds of failure counted by `wstap_request_errors_total`: every [`ProxyError`],
+/// and the ways hyper gives up on a client connection before a request is whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    NoRoute,
+    BadPath,
+    BodyTimeout,
+    MethodNotAllowed,
+    Connect,
+    Tls,
+    ConnectTimeout,
+    ResponseTimeout,
+    UpstreamProtocol,
+    UnexpectedUpgrade,
+    /// The request head was larger than hyper's limit (answered 431).
+    HeadTooLarge,
+    /// The request head did not parse (answered 400).
+    Malformed,
+    /// The request head did not arrive in time.
+    HeadTimeout,
+    /// Any other connection error.
+    Connection,
+}
+
+impl Failure {
+    /// The metrics label `kind`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::NoRoute => "no_route",
+            Failure::BadPath => "bad_path",
+            Failure::BodyTimeout => "body_timeout",
+            Failure::MethodNotAllowed => "method_not_allowed",
+            Failure::Connect => "connect",
+            Failure::Tls => "tls",
+            Failure::ConnectTimeout => "connect_timeout",
+            Failure::ResponseTimeout => "response_timeout",
+            Failure::UpstreamProtocol => "upstream_protocol",
+            Failure::UnexpectedUpgrade => "unexpected_upgrade",
+            Failure::HeadTooLarge => "head_too_large",
+            Failure::Malformed => "malformed",
+            Failure::HeadTimeout => "head_timeout",
+            Failure::Connection => "connection",
         }
     }
 }

@@ -33,13 +33,21 @@ impl fmt::Display for BadPath {
     }
 }
 
-/// The normalised form of `path` (no query). `allow_encoded_slash` keeps `%2F` and `%5C`
-/// as they are (an opaque part of a segment) instead of refusing them.
-pub fn normalize(path: &str, allow_encoded_slash: bool) -> Result<String, BadPath> {
+/// What an escaped `/` or `\` (`%2F`, `%5C`) in a path does (`proxy.allow_encoded_slash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodedSlash {
+    /// The request is refused: the escape could hide a path segment from the route.
+    Refused,
+    /// The escape stays as it is, an opaque part of its segment.
+    Kept,
+}
+
+/// The normalised form of `path` (no query); escaped slashes as `slash` says.
+pub fn normalize(path: &str, slash: EncodedSlash) -> Result<String, BadPath> {
     if !path.starts_with('/') {
         return Err(BadPath::NotAbsolute);
     }
-    let decoded = decode_unreserved(path.as_bytes(), allow_encoded_slash)?;
+    let decoded = decode_unreserved(path.as_bytes(), slash)?;
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/').skip(1) {
         match segment {
@@ -70,7 +78,7 @@ pub fn climbs(path: &str) -> bool {
 }
 
 /// Decodes escapes of unreserved characters; keeps other escapes, upper-cased.
-fn decode_unreserved(path: &[u8], allow_encoded_slash: bool) -> Result<String, BadPath> {
+fn decode_unreserved(path: &[u8], slash: EncodedSlash) -> Result<String, BadPath> {
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
@@ -91,7 +99,7 @@ fn decode_unreserved(path: &[u8], allow_encoded_slash: bool) -> Result<String, B
         };
         let c = (hi * 16 + lo) as u8;
         match c {
-            b'/' | b'\\' if !allow_encoded_slash => return Err(BadPath::EncodedSlash),
+            b'/' | b'\\' if slash == EncodedSlash::Refused => return Err(BadPath::EncodedSlash),
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(c as char),
             _ => out.push_str(&format!("%{c:02X}")),
         }
@@ -121,15 +129,15 @@ mod tests {
             ("/ws/chat/..", "/ws/"),
             ("/ws/\u{e9}", "/ws/%C3%A9"),
         ] {
-            assert_eq!(normalize(raw, false).as_deref(), Ok(want), "{raw}");
+            assert_eq!(normalize(raw, EncodedSlash::Refused).as_deref(), Ok(want), "{raw}");
         }
-        assert_eq!(normalize("/ws%2f..%2fadmin", false), Err(BadPath::EncodedSlash));
-        assert_eq!(normalize("/ws%2F..%2Fadmin", true).as_deref(), Ok("/ws%2F..%2Fadmin"), "kept opaque");
-        assert_eq!(normalize("/ws%5cx", false), Err(BadPath::EncodedSlash));
-        assert_eq!(normalize("/../etc", false), Err(BadPath::AboveRoot));
-        assert_eq!(normalize("/a/%2e%2e/%2e%2e/b", false), Err(BadPath::AboveRoot));
-        assert_eq!(normalize("/ws%zz", false), Err(BadPath::BadEscape));
-        assert_eq!(normalize("/ws%2", false), Err(BadPath::BadEscape));
-        assert_eq!(normalize("*", false), Err(BadPath::NotAbsolute));
+        assert_eq!(normalize("/ws%2f..%2fadmin", EncodedSlash::Refused), Err(BadPath::EncodedSlash));
+        assert_eq!(normalize("/ws%2F..%2Fadmin", EncodedSlash::Kept).as_deref(), Ok("/ws%2F..%2Fadmin"), "kept opaque");
+        assert_eq!(normalize("/ws%5cx", EncodedSlash::Refused), Err(BadPath::EncodedSlash));
+        assert_eq!(normalize("/../etc", EncodedSlash::Refused), Err(BadPath::AboveRoot));
+        assert_eq!(normalize("/a/%2e%2e/%2e%2e/b", EncodedSlash::Refused), Err(BadPath::AboveRoot));
+        assert_eq!(normalize("/ws%zz", EncodedSlash::Refused), Err(BadPath::BadEscape));
+        assert_eq!(normalize("/ws%2", EncodedSlash::Refused), Err(BadPath::BadEscape));
+        assert_eq!(normalize("*", EncodedSlash::Refused), Err(BadPath::NotAbsolute));
     }
 }

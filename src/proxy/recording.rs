@@ -3,18 +3,18 @@
 //! exchange would start, and the routes' decisions (record this session, record this
 //! whole connection, or nothing on this connection ever), told to the taps through
 //! capture's small API ([`Tap::mark`], [`Tap::begin`], [`Tap::forgo`],
-//! [`Tap::set_close_reason`]); and the words that describe a session in its capture.
+//! [`Tap::set_close_reason`]), with a [`Heading`] that says what each leg's capture is.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use wstap_wire::Leg;
+use wstap_wire::{Leg, PerLeg};
 
-use crate::capture::{ConnId, Layer, Mark, Opening, Scope, Start, Tap};
+use crate::capture::{ConnId, Heading, Layer, Mark, Opening, Scope, Start, Tap, TlsHeld, TlsLeg};
 use crate::config::route::Route;
 use crate::config::TlsCapture;
 use crate::proxy::context::ProxyContext;
-use crate::proxy::tls::Keys;
+use crate::proxy::tls::{KeepKeys, Keys};
 use crate::proxy::traffic::SessionCapture;
 
 /// Bytes of recent traffic an upstream connection's tap keeps while it waits to learn
@@ -56,7 +56,8 @@ pub(crate) fn tls_tap(
 ) -> (Option<Arc<Tap>>, Option<Arc<Keys>>) {
     let encrypted = ctx.settings.capture.tls == TlsCapture::Encrypted;
     let tap = encrypted.then(|| tap(ctx, leg, conn, local, remote, Layer::Tls)).flatten();
-    let keys = Keys::new(tap.is_some(), ctx.keylog.clone());
+    let keep = if tap.is_some() { KeepKeys::ForCapture } else { KeepKeys::No };
+    let keys = Keys::new(keep, ctx.keylog.clone());
     (tap, keys)
 }
 
@@ -74,12 +75,10 @@ impl LegTap {
         self.tap.as_ref().is_some_and(|t| t.is_recording())
     }
 
-    /// How the leg is captured, for the session's description.
-    fn how(&self) -> &'static str {
-        match self.keys.is_some() {
-            true => "captured as TLS records; the keys that decrypt them are in this file",
-            false => "captured decrypted",
-        }
+    /// The leg over TLS, as the session's heading describes it.
+    fn tls_leg(&self) -> Option<TlsLeg> {
+        let held = if self.keys.is_some() { TlsHeld::Records } else { TlsHeld::Decrypted };
+        self.tls.clone().map(|agreed| TlsLeg { agreed, held })
     }
 }
 
@@ -118,19 +117,15 @@ impl Recording<'_> {
             self.forgo(ex);
             return SessionCapture::NotCaptured;
         }
-        let line = ex.request_line.trim_end_matches(" HTTP/1.");
-        let (client, route) = (self.client, ex.route);
-        let mut comment = format!(
-            "wstap session {}: {line} from {client} via route {:?} to {}",
-            self.conn, route.path_prefix, route.upstream
-        );
-        if let Some(tls) = &self.client_leg.tls {
-            comment.push_str(&format!("; client leg over {tls} ({})", self.client_leg.how()));
-        }
-        if let Some(tls) = &ex.upstream.tls {
-            comment.push_str(&format!("; upstream leg over {tls} ({})", ex.upstream.how()));
-        }
-        match self.begin(ex, Scope::Session, comment) {
+        let heading = Heading::Session {
+            conn: self.conn,
+            request: ex.request_line.trim_end_matches(" HTTP/1.").to_owned(),
+            client: self.client,
+            route: ex.route.path_prefix.clone(),
+            upstream: ex.route.upstream.to_string(),
+            tls: PerLeg::new(self.client_leg.tls_leg(), ex.upstream.tls_leg()),
+        };
+        match self.begin(ex, Scope::Session, heading) {
             true => SessionCapture::Captured,
             false => {
                 self.forgo(ex);
@@ -145,13 +140,13 @@ impl Recording<'_> {
     pub(crate) fn connection(&self, ex: &Exchange<'_>) {
         let client_probing = self.client_leg.tap.as_ref().is_some_and(|t| !t.is_recording());
         if client_probing && self.ctx.samplers.pick(ex.index, ex.route.policy.sample) {
-            self.begin(ex, Scope::Connection, format!("wstap connection {} from {}", self.conn, self.client));
+            self.begin(ex, Scope::Connection, Heading::Connection { conn: self.conn, client: self.client });
         }
     }
 
     /// Begins (or, on a leg already recorded, marks) the capture of the legs the route
     /// records. Returns whether any leg is recorded.
-    fn begin(&self, ex: &Exchange<'_>, scope: Scope, comment: String) -> bool {
+    fn begin(&self, ex: &Exchange<'_>, scope: Scope, heading: Heading) -> bool {
         let policy = ex.route.policy;
         // Per-session file names: client address and route.
         let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), ex.route.path_prefix);
@@ -164,16 +159,16 @@ impl Recording<'_> {
         };
         let mut recorded = false;
         if let (Some(tap), Some(mark), true) = (&self.client_leg.tap, ex.client, policy.legs.client) {
-            recorded |= tap.begin(scope, mark, start(comment.clone(), &self.client_leg.keys));
+            recorded |= tap.begin(scope, mark, start(heading.to_string(), &self.client_leg.keys));
         }
         if let (Some(tap), Some(mark), true) = (&ex.upstream.tap, ex.upstream_mark, policy.legs.upstream) {
-            let comment = match scope {
-                Scope::Session => comment,
-                Scope::Connection => {
-                    format!("wstap upstream connection of connection {} to {}", self.conn, ex.route.upstream)
+            let heading = match heading {
+                Heading::Connection { conn, .. } => {
+                    Heading::UpstreamConnection { conn, upstream: ex.route.upstream.to_string() }
                 }
+                session => session,
             };
-            recorded |= tap.begin(scope, mark, start(comment, &ex.upstream.keys));
+            recorded |= tap.begin(scope, mark, start(heading.to_string(), &ex.upstream.keys));
         }
         recorded
     }

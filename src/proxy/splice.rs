@@ -49,7 +49,7 @@ impl std::fmt::Display for End {
             End::Closed => f.write_str("closed by both sides"),
             End::Idle(d) => write!(f, "closed after {} idle", humantime::format_duration(*d)),
             End::Shutdown => f.write_str("closed at the end of the shutdown grace period"),
-            End::Error { leg, error } => write!(f, "aborted: {} error: {error}", leg.side()),
+            End::Error { leg, error } => write!(f, "aborted: {} error: {error}", leg.name()),
         }
     }
 }

@@ -92,10 +92,21 @@ pub struct Keys {
     file: Option<Arc<KeyLogFile>>,
 }
 
+/// Whether a TLS connection's keys are kept for its capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepKeys {
+    /// Its leg is captured encrypted: the keys go into the capture's secrets block.
+    ForCapture,
+    /// Nothing captures it encrypted.
+    No,
+}
+
 impl Keys {
-    /// Keys to `keep` for the capture, or to append to `file`; `None` when neither.
-    pub fn new(keep: bool, file: Option<Arc<KeyLogFile>>) -> Option<Arc<Keys>> {
-        (keep || file.is_some()).then(|| Arc::new(Keys { kept: keep.then(Mutex::default), file }))
+    /// Keys kept for the capture as `keep` says, or appended to `file`; `None` when
+    /// neither.
+    pub fn new(keep: KeepKeys, file: Option<Arc<KeyLogFile>>) -> Option<Arc<Keys>> {
+        let kept = (keep == KeepKeys::ForCapture).then(Mutex::default);
+        (kept.is_some() || file.is_some()).then(|| Arc::new(Keys { kept, file }))
     }
 
     /// The key log lines kept so far, if this connection's are kept.
@@ -131,23 +142,63 @@ impl rustls::KeyLog for Keys {
     }
 }
 
-/// Why a handshake failed: the `reason` label of `wstap_tls_handshake_failures_total`.
-pub fn reason(e: &std::io::Error) -> &'static str {
-    use rustls::Error as E;
-    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) else {
-        return match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "closed",
-            std::io::ErrorKind::TimedOut => "timeout",
-            _ => "io",
+/// Why a handshake on a listener failed: `wstap_tls_handshake_failures_total` by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HandshakeFailure {
+    /// The client closed the connection mid-handshake.
+    Closed,
+    /// No handshake within `handshake_timeout`.
+    Timeout,
+    /// Another I/O error.
+    Io,
+    /// What arrived was not a TLS record (plain HTTP to a TLS port, most often).
+    NotTls,
+    /// No protocol version or cipher suite in common.
+    Incompatible,
+    /// A client certificate was required and none was sent.
+    NoClientCertificate,
+    /// The client's certificate did not verify.
+    BadClientCertificate,
+    /// The client sent an alert.
+    Alert,
+    /// Any other TLS error.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Classifies the error a handshake returned.
+    pub fn of(e: &std::io::Error) -> HandshakeFailure {
+        use rustls::Error as E;
+        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) else {
+            return match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => HandshakeFailure::Closed,
+                std::io::ErrorKind::TimedOut => HandshakeFailure::Timeout,
+                _ => HandshakeFailure::Io,
+            };
         };
-    };
-    match tls {
-        E::InvalidMessage(_) => "not_tls",
-        E::PeerIncompatible(_) => "incompatible",
-        E::NoCertificatesPresented => "no_client_certificate",
-        E::InvalidCertificate(_) => "bad_client_certificate",
-        E::AlertReceived(_) => "alert",
-        _ => "other",
+        match tls {
+            E::InvalidMessage(_) => HandshakeFailure::NotTls,
+            E::PeerIncompatible(_) => HandshakeFailure::Incompatible,
+            E::NoCertificatesPresented => HandshakeFailure::NoClientCertificate,
+            E::InvalidCertificate(_) => HandshakeFailure::BadClientCertificate,
+            E::AlertReceived(_) => HandshakeFailure::Alert,
+            _ => HandshakeFailure::Other,
+        }
+    }
+
+    /// The metrics label `reason` and the log field of the same name.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Io => "io",
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::NoClientCertificate => "no_client_certificate",
+            HandshakeFailure::BadClientCertificate => "bad_client_certificate",
+            HandshakeFailure::Alert => "alert",
+            HandshakeFailure::Other => "other",
+        }
     }
 }
 
@@ -194,7 +245,7 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let file = KeyLogFile::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let keys = Keys::new(true, Some(file.clone())).unwrap();
+        let keys = Keys::new(KeepKeys::ForCapture, Some(file.clone())).unwrap();
         rustls::KeyLog::log(&*keys, "CLIENT_RANDOM", &[0xab; 2], &[0xcd; 2]);
         assert_eq!(keys.kept().unwrap(), "CLIENT_RANDOM abab cdcd\n");
         drop((keys, file)); // the thread writes what is queued, then ends

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::config::Policy;
+use crate::proxy::error::Failure;
+use crate::proxy::tls::HandshakeFailure;
 use crate::sync::lock;
 use wstap_wire::dir::{Dir, Leg, PerDir, PerLeg};
 
@@ -29,9 +31,9 @@ pub struct Traffic {
     /// Bytes per leg and direction, all traffic.
     pub bytes: PerLeg<PerDir<AtomicU64>>,
     /// Failed requests by (the leg at fault, kind).
-    errors: Mutex<BTreeMap<(Leg, &'static str), u64>>,
+    errors: Mutex<BTreeMap<(Leg, Failure), u64>>,
     /// Failed TLS handshakes on the listeners, by reason.
-    tls_failures: Mutex<BTreeMap<&'static str, u64>>,
+    tls_failures: Mutex<BTreeMap<HandshakeFailure, u64>>,
     sessions: Mutex<BTreeMap<ConnId, LiveSession>>,
 }
 
@@ -100,17 +102,17 @@ impl Traffic {
     }
 
     /// A TLS handshake on a listener failed.
-    pub fn tls_failed(&self, reason: &'static str) {
+    pub fn tls_failed(&self, reason: HandshakeFailure) {
         *lock(&self.tls_failures).entry(reason).or_default() += 1;
     }
 
     /// Failed TLS handshakes so far, by reason.
-    pub fn tls_failures(&self) -> Vec<(&'static str, u64)> {
+    pub fn tls_failures(&self) -> Vec<(HandshakeFailure, u64)> {
         lock(&self.tls_failures).iter().map(|(r, n)| (*r, *n)).collect()
     }
 
     /// A request could not be forwarded; `leg` is the side at fault.
-    pub fn request_failed(&self, leg: Leg, kind: &'static str) {
+    pub fn request_failed(&self, leg: Leg, kind: Failure) {
         *lock(&self.errors).entry((leg, kind)).or_default() += 1;
     }
 
@@ -125,7 +127,7 @@ impl Traffic {
     }
 
     /// Failed requests so far, by (the leg at fault, kind).
-    pub fn errors(&self) -> Vec<((Leg, &'static str), u64)> {
+    pub fn errors(&self) -> Vec<((Leg, Failure), u64)> {
         lock(&self.errors).iter().map(|(k, n)| (*k, *n)).collect()
     }
 
@@ -134,11 +136,13 @@ impl Traffic {
         self.bytes[leg][dir].load(Relaxed)
     }
 
-    /// Bytes wstap read (`read`), or wrote, on both legs so far.
-    pub fn bytes_total(&self, read: bool) -> u64 {
-        Leg::BOTH
-            .into_iter()
-            .map(|leg| self.bytes(leg, if read { leg.inbound() } else { leg.inbound().reverse() }))
-            .sum()
+    /// Bytes wstap read on both legs so far.
+    pub fn bytes_read(&self) -> u64 {
+        Leg::BOTH.into_iter().map(|leg| self.bytes(leg, leg.inbound())).sum()
+    }
+
+    /// Bytes wstap wrote on both legs so far.
+    pub fn bytes_written(&self) -> u64 {
+        Leg::BOTH.into_iter().map(|leg| self.bytes(leg, leg.inbound().reverse())).sum()
     }
 }

@@ -134,7 +134,7 @@ where
     tokio::spawn(
         async move {
             if let Err(e) = conn.with_upgrades().await {
-                debug!(side = %Leg::Upstream.side(), error = %e, "upstream connection ended");
+                debug!(side = %Leg::Upstream.name(), error = %e, "upstream connection ended");
             }
         }
         .in_current_span(),

@@ -69,7 +69,7 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
             // A TLS client would read a plaintext answer as garbage: it is closed instead.
             Err(why) if ctx.settings.tls_at(configured).is_some() => {
                 let _enter = span.enter();
-                warn!(side = "downstream", limit = ?why, "connection limit reached on a TLS listener; closed");
+                warn!(side = "client", limit = ?why, "connection limit reached on a TLS listener; closed");
                 drop(stream);
             }
             Err(why) => {
@@ -85,11 +85,11 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
 async fn refuse(mut stream: TcpStream, why: Refused) {
     let answer = match why {
         Refused::Total => {
-            warn!(side = "downstream", status = 503, "connection limit reached; refused");
+            warn!(side = "client", status = 503, "connection limit reached; refused");
             REFUSAL
         }
         Refused::PerClient => {
-            warn!(side = "downstream", status = 429, "per-client connection limit reached; refused");
+            warn!(side = "client", status = 429, "per-client connection limit reached; refused");
             REFUSAL_PER_CLIENT
         }
     };

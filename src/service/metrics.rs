@@ -34,12 +34,31 @@ pub struct Metrics {
 /// One metric family: name, type, help, and its rows (labels, value).
 struct Family {
     name: &'static str,
-    kind: &'static str,
+    kind: MetricType,
     help: &'static str,
     rows: Vec<(String, u64)>,
 }
 
-fn one(name: &'static str, kind: &'static str, help: &'static str, value: u64) -> Family {
+/// A metric family's Prometheus type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetricType {
+    /// Only goes up (until a restart).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl MetricType {
+    /// Its name in a `# TYPE` line.
+    fn name(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+        }
+    }
+}
+
+fn one(name: &'static str, kind: MetricType, help: &'static str, value: u64) -> Family {
     Family { name, kind, help, rows: vec![(String::new(), value)] }
 }
 
@@ -49,7 +68,7 @@ impl Metrics {
         let mut families = self.proxy_families(healthy);
         families.push(Family {
             name: "wstap_reloads_total",
-            kind: "counter",
+            kind: MetricType::Counter,
             help: "Config reloads (SIGHUP), by result.",
             rows: vec![
                 ("{result=\"ok\"}".to_owned(), self.reloads_ok.load(Relaxed)),
@@ -61,27 +80,27 @@ impl Metrics {
         families.extend([
             one(
                 "wstap_live_subscribers",
-                "gauge",
+                MetricType::Gauge,
                 "Live-stream subscribers connected now.",
                 joined.saturating_sub(self.live_gone.load(Relaxed)),
             ),
-            one("wstap_live_subscribers_total", "counter", "Live-stream subscribers that joined.", joined),
+            one("wstap_live_subscribers_total", MetricType::Counter, "Live-stream subscribers that joined.", joined),
             one(
                 "wstap_live_cut_off_total",
-                "counter",
+                MetricType::Counter,
                 "Live-stream subscribers disconnected for falling more than live.buffer behind.",
                 self.live_cut_off.load(Relaxed),
             ),
             one(
                 "wstap_live_refused_total",
-                "counter",
+                MetricType::Counter,
                 "Live-stream connections refused (live.allow, live.max_clients).",
                 self.live_refused.load(Relaxed),
             ),
         ]);
         let mut out = String::new();
         for f in families {
-            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", f.name, f.help, f.name, f.kind);
+            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", f.name, f.help, f.name, f.kind.name());
             for (labels, value) in f.rows {
                 let _ = writeln!(out, "{}{labels} {value}", f.name);
             }
@@ -99,46 +118,56 @@ impl Metrics {
         let errors = t
             .errors()
             .into_iter()
-            .map(|((leg, kind), n)| (format!("{{side=\"{}\",kind=\"{kind}\"}}", leg.side()), n))
+            .map(|((leg, kind), n)| (format!("{{side=\"{}\",kind=\"{}\"}}", leg.name(), kind.label()), n))
             .collect();
         vec![
             one(
                 "wstap_up",
-                "gauge",
+                MetricType::Gauge,
                 "1 while every listener accepts and the capture writer is not stuck.",
                 healthy.into(),
             ),
             one(
                 "wstap_connections_active",
-                "gauge",
+                MetricType::Gauge,
                 "Client connections open now.",
                 t.connections_active.load(Relaxed),
             ),
             one(
                 "wstap_connections_total",
-                "counter",
+                MetricType::Counter,
                 "Client connections accepted.",
                 t.connections_total.load(Relaxed),
             ),
-            one("wstap_sessions_active", "gauge", "WebSocket sessions being relayed now.", t.sessions_active() as u64),
-            one("wstap_sessions_total", "counter", "WebSocket sessions started.", t.sessions_total.load(Relaxed)),
+            one(
+                "wstap_sessions_active",
+                MetricType::Gauge,
+                "WebSocket sessions being relayed now.",
+                t.sessions_active() as u64,
+            ),
+            one(
+                "wstap_sessions_total",
+                MetricType::Counter,
+                "WebSocket sessions started.",
+                t.sessions_total.load(Relaxed),
+            ),
             Family {
                 name: "wstap_bytes_total",
-                kind: "counter",
+                kind: MetricType::Counter,
                 help: "Bytes read (in) and written (out) by wstap, per connection leg.",
                 rows: bytes,
             },
             Family {
                 name: "wstap_request_errors_total",
-                kind: "counter",
+                kind: MetricType::Counter,
                 help: "Requests wstap could not forward, by side at fault and kind.",
                 rows: errors,
             },
             Family {
                 name: "wstap_tls_handshake_failures_total",
-                kind: "counter",
+                kind: MetricType::Counter,
                 help: "TLS handshakes on the listeners that failed, by reason.",
-                rows: t.tls_failures().into_iter().map(|(r, n)| (format!("{{reason=\"{r}\"}}"), n)).collect(),
+                rows: t.tls_failures().into_iter().map(|(r, n)| (format!("{{reason=\"{}\"}}", r.label()), n)).collect(),
             },
         ]
     }
@@ -177,30 +206,40 @@ impl Metrics {
 fn capture_families(s: &Stats) -> Vec<Family> {
     let get = |a: &AtomicU64| a.load(Relaxed);
     vec![
-        one("wstap_capture_bytes_total", "counter", "Payload bytes written to capture files.", get(&s.bytes_captured)),
-        one("wstap_capture_packets_total", "counter", "Packets written to capture files.", get(&s.packets_written)),
+        one(
+            "wstap_capture_bytes_total",
+            MetricType::Counter,
+            "Payload bytes written to capture files.",
+            get(&s.bytes_captured),
+        ),
+        one(
+            "wstap_capture_packets_total",
+            MetricType::Counter,
+            "Packets written to capture files.",
+            get(&s.packets_written),
+        ),
         one(
             "wstap_capture_dropped_events_total",
-            "counter",
+            MetricType::Counter,
             "Capture events dropped (queue full or no file).",
             get(&s.events_dropped),
         ),
         one(
             "wstap_capture_dropped_bytes_total",
-            "counter",
+            MetricType::Counter,
             "Captured payload bytes dropped because the queue was full.",
             get(&s.bytes_dropped),
         ),
         one(
             "wstap_capture_unwritten_bytes_total",
-            "counter",
+            MetricType::Counter,
             "Packet bytes not written because no file could be.",
             get(&s.bytes_unwritten),
         ),
-        one("wstap_capture_write_errors_total", "counter", "Capture write errors.", get(&s.write_errors)),
+        one("wstap_capture_write_errors_total", MetricType::Counter, "Capture write errors.", get(&s.write_errors)),
         one(
             "wstap_capture_files_finished_total",
-            "counter",
+            MetricType::Counter,
             "Capture files finished (synced and renamed).",
             get(&s.files_finished),
         ),
@@ -218,7 +257,7 @@ mod tests {
         let m = Metrics::default();
         let conn = m.traffic.connection_opened();
         m.traffic.bytes[Leg::Client][Dir::Up].fetch_add(10, Relaxed);
-        m.traffic.request_failed(Leg::Upstream, "connect");
+        m.traffic.request_failed(Leg::Upstream, crate::proxy::error::Failure::Connect);
         let live = LiveSession {
             started: Instant::now(),
             client: "127.0.0.1:4000".parse().unwrap(),

@@ -89,8 +89,8 @@ pub(crate) async fn pulse(notifier: Notifier, shared: Arc<Shared>) {
         notifier.status(&format!(
             "{open} connections, {} WebSocket sessions; {} bytes in, {} bytes out{}",
             traffic.sessions_active(),
-            traffic.bytes_total(true),
-            traffic.bytes_total(false),
+            traffic.bytes_read(),
+            traffic.bytes_written(),
             if healthy { "" } else { "; UNHEALTHY (see the log)" }
         ));
     }

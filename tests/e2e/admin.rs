@@ -101,7 +101,7 @@ async fn every_metric_moves_when_its_event_happens() {
         raw_exchange(proxy.addr(), b"GARBAGE\r\n\r\n").await;
         let m2 = scrape(admin).await;
         assert_eq!(m2["wstap_request_errors_total{side=\"upstream\",kind=\"connect\"}"], 1);
-        assert_eq!(m2["wstap_request_errors_total{side=\"downstream\",kind=\"malformed\"}"], 1);
+        assert_eq!(m2["wstap_request_errors_total{side=\"client\",kind=\"malformed\"}"], 1);
 
         // Reloads, by result; files finished on rotation.
         proxy.reload().await;

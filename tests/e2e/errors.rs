@@ -107,7 +107,7 @@ async fn each_failure_is_logged_once_with_its_connection_and_side() {
     let closed = logs.lines_with(&["connection closed", "bytes_in=", "bytes_out=", "secs="]);
     assert_eq!(closed.len(), 3, "{closed:#?}");
     for (status, side) in
-        [("status=502", "side=upstream"), ("status=404", "side=downstream"), ("status=400", "side=downstream")]
+        [("status=502", "side=upstream"), ("status=404", "side=client"), ("status=400", "side=client")]
     {
         let lines = logs.lines_with(&[status]);
         let all = logs.lines_with(&[]).join("\n");

@@ -39,8 +39,16 @@ pub struct Reader<'a> {
 }
 
 enum Format {
-    Pcap { big: bool, nanos: bool, link: LinkType },
-    Pcapng { big: bool, interfaces: Vec<Interface> },
+    /// A pcap file: its timestamps' fractions count `ns_per_unit` nanoseconds.
+    Pcap {
+        order: Order,
+        ns_per_unit: u64,
+        link: LinkType,
+    },
+    Pcapng {
+        order: Order,
+        interfaces: Vec<Interface>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,44 +71,65 @@ fn err<T>(offset: usize, what: impl Into<String>) -> Result<T, FormatError> {
     Err(FormatError { offset: offset as u64, what: what.into() })
 }
 
-fn u16_at(b: &[u8], at: usize, big: bool) -> Option<u16> {
-    let v: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
-    Some(if big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) })
+/// A file's (or a pcapng section's) byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Little,
+    Big,
 }
 
-fn u32_at(b: &[u8], at: usize, big: bool) -> Option<u32> {
-    let v: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
-    Some(if big { u32::from_be_bytes(v) } else { u32::from_le_bytes(v) })
+impl Order {
+    fn u16(self, b: &[u8], at: usize) -> Option<u16> {
+        let v: [u8; 2] = b.get(at..at + 2)?.try_into().ok()?;
+        Some(if self == Order::Big { u16::from_be_bytes(v) } else { u16::from_le_bytes(v) })
+    }
+
+    fn u32(self, b: &[u8], at: usize) -> Option<u32> {
+        let v: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(if self == Order::Big { u32::from_be_bytes(v) } else { u32::from_le_bytes(v) })
+    }
+
+    fn i64(self, v: [u8; 8]) -> i64 {
+        if self == Order::Big {
+            i64::from_be_bytes(v)
+        } else {
+            i64::from_le_bytes(v)
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
     /// Recognises the format from the first bytes.
     pub fn new(data: &'a [u8]) -> Result<Reader<'a>, FormatError> {
-        let Some(magic) = u32_at(data, 0, false) else {
+        let Some(magic) = Order::Little.u32(data, 0) else {
             return err(0, format!("{} bytes is too short for a capture file", data.len()));
         };
         let (format, at) = match magic {
             0xA1B2_C3D4 | 0xD4C3_B2A1 | 0xA1B2_3C4D | 0x4D3C_B2A1 => {
-                let big = matches!(magic, 0xD4C3_B2A1 | 0x4D3C_B2A1);
-                let nanos = matches!(magic, 0xA1B2_3C4D | 0x4D3C_B2A1);
-                let Some(link) = u32_at(data, 20, big) else {
+                let order = if matches!(magic, 0xD4C3_B2A1 | 0x4D3C_B2A1) { Order::Big } else { Order::Little };
+                let ns_per_unit = if matches!(magic, 0xA1B2_3C4D | 0x4D3C_B2A1) { 1 } else { 1000 };
+                let Some(link) = order.u32(data, 20) else {
                     return err(0, "truncated pcap file header");
                 };
-                (Format::Pcap { big, nanos, link: LinkType::from_value(link as u16) }, 24)
+                (Format::Pcap { order, ns_per_unit, link: LinkType::from_value(link as u16) }, 24)
             }
-            SHB => (Format::Pcapng { big: false, interfaces: Vec::new() }, 0),
+            SHB => (Format::Pcapng { order: Order::Little, interfaces: Vec::new() }, 0),
             _ => return err(0, format!("not a pcap or pcapng file (magic {magic:#010x})")),
         };
         Ok(Reader { data, at, format, failed: false })
     }
 
-    fn next_pcap(&mut self, big: bool, nanos: bool, link: LinkType) -> Result<Option<RawPacket<'a>>, FormatError> {
+    fn next_pcap(
+        &mut self,
+        order: Order,
+        ns_per_unit: u64,
+        link: LinkType,
+    ) -> Result<Option<RawPacket<'a>>, FormatError> {
         let (d, at) = (self.data, self.at);
         if at == d.len() {
             return Ok(None);
         }
-        let (Some(sec), Some(frac), Some(incl)) = (u32_at(d, at, big), u32_at(d, at + 4, big), u32_at(d, at + 8, big))
-        else {
+        let (Some(sec), Some(frac), Some(incl)) = (order.u32(d, at), order.u32(d, at + 4), order.u32(d, at + 8)) else {
             return err(at, format!("truncated record header ({} of 16 bytes)", d.len() - at));
         };
         let incl = incl as usize;
@@ -113,7 +142,7 @@ impl<'a> Reader<'a> {
                 format!("record of {incl} bytes is cut short: {} remain", d.len() - at - 16.min(d.len() - at)),
             );
         };
-        let frac_ns = if nanos { u64::from(frac) } else { u64::from(frac) * 1000 };
+        let frac_ns = u64::from(frac) * ns_per_unit;
         let time = Timestamp::from_nanos(u64::from(sec) * 1_000_000_000 + frac_ns);
         self.at = at + 16 + incl;
         Ok(Some(RawPacket { offset: at as u64, time, link, data: body }))
@@ -125,8 +154,8 @@ impl<'a> Reader<'a> {
             if at == d.len() {
                 return Ok(None);
             }
-            let Format::Pcapng { big, interfaces } = &mut self.format else { return Ok(None) };
-            let (kind, len) = block_header(d, at, big)?;
+            let Format::Pcapng { order, interfaces } = &mut self.format else { return Ok(None) };
+            let (kind, len) = block_header(d, at, order)?;
             if kind == SHB {
                 interfaces.clear();
             }
@@ -135,13 +164,13 @@ impl<'a> Reader<'a> {
             let body = &block[8..len - 4];
             let packet = match kind {
                 1 => {
-                    let ifc =
-                        interface(body, *big).map_err(|(o, w)| FormatError { offset: (at + 8 + o) as u64, what: w })?;
+                    let ifc = interface(body, *order)
+                        .map_err(|(o, w)| FormatError { offset: (at + 8 + o) as u64, what: w })?;
                     interfaces.push(ifc);
                     None
                 }
-                6 | 2 => Some(packet_block(at, kind, body, *big, interfaces)?),
-                3 => Some(simple_packet_block(at, body, *big, interfaces)?),
+                6 | 2 => Some(packet_block(at, kind, body, *order, interfaces)?),
+                3 => Some(simple_packet_block(at, body, *order, interfaces)?),
                 _ => None,
             };
             if packet.is_some() {
@@ -152,22 +181,22 @@ impl<'a> Reader<'a> {
 }
 
 /// The type and length of the pcapng block at `at`, checked against the file and against
-/// its trailing length. A section header sets `big` (the section's byte order) first.
-fn block_header(d: &[u8], at: usize, big: &mut bool) -> Result<(u32, usize), FormatError> {
-    let Some(kind) = u32_at(d, at, false) else {
+/// its trailing length. A section header sets `order` (the section's byte order) first.
+fn block_header(d: &[u8], at: usize, order: &mut Order) -> Result<(u32, usize), FormatError> {
+    let Some(kind) = Order::Little.u32(d, at) else {
         return err(at, "truncated block header");
     };
     if kind == SHB {
-        *big = match u32_at(d, at + 8, false) {
-            Some(BYTE_ORDER_MAGIC) => false,
-            Some(m) if m.swap_bytes() == BYTE_ORDER_MAGIC => true,
+        *order = match Order::Little.u32(d, at + 8) {
+            Some(BYTE_ORDER_MAGIC) => Order::Little,
+            Some(m) if m.swap_bytes() == BYTE_ORDER_MAGIC => Order::Big,
             Some(m) => return err(at + 8, format!("bad byte-order magic {m:#010x} in section header")),
             None => return err(at, "truncated section header"),
         };
     }
-    let big = *big;
-    let kind = u32_at(d, at, big).unwrap_or(kind);
-    let Some(len) = u32_at(d, at + 4, big).map(|l| l as usize) else {
+    let order = *order;
+    let kind = order.u32(d, at).unwrap_or(kind);
+    let Some(len) = order.u32(d, at + 4).map(|l| l as usize) else {
         return err(at, "truncated block header");
     };
     if len < 12 || len % 4 != 0 {
@@ -179,7 +208,7 @@ fn block_header(d: &[u8], at: usize, big: &mut bool) -> Result<(u32, usize), For
     let Some(block) = d.get(at..at + len) else {
         return err(at, format!("block of {len} bytes is cut short: {} remain", d.len() - at));
     };
-    if u32_at(block, len - 4, big) != Some(len as u32) {
+    if order.u32(block, len - 4) != Some(len as u32) {
         return err(at + len - 4, "block's trailing length does not match its leading length");
     }
     Ok((kind, len))
@@ -191,12 +220,12 @@ fn packet_block<'a>(
     at: usize,
     kind: u32,
     body: &'a [u8],
-    big: bool,
+    order: Order,
     interfaces: &[Interface],
 ) -> Result<RawPacket<'a>, FormatError> {
-    let id = if kind == 6 { u32_at(body, 0, big) } else { u16_at(body, 0, big).map(u32::from) };
+    let id = if kind == 6 { order.u32(body, 0) } else { order.u16(body, 0).map(u32::from) };
     let (Some(id), Some(hi), Some(lo), Some(caplen)) =
-        (id, u32_at(body, 4, big), u32_at(body, 8, big), u32_at(body, 12, big))
+        (id, order.u32(body, 4), order.u32(body, 8), order.u32(body, 12))
     else {
         return err(at, "packet block too short for its fixed fields");
     };
@@ -214,13 +243,13 @@ fn packet_block<'a>(
 fn simple_packet_block<'a>(
     at: usize,
     body: &'a [u8],
-    big: bool,
+    order: Order,
     interfaces: &[Interface],
 ) -> Result<RawPacket<'a>, FormatError> {
     let Some(ifc) = interfaces.first() else {
         return err(at, "simple packet block before any interface description");
     };
-    let orig = u32_at(body, 0, big).unwrap_or(0) as usize;
+    let orig = order.u32(body, 0).unwrap_or(0) as usize;
     let data = &body[4.min(body.len())..];
     Ok(packet(at, ifc, 0, &data[..orig.min(data.len())]))
 }
@@ -233,11 +262,11 @@ fn packet<'a>(at: usize, ifc: &Interface, ts: u64, data: &'a [u8]) -> RawPacket<
 }
 
 /// An interface description block's body: link type, then options.
-fn interface(body: &[u8], big: bool) -> Result<Interface, (usize, String)> {
-    let link = u16_at(body, 0, big).ok_or((0, "interface description too short".to_string()))?;
+fn interface(body: &[u8], order: Order) -> Result<Interface, (usize, String)> {
+    let link = order.u16(body, 0).ok_or((0, "interface description too short".to_string()))?;
     let mut ifc = Interface { link: LinkType::from_value(link), units: 1_000_000, offset_s: 0 };
     let mut at = 8;
-    while let (Some(code), Some(len)) = (u16_at(body, at, big), u16_at(body, at + 2, big)) {
+    while let (Some(code), Some(len)) = (order.u16(body, at), order.u16(body, at + 2)) {
         let len = usize::from(len);
         let value =
             body.get(at + 4..at + 4 + len).ok_or((at, format!("option {code} of {len} bytes overruns its block")))?;
@@ -250,7 +279,7 @@ fn interface(body: &[u8], big: bool) -> Result<Interface, (usize, String)> {
             }
             (14, v) if v.len() == 8 => {
                 let v: [u8; 8] = v.try_into().unwrap_or_default();
-                ifc.offset_s = if big { i64::from_be_bytes(v) } else { i64::from_le_bytes(v) };
+                ifc.offset_s = order.i64(v);
             }
             _ => {}
         }
@@ -267,7 +296,7 @@ impl<'a> Iterator for Reader<'a> {
             return None;
         }
         let result = match self.format {
-            Format::Pcap { big, nanos, link } => self.next_pcap(big, nanos, link),
+            Format::Pcap { order, ns_per_unit, link } => self.next_pcap(order, ns_per_unit, link),
             Format::Pcapng { .. } => self.next_pcapng(),
         };
         self.failed = result.is_err();

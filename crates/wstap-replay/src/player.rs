@@ -1,8 +1,8 @@
 //! Playing one side of a recorded session against a live peer: [`replay`] is the
 //! recorded client against a real server, [`mock`] the recorded server for a real
 //! client. Both walk the recording in order: our side's messages are sent (paced by the
-//! recorded timing, scaled by `speed`), the peer's are awaited and compared, masked by
-//! the `ignore` patterns. Pings and pongs are keep-alives, answered by the library and
+//! recorded timing, scaled by `speed`), the peer's are awaited and compared, with what
+//! the `ignore` patterns match erased from both. Pings and pongs are keep-alives, answered by the library and
 //! never compared.
 
 use std::sync::Arc;
@@ -29,7 +29,8 @@ pub struct Options {
     /// Scales the recorded gaps between messages (2.0 is twice as fast); `None` sends as
     /// soon as the peer's earlier messages are in.
     pub speed: Option<f64>,
-    /// Parts of payloads that may differ (timestamps, ids): masked on both sides.
+    /// Parts of payloads that may differ (timestamps, ids): erased from both sides before
+    /// comparing.
     pub ignore: Vec<Regex>,
     /// How long to wait for each message from the peer.
     pub wait: Duration,
@@ -192,7 +193,7 @@ pub enum PlayError {
         /// The target as given.
         target: String,
         /// What is wrong with it.
-        why: &'static str,
+        why: BadTarget,
     },
     /// A `wss://` target, but [`Options::client_tls`] is not set.
     #[error("{url}: no TLS settings for a wss:// target")]
@@ -276,6 +277,17 @@ pub async fn replay(
     converse(ws, session, Dir::Up, opts, report, on_step).await
 }
 
+/// What is wrong with a `--target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadTarget {
+    /// It is neither `ws://` nor `wss://`.
+    #[error("expected ws:// or wss://HOST[:PORT][/PATH]")]
+    Scheme,
+    /// Its authority is empty.
+    #[error("no host")]
+    NoHost,
+}
+
 /// The URL to connect to: the target's scheme and authority, with its path or the
 /// recorded one.
 fn url_for(session: &Session, target: &str) -> Result<String, PlayError> {
@@ -283,11 +295,11 @@ fn url_for(session: &Session, target: &str) -> Result<String, PlayError> {
     let (scheme, rest) = match (target.strip_prefix("ws://"), target.strip_prefix("wss://")) {
         (Some(rest), _) => ("ws", rest),
         (_, Some(rest)) => ("wss", rest),
-        _ => return Err(bad("expected ws:// or wss://HOST[:PORT][/PATH]")),
+        _ => return Err(bad(BadTarget::Scheme)),
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.is_empty() {
-        return Err(bad("no host"));
+        return Err(bad(BadTarget::NoHost));
     }
     let path = if path.is_empty() || path == "/" { session.path.as_str() } else { path };
     Ok(format!("{scheme}://{authority}{path}"))
@@ -556,7 +568,7 @@ async fn wait_for<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Equal once the ignored parts are masked; close messages compare by code alone.
+/// Equal once the ignored parts are erased; close messages compare by code alone.
 fn same(expected: &(Kind, Vec<u8>), got: &(Kind, Vec<u8>), ignore: &[Regex]) -> bool {
     if expected.0 != got.0 {
         return false;
@@ -564,10 +576,11 @@ fn same(expected: &(Kind, Vec<u8>), got: &(Kind, Vec<u8>), ignore: &[Regex]) -> 
     if expected.0 == Kind::Close {
         return expected.1.get(..2) == got.1.get(..2);
     }
-    mask(&expected.1, ignore) == mask(&got.1, ignore)
+    erase_ignored(&expected.1, ignore) == erase_ignored(&got.1, ignore)
 }
 
-fn mask(data: &[u8], ignore: &[Regex]) -> Vec<u8> {
+/// `data` with each match of an `ignore` pattern replaced by one NUL byte.
+fn erase_ignored(data: &[u8], ignore: &[Regex]) -> Vec<u8> {
     ignore.iter().fold(data.to_vec(), |d, re| re.replace_all(&d, &b"\0"[..]).into_owned())
 }
 
@@ -576,7 +589,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ignore_patterns_mask_both_sides() {
+    fn ignore_patterns_erase_from_both_sides() {
         let re = vec![Regex::new(r#""ts":\d+"#).unwrap()];
         let a = (Kind::Text, br#"{"ts":1700000000,"v":1}"#.to_vec());
         let b = (Kind::Text, br#"{"ts":1800000001,"v":1}"#.to_vec());

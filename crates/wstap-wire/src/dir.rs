@@ -71,19 +71,11 @@ impl Leg {
     /// Both legs, `Client` first.
     pub const BOTH: [Leg; 2] = [Leg::Client, Leg::Upstream];
 
-    /// `"client"` or `"upstream"`: the capture interface's name and the metrics label `leg`.
+    /// `"client"` or `"upstream"`: the capture interface's name, the metrics labels `leg`
+    /// and `side` (whose fault a failure was), and the log field `side`.
     pub fn name(self) -> &'static str {
         match self {
             Leg::Client => "client",
-            Leg::Upstream => "upstream",
-        }
-    }
-
-    /// `"downstream"` or `"upstream"`: whose fault a failure was, as the log field and
-    /// the metrics label `side` say it (pingora's words for the two sides of a proxy).
-    pub fn side(self) -> &'static str {
-        match self {
-            Leg::Client => "downstream",
             Leg::Upstream => "upstream",
         }
     }

@@ -190,6 +190,15 @@ impl Default for FrameTracker {
     }
 }
 
+/// Where a [`FrameTracker`] stops consuming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// At the first frame boundary reached after at least one byte.
+    Boundary,
+    /// At the end of the data.
+    End,
+}
+
 impl FrameTracker {
     /// A tracker between two frames: where a session's frames begin, past its HTTP heads,
     /// or where a stream resumes after a gap that ended on a frame boundary.
@@ -202,11 +211,10 @@ impl FrameTracker {
         self.state.have == 0 && self.state.payload_left == 0
     }
 
-    /// Consumes `data`; with `stop_at_boundary`, stops at the first boundary reached after
-    /// at least one byte. Returns the bytes consumed, and the header of each frame whose
-    /// header was completed on the way (through `on_header`).
-    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool, mut on_header: impl FnMut(FrameHeader)) -> usize {
-        self.walk(data, stop_at_boundary, |w| {
+    /// Consumes `data` until `until`. Returns the bytes consumed, and the header of each
+    /// frame whose header was completed on the way (through `on_header`).
+    pub fn advance(&mut self, data: &[u8], until: Until, mut on_header: impl FnMut(FrameHeader)) -> usize {
+        self.walk(data, until, |w| {
             if let Walk::Header(h, _) = w {
                 on_header(h);
             }
@@ -215,7 +223,7 @@ impl FrameTracker {
 
     /// Consumes `data` as [`FrameTracker::advance`] does, reporting each frame header
     /// when it is complete and each piece of payload where it lies in `data`.
-    pub fn walk(&mut self, data: &[u8], stop_at_boundary: bool, mut f: impl FnMut(Walk<'_>)) -> usize {
+    pub fn walk(&mut self, data: &[u8], until: Until, mut f: impl FnMut(Walk<'_>)) -> usize {
         let mut at = 0;
         let State { header, have, payload_left, current } = &mut self.state;
         while at < data.len() {
@@ -226,7 +234,7 @@ impl FrameTracker {
                     f(Walk::Payload(*h, at..at + take as usize, *pos, *payload_left == 0));
                     *pos += take;
                     at += take as usize;
-                    if *payload_left == 0 && stop_at_boundary {
+                    if *payload_left == 0 && until == Until::Boundary {
                         return at;
                     }
                 }
@@ -241,7 +249,7 @@ impl FrameTracker {
                         f(Walk::Header(h, &header[..n]));
                         if h.len == 0 {
                             f(Walk::Payload(h, at..at, 0, true));
-                            if stop_at_boundary {
+                            if until == Until::Boundary {
                                 return at;
                             }
                         }
@@ -296,7 +304,7 @@ mod tests {
         for chunk in stream.chunks(piece) {
             let mut off = 0;
             while off < chunk.len() {
-                off += t.advance(&chunk[off..], true, |_| {});
+                off += t.advance(&chunk[off..], Until::Boundary, |_| {});
                 if t.at_boundary() {
                     found.push(pos + off);
                 }
@@ -346,7 +354,7 @@ mod tests {
             for piece in pieces {
                 let mut off = 0;
                 while off < piece.len() {
-                    off += t.advance(&piece[off..], true, |h| headers.push(h));
+                    off += t.advance(&piece[off..], Until::Boundary, |h| headers.push(h));
                     if t.at_boundary() {
                         found.push(pos + off);
                     }
@@ -355,7 +363,7 @@ mod tests {
             }
             assert_eq!(found, want, "seed {seed}");
             let mut whole = Vec::new();
-            FrameTracker::new().advance(&stream, false, |h| whole.push(h));
+            FrameTracker::new().advance(&stream, Until::End, |h| whole.push(h));
             assert_eq!(headers, whole, "seed {seed}");
         }
     }
@@ -366,7 +374,7 @@ mod tests {
         assert!(t.at_boundary(), "nothing seen yet");
         let f = frame(Opcode::Text, b"abcdef", false);
         let mut headers = Vec::new();
-        t.advance(&f[..4], false, |h| headers.push(h));
+        t.advance(&f[..4], Until::End, |h| headers.push(h));
         assert!(!t.at_boundary());
         assert_eq!(
             headers,
@@ -380,7 +388,7 @@ mod tests {
                 header_len: 2
             }]
         );
-        t.advance(&f[4..], false, |_| {});
+        t.advance(&f[4..], Until::End, |_| {});
         assert!(t.at_boundary());
     }
 
@@ -393,7 +401,7 @@ mod tests {
             let mut t = FrameTracker::new();
             let mut got: Vec<(Opcode, Vec<u8>, bool)> = Vec::new();
             for chunk in stream.chunks(piece) {
-                t.walk(chunk, false, |w| {
+                t.walk(chunk, Until::End, |w| {
                     let Walk::Payload(h, range, pos, end) = w else { return };
                     let mut p = chunk[range].to_vec();
                     if let Some(key) = h.mask {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wstap::config::tls::ServerCheck;
 
 mod extcap;
 mod replay;
@@ -109,7 +110,7 @@ struct Play {
     /// soon as the peer's earlier messages are in.
     #[arg(long, default_value = "1.0", value_parser = parse_speed)]
     speed: Speed,
-    /// A regex over payload bytes that may differ (timestamps, ids); matches are masked on
+    /// A regex over payload bytes that may differ (timestamps, ids); matches are erased from
     /// both sides before comparing. Repeatable.
     #[arg(long, value_name = "REGEX")]
     ignore: Vec<regex::bytes::Regex>,
@@ -154,14 +155,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => wstap::Settings::load(&config).map(|s| println!("{s}")).map_err(Into::into),
-        Command::Sessions { files, messages, json } => return cli::sessions(&files, messages, json),
+        Command::Sessions { files, messages, json } => {
+            let listing = if messages { cli::Listing::Messages } else { cli::Listing::Sessions };
+            return cli::sessions(&files, listing, if json { cli::Format::Json } else { cli::Format::Table });
+        }
         Command::Extcap { args } => return extcap::run(&args),
         Command::Replay { pick, target, ca_file, insecure, play } => {
-            let tls = cli::Trust { ca_file, insecure };
+            let check = if insecure { ServerCheck::Skipped } else { ServerCheck::Verified };
+            let tls = cli::Trust { ca_file, check };
             return cli::replay(&pick.files, pick.session, &target, tls, play.options());
         }
         Command::Mock { pick, listen, once, tls_cert, tls_key, play } => {
-            return cli::mock(&pick.files, pick.session, &listen, once, tls_cert.zip(tls_key), play.options())
+            let clients = if once { cli::Clients::One } else { cli::Clients::Each };
+            return cli::mock(&pick.files, pick.session, &listen, clients, tls_cert.zip(tls_key), play.options());
         }
     };
     match result {

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use wstap::config::tls::ServerCheck;
+
 use wstap_replay::{self as player, preview, Options, Report, Step};
 use wstap_replay::{Dir, Message, Recording, Session};
 
@@ -57,22 +59,40 @@ fn session_json(s: &Session) -> serde_json::Value {
     v
 }
 
+/// What `wstap sessions` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// One line per session.
+    Sessions,
+    /// Each session, then each of its messages (`--messages`).
+    Messages,
+}
+
+/// How `wstap sessions` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An aligned table for people.
+    Table,
+    /// JSON lines (`--json`).
+    Json,
+}
+
 /// `wstap sessions`.
-pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
+pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode {
     let rec = match wstap_replay::open_all(files) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
     let mut out = std::io::stdout().lock();
     let mut print = |line: String| writeln!(out, "{line}").is_ok();
-    if !json {
+    if format == Format::Table {
         print(format!(
             "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  CLOSE(C/S)",
             "ID", "START (UTC)", "CLIENT → SERVER", "PATH", "C→S", "S→C"
         ));
     }
     for s in &rec.sessions {
-        let ok = if json {
+        let ok = if format == Format::Json {
             print(session_json(s).to_string())
         } else {
             print(format!(
@@ -90,8 +110,8 @@ pub fn sessions(files: &[PathBuf], messages: bool, json: bool) -> ExitCode {
         if !ok {
             return ExitCode::from(MATCHED); // stdout closed (a pager quit): nothing more to say
         }
-        for (i, m) in s.messages.iter().enumerate().filter(|_| messages) {
-            let line = if json {
+        for (i, m) in s.messages.iter().enumerate().filter(|_| listing == Listing::Messages) {
+            let line = if format == Format::Json {
                 message_json(s, i + 1, m).to_string()
             } else if m.kind == wstap_replay::Kind::Gap {
                 let when = m.time.since(s.start).as_secs_f64();
@@ -180,11 +200,11 @@ fn finish(result: Result<Report, player::PlayError>) -> ExitCode {
     }
 }
 
-/// Whom a `wss://` target is trusted by: `--ca-file`, or the system's roots, or nobody
-/// (`--insecure`).
+/// How a `wss://` target is trusted: by `--ca-file` or the system's roots, unless its
+/// check is skipped (`--insecure`).
 pub struct Trust {
     pub ca_file: Option<PathBuf>,
-    pub insecure: bool,
+    pub check: ServerCheck,
 }
 
 /// `wstap replay`.
@@ -195,14 +215,14 @@ pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, trust: Trust, 
             Some(v6) => v6.split(']').next().unwrap_or_default(),
             None => host,
         };
-        match wstap::config::tls::client(host, trust.ca_file, trust.insecure) {
+        match wstap::config::tls::client(host, trust.ca_file, trust.check) {
             Ok(tls) => opts.client_tls = Some(tls.config),
             Err(e) => return fail(e),
         }
-        if trust.insecure {
+        if trust.check == ServerCheck::Skipped {
             eprintln!("wstap: warning: --insecure: the server's certificate is not verified");
         }
-    } else if trust.ca_file.is_some() || trust.insecure {
+    } else if trust.ca_file.is_some() || trust.check == ServerCheck::Skipped {
         return fail("--ca-file and --insecure are for a wss:// target");
     }
     let session = match choose(files, id) {
@@ -223,13 +243,22 @@ pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, trust: Trust, 
     }
 }
 
-/// `wstap mock`: serves the recorded server to one client after another, or to one with
-/// `once`; over TLS with `tls` (certificate chain, key).
+/// Whom `wstap mock` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clients {
+    /// One client after another, until stopped.
+    Each,
+    /// One client, then exit with its verdict (`--once`).
+    One,
+}
+
+/// `wstap mock`: serves the recorded server to `clients`; over TLS with `tls`
+/// (certificate chain, key).
 pub fn mock(
     files: &[PathBuf],
     id: Option<usize>,
     listen: &str,
-    once: bool,
+    clients: Clients,
     tls: Option<(PathBuf, PathBuf)>,
     mut opts: Options,
 ) -> ExitCode {
@@ -258,7 +287,7 @@ pub fn mock(
         loop {
             let result = player::mock(&session, &listener, &opts, print_step).await;
             let code = finish(result);
-            if once {
+            if clients == Clients::One {
                 return code;
             }
         }

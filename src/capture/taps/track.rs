@@ -7,11 +7,12 @@
 //! room at all.
 
 use wstap_wire::http::HeadEnd;
-use wstap_wire::wsframe::{FrameHeader, FrameTracker};
+use wstap_wire::wsframe::{FrameHeader, FrameTracker, Until};
 use wstap_wire::{Dir, Timestamp};
 
 use super::chunk::{Keep, Piece};
-use crate::capture::event::{Gap, LegId, What};
+use crate::capture::event::{Gap, What};
+use crate::capture::ids::LegId;
 use crate::capture::queue::{Budget, Recorder};
 
 /// One direction of a session, as its tap follows it.
@@ -129,7 +130,7 @@ impl Track {
         for part in piece.parts_from(from) {
             let part = &part[..part.len().min(left)];
             left -= part.len();
-            self.advance(part, false);
+            self.advance(part, Until::End);
             if left == 0 {
                 break;
             }
@@ -141,7 +142,7 @@ impl Track {
     fn skip_to_boundary(&mut self, piece: &Piece<'_>, from: usize) -> usize {
         let mut pos = from;
         for part in piece.parts_from(from) {
-            let n = self.advance(part, true);
+            let n = self.advance(part, Until::Boundary);
             pos += n;
             if n < part.len() || self.at_boundary() {
                 break;
@@ -163,9 +164,9 @@ impl Track {
         }
     }
 
-    /// Consumes `data` (with `stop_at_boundary`, up to the first boundary after at least
-    /// one byte); returns the bytes consumed.
-    fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+    /// Consumes `data` until `until` (a boundary is also the end of the heads); returns
+    /// the bytes consumed.
+    fn advance(&mut self, data: &[u8], until: Until) -> usize {
         let mut used = 0;
         while let Stage::Heads(end) = &mut self.stage {
             let Some(n) = end.scan(&data[used..]) else { return data.len() };
@@ -176,13 +177,13 @@ impl Track {
                 true => Stage::Heads(HeadEnd::new()),
                 false => Stage::Frames(FrameTracker::new()),
             };
-            if used == data.len() || (stop_at_boundary && matches!(self.stage, Stage::Frames(_))) {
+            if used == data.len() || (until == Until::Boundary && matches!(self.stage, Stage::Frames(_))) {
                 return used;
             }
         }
         let Stage::Frames(frames) = &mut self.stage else { return used };
         let (message, frame) = (&mut self.message_compressed, &mut self.frame_compressed);
-        used + frames.advance(&data[used..], stop_at_boundary, |h| {
+        used + frames.advance(&data[used..], until, |h| {
             if !h.opcode.is_control() {
                 if h.opcode.starts_message() {
                     *message = h.rsv1;

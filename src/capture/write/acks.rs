@@ -8,7 +8,8 @@
 use wstap_wire::{Dir, Timestamp};
 
 use super::leg::{Final, FinalKind, LegState};
-use crate::capture::event::{Event, LegId, What};
+use crate::capture::event::{Event, What};
+use crate::capture::ids::LegId;
 
 /// Whether the receivers' pure ACKs are written (`capture.acks`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

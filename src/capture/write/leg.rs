@@ -6,12 +6,12 @@
 use wstap_wire::tcp::Flow;
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
-use crate::capture::event::LegId;
+use crate::capture::ids::LegId;
 
 use super::encrypted::Encrypted;
 use super::rewrite::{Repeated, Rewriter, Rules};
 use crate::capture::event::Scope;
-use crate::capture::note::{comment, Note};
+use crate::capture::note::{comment, Audience, Note};
 
 /// A leg being written.
 pub(super) struct LegState {
@@ -131,12 +131,10 @@ impl LegState {
     }
 
     /// What a new section repeats of this leg after its synthetic handshake: a session's
-    /// heads and deflate windows; nothing for a connection without one. `new_file`: a
-    /// window no longer followed is lost from here on (a live subscriber's section
-    /// changes nothing).
-    pub(super) fn repeated(&mut self, new_file: bool) -> Repeated {
+    /// heads and deflate windows; nothing for a connection without one.
+    pub(super) fn repeated(&mut self, audience: Audience) -> Repeated {
         match self.scope {
-            Scope::Session => self.rewrite.repeated(new_file),
+            Scope::Session => self.rewrite.repeated(audience),
             Scope::Connection => Repeated::default(),
         }
     }

@@ -11,7 +11,8 @@ use std::io::{self, Write};
 use super::leg::LegState;
 use super::rotation::Boundary;
 use super::section::{Comments, Section};
-use crate::capture::event::{LegId, Scope};
+use crate::capture::event::Scope;
+use crate::capture::ids::LegId;
 use crate::capture::note::{Audience, Note, Repeats};
 use crate::capture::stats::Stats;
 use wstap_wire::Timestamp;
@@ -53,7 +54,7 @@ fn repeat_leg<W: Write>(leg: &mut LegState, section: &mut Section<W>, at: Beginn
             leg.note(Note::StartsInsideFrame { audience: at.audience, waited });
         }
     }
-    let repeated = leg.repeated(at.audience == Audience::File);
+    let repeated = leg.repeated(at.audience);
     let what = match leg.scope {
         Scope::Session => Repeats::Upgrade { deflate: repeated.restores_deflate() },
         Scope::Connection => Repeats::Handshake,

@@ -15,7 +15,8 @@ use wstap_wire::Timestamp;
 use super::encrypted::Budget;
 use super::files::{sanitize, Counted, FileSet, OpenFile};
 use super::writer::{CaptureWriter, Processed, Synthesis};
-use crate::capture::event::{ConnId, Event, LegId, What};
+use crate::capture::event::{Event, What};
+use crate::capture::ids::{ConnId, LegId};
 use crate::capture::stats::Stats;
 use crate::config::CaptureSettings;
 

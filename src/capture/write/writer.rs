@@ -27,7 +27,8 @@ use super::rewrite::{Rewritten, Rules, Run};
 use super::rotation::Rotation;
 use super::section::{Comments, Section};
 use super::{ports, redact};
-use crate::capture::event::{Event, Gap, LegId, Opening, What};
+use crate::capture::event::{Event, Gap, Opening, What};
+use crate::capture::ids::LegId;
 use crate::capture::note::{comment, Audience, Forgotten, Note};
 use crate::capture::stats::Stats;
 use crate::config::{DisplayPort, Legs, Redact, Segmentation};
@@ -402,7 +403,7 @@ impl<W: Write> CaptureWriter<W> {
     /// held (a message searched for payload patterns) is written first.
     fn gap(&mut self, id: LegId, time: Timestamp, gap: Gap, stats: &Stats) -> io::Result<()> {
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
-        let held = leg.rewrite.gap(gap.dir, gap.compressed);
+        let held = leg.rewrite.gap(&gap);
         self.write_rewritten(id, time, gap.dir, &held, &[], stats)?;
         let Some(leg) = self.legs.get_mut(&id) else { return Ok(()) };
         let was = leg.at_boundary();
@@ -514,7 +515,8 @@ impl Isns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::event::{ConnId, Scope};
+    use crate::capture::event::Scope;
+    use crate::capture::ids::ConnId;
     use crate::capture::note::{Forgotten as F, Repeats};
     use crate::config::Snap;
     use bytes::Bytes;

@@ -13,10 +13,28 @@ pub use head_end::HeadEnd;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad HTTP {what}: {source}")]
 pub struct HeadError {
-    /// `request` or `response`.
-    pub what: &'static str,
+    /// Which head it was meant to be.
+    pub what: HeadKind,
     /// What httparse found wrong.
     pub source: httparse::Error,
+}
+
+/// Which of the two HTTP heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadKind {
+    /// A request's head.
+    Request,
+    /// A response's head.
+    Response,
+}
+
+impl std::fmt::Display for HeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HeadKind::Request => "request",
+            HeadKind::Response => "response",
+        })
+    }
 }
 
 /// A parsed HTTP head: its length, the start line's parts and the fields.
@@ -78,7 +96,7 @@ fn fields(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
 pub fn request(b: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut h = [httparse::EMPTY_HEADER; 100];
     let mut r = httparse::Request::new(&mut h);
-    match r.parse(b).map_err(|source| HeadError { what: "request", source })? {
+    match r.parse(b).map_err(|source| HeadError { what: HeadKind::Request, source })? {
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) => Ok(Some(Head {
             len,
@@ -94,7 +112,7 @@ pub fn request(b: &[u8]) -> Result<Option<Head>, HeadError> {
 pub fn response(b: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut h = [httparse::EMPTY_HEADER; 100];
     let mut r = httparse::Response::new(&mut h);
-    match r.parse(b).map_err(|source| HeadError { what: "response", source })? {
+    match r.parse(b).map_err(|source| HeadError { what: HeadKind::Response, source })? {
         httparse::Status::Partial => Ok(None),
         httparse::Status::Complete(len) => Ok(Some(Head {
             len,

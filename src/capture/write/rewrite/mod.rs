@@ -16,12 +16,12 @@ use std::sync::Arc;
 use wstap_wire::deflate::{self, Allowance, Follower, Loss};
 use wstap_wire::http::{Framer, Head, Part};
 use wstap_wire::tcp::Sent;
-use wstap_wire::wsframe::FrameTracker;
+use wstap_wire::wsframe::{FrameTracker, Until};
 use wstap_wire::{Dir, PerDir};
 
 use super::redact;
-use crate::capture::event::Scope;
-use crate::capture::note::Note;
+use crate::capture::event::{Gap, Scope};
+use crate::capture::note::{Audience, Note};
 use crate::config::{Redact, Snap};
 use frames::{FrameWriter, Outgoing};
 
@@ -221,13 +221,14 @@ impl Rewriter {
             return None;
         }
         let mut probe = t.clone();
-        let cut = probe.advance(bytes, true, |_| {});
+        let cut = probe.advance(bytes, Until::Boundary, |_| {});
         probe.at_boundary().then_some(cut)
     }
 
-    /// The direction lost bytes up to a frame boundary (the tap saw to that); `compressed`:
-    /// some of them were compressed, so the shared deflate window is lost.
-    pub(super) fn gap(&mut self, dir: Dir, compressed: bool) -> Rewritten {
+    /// The stream lost bytes up to a frame boundary (the tap saw to that); if some of
+    /// them were compressed, its shared deflate window is lost with them.
+    pub(super) fn gap(&mut self, gap: &Gap) -> Rewritten {
+        let Gap { dir, compressed, .. } = *gap;
         let mut out = self.flush(dir);
         let stage = match self.dirs[dir].stage {
             Stage::Frames(_) => Stage::Frames(FrameTracker::new()),
@@ -294,11 +295,11 @@ impl Rewriter {
     }
 
     /// What a new section repeats for this leg: each direction's head, then a message
-    /// restoring each kept deflate window. `new_file`: a window no longer followed is
-    /// lost from here on (the file's reader cannot be given it); otherwise (a live
-    /// subscriber joining) nothing changes.
-    pub(super) fn repeated(&mut self, new_file: bool) -> Repeated {
-        if new_file {
+    /// restoring each kept deflate window. For a new file, a window no longer followed is
+    /// lost from here on (the file's reader cannot be given it); a live subscriber
+    /// joining changes nothing.
+    pub(super) fn repeated(&mut self, audience: Audience) -> Repeated {
+        if audience == Audience::File {
             self.deflate.iter_mut().flatten().for_each(Follower::new_file);
         }
         // A client's frames are masked.
@@ -416,7 +417,8 @@ impl Rewriter {
         let Stage::Frames(tracker) = &mut side.stage else { return at };
         let mut writing = FrameWriter { m: &mut side.message, session_left: &mut side.session_left, rules, out };
         let follower = &mut deflate[dir];
-        let consumed = tracker.walk(&input[at..], false, |w| writing.walk(w, &input[at..], at, follower, allowance));
+        let consumed =
+            tracker.walk(&input[at..], Until::End, |w| writing.walk(w, &input[at..], at, follower, allowance));
         at + consumed
     }
 }
@@ -436,6 +438,11 @@ mod tests {
     const UPGRADE: &[u8] = b"GET /chat?token=abc HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer xyz\r\n\
         Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     const SWITCHED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: sid=1\r\n\r\n";
+
+    /// A gap on `dir` up to a frame boundary, of compressed frames or not.
+    fn lost(dir: Dir, compressed: bool) -> Gap {
+        Gap { dir, until: 0, frames: 1, compressed }
+    }
 
     fn rules(snap: Snap, patterns: &[&str]) -> Rules {
         let payload = patterns.iter().map(|p| regex::bytes::Regex::new(p).unwrap()).collect();
@@ -624,12 +631,12 @@ mod tests {
         let mut r = Rewriter::new(rules(Snap::default(), &["secret"]), Scope::Session);
         let (out, _) = feed(&mut r, Dir::Up, &UPGRADE[..40], 100);
         assert!(out.is_empty(), "a head is held until it is whole");
-        let held = r.gap(Dir::Up, false);
+        let held = r.gap(&lost(Dir::Up, false));
         assert!(!String::from_utf8_lossy(&held.bytes(&[])).contains("token=abc"));
         // A message interrupted by a gap: its continuation is written without payload.
         let mut r = Rewriter::new(rules(Snap::default(), &["secret"]), Scope::Session);
         session(&mut r);
-        r.gap(Dir::Up, false);
+        r.gap(&lost(Dir::Up, false));
         let (out, _) = feed(&mut r, Dir::Up, &frame(0x80, b"the secret", true), 100);
         assert_eq!(frames_in(&out), [(0x80, vec![])]);
     }
@@ -638,7 +645,7 @@ mod tests {
     fn after_a_lost_window_compressed_messages_are_written_without_payload() {
         let mut r = deflate_session();
         assert!(r.deflate[Dir::Down].is_some());
-        r.gap(Dir::Down, true);
+        r.gap(&lost(Dir::Down, true));
         let input = [frame(0xc1, &[1, 2, 3, 4, 5], false), frame(0x81, b"plain", false)].concat();
         let (out, notes) = feed(&mut r, Dir::Down, &input, 100);
         assert_eq!(frames_in(&out), [(0xc1, vec![]), (0x81, b"plain".to_vec())]);
@@ -660,7 +667,7 @@ mod tests {
         let (out, notes) = feed(&mut r, Dir::Down, &bomb, 1 << 16);
         assert_eq!(out, bomb, "written as it came: this file decodes it");
         assert!(notes.contains(&Note::DeflateUnfollowed { limit_mib: 8 }), "{notes:?}");
-        let repeated = r.repeated(true);
+        let repeated = r.repeated(Audience::File);
         assert!(!repeated.restores_deflate(), "a new file: the heads, but no window to give it");
         assert_eq!(repeated.sent().len(), 2);
         let next = frame(0xc1, &deflate(b"after"), false);
