@@ -33,15 +33,19 @@
 //! Its copy, for capture (both sockets are wrapped before hyper sees them):
 //!
 //! ```text
-//! capture::tee (every read and write) ─▶ capture::tap (probe, start, offsets;
-//!   capture::track drops whole frames when the queue is full)
-//!   ─▶ capture::recorder (bounded queue) ═▶ writer thread ─▶ capture::sink (files, rotation)
-//!   ─▶ capture::writer (events → packets: wstap_wire::tcp) ◀─ capture::rewrite (what is
-//!      written: HTTP heads and frames followed, capture::redact, snaps)
-//!   ─▶ wstap_wire::pcapng (blocks) ─▶ capture::files (`.part`, then its final name)
-//!   and, with `[live]`, a second writer ─▶ capture::live (each subscriber's queue)
+//! proxy threads: capture::taps::tee (every read and write) ─▶ taps::tap (probe, begin,
+//!   offsets; taps::track drops whole frames when the queue is full) ─▶ capture::queue
+//! writer thread: capture::write::thread ─▶ write::sink (files, rotation, errors)
+//!   ─▶ write::writer (the dispatcher: events → packets with wstap_wire::tcp), its parts
+//!      write::rewrite (what is written: HTTP framed, redacted, frames by the rules),
+//!      acks, rotation, repeat, section, statistics
+//!   ─▶ wstap_wire::pcapng (blocks) ─▶ write::files (`.part`, then its final name)
+//!   and, with `[live]`, write::live ─▶ capture::live (each subscriber's queue)
 //!   ─▶ service::live (its socket)
 //! ```
+//!
+//! `docs/architecture.md` has the whole tree, where each job of the capture lives, and
+//! the glossary.
 //!
 //! # The API
 //!
@@ -50,7 +54,10 @@
 //! - Record your own connections without the proxy: a [`Capture`], and each socket in a
 //!   [`Tee`] with its [`Tap`] (`examples/record.rs`); or drive the [`capture`] writer with
 //!   events of your own.
-//! - Read captures and replay them: the `wstap-replay` crate.
+//! - Read captures and replay them: the `wstap-replay` crate, which needs none of this
+//!   one.
+//!
+//! Errors are typed: [`ConfigError`] for a config, [`DaemonError`] for the daemon.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -63,6 +70,7 @@ mod sync;
 pub use capture::{Capture, Opening, Tap, Tee};
 pub use config::{CaptureSettings, ConfigError, Settings};
 pub use service::daemon::{Daemon, State};
+pub use service::error::DaemonError;
 pub use service::runtime::{init_logging, runtime};
 pub use service::signals::{listen as signals, Action};
 pub use wstap_wire::{Dir, Leg, PerDir, PerLeg};
@@ -70,10 +78,10 @@ pub use wstap_wire::{Dir, Leg, PerDir, PerLeg};
 /// Runs the daemon as `wstap run` does: logs as `settings` say, turns Unix signals into
 /// [`Action`]s, builds the runtime (`workers`), binds, and serves until a SIGTERM has been
 /// drained.
-pub fn run(settings: Settings) -> anyhow::Result<()> {
+pub fn run(settings: Settings) -> Result<(), DaemonError> {
     init_logging(&settings.log_level);
-    let actions = signals()?;
-    runtime(settings.workers)?.block_on(async {
+    let actions = signals().map_err(DaemonError::Signals)?;
+    runtime(settings.workers).map_err(DaemonError::Runtime)?.block_on(async {
         let daemon = Daemon::bind(settings).await?;
         daemon.run(actions).await
     })

@@ -9,8 +9,8 @@
 //!                                            │     ─▶ live writer ─▶ live (each subscriber)
 //! ```
 //!
-//! - `event`, `note`, `stats`: what a tap tells the writer, what capture says in
-//!   comments, and what it did and lost: leaves both sides import.
+//! - `event`, `ids`, `note`, `stats`: what a tap tells the writer, the ids it names,
+//!   what capture says in comments, and what it did and lost: leaves both sides import.
 //! - `queue`: the bounded queue between them ([`Recorder`] is its producers' end).
 //! - `taps/`: the proxy threads' side ([`Tee`], [`Tap`]); `write/`: the writer thread's
 //!   side ([`Capture`], [`CaptureWriter`], [`FileSink`]). Neither imports the other.

@@ -91,14 +91,14 @@ pub(crate) async fn open_or_reuse(
     let (Ok(local), Ok(remote)) = (stream.local_addr(), stream.peer_addr()) else {
         return Err(ProxyError::Connect(std::io::Error::from(std::io::ErrorKind::NotConnected)));
     };
-    let tap = |layer| recording::tap(&ctx, Leg::Upstream, id, local, remote, layer);
+    let tap = |layer| recording::tap(ctx, Leg::Upstream, id, local, remote, layer);
     let Some(t) = tls else {
         let capture = LegTap { tap: tap(Layer::Http), keys: None, tls: None };
         let sender = handshake(ctx, stream, capture.tap.clone()).await?;
         return Ok(UpstreamConn { upstream: upstream.clone(), tls: None, sender, capture });
     };
     // The tap over TLS sees what hyper sees; one under it, the records.
-    let (under, keys) = recording::tls_tap(&ctx, Leg::Upstream, id, local, remote);
+    let (under, keys) = recording::tls_tap(ctx, Leg::Upstream, id, local, remote);
     let config = keys.as_ref().map_or_else(|| t.config.clone(), |k| k.client_config(&t.config));
     let connecting =
         tokio_rustls::TlsConnector::from(config).connect(t.server_name.clone(), Tee::new(stream, under.clone()));

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
@@ -16,6 +15,7 @@ use crate::capture::Capture;
 use crate::config::Settings;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::shutdown::Coordinator;
+use crate::service::error::DaemonError;
 use crate::service::metrics::Metrics;
 use crate::service::shared::Shared;
 use crate::service::signals::Action;
@@ -48,7 +48,7 @@ pub enum State {
 
 impl Daemon {
     /// Binds every `listen` address. Port 0 binds a free port (see [`Daemon::local_addrs`]).
-    pub async fn bind(settings: Settings) -> anyhow::Result<Daemon> {
+    pub async fn bind(settings: Settings) -> Result<Daemon, DaemonError> {
         let mut bound = Vec::with_capacity(settings.listen.len());
         for addr in &settings.listen {
             bound.push(listeners::bind(*addr, "listen", &settings.source).await?);
@@ -88,7 +88,7 @@ impl Daemon {
     }
 
     /// Serves until a [`Action::Shutdown`] arrives (or `actions` closes), then drains.
-    pub async fn run(self, mut actions: mpsc::Receiver<Action>) -> anyhow::Result<()> {
+    pub async fn run(self, mut actions: mpsc::Receiver<Action>) -> Result<(), DaemonError> {
         let admin = self.admin;
         let mut running = Running::start(self.settings, self.listeners, self.state, self.listening, self.metrics)?;
         let pulse = tokio::spawn(systemd::pulse(running.notifier, running.shared.clone()));
@@ -150,12 +150,12 @@ impl Running {
         state: watch::Sender<State>,
         listening: watch::Sender<Vec<SocketAddr>>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Running> {
+    ) -> Result<Running, DaemonError> {
         let coordinator = Coordinator::default();
         let keylog = reload::open_keylog(&settings)?;
         let capture = match settings.capture.on() {
             false => None,
-            true => Some(Capture::start(settings.capture.clone()).context("cannot start the capture writer")?),
+            true => Some(Capture::start(settings.capture.clone()).map_err(DaemonError::CaptureWriter)?),
         };
         let ctx = ProxyContext::new(
             settings.clone(),
@@ -194,8 +194,8 @@ impl Running {
             }
             Err(e) => {
                 metrics.reloads_failed.fetch_add(1, Relaxed);
-                error!(error = format!("{e:#}"), "reload failed; still running on the previous config");
-                self.notifier.ready(&format!("reload failed, still running on the previous config: {e:#}"));
+                error!(error = %e, "reload failed; still running on the previous config");
+                self.notifier.ready(&format!("reload failed, still running on the previous config: {e}"));
             }
         }
     }

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument};
@@ -18,6 +17,7 @@ use crate::proxy::admission::Refused;
 use crate::proxy::conn;
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
 use crate::service::accepting::Accepting;
+use crate::service::error::DaemonError;
 use crate::service::shared::{Listening, Shared};
 use crate::sync::lock;
 
@@ -29,10 +29,8 @@ const REFUSAL_PER_CLIENT: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-le
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Binds `addr`, configured as `key` in the config file `source`.
-pub(crate) async fn bind(addr: SocketAddr, key: &str, source: &Path) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} (key `{key}` in {})", source.display()))
+pub(crate) async fn bind(addr: SocketAddr, key: &'static str, source: &Path) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).await.map_err(|error| DaemonError::Listen { addr, key, file: source.to_owned(), error })
 }
 
 /// Starts accepting on a bound listener.
@@ -41,8 +39,10 @@ pub(crate) fn listen(
     configured: SocketAddr,
     listener: TcpListener,
     coordinator: &Coordinator,
-) -> anyhow::Result<()> {
-    let bound = listener.local_addr()?;
+) -> Result<(), DaemonError> {
+    let file = shared.ctx().settings.source.clone();
+    let bound =
+        listener.local_addr().map_err(|error| DaemonError::Listen { addr: configured, key: "listen", file, error })?;
     info!(addr = %bound, tls = shared.ctx().settings.tls_at(configured).is_some(), "listening");
     let task = tokio::spawn(accept_loop(configured, listener, shared.clone(), coordinator.handle()));
     lock(&shared.listeners).push(Listening { configured, bound, task });

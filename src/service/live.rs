@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use tracing::{info, warn};
 use crate::capture::live::{Hub, Next, Subscriber};
 use crate::config::{LiveSettings, Settings};
 use crate::service::accepting::Accepting;
+use crate::service::error::DaemonError;
 use crate::service::metrics::Metrics;
 
 /// The live listener, its settings (a reload may change them under it) and its loop.
@@ -61,16 +61,16 @@ impl LiveListener {
 }
 
 /// Binds the stream `settings` describe (key `live.listen` in `source`'s file).
-pub(crate) fn bind(settings: &Settings) -> anyhow::Result<Option<TcpListener>> {
+pub(crate) fn bind(settings: &Settings) -> Result<Option<TcpListener>, DaemonError> {
     let Some(live) = &settings.live else { return Ok(None) };
     let bind = || {
         let l = std::net::TcpListener::bind(live.listen)?;
         l.set_nonblocking(true)?;
         TcpListener::from_std(l)
     };
-    let listener = bind().with_context(|| {
-        format!("cannot listen on {} (key `live.listen` in {})", live.listen, settings.source.display())
-    })?;
+    let file = settings.source.clone();
+    let listener =
+        bind().map_err(|error| DaemonError::Listen { addr: live.listen, key: "live.listen", file, error })?;
     Ok(Some(listener))
 }
 

@@ -1,7 +1,7 @@
 //! The service around the proxy: the daemon's run and drain, and everything an operator
 //! talks to it through.
 //!
-//! - [`daemon`]: bind, run (react to actions), drain.
+//! - [`daemon`]: bind, run (react to actions), drain; [`error`]: why it could not.
 //! - [`shared`]: what its tasks share, and the health rule.
 //! - [`listeners`]: bound sockets and accept loops, the connection limit; [`accepting`]:
 //!   an accept that backs off when it fails.
@@ -15,6 +15,7 @@
 pub mod accepting;
 pub mod admin;
 pub mod daemon;
+pub mod error;
 pub mod listeners;
 pub mod live;
 pub mod metrics;

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::capture::{Capture, Recorder};
@@ -16,6 +15,7 @@ use crate::config::Settings;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::shutdown::Coordinator;
 use crate::proxy::tls::KeyLogFile;
+use crate::service::error::DaemonError;
 use crate::service::listeners;
 use crate::service::live::{self, LiveListener};
 use crate::service::shared::Shared;
@@ -28,7 +28,7 @@ pub(crate) async fn reload(
     shared: &Arc<Shared>,
     capture: &mut Option<Capture>,
     coordinator: &Coordinator,
-) -> anyhow::Result<Arc<Settings>> {
+) -> Result<Arc<Settings>, DaemonError> {
     let new = Arc::new(Settings::load(source)?);
     let current: Vec<SocketAddr> = lock(&shared.listeners).iter().map(|l| l.configured).collect();
     let mut added = Vec::new();
@@ -65,10 +65,12 @@ pub(crate) async fn reload(
 }
 
 /// The key log file the settings name (`capture.tls_keylog`), opened for appending.
-pub(crate) fn open_keylog(settings: &Settings) -> anyhow::Result<Option<Arc<KeyLogFile>>> {
+pub(crate) fn open_keylog(settings: &Settings) -> Result<Option<Arc<KeyLogFile>>, DaemonError> {
     let Some(path) = &settings.capture.tls_keylog else { return Ok(None) };
-    let file = KeyLogFile::open(path).with_context(|| {
-        format!("{}: capture.tls_keylog: cannot open {}", settings.source.display(), path.display())
+    let file = KeyLogFile::open(path).map_err(|error| DaemonError::KeyLog {
+        file: settings.source.clone(),
+        path: path.clone(),
+        error,
     })?;
     Ok(Some(file))
 }
@@ -79,7 +81,7 @@ fn reconfigure_capture(
     new: &Settings,
     shared: &Shared,
     capture: &mut Option<Capture>,
-) -> anyhow::Result<Option<Recorder>> {
+) -> Result<Option<Recorder>, DaemonError> {
     Ok(match (new.capture.on(), capture.as_ref()) {
         (false, _) => None,
         (true, Some(c)) => {
@@ -87,7 +89,7 @@ fn reconfigure_capture(
             Some(c.recorder().clone())
         }
         (true, None) => {
-            let c = Capture::start(new.capture.clone()).context("cannot start the capture writer")?;
+            let c = Capture::start(new.capture.clone()).map_err(DaemonError::CaptureWriter)?;
             *lock(&shared.writer) = Some(c.heartbeat());
             let r = c.recorder().clone();
             *capture = Some(c);

@@ -69,7 +69,7 @@ pub struct Proxy {
     pub admin: Option<SocketAddr>,
     pub state: tokio::sync::watch::Receiver<wstap::State>,
     actions: mpsc::Sender<Action>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), wstap::DaemonError>>,
 }
 
 impl Proxy {

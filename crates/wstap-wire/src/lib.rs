@@ -12,7 +12,8 @@
 //!   stream.
 //! - [`deflate`]: permessage-deflate: negotiation, the bounded inflating loop, the window
 //!   a new capture file restores.
-//! - [`http`]: HTTP/1.1 heads and the length of the body after one.
+//! - [`http`]: HTTP/1.1 heads, where a head ends, and the one message framer (bodies by
+//!   length, chunks, or to the close; HEAD, 1xx, 204, 304; the switch after a `101`).
 //! - [`time`]: [`Timestamp`], the one time type of capture and replay.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -180,5 +180,5 @@ fn main() -> ExitCode {
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
-    wstap::run(wstap::Settings::load(config)?)
+    Ok(wstap::run(wstap::Settings::load(config)?)?)
 }

@@ -1,4 +1,4 @@
-//! Turns recorder events into pcapng packets, section after section: one synthesized
+//! Turns queued events into pcapng packets, section after section: one synthesized
 //! [`Flow`] per captured leg, its bytes rewritten by the rules, its comments. This is
 //! the dispatcher; each job is a part of its own: the section and its statistics
 //! (`section`, `statistics`), ACK scheduling and the packet held back for a close

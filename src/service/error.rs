@@ -1,0 +1,48 @@
+//! Why the daemon could not start, or a reload could not be applied. Each variant's
+//! message names what failed and, where a config key is at fault, the key and the file;
+//! the underlying error is part of the message, so a log line or the command's one-line
+//! error says it all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+
+/// Why the daemon could not start, or a reload could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config file could not be read or is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An address the config names could not be bound.
+    #[error("cannot listen on {addr} (key `{key}` in {}): {error}", file.display())]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The config key that names it (`listen`, `admin.listen`, `live.listen`).
+        key: &'static str,
+        /// The config file.
+        file: PathBuf,
+        /// What binding it said.
+        error: std::io::Error,
+    },
+    /// The key log file (`capture.tls_keylog`) could not be opened.
+    #[error("{}: capture.tls_keylog: cannot open {}: {error}", file.display(), path.display())]
+    KeyLog {
+        /// The config file.
+        file: PathBuf,
+        /// The key log file.
+        path: PathBuf,
+        /// What opening it said.
+        error: std::io::Error,
+    },
+    /// The capture writer's thread could not start.
+    #[error("cannot start the capture writer: {0}")]
+    CaptureWriter(std::io::Error),
+    /// The signal handlers could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The event loop could not be built.
+    #[error("cannot start the event loop: {0}")]
+    Runtime(std::io::Error),
+}
