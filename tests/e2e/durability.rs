@@ -157,23 +157,17 @@ impl SmallDisk {
     }
 }
 
-impl SmallDisk {
-    /// Mounts one, or says why the test is skipped (mounting needs root).
-    fn mount_or_skip(at: &Path, size: &str) -> Option<SmallDisk> {
-        SmallDisk::mount(at, size).map_err(|why| eprintln!("skipped: mounting a small tmpfs needs root ({why})")).ok()
-    }
-}
-
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 
+#[ignore = "needs root: mounts a small tmpfs"]
 #[tokio::test]
 async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is_room() {
     let scratch = capture_dir("fulldisk");
-    let Some(disk) = SmallDisk::mount_or_skip(&scratch, "160k") else { return };
+    let disk = SmallDisk::mount(&scratch, "160k").expect("mounting a small tmpfs (this test needs root)");
     within(async {
         let dir = scratch.join("captures");
         let extra = "flush_interval = \"100ms\"\n[capture.rotate]\nsize = \"64KiB\"\ninterval = \"0s\"\nfiles = 0";
@@ -236,13 +230,14 @@ async fn a_full_filesystem_never_hurts_traffic_and_capture_resumes_when_there_is
     drop(disk);
 }
 
+#[ignore = "needs root: mounts a small tmpfs"]
 #[test]
 fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
     use wstap::capture::FileSink;
     use wstap::capture::SectionInfo;
     use wstap::capture::Stats;
     let scratch = capture_dir("episodes");
-    let Some(disk) = SmallDisk::mount_or_skip(&scratch, "96k") else { return };
+    let disk = SmallDisk::mount(&scratch, "96k").expect("mounting a small tmpfs (this test needs root)");
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
     (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 0);
@@ -295,13 +290,14 @@ fn packets_in(file: &Path) -> u64 {
     line.rsplit(' ').next().unwrap().trim().parse().unwrap()
 }
 
+#[ignore = "needs root: mounts a small tmpfs"]
 #[test]
 fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_captures_out() {
     use wstap::capture::FileSink;
     use wstap::capture::SectionInfo;
     use wstap::capture::Stats;
     let scratch = capture_dir("episode-ring");
-    let Some(disk) = SmallDisk::mount_or_skip(&scratch, "256k") else { return };
+    let disk = SmallDisk::mount(&scratch, "256k").expect("mounting a small tmpfs (this test needs root)");
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
     (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 3);

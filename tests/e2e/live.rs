@@ -371,6 +371,7 @@ async fn a_reload_keeps_subscribers_unless_their_listener_moves() {
 }
 
 #[tokio::test]
+#[ignore = "needs root: Wireshark 4.0's only extcap folder is the global one"]
 async fn the_extcap_interface_lists_in_tshark_and_decodes_the_live_sessions() {
     within(async {
         // What `make install-extcap` does, with this build: linked into the folder tshark names.
@@ -380,11 +381,6 @@ async fn the_extcap_interface_lists_in_tshark_and_decodes_the_live_sessions() {
             .output()
             .unwrap();
         let said = String::from_utf8_lossy(&make.stdout).into_owned() + &String::from_utf8_lossy(&make.stderr);
-        if !make.status.success() && said.contains("Permission denied") {
-            // Wireshark 4.0's only extcap folder is the global one: root's, as for the small-disk tests.
-            eprintln!("skipped: the extcap folder tshark names is not writable: {said}");
-            return;
-        }
         assert!(said.contains("linked"), "{said}");
         let interfaces = run("tshark", &["-D"]);
         assert!(interfaces.contains("wstap (wstap live capture"), "{interfaces}");

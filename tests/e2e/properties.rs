@@ -13,30 +13,18 @@ use wstap_replay::Kind;
 
 use crate::capture::{capture_dir, sink_settings, synthetic_session, the_files};
 
-/// A small seeded generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
-    }
-}
-
 /// What one case expects of the client leg, per direction: (kind, payload or lost bytes).
 type Expected = BTreeMap<Dir, Vec<(Kind, Vec<u8>, u64)>>;
 
 #[test]
 fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_drop() {
     for seed in 1..=100u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = fastrand::Rng::with_seed(seed);
         let sizes = [0usize, 1, 125, 126, 1400, 1461, 65_535, 65_536];
-        let messages: Vec<Vec<u8>> = (0..1 + rng.below(10))
+        let messages: Vec<Vec<u8>> = (0..1 + rng.usize(..10))
             .map(|_| {
-                let len = if rng.below(2) == 0 { sizes[rng.below(sizes.len())] } else { rng.below(20_000) };
-                (0..len).map(|_| rng.below(256) as u8).collect()
+                let len = if rng.bool() { sizes[rng.usize(..sizes.len())] } else { rng.usize(..20_000) };
+                (0..len).map(|_| rng.u8(..)).collect()
             })
             .collect();
         let (client, upstream) = (1, 2);
@@ -57,7 +45,7 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
                         let payload = messages[sent[d]].clone();
                         sent[d] += 1;
                         // One client-leg frame in five is dropped, as a full queue would.
-                        if rng.below(5) == 0 {
+                        if rng.usize(..5) == 0 {
                             expected.entry(d).or_default().push((Kind::Gap, Vec::new(), frame));
                             let what = What::Gap(Gap { dir: d, until: offset + frame, frames: 1, compressed: false });
                             sink.process(Event { time, leg, what }, &stats);
@@ -68,7 +56,7 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
                     // Any chunking: the frame in random pieces.
                     let mut at = 0usize;
                     while at < bytes.len() {
-                        let n = 1 + rng.below(bytes.len() - at);
+                        let n = 1 + rng.usize(..bytes.len() - at);
                         let piece = bytes.slice(at..at + n);
                         let what = What::Data { dir: d, offset: offset + at as u64, bytes: piece };
                         sink.process(Event { time, leg, what }, &stats);
@@ -78,7 +66,7 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
                 what => sink.process(Event { time, leg, what }, &stats),
             }
             // Any rotation point (taken at the next frame boundary).
-            if rng.below(6) == 0 {
+            if rng.usize(..6) == 0 {
                 sink.rotate_soon(time);
                 rotations += 1;
             }
