@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
+use wstap_wire::wsframe::Opcode;
 
 const TARGETS: [&str; 7] = ["direct", "nginx", "nginx-64k", "nginx-64k+dumpcap", "wstap-off", "wstap-on", "wstap-both"];
 
@@ -668,12 +669,10 @@ fn http_get(addr: &str, path: &str) -> String {
 fn captured_payload(dir: &Path) -> u64 {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
     files.sort();
-    let mut total = 0;
+    let (mut total, mut problems) = (0, Vec::new());
     for f in files {
         let rec = wstap_replay::open(&f).unwrap_or_else(|e| panic!("{e}"));
-        for p in &rec.problems {
-            eprintln!("capture problem: {p}");
-        }
+        problems.extend(rec.problems.iter().map(|p| format!("{}: {p}", f.display())));
         total += rec
             .sessions
             .iter()
@@ -681,6 +680,10 @@ fn captured_payload(dir: &Path) -> u64 {
             .filter(|m| matches!(m.kind, wstap_replay::Kind::Text | wstap_replay::Kind::Binary))
             .map(|m| m.data.len() as u64)
             .sum::<u64>();
+    }
+    // A ring of small files cut mid-connection (dumpcap's) has a few per file: the first says it.
+    if let Some(first) = problems.first() {
+        eprintln!("{}: {} problems reading the capture back, the first: {first}", dir.display(), problems.len());
     }
     total
 }
@@ -704,12 +707,12 @@ async fn throughput(addr: &str, conns: usize, size: usize, secs: Duration) -> Th
         let (count, stop, payload, addr) = (count.clone(), stop.clone(), payload.clone(), addr.to_string());
         tasks.push(local.spawn_local(async move {
             let mut s = wire::connect(&addr, "/bench").await.unwrap_or_else(|e| panic!("{addr}: {e}"));
-            let frame = wire::client_frame(wire::BINARY, &payload, [c as u8, 0x5a, 0xa5, 0x3c]);
+            let frame = wire::client_frame(Opcode::Binary, &payload, [c as u8, 0x5a, 0xa5, 0x3c]);
             let mut got = Vec::with_capacity(size);
             while !stop.load(Relaxed) {
                 s.get_mut().write_all(&frame).await.unwrap();
                 let op = wire::read_frame(&mut s, &mut got).await.unwrap();
-                assert!(op == wire::BINARY && got == *payload, "{addr}: a wrong echo");
+                assert!(op == Opcode::Binary && got == *payload, "{addr}: a wrong echo");
                 count.fetch_add(1, Relaxed);
             }
             close(&mut s).await;
@@ -748,11 +751,11 @@ async fn measure(
 }
 
 async fn close(s: &mut tokio::io::BufReader<tokio::net::TcpStream>) {
-    let frame = wire::client_frame(wire::CLOSE, &1000u16.to_be_bytes(), [1, 2, 3, 4]);
+    let frame = wire::client_frame(Opcode::Close, &1000u16.to_be_bytes(), [1, 2, 3, 4]);
     if s.get_mut().write_all(&frame).await.is_ok() {
         let mut got = Vec::new();
         while let Ok(op) = wire::read_frame(s, &mut got).await {
-            if op == wire::CLOSE {
+            if op == Opcode::Close {
                 break;
             }
         }
@@ -763,7 +766,7 @@ async fn close(s: &mut tokio::io::BufReader<tokio::net::TcpStream>) {
 async fn latency(addr: &str, secs: Duration) -> (f64, f64, u64) {
     let mut s = wire::connect(addr, "/bench").await.unwrap();
     let payload = vec![0x42u8; 64];
-    let frame = wire::client_frame(wire::BINARY, &payload, [9, 8, 7, 6]);
+    let frame = wire::client_frame(Opcode::Binary, &payload, [9, 8, 7, 6]);
     let mut got = Vec::new();
     let mut samples = Vec::new();
     let (warm, end) = (Instant::now() + Duration::from_millis(500), Instant::now() + Duration::from_millis(500) + secs);
@@ -814,7 +817,7 @@ async fn connect_rate(addr: &str, workers: usize, secs: Duration) -> (f64, u64, 
 async fn idle_rss(addr: &str, pids: &[u32], n: usize) -> (f64, f64, u64) {
     let before = rss_kib(pids);
     let payload = vec![0x17u8; 64];
-    let frame = wire::client_frame(wire::TEXT, &payload, [3, 1, 4, 1]);
+    let frame = wire::client_frame(Opcode::Text, &payload, [3, 1, 4, 1]);
     let mut open = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(100) {
         let batch = (chunk * 100..(chunk * 100 + 100).min(n)).map(|_| {

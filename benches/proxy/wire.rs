@@ -1,5 +1,6 @@
 //! Just enough WebSocket for the load generator and the echo backend: the client
-//! handshake, masked client frames, reading one frame, and a server that echoes. Raw on
+//! handshake, masked client frames, reading one frame (with `wstap_wire`'s frame
+//! codec), and a server that echoes. Raw on
 //! tokio's TcpStream, so the load generator and the backend cost as little CPU as
 //! possible: on two shared cores, every cycle they spend is one the proxy does not get.
 
@@ -7,54 +8,30 @@ use std::io;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-pub const TEXT: u8 = 1;
-pub const BINARY: u8 = 2;
-pub const CLOSE: u8 = 8;
+use wstap_wire::wsframe::{apply_mask, encode_frame, first_byte, FrameHeader, Opcode};
 
 /// A client frame: FIN, `opcode`, masked with `mask`.
-pub fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(payload.len() + 14);
-    f.push(0x80 | opcode);
-    push_len(&mut f, payload.len(), 0x80);
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
-fn push_len(f: &mut Vec<u8>, n: usize, mask_bit: u8) {
-    match n {
-        0..=125 => f.push(mask_bit | n as u8),
-        126..=65535 => {
-            f.push(mask_bit | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            f.push(mask_bit | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+pub fn client_frame(opcode: Opcode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    encode_frame(first_byte(true, false, opcode), payload, Some(mask))
 }
 
 /// Reads one frame into `payload` (unmasked); returns its opcode.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> io::Result<u8> {
-    let mut h = [0u8; 2];
-    r.read_exact(&mut h).await?;
-    let len = match h[1] & 0x7f {
-        126 => u64::from(r.read_u16().await?),
-        127 => r.read_u64().await?,
-        n => u64::from(n),
-    };
-    let mut mask = [0u8; 4];
-    if h[1] & 0x80 != 0 {
-        r.read_exact(&mut mask).await?;
-    }
-    payload.resize(len as usize, 0);
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> io::Result<Opcode> {
+    let mut h = [0u8; 14];
+    r.read_exact(&mut h[..2]).await?;
+    let extra = match h[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    } + if h[1] & 0x80 != 0 { 4 } else { 0 };
+    r.read_exact(&mut h[2..2 + extra]).await?;
+    let header = FrameHeader::parse(&h[..2 + extra]).ok_or_else(|| io::Error::other("bad frame header"))?;
+    payload.resize(header.len as usize, 0);
     r.read_exact(payload).await?;
-    if h[1] & 0x80 != 0 {
-        payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= mask[i % 4]);
+    if let Some(key) = header.mask {
+        apply_mask(payload, key, 0);
     }
-    Ok(h[0] & 0x0f)
+    Ok(header.opcode)
 }
 
 /// Connects and upgrades; the stream is then positioned at the first frame.
@@ -118,11 +95,10 @@ async fn echo(s: TcpStream) -> io::Result<()> {
     loop {
         let opcode = read_frame(&mut s, &mut payload).await?;
         out.clear();
-        out.push(0x80 | opcode);
-        push_len(&mut out, payload.len(), 0);
+        out.extend(FrameHeader::encode(first_byte(true, false, opcode), payload.len() as u64, None));
         out.extend_from_slice(&payload);
         s.get_mut().write_all(&out).await?;
-        if opcode == CLOSE {
+        if opcode == Opcode::Close {
             return Ok(());
         }
     }
