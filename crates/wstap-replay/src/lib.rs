@@ -42,6 +42,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The guide, `docs/replay.md`: its Rust examples run as this crate's doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/replay.md")]
+pub struct Guide;
+
 pub mod capfile;
 pub mod dissect;
 mod player;

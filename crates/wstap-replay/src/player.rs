@@ -40,6 +40,19 @@ pub struct Options {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+impl Default for Options {
+    /// At the recorded pace, nothing ignored, 5 s for each of the peer's messages, no TLS.
+    fn default() -> Options {
+        Options {
+            speed: Some(1.0),
+            ignore: Vec::new(),
+            wait: Duration::from_secs(5),
+            client_tls: None,
+            server_tls: None,
+        }
+    }
+}
+
 /// A connection to play over: TCP, or TLS over it.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
