@@ -58,8 +58,14 @@ impl MetricType {
     }
 }
 
-fn one(name: &'static str, kind: MetricType, help: &'static str, value: u64) -> Family {
-    Family { name, kind, help, rows: vec![(String::new(), value)] }
+/// A counter family of one row.
+fn counter(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family { name, kind: MetricType::Counter, help, rows: vec![(String::new(), value)] }
+}
+
+/// A gauge family of one row.
+fn gauge(name: &'static str, help: &'static str, value: u64) -> Family {
+    Family { name, kind: MetricType::Gauge, help, rows: vec![(String::new(), value)] }
 }
 
 impl Metrics {
@@ -78,22 +84,19 @@ impl Metrics {
         families.extend(capture.map(capture_families).into_iter().flatten());
         let joined = self.live_joined.load(Relaxed);
         families.extend([
-            one(
+            gauge(
                 "wstap_live_subscribers",
-                MetricType::Gauge,
                 "Live-stream subscribers connected now.",
                 joined.saturating_sub(self.live_gone.load(Relaxed)),
             ),
-            one("wstap_live_subscribers_total", MetricType::Counter, "Live-stream subscribers that joined.", joined),
-            one(
+            counter("wstap_live_subscribers_total", "Live-stream subscribers that joined.", joined),
+            counter(
                 "wstap_live_cut_off_total",
-                MetricType::Counter,
                 "Live-stream subscribers disconnected for falling more than live.buffer behind.",
                 self.live_cut_off.load(Relaxed),
             ),
-            one(
+            counter(
                 "wstap_live_refused_total",
-                MetricType::Counter,
                 "Live-stream connections refused (live.allow, live.max_clients).",
                 self.live_refused.load(Relaxed),
             ),
@@ -121,36 +124,11 @@ impl Metrics {
             .map(|((leg, kind), n)| (format!("{{side=\"{}\",kind=\"{}\"}}", leg.name(), kind.label()), n))
             .collect();
         vec![
-            one(
-                "wstap_up",
-                MetricType::Gauge,
-                "1 while every listener accepts and the capture writer is not stuck.",
-                healthy.into(),
-            ),
-            one(
-                "wstap_connections_active",
-                MetricType::Gauge,
-                "Client connections open now.",
-                t.connections_active.load(Relaxed),
-            ),
-            one(
-                "wstap_connections_total",
-                MetricType::Counter,
-                "Client connections accepted.",
-                t.connections_total.load(Relaxed),
-            ),
-            one(
-                "wstap_sessions_active",
-                MetricType::Gauge,
-                "WebSocket sessions being relayed now.",
-                t.sessions_active() as u64,
-            ),
-            one(
-                "wstap_sessions_total",
-                MetricType::Counter,
-                "WebSocket sessions started.",
-                t.sessions_total.load(Relaxed),
-            ),
+            gauge("wstap_up", "1 while every listener accepts and the capture writer is not stuck.", healthy.into()),
+            gauge("wstap_connections_active", "Client connections open now.", t.connections_active.load(Relaxed)),
+            counter("wstap_connections_total", "Client connections accepted.", t.connections_total.load(Relaxed)),
+            gauge("wstap_sessions_active", "WebSocket sessions being relayed now.", t.sessions_active() as u64),
+            counter("wstap_sessions_total", "WebSocket sessions started.", t.sessions_total.load(Relaxed)),
             Family {
                 name: "wstap_bytes_total",
                 kind: MetricType::Counter,
@@ -206,40 +184,26 @@ impl Metrics {
 fn capture_families(s: &Stats) -> Vec<Family> {
     let get = |a: &AtomicU64| a.load(Relaxed);
     vec![
-        one(
-            "wstap_capture_bytes_total",
-            MetricType::Counter,
-            "Payload bytes written to capture files.",
-            get(&s.bytes_captured),
-        ),
-        one(
-            "wstap_capture_packets_total",
-            MetricType::Counter,
-            "Packets written to capture files.",
-            get(&s.packets_written),
-        ),
-        one(
+        counter("wstap_capture_bytes_total", "Payload bytes written to capture files.", get(&s.bytes_captured)),
+        counter("wstap_capture_packets_total", "Packets written to capture files.", get(&s.packets_written)),
+        counter(
             "wstap_capture_dropped_events_total",
-            MetricType::Counter,
             "Capture events dropped (queue full or no file).",
             get(&s.events_dropped),
         ),
-        one(
+        counter(
             "wstap_capture_dropped_bytes_total",
-            MetricType::Counter,
             "Captured payload bytes dropped because the queue was full.",
             get(&s.bytes_dropped),
         ),
-        one(
+        counter(
             "wstap_capture_unwritten_bytes_total",
-            MetricType::Counter,
             "Packet bytes not written because no file could be.",
             get(&s.bytes_unwritten),
         ),
-        one("wstap_capture_write_errors_total", MetricType::Counter, "Capture write errors.", get(&s.write_errors)),
-        one(
+        counter("wstap_capture_write_errors_total", "Capture write errors.", get(&s.write_errors)),
+        counter(
             "wstap_capture_files_finished_total",
-            MetricType::Counter,
             "Capture files finished (synced and renamed).",
             get(&s.files_finished),
         ),
