@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use wstap::capture::{CaptureWriter, ConnId, Event, Gap, LegId, Processed, PureAcks, Scope};
-use wstap::capture::{SectionInfo, Stats, Synthesis, What};
+use wstap::capture::{Ending, SectionInfo, Stats, Synthesis, What};
 use wstap::config::{DisplayPort, Legs, Redact, Segmentation, Snap};
 use wstap::{Dir, Leg, Opening, PerDir};
 use wstap_wire::Timestamp;
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
                 w.rotation_due(Timestamp::from_nanos(time));
                 continue;
             }
-            _ => What::Close { reason: "fuzz".into(), offsets: *at },
+            _ => What::Close { reason: Ending::Said("fuzz".into()), offsets: *at },
         };
         let mut ev = Some(Event { time: Timestamp::from_nanos(time), leg: LegId(leg), what });
         while let Some(e) = ev.take() {

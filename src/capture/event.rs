@@ -10,7 +10,7 @@ use bytes::Bytes;
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
 use crate::capture::ids::{ConnId, LegId};
-use crate::capture::note::Note;
+use crate::capture::note::{Ending, Note};
 use crate::config::Snap;
 
 /// What a leg's capture covers.
@@ -73,7 +73,7 @@ pub enum What {
     /// The socket was closed.
     Close {
         /// How it ended: goes on the leg's last packet.
-        reason: String,
+        reason: Ending,
         /// The captured streams' lengths.
         offsets: PerDir<u64>,
     },

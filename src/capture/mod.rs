@@ -34,7 +34,7 @@ pub(crate) mod write;
 pub use event::{Event, Gap, Opening, Scope, What};
 pub use host::section_info;
 pub use ids::{ConnId, LegId};
-pub use note::{Audience, Cut, Forgotten, Heading, Note, Redaction, Repeats, TlsHeld, TlsLeg};
+pub use note::{Audience, Cut, Ending, Forgotten, Heading, Note, Redaction, Repeats, SessionEnd, TlsHeld, TlsLeg};
 pub use queue::Recorder;
 pub use stats::Stats;
 pub use taps::{Layer, Mark, Start, Tap, Tee};

@@ -84,8 +84,8 @@ pub enum Note {
     Closed {
         /// Which leg.
         leg: Leg,
-        /// How it ended (the relay's words, or "connection closed").
-        reason: String,
+        /// How it ended.
+        reason: Ending,
         /// Bytes each way, captured or not.
         bytes: PerDir<u64>,
         /// Of them, bytes not captured.
@@ -201,6 +201,61 @@ pub enum Forgotten {
     },
     /// The capture lost some of them.
     Lost,
+}
+
+/// How a leg's connection ended: the start of the comment on its last packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// It closed, and nothing more is known (a connection that carried no session).
+    Closed,
+    /// The relay of the WebSocket session it carried ended.
+    Session {
+        /// The client connection of the session.
+        conn: ConnId,
+        /// How the relay ended.
+        end: SessionEnd,
+    },
+    /// In the words of the program that recorded the connection (a library user's).
+    Said(String),
+}
+
+/// How a WebSocket session's relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Both sides closed their write direction (each FIN was passed on).
+    BothClosed,
+    /// No byte moved either way for this long.
+    Idle(Duration),
+    /// The daemon's shutdown grace period ran out.
+    Shutdown,
+    /// A read or a write failed on a leg.
+    Aborted {
+        /// The leg whose socket failed.
+        leg: Leg,
+        /// The error, as the socket gave it.
+        error: String,
+    },
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::Closed => f.write_str("connection closed"),
+            Ending::Session { conn, end } => write!(f, "WebSocket session {conn} {end}"),
+            Ending::Said(words) => f.write_str(words),
+        }
+    }
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionEnd::BothClosed => f.write_str("closed by both sides"),
+            SessionEnd::Idle(d) => write!(f, "closed after {} idle", humantime::format_duration(*d)),
+            SessionEnd::Shutdown => f.write_str("closed at the end of the shutdown grace period"),
+            SessionEnd::Aborted { leg, error } => write!(f, "aborted: {} error: {error}", leg.name()),
+        }
+    }
 }
 
 /// What a leg's capture is, in words: its first comment, and what a new section's
@@ -375,7 +430,13 @@ impl fmt::Display for Note {
 }
 
 /// How a leg closed, and what each end sent.
-fn closed(f: &mut fmt::Formatter<'_>, leg: Leg, reason: &str, bytes: &PerDir<u64>, lost: &PerDir<u64>) -> fmt::Result {
+fn closed(
+    f: &mut fmt::Formatter<'_>,
+    leg: Leg,
+    reason: &Ending,
+    bytes: &PerDir<u64>,
+    lost: &PerDir<u64>,
+) -> fmt::Result {
     let count = |dir: Dir| match lost[dir] {
         0 => format!("{} bytes", bytes[dir]),
         n => format!("{} bytes ({n} not captured)", bytes[dir]),
@@ -519,14 +580,47 @@ mod tests {
             Note::FrameCut { kept: 0, len: 5, why: Cut::TooLargeToSearch { limit_mib: 1 } },
             Note::Closed {
                 leg: Leg::Client,
-                reason: "done".into(),
+                reason: Ending::Said("done".into()),
                 bytes: PerDir::new(506, 10),
                 lost: PerDir::new(500, 0),
             },
             Note::Closed {
                 leg: Leg::Upstream,
-                reason: "done".into(),
+                reason: Ending::Said("done".into()),
                 bytes: PerDir::new(7, 9),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Closed,
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Upstream,
+                reason: Ending::Session { conn: ConnId(3), end: SessionEnd::BothClosed },
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Session { conn: ConnId(3), end: SessionEnd::Idle(Duration::from_secs(300)) },
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Session { conn: ConnId(3), end: SessionEnd::Shutdown },
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Session {
+                    conn: ConnId(3),
+                    end: SessionEnd::Aborted { leg: Leg::Upstream, error: "connection reset by peer".into() },
+                },
+                bytes: PerDir::new(1, 2),
                 lost: PerDir::new(0, 0),
             },
             Note::Repeat(Audience::File),

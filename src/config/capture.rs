@@ -116,7 +116,7 @@ pub enum TlsCapture {
     #[default]
     Plaintext,
     /// The TLS records as they crossed, and the connection's keys in a Decryption
-    /// Secrets Block: Wireshark decrypts them from the file alone. Nothing is masked.
+    /// Secrets Block: Wireshark decrypts them from the file alone. Nothing is redacted.
     Encrypted,
 }
 
@@ -177,7 +177,7 @@ impl Redact {
         }
     }
 
-    /// Nothing is masked.
+    /// Nothing is redacted.
     pub fn is_off(&self) -> bool {
         self.headers.is_empty() && self.query.is_empty() && self.payload.is_empty()
     }
@@ -188,6 +188,27 @@ impl PartialEq for Redact {
         let patterns = |r: &Redact| r.payload.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
         self.headers == other.headers && self.query == other.query && patterns(self) == patterns(other)
     }
+}
+
+/// Whether the receivers' pure ACKs are written (`capture.acks`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PureAcks {
+    /// Each chunk of data is acknowledged: on the receiver's own next data or FIN when
+    /// that comes first, else with a pure ACK.
+    #[default]
+    Written,
+    /// Only data, handshakes and teardowns are written.
+    Omitted,
+}
+
+/// What a capture file holds (`capture.per_session`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FilesPer {
+    /// Every session, in one rotating series of files.
+    #[default]
+    Capture,
+    /// One session each: a file per session, finished when it closes.
+    Session,
 }
 
 /// The `[capture]` table: what is recorded, where, and how packets are made.
@@ -209,19 +230,19 @@ pub struct CaptureSettings {
     pub mss_ipv6: u16,
     /// Segments of the MSS, or as large as the proxy relayed them.
     pub segment: Segmentation,
-    /// A pure ACK from the receiver after each chunk of data.
-    pub acks: bool,
+    /// Whether the receivers' pure ACKs are written (`capture.acks`).
+    pub acks: PureAcks,
     /// Bytes of captured data allowed to wait for the writer; past it, data is dropped.
     pub queue_size: usize,
     /// Data reaches the OS at least this often.
     pub flush_interval: Duration,
-    /// One file per session instead of one rotating series.
-    pub per_session: bool,
+    /// One rotating series of files, or one file per session (`capture.per_session`).
+    pub files: FilesPer,
     /// Mode of created files (the umask applies too).
     pub file_mode: u32,
     /// When files rotate and how many are kept.
     pub rotate: RotateSettings,
-    /// What is masked before it is written.
+    /// What is redacted before it is written.
     pub redact: Redact,
     /// Seeds the choice of sampled sessions, for runs that must repeat; `None`: random.
     pub sample_seed: Option<u64>,
@@ -249,10 +270,10 @@ impl CaptureSettings {
             mss_ipv4: wstap_wire::tcp::MSS_IPV4,
             mss_ipv6: wstap_wire::tcp::MSS_IPV6,
             segment: Segmentation::Mss,
-            acks: true,
+            acks: PureAcks::Written,
             queue_size: 64 << 20,
             flush_interval: Duration::from_secs(1),
-            per_session: false,
+            files: FilesPer::Capture,
             file_mode: 0o640,
             rotate: RotateSettings {
                 size: 100 << 20,

@@ -238,7 +238,7 @@ pub(super) enum FileDisplayPort {
     Name(String),
 }
 
-/// `redact`: `false` (nothing is masked), `true` (the defaults), or a table.
+/// `redact`: `false` (nothing is redacted), `true` (the defaults), or a table.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub(super) enum FileRedact {

@@ -19,7 +19,8 @@ mod units;
 mod validate;
 
 pub use capture::{
-    CaptureMode, CaptureSettings, DisplayPort, Legs, Policy, Redact, RotateSettings, Segmentation, Snap, TlsCapture,
+    CaptureMode, CaptureSettings, DisplayPort, FilesPer, Legs, Policy, PureAcks, Redact, RotateSettings, Segmentation,
+    Snap, TlsCapture,
 };
 use file::FileConfig;
 pub use live::{LiveFormat, LiveSettings};
@@ -103,8 +104,17 @@ pub struct ProxySettings {
     /// merged, dot-segments removed; paths that climb above the root or out of their
     /// route get `400`.
     pub normalize_path: bool,
-    /// Let `%2F` and `%5C` through (kept encoded) instead of answering `400`.
-    pub allow_encoded_slash: bool,
+    /// What an escaped slash in a path does (`proxy.allow_encoded_slash`).
+    pub encoded_slash: EncodedSlash,
+}
+
+/// What an escaped `/` or `\` (`%2F`, `%5C`) in a path does (`proxy.allow_encoded_slash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodedSlash {
+    /// The request gets `400`: the escape could hide a path segment from the route.
+    Refused,
+    /// The escape stays as it is, an opaque part of its segment.
+    Kept,
 }
 
 /// A config error, already phrased for the operator.

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{CaptureSettings, DisplayPort, LiveFormat, Policy, Redact, Segmentation, Settings, TlsCapture};
+use super::{
+    CaptureSettings, DisplayPort, EncodedSlash, FilesPer, LiveFormat, Policy, PureAcks, Redact, Segmentation, Settings,
+    TlsCapture,
+};
 
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
@@ -88,7 +91,7 @@ fn write_limits(f: &mut fmt::Formatter<'_>, s: &Settings) -> fmt::Result {
     writeln!(f, "\n[proxy]")?;
     writeln!(f, "x_forwarded = {}", s.proxy.x_forwarded)?;
     writeln!(f, "normalize_path = {}", s.proxy.normalize_path)?;
-    writeln!(f, "allow_encoded_slash = {}", s.proxy.allow_encoded_slash)?;
+    writeln!(f, "allow_encoded_slash = {}", s.proxy.encoded_slash == EncodedSlash::Kept)?;
     writeln!(f, "preserve_host = {}", s.proxy.preserve_host)
 }
 
@@ -121,13 +124,13 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
     if c.segment == Segmentation::Gro {
         writeln!(f, "segment = \"gro\"")?;
     }
-    writeln!(f, "acks = {}", c.acks)?;
+    writeln!(f, "acks = {}", c.acks == PureAcks::Written)?;
     writeln!(f, "queue_size = {}", c.queue_size)?;
     writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
-    writeln!(f, "per_session = {}", c.per_session)?;
+    writeln!(f, "per_session = {}", c.files == FilesPer::Session)?;
     writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
     if c.tls == TlsCapture::Encrypted {
-        writeln!(f, "# WARNING: TLS legs are captured encrypted with their keys: nothing in them is masked")?;
+        writeln!(f, "# WARNING: TLS legs are captured encrypted with their keys: nothing in them is redacted")?;
         writeln!(f, "tls = \"encrypted\"")?;
     }
     if let Some(keylog) = &c.tls_keylog {

@@ -9,8 +9,8 @@ use super::file::{FileCapture, FileConfig, FileDisplayPort, FileLimits, FileReda
 use super::route::Route;
 use super::units::{ByteSize, HumanDuration};
 use super::{
-    CaptureMode, CaptureSettings, ConfigError, DisplayPort, Legs, Limits, Policy, ProxySettings, Redact,
-    RotateSettings, Settings, ShutdownSettings, Snap,
+    CaptureMode, CaptureSettings, ConfigError, DisplayPort, EncodedSlash, FilesPer, Legs, Limits, Policy,
+    ProxySettings, PureAcks, Redact, RotateSettings, Settings, ShutdownSettings, Snap,
 };
 use wstap_wire::tcp::MSS_MAX;
 
@@ -82,7 +82,7 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
             x_forwarded: f.proxy.x_forwarded,
             preserve_host: f.proxy.preserve_host,
             normalize_path: f.proxy.normalize_path,
-            allow_encoded_slash: f.proxy.allow_encoded_slash,
+            encoded_slash: if f.proxy.allow_encoded_slash { EncodedSlash::Kept } else { EncodedSlash::Refused },
         },
         capture,
         log_level: f.log.level,
@@ -233,10 +233,10 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         mss_ipv4: c.mss_ipv4,
         mss_ipv6: c.mss_ipv6,
         segment: c.segment,
-        acks: c.acks,
+        acks: if c.acks { PureAcks::Written } else { PureAcks::Omitted },
         queue_size: c.queue_size.0 as usize,
         flush_interval: c.flush_interval.0,
-        per_session: c.per_session,
+        files: if c.per_session { FilesPer::Session } else { FilesPer::Capture },
         file_mode,
         rotate: RotateSettings {
             size: c.rotate.size.0,

@@ -29,7 +29,7 @@ use crate::proxy::context::ProxyContext;
 use crate::proxy::error::{Failure, ProxyError};
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
-use crate::proxy::path::{self, EncodedSlash};
+use crate::proxy::path;
 use crate::proxy::recording::{self, Exchange, LegTap, Recording};
 use crate::proxy::shutdown::{Phase, Shutdown};
 use crate::proxy::tls;
@@ -199,8 +199,7 @@ impl ClientConn {
         let settings = &self.ctx.settings;
         let find = |path: &str| settings.routes.iter().position(|r| r.matches(host, path));
         let path = if settings.proxy.normalize_path {
-            let slash = if settings.proxy.allow_encoded_slash { EncodedSlash::Kept } else { EncodedSlash::Refused };
-            let path = path::normalize(raw, slash).map_err(ProxyError::BadPath)?;
+            let path = path::normalize(raw, settings.proxy.encoded_slash).map_err(ProxyError::BadPath)?;
             // `/ws/../admin` names the route of `/ws` and climbs out of it: refused. Under a
             // catch-all `/`, `/static/../ws` stays inside the route it names, and goes on
             // to the route its normalised path picks.

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::config::EncodedSlash;
+
 /// Why a path is refused (`400`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadPath {
@@ -31,15 +33,6 @@ impl fmt::Display for BadPath {
             BadPath::OutOfRoute => "the path's dot-segments lead out of the route it names",
         })
     }
-}
-
-/// What an escaped `/` or `\` (`%2F`, `%5C`) in a path does (`proxy.allow_encoded_slash`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EncodedSlash {
-    /// The request is refused: the escape could hide a path segment from the route.
-    Refused,
-    /// The escape stays as it is, an opaque part of its segment.
-    Kept,
 }
 
 /// The normalised form of `path` (no query); escaped slashes as `slash` says.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use wstap_wire::{Leg, PerLeg};
 
-use crate::capture::{ConnId, Heading, Layer, Mark, Opening, Scope, Start, Tap, TlsHeld, TlsLeg};
+use crate::capture::{ConnId, Ending, Heading, Layer, Mark, Opening, Scope, Start, Tap, TlsHeld, TlsLeg};
 use crate::config::route::Route;
 use crate::config::TlsCapture;
 use crate::proxy::context::ProxyContext;
@@ -184,8 +184,8 @@ impl Recording<'_> {
 
 /// Says why a session's legs close, before their sockets do: it goes on each leg's last
 /// captured packet.
-pub(crate) fn closing(taps: [&Option<Arc<Tap>>; 2], reason: &str) {
+pub(crate) fn closing(taps: [&Option<Arc<Tap>>; 2], reason: &Ending) {
     for tap in taps.into_iter().flatten() {
-        tap.set_close_reason(reason.to_owned());
+        tap.set_close_reason(reason.clone());
     }
 }

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{info, info_span};
 use wstap_wire::Dir;
 
-use crate::capture::Tap;
+use crate::capture::{Ending, Tap};
 use crate::config::route::Route;
 use crate::proxy::client::ClientConn;
 use crate::proxy::recording;
@@ -60,7 +60,8 @@ pub(crate) fn spawn(
         };
         let _listed = conn.ctx.traffic.session_started(conn.id, live);
         let done = splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
-        recording::closing([&conn.capture.tap, &upstream_tap], &format!("WebSocket session {} {}", conn.id, done.end));
+        let ending = Ending::Session { conn: conn.id, end: done.end.said() };
+        recording::closing([&conn.capture.tap, &upstream_tap], &ending);
         drop((client, upstream));
         let (up, down) = (done.bytes[Dir::Up], done.bytes[Dir::Down]);
         let secs = started.elapsed().as_secs_f64();

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 
 use wstap_wire::dir::{Dir, Leg, PerDir};
 
+use crate::capture::SessionEnd;
+
 /// Bytes read per call: 64 KiB, like nginx's large proxy buffers, keeps system calls per
 /// large message low (16 KiB took four reads and four writes per 64 KiB message). The
 /// buffer is one per thread, not one per session.
@@ -43,14 +45,21 @@ pub enum End {
     Error { leg: Leg, error: io::Error },
 }
 
+impl End {
+    /// The end as a capture comment and the log say it.
+    pub fn said(&self) -> SessionEnd {
+        match self {
+            End::Closed => SessionEnd::BothClosed,
+            End::Idle(d) => SessionEnd::Idle(*d),
+            End::Shutdown => SessionEnd::Shutdown,
+            End::Error { leg, error } => SessionEnd::Aborted { leg: *leg, error: error.to_string() },
+        }
+    }
+}
+
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::Closed => f.write_str("closed by both sides"),
-            End::Idle(d) => write!(f, "closed after {} idle", humantime::format_duration(*d)),
-            End::Shutdown => f.write_str("closed at the end of the shutdown grace period"),
-            End::Error { leg, error } => write!(f, "aborted: {} error: {error}", leg.name()),
-        }
+        self.said().fmt(f)
     }
 }
 

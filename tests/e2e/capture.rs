@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
-use wstap::capture::{ConnId, LegId, PureAcks, Scope};
-use wstap_wire::wsframe::Opcode;
+use wstap::capture::{ConnId, Ending, LegId, PureAcks, Scope};
+use wstap_wire::wsframe::{apply_mask, encode_frame, first_byte, FrameHeader, Opcode};
 use wstap_wire::Timestamp;
 
 /// One short WebSocket session through `proxy`, then a clean stop (the file is finished).
@@ -155,7 +155,6 @@ pub(crate) fn ws_messages(bytes: &[u8]) -> Vec<WsMessage> {
 /// As [`ws_messages`]; with `strict` false, a frame cut off at the end (a file a crash
 /// truncated) ends the list instead of failing.
 pub(crate) fn ws_messages_until(bytes: &[u8], strict: bool) -> Vec<WsMessage> {
-    use wstap_wire::wsframe::{apply_mask, FrameHeader};
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     let mut rest = &bytes[head_end..];
     let (mut out, mut partial): (Vec<WsMessage>, Option<WsMessage>) = (Vec::new(), None);
@@ -448,12 +447,11 @@ async fn plain_and_ws_upstream() -> std::net::SocketAddr {
             r.get_mut().write_all(SWITCHED.as_bytes()).await.unwrap();
             let mut hdr = [0u8; 6];
             r.read_exact(&mut hdr).await.unwrap();
-            let len = (hdr[1] & 0x7f) as usize;
-            let mut payload = vec![0u8; len];
+            let h = FrameHeader::parse(&hdr).expect("a masked frame of under 126 bytes");
+            let mut payload = vec![0u8; h.len as usize];
             r.read_exact(&mut payload).await.unwrap();
-            payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= hdr[2 + i % 4]);
-            let mut out = vec![0x81, len as u8];
-            out.extend(payload);
+            apply_mask(&mut payload, h.mask.expect("a client's frame is masked"), 0);
+            let out = encode_frame(first_byte(true, false, Opcode::Text), &payload, None);
             r.get_mut().write_all(&out).await.unwrap();
         }
     })
@@ -536,8 +534,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
     let request = UPGRADE.as_bytes();
     let response = SWITCHED.as_bytes();
     let hello = masked_text_frame(b"hello, golden file");
-    let mut echo = vec![0x81, 18];
-    echo.extend_from_slice(b"hello, golden file");
+    let echo = encode_frame(first_byte(true, false, Opcode::Text), b"hello, golden file", None);
     let open = |kind, local: &str, remote: &str| {
         What::Open(Box::new(Opening {
             leg: kind,
@@ -572,14 +569,14 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         (
             client,
             What::Close {
-                reason: "golden end".into(),
+                reason: Ending::Said("golden end".into()),
                 offsets: PerDir::new((request.len() + hello.len()) as u64, (response.len() + echo.len()) as u64),
             },
         ),
         (
             upstream,
             What::Close {
-                reason: "golden end".into(),
+                reason: Ending::Said("golden end".into()),
                 offsets: PerDir::new((request.len() + hello.len()) as u64, (response.len() + echo.len()) as u64),
             },
         ),
@@ -796,7 +793,7 @@ pub(crate) fn synthetic_session(
     }
     for leg in [client, upstream] {
         let offsets = PerDir::new(up as u64, down as u64);
-        push(leg, What::Close { reason: "synthetic end".into(), offsets });
+        push(leg, What::Close { reason: Ending::Said("synthetic end".into()), offsets });
     }
     ev.into_iter()
         .enumerate()
@@ -804,21 +801,14 @@ pub(crate) fn synthetic_session(
         .collect()
 }
 
-/// A masked binary frame (key 0x01020304).
+/// A masked binary frame (key 0x01020304), as a client sends it.
 fn masked_frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = frame_head(0x82, payload.len(), true);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
-    f
+    encode_frame(first_byte(true, false, Opcode::Binary), payload, Some([1, 2, 3, 4]))
 }
 
+/// A binary frame as a server sends it.
 fn plain_frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = frame_head(0x82, payload.len(), false);
-    f.extend_from_slice(payload);
-    f
-}
-
-fn frame_head(b0: u8, len: usize, masked: bool) -> Vec<u8> {
-    wstap_wire::wsframe::FrameHeader::encode(b0, len as u64, masked.then_some([1, 2, 3, 4]))
+    encode_frame(first_byte(true, false, Opcode::Binary), payload, None)
 }
 
 /// Runs events through a FileSink with `settings`, ticking the injected clock at each
@@ -867,7 +857,7 @@ fn interval_rotation_at_wall_clock_multiples_keeps_every_file_whole() {
 fn per_session_files_hold_one_session_each() {
     let dir = capture_dir("per-session");
     let mut s = sink_settings(&dir);
-    s.per_session = true;
+    s.files = wstap::config::FilesPer::Session;
     let a = synthetic_session(1, (1, 2), &[b"first session".to_vec()], 1_764_000_000_000_000_000, 1000);
     let b =
         synthetic_session(2, (3, 4), &[b"second session".to_vec(), b"again".to_vec()], 1_764_000_000_000_000_500, 1000);
@@ -911,13 +901,7 @@ impl Deflater {
 
 /// A text message compressed: RSV1 set.
 pub(crate) fn deflate_frame(payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut f = frame_head(0xc1, payload.len(), masked);
-    if masked {
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
-    } else {
-        f.extend_from_slice(payload);
-    }
-    f
+    encode_frame(first_byte(true, true, Opcode::Text), payload, masked.then_some([1, 2, 3, 4]))
 }
 
 /// A deflate session's events: `texts` sent and echoed, each direction compressing with

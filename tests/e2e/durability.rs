@@ -356,7 +356,7 @@ fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
     let scratch = capture_dir("reload-part");
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
-    s.per_session = true;
+    s.files = wstap::config::FilesPer::Session;
     let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
     let stats = Stats::default();
     let mut sink = FileSink::new(s.clone(), info, 1);

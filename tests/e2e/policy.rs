@@ -81,7 +81,7 @@ async fn credentials_are_masked_in_the_file_and_reach_the_upstream_intact() {
         assert_clean(file, 2);
 
         // Both legs: the heads keep their shape, with values masked to the same length;
-        // the login message is masked where the pattern matched, the chat is whole.
+        // the login message is redacted where the pattern matched, the chat is whole.
         for interface in [0, 1] {
             let (up, down) = follow(file, &stream_of(file, interface));
             let up_text = String::from_utf8_lossy(&up);

@@ -297,13 +297,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 pub const SWITCHED: &str = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
 
-/// A masked client text frame carrying `text` (< 126 bytes).
+/// A masked client text frame carrying `text` (any length).
 pub fn masked_text_frame(text: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![0x81, 0x80 | text.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    use wstap_wire::wsframe::{encode_frame, first_byte, Opcode};
+    encode_frame(first_byte(true, false, Opcode::Text), text, Some([0x37, 0xfa, 0x21, 0x3d]))
 }
 
 /// Deterministic pseudo-random bytes.

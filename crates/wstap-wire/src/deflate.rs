@@ -4,7 +4,7 @@
 //! writer keeps, per direction, that 32 KiB window (by inflating the messages) and begins
 //! each new file with one synthetic message whose decompression is exactly the window:
 //! Wireshark's inflater is then in the state the real one was. [`inflate`] is the one
-//! inflating loop, which replay uses for whole messages too. Pure.
+//! inflating loop, which the reader (`wstap-replay`) uses for whole messages too. Pure.
 
 use flate2::{Decompress, DecompressError, FlushDecompress};
 

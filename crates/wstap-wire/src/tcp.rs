@@ -65,7 +65,7 @@ impl Packet<'_> {
     }
 }
 
-/// Bytes one end sent: a part of what a restarted flow repeats.
+/// Bytes one end sent: a part of what a repeated flow start holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent<'a> {
     /// Which way they went.
@@ -137,13 +137,13 @@ impl Flow {
         self.ack(Dir::Up, emit);
     }
 
-    /// Starts the flow over in a new file: a synthetic handshake, then `parts` in order
+    /// Repeats the flow's start in a new section: a synthetic handshake, then `parts` in order
     /// (for a WebSocket session: the Upgrade request `Up`, the `101` response `Down`,
     /// and anything else a file needs to decode), then any FIN already sent, all placed
     /// in sequence space so that they end exactly where the flow stands now. The live
     /// segments that follow continue seamlessly, as if the bytes in between had never
     /// been on this connection. Each part is acknowledged by the other end.
-    pub fn restart(&mut self, parts: &[Sent<'_>], emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
+    pub fn repeat(&mut self, parts: &[Sent<'_>], emit: &mut (impl FnMut(Dir, Packet<'_>) + ?Sized)) {
         let real = (self.isn, self.sent, self.fin);
         let live = PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down));
         let virtual_isn = |dir: Dir| {
@@ -165,7 +165,7 @@ impl Flow {
         debug_assert_eq!(
             PerDir::new(self.next_seq(Dir::Up), self.next_seq(Dir::Down)),
             live,
-            "the restart ends where the flow stands"
+            "the repeat ends where the flow stands"
         );
         (self.isn, self.sent, self.fin) = real;
     }
@@ -584,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_ends_where_the_live_flow_continues() {
+    fn a_repeat_ends_where_the_live_flow_continues() {
         let mut flow = v4_flow([u32::MAX - 100, 5000], 1460);
         let mut sink = |_: Dir, _: Packet<'_>| {};
         flow.handshake(&mut sink);
@@ -597,7 +597,7 @@ mod tests {
                     Sent { dir: Dir::Up, bytes: b"GET / HTTP/1.1\r\n\r\n" },
                     Sent { dir: Dir::Down, bytes: b"HTTP/1.1 101 OK\r\n\r\n" },
                 ];
-                f.restart(&parts, &mut *e);
+                f.repeat(&parts, &mut *e);
                 f.data(Dir::Up, b"live", &mut *e);
             },
             &mut flow,

@@ -3,7 +3,7 @@
 //! one direction of a session's byte stream: frame headers, whose lengths say how many
 //! payload bytes to skip. Only headers are read, never payloads, so tracking costs a few
 //! comparisons per chunk. Capture uses it to cut files between frames and to drop whole
-//! frames, replay to read the frames of a recorded session. Pure.
+//! frames, the reader (`wstap-replay`) to read the frames of a recorded session. Pure.
 
 /// Tracks frame boundaries in one direction.
 #[derive(Debug, Clone)]
@@ -215,8 +215,8 @@ impl FrameTracker {
     /// frame whose header was completed on the way (through `on_header`).
     pub fn advance(&mut self, data: &[u8], until: Until, mut on_header: impl FnMut(FrameHeader)) -> usize {
         self.walk(data, until, |w| {
-            if let Walk::Header(h, _) = w {
-                on_header(h);
+            if let Walk::Header { header, .. } = w {
+                on_header(header);
             }
         })
     }
@@ -226,12 +226,14 @@ impl FrameTracker {
     pub fn walk(&mut self, data: &[u8], until: Until, mut f: impl FnMut(Walk<'_>)) -> usize {
         let mut at = 0;
         let State { header, have, payload_left, current } = &mut self.state;
+        // Bytes of a header begun in an earlier call: that header is not all in `data`.
+        let mut carried = *have;
         while at < data.len() {
             match current {
                 Some((h, pos)) if *payload_left > 0 => {
                     let take = (*payload_left).min((data.len() - at) as u64);
                     *payload_left -= take;
-                    f(Walk::Payload(*h, at..at + take as usize, *pos, *payload_left == 0));
+                    f(Walk::Payload { header: *h, range: at..at + take as usize, pos: *pos, last: *payload_left == 0 });
                     *pos += take;
                     at += take as usize;
                     if *payload_left == 0 && until == Until::Boundary {
@@ -246,9 +248,10 @@ impl FrameTracker {
                         let n = usize::from(std::mem::take(have));
                         *payload_left = h.len;
                         *current = Some((h, 0));
-                        f(Walk::Header(h, &header[..n]));
+                        let in_data = (std::mem::take(&mut carried) == 0).then(|| at - n..at);
+                        f(Walk::Header { header: h, bytes: &header[..n], in_data });
                         if h.len == 0 {
-                            f(Walk::Payload(h, at..at, 0, true));
+                            f(Walk::Payload { header: h, range: at..at, pos: 0, last: true });
                             if until == Until::Boundary {
                                 return at;
                             }
@@ -264,13 +267,26 @@ impl FrameTracker {
 /// One step of [`FrameTracker::walk`], in stream order.
 #[derive(Debug)]
 pub enum Walk<'h> {
-    /// A frame's header is complete: the header, and all its bytes (some of them may have
-    /// come in earlier calls).
-    Header(FrameHeader, &'h [u8]),
-    /// Bytes `range` of the data are payload of the frame with this header, starting
-    /// `pos` bytes into its payload; the last argument marks the frame's last piece (a
-    /// frame without payload has one empty piece).
-    Payload(FrameHeader, std::ops::Range<usize>, u64, bool),
+    /// A frame's header is complete.
+    Header {
+        /// The header.
+        header: FrameHeader,
+        /// All its bytes (some of them may have come in earlier calls).
+        bytes: &'h [u8],
+        /// Where it lies in this call's data, when it lies there whole.
+        in_data: Option<std::ops::Range<usize>>,
+    },
+    /// A piece of a frame's payload (a frame without payload has one empty piece).
+    Payload {
+        /// The frame's header.
+        header: FrameHeader,
+        /// Where the piece lies in this call's data.
+        range: std::ops::Range<usize>,
+        /// How far into the frame's payload it starts.
+        pos: u64,
+        /// Whether it is the frame's last piece.
+        last: bool,
+    },
 }
 
 #[cfg(test)]
@@ -393,6 +409,25 @@ mod tests {
     }
 
     #[test]
+    fn a_header_says_where_it_lies_in_the_data_when_it_lies_there_whole() {
+        let stream = [frame(Opcode::Text, b"hi", true), frame(Opcode::Binary, &[7; 300], false)].concat();
+        let mut where_ = Vec::new();
+        let mut t = FrameTracker::new();
+        let record = |w: Walk<'_>, out: &mut Vec<_>| {
+            if let Walk::Header { bytes, in_data, .. } = w {
+                out.push((bytes.len(), in_data));
+            }
+        };
+        t.walk(&stream, Until::End, |w| record(w, &mut where_));
+        assert_eq!(where_, [(6, Some(0..6)), (4, Some(8..12))]);
+        // The second header split across two calls: its bytes come from the tracker.
+        let (mut where_, mut t) = (Vec::new(), FrameTracker::new());
+        t.walk(&stream[..10], Until::End, |w| record(w, &mut where_));
+        t.walk(&stream[10..], Until::End, |w| record(w, &mut where_));
+        assert_eq!(where_, [(6, Some(0..6)), (4, None)]);
+    }
+
+    #[test]
     fn payloads_come_unmasked_whatever_the_chunking() {
         let mut stream = frame(Opcode::Text, b"hello world", true);
         stream.extend(frame(Opcode::Binary, b"", true));
@@ -402,7 +437,7 @@ mod tests {
             let mut got: Vec<(Opcode, Vec<u8>, bool)> = Vec::new();
             for chunk in stream.chunks(piece) {
                 t.walk(chunk, Until::End, |w| {
-                    let Walk::Payload(h, range, pos, end) = w else { return };
+                    let Walk::Payload { header: h, range, pos, last: end } = w else { return };
                     let mut p = chunk[range].to_vec();
                     if let Some(key) = h.mask {
                         apply_mask(&mut p, key, pos);

@@ -90,9 +90,10 @@ impl Probe {
         Probe { ring: VecDeque::new(), bytes: 0, cap, keeps, answer: Answer::default(), last_dir: None }
     }
 
-    /// `piece` crossed the socket going `dir` at `time`, from socket offset `offset`:
-    /// kept if it may belong to a session's start.
-    pub(super) fn see(&mut self, time: Timestamp, dir: Dir, offset: u64, piece: &Piece<'_>) {
+    /// `piece` crossed the socket going `dir`, from socket offset `offset`: kept, with the
+    /// time `time` reads (only then: most probed bytes are not kept), if it may belong
+    /// to a session's start.
+    pub(super) fn see(&mut self, time: impl FnOnce() -> Timestamp, dir: Dir, offset: u64, piece: &Piece<'_>) {
         let keep = match self.keeps {
             Keeps::FromStart(start) => start == Start::Kept,
             Keeps::Exchange => self.may_start_session(dir, piece),
@@ -102,7 +103,7 @@ impl Probe {
             return;
         }
         let len = piece.len();
-        self.ring.push_back(Kept { time, dir, offset, bytes: piece.bytes(0, len, Keep::Long) });
+        self.ring.push_back(Kept { time: time(), dir, offset, bytes: piece.bytes(0, len, Keep::Long) });
         self.bytes += len;
         if self.keeps == Keeps::FromStart(Start::Kept) && self.bytes > self.cap {
             (self.ring, self.bytes) = (VecDeque::new(), 0);
@@ -262,7 +263,7 @@ mod tests {
         }
 
         fn see(&mut self, dir: Dir, bytes: &[u8]) {
-            self.probe.see(Timestamp::EPOCH, dir, self.offsets[dir], &Piece::Slice(bytes));
+            self.probe.see(|| Timestamp::EPOCH, dir, self.offsets[dir], &Piece::Slice(bytes));
             self.offsets[dir] += bytes.len() as u64;
         }
 
@@ -336,10 +337,10 @@ mod tests {
     #[test]
     fn a_tls_probe_keeps_the_start_or_says_once_it_lost_it() {
         let mut p = Probe::new(100, Keeps::FromStart(Start::Kept));
-        p.see(Timestamp::EPOCH, Dir::Up, 0, &Piece::Slice(&[0x16; 60]));
-        p.see(Timestamp::EPOCH, Dir::Down, 0, &Piece::Slice(&[0x16; 30]));
+        p.see(|| Timestamp::EPOCH, Dir::Up, 0, &Piece::Slice(&[0x16; 60]));
+        p.see(|| Timestamp::EPOCH, Dir::Down, 0, &Piece::Slice(&[0x16; 30]));
         assert!(!p.start_lost() && p.bytes == 90);
-        p.see(Timestamp::EPOCH, Dir::Up, 60, &Piece::Slice(&[0x17; 30]));
+        p.see(|| Timestamp::EPOCH, Dir::Up, 60, &Piece::Slice(&[0x17; 30]));
         assert!(p.start_lost() && p.bytes == 0, "past its bound, nothing is kept");
         assert!(p.start_just_lost());
         assert!(!p.start_just_lost(), "told once");

@@ -23,7 +23,7 @@ use super::probe::{Keeps, Probe, Start as ProbeStart};
 use super::track::{To, Track};
 use crate::capture::event::{now, Opening, Scope, What};
 use crate::capture::ids::LegId;
-use crate::capture::note::Note;
+use crate::capture::note::{Ending, Note};
 use crate::capture::queue::Recorder;
 use crate::config::Snap;
 use crate::sync::lock;
@@ -84,7 +84,7 @@ struct TapState {
     /// The end of each stream was sent, and a reset.
     fin_sent: PerDir<bool>,
     reset_sent: bool,
-    close_reason: Option<String>,
+    close_reason: Option<Ending>,
     /// Bytes read after the Upgrade request's head and before the `101` was written.
     held: Vec<Held>,
 }
@@ -287,7 +287,7 @@ impl Tap {
     }
 
     /// Why the connection is about to close: goes on the leg's last packet.
-    pub fn set_close_reason(&self, reason: String) {
+    pub fn set_close_reason(&self, reason: Ending) {
         self.lock().close_reason = Some(reason);
     }
 
@@ -329,7 +329,7 @@ impl Tap {
                     drop(state);
                     return self.pass(dir, captured(off), piece, None);
                 }
-                state.probe.see(now(), dir, off, &piece);
+                state.probe.see(now, dir, off, &piece);
             }
             Mode::Off => {}
         }
@@ -400,7 +400,7 @@ impl Tap {
         if self.is_recording() {
             let mut state = self.lock();
             self.release_held(&mut state);
-            let reason = state.close_reason.take().unwrap_or_else(|| "connection closed".to_owned());
+            let reason = state.close_reason.take().unwrap_or(Ending::Closed);
             drop(state);
             let offsets = PerDir::new(self.captured(Dir::Up), self.captured(Dir::Down));
             self.recorder.send(self.id, What::Close { reason, offsets });

@@ -10,17 +10,7 @@ use wstap_wire::{Dir, Timestamp};
 use super::leg::{Final, FinalKind, LegState};
 use crate::capture::event::{Event, What};
 use crate::capture::ids::LegId;
-
-/// Whether the receivers' pure ACKs are written (`capture.acks`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PureAcks {
-    /// Each chunk of data is acknowledged: on the receiver's own next data or FIN when
-    /// that comes first, else with a pure ACK.
-    #[default]
-    Written,
-    /// Only data, handshakes and teardowns are written.
-    Omitted,
-}
+use crate::config::PureAcks;
 
 /// What a leg's last packet is, at its close.
 #[derive(Debug, Clone, Copy)]
@@ -55,9 +45,14 @@ impl Acks {
         self.policy = policy;
     }
 
+    /// Whether pure ACKs are written at all.
+    pub(super) fn written(&self) -> bool {
+        self.policy == PureAcks::Written
+    }
+
     /// Leg `id` received data going `dir`: its receiver owes an ACK (sent the other way).
     pub(super) fn owe(&mut self, id: LegId, leg: &mut LegState, dir: Dir) {
-        if self.policy == PureAcks::Written && leg.ack_due.replace(dir.reverse()).is_none() {
+        if self.written() && leg.ack_due.replace(dir.reverse()).is_none() {
             self.owed.push(id);
         }
     }

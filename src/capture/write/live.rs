@@ -104,7 +104,7 @@ impl LiveWriter {
             self.writer.rotation_done();
             return;
         }
-        // ACKs owed go to those already watching, not after the new ones' replays.
+        // ACKs owed go to those already watching, not after the new ones' repeats.
         let _ = self.writer.idle(&self.stats);
         self.send();
         let snapshot = self.writer.snapshot(&self.stats).unwrap_or_default();

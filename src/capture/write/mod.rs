@@ -33,7 +33,7 @@ mod statistics;
 pub(crate) mod thread;
 pub(crate) mod writer;
 
-pub use acks::PureAcks;
+pub use crate::config::PureAcks;
 pub use encrypted::Budget;
 pub use sink::FileSink;
 pub use thread::{Capture, Heartbeat};

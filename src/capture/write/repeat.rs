@@ -64,7 +64,7 @@ fn repeat_leg<W: Write>(leg: &mut LegState, section: &mut Section<W>, at: Beginn
     let parts = repeated.sent();
     let first = leg.comment();
     let comments = Comments { first, each: Some(&each) };
-    if section.write(leg.which, &mut leg.flow, at.time, comments, |f, e| f.restart(&parts, e), stats)? {
+    if section.write(leg.which, &mut leg.flow, at.time, comments, |f, e| f.repeat(&parts, e), stats)? {
         leg.noted();
     }
     Ok(())
@@ -91,7 +91,7 @@ fn repeat_records<W: Write>(
     let each = Note::Repeat(at.audience).to_string();
     let written = section.secrets(leg.which, &enc.secrets).and_then(|()| {
         let comments = Comments { first: leg.comment(), each: Some(&each) };
-        section.write(leg.which, &mut leg.flow, at.time, comments, |f, e| f.restart(&parts, e), stats)
+        section.write(leg.which, &mut leg.flow, at.time, comments, |f, e| f.repeat(&parts, e), stats)
     });
     drop(parts);
     // The leg keeps its state whatever the writing gives.

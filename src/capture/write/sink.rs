@@ -18,18 +18,28 @@ use super::writer::{CaptureWriter, Processed, Synthesis};
 use crate::capture::event::{Event, What};
 use crate::capture::ids::{ConnId, LegId};
 use crate::capture::stats::Stats;
-use crate::config::CaptureSettings;
+use crate::config::{CaptureSettings, FilesPer};
 
 /// How long after a write error before the next file is tried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Which output an event goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
     /// The one output, when files are not per session.
     All,
     /// A session's own output (`per_session`).
     Conn(ConnId),
+}
+
+/// One word to hash, as the writer's ids hash (connection ids start at 1).
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(match self {
+            Key::All => 0,
+            Key::Conn(conn) => conn.0,
+        });
+    }
 }
 
 impl Key {
@@ -100,6 +110,10 @@ impl std::hash::Hasher for IdHasher {
         self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
     fn finish(&self) -> u64 {
         self.0.rotate_left(26)
     }
@@ -133,7 +147,7 @@ impl FileSink {
 
     /// Which output an event goes to (per-session mode: the leg's session).
     fn key_of(&mut self, ev: &Event) -> Key {
-        if !self.settings.per_session {
+        if self.settings.files == FilesPer::Capture {
             return Key::All;
         }
         if let What::Open(o) = &ev.what {
@@ -149,7 +163,7 @@ impl FileSink {
         let closing = matches!(ev.what, What::Close { .. });
         if !self.outputs.contains_key(&key) {
             let label = match &ev.what {
-                What::Open(o) if self.settings.per_session => Some(sanitize(&o.label)),
+                What::Open(o) if self.settings.files == FilesPer::Session => Some(sanitize(&o.label)),
                 _ => None,
             };
             let seed = key.seed(self.seed);
@@ -176,10 +190,10 @@ impl FileSink {
         if let Some(out) = self.outputs.get_mut(&key) {
             let size = self.settings.rotate.size;
             let written = out.writer.get_mut().map_or(0, |w| w.written).saturating_sub(out.preamble);
-            if !self.settings.per_session && size > 0 && written >= size {
+            if self.settings.files == FilesPer::Capture && size > 0 && written >= size {
                 out.writer.rotation_due(time);
             }
-            if closing && self.settings.per_session && out.writer.live() == 0 {
+            if closing && self.settings.files == FilesPer::Session && out.writer.live() == 0 {
                 self.session_of.retain(|_, s| Key::Conn(*s) != key);
                 self.close_output(key, stats);
             }
@@ -238,7 +252,9 @@ impl FileSink {
     /// Makes a rotation due when `now` is in a later interval than the file's start
     /// (boundaries at wall-clock multiples of the interval, as dumpcap's `interval:`).
     fn check_interval(&mut self, key: Key, now: Timestamp) {
-        let Some(iv) = self.settings.rotate.interval.filter(|_| !self.settings.per_session) else { return };
+        let Some(iv) = self.settings.rotate.interval.filter(|_| self.settings.files == FilesPer::Capture) else {
+            return;
+        };
         let iv = iv.as_nanos() as u64;
         if let Some(out) = self.outputs.get_mut(&key) {
             if now.as_nanos() / iv != out.opened_at.as_nanos() / iv {
@@ -273,7 +289,7 @@ impl FileSink {
                     }
                 }
                 // A new file is a valid capture from its first moment (a crash right
-                // after rotating leaves a file tshark opens): header and replay go out now.
+                // after rotating leaves a file tshark opens): header and repeats go out now.
                 let Some(out) = self.outputs.get_mut(&key) else { return };
                 if let Some(Err(e)) = out.writer.get_mut().map(Write::flush) {
                     self.write_failed(key, &e, now, stats);

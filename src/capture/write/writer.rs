@@ -19,7 +19,7 @@ use wstap_wire::pcapng::SectionInfo;
 use wstap_wire::tcp::{Flow, Packet};
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
-use super::acks::{Acks, LastPacket, PureAcks};
+use super::acks::{Acks, LastPacket};
 use super::encrypted::{Budget, Encrypted};
 use super::leg::{Final, FinalKind, LegState};
 use super::repeat::{repeat_all, Beginning};
@@ -29,8 +29,9 @@ use super::section::{Comments, Section};
 use super::{ports, redact};
 use crate::capture::event::{Event, Gap, Opening, What};
 use crate::capture::ids::LegId;
-use crate::capture::note::{comment, Audience, Forgotten, Note};
+use crate::capture::note::{comment, Audience, Ending, Forgotten, Note};
 use crate::capture::stats::Stats;
+use crate::config::PureAcks;
 use crate::config::{DisplayPort, Legs, Redact, Segmentation};
 
 /// How packets are synthesized.
@@ -67,7 +68,7 @@ impl Synthesis {
             mss_ipv4: settings.mss_ipv4,
             mss_ipv6: settings.mss_ipv6,
             segment: settings.segment,
-            acks: if settings.acks { PureAcks::Written } else { PureAcks::Omitted },
+            acks: settings.acks,
             display_port: settings.display_port,
             redact: Arc::new(settings.redact.clone()),
             inflate: Arc::default(),
@@ -365,7 +366,7 @@ impl<W: Write> CaptureWriter<W> {
         }
         stats.bytes_captured.fetch_add(bytes.len() as u64, Relaxed);
         self.emit(id, time, |f, e| f.data(dir, &bytes, e), stats)?;
-        if let Some(leg) = self.legs.get_mut(&id) {
+        if let Some(leg) = self.legs.get_mut(&id).filter(|_| self.acks.written()) {
             self.acks.owe(id, leg, dir);
         }
         Ok(())
@@ -448,7 +449,7 @@ impl<W: Write> CaptureWriter<W> {
         &mut self,
         id: LegId,
         time: Timestamp,
-        reason: String,
+        reason: Ending,
         offsets: PerDir<u64>,
         stats: &Stats,
     ) -> io::Result<()> {
@@ -683,7 +684,10 @@ mod tests {
                 .map(Some)
                 .chain([
                     None, // caught up: the ACK owed for "more"
-                    Some(What::Close { reason: "done".into(), offsets: PerDir::new(12, 4).map(|d, o| o + HEADS[d]) }),
+                    Some(What::Close {
+                        reason: Ending::Said("done".into()),
+                        offsets: PerDir::new(12, 4).map(|d, o| o + HEADS[d]),
+                    }),
                 ])
                 .collect(),
         );
@@ -698,7 +702,7 @@ mod tests {
                 .into_iter()
                 .chain(after_heads(vec![
                     data(Dir::Up, 0, b"ping"),
-                    What::Close { reason: "done".into(), offsets: PerDir::new(4, 0) },
+                    What::Close { reason: Ending::Said("done".into()), offsets: PerDir::new(4, 0) },
                 ]))
                 .map(Some)
                 .collect(),
@@ -707,7 +711,7 @@ mod tests {
         assert_eq!((last.1, last.3.as_str()), (0, ""), "{packets:?}");
         let closed = Note::Closed {
             leg: Leg::Client,
-            reason: "done".into(),
+            reason: Ending::Said("done".into()),
             bytes: PerDir::new(4, 0).map(|d, o| o + HEADS[d]),
             lost: PerDir::default(),
         };
@@ -722,7 +726,7 @@ mod tests {
             data(Dir::Up, 0, b"abc"),
             data(Dir::Up, 503, b"def"),               // 500 bytes were dropped in between
             What::Fin { dir: Dir::Down, offset: 10 }, // and all 10 bytes wstap sent
-            What::Close { reason: "done".into(), offsets: PerDir::new(506, 10) },
+            What::Close { reason: Ending::Said("done".into()), offsets: PerDir::new(506, 10) },
         ]));
         let packets = written(events);
         assert_eq!(packets[0].2.as_deref(), Some("first"), "the session comment is on the SYN");
@@ -731,7 +735,7 @@ mod tests {
         assert_eq!(packets[6].2, Some(Note::QueueLoss { bytes: 500 }.to_string()));
         let closed = Note::Closed {
             leg: Leg::Client,
-            reason: "done".into(),
+            reason: Ending::Said("done".into()),
             bytes: PerDir::new(506, 10).map(|d, o| o + HEADS[d]),
             lost: PerDir::new(500, 10),
         };

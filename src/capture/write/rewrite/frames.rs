@@ -92,15 +92,12 @@ impl FrameWriter<'_> {
         allowance: &mut Allowance,
     ) {
         match w {
-            Walk::Header(h, raw) => {
-                // Where the header lies in the input, when it lies there whole (one that
-                // straddled two inputs comes from the tracker's own buffer).
-                let at = (raw.as_ptr() as usize).wrapping_sub(data.as_ptr() as usize);
-                let within =
-                    (at <= data.len() && data.len() - at >= raw.len()).then(|| base + at..base + at + raw.len());
-                self.header(h, raw, within, follower)
+            Walk::Header { header, bytes, in_data } => {
+                // A header that straddled two inputs is made again from the tracker's copy.
+                let within = in_data.map(|r| base + r.start..base + r.end);
+                self.header(header, bytes, within, follower)
             }
-            Walk::Payload(h, range, pos, end) => {
+            Walk::Payload { header: h, range, pos, last: end } => {
                 let piece = &data[range.clone()];
                 if let Some(f) = follower.as_mut().filter(|_| !h.opcode.is_control()) {
                     let followed = !f.stopped();

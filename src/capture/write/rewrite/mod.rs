@@ -235,7 +235,7 @@ impl Rewriter {
             Stage::Http => {
                 // A head cut by the gap: what was held of it is blanked out, and the
                 // frames after the gap follow (a session), or nothing can be followed.
-                self.blank_held(dir, &mut out, Note::HeadCutByGap);
+                self.blank_cut_head(dir, &mut out);
                 self.after_lost_head()
             }
             _ => std::mem::replace(&mut self.dirs[dir].stage, Stage::Blanked),
@@ -262,7 +262,7 @@ impl Rewriter {
         side.message = Outgoing::default();
         match side.stage {
             Stage::Http => {
-                self.blank_held(dir, &mut out, Note::HeadCutByGap);
+                self.blank_cut_head(dir, &mut out);
                 if let Err(why) = self.http.skip(dir, n) {
                     self.blank(dir, &mut out, why);
                 }
@@ -385,19 +385,29 @@ impl Rewriter {
         out.make(bytes);
     }
 
-    /// The framing going `dir` is lost, for `why`: what follows is blanked out.
+    /// The framing going `dir` is lost, for `why`: what the framer held and all that
+    /// follows is blanked out, and the note says why.
     fn blank(&mut self, dir: Dir, out: &mut Rewritten, why: wstap_wire::http::FramingError) {
-        self.blank_held(dir, out, Note::HeadCutByGap);
+        self.blank_held(dir, out);
         out.note(Note::Unframed(why));
         self.dirs[dir].stage = Stage::Blanked;
     }
 
-    /// Writes what the framer holds of a head going `dir` blanked out, with `note`.
-    fn blank_held(&mut self, dir: Dir, out: &mut Rewritten, note: Note) {
+    /// Writes what the framer holds of a head going `dir` blanked out; returns whether
+    /// it held anything.
+    fn blank_held(&mut self, dir: Dir, out: &mut Rewritten) -> bool {
         let held = self.http.take_held(dir);
         if !held.is_empty() {
             out.make(blanked(&held));
-            out.note(note);
+        }
+        !held.is_empty()
+    }
+
+    /// A head going `dir` was cut by a capture gap: what was held of it is blanked out,
+    /// with a note that says so.
+    fn blank_cut_head(&mut self, dir: Dir, out: &mut Rewritten) {
+        if self.blank_held(dir, out) {
+            out.note(Note::HeadCutByGap);
         }
     }
 
@@ -505,7 +515,7 @@ mod tests {
         session(&mut r);
         let frames = [frame(0x81, b"hello", true), frame(0x89, b"p", true), frame(0x82, &[7; 300], true)].concat();
         let fed = r.feed(Dir::Up, &frames, &mut Allowance::new(u64::MAX));
-        assert_eq!(fed.runs.len(), 6, "each header made again, each payload kept in place: {:?}", fed.runs);
+        assert_eq!(fed.runs.len(), 1, "headers and payloads kept in place, one run: {:?}", fed.runs);
         assert_eq!(&fed.bytes(&frames)[..], &frames[..], "every byte as it came");
         assert!(fed.notes.is_empty());
     }
@@ -604,6 +614,16 @@ mod tests {
         assert_eq!(r.lose(Dir::Up, 2).notes, [Note::Unreadable]);
         let (out, _) = feed(&mut r, Dir::Up, &frame(0x81, b"hello", true)[3..], 4);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_head_that_does_not_parse_is_blanked_and_said_unframed_not_cut() {
+        let mut r = Rewriter::new(rules(Snap::default(), &[]), Scope::Connection);
+        let bad = b"GET /a?token=abc HTTP/1.1\r\nBad Header Name: x\r\n\r\nmore";
+        let (out, notes) = feed(&mut r, Dir::Up, bad, 100);
+        assert_eq!(out.len(), bad.len(), "lengths kept");
+        assert!(!String::from_utf8_lossy(&out).contains("abc"), "nothing held leaks");
+        assert!(matches!(notes[..], [Note::Unframed(wstap_wire::http::FramingError::BadHead(_))]), "{notes:?}");
     }
 
     /// A rewriter past an Upgrade whose 101 accepted permessage-deflate.
