@@ -45,10 +45,9 @@ fn writer(segment: Segmentation, stats: &Stats) -> CaptureWriter<BufWriter<std::
         acks: PureAcks::Written,
         display_port: wstap::config::DisplayPort::Real,
         redact: std::sync::Arc::new(wstap::config::Redact::defaults()),
-        inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: Duration::from_secs(5),
-        history: Default::default(),
+        budgets: Default::default(),
     };
     let legs = Legs { client: true, upstream: false };
     let mut w = CaptureWriter::new(BufWriter::with_capacity(256 * 1024, sink), &info, legs, synth).unwrap();

@@ -41,10 +41,9 @@ fuzz_target!(|data: &[u8]| {
         acks: if data.first().is_some_and(|b| b & 1 == 1) { PureAcks::Written } else { PureAcks::Omitted },
         display_port: DisplayPort::Auto,
         redact: Arc::new(redact),
-        inflate: Default::default(),
         isn_seed: 7,
         rotate_wait: Duration::from_millis(5),
-        history: Default::default(),
+        budgets: Default::default(),
     };
     let info = SectionInfo { application: "fuzz".into(), os: "fuzz".into(), hostname: "fuzz".into() };
     let Ok(mut w) = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth) else { return };
@@ -96,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
             }
             9 => What::Reset,
             10 => What::Note(wstap::capture::Note::TlsAfterLoss),
-            11 => What::Session { comment: "fuzz session".into(), snap: Snap::default() },
+            11 => What::Session { heading: "fuzz session".into(), snap: Snap::default() },
             12 => {
                 w.rotation_due(Timestamp::from_nanos(time));
                 continue;

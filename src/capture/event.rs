@@ -16,7 +16,7 @@ use crate::config::Snap;
 /// What a leg's capture covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// The whole connection, from its first byte (`capture = "all"`, or an application
+    /// The whole connection, from its first byte (mode `"all"`, or an application
     /// recording its own sockets): its HTTP is followed, and any session on it.
     Connection,
     /// A WebSocket session, from the first byte of its Upgrade request.
@@ -62,11 +62,12 @@ pub enum What {
     Reset,
     /// A comment for the leg's next packet.
     Note(Note),
-    /// A WebSocket session starts on a leg recorded from its first byte (`mode = "all"`;
+    /// A WebSocket session starts on a leg recorded from its first byte (mode `"all"`;
     /// the writer, which follows the leg's HTTP, has seen its Upgrade exchange).
     Session {
-        /// The session's description, for the leg's next packet.
-        comment: String,
+        /// The session's heading (a [`Heading`](crate::capture::Heading), said), for the
+        /// leg's next packet.
+        heading: String,
         /// How much of the session's payload is kept.
         snap: Snap,
     },
@@ -102,8 +103,9 @@ pub struct Opening {
     pub local: SocketAddr,
     /// The client (client leg) or the upstream (upstream leg).
     pub remote: SocketAddr,
-    /// Goes on the leg's first packet.
-    pub comment: String,
+    /// What the leg is (a [`Heading`](crate::capture::Heading), said, or a library user's
+    /// words): its first packet's comment, and what a new section's repeat quotes.
+    pub heading: String,
     /// What the capture covers: from the connection's first byte, or from an Upgrade
     /// exchange (a WebSocket session).
     pub scope: Scope,
@@ -121,12 +123,12 @@ pub struct Opening {
 impl Opening {
     /// A connection of its own (not a proxied session's), recorded from its first byte
     /// and kept whole: what an application recording its own sockets opens.
-    pub fn new(leg: Leg, local: SocketAddr, remote: SocketAddr, comment: impl Into<String>) -> Opening {
+    pub fn new(leg: Leg, local: SocketAddr, remote: SocketAddr, heading: impl Into<String>) -> Opening {
         Opening {
             leg,
             local,
             remote,
-            comment: comment.into(),
+            heading: heading.into(),
             scope: Scope::Connection,
             conn: ConnId::default(),
             label: String::new(),

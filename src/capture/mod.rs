@@ -39,5 +39,5 @@ pub use queue::Recorder;
 pub use stats::Stats;
 pub use taps::{Layer, Mark, Start, Tap, Tee};
 pub use write::ports::table as undecodable_ports;
-pub use write::{Budget, Capture, CaptureWriter, FileSink, Heartbeat, Processed, PureAcks, Synthesis};
+pub use write::{Budgets, Capture, CaptureWriter, FileSink, Heartbeat, Processed, PureAcks, RecordBudget, Synthesis};
 pub use wstap_wire::pcapng::SectionInfo;

@@ -16,9 +16,9 @@ use crate::capture::ids::ConnId;
 /// Something a capture file says about a packet, in a comment on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
-    /// A leg's own description, as the proxy wrote it (`wstap session 3: GET /chat …`),
-    /// on its first packet.
-    Leg(String),
+    /// A leg's heading, as the proxy said it ([`Heading`]: `wstap session 3: GET /chat
+    /// …`), on its first packet.
+    Heading(String),
     /// The server's port is written as another (`capture.display_port`), so that
     /// Wireshark decodes the session.
     DisplayPort {
@@ -97,8 +97,8 @@ pub enum Note {
     Repeated {
         /// For whom.
         audience: Audience,
-        /// The leg's own description (its first comment).
-        leg: String,
+        /// The leg's heading (its first comment).
+        heading: String,
         /// What is repeated.
         what: Repeats,
         /// Bytes a write-error episode could not write before this section.
@@ -277,7 +277,7 @@ pub enum Heading {
         /// The legs over TLS.
         tls: PerLeg<Option<TlsLeg>>,
     },
-    /// A client connection recorded whole (`capture = "all"`).
+    /// A client connection recorded whole (mode `"all"`).
     Connection {
         /// The connection.
         conn: ConnId,
@@ -363,7 +363,7 @@ impl Audience {
 impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Note::Leg(text) => f.write_str(text),
+            Note::Heading(text) => f.write_str(text),
             Note::DisplayPort { real, written } => write!(
                 f,
                 "the server port {real} is written as {written} (capture.display_port), so that Wireshark decodes \
@@ -410,7 +410,7 @@ impl fmt::Display for Note {
             }
             Note::Closed { leg, reason, bytes, lost } => closed(f, *leg, reason, bytes, lost),
             Note::Repeat(audience) => f.write_str(audience.origin()),
-            Note::Repeated { audience, leg, what, unwritten } => repeated(f, *audience, leg, what, *unwritten),
+            Note::Repeated { audience, heading, what, unwritten } => repeated(f, *audience, heading, what, *unwritten),
             Note::StartsInsideFrame { audience: Audience::File, waited } => {
                 let waited = humantime::format_duration(*waited);
                 write!(f, "this file starts inside a WebSocket frame: rotation waited {waited} for a frame boundary")
@@ -448,8 +448,14 @@ fn closed(
 }
 
 /// What a new section repeats of a leg, for whom, and why.
-fn repeated(f: &mut fmt::Formatter<'_>, audience: Audience, leg: &str, what: &Repeats, unwritten: u64) -> fmt::Result {
-    write!(f, "{}: {leg}", audience.origin())?;
+fn repeated(
+    f: &mut fmt::Formatter<'_>,
+    audience: Audience,
+    heading: &str,
+    what: &Repeats,
+    unwritten: u64,
+) -> fmt::Result {
+    write!(f, "{}: {heading}", audience.origin())?;
     match what {
         Repeats::Handshake => {}
         Repeats::Upgrade { deflate } => {
@@ -552,7 +558,7 @@ mod tests {
             Heading::UpstreamConnection { conn: ConnId(4), upstream: "127.0.0.1:9000".into() },
         ];
         let notes = [
-            Note::Leg("wstap session 3: GET /chat from 127.0.0.1:40000".into()),
+            Note::Heading("wstap session 3: GET /chat from 127.0.0.1:40000".into()),
             Note::DisplayPort { real: 6379, written: 80 },
             Note::QueueLoss { bytes: 500 },
             Note::FramesLost { bytes: 3000, frames: 1 },
@@ -627,38 +633,38 @@ mod tests {
             Note::Repeat(Audience::Subscriber),
             Note::Repeated {
                 audience: Audience::File,
-                leg: "wstap connection 1".into(),
+                heading: "wstap connection 1".into(),
                 what: Repeats::Handshake,
                 unwritten: 0,
             },
             Note::Repeated {
                 audience: Audience::File,
-                leg: "s".into(),
+                heading: "s".into(),
                 what: Repeats::Upgrade { deflate: true },
                 unwritten: 77,
             },
             Note::Repeated {
                 audience: Audience::Subscriber,
-                leg: "s".into(),
+                heading: "s".into(),
                 what: Repeats::Upgrade { deflate: false },
                 unwritten: 0,
             },
-            Note::Repeated { audience: Audience::File, leg: "tls".into(), what: Repeats::TlsRecords, unwritten: 0 },
+            Note::Repeated { audience: Audience::File, heading: "tls".into(), what: Repeats::TlsRecords, unwritten: 0 },
             Note::Repeated {
                 audience: Audience::File,
-                leg: "tls".into(),
+                heading: "tls".into(),
                 what: Repeats::TlsNotKept(Forgotten::LegBound { kib: 1024 }),
                 unwritten: 0,
             },
             Note::Repeated {
                 audience: Audience::Subscriber,
-                leg: "tls".into(),
+                heading: "tls".into(),
                 what: Repeats::TlsNotKept(Forgotten::CaptureBound { mib: 64 }),
                 unwritten: 0,
             },
             Note::Repeated {
                 audience: Audience::File,
-                leg: "tls".into(),
+                heading: "tls".into(),
                 what: Repeats::TlsNotKept(Forgotten::Lost),
                 unwritten: 0,
             },

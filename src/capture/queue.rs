@@ -79,9 +79,9 @@ enum Waiting {
     Asleep,
 }
 
-/// What a push costs against the queue's bound.
+/// Which bound a push is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Budget {
+pub(crate) enum Bound {
     /// Data: within the queue's limit.
     Data,
     /// Control events, and a whole control frame after a gap: tiny, and they carry the
@@ -128,15 +128,15 @@ impl Recorder {
     /// Queues an event at `time` (now if `None`): data within the budget, anything else
     /// as a control event. Returns false if it was dropped.
     pub(crate) fn push(&self, time: Option<Timestamp>, leg: LegId, what: What) -> bool {
-        let (payload, budget) = match &what {
-            What::Data { bytes, .. } => (bytes.len(), Budget::Data),
-            _ => (0, Budget::Control),
+        let (payload, bound) = match &what {
+            What::Data { bytes, .. } => (bytes.len(), Bound::Data),
+            _ => (0, Bound::Control),
         };
-        self.push_all(time, leg, [what].into_iter(), payload, budget)
+        self.push_all(time, leg, [what].into_iter(), payload, bound)
     }
 
-    /// Queues `first` and then `second` at `time`, both or neither.
-    pub(crate) fn push_pair(&self, time: Option<Timestamp>, leg: LegId, pair: [What; 2], budget: Budget) -> bool {
+    /// Queues the two events of `pair` in order at `time`, both or neither, within `bound`.
+    pub(crate) fn push_pair(&self, time: Option<Timestamp>, leg: LegId, pair: [What; 2], bound: Bound) -> bool {
         let payload = pair
             .iter()
             .map(|w| match w {
@@ -144,7 +144,7 @@ impl Recorder {
                 _ => 0,
             })
             .sum();
-        self.push_all(time, leg, pair.into_iter(), payload, budget)
+        self.push_all(time, leg, pair.into_iter(), payload, bound)
     }
 
     fn push_all(
@@ -153,13 +153,13 @@ impl Recorder {
         leg: LegId,
         events: impl ExactSizeIterator<Item = What>,
         payload: usize,
-        budget: Budget,
+        bound: Bound,
     ) -> bool {
         let cost = payload + EVENT_COST * events.len();
         let mut q = self.lock();
-        let limit = match budget {
-            Budget::Data => self.shared.limit,
-            Budget::Control => self.shared.limit * 2,
+        let limit = match bound {
+            Bound::Data => self.shared.limit,
+            Bound::Control => self.shared.limit * 2,
         };
         if q.requests.close || q.bytes + cost > limit {
             drop(q);

@@ -63,7 +63,7 @@ impl Legs {
     }
 }
 
-/// What is recorded of the sessions (and, with `capture = "all"`, the connections) on a
+/// What is recorded of the sessions (and, in mode `"all"`, the connections) on a
 /// route: the `[capture]` defaults, overridden by the route's own keys.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {

@@ -150,8 +150,8 @@ impl Recording<'_> {
         let policy = ex.route.policy;
         // Per-session file names: client address and route.
         let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), ex.route.path_prefix);
-        let start = |comment, keys: &Option<Arc<Keys>>| Start {
-            comment,
+        let start = |heading, keys: &Option<Arc<Keys>>| Start {
+            heading,
             label: label.clone(),
             request_line: ex.request_line.into(),
             snap: policy.snap,

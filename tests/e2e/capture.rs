@@ -540,7 +540,7 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
             leg: kind,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
-            comment: format!("golden {kind:?} leg"),
+            heading: format!("golden {kind:?} leg"),
             scope: Scope::Session,
             conn: ConnId(1),
             label: String::new(),
@@ -590,10 +590,9 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
         acks: PureAcks::Written,
         display_port: wstap::config::DisplayPort::Real,
         redact: Default::default(),
-        inflate: Default::default(),
         isn_seed: 0x5eed,
         rotate_wait: std::time::Duration::from_secs(5),
-        history: Default::default(),
+        budgets: Default::default(),
     };
     let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap();
     let stats = Stats::default();
@@ -762,7 +761,7 @@ pub(crate) fn synthetic_session(
             leg: kind,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
-            comment: format!("synthetic session {session_id}"),
+            heading: format!("synthetic session {session_id}"),
             scope: Scope::Session,
             conn: ConnId(session_id),
             label: format!("127.0.0.1-4000{session_id}_/"),
@@ -929,7 +928,7 @@ fn deflate_session(texts: &[String], takeover: bool, t0: u64, step: u64) -> Vec<
             leg: kind,
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
-            comment: "deflate session".into(),
+            heading: "deflate session".into(),
             scope: Scope::Session,
             conn: ConnId(1),
             label: String::new(),

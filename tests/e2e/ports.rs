@@ -21,10 +21,9 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
         acks: PureAcks::Omitted,
         display_port: DisplayPort::Real,
         redact: Default::default(),
-        inflate: Default::default(),
         isn_seed: 1,
         rotate_wait: std::time::Duration::from_secs(5),
-        history: Default::default(),
+        budgets: Default::default(),
     };
     let legs = Legs { client: true, upstream: false };
     let mut w = CaptureWriter::new(Vec::new(), &info, legs, synth).unwrap();

@@ -47,14 +47,14 @@ pub(super) enum Keeps {
     /// The current HTTP exchange: a session starts at an Upgrade request.
     Exchange,
     /// Every byte from the connection's first (TLS records), while they fit.
-    FromStart(Start),
+    FromStart(FirstBytes),
     /// Nothing: nothing on the connection will be recorded.
     Nothing,
 }
 
-/// Whether a TLS probe still holds the connection's start.
+/// Whether a TLS probe still holds the connection's first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Start {
+pub(super) enum FirstBytes {
     /// It does.
     Kept,
     /// More than it keeps crossed: the start is gone, and nothing more is kept.
@@ -66,9 +66,10 @@ pub(super) enum Start {
 /// While probing, what the server's bytes of the current exchange may be the start of.
 #[derive(Debug, Default, PartialEq)]
 enum Answer {
-    /// Not seen enough of the status line yet: its first bytes so far.
+    /// Nothing of the answer seen yet.
     #[default]
     Undecided,
+    /// Not seen enough of the status line yet: its first bytes so far.
     Start(Vec<u8>),
     /// A `1xx` head: may be the `101` a session starts with. Kept.
     Interim,
@@ -95,7 +96,7 @@ impl Probe {
     /// to a session's start.
     pub(super) fn see(&mut self, time: impl FnOnce() -> Timestamp, dir: Dir, offset: u64, piece: &Piece<'_>) {
         let keep = match self.keeps {
-            Keeps::FromStart(start) => start == Start::Kept,
+            Keeps::FromStart(start) => start == FirstBytes::Kept,
             Keeps::Exchange => self.may_start_session(dir, piece),
             Keeps::Nothing => false,
         };
@@ -105,9 +106,9 @@ impl Probe {
         let len = piece.len();
         self.ring.push_back(Kept { time: time(), dir, offset, bytes: piece.bytes(0, len, Keep::Long) });
         self.bytes += len;
-        if self.keeps == Keeps::FromStart(Start::Kept) && self.bytes > self.cap {
+        if self.keeps == Keeps::FromStart(FirstBytes::Kept) && self.bytes > self.cap {
             (self.ring, self.bytes) = (VecDeque::new(), 0);
-            self.keeps = Keeps::FromStart(Start::Lost);
+            self.keeps = Keeps::FromStart(FirstBytes::Lost);
         }
         while self.bytes > self.cap && self.ring.len() > 1 {
             let old = self.ring.pop_front().expect("the ring is not empty");
@@ -120,16 +121,16 @@ impl Probe {
         self.keeps
     }
 
-    /// Whether a TLS probe lost the connection's start (see [`Start`]).
+    /// Whether a TLS probe lost the connection's start (see [`FirstBytes`]).
     pub(super) fn start_lost(&self) -> bool {
-        matches!(self.keeps, Keeps::FromStart(Start::Lost | Start::LostAndTold))
+        matches!(self.keeps, Keeps::FromStart(FirstBytes::Lost | FirstBytes::LostAndTold))
     }
 
     /// Whether a TLS probe lost the connection's start since this was last asked: true once.
     pub(super) fn start_just_lost(&mut self) -> bool {
-        let lost = self.keeps == Keeps::FromStart(Start::Lost);
+        let lost = self.keeps == Keeps::FromStart(FirstBytes::Lost);
         if lost {
-            self.keeps = Keeps::FromStart(Start::LostAndTold);
+            self.keeps = Keeps::FromStart(FirstBytes::LostAndTold);
         }
         lost
     }
@@ -336,7 +337,7 @@ mod tests {
     /// Under TLS the probe keeps the connection's start, or says once that it lost it.
     #[test]
     fn a_tls_probe_keeps_the_start_or_says_once_it_lost_it() {
-        let mut p = Probe::new(100, Keeps::FromStart(Start::Kept));
+        let mut p = Probe::new(100, Keeps::FromStart(FirstBytes::Kept));
         p.see(|| Timestamp::EPOCH, Dir::Up, 0, &Piece::Slice(&[0x16; 60]));
         p.see(|| Timestamp::EPOCH, Dir::Down, 0, &Piece::Slice(&[0x16; 30]));
         assert!(!p.start_lost() && p.bytes == 90);

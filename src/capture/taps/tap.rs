@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
 use super::chunk::{Keep, Piece};
-use super::probe::{Keeps, Probe, Start as ProbeStart};
+use super::probe::{FirstBytes, Keeps, Probe};
 use super::track::{To, Track};
 use crate::capture::event::{now, Opening, Scope, What};
 use crate::capture::ids::LegId;
@@ -105,8 +105,9 @@ pub struct Mark(PerDir<u64>);
 
 /// What the start of a leg's capture tells its tap.
 pub struct Start {
-    /// For the leg's first packet (or next, on a leg recorded from its first byte).
-    pub comment: String,
+    /// The leg's heading, said: for its first packet (or next, on a leg recorded from
+    /// its first byte).
+    pub heading: String,
     /// For per-session file names.
     pub label: String,
     /// The request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
@@ -130,7 +131,7 @@ impl Tap {
     pub fn probing(recorder: Recorder, opening: Opening, probe: usize, layer: Layer) -> Arc<Tap> {
         let keeps = match layer {
             Layer::Http => Keeps::Exchange,
-            Layer::Tls => Keeps::FromStart(ProbeStart::Kept),
+            Layer::Tls => Keeps::FromStart(FirstBytes::Kept),
         };
         Arc::new(Tap::new(recorder, opening, Mode::Probing, Probe::new(probe, keeps)))
     }
@@ -185,8 +186,8 @@ impl Tap {
     pub fn begin(&self, scope: Scope, at: Mark, start: Start) -> bool {
         if self.is_recording() {
             if scope == Scope::Session {
-                let Start { comment, snap, .. } = start;
-                self.recorder.send(self.id, What::Session { comment, snap });
+                let Start { heading, snap, .. } = start;
+                self.recorder.send(self.id, What::Session { heading, snap });
             }
             return true;
         }
@@ -232,9 +233,9 @@ impl Tap {
         }
         let kept = state.probe.take_from(base);
         let first_time = kept.first().map_or_else(now, |k| k.time);
-        let Start { comment, label, snap, tls_secrets, .. } = start;
+        let Start { heading, label, snap, tls_secrets, .. } = start;
         let tls = tls_secrets.is_some() || state.probe.keeps() != Keeps::Exchange;
-        let opening = Opening { comment, label, scope, snap, tls_secrets, ..self.opening.clone() };
+        let opening = Opening { heading, label, scope, snap, tls_secrets, ..self.opening.clone() };
         self.recorder.send_at(first_time, self.id, What::Open(Box::new(opening)));
         // TLS records are not frames: a drop is a drop (after it, nothing decrypts).
         if scope == Scope::Session && !tls {
@@ -421,7 +422,7 @@ mod tests {
 
     fn start(request_line: &str) -> Start {
         Start {
-            comment: "s".into(),
+            heading: "s".into(),
             label: String::new(),
             request_line: request_line.into(),
             snap: Snap::default(),

@@ -13,7 +13,7 @@ use wstap_wire::{Dir, Timestamp};
 use super::chunk::{Keep, Piece};
 use crate::capture::event::{Gap, What};
 use crate::capture::ids::LegId;
-use crate::capture::queue::{Budget, Recorder};
+use crate::capture::queue::{Bound, Recorder};
 
 /// One direction of a session, as its tap follows it.
 pub(crate) struct Track {
@@ -23,7 +23,7 @@ pub(crate) struct Track {
     /// The frame being read belongs to a compressed message.
     frame_compressed: bool,
     /// Bytes are being dropped, since this loss began.
-    loss: Option<Loss>,
+    loss: Option<Dropping>,
 }
 
 /// Where a direction is.
@@ -35,7 +35,7 @@ enum Stage {
 }
 
 /// A loss in progress.
-struct Loss {
+struct Dropping {
     /// Frames that ended inside it (the first may have begun before it).
     frames: u64,
     compressed: bool,
@@ -68,21 +68,21 @@ impl Track {
                 self.follow(&piece, 0);
                 return;
             }
-            self.loss = Some(Loss { frames: 0, compressed: false });
+            self.loss = Some(Dropping { frames: 0, compressed: false });
         }
         let mut pos = 0;
         while pos < len {
             if self.between_frames() {
                 // Resume here if the queue takes the rest; else keep a control frame.
-                if !(pos == 0 && whole_tried) && self.resume(to, at, &piece, pos, len, Budget::Data) {
+                if !(pos == 0 && whole_tried) && self.resume(to, at, &piece, pos, len, Bound::Data) {
                     self.follow(&piece, pos);
                     return;
                 }
                 if let Some(end) =
-                    control_frame_at(&piece, pos).filter(|&end| self.resume(to, at, &piece, pos, end, Budget::Control))
+                    control_frame_at(&piece, pos).filter(|&end| self.resume(to, at, &piece, pos, end, Bound::Control))
                 {
                     self.follow_range(&piece, pos, end);
-                    self.loss = Some(Loss { frames: 0, compressed: false });
+                    self.loss = Some(Dropping { frames: 0, compressed: false });
                     pos = end;
                     continue;
                 }
@@ -106,14 +106,14 @@ impl Track {
         }
     }
 
-    /// Sends `piece[from..to]` after the gap that ends there, both or neither, within
-    /// `budget`.
-    fn resume(&mut self, to: &To<'_>, at: u64, piece: &Piece<'_>, from: usize, end: usize, budget: Budget) -> bool {
+    /// Sends `piece[from..end]` after the gap that ends there, both or neither, within
+    /// `bound`.
+    fn resume(&mut self, to: &To<'_>, at: u64, piece: &Piece<'_>, from: usize, end: usize, bound: Bound) -> bool {
         let Some(loss) = &self.loss else { return false };
         let until = at + from as u64;
         let gap = What::Gap(Gap { dir: to.dir, until, frames: loss.frames, compressed: loss.compressed });
         let data = What::Data { dir: to.dir, offset: until, bytes: piece.bytes(from, end, Keep::Briefly) };
-        let resumed = to.recorder.push_pair(to.time, to.leg, [gap, data], budget);
+        let resumed = to.recorder.push_pair(to.time, to.leg, [gap, data], bound);
         if resumed {
             self.loss = None;
         }

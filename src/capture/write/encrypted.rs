@@ -4,7 +4,7 @@
 //! which a new file repeats after the synthetic handshake. The keys alone do not decrypt
 //! a file that starts mid-connection: each record's nonce (TLS 1.3) or authenticated data
 //! (TLS 1.2) holds its sequence number counted from the handshake, so Wireshark has to see
-//! every record from there. What is kept is bounded per leg and, through a [`Budget`]
+//! every record from there. What is kept is bounded per leg and, through a [`RecordBudget`]
 //! every writer of the capture shares, in all; past a bound the new file says the leg
 //! cannot be decrypted from it alone.
 
@@ -26,7 +26,7 @@ pub(super) const MAX_HISTORY: usize = 64 << 20;
 const RUN_COST: usize = std::mem::size_of::<Run>();
 
 /// Bytes of records kept by every encrypted leg of a capture (all its writers).
-pub type Budget = Arc<AtomicUsize>;
+pub type RecordBudget = Arc<AtomicUsize>;
 
 /// One encrypted leg.
 pub(super) struct Encrypted {
@@ -38,7 +38,7 @@ pub(super) struct Encrypted {
     runs: Vec<Run>,
     /// What this leg holds of the budget.
     charged: usize,
-    budget: Budget,
+    budget: RecordBudget,
     /// Why a new file can no longer repeat the records.
     lost: Option<Forgotten>,
 }
@@ -53,7 +53,7 @@ struct Run {
 impl Encrypted {
     /// A leg whose keys are `secrets`, keeping records within `budget` (shared by every
     /// encrypted leg of the capture).
-    pub(super) fn new(secrets: String, budget: Budget) -> Encrypted {
+    pub(super) fn new(secrets: String, budget: RecordBudget) -> Encrypted {
         Encrypted { secrets, data: Vec::new(), runs: Vec::new(), charged: 0, budget, lost: None }
     }
 
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn records_are_kept_in_order_within_both_bounds_and_given_back() {
-        let budget = Budget::default();
+        let budget = RecordBudget::default();
         let mut e = Encrypted::new(String::new(), budget.clone());
         e.record(Dir::Up, b"hello");
         e.record(Dir::Up, b" more");

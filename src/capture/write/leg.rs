@@ -9,7 +9,7 @@ use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 use crate::capture::ids::LegId;
 
 use super::encrypted::Encrypted;
-use super::rewrite::{Repeated, Rewriter, Rules};
+use super::rewrite::{HeadsAndPrimers, Rewriter, Rules};
 use crate::capture::event::Scope;
 use crate::capture::note::{comment, Audience, Note};
 
@@ -21,7 +21,7 @@ pub(super) struct LegState {
     /// Notes for the leg's next packet.
     notes: Vec<Note>,
     /// What the leg is (its first packet's comment), repeated by new sections.
-    pub(super) description: String,
+    pub(super) heading: String,
     /// What its capture covers: a session is repeated with its heads, and rotation
     /// waits for its frame boundaries.
     pub(super) scope: Scope,
@@ -43,14 +43,14 @@ pub(super) struct LegState {
 }
 
 impl LegState {
-    /// A leg whose capture starts now, with its flow, its description (for its first
-    /// packet), what the capture covers, and the rules its bytes are written by.
-    pub(super) fn new(which: Leg, flow: Flow, description: String, scope: Scope, rules: Rules) -> LegState {
+    /// A leg whose capture starts now, with its flow, its heading (its first packet's
+    /// comment, which a new section's repeat quotes), what the capture covers, and the rules its bytes are written by.
+    pub(super) fn new(which: Leg, flow: Flow, heading: String, scope: Scope, rules: Rules) -> LegState {
         LegState {
             flow,
             which,
-            notes: vec![Note::Leg(description.clone())],
-            description,
+            notes: vec![Note::Heading(heading.clone())],
+            heading,
             scope,
             rewrite: Rewriter::new(rules, scope),
             real: PerDir::default(),
@@ -132,10 +132,10 @@ impl LegState {
 
     /// What a new section repeats of this leg after its synthetic handshake: a session's
     /// heads and deflate windows; nothing for a connection without one.
-    pub(super) fn repeated(&mut self, audience: Audience) -> Repeated {
+    pub(super) fn repeated(&mut self, audience: Audience) -> HeadsAndPrimers {
         match self.scope {
             Scope::Session => self.rewrite.repeated(audience),
-            Scope::Connection => Repeated::default(),
+            Scope::Connection => HeadsAndPrimers::default(),
         }
     }
 }

@@ -7,18 +7,16 @@
 //! between frames, so every message after it decodes. For `format = "pcap"` the stream
 //! is classic pcap of Ethernet frames instead.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use wstap_wire::deflate::Allowance;
 use wstap_wire::Timestamp;
 
-use super::encrypted::Budget;
-use super::writer::{CaptureWriter, Processed, Synthesis};
+use super::writer::{Budgets, CaptureWriter, Processed, Synthesis};
 use crate::capture::event::Event;
 use crate::capture::live::{Hub, Subscriber};
 use crate::capture::stats::Stats;
-use crate::config::{Legs, LiveFormat};
+use crate::config::{CaptureSettings, Legs, LiveFormat};
 
 /// The live writer and the joined subscribers.
 pub(crate) struct LiveWriter {
@@ -29,13 +27,17 @@ pub(crate) struct LiveWriter {
     /// The live writer's own counts (the files' are the capture's).
     stats: Stats,
     /// Its inflate allowance and record budget, kept across reloads.
-    budgets: (Arc<Mutex<Allowance>>, Budget),
+    budgets: Budgets,
+    /// Seed of its ISNs.
+    seed: u64,
 }
 
 impl LiveWriter {
-    /// A live writer for `hub`'s subscribers, writing as `synth` and `format` say.
-    pub(crate) fn new(synth: Synthesis, format: LiveFormat, hub: Arc<Hub>) -> LiveWriter {
-        let budgets = (synth.inflate.clone(), synth.history.clone());
+    /// A live writer for `hub`'s subscribers, writing as `settings` and `format` say, with
+    /// ISNs from `seed`.
+    pub(crate) fn new(settings: &CaptureSettings, seed: u64, format: LiveFormat, hub: Arc<Hub>) -> LiveWriter {
+        let budgets = Budgets::default();
+        let synth = Synthesis::new(settings, seed, budgets.clone());
         // Both interfaces always, so that their ids never change under a subscriber (the
         // taps send only the legs the config records).
         let mut writer = CaptureWriter::detached(&crate::capture::host::section_info(), BOTH_LEGS, synth);
@@ -44,14 +46,13 @@ impl LiveWriter {
         if let Some(out) = writer.get_mut() {
             out.clear();
         }
-        LiveWriter { writer, format, hub, joined: Vec::new(), stats: Stats::default(), budgets }
+        LiveWriter { writer, format, hub, joined: Vec::new(), stats: Stats::default(), budgets, seed }
     }
 
     /// New settings (a reload): legs opened from now on are written by them. Subscribers
     /// of another format are let go (their stream would no longer parse).
-    pub(crate) fn reconfigure(&mut self, synth: Synthesis, format: LiveFormat) {
-        let (inflate, history) = self.budgets.clone();
-        self.writer.reconfigure(BOTH_LEGS, Synthesis { inflate, history, ..synth });
+    pub(crate) fn reconfigure(&mut self, settings: &CaptureSettings, format: LiveFormat) {
+        self.writer.reconfigure(BOTH_LEGS, Synthesis::new(settings, self.seed, self.budgets.clone()));
         if format != self.format {
             self.joined.drain(..).for_each(|s| s.close());
             self.hub.take_joiners().iter().for_each(|s| s.close());

@@ -34,7 +34,7 @@ pub(crate) mod thread;
 pub(crate) mod writer;
 
 pub use crate::config::PureAcks;
-pub use encrypted::Budget;
+pub use encrypted::RecordBudget;
 pub use sink::FileSink;
 pub use thread::{Capture, Heartbeat};
-pub use writer::{CaptureWriter, Processed, Synthesis};
+pub use writer::{Budgets, CaptureWriter, Processed, Synthesis};

@@ -59,7 +59,7 @@ fn repeat_leg<W: Write>(leg: &mut LegState, section: &mut Section<W>, at: Beginn
         Scope::Session => Repeats::Upgrade { deflate: repeated.restores_deflate() },
         Scope::Connection => Repeats::Handshake,
     };
-    let note = Note::Repeated { audience: at.audience, leg: leg.description.clone(), what, unwritten: at.unwritten };
+    let note = Note::Repeated { audience: at.audience, heading: leg.heading.clone(), what, unwritten: at.unwritten };
     let each = note.to_string();
     let parts = repeated.sent();
     let first = leg.comment();
@@ -86,7 +86,7 @@ fn repeat_records<W: Write>(
         Err(why) => Repeats::TlsNotKept(*why),
     };
     // Up to a MiB of records: the whole comment on the first packet only.
-    leg.note(Note::Repeated { audience: at.audience, leg: leg.description.clone(), what, unwritten: at.unwritten });
+    leg.note(Note::Repeated { audience: at.audience, heading: leg.heading.clone(), what, unwritten: at.unwritten });
     let parts = records.unwrap_or_default();
     let each = Note::Repeat(at.audience).to_string();
     let written = section.secrets(leg.which, &enc.secrets).and_then(|()| {

@@ -12,9 +12,8 @@ use tracing::{error, info, warn};
 use wstap_wire::pcapng::SectionInfo;
 use wstap_wire::Timestamp;
 
-use super::encrypted::Budget;
 use super::files::{sanitize, Counted, FileSet, OpenFile};
-use super::writer::{CaptureWriter, Processed, Synthesis};
+use super::writer::{Budgets, CaptureWriter, Processed, Synthesis};
 use crate::capture::event::{Event, What};
 use crate::capture::ids::{ConnId, LegId};
 use crate::capture::stats::Stats;
@@ -77,10 +76,8 @@ pub struct FileSink {
     /// In a write-error episode: no file is being written.
     failing: bool,
     retry_at: Timestamp,
-    /// What every output's writer may inflate, together.
-    inflate: std::sync::Arc<std::sync::Mutex<wstap_wire::deflate::Allowance>>,
-    /// What every output's encrypted legs may keep of their records, together.
-    history: Budget,
+    /// What every output's writer shares: inflating and records kept.
+    budgets: Budgets,
 }
 
 /// Hashes the writer's own ids (session and leg numbers) for its maps, looked up for
@@ -131,18 +128,12 @@ impl FileSink {
             session_of: HashMap::default(),
             failing: false,
             retry_at: Timestamp::EPOCH,
-            inflate: Default::default(),
-            history: Budget::default(),
+            budgets: Budgets::default(),
         }
     }
 
     fn synthesis(&self, seed: u64) -> Synthesis {
-        // Every output inflates and keeps records within the same allowances.
-        Synthesis {
-            inflate: self.inflate.clone(),
-            history: self.history.clone(),
-            ..Synthesis::new(&self.settings, seed)
-        }
+        Synthesis::new(&self.settings, seed, self.budgets.clone())
     }
 
     /// Which output an event goes to (per-session mode: the leg's session).

@@ -13,7 +13,6 @@ use tracing::error;
 
 use super::live::LiveWriter;
 use super::sink::FileSink;
-use super::writer::Synthesis;
 use crate::capture::event::now;
 use crate::capture::live::Hub;
 use crate::capture::queue::Recorder;
@@ -114,7 +113,7 @@ fn writer_thread(recorder: &Recorder, heartbeat: &Heartbeat, settings: CaptureSe
     let live_seed = seed.rotate_left(29) ^ 0x11fe;
     let live_writer = |settings: &CaptureSettings| {
         let format = settings.live?;
-        Some(LiveWriter::new(Synthesis::new(settings, live_seed), format, hub.clone()))
+        Some(LiveWriter::new(settings, live_seed, format, hub.clone()))
     };
     let mut live = live_writer(&settings);
     let mut sink = FileSink::new(settings, crate::capture::host::section_info(), seed);
@@ -140,7 +139,7 @@ fn writer_thread(recorder: &Recorder, heartbeat: &Heartbeat, settings: CaptureSe
             live = match (live.take(), settings.live) {
                 (_, None) => None,
                 (Some(mut live), Some(format)) => {
-                    live.reconfigure(Synthesis::new(&settings, live_seed), format);
+                    live.reconfigure(&settings, format);
                     Some(live)
                 }
                 (None, Some(_)) => live_writer(&settings),

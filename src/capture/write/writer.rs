@@ -20,7 +20,7 @@ use wstap_wire::tcp::{Flow, Packet};
 use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
 use super::acks::{Acks, LastPacket};
-use super::encrypted::{Budget, Encrypted};
+use super::encrypted::{Encrypted, RecordBudget};
 use super::leg::{Final, FinalKind, LegState};
 use super::repeat::{repeat_all, Beginning};
 use super::rewrite::{Rewritten, Rules, Run};
@@ -49,21 +49,29 @@ pub struct Synthesis {
     pub display_port: DisplayPort,
     /// What is redacted before it is written.
     pub redact: Arc<Redact>,
-    /// How much the writer (every writer of a sink) may inflate to follow deflate windows.
-    pub inflate: Arc<Mutex<Allowance>>,
     /// Seed of the ISN generator (xorshift; ISNs need to look random, not be secret).
     pub isn_seed: u64,
     /// Longest a due rotation waits for every session to reach a frame boundary (in
     /// event time); then it cuts and says so in a comment.
     pub rotate_wait: Duration,
-    /// What every writer of a sink's encrypted legs keep of their records, together.
-    pub history: Budget,
+    /// What it shares with the other writers of its sink.
+    pub budgets: Budgets,
+}
+
+/// What every writer of one sink shares (and a reload's writers take over): how much
+/// they may inflate to follow deflate windows, and how much of their encrypted legs'
+/// records they may keep.
+#[derive(Debug, Clone, Default)]
+pub struct Budgets {
+    /// The inflating allowance, per second.
+    pub inflate: Arc<Mutex<Allowance>>,
+    /// The bytes of TLS records kept for repeats.
+    pub records: RecordBudget,
 }
 
 impl Synthesis {
-    /// As `settings` say, with ISNs from `seed`, and an inflate allowance and a record
-    /// budget of its own.
-    pub fn new(settings: &crate::config::CaptureSettings, seed: u64) -> Synthesis {
+    /// As `settings` say, with ISNs from `seed`, within `budgets`.
+    pub fn new(settings: &crate::config::CaptureSettings, seed: u64, budgets: Budgets) -> Synthesis {
         Synthesis {
             mss_ipv4: settings.mss_ipv4,
             mss_ipv6: settings.mss_ipv6,
@@ -71,10 +79,9 @@ impl Synthesis {
             acks: settings.acks,
             display_port: settings.display_port,
             redact: Arc::new(settings.redact.clone()),
-            inflate: Arc::default(),
             isn_seed: seed,
             rotate_wait: settings.rotate.max_wait,
-            history: Budget::default(),
+            budgets,
         }
     }
 }
@@ -258,9 +265,9 @@ impl<W: Write> CaptureWriter<W> {
                 }
                 Ok(())
             }
-            What::Session { comment, snap } => {
+            What::Session { heading, snap } => {
                 if let Some(leg) = self.legs.get_mut(&id) {
-                    leg.note(Note::Leg(redact::text(&comment, &self.synth.redact)));
+                    leg.note(Note::Heading(redact::text(&heading, &self.synth.redact)));
                     let was = leg.at_boundary();
                     leg.begin_session(Rules { redact: self.synth.redact.clone(), snap });
                     self.rotation.moved(was, leg.at_boundary());
@@ -286,8 +293,8 @@ impl<W: Write> CaptureWriter<W> {
             Some(_) => ports::display_encrypted(opener, acceptor, self.synth.display_port),
             None => ports::display(opener, acceptor, self.synth.display_port),
         };
-        // The description quotes the request line: its query is redacted as the head's is.
-        let mut notes = vec![Note::Leg(redact::text(&o.comment, &self.synth.redact))];
+        // The heading quotes the request line: its query is redacted as the head's is.
+        let mut notes = vec![Note::Heading(redact::text(&o.heading, &self.synth.redact))];
         notes.extend(real_port.map(|real| Note::DisplayPort { real, written: acceptor.port() }));
         if opener == acceptor {
             opener.set_port(opener.port().wrapping_add(1));
@@ -299,9 +306,10 @@ impl<W: Write> CaptureWriter<W> {
             Segmentation::Gro => Flow::new(opener, acceptor, isn, mss).coalesced(),
         };
         let rules = Rules { redact: self.synth.redact.clone(), snap: o.snap };
-        let description = comment(&notes).unwrap_or_default();
-        let mut leg = LegState::new(o.leg, flow, description, o.scope, rules);
-        leg.encrypted = o.tls_secrets.clone().map(|keys| Encrypted::new(keys, self.synth.history.clone()));
+        // What a new section's repeat quotes: the heading and the port it is written with.
+        let heading = comment(&notes).unwrap_or_default();
+        let mut leg = LegState::new(o.leg, flow, heading, o.scope, rules);
+        leg.encrypted = o.tls_secrets.clone().map(|keys| Encrypted::new(keys, self.synth.budgets.records.clone()));
         // The leg is in before its keys are written: it keeps its state whatever that gives.
         self.legs.insert(id, leg);
         if let Some(keys) = o.tls_secrets {
@@ -335,7 +343,7 @@ impl<W: Write> CaptureWriter<W> {
                 Rewritten { runs: vec![Run::Input(0..payload.len())], notes: Vec::new() }
             }
             None => {
-                let mut allowance = crate::sync::lock(&self.synth.inflate);
+                let mut allowance = crate::sync::lock(&self.synth.budgets.inflate);
                 allowance.refill(time);
                 leg.rewrite.feed(dir, payload, &mut allowance)
             }
@@ -562,10 +570,9 @@ mod tests {
             acks,
             display_port: DisplayPort::Real,
             redact: Default::default(),
-            inflate: Default::default(),
             isn_seed: 7,
             rotate_wait: Duration::from_secs(5),
-            history: Default::default(),
+            budgets: Default::default(),
         };
         CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth).unwrap()
     }
@@ -576,7 +583,7 @@ mod tests {
             leg: Leg::Client,
             local: "127.0.0.1:8080".parse().unwrap(),
             remote: "127.0.0.1:40000".parse().unwrap(),
-            comment: comment.into(),
+            heading: comment.into(),
             scope,
             conn: ConnId(1),
             label: String::new(),
@@ -842,11 +849,11 @@ mod tests {
         let comments = packet_comments(&third);
         let not_kept = Note::Repeated {
             audience: Audience::File,
-            leg: "tls".into(),
+            heading: "tls".into(),
             what: Repeats::TlsNotKept(F::LegBound { kib: 1024 }),
             unwritten: 0,
         };
         assert!(comments[0].ends_with(&not_kept.to_string()), "{comments:?}");
-        assert_eq!(w.synth.history.load(Relaxed), 0, "the leg's share of the budget is given back");
+        assert_eq!(w.synth.budgets.records.load(Relaxed), 0, "the leg's share of the budget is given back");
     }
 }

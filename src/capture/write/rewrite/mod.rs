@@ -106,14 +106,14 @@ impl Rewritten {
 
 /// What a new section repeats of a session leg after its synthetic handshake.
 #[derive(Debug, Default)]
-pub(super) struct Repeated {
+pub(super) struct HeadsAndPrimers {
     /// Each direction's last head, as written.
     pub(super) heads: PerDir<Vec<u8>>,
     /// A message restoring each direction's deflate window, where one is kept.
     pub(super) primers: PerDir<Option<Vec<u8>>>,
 }
 
-impl Repeated {
+impl HeadsAndPrimers {
     /// The parts in the order a file needs them: the heads (request, then the `101`), then
     /// the primers, which Wireshark decodes as frames only after the `101`.
     pub(super) fn sent(&self) -> Vec<Sent<'_>> {
@@ -133,7 +133,7 @@ pub(super) struct Rewriter {
     dirs: PerDir<Side>,
     rules: Rules,
     /// Where the leg's capture began: a session's Upgrade request, or its first byte.
-    scope: Scope,
+    began: Scope,
     /// The connection's HTTP exchanges, both ways.
     http: Framer,
     /// Each direction's permessage-deflate follower, when its context is kept across
@@ -172,7 +172,7 @@ impl Rewriter {
         Rewriter {
             dirs: PerDir::new(side(), side()),
             rules,
-            scope,
+            began: scope,
             http: Framer::new(MAX_HEAD),
             deflate: PerDir::default(),
             heads: PerDir::default(),
@@ -298,13 +298,13 @@ impl Rewriter {
     /// restoring each kept deflate window. For a new file, a window no longer followed is
     /// lost from here on (the file's reader cannot be given it); a live subscriber
     /// joining changes nothing.
-    pub(super) fn repeated(&mut self, audience: Audience) -> Repeated {
+    pub(super) fn repeated(&mut self, audience: Audience) -> HeadsAndPrimers {
         if audience == Audience::File {
             self.deflate.iter_mut().flatten().for_each(Follower::new_file);
         }
         // A client's frames are masked.
         let primers = self.deflate.iter().map(|(dir, f)| f.as_ref().and_then(|f| f.priming_frame(dir == Dir::Up)));
-        let mut repeated = Repeated { heads: self.heads.clone(), primers: PerDir::default() };
+        let mut repeated = HeadsAndPrimers { heads: self.heads.clone(), primers: PerDir::default() };
         for (dir, primer) in primers.enumerate() {
             repeated.primers[Dir::BOTH[dir]] = primer;
         }
@@ -414,7 +414,7 @@ impl Rewriter {
     /// Where a direction goes after a head it could not read: a session's frames follow
     /// its Upgrade exchange; on a connection followed from its first byte nothing can be.
     fn after_lost_head(&self) -> Stage {
-        match self.scope {
+        match self.began {
             Scope::Session => Stage::Frames(FrameTracker::new()),
             Scope::Connection => Stage::Blanked,
         }
