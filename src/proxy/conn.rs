@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-use wstap_wire::{Dir, Leg};
+use wstap_wire::{Dir, Leg, PerLeg};
 
 use crate::capture::{ConnId, Layer, Tee};
 use crate::config::route::Route;
@@ -166,6 +166,14 @@ fn log_connection_error(e: &hyper::Error) -> Option<Failure> {
     }
 }
 
+/// Where a request goes: its route (a copy, and its place in the config, which its
+/// sampler is kept by) and the path to forward.
+struct Routed {
+    index: usize,
+    route: Route,
+    path: String,
+}
+
 impl ClientConn {
     /// Answers one request.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -193,9 +201,9 @@ impl ClientConn {
         }
     }
 
-    /// The route for `host` and the raw `path` (its place in the config, a copy), and the
-    /// path to forward: normalised unless `proxy.normalize_path` is off.
-    fn route(&self, host: Option<&str>, raw: &str) -> Result<(usize, Route, String), ProxyError> {
+    /// The route for `host` and the raw `path`, and the path to forward: normalised
+    /// unless `proxy.normalize_path` is off.
+    fn route(&self, host: Option<&str>, raw: &str) -> Result<Routed, ProxyError> {
         let settings = &self.ctx.settings;
         let find = |path: &str| settings.routes.iter().position(|r| r.matches(host, path));
         let path = if settings.proxy.normalize_path {
@@ -212,7 +220,7 @@ impl ClientConn {
             raw.to_owned()
         };
         let index = find(&path).ok_or(ProxyError::NoRoute)?;
-        Ok((index, settings.routes[index].clone(), path))
+        Ok(Routed { index, route: settings.routes[index].clone(), path })
     }
 
     /// Forwards one request over the upstream connection, and its answer back: a `101`
@@ -223,7 +231,7 @@ impl ClientConn {
         }
         let host = req.headers().get(HOST).cloned();
         let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-        let (index, route, path) = self.route(host_str, req.uri().path())?;
+        let Routed { index, route, path } = self.route(host_str, req.uri().path())?;
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         // Where capture would start on the client leg: this request's line, and wstap's
@@ -235,9 +243,8 @@ impl ClientConn {
         let upstream_mark = up.capture.tap.as_ref().map(|t| t.mark());
         let exchange = Exchange {
             request_line: &request_line,
-            client: client_mark,
             upstream: &up.capture,
-            upstream_mark,
+            marks: PerLeg::new(client_mark, upstream_mark),
             route: &route,
             index,
         };

@@ -86,11 +86,10 @@ impl LegTap {
 pub(crate) struct Exchange<'a> {
     /// The request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
     pub(crate) request_line: &'a str,
-    /// Where it began on the client leg.
-    pub(crate) client: Option<Mark>,
-    /// The upstream leg, and where it began there.
+    /// The upstream leg it goes over.
     pub(crate) upstream: &'a LegTap,
-    pub(crate) upstream_mark: Option<Mark>,
+    /// Where it began on each leg that has a tap.
+    pub(crate) marks: PerLeg<Option<Mark>>,
     /// Its route, and the route's place in the config.
     pub(crate) route: &'a Route,
     pub(crate) index: usize,
@@ -125,13 +124,11 @@ impl Recording<'_> {
             upstream: ex.route.upstream.to_string(),
             tls: PerLeg::new(self.client_leg.tls_leg(), ex.upstream.tls_leg()),
         };
-        match self.begin(ex, Scope::Session, heading) {
-            true => SessionCapture::Captured,
-            false => {
-                self.forgo(ex);
-                SessionCapture::NotCaptured
-            }
+        if self.begin(ex, Scope::Session, heading) {
+            return SessionCapture::Captured;
         }
+        self.forgo(ex);
+        SessionCapture::NotCaptured
     }
 
     /// The route records whole connections (`all`): each leg it records is captured from
@@ -157,18 +154,18 @@ impl Recording<'_> {
             snap: policy.snap,
             tls_secrets: keys.as_deref().and_then(Keys::kept),
         };
+        let legs = PerLeg::new(self.client_leg, ex.upstream);
         let mut recorded = false;
-        if let (Some(tap), Some(mark), true) = (&self.client_leg.tap, ex.client, policy.legs.client) {
-            recorded |= tap.begin(scope, mark, start(heading.to_string(), &self.client_leg.keys));
-        }
-        if let (Some(tap), Some(mark), true) = (&ex.upstream.tap, ex.upstream_mark, policy.legs.upstream) {
-            let heading = match heading {
-                Heading::Connection { conn, .. } => {
-                    Heading::UpstreamConnection { conn, upstream: ex.route.upstream.to_string() }
+        for leg in Leg::BOTH.into_iter().filter(|&l| policy.legs.has(l)) {
+            let (Some(tap), Some(mark)) = (&legs[leg].tap, ex.marks[leg]) else { continue };
+            // A connection recorded whole: its upstream leg is a connection of its own.
+            let heading = match (&heading, leg) {
+                (Heading::Connection { conn, .. }, Leg::Upstream) => {
+                    Heading::UpstreamConnection { conn: *conn, upstream: ex.route.upstream.to_string() }
                 }
-                session => session,
+                _ => heading.clone(),
             };
-            recorded |= tap.begin(scope, mark, start(heading.to_string(), &ex.upstream.keys));
+            recorded |= tap.begin(scope, mark, start(heading.to_string(), &legs[leg].keys));
         }
         recorded
     }
@@ -184,8 +181,9 @@ impl Recording<'_> {
 
 /// Says why a session's legs close, before their sockets do: it goes on each leg's last
 /// captured packet.
-pub(crate) fn closing(taps: [&Option<Arc<Tap>>; 2], reason: &Ending) {
-    for tap in taps.into_iter().flatten() {
+pub(crate) fn closing(taps: PerLeg<Option<&Arc<Tap>>>, reason: &Ending) {
+    for (_, tap) in taps.iter() {
+        let Some(tap) = tap else { continue };
         tap.set_close_reason(reason.clone());
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{info, info_span};
-use wstap_wire::Dir;
+use wstap_wire::{Dir, PerLeg};
 
 use crate::capture::{Ending, Tap};
 use crate::config::route::Route;
@@ -61,7 +61,7 @@ pub(crate) fn spawn(
         let _listed = conn.ctx.traffic.session_started(conn.id, live);
         let done = splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
         let ending = Ending::Session { conn: conn.id, end: done.end.said() };
-        recording::closing([&conn.capture.tap, &upstream_tap], &ending);
+        recording::closing(PerLeg::new(conn.capture.tap.as_ref(), upstream_tap.as_ref()), &ending);
         drop((client, upstream));
         let (up, down) = (done.bytes[Dir::Up], done.bytes[Dir::Down]);
         let secs = started.elapsed().as_secs_f64();

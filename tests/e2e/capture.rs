@@ -892,7 +892,7 @@ impl Deflater {
         }
         let mut out = Vec::with_capacity(text.len() + 64);
         self.0.compress_vec(text, &mut out, flate2::FlushCompress::Sync).unwrap();
-        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        assert!(out.ends_with(&wstap_wire::deflate::MESSAGE_TAIL));
         out.truncate(out.len() - 4);
         out
     }

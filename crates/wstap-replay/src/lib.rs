@@ -57,7 +57,7 @@ mod stream;
 use std::path::{Path, PathBuf};
 
 pub use capfile::FormatError;
-pub use player::{mock, preview, replay, BadTarget, Options, PlayError, Report, Step};
+pub use player::{mock, preview, replay, BadTarget, Content, Options, PlayError, Report, Step};
 pub use session::{decode_within, InflateBudget, Kind, Message, Session};
 pub use wstap_wire::Dir;
 

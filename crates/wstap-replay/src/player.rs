@@ -89,25 +89,58 @@ pub enum Step {
     Different {
         /// The recorded message's number.
         index: usize,
-        /// The recorded kind and payload.
-        expected: (Kind, Vec<u8>),
+        /// The recorded message.
+        expected: Content,
         /// What the peer sent.
-        got: (Kind, Vec<u8>),
+        got: Content,
     },
     /// The peer never sent a recorded message.
     Missing {
         /// The recorded message's number.
         index: usize,
-        /// The recorded kind and payload.
-        expected: (Kind, Vec<u8>),
+        /// The recorded message.
+        expected: Content,
     },
     /// The peer sent a message the recording does not have.
     Extra {
         /// What the peer sent.
-        got: (Kind, Vec<u8>),
+        got: Content,
     },
     /// The handshake differs from the recorded one (mock: the path asked for).
     Handshake(String),
+}
+
+/// A data or close message as the player compares it: its kind and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// Text, binary or close.
+    pub kind: Kind,
+    /// Its payload (a close's: the code, then the reason).
+    pub data: Vec<u8>,
+}
+
+impl Content {
+    /// What is compared of it: for a close its code alone, for data its payload with what
+    /// the `ignore` patterns match erased (each match becomes one NUL byte).
+    fn compared(&self, ignore: &[Regex]) -> (Kind, Vec<u8>) {
+        let data = match self.kind {
+            Kind::Close => self.data.get(..2).unwrap_or_default().to_vec(),
+            _ => ignore.iter().fold(self.data.clone(), |d, re| re.replace_all(&d, &b"\0"[..]).into_owned()),
+        };
+        (self.kind, data)
+    }
+}
+
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.name(), preview(self.kind, &self.data, 60))
+    }
+}
+
+/// A message the peer sent in the recording, with its number there.
+struct Recorded {
+    index: usize,
+    content: Content,
 }
 
 impl Step {
@@ -119,29 +152,22 @@ impl Step {
 
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let msg = |(k, d): &(Kind, Vec<u8>)| format!("{} {}", k.name(), preview(*k, d, 60));
         match self {
             Step::Sent { index, kind, len } => write!(f, "#{index} sent {} ({len} B)", kind.name()),
             Step::Received { kind, len } => write!(f, "received {} ({len} B)", kind.name()),
             Step::Matched { index, kind, len } => write!(f, "#{index} ok {} ({len} B)", kind.name()),
             Step::Different { index, expected, got } => {
-                let at = expected
-                    .1
-                    .iter()
-                    .zip(&got.1)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(expected.1.len().min(got.1.len()));
+                let (e, g) = (&expected.data, &got.data);
+                let at = e.iter().zip(g).position(|(a, b)| a != b).unwrap_or(e.len().min(g.len()));
                 write!(
                     f,
-                    "#{index} DIFFERENT at byte {at}:\n    expected {} ({} B)\n    got      {} ({} B)",
-                    msg(expected),
-                    expected.1.len(),
-                    msg(got),
-                    got.1.len()
+                    "#{index} DIFFERENT at byte {at}:\n    expected {expected} ({} B)\n    got      {got} ({} B)",
+                    e.len(),
+                    g.len()
                 )
             }
-            Step::Missing { index, expected } => write!(f, "#{index} MISSING: expected {}", msg(expected)),
-            Step::Extra { got } => write!(f, "EXTRA: got {}", msg(got)),
+            Step::Missing { index, expected } => write!(f, "#{index} MISSING: expected {expected}"),
+            Step::Extra { got } => write!(f, "EXTRA: got {got}"),
             Step::Handshake(s) => write!(f, "HANDSHAKE: {s}"),
         }
     }
@@ -387,12 +413,12 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     mut report: Report,
     mut on_step: impl FnMut(&Step),
 ) -> Result<Report, PlayError> {
-    let expected: Vec<(usize, Kind, Vec<u8>)> = session
+    let expected: Vec<Recorded> = session
         .messages
         .iter()
         .enumerate()
         .filter(|(_, m)| m.dir != me && matches!(m.kind, Kind::Text | Kind::Binary | Kind::Close))
-        .map(|(i, m)| (i + 1, m.kind, m.data.clone()))
+        .map(|(i, m)| Recorded { index: i + 1, content: Content { kind: m.kind, data: m.data.clone() } })
         .collect();
     let mut peer = Peer { got: Vec::new(), closed: false, quiet: false };
     let start = Instant::now();
@@ -402,7 +428,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         if m.dir != me || matches!(m.kind, Kind::Pong | Kind::Gap) || closed_by_me {
             continue;
         }
-        let due = expected.partition_point(|e| e.0 < i + 1);
+        let due = expected.partition_point(|e| e.index < i + 1);
         peer.collect(&mut ws, due, opts.wait, &mut on_step).await;
         if let Some(speed) = opts.speed {
             let after = m.time.since(session.start).as_nanos() as f64 / speed;
@@ -440,7 +466,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// What the peer sent so far.
 struct Peer {
-    got: Vec<(Kind, Vec<u8>)>,
+    got: Vec<Content>,
     closed: bool,
     /// It let `wait` pass without a message: later waits do not wait again until it speaks.
     quiet: bool,
@@ -461,8 +487,8 @@ impl Peer {
                 return;
             };
             self.quiet = false;
-            self.closed = got.0 == Kind::Close;
-            on_step(&Step::Received { kind: got.0, len: got.1.len() });
+            self.closed = got.kind == Kind::Close;
+            on_step(&Step::Received { kind: got.kind, len: got.data.len() });
             self.got.push(got);
         }
     }
@@ -472,24 +498,28 @@ impl Peer {
 /// of equal messages matches; between two matches, messages of the same kind and
 /// similar size are the same message changed; the rest are missing or extra. So one
 /// added or lost message is reported as that, not as every later message differing.
-fn diff(expected: &[(usize, Kind, Vec<u8>)], got: &[(Kind, Vec<u8>)], ignore: &[Regex]) -> Vec<Step> {
-    let exp = |i: usize| (expected[i].1, expected[i].2.clone());
-    let equal = lcs(expected.len(), got.len(), |i, j| same(&exp(i), &got[j], ignore));
+fn diff(expected: &[Recorded], got: &[Content], ignore: &[Regex]) -> Vec<Step> {
+    // What is compared, made once for each message (the LCS compares every pair).
+    let compared_exp: Vec<_> = expected.iter().map(|e| e.content.compared(ignore)).collect();
+    let compared_got: Vec<_> = got.iter().map(|g| g.compared(ignore)).collect();
+    let equal = lcs(expected.len(), got.len(), |i, j| compared_exp[i] == compared_got[j]);
+    let exp = |i: usize| expected[i].content.clone();
     let mut steps = Vec::new();
     let (mut i, mut j) = (0, 0);
     for &(mi, mj) in equal.iter().chain(&[(expected.len(), got.len())]) {
         // A hunk: expected[i..mi] against got[j..mj].
         let similar = |a: usize, b: usize| {
-            expected[i + a].1 == got[j + b].0 && likeness(&expected[i + a].2, &got[j + b].1) >= 0.5
+            let (e, g) = (&expected[i + a].content, &got[j + b]);
+            e.kind == g.kind && likeness(&e.data, &g.data) >= 0.5
         };
         let pairs = lcs(mi - i, mj - j, similar);
         let (mut a, mut b) = (0, 0);
         for &(pa, pb) in pairs.iter().chain(&[(mi - i, mj - j)]) {
-            steps.extend((a..pa).map(|k| Step::Missing { index: expected[i + k].0, expected: exp(i + k) }));
+            steps.extend((a..pa).map(|k| Step::Missing { index: expected[i + k].index, expected: exp(i + k) }));
             steps.extend((b..pb).map(|k| Step::Extra { got: got[j + k].clone() }));
             if pa < mi - i {
                 steps.push(Step::Different {
-                    index: expected[i + pa].0,
+                    index: expected[i + pa].index,
                     expected: exp(i + pa),
                     got: got[j + pb].clone(),
                 });
@@ -497,7 +527,7 @@ fn diff(expected: &[(usize, Kind, Vec<u8>)], got: &[(Kind, Vec<u8>)], ignore: &[
             (a, b) = (pa + 1, pb + 1);
         }
         if mi < expected.len() {
-            steps.push(Step::Matched { index: expected[mi].0, kind: got[mj].0, len: got[mj].1.len() });
+            steps.push(Step::Matched { index: expected[mi].index, kind: got[mj].kind, len: got[mj].data.len() });
         }
         (i, j) = (mi + 1, mj + 1);
     }
@@ -563,38 +593,19 @@ fn to_ws(m: &Message) -> Ws {
 }
 
 /// The peer's next data or close message; `None` when it is gone or silent for `wait`.
-async fn wait_for<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-    wait: Duration,
-) -> Option<(Kind, Vec<u8>)> {
+async fn wait_for<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, wait: Duration) -> Option<Content> {
     loop {
         let msg = tokio::time::timeout(wait, ws.next()).await.ok()??.ok()?;
         return Some(match msg {
-            Ws::Text(t) => (Kind::Text, t.as_bytes().to_vec()),
-            Ws::Binary(b) => (Kind::Binary, b.to_vec()),
+            Ws::Text(t) => Content { kind: Kind::Text, data: t.as_bytes().to_vec() },
+            Ws::Binary(b) => Content { kind: Kind::Binary, data: b.to_vec() },
             Ws::Close(c) => {
                 let data = c.map(|c| [&u16::from(c.code).to_be_bytes()[..], c.reason.as_bytes()].concat());
-                (Kind::Close, data.unwrap_or_default())
+                Content { kind: Kind::Close, data: data.unwrap_or_default() }
             }
             Ws::Ping(_) | Ws::Pong(_) | Ws::Frame(_) => continue,
         });
     }
-}
-
-/// Equal once the ignored parts are erased; close messages compare by code alone.
-fn same(expected: &(Kind, Vec<u8>), got: &(Kind, Vec<u8>), ignore: &[Regex]) -> bool {
-    if expected.0 != got.0 {
-        return false;
-    }
-    if expected.0 == Kind::Close {
-        return expected.1.get(..2) == got.1.get(..2);
-    }
-    erase_ignored(&expected.1, ignore) == erase_ignored(&got.1, ignore)
-}
-
-/// `data` with each match of an `ignore` pattern replaced by one NUL byte.
-fn erase_ignored(data: &[u8], ignore: &[Regex]) -> Vec<u8> {
-    ignore.iter().fold(data.to_vec(), |d, re| re.replace_all(&d, &b"\0"[..]).into_owned())
 }
 
 #[cfg(test)]
@@ -604,18 +615,20 @@ mod tests {
     #[test]
     fn ignore_patterns_erase_from_both_sides() {
         let re = vec![Regex::new(r#""ts":\d+"#).unwrap()];
-        let a = (Kind::Text, br#"{"ts":1700000000,"v":1}"#.to_vec());
-        let b = (Kind::Text, br#"{"ts":1800000001,"v":1}"#.to_vec());
-        let c = (Kind::Text, br#"{"ts":1800000001,"v":2}"#.to_vec());
+        let same = |a: &Content, b: &Content, ignore: &[Regex]| a.compared(ignore) == b.compared(ignore);
+        let a = text(r#"{"ts":1700000000,"v":1}"#);
+        let b = text(r#"{"ts":1800000001,"v":1}"#);
+        let c = text(r#"{"ts":1800000001,"v":2}"#);
         assert!(!same(&a, &b, &[]));
         assert!(same(&a, &b, &re));
         assert!(!same(&a, &c, &re));
-        assert!(!same(&a, &(Kind::Binary, a.1.clone()), &[]));
-        assert!(same(&(Kind::Close, vec![3, 232, b'x']), &(Kind::Close, vec![3, 232]), &[]));
+        assert!(!same(&a, &Content { kind: Kind::Binary, data: a.data.clone() }, &[]));
+        let close = |data: &[u8]| Content { kind: Kind::Close, data: data.to_vec() };
+        assert!(same(&close(&[3, 232, b'x']), &close(&[3, 232]), &[]));
     }
 
-    fn text(s: &str) -> (Kind, Vec<u8>) {
-        (Kind::Text, s.as_bytes().to_vec())
+    fn text(s: &str) -> Content {
+        Content { kind: Kind::Text, data: s.as_bytes().to_vec() }
     }
 
     #[test]
@@ -623,7 +636,7 @@ mod tests {
         let expected: Vec<_> = ["hello", "json-one", "fragment"]
             .iter()
             .enumerate()
-            .map(|(i, s)| (2 * i + 2, Kind::Text, s.as_bytes().to_vec()))
+            .map(|(i, s)| Recorded { index: 2 * i + 2, content: text(s) })
             .collect();
         let got = vec![text("HELLO"), text("surprise!!"), text("JSON-ONE"), text("fragment"), text("more")];
         let steps = diff(&expected, &got, &[]);
@@ -647,11 +660,7 @@ mod tests {
         assert_eq!(preview(Kind::Text, b"hi\n", 10), "\"hi\\n\"");
         assert_eq!(preview(Kind::Binary, &[1, 2, 255], 10), "0x0102ff");
         assert_eq!(preview(Kind::Close, &[3, 232, b'b', b'y', b'e'], 10), "code 1000 \"bye\"");
-        let d = Step::Different {
-            index: 4,
-            expected: (Kind::Text, b"hello".to_vec()),
-            got: (Kind::Text, b"heLLo".to_vec()),
-        };
+        let d = Step::Different { index: 4, expected: text("hello"), got: text("heLLo") };
         let s = d.to_string();
         assert!(s.contains("#4 DIFFERENT at byte 2") && s.contains("\"hello\"") && s.contains("\"heLLo\""), "{s}");
     }

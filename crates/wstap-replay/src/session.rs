@@ -12,7 +12,7 @@ use crate::reassembly::{Readable, Reassembled};
 use crate::stream::{Arrival, Hole, Stream};
 use wstap_wire::deflate;
 use wstap_wire::dir::{Dir, PerDir};
-use wstap_wire::http::{self, field, Framer, Head, Part};
+use wstap_wire::http::{self, field, Framer, Head, HeadKind, Part};
 use wstap_wire::wsframe::{apply_mask, FrameHeader, Opcode};
 use wstap_wire::Timestamp;
 
@@ -215,7 +215,7 @@ fn find_upgrade(s: &PerDir<Stream>, client: Dir) -> Result<Option<Upgrade>, Stri
 /// returns its head; `None` when the stream ends first (a body may run to the close, or
 /// claim more than was captured).
 fn next_message(f: &mut Framer, dir: Dir, st: &Stream, at: &mut u64) -> Result<Option<Head>, String> {
-    let what = if dir == Dir::Up { "request" } else { "response" };
+    let what = if dir == Dir::Up { HeadKind::Request } else { HeadKind::Response };
     let mut head = None;
     loop {
         let run = st.contiguous(*at);
@@ -246,12 +246,12 @@ struct Decoder<'b> {
     /// Which way its messages go (`Up`: the client's).
     dir: Dir,
     budget: &'b mut InflateBudget,
-    /// The inflater and whether it keeps its context between messages.
-    inflate: Option<(Decompress, bool)>,
+    /// The inflater, when the handshake negotiated permessage-deflate.
+    inflate: Option<Inflater>,
     /// The fragmented data message being assembled.
     partial: Option<Message>,
     /// Messages, each with the arrival of its last byte.
-    out: Vec<(Arrival, Message)>,
+    out: Vec<Decoded>,
     problems: Vec<String>,
     /// Problems past [`MAX_PROBLEMS`], counted only.
     more_problems: u64,
@@ -259,8 +259,21 @@ struct Decoder<'b> {
     window_lost: Option<u64>,
 }
 
+/// A direction's inflater.
+struct Inflater {
+    z: Decompress,
+    /// It keeps its context (window) from one message to the next.
+    takeover: bool,
+}
+
+/// A message read, with when its last byte became readable (for merging both directions).
+struct Decoded {
+    arrived: Arrival,
+    message: Message,
+}
+
 impl<'b> Decoder<'b> {
-    fn new(dir: Dir, inflate: Option<(Decompress, bool)>, budget: &'b mut InflateBudget) -> Decoder<'b> {
+    fn new(dir: Dir, inflate: Option<Inflater>, budget: &'b mut InflateBudget) -> Decoder<'b> {
         let (partial, out, problems) = (None, Vec::new(), Vec::new());
         Decoder { dir, budget, inflate, partial, out, problems, more_problems: 0, window_lost: None }
     }
@@ -329,12 +342,7 @@ impl<'b> Decoder<'b> {
         let lost = hole.end - hole.at;
         let arrived = st.arrival(hole.end);
         let next = FrameHeader::parse(st.contiguous(hole.end));
-        let sound = next.is_some_and(|h| {
-            h.opcode.is_known()
-                && !h.rsv23
-                && h.masked() == (self.dir == Dir::Up)
-                && (!h.opcode.is_control() || h.len <= 125)
-        });
+        let sound = next.is_some_and(|h| h.is_sound() && h.masked() == (self.dir == Dir::Up));
         if hole.end < st.len() && !sound {
             self.problem(format!(
                 "the capture lost {lost} bytes at stream offset {}, and no frame header follows them; \
@@ -346,7 +354,7 @@ impl<'b> Decoder<'b> {
         if let Some(partial) = self.partial.as_mut() {
             partial.incomplete = true;
         }
-        if self.inflate.as_ref().is_some_and(|(_, takeover)| *takeover) {
+        if self.inflate.as_ref().is_some_and(|i| i.takeover) {
             // What the lost frames compressed is gone from the shared window.
             self.window_lost.get_or_insert(hole.at);
         }
@@ -360,7 +368,7 @@ impl<'b> Decoder<'b> {
             incomplete: false,
             lost,
         };
-        self.out.push((arrived, gap));
+        self.out.push(Decoded { arrived, message: gap });
         hole.end < st.len()
     }
 
@@ -385,7 +393,7 @@ impl<'b> Decoder<'b> {
                     Opcode::Ping => Kind::Ping,
                     _ => Kind::Pong,
                 };
-                self.out.push((arrived, message(kind, data, false)));
+                self.out.push(Decoded { arrived, message: message(kind, data, false) });
             }
             Opcode::Continuation => {
                 let Some(p) = self.partial.as_mut() else {
@@ -409,7 +417,7 @@ impl<'b> Decoder<'b> {
                     let n = unfinished.data.len();
                     self.problem(format!("a new message began before the fragmented one ({n} bytes so far) ended"));
                     unfinished.incomplete = true;
-                    self.out.push((arrived, unfinished));
+                    self.out.push(Decoded { arrived, message: unfinished });
                 }
                 if h.fin {
                     self.complete(m, arrived);
@@ -427,24 +435,22 @@ impl<'b> Decoder<'b> {
         // After a gap that took compressed bytes, the shared window is unknown.
         m.incomplete |= m.compressed && self.window_lost.is_some();
         if m.compressed && !m.incomplete {
-            match self.inflated(&m.data, arrived.end) {
-                Some((d, whole)) => (m.data, m.incomplete) = (d, !whole),
-                None => m.incomplete = true,
-            }
+            self.inflate(&mut m, arrived.end);
         }
-        self.out.push((arrived, m));
+        self.out.push(Decoded { arrived, message: m });
     }
 
-    /// The payload of a compressed message, inflated, and whether it is whole; `None` (and
-    /// a problem) if it fails or the read's budget is spent. A message cut at a limit is
-    /// returned as far as it got, never as whole, and (with context takeover) the window
-    /// is lost from there.
-    fn inflated(&mut self, data: &[u8], end: u64) -> Option<(Vec<u8>, bool)> {
-        let Some((z, takeover)) = self.inflate.as_mut() else {
+    /// Inflates a compressed message's payload in place. One that fails, or finds the
+    /// read's budget spent, stays as it was and is marked incomplete (with a problem); one
+    /// cut at a limit keeps what it got, marked incomplete, and (with context takeover)
+    /// the window is lost from there.
+    fn inflate(&mut self, m: &mut Message, end: u64) {
+        m.incomplete = true;
+        let Some(Inflater { z, takeover }) = self.inflate.as_mut() else {
             self.problem(format!(
                 "compressed message (RSV1) ending at stream offset {end}, but no permessage-deflate was negotiated"
             ));
-            return None;
+            return;
         };
         if !*takeover {
             z.reset(false);
@@ -454,10 +460,10 @@ impl<'b> Decoder<'b> {
             self.problem(format!(
                 "compressed message ending at stream offset {end} left compressed: the read's inflate budget is spent"
             ));
-            return None;
+            return;
         }
         let takeover = *takeover;
-        let input = [data, &[0, 0, 0xff, 0xff]].concat();
+        let input = [&m.data[..], &deflate::MESSAGE_TAIL].concat();
         let mut out = Vec::with_capacity((input.len() * 3).min(limit));
         let result = deflate::inflate(z, &input, limit, |piece| out.extend_from_slice(piece));
         self.budget.left -= out.len();
@@ -474,13 +480,10 @@ impl<'b> Decoder<'b> {
                 if takeover {
                     self.window_lost.get_or_insert(end);
                 }
-                Some((out, false))
+                m.data = out;
             }
-            Ok(_) => Some((out, true)),
-            Err(e) => {
-                self.problem(format!("message ending at stream offset {end} does not inflate: {e}"));
-                None
-            }
+            Ok(_) => (m.data, m.incomplete) = (out, false),
+            Err(e) => self.problem(format!("message ending at stream offset {end} does not inflate: {e}")),
         }
     }
 }
@@ -523,19 +526,19 @@ pub fn decode_within(conn: &Reassembled, id: usize, budget: &mut InflateBudget) 
     let mut out = Vec::new();
     // The client's stream is `client` on the connection, and its messages go `Up`.
     for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
-        let inflate = takeover.map(|t| (Decompress::new(false), t[dir]));
+        let inflate = takeover.map(|t| Inflater { z: Decompress::new(false), takeover: t[dir] });
         let mut d = Decoder::new(dir, inflate, budget);
         let st = &s[stream];
         d.run(st, up.at[dir]);
         if let Some(mut unfinished) = d.partial.take() {
             d.problem("the capture ends inside a fragmented message".into());
             unfinished.incomplete = true;
-            d.out.push((Arrival { end: u64::MAX, ..st.arrival(st.len()) }, unfinished));
+            d.out.push(Decoded { arrived: Arrival { end: u64::MAX, ..st.arrival(st.len()) }, message: unfinished });
         }
         problems.extend(d.take_problems());
         out.extend(d.out);
     }
-    out.sort_by_key(|(at, m)| (at.order, m.dir == Dir::Down, at.end));
+    out.sort_by_key(|d| (d.arrived.order, d.message.dir == Dir::Down, d.arrived.end));
     let (client_addr, server_addr) = if client == Dir::Up { (conn.a, conn.b) } else { (conn.b, conn.a) };
     Some(Session {
         id,
@@ -548,7 +551,7 @@ pub fn decode_within(conn: &Reassembled, id: usize, budget: &mut InflateBudget) 
         status: up.response.status,
         response_headers: up.response.headers,
         deflate: takeover.is_some(),
-        messages: out.into_iter().map(|(_, m)| m).collect(),
+        messages: out.into_iter().map(|d| d.message).collect(),
         problems,
         duplicate_bytes: conn.duplicate_bytes,
         out_of_order: conn.out_of_order,
@@ -562,7 +565,7 @@ fn starts_with_frame(st: &Stream, masked: bool) -> bool {
         return true;
     }
     FrameHeader::parse(st.contiguous(0))
-        .is_some_and(|h| h.opcode.is_known() && !h.rsv23 && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
+        .is_some_and(|h| h.is_sound() && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
 }
 
 /// The payload of the frame at `start..end`, unmasked, and whether bytes of it are
@@ -685,7 +688,7 @@ pub(crate) mod tests {
     fn deflate(z: &mut Compress, text: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(text.len() + 64);
         z.compress_vec(text, &mut out, FlushCompress::Sync).unwrap();
-        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        assert!(out.ends_with(&deflate::MESSAGE_TAIL));
         out.truncate(out.len() - 4);
         out
     }

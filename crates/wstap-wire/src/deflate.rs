@@ -19,6 +19,10 @@ const WINDOW: usize = 32 * 1024;
 /// longer followed (a small message can inflate to gigabytes).
 pub const MAX_FOLLOWED_MESSAGE: usize = 8 << 20;
 
+/// The bytes every compressed message had removed from its end (RFC 7692 §7.2.1): an
+/// empty stored block, which an inflater is given back at each message's end.
+pub const MESSAGE_TAIL: [u8; 4] = [0, 0, 0xff, 0xff];
+
 /// Why a direction's window is unknown from some point on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Loss {
@@ -165,8 +169,7 @@ impl Follower {
         }
         self.inflate(payload, allowance);
         if frame_end && h.fin {
-            // The tail every compressed message had removed (RFC 7692 §7.2.1).
-            self.inflate(&[0, 0, 0xff, 0xff], allowance);
+            self.inflate(&MESSAGE_TAIL, allowance);
         }
     }
 
@@ -314,7 +317,7 @@ mod tests {
         let mut inflate = |fresh: &mut Decompress, data: &[u8]| {
             let before = fresh.total_out();
             let mut input = data.to_vec();
-            input.extend([0, 0, 0xff, 0xff]);
+            input.extend(MESSAGE_TAIL);
             fresh.decompress(&input, &mut sink, FlushDecompress::Sync).unwrap();
             String::from_utf8_lossy(&sink[..(fresh.total_out() - before) as usize]).into_owned()
         };
@@ -331,7 +334,7 @@ mod tests {
         for size in [1usize, 1000, 16 * 1024, 40_000] {
             let text: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
             let mut input = compressed(&mut Compress::new(Compression::default(), false), &text);
-            input.extend([0, 0, 0xff, 0xff]);
+            input.extend(MESSAGE_TAIL);
             let mut out = Vec::new();
             let whole = inflate(&mut Decompress::new(false), &input, size, |p| out.extend_from_slice(p)).unwrap();
             assert_eq!((whole.made, whole.cut, &out), (size, false, &text), "{size} bytes, limit {size}");

@@ -134,6 +134,13 @@ impl FrameHeader {
         self.mask.is_some()
     }
 
+    /// Whether the header could begin a real frame: a known opcode, no RSV2 or RSV3 (no
+    /// extension wstap knows sets them), and a control frame's payload within 125 bytes.
+    /// Where a stream resumes after a loss, this tells a frame header from payload bytes.
+    pub fn is_sound(&self) -> bool {
+        self.opcode.is_known() && !self.rsv23 && (!self.opcode.is_control() || self.len <= 125)
+    }
+
     /// The header of a frame whose first byte (FIN, RSV bits, opcode) is `first`, with
     /// `len` payload bytes, masked with `mask` if given: the shortest length encoding.
     pub fn encode(first: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use wstap_wire::http::HeadEnd;
 use wstap_wire::{Dir, Timestamp};
 
 use super::chunk::{Keep, Piece};
@@ -164,7 +165,7 @@ impl Probe {
         let start = (0..bytes.len().saturating_sub(line.len() - 1))
             .rev()
             .find(|&i| bytes[i..].starts_with(line) && (i == 0 || bytes[i - 1] == b'\n'))?;
-        let end = bytes[start..].windows(4).position(|w| w == b"\r\n\r\n")? + start + 4;
+        let end = start + HeadEnd::new().scan(&bytes[start..])?;
         Some(HeadAt { first: first + start as u64, end: first + end as u64 })
     }
 

@@ -144,7 +144,7 @@ impl Track {
         for part in piece.parts_from(from) {
             let n = self.advance(part, Until::Boundary);
             pos += n;
-            if n < part.len() || self.at_boundary() {
+            if n < part.len() || self.between_frames() {
                 break;
             }
         }
@@ -154,14 +154,6 @@ impl Track {
     /// Between frames, past the heads: where capture may resume.
     fn between_frames(&self) -> bool {
         matches!(&self.stage, Stage::Frames(t) if t.at_boundary())
-    }
-
-    /// Between frames, or before any byte of a head.
-    fn at_boundary(&self) -> bool {
-        match &self.stage {
-            Stage::Heads(end) => !end.started(),
-            Stage::Frames(t) => t.at_boundary(),
-        }
     }
 
     /// Consumes `data` until `until` (a boundary is also the end of the heads); returns
@@ -210,7 +202,7 @@ fn control_frame_at(piece: &Piece<'_>, pos: usize) -> Option<usize> {
     }
     let h = FrameHeader::parse(&head[..n])?;
     let end = pos + h.header_len + h.len as usize;
-    (h.opcode.is_control() && h.len <= 125 && end <= piece.len()).then_some(end)
+    (h.opcode.is_control() && h.is_sound() && end <= piece.len()).then_some(end)
 }
 
 #[cfg(test)]
@@ -220,6 +212,23 @@ mod tests {
 
     fn frame(opcode: Opcode, len: usize) -> Vec<u8> {
         encode_frame(first_byte(true, false, opcode), &vec![b'x'; len], None)
+    }
+
+    #[test]
+    fn interim_responses_before_the_101_are_heads_not_frames() {
+        let rec = Recorder::new(1 << 20);
+        let to = To { recorder: &rec, leg: LegId(1), dir: Dir::Down, time: None };
+        let heads = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n";
+        for piece in [1, 7, heads.len()] {
+            let mut t = Track::new();
+            for (i, chunk) in heads.chunks(piece).enumerate() {
+                t.pass(&to, (i * piece) as u64, Piece::Slice(chunk));
+                let past_101 = (i + 1) * piece >= heads.len();
+                assert_eq!(t.between_frames(), past_101, "piece {piece}: frames begin after the 101 only");
+            }
+            t.pass(&to, heads.len() as u64, Piece::Slice(&frame(Opcode::Text, 5)[..3]));
+            assert!(!t.between_frames(), "inside the first frame");
+        }
     }
 
     #[test]

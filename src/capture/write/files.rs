@@ -130,7 +130,7 @@ impl FileSet {
                 let part = r.dir.join(&name);
                 let ours = fs::symlink_metadata(&part).is_ok_and(|m| self.open.contains(&(m.dev(), m.ino())));
                 if name.ends_with(".part") && !ours {
-                    salvage(&part, "left open by an earlier run");
+                    salvage(&part, Salvaged::LeftOpen);
                 }
             }
         }
@@ -314,7 +314,7 @@ fn run(job: Job, finished: &AtomicU64) {
             }
         }
         Job::GiveUp { f, ring } => {
-            if salvage(&f.part, "after a write error") {
+            if salvage(&f.part, Salvaged::AfterWriteError) {
                 ring.trim();
             }
         }
@@ -345,7 +345,7 @@ fn end(file: File, f: &OpenFile, ring: &Ring) -> bool {
         }
         Err(e) => {
             warn!(path = %f.part.display(), error = %e, "cannot finish a capture file");
-            if salvage(&f.part, "after a write error") {
+            if salvage(&f.part, Salvaged::AfterWriteError) {
                 ring.trim();
             }
             false
@@ -353,11 +353,29 @@ fn end(file: File, f: &OpenFile, ring: &Ring) -> bool {
     }
 }
 
+/// Why a `.part` file is finished as it stands.
+#[derive(Debug, Clone, Copy)]
+enum Salvaged {
+    /// An earlier run left it open (it was killed, or crashed).
+    LeftOpen,
+    /// Writing it failed.
+    AfterWriteError,
+}
+
+impl std::fmt::Display for Salvaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Salvaged::LeftOpen => "left open by an earlier run",
+            Salvaged::AfterWriteError => "after a write error",
+        })
+    }
+}
+
 /// Finishes a `.part` file that cannot be written on: if its whole blocks hold at least one
 /// packet, it is cut after the last of them and renamed to its final name; otherwise it
 /// is deleted (an empty file must not take a real capture's place in the ring). Returns
 /// whether a file was kept.
-fn salvage(part: &Path, why: &str) -> bool {
+fn salvage(part: &Path, why: Salvaged) -> bool {
     let finished = part.with_extension("");
     let kept = (|| {
         let file = OpenOptions::new().write(true).read(true).custom_flags(libc::O_NOFOLLOW).open(part)?;

@@ -33,34 +33,25 @@ const TLS_PORTS: [u16; 1] = [443];
 /// connection first).
 pub const SAFE_PORT: u16 = 80;
 
-/// The addresses a connection from `client` to `server` is written with, and the real
-/// server port when it was replaced.
-pub fn display(client: SocketAddr, mut server: SocketAddr, how: DisplayPort) -> (SocketAddr, SocketAddr, Option<u16>) {
-    let real = server.port();
+/// The port the server of a connection from `client` to `server` is written with.
+pub fn display(client: SocketAddr, server: SocketAddr, how: DisplayPort) -> u16 {
     match how {
-        DisplayPort::Real => return (client, server, None),
-        DisplayPort::Fixed(port) => server.set_port(port),
-        DisplayPort::Auto if undecodable(real) || undecodable(client.port()) || TLS_PORTS.contains(&real) => {
-            server.set_port(SAFE_PORT)
-        }
-        DisplayPort::Auto => return (client, server, None),
+        DisplayPort::Real => server.port(),
+        DisplayPort::Fixed(port) => port,
+        DisplayPort::Auto if undecodable(server.port()) || undecodable(client.port()) => SAFE_PORT,
+        DisplayPort::Auto if TLS_PORTS.contains(&server.port()) => SAFE_PORT,
+        DisplayPort::Auto => server.port(),
     }
-    (client, server, (server.port() != real).then_some(real))
 }
 
-/// The addresses an encrypted leg (TLS records, `capture.tls = "encrypted"`) is written
-/// with: the server on 443, which Wireshark's TLS dissector takes (and, past it, HTTP's),
-/// unless the real ports are asked for; and the real server port when it was replaced.
-pub fn display_encrypted(
-    client: SocketAddr,
-    mut server: SocketAddr,
-    how: DisplayPort,
-) -> (SocketAddr, SocketAddr, Option<u16>) {
-    let real = server.port();
-    if how != DisplayPort::Real {
-        server.set_port(TLS_PORTS[0]);
+/// The port the server of an encrypted leg (TLS records, `capture.tls = "encrypted"`)
+/// is written with: 443, which Wireshark's TLS dissector takes (and, past it, HTTP's),
+/// unless the real ports are asked for.
+pub fn display_encrypted(server: SocketAddr, how: DisplayPort) -> u16 {
+    match how {
+        DisplayPort::Real => server.port(),
+        _ => TLS_PORTS[0],
     }
-    (client, server, (server.port() != real).then_some(real))
 }
 
 /// The ports in the table, in order (for the test that checks it against tshark).
@@ -77,21 +68,16 @@ mod tests {
         assert!(undecodable(6379) && undecodable(5432) && undecodable(1883) && undecodable(44321));
         assert!(!undecodable(80) && !undecodable(8080) && !undecodable(443) && !undecodable(9000));
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let (c, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:6379"), DisplayPort::Auto);
-        assert_eq!((c.port(), s.port(), real), (40000, 80, Some(6379)));
-        let (_, s, real) = display(a("10.0.0.1:44321"), a("10.0.0.2:8123"), DisplayPort::Auto);
-        assert_eq!((s.port(), real), (80, Some(8123)), "a claimed client port is lower-priority only below 80");
-        let (_, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:8123"), DisplayPort::Auto);
-        assert_eq!((s.port(), real), (8123, None));
-        let (_, s, _) = display(a("10.0.0.1:40000"), a("10.0.0.2:6379"), DisplayPort::Real);
-        assert_eq!(s.port(), 6379);
-        assert_eq!(display(a("10.0.0.1:1"), a("10.0.0.2:2"), DisplayPort::Fixed(8080)).2, Some(2));
+        let (client, redis) = (a("10.0.0.1:40000"), a("10.0.0.2:6379"));
+        assert_eq!(display(client, redis, DisplayPort::Auto), 80);
+        assert_eq!(display(a("10.0.0.1:44321"), a("10.0.0.2:8123"), DisplayPort::Auto), 80, "a claimed client port");
+        assert_eq!(display(client, a("10.0.0.2:8123"), DisplayPort::Auto), 8123);
+        assert_eq!(display(client, redis, DisplayPort::Real), 6379);
+        assert_eq!(display(client, redis, DisplayPort::Fixed(8080)), 8080);
         assert_eq!(table().len(), 271);
-        let (_, s, real) = display(a("10.0.0.1:40000"), a("10.0.0.2:443"), DisplayPort::Auto);
-        assert_eq!((s.port(), real), (80, Some(443)), "decrypted TLS on 443 is not written as 443");
-        let (_, s, real) = display_encrypted(a("10.0.0.1:40000"), a("10.0.0.2:8443"), DisplayPort::Auto);
-        assert_eq!((s.port(), real), (443, Some(8443)), "TLS records are written where Wireshark reads TLS");
-        let (_, s, real) = display_encrypted(a("10.0.0.1:40000"), a("10.0.0.2:8443"), DisplayPort::Real);
-        assert_eq!((s.port(), real), (8443, None));
+        assert_eq!(display(client, a("10.0.0.2:443"), DisplayPort::Auto), 80, "decrypted TLS is not written as 443");
+        let tls = a("10.0.0.2:8443");
+        assert_eq!(display_encrypted(tls, DisplayPort::Auto), 443, "TLS records go where Wireshark reads TLS");
+        assert_eq!(display_encrypted(tls, DisplayPort::Real), 8443);
     }
 }

@@ -22,6 +22,24 @@ use crate::config::{CaptureSettings, FilesPer};
 /// How long after a write error before the next file is tried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// What failed, starting a write-error episode.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    /// A new capture file could not be created.
+    Create,
+    /// Writing to the open file failed.
+    Write,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Failed::Create => "cannot create a capture file",
+            Failed::Write => "capture write failed",
+        })
+    }
+}
+
 /// Which output an event goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
@@ -297,7 +315,7 @@ impl FileSink {
                         self.finish_file(f, w);
                     }
                 }
-                self.episode(&e, now, "cannot create a capture file", stats);
+                self.episode(&e, now, Failed::Create, stats);
             }
         }
     }
@@ -335,11 +353,11 @@ impl FileSink {
                 self.files.give_up(f);
             }
         }
-        self.episode(e, now, "capture write failed", stats);
+        self.episode(e, now, Failed::Write, stats);
     }
 
     /// Logs the first error of an episode; capture drops until the next file opens.
-    fn episode(&mut self, e: &io::Error, now: Timestamp, what: &str, stats: &Stats) {
+    fn episode(&mut self, e: &io::Error, now: Timestamp, what: Failed, stats: &Stats) {
         if !self.failing {
             stats.error_episodes.fetch_add(1, Relaxed);
             error!(dir = %self.settings.dir.display(), error = %e, "{what}; capture is dropped (traffic is not affected) until a file can be written");

@@ -289,10 +289,13 @@ impl<W: Write> CaptureWriter<W> {
             Leg::Client => (o.remote, o.local),
             Leg::Upstream => (o.local, o.remote),
         };
-        let (mut opener, acceptor, real_port) = match o.tls_secrets {
-            Some(_) => ports::display_encrypted(opener, acceptor, self.synth.display_port),
+        let (mut opener, mut acceptor) = (opener, acceptor);
+        let real = acceptor.port();
+        acceptor.set_port(match o.tls_secrets {
+            Some(_) => ports::display_encrypted(acceptor, self.synth.display_port),
             None => ports::display(opener, acceptor, self.synth.display_port),
-        };
+        });
+        let real_port = (acceptor.port() != real).then_some(real);
         // The heading quotes the request line: its query is redacted as the head's is.
         let mut notes = vec![Note::Heading(redact::text(&o.heading, &self.synth.redact))];
         notes.extend(real_port.map(|real| Note::DisplayPort { real, written: acceptor.port() }));

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use super::{request, response, Head, HeadEnd, HeadError};
+use super::{request, response, Head, HeadEnd, HeadError, HeadKind};
 use crate::dir::{Dir, PerDir};
 
 /// Requests followed ahead of their responses (pipelining).
@@ -212,7 +212,7 @@ impl Framer {
                     true => State::Head(HeadEnd::new()),
                     false => State::Switched,
                 };
-                Advance { used: 0, part: self.part_now(dir) }
+                self.advance(dir, input)
             }
             State::Switched => Advance { used: 0, part: Part::Switched },
             State::Lost(e) => Advance { used: 0, part: Part::Unframed(e.clone()) },
@@ -261,15 +261,6 @@ impl Framer {
             }
         }
         Ok(())
-    }
-
-    /// Bytes were lost going `dir`, how many is not known: its framing is lost, unless
-    /// its bytes already run to the close or belong to another protocol.
-    pub fn lose_place(&mut self, dir: Dir) {
-        let state = &mut self.sides[dir].state;
-        if !matches!(state, State::ToClose | State::Switched) {
-            *state = State::Lost(FramingError::BytesLost);
-        }
     }
 
     /// `used` more bytes of a head: held, unless the head grew too long.
@@ -335,7 +326,7 @@ impl Framer {
             () if head.asks_websocket() => Asked::Upgrade,
             () => Asked::Other,
         });
-        body(head, false)
+        body(head, HeadKind::Request)
     }
 
     /// What follows a response head: another head (interim), the switch (`101`), or its
@@ -356,7 +347,10 @@ impl Framer {
             // Refused: the client's next bytes are HTTP again.
             self.sides[Dir::Up].state = State::Head(HeadEnd::new());
         }
-        body(head, asked == Asked::Head || head.status == 204 || head.status == 304)
+        if asked == Asked::Head || head.status == 204 || head.status == 304 {
+            return Ok(After::End);
+        }
+        body(head, HeadKind::Response)
     }
 
     /// A message going `dir` ended: the next head, or (after an Upgrade request) the wait
@@ -374,15 +368,6 @@ impl Framer {
         self.sides[dir].state = State::Lost(e.clone());
         Advance { used: 0, part: Part::Unframed(e) }
     }
-
-    /// What `dir`'s state makes of the next bytes, when that is known before reading them.
-    fn part_now(&self, dir: Dir) -> Part {
-        match &self.sides[dir].state {
-            State::Switched => Part::Switched,
-            State::Lost(e) => Part::Unframed(e.clone()),
-            _ => Part::HeadSoFar,
-        }
-    }
 }
 
 /// What follows a complete head.
@@ -395,11 +380,9 @@ enum After {
     Switch,
 }
 
-/// What follows `head` by its framing (nothing, if `no_body`).
-fn body(head: &Head, no_body: bool) -> Result<After, FramingError> {
-    if no_body {
-        return Ok(After::End);
-    }
+/// What follows `head`, a head of `kind`, by its framing: a body (by its chunks, its
+/// length, or for a response without either, to the close), or nothing.
+fn body(head: &Head, kind: HeadKind) -> Result<After, FramingError> {
     if head.has_token("transfer-encoding", "chunked") {
         return Ok(After::Body(State::Chunked(Chunk::Size(Vec::new()))));
     }
@@ -408,8 +391,10 @@ fn body(head: &Head, no_body: bool) -> Result<After, FramingError> {
         Some((_, Ok(n))) => Ok(After::Body(State::Body(n))),
         Some((v, Err(_))) => Err(FramingError::BadContentLength(v.to_owned())),
         // A request without a length has no body; a response runs to the close.
-        None if head.status == 0 => Ok(After::End),
-        None => Ok(After::Body(State::ToClose)),
+        None => Ok(match kind {
+            HeadKind::Request => After::End,
+            HeadKind::Response => After::Body(State::ToClose),
+        }),
     }
 }
 
@@ -566,6 +551,13 @@ mod tests {
         parts(&mut refused, Dir::Down, b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", 100);
         let next = parts(&mut refused, Dir::Up, b"GET /again HTTP/1.1\r\n\r\n", 3);
         assert_eq!(next, [(23, "head GET 0 end".to_owned())], "the client goes on with HTTP");
+
+        // A request pipelined behind the Upgrade request, before its answer: HTTP goes on,
+        // and its bytes are taken (only a switch or a lost framing takes nothing).
+        let mut pipelined = Framer::new(1 << 16);
+        parts(&mut pipelined, Dir::Up, upgrade, 100);
+        let next = parts(&mut pipelined, Dir::Up, b"GET /next HTTP/1.1\r\n\r\n", 4);
+        assert_eq!(next, [(22, "head GET 0 end".to_owned())]);
 
         // Frames sent right behind the Upgrade request, before its answer.
         let mut early = Framer::new(1 << 16);

@@ -47,11 +47,6 @@ impl HeadEnd {
         self.seen > 0
     }
 
-    /// Bytes of the head seen so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
     /// Whether the head's status line is an interim response's (`1xx`, but not `101`):
     /// another head follows it in the same exchange.
     pub fn is_interim(&self) -> bool {
@@ -87,6 +82,6 @@ mod tests {
         assert!(!switching.is_interim(), "a 101 is the last head");
         let mut request = HeadEnd::new();
         assert_eq!(request.scan(b"GET / HTTP/1.1\r\n"), None);
-        assert!(!request.is_interim() && request.seen() == 16);
+        assert!(!request.is_interim() && request.started());
     }
 }
