@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use wstap::capture::{CaptureWriter, ConnId, Event, LegId, Opening, Processed, PureAcks, Scope};
 use wstap::capture::{SectionInfo, Stats, Synthesis, What};
 use wstap::config::{Legs, Segmentation};
-use wstap::{Dir, Leg};
+use wstap::{Dir, Leg, PerDir};
+use wstap_wire::wsframe::{encode_frame, first_byte, FrameHeader, Opcode};
 use wstap_wire::Timestamp;
 
 /// A message's payload, and how many are echoed per run.
@@ -63,38 +64,34 @@ fn writer(segment: Segmentation, stats: &Stats) -> CaptureWriter<BufWriter<std::
 
 /// One leg's events, in order: times and offsets each way.
 struct Feed {
-    time: u64,
-    offset: [u64; 2],
+    time: Timestamp,
+    offset: PerDir<u64>,
 }
 
 impl Feed {
     /// `bytes` going `dir`, the next event.
     fn data(&mut self, w: &mut CaptureWriter<BufWriter<std::fs::File>>, stats: &Stats, dir: Dir, bytes: bytes::Bytes) {
-        self.time += 1;
-        let at = &mut self.offset[dir as usize];
+        self.time = self.time.after(Duration::from_nanos(1));
+        let at = &mut self.offset[dir];
         let what = What::Data { dir, offset: *at, bytes: bytes.clone() };
         *at += bytes.len() as u64;
-        let ev = Event { time: Timestamp::from_nanos(self.time), leg: LegId(1), what };
+        let ev = Event { time: self.time, leg: LegId(1), what };
         assert!(matches!(w.process(ev, stats).unwrap(), Processed::Done));
     }
 }
 
 /// A frame of a `MESSAGE`-byte binary message, masked as a client sends it or not.
 fn message_frame(mask: bool) -> bytes::Bytes {
-    let mut f = vec![0x82, if mask { 0xff } else { 0x7f }];
-    f.extend((MESSAGE as u64).to_be_bytes());
-    if mask {
-        f.extend([0x11, 0x22, 0x33, 0x44]);
-    }
-    f.extend((0..MESSAGE).map(|i| (i * 7) as u8));
-    bytes::Bytes::from(f)
+    let payload: Vec<u8> = (0..MESSAGE).map(|i| (i * 7) as u8).collect();
+    let first = first_byte(true, false, Opcode::Binary);
+    bytes::Bytes::from(encode_frame(first, &payload, mask.then_some([0x11, 0x22, 0x33, 0x44])))
 }
 
 /// Payload bytes and packets written per second.
 fn run(segment: Segmentation, load: Load) -> (f64, f64) {
     let stats = Stats::default();
     let mut w = writer(segment, &stats);
-    let mut feed = Feed { time: 1, offset: [0; 2] };
+    let mut feed = Feed { time: Timestamp::from_nanos(1), offset: PerDir::default() };
     let upgrade = "GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     let accept = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -105,8 +102,7 @@ fn run(segment: Segmentation, load: Load) -> (f64, f64) {
     let (up, down) = (message_frame(true), message_frame(false));
     let chunk = bytes::Bytes::from(vec![0x5a; CHUNK]);
     if load == Load::Stream {
-        let mut head = vec![0x82, 0x7f];
-        head.extend(((CHUNKS * CHUNK) as u64).to_be_bytes());
+        let head = FrameHeader::encode(first_byte(true, false, Opcode::Binary), (CHUNKS * CHUNK) as u64, None);
         feed.data(&mut w, &stats, Dir::Up, head.into());
     }
     let packets0 = stats.packets_written.load(std::sync::atomic::Ordering::Relaxed);

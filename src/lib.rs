@@ -25,8 +25,8 @@
 //!
 //! ```text
 //! socket ─▶ service::listeners (accept, limit) ─▶ proxy::conn (hyper: head, route, headers)
-//!        ─▶ proxy::conn (hyper client on an upstream socket it opened) ─▶ upstream
-//! after `101 Switching Protocols`:
+//!        ─▶ proxy::upstream (hyper's client on an upstream socket it opened) ─▶ upstream
+//! after `101 Switching Protocols`, proxy::session runs the relay:
 //! client socket ◀─▶ proxy::splice (both directions, half-close kept) ◀─▶ upstream socket
 //! ```
 //!

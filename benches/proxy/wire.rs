@@ -19,13 +19,9 @@ pub fn client_frame(opcode: Opcode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, payload: &mut Vec<u8>) -> io::Result<Opcode> {
     let mut h = [0u8; 14];
     r.read_exact(&mut h[..2]).await?;
-    let extra = match h[1] & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    } + if h[1] & 0x80 != 0 { 4 } else { 0 };
-    r.read_exact(&mut h[2..2 + extra]).await?;
-    let header = FrameHeader::parse(&h[..2 + extra]).ok_or_else(|| io::Error::other("bad frame header"))?;
+    let size = FrameHeader::size(h[1]);
+    r.read_exact(&mut h[2..size]).await?;
+    let header = FrameHeader::parse(&h[..size]).ok_or_else(|| io::Error::other("bad frame header"))?;
     payload.resize(header.len as usize, 0);
     r.read_exact(payload).await?;
     if let Some(key) = header.mask {

@@ -37,6 +37,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut budget = InflateBudget::for_input(data.len());
     for (i, conn) in r.finish().iter().enumerate() {
-        let _ = decode_within(conn, i + 1, &mut budget);
+        let _ = decode_within(conn, wstap_replay::SessionId(i + 1), &mut budget);
     }
 });

@@ -37,6 +37,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut budget = InflateBudget::for_input(data.len());
     for conn in r.finish() {
-        let _ = decode_within(&conn, 1, &mut budget);
+        let _ = decode_within(&conn, wstap_replay::SessionId(1), &mut budget);
     }
 });

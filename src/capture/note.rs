@@ -44,7 +44,7 @@ pub enum Note {
     TlsAfterLoss,
     /// The client's bytes right behind its Upgrade request, shown after the `101`.
     HeldBehindUpgrade {
-        /// How many.
+        /// How many bytes were held.
         bytes: usize,
         /// When they really arrived.
         arrived: Timestamp,
@@ -77,7 +77,7 @@ pub enum Note {
         kept: u64,
         /// Payload bytes it had.
         len: u64,
-        /// Why.
+        /// Why the rest was not written.
         why: Cut,
     },
     /// The leg closed: how, and how much each end sent.
@@ -95,7 +95,7 @@ pub enum Note {
     Repeat(Audience),
     /// What a new section repeats of a live leg, and why, on its first packet.
     Repeated {
-        /// For whom.
+        /// For whom the section is made.
         audience: Audience,
         /// The leg's heading (its first comment).
         heading: String,
@@ -107,7 +107,7 @@ pub enum Note {
     /// The section starts inside a frame: a due rotation (or a subscriber's join) waited
     /// as long as it may for a frame boundary.
     StartsInsideFrame {
-        /// For whom.
+        /// For whom the section is made.
         audience: Audience,
         /// How long it waited.
         waited: Duration,

@@ -64,9 +64,7 @@ pub async fn accept(
             let server = stream.get_ref().1;
             let about = format!("{}, port {}", tls::describe(server, server.server_name()), local.port());
             debug!(tls = %about, "TLS handshake done");
-            // A tap under the TLS keeps its keys; without one, the tap goes over it.
-            let keys = keys.filter(|_| tap.is_some());
-            let capture = LegTap { tap, keys, tls: Some(about) };
+            let capture = LegTap::over_tls(tap, keys, about);
             serve(ctx, Accepted { capture, ..accepted }, stream).await;
         }
         Err(e) => {
@@ -97,11 +95,7 @@ where
 {
     let Accepted { id, client, local, mut capture, shutdown, permit } = a;
     // The tap over TLS sees what hyper sees; one under it, the records.
-    let over = match capture.tap {
-        Some(_) => None,
-        None => recording::tap(&ctx, Leg::Client, id, local, client, Layer::Http),
-    };
-    capture.tap = capture.tap.or(over.clone());
+    let over = capture.tap_over(|| recording::tap(&ctx, Leg::Client, id, local, client, Layer::Http));
     let conn = Arc::new(ClientConn::new(ctx, id, client, shutdown, capture, permit));
     let started = tokio::time::Instant::now();
     info!("connection open");

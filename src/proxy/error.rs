@@ -9,6 +9,7 @@ use hyper::StatusCode;
 
 use wstap_wire::dir::Leg;
 
+/// Why a request could not be forwarded.
 #[derive(Debug)]
 pub enum ProxyError {
     /// No route matches the request's host and path.
@@ -34,6 +35,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -81,15 +83,25 @@ impl ProxyError {
 /// and the ways hyper gives up on a client connection before a request is whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Failure {
+    /// [`ProxyError::NoRoute`].
     NoRoute,
+    /// [`ProxyError::BadPath`].
     BadPath,
+    /// [`ProxyError::BodyTimeout`].
     BodyTimeout,
+    /// [`ProxyError::MethodNotAllowed`].
     MethodNotAllowed,
+    /// [`ProxyError::Connect`].
     Connect,
+    /// [`ProxyError::UpstreamTls`].
     Tls,
+    /// [`ProxyError::ConnectTimeout`].
     ConnectTimeout,
+    /// [`ProxyError::ResponseTimeout`].
     ResponseTimeout,
+    /// [`ProxyError::Upstream`].
     UpstreamProtocol,
+    /// [`ProxyError::UnexpectedUpgrade`].
     UnexpectedUpgrade,
     /// The request head was larger than hyper's limit (answered 431).
     HeadTooLarge,

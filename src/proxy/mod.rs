@@ -4,8 +4,9 @@
 //! - [`context`]: what every connection of one configuration shares.
 //! - [`admission`]: the connection limits, total and per client.
 //! - [`conn`]: a client connection served: hyper's server on the (teed) socket, routing,
-//!   each request forwarded; [`client`]: the connection's state; [`upstream`]: its upstream connection (hyper's client on a
-//!   socket it opened); [`session`]: a WebSocket session's task.
+//!   each request forwarded; [`client`]: the connection's state; [`upstream`]: its
+//!   upstream connection (hyper's client on a socket it opened); [`session`]: a
+//!   WebSocket session's task.
 //! - [`recording`]: the connection's capture as the proxy drives it: its taps, and
 //!   what each route records.
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).

@@ -65,20 +65,34 @@ pub(crate) fn tls_tap(
 #[derive(Default)]
 pub(crate) struct LegTap {
     pub(crate) tap: Option<Arc<Tap>>,
+    /// The keys the capture keeps (only with a tap under the TLS).
     pub(crate) keys: Option<Arc<Keys>>,
-    /// The TLS the leg runs over, described (`TLS 1.3, …, port 8443`).
-    pub(crate) tls: Option<String>,
+    /// The TLS the leg runs over, as the session's heading describes it.
+    pub(crate) tls: Option<TlsLeg>,
 }
 
 impl LegTap {
-    fn is_recording(&self) -> bool {
-        self.tap.as_ref().is_some_and(|t| t.is_recording())
+    /// A leg whose TLS handshake is done: `under` (from [`tls_tap`]) records its records
+    /// with its keys; without it, the leg is captured decrypted, by a tap over the TLS
+    /// ([`LegTap::tap_over`]). `agreed`: what the handshake agreed, described.
+    pub(crate) fn over_tls(under: Option<Arc<Tap>>, keys: Option<Arc<Keys>>, agreed: String) -> LegTap {
+        let held = if under.is_some() { TlsHeld::Records } else { TlsHeld::Decrypted };
+        let keys = keys.filter(|_| under.is_some());
+        LegTap { tap: under, keys, tls: Some(TlsLeg { agreed, held }) }
     }
 
-    /// The leg over TLS, as the session's heading describes it.
-    fn tls_leg(&self) -> Option<TlsLeg> {
-        let held = if self.keys.is_some() { TlsHeld::Records } else { TlsHeld::Decrypted };
-        self.tls.clone().map(|agreed| TlsLeg { agreed, held })
+    /// The tap for the stream hyper reads (plain, or over the TLS): `make`'s, and the leg's
+    /// from now on, unless a tap under the TLS records the leg already.
+    pub(crate) fn tap_over(&mut self, make: impl FnOnce() -> Option<Arc<Tap>>) -> Option<Arc<Tap>> {
+        if self.tap.is_some() {
+            return None;
+        }
+        self.tap = make();
+        self.tap.clone()
+    }
+
+    fn is_recording(&self) -> bool {
+        self.tap.as_ref().is_some_and(|t| t.is_recording())
     }
 }
 
@@ -122,7 +136,7 @@ impl Recording<'_> {
             client: self.client,
             route: ex.route.path_prefix.clone(),
             upstream: ex.route.upstream.to_string(),
-            tls: PerLeg::new(self.client_leg.tls_leg(), ex.upstream.tls_leg()),
+            tls: PerLeg::new(self.client_leg.tls.clone(), ex.upstream.tls.clone()),
         };
         if self.begin(ex, Scope::Session, heading) {
             return SessionCapture::Captured;

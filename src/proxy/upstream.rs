@@ -93,7 +93,8 @@ pub(crate) async fn open_or_reuse(
     };
     let tap = |layer| recording::tap(ctx, Leg::Upstream, id, local, remote, layer);
     let Some(t) = tls else {
-        let capture = LegTap { tap: tap(Layer::Http), keys: None, tls: None };
+        let mut capture = LegTap::default();
+        capture.tap_over(|| tap(Layer::Http));
         let sender = handshake(ctx, stream, capture.tap.clone()).await?;
         return Ok(UpstreamConn { upstream: upstream.clone(), tls: None, sender, capture });
     };
@@ -108,13 +109,9 @@ pub(crate) async fn open_or_reuse(
         .map_err(|_| ProxyError::ConnectTimeout(connect_timeout))?
         .map_err(ProxyError::UpstreamTls)?;
     let about = tls::describe(stream.get_ref().1, Some(&t.server_name.to_str()));
-    let over = match under {
-        Some(_) => None,
-        None => tap(Layer::Http),
-    };
-    let sender = handshake(ctx, stream, over.clone()).await?;
-    let keys = keys.filter(|_| under.is_some());
-    let capture = LegTap { tap: under.or(over), keys, tls: Some(format!("{about}, port {}", upstream.port)) };
+    let mut capture = LegTap::over_tls(under, keys, format!("{about}, port {}", upstream.port));
+    let over = capture.tap_over(|| tap(Layer::Http));
+    let sender = handshake(ctx, stream, over).await?;
     Ok(UpstreamConn { upstream: upstream.clone(), tls: Some(t.clone()), sender, capture })
 }
 

@@ -58,7 +58,7 @@ use std::path::{Path, PathBuf};
 
 pub use capfile::FormatError;
 pub use player::{mock, preview, replay, BadTarget, Content, Options, PlayError, Report, Step};
-pub use session::{decode_within, InflateBudget, Kind, Message, Session};
+pub use session::{decode_within, InflateBudget, Kind, Message, Session, SessionId};
 pub use wstap_wire::Dir;
 
 /// Everything read from one or more capture files.
@@ -69,7 +69,7 @@ pub struct Recording {
     /// What could not be read: damaged files (with the offset) and damaged sessions.
     /// The sessions above are still everything that could be.
     pub problems: Vec<String>,
-    /// Packets read, and those that were not TCP segments (or not understood).
+    /// Packets read.
     pub packets: u64,
     /// Packets that were not TCP segments (or not understood).
     pub skipped: u64,
@@ -82,7 +82,7 @@ pub struct Recording {
 
 impl Recording {
     /// The session with this id.
-    pub fn session(&self, id: usize) -> Option<&Session> {
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
         self.sessions.iter().find(|s| s.id == id)
     }
 }
@@ -155,7 +155,7 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
     }
     let mut budget = session::InflateBudget::for_input(files.iter().map(|(_, b)| b.len()).sum());
     for conn in tcp.finish() {
-        match session::decode_within(&conn, rec.sessions.len() + 1, &mut budget) {
+        match session::decode_within(&conn, SessionId(rec.sessions.len() + 1), &mut budget) {
             Some(s) => {
                 rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
                 rec.sessions.push(s);

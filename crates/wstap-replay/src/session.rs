@@ -2,7 +2,7 @@
 //! (plain requests first, if any, bodies skipped by their framing), the Upgrade request
 //! and its `101`, then RFC 6455 frames in each direction — unmasked, fragments joined,
 //! control frames between fragments kept in place, permessage-deflate inflated when the
-//! handshake negotiated it. Frames and inflating are [`crate::wire`]'s, as in capture. Pure.
+//! handshake negotiated it. Frames and inflating are `wstap_wire`'s, as in capture. Pure.
 
 use std::net::SocketAddr;
 
@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// `"text"`, `"binary"`, `"ping"`, `"pong"` or `"close"`.
+    /// `"text"`, `"binary"`, `"ping"`, `"pong"`, `"close"` or `"gap"`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Text => "text",
@@ -78,11 +78,23 @@ impl Message {
     }
 }
 
+/// A session's number in its capture: 1-based, in the order the capture saw the
+/// sessions' first packets (as `wstap sessions` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct SessionId(pub usize);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A WebSocket session found in a capture.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Session {
-    /// 1-based, in the order the capture saw the sessions' first packets.
-    pub id: usize,
+    /// Its number in the capture.
+    pub id: SessionId,
     /// The client's address.
     pub client: SocketAddr,
     /// The server's address.
@@ -107,8 +119,8 @@ pub struct Session {
     pub messages: Vec<Message>,
     /// What was wrong with this session's bytes; empty for a clean one.
     pub problems: Vec<String>,
-    /// TCP bytes the capture saw twice (retransmissions, overlaps) and segments that came
-    /// ahead of a hole: how messy the capture was, not problems.
+    /// TCP bytes the capture saw twice (retransmissions, overlaps): with `out_of_order`,
+    /// how messy the capture was, not problems.
     pub duplicate_bytes: u64,
     /// TCP segments that arrived ahead of a hole in the stream.
     pub out_of_order: u64,
@@ -490,12 +502,12 @@ impl<'b> Decoder<'b> {
 
 /// The WebSocket session on `conn`, if it carries one (inflating at most 64 MiB).
 #[cfg(test)]
-pub fn decode(conn: &Reassembled, id: usize) -> Option<Session> {
+pub fn decode(conn: &Reassembled, id: SessionId) -> Option<Session> {
     decode_within(conn, id, &mut InflateBudget::for_input(0))
 }
 
 /// The WebSocket session on `conn`, if it carries one, inflating within `budget`.
-pub fn decode_within(conn: &Reassembled, id: usize, budget: &mut InflateBudget) -> Option<Session> {
+pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudget) -> Option<Session> {
     let s = streams(conn);
     let looks_http = |st: &Stream| {
         let b = st.contiguous(0);
@@ -595,7 +607,7 @@ pub(crate) mod tests {
 
     pub(crate) fn session_with_path(path: &str) -> Session {
         Session {
-            id: 1,
+            id: SessionId(1),
             client: "127.0.0.1:1".parse().unwrap(),
             server: "127.0.0.1:2".parse().unwrap(),
             start: Timestamp::EPOCH,
@@ -666,7 +678,7 @@ pub(crate) mod tests {
             data(Dir::Down, &frame(true, false, Opcode::Close, &[3, 232], false)),
             (Dir::Up, Readable::Fin),
         ]);
-        let s = decode(&c, 1).unwrap();
+        let s = decode(&c, SessionId(1)).unwrap();
         assert_eq!((s.method.as_str(), s.path.as_str(), s.status), ("GET", "/chat?x=1", 101));
         assert_eq!(s.request_header("sec-websocket-version"), Some("13"));
         assert!(s.problems.is_empty(), "{:?}", s.problems);
@@ -712,7 +724,7 @@ pub(crate) mod tests {
                 ),
                 data(Dir::Down, &msgs.concat()),
             ]);
-            let s = decode(&c, 1).unwrap();
+            let s = decode(&c, SessionId(1)).unwrap();
             assert!(s.deflate && s.problems.is_empty(), "{params}: {:?}", s.problems);
             let texts: Vec<_> = s.messages.iter().map(|m| (m.compressed, m.data.clone())).collect();
             assert_eq!(
@@ -736,7 +748,7 @@ pub(crate) mod tests {
             (Dir::Down, Readable::Gap(2)),
             data(Dir::Down, b"junk"),
         ]);
-        let s = decode(&c, 1).unwrap();
+        let s = decode(&c, SessionId(1)).unwrap();
         assert_eq!(s.messages.len(), 2);
         assert!(s.messages[0].incomplete && !s.messages[1].incomplete);
         assert_eq!(s.messages[1].data, b"after");
@@ -761,7 +773,7 @@ pub(crate) mod tests {
             ),
             (Dir::Up, Readable::Gap(1 << 40)), // a huge hole costs nothing, at the end too
         ]);
-        let s = decode(&c, 1).unwrap();
+        let s = decode(&c, SessionId(1)).unwrap();
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         let kinds: Vec<(Kind, u64, bool)> = s.messages.iter().map(|m| (m.kind, m.lost, m.incomplete)).collect();
         assert_eq!(
@@ -785,7 +797,7 @@ pub(crate) mod tests {
             data(Dir::Up, &frame(true, false, Opcode::Binary, b"\x01\x02", true)),
         ]);
         c.midstream = true;
-        let s = decode(&c, 3).unwrap();
+        let s = decode(&c, SessionId(3)).unwrap();
         assert_eq!(s.client, c.a, "the masking side is the client");
         assert_eq!(
             summary(&s),
@@ -795,7 +807,7 @@ pub(crate) mod tests {
         // Not frames at all (mid-way through a payload, or not WebSocket): no session.
         let mut junk = conn(vec![data(Dir::Up, b"\x7f\xfe\x00garbage"), data(Dir::Down, b"more")]);
         junk.midstream = true;
-        assert!(decode(&junk, 1).is_none());
+        assert!(decode(&junk, SessionId(1)).is_none());
     }
 
     /// A session whose server sends `messages`, each compressed with context takeover.
@@ -814,7 +826,7 @@ pub(crate) mod tests {
     fn a_deflate_bomb_is_cut_marked_incomplete_and_never_returned_as_whole() {
         // 200 MiB of zeros compress to ~200 KB: the message is cut at 64 MiB, said so.
         let bomb = vec![0u8; 200 << 20];
-        let s = decode(&compressed_session(&[&bomb, b"after"]), 1).unwrap();
+        let s = decode(&compressed_session(&[&bomb, b"after"]), SessionId(1)).unwrap();
         let m = &s.messages[0];
         assert!(m.incomplete && m.data.len() == MAX_MESSAGE, "{} bytes, incomplete {}", m.data.len(), m.incomplete);
         assert!(s.problems.iter().any(|p| p.contains("cut there, incomplete")), "{:?}", s.problems);
@@ -827,7 +839,7 @@ pub(crate) mod tests {
         let messages: Vec<&[u8]> = (0..10).map(|_| &ten_mib[..]).collect();
         let c = compressed_session(&messages);
         let mut budget = InflateBudget::for_input(0); // 64 MiB
-        let s = decode_within(&c, 1, &mut budget).unwrap();
+        let s = decode_within(&c, SessionId(1), &mut budget).unwrap();
         // Six whole, the seventh cut; the rest keep their (small) compressed bytes.
         let inflated: usize = s.messages[..7].iter().map(|m| m.data.len()).sum();
         assert_eq!(inflated, 64 << 20);
@@ -845,7 +857,7 @@ pub(crate) mod tests {
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
             data(Dir::Down, &stray),
         ]);
-        let s = decode(&c, 1).unwrap();
+        let s = decode(&c, SessionId(1)).unwrap();
         assert!(s.problems.len() <= MAX_PROBLEMS + 1, "{}", s.problems.len());
         assert!(s.problems.last().unwrap().contains("99992 more problems"), "{:?}", s.problems.last());
     }
@@ -855,13 +867,13 @@ pub(crate) mod tests {
         let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX);
         let chunked = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", usize::MAX);
         let c = conn(vec![data(Dir::Up, huge.as_bytes()), data(Dir::Down, chunked.as_bytes()), data(Dir::Up, UPGRADE)]);
-        assert!(decode(&c, 1).is_none());
+        assert!(decode(&c, SessionId(1)).is_none());
         let c = conn(vec![
             data(Dir::Up, b"GET / HTTP/1.1\r\n\r\n"),
             data(Dir::Down, chunked.as_bytes()),
             data(Dir::Up, UPGRADE),
         ]);
-        assert!(decode(&c, 1).is_none());
+        assert!(decode(&c, SessionId(1)).is_none());
     }
 
     #[test]
@@ -870,20 +882,20 @@ pub(crate) mod tests {
             data(Dir::Up, b"GET / HTTP/1.1\r\n\r\n"),
             data(Dir::Down, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
         ]);
-        assert!(decode(&plain, 1).is_none());
-        assert!(decode(&conn(vec![data(Dir::Up, b"\x16\x03\x01 tls hello")]), 1).is_none());
+        assert!(decode(&plain, SessionId(1)).is_none());
+        assert!(decode(&conn(vec![data(Dir::Up, b"\x16\x03\x01 tls hello")]), SessionId(1)).is_none());
         let bad = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
             data(Dir::Down, &[0x83, 0x00]), // a reserved opcode
         ]);
-        let s = decode(&bad, 1).unwrap();
+        let s = decode(&bad, SessionId(1)).unwrap();
         assert!(s.problems.iter().any(|p| p.contains("opcode")), "{:?}", s.problems);
         let cont = conn(vec![
             data(Dir::Up, UPGRADE),
             data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
             data(Dir::Down, &frame(true, false, Opcode::Continuation, b"x", false)),
         ]);
-        assert!(decode(&cont, 1).unwrap().problems.iter().any(|p| p.contains("continuation")));
+        assert!(decode(&cont, SessionId(1)).unwrap().problems.iter().any(|p| p.contains("continuation")));
     }
 }

@@ -130,6 +130,12 @@ macro_rules! pair {
                 let [a, b] = self.0;
                 $name([f($key::BOTH[0], a), f($key::BOTH[1], b)])
             }
+
+            /// A pair of references to the values.
+            pub fn by_ref(&self) -> $name<&T> {
+                let [a, b] = &self.0;
+                $name([a, b])
+            }
         }
 
         impl<T> Index<$key> for $name<T> {

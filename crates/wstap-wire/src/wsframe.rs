@@ -57,7 +57,7 @@ impl Opcode {
     }
 
     /// Its four bits, as a frame's first byte carries them.
-    pub fn bits(self) -> u8 {
+    pub const fn bits(self) -> u8 {
         match self {
             Opcode::Continuation => 0,
             Opcode::Text => 1,
@@ -106,6 +106,17 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// How many bytes a header has whose second byte is `b1` (its mask bit and length
+    /// code): for a reader that takes a header off a stream.
+    pub fn size(b1: u8) -> usize {
+        let length = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + length + if b1 & 0x80 != 0 { 4 } else { 0 }
+    }
+
     /// Parses a frame header from the start of `b`, if complete.
     pub fn parse(b: &[u8]) -> Option<FrameHeader> {
         let (&b0, &b1) = (b.first()?, b.get(1)?);
@@ -166,8 +177,8 @@ impl FrameHeader {
 }
 
 /// A frame's first byte: FIN, RSV1 (a compressed message's first frame) and the opcode.
-pub fn first_byte(fin: bool, rsv1: bool, opcode: Opcode) -> u8 {
-    u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode.bits()
+pub const fn first_byte(fin: bool, rsv1: bool, opcode: Opcode) -> u8 {
+    (fin as u8) << 7 | (rsv1 as u8) << 6 | opcode.bits()
 }
 
 /// A whole frame whose first byte is `first` ([`first_byte`]), carrying `payload`, masked
@@ -432,6 +443,14 @@ mod tests {
         t.walk(&stream[..10], Until::End, |w| record(w, &mut where_));
         t.walk(&stream[10..], Until::End, |w| record(w, &mut where_));
         assert_eq!(where_, [(6, Some(0..6)), (4, None)]);
+    }
+
+    #[test]
+    fn a_header_s_size_is_known_from_its_second_byte() {
+        for (len, masked) in [(5, false), (5, true), (300, false), (300, true), (70_000, false), (70_000, true)] {
+            let f = frame(Opcode::Binary, &vec![0; len], masked);
+            assert_eq!(FrameHeader::size(f[1]), FrameHeader::parse(&f).unwrap().header_len, "{len} {masked}");
+        }
     }
 
     #[test]

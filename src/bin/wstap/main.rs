@@ -163,11 +163,18 @@ fn main() -> ExitCode {
         Command::Replay { pick, target, ca_file, insecure, play } => {
             let check = if insecure { ServerCheck::Skipped } else { ServerCheck::Verified };
             let tls = cli::Trust { ca_file, check };
-            return cli::replay(&pick.files, pick.session, &target, tls, play.options());
+            return cli::replay(&pick.files, pick.session.map(wstap_replay::SessionId), &target, tls, play.options());
         }
         Command::Mock { pick, listen, once, tls_cert, tls_key, play } => {
             let clients = if once { cli::Clients::One } else { cli::Clients::Each };
-            return cli::mock(&pick.files, pick.session, &listen, clients, tls_cert.zip(tls_key), play.options());
+            return cli::mock(
+                &pick.files,
+                pick.session.map(wstap_replay::SessionId),
+                &listen,
+                clients,
+                tls_cert.zip(tls_key),
+                play.options(),
+            );
         }
     };
     match result {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use wstap::config::tls::ServerCheck;
 
 use wstap_replay::{self as player, preview, Options, Report, Step};
-use wstap_replay::{Dir, Message, Recording, Session};
+use wstap_replay::{Dir, Message, Recording, Session, SessionId};
 
 pub const MATCHED: u8 = 0;
 pub const MISMATCH: u8 = 1;
@@ -149,7 +149,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Loads the files and picks the session to play: the one asked for, or the only one.
-fn choose(files: &[PathBuf], id: Option<usize>) -> Result<Session, String> {
+fn choose(files: &[PathBuf], id: Option<SessionId>) -> Result<Session, String> {
     let rec = wstap_replay::open_all(files).map_err(|e| e.to_string())?;
     report_problems(&rec);
     let s = match id {
@@ -208,7 +208,7 @@ pub struct Trust {
 }
 
 /// `wstap replay`.
-pub fn replay(files: &[PathBuf], id: Option<usize>, target: &str, trust: Trust, mut opts: Options) -> ExitCode {
+pub fn replay(files: &[PathBuf], id: Option<SessionId>, target: &str, trust: Trust, mut opts: Options) -> ExitCode {
     if let Some(rest) = target.strip_prefix("wss://") {
         let host = rest.split(['/', ':']).next().unwrap_or_default();
         let host = match rest.strip_prefix('[') {
@@ -256,7 +256,7 @@ pub enum Clients {
 /// (certificate chain, key).
 pub fn mock(
     files: &[PathBuf],
-    id: Option<usize>,
+    id: Option<SessionId>,
     listen: &str,
     clients: Clients,
     tls: Option<(PathBuf, PathBuf)>,

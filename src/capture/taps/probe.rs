@@ -34,7 +34,7 @@ pub(super) struct Probe {
 pub(super) struct Kept {
     /// When it crossed the socket.
     pub(super) time: Timestamp,
-    /// Which way.
+    /// Which way the bytes went.
     pub(super) dir: Dir,
     /// Its first byte's place in that direction's socket stream.
     pub(super) offset: u64,

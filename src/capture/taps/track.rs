@@ -1,10 +1,10 @@
 //! How a tap follows one direction of a session it records: where its heads end and its
-//! frames begin and end (headers only, never a payload, so it costs a few comparisons per
-//! chunk), and what to do when the queue has no room. Capture never resumes inside a frame: a direction
-//! that loses bytes skips to the next frame boundary and resumes there, telling the writer
-//! how many bytes and frames it lost ([`What::Gap`]), so that every frame after a loss
-//! still decodes. A whole control frame (close, ping, pong) is kept whenever there is any
-//! room at all.
+//! frames begin and end (headers only, never a payload, so it costs a few comparisons
+//! per chunk), and what to do when the queue has no room. Capture never resumes inside
+//! a frame: a direction that loses bytes skips to the next frame boundary and resumes
+//! there, telling the writer how many bytes and frames it lost ([`What::Gap`]), so that
+//! every frame after a loss still decodes. A whole control frame (close, ping, pong) is
+//! kept whenever there is any room at all.
 
 use wstap_wire::http::HeadEnd;
 use wstap_wire::wsframe::{FrameHeader, FrameTracker, Until};

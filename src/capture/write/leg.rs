@@ -143,10 +143,13 @@ impl LegState {
 /// A leg's last packet, held back for its close comment.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Final {
+    /// The leg it ends.
     pub(super) leg: LegId,
+    /// When it happened.
     pub(super) time: Timestamp,
     /// The direction the packet goes.
     pub(super) dir: Dir,
+    /// What it is.
     pub(super) kind: FinalKind,
 }
 

@@ -22,7 +22,7 @@ use wstap_wire::Timestamp;
 pub(super) struct Beginning {
     /// For whom the legs are repeated.
     pub(super) audience: Audience,
-    /// When.
+    /// When the section begins (its repeated packets carry this time).
     pub(super) time: Timestamp,
     /// Bytes a write-error episode could not write before it.
     pub(super) unwritten: u64,

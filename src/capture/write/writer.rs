@@ -535,6 +535,7 @@ mod tests {
     use etherparse::{SlicedPacket, TransportSlice};
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
     use pcap_file::pcapng::{Block, PcapNgReader};
+    use wstap_wire::wsframe::{first_byte, FrameHeader, Opcode};
 
     fn data(dir: Dir, offset: u64, bytes: &[u8]) -> What {
         What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
@@ -646,8 +647,8 @@ mod tests {
         let t = Timestamp::from_nanos;
         let opening = client_leg("s", Scope::Session);
         let head = b"GET / HTTP/1.1\r\n\r\n";
-        let mut frame_start = vec![0x82, 0x7f];
-        frame_start.extend((1u64 << 40).to_be_bytes()); // a 1 TiB frame that never ends
+        // A 1 TiB frame that never ends.
+        let frame_start = FrameHeader::encode(first_byte(true, false, Opcode::Binary), 1 << 40, None);
         let step = |w: &mut CaptureWriter<Vec<u8>>, time, what| {
             w.process(Event { time: t(time), leg: LegId(1), what }, &stats).unwrap()
         };

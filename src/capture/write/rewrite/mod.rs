@@ -303,12 +303,8 @@ impl Rewriter {
             self.deflate.iter_mut().flatten().for_each(Follower::new_file);
         }
         // A client's frames are masked.
-        let primers = self.deflate.iter().map(|(dir, f)| f.as_ref().and_then(|f| f.priming_frame(dir == Dir::Up)));
-        let mut repeated = HeadsAndPrimers { heads: self.heads.clone(), primers: PerDir::default() };
-        for (dir, primer) in primers.enumerate() {
-            repeated.primers[Dir::BOTH[dir]] = primer;
-        }
-        repeated
+        let primers = self.deflate.by_ref().map(|dir, f| f.as_ref().and_then(|f| f.priming_frame(dir == Dir::Up)));
+        HeadsAndPrimers { heads: self.heads.clone(), primers }
     }
 
     /// Whether the direction is past its heads, in WebSocket frames.
@@ -443,7 +439,18 @@ mod tests {
     use super::frames::MAX_HELD;
     use super::*;
     use crate::capture::note::{Cut, Redaction};
-    use wstap_wire::wsframe::{apply_mask, FrameHeader};
+    use wstap_wire::wsframe::{apply_mask, first_byte, FrameHeader, Opcode};
+
+    /// First bytes of the frames the tests send: FIN, RSV1 and the opcode.
+    const TEXT: u8 = first_byte(true, false, Opcode::Text);
+    const BINARY: u8 = first_byte(true, false, Opcode::Binary);
+    const PING: u8 = first_byte(true, false, Opcode::Ping);
+    const CLOSE: u8 = first_byte(true, false, Opcode::Close);
+    /// A fragmented text message's first frame, and a last continuation frame.
+    const TEXT_OPENS: u8 = first_byte(false, false, Opcode::Text);
+    const CONTINUATION_ENDS: u8 = first_byte(true, false, Opcode::Continuation);
+    /// A compressed (permessage-deflate) text message in one frame.
+    const TEXT_COMPRESSED: u8 = first_byte(true, true, Opcode::Text);
 
     const UPGRADE: &[u8] = b"GET /chat?token=abc HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer xyz\r\n\
         Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
@@ -513,7 +520,7 @@ mod tests {
     fn heads_are_redacted_and_frames_pass_untouched_by_default() {
         let mut r = Rewriter::new(rules(Snap::default(), &[]), Scope::Session);
         session(&mut r);
-        let frames = [frame(0x81, b"hello", true), frame(0x89, b"p", true), frame(0x82, &[7; 300], true)].concat();
+        let frames = [frame(TEXT, b"hello", true), frame(PING, b"p", true), frame(BINARY, &[7; 300], true)].concat();
         let fed = r.feed(Dir::Up, &frames, &mut Allowance::new(u64::MAX));
         assert_eq!(fed.runs.len(), 1, "headers and payloads kept in place, one run: {:?}", fed.runs);
         assert_eq!(&fed.bytes(&frames)[..], &frames[..], "every byte as it came");
@@ -525,17 +532,17 @@ mod tests {
         let mut r = Rewriter::new(rules(Snap { message: Some(10), session: Some(20) }, &[]), Scope::Session);
         session(&mut r);
         let input = [
-            frame(0x01, &[b'a'; 6], true),  // a fragmented message: 6 ...
-            frame(0x80, &[b'b'; 20], true), // ... then 20, of which 4 fit the message's 10
-            frame(0x89, b"ping", true),     // control frames stay whole
-            frame(0x82, &[b'c'; 40], true), // 10 of the session's 20 are left
-            frame(0x82, &[b'd'; 5], true),  // and then nothing
-            frame(0x88, &[3, 232], true),   // the close stays
+            frame(TEXT_OPENS, &[b'a'; 6], true),         // a fragmented message: 6 ...
+            frame(CONTINUATION_ENDS, &[b'b'; 20], true), // ... then 20, of which 4 fit the message's 10
+            frame(PING, b"ping", true),                  // control frames stay whole
+            frame(BINARY, &[b'c'; 40], true),            // 10 of the session's 20 are left
+            frame(BINARY, &[b'd'; 5], true),             // and then nothing
+            frame(CLOSE, &[3, 232], true),               // the close stays
         ]
         .concat();
         let (out, notes) = feed(&mut r, Dir::Up, &input, 9);
         let got: Vec<(u8, usize)> = frames_in(&out).iter().map(|(b, p)| (*b, p.len())).collect();
-        assert_eq!(got, [(0x01, 6), (0x80, 4), (0x89, 4), (0x82, 10), (0x82, 0), (0x88, 2)]);
+        assert_eq!(got, [(TEXT_OPENS, 6), (CONTINUATION_ENDS, 4), (PING, 4), (BINARY, 10), (BINARY, 0), (CLOSE, 2)]);
         assert!(notes.contains(&Note::FrameCut { kept: 4, len: 20, why: Cut::MaxMessage }), "{notes:?}");
         assert!(notes.contains(&Note::FrameCut { kept: 0, len: 5, why: Cut::MaxSession }), "{notes:?}");
     }
@@ -545,14 +552,19 @@ mod tests {
         let mut r = Rewriter::new(rules(Snap::default(), &[r#""password":"[^"]*""#]), Scope::Session);
         session(&mut r);
         let secret = br#"{"user":"a","password":"hunter2","n":1}"#;
-        let input =
-            [frame(0x01, &secret[..20], true), frame(0x89, b"x", true), frame(0x80, &secret[20..], true)].concat();
+        let input = [
+            frame(TEXT_OPENS, &secret[..20], true),
+            frame(PING, b"x", true),
+            frame(CONTINUATION_ENDS, &secret[20..], true),
+        ]
+        .concat();
         let (out, notes) = feed(&mut r, Dir::Up, &input, 5);
         assert_eq!(out.len(), input.len(), "lengths kept");
         let frames = frames_in(&out);
-        let text: Vec<u8> = frames.iter().filter(|f| f.0 & 0x0f != 9).flat_map(|f| f.1.clone()).collect();
+        let text: Vec<u8> =
+            frames.iter().filter(|f| Opcode::from_bits(f.0) != Opcode::Ping).flat_map(|f| f.1.clone()).collect();
         assert_eq!(&text[..], br#"{"user":"a",********************,"n":1}"#);
-        assert_eq!(frames[1], (0x89, b"x".to_vec()), "the ping stays in its place");
+        assert_eq!(frames[1], (PING, b"x".to_vec()), "the ping stays in its place");
         assert_eq!(notes, [Note::Redacted(Redaction::Payload { pattern: 0, matches: 1 })]);
     }
 
@@ -563,14 +575,14 @@ mod tests {
             &b"POST /a HTTP/1.1\r\nCookie: c=1\r\nContent-Length: 6\r\n\r\nCookie"[..], // a body that looks like a field
             b"HEAD /b HTTP/1.1\r\n\r\n",
             UPGRADE,
-            &frame(0x81, b"hi", true),
+            &frame(TEXT, b"hi", true),
         ]
         .concat();
         let down = [
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nSet-\r\n0\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nSet-Cookie: x\r\n\r\n", // a HEAD's answer: no body
             SWITCHED,
-            &frame(0x81, b"hello", false),
+            &frame(TEXT, b"hello", false),
         ]
         .concat();
         let (u, _) = feed(&mut r, Dir::Up, &up, 3);
@@ -612,7 +624,7 @@ mod tests {
         let mut r = Rewriter::new(rules(Snap::default(), &[]), Scope::Session);
         session(&mut r);
         assert_eq!(r.lose(Dir::Up, 2).notes, [Note::Unreadable]);
-        let (out, _) = feed(&mut r, Dir::Up, &frame(0x81, b"hello", true)[3..], 4);
+        let (out, _) = feed(&mut r, Dir::Up, &frame(TEXT, b"hello", true)[3..], 4);
         assert!(out.is_empty());
     }
 
@@ -657,8 +669,8 @@ mod tests {
         let mut r = Rewriter::new(rules(Snap::default(), &["secret"]), Scope::Session);
         session(&mut r);
         r.gap(&lost(Dir::Up, false));
-        let (out, _) = feed(&mut r, Dir::Up, &frame(0x80, b"the secret", true), 100);
-        assert_eq!(frames_in(&out), [(0x80, vec![])]);
+        let (out, _) = feed(&mut r, Dir::Up, &frame(CONTINUATION_ENDS, b"the secret", true), 100);
+        assert_eq!(frames_in(&out), [(CONTINUATION_ENDS, vec![])]);
     }
 
     #[test]
@@ -666,9 +678,9 @@ mod tests {
         let mut r = deflate_session();
         assert!(r.deflate[Dir::Down].is_some());
         r.gap(&lost(Dir::Down, true));
-        let input = [frame(0xc1, &[1, 2, 3, 4, 5], false), frame(0x81, b"plain", false)].concat();
+        let input = [frame(TEXT_COMPRESSED, &[1, 2, 3, 4, 5], false), frame(TEXT, b"plain", false)].concat();
         let (out, notes) = feed(&mut r, Dir::Down, &input, 100);
-        assert_eq!(frames_in(&out), [(0xc1, vec![]), (0x81, b"plain".to_vec())]);
+        assert_eq!(frames_in(&out), [(TEXT_COMPRESSED, vec![]), (TEXT, b"plain".to_vec())]);
         assert_eq!(notes, [Note::FrameCut { kept: 0, len: 5, why: Cut::Undecodable(Loss::AtDrop) }]);
     }
 
@@ -690,9 +702,9 @@ mod tests {
         let repeated = r.repeated(Audience::File);
         assert!(!repeated.restores_deflate(), "a new file: the heads, but no window to give it");
         assert_eq!(repeated.sent().len(), 2);
-        let next = frame(0xc1, &deflate(b"after"), false);
+        let next = frame(TEXT_COMPRESSED, &deflate(b"after"), false);
         let (out, notes) = feed(&mut r, Dir::Down, &next, 100);
-        assert_eq!(frames_in(&out), [(0xc1, vec![])]);
+        assert_eq!(frames_in(&out), [(TEXT_COMPRESSED, vec![])]);
         let len = FrameHeader::parse(&next).unwrap().len;
         assert_eq!(notes[0], Note::FrameCut { kept: 0, len, why: Cut::Undecodable(Loss::NotFollowed) });
     }
@@ -701,9 +713,9 @@ mod tests {
     fn a_message_too_large_to_search_is_written_without_its_payload() {
         let mut r = Rewriter::new(rules(Snap::default(), &["secret"]), Scope::Session);
         session(&mut r);
-        let big = frame(0x82, &vec![b's'; MAX_HELD + 10], true);
+        let big = frame(BINARY, &vec![b's'; MAX_HELD + 10], true);
         let (out, notes) = feed(&mut r, Dir::Up, &big, 64 * 1024);
-        assert_eq!(frames_in(&out), [(0x82, vec![])]);
+        assert_eq!(frames_in(&out), [(BINARY, vec![])]);
         let len = (MAX_HELD + 10) as u64;
         assert_eq!(notes, [Note::FrameCut { kept: 0, len, why: Cut::TooLargeToSearch { limit_mib: 1 } }]);
     }
