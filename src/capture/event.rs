@@ -37,7 +37,7 @@ pub struct Event {
 /// What happened on a leg.
 #[derive(Debug, Clone)]
 pub enum What {
-    /// The leg's capture starts: synthesize its handshake. Its description goes on the SYN.
+    /// The leg's capture starts: synthesize its handshake. Its heading goes on the SYN.
     Open(Box<Opening>),
     /// Bytes crossed the socket.
     Data {

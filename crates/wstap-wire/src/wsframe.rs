@@ -428,7 +428,12 @@ mod tests {
 
     #[test]
     fn a_header_says_where_it_lies_in_the_data_when_it_lies_there_whole() {
-        let stream = [frame(Opcode::Text, b"hi", true), frame(Opcode::Binary, &[7; 300], false)].concat();
+        let stream = [
+            frame(Opcode::Text, b"hi", true),
+            frame(Opcode::Binary, &[7; 300], false),
+            frame(Opcode::Ping, b"", false),
+        ]
+        .concat();
         let mut where_ = Vec::new();
         let mut t = FrameTracker::new();
         let record = |w: Walk<'_>, out: &mut Vec<_>| {
@@ -437,12 +442,25 @@ mod tests {
             }
         };
         t.walk(&stream, Until::End, |w| record(w, &mut where_));
-        assert_eq!(where_, [(6, Some(0..6)), (4, Some(8..12))]);
-        // The second header split across two calls: its bytes come from the tracker.
+        assert_eq!(where_, [(6, Some(0..6)), (4, Some(8..12)), (2, Some(312..314))]);
+        // The second header split across two calls: its bytes come from the tracker; the
+        // third, whole in the second call, lies there.
         let (mut where_, mut t) = (Vec::new(), FrameTracker::new());
         t.walk(&stream[..10], Until::End, |w| record(w, &mut where_));
         t.walk(&stream[10..], Until::End, |w| record(w, &mut where_));
-        assert_eq!(where_, [(6, Some(0..6)), (4, None)]);
+        assert_eq!(where_, [(6, Some(0..6)), (4, None), (2, Some(302..304))]);
+    }
+
+    #[test]
+    fn a_sound_header_has_a_known_opcode_no_rsv2_or_rsv3_and_a_short_control_payload() {
+        let header = |first: u8, len: usize| FrameHeader::parse(&encode_frame(first, &vec![0; len], None)).unwrap();
+        assert!(header(first_byte(true, false, Opcode::Text), 70_000).is_sound());
+        assert!(header(first_byte(true, true, Opcode::Text), 5).is_sound(), "RSV1: permessage-deflate");
+        assert!(header(first_byte(true, false, Opcode::Ping), 125).is_sound());
+        assert!(!header(first_byte(true, false, Opcode::Ping), 126).is_sound(), "a control payload over 125");
+        assert!(!header(first_byte(true, false, Opcode::Reserved(3)), 5).is_sound(), "a reserved opcode");
+        assert!(!header(first_byte(true, false, Opcode::Text) | 0x20, 5).is_sound(), "RSV2");
+        assert!(!header(first_byte(true, false, Opcode::Text) | 0x10, 5).is_sound(), "RSV3");
     }
 
     #[test]

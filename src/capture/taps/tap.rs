@@ -65,7 +65,7 @@ pub enum Layer {
 pub struct Tap {
     recorder: Recorder,
     id: LegId,
-    /// The leg's description; a session's comment and label are filled in at its start.
+    /// The leg's opening; a session's heading and label are filled in at its start.
     opening: Opening,
     mode: AtomicU8,
     /// Bytes that crossed the socket each way so far.

@@ -202,7 +202,7 @@ fn control_frame_at(piece: &Piece<'_>, pos: usize) -> Option<usize> {
     }
     let h = FrameHeader::parse(&head[..n])?;
     let end = pos + h.header_len + h.len as usize;
-    (h.opcode.is_control() && h.is_sound() && end <= piece.len()).then_some(end)
+    (h.opcode.is_control() && h.len <= 125 && end <= piece.len()).then_some(end)
 }
 
 #[cfg(test)]
@@ -229,6 +229,26 @@ mod tests {
             t.pass(&to, heads.len() as u64, Piece::Slice(&frame(Opcode::Text, 5)[..3]));
             assert!(!t.between_frames(), "inside the first frame");
         }
+        // A loss inside the heads resumes at the first frame after the 101, not after the 100.
+        let rec = Recorder::new(70 * 1024);
+        let to = To { recorder: &rec, leg: LegId(1), dir: Dir::Down, time: None };
+        let mut t = Track::new();
+        rec.fill();
+        t.pass(&to, 0, Piece::Slice(&heads[..30]));
+        rec.unfill();
+        let first = frame(Opcode::Text, 5);
+        t.pass(&to, 30, Piece::Slice(&[&heads[30..], &first[..]].concat()));
+        let got: Vec<String> = rec
+            .take_events()
+            .iter()
+            .map(|e| match &e.what {
+                What::Data { offset, bytes, .. } => format!("data {offset}+{}", bytes.len()),
+                What::Gap(Gap { until, frames, .. }) => format!("gap to {until}, {frames} frames"),
+                _ => "other".into(),
+            })
+            .collect();
+        let end = heads.len();
+        assert_eq!(got, [format!("gap to {end}, 0 frames"), format!("data {end}+{}", first.len())]);
     }
 
     #[test]

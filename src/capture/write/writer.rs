@@ -279,7 +279,7 @@ impl<W: Write> CaptureWriter<W> {
     }
 
     /// A leg's capture starts: its flow (the server side perhaps written with the display
-    /// port), its description, its keys if it is TLS, and its handshake.
+    /// port), its heading, its keys if it is TLS, and its handshake.
     fn open(&mut self, id: LegId, time: Timestamp, o: Opening, stats: &Stats) -> io::Result<()> {
         if !self.wanted.has(o.leg) {
             return Ok(());

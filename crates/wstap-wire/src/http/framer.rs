@@ -73,7 +73,9 @@ pub enum Part {
     /// Nothing taken: from here on the bytes going this way belong to the protocol the
     /// connection switched to.
     Switched,
-    /// Nothing taken: this direction's framing cannot be followed from here on.
+    /// This direction's framing cannot be followed from here on. Nothing is taken, unless
+    /// a head just ended (one that does not parse, or whose framing is bad): its bytes
+    /// are taken, and held with the head's earlier bytes for [`Framer::take_held`].
     Unframed(FramingError),
 }
 
@@ -311,7 +313,11 @@ impl Framer {
                 self.sides[dir].state = State::Switched;
                 true
             }
-            Err(e) => return self.lose(dir, e).part,
+            Err(e) => {
+                // The head is held again: whoever gives up on the framing takes it.
+                self.sides[dir].held = bytes;
+                return self.lose(dir, e).part;
+            }
         };
         Part::Head { head, bytes, ends }
     }

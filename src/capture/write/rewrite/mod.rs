@@ -636,6 +636,14 @@ mod tests {
         assert_eq!(out.len(), bad.len(), "lengths kept");
         assert!(!String::from_utf8_lossy(&out).contains("abc"), "nothing held leaks");
         assert!(matches!(notes[..], [Note::Unframed(wstap_wire::http::FramingError::BadHead(_))]), "{notes:?}");
+        // A head that parses but whose framing is bad: blanked whole, lengths kept.
+        let mut r = Rewriter::new(rules(Snap::default(), &[]), Scope::Connection);
+        let bad = b"POST /a?token=abc HTTP/1.1\r\nContent-Length: ten\r\n\r\nbody";
+        let (out, notes) = feed(&mut r, Dir::Up, bad, 7);
+        assert_eq!(out.len(), bad.len(), "lengths kept");
+        assert!(!String::from_utf8_lossy(&out).contains("abc"), "nothing held leaks");
+        let why = wstap_wire::http::FramingError::BadContentLength("ten".into());
+        assert_eq!(notes, [Note::Unframed(why)]);
     }
 
     /// A rewriter past an Upgrade whose 101 accepted permessage-deflate.
