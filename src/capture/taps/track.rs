@@ -214,6 +214,18 @@ mod tests {
         encode_frame(first_byte(true, false, opcode), &vec![b'x'; len], None)
     }
 
+    /// The queued events, as the tests compare them.
+    fn shape(events: &[crate::capture::event::Event]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match &e.what {
+                What::Data { offset, bytes, .. } => format!("data {offset}+{}", bytes.len()),
+                What::Gap(Gap { until, frames, .. }) => format!("gap to {until}, {frames} frames"),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
     #[test]
     fn interim_responses_before_the_101_are_heads_not_frames() {
         let rec = Recorder::new(1 << 20);
@@ -238,15 +250,7 @@ mod tests {
         rec.unfill();
         let first = frame(Opcode::Text, 5);
         t.pass(&to, 30, Piece::Slice(&[&heads[30..], &first[..]].concat()));
-        let got: Vec<String> = rec
-            .take_events()
-            .iter()
-            .map(|e| match &e.what {
-                What::Data { offset, bytes, .. } => format!("data {offset}+{}", bytes.len()),
-                What::Gap(Gap { until, frames, .. }) => format!("gap to {until}, {frames} frames"),
-                _ => "other".into(),
-            })
-            .collect();
+        let got = shape(&rec.take_events());
         let end = heads.len();
         assert_eq!(got, [format!("gap to {end}, 0 frames"), format!("data {end}+{}", first.len())]);
     }
@@ -272,15 +276,7 @@ mod tests {
         send(&mut t, &d[5..]); // mid-frame: still dropping
         let e = frame(Opcode::Text, 7);
         send(&mut t, &e); // a boundary, and room: resumes
-        let got = rec.take_events();
-        let shape: Vec<String> = got
-            .iter()
-            .map(|e| match &e.what {
-                What::Data { offset, bytes, .. } => format!("data {offset}+{}", bytes.len()),
-                What::Gap(Gap { until, frames, .. }) => format!("gap to {until}, {frames} frames"),
-                _ => "other".into(),
-            })
-            .collect();
+        let shape = shape(&rec.take_events());
         let ping_at = (head.len() + a.len() + b.len() + c.len()) as u64;
         let e_at = ping_at + (ping.len() + d.len()) as u64;
         assert_eq!(
