@@ -34,10 +34,12 @@ pub(crate) mod write;
 pub use event::{Event, Gap, Opening, Scope, What};
 pub use host::section_info;
 pub use ids::{ConnId, LegId};
-pub use note::{Audience, Cut, Ending, Forgotten, Heading, Note, Redaction, Repeats, SessionEnd, TlsHeld, TlsLeg};
+pub use note::{
+    Audience, Cut, Ending, Forgotten, Heading, Note, Redaction, Repeats, SessionEnd, Stop, TlsHeld, TlsLeg,
+};
 pub use queue::Recorder;
 pub use stats::Stats;
-pub use taps::{Layer, Mark, Start, Tap, Tee};
+pub use taps::{Decision, Layer, Mark, Start, Tap, Tee};
 pub use write::ports::table as undecodable_ports;
 pub use write::{Budgets, Capture, CaptureWriter, FileSink, Heartbeat, Processed, PureAcks, RecordBudget, Synthesis};
 pub use wstap_wire::pcapng::SectionInfo;

@@ -217,6 +217,35 @@ pub enum Ending {
     },
     /// In the words of the program that recorded the connection (a library user's).
     Said(String),
+    /// Its capture stopped while the connection went on.
+    Stopped(Stop),
+}
+
+/// Why a connection's capture stopped while the connection went on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Its next request's route does not record it (`capture = "off"`, not this leg, or
+    /// not sampled): nothing of that request, or of what follows, is written until a
+    /// request of a route that records starts a new capture.
+    RouteNotRecorded,
+    /// The client's HTTP could no longer be followed, for this reason: what follows could
+    /// hide a request of any route.
+    Unfollowed(FramingError),
+    /// More client bytes waited for their route than are held.
+    TooMuchUndecided {
+        /// The bound, in KiB.
+        kib: usize,
+    },
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stop::RouteNotRecorded => f.write_str("the next request's route is not recorded"),
+            Stop::Unfollowed(why) => write!(f, "the client's HTTP could not be followed ({why})"),
+            Stop::TooMuchUndecided { kib } => write!(f, "more than {kib} KiB waited for a route"),
+        }
+    }
 }
 
 /// How a WebSocket session's relay ended.
@@ -243,6 +272,7 @@ impl fmt::Display for Ending {
             Ending::Closed => f.write_str("connection closed"),
             Ending::Session { conn, end } => write!(f, "WebSocket session {conn} {end}"),
             Ending::Said(words) => f.write_str(words),
+            Ending::Stopped(why) => write!(f, "capture stops here, the connection goes on: {why}"),
         }
     }
 }
@@ -626,6 +656,24 @@ mod tests {
                     conn: ConnId(3),
                     end: SessionEnd::Aborted { leg: Leg::Upstream, error: "connection reset by peer".into() },
                 },
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Stopped(Stop::RouteNotRecorded),
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Stopped(Stop::Unfollowed(FramingError::BytesLost)),
+                bytes: PerDir::new(1, 2),
+                lost: PerDir::new(0, 0),
+            },
+            Note::Closed {
+                leg: Leg::Client,
+                reason: Ending::Stopped(Stop::TooMuchUndecided { kib: 512 }),
                 bytes: PerDir::new(1, 2),
                 lost: PerDir::new(0, 0),
             },

@@ -22,7 +22,6 @@ use wstap_wire::{Dir, Leg, PerLeg};
 
 use crate::capture::{ConnId, Layer, Tee};
 use crate::config::route::Route;
-use crate::config::CaptureMode;
 use crate::proxy::admission::Permit;
 use crate::proxy::client::ClientConn;
 use crate::proxy::context::ProxyContext;
@@ -218,36 +217,39 @@ impl ClientConn {
     }
 
     /// Forwards one request over the upstream connection, and its answer back: a `101`
-    /// starts the session's relay (and, if the route records it, its capture).
+    /// starts the session's relay (and, if the route records it, its capture). Each
+    /// request's route says what the connection's capture records of it, before a byte
+    /// of it goes upstream.
     async fn forward(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
-        if req.method() == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed);
-        }
+        let recording = Recording { ctx: &self.ctx, conn: self.id, client: self.client, client_leg: &self.capture };
         let host = req.headers().get(HOST).cloned();
         let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
-        let Routed { index, route, path } = self.route(host_str, req.uri().path())?;
+        let routed = match req.method() == Method::CONNECT {
+            true => Err(ProxyError::MethodNotAllowed),
+            false => self.route(host_str, req.uri().path()),
+        };
+        let Routed { index, route, path } = routed.inspect_err(|_| recording.unrouted(req.method().as_str()))?;
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         // Where capture would start on the client leg: this request's line, and wstap's
         // next byte to the client.
         let request_line = format!("{} {} HTTP/1.", req.method(), req.uri());
-        let client_mark = self.capture.tap.as_ref().map(|t| t.mark());
-        let req = self.upstream_request(req, &route, path, host, upgrade.as_ref())?;
-        let mut up = upstream::open_or_reuse(&self.ctx, self.id, &self.upstream, &route).await?;
-        let upstream_mark = up.capture.tap.as_ref().map(|t| t.mark());
-        let exchange = Exchange {
+        let method = req.method().clone();
+        let mut ex = Exchange {
             request_line: &request_line,
-            upstream: &up.capture,
-            marks: PerLeg::new(client_mark, upstream_mark),
+            method: method.as_str(),
+            marks: PerLeg::new(self.capture.tap.as_ref().map(|t| t.mark()), None),
             route: &route,
             index,
         };
-        let recording = Recording { ctx: &self.ctx, conn: self.id, client: self.client, client_leg: &self.capture };
-        // A connection recorded whole starts with this request, before a byte of it
-        // goes upstream: what follows is recorded as it crosses, not kept in a probe.
-        if route.policy.mode == CaptureMode::All {
-            recording.connection(&exchange);
-        }
+        let whole =
+            self.capture.is_recording() || lock(&self.upstream).as_ref().is_some_and(|u| u.capture.is_recording());
+        let verdict = recording.verdict(&ex, upgrade.is_some(), whole);
+        recording.decide(Leg::Client, &self.capture, &ex, verdict);
+        let req = self.upstream_request(req, &route, path, host, upgrade.as_ref())?;
+        let mut up = upstream::open_or_reuse(&self.ctx, self.id, &self.upstream, &route).await?;
+        ex.marks[Leg::Upstream] = up.capture.tap.as_ref().map(|t| t.mark());
+        recording.decide(Leg::Upstream, &up.capture, &ex, verdict);
         let mut resp = up.sender.send(req, &self.ctx.settings.limits).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             *lock(&self.upstream) = Some(up);
@@ -257,7 +259,7 @@ impl ClientConn {
         }
         let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let captured = recording.session(&exchange);
+        let captured = recording.session(&ex, &up.capture, verdict);
         crate::proxy::session::spawn(self, client_upgrade, upstream_upgrade, route.clone(), up.capture.tap, captured);
         let (mut parts, body) = resp.into_parts();
         let proto = parts.headers.get(UPGRADE).cloned();

@@ -1,8 +1,9 @@
 //! A client connection's capture, as the proxy drives it: the taps under each leg's
 //! socket (made with the socket, probing until a route says what to record), where each
-//! exchange would start, and the routes' decisions (record this session, record this
-//! whole connection, or nothing on this connection ever), told to the taps through
-//! capture's small API ([`Tap::mark`], [`Tap::begin`], [`Tap::forgo`],
+//! exchange would start, and each request's route's say, decided per request and held
+//! per connection ([`Verdict`]: record the connection from this request on, a session if
+//! it switches, or nothing of this request and what follows), told to the taps through
+//! capture's small API ([`Tap::mark`], [`Tap::decide`], [`Tap::begin`], [`Tap::forgo`],
 //! [`Tap::set_close_reason`]), with a [`Heading`] that says what each leg's capture is.
 
 use std::net::SocketAddr;
@@ -10,8 +11,9 @@ use std::sync::Arc;
 
 use wstap_wire::{Leg, PerLeg};
 
-use crate::capture::{ConnId, Ending, Heading, Layer, Mark, Opening, Scope, Start, Tap, TlsHeld, TlsLeg};
+use crate::capture::{ConnId, Decision, Ending, Heading, Layer, Mark, Opening, Scope, Start, Tap, TlsHeld, TlsLeg};
 use crate::config::route::Route;
+use crate::config::CaptureMode;
 use crate::config::TlsCapture;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::tls::{KeepKeys, Keys};
@@ -91,17 +93,36 @@ impl LegTap {
         self.tap.clone()
     }
 
-    fn is_recording(&self) -> bool {
+    /// Whether the leg is being written.
+    pub(crate) fn is_recording(&self) -> bool {
         self.tap.as_ref().is_some_and(|t| t.is_recording())
     }
+}
+
+/// What one request's route says of its connection's capture, decided when it is routed
+/// (before a byte of it goes upstream) and told to each leg's tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// `capture = "all"`, and the connection is (or, picked now, starts being) recorded
+    /// whole from this request on.
+    Connection,
+    /// `capture = "websocket"` (or `all` not picked): a session if it switches, recorded
+    /// if `picked` (drawn now, on a connection recorded whole), or drawn at its answer.
+    Session {
+        /// The sampler's draw, if already made.
+        picked: Option<bool>,
+    },
+    /// Nothing of it, or of what follows it, is recorded (`capture = "off"`, or a request
+    /// on a connection recorded whole that its route records no part of).
+    Off,
 }
 
 /// One exchange on a connection, where its capture would start.
 pub(crate) struct Exchange<'a> {
     /// The request's first line up to `HTTP/1.` (`GET /chat HTTP/1.`).
     pub(crate) request_line: &'a str,
-    /// The upstream leg it goes over.
-    pub(crate) upstream: &'a LegTap,
+    /// Its method, as hyper parsed it.
+    pub(crate) method: &'a str,
     /// Where it began on each leg that has a tap.
     pub(crate) marks: PerLeg<Option<Mark>>,
     /// Its route, and the route's place in the config.
@@ -118,16 +139,73 @@ pub(crate) struct Recording<'a> {
 }
 
 impl Recording<'_> {
-    /// A session starts at `ex` (its upstream answered `101`), and the route records it
-    /// (sampled), or its connection is recorded whole: each leg the route records begins
-    /// where the Upgrade exchange began.
-    pub(crate) fn session(&self, ex: &Exchange<'_>) -> SessionCapture {
+    /// What `ex`'s route says of the connection's capture (`upgrade`: the request asks
+    /// to switch to WebSocket). Sampled here when it starts a connection's capture, or
+    /// when it may start a session on a connection already recorded whole.
+    /// `whole`: a leg of the connection is recorded whole so far.
+    pub(crate) fn verdict(&self, ex: &Exchange<'_>, upgrade: bool, whole: bool) -> Verdict {
         let policy = ex.route.policy;
-        // A connection recorded from its first byte (`all`) records its sessions anyway.
-        let recording = self.client_leg.is_recording() || ex.upstream.is_recording();
-        let sampled = || policy.records() && self.ctx.samplers.pick(ex.index, policy.sample);
-        if !(recording || sampled()) {
-            self.forgo(ex);
+        let pick = || self.ctx.samplers.pick(ex.index, policy.sample);
+        match policy.mode {
+            CaptureMode::Off => Verdict::Off,
+            CaptureMode::All if whole || pick() => Verdict::Connection,
+            _ if !whole => Verdict::Session { picked: None },
+            _ if upgrade => Verdict::Session { picked: Some(policy.records() && pick()) },
+            _ => Verdict::Off,
+        }
+    }
+
+    /// A request no route took: the client leg goes on as it is.
+    pub(crate) fn unrouted(&self, method: &str) {
+        if let (Some(tap), Some(mark)) = (&self.client_leg.tap, self.client_leg.tap.as_ref().map(|t| t.mark())) {
+            tap.decide(method, mark, Decision::AsIs);
+        }
+    }
+
+    /// Tells `leg`'s tap (`legs`: the client's or the upstream's) what `verdict` says of
+    /// the request `ex`.
+    pub(crate) fn decide(&self, leg: Leg, legs: &LegTap, ex: &Exchange<'_>, verdict: Verdict) {
+        let (Some(tap), Some(mark)) = (&legs.tap, ex.marks[leg]) else { return };
+        let recorded_leg = ex.route.policy.legs.has(leg);
+        // TLS records cannot be cut between requests: a connection recorded whole as
+        // records goes on whole (a route that records nothing is refused with it).
+        let records = legs.tls.as_ref().is_some_and(|t| t.held == TlsHeld::Records);
+        let decision = match verdict {
+            Verdict::Off => Decision::Skip,
+            _ if !recorded_leg => Decision::Skip,
+            Verdict::Connection => {
+                let heading = match leg {
+                    Leg::Client => Heading::Connection { conn: self.conn, client: self.client },
+                    Leg::Upstream => {
+                        Heading::UpstreamConnection { conn: self.conn, upstream: ex.route.upstream.to_string() }
+                    }
+                };
+                Decision::Record(self.start(ex, heading.to_string(), &legs.keys))
+            }
+            Verdict::Session { .. } if records || !tap.is_recording() => Decision::AsIs,
+            Verdict::Session { picked } => match picked {
+                Some(true) => Decision::AsIs,
+                _ => Decision::Skip,
+            },
+        };
+        tap.decide(ex.method, mark, decision);
+    }
+
+    /// A session starts at `ex` (its upstream answered `101`): recorded if its route's
+    /// verdict said so (sampled now, if it was not), or if its connection is recorded
+    /// whole; each leg the route records begins where the Upgrade exchange began.
+    pub(crate) fn session(&self, ex: &Exchange<'_>, upstream: &LegTap, verdict: Verdict) -> SessionCapture {
+        let policy = ex.route.policy;
+        let recording = self.client_leg.is_recording() || upstream.is_recording();
+        let record = match verdict {
+            Verdict::Off => false,
+            Verdict::Session { picked: Some(picked) } => picked || recording,
+            Verdict::Connection | Verdict::Session { picked: None } => {
+                recording || (policy.records() && self.ctx.samplers.pick(ex.index, policy.sample))
+            }
+        };
+        if !record {
+            self.forgo(upstream);
             return SessionCapture::NotCaptured;
         }
         let heading = Heading::Session {
@@ -136,58 +214,43 @@ impl Recording<'_> {
             client: self.client,
             route: ex.route.path_prefix.clone(),
             upstream: ex.route.upstream.to_string(),
-            tls: PerLeg::new(self.client_leg.tls.clone(), ex.upstream.tls.clone()),
+            tls: PerLeg::new(self.client_leg.tls.clone(), upstream.tls.clone()),
         };
-        if self.begin(ex, Scope::Session, heading) {
+        if self.begin(ex, upstream, heading) {
             return SessionCapture::Captured;
         }
-        self.forgo(ex);
+        self.forgo(upstream);
         SessionCapture::NotCaptured
     }
 
-    /// The route records whole connections (`all`): each leg it records is captured from
-    /// this request on (the connection's first byte, for its first request), unless it
-    /// already is or the connection is not sampled.
-    pub(crate) fn connection(&self, ex: &Exchange<'_>) {
-        let client_probing = self.client_leg.tap.as_ref().is_some_and(|t| !t.is_recording());
-        if client_probing && self.ctx.samplers.pick(ex.index, ex.route.policy.sample) {
-            self.begin(ex, Scope::Connection, Heading::Connection { conn: self.conn, client: self.client });
+    /// How a leg's capture of `ex` starts.
+    fn start(&self, ex: &Exchange<'_>, heading: String, keys: &Option<Arc<Keys>>) -> Start {
+        Start {
+            heading,
+            // Per-session file names: client address and route.
+            label: format!("{}-{}_{}", self.client.ip(), self.client.port(), ex.route.path_prefix),
+            request_line: ex.request_line.into(),
+            snap: ex.route.policy.snap,
+            tls_secrets: keys.as_deref().and_then(Keys::kept),
         }
     }
 
-    /// Begins (or, on a leg already recorded, marks) the capture of the legs the route
-    /// records. Returns whether any leg is recorded.
-    fn begin(&self, ex: &Exchange<'_>, scope: Scope, heading: Heading) -> bool {
-        let policy = ex.route.policy;
-        // Per-session file names: client address and route.
-        let label = format!("{}-{}_{}", self.client.ip(), self.client.port(), ex.route.path_prefix);
-        let start = |heading, keys: &Option<Arc<Keys>>| Start {
-            heading,
-            label: label.clone(),
-            request_line: ex.request_line.into(),
-            snap: policy.snap,
-            tls_secrets: keys.as_deref().and_then(Keys::kept),
-        };
-        let legs = PerLeg::new(self.client_leg, ex.upstream);
+    /// Begins (or, on a leg already recorded, marks) the session's capture on the legs
+    /// the route records. Returns whether any leg is recorded.
+    fn begin(&self, ex: &Exchange<'_>, upstream: &LegTap, heading: Heading) -> bool {
+        let legs = PerLeg::new(self.client_leg, upstream);
         let mut recorded = false;
-        for leg in Leg::BOTH.into_iter().filter(|&l| policy.legs.has(l)) {
+        for leg in Leg::BOTH.into_iter().filter(|&l| ex.route.policy.legs.has(l)) {
             let (Some(tap), Some(mark)) = (&legs[leg].tap, ex.marks[leg]) else { continue };
-            // A connection recorded whole: its upstream leg is a connection of its own.
-            let heading = match (&heading, leg) {
-                (Heading::Connection { conn, .. }, Leg::Upstream) => {
-                    Heading::UpstreamConnection { conn: *conn, upstream: ex.route.upstream.to_string() }
-                }
-                _ => heading.clone(),
-            };
-            recorded |= tap.begin(scope, mark, start(heading.to_string(), &legs[leg].keys));
+            recorded |= tap.begin(Scope::Session, mark, self.start(ex, heading.to_string(), &legs[leg].keys));
         }
         recorded
     }
 
     /// The connection is this session's until it ends, and the session is not recorded:
     /// nothing more to probe for.
-    fn forgo(&self, ex: &Exchange<'_>) {
-        for tap in [&self.client_leg.tap, &ex.upstream.tap].into_iter().flatten() {
+    fn forgo(&self, upstream: &LegTap) {
+        for tap in [&self.client_leg.tap, &upstream.tap].into_iter().flatten() {
             tap.forgo();
         }
     }

@@ -10,9 +10,10 @@
 
 pub(crate) mod chunk;
 mod probe;
+mod requests;
 pub(crate) mod tap;
 pub(crate) mod tee;
 pub(crate) mod track;
 
-pub use tap::{Layer, Mark, Start, Tap};
+pub use tap::{Decision, Layer, Mark, Start, Tap};
 pub use tee::Tee;

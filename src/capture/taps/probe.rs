@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use wstap_wire::http::HeadEnd;
 use wstap_wire::{Dir, Timestamp};
 
 use super::chunk::{Keep, Piece};
@@ -47,6 +46,10 @@ pub(super) struct Kept {
 pub(super) enum Keeps {
     /// The current HTTP exchange: a session starts at an Upgrade request.
     Exchange,
+    /// A client leg whose requests are followed: what the tap hands it of the client's
+    /// bytes (the requests no route decided yet, and the routed Upgrade), and the
+    /// interim answers of the current exchange.
+    Undecided,
     /// Every byte from the connection's first (TLS records), while they fit.
     FromStart(FirstBytes),
     /// Nothing: nothing on the connection will be recorded.
@@ -78,14 +81,6 @@ enum Answer {
     Final,
 }
 
-/// Where a request head lies among the bytes read: the socket offsets of its first byte
-/// and of the byte after its blank line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct HeadAt {
-    pub(super) first: u64,
-    pub(super) end: u64,
-}
-
 impl Probe {
     /// A probe keeping up to `cap` bytes, as `keeps` says.
     pub(super) fn new(cap: usize, keeps: Keeps) -> Probe {
@@ -98,7 +93,7 @@ impl Probe {
     pub(super) fn see(&mut self, time: impl FnOnce() -> Timestamp, dir: Dir, offset: u64, piece: &Piece<'_>) {
         let keep = match self.keeps {
             Keeps::FromStart(start) => start == FirstBytes::Kept,
-            Keeps::Exchange => self.may_start_session(dir, piece),
+            Keeps::Exchange | Keeps::Undecided => self.may_start_session(dir, piece),
             Keeps::Nothing => false,
         };
         if !keep {
@@ -117,9 +112,32 @@ impl Probe {
         }
     }
 
-    /// What it keeps.
-    pub(super) fn keeps(&self) -> Keeps {
-        self.keeps
+    /// The most it keeps.
+    pub(super) fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether it keeps TLS records from the connection's first byte.
+    pub(super) fn holds_records(&self) -> bool {
+        matches!(self.keeps, Keeps::FromStart(_))
+    }
+
+    /// Lets go of the bytes going `dir` before socket offset `offset`.
+    pub(super) fn drop_before(&mut self, dir: Dir, offset: u64) {
+        let bytes = &mut self.bytes;
+        self.ring.retain_mut(|k| {
+            if k.dir != dir {
+                return true;
+            }
+            let skip = offset.saturating_sub(k.offset).min(k.bytes.len() as u64) as usize;
+            *bytes -= skip;
+            k.bytes = k.bytes.slice(skip..);
+            k.offset += skip as u64;
+            !k.bytes.is_empty()
+        });
+        if self.ring.is_empty() {
+            self.ring.shrink_to(8);
+        }
     }
 
     /// Whether a TLS probe lost the connection's start (see [`FirstBytes`]).
@@ -152,23 +170,6 @@ impl Probe {
         self.ring.iter().find(|k| k.dir == inbound).map(|k| k.offset)
     }
 
-    /// Where the last request head whose first line starts with `line` (such as
-    /// `GET /chat HTTP/1.`) lies among the bytes read (going `inbound`).
-    pub(super) fn find_head(&self, inbound: Dir, line: &[u8]) -> Option<HeadAt> {
-        let mut bytes = Vec::with_capacity(self.bytes);
-        let mut first = None;
-        for k in self.ring.iter().filter(|k| k.dir == inbound) {
-            first.get_or_insert(k.offset);
-            bytes.extend_from_slice(&k.bytes);
-        }
-        let first = first?;
-        let start = (0..bytes.len().saturating_sub(line.len() - 1))
-            .rev()
-            .find(|&i| bytes[i..].starts_with(line) && (i == 0 || bytes[i - 1] == b'\n'))?;
-        let end = start + HeadEnd::new().scan(&bytes[start..])?;
-        Some(HeadAt { first: first + start as u64, end: first + end as u64 })
-    }
-
     /// Whether bytes going `dir` may belong to a session's start. Only the current
     /// exchange can start one: the client's bytes after a response begin a new one
     /// (everything older is dropped), and a final response is not kept at all. So an idle
@@ -179,7 +180,10 @@ impl Probe {
             // After a final response only: bytes sent after an interim one (a body after
             // `100 Continue`) still belong to the exchange that may upgrade.
             if turned && self.answer == Answer::Final {
-                self.keep_pipelined();
+                match self.keeps {
+                    Keeps::Undecided => self.drop_before(Dir::Down, u64::MAX),
+                    _ => self.keep_pipelined(),
+                }
                 self.answer = Answer::Undecided;
             }
             return true;
@@ -268,10 +272,6 @@ mod tests {
             self.probe.see(|| Timestamp::EPOCH, dir, self.offsets[dir], &Piece::Slice(bytes));
             self.offsets[dir] += bytes.len() as u64;
         }
-
-        fn head(&self, line: &[u8]) -> Option<(u64, u64)> {
-            self.probe.find_head(Dir::Up, line).map(|h| (h.first, h.end))
-        }
     }
 
     #[test]
@@ -299,40 +299,26 @@ mod tests {
         assert_eq!(p.probe.bytes, "GET /big HTTP/1.1\r\n\r\n".len(), "a final response is not kept");
         // The next exchange is an upgrade: its request and its 101 (split anywhere) are kept.
         p.read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
-        assert_eq!(p.head(b"GET /big HTTP/1."), None, "the previous exchange is gone");
-        assert!(p.head(b"GET /ws HTTP/1.").is_some());
+        assert_eq!(p.probe.bytes, 40, "the previous exchange is gone");
         p.written(b"HTTP/1");
         p.written(b".1 101 Switching Protocols\r\n\r\n");
         let want = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\r\n";
         assert_eq!(p.probe.bytes, want.len());
     }
 
-    /// A request read before the previous response (pipelined), split across reads, is
-    /// found whole once it upgrades; a body left over is not kept.
+    /// A client leg's probe lets go of what its tap no longer needs, to the byte.
     #[test]
-    fn a_pipelined_upgrade_read_before_the_previous_response_is_kept() {
-        let mut p = Fed::new();
-        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-        p.read(first);
-        p.read(b"GET /ws HT");
-        p.written(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        p.read(b"TP/1.1\r\nUpgrade: websocket\r\n\r\n");
-        let want = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n";
-        assert_eq!(p.head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
-        assert_eq!(p.probe.bytes, want.len(), "the answered request is gone");
-        // A whole pipelined Upgrade with an early frame behind it, read before the answer
-        // to the request ahead of it: the Upgrade and the frame stay.
-        let mut p = Fed::new();
-        p.read(first);
-        p.read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n\x81\x85abcd");
-        p.written(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        p.read(b"more");
-        assert_eq!(p.head(b"GET /ws HTTP/1."), Some((first.len() as u64, (first.len() + want.len()) as u64)));
-        // A POST whose body is answered: nothing stays.
+    fn dropping_before_an_offset_cuts_inside_a_chunk_and_leaves_the_other_way() {
+        let mut p = Fed { probe: Probe::new(128 << 10, Keeps::Undecided), offsets: Default::default() };
         p.read(b"POST /p HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
-        p.written(b"HTTP/1.1 204 No Content\r\n\r\n");
-        p.read(b"G");
-        assert_eq!(p.probe.bytes, 1);
+        p.written(b"HTTP/1.1 100 Continue\r\n\r\n");
+        p.read(b"GET /ws HTTP/1.1\r\n\r\n");
+        p.probe.drop_before(Dir::Up, 44);
+        let up: Vec<u8> = p.probe.ring.iter().filter(|k| k.dir == Dir::Up).flat_map(|k| k.bytes.to_vec()).collect();
+        assert_eq!(&up[..], b"GET /ws HTTP/1.1\r\n\r\n");
+        assert_eq!(p.probe.ring.iter().filter(|k| k.dir == Dir::Down).count(), 1, "the other way stays");
+        assert_eq!(p.probe.take_from(Default::default()).iter().map(|k| k.offset).min(), Some(0));
+        assert_eq!(p.probe.bytes, 0);
     }
 
     /// Under TLS the probe keeps the connection's start, or says once that it lost it.

@@ -10,6 +10,7 @@
 //! [`Tap::forgo`] when nothing on the connection ever will be, and
 //! [`Tap::set_close_reason`] before the socket closes.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,10 +21,11 @@ use wstap_wire::{Dir, Leg, PerDir, Timestamp};
 
 use super::chunk::{Keep, Piece};
 use super::probe::{FirstBytes, Keeps, Probe};
+use super::requests::Requests;
 use super::track::{To, Track};
 use crate::capture::event::{now, Opening, Scope, What};
 use crate::capture::ids::LegId;
-use crate::capture::note::{Ending, Note};
+use crate::capture::note::{Ending, Note, Stop};
 use crate::capture::queue::Recorder;
 use crate::config::Snap;
 use crate::sync::lock;
@@ -64,7 +66,8 @@ pub enum Layer {
 /// One leg's capture state, shared by its tee and the proxy.
 pub struct Tap {
     recorder: Recorder,
-    id: LegId,
+    /// The leg's id in the capture: a new one each time its capture starts again.
+    id: AtomicU64,
     /// The leg's opening; a session's heading and label are filled in at its start.
     opening: Opening,
     mode: AtomicU8,
@@ -72,8 +75,8 @@ pub struct Tap {
     offset: PerDir<AtomicU64>,
     /// Socket offsets where capture began, per direction.
     base: PerDir<AtomicU64>,
-    /// Client bytes are being held back until wstap's first write (the `101`).
-    holding: AtomicBool,
+    /// The client's requests are followed (a client leg's plain HTTP, up to its switch).
+    follows: AtomicBool,
     state: Mutex<TapState>,
     /// Each direction's frames, once a session is recorded (locked after `state`).
     tracks: PerDir<Mutex<Option<Track>>>,
@@ -81,21 +84,40 @@ pub struct Tap {
 
 struct TapState {
     probe: Probe,
+    /// The client's requests, while they are followed.
+    requests: Option<Requests>,
     /// The end of each stream was sent, and a reset.
     fin_sent: PerDir<bool>,
     reset_sent: bool,
+    /// The client's FIN came while its bytes were held: sent when they are.
+    fin_held: bool,
     close_reason: Option<Ending>,
-    /// Bytes read after the Upgrade request's head and before the `101` was written.
-    held: Vec<Held>,
+    /// Client bytes no route has decided yet (a request not yet routed, or what followed
+    /// an Upgrade request before its answer), held back while recording.
+    held: VecDeque<Held>,
+    /// Bytes in `held`.
+    held_bytes: usize,
 }
 
-/// Client bytes held back until the `101` is written.
+/// Client bytes held back until a route decides them.
 struct Held {
     /// When they crossed the socket.
     time: Timestamp,
-    /// Their place in the captured stream.
+    /// Their place in the socket stream.
     offset: u64,
     bytes: Bytes,
+}
+
+/// What a request's route says of a leg's capture ([`Tap::decide`]).
+pub enum Decision {
+    /// The request is recorded: a leg not yet recorded is, from this request on, as
+    /// `Start` says (the whole connection).
+    Record(Start),
+    /// The request is not: a leg recorded so far stops just before it (the connection
+    /// goes on, and a later request may start its capture again).
+    Skip,
+    /// As the leg is (a request no route took): recorded if it is.
+    AsIs,
 }
 
 /// Where an exchange began on a leg: the socket offsets each way when its request was
@@ -121,35 +143,50 @@ pub struct Start {
 impl Tap {
     /// A tap that records from the connection's first byte: its handshake is written now.
     pub fn recording(recorder: Recorder, opening: Opening) -> Arc<Tap> {
-        let tap = Tap::new(recorder, opening, Mode::Recording, Probe::new(0, Keeps::Exchange));
-        tap.recorder.send(tap.id, What::Open(Box::new(tap.opening.clone())));
+        let tap = Tap::new(recorder, opening, Mode::Recording, Probe::new(0, Keeps::Exchange), None);
+        tap.recorder.send(tap.id(), What::Open(Box::new(tap.opening.clone())));
         Arc::new(tap)
     }
 
-    /// A tap that records nothing until [`Tap::begin`], keeping up to `probe` bytes of
-    /// what crossed, as `layer` says, so that capture can begin a little in the past.
+    /// A tap that records nothing until [`Tap::begin`] or [`Tap::decide`], keeping up to
+    /// `probe` bytes of what crossed, as `layer` says, so that capture can begin a little
+    /// in the past. A client leg's plain HTTP has its requests followed.
     pub fn probing(recorder: Recorder, opening: Opening, probe: usize, layer: Layer) -> Arc<Tap> {
-        let keeps = match layer {
-            Layer::Http => Keeps::Exchange,
-            Layer::Tls => Keeps::FromStart(FirstBytes::Kept),
+        let (keeps, requests) = match layer {
+            Layer::Http if opening.leg == Leg::Client => (Keeps::Undecided, Some(Requests::new(probe))),
+            Layer::Http => (Keeps::Exchange, None),
+            Layer::Tls => (Keeps::FromStart(FirstBytes::Kept), None),
         };
-        Arc::new(Tap::new(recorder, opening, Mode::Probing, Probe::new(probe, keeps)))
+        Arc::new(Tap::new(recorder, opening, Mode::Probing, Probe::new(probe, keeps), requests))
     }
 
-    fn new(recorder: Recorder, opening: Opening, mode: Mode, probe: Probe) -> Tap {
-        let state =
-            TapState { probe, fin_sent: PerDir::default(), reset_sent: false, close_reason: None, held: Vec::new() };
+    fn new(recorder: Recorder, opening: Opening, mode: Mode, probe: Probe, requests: Option<Requests>) -> Tap {
+        let follows = AtomicBool::new(requests.is_some());
+        let state = TapState {
+            probe,
+            requests,
+            fin_sent: PerDir::default(),
+            reset_sent: false,
+            fin_held: false,
+            close_reason: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
+        };
         Tap {
-            id: recorder.new_leg(),
+            id: AtomicU64::new(recorder.new_leg().0),
             recorder,
             opening,
             mode: AtomicU8::new(mode as u8),
             offset: Default::default(),
             base: Default::default(),
-            holding: AtomicBool::new(false),
+            follows,
             state: Mutex::new(state),
             tracks: PerDir::default(),
         }
+    }
+
+    fn id(&self) -> LegId {
+        LegId(self.id.load(Relaxed))
     }
 
     fn mode(&self) -> Mode {
@@ -171,15 +208,51 @@ impl Tap {
         Mark(PerDir::new(self.offset[Dir::Up].load(Relaxed), self.offset[Dir::Down].load(Relaxed)))
     }
 
+    /// The proxy routed its next request (`method`, as hyper parsed it, which began at
+    /// `at`), and its route says `decision` for this leg. Called once for every request
+    /// hyper hands over, in order. Returns whether the leg is recorded.
+    ///
+    /// On a client leg whose requests are followed, the request is the one the framer
+    /// found where hyper did: a leg recorded so far stops exactly at its first byte, or
+    /// goes on with its bytes, which waited for this; one not recorded starts there. On
+    /// any other leg, at `at`.
+    pub fn decide(&self, method: &str, at: Mark, decision: Decision) -> bool {
+        let mut state = self.lock();
+        let request = state.requests.as_mut().map(|r| r.route_next(method).map(|r| r.first));
+        if let Some(None) = request {
+            // hyper took a request the framer did not see: nothing can be told apart.
+            self.unfollowed(&mut state);
+            return self.is_recording();
+        }
+        // Where the request began on each way of this leg.
+        let base = match request.flatten() {
+            Some(first) => PerDir::new(first, at.0[Dir::Down]),
+            None => at.0,
+        };
+        match (self.mode(), decision) {
+            (Mode::Recording, Decision::Skip) => self.stop(&mut state, base, Stop::RouteNotRecorded),
+            (Mode::Recording, _) => self.release(&mut state, false),
+            (Mode::Probing, Decision::Record(start)) => match state.probe.holds_records() {
+                false => self.start(&mut state, Scope::Connection, base, start),
+                true => self.begin_records(&mut state, Scope::Connection, start),
+            },
+            (Mode::Probing, Decision::Skip) if state.probe.holds_records() => {
+                // TLS records hold every request from the first: this one is among them.
+                self.forgo_locked(&mut state);
+            }
+            _ => {}
+        }
+        self.is_recording()
+    }
+
     /// The route records an exchange on this leg whose request began at `at`: a
     /// WebSocket session (`Scope::Session`) or, from this request on, the whole connection.
     /// A probing tap starts recording; a tap already recording the connection tells the
     /// writer where a session's Upgrade exchange began, so later files can repeat it.
     /// Returns whether the leg is recorded.
     ///
-    /// On the client leg the capture starts at the request head the probe kept (the
-    /// last one whose first line is `start.request_line`), and, for a session, bytes the
-    /// client sent right behind it are held until wstap's next write (the `101`) and
+    /// On a client leg the capture starts at the request last routed ([`Tap::decide`]),
+    /// and bytes the client sent behind it wait for its answer (the `101`), and are
     /// written just after it: Wireshark decodes frames only after the `101`, in capture
     /// order. A TLS leg starts at the connection's first byte, or (its handshake no
     /// longer kept) not at all: it could not be decrypted.
@@ -187,7 +260,7 @@ impl Tap {
         if self.is_recording() {
             if scope == Scope::Session {
                 let Start { heading, snap, .. } = start;
-                self.recorder.send(self.id, What::Session { heading, snap });
+                self.recorder.send(self.id(), What::Session { heading, snap });
             }
             return true;
         }
@@ -195,48 +268,51 @@ impl Tap {
         if self.mode() != Mode::Probing {
             return false;
         }
-        if let Keeps::FromStart(_) = state.probe.keeps() {
-            if state.probe.start_just_lost() {
-                info!(
-                    leg = self.opening.leg.name(),
-                    "not captured: the TLS handshake is not kept (too much crossed before the session), so its \
-                     records could not be decrypted"
-                );
-            }
-            if !state.probe.start_lost() {
-                self.start(&mut state, scope, PerDir::default(), None, start);
-            }
+        if state.probe.holds_records() {
+            self.begin_records(&mut state, scope, start);
             return self.is_recording();
         }
-        let (base, hold_from) = match self.opening.leg {
-            Leg::Upstream => (at.0, None),
-            Leg::Client => match state.probe.find_head(self.inbound(), start.request_line.as_bytes()) {
-                Some(head) => (PerDir::new(head.first, at.0[Dir::Down]), Some(head.end)),
+        let first = match self.opening.leg {
+            Leg::Upstream => at.0[Dir::Up],
+            Leg::Client => match state.requests.as_ref().and_then(|r| r.routed()) {
+                Some(request) => request.first,
                 None => {
-                    debug!("request not among the kept bytes; capture starts at the oldest one");
-                    let first = state.probe.oldest_read(self.inbound()).unwrap_or(self.offset[Dir::Up].load(Relaxed));
-                    (PerDir::new(first, at.0[Dir::Down]), None)
+                    debug!("request not followed; capture starts at the oldest byte kept");
+                    state.probe.oldest_read(self.inbound()).unwrap_or(at.0[Dir::Up])
                 }
             },
         };
-        let hold_from = hold_from.filter(|_| scope == Scope::Session);
-        self.start(&mut state, scope, base, hold_from, start);
+        self.start(&mut state, scope, PerDir::new(first, at.0[Dir::Down]), start);
         true
     }
 
+    /// A TLS leg's capture starts at its first byte, if its probe kept it.
+    fn begin_records(&self, state: &mut TapState, scope: Scope, start: Start) {
+        if state.probe.start_just_lost() {
+            info!(
+                leg = self.opening.leg.name(),
+                "not captured: the TLS handshake is not kept (too much crossed before the session), so its \
+                 records could not be decrypted"
+            );
+        }
+        if !state.probe.start_lost() {
+            self.start(state, scope, PerDir::default(), start);
+        }
+    }
+
     /// Starts recording a probing tap at socket offsets `base`: the probe's bytes from
-    /// there on are written with the times they crossed the socket, those read from
-    /// `hold_from` on held (see [`Tap::begin`]).
-    fn start(&self, state: &mut TapState, scope: Scope, base: PerDir<u64>, hold_from: Option<u64>, start: Start) {
+    /// there on are written with the times they crossed the socket, but client bytes no
+    /// route has decided yet are held (see [`Tap::begin`]).
+    fn start(&self, state: &mut TapState, scope: Scope, base: PerDir<u64>, start: Start) {
         for dir in Dir::BOTH {
             self.base[dir].store(base[dir], Relaxed);
         }
         let kept = state.probe.take_from(base);
         let first_time = kept.first().map_or_else(now, |k| k.time);
         let Start { heading, label, snap, tls_secrets, .. } = start;
-        let tls = tls_secrets.is_some() || state.probe.keeps() != Keeps::Exchange;
+        let tls = tls_secrets.is_some() || state.probe.holds_records();
         let opening = Opening { heading, label, scope, snap, tls_secrets, ..self.opening.clone() };
-        self.recorder.send_at(first_time, self.id, What::Open(Box::new(opening)));
+        self.recorder.send_at(first_time, self.id(), What::Open(Box::new(opening)));
         // TLS records are not frames: a drop is a drop (after it, nothing decrypts).
         if scope == Scope::Session && !tls {
             // A session's streams start with their heads: from here on, drops follow frames.
@@ -244,36 +320,107 @@ impl Tap {
                 *lock(&self.tracks[dir]) = Some(Track::new());
             }
         }
-        let hold_from = hold_from.unwrap_or(u64::MAX);
+        self.mode.store(Mode::Recording as u8, Relaxed);
         for k in kept {
-            let base = base[k.dir];
-            let skip = base.saturating_sub(k.offset) as usize;
-            let socket_at = k.offset.max(base);
-            let (offset, mut bytes) = (socket_at - base, k.bytes.slice(skip..));
-            if k.dir == self.inbound() && socket_at + bytes.len() as u64 > hold_from {
-                let keep = hold_from.saturating_sub(socket_at) as usize;
-                let later = bytes.split_off(keep);
-                state.held.push(Held { time: k.time, offset: offset + keep as u64, bytes: later });
-            }
-            if !bytes.is_empty() {
-                self.pass(k.dir, offset, Piece::Owned(&bytes), Some(k.time));
+            let skip = base[k.dir].saturating_sub(k.offset) as usize;
+            let bytes = k.bytes.slice(skip..);
+            let at = k.offset.max(base[k.dir]);
+            match k.dir == self.inbound() {
+                true => self.hold_or_pass(state, at, Piece::Owned(&bytes), Some(k.time)),
+                false => self.pass(k.dir, at - base[k.dir], Piece::Owned(&bytes), Some(k.time)),
             }
         }
-        self.holding.store(hold_from != u64::MAX, Relaxed);
-        self.mode.store(Mode::Recording as u8, Relaxed);
     }
 
-    /// Writes the held client bytes (after wstap's first write, or at close).
-    fn release_held(&self, state: &mut TapState) {
-        if !self.holding.swap(false, Relaxed) || state.held.is_empty() {
-            return;
+    /// The leg's capture stops at socket offsets `at` (the first byte of a request its
+    /// route does not record, or where the client's HTTP was lost), for `why`; the
+    /// connection goes on, probed again, so that a later request may start a new capture.
+    fn stop(&self, state: &mut TapState, at: PerDir<u64>, why: Stop) {
+        let offsets = at.by_ref().map(|dir, at| at.saturating_sub(self.base[dir].load(Relaxed)));
+        info!(leg = self.opening.leg.name(), reason = %why, "capture stopped; the connection goes on");
+        self.recorder.send(self.id(), What::Close { reason: Ending::Stopped(why), offsets });
+        self.mode.store(Mode::Probing as u8, Relaxed);
+        self.id.store(self.recorder.new_leg().0, Relaxed);
+        for dir in Dir::BOTH {
+            *lock(&self.tracks[dir]) = None;
         }
-        let bytes: usize = state.held.iter().map(|h| h.bytes.len()).sum();
-        let arrived = state.held[0].time;
-        self.recorder.send(self.id, What::Note(Note::HeldBehindUpgrade { bytes, arrived }));
-        let dir = self.inbound();
-        for held in state.held.drain(..) {
-            self.pass(dir, held.offset, Piece::Owned(&held.bytes), None);
+        (state.fin_sent, state.reset_sent, state.fin_held) = (PerDir::default(), false, false);
+        // What waited is probed again: a later request among it may start a session.
+        for held in std::mem::take(&mut state.held) {
+            state.probe.see(|| held.time, self.inbound(), held.offset, &Piece::Owned(&held.bytes));
+        }
+        state.held_bytes = 0;
+    }
+
+    /// The client's HTTP can no longer be followed: a recorded leg stops where it was
+    /// lost, and nothing more of the connection is recorded (any request could hide in
+    /// what follows).
+    fn unfollowed(&self, state: &mut TapState) {
+        let lost = state.requests.as_ref().and_then(|r| r.lost().cloned());
+        let (at, why) = lost.unwrap_or((self.offset[Dir::Up].load(Relaxed), wstap_wire::http::FramingError::BytesLost));
+        if self.is_recording() {
+            self.stop(state, PerDir::new(at, self.offset[Dir::Down].load(Relaxed)), Stop::Unfollowed(why));
+        }
+        self.forgo_locked(state);
+    }
+
+    /// Client bytes from socket offset `at`: written up to the first no route has
+    /// decided yet, held from there.
+    fn hold_or_pass(&self, state: &mut TapState, at: u64, piece: Piece<'_>, time: Option<Timestamp>) {
+        let len = piece.len();
+        let undecided = state.requests.as_ref().and_then(Requests::undecided_from);
+        let hold_from = match state.held.is_empty() {
+            true => undecided.unwrap_or(u64::MAX).max(at),
+            false => at,
+        };
+        let cut = (hold_from.min(at + len as u64) - at) as usize;
+        let base = self.base[self.inbound()].load(Relaxed);
+        if cut == len {
+            return self.pass(self.inbound(), at - base, piece, time);
+        }
+        if cut > 0 {
+            self.pass(self.inbound(), at - base, Piece::Owned(&piece.bytes(0, cut, Keep::Briefly)), time);
+        }
+        let bytes = piece.bytes(cut, len, Keep::Long);
+        state.held_bytes += bytes.len();
+        state.held.push_back(Held { time: time.unwrap_or_else(now), offset: at + cut as u64, bytes });
+        if state.held_bytes > state.probe.cap() {
+            let first = state.held.front().map_or(at, |h| h.offset);
+            let kib = state.probe.cap() >> 10;
+            self.stop(state, PerDir::new(first, self.offset[Dir::Down].load(Relaxed)), Stop::TooMuchUndecided { kib });
+            self.forgo_locked(state);
+        }
+    }
+
+    /// Writes the held client bytes a route has decided since; `answered`: after wstap
+    /// wrote to the client (the answer to an Upgrade request), which the note says.
+    fn release(&self, state: &mut TapState, answered: bool) {
+        let limit = state.requests.as_ref().and_then(Requests::undecided_from).unwrap_or(u64::MAX);
+        let (dir, base) = (self.inbound(), self.base[self.inbound()].load(Relaxed));
+        let ready: usize = state
+            .held
+            .iter()
+            .take_while(|h| h.offset < limit)
+            .map(|h| ((limit - h.offset) as usize).min(h.bytes.len()))
+            .sum();
+        if ready > 0 && answered {
+            let arrived = state.held[0].time;
+            self.recorder.send(self.id(), What::Note(Note::HeldBehindUpgrade { bytes: ready, arrived }));
+        }
+        let mut left = ready;
+        while left > 0 {
+            let held = state.held.front_mut().expect("the ready bytes are held");
+            let n = left.min(held.bytes.len());
+            let (at, bytes) = (held.offset, held.bytes.split_to(n));
+            held.offset += n as u64;
+            if held.bytes.is_empty() {
+                state.held.pop_front();
+            }
+            (state.held_bytes, left) = (state.held_bytes - n, left - n);
+            self.pass(dir, at - base, Piece::Owned(&bytes), None);
+        }
+        if state.held.is_empty() && std::mem::take(&mut state.fin_held) {
+            self.send_fin(state, dir);
         }
     }
 
@@ -281,9 +428,16 @@ impl Tap {
     /// a probing tap lets go of what it kept and keeps nothing more.
     pub fn forgo(&self) {
         let mut state = self.lock();
+        self.forgo_locked(&mut state);
+    }
+
+    fn forgo_locked(&self, state: &mut TapState) {
         if self.mode() == Mode::Probing {
             self.mode.store(Mode::Off as u8, Relaxed);
             state.probe.forget();
+            state.requests = None;
+            (state.held, state.held_bytes) = (VecDeque::new(), 0);
+            self.follows.store(false, Relaxed);
         }
     }
 
@@ -311,28 +465,57 @@ impl Tap {
     fn on_chunk(&self, dir: Dir, piece: Piece<'_>) {
         let len = piece.len();
         let off = self.offset[dir].fetch_add(len as u64, Relaxed);
-        let captured = |off: u64| off.saturating_sub(self.base[dir].load(Relaxed));
+        if self.follows.load(Relaxed) {
+            return self.on_http(dir, off, piece);
+        }
         match self.mode() {
-            Mode::Recording if self.holding.load(Relaxed) => {
-                let mut state = self.lock();
-                if dir == self.inbound() {
-                    let bytes = piece.bytes(0, len, Keep::Briefly);
-                    state.held.push(Held { time: now(), offset: captured(off), bytes });
-                } else {
-                    self.pass(dir, captured(off), piece, None);
-                    self.release_held(&mut state);
-                }
-            }
-            Mode::Recording => self.pass(dir, captured(off), piece, None),
+            Mode::Recording => self.pass(dir, off - self.base[dir].load(Relaxed), piece, None),
             Mode::Probing => {
                 let mut state = self.lock();
                 if self.mode() == Mode::Recording {
                     drop(state);
-                    return self.pass(dir, captured(off), piece, None);
+                    return self.pass(dir, off - self.base[dir].load(Relaxed), piece, None);
                 }
                 state.probe.see(now, dir, off, &piece);
             }
             Mode::Off => {}
+        }
+    }
+
+    /// `piece` crossed a client leg whose requests are followed, from socket offset
+    /// `off`: the framer sees it first, so that what no route decided yet is held.
+    fn on_http(&self, dir: Dir, off: u64, piece: Piece<'_>) {
+        let mut state = self.lock();
+        let Some(requests) = state.requests.as_mut() else { return };
+        requests.see(dir, &piece);
+        let lost = requests.lost().is_some();
+        match (self.mode(), dir == self.inbound()) {
+            (Mode::Probing, true) => {
+                // Only what no route decided yet may start a session: a request routed
+                // without an Upgrade, and its body, are not kept.
+                let keep_from = requests.routed_upgrade().or(requests.undecided_from()).unwrap_or(u64::MAX);
+                state.probe.drop_before(dir, keep_from);
+                let skip = (keep_from.saturating_sub(off) as usize).min(piece.len());
+                if skip < piece.len() {
+                    let kept = piece.bytes(skip, piece.len(), Keep::Long);
+                    state.probe.see(now, dir, off + skip as u64, &Piece::Owned(&kept));
+                }
+            }
+            (Mode::Probing, false) => state.probe.see(now, dir, off, &piece),
+            (Mode::Recording, true) => self.hold_or_pass(&mut state, off, piece, None),
+            (Mode::Recording, false) => {
+                self.pass(dir, off - self.base[dir].load(Relaxed), piece, None);
+                self.release(&mut state, true);
+            }
+            (Mode::Off, _) => {}
+        }
+        if lost {
+            return self.unfollowed(&mut state);
+        }
+        let done = state.requests.as_ref().is_none_or(Requests::switched) && state.held.is_empty();
+        if done || self.mode() == Mode::Off {
+            state.requests = None;
+            self.follows.store(false, Relaxed);
         }
     }
 
@@ -341,17 +524,22 @@ impl Tap {
     fn pass(&self, dir: Dir, at: u64, piece: Piece<'_>, time: Option<Timestamp>) {
         let mut track = lock(&self.tracks[dir]);
         match track.as_mut() {
-            Some(t) => t.pass(&To { recorder: &self.recorder, leg: self.id, dir, time }, at, piece),
+            Some(t) => t.pass(&To { recorder: &self.recorder, leg: self.id(), dir, time }, at, piece),
             None => {
                 let bytes = piece.bytes(0, piece.len(), Keep::Briefly);
-                self.recorder.push(time, self.id, What::Data { dir, offset: at, bytes });
+                self.recorder.push(time, self.id(), What::Data { dir, offset: at, bytes });
             }
         }
     }
 
-    /// Length of the captured stream going `dir` so far.
-    fn captured(&self, dir: Dir) -> u64 {
-        self.offset[dir].load(Relaxed).saturating_sub(self.base[dir].load(Relaxed))
+    /// Length of the captured stream going `dir` so far (client bytes still held not
+    /// counted).
+    fn captured(&self, dir: Dir, state: &TapState) -> u64 {
+        let end = match (dir == self.inbound(), state.held.front()) {
+            (true, Some(held)) => held.offset,
+            _ => self.offset[dir].load(Relaxed),
+        };
+        end.saturating_sub(self.base[dir].load(Relaxed))
     }
 
     /// The peer ended its stream (a read returned end of file).
@@ -363,7 +551,7 @@ impl Tap {
     /// which the packet's comment says, since a cut stream looks the same.
     pub(crate) fn on_read_cut(&self) {
         if self.is_recording() {
-            self.recorder.send(self.id, What::Note(Note::TlsCutWithoutCloseNotify));
+            self.recorder.send(self.id(), What::Note(Note::TlsCutWithoutCloseNotify));
         }
         self.on_fin(self.inbound());
     }
@@ -375,12 +563,20 @@ impl Tap {
 
     fn on_fin(&self, dir: Dir) {
         let mut state = self.lock();
+        if dir == self.inbound() && !state.held.is_empty() {
+            state.fin_held = true;
+            return;
+        }
+        self.send_fin(&mut state, dir);
+    }
+
+    fn send_fin(&self, state: &mut TapState, dir: Dir) {
         if self.is_recording() && !std::mem::replace(&mut state.fin_sent[dir], true) {
-            let offset = self.captured(dir);
+            let offset = self.captured(dir, state);
             if let Some(track) = lock(&self.tracks[dir]).as_mut() {
-                track.end(&To { recorder: &self.recorder, leg: self.id, dir, time: None }, offset);
+                track.end(&To { recorder: &self.recorder, leg: self.id(), dir, time: None }, offset);
             }
-            self.recorder.send(self.id, What::Fin { dir, offset });
+            self.recorder.send(self.id(), What::Fin { dir, offset });
         }
     }
 
@@ -392,19 +588,23 @@ impl Tap {
         }
         let mut state = self.lock();
         if self.is_recording() && !std::mem::replace(&mut state.reset_sent, true) {
-            self.recorder.send(self.id, What::Reset);
+            self.recorder.send(self.id(), What::Reset);
         }
     }
 
-    /// The socket is closing: the leg's last events.
+    /// The socket is closing: the leg's last events. Client bytes no route ever decided
+    /// (hyper refused them, or the client left first) are not written.
     pub(crate) fn on_close(&self) {
         if self.is_recording() {
             let mut state = self.lock();
-            self.release_held(&mut state);
+            if std::mem::take(&mut state.fin_held) {
+                let dir = self.inbound();
+                self.send_fin(&mut state, dir);
+            }
             let reason = state.close_reason.take().unwrap_or(Ending::Closed);
+            let offsets = PerDir::new(self.captured(Dir::Up, &state), self.captured(Dir::Down, &state));
             drop(state);
-            let offsets = PerDir::new(self.captured(Dir::Up), self.captured(Dir::Down));
-            self.recorder.send(self.id, What::Close { reason, offsets });
+            self.recorder.send(self.id(), What::Close { reason, offsets });
             self.mode.store(Mode::Off as u8, Relaxed);
         }
     }
@@ -452,9 +652,11 @@ mod tests {
         let tap = client_tap(&recorder);
         let (before, upgrade) = (b"GET /a HTTP/1.1\r\n\r\n", b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
         tap.on_read(before);
+        tap.decide("GET", tap.mark(), Decision::AsIs);
         tap.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));
         tap.on_read(upgrade);
         let at = tap.mark();
+        tap.decide("GET", at, Decision::AsIs);
         tap.on_read(b"\x81\x80abcd");
         assert!(tap.begin(Scope::Session, at, start("GET /ws HTTP/1.")));
         assert!(tap.is_recording());
@@ -465,6 +667,61 @@ mod tests {
             got,
             ["open Session".to_owned(), format!("Up 0+{n}"), "Down 0+36".into(), "held 6".into(), format!("Up {n}+6")]
         );
+    }
+
+    /// A connection recorded whole, whose next request's route records nothing: its
+    /// capture stops at that request's first byte (none of it, nor of its body, is
+    /// sent), and a later request of a route that records starts a new capture there.
+    #[test]
+    fn a_request_not_recorded_stops_the_capture_at_its_first_byte() {
+        let recorder = Recorder::new(1 << 20);
+        let tap = client_tap(&recorder);
+        let public = b"GET /public HTTP/1.1\r\n\r\n";
+        let private = b"post /private HTTP/1.1\r\nContent-Length: 6\r\n\r\nsecret";
+        let again = b"\r\nGET /public HTTP/1.1\n\n";
+        // The first request, and the next read with it before its route is known.
+        tap.on_read(&[&public[..], &private[..10]].concat());
+        assert!(tap.decide("GET", tap.mark(), Decision::Record(start("GET /public HTTP/1."))));
+        tap.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        tap.on_read(&private[10..]);
+        assert!(!tap.decide("POST", tap.mark(), Decision::Skip), "a lowercase method is not hyper's");
+        let recorder2 = Recorder::new(1 << 20);
+        let tap2 = client_tap(&recorder2);
+        tap2.on_read(&[&public[..], &private[..10]].concat());
+        assert!(tap2.decide("GET", tap2.mark(), Decision::Record(start("GET /public HTTP/1."))));
+        tap2.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        tap2.on_read(&private[10..]);
+        assert!(!tap2.decide("post", tap2.mark(), Decision::Skip));
+        tap2.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        tap2.on_read(again);
+        assert!(tap2.decide("GET", tap2.mark(), Decision::Record(start("GET /public HTTP/1."))));
+        let events = recorder2.take_events();
+        let sent: Vec<u8> = events
+            .iter()
+            .filter_map(|e| match &e.what {
+                What::Data { dir: Dir::Up, bytes, .. } => Some(bytes.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(sent, [&public[..], &again[..]].concat(), "nothing of the private request");
+        let n = public.len();
+        assert_eq!(
+            shape(&events)[..4],
+            [
+                "open Connection".to_owned(),
+                format!("Up 0+{n}"),
+                "Down 0+27".into(),
+                "Close { reason: Stopped(RouteNotRecorded), offsets: PerDir([24, 27]) }".into()
+            ]
+        );
+        assert_eq!(shape(&events)[4..], ["open Connection".to_owned(), format!("Up 0+{}", again.len())]);
+        // The first tap: hyper's request was not the framer's; nothing more is recorded.
+        let events = recorder.take_events();
+        assert!(matches!(
+            events.last().map(|e| &e.what),
+            Some(What::Close { reason: Ending::Stopped(Stop::Unfollowed(_)), .. })
+        ));
     }
 
     /// A session that starts unrecorded: its probe keeps nothing more, and nothing is sent.

@@ -208,9 +208,13 @@ impl Framer {
             },
             State::ToClose => Advance { used: input.len(), part: Part::Body { ends: false } },
             State::AwaitingSwitch => {
-                // No answer yet: bytes that begin a request line mean the client went on
-                // with HTTP; anything else is the new protocol, sent before the answer.
-                side.state = match input[0].is_ascii_uppercase() {
+                // No answer yet: bytes that may begin a request (a method's token
+                // character, or the empty lines allowed before one) mean the client went
+                // on with HTTP; anything else is the new protocol, sent before the answer.
+                // A WebSocket client's first frame byte is never one of those: its RSV
+                // bits are clear before an extension is agreed, so it is 0x0_ or 0x8_,
+                // and a control frame (opcode 0x8 to 0xf) has FIN set.
+                side.state = match may_begin_request(input[0]) {
                     true => State::Head(HeadEnd::new()),
                     false => State::Switched,
                 };
@@ -230,6 +234,17 @@ impl Framer {
     /// Whether `dir` holds bytes of a head that is not complete.
     pub fn inside_head(&self, dir: Dir) -> bool {
         !self.sides[dir].held.is_empty()
+    }
+
+    /// Whether the requests wait for the answer to an Upgrade request: until it comes,
+    /// what the client sends next may be HTTP or the new protocol.
+    pub fn awaiting_switch(&self) -> bool {
+        matches!(self.sides[Dir::Up].state, State::AwaitingSwitch)
+    }
+
+    /// Whether `dir`'s framing was lost.
+    pub fn lost(&self, dir: Dir) -> bool {
+        matches!(self.sides[dir].state, State::Lost(_))
     }
 
     /// Whether `dir` switched to another protocol.
@@ -374,6 +389,12 @@ impl Framer {
         self.sides[dir].state = State::Lost(e.clone());
         Advance { used: 0, part: Part::Unframed(e) }
     }
+}
+
+/// Whether `b` may be a request's first byte: a token character (RFC 9110 §5.6.2) or a
+/// line end (RFC 9112 §2.2).
+fn may_begin_request(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~\r\n".contains(&b)
 }
 
 /// What follows a complete head.
@@ -564,6 +585,16 @@ mod tests {
         parts(&mut pipelined, Dir::Up, upgrade, 100);
         let next = parts(&mut pipelined, Dir::Up, b"GET /next HTTP/1.1\r\n\r\n", 4);
         assert_eq!(next, [(22, "head GET 0 end".to_owned())]);
+
+        // A request pipelined behind it in a form hyper takes: empty lines first, a
+        // lowercase method, bare LF line ends.
+        for next in [&b"\r\nGET /n HTTP/1.1\r\n\r\n"[..], b"get /n HTTP/1.1\r\n\r\n", b"GET /n HTTP/1.1\n\n"] {
+            let mut pipelined = Framer::new(1 << 16);
+            parts(&mut pipelined, Dir::Up, upgrade, 100);
+            let got = parts(&mut pipelined, Dir::Up, next, 3);
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert!(got[0].1.starts_with("head ") && got[0].0 == next.len(), "{got:?}");
+        }
 
         // Frames sent right behind the Upgrade request, before its answer.
         let mut early = Framer::new(1 << 16);

@@ -1,9 +1,11 @@
 //! Where an HTTP/1.1 head ends, found as its bytes arrive in pieces of any size: at its
-//! blank line. The [`super::Framer`] finds the end of every head it holds this way, and
+//! blank line, whose line ends may be bare LFs as hyper allows. The [`super::Framer`] finds the end of every head it holds this way, and
 //! capture's frame tracking skips a session's heads with it without holding them.
 
-/// `\r\n\r\n`, as the last four bytes seen.
-const BLANK_LINE: u32 = u32::from_be_bytes(*b"\r\n\r\n");
+/// A line end then an empty line, as the last bytes seen: `\n\r\n` (which `\r\n\r\n`
+/// ends with) or, with bare LF line ends (which httparse, and so hyper, accept), `\n\n`.
+const BLANK_LINE: u32 = u32::from_be_bytes(*b"\0\n\r\n");
+const BARE_BLANK_LINE: u32 = u32::from_be_bytes(*b"\0\0\n\n");
 
 /// `HTTP/1.1 101`: enough of a status line to tell an interim response.
 const STATUS_LINE: usize = 12;
@@ -35,7 +37,7 @@ impl HeadEnd {
             }
             self.seen += 1;
             self.tail = (self.tail << 8) | u32::from(b);
-            if self.tail == BLANK_LINE {
+            if self.tail & 0xff_ffff == BLANK_LINE || self.tail & 0xffff == BARE_BLANK_LINE {
                 return Some(i + 1);
             }
         }
@@ -83,5 +85,22 @@ mod tests {
         let mut request = HeadEnd::new();
         assert_eq!(request.scan(b"GET / HTTP/1.1\r\n"), None);
         assert!(!request.is_interim() && request.started());
+    }
+
+    #[test]
+    fn bare_line_feeds_end_a_head_as_hyper_reads_them() {
+        for (head, end) in [(&b"GET / HTTP/1.1\nHost: a\n\nX"[..], 24), (b"GET / HTTP/1.1\r\nA: b\n\r\nX", 23)] {
+            for piece in 1..head.len() {
+                let mut h = HeadEnd::new();
+                let mut at = 0;
+                let found = head.chunks(piece).find_map(|c| {
+                    let found = h.scan(c).map(|n| at + n);
+                    at += c.len();
+                    found
+                });
+                assert_eq!(found, Some(end), "piece {piece}");
+            }
+        }
+        assert_eq!(HeadEnd::new().scan(b"GET / HTTP/1.1\r\nA: b\rc\r\n"), None, "a lone CR ends nothing");
     }
 }
