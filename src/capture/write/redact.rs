@@ -153,7 +153,9 @@ fn is_start_line(line: &[u8]) -> bool {
     let method = parts.next().unwrap_or_default();
     let _target = parts.next();
     let version = parts.next().unwrap_or_default();
-    !method.is_empty() && method.iter().all(u8::is_ascii_uppercase) && version.starts_with(b"HTTP/")
+    // A method is any token (hyper takes `get`, and forwards it as it came).
+    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    !method.is_empty() && method.iter().all(token) && version.starts_with(b"HTTP/")
 }
 
 impl Iterator for LineSpans<'_> {
