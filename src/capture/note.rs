@@ -71,6 +71,14 @@ pub enum Note {
         /// The most one message is inflated to follow it, in MiB.
         limit_mib: usize,
     },
+    /// An HTTP body (its content and trailers; its chunks' framing kept) written with
+    /// every byte blanked, since payload patterns could not search it.
+    BodyBlanked {
+        /// The body's length, framing included.
+        len: u64,
+        /// Why it could not be searched.
+        why: Cut,
+    },
     /// A frame written with part of its payload, or none.
     FrameCut {
         /// Payload bytes written.
@@ -435,6 +443,7 @@ impl fmt::Display for Note {
                  file decodes, the next ones will not decode its compressed messages",
                 Loss::NotFollowed
             ),
+            Note::BodyBlanked { len, why } => write!(f, "an HTTP body of {len} bytes written blanked ({why})"),
             Note::FrameCut { kept, len, why } => {
                 write!(f, "a WebSocket frame written with {kept} of its {len} payload bytes ({why})")
             }
@@ -531,7 +540,7 @@ impl fmt::Display for Cut {
             Cut::MaxSession => f.write_str("max_session_bytes"),
             Cut::Undecodable(loss) => write!(f, "not decodable ({loss})"),
             Cut::CompressedUnsearched => {
-                f.write_str("compressed, and capture.redact.payload is set: wstap does not search compressed messages")
+                f.write_str("compressed, and capture.redact.payload is set: wstap does not search compressed payloads")
             }
             Cut::BeganBeforeGap => f.write_str("its message began before a capture gap, so it cannot be searched"),
             Cut::TooLargeToSearch { limit_mib } => {
@@ -614,6 +623,8 @@ mod tests {
             Note::FrameCut { kept: 0, len: 5, why: Cut::CompressedUnsearched },
             Note::FrameCut { kept: 0, len: 5, why: Cut::BeganBeforeGap },
             Note::FrameCut { kept: 0, len: 5, why: Cut::TooLargeToSearch { limit_mib: 1 } },
+            Note::BodyBlanked { len: 2_000_000, why: Cut::TooLargeToSearch { limit_mib: 1 } },
+            Note::BodyBlanked { len: 300, why: Cut::CompressedUnsearched },
             Note::Closed {
                 leg: Leg::Client,
                 reason: Ending::Said("done".into()),

@@ -290,6 +290,20 @@ async fn keep_alive_upstream_refusing(refuse: bool) -> std::net::SocketAddr {
                 head.lines().find_map(|l| l.strip_prefix("content-length: ").or(l.strip_prefix("Content-Length: ")));
             let mut body = vec![0; len.map_or(0, |n| n.trim().parse().unwrap())];
             r.read_exact(&mut body).await.unwrap();
+            if has_header(&head, "transfer-encoding", "chunked") {
+                // To the last chunk and the trailers' empty line.
+                let mut line = String::new();
+                let mut last = false;
+                while {
+                    line.clear();
+                    tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line).await.unwrap() > 0
+                } {
+                    if last && line == "\r\n" {
+                        break;
+                    }
+                    last |= line == "0\r\n";
+                }
+            }
             if !has_header(&head, "upgrade", "websocket") {
                 r.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
                 continue;
@@ -431,6 +445,47 @@ async fn after_a_refused_upgrade_every_form_hyper_takes_is_followed_and_redacted
         for line in ["get /x HTTP/1.1", "GET /y HTTP/1.1", "GET /z HTTP/1.1", "{\"a\":1}"] {
             assert!(text.contains(line), "{line:?} in what the client sent: {text}");
         }
+    })
+    .await;
+}
+
+/// Payload patterns reach request bodies: a secret split across the chunks of a POST and
+/// one in its trailers are blanked in the file, and reach the upstream intact.
+#[tokio::test]
+async fn payload_patterns_are_applied_to_http_bodies_and_trailers() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let dir = capture_dir("bodies");
+        let upstream = keep_alive_upstream().await;
+        let redact = "[capture.redact]\npayload = ['hunter2', 'SIG-[0-9]+']\n";
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n[[route]]\nupstream = \"ws://{upstream}\"\ncapture = \"all\"\n{}",
+            capture_toml(&dir, redact)
+        );
+        let proxy = Proxy::start(&toml).await;
+        let mut r = tokio::io::BufReader::new(tokio::net::TcpStream::connect(proxy.addr()).await.unwrap());
+        let post = b"POST /login HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+            9\r\npassword=\r\n4\r\nhunt\r\n3\r\ner2\r\n0\r\nX-Sig: SIG-12345\r\n\r\n";
+        r.get_mut().write_all(post).await.unwrap();
+        read_ok(&mut r).await;
+        r.get_mut()
+            .write_all(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 16\r\n\r\n{\"pw\":\"hunter2\"}")
+            .await
+            .unwrap();
+        read_ok(&mut r).await;
+        drop(r);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = &the_files(&dir)[0];
+        for secret in ["hunt", "er2", "SIG-12345"] {
+            assert_eq!(occurrences(file, secret), 0, "{secret}");
+        }
+        assert_clean(file, 2);
+        let (from_client, _) = follow(file, &stream_of(file, 0));
+        let text = String::from_utf8_lossy(&from_client).into_owned();
+        assert!(text.contains("9\r\npassword=\r\n4\r\n****\r\n3\r\n***\r\n0\r\nX-Sig: *********"), "{text}");
+        let comments = fields(file, "frame.comment contains \"payload pattern\"", &["frame.comment"]);
+        assert!(!comments.is_empty(), "the packets say what was redacted");
     })
     .await;
 }

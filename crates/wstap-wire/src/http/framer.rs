@@ -42,6 +42,17 @@ pub enum FramingError {
     BytesLost,
 }
 
+/// What bytes of a body are ([`Framer::body_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// The content.
+    Content,
+    /// A chunk-size line, or the line end after a chunk's data.
+    Framing,
+    /// The trailer fields after the last chunk.
+    Trailers,
+}
+
 /// What the bytes an [`Framer::advance`] took are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Part {
@@ -234,6 +245,18 @@ impl Framer {
     /// Whether `dir` holds bytes of a head that is not complete.
     pub fn inside_head(&self, dir: Dir) -> bool {
         !self.sides[dir].held.is_empty()
+    }
+
+    /// What the next bytes going `dir` are, inside a body: its content, the framing of
+    /// its chunks, or its trailer fields; `None` outside a body. Each
+    /// [`Framer::advance`] takes bytes of one kind.
+    pub fn body_kind(&self, dir: Dir) -> Option<BodyKind> {
+        match &self.sides[dir].state {
+            State::Body(_) | State::ToClose | State::Chunked(Chunk::Data(_)) => Some(BodyKind::Content),
+            State::Chunked(Chunk::Trailers(_)) => Some(BodyKind::Trailers),
+            State::Chunked(_) => Some(BodyKind::Framing),
+            _ => None,
+        }
     }
 
     /// Whether the requests wait for the answer to an Upgrade request: until it comes,

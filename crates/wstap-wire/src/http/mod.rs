@@ -6,7 +6,7 @@
 mod framer;
 mod head_end;
 
-pub use framer::{Advance, Framer, FramingError, Part};
+pub use framer::{Advance, BodyKind, Framer, FramingError, Part};
 pub use head_end::HeadEnd;
 
 /// Why bytes are not an HTTP/1.1 head.

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use wstap_wire::deflate::{self, Allowance, Follower, Loss};
-use wstap_wire::http::{Framer, Head, Part};
+use wstap_wire::http::{BodyKind, Framer, Head, Part};
 use wstap_wire::tcp::Sent;
 use wstap_wire::wsframe::{FrameTracker, Until};
 use wstap_wire::{Dir, PerDir};
@@ -25,6 +25,7 @@ use crate::capture::note::{Audience, Note};
 use crate::config::{Redact, Snap};
 use frames::{FrameWriter, Outgoing};
 
+mod bodies;
 mod frames;
 
 /// The longest HTTP head held to be redacted; a longer one is blanked out whole (the
@@ -146,6 +147,10 @@ pub(super) struct Rewriter {
 /// One direction.
 struct Side {
     stage: Stage,
+    /// The body being held for the payload patterns, if one is.
+    body: Option<bodies::Body>,
+    /// The message whose head was last read has a compressed body.
+    compressed: bool,
     /// Payload bytes still allowed by `max_session_bytes`.
     session_left: Option<u64>,
     message: Outgoing,
@@ -168,7 +173,13 @@ enum Stage {
 impl Rewriter {
     /// A leg written by `rules`, whose capture began as `scope` says.
     pub(super) fn new(rules: Rules, scope: Scope) -> Rewriter {
-        let side = || Side { stage: Stage::Http, session_left: rules.snap.session, message: Outgoing::default() };
+        let side = || Side {
+            stage: Stage::Http,
+            body: None,
+            compressed: false,
+            session_left: rules.snap.session,
+            message: Outgoing::default(),
+        };
         Rewriter {
             dirs: PerDir::new(side(), side()),
             rules,
@@ -206,7 +217,7 @@ impl Rewriter {
     pub(super) fn side_at_boundary(&self, dir: Dir) -> bool {
         let side = &self.dirs[dir];
         match &side.stage {
-            Stage::Http => !self.http.inside_head(dir),
+            Stage::Http => !self.http.inside_head(dir) && side.body.is_none(),
             Stage::Frames(t) => t.at_boundary() && !side.message.holds(),
             _ => true,
         }
@@ -284,6 +295,9 @@ impl Rewriter {
     pub(super) fn flush(&mut self, dir: Dir) -> Rewritten {
         let mut out = Rewritten::default();
         let side = &mut self.dirs[dir];
+        if let Some(body) = side.body.take() {
+            body.end(&self.rules, &mut out);
+        }
         let mut writing = FrameWriter {
             m: &mut side.message,
             session_left: &mut side.session_left,
@@ -338,6 +352,7 @@ impl Rewriter {
     /// HTTP bytes going `dir`, from `at` in `input`: heads held until whole, then
     /// redacted; bodies as they came.
     fn http(&mut self, dir: Dir, input: &[u8], at: usize, out: &mut Rewritten) -> usize {
+        let kind = self.http.body_kind(dir);
         let step = self.http.advance(dir, &input[at..]);
         match step.part {
             Part::HeadSoFar => {}
@@ -359,11 +374,35 @@ impl Rewriter {
                 out.make(blanked(&held));
                 self.dirs[dir].stage = if ends { self.after_lost_head() } else { Stage::LongHead };
             }
-            Part::Body { .. } => out.keep(at..at + step.used),
+            Part::Body { ends } => self.body(dir, kind, input, at..at + step.used, ends, out),
             Part::Switched => self.dirs[dir].stage = Stage::Frames(FrameTracker::new()),
             Part::Unframed(why) => self.blank(dir, out, why),
         }
         at + step.used
+    }
+
+    /// Bytes of a body going `dir`, all of `kind`: written as they came, or, with payload
+    /// patterns, held and searched (`bodies`).
+    fn body(
+        &mut self,
+        dir: Dir,
+        kind: Option<BodyKind>,
+        input: &[u8],
+        r: Range<usize>,
+        ends: bool,
+        out: &mut Rewritten,
+    ) {
+        let side = &mut self.dirs[dir];
+        if self.rules.redact.payload.is_empty() {
+            return out.keep(r);
+        }
+        let body = side.body.get_or_insert_with(|| bodies::Body::new(side.compressed));
+        body.take(kind.unwrap_or(BodyKind::Content), &input[r], out);
+        if ends {
+            if let Some(body) = side.body.take() {
+                body.end(&self.rules, out);
+            }
+        }
     }
 
     /// A complete head going `dir`: redacted, kept for repeats, written; a `101` that
@@ -377,6 +416,7 @@ impl Rewriter {
                 self.deflate = keep.map(|_, keep| keep.then(Follower::new));
             }
         }
+        self.dirs[dir].compressed = bodies::compressed(head);
         self.heads[dir] = bytes[..bytes.len().min(MAX_REPEATED_HEAD)].to_vec();
         out.make(bytes);
     }
@@ -595,6 +635,44 @@ mod tests {
         assert!(!u.contains("xyz") && !d.contains("sid=1") && d.contains("Set-Cookie: *\r\n"), "{d}");
         assert!(d.contains("\r\n4\r\nSet-\r\n0\r\n\r\n"), "the chunked body untouched: {d}");
         assert!(r.in_frames(Dir::Up) && r.in_frames(Dir::Down), "{notes:?}");
+    }
+
+    /// Payload patterns reach HTTP bodies: a match split across chunks, one in the
+    /// trailers and one in a body of known length are blanked, lengths and the chunks'
+    /// framing kept; a compressed body and one too large to hold are written blanked.
+    #[test]
+    fn payload_patterns_search_http_bodies_joined_across_chunks_and_their_trailers() {
+        let mut r = Rewriter::new(rules(Snap::default(), &["hunter2", "s3cr3t"]), Scope::Connection);
+        let up = [
+            &b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"5\r\n{\"p\":\r\n6\r\n\"hunte\r\n3\r\nr2\"\r\n0\r\nX-Sig: s3cr3t\r\n\r\n",
+            b"PUT /b HTTP/1.1\r\nContent-Length: 9\r\n\r\n[hunter2]",
+            b"PUT /c HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nzzzz",
+        ]
+        .concat();
+        for piece in [1, 7, up.len()] {
+            let mut r = Rewriter::new(rules(Snap::default(), &["hunter2", "s3cr3t"]), Scope::Connection);
+            let (out, notes) = feed(&mut r, Dir::Up, &up, piece);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.len(), up.len(), "lengths kept");
+            assert!(!text.contains("hunte") && !text.contains("s3cr3t") && !text.contains("zzzz"), "{text}");
+            assert!(text.contains("6\r\n\"*****\r\n3\r\n**\"\r\n0\r\nX-Sig: ******\r\n\r\n"), "{text}");
+            assert!(text.contains("[*******]PUT /c"), "{text}");
+            assert!(notes.contains(&Note::BodyBlanked { len: 4, why: Cut::CompressedUnsearched }), "{notes:?}");
+            assert!(r.at_boundary());
+        }
+        let big = [
+            &b"POST /d HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\n"[..],
+            &vec![b'Q'; 1 << 20],
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        let (out, notes) = feed(&mut r, Dir::Up, &big, 64 << 10);
+        assert_eq!(out.len(), big.len());
+        assert!(!out.contains(&b'Q') && out.ends_with(b"\r\n0\r\n\r\n"), "blanked, the framing kept");
+        assert!(String::from_utf8_lossy(&out).contains("\r\n100000\r\n"));
+        let len = (big.len() - 48) as u64;
+        assert_eq!(notes, [Note::BodyBlanked { len, why: Cut::TooLargeToSearch { limit_mib: 1 } }]);
     }
 
     #[test]
