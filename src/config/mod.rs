@@ -312,6 +312,11 @@ mod tests {
                 &["test.toml:5:", "capture.tls", "`plaintext` or `encrypted`"],
             ),
             (
+                "listen = [\"127.0.0.1:1\"]\n[[route]]\npath_prefix = \"/a\"\nupstream = \"ws://a:1\"\ncapture = \"all\"\n\
+                 [[route]]\nupstream = \"ws://a:1\"\ncapture = \"off\"\n[capture]\ntls = \"encrypted\"\n",
+                &["route[1].capture", "route[0] records whole", "capture.tls = \"decrypted\""],
+            ),
+            (
                 "listen = [\"127.0.0.1:1\"]\n[[route]]\nupstream = \"ws://a:1\"\n[capture]\ntls_keylog = \"/no/such/dir/keys\"\n",
                 &["capture.tls_keylog", "/no/such/dir/keys", "not a file in an existing directory"],
             ),

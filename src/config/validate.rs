@@ -10,7 +10,7 @@ use super::route::Route;
 use super::units::{ByteSize, HumanDuration};
 use super::{
     CaptureMode, CaptureSettings, ConfigError, DisplayPort, EncodedSlash, FilesPer, Legs, Limits, Policy,
-    ProxySettings, PureAcks, Redact, RotateSettings, Settings, ShutdownSettings, Snap,
+    ProxySettings, PureAcks, Redact, RotateSettings, Settings, ShutdownSettings, Snap, TlsCapture,
 };
 use wstap_wire::tcp::MSS_MAX;
 
@@ -54,6 +54,7 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
     }
     let mut capture = capture(f.capture)?;
     let routes = routes(f.routes, &capture.policy)?;
+    encrypted_whole(&capture, &routes)?;
     let limits = limits(f.limits)?;
     capture.legs = routes
         .iter()
@@ -253,6 +254,31 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
 }
 
 /// The legs `names` lists (at least one, unless `mode` records nothing).
+/// With `capture.tls = "encrypted"`, a connection recorded whole is its TLS records,
+/// which cannot be cut between requests: a route that would leave out a request of such
+/// a connection (`capture = "off"`, or fewer legs) is refused, not quietly recorded.
+fn encrypted_whole(capture: &CaptureSettings, routes: &[Route]) -> Result<(), Invalid> {
+    if capture.tls != TlsCapture::Encrypted {
+        return Ok(());
+    }
+    let whole = routes.iter().enumerate().filter(|(_, r)| r.policy.mode == CaptureMode::All);
+    for (a, all) in whole {
+        let covers = |l: Legs| (!all.policy.legs.client || l.client) && (!all.policy.legs.upstream || l.upstream);
+        let short = routes.iter().position(|r| r.policy.mode == CaptureMode::Off || !covers(r.policy.legs));
+        if let Some(i) = short {
+            return fail(
+                format!("route[{i}].capture"),
+                format!(
+                    "with capture.tls = \"encrypted\" a connection that route[{a}] records whole keeps every request \
+                     it carries (its TLS records cannot be cut between requests), so route[{i}] cannot record less; \
+                     use capture.tls = \"decrypted\", or give both routes the same capture"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn legs(key: &str, names: &[LegName], mode: CaptureMode) -> Result<Legs, Invalid> {
     if mode != CaptureMode::Off && names.is_empty() {
         return fail(key, "list at least one of \"client\", \"upstream\" (or set the mode to \"off\")");
