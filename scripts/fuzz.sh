@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${FUZZ_SECONDS:-8}
-targets=${FUZZ_TARGETS:-"capfile dissect reassembly session reader writer config"}
+targets=${FUZZ_TARGETS:-"capfile dissect reassembly session reader writer config http"}
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "make fuzz: installing cargo-fuzz from crates.io"
     cargo install cargo-fuzz --locked --quiet

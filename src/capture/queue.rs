@@ -92,7 +92,7 @@ pub(crate) enum Bound {
 
 impl Recorder {
     /// A queue that holds up to `limit` bytes of data.
-    pub(crate) fn new(limit: usize) -> Recorder {
+    pub fn new(limit: usize) -> Recorder {
         Recorder {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue::default()),
@@ -241,16 +241,19 @@ impl Recorder {
     }
 }
 
-/// For tests: ways to look into the queue.
-#[cfg(test)]
 impl Recorder {
-    /// Takes every queued event.
-    pub(crate) fn take_events(&self) -> Vec<Event> {
+    /// Takes every queued event: for a [`CaptureWriter`](crate::capture::CaptureWriter)
+    /// driven by hand (tests, fuzzing) rather than by the capture's thread.
+    pub fn take_events(&self) -> Vec<Event> {
         let mut q = self.lock();
         q.bytes = 0;
         q.events.drain(..).collect()
     }
+}
 
+/// For tests: ways to look into the queue.
+#[cfg(test)]
+impl Recorder {
     /// Makes the queue look full of data (control events still fit).
     pub(crate) fn fill(&self) {
         self.lock().bytes = self.shared.limit;

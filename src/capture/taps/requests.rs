@@ -82,7 +82,8 @@ impl Requests {
     /// not yet routed (or being read), or what followed an Upgrade request before its
     /// answer.
     pub(super) fn undecided_from(&self) -> Option<u64> {
-        self.waiting.front().map(|r| r.first).or(self.head_from).or(self.awaiting_from)
+        let lost = self.lost.as_ref().map(|l| l.0);
+        [self.waiting.front().map(|r| r.first), self.head_from, self.awaiting_from, lost].into_iter().flatten().min()
     }
 
     /// The request the proxy is routing now (hyper hands them over in order), if the
@@ -209,7 +210,10 @@ impl Requests {
         step.used
     }
 
+    /// The framing is lost at `at`: from there, or from the first request not yet
+    /// routed before it, nothing can be told apart.
     fn lose(&mut self, at: u64, why: FramingError) {
+        let at = self.undecided_from().map_or(at, |u| u.min(at));
         self.lost.get_or_insert((at, why));
         self.waiting.clear();
     }
@@ -284,6 +288,15 @@ mod tests {
         assert_eq!(r.undecided_from(), Some(upgrade.len() as u64));
         written(&mut r, b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
         assert!(r.switched() && r.undecided_from().is_none() && r.lost().is_none());
+    }
+
+    /// A framing lost behind requests not yet routed is lost from the first of them.
+    #[test]
+    fn a_framing_lost_behind_waiting_requests_is_lost_from_the_first() {
+        let mut r = Requests::new(1 << 16);
+        read(&mut r, b"GET /a HTTP/1.1\r\n\r\n\nPUT /off HTTP/1.1\nContent-Length: 1\n\nx\x04\r\nGET / HTTP/1.1\r\n\r\n");
+        assert_eq!(r.lost().map(|l| l.0), Some(0));
+        assert_eq!(r.undecided_from(), Some(0));
     }
 
     /// A request hyper parsed that the framer did not see whole (they disagree): lost,
