@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::capture::Capture;
-use crate::config::Settings;
+use crate::config::{keylog, Settings};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::shutdown::Coordinator;
 use crate::service::error::DaemonError;
@@ -132,6 +132,9 @@ fn warn_insecure(settings: &Settings) {
     }
     if let Some(path) = &c.tls_keylog {
         warn!(file = %path.display(), "capture.tls_keylog: every TLS connection's keys are written to this file");
+        if let Some(shared) = keylog::shared_directory(path) {
+            warn!(file = %path.display(), "capture.tls_keylog: {shared}");
+        }
     }
     for r in settings.routes.iter().filter(|r| r.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)) {
         warn!(

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::config::keylog::Refusal;
 use crate::config::ConfigError;
 
 /// Why the daemon could not start, or a reload could not be applied.
@@ -26,15 +27,15 @@ pub enum DaemonError {
         /// What binding it said.
         error: std::io::Error,
     },
-    /// The key log file (`capture.tls_keylog`) could not be opened.
-    #[error("{}: capture.tls_keylog: cannot open {}: {error}", file.display(), path.display())]
+    /// The key log file (`capture.tls_keylog`) could not be opened, or breaks a rule.
+    #[error("{}: key `capture.tls_keylog`: {} {error}", file.display(), path.display())]
     KeyLog {
         /// The config file.
         file: PathBuf,
         /// The key log file.
         path: PathBuf,
-        /// What opening it said.
-        error: std::io::Error,
+        /// What is wrong with it.
+        error: Refusal,
     },
     /// The capture writer's thread could not start.
     #[error("cannot start the capture writer: {0}")]
