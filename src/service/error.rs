@@ -37,6 +37,23 @@ pub enum DaemonError {
         /// What is wrong with it.
         error: Refusal,
     },
+    /// A reload's files (the config, the files it names) were not read within the time
+    /// allowed: a FIFO or an unresponsive mount in place of one. Nothing changed.
+    #[error(
+        "{}: reading the config and the files it names took longer than {}: nothing changed (is one of them a FIFO \
+         or on an unresponsive mount?)",
+        file.display(),
+        humantime::format_duration(*limit)
+    )]
+    ReadTimeout {
+        /// The config file.
+        file: PathBuf,
+        /// The time allowed.
+        limit: std::time::Duration,
+    },
+    /// The thread that reads a reload's files could not start.
+    #[error("cannot start a thread to read the config: {0}")]
+    ReadThread(std::io::Error),
     /// The capture writer's thread could not start.
     #[error("cannot start the capture writer: {0}")]
     CaptureWriter(std::io::Error),
