@@ -155,6 +155,8 @@ pub enum HandshakeFailure {
     NotTls,
     /// No protocol version or cipher suite in common.
     Incompatible,
+    /// The client offered ALPN protocols, none of them `http/1.1` (an `h2`-only client).
+    NoCommonAlpn,
     /// A client certificate was required and none was sent.
     NoClientCertificate,
     /// The client's certificate did not verify.
@@ -179,6 +181,7 @@ impl HandshakeFailure {
         match tls {
             E::InvalidMessage(_) => HandshakeFailure::NotTls,
             E::PeerIncompatible(_) => HandshakeFailure::Incompatible,
+            E::NoApplicationProtocol => HandshakeFailure::NoCommonAlpn,
             E::NoCertificatesPresented => HandshakeFailure::NoClientCertificate,
             E::InvalidCertificate(_) => HandshakeFailure::BadClientCertificate,
             E::AlertReceived(_) => HandshakeFailure::Alert,
@@ -194,6 +197,7 @@ impl HandshakeFailure {
             HandshakeFailure::Io => "io",
             HandshakeFailure::NotTls => "not_tls",
             HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::NoCommonAlpn => "no_common_alpn",
             HandshakeFailure::NoClientCertificate => "no_client_certificate",
             HandshakeFailure::BadClientCertificate => "bad_client_certificate",
             HandshakeFailure::Alert => "alert",
