@@ -2,7 +2,8 @@
 //! typed [`Settings`]. Parsing a string is separate from reading a file, and every error
 //! names the file, the key path (`route[1].upstream`) and, where known, the line. This
 //! module reads nothing but the config file and the TLS files it names (and the system's
-//! root certificates for TLS upstreams), and opens no sockets.
+//! root certificates for TLS upstreams), looks at the key log's path without opening it,
+//! and opens no sockets.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 mod capture;
 mod file;
+pub mod keylog;
 mod live;
 pub mod route;
 mod show;

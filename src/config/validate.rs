@@ -220,9 +220,8 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         return fail("capture.rotate.size", "must be 0 (never) or at least 64KiB");
     }
     if let Some(path) = &c.tls_keylog {
-        let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        if !parent.is_dir() || path.is_dir() {
-            return fail("capture.tls_keylog", format!("{}: not a file in an existing directory", path.display()));
+        if let Err(refusal) = super::keylog::check(path) {
+            return fail("capture.tls_keylog", format!("{} {refusal}", path.display()));
         }
     }
     Ok(CaptureSettings {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::proxy::traffic::{ConnectionGuard, Traffic};
 use crate::sync::lock;
 
 /// The counts of open client connections.
@@ -35,6 +36,8 @@ pub enum Refused {
 pub struct Permit {
     admission: Arc<Admission>,
     client: IpAddr,
+    /// Counts the connection in `wstap_connections_active`, from its admission on.
+    _open: Option<ConnectionGuard>,
 }
 
 impl Admission {
@@ -50,12 +53,21 @@ impl Admission {
         }
         open.total += 1;
         open.per_client.insert(client, mine + 1);
-        Ok(Permit { admission: self.clone(), client })
+        Ok(Permit { admission: self.clone(), client, _open: None })
     }
 
     /// Client connections open now.
     pub fn open(&self) -> usize {
         lock(&self.open).total
+    }
+}
+
+impl Permit {
+    /// The permit, counting its connection as open in `traffic` for as long as it lives:
+    /// from the accept, so that a TLS handshake in progress, which holds a place, counts.
+    pub fn counted_in(mut self, traffic: &Arc<Traffic>) -> Permit {
+        self._open = Some(traffic.connection_opened());
+        self
     }
 }
 

@@ -12,7 +12,6 @@ use crate::proxy::admission::Permit;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::recording::LegTap;
 use crate::proxy::shutdown::Shutdown;
-use crate::proxy::traffic::ConnectionGuard;
 use crate::proxy::upstream::UpstreamConn;
 
 /// State of one accepted client connection, shared by its requests and its session.
@@ -25,9 +24,9 @@ pub struct ClientConn {
     pub(crate) capture: LegTap,
     /// The upstream connection of the previous request, kept for reuse.
     pub(crate) upstream: Mutex<Option<UpstreamConn>>,
-    /// Held for as long as the connection or its WebSocket session lives.
+    /// Held for as long as the connection or its WebSocket session lives (it also counts
+    /// the connection as open).
     _permit: Permit,
-    _open: ConnectionGuard,
     /// Switched to WebSocket: the session logs the end, not the connection.
     pub(crate) upgraded: AtomicBool,
 }
@@ -49,7 +48,6 @@ impl ClientConn {
             capture,
             upstream: Mutex::new(None),
             _permit: permit,
-            _open: ctx.traffic.connection_opened(),
             upgraded: AtomicBool::new(false),
             ctx,
         }

@@ -16,13 +16,15 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::warn;
 
+use crate::config::keylog::{self, Refusal};
 use crate::sync::lock;
 
 /// The key log file (`capture.tls_keylog`): every TLS connection's keys appended in the
-/// NSS key log format (`SSLKEYLOGFILE`), for captures made with other tools. Opened
-/// without following a symlink, refused if someone else owns it, and made mode 0600.
-/// Lines are written by a thread of its own, so a slow disk never holds up a handshake;
-/// past [`KEYLOG_QUEUE`] lines waiting, lines are dropped (and said once).
+/// NSS key log format (`SSLKEYLOGFILE`), for captures made with other tools. Opened so
+/// that it cannot hang or be redirected, and used only if it keeps the rules of
+/// [`crate::config::keylog`] (its mode is never changed: one who opened it before would
+/// keep reading). Lines are written by a thread of its own, so a slow disk never holds up
+/// a handshake; past [`KEYLOG_QUEUE`] lines waiting, lines are dropped (and said once).
 #[derive(Debug)]
 pub struct KeyLogFile {
     lines: std::sync::mpsc::SyncSender<String>,
@@ -35,21 +37,24 @@ pub struct KeyLogFile {
 const KEYLOG_QUEUE: usize = 4096;
 
 impl KeyLogFile {
-    /// Opens (creates) the file at `path` for appending, and starts its thread.
-    pub fn open(path: &Path) -> std::io::Result<Arc<KeyLogFile>> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-        let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        let mut file =
-            std::fs::OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(flags).open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        let own = own_uid();
-        if meta.uid() != own {
-            return Err(std::io::Error::other(format!("owned by uid {}, not by wstap's ({own})", meta.uid())));
-        }
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    /// Opens (creates, mode 0600) the file at `path` for appending, checks the open file
+    /// against the rules, and starts its thread.
+    ///
+    /// `O_NOFOLLOW`: a symlink there is refused, not followed. `O_NONBLOCK`: a FIFO there
+    /// cannot hold the open (without a reader it fails at once, with one it opens and is
+    /// refused by `fstat`). The flag stays set: it has no effect on a regular file (open(2)),
+    /// the only kind that passes, and clearing it would take an unsafe `fcntl`.
+    pub fn open(path: &Path) -> Result<Arc<KeyLogFile>, Refusal> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|e| keylog::explain(path, e))?;
+        keylog::judge(&file.metadata()?, keylog::own_uid()?)?;
         let (lines, queue) = std::sync::mpsc::sync_channel::<String>(KEYLOG_QUEUE);
         let shown = path.display().to_string();
         std::thread::Builder::new().name("wstap-keylog".into()).spawn(move || {
@@ -77,11 +82,6 @@ impl KeyLogFile {
             Err(_) => {}
         }
     }
-}
-
-/// wstap's own user id: the owner of `/proc/self` (the crate has no unsafe for getuid).
-fn own_uid() -> u32 {
-    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| std::os::unix::fs::MetadataExt::uid(&m))
 }
 
 /// One TLS connection's keys, as rustls derives them: kept for its capture (encrypted
@@ -155,6 +155,8 @@ pub enum HandshakeFailure {
     NotTls,
     /// No protocol version or cipher suite in common.
     Incompatible,
+    /// The client offered ALPN protocols, none of them `http/1.1` (an `h2`-only client).
+    NoCommonAlpn,
     /// A client certificate was required and none was sent.
     NoClientCertificate,
     /// The client's certificate did not verify.
@@ -179,6 +181,7 @@ impl HandshakeFailure {
         match tls {
             E::InvalidMessage(_) => HandshakeFailure::NotTls,
             E::PeerIncompatible(_) => HandshakeFailure::Incompatible,
+            E::NoApplicationProtocol => HandshakeFailure::NoCommonAlpn,
             E::NoCertificatesPresented => HandshakeFailure::NoClientCertificate,
             E::InvalidCertificate(_) => HandshakeFailure::BadClientCertificate,
             E::AlertReceived(_) => HandshakeFailure::Alert,
@@ -194,6 +197,7 @@ impl HandshakeFailure {
             HandshakeFailure::Io => "io",
             HandshakeFailure::NotTls => "not_tls",
             HandshakeFailure::Incompatible => "incompatible",
+            HandshakeFailure::NoCommonAlpn => "no_common_alpn",
             HandshakeFailure::NoClientCertificate => "no_client_certificate",
             HandshakeFailure::BadClientCertificate => "bad_client_certificate",
             HandshakeFailure::Alert => "alert",
@@ -235,14 +239,12 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn the_key_log_file_is_the_owners_alone_and_never_a_symlink() {
+    fn the_key_log_file_is_the_owners_alone_and_never_a_symlink_or_a_fifo() {
         let dir = std::env::temp_dir().join(format!("wstap-keylog-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        // An existing file readable by all is made 0600; lines arrive (by its thread).
+        // A new file is made 0600; lines arrive (by its thread).
         let path = dir.join("keys.log");
-        std::fs::write(&path, "").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let file = KeyLogFile::open(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let keys = Keys::new(KeepKeys::ForCapture, Some(file.clone())).unwrap();
@@ -254,14 +256,31 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "CLIENT_RANDOM abab cdcd\n");
+        // An existing file others can read is refused, and its mode left as it was.
+        let exposed = dir.join("exposed.log");
+        std::fs::write(&exposed, "").unwrap();
+        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(KeyLogFile::open(&exposed), Err(Refusal::Exposed { mode: 0o644 })));
+        assert_eq!(std::fs::metadata(&exposed).unwrap().permissions().mode() & 0o777, 0o644);
         // A symlink planted where the file goes is not followed.
         let link = dir.join("link.log");
         std::os::unix::fs::symlink(dir.join("elsewhere"), &link).unwrap();
-        assert!(KeyLogFile::open(&link).is_err());
+        assert!(matches!(KeyLogFile::open(&link), Err(Refusal::Symlink)));
         assert!(!dir.join("elsewhere").exists());
+        // A FIFO is refused at once, with no reader (the open fails) and with one (fstat).
+        let fifo = dir.join("fifo.log");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(matches!(KeyLogFile::open(&fifo), Err(Refusal::NotAFile(_))));
+        let reader = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+        };
+        assert!(matches!(KeyLogFile::open(&fifo), Err(Refusal::NotAFile(_))));
+        drop(reader);
         // A file someone else owns (planted in a shared directory) is refused.
         let foreign = dir.join("foreign.log");
         std::fs::write(&foreign, "").unwrap();
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o600)).unwrap();
         if std::os::unix::fs::chown(&foreign, Some(65534), None).is_ok() {
             let e = KeyLogFile::open(&foreign).unwrap_err();
             assert!(e.to_string().contains("owned by uid 65534"), "{e}");

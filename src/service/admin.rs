@@ -1,9 +1,13 @@
 //! The admin endpoints (`admin.listen`): `/metrics` (Prometheus text), `/sessions`
-//! (JSON), `/healthz` (200 or 503). GET only; one small response per request. At most
-//! [`MAX_CONNECTIONS`] connections at once, each with `limits.handshake_timeout` to send
-//! a request head; a failing accept backs off like the proxy's.
+//! (JSON), `/healthz` (200 or 503). GET only; one small response per request. Bounded
+//! apart from the proxy, so that a probe always gets its answer: at most
+//! [`MAX_CONNECTIONS`] connections at once, a new one past that closing the oldest, and
+//! [`HEAD_TIMEOUT`] (not the proxy's `limits.handshake_timeout`) to send a request head.
+//! A failing accept backs off like the proxy's.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,13 +15,56 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
-use crate::proxy::admission::Admission;
 use crate::service::accepting::Accepting;
 use crate::service::shared::Shared;
+use crate::sync::lock;
 
-/// Admin connections open at once; more are closed at once (scrapers and probes need few).
+/// Admin connections open at once (scrapers and probes need few); a new one past this
+/// closes the oldest, so a burst of idle connections cannot keep `/healthz` from answering.
 const MAX_CONNECTIONS: usize = 16;
+
+/// Time an admin connection has to send a request head (and between requests): probes
+/// and scrapers send theirs at once.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The admin connections open, oldest first, each with the means to close it.
+#[derive(Default)]
+struct Slots {
+    open: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One admin connection's place; its drop gives the place back.
+struct Slot {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Slots {
+    /// A place for a new connection, and what says it must close; at the limit, the
+    /// oldest connection is told to close first.
+    fn take(self: &Arc<Self>) -> (Slot, oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (close, closing) = oneshot::channel();
+        let mut open = lock(&self.open);
+        if open.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = open.pop_front() {
+                tracing::warn!("admin connection limit reached; the oldest connection is closed");
+                let _ = oldest.send(());
+            }
+        }
+        open.push_back((id, close));
+        (Slot { slots: self.clone(), id }, closing)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.slots.open).retain(|(id, _)| *id != self.id);
+    }
+}
 
 /// Serves the endpoints on `listener` until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -25,26 +72,25 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tracing::info!(%addr, "admin endpoints served");
     }
     let mut accepting = Accepting::new(listener);
-    let admission = Arc::new(Admission::default());
+    let slots = Arc::new(Slots::default());
     loop {
-        let (stream, client) = accepting.next().await;
-        let Ok(permit) = admission.admit(client.ip(), MAX_CONNECTIONS, 0) else {
-            tracing::warn!(%client, "admin connection limit reached; closed");
-            continue;
-        };
+        let (stream, _client) = accepting.next().await;
+        let (slot, closing) = slots.take();
         let shared = shared.clone();
-        let header_timeout = shared.ctx().settings.limits.handshake_timeout;
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let response = respond(req.method(), req.uri().path(), &shared);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = http => {}
+                _ = closing => {}
+            }
         });
     }
 }

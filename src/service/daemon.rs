@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::capture::Capture;
-use crate::config::Settings;
+use crate::config::{keylog, Settings};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::shutdown::Coordinator;
 use crate::service::error::DaemonError;
@@ -93,12 +93,20 @@ impl Daemon {
         let mut running = Running::start(self.settings, self.listeners, self.state, self.listening, self.metrics)?;
         let pulse = tokio::spawn(systemd::pulse(running.notifier, running.shared.clone()));
         let admin = admin.map(|l| tokio::spawn(admin::serve(l, running.shared.clone())));
+        let mut next = Next::Serve;
         loop {
-            match actions.recv().await {
-                Some(Action::Shutdown) | None => break,
-                Some(Action::Reload) => running.reload().await,
-                Some(Action::Rotate) => running.rotate(),
-            }
+            next = match next {
+                Next::Stop => break,
+                Next::Reload => running.reload(&mut actions).await,
+                Next::Serve => match actions.recv().await {
+                    Some(Action::Shutdown) | None => Next::Stop,
+                    Some(Action::Reload) => Next::Reload,
+                    Some(Action::Rotate) => {
+                        running.rotate();
+                        Next::Serve
+                    }
+                },
+            };
         }
         pulse.abort();
         if let Some(admin) = admin {
@@ -107,6 +115,17 @@ impl Daemon {
         running.drain(actions).await;
         Ok(())
     }
+}
+
+/// What the action loop does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Waits for the next action.
+    Serve,
+    /// Reloads (a SIGHUP came while the previous reload was reading its files).
+    Reload,
+    /// Drains and stops.
+    Stop,
 }
 
 /// A daemon that serves: what its action loop and its drain work on.
@@ -132,6 +151,9 @@ fn warn_insecure(settings: &Settings) {
     }
     if let Some(path) = &c.tls_keylog {
         warn!(file = %path.display(), "capture.tls_keylog: every TLS connection's keys are written to this file");
+        if let Some(shared) = keylog::shared_directory(path) {
+            warn!(file = %path.display(), "capture.tls_keylog: {shared}");
+        }
     }
     for r in settings.routes.iter().filter(|r| r.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)) {
         warn!(
@@ -177,10 +199,39 @@ impl Running {
         Ok(Running { settings, shared, capture, coordinator, notifier, state, listening })
     }
 
-    /// SIGHUP: applies the config file again, or says why it could not.
-    async fn reload(&mut self) {
+    /// SIGHUP: applies the config file again, or says why it could not. Its files are read
+    /// off this loop, which meanwhile goes on obeying: a shutdown abandons the reload at
+    /// once (a FIFO or a hung mount in place of a file cannot keep the daemon from
+    /// stopping), and another SIGHUP makes a second reload follow this one.
+    async fn reload(&mut self, actions: &mut mpsc::Receiver<Action>) -> Next {
         self.notifier.reloading();
-        let result = reload::reload(&self.settings.source, &self.shared, &mut self.capture, &self.coordinator).await;
+        let source = self.settings.source.clone();
+        let read = reload::read(&source);
+        tokio::pin!(read);
+        let mut next = Next::Serve;
+        let read = loop {
+            tokio::select! {
+                read = &mut read => break read,
+                action = actions.recv() => match action {
+                    Some(Action::Shutdown) | None => {
+                        warn!(config = %source.display(), "shutdown while the config was being read: reload abandoned");
+                        return Next::Stop;
+                    }
+                    Some(Action::Reload) => next = Next::Reload,
+                    Some(Action::Rotate) => self.rotate(),
+                },
+            }
+        };
+        let result = match read {
+            Ok(read) => reload::apply(read, &self.shared, &mut self.capture, &self.coordinator).await,
+            Err(e) => Err(e),
+        };
+        self.reloaded(result);
+        next
+    }
+
+    /// Says how a reload went (log, metrics, systemd) and keeps the settings it applied.
+    fn reloaded(&mut self, result: Result<Arc<Settings>, DaemonError>) {
         self.listening.send_replace(self.shared.bound());
         let metrics = &self.shared.metrics;
         match result {

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::config::keylog::Refusal;
 use crate::config::ConfigError;
 
 /// Why the daemon could not start, or a reload could not be applied.
@@ -26,16 +27,33 @@ pub enum DaemonError {
         /// What binding it said.
         error: std::io::Error,
     },
-    /// The key log file (`capture.tls_keylog`) could not be opened.
-    #[error("{}: capture.tls_keylog: cannot open {}: {error}", file.display(), path.display())]
+    /// The key log file (`capture.tls_keylog`) could not be opened, or breaks a rule.
+    #[error("{}: key `capture.tls_keylog`: {} {error}", file.display(), path.display())]
     KeyLog {
         /// The config file.
         file: PathBuf,
         /// The key log file.
         path: PathBuf,
-        /// What opening it said.
-        error: std::io::Error,
+        /// What is wrong with it.
+        error: Refusal,
     },
+    /// A reload's files (the config, the files it names) were not read within the time
+    /// allowed: a FIFO or an unresponsive mount in place of one. Nothing changed.
+    #[error(
+        "{}: reading the config and the files it names took longer than {}: nothing changed (is one of them a FIFO \
+         or on an unresponsive mount?)",
+        file.display(),
+        humantime::format_duration(*limit)
+    )]
+    ReadTimeout {
+        /// The config file.
+        file: PathBuf,
+        /// The time allowed.
+        limit: std::time::Duration,
+    },
+    /// The thread that reads a reload's files could not start.
+    #[error("cannot start a thread to read the config: {0}")]
+    ReadThread(std::io::Error),
     /// The capture writer's thread could not start.
     #[error("cannot start the capture writer: {0}")]
     CaptureWriter(std::io::Error),

@@ -63,6 +63,7 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
         let limits = &ctx.settings.limits;
         match shared.admission.admit(client.ip(), limits.max_connections, limits.max_connections_per_client) {
             Ok(permit) => {
+                let permit = permit.counted_in(&ctx.traffic);
                 let tls = ctx.settings.tls_at(configured).map(|t| t.config.clone());
                 tokio::spawn(conn::accept(ctx, id, stream, tls, shutdown.clone(), permit).instrument(span));
             }

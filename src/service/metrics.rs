@@ -125,7 +125,11 @@ impl Metrics {
             .collect();
         vec![
             gauge("wstap_up", "1 while every listener accepts and the capture writer is not stuck.", healthy.into()),
-            gauge("wstap_connections_active", "Client connections open now.", t.connections_active.load(Relaxed)),
+            gauge(
+                "wstap_connections_active",
+                "Client connections open now, TLS handshakes in progress included.",
+                t.connections_active.load(Relaxed),
+            ),
             counter("wstap_connections_total", "Client connections accepted.", t.connections_total.load(Relaxed)),
             gauge("wstap_sessions_active", "WebSocket sessions being relayed now.", t.sessions_active() as u64),
             counter("wstap_sessions_total", "WebSocket sessions started.", t.sessions_total.load(Relaxed)),

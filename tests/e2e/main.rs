@@ -8,6 +8,7 @@ mod durability;
 mod errors;
 mod house;
 mod http;
+mod keylog;
 mod live;
 mod overload;
 mod policy;

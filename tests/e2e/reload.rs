@@ -101,3 +101,45 @@ async fn a_reload_under_load_changes_what_comes_next_and_disturbs_nothing_live()
     })
     .await;
 }
+
+/// A reload whose files cannot be read (here the config itself is a FIFO whose writer
+/// says nothing) is read off the daemon's action loop: the daemon goes on serving, and
+/// SIGTERM stops it at once, abandoning the reload rather than waiting for it.
+#[tokio::test]
+async fn a_reload_stuck_reading_its_config_does_not_keep_sigterm_from_stopping_the_daemon() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::Command;
+    within(async {
+        let dir = scratch_dir("reload-stuck");
+        let config = dir.join("wstap.toml");
+        let upstream = fixed_upstream("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nold").await;
+        std::fs::write(&config, crate::support::config(upstream, "[capture]\nmode = \"off\"")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wstap"));
+        command.args(["run", "-c"]).arg(&config);
+        let (mut daemon, addr, log) = spawn_daemon_command(command, &config).await;
+
+        std::fs::remove_file(&config).unwrap();
+        assert!(Command::new("mkfifo").arg(&config).status().unwrap().success());
+        assert!(Command::new("kill").args(["-HUP", &daemon.id().to_string()]).status().unwrap().success());
+        // Once the reload has the FIFO open for reading, a writer can open it (without a
+        // reader, it could not): held open and silent, it keeps the read from finishing.
+        let mut writer = None;
+        eventually("the reload reads the config", || {
+            let opened = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&config);
+            writer = opened.ok();
+            writer.is_some()
+        })
+        .await;
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert!(raw_exchange(addr, request).await.ends_with("old"), "still serving meanwhile");
+
+        assert!(Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap().success());
+        let exit = tokio::task::spawn_blocking(move || daemon.wait().unwrap()).await.unwrap();
+        assert_eq!(exit.code(), Some(0), "SIGTERM stops it");
+        let log: Vec<String> = log.try_iter().collect();
+        assert!(log.iter().any(|l| l.contains("reload abandoned")), "stopped during the reload: {log:?}");
+        assert!(!log.iter().any(|l| l.contains("reload failed")), "not after it had timed out: {log:?}");
+        drop(writer);
+    })
+    .await;
+}

@@ -219,6 +219,75 @@ async fn with_client_ca_only_clients_holding_a_certificate_from_it_get_in() {
     .await;
 }
 
+/// A TLS listener with an admin endpoint, giving clients an hour to finish a handshake;
+/// returns the daemon, its TLS address and its admin address.
+async fn tls_proxy(pki: &Pki) -> (Proxy, SocketAddr, SocketAddr) {
+    let a = pki.site("localhost", "a");
+    let toml = format!(
+        "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}\n\
+         [[route]]\nupstream = \"ws://{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [limits]\nhandshake_timeout = \"1h\"\n",
+        a.cert,
+        a.key,
+        echo_upstream().await
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (addr, admin) = (proxy.addr(), proxy.admin.unwrap());
+    (proxy, addr, admin)
+}
+
+/// A client that offers only `h2` shares no protocol with wstap (`http/1.1`): its
+/// handshake fails under a reason of its own, not `other`.
+#[tokio::test]
+async fn h2_only_clients_are_counted_by_their_own_reason() {
+    within(async {
+        let dir = scratch_dir("tls-alpn");
+        let pki = Pki::new(&dir);
+        let (_proxy, addr, admin) = tls_proxy(&pki).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.clone()).unwrap();
+        let mut h2 = rustls::ClientConfig::builder_with_provider(wstap::config::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let refused = tokio_rustls::TlsConnector::from(Arc::new(h2)).connect(name, tcp).await;
+        assert!(refused.is_err(), "no protocol in common");
+        eventually_async("an h2-only client is counted by its reason", async || {
+            metric(admin, "wstap_tls_handshake_failures_total{reason=\"no_common_alpn\"}").await == 1
+        })
+        .await;
+        assert_eq!(metric(admin, "wstap_tls_handshake_failures_total{reason=\"other\"}").await, 0);
+    })
+    .await;
+}
+
+/// A client still in its handshake holds a connection place, and is counted among the
+/// open connections until it leaves.
+#[tokio::test]
+async fn handshakes_in_progress_count_as_open_connections() {
+    within(async {
+        let dir = scratch_dir("tls-active");
+        let (_proxy, addr, admin) = tls_proxy(&Pki::new(&dir)).await;
+        // A connection that sends nothing is in its handshake (for up to an hour here).
+        let silent = TcpStream::connect(addr).await.unwrap();
+        eventually_async("a handshake in progress is an open connection", async || {
+            metric(admin, "wstap_connections_active").await == 1
+        })
+        .await;
+        assert_eq!(metric(admin, "wstap_connections_total").await, 1, "and an accepted one");
+        drop(silent);
+        eventually_async("and stops being one when it closes", async || {
+            metric(admin, "wstap_connections_active").await == 0
+        })
+        .await;
+    })
+    .await;
+}
+
 /// Polls an async condition (a state reached in the daemon, read over HTTP) for up to
 /// five seconds.
 async fn eventually_async(what: &str, mut done: impl AsyncFnMut() -> bool) {

@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => wstap::Settings::load(&config).map(|s| println!("{s}")).map_err(Into::into),
+        Command::Check { config } => check(&config),
         Command::Sessions { files, messages, json } => {
             let listing = if messages { cli::Listing::Messages } else { cli::Listing::Sessions };
             return cli::sessions(&files, listing, if json { cli::Format::Json } else { cli::Format::Table });
@@ -184,6 +184,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `wstap check`: the effective settings on stdout; what is valid but unwise on stderr.
+fn check(config: &std::path::Path) -> anyhow::Result<()> {
+    let settings = wstap::Settings::load(config)?;
+    println!("{settings}");
+    if let Some(path) = &settings.capture.tls_keylog {
+        if let Some(shared) = wstap::config::keylog::shared_directory(path) {
+            eprintln!("wstap: warning: capture.tls_keylog {}: {shared}", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn run(config: &std::path::Path) -> anyhow::Result<()> {
