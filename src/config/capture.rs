@@ -161,11 +161,38 @@ pub struct Redact {
 }
 
 impl Redact {
-    /// Headers redacted unless the config says otherwise.
-    pub const DEFAULT_HEADERS: [&'static str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
-    /// Query parameters redacted unless the config says otherwise.
-    pub const DEFAULT_QUERY: [&'static str; 8] =
-        ["token", "access_token", "id_token", "refresh_token", "auth", "password", "secret", "api_key"];
+    /// Headers redacted unless the config says otherwise: HTTP's credentials, and the API
+    /// keys and session tokens of widely used APIs (AWS's session token, Google's and
+    /// Azure's API keys).
+    pub const DEFAULT_HEADERS: [&'static str; 10] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-access-token",
+        "x-amz-security-token",
+        "x-goog-api-key",
+    ];
+    /// Query parameters redacted unless the config says otherwise: tokens, keys and
+    /// secrets, and the signatures of pre-signed URLs (AWS's, Azure's `sig`).
+    pub const DEFAULT_QUERY: [&'static str; 13] = [
+        "token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "password",
+        "secret",
+        "api_key",
+        "apikey",
+        "client_secret",
+        "sig",
+        "x-amz-signature",
+        "x-amz-security-token",
+    ];
 
     /// The defaults: credential headers and token-like query parameters, no payload
     /// patterns.
