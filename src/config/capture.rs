@@ -148,13 +148,17 @@ pub enum DisplayPort {
 }
 
 /// What never reaches a capture file: header values, query parameter values and payload
-/// patterns, each replaced by as many `*` as it had bytes. The proxied traffic is never
-/// changed.
+/// patterns, each replaced by as many `*` as it had bytes; and, unless nothing is listed
+/// at all, the userinfo of URLs and bearer tokens sent as WebSocket subprotocols. The
+/// query rules also apply to the request targets log lines show. The proxied traffic is
+/// never changed.
 #[derive(Debug, Clone, Default)]
 pub struct Redact {
     /// Header names (lower case) whose values are redacted in every HTTP head captured.
     pub headers: Vec<String>,
-    /// Query parameter names whose values are redacted in request targets.
+    /// Query parameter names whose values are redacted wherever a URL is shown (request
+    /// targets, `Referer`, `Location`, comments, log lines), compared as servers decode
+    /// them (`capture::url`).
     pub query: Vec<String>,
     /// Patterns redacted in message payloads (uncompressed ones; see `docs/capture.md`).
     pub payload: Vec<regex::bytes::Regex>,
