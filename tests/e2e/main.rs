@@ -13,6 +13,7 @@ mod overload;
 mod policy;
 mod ports;
 mod properties;
+mod redaction;
 mod reload;
 mod replay;
 mod shutdown;
