@@ -96,18 +96,18 @@ fn listed<'r>(raw: &[u8], rules: &'r Redact) -> Option<&'r str> {
 /// `raw` with `%XX` and `%uXXXX` (below 0x80) decoded and `+` as a space; a `%` that
 /// starts neither is kept, as most servers keep it.
 fn percent_decoded(raw: &[u8]) -> Vec<u8> {
-    let hex = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| u32::from_str_radix(s, 16).ok());
+    // Hex digits only: `from_str_radix` would also take a sign.
+    let hex = |b: &[u8]| {
+        let digits = b.iter().all(u8::is_ascii_hexdigit).then(|| std::str::from_utf8(b).ok());
+        digits.flatten().and_then(|s| u32::from_str_radix(s, 16).ok())
+    };
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
         let wide = raw.get(i + 1).is_some_and(|b| b.eq_ignore_ascii_case(&b'u'));
         let decoded = match raw[i] {
             b'%' if wide => raw.get(i + 2..i + 6).and_then(hex).filter(|c| *c < 0x80).map(|c| (c as u8, 6)),
-            b'%' => raw
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(hex)
-                .map(|c| (c as u8, 3)),
+            b'%' => raw.get(i + 1..i + 3).and_then(hex).map(|c| (c as u8, 3)),
             b'+' => Some((b' ', 1)),
             _ => None,
         };
@@ -150,9 +150,16 @@ mod tests {
         for php in ["/c?access+token=S", "/c?access.token=S", "/c?access%5ftoken=S"] {
             assert_eq!(redacted_bytes(php).1, [access()], "{php}");
         }
-        for kept in
-            ["/c?tok%FFen=S", "/c?%FF%FE=S", "/c?tok%zzen=S", "/c?%74oke=S", "/c?xtoken=S", "/c/token=S", "/c?token"]
-        {
+        for kept in [
+            "/c?tok%FFen=S",
+            "/c?%FF%FE=S",
+            "/c?tok%zzen=S",
+            "/c?%u+074oken=S",
+            "/c?%74oke=S",
+            "/c?xtoken=S",
+            "/c/token=S",
+            "/c?token",
+        ] {
             assert_eq!(redacted_bytes(kept), (kept.to_owned(), vec![]), "{kept}");
         }
     }
