@@ -39,6 +39,21 @@ pub(crate) fn redacted(text: &str, rules: &Redact) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// A URL (or any text) shown redacted by `rules`: formatted, and redacted, only when it
+/// is shown, so a log line below the level costs nothing.
+pub(crate) struct Redacted<'r, T> {
+    /// What is shown.
+    pub(crate) url: T,
+    /// How.
+    pub(crate) rules: &'r Redact,
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Redacted<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redacted(&self.url.to_string(), self.rules))
+    }
+}
+
 /// Redacts the userinfo of every authority in `url`: what follows `//` (at the start, as
 /// in `//user@host/`, or after a `:`) up to its last `@` before the authority ends (at
 /// `/`, `?`, `#`, `\`, or whitespace, as browsers end it).
@@ -185,5 +200,7 @@ mod tests {
         assert_eq!(redacted(heading, &Redact::defaults()), want);
         assert_eq!(redacted(heading, &Redact::default()), heading);
         assert_eq!(redacted("/x?token=é", &Redact::defaults()), "/x?token=**");
+        let uri: http::Uri = "http://u:p@h/c?token=abc".parse().unwrap();
+        assert_eq!(Redacted { url: uri, rules: &Redact::defaults() }.to_string(), "http://***@h/c?token=***");
     }
 }
