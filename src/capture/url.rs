@@ -13,7 +13,8 @@ pub(crate) const BLANK: u8 = b'*';
 
 /// Redacts, in `url` (a request target in any form, or a URL in a header value), the
 /// userinfo of every authority and the values of the parameters `rules` names, from the
-/// first `?` or `#` on. Pushes what it redacted, once per item.
+/// first `?` or `#` on. Pushes what it redacted each time it does (callers that name
+/// each once, as comments do, keep the first).
 pub(crate) fn redact(url: &mut [u8], rules: &Redact, found: &mut Vec<Redaction>) {
     if rules.is_off() {
         return;
