@@ -15,6 +15,8 @@
 //! - `taps/`: the proxy threads' side ([`Tee`], [`Tap`]); `write/`: the writer thread's
 //!   side ([`Capture`], [`CaptureWriter`], [`FileSink`]). Neither imports the other.
 //! - `live`: where live-stream subscribers join ([`live::Hub`]) and wait for bytes.
+//! - `url`: URLs with their credentials redacted: for heads and comments on the writer's
+//!   side, and for the proxy's log lines (a leaf, so that both redact alike).
 //! - `host`: who writes the files (the section header's application and host).
 //!
 //! What a library user drives: a [`Capture`] (the queue and its writer thread), each
@@ -29,6 +31,7 @@ pub(crate) mod note;
 pub(crate) mod queue;
 pub(crate) mod stats;
 pub(crate) mod taps;
+pub(crate) mod url;
 pub(crate) mod write;
 
 pub use event::{Event, Gap, Opening, Scope, What};

@@ -145,6 +145,10 @@ pub enum Redaction {
     },
     /// A head without its start line: which line is what is unknown, so all of it.
     WholeHead,
+    /// The userinfo of a URL (`scheme://user:pass@host`).
+    Userinfo,
+    /// A bearer token carried as a WebSocket subprotocol (`Sec-WebSocket-Protocol`).
+    ProtocolToken,
 }
 
 /// Why a frame is written with less of its payload.
@@ -529,6 +533,8 @@ impl fmt::Display for Redaction {
             Redaction::Payload { pattern, matches: 1 } => write!(f, "payload pattern {pattern}"),
             Redaction::Payload { pattern, matches } => write!(f, "payload pattern {pattern} ({matches} matches)"),
             Redaction::WholeHead => f.write_str("a head without its start line, whole"),
+            Redaction::Userinfo => f.write_str("URL userinfo"),
+            Redaction::ProtocolToken => f.write_str("a bearer token in sec-websocket-protocol"),
         }
     }
 }
@@ -610,6 +616,8 @@ mod tests {
             Note::Redacted(Redaction::Payload { pattern: 0, matches: 1 }),
             Note::Redacted(Redaction::Payload { pattern: 1, matches: 3 }),
             Note::Redacted(Redaction::WholeHead),
+            Note::Redacted(Redaction::Userinfo),
+            Note::Redacted(Redaction::ProtocolToken),
             Note::HeadCutByGap,
             Note::HeadTooLong { limit: 131_072 },
             Note::Unframed(FramingError::BadChunkSize),

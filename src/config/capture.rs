@@ -148,24 +148,55 @@ pub enum DisplayPort {
 }
 
 /// What never reaches a capture file: header values, query parameter values and payload
-/// patterns, each replaced by as many `*` as it had bytes. The proxied traffic is never
-/// changed.
+/// patterns, each replaced by as many `*` as it had bytes; and, unless nothing is listed
+/// at all, the userinfo of URLs and bearer tokens sent as WebSocket subprotocols. The
+/// query rules also apply to the request targets log lines show. The proxied traffic is
+/// never changed.
 #[derive(Debug, Clone, Default)]
 pub struct Redact {
     /// Header names (lower case) whose values are redacted in every HTTP head captured.
     pub headers: Vec<String>,
-    /// Query parameter names whose values are redacted in request targets.
+    /// Query parameter names whose values are redacted wherever a URL is shown (request
+    /// targets, `Referer`, `Location`, comments, log lines), compared as servers decode
+    /// them (`capture::url`).
     pub query: Vec<String>,
     /// Patterns redacted in message payloads (uncompressed ones; see `docs/capture.md`).
     pub payload: Vec<regex::bytes::Regex>,
 }
 
 impl Redact {
-    /// Headers redacted unless the config says otherwise.
-    pub const DEFAULT_HEADERS: [&'static str; 4] = ["authorization", "proxy-authorization", "cookie", "set-cookie"];
-    /// Query parameters redacted unless the config says otherwise.
-    pub const DEFAULT_QUERY: [&'static str; 8] =
-        ["token", "access_token", "id_token", "refresh_token", "auth", "password", "secret", "api_key"];
+    /// Headers redacted unless the config says otherwise: HTTP's credentials, and the API
+    /// keys and session tokens of widely used APIs (AWS's session token, Google's and
+    /// Azure's API keys).
+    pub const DEFAULT_HEADERS: [&'static str; 10] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-access-token",
+        "x-amz-security-token",
+        "x-goog-api-key",
+    ];
+    /// Query parameters redacted unless the config says otherwise: tokens, keys and
+    /// secrets, and the signatures of pre-signed URLs (AWS's, Azure's `sig`).
+    pub const DEFAULT_QUERY: [&'static str; 13] = [
+        "token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "password",
+        "secret",
+        "api_key",
+        "apikey",
+        "client_secret",
+        "sig",
+        "x-amz-signature",
+        "x-amz-security-token",
+    ];
 
     /// The defaults: credential headers and token-like query parameters, no payload
     /// patterns.

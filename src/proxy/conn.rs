@@ -171,7 +171,8 @@ impl ClientConn {
     /// Answers one request.
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
-        let target = req.uri().clone();
+        // Logged as the capture shows it: userinfo and the listed query values redacted.
+        let target = crate::capture::url::Redacted { url: req.uri().clone(), rules: &self.ctx.settings.capture.redact };
         match self.forward(req).await {
             Ok(resp) => {
                 debug!(%method, %target, status = resp.status().as_u16(), "forwarded");

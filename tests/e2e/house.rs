@@ -321,6 +321,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("capture::ids", &["capture::taps", "capture::write", "capture::queue", "capture::event", "capture::note"]),
     ("capture::queue", &["capture::taps", "capture::write"]),
     ("capture::live", &["capture::taps", "capture::write"]),
+    ("capture::url", &["capture::taps", "capture::write", "capture::queue", "capture::live"]),
     ("proxy", &["service"]),
     ("sync", &["config", "capture", "proxy", "service"]),
 ];

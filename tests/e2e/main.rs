@@ -14,6 +14,7 @@ mod overload;
 mod policy;
 mod ports;
 mod properties;
+mod redaction;
 mod reload;
 mod replay;
 mod shutdown;

@@ -1,17 +1,26 @@
 //! Redaction: what must not reach a capture file is blanked out in place, keeping every
 //! length (so that framing, `Content-Length` and sequence numbers stay what they were):
-//! header values, query parameter values, and payload patterns, each byte replaced by
-//! `*`. The result names what was redacted ([`Redaction`]), never the values. Pure.
+//! the values of the listed headers; in the request target and the URLs of `Referer`,
+//! `Location`, `Content-Location` and `Origin`, userinfo and the listed query parameters'
+//! values (the URL rules are [`crate::capture::url`]'s, which log lines share); bearer
+//! tokens among the WebSocket subprotocols; and payload patterns. Each byte becomes `*`.
+//! The result names what was redacted ([`Redaction`]), never the values. Pure.
 
 use crate::capture::note::Redaction;
+use crate::capture::url;
+pub(super) use crate::capture::url::BLANK;
 use crate::config::Redact;
 
-/// What a redacted byte becomes.
-pub(super) const BLANK: u8 = b'*';
+/// Header fields whose values are URLs (or, for `Origin`, should be): their userinfo and
+/// listed query parameters are redacted.
+const URL_FIELDS: [&str; 4] = ["referer", "location", "content-location", "origin"];
 
-/// Redacts, in a complete HTTP head (request or response, up to its blank line), the
-/// values of the headers and query parameters `rules` names. Returns what was redacted,
-/// once each.
+/// The Kubernetes convention for a bearer token where a browser cannot send headers: a
+/// subprotocol of this prefix and the token, base64url-encoded.
+const K8S_BEARER: &[u8] = b"base64url.bearer.authorization.k8s.io.";
+
+/// Redacts, in a complete HTTP head (request or response, up to its blank line), what
+/// `rules` names. Returns what was redacted, once each, in the order it was met.
 pub(super) fn head(head: &mut [u8], rules: &Redact) -> Vec<Redaction> {
     let mut redacted = Vec::new();
     if rules.is_off() {
@@ -24,86 +33,126 @@ pub(super) fn head(head: &mut [u8], rules: &Redact) -> Vec<Redaction> {
     if !first.is_some_and(is_start_line) {
         // Not a whole head (capture began inside one): which line is what is unknown.
         head.iter_mut().filter(|b| **b != b'\r' && **b != b'\n').for_each(|b| *b = BLANK);
-        redacted.push(Redaction::WholeHead);
-        return redacted;
+        return vec![Redaction::WholeHead];
     }
     if let Some((start, end)) = spans.first() {
         target(&mut head[*start..*end], rules, &mut redacted);
     }
-    let mut previous_redacted = false;
+    let mut previous = Field::Kept;
     for &(start, end) in spans.iter().skip(1) {
         let line = &mut head[start..end];
         if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
             // An obsolete folded continuation of the previous field's value.
-            if previous_redacted {
-                let first = line.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(line.len());
-                blank(&mut line[first..]);
-            }
+            previous.redact(line, &mut redacted);
             continue;
         }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
-            previous_redacted = false;
+            previous = Field::Kept;
             continue;
         };
-        let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
-        previous_redacted = rules.headers.contains(&name);
-        if previous_redacted {
-            let value = &mut line[colon + 1..];
-            let first = value.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(value.len());
-            blank(&mut value[first..]);
-            once(&mut redacted, Redaction::Header(name));
+        previous = Field::named(&String::from_utf8_lossy(&line[..colon]), rules);
+        previous.redact(&mut line[colon + 1..], &mut redacted);
+    }
+    let mut once = Vec::with_capacity(redacted.len());
+    for what in redacted {
+        if !once.contains(&what) {
+            once.push(what);
         }
     }
-    redacted
+    once
 }
 
-/// Redacts the values of the named query parameters in a request line's target.
+/// What a header field's value is, for redaction.
+enum Field<'r> {
+    /// Listed in `headers`: its whole value (the lower-case name).
+    Listed(String),
+    /// A URL: userinfo and listed query values.
+    Url(&'r Redact),
+    /// WebSocket subprotocols: the bearer tokens among them.
+    Protocols,
+    /// Anything else: kept.
+    Kept,
+}
+
+impl<'r> Field<'r> {
+    fn named(name: &str, rules: &'r Redact) -> Field<'r> {
+        let name = name.trim().to_ascii_lowercase();
+        if rules.headers.contains(&name) {
+            Field::Listed(name)
+        } else if URL_FIELDS.contains(&name.as_str()) {
+            Field::Url(rules)
+        } else if name == "sec-websocket-protocol" {
+            Field::Protocols
+        } else {
+            Field::Kept
+        }
+    }
+
+    /// Redacts `value` (a field's value after its colon, or a continuation line of it).
+    fn redact(&self, value: &mut [u8], redacted: &mut Vec<Redaction>) {
+        let first = value.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(value.len());
+        let value = &mut value[first..];
+        match self {
+            Field::Listed(name) => {
+                value.fill(BLANK);
+                redacted.push(Redaction::Header(name.clone()));
+            }
+            Field::Url(rules) => url::redact(value, rules, redacted),
+            Field::Protocols => protocols(value, redacted),
+            Field::Kept => {}
+        }
+    }
+}
+
+/// Redacts the userinfo and the named query parameters' values in a request line's
+/// target, in any of its forms (`/p?q`, `http://user@host/p?q`).
 fn target(line: &mut [u8], rules: &Redact, redacted: &mut Vec<Redaction>) {
     // METHOD SP target SP version: the target is between the first two spaces.
     let Some(sp1) = line.iter().position(|b| *b == b' ') else { return };
     let end = line[sp1 + 1..].iter().position(|b| *b == b' ').map_or(line.len(), |i| sp1 + 1 + i);
-    let target = &mut line[sp1 + 1..end];
-    if let Some(q) = target.iter().position(|b| *b == b'?') {
-        query(&mut target[q + 1..], rules, redacted);
-    }
+    url::redact(&mut line[sp1 + 1..end], rules, redacted);
 }
 
-/// Redacts the named query parameters' values in free text (a comment quoting a request
-/// line): in each run after a `?` up to the next whitespace.
-pub(super) fn text(text: &str, rules: &Redact) -> String {
-    let mut bytes = text.as_bytes().to_vec();
-    let mut redacted = Vec::new();
-    let mut at = 0;
-    while let Some(q) = bytes[at..].iter().position(|b| *b == b'?') {
-        let start = at + q + 1;
-        let end = bytes[start..].iter().position(u8::is_ascii_whitespace).map_or(bytes.len(), |i| start + i);
-        query(&mut bytes[start..end], rules, &mut redacted);
-        at = end;
-    }
-    // Redaction replaces ASCII bytes of whole values with '*', so the text stays UTF-8
-    // unless a redacted value held a multi-byte character; then it is replaced whole.
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// Redacts the named parameters' values in a query (what follows the `?`, to the end of
-/// `q`; a `#fragment` is left alone).
-fn query(q: &mut [u8], rules: &Redact, redacted: &mut Vec<Redaction>) {
-    if rules.query.is_empty() {
-        return;
-    }
-    let query_end = q.iter().position(|b| *b == b'#').unwrap_or(q.len());
-    let mut at = 0;
-    while at < query_end {
-        let pair_end = q[at..query_end].iter().position(|b| *b == b'&' || *b == b';').map_or(query_end, |i| at + i);
-        if let Some(eq) = q[at..pair_end].iter().position(|b| *b == b'=') {
-            let name = String::from_utf8_lossy(&q[at..at + eq]).to_ascii_lowercase();
-            if rules.query.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
-                blank(&mut q[at + eq + 1..pair_end]);
-                once(redacted, Redaction::Query(name));
-            }
+/// Redacts the bearer tokens in a `Sec-WebSocket-Protocol` value (a request's offer, or
+/// the one protocol a 101 chose): the token of a Kubernetes bearer protocol
+/// (`base64url.bearer.authorization.k8s.io.<token>`, its prefix kept), and a JSON Web
+/// Token making up the end of a protocol (`eyJ…` in three dot-separated base64url parts,
+/// with or without a prefix). Other protocols stay readable: an opaque token sent as a
+/// protocol of its own is not recognised (list the header to redact the whole value).
+fn protocols(value: &mut [u8], redacted: &mut Vec<Redaction>) {
+    for entry in value.split_mut(|b| *b == b',') {
+        let start = entry.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(entry.len());
+        let end = entry.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+        let entry = &mut entry[start..end];
+        let token = if entry.len() > K8S_BEARER.len() && entry[..K8S_BEARER.len()].eq_ignore_ascii_case(K8S_BEARER) {
+            Some(K8S_BEARER.len())
+        } else {
+            jwt_at(entry)
+        };
+        if let Some(at) = token {
+            entry[at..].fill(BLANK);
+            redacted.push(Redaction::ProtocolToken);
         }
-        at = pair_end + 1;
     }
+}
+
+/// Where a JSON Web Token that runs to the end of `entry` starts: `eyJ` (a JSON object's
+/// `{"`, base64url-encoded) at the start or after a non-alphanumeric byte, then base64url
+/// bytes and at least two dots.
+fn jwt_at(entry: &[u8]) -> Option<usize> {
+    let base64url = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    (0..entry.len()).find(|&at| {
+        entry[at..].starts_with(b"eyJ")
+            && (at == 0 || !entry[at - 1].is_ascii_alphanumeric())
+            && entry[at..].iter().all(base64url)
+            && entry[at..].iter().filter(|b| **b == b'.').count() >= 2
+    })
+}
+
+/// Redacts the named query parameters' values and URL userinfo in free text (a comment
+/// quoting a request line), word by word.
+pub(super) fn text(text: &str, rules: &Redact) -> String {
+    url::redacted(text, rules)
 }
 
 /// Redacts every match of the payload patterns in `payload` (a whole message, as the
@@ -113,23 +162,13 @@ pub(super) fn payload(payload: &mut [u8], rules: &Redact) -> Vec<Redaction> {
     for (pattern, re) in rules.payload.iter().enumerate() {
         let spans: Vec<std::ops::Range<usize>> = re.find_iter(payload).map(|m| m.range()).collect();
         for span in &spans {
-            blank(&mut payload[span.clone()]);
+            payload[span.clone()].fill(BLANK);
         }
         if !spans.is_empty() {
             redacted.push(Redaction::Payload { pattern, matches: spans.len() });
         }
     }
     redacted
-}
-
-fn blank(bytes: &mut [u8]) {
-    bytes.fill(BLANK);
-}
-
-fn once(redacted: &mut Vec<Redaction>, what: Redaction) {
-    if !redacted.contains(&what) {
-        redacted.push(what);
-    }
 }
 
 /// The lines of a head, without their line ends, up to the blank line.
@@ -214,6 +253,76 @@ mod tests {
         let mut tail = b"Authorization: Bearer xyz\r\nHost: a\r\n\r\n".to_vec();
         assert_eq!(head(&mut tail, &rules), [Redaction::WholeHead]);
         assert_eq!(&tail[..], b"*************************\r\n*******\r\n\r\n");
+    }
+
+    /// `head` over `text`: the head as redacted (its length kept) and what was redacted.
+    fn redacted(text: &str) -> (String, Vec<Redaction>) {
+        let mut bytes = text.as_bytes().to_vec();
+        let found = head(&mut bytes, &Redact::defaults());
+        assert_eq!(bytes.len(), text.len(), "lengths are kept");
+        (String::from_utf8(bytes).unwrap(), found)
+    }
+
+    #[test]
+    fn encoded_and_cased_query_names_are_redacted_in_the_request_line() {
+        let (text, found) =
+            redacted("GET /c?%74oken=S1&%74%6f%6b%65%6e=S2&TOKEN=S3&Api_Key=S4&x=keep HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            text.starts_with("GET /c?%74oken=**&%74%6f%6b%65%6e=**&TOKEN=**&Api_Key=**&x=keep HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert_eq!(found, [Redaction::Query("token".into()), Redaction::Query("api_key".into())]);
+    }
+
+    #[test]
+    fn urls_in_the_target_and_in_url_fields_lose_their_userinfo_and_tokens() {
+        let (text, found) = redacted(
+            "GET http://ann:PW@app.example/c?token=S1 HTTP/1.1\r\n\
+             Referer: https://app.example/login?next=%2F&access_token=S2\r\n\
+             Origin: https://bob:PW2@app.example\r\n\
+             X-Api-Key: S3\r\nX-Auth-Token: S4\r\n\r\n",
+        );
+        for want in [
+            "GET http://******@app.example/c?token=** HTTP/1.1\r\n",
+            "Referer: https://app.example/login?next=%2F&access_token=**\r\n",
+            "Origin: https://*******@app.example\r\n",
+            "X-Api-Key: **\r\nX-Auth-Token: **\r\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in {text}");
+        }
+        let q = |n: &str| Redaction::Query(n.into());
+        let h = |n: &str| Redaction::Header(n.into());
+        assert_eq!(found, [Redaction::Userinfo, q("token"), q("access_token"), h("x-api-key"), h("x-auth-token")]);
+        let (text, found) = redacted(
+            "HTTP/1.1 302 Found\r\nLocation: https://u:p@app/cb#access_token=S1&state=x\r\n\
+             Content-Location: /r?secret=S2\r\n\r\n",
+        );
+        assert!(text.contains("Location: https://***@app/cb#access_token=**&state=x\r\n"), "{text}");
+        assert!(text.contains("Content-Location: /r?secret=**\r\n"), "{text}");
+        assert_eq!(found, [Redaction::Userinfo, q("access_token"), q("secret")]);
+    }
+
+    #[test]
+    fn bearer_tokens_among_subprotocols_are_redacted_and_the_others_kept() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbm4ifQ.c2ln";
+        let (text, found) = redacted(&format!(
+            "GET /api HTTP/1.1\r\nSec-WebSocket-Protocol: v4.channel.k8s.io, \
+             base64url.bearer.authorization.k8s.io.U0VDUkVU ,access_token.{jwt}, graphql-ws\r\n\r\n"
+        ));
+        let want = format!(
+            "Sec-WebSocket-Protocol: v4.channel.k8s.io, base64url.bearer.authorization.k8s.io.******** \
+             ,access_token.{}, graphql-ws\r\n",
+            "*".repeat(jwt.len())
+        );
+        assert!(text.contains(&want), "{text}");
+        assert_eq!(found, [Redaction::ProtocolToken]);
+        let (text, _) = redacted(
+            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.U0VD\r\n\r\n",
+        );
+        assert!(text.contains("Sec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.****\r\n"), "{text}");
+        let kept =
+            "GET / HTTP/1.1\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io., eyJnot.a-jwt\r\n\r\n";
+        assert_eq!(redacted(kept), (kept.to_owned(), vec![]), "no token, and nothing JWT-shaped");
     }
 
     #[test]
