@@ -294,7 +294,10 @@ mod tests {
     #[test]
     fn a_framing_lost_behind_waiting_requests_is_lost_from_the_first() {
         let mut r = Requests::new(1 << 16);
-        read(&mut r, b"GET /a HTTP/1.1\r\n\r\n\nPUT /off HTTP/1.1\nContent-Length: 1\n\nx\x04\r\nGET / HTTP/1.1\r\n\r\n");
+        read(
+            &mut r,
+            b"GET /a HTTP/1.1\r\n\r\n\nPUT /off HTTP/1.1\nContent-Length: 1\n\nx\x04\r\nGET / HTTP/1.1\r\n\r\n",
+        );
         assert_eq!(r.lost().map(|l| l.0), Some(0));
         assert_eq!(r.undecided_from(), Some(0));
     }

@@ -332,6 +332,158 @@ impl Tap {
         }
     }
 
+    /// Nothing on this connection will ever be recorded (its session started unrecorded):
+    /// a probing tap lets go of what it kept and keeps nothing more.
+    pub fn forgo(&self) {
+        let mut state = self.lock();
+        self.forgo_locked(&mut state);
+    }
+
+    fn forgo_locked(&self, state: &mut TapState) {
+        if self.mode() == Mode::Probing {
+            self.mode.store(Mode::Off as u8, Relaxed);
+            state.probe.forget();
+            state.requests = None;
+            (state.held, state.held_bytes) = (VecDeque::new(), 0);
+            self.follows.store(false, Relaxed);
+        }
+    }
+
+    /// Why the connection is about to close: goes on the leg's last packet.
+    pub fn set_close_reason(&self, reason: Ending) {
+        self.lock().close_reason = Some(reason);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TapState> {
+        lock(&self.state)
+    }
+
+    /// `data` was read from the socket.
+    pub(crate) fn on_read(&self, data: &[u8]) {
+        self.on_chunk(self.inbound(), Piece::Slice(data));
+    }
+
+    /// `written` was written to the socket.
+    pub(crate) fn on_written(&self, written: Piece<'_>) {
+        self.on_chunk(self.inbound().reverse(), written);
+    }
+
+    /// `piece` crossed the socket going `dir`: it is recorded, held, kept by the probe,
+    /// or ignored, as the tap's mode says.
+    fn on_chunk(&self, dir: Dir, piece: Piece<'_>) {
+        let len = piece.len();
+        let off = self.offset[dir].fetch_add(len as u64, Relaxed);
+        if self.follows.load(Relaxed) {
+            return self.on_http(dir, off, piece);
+        }
+        match self.mode() {
+            Mode::Recording => self.pass(dir, off - self.base[dir].load(Relaxed), piece, None),
+            Mode::Probing => {
+                let mut state = self.lock();
+                if self.mode() == Mode::Recording {
+                    drop(state);
+                    return self.pass(dir, off - self.base[dir].load(Relaxed), piece, None);
+                }
+                state.probe.see(now, dir, off, &piece);
+            }
+            Mode::Off => {}
+        }
+    }
+
+    /// Records `piece`, which went `dir` from `at` in the captured stream: through the
+    /// direction's track once a session is recorded (drops then follow frames).
+    fn pass(&self, dir: Dir, at: u64, piece: Piece<'_>, time: Option<Timestamp>) {
+        let mut track = lock(&self.tracks[dir]);
+        match track.as_mut() {
+            Some(t) => t.pass(&To { recorder: &self.recorder, leg: self.id(), dir, time }, at, piece),
+            None => {
+                let bytes = piece.bytes(0, piece.len(), Keep::Briefly);
+                self.recorder.push(time, self.id(), What::Data { dir, offset: at, bytes });
+            }
+        }
+    }
+
+    /// Length of the captured stream going `dir` so far (client bytes still held not
+    /// counted).
+    fn captured(&self, dir: Dir, state: &TapState) -> u64 {
+        let end = match (dir == self.inbound(), state.held.front()) {
+            (true, Some(held)) => held.offset,
+            _ => self.offset[dir].load(Relaxed),
+        };
+        end.saturating_sub(self.base[dir].load(Relaxed))
+    }
+
+    /// The peer ended its stream (a read returned end of file).
+    pub(crate) fn on_read_end(&self) {
+        self.on_fin(self.inbound());
+    }
+
+    /// The peer's TLS ended without `close_notify`: taken as the end of its stream (a FIN),
+    /// which the packet's comment says, since a cut stream looks the same.
+    pub(crate) fn on_read_cut(&self) {
+        if self.is_recording() {
+            self.recorder.send(self.id(), What::Note(Note::TlsCutWithoutCloseNotify));
+        }
+        self.on_fin(self.inbound());
+    }
+
+    /// wstap shut its write side.
+    pub(crate) fn on_shutdown(&self) {
+        self.on_fin(self.inbound().reverse());
+    }
+
+    fn on_fin(&self, dir: Dir) {
+        let mut state = self.lock();
+        if dir == self.inbound() && !state.held.is_empty() {
+            state.fin_held = true;
+            return;
+        }
+        self.send_fin(&mut state, dir);
+    }
+
+    fn send_fin(&self, state: &mut TapState, dir: Dir) {
+        if self.is_recording() && !std::mem::replace(&mut state.fin_sent[dir], true) {
+            let offset = self.captured(dir, state);
+            if let Some(track) = lock(&self.tracks[dir]).as_mut() {
+                track.end(&To { recorder: &self.recorder, leg: self.id(), dir, time: None }, offset);
+            }
+            self.recorder.send(self.id(), What::Fin { dir, offset });
+        }
+    }
+
+    /// A read or write failed with `e`: a reset is recorded once.
+    pub(crate) fn on_error(&self, e: &io::Error) {
+        use io::ErrorKind::*;
+        if !matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
+            return;
+        }
+        let mut state = self.lock();
+        if self.is_recording() && !std::mem::replace(&mut state.reset_sent, true) {
+            self.recorder.send(self.id(), What::Reset);
+        }
+    }
+
+    /// The socket is closing: the leg's last events. Client bytes no route ever decided
+    /// (hyper refused them, or the client left first) are not written.
+    pub(crate) fn on_close(&self) {
+        if self.is_recording() {
+            let mut state = self.lock();
+            if std::mem::take(&mut state.fin_held) {
+                let dir = self.inbound();
+                self.send_fin(&mut state, dir);
+            }
+            let reason = state.close_reason.take().unwrap_or(Ending::Closed);
+            let offsets = PerDir::new(self.captured(Dir::Up, &state), self.captured(Dir::Down, &state));
+            drop(state);
+            self.recorder.send(self.id(), What::Close { reason, offsets });
+            self.mode.store(Mode::Off as u8, Relaxed);
+        }
+    }
+}
+
+/// A client leg's requests: what no route decided yet is held, a request not recorded
+/// stops the capture at its first byte, a lost framing stops it for good.
+impl Tap {
     /// The leg's capture stops at socket offsets `at` (the first byte of a request its
     /// route does not record, or where the client's HTTP was lost), for `why`; the
     /// connection goes on, probed again, so that a later request may start a new capture.
@@ -424,64 +576,6 @@ impl Tap {
         }
     }
 
-    /// Nothing on this connection will ever be recorded (its session started unrecorded):
-    /// a probing tap lets go of what it kept and keeps nothing more.
-    pub fn forgo(&self) {
-        let mut state = self.lock();
-        self.forgo_locked(&mut state);
-    }
-
-    fn forgo_locked(&self, state: &mut TapState) {
-        if self.mode() == Mode::Probing {
-            self.mode.store(Mode::Off as u8, Relaxed);
-            state.probe.forget();
-            state.requests = None;
-            (state.held, state.held_bytes) = (VecDeque::new(), 0);
-            self.follows.store(false, Relaxed);
-        }
-    }
-
-    /// Why the connection is about to close: goes on the leg's last packet.
-    pub fn set_close_reason(&self, reason: Ending) {
-        self.lock().close_reason = Some(reason);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, TapState> {
-        lock(&self.state)
-    }
-
-    /// `data` was read from the socket.
-    pub(crate) fn on_read(&self, data: &[u8]) {
-        self.on_chunk(self.inbound(), Piece::Slice(data));
-    }
-
-    /// `written` was written to the socket.
-    pub(crate) fn on_written(&self, written: Piece<'_>) {
-        self.on_chunk(self.inbound().reverse(), written);
-    }
-
-    /// `piece` crossed the socket going `dir`: it is recorded, held, kept by the probe,
-    /// or ignored, as the tap's mode says.
-    fn on_chunk(&self, dir: Dir, piece: Piece<'_>) {
-        let len = piece.len();
-        let off = self.offset[dir].fetch_add(len as u64, Relaxed);
-        if self.follows.load(Relaxed) {
-            return self.on_http(dir, off, piece);
-        }
-        match self.mode() {
-            Mode::Recording => self.pass(dir, off - self.base[dir].load(Relaxed), piece, None),
-            Mode::Probing => {
-                let mut state = self.lock();
-                if self.mode() == Mode::Recording {
-                    drop(state);
-                    return self.pass(dir, off - self.base[dir].load(Relaxed), piece, None);
-                }
-                state.probe.see(now, dir, off, &piece);
-            }
-            Mode::Off => {}
-        }
-    }
-
     /// `piece` crossed a client leg whose requests are followed, from socket offset
     /// `off`: the framer sees it first, so that what no route decided yet is held.
     fn on_http(&self, dir: Dir, off: u64, piece: Piece<'_>) {
@@ -516,96 +610,6 @@ impl Tap {
         if done || self.mode() == Mode::Off {
             state.requests = None;
             self.follows.store(false, Relaxed);
-        }
-    }
-
-    /// Records `piece`, which went `dir` from `at` in the captured stream: through the
-    /// direction's track once a session is recorded (drops then follow frames).
-    fn pass(&self, dir: Dir, at: u64, piece: Piece<'_>, time: Option<Timestamp>) {
-        let mut track = lock(&self.tracks[dir]);
-        match track.as_mut() {
-            Some(t) => t.pass(&To { recorder: &self.recorder, leg: self.id(), dir, time }, at, piece),
-            None => {
-                let bytes = piece.bytes(0, piece.len(), Keep::Briefly);
-                self.recorder.push(time, self.id(), What::Data { dir, offset: at, bytes });
-            }
-        }
-    }
-
-    /// Length of the captured stream going `dir` so far (client bytes still held not
-    /// counted).
-    fn captured(&self, dir: Dir, state: &TapState) -> u64 {
-        let end = match (dir == self.inbound(), state.held.front()) {
-            (true, Some(held)) => held.offset,
-            _ => self.offset[dir].load(Relaxed),
-        };
-        end.saturating_sub(self.base[dir].load(Relaxed))
-    }
-
-    /// The peer ended its stream (a read returned end of file).
-    pub(crate) fn on_read_end(&self) {
-        self.on_fin(self.inbound());
-    }
-
-    /// The peer's TLS ended without `close_notify`: taken as the end of its stream (a FIN),
-    /// which the packet's comment says, since a cut stream looks the same.
-    pub(crate) fn on_read_cut(&self) {
-        if self.is_recording() {
-            self.recorder.send(self.id(), What::Note(Note::TlsCutWithoutCloseNotify));
-        }
-        self.on_fin(self.inbound());
-    }
-
-    /// wstap shut its write side.
-    pub(crate) fn on_shutdown(&self) {
-        self.on_fin(self.inbound().reverse());
-    }
-
-    fn on_fin(&self, dir: Dir) {
-        let mut state = self.lock();
-        if dir == self.inbound() && !state.held.is_empty() {
-            state.fin_held = true;
-            return;
-        }
-        self.send_fin(&mut state, dir);
-    }
-
-    fn send_fin(&self, state: &mut TapState, dir: Dir) {
-        if self.is_recording() && !std::mem::replace(&mut state.fin_sent[dir], true) {
-            let offset = self.captured(dir, state);
-            if let Some(track) = lock(&self.tracks[dir]).as_mut() {
-                track.end(&To { recorder: &self.recorder, leg: self.id(), dir, time: None }, offset);
-            }
-            self.recorder.send(self.id(), What::Fin { dir, offset });
-        }
-    }
-
-    /// A read or write failed with `e`: a reset is recorded once.
-    pub(crate) fn on_error(&self, e: &io::Error) {
-        use io::ErrorKind::*;
-        if !matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe) {
-            return;
-        }
-        let mut state = self.lock();
-        if self.is_recording() && !std::mem::replace(&mut state.reset_sent, true) {
-            self.recorder.send(self.id(), What::Reset);
-        }
-    }
-
-    /// The socket is closing: the leg's last events. Client bytes no route ever decided
-    /// (hyper refused them, or the client left first) are not written.
-    pub(crate) fn on_close(&self) {
-        if self.is_recording() {
-            let mut state = self.lock();
-            if std::mem::take(&mut state.fin_held) {
-                let dir = self.inbound();
-                self.send_fin(&mut state, dir);
-            }
-            let reason = state.close_reason.take().unwrap_or(Ending::Closed);
-            let offsets = PerDir::new(self.captured(Dir::Up, &state), self.captured(Dir::Down, &state));
-            drop(state);
-            self.recorder.send(self.id(), What::Close { reason, offsets });
-            self.mode.store(Mode::Off as u8, Relaxed);
         }
     }
 }
