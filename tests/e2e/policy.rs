@@ -489,3 +489,46 @@ async fn payload_patterns_are_applied_to_http_bodies_and_trailers() {
     })
     .await;
 }
+
+/// Sessions in the default mode whose Upgrade request a text search of the kept bytes
+/// used to miss: pipelined behind a request in the same write, in absolute form, with
+/// bare LF line ends. Each session is captured from its Upgrade request (redacted), and
+/// both halves of the client leg decode.
+#[tokio::test]
+async fn upgrades_pipelined_absolute_or_with_bare_line_feeds_start_their_sessions() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let dir = capture_dir("upgrade-forms");
+        let upstream = keep_alive_upstream().await;
+        let proxy = Proxy::start(&config(upstream, &capture_toml(&dir, ""))).await;
+        let upgrade = UPGRADE.replace("\r\n\r\n", "\r\nAuthorization: Bearer SECRET-AUTH\r\n\r\n");
+        let forms = [
+            (format!("GET /a HTTP/1.1\r\nHost: a\r\n\r\n{}", upgrade.replace("/chat", "/chat?token=SECRET-1")), true),
+            (upgrade.replace("GET /chat", "GET http://app.example/chat?token=SECRET-2"), false),
+            (upgrade.replace("/chat", "/chat?token=SECRET-3").replace("\r\n", "\n"), false),
+        ];
+        for (i, (request, pipelined)) in forms.iter().enumerate() {
+            let mut r = tokio::io::BufReader::new(tokio::net::TcpStream::connect(proxy.addr()).await.unwrap());
+            r.get_mut().write_all(request.as_bytes()).await.unwrap();
+            if *pipelined {
+                read_ok(&mut r).await;
+            }
+            assert_eq!(status_of(&read_head(&mut r).await), 101);
+            let mut reply = [0; 15];
+            r.read_exact(&mut reply).await.unwrap();
+            r.get_mut().write_all(&masked_text_frame(format!("hello {i}").as_bytes())).await.unwrap();
+            r.get_mut().shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let _ = r.read_to_end(&mut rest).await;
+        }
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = &the_files(&dir)[0];
+        assert_eq!(occurrences(file, "SECRET"), 0, "every Upgrade request found, and redacted");
+        assert_clean(file, 2);
+        let texts = fields(file, "frame.interface_id == 0 && websocket.payload.text", &["websocket.payload.text"]);
+        let texts: Vec<&str> = texts.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(texts, ["PRIVATE-REPLY", "hello 0", "PRIVATE-REPLY", "hello 1", "PRIVATE-REPLY", "hello 2"]);
+    })
+    .await;
+}
