@@ -15,10 +15,14 @@ async fn subscribers_that_close_on_an_idle_proxy_give_their_slots_back_at_once()
         // traffic: nothing is written to a subscriber after its section.
         for i in 0..8 {
             let mut sub = TcpStream::connect(live).await.unwrap();
-            assert_pcapng(&mut sub).await;
             if i % 2 == 0 {
+                // All of its section read (on an idle proxy: the headers), then closed
+                // with nothing unread: a plain FIN, no reset, as a reader that exits.
+                let blocks = read_blocks(&mut sub, 3).await;
+                assert_eq!(blocks, [0x0a0d_0d0a, 1, 1], "the section header, the two interfaces");
                 drop(sub);
             } else {
+                assert_pcapng(&mut sub).await;
                 // Its sending side shut (`ncat` at the end of its input): gone as well.
                 sub.shutdown().await.unwrap();
                 let mut rest = Vec::new();
@@ -37,6 +41,20 @@ async fn subscribers_that_close_on_an_idle_proxy_give_their_slots_back_at_once()
         d.stop().await;
     })
     .await;
+}
+
+/// Reads `n` whole pcapng blocks (little-endian, as wstap writes them); returns their types.
+async fn read_blocks(sub: &mut TcpStream, n: usize) -> Vec<u32> {
+    let mut types = Vec::new();
+    for _ in 0..n {
+        let mut head = [0u8; 8];
+        sub.read_exact(&mut head).await.unwrap();
+        let len = u32::from_le_bytes(head[4..8].try_into().unwrap()) as usize;
+        let mut rest = vec![0u8; len - 8];
+        sub.read_exact(&mut rest).await.unwrap();
+        types.push(u32::from_le_bytes(head[..4].try_into().unwrap()));
+    }
+    types
 }
 
 #[tokio::test]
