@@ -68,7 +68,7 @@ impl std::fmt::Display for Why {
 
 /// What ends a subscriber other than its queue: its socket's read side, its falling
 /// behind, and the settings (a reload that no longer allows it, or the stream's end).
-struct Ending {
+struct Stops {
     read: Box<dyn AsyncRead + Send + Unpin>,
     scratch: [u8; 512],
     sub: Arc<Subscriber>,
@@ -78,9 +78,9 @@ struct Ending {
     over: bool,
 }
 
-impl Ending {
+impl Stops {
     /// Resolves when the subscriber must stop at once (cancel-safe).
-    async fn ended(&mut self) -> Why {
+    async fn any(&mut self) -> Why {
         loop {
             tokio::select! {
                 r = self.read.read(&mut self.scratch) => match r {
@@ -109,10 +109,10 @@ impl Ending {
 pub(super) async fn serve(member: Membership, peer: Peer, socket: Halves, settings: watch::Receiver<LiveSettings>) {
     let (read, mut write) = socket;
     let sub = member.slot.subscriber().clone();
-    let mut ending = Ending { read, scratch: [0; 512], sub: sub.clone(), peer: peer.clone(), settings, over: false };
-    let why = pump(&mut write, &sub, &mut ending, &peer).await;
+    let mut stops = Stops { read, scratch: [0; 512], sub: sub.clone(), peer: peer.clone(), settings, over: false };
+    let why = pump(&mut write, &sub, &mut stops, &peer).await;
     let metrics = &member.metrics;
-    let buffer = ending.settings.borrow().buffer;
+    let buffer = stops.settings.borrow().buffer;
     match why {
         Why::CutOff => {
             metrics.live_cut_off.fetch_add(1, Relaxed);
@@ -136,19 +136,19 @@ pub(super) async fn serve(member: Membership, peer: Peer, socket: Halves, settin
 }
 
 /// Writes the subscriber's queue to its socket until something ends it.
-async fn pump(write: &mut (dyn AsyncWrite + Send + Unpin), sub: &Subscriber, ending: &mut Ending, peer: &Peer) -> Why {
+async fn pump(write: &mut (dyn AsyncWrite + Send + Unpin), sub: &Subscriber, stops: &mut Stops, peer: &Peer) -> Why {
     let mut joined = false;
     loop {
         let next = tokio::select! {
             biased;
-            why = ending.ended() => return why,
+            why = stops.any() => return why,
             next = sub.next() => next,
         };
         let chunks = match next {
             Next::Bytes(chunks) => chunks,
             Next::Overflowed => return Why::CutOff,
             Next::Refused(section) => return Why::SectionTooLarge(section),
-            Next::Closed if ending.over => return Why::StreamEnded,
+            Next::Closed if stops.over => return Why::StreamEnded,
             Next::Closed => return Why::FormatChanged,
         };
         for chunk in chunks {
@@ -156,7 +156,7 @@ async fn pump(write: &mut (dyn AsyncWrite + Send + Unpin), sub: &Subscriber, end
             // (cut off there, its stream ends inside a block).
             tokio::select! {
                 biased;
-                why = ending.ended() => return why,
+                why = stops.any() => return why,
                 r = write.write_all(&chunk) => if r.is_err() { return Why::Left },
             }
             sub.written(chunk.len());
