@@ -1,7 +1,10 @@
 //! Where the live stream (`[live]`) meets its subscribers: the [`Hub`] they join, and each
 //! [`Subscriber`]'s bounded queue, which the capture writer thread fills (its live writer
 //! is `write::live`) and never waits on, and the subscriber's task (`service::live`)
-//! writes to its socket. Past its bound a subscriber is cut off, and its task says so.
+//! writes to its socket. Past its bound a subscriber is cut off, and its task says so; its
+//! first section counts against the bound too (one that cannot fit is refused). A
+//! subscriber holds a [`Slot`] among `live.max_clients`, given back when it is dropped,
+//! however its task ends.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -16,6 +19,8 @@ use crate::sync::lock;
 /// writing it to the subscriber's socket.
 pub struct Subscriber {
     queue: Mutex<Queue>,
+    /// Wakes every waiter (`notify_waiters`): its task may wait for bytes and for being
+    /// cut off at once, and one wake-up must reach both.
     wake: Notify,
     /// Bytes it may have waiting.
     limit: usize,
@@ -32,6 +37,10 @@ struct Queue {
     closed: bool,
     /// Its connection is gone: the writer forgets it.
     gone: bool,
+    /// Its first section was given (or refused): what follows is the stream's.
+    sectioned: bool,
+    /// Its first section (this many bytes) was more than its bound: refused.
+    refused: Option<usize>,
 }
 
 /// What a subscriber's task gets next.
@@ -42,6 +51,8 @@ pub enum Next {
     Overflowed,
     /// The stream changed under it: it has to connect again.
     Closed,
+    /// Its first section, this many bytes, is more than it may have waiting.
+    Refused(usize),
 }
 
 impl Subscriber {
@@ -51,22 +62,26 @@ impl Subscriber {
     }
 
     /// Queues `bytes`; past the limit, everything waiting is dropped and the subscriber
-    /// is cut off (a chunk larger than the limit is taken when nothing waits: its first
-    /// section may be). Returns whether it is still wanted.
+    /// is cut off (a chunk larger than the limit is taken when nothing waits, except its
+    /// first section: a first section larger than the limit refuses it). Returns whether
+    /// it is still wanted.
     pub(crate) fn push(&self, bytes: Bytes) -> bool {
         let mut q = lock(&self.queue);
-        if q.gone || q.overflowed || q.closed {
+        if q.gone || q.overflowed || q.closed || q.refused.is_some() {
             return false;
         }
-        if q.bytes > 0 && q.bytes + bytes.len() > self.limit {
+        if !std::mem::replace(&mut q.sectioned, true) && bytes.len() > self.limit {
+            q.refused = Some(bytes.len());
+        } else if q.bytes > 0 && q.bytes + bytes.len() > self.limit {
             (q.chunks, q.bytes, q.overflowed) = (VecDeque::new(), 0, true);
         } else {
             q.bytes += bytes.len();
             q.chunks.push_back(bytes);
         }
+        let wanted = q.refused.is_none();
         drop(q);
-        self.wake.notify_one();
-        true
+        self.wake.notify_waiters();
+        wanted
     }
 
     /// Waits for what to write next.
@@ -77,6 +92,9 @@ impl Subscriber {
                 let mut q = lock(&self.queue);
                 if q.overflowed {
                     return Next::Overflowed;
+                }
+                if let Some(section) = q.refused {
+                    return Next::Refused(section);
                 }
                 if !q.chunks.is_empty() {
                     return Next::Bytes(std::mem::take(&mut q.chunks).into());
@@ -114,7 +132,7 @@ impl Subscriber {
     /// Lets it go: the stream changed under it.
     pub(crate) fn close(&self) {
         lock(&self.queue).closed = true;
-        self.wake.notify_one();
+        self.wake.notify_waiters();
     }
 
     pub(crate) fn is_gone(&self) -> bool {
@@ -132,7 +150,7 @@ impl Subscriber {
 /// the live listener; outlives reloads.
 pub struct Hub {
     joining: Mutex<Vec<Arc<Subscriber>>>,
-    /// Subscribers joined or joining, not yet gone.
+    /// Subscribers joined or joining, not yet gone: the [`Slot`]s held.
     count: AtomicUsize,
     /// Wakes the writer thread, so a subscriber joins without waiting for its next round.
     wake: Box<dyn Fn() + Send + Sync>,
@@ -143,20 +161,17 @@ impl Hub {
         Hub { joining: Mutex::default(), count: AtomicUsize::new(0), wake }
     }
 
-    /// `sub` joins at the next moment every session is between frames.
-    pub fn join(&self, sub: Arc<Subscriber>) {
-        self.count.fetch_add(1, Relaxed);
+    /// `sub` joins at the next moment every session is between frames, if fewer than
+    /// `max` hold a slot; the slot is its until the [`Slot`] is dropped.
+    pub fn try_join(self: &Arc<Self>, sub: Arc<Subscriber>, max: usize) -> Option<Slot> {
+        self.count.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
         let mut joining = lock(&self.joining);
         // (Those that left before the writer came round are forgotten here.)
         joining.retain(|s| !s.is_gone());
-        joining.push(sub);
+        joining.push(sub.clone());
         drop(joining);
         (self.wake)();
-    }
-
-    /// A subscriber has gone (after [`Subscriber::leave`]).
-    pub fn left(&self) {
-        self.count.fetch_sub(1, Relaxed);
+        Some(Slot { hub: self.clone(), sub })
     }
 
     /// Subscribers now.
@@ -174,5 +189,78 @@ impl Hub {
         let mut joining = std::mem::take(&mut *lock(&self.joining));
         joining.retain(|s| !s.is_gone());
         joining
+    }
+}
+
+/// A subscriber's place among `live.max_clients`. Dropping it (its task ended, was
+/// aborted, or its listener went with a reload) lets the subscriber go and gives the
+/// place back: there is no other way to count one out, so none can leak.
+pub struct Slot {
+    hub: Arc<Hub>,
+    sub: Arc<Subscriber>,
+}
+
+impl Slot {
+    /// The subscriber holding it.
+    pub fn subscriber(&self) -> &Arc<Subscriber> {
+        &self.sub
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.sub.leave();
+        self.hub.count.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(Box::new(|| {})))
+    }
+
+    #[test]
+    fn a_slot_is_given_back_however_its_holder_ends() {
+        let hub = hub();
+        let a = hub.try_join(Subscriber::new(1 << 20), 2).unwrap();
+        let b = hub.try_join(Subscriber::new(1 << 20), 2).unwrap();
+        assert!(hub.try_join(Subscriber::new(1 << 20), 2).is_none(), "max reached");
+        assert_eq!(hub.subscribers(), 2);
+        // A task aborted while it held its slot drops it like any other end.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let held = tokio::spawn(async move {
+                let _b = b;
+                std::future::pending::<()>().await
+            });
+            tokio::task::yield_now().await;
+            held.abort();
+            assert!(held.await.unwrap_err().is_cancelled());
+        });
+        assert_eq!(hub.subscribers(), 1);
+        let sub = a.subscriber().clone();
+        drop(a);
+        assert!(sub.is_gone() && !sub.push(Bytes::from_static(b"x")), "the writer forgets it");
+        assert_eq!(hub.subscribers(), 0);
+        assert!(hub.take_joiners().is_empty(), "gone before the writer came round: forgotten");
+    }
+
+    #[test]
+    fn a_first_section_larger_than_the_bound_refuses_the_subscriber() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let sub = Subscriber::new(100);
+        assert!(!sub.push(Bytes::from(vec![0u8; 101])), "not wanted");
+        assert!(matches!(rt.block_on(sub.next()), Next::Refused(101)));
+        assert!(!sub.push(Bytes::from_static(b"later")), "nothing follows");
+        let sub = Subscriber::new(100);
+        assert!(sub.push(Bytes::from(vec![0u8; 100])), "a section that fits");
+        // Later, a chunk larger than the bound is still taken when nothing waits.
+        sub.written(100);
+        let _ = rt.block_on(sub.next());
+        assert!(sub.push(Bytes::from(vec![0u8; 150])));
+        assert!(matches!(rt.block_on(sub.next()), Next::Bytes(b) if b[0].len() == 150));
     }
 }

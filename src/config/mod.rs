@@ -2,8 +2,8 @@
 //! typed [`Settings`]. Parsing a string is separate from reading a file, and every error
 //! names the file, the key path (`route[1].upstream`) and, where known, the line. This
 //! module reads nothing but the config file and the TLS files it names (and the system's
-//! root certificates for TLS upstreams), looks at the key log's path without opening it,
-//! and opens no sockets.
+//! root certificates for TLS upstreams, and the host's users and groups for `[live]`),
+//! looks at the key log's path without opening it, and opens no sockets.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ pub mod route;
 mod show;
 pub mod tls;
 mod units;
+pub(crate) mod users;
 mod validate;
 
 pub use capture::{
@@ -25,7 +26,7 @@ pub use capture::{
     Snap, TlsCapture,
 };
 use file::FileConfig;
-pub use live::{LiveFormat, LiveSettings};
+pub use live::{canonical, LiveFormat, LiveListen, LiveSettings, LiveUser, SocketAccess};
 use route::Route;
 pub use units::{ByteSize, HumanDuration};
 

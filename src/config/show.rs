@@ -5,8 +5,8 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    CaptureSettings, DisplayPort, EncodedSlash, FilesPer, LiveFormat, Policy, PureAcks, Redact, Segmentation, Settings,
-    TlsCapture,
+    CaptureSettings, DisplayPort, EncodedSlash, FilesPer, LiveFormat, LiveSettings, Policy, PureAcks, Redact,
+    Segmentation, Settings, TlsCapture,
 };
 
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
@@ -42,13 +42,34 @@ impl fmt::Display for Settings {
             None => writeln!(f, "\n# [admin]: off")?,
         }
         let Some(l) = &self.live else { return write!(f, "\n# [live]: off") };
-        writeln!(f, "\n[live]\nlisten = {:?}", l.listen.to_string())?;
-        writeln!(f, "format = \"{}\"", if l.format == LiveFormat::Pcap { "pcap" } else { "pcapng" })?;
-        writeln!(f, "max_clients = {}", l.max_clients)?;
-        let allow: Vec<String> = l.allow.iter().map(|(ip, len)| format!("\"{ip}/{len}\"")).collect();
-        writeln!(f, "allow = [{}]", allow.join(", "))?;
-        write!(f, "buffer = {}", l.buffer)
+        write_live(f, l, &self.capture)
     }
+}
+
+/// The `[live]` table.
+fn write_live(f: &mut fmt::Formatter<'_>, l: &LiveSettings, capture: &CaptureSettings) -> fmt::Result {
+    writeln!(f, "\n[live]\nlisten = {}", Q(&l.listen.to_string()))?;
+    if capture.on() && capture.tls == TlsCapture::Encrypted {
+        writeln!(f, "# WARNING: capture.tls = \"encrypted\": every subscriber of the stream receives the TLS keys")?;
+    }
+    writeln!(f, "format = \"{}\"", if l.format == LiveFormat::Pcap { "pcap" } else { "pcapng" })?;
+    writeln!(f, "max_clients = {}", l.max_clients)?;
+    let users: Vec<String> =
+        l.users.iter().map(|u| u.name.as_deref().map_or(u.uid.to_string(), |n| Q(n).to_string())).collect();
+    writeln!(f, "users = [{}]", users.join(", "))?;
+    match &l.socket {
+        None => {
+            let allow: Vec<String> = l.allow.iter().map(|(ip, len)| format!("\"{ip}/{len}\"")).collect();
+            writeln!(f, "allow = [{}]", allow.join(", "))?;
+        }
+        Some(s) => {
+            writeln!(f, "mode = \"{:04o}\"", s.mode)?;
+            if let Some(g) = &l.group_written {
+                writeln!(f, "group = {}", Q(g))?;
+            }
+        }
+    }
+    write!(f, "buffer = {}", l.buffer)
 }
 
 /// A `[[route]]` table.

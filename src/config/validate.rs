@@ -61,10 +61,10 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
         .filter(|r| r.policy.records())
         .fold(Legs { client: false, upstream: false }, |all, r| all.union(r.policy.legs));
     let live = super::live::live(f.live).map_err(|(key, msg)| Invalid { key: format!("live.{key}"), msg })?;
-    if let Some(l) = &live {
-        let taken = |a: &SocketAddr| *a == l.listen && a.port() != 0;
+    if let Some(super::LiveListen::Tcp(live)) = live.as_ref().map(|l| &l.listen) {
+        let taken = |a: &SocketAddr| a == live && a.port() != 0;
         if listen.iter().any(taken) || f.admin.as_ref().is_some_and(|a| taken(&a.listen)) {
-            return fail("live.listen", format!("{} is already a proxy or admin address", l.listen));
+            return fail("live.listen", format!("{live} is already a proxy or admin address"));
         }
     }
     capture.live = live.as_ref().map(|l| l.format);

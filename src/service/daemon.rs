@@ -301,7 +301,7 @@ impl Running {
         // After the capture: subscribers get the sessions' last packets, then the end.
         let live = lock(&self.shared.live).take();
         if let Some(live) = live {
-            let addr = live.bound;
+            let addr = live.bound.clone();
             live.close().await;
             info!(%addr, "live stream: closed");
         }

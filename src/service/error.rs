@@ -27,6 +27,18 @@ pub enum DaemonError {
         /// What binding it said.
         error: std::io::Error,
     },
+    /// A unix socket the config names could not be bound.
+    #[error("cannot listen on unix:{} (key `{key}` in {}): {error}", path.display(), file.display())]
+    ListenUnix {
+        /// The socket's path.
+        path: PathBuf,
+        /// The config key that names it (`live.listen`).
+        key: &'static str,
+        /// The config file.
+        file: PathBuf,
+        /// What binding it said.
+        error: std::io::Error,
+    },
     /// The key log file (`capture.tls_keylog`) could not be opened, or breaks a rule.
     #[error("{}: key `capture.tls_keylog`: {} {error}", file.display(), path.display())]
     KeyLog {

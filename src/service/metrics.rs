@@ -27,8 +27,55 @@ pub struct Metrics {
     pub live_gone: AtomicU64,
     /// Live-stream subscribers cut off for falling more than `live.buffer` behind.
     pub live_cut_off: AtomicU64,
-    /// Live-stream connections refused (access rule, `live.max_clients`).
-    pub live_refused: AtomicU64,
+    /// Live-stream connections refused, by why.
+    pub live_refused: [AtomicU64; LiveRefusal::ALL.len()],
+    /// Live-stream subscribers a reload disconnected (`live.allow`, `live.users` narrowed).
+    pub live_revoked: AtomicU64,
+}
+
+/// Why the live stream refused a subscriber: the `reason` of `wstap_live_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveRefusal {
+    /// Neither loopback nor in a network of `live.allow`.
+    Address,
+    /// Its socket's owner is not in `live.users`.
+    User,
+    /// From loopback, but its socket is in no table of this host (closed already): no one
+    /// vouches for it.
+    Unidentified,
+    /// `live.max_clients` subscribers already.
+    MaxClients,
+    /// Its first section (the sessions in progress) is more than `live.buffer`.
+    FirstSection,
+}
+
+impl LiveRefusal {
+    /// Every reason, in the order they are counted.
+    pub const ALL: [LiveRefusal; 5] = [
+        LiveRefusal::Address,
+        LiveRefusal::User,
+        LiveRefusal::Unidentified,
+        LiveRefusal::MaxClients,
+        LiveRefusal::FirstSection,
+    ];
+
+    /// Its label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            LiveRefusal::Address => "address",
+            LiveRefusal::User => "user",
+            LiveRefusal::Unidentified => "unidentified",
+            LiveRefusal::MaxClients => "max_clients",
+            LiveRefusal::FirstSection => "first_section",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a live-stream connection refused for `why`.
+    pub fn count_refused(&self, why: LiveRefusal) {
+        self.live_refused[why as usize].fetch_add(1, Relaxed);
+    }
 }
 
 /// One metric family: name, type, help, and its rows (labels, value).
@@ -95,10 +142,19 @@ impl Metrics {
                 "Live-stream subscribers disconnected for falling more than live.buffer behind.",
                 self.live_cut_off.load(Relaxed),
             ),
+            Family {
+                name: "wstap_live_refused_total",
+                kind: MetricType::Counter,
+                help: "Live-stream connections refused, by reason.",
+                rows: LiveRefusal::ALL
+                    .iter()
+                    .map(|r| (format!("{{reason=\"{}\"}}", r.label()), self.live_refused[*r as usize].load(Relaxed)))
+                    .collect(),
+            },
             counter(
-                "wstap_live_refused_total",
-                "Live-stream connections refused (live.allow, live.max_clients).",
-                self.live_refused.load(Relaxed),
+                "wstap_live_revoked_total",
+                "Live-stream subscribers disconnected by a reload that no longer allows them.",
+                self.live_revoked.load(Relaxed),
             ),
         ]);
         let mut out = String::new();

@@ -4,17 +4,17 @@
 //! `--extcap-dlts`, `--extcap-config`, then `--capture --fifo PATH`, and stops it with
 //! SIGTERM; the capture copies the stream into the fifo as it comes.
 //!
-//! The stream's address: the interface option Wireshark shows (`--address`), else
-//! `WSTAP_LIVE`, else `[live] listen` of the config file (`WSTAP_CONFIG`, else
-//! `/etc/wstap/wstap.toml`), else `127.0.0.1:57012`.
+//! The stream's address, `host:port` or `unix:/path` (the unix socket's): the interface
+//! option Wireshark shows (`--address`), else `WSTAP_LIVE`, else `[live] listen` of the
+//! config file (`WSTAP_CONFIG`, else `/etc/wstap/wstap.toml`), else `127.0.0.1:9412`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The interface's name in Wireshark.
 const INTERFACE: &str = "wstap";
-const DEFAULT_ADDRESS: &str = "127.0.0.1:57012";
+const DEFAULT_ADDRESS: &str = "127.0.0.1:9412";
 
 /// Runs the extcap protocol with `args` (everything after the program name, with or
 /// without a leading `extcap`).
@@ -50,7 +50,7 @@ pub fn run(args: &[String]) -> ExitCode {
         let _ = writeln!(
             out,
             "arg {{number=0}}{{call=--address}}{{display=Live stream address}}{{type=string}}{{default={}}}\
-             {{tooltip=host:port of the daemon's [live] listen}}{{required=true}}",
+             {{tooltip=host:port or unix:/path of the daemon's [live] listen}}{{required=true}}",
             default_address()
         );
         return ExitCode::SUCCESS;
@@ -87,7 +87,11 @@ fn default_address() -> String {
 /// Copies the stream at `address` into `fifo` until either end closes (Wireshark stops
 /// the capture with SIGTERM, which ends the process).
 fn capture(address: &str, fifo: &PathBuf) -> ExitCode {
-    let mut stream = match std::net::TcpStream::connect(address) {
+    let connected: std::io::Result<Box<dyn Read>> = match address.strip_prefix("unix:") {
+        Some(path) => std::os::unix::net::UnixStream::connect(path).map(|s| Box::new(s) as Box<dyn Read>),
+        None => std::net::TcpStream::connect(address).map(|s| Box::new(s) as Box<dyn Read>),
+    };
+    let mut stream = match connected {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -105,7 +109,11 @@ fn capture(address: &str, fifo: &PathBuf) -> ExitCode {
     };
     match std::io::copy(&mut stream, &mut out) {
         Ok(0) => {
-            eprintln!("wstap extcap: {address} closed the stream at once (not loopback or in live.allow, or live.max_clients reached: see wstap's log)");
+            eprintln!(
+                "wstap extcap: {address} closed the stream at once (refused: this user not in live.users, not \
+                 loopback or in live.allow, live.max_clients reached, or the sessions in progress more than \
+                 live.buffer: see wstap's log)"
+            );
             ExitCode::FAILURE
         }
         Ok(_) => ExitCode::SUCCESS,
