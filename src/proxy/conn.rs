@@ -110,6 +110,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.handshake_timeout)
         .max_header_size(limits.max_header_size)
+        // hyper's read buffer grows with what a request sends (to ~400 KiB by default)
+        // and stays that large while the connection idles: bound it by the largest head.
+        .max_buf_size(read_buffer(limits.max_header_size))
         .preserve_header_case(true)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -134,6 +137,12 @@ where
         let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
         info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
     }
+}
+
+/// The most hyper's read buffer of a client connection grows to: a whole head of
+/// `max_header_size`, and a little more (hyper takes no less than 8 KiB).
+fn read_buffer(max_header_size: usize) -> usize {
+    (max_header_size + 8 * 1024).max(16 * 1024)
 }
 
 /// Logs why hyper gave up on a client connection, once, and names the kind of failure

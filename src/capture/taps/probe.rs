@@ -112,6 +112,12 @@ impl Probe {
         }
     }
 
+    /// Bytes it keeps now.
+    #[cfg(test)]
+    pub(super) fn kept(&self) -> usize {
+        self.bytes
+    }
+
     /// The most it keeps.
     pub(super) fn cap(&self) -> usize {
         self.cap
@@ -180,10 +186,6 @@ impl Probe {
             // After a final response only: bytes sent after an interim one (a body after
             // `100 Continue`) still belong to the exchange that may upgrade.
             if turned && self.answer == Answer::Final {
-                match self.keeps {
-                    Keeps::Undecided => self.drop_before(Dir::Down, u64::MAX),
-                    _ => self.keep_pipelined(),
-                }
                 self.answer = Answer::Undecided;
             }
             return true;
@@ -206,41 +208,22 @@ impl Probe {
         } else {
             Answer::Final
         };
+        if self.answer == Answer::Final {
+            self.exchange_ended();
+        }
         self.answer != Answer::Final
     }
 
-    /// A final response ended an exchange: of the kept bytes only a request read before
-    /// it stays (pipelined: the request bytes after the last blank line, if they begin
-    /// like a request line); the answered request and interim responses go.
-    fn keep_pipelined(&mut self) {
-        let mut up = Vec::new();
-        let mut starts = Vec::new();
-        for k in self.ring.iter().filter(|k| k.dir == Dir::Up) {
-            starts.push((up.len(), k.time, k.offset));
-            up.extend_from_slice(&k.bytes);
-        }
-        let request_at = |at: usize| {
-            let method = up[at..].iter().take_while(|b| b.is_ascii_uppercase()).count();
-            method > 0 && up.get(at + method).is_none_or(|&b| b == b' ')
-        };
-        // The next request starts where the answered one's head ends (a whole pipelined
-        // request, and what followed it, stay); after a body, only bytes after the last
-        // blank line can be one.
-        let ends = |p: usize| p + 4;
-        let first = up.windows(4).position(|w| w == b"\r\n\r\n").map(ends);
-        let last = up.windows(4).rposition(|w| w == b"\r\n\r\n").map_or(0, ends);
-        let tail = first.filter(|&at| at < up.len() && request_at(at)).unwrap_or(last);
-        let next = &up[tail..];
-        let pipelined = tail < up.len() && request_at(tail);
-        let from = starts.iter().rev().find(|(at, ..)| *at <= tail).copied();
-        self.ring.clear();
-        self.ring.shrink_to(8);
-        self.bytes = 0;
-        if let Some((at, time, offset)) = from.filter(|_| pipelined) {
-            let kept =
-                Kept { time, dir: Dir::Up, offset: offset + (tail - at) as u64, bytes: Bytes::copy_from_slice(next) };
-            self.ring.push_back(kept);
-            self.bytes = next.len();
+    /// A final response ended an exchange, which then cannot start a session: its bytes
+    /// go. On a client leg whose requests are followed, its tap lets go of the requests
+    /// itself (one pipelined behind may still start a session); on an upstream leg,
+    /// where wstap sends the next request only after this answer, nothing stays.
+    fn exchange_ended(&mut self) {
+        match self.keeps {
+            Keeps::Undecided => self.drop_before(Dir::Down, u64::MAX),
+            _ => {
+                (self.ring, self.bytes) = (VecDeque::new(), 0);
+            }
         }
     }
 }
@@ -296,7 +279,11 @@ mod tests {
                 p.written(piece);
             }
         }
-        assert_eq!(p.probe.bytes, "GET /big HTTP/1.1\r\n\r\n".len(), "a final response is not kept");
+        assert_eq!(p.probe.bytes, 0, "a final response ends the exchange: nothing is kept");
+        // An idle keep-alive connection after a large POST keeps none of it.
+        p.read(&[&b"POST /p HTTP/1.1\r\nContent-Length: 200000\r\n\r\n"[..], &[b'y'; 200_000]].concat());
+        p.written(b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((p.probe.bytes, p.probe.ring.len()), (0, 0));
         // The next exchange is an upgrade: its request and its 101 (split anywhere) are kept.
         p.read(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(p.probe.bytes, 40, "the previous exchange is gone");

@@ -191,6 +191,12 @@ impl Requests {
     /// Upgrade request means the client's next bytes are HTTP again.
     fn response_bytes(&mut self, input: &[u8]) -> usize {
         let step = self.framer.advance(Dir::Down, input);
+        if let Part::Head { head, .. } = &step.part {
+            if !head.is_interim() && head.status != 101 {
+                // The last request routed was answered: no session starts there.
+                self.routed.iter_mut().for_each(|r| r.upgrade = false);
+            }
+        }
         if let Part::Unframed(why) = step.part {
             // Whether the client switched can no longer be told.
             if let Some(at) = self.awaiting_from {

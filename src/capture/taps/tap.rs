@@ -595,7 +595,12 @@ impl Tap {
                     state.probe.see(now, dir, off + skip as u64, &Piece::Owned(&kept));
                 }
             }
-            (Mode::Probing, false) => state.probe.see(now, dir, off, &piece),
+            (Mode::Probing, false) => {
+                // An answer may have ended the exchange of the last request routed.
+                let keep_from = requests.routed_upgrade().or(requests.undecided_from()).unwrap_or(u64::MAX);
+                state.probe.see(now, dir, off, &piece);
+                state.probe.drop_before(self.inbound(), keep_from);
+            }
             (Mode::Recording, true) => self.hold_or_pass(&mut state, off, piece, None),
             (Mode::Recording, false) => {
                 self.pass(dir, off - self.base[dir].load(Relaxed), piece, None);
@@ -726,6 +731,25 @@ mod tests {
             events.last().map(|e| &e.what),
             Some(What::Close { reason: Ending::Stopped(Stop::Unfollowed(_)), .. })
         ));
+    }
+
+    /// An idle keep-alive connection after a large POST keeps none of it: its body is
+    /// not kept once its request is routed, and what was read with its head goes with
+    /// the answer.
+    #[test]
+    fn an_idle_connection_after_a_large_post_keeps_nothing_of_it() {
+        let recorder = Recorder::new(1 << 20);
+        let tap = client_tap(&recorder);
+        let post = [&b"POST /p HTTP/1.1\r\nContent-Length: 200000\r\n\r\n"[..], &[b'y'; 200_000]].concat();
+        tap.on_read(&post[..16 << 10]);
+        tap.decide("POST", tap.mark(), Decision::AsIs);
+        for piece in post[16 << 10..].chunks(16 << 10) {
+            tap.on_read(piece);
+        }
+        assert!(tap.lock().probe.kept() <= 16 << 10, "the body read after routing is not kept");
+        tap.on_written(Piece::Slice(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert_eq!(tap.lock().probe.kept(), 0);
+        assert!(recorder.take_events().is_empty());
     }
 
     /// A session that starts unrecorded: its probe keeps nothing more, and nothing is sent.
