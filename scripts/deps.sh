@@ -2,7 +2,8 @@
 # Installs, from Debian's packages, what `make test` (and `make demo`, `make bench`) need
 # and this machine lacks; does nothing when everything is present. Idempotent.
 #
-#   scripts/deps.sh          the tests' tools: tshark and capinfos, systemd-analyze, mount
+#   scripts/deps.sh          the tests' tools: tshark and capinfos, systemd-analyze, mount,
+#                            runuser and Debian's python3 (a live stream read as another user)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #
 # As root it runs apt-get itself; otherwise it uses `sudo -n` if that needs no password,
@@ -10,7 +11,7 @@
 set -euo pipefail
 
 # command → the Debian package that provides it
-tools=(tshark:tshark capinfos:tshark systemd-analyze:systemd mount:mount)
+tools=(tshark:tshark capinfos:tshark systemd-analyze:systemd mount:mount runuser:util-linux)
 [ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common)
 
 missing=()
@@ -20,6 +21,10 @@ for pair in "${tools[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] && continue
     [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
 done
+
+# The live stream's tests run a reader as another user with /usr/bin/python3 (Debian's,
+# whatever python a PATH finds first).
+[ -x /usr/bin/python3 ] || missing+=(python3-minimal)
 
 # rustfmt and clippy: `make test` runs both.
 if command -v rustup >/dev/null 2>&1; then
