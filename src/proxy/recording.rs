@@ -151,7 +151,9 @@ impl Recording<'_> {
             CaptureMode::All if whole || pick() => Verdict::Connection,
             _ if !whole => Verdict::Session { picked: None },
             _ if upgrade => Verdict::Session { picked: Some(policy.records() && pick()) },
-            _ => Verdict::Off,
+            // A plain request of a route recording sessions: not recorded (but a leg of
+            // TLS records, which cannot be cut, goes on whole).
+            _ => Verdict::Session { picked: Some(false) },
         }
     }
 

@@ -532,3 +532,39 @@ async fn upgrades_pipelined_absolute_or_with_bare_line_feeds_start_their_session
     })
     .await;
 }
+
+/// A bare LF in a chunked body's trailers, which hyper reads as a trailer byte: a framer
+/// that took it for the body's end would read the requests behind it as a body and write
+/// them, credentials and a `capture = "off"` request included. The capture stops there.
+#[tokio::test]
+async fn a_bare_line_feed_in_chunked_trailers_never_lets_later_requests_through() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let dir = capture_dir("trailer-lf");
+        let proxy = Proxy::start(&public_private_toml(keep_alive_upstream().await, &dir, false)).await;
+        let mut r = tokio::io::BufReader::new(tokio::net::TcpStream::connect(proxy.addr()).await.unwrap());
+        r.get_mut().write_all(b"GET /public/0 HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        read_ok(&mut r).await;
+        let trap = b"POST /public/1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n\
+            GET /public/x HTTP/1.1\r\nContent-Length: 100000\r\n\r\n";
+        r.get_mut().write_all(trap).await.unwrap();
+        read_ok(&mut r).await;
+        r.get_mut()
+            .write_all(b"GET /public/2 HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer PRIVATE-AUTH\r\n\r\n")
+            .await
+            .unwrap();
+        read_ok(&mut r).await;
+        let off = b"POST /private/PRIVATE-PATH HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n\r\nPRIVATE-BODY";
+        r.get_mut().write_all(off).await.unwrap();
+        read_ok(&mut r).await;
+        drop(r);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        for file in the_files(&dir) {
+            assert_eq!(occurrences(&file, "PRIVATE"), 0, "{file:?}");
+            let stops = fields(&file, "frame.comment contains \"could not be followed\"", &["frame.comment"]);
+            assert!(!stops.is_empty(), "the file says why its capture stopped");
+        }
+    })
+    .await;
+}

@@ -685,3 +685,44 @@ async fn a_tls_listener_on_443_decodes_in_plaintext_captures_with_no_options() {
     })
     .await;
 }
+
+/// Encrypted capture of a connection recorded whole (`/a`, `all`) that also carries a
+/// plain request of a route recording sessions (`/ws`): TLS records cannot be cut between
+/// requests, so the leg goes on whole and decrypts from its first record to its last.
+#[tokio::test]
+async fn an_encrypted_connection_recorded_whole_is_never_cut_between_requests() {
+    within(async {
+        let dir = capture_dir("tls-encrypted-whole");
+        std::fs::create_dir_all(&*dir).unwrap();
+        let pki = Pki::new(&dir);
+        let site = pki.site("localhost", "site");
+        let upstream = fixed_upstream("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let captures = dir.join("captures");
+        let toml = format!(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}\n\
+             [[route]]\npath_prefix = \"/a\"\nupstream = \"ws://{upstream}\"\ncapture = \"all\"\nlegs = [\"client\"]\n\
+             [[route]]\npath_prefix = \"/ws\"\nupstream = \"ws://{upstream}\"\nlegs = [\"client\"]\n{}",
+            site.cert,
+            site.key,
+            capture_toml(&captures, "tls = \"encrypted\"\n")
+        );
+        let proxy = Proxy::start(&toml).await;
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let tls = client_speaking(&pki, &rustls::version::TLS13);
+        let mut tls = tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        for path in ["/a/1", "/ws/info", "/a/2"] {
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+            let mut r = tokio::io::BufReader::new(&mut tls);
+            assert_eq!(status_of(&read_head(&mut r).await), 204, "{path}");
+        }
+        drop(tls);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = &the_files(&captures)[0];
+        let expert = tshark(file, &["-q", "-z", "expert"]);
+        assert!(!expert.contains("Warnings (") && !expert.contains("Errors ("), "{expert}");
+        let uris = fields(file, "http.request", &["http.request.uri"]);
+        assert_eq!(uris, [["/a/1"], ["/ws/info"], ["/a/2"]], "decrypted from the file alone, whole");
+    })
+    .await;
+}

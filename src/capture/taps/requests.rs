@@ -13,11 +13,6 @@ use wstap_wire::{Dir, PerDir};
 
 use super::chunk::Piece;
 
-/// Requests seen whole and not yet routed that are followed; past them the framing is
-/// taken as lost (hyper reads one request ahead of its answer, a client may pipeline a
-/// few).
-const MAX_WAITING: usize = 64;
-
 /// A request among the client's bytes: socket offsets of its first byte (any empty
 /// lines before it included) and of the byte after its head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,8 +155,10 @@ impl Requests {
             }
             Part::Head { head, .. } => {
                 let first = self.head_from.take().unwrap_or(from);
-                if self.waiting.len() >= MAX_WAITING {
-                    self.lose(first, FramingError::TooManyPipelined);
+                // As many as the framer follows ahead of their answers: all that fit in
+                // hyper's read buffer, and the bytes held are bounded apart.
+                if self.waiting.len() >= self.max_head {
+                    self.lose(first, FramingError::TooManyPipelined(self.max_head));
                     return 0;
                 }
                 let upgrade = head.asks_websocket();
@@ -306,6 +303,26 @@ mod tests {
         );
         assert_eq!(r.lost().map(|l| l.0), Some(0));
         assert_eq!(r.undecided_from(), Some(0));
+    }
+
+    /// A bare LF in a chunked body's trailers, which hyper takes for a trailer byte, is a
+    /// lost framing, not the end of the body (the framer would part ways with hyper and
+    /// take the requests behind it for a body); so are 1,000 requests pipelined in one
+    /// read not.
+    #[test]
+    fn a_bare_line_feed_in_trailers_is_lost_and_deep_pipelining_is_followed() {
+        let mut r = Requests::new(1 << 16);
+        read(&mut r, b"GET /a HTTP/1.1\r\n\r\n");
+        assert_eq!(r.route_next("GET").map(|q| q.first), Some(0));
+        read(&mut r, b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /x HTTP/1.1\r\n\r\n");
+        let lost = r.lost().cloned();
+        assert_eq!(lost, Some((19, FramingError::BareLineFeed)), "lost from the POST, not yet routed");
+        let mut r = Requests::new(64 << 10);
+        read(&mut r, &b"GET / HTTP/1.1\r\n\r\n".repeat(1000));
+        for i in 0..1000 {
+            assert_eq!(r.route_next("GET").map(|q| q.first), Some(i * 18), "request {i}");
+        }
+        assert!(r.lost().is_none());
     }
 
     /// A request hyper parsed that the framer did not see whole (they disagree): lost,

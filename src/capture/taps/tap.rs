@@ -330,6 +330,10 @@ impl Tap {
                 false => self.pass(k.dir, at - base[k.dir], Piece::Owned(&bytes), Some(k.time)),
             }
         }
+        if state.held.is_empty() && std::mem::take(&mut state.fin_held) {
+            let dir = self.inbound();
+            self.send_fin(state, dir);
+        }
     }
 
     /// Nothing on this connection will ever be recorded (its session started unrecorded):
@@ -377,16 +381,31 @@ impl Tap {
             return self.on_http(dir, off, piece);
         }
         match self.mode() {
-            Mode::Recording => self.pass(dir, off - self.base[dir].load(Relaxed), piece, None),
+            Mode::Recording => self.pass_from(dir, off, piece),
             Mode::Probing => {
                 let mut state = self.lock();
                 if self.mode() == Mode::Recording {
                     drop(state);
-                    return self.pass(dir, off - self.base[dir].load(Relaxed), piece, None);
+                    return self.pass_from(dir, off, piece);
                 }
                 state.probe.see(now, dir, off, &piece);
             }
             Mode::Off => {}
+        }
+    }
+
+    /// Records `piece`, which crossed from socket offset `off`, from where capture began
+    /// (a capture that began while it was crossing starts inside it).
+    fn pass_from(&self, dir: Dir, off: u64, piece: Piece<'_>) {
+        let base = self.base[dir].load(Relaxed);
+        let skip = base.saturating_sub(off);
+        match skip {
+            0 => self.pass(dir, off - base, piece, None),
+            skip if skip < piece.len() as u64 => {
+                let rest = piece.bytes(skip as usize, piece.len(), Keep::Briefly);
+                self.pass(dir, 0, Piece::Owned(&rest), None);
+            }
+            _ => {}
         }
     }
 
@@ -496,12 +515,17 @@ impl Tap {
         for dir in Dir::BOTH {
             *lock(&self.tracks[dir]) = None;
         }
-        (state.fin_sent, state.reset_sent, state.fin_held) = (PerDir::default(), false, false);
+        // A client FIN held behind the bytes still holds: a new capture sends it after them.
+        (state.fin_sent, state.reset_sent) = (PerDir::default(), false);
         // What waited is probed again: a later request among it may start a session.
         for held in std::mem::take(&mut state.held) {
             state.probe.see(|| held.time, self.inbound(), held.offset, &Piece::Owned(&held.bytes));
         }
         state.held_bytes = 0;
+        if state.probe.holds_records() {
+            // TLS records cannot start again in the middle: nothing more is recorded.
+            self.forgo_locked(state);
+        }
     }
 
     /// The client's HTTP can no longer be followed: a recorded leg stops where it was

@@ -10,8 +10,10 @@ use std::collections::VecDeque;
 use super::{request, response, Head, HeadEnd, HeadError, HeadKind};
 use crate::dir::{Dir, PerDir};
 
-/// Requests followed ahead of their responses (pipelining).
-const MAX_PENDING: usize = 64;
+/// The shortest request a framer follows: `G / HTTP/1.1\n\n`. Requests followed ahead
+/// of their responses (pipelining) are bounded by how many of them a head's worth of
+/// bytes holds: all a client can pipeline into a server's read buffer.
+const SHORTEST_REQUEST: usize = 14;
 /// The longest chunk-size line followed (extensions included).
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -33,10 +35,14 @@ pub enum FramingError {
     /// A chunk-size line longer than any real one.
     #[error("a chunk-size line of more than {MAX_CHUNK_LINE} bytes")]
     ChunkLineTooLong,
+    /// A line of a chunked body (a chunk-size line, a chunk's end, a trailer) that does
+    /// not end with CRLF: hyper reads a bare LF there differently, or refuses it.
+    #[error("a line of a chunked body that does not end with CRLF")]
+    BareLineFeed,
     /// More requests ahead of their responses than are followed: which response has no
     /// body (a `HEAD`'s) is unknown from there on.
-    #[error("more than {MAX_PENDING} requests ahead of their responses")]
-    TooManyPipelined,
+    #[error("more than {0} requests ahead of their responses")]
+    TooManyPipelined(usize),
     /// Bytes were lost where the framing needs them.
     #[error("bytes lost where the HTTP framing needs them")]
     BytesLost,
@@ -144,13 +150,19 @@ enum Chunk {
     Trailers(Line),
 }
 
-/// Where in a line the trailers are.
+/// Where in a line the trailers are. Every line of a chunked body ends with CRLF, as
+/// hyper reads it: a bare LF is refused, not taken for a line end (hyper takes it for a
+/// byte of a trailer field, so the two would part ways).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Line {
     /// At the start of a line: a line end here is the empty line.
     Start,
+    /// After a CR at the start of a line.
+    StartCr,
     /// Inside a line.
     Within,
+    /// After a CR inside a line.
+    WithinCr,
 }
 
 /// One direction: its state and the head it holds.
@@ -362,8 +374,9 @@ impl Framer {
 
     /// What follows a request head.
     fn after_request(&mut self, head: &Head) -> Result<After, FramingError> {
-        if self.asked.len() >= MAX_PENDING {
-            return Err(FramingError::TooManyPipelined);
+        let most = (self.max_head / SHORTEST_REQUEST).max(64);
+        if self.asked.len() >= most {
+            return Err(FramingError::TooManyPipelined(most));
         }
         self.asked.push_back(match () {
             () if head.method == "HEAD" => Asked::Head,
@@ -462,9 +475,10 @@ impl Chunk {
                     };
                 };
                 line.extend_from_slice(&input[..nl]);
+                let Some(line) = line.strip_suffix(b"\r") else { return Err(FramingError::BareLineFeed) };
                 let size = std::str::from_utf8(line)
                     .ok()
-                    .and_then(|l| u64::from_str_radix(l.trim_end_matches('\r').split(';').next()?.trim(), 16).ok());
+                    .and_then(|l| u64::from_str_radix(l.split(';').next()?.trim_end_matches([' ', '\t']), 16).ok());
                 *self = match size {
                     Some(0) => Chunk::Trailers(Line::Start),
                     Some(n) => Chunk::Data(n),
@@ -482,6 +496,10 @@ impl Chunk {
             }
             Chunk::DataEnd(left) => {
                 let n = usize::from(*left).min(input.len());
+                let want = &b"\r\n"[2 - usize::from(*left)..][..n];
+                if &input[..n] != want {
+                    return Err(FramingError::BareLineFeed);
+                }
                 *left -= n as u8;
                 if *left == 0 {
                     *self = Chunk::Size(Vec::new());
@@ -491,9 +509,11 @@ impl Chunk {
             Chunk::Trailers(line) => {
                 for (i, b) in input.iter().enumerate() {
                     *line = match (b, *line) {
-                        (b'\n', Line::Start) => return Ok((i + 1, true)),
-                        (b'\n', _) => Line::Start,
-                        (b'\r', at) => at,
+                        (b'\n', Line::StartCr) => return Ok((i + 1, true)),
+                        (b'\n', Line::WithinCr) => Line::Start,
+                        (b'\n', _) | (_, Line::StartCr | Line::WithinCr) => return Err(FramingError::BareLineFeed),
+                        (b'\r', Line::Start) => Line::StartCr,
+                        (b'\r', _) => Line::WithinCr,
                         _ => Line::Within,
                     };
                 }
@@ -660,6 +680,20 @@ mod tests {
             ]
         );
         assert_eq!(f.take_held(Dir::Up), &long[..16], "what was held before the head grew too long");
+        // Every line of a chunked body ends with CRLF, as hyper reads it: a bare LF in a
+        // chunk-size line, a chunk's end or the trailers is refused, never taken for a
+        // line end (hyper would take the bytes after it for trailers).
+        for body in
+            [&b"0\r\n\nGET /x HTTP/1.1\r\n\r\n"[..], b"0\r\nX: y\n\n", b"3\nabc\r\n", b"3\r\nabc\n0\r\n", b"0\r\n\r\r"]
+        {
+            let mut f = Framer::new(1 << 16);
+            let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let got = parts(&mut f, Dir::Up, &[&head[..], body].concat(), 3);
+            assert_eq!(got.last().unwrap().1, "Unframed(BareLineFeed)", "{:?}", String::from_utf8_lossy(body));
+        }
+        let mut f = Framer::new(1 << 16);
+        let good = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1 \r\nabc\r\n0\r\nA: b\r\nC: d\r\n\r\n";
+        assert_eq!(parts(&mut f, Dir::Up, good, 2).last().unwrap().1, "body end");
         let mut f = Framer::new(1 << 16);
         let chunks = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
         let got = parts(&mut f, Dir::Down, chunks, 100);
