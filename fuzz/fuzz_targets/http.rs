@@ -76,7 +76,19 @@ fn client_stream(data: &[u8]) -> (Vec<u8>, Vec<usize>) {
         out.extend_from_slice(eol);
         match framing >> 1 & 3 {
             1 => out.extend_from_slice(body.as_bytes()),
-            2 => out.extend_from_slice(format!("3\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n", &body[..3], body.len() - 3, &body[3..]).as_bytes()),
+            2 => {
+                // Chunks whose lines end as the request's do (a bare LF is hyper's to
+                // refuse), and raw bytes in a size line's extension and in the trailers.
+                let eol = String::from_utf8_lossy(eol).into_owned();
+                let mut raw = |n: usize| -> String {
+                    let take = usize::from(it.next().unwrap_or(0)) % (n + 1);
+                    it.by_ref().take(take).map(|b| if b == MARK { '.' } else { char::from(b) }).collect()
+                };
+                let (ext, trailer) = (raw(4), raw(12));
+                let (head, tail) = body.split_at(3);
+                let chunked = format!("3{ext}{eol}{head}{eol}{:x}{eol}{tail}{eol}0{eol}{trailer}{eol}", tail.len());
+                out.extend(chunked.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'.')));
+            }
             _ => {}
         }
         // Raw bytes behind it (frames, garbage, another request's start), never a mark.
