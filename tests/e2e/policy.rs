@@ -568,3 +568,40 @@ async fn a_bare_line_feed_in_chunked_trailers_never_lets_later_requests_through(
     })
     .await;
 }
+
+/// Legs follow each request's route: on a connection recorded whole, a request of a
+/// route recording the client leg alone is on the client leg and not on the upstream's,
+/// whose capture stops before it and starts again with the next request that records it.
+#[tokio::test]
+async fn each_request_is_recorded_on_the_legs_its_own_route_lists() {
+    use tokio::io::AsyncWriteExt;
+    within(async {
+        let dir = capture_dir("per-request-legs");
+        let upstream = keep_alive_upstream().await;
+        let route = |prefix: &str, legs: &str| {
+            format!("[[route]]\npath_prefix = \"{prefix}\"\nupstream = \"ws://{upstream}\"\ncapture = \"all\"\nlegs = {legs}\n")
+        };
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n{}{}{}",
+            route("/both", "[\"client\", \"upstream\"]"),
+            route("/client", "[\"client\"]"),
+            capture_toml(&dir, "")
+        );
+        let proxy = Proxy::start(&toml).await;
+        let mut r = tokio::io::BufReader::new(tokio::net::TcpStream::connect(proxy.addr()).await.unwrap());
+        for path in ["/both/1", "/client/2", "/both/3"] {
+            r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()).await.unwrap();
+            read_ok(&mut r).await;
+        }
+        drop(r);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = &the_files(&dir)[0];
+        assert_clean(file, 2);
+        let seen = fields(file, "http.request", &["frame.interface_id", "http.request.uri"]);
+        let on = |leg: &str| seen.iter().filter(|r| r[0] == leg).map(|r| r[1].clone()).collect::<Vec<_>>();
+        assert_eq!(on("0"), ["/both/1", "/client/2", "/both/3"], "the client leg: every request");
+        assert_eq!(on("1"), ["/both/1", "/both/3"], "the upstream leg: its routes' requests only");
+    })
+    .await;
+}
