@@ -159,8 +159,8 @@ impl Recording<'_> {
 
     /// A request no route took: the client leg goes on as it is.
     pub(crate) fn unrouted(&self, method: &str) {
-        if let (Some(tap), Some(mark)) = (&self.client_leg.tap, self.client_leg.tap.as_ref().map(|t| t.mark())) {
-            tap.decide(method, mark, Decision::AsIs);
+        if let Some(tap) = &self.client_leg.tap {
+            tap.decide(method, tap.mark(), Decision::AsIs);
         }
     }
 
@@ -185,10 +185,8 @@ impl Recording<'_> {
                 Decision::Record(self.start(ex, heading.to_string(), &legs.keys))
             }
             Verdict::Session { .. } if records || !tap.is_recording() => Decision::AsIs,
-            Verdict::Session { picked } => match picked {
-                Some(true) => Decision::AsIs,
-                _ => Decision::Skip,
-            },
+            Verdict::Session { picked: Some(true) } => Decision::AsIs,
+            Verdict::Session { .. } => Decision::Skip,
         };
         tap.decide(ex.method, mark, decision);
     }
