@@ -223,6 +223,7 @@ async fn serve(stream: Vec<u8>, cuts: Vec<usize>) -> (Recorder, Seen) {
 
 fuzz_target!(|data: &[u8]| {
     let (stream, cuts) = client_stream(data);
+    let stream_copy = stream.clone();
     if std::env::var_os("WSTAP_FUZZ_DEBUG").is_some() {
         eprintln!("stream {:?} cuts {cuts:?}", String::from_utf8_lossy(&stream));
     }
@@ -243,7 +244,17 @@ fuzz_target!(|data: &[u8]| {
     let mut w = CaptureWriter::new(Vec::new(), &info, legs, synth).expect("a writer");
     let stats = Stats::default();
     let mut files = Vec::new();
-    for event in recorder.take_events() {
+    let events = recorder.take_events();
+    // What a failure leaves for the post-mortem: the client's stream, hyper's requests
+    // and the tap's events (a failure may depend on how hyper's reads fell).
+    let story = || {
+        let mut story = format!("stream {:?}\n", String::from_utf8_lossy(&stream_copy));
+        for e in &events {
+            story.push_str(&format!("event {:?}\n", e.what));
+        }
+        story
+    };
+    for event in events.iter().cloned() {
         if std::env::var_os("WSTAP_FUZZ_DEBUG").is_some() {
             let text = format!("{:?}", event.what);
             eprintln!("event {}", &text[..text.len().min(300)]);
@@ -267,10 +278,9 @@ fuzz_target!(|data: &[u8]| {
         for pair in tildes.windows(2) {
             let candidate = &file[pair[0]..=pair[1]];
             if forbidden.contains(candidate) {
-                if std::env::var_os("WSTAP_FUZZ_DEBUG").is_some() {
-                    eprintln!("file {:?}", String::from_utf8_lossy(file));
-                }
-                panic!("{} in the file", String::from_utf8_lossy(candidate));
+                let dump = format!("/tmp/fz-http-story-{}.txt", std::process::id());
+                let _ = std::fs::write(&dump, format!("{}file {:?}\n", story(), String::from_utf8_lossy(file)));
+                panic!("{} in the file (story in {dump})", String::from_utf8_lossy(candidate));
             }
         }
     }
