@@ -24,8 +24,10 @@ use wstap::capture::{PureAcks, Recorder};
 use wstap::config::{DisplayPort, Legs, Redact, Segmentation, Snap};
 use wstap::{Leg, Opening, Tap, Tee};
 
-/// Secrets and the marks of `/off` requests: `~` never appears in the raw bytes the input
-/// adds, so a mark in the file came from where the harness put it.
+/// Secrets and the marks of `/off` requests (`~Q7secret~`): `~` never appears in the raw
+/// bytes the input adds, so a mark in the file came from where the harness put it. A mark
+/// is long enough that a file's binary fields never form one (`~Q7~` once did: the low
+/// bytes of a timestamp and a captured length of 126).
 const MARK: u8 = b'~';
 
 /// What hyper handed over that must not reach the file.
@@ -53,21 +55,21 @@ fn client_stream(data: &[u8]) -> (Vec<u8>, Vec<usize>) {
         let method = ["GET", "get", "POST", "PUT", "HEAD"][usize::from(op >> 2 & 3) + usize::from(op & 0x80 != 0)];
         let path = ["/all", "/off", "/ws", "/other"][usize::from(op >> 4 & 3)];
         let absolute = if op & 0x40 != 0 { "http://h" } else { "" };
-        out.extend_from_slice(format!("{method} {absolute}{path}/~P{n}~?token=~Q{n}~ HTTP/1.1").as_bytes());
+        out.extend_from_slice(format!("{method} {absolute}{path}/~P{n}secret~?token=~Q{n}secret~ HTTP/1.1").as_bytes());
         out.extend_from_slice(eol);
         let mut field = |name: &str, value: &str| {
             out.extend_from_slice(format!("{name}: {value}").as_bytes());
             out.extend_from_slice(eol);
         };
         field("Host", "h");
-        field("Authorization", &format!("Bearer ~A{n}~"));
-        field("Cookie", &format!("sid=~C{n}~"));
+        field("Authorization", &format!("Bearer ~A{n}secret~"));
+        field("Cookie", &format!("sid=~C{n}secret~"));
         let framing = it.next().unwrap_or(0);
         if path == "/ws" && framing & 1 == 0 {
             field("Upgrade", "websocket");
             field("Connection", "Upgrade");
         }
-        let body = format!("~B{n}~");
+        let body = format!("~B{n}secret~");
         match framing >> 1 & 3 {
             1 => field("Content-Length", &body.len().to_string()),
             2 => field("Transfer-Encoding", "chunked"),
