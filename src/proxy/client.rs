@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use hyper::upgrade::OnUpgrade;
+
 use crate::capture::ConnId;
 use crate::proxy::admission::Permit;
 use crate::proxy::context::ProxyContext;
@@ -29,6 +31,9 @@ pub struct ClientConn {
     _permit: Permit,
     /// Switched to WebSocket: the session logs the end, not the connection.
     pub(crate) upgraded: AtomicBool,
+    /// The client's side of an Upgrade the upstream refused: hyper hands the socket over
+    /// to it at the end of the turn all the same, and the next turn takes it back.
+    pub(crate) refused_upgrade: Mutex<Option<OnUpgrade>>,
 }
 
 impl ClientConn {
@@ -49,6 +54,7 @@ impl ClientConn {
             upstream: Mutex::new(None),
             _permit: permit,
             upgraded: AtomicBool::new(false),
+            refused_upgrade: Mutex::new(None),
             ctx,
         }
     }

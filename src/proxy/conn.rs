@@ -26,6 +26,7 @@ use crate::proxy::admission::Permit;
 use crate::proxy::client::ClientConn;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::{Failure, ProxyError};
+use crate::proxy::gate::{self, Answer, Gate};
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
 use crate::proxy::path;
@@ -41,18 +42,27 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// Takes an accepted client connection: on a listener that terminates TLS, the handshake
 /// first (a failure is logged once and counted, and ends only this connection), then
-/// [`serve`].
-pub async fn accept(
+/// [`serve`]. The future is boxed at the size its case needs: a plain connection's task
+/// holds no room for a TLS handshake.
+pub fn accept(
     ctx: Arc<ProxyContext>,
     id: ConnId,
     stream: TcpStream,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: Shutdown,
     permit: Permit,
-) {
-    let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return };
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return Box::pin(async {}) };
     let accepted = Accepted { id, client, local, capture: LegTap::default(), shutdown, permit };
-    let Some(config) = tls else { return serve(ctx, accepted, stream).await };
+    match tls {
+        None => Box::pin(serve(ctx, accepted, stream)),
+        Some(config) => Box::pin(accept_tls(ctx, accepted, stream, config)),
+    }
+}
+
+/// The TLS handshake of an accepted connection, then [`serve`].
+async fn accept_tls(ctx: Arc<ProxyContext>, accepted: Accepted, stream: TcpStream, config: Arc<rustls::ServerConfig>) {
+    let (id, client, local) = (accepted.id, accepted.client, accepted.local);
     let (tap, keys) = recording::tls_tap(&ctx, Leg::Client, id, local, client);
     let config = match &keys {
         Some(k) => k.server_config(&config),
@@ -64,7 +74,7 @@ pub async fn accept(
             let about = format!("{}, port {}", tls::describe(server, server.server_name()), local.port());
             debug!(tls = %about, "TLS handshake done");
             let capture = LegTap::over_tls(tap, keys, about);
-            serve(ctx, Accepted { capture, ..accepted }, stream).await;
+            Box::pin(serve(ctx, Accepted { capture, ..accepted }, stream)).await;
         }
         Err(e) => {
             let reason = tls::HandshakeFailure::of(&e);
@@ -87,7 +97,9 @@ struct Accepted {
 }
 
 /// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
-/// daemon drains (then in-flight requests finish first).
+/// daemon drains (then in-flight requests finish first). Each request is a turn of its
+/// own hyper connection over the [`Gate`]; between them the socket is parked, holding no
+/// buffer, for up to `handshake_timeout` (the keep-alive idle time).
 async fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -101,42 +113,152 @@ where
     let bytes: ByteCounts = Arc::default();
     let stream = Metered::new(Tee::new(stream, over), Leg::Client, conn.ctx.traffic.clone(), Some(bytes.clone()));
     let limits = &conn.ctx.settings.limits;
-    let svc_conn = conn.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    let http = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.handshake_timeout)
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
         .max_header_size(limits.max_header_size)
-        // hyper's read buffer grows with what a request sends (to ~400 KiB by default)
-        // and stays that large while the connection idles: bound it by the largest head.
+        // hyper's read buffer grows with what a request sends (to ~400 KiB by default):
+        // bound it by the largest head. It goes with the turn.
         .max_buf_size(read_buffer(limits.max_header_size))
-        .preserve_header_case(true)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(http);
+        .preserve_header_case(true);
+    let mut gate = Gate::new(stream, limits.max_header_size);
     let mut shutdown = conn.shutdown.clone();
-    let result = tokio::select! {
-        r = http.as_mut() => r,
-        () = shutdown.reached(Phase::Draining) => {
-            http.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = http.as_mut() => r,
-                () = shutdown.reached(Phase::Closing) => return,
+    let mut turns = 0u64;
+    loop {
+        let parked_at = tokio::time::Instant::now();
+        if !next_request(&conn, &mut gate, turns == 0, &mut shutdown).await {
+            break;
+        }
+        turns += 1;
+        gate.start_turn();
+        // The head's time counts from the start of the wait for it.
+        http.header_read_timeout(limits.handshake_timeout.saturating_sub(parked_at.elapsed()).max(MIN_HEAD_TIME));
+        let answer = gate.answer();
+        let turn = http.serve_connection(TokioIo::new(gate), service(&conn, answer.clone())).with_upgrades();
+        // Boxed: a parked connection's task holds none of it.
+        let Some((parts, result)) = Box::pin(run_turn(turn, &answer, &mut shutdown)).await else { return };
+        if let Err(e) = &result {
+            if let Some(kind) = log_connection_error(e) {
+                conn.ctx.traffic.request_failed(Leg::Client, kind);
             }
         }
-    };
-    if let Err(e) = result {
-        if let Some(kind) = log_connection_error(&e) {
-            conn.ctx.traffic.request_failed(Leg::Client, kind);
+        let refused = lock(&conn.refused_upgrade).take();
+        let (io, unread) = match (parts, refused) {
+            (Some(parts), _) => (parts.io, parts.read_buf),
+            (None, Some(refused)) => match taken_back(refused).await {
+                Some(back) => back,
+                None => break,
+            },
+            // Upgraded: the session has the socket.
+            (None, None) => break,
+        };
+        gate = io.into_inner();
+        let whole = gate.end_turn(&unread);
+        if !(whole && answer.parks() && result.is_ok()) || shutdown.is_draining() {
+            use tokio::io::AsyncWriteExt;
+            // A client that stops reading cannot hold the close (a TLS close_notify) open.
+            let _ = tokio::time::timeout(limits.handshake_timeout, gate.shutdown()).await;
+            break;
         }
     }
     if !conn.upgraded.load(Relaxed) {
         let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
         info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
     }
+}
+
+/// Parks `gate` until the client sends the next request's first bytes (true), leaves,
+/// stays silent for `handshake_timeout` (counted as a failure before its `first`
+/// request), or the daemon drains.
+async fn next_request<S>(conn: &ClientConn, gate: &mut Gate<S>, first: bool, shutdown: &mut Shutdown) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _idle = conn.ctx.traffic.connection_parked();
+    let parked = tokio::select! {
+        r = tokio::time::timeout(conn.ctx.settings.limits.handshake_timeout, gate.park()) => r,
+        () = shutdown.reached(Phase::Draining) => return false,
+    };
+    match parked {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(_)) => false,
+        Err(_) if first => {
+            info!(side = %Leg::Client.name(), "request head not received in time; closed");
+            conn.ctx.traffic.request_failed(Leg::Client, Failure::HeadTimeout);
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// The socket hyper handed to the client's side of an Upgrade the upstream refused (at
+/// the end of the turn, as it does after a `101`), and the bytes it had read past it.
+async fn taken_back<T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static>(
+    refused: hyper::upgrade::OnUpgrade,
+) -> Option<(T, Bytes)> {
+    let parts = refused.await.ok()?.downcast::<T>().ok()?;
+    Some((parts.io, parts.read_buf))
+}
+
+/// The least time a turn's hyper gets to read a head whose first bytes came.
+const MIN_HEAD_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One turn's service: each request answered by `conn`, and what the answer says of
+/// the connection told to `answer`.
+fn service(
+    conn: &Arc<ClientConn>,
+    answer: Arc<Answer>,
+) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Unpin
+{
+    let conn = conn.clone();
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (conn, answer) = (conn.clone(), answer.clone());
+        async move {
+            let keeps = gate::keeps_alive(&req);
+            let resp = conn.handle(req).await;
+            answer.answered(keeps, &resp);
+            Ok::<_, Infallible>(resp)
+        }
+    })
+}
+
+/// Drives one turn until hyper is done with it: once its answer parks the connection,
+/// hyper is told to close after it rather than idle (the gate keeps the socket open);
+/// on a drain, in-flight requests finish first. Returns what is left of the turn (none
+/// once upgraded) and how it ended; `None` when the daemon closes.
+async fn run_turn<I, S>(
+    mut turn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    answer: &Answer,
+    shutdown: &mut Shutdown,
+) -> Option<(Option<hyper::server::conn::http1::Parts<I, S>>, hyper::Result<()>)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Unpin,
+{
+    use std::future::Future;
+    use std::pin::Pin;
+    let (mut draining, mut closing) = (shutdown.clone(), shutdown.clone());
+    let mut draining = std::pin::pin!(draining.reached(Phase::Draining));
+    let mut closing = std::pin::pin!(closing.reached(Phase::Closing));
+    let (mut drained, mut told) = (false, false);
+    let result = std::future::poll_fn(|cx| {
+        if !drained && draining.as_mut().poll(cx).is_ready() {
+            drained = true;
+            Pin::new(&mut turn).graceful_shutdown();
+        }
+        if drained && closing.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        loop {
+            let polled = Pin::new(&mut turn).poll(cx);
+            if polled.is_ready() || told || !answer.parks() {
+                return polled.map(Some);
+            }
+            told = true;
+            Pin::new(&mut turn).graceful_shutdown();
+        }
+    })
+    .await?;
+    Some((turn.into_parts(), result))
 }
 
 /// The most hyper's read buffer of a client connection grows to: a whole head of
@@ -260,9 +382,10 @@ impl ClientConn {
         let mut up = upstream::open_or_reuse(&self.ctx, self.id, &self.upstream, &route).await?;
         ex.marks[Leg::Upstream] = up.capture.tap.as_ref().map(|t| t.mark());
         recording.decide(Leg::Upstream, &up.capture, &ex, verdict);
-        let mut resp = up.sender.send(req, &self.ctx.settings.limits).await?;
+        let mut resp = up.send(&self.ctx, req, upgrade.is_some()).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             *lock(&self.upstream) = Some(up);
+            *lock(&self.refused_upgrade) = client_upgrade;
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, None);
             return Ok(Response::from_parts(parts, Either::Left(body)));

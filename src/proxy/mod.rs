@@ -7,6 +7,8 @@
 //!   each request forwarded; [`client`]: the connection's state; [`upstream`]: its
 //!   upstream connection (hyper's client on a socket it opened); [`session`]: a
 //!   WebSocket session's task.
+//! - [`gate`]: the client socket as each request's hyper connection sees it; between
+//!   requests the socket is parked outside hyper, holding no buffer.
 //! - [`recording`]: the connection's capture as the proxy drives it: its taps, and
 //!   what each route records.
 //! - [`headers`]: hop-by-hop fields, the upgrade pair, `X-Forwarded-*` (pure).
@@ -24,6 +26,7 @@ pub mod client;
 pub mod conn;
 pub mod context;
 pub mod error;
+pub mod gate;
 pub mod headers;
 pub mod metered;
 pub mod paced;

@@ -29,6 +29,11 @@ impl Shutdown {
         // An Err means the coordinator is gone, which only happens once everything ends.
         let _ = self.rx.wait_for(|p| *p >= phase).await;
     }
+
+    /// Whether the daemon has started to drain.
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow() >= Phase::Draining
+    }
 }
 
 /// Owned by the daemon: hands out [`Shutdown`] handles and runs the drain.

@@ -26,6 +26,8 @@ pub struct Traffic {
     pub connections_total: AtomicU64,
     /// Client connections open now.
     pub connections_active: AtomicU64,
+    /// Client connections waiting for their next request, parked outside hyper.
+    pub connections_idle: AtomicU64,
     /// WebSocket sessions started.
     pub sessions_total: AtomicU64,
     /// Bytes per leg and direction, all traffic.
@@ -86,12 +88,28 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Counts a parked client connection until dropped.
+pub struct IdleGuard(Arc<Traffic>);
+
+impl Drop for IdleGuard {
+    fn drop(&mut self) {
+        self.0.connections_idle.fetch_sub(1, Relaxed);
+    }
+}
+
 impl Traffic {
     /// A client connection opened: it counts as active until the guard drops.
     pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
         self.connections_total.fetch_add(1, Relaxed);
         self.connections_active.fetch_add(1, Relaxed);
         ConnectionGuard(self.clone())
+    }
+
+    /// A client connection parks until its next request: it counts as idle until the
+    /// guard drops.
+    pub fn connection_parked(self: &Arc<Self>) -> IdleGuard {
+        self.connections_idle.fetch_add(1, Relaxed);
+        IdleGuard(self.clone())
     }
 
     /// A session starts: it is listed until the guard drops.

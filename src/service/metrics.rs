@@ -186,6 +186,11 @@ impl Metrics {
                 "Client connections open now, TLS handshakes in progress included.",
                 t.connections_active.load(Relaxed),
             ),
+            gauge(
+                "wstap_connections_idle",
+                "Client connections waiting for their next request, parked outside the HTTP server: they hold no buffers.",
+                t.connections_idle.load(Relaxed),
+            ),
             counter("wstap_connections_total", "Client connections accepted.", t.connections_total.load(Relaxed)),
             gauge("wstap_sessions_active", "WebSocket sessions being relayed now.", t.sessions_active() as u64),
             counter("wstap_sessions_total", "WebSocket sessions started.", t.sessions_total.load(Relaxed)),

@@ -109,6 +109,96 @@ async fn requests_on_one_client_connection_share_one_upstream_connection() {
     .await;
 }
 
+/// Between requests a kept-alive connection waits parked outside the HTTP server, holding
+/// no buffer (`wstap_connections_idle`), and what a client sends ahead of an answer
+/// waits for its turn: pipelined requests, large POSTs among them, are answered in order
+/// on one connection, as are an HTTP/1.0 client's that asks to be kept alive.
+#[tokio::test]
+async fn kept_alive_connections_park_between_requests_and_pipelined_requests_keep_their_order() {
+    within(async {
+        let upstream = serve(|s| async move {
+            let mut r = BufReader::new(s);
+            loop {
+                let head = read_head(&mut r).await;
+                if head.is_empty() {
+                    return;
+                }
+                let len = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .map_or(0, |v| v.parse::<usize>().unwrap());
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).await.unwrap();
+                let said = format!("{} {len}", head.split(' ').nth(1).unwrap());
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}", said.len());
+                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "[admin]\nlisten = \"127.0.0.1:0\"")).await;
+        let admin = proxy.admin.unwrap();
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        let big = vec![b'x'; 200_000];
+        let mut pipelined =
+            format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
+        pipelined.extend_from_slice(&big);
+        pipelined
+            .extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+        r.get_mut().write_all(&pipelined).await.unwrap();
+        for said in ["/a 200000", "/b 0", "/c 3"] {
+            let (head, body) = read_response(&mut r).await;
+            assert_eq!((status_of(&head), body.as_str()), (200, said));
+        }
+        let parked = || async { crate::tls::metric(admin, "wstap_connections_idle ").await == 1 };
+        let mut waited = 0;
+        while !parked().await {
+            assert!(waited < 500, "the connection parks once its answer is written");
+            waited += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for path in ["/d", "/e"] {
+            let request = format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+            r.get_mut().write_all(request.as_bytes()).await.unwrap();
+            let (head, body) = read_response(&mut r).await;
+            assert_eq!((status_of(&head), body), (200, format!("{path} 0")));
+        }
+    })
+    .await;
+}
+
+/// A kept upstream connection waits parked between requests: when the upstream closes it
+/// meanwhile, or its answer did not keep it alive, the next request goes over a new one.
+#[tokio::test]
+async fn an_upstream_connection_closed_while_parked_is_replaced() {
+    within(async {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        let upstream = serve(move |s| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let mut r = BufReader::new(s);
+                let head = read_head(&mut r).await;
+                let path = head.split(' ').nth(1).unwrap().to_owned();
+                let body = format!("conn {n} {path}");
+                // The first answer keeps the connection alive by its words, and closes it;
+                // the second says it closes.
+                let close = if n == 2 { "Connection: close\r\n" } else { "" };
+                let answer = format!("HTTP/1.1 200 OK\r\n{close}Content-Length: {}\r\n\r\n{body}", body.len());
+                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            }
+        })
+        .await;
+        let proxy = Proxy::start(&config(upstream, "")).await;
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        for (n, path) in [(1, "/a"), (2, "/b"), (3, "/c")] {
+            r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let (head, body) = read_response(&mut r).await;
+            assert_eq!((status_of(&head), body), (200, format!("conn {n} {path}")));
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_post_body_streams_to_the_upstream_before_it_is_complete() {
     within(async {

@@ -1,0 +1,454 @@
+//! Keep-alive that holds no buffers: a client connection is served one request at a time,
+//! each by a hyper connection of its own (a *turn*), and between requests its socket is
+//! *parked* outside hyper, holding nothing but the socket, until the next request's first
+//! bytes arrive.
+//!
+//! hyper grows a connection's read and write buffers with what a request sends and keeps
+//! them while the connection idles (tens of KiB after a large POST, per connection).
+//! [`Gate`] is the socket as a turn's hyper sees it: it lets hyper read one request, up
+//! to its last byte (followed with the codebase's HTTP framer), and holds what comes
+//! after it (a pipelined request, a session's first frames) for the next turn or the
+//! session. The answer decides what follows ([`Answer`]): a keep-alive answer ends the
+//! turn once hyper has written it (hyper is told to close instead of idling, and the
+//! gate keeps the socket open), a `101` hands the socket to the session, and anything
+//! else (HTTP/1.0, `Connection: close`, framing the framer cannot follow) lets hyper
+//! serve the rest of the connection as it would without the gate.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::{Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use wstap_wire::http::{Framer, Part};
+use wstap_wire::Dir;
+
+/// Bytes read at once while a turn waits for its answer: enough to see the client close
+/// (or pipeline), never more held than this past one read of hyper's.
+const PEEK: usize = 1024;
+
+/// Bytes a parked connection reads of its next request (hyper reads the rest).
+const FIRST: usize = 64;
+
+/// What the answer to a turn's request says of the connection. Shared by the turn's
+/// service, which sets it, and its gate and turn loop, which read it.
+#[derive(Debug, Default)]
+pub(crate) struct Answer(AtomicU8);
+
+/// No answer yet.
+const PENDING: u8 = 0;
+/// An HTTP/1.1 answer on a connection kept alive: the turn ends after it.
+const PARK: u8 = 1;
+/// hyper serves the rest of the connection (an upgrade, or one it does not keep alive).
+const OPEN: u8 = 2;
+
+impl Answer {
+    /// The service answered a request with `resp`; `keeps`: the request keeps the
+    /// connection alive ([`keeps_alive`]). The turn parks after an answer that keeps it
+    /// alive too; after any other, hyper has the rest of the connection.
+    pub(crate) fn answered<B>(&self, keeps: bool, resp: &Response<B>) {
+        let parks = keeps && resp.status() != StatusCode::SWITCHING_PROTOCOLS && !closes(resp.headers());
+        // The gate may have given hyper the connection already (framing it cannot follow).
+        let _ = self.0.compare_exchange(PENDING, if parks { PARK } else { OPEN }, AcqRel, Acquire);
+    }
+
+    /// Whether the turn ends after its answer.
+    pub(crate) fn parks(&self) -> bool {
+        self.0.load(Acquire) == PARK
+    }
+
+    fn open(&self) -> bool {
+        self.0.load(Acquire) == OPEN
+    }
+
+    fn reset(&self) {
+        self.0.store(PENDING, Release);
+    }
+
+    /// hyper has the rest of the connection, whatever the answer says.
+    fn give_up(&self) {
+        self.0.store(OPEN, Release);
+    }
+}
+
+/// Whether `req` keeps its connection alive: HTTP/1.1 without `Connection: close`.
+pub(crate) fn keeps_alive<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11 && !closes(req.headers())
+}
+
+/// Whether `Connection` lists `close`.
+fn closes(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|o| o.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Where the gate is in a turn.
+#[derive(Debug)]
+enum Mode {
+    /// Between turns.
+    Parked,
+    /// hyper reads the turn's request, followed up to its end.
+    Request(Box<Framer>),
+    /// The request has all been read: hyper waits for its answer, and writes it.
+    Answering,
+    /// hyper reads everything (after a `101`, an answer not kept alive, or framing the
+    /// framer could not follow).
+    Open,
+}
+
+/// A client socket as each turn's hyper sees it.
+#[derive(Debug)]
+pub(crate) struct Gate<S> {
+    io: S,
+    /// Bytes read from the socket and not given to hyper yet, from `start`.
+    held: Vec<u8>,
+    start: usize,
+    /// The client closed its side.
+    eof: bool,
+    mode: Mode,
+    answer: Arc<Answer>,
+    max_head: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
+    /// `io` parked, its requests' heads of up to `max_head` bytes.
+    pub(crate) fn new(io: S, max_head: usize) -> Gate<S> {
+        Gate { io, held: Vec::new(), start: 0, eof: false, mode: Mode::Parked, answer: Arc::default(), max_head }
+    }
+
+    /// What the next turn's service says of its answer.
+    pub(crate) fn answer(&self) -> Arc<Answer> {
+        self.answer.clone()
+    }
+
+    /// Waits, holding no buffer, until the client sends the next request's first bytes
+    /// (true; at once when some are held) or closes (false).
+    pub(crate) async fn park(&mut self) -> io::Result<bool> {
+        self.mode = Mode::Parked;
+        if self.has_held() {
+            return Ok(true);
+        }
+        // Small: it is part of every parked connection's task.
+        let mut first = [0u8; FIRST];
+        let n = self.io.read(&mut first).await?;
+        self.eof = n == 0;
+        self.held.extend_from_slice(&first[..n]);
+        Ok(n > 0)
+    }
+
+    /// Starts a turn: hyper reads the next request.
+    pub(crate) fn start_turn(&mut self) {
+        self.answer.reset();
+        self.mode = Mode::Request(Box::new(Framer::new(self.max_head)));
+    }
+
+    /// Ends a turn: `unread` are bytes hyper read and did not use. Whether the turn's
+    /// request was read whole, so the connection can park for the next.
+    pub(crate) fn end_turn(&mut self, unread: &[u8]) -> bool {
+        if !unread.is_empty() {
+            let mut held = unread.to_vec();
+            held.extend_from_slice(&self.held[self.start..]);
+            (self.held, self.start) = (held, 0);
+        }
+        let whole = matches!(self.mode, Mode::Answering) && unread.is_empty();
+        self.mode = Mode::Parked;
+        whole
+    }
+
+    fn has_held(&self) -> bool {
+        self.start < self.held.len()
+    }
+
+    /// Up to `buf`'s room of the held bytes, into `buf`.
+    fn give_held(&mut self, buf: &mut ReadBuf<'_>) {
+        let n = buf.remaining().min(self.held.len() - self.start);
+        buf.put_slice(&self.held[self.start..self.start + n]);
+        self.start += n;
+        if self.start == self.held.len() {
+            // Nothing kept between turns: the allocation goes with the bytes.
+            (self.held, self.start) = (Vec::new(), 0);
+        }
+    }
+
+    /// Reads for hyper (held bytes first), then hands back what lies past the request's
+    /// end, if this read reached it.
+    fn read_request(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        if self.has_held() {
+            self.give_held(buf);
+        } else if !self.eof {
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+            self.eof = buf.filled().len() == before;
+        }
+        let Mode::Request(framer) = &mut self.mode else { return Poll::Ready(Ok(())) };
+        let new = &buf.filled()[before..];
+        let mut used = 0;
+        let next = loop {
+            if used == new.len() {
+                break None;
+            }
+            let advance = framer.advance(Dir::Up, &new[used..]);
+            used += advance.used;
+            match advance.part {
+                Part::Head { ends: true, .. } | Part::Body { ends: true } => break Some(Mode::Answering),
+                Part::HeadSoFar | Part::Head { ends: false, .. } | Part::Body { ends: false } => {}
+                // hyper answers what the framer cannot follow (a 400 or a 431), or reads
+                // it differently: it has the connection from here on.
+                Part::HeadTooLong { .. } | Part::Unframed(_) | Part::Switched => break Some(Mode::Open),
+            }
+        };
+        match next {
+            Some(Mode::Answering) => {
+                let past = new[used..].to_vec();
+                buf.set_filled(before + used);
+                if !past.is_empty() {
+                    let mut held = past;
+                    held.extend_from_slice(&self.held[self.start..]);
+                    (self.held, self.start) = (held, 0);
+                }
+                self.mode = Mode::Answering;
+            }
+            Some(mode) => {
+                self.answer.give_up();
+                self.mode = mode;
+            }
+            None => {}
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A read while hyper waits for the answer, or has written it: nothing for hyper
+    /// until the next turn, but a client that closes is seen (hyper drops the request's
+    /// service then, as it would have).
+    fn read_answering(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.answer.open() {
+            self.mode = Mode::Open;
+            return self.poll_read_open(cx, buf);
+        }
+        if self.eof && !self.has_held() {
+            return Poll::Ready(Ok(()));
+        }
+        if self.has_held() {
+            return Poll::Pending;
+        }
+        let mut peek = [0u8; PEEK];
+        let mut into = ReadBuf::new(&mut peek);
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut into))?;
+        match into.filled() {
+            [] => {
+                self.eof = true;
+                Poll::Ready(Ok(()))
+            }
+            some => {
+                self.held.extend_from_slice(some);
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_read_open(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.has_held() {
+            self.give_held(buf);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.mode {
+            Mode::Request(_) => self.read_request(cx, buf),
+            Mode::Answering => self.read_answering(cx, buf),
+            Mode::Open | Mode::Parked => self.poll_read_open(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// hyper ends a turn that parks as it ends a connection: the socket stays open (its
+    /// writes flushed) for the next turn.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.answer.parks() && !self.eof {
+            true => Pin::new(&mut self.io).poll_flush(cx),
+            false => Pin::new(&mut self.io).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    /// A gate over one end of a pipe, and the client's end.
+    fn gate() -> (Gate<DuplexStream>, DuplexStream) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        (Gate::new(server, 8192), client)
+    }
+
+    /// What hyper gets from `gate` until it would wait (or the client closed); out of
+    /// tokio's budget, which would make the pipe wait too.
+    async fn reads(gate: &mut Gate<DuplexStream>) -> Vec<u8> {
+        tokio::task::unconstrained(async { reads_now(gate) }).await
+    }
+
+    fn reads_now(gate: &mut Gate<DuplexStream>) -> Vec<u8> {
+        let mut got = Vec::new();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        loop {
+            let mut room = [0u8; 700];
+            let mut buf = ReadBuf::new(&mut room);
+            match Pin::new(&mut *gate).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => got.extend_from_slice(buf.filled()),
+                _ => return got,
+            }
+        }
+    }
+
+    fn ok() -> Response<()> {
+        Response::new(())
+    }
+
+    /// A turn over `gate`: parks for the next request and reads it.
+    async fn turn(gate: &mut Gate<DuplexStream>) -> Vec<u8> {
+        assert!(gate.park().await.unwrap(), "a request came");
+        gate.start_turn();
+        reads(gate).await
+    }
+
+    #[tokio::test]
+    async fn each_turn_reads_one_request_and_the_next_waits_for_its_own() {
+        let (mut gate, mut client) = gate();
+        let post = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".as_slice();
+        let get = b"\r\nget /b HTTP/1.1\nHost: h\n\n".as_slice();
+        client.write_all(&[post, get].concat()).await.unwrap();
+        assert_eq!(turn(&mut gate).await, post);
+        gate.answer().answered(true, &ok());
+        assert!(gate.answer().parks());
+        assert!(gate.end_turn(&[]), "the request was read whole");
+        assert_eq!(turn(&mut gate).await, get);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_end_comes_byte_by_byte_is_followed_to_it() {
+        let (mut gate, mut client) = gate();
+        let post = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n";
+        client.write_all(&post[..1]).await.unwrap();
+        let mut got = turn(&mut gate).await;
+        for b in &post[1..] {
+            client.write_all(&[*b]).await.unwrap();
+            got.extend(reads(&mut gate).await);
+        }
+        client.write_all(b"GET /next HTTP/1.1\r\n\r\n").await.unwrap();
+        got.extend(reads(&mut gate).await);
+        assert_eq!(got, post, "nothing past the request's end");
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_holds_no_buffer_after_a_large_post() {
+        let (mut gate, mut client) = gate();
+        let body = vec![b'x'; 200_000];
+        let head = format!("POST /up HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(&body).await.unwrap();
+        assert_eq!(turn(&mut gate).await.len(), head.len() + body.len());
+        gate.answer().answered(true, &ok());
+        assert!(gate.end_turn(&[]));
+        assert_eq!(gate.held.capacity(), 0, "no bytes kept");
+        assert!(matches!(gate.mode, Mode::Parked), "no framer kept");
+    }
+
+    #[tokio::test]
+    async fn after_a_switch_the_session_reads_the_frames_sent_before_the_answer() {
+        let (mut gate, mut client) = gate();
+        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".as_slice();
+        let frame = b"\x81\x85abcd\x09\x07\x0f\x08\x0e".as_slice();
+        client.write_all(&[upgrade, frame].concat()).await.unwrap();
+        assert_eq!(turn(&mut gate).await, upgrade);
+        let mut switching = Response::new(());
+        *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        gate.answer().answered(true, &switching);
+        assert!(!gate.answer().parks());
+        assert_eq!(reads(&mut gate).await, frame);
+    }
+
+    #[tokio::test]
+    async fn framing_the_framer_cannot_follow_leaves_the_connection_to_hyper() {
+        let (mut gate, mut client) = gate();
+        let bad = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /b HTTP/1.1\r\n\r\n";
+        client.write_all(bad).await.unwrap();
+        assert_eq!(turn(&mut gate).await, bad, "all of it, as hyper would read it");
+        gate.answer().answered(true, &ok());
+        assert!(!gate.answer().parks(), "hyper keeps the connection");
+        assert!(!gate.end_turn(&[]));
+    }
+
+    #[tokio::test]
+    async fn answers_that_do_not_keep_the_connection_alive_never_park() {
+        let (gate, _client) = gate();
+        let mut close = ok();
+        close.headers_mut().insert(hyper::header::CONNECTION, "Close".parse().unwrap());
+        let http10 = Request::builder().version(Version::HTTP_10).body(()).unwrap();
+        let asks_close = Request::builder().header("connection", "keep-alive, close").body(()).unwrap();
+        assert!(keeps_alive(&Request::new(())));
+        assert!(!keeps_alive(&http10) && !keeps_alive(&asks_close));
+        gate.answer().answered(true, &close);
+        assert!(!gate.answer().parks());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_while_waiting_for_its_answer_is_seen() {
+        let (mut gate, mut client) = gate();
+        client.write_all(b"GET /slow HTTP/1.1\r\n\r\n").await.unwrap();
+        turn(&mut gate).await;
+        drop(client);
+        let mut room = [0u8; 16];
+        let mut buf = ReadBuf::new(&mut room);
+        std::future::poll_fn(|cx| Pin::new(&mut gate).poll_read(cx, &mut buf)).await.unwrap();
+        assert!(buf.filled().is_empty(), "end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_parks_ends_without_closing_the_socket() {
+        use tokio::io::AsyncReadExt;
+        let (mut gate, mut client) = gate();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        turn(&mut gate).await;
+        gate.answer().answered(true, &ok());
+        gate.write_all(b"answer").await.unwrap();
+        gate.shutdown().await.unwrap();
+        gate.write_all(b"+next").await.unwrap();
+        let mut got = [0u8; 11];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"answer+next");
+    }
+}
