@@ -122,13 +122,14 @@ where
         .preserve_header_case(true);
     let mut gate = Gate::new(stream, limits.max_header_size);
     let mut shutdown = conn.shutdown.clone();
-    let mut turns = 0u64;
+    let mut first = true;
     loop {
         let parked_at = tokio::time::Instant::now();
-        if !next_request(&conn, &mut gate, turns == 0, &mut shutdown).await {
+        // A new connection's first request comes at once, as a rule: hyper waits for it
+        // (its header timeout counts a silent client).
+        if !std::mem::take(&mut first) && !next_request(&conn, &mut gate, &mut shutdown).await {
             break;
         }
-        turns += 1;
         gate.start_turn();
         // The head's time counts from the start of the wait for it.
         http.header_read_timeout(limits.handshake_timeout.saturating_sub(parked_at.elapsed()).max(MIN_HEAD_TIME));
@@ -167,26 +168,17 @@ where
 }
 
 /// Parks `gate` until the client sends the next request's first bytes (true), leaves,
-/// stays silent for `handshake_timeout` (counted as a failure before its `first`
-/// request), or the daemon drains.
-async fn next_request<S>(conn: &ClientConn, gate: &mut Gate<S>, first: bool, shutdown: &mut Shutdown) -> bool
+/// stays silent for `handshake_timeout` (the keep-alive idle time), or the daemon drains.
+async fn next_request<S>(conn: &ClientConn, gate: &mut Gate<S>, shutdown: &mut Shutdown) -> bool
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let _idle = conn.ctx.traffic.connection_parked();
-    let parked = tokio::select! {
-        r = tokio::time::timeout(conn.ctx.settings.limits.handshake_timeout, gate.park()) => r,
-        () = shutdown.reached(Phase::Draining) => return false,
-    };
-    match parked {
-        Ok(Ok(sent)) => sent,
-        Ok(Err(_)) => false,
-        Err(_) if first => {
-            info!(side = %Leg::Client.name(), "request head not received in time; closed");
-            conn.ctx.traffic.request_failed(Leg::Client, Failure::HeadTimeout);
-            false
+    tokio::select! {
+        r = tokio::time::timeout(conn.ctx.settings.limits.handshake_timeout, gate.park()) => {
+            matches!(r, Ok(Ok(true)))
         }
-        Err(_) => false,
+        () = shutdown.reached(Phase::Draining) => false,
     }
 }
 
@@ -236,16 +228,18 @@ where
 {
     use std::future::Future;
     use std::pin::Pin;
-    let (mut draining, mut closing) = (shutdown.clone(), shutdown.clone());
-    let mut draining = std::pin::pin!(draining.reached(Phase::Draining));
-    let mut closing = std::pin::pin!(closing.reached(Phase::Closing));
-    let (mut drained, mut told) = (false, false);
+    let closing = shutdown.clone();
+    let mut draining = std::pin::pin!(shutdown.reached(Phase::Draining));
+    // Waited for once the drain has begun.
+    let mut closes: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let mut told = false;
     let result = std::future::poll_fn(|cx| {
-        if !drained && draining.as_mut().poll(cx).is_ready() {
-            drained = true;
+        if closes.is_none() && draining.as_mut().poll(cx).is_ready() {
+            let mut closing = closing.clone();
+            closes = Some(Box::pin(async move { closing.reached(Phase::Closing).await }));
             Pin::new(&mut turn).graceful_shutdown();
         }
-        if drained && closing.as_mut().poll(cx).is_ready() {
+        if closes.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
             return std::task::Poll::Ready(None);
         }
         loop {
