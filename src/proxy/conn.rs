@@ -242,14 +242,7 @@ where
         if closes.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
             return std::task::Poll::Ready(None);
         }
-        loop {
-            let polled = Pin::new(&mut turn).poll(cx);
-            if polled.is_ready() || told || !answer.parks() {
-                return polled.map(Some);
-            }
-            told = true;
-            Pin::new(&mut turn).graceful_shutdown();
-        }
+        gate::poll_turn(&mut turn, answer, &mut told, cx).map(Some)
     })
     .await?;
     Some((turn.into_parts(), result))

@@ -303,6 +303,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
     }
 }
 
+/// Polls a turn's hyper connection: once the answer parks the connection, hyper is told
+/// (once, `told`) to close after the exchange rather than idle, and polled again.
+pub(crate) fn poll_turn<I, S, B>(
+    turn: &mut hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    answer: &Answer,
+    told: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<hyper::Result<()>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use std::future::Future;
+    loop {
+        let polled = Pin::new(&mut *turn).poll(cx);
+        if polled.is_ready() || *told || !answer.parks() {
+            return polled;
+        }
+        *told = true;
+        Pin::new(&mut *turn).graceful_shutdown();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,5 +475,176 @@ mod tests {
         let mut got = [0u8; 11];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"answer+next");
+    }
+
+    /// A client stream of requests in the forms hyper takes (lowercase methods, bare LF
+    /// line ends, empty lines before a request, absolute form), with bodies of every
+    /// framing and now and then raw bytes or an Upgrade, and where it is cut into writes.
+    fn client_stream(rng: &mut fastrand::Rng) -> (Vec<u8>, Vec<usize>) {
+        let (mut out, mut cuts) = (Vec::new(), Vec::new());
+        for n in 0..rng.usize(1..6) {
+            let eol: &[u8] = if rng.u8(..) < 40 { b"\n" } else { b"\r\n" };
+            if rng.u8(..) < 30 {
+                out.extend_from_slice(eol);
+            }
+            let method = ["GET", "get", "POST", "PUT", "HEAD"][rng.usize(..5)];
+            let absolute = if rng.bool() { "http://h" } else { "" };
+            let path = if rng.u8(..) < 25 { "/ws" } else { "/p" };
+            out.extend_from_slice(format!("{method} {absolute}{path}/{n} HTTP/1.1").as_bytes());
+            out.extend_from_slice(eol);
+            let mut field = |f: String| {
+                out.extend_from_slice(f.as_bytes());
+                out.extend_from_slice(eol);
+            };
+            field("Host: h".into());
+            if path == "/ws" {
+                field("Upgrade: websocket".into());
+                field("Connection: Upgrade".into());
+            }
+            let body: Vec<u8> = (0..rng.usize(..40)).map(|_| rng.alphanumeric() as u8).collect();
+            let framing = rng.usize(..3);
+            match framing {
+                1 => field(format!("Content-Length: {}", body.len())),
+                2 => field("Transfer-Encoding: chunked".into()),
+                _ => {}
+            }
+            out.extend_from_slice(eol);
+            match framing {
+                1 => out.extend_from_slice(&body),
+                2 => {
+                    for piece in body.chunks(rng.usize(1..9)) {
+                        let ext = if rng.u8(..) < 40 { ";x=y" } else { "" };
+                        out.extend_from_slice(format!("{:x}{ext}\r\n", piece.len()).as_bytes());
+                        out.extend_from_slice(piece);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    let trailer = if rng.u8(..) < 60 { "X-T: 1\r\n" } else { "" };
+                    out.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+                }
+                _ => {}
+            }
+            if rng.u8(..) < 15 {
+                out.extend((0..rng.usize(1..6)).map(|_| rng.u8(..)));
+            }
+        }
+        for _ in 0..rng.usize(..6) {
+            cuts.push(rng.usize(..=out.len()));
+        }
+        cuts.sort_unstable();
+        (out, cuts)
+    }
+
+    /// Writes `stream` in pieces at `cuts`, then reads what comes back until the end.
+    async fn client(end: DuplexStream, stream: Vec<u8>, cuts: Vec<usize>) {
+        use tokio::io::AsyncReadExt;
+        let (mut rd, mut wr) = tokio::io::split(end);
+        let reading = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = rd.read_to_end(&mut sink).await;
+        });
+        let mut at = 0;
+        for cut in cuts.into_iter().chain([stream.len()]) {
+            if wr.write_all(&stream[at..cut]).await.is_err() {
+                break;
+            }
+            at = cut;
+            tokio::task::yield_now().await;
+        }
+        let _ = wr.shutdown().await;
+        let _ = reading.await;
+    }
+
+    type Requests = Arc<std::sync::Mutex<Vec<String>>>;
+
+    /// A service that notes each request (method, target, body) and answers `200`, or
+    /// `101` to an Upgrade to `/ws`; told to `answer` when given.
+    fn noting(
+        seen: Requests,
+        answer: Option<Arc<Answer>>,
+    ) -> impl hyper::service::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<http_body_util::Full<bytes::Bytes>>,
+        Error = std::convert::Infallible,
+        Future: Send,
+    > + Clone
+           + Unpin {
+        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (seen, answer) = (seen.clone(), answer.clone());
+            async move {
+                use http_body_util::BodyExt;
+                let keeps = keeps_alive(&req);
+                let upgrade = req.headers().contains_key("upgrade") && req.uri().path().starts_with("/ws");
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                seen.lock().unwrap().push(format!("{} {} {:?}", parts.method, parts.uri, body));
+                let mut resp = Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")));
+                if upgrade {
+                    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    resp.headers_mut().insert("upgrade", "websocket".parse().unwrap());
+                    resp.headers_mut().insert("connection", "upgrade".parse().unwrap());
+                }
+                if let Some(answer) = answer {
+                    answer.answered(keeps, &resp);
+                }
+                Ok(resp)
+            }
+        })
+    }
+
+    /// The requests hyper hands over serving `stream` as one connection, as it would.
+    async fn served_whole(stream: Vec<u8>, cuts: Vec<usize>) -> Vec<String> {
+        let (end, server) = tokio::io::duplex(1 << 16);
+        let seen = Requests::default();
+        let serving = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(server), noting(seen.clone(), None))
+            .with_upgrades();
+        let (_, _) = tokio::join!(serving, client(end, stream, cuts));
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    /// The requests hyper hands over serving `stream` a turn at a time over a gate, as
+    /// the proxy does (`proxy::conn::serve`).
+    async fn served_in_turns(stream: Vec<u8>, cuts: Vec<usize>) -> Vec<String> {
+        let (end, server) = tokio::io::duplex(1 << 16);
+        let seen = Requests::default();
+        let turns = async {
+            let mut gate = Gate::new(server, 8192);
+            let mut first = true;
+            loop {
+                if !std::mem::take(&mut first) && !matches!(gate.park().await, Ok(true)) {
+                    break;
+                }
+                gate.start_turn();
+                let answer = gate.answer();
+                let service = noting(seen.clone(), Some(answer.clone()));
+                let mut turn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(gate), service)
+                    .with_upgrades();
+                let mut told = false;
+                let result = std::future::poll_fn(|cx| poll_turn(&mut turn, &answer, &mut told, cx)).await;
+                let Some(parts) = turn.into_parts() else { break };
+                gate = parts.io.into_inner();
+                if !(gate.end_turn(&parts.read_buf) && answer.parks() && result.is_ok()) {
+                    break;
+                }
+            }
+        };
+        tokio::join!(turns, client(end, stream, cuts));
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    /// Served a turn at a time, a connection's requests are the ones hyper reads serving
+    /// it whole: none lost, split, merged or added, in every form and cut.
+    #[tokio::test]
+    async fn turns_hand_hyper_the_requests_it_reads_on_its_own() {
+        for seed in 0..1000 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let (stream, cuts) = client_stream(&mut rng);
+            let whole = served_whole(stream.clone(), cuts.clone()).await;
+            let turns = served_in_turns(stream.clone(), cuts).await;
+            assert_eq!(turns, whole, "seed {seed}: {:?}", String::from_utf8_lossy(&stream));
+        }
     }
 }
