@@ -13,7 +13,8 @@
 //!
 //! Environment: `WSTAP_BENCH_SECS` (measured seconds per run, default 3),
 //! `WSTAP_BENCH_ROUNDS` (default 3), `WSTAP_BENCH_IDLE` (idle sessions, default 5000),
-//! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle,live`; all by default),
+//! `WSTAP_BENCH_ONLY` (some of `1kib,64kib,latency,connect,idle,keepalive,live`; all by
+//! default), `WSTAP_BENCH_KEEPALIVE` (idle keep-alive connections, default 1000),
 //! `WSTAP_BENCH_TARGETS` (some of `direct,nginx,nginx-64k,wstap-off,wstap-on`, to
 //! profile one; all by default), `WSTAP_BENCH_LOG` (wstap's `log.level`, default
 //! `warn`, as the goals are measured: neither logs connections; at `info`, as shipped, both
@@ -22,6 +23,7 @@
 //! `WSTAP_BENCH_CAPTURE` (more `[capture]` lines for the capturing wstaps, e.g.
 //! `segment = "gro"`, to measure a setting).
 
+mod keepalive;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -446,6 +448,12 @@ impl Bench {
                 r.add(&scenario, "KiB RSS/session", t, kib, proxied);
                 r.add(&scenario, "MiB RSS left 10 s after closing", t, left, 0);
             }
+        }
+        // Fresh processes of their own (keepalive.rs).
+        if self.wants("keepalive") {
+            let log = std::env::var("WSTAP_BENCH_LOG").unwrap_or_else(|_| "warn".into());
+            let n = env_or("WSTAP_BENCH_KEEPALIVE", 1000) as usize;
+            keepalive::measure(&self.dir, &self.echo.addr, &log, n, &mut r).await;
         }
         // Each run starts settled (see `settle`).
         let wants = |scenario: &str| {
@@ -904,6 +912,12 @@ impl Results {
         let m = |s: &str, k: &str, t: &str| self.median(s, k, t);
         let idle =
             self.values.keys().find(|(_, s, _)| s.contains("idle sessions")).map(|k| k.1.clone()).unwrap_or_default();
+        let kept = self
+            .values
+            .keys()
+            .find(|(_, s, _)| s.contains("keep-alive connections") && s.contains("pooled"))
+            .map(|k| k.1.clone())
+            .unwrap_or_default();
         let (k1, k64, lat, conn) = ("50 × 1 KiB", "4 × 64 KiB", "1 × 64 B", "connect+upgrade+close, 8 workers");
         let ratio = |s: &str, k: &str, a: &str, b: &str| m(s, k, a) / m(s, k, b);
         let c = |t: &str| completeness.get(t).copied().unwrap_or(f64::NAN);
@@ -929,6 +943,12 @@ impl Results {
             ("5. 64B p50: wstap-on ÷ nginx ≤ 1.00", ratio(lat, "p50 µs", "wstap-on", "nginx"), 1.0, false),
             ("5. 64B p99: wstap-on ÷ nginx ≤ 1.00", ratio(lat, "p99 µs", "wstap-on", "nginx"), 1.0, false),
             ("6. idle KiB/session, wstap-on ≤ 4", m(&idle, "KiB RSS/session", "wstap-on"), 4.0, false),
+            (
+                "7. idle keep-alive KiB/conn after a 300 KB response (11 s), wstap-on ≤ 2",
+                m(&kept, "KiB RSS/conn after 11 s", "wstap-on"),
+                2.0,
+                false,
+            ),
             (
                 "6. MiB RSS left 10 s after 5000 sessions closed, wstap-on ≤ 16",
                 m(&idle, "MiB RSS left 10 s after closing", "wstap-on"),

@@ -1,6 +1,7 @@
 //! Just enough WebSocket for the load generator and the echo backend: the client
 //! handshake, masked client frames, reading one frame (with `wstap_wire`'s frame
-//! codec), and a server that echoes. Raw on
+//! codec), and a server that echoes (and answers plain requests, for the keep-alive
+//! scenario). Raw on
 //! tokio's TcpStream, so the load generator and the backend cost as little CPU as
 //! possible: on two shared cores, every cycle they spend is one the proxy does not get.
 
@@ -53,6 +54,55 @@ pub async fn connect(addr: &str, path: &str) -> io::Result<BufReader<TcpStream>>
     }
 }
 
+/// What the echo backend reads of a request head.
+#[derive(Default)]
+struct Head {
+    target: String,
+    /// `Sec-WebSocket-Key`: an Upgrade.
+    key: Option<String>,
+    content_length: usize,
+}
+
+/// Reads a request head (an empty target at the end of the stream).
+async fn read_head(s: &mut BufReader<TcpStream>, line: &mut String) -> io::Result<Head> {
+    let mut head = Head::default();
+    loop {
+        line.clear();
+        if s.read_line(line).await? == 0 {
+            return Ok(head);
+        }
+        if head.target.is_empty() {
+            head.target = line.split(' ').nth(1).unwrap_or("/").to_owned();
+        } else if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("sec-websocket-key") {
+                head.key = Some(value.trim().to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                head.content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        if line == "\r\n" {
+            return Ok(head);
+        }
+    }
+}
+
+/// Answers a plain request: its body read, a body of N bytes for `/bytes/N` (else none),
+/// kept alive, or closed after it under `/close/`. Whether the connection goes on.
+async fn answer_plain(s: &mut BufReader<TcpStream>, head: &Head) -> io::Result<bool> {
+    if head.target.is_empty() {
+        return Ok(false);
+    }
+    let mut body = vec![0u8; head.content_length];
+    s.read_exact(&mut body).await?;
+    let closes = head.target.starts_with("/close/");
+    let size: usize = head.target.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let connection = if closes { "Connection: close\r\n" } else { "" };
+    let mut out = format!("HTTP/1.1 200 OK\r\n{connection}Content-Length: {size}\r\n\r\n").into_bytes();
+    out.resize(out.len() + size, b'k');
+    s.get_mut().write_all(&out).await?;
+    Ok(!closes)
+}
+
 /// The echo backend: answers the handshake, echoes data frames unmasked, answers a close.
 pub async fn serve_echo(listener: TcpListener) -> io::Result<()> {
     loop {
@@ -66,22 +116,16 @@ pub async fn serve_echo(listener: TcpListener) -> io::Result<()> {
 
 async fn echo(s: TcpStream) -> io::Result<()> {
     let mut s = BufReader::with_capacity(16 * 1024, s);
-    let mut key = String::new();
     let mut line = String::new();
-    loop {
-        line.clear();
-        if s.read_line(&mut line).await? == 0 {
+    let key = loop {
+        let head = read_head(&mut s, &mut line).await?;
+        if let Some(key) = head.key {
+            break key;
+        }
+        if !answer_plain(&mut s, &head).await? {
             return Ok(());
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("sec-websocket-key") {
-                key = value.trim().to_string();
-            }
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
+    };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
