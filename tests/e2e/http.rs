@@ -74,36 +74,53 @@ async fn preserve_host_and_x_forwarded_are_configurable() {
     .await;
 }
 
+/// An upstream answering each request with `conn N PATH` (N: the connection's number,
+/// from 1, counted in `connections`): every request on a connection, or with `once` the
+/// first alone, after which it closes the connection, saying so in its answer on the
+/// second connection only.
+async fn numbered_upstream(connections: Arc<AtomicUsize>, once: bool) -> std::net::SocketAddr {
+    serve(move |s| {
+        let n = connections.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let mut r = BufReader::new(s);
+            loop {
+                let head = read_head(&mut r).await;
+                if head.is_empty() {
+                    return;
+                }
+                let path = head.split(' ').nth(1).unwrap().to_owned();
+                let body = format!("conn {n} {path}");
+                let close = if once && n == 2 { "Connection: close\r\n" } else { "" };
+                let answer = format!("HTTP/1.1 200 OK\r\n{close}Content-Length: {}\r\n\r\n{body}", body.len());
+                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                if once {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// GETs each of `paths` in turn on one connection to `proxy`: the bodies.
+async fn get_each(proxy: &Proxy, paths: &[&str]) -> Vec<String> {
+    let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+    let mut bodies = Vec::new();
+    for path in paths {
+        r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut r).await;
+        assert_eq!(status_of(&head), 200);
+        bodies.push(body);
+    }
+    bodies
+}
+
 #[tokio::test]
 async fn requests_on_one_client_connection_share_one_upstream_connection() {
     within(async {
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
-        let upstream = serve(move |s| {
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                let mut r = BufReader::new(s);
-                loop {
-                    let head = read_head(&mut r).await;
-                    if head.is_empty() {
-                        return;
-                    }
-                    let path = head.split(' ').nth(1).unwrap().to_owned();
-                    let body = format!("conn {n} {path}");
-                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                    r.get_mut().write_all(answer.as_bytes()).await.unwrap();
-                }
-            }
-        })
-        .await;
-        let proxy = Proxy::start(&config(upstream, "")).await;
-        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
-        for path in ["/a", "/b", "/c"] {
-            r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let (head, body) = read_response(&mut r).await;
-            assert_eq!(status_of(&head), 200);
-            assert_eq!(body, format!("conn 1 {path}"));
-        }
+        let proxy = Proxy::start(&config(numbered_upstream(connections.clone(), false).await, "")).await;
+        assert_eq!(get_each(&proxy, &["/a", "/b", "/c"]).await, ["conn 1 /a", "conn 1 /b", "conn 1 /c"]);
         assert_eq!(connections.load(Ordering::SeqCst), 1);
     })
     .await;
@@ -167,34 +184,15 @@ async fn kept_alive_connections_park_between_requests_and_pipelined_requests_kee
 }
 
 /// A kept upstream connection waits parked between requests: when the upstream closes it
-/// meanwhile, or its answer did not keep it alive, the next request goes over a new one.
+/// meanwhile (the first answer keeps the connection alive by its words, and the upstream
+/// closes it), or its answer did not keep it alive (the second says it closes), the next
+/// request goes over a new one.
 #[tokio::test]
 async fn an_upstream_connection_closed_while_parked_is_replaced() {
     within(async {
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
-        let upstream = serve(move |s| {
-            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                let mut r = BufReader::new(s);
-                let head = read_head(&mut r).await;
-                let path = head.split(' ').nth(1).unwrap().to_owned();
-                let body = format!("conn {n} {path}");
-                // The first answer keeps the connection alive by its words, and closes it;
-                // the second says it closes.
-                let close = if n == 2 { "Connection: close\r\n" } else { "" };
-                let answer = format!("HTTP/1.1 200 OK\r\n{close}Content-Length: {}\r\n\r\n{body}", body.len());
-                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
-            }
-        })
-        .await;
-        let proxy = Proxy::start(&config(upstream, "")).await;
-        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
-        for (n, path) in [(1, "/a"), (2, "/b"), (3, "/c")] {
-            r.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-            let (head, body) = read_response(&mut r).await;
-            assert_eq!((status_of(&head), body), (200, format!("conn {n} {path}")));
-        }
+        let proxy = Proxy::start(&config(numbered_upstream(connections.clone(), true).await, "")).await;
+        assert_eq!(get_each(&proxy, &["/a", "/b", "/c"]).await, ["conn 1 /a", "conn 2 /b", "conn 3 /c"]);
     })
     .await;
 }
