@@ -321,3 +321,107 @@ async fn routes_match_the_normalised_path_and_paths_that_climb_out_get_400() {
     })
     .await;
 }
+
+/// An upstream that answers every request on a connection (read by its length) with
+/// `200` and the request's path, keeping the connection alive.
+async fn keep_alive_upstream() -> std::net::SocketAddr {
+    serve(|s| async move {
+        let mut r = BufReader::new(s);
+        loop {
+            let head = read_head(&mut r).await;
+            if head.is_empty() {
+                return;
+            }
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .map_or(0, |v| v.parse::<usize>().unwrap());
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).await.unwrap();
+            if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+                // Sizes of one line each here: to the last chunk, and the empty trailers.
+                let mut line = String::new();
+                while line != "0\r\n" {
+                    line.clear();
+                    r.read_line(&mut line).await.unwrap();
+                }
+                r.read_line(&mut line).await.unwrap();
+            }
+            let path = head.split(' ').nth(1).unwrap().to_owned();
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}", path.len());
+            r.get_mut().write_all(answer.as_bytes()).await.unwrap();
+        }
+    })
+    .await
+}
+
+/// Review: hyper prepares an upgrade for every HTTP/1.1 request with an `Upgrade` field
+/// (and every CONNECT), whatever its answer, and hands the socket to it when its
+/// connection ends. Before the gate, a keep-alive connection never ended after such a
+/// request; now every turn ends, and when wstap answered without forwarding an Upgrade
+/// (no `Connection: upgrade`, an upstream that is down, a CONNECT) nobody holds the
+/// `OnUpgrade`: the socket is dropped after a keep-alive answer, and the client's next
+/// request (pipelined, or sent on the kept connection) is lost.
+#[tokio::test]
+async fn review_requests_hyper_prepares_an_upgrade_for_keep_their_connection() {
+    within(async {
+        let live = keep_alive_upstream().await;
+        let down = closed_port().await;
+        let toml = format!(
+            "listen = [\"127.0.0.1:0\"]\n\
+             [[route]]\npath_prefix = \"/down\"\nupstream = \"ws://{down}\"\n\
+             [[route]]\nupstream = \"ws://{live}\"\n"
+        );
+        let proxy = Proxy::start(&toml).await;
+        let cases = [
+            ("Upgrade without Connection: upgrade", "GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n\r\n", 200),
+            (
+                "WebSocket Upgrade to an upstream that is down",
+                "GET /down HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                502,
+            ),
+            ("CONNECT", "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n", 405),
+        ];
+        let mut lost = Vec::new();
+        for (what, first, want) in cases {
+            let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+            r.get_mut().write_all(first.as_bytes()).await.unwrap();
+            let (head, _) = read_response(&mut r).await;
+            assert_eq!(status_of(&head), want, "{what}: {head}");
+            assert!(!head.to_ascii_lowercase().contains("connection: close"), "{what}: kept alive by its words");
+            let _ = r.get_mut().write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let mut line = String::new();
+            let _ = r.read_line(&mut line).await;
+            if !line.starts_with("HTTP/1.1 200") {
+                lost.push(format!("{what}: next request got {line:?}"));
+            }
+        }
+        assert!(lost.is_empty(), "the connection was dropped after a keep-alive answer: {lost:#?}");
+    })
+    .await;
+}
+
+/// Review: hyper closes a connection after a request with both `Transfer-Encoding` and
+/// `Content-Length` (RFC 9112 §6.3: the server MUST close it, against smuggling), as it
+/// did before the gate. The gate takes the turn's end for a keep-alive one and parks the
+/// connection: the next request on it is served.
+#[tokio::test]
+async fn review_a_request_with_both_transfer_encoding_and_content_length_closes_its_connection() {
+    within(async {
+        let upstream = keep_alive_upstream().await;
+        let proxy = Proxy::start(&config(upstream, "")).await;
+        let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
+        let smuggle = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                        3\r\nabc\r\n0\r\n\r\n";
+        r.get_mut().write_all(smuggle).await.unwrap();
+        let (head, body) = read_response(&mut r).await;
+        assert_eq!((status_of(&head), body.as_str()), (200, "/a"));
+        let _ = r.get_mut().write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut rest = Vec::new();
+        let _ = r.read_to_end(&mut rest).await;
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.is_empty(), "the connection must close after the answer, got: {rest:?}");
+    })
+    .await;
+}
