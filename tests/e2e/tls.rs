@@ -726,3 +726,38 @@ async fn an_encrypted_connection_recorded_whole_is_never_cut_between_requests() 
     })
     .await;
 }
+
+/// Review: before the gate, a drain closed a kept-alive TLS connection the way hyper
+/// ends one (graceful shutdown: a `close_notify`, then the FIN). Now a parked connection
+/// is dropped when the drain begins, and one whose turn ends in the drain is "shut down"
+/// through the gate, which only flushes while the last answer parks: the client sees the
+/// TCP close without `close_notify` (a truncation, to TLS).
+#[tokio::test]
+async fn review_a_drain_closes_a_kept_alive_tls_connection_with_close_notify() {
+    within(async {
+        let dir = scratch_dir("tls-drain-close-notify");
+        let pki = Pki::new(&dir);
+        let a = pki.site("localhost", "a");
+        let upstream = fixed_upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let toml = format!(
+            "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}\n\
+             [[route]]\nupstream = \"ws://{upstream}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            a.cert, a.key,
+        );
+        let proxy = Proxy::start(&toml).await;
+        let (mut tls, _) = connect(&pki, proxy.addr(), "localhost").await;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\nok") {
+            let mut buf = [0u8; 256];
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the answer: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        proxy.begin_shutdown().await;
+        let mut rest = Vec::new();
+        let end = tls.read_to_end(&mut rest).await;
+        assert!(end.is_ok(), "a clean TLS close (close_notify), got {end:?}");
+    })
+    .await;
+}
