@@ -31,9 +31,11 @@ pub struct ClientConn {
     _permit: Permit,
     /// Switched to WebSocket: the session logs the end, not the connection.
     pub(crate) upgraded: AtomicBool,
-    /// The client's side of an Upgrade the upstream refused: hyper hands the socket over
-    /// to it at the end of the turn all the same, and the next turn takes it back.
-    pub(crate) refused_upgrade: Mutex<Option<OnUpgrade>>,
+    /// The client's side of the upgrade hyper prepared for the turn's request (it does for
+    /// any request with an `Upgrade` field, and a CONNECT): the session takes it after a
+    /// `101`; after any other answer hyper hands the socket to it at the end of the turn
+    /// all the same, and the next turn takes it back.
+    pub(crate) upgrade: Mutex<Option<OnUpgrade>>,
 }
 
 impl ClientConn {
@@ -54,7 +56,7 @@ impl ClientConn {
             upstream: Mutex::new(None),
             _permit: permit,
             upgraded: AtomicBool::new(false),
-            refused_upgrade: Mutex::new(None),
+            upgrade: Mutex::new(None),
             ctx,
         }
     }

@@ -128,6 +128,7 @@ where
         // A new connection's first request comes at once, as a rule: hyper waits for it
         // (its header timeout counts a silent client).
         if !std::mem::take(&mut first) && !next_request(&conn, &mut gate, &mut shutdown).await {
+            close(&mut gate, limits.handshake_timeout).await;
             break;
         }
         gate.start_turn();
@@ -142,7 +143,7 @@ where
                 conn.ctx.traffic.request_failed(Leg::Client, kind);
             }
         }
-        let refused = lock(&conn.refused_upgrade).take();
+        let refused = lock(&conn.upgrade).take();
         let (io, unread) = match (parts, refused) {
             (Some(parts), _) => (parts.io, parts.read_buf),
             (None, Some(refused)) => match taken_back(refused).await {
@@ -155,9 +156,7 @@ where
         gate = io.into_inner();
         let whole = gate.end_turn(&unread);
         if !(whole && answer.parks() && result.is_ok()) || shutdown.is_draining() {
-            use tokio::io::AsyncWriteExt;
-            // A client that stops reading cannot hold the close (a TLS close_notify) open.
-            let _ = tokio::time::timeout(limits.handshake_timeout, gate.shutdown()).await;
+            close(&mut gate, limits.handshake_timeout).await;
             break;
         }
     }
@@ -182,6 +181,16 @@ where
     }
 }
 
+/// Ends a client connection that did not upgrade: its socket shut down (for TLS, a
+/// `close_notify` first) within `limit`, so that a client that stops reading cannot hold
+/// the close open.
+async fn close<S>(gate: &mut Gate<S>, limit: std::time::Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(limit, gate.close()).await;
+}
+
 /// The socket hyper handed to the client's side of an Upgrade the upstream refused (at
 /// the end of the turn, as it does after a `101`), and the bytes it had read past it.
 async fn taken_back<T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static>(
@@ -202,10 +211,11 @@ fn service(
 ) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Unpin
 {
     let conn = conn.clone();
-    hyper::service::service_fn(move |req: Request<Incoming>| {
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let (conn, answer) = (conn.clone(), answer.clone());
         async move {
             let keeps = gate::keeps_alive(&req);
+            *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
             let resp = conn.handle(req).await;
             answer.answered(keeps, &resp);
             Ok::<_, Infallible>(resp)
@@ -339,7 +349,7 @@ impl ClientConn {
     /// starts the session's relay (and, if the route records it, its capture). Each
     /// request's route says what the connection's capture records of it, before a byte
     /// of it goes upstream.
-    async fn forward(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn forward(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
         let recording = Recording { ctx: &self.ctx, conn: self.id, client: self.client, client_leg: &self.capture };
         let host = req.headers().get(HOST).cloned();
         let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
@@ -349,7 +359,6 @@ impl ClientConn {
         };
         let Routed { index, route, path } = routed.inspect_err(|_| recording.unrouted(req.method().as_str()))?;
         let upgrade = headers::upgrade_protocol(req.headers());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         // Where capture would start on the client leg: this request's line, and wstap's
         // next byte to the client.
         let request_line = format!("{} {} HTTP/1.", req.method(), req.uri());
@@ -372,11 +381,11 @@ impl ClientConn {
         let mut resp = up.send(&self.ctx, req, upgrade.is_some()).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             *lock(&self.upstream) = Some(up);
-            *lock(&self.refused_upgrade) = client_upgrade;
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, None);
             return Ok(Response::from_parts(parts, Either::Left(body)));
         }
+        let client_upgrade = upgrade.is_some().then(|| lock(&self.upgrade).take()).flatten();
         let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let captured = recording.session(&ex, &up.capture, verdict);

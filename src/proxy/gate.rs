@@ -115,12 +115,28 @@ pub(crate) struct Gate<S> {
     mode: Mode,
     answer: Arc<Answer>,
     max_head: usize,
+    /// The turn's response head as hyper writes it, until its end: a `Connection: close`
+    /// of hyper's own (a request it must not keep alive, as one with both
+    /// `Transfer-Encoding` and `Content-Length`) ends the connection after the turn.
+    written: Option<Vec<u8>>,
+    /// The connection ends: a shutdown is one.
+    closing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
     /// `io` parked, its requests' heads of up to `max_head` bytes.
     pub(crate) fn new(io: S, max_head: usize) -> Gate<S> {
-        Gate { io, held: Vec::new(), start: 0, eof: false, mode: Mode::Parked, answer: Arc::default(), max_head }
+        Gate {
+            io,
+            held: Vec::new(),
+            start: 0,
+            eof: false,
+            mode: Mode::Parked,
+            answer: Arc::default(),
+            max_head,
+            written: None,
+            closing: false,
+        }
     }
 
     /// What the next turn's service says of its answer.
@@ -129,23 +145,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
     }
 
     /// Waits, holding no buffer, until the client sends the next request's first bytes
-    /// (true; at once when some are held) or closes (false).
+    /// (true; at once when some are held) or closes (false). Empty lines before a request
+    /// (RFC 9112 §2.2) wait here too, dropped as hyper would.
     pub(crate) async fn park(&mut self) -> io::Result<bool> {
         self.mode = Mode::Parked;
-        if self.has_held() {
-            return Ok(true);
+        loop {
+            let empty = self.held[self.start..].iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+            self.start += empty;
+            if self.has_held() {
+                return Ok(true);
+            }
+            (self.held, self.start) = (Vec::new(), 0);
+            if self.eof {
+                return Ok(false);
+            }
+            // Small: it is part of every parked connection's task.
+            let mut first = [0u8; FIRST];
+            let n = self.io.read(&mut first).await?;
+            self.eof = n == 0;
+            self.held.extend_from_slice(&first[..n]);
         }
-        // Small: it is part of every parked connection's task.
-        let mut first = [0u8; FIRST];
-        let n = self.io.read(&mut first).await?;
-        self.eof = n == 0;
-        self.held.extend_from_slice(&first[..n]);
-        Ok(n > 0)
+    }
+
+    /// Ends the connection: shuts the socket down (for TLS, a `close_notify` first).
+    pub(crate) async fn close(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.closing = true;
+        self.shutdown().await
     }
 
     /// Starts a turn: hyper reads the next request.
     pub(crate) fn start_turn(&mut self) {
         self.answer.reset();
+        self.written = Some(Vec::new());
         self.mode = Mode::Request(Box::new(Framer::new(self.max_head)));
     }
 
@@ -272,9 +304,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Gate<S> {
     }
 }
 
+impl<S> Gate<S> {
+    /// `n` more bytes of `bufs` were written: while the response head is not all
+    /// written, they are followed.
+    fn wrote(&mut self, bufs: &[IoSlice<'_>], n: usize) {
+        let Some(head) = &mut self.written else { return };
+        let mut left = n;
+        for b in bufs {
+            let take = left.min(b.len());
+            head.extend_from_slice(&b[..take]);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        loop {
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+                if head.len() > RESPONSE_HEAD {
+                    // Not a head hyper writes: no keep-alive is assumed.
+                    self.answer.give_up();
+                    self.written = None;
+                }
+                return;
+            };
+            // An interim answer (`100 Continue`) comes before the one that counts.
+            if head.starts_with(b"HTTP/1.1 1") && !head.starts_with(b"HTTP/1.1 101") {
+                head.drain(..end);
+                continue;
+            }
+            if closes_in(&head[..end]) {
+                self.answer.give_up();
+            }
+            self.written = None;
+            return;
+        }
+    }
+}
+
+/// The longest response head followed.
+const RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Whether a response head's `Connection` field lists `close`.
+fn closes_in(head: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let Some(colon) = line.iter().position(|b| *b == b':') else { return false };
+        line[..colon].eq_ignore_ascii_case(b"connection")
+            && line[colon + 1..].split(|b| *b == b',').any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.wrote(&[IoSlice::new(buf)], n);
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -282,7 +367,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            self.wrote(bufs, n);
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -296,7 +385,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
     /// hyper ends a turn that parks as it ends a connection: the socket stays open (its
     /// writes flushed) for the next turn.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.answer.parks() && !self.eof {
+        match self.answer.parks() && !self.eof && !self.closing {
             true => Pin::new(&mut self.io).poll_flush(cx),
             false => Pin::new(&mut self.io).poll_shutdown(cx),
         }
@@ -380,7 +469,8 @@ mod tests {
         gate.answer().answered(true, &ok());
         assert!(gate.answer().parks());
         assert!(gate.end_turn(&[]), "the request was read whole");
-        assert_eq!(turn(&mut gate).await, get);
+        // The empty line before it waits parked, dropped as hyper drops it.
+        assert_eq!(turn(&mut gate).await, &get[2..]);
     }
 
     #[tokio::test]
@@ -475,6 +565,40 @@ mod tests {
         let mut got = [0u8; 11];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"answer+next");
+    }
+
+    #[tokio::test]
+    async fn a_connection_close_of_hypers_own_in_the_answer_ends_the_connection() {
+        let (mut gate, mut client) = gate();
+        client.write_all(b"POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+        turn(&mut gate).await;
+        gate.answer().answered(true, &ok());
+        assert!(gate.answer().parks());
+        let head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\nConnection: keep-alive, Close\r\n\r\n";
+        // Written in two pieces, as a socket may take it.
+        gate.write_all(&head[..30]).await.unwrap();
+        assert!(gate.answer().parks(), "an interim answer says nothing");
+        gate.write_all(&head[30..]).await.unwrap();
+        assert!(!gate.answer().parks());
+    }
+
+    #[tokio::test]
+    async fn empty_lines_between_requests_wait_parked() {
+        let (mut gate, mut client) = gate();
+        client.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
+        turn(&mut gate).await;
+        gate.answer().answered(true, &ok());
+        assert!(gate.end_turn(&[]));
+        client.write_all(b"\r\n\n\r\n").await.unwrap();
+        {
+            let parked = gate.park();
+            tokio::pin!(parked);
+            let waker = std::task::Waker::noop();
+            let polled = std::future::Future::poll(parked.as_mut(), &mut Context::from_waker(waker));
+            assert!(polled.is_pending(), "empty lines are no request");
+        }
+        client.write_all(b"GET /b HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(turn(&mut gate).await, b"GET /b HTTP/1.1\r\n\r\n");
     }
 
     /// A client stream of requests in the forms hyper takes (lowercase methods, bare LF

@@ -355,15 +355,13 @@ async fn keep_alive_upstream() -> std::net::SocketAddr {
     .await
 }
 
-/// Review: hyper prepares an upgrade for every HTTP/1.1 request with an `Upgrade` field
-/// (and every CONNECT), whatever its answer, and hands the socket to it when its
-/// connection ends. Before the gate, a keep-alive connection never ended after such a
-/// request; now every turn ends, and when wstap answered without forwarding an Upgrade
-/// (no `Connection: upgrade`, an upstream that is down, a CONNECT) nobody holds the
-/// `OnUpgrade`: the socket is dropped after a keep-alive answer, and the client's next
-/// request (pipelined, or sent on the kept connection) is lost.
+/// hyper prepares an upgrade for every HTTP/1.1 request with an `Upgrade` field (and
+/// every CONNECT), whatever its answer, and hands the socket to it when the turn ends:
+/// after a keep-alive answer that did not switch (no `Connection: upgrade`, an upstream
+/// that is down, a CONNECT refused), the connection is taken back and the client's next
+/// request is answered on it.
 #[tokio::test]
-async fn review_requests_hyper_prepares_an_upgrade_for_keep_their_connection() {
+async fn requests_hyper_prepares_an_upgrade_for_keep_their_connection() {
     within(async {
         let live = keep_alive_upstream().await;
         let down = closed_port().await;
@@ -402,12 +400,11 @@ async fn review_requests_hyper_prepares_an_upgrade_for_keep_their_connection() {
     .await;
 }
 
-/// Review: hyper closes a connection after a request with both `Transfer-Encoding` and
-/// `Content-Length` (RFC 9112 §6.3: the server MUST close it, against smuggling), as it
-/// did before the gate. The gate takes the turn's end for a keep-alive one and parks the
-/// connection: the next request on it is served.
+/// A request with both `Transfer-Encoding` and `Content-Length` closes its connection
+/// after the answer (RFC 9112 §6.3: the server MUST, against smuggling): hyper says so in
+/// the answer's head, and the gate does not park a connection hyper closes.
 #[tokio::test]
-async fn review_a_request_with_both_transfer_encoding_and_content_length_closes_its_connection() {
+async fn a_request_with_both_transfer_encoding_and_content_length_closes_its_connection() {
     within(async {
         let upstream = keep_alive_upstream().await;
         let proxy = Proxy::start(&config(upstream, "")).await;

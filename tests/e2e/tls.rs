@@ -727,13 +727,10 @@ async fn an_encrypted_connection_recorded_whole_is_never_cut_between_requests() 
     .await;
 }
 
-/// Review: before the gate, a drain closed a kept-alive TLS connection the way hyper
-/// ends one (graceful shutdown: a `close_notify`, then the FIN). Now a parked connection
-/// is dropped when the drain begins, and one whose turn ends in the drain is "shut down"
-/// through the gate, which only flushes while the last answer parks: the client sees the
-/// TCP close without `close_notify` (a truncation, to TLS).
+/// A drain ends a kept-alive TLS connection as TLS ends one: a `close_notify`, then the
+/// FIN, whether it was parked or in a turn when the drain began.
 #[tokio::test]
-async fn review_a_drain_closes_a_kept_alive_tls_connection_with_close_notify() {
+async fn a_drain_closes_a_kept_alive_tls_connection_with_close_notify() {
     within(async {
         let dir = scratch_dir("tls-drain-close-notify");
         let pki = Pki::new(&dir);
