@@ -467,3 +467,68 @@ fn holes_cost_what_was_captured_not_what_is_missing() {
     assert!(code == 0 || code == 1, "exit {code}: {stderr}");
     assert!(!stderr.contains("memory allocation"), "{stderr}");
 }
+
+/// The schema docs/replay.md gives for `kind`'s objects: key → (type, optional).
+fn documented_schema(kind: &str) -> Vec<(String, String, bool)> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/replay.md")).unwrap();
+    let table = doc.split(&format!("<!-- schema: {kind} -->")).nth(1).expect("the schema is in docs/replay.md");
+    table
+        .lines()
+        .skip(3)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (key, ty) = (cells[1].trim_matches('`').to_owned(), cells[2]);
+            (key, ty.trim_end_matches('?').to_owned(), ty.ends_with('?'))
+        })
+        .collect()
+}
+
+/// Whether `v` is of a documented `ty` ("string", "number or null", …).
+fn of_type(v: &serde_json::Value, ty: &str) -> bool {
+    ty.split(" or ").any(|t| match t {
+        "string" => v.is_string(),
+        "number" => v.is_u64(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "null" => v.is_null(),
+        other => panic!("docs/replay.md names an unknown type {other:?}"),
+    })
+}
+
+/// `wstap sessions --json --messages` prints exactly the keys docs/replay.md lists, of
+/// the types it gives, for every session and message of the foreign fixtures.
+#[tokio::test]
+async fn the_json_output_is_the_documented_schema() {
+    let schemas = [("session", documented_schema("session")), ("message", documented_schema("message"))];
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in FOREIGN {
+        let path = fixture(name);
+        let (_, out, err) = wstap(&["sessions", path.to_str().unwrap(), "--json", "--messages"]).await;
+        assert!(!out.is_empty(), "{name}: {err}");
+        for line in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let kind = v["type"].as_str().unwrap();
+            let (_, schema) = schemas.iter().find(|(k, _)| *k == kind).unwrap_or_else(|| panic!("type {kind}"));
+            let object = v.as_object().unwrap();
+            for key in object.keys() {
+                assert!(schema.iter().any(|(k, ..)| k == key), "{name}: {kind} key {key:?} is not documented");
+            }
+            for (key, ty, optional) in schema {
+                match object.get(key) {
+                    Some(value) => assert!(of_type(value, ty), "{name}: {kind}.{key} = {value} is not {ty}"),
+                    None => assert!(*optional, "{name}: {kind} has no {key:?}: {line}"),
+                }
+                if object.contains_key(key) {
+                    seen.insert(format!("{kind}.{key}"));
+                }
+            }
+        }
+    }
+    // Every documented key shows in some object of these captures (a gap's `lost` aside).
+    for (kind, schema) in &schemas {
+        for (key, ..) in schema.iter().filter(|(k, ..)| k != "lost") {
+            assert!(seen.contains(&format!("{kind}.{key}")), "{kind}.{key} never printed");
+        }
+    }
+}

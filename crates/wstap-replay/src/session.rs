@@ -127,9 +127,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// The messages that went `dir`.
+    /// The messages that went `dir`; the gaps among them (bytes not captured) are not
+    /// messages, and not counted.
     pub fn count(&self, dir: Dir) -> usize {
-        self.messages.iter().filter(|m| m.dir == dir).count()
+        self.messages.iter().filter(|m| m.dir == dir && m.kind != Kind::Gap).count()
     }
 
     /// The close code sent `dir`, if a close message with one went that way.
@@ -788,6 +789,7 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(s.messages[3].data, b"after");
+        assert_eq!(s.count(Dir::Up), 4, "gaps are not messages");
     }
 
     #[test]

@@ -19,6 +19,58 @@ fn utc(t: wstap_wire::Timestamp) -> String {
     humantime::format_rfc3339_micros(t.to_system_time()).to_string()
 }
 
+/// A session's line of the table: every column at its width, whatever the addresses
+/// (IPv6) and the path; what does not fit is cut with `…` (`--json` has it whole).
+fn session_line(s: &Session) -> String {
+    format!(
+        "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  {}{}",
+        s.id,
+        utc(s.start),
+        endpoints(s),
+        fit(&s.path, 24, Cut::End),
+        s.count(Dir::Up),
+        s.count(Dir::Down),
+        close_codes(s),
+        if s.problems.is_empty() { "" } else { "  (damaged)" }
+    )
+}
+
+/// `client → server` in the table's 47 columns: each address cut in its middle when the
+/// two do not fit, so that both ports stay.
+fn endpoints(s: &Session) -> String {
+    let (client, server) = (s.client.to_string(), s.server.to_string());
+    let whole = format!("{client} → {server}");
+    if whole.chars().count() <= 47 {
+        return whole;
+    }
+    format!("{} → {}", fit(&client, 22, Cut::Middle), fit(&server, 22, Cut::Middle))
+}
+
+/// Where [`fit`] cuts.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// In the middle: both ends kept (addresses and their ports).
+    Middle,
+    /// At the end: the start kept (a path).
+    End,
+}
+
+/// `text` in at most `width` characters, cut with `…` where `cut` says.
+fn fit(text: &str, width: usize, cut: Cut) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= width {
+        return text.to_owned();
+    }
+    let (head, tail) = match cut {
+        Cut::End => (width - 1, 0),
+        Cut::Middle => ((width - 1) / 2, width - 1 - (width - 1) / 2),
+    };
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
 fn close_codes(s: &Session) -> String {
     let code = |who| s.close_code(who).map_or("-".to_string(), |c| c.to_string());
     format!("{}/{}", code(Dir::Up), code(Dir::Down))
@@ -92,21 +144,7 @@ pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode
         ));
     }
     for s in &rec.sessions {
-        let ok = if format == Format::Json {
-            print(session_json(s).to_string())
-        } else {
-            print(format!(
-                "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  {}{}",
-                s.id,
-                utc(s.start),
-                format!("{} → {}", s.client, s.server),
-                s.path,
-                s.count(Dir::Up),
-                s.count(Dir::Down),
-                close_codes(s),
-                if s.problems.is_empty() { "" } else { "  (damaged)" }
-            ))
-        };
+        let ok = if format == Format::Json { print(session_json(s).to_string()) } else { print(session_line(s)) };
         if !ok {
             return ExitCode::from(MATCHED); // stdout closed (a pager quit): nothing more to say
         }
@@ -292,4 +330,51 @@ pub fn mock(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(client: &str, server: &str, path: &str) -> Session {
+        Session {
+            id: wstap_replay::SessionId(12),
+            client: client.parse().unwrap(),
+            server: server.parse().unwrap(),
+            start: wstap_wire::Timestamp::from_nanos(1_795_817_067_483_060_333),
+            method: "GET".into(),
+            path: path.into(),
+            request_headers: Vec::new(),
+            status: 101,
+            response_headers: Vec::new(),
+            deflate: false,
+            messages: Vec::new(),
+            problems: Vec::new(),
+            duplicate_bytes: 0,
+            out_of_order: 0,
+        }
+    }
+
+    #[test]
+    fn the_table_stays_aligned_with_ipv6_addresses_and_long_paths() {
+        let short = session_line(&session("127.0.0.1:4242", "127.0.0.1:80", "/ws"));
+        let long = session_line(&session(
+            "[2001:db8:85a3:8d3:1319:8a2e:370:7348]:54321",
+            "[2001:db8:85a3:8d3:1319:8a2e:370:7349]:443",
+            "/very/long/path/to/the/socket?with=a&long=query&string=1",
+        ));
+        let at = |line: &str, column: &str| line.find(column).map(|i| line[..i].chars().count());
+        assert_eq!(short.chars().count(), long.chars().count(), "\n{short}\n{long}");
+        assert!(long.contains(" [2001:db8:…7348]:54321 → [2001:db8:…0:7349]:443 "), "both ports kept: {long}");
+        assert!(long.contains("/very/long/path/to/the/… "), "the path's start kept: {long}");
+        assert_eq!(at(&short, "    0     0  -/-"), at(&long, "    0     0  -/-"));
+    }
+
+    #[test]
+    fn fit_cuts_only_what_does_not_fit() {
+        assert_eq!(fit("abc", 3, Cut::End), "abc");
+        assert_eq!(fit("abcdef", 4, Cut::End), "abc…");
+        assert_eq!(fit("abcdef", 4, Cut::Middle), "a…ef");
+        assert_eq!(fit("→→→→→", 3, Cut::Middle), "→…→");
+    }
 }
