@@ -628,10 +628,12 @@ async fn encrypted_captures_decrypt(version: &'static rustls::SupportedProtocolV
             let label = if name == "1.3" { "CLIENT_TRAFFIC_SECRET_0 " } else { "CLIENT_RANDOM " };
             let count = || std::fs::read_to_string(&keylog).unwrap().lines().filter(|l| l.starts_with(label)).count();
             eventually("the key log file has both legs' keys (its own thread writes it)", || count() == 2).await;
-            // wstap's own reader does not decrypt, and says so rather than listing nothing.
+            // wstap's own reader does not decrypt, and says so rather than listing nothing:
+            // information, not a problem (nothing in the file is damaged).
             let (code, out, err) = crate::replay::wstap(&["sessions", files[0].to_str().unwrap()]).await;
-            assert_eq!(code, 1, "{out}{err}");
-            assert!(err.contains("2 TLS connection(s) not read") && err.contains("tshark"), "{err}");
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(err.contains("note: 2 TLS connection(s)") && err.contains("tshark"), "{err}");
+            assert!(!err.contains("capture.tls"), "it speaks of the capture, not of a config: {err}");
         }
     })
     .await;

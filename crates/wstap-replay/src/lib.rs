@@ -75,9 +75,12 @@ pub struct Recording {
     pub skipped: u64,
     /// TCP connections that carried no WebSocket session.
     pub other_connections: usize,
-    /// TCP connections that carried TLS (`capture.tls = "encrypted"`): not decrypted, so
-    /// their sessions are not read (a problem says so).
+    /// TCP connections that carried TLS: not decrypted, so their sessions are not read
+    /// (a note says so).
     pub tls_connections: usize,
+    /// What is worth knowing and is no damage: TLS connections not read, sessions whose
+    /// capture began after their connection opened.
+    pub notes: Vec<String>,
 }
 
 impl Recording {
@@ -158,6 +161,7 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
         match session::decode_within(&conn, SessionId(rec.sessions.len() + 1), &mut budget) {
             Some(s) => {
                 rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
+                rec.notes.extend(s.notes.iter().map(|n| format!("session {}: {n}", s.id)));
                 rec.sessions.push(s);
             }
             None if tls(&conn) => rec.tls_connections += 1,
@@ -165,10 +169,10 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
         }
     }
     if rec.tls_connections > 0 {
-        rec.problems.push(format!(
-            "{} TLS connection(s) not read: wstap does not decrypt TLS records (a capture made with \
-             capture.tls = \"encrypted\"); Wireshark and tshark do, with the keys the file carries, or \
-             capture with capture.tls = \"plaintext\" to replay them",
+        rec.notes.push(format!(
+            "{} TLS connection(s) in the capture are encrypted and were not read: Wireshark and \
+             tshark decrypt them with their keys (a key log file, or the decryption secrets a \
+             capture may carry)",
             rec.tls_connections
         ));
     }

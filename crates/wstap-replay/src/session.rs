@@ -119,6 +119,9 @@ pub struct Session {
     pub messages: Vec<Message>,
     /// What was wrong with this session's bytes; empty for a clean one.
     pub problems: Vec<String>,
+    /// What is worth knowing and is no damage (the capture began after the connection
+    /// opened, its handshake still in it).
+    pub notes: Vec<String>,
     /// TCP bytes the capture saw twice (retransmissions, overlaps): with `out_of_order`,
     /// how messy the capture was, not problems.
     pub duplicate_bytes: u64,
@@ -517,9 +520,9 @@ pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudg
     // The client is the SYN's sender; a connection picked up mid-way: whoever talks HTTP.
     let client =
         if conn.midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) { Dir::Down } else { Dir::Up };
-    let mut problems = Vec::new();
+    let (mut problems, mut notes) = (Vec::new(), Vec::new());
     if conn.midstream {
-        problems.push("the capture began after this connection opened".to_string());
+        notes.push("the capture began after this connection opened (its SYN is not in it)".to_string());
     }
     let (client, up) = match find_upgrade(&s, client) {
         Ok(Some(up)) => (client, up),
@@ -535,6 +538,7 @@ pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudg
         // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
         _ => return None,
     };
+    problems.extend(wrong_accept(&up.request, &up.response));
     let takeover = deflate::takeover(&up.response);
     let mut out = Vec::new();
     // The client's stream is `client` on the connection, and its messages go `Up`.
@@ -566,9 +570,22 @@ pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudg
         deflate: takeover.is_some(),
         messages: out.into_iter().map(|d| d.message).collect(),
         problems,
+        notes,
         duplicate_bytes: conn.duplicate_bytes,
         out_of_order: conn.out_of_order,
     })
+}
+
+/// A `101` whose `Sec-WebSocket-Accept` is not the one the request's key asks for (RFC
+/// 6455 §4.2.2): a client must refuse it, so what follows is no session it accepted.
+fn wrong_accept(request: &Head, response: &Head) -> Option<String> {
+    let key = request.field("sec-websocket-key")?;
+    let want = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+    match response.field("sec-websocket-accept") {
+        Some(got) if got.trim() == want => None,
+        Some(got) => Some(format!("the server's Sec-WebSocket-Accept {got:?} is not {want:?}, the key's")),
+        None => Some("the server's 101 has no Sec-WebSocket-Accept".to_string()),
+    }
 }
 
 /// Whether a stream starts with a sound frame header, masked as `masked` says (an empty
@@ -620,6 +637,7 @@ pub(crate) mod tests {
             deflate: false,
             messages: Vec::new(),
             problems: Vec::new(),
+            notes: Vec::new(),
             duplicate_bytes: 0,
             out_of_order: 0,
         }
@@ -790,6 +808,40 @@ pub(crate) mod tests {
         );
         assert_eq!(s.messages[3].data, b"after");
         assert_eq!(s.count(Dir::Up), 4, "gaps are not messages");
+    }
+
+    /// A capture that began after the SYN but before the Upgrade has the whole session:
+    /// a note says where it began, and nothing calls it damaged.
+    #[test]
+    fn a_session_whose_syn_was_not_captured_is_not_damaged() {
+        let mut c = conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Up, &frame(true, false, Opcode::Text, b"hi", true)),
+        ]);
+        c.midstream = true;
+        let s = decode(&c, SessionId(1)).unwrap();
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert!(s.notes.iter().any(|n| n.contains("SYN")), "{:?}", s.notes);
+        assert_eq!(s.path, "/chat?x=1");
+    }
+
+    /// A `101` whose `Sec-WebSocket-Accept` is not the key's (or is missing) is a problem:
+    /// no client would have accepted it.
+    #[test]
+    fn a_wrong_sec_websocket_accept_is_a_problem() {
+        for (accept, says) in [("Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n", "is not"), ("", "has no")] {
+            let switch = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{accept}\r\n"
+            );
+            let c = conn(vec![data(Dir::Up, UPGRADE), data(Dir::Down, switch.as_bytes())]);
+            let s = decode(&c, SessionId(1)).unwrap();
+            assert!(
+                s.problems.iter().any(|p| p.contains("Sec-WebSocket-Accept") && p.contains(says)),
+                "{:?}",
+                s.problems
+            );
+        }
     }
 
     #[test]

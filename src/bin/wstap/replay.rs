@@ -176,6 +176,9 @@ pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode
 }
 
 fn report_problems(rec: &Recording) {
+    for n in &rec.notes {
+        eprintln!("wstap: note: {n}");
+    }
     for p in &rec.problems {
         eprintln!("wstap: warning: {p}");
     }
@@ -350,6 +353,7 @@ mod tests {
             deflate: false,
             messages: Vec::new(),
             problems: Vec::new(),
+            notes: Vec::new(),
             duplicate_bytes: 0,
             out_of_order: 0,
         }
