@@ -345,6 +345,12 @@ impl<'b> Decoder<'b> {
             if end > st.len() {
                 return self.problem(format!("the stream ends inside a {len}-byte frame at stream offset {at}"));
             }
+            if gap {
+                let missing = len - st.runs(start, end).iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+                self.problem(format!(
+                    "the capture lost {missing} of the {len} bytes of the frame at stream offset {at}: its message is incomplete"
+                ));
+            }
             at = end;
         }
         if at < st.len() {
@@ -369,6 +375,11 @@ impl<'b> Decoder<'b> {
         }
         if let Some(partial) = self.partial.as_mut() {
             partial.incomplete = true;
+            let n = partial.data.len();
+            self.problem(format!(
+                "the capture lost {lost} bytes at stream offset {} inside a fragmented message ({n} bytes so far): it is incomplete",
+                hole.at
+            ));
         }
         if self.inflate.as_ref().is_some_and(|i| i.takeover) {
             // What the lost frames compressed is gone from the shared window.
@@ -449,7 +460,16 @@ impl<'b> Decoder<'b> {
     /// A message's last frame arrived: inflate it if it was compressed.
     fn complete(&mut self, mut m: Message, arrived: Arrival) {
         // After a gap that took compressed bytes, the shared window is unknown.
-        m.incomplete |= m.compressed && self.window_lost.is_some();
+        if m.compressed && !m.incomplete {
+            if let Some(at) = self.window_lost {
+                m.incomplete = true;
+                self.problem(format!(
+                    "a compressed message ending at stream offset {} cannot be inflated: the capture lost bytes \
+                     of the compression window at stream offset {at}",
+                    arrived.end
+                ));
+            }
+        }
         if m.compressed && !m.incomplete {
             self.inflate(&mut m, arrived.end);
         }
@@ -775,7 +795,8 @@ pub(crate) mod tests {
     }
 
     /// wstap's own captures resume after a loss at a frame boundary: the frames after
-    /// the hole decode, the hole is listed as a gap, and nothing is called damage.
+    /// the hole decode and the hole is listed as a gap; the message it cut into is
+    /// incomplete, and a problem says so (every loss is said).
     #[test]
     fn a_gap_that_ends_on_a_frame_boundary_is_listed_and_the_frames_after_it_decode() {
         let big = frame(true, false, Opcode::Binary, &[9; 5000], true);
@@ -793,7 +814,11 @@ pub(crate) mod tests {
             (Dir::Up, Readable::Gap(1 << 40)), // a huge hole costs nothing, at the end too
         ]);
         let s = decode(&c, SessionId(1)).unwrap();
-        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        // The message the hole cut into is a problem; the hole past it is not.
+        assert_eq!(
+            s.problems,
+            ["C→S: the capture lost 4008 of the 5000 bytes of the frame at stream offset 160: its message is incomplete"]
+        );
         let kinds: Vec<(Kind, u64, bool)> = s.messages.iter().map(|m| (m.kind, m.lost, m.incomplete)).collect();
         assert_eq!(
             kinds,
