@@ -322,11 +322,13 @@ impl<'b> Decoder<'b> {
             let run = st.contiguous(at);
             let Some(header) = FrameHeader::parse(run) else {
                 match st.hole_from(at).filter(|h| h.at <= at + run.len() as u64) {
-                    Some(hole) if self.resync(st, hole) => {
-                        at = hole.end;
-                        continue;
-                    }
-                    Some(_) => return,
+                    Some(hole) => match self.resync(st, hole) {
+                        Some(next) => {
+                            at = next;
+                            continue;
+                        }
+                        None => return,
+                    },
                     None => break,
                 }
             };
@@ -358,21 +360,37 @@ impl<'b> Decoder<'b> {
         }
     }
 
-    /// A hole where a frame header should be: lists it as a gap and says whether a sound
-    /// header follows it (else the rest of this direction cannot be read).
-    fn resync(&mut self, st: &Stream, hole: Hole) -> bool {
-        let lost = hole.end - hole.at;
-        let arrived = st.arrival(hole.end);
-        let next = FrameHeader::parse(st.contiguous(hole.end));
-        let sound = next.is_some_and(|h| h.is_sound() && h.masked() == (self.dir == Dir::Up));
-        if hole.end < st.len() && !sound {
+    /// A hole where a frame header should be: lists it as a gap and says where decoding
+    /// goes on: at its end when a sound header starts there (wstap's own captures), else
+    /// at the next frame that parses and is followed by another (or by the stream's end),
+    /// the bytes skipped to it lost too and said so; `None` when no frame follows.
+    fn resync(&mut self, st: &Stream, hole: Hole) -> Option<u64> {
+        let masked = self.dir == Dir::Up;
+        let resume = match hole.end >= st.len() {
+            true => hole.end,
+            false => match next_frame(st, hole.end, masked) {
+                Some(at) => at,
+                None => {
+                    self.problem(format!(
+                        "the capture lost {} bytes at stream offset {}, and no frame header follows them; \
+                         the rest of this direction is unreadable",
+                        hole.end - hole.at,
+                        hole.at
+                    ));
+                    return None;
+                }
+            },
+        };
+        if resume > hole.end {
             self.problem(format!(
-                "the capture lost {lost} bytes at stream offset {}, and no frame header follows them; \
-                 the rest of this direction is unreadable",
-                hole.at
+                "the capture lost {} bytes at stream offset {}, a frame header among them: {} bytes after \
+                 them were skipped to the next frame, at stream offset {resume}",
+                hole.end - hole.at,
+                hole.at,
+                resume - hole.end
             ));
-            return false;
         }
+        let (lost, arrived) = (resume - hole.at, st.arrival(resume.min(st.len())));
         if let Some(partial) = self.partial.as_mut() {
             partial.incomplete = true;
             let n = partial.data.len();
@@ -396,7 +414,7 @@ impl<'b> Decoder<'b> {
             lost,
         };
         self.out.push(Decoded { arrived, message: gap });
-        hole.end < st.len()
+        Some(resume)
     }
 
     /// One frame, whose last byte `arrived`.
@@ -606,6 +624,29 @@ fn wrong_accept(request: &Head, response: &Head) -> Option<String> {
         Some(got) => Some(format!("the server's Sec-WebSocket-Accept {got:?} is not {want:?}, the key's")),
         None => Some("the server's 101 has no Sec-WebSocket-Accept".to_string()),
     }
+}
+
+/// Where the next frame starts in the captured bytes from `from` (up to the next hole): at
+/// `from` if a sound header (masked as `masked` says) starts there; further on, a sound
+/// header whose frame is followed by another, or ends where the captured bytes do (one
+/// header alone could be payload bytes that look like one).
+fn next_frame(st: &Stream, from: u64, masked: bool) -> Option<u64> {
+    let run = st.contiguous(from);
+    let sound = |at: usize| {
+        FrameHeader::parse(run.get(at..)?)
+            .filter(|h| h.is_sound() && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
+            .map(|h| at as u64 + h.header_len as u64 + h.len)
+    };
+    // Right at `from` one sound header is enough: wstap's own captures resume there.
+    if sound(0).is_some() {
+        return Some(from);
+    }
+    (1..run.len()).find_map(|at| {
+        let next = sound(at)?;
+        let ends = next == run.len() as u64 || from + next == st.len();
+        let follows = ends || usize::try_from(next).ok().and_then(sound).is_some();
+        follows.then_some(from + at as u64)
+    })
 }
 
 /// Whether a stream starts with a sound frame header, masked as `masked` says (an empty
@@ -867,6 +908,31 @@ pub(crate) mod tests {
                 s.problems
             );
         }
+    }
+
+    /// A third-party capture that lost a frame header in the middle of a frame: decoding
+    /// goes on at the next frame (the rest of the cut frame skipped, and said), instead
+    /// of giving up on the rest of the direction.
+    #[test]
+    fn after_a_lost_frame_header_decoding_resumes_at_the_next_frame() {
+        let cut = frame(true, false, Opcode::Text, &[b'x'; 300], true);
+        let after: Vec<u8> =
+            (0..5).flat_map(|i| frame(true, false, Opcode::Text, format!("after {i}").as_bytes(), true)).collect();
+        let c = conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, format!("{SWITCH}\r\n").as_bytes()),
+            data(Dir::Up, &frame(true, false, Opcode::Text, b"before", true)),
+            (Dir::Up, Readable::Gap(20)), // the cut frame's header and some of its payload
+            data(Dir::Up, &[&cut[20..], &after[..]].concat()),
+        ]);
+        let s = decode(&c, SessionId(1)).unwrap();
+        let texts: Vec<&[u8]> = s.messages.iter().filter(|m| m.kind == Kind::Text).map(|m| &m.data[..]).collect();
+        let want: Vec<Vec<u8>> =
+            ["before", "after 0", "after 1", "after 2", "after 3", "after 4"].map(|t| t.into()).into();
+        assert_eq!(texts, want.iter().map(|w| &w[..]).collect::<Vec<_>>());
+        let gap = s.messages.iter().find(|m| m.kind == Kind::Gap).unwrap();
+        assert_eq!(gap.lost, cut.len() as u64, "the hole and the rest of the cut frame");
+        assert!(s.problems.iter().any(|p| p.contains("skipped to the next frame")), "{:?}", s.problems);
     }
 
     #[test]
