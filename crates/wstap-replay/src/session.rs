@@ -569,7 +569,7 @@ pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudg
         _ if conn.midstream => {
             let client = Dir::BOTH
                 .into_iter()
-                .find(|&c| starts_with_frame(&s[c], true) && starts_with_frame(&s[c.reverse()], false))?;
+                .find(|&c| plausible_start(&s[c], true) && plausible_start(&s[c.reverse()], false))?;
             problems.push("no handshake in the capture: no path or headers, and compression unknown".to_string());
             (client, Upgrade { request: Head::none(), response: Head::none(), at: PerDir::default() })
         }
@@ -649,14 +649,36 @@ fn next_frame(st: &Stream, from: u64, masked: bool) -> Option<u64> {
     })
 }
 
-/// Whether a stream starts with a sound frame header, masked as `masked` says (an empty
-/// stream passes: that side may not have spoken yet).
-fn starts_with_frame(st: &Stream, masked: bool) -> bool {
-    if st.is_empty() {
-        return true;
+/// Whether a stream seen without its handshake starts as one side of a WebSocket session
+/// does: frames with sound headers, masked as `masked` says, the first a message's start
+/// (no continuation) and no control frame fragmented, each frame's length landing on the
+/// next header, for three frames or up to the end of what was captured. An empty stream
+/// never does: bare ACKs, FINs and RSTs are no session, and a session picked up mid-way
+/// is one only when both sides are seen to speak it.
+fn plausible_start(st: &Stream, masked: bool) -> bool {
+    let run = st.contiguous(0);
+    let mut at = 0;
+    for i in 0..3 {
+        if at == run.len() {
+            return i > 0;
+        }
+        let Some(h) = FrameHeader::parse(&run[at..]) else {
+            // A header cut by the end of the captured bytes.
+            return i > 0 && run.len() - at < 14;
+        };
+        let fragmented_control = h.opcode.is_control() && !h.fin;
+        let continues = i == 0 && h.opcode == Opcode::Continuation;
+        if !h.is_sound() || h.masked() != masked || h.len > MAX_MESSAGE as u64 || fragmented_control || continues {
+            return false;
+        }
+        let next = (at + h.header_len) as u64 + h.len;
+        if next > run.len() as u64 {
+            // It runs past what was captured: only a later frame may.
+            return i > 0;
+        }
+        at = next as usize;
     }
-    FrameHeader::parse(st.contiguous(0))
-        .is_some_and(|h| h.is_sound() && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
+    true
 }
 
 /// The payload of the frame at `start..end`, unmasked, and whether bytes of it are
@@ -933,6 +955,43 @@ pub(crate) mod tests {
         let gap = s.messages.iter().find(|m| m.kind == Kind::Gap).unwrap();
         assert_eq!(gap.lost, cut.len() as u64, "the hole and the rest of the cut frame");
         assert!(s.problems.iter().any(|p| p.contains("skipped to the next frame")), "{:?}", s.problems);
+    }
+
+    /// Without a handshake, a connection is a session only when both sides' bytes parse
+    /// as frames that chain: bare control packets, TLS, other protocols, one side alone,
+    /// or a lone plausible byte pair are none.
+    #[test]
+    fn flows_without_a_handshake_that_are_not_websocket_give_no_session() {
+        let masked = |op, p: &[u8]| frame(true, false, op, p, true);
+        let plain = |op, p: &[u8]| frame(true, false, op, p, false);
+        let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec();
+        let amqp = b"AMQP\x00\x00\x09\x01".to_vec();
+        let stun = b"\x00\x01\x00\x08\x21\x12\xa4\x42".to_vec();
+        let cases: [(&str, Vec<u8>, Vec<u8>); 6] = [
+            ("bare ACK/FIN/RST", Vec::new(), Vec::new()),
+            ("one side alone", masked(Opcode::Text, b"hi"), Vec::new()),
+            ("TLS", tls_hello.clone(), tls_hello),
+            ("AMQP", amqp.clone(), amqp),
+            ("STUN", stun.clone(), stun),
+            // Plausible first frames whose lengths land on garbage.
+            (
+                "a header on garbage",
+                [masked(Opcode::Text, b"ab"), vec![0x7f; 20]].concat(),
+                [plain(Opcode::Text, b"x"), vec![0x3f; 9]].concat(),
+            ),
+        ];
+        for (what, up, down) in cases {
+            let mut pieces = Vec::new();
+            if !up.is_empty() {
+                pieces.push(data(Dir::Up, &up));
+            }
+            if !down.is_empty() {
+                pieces.push(data(Dir::Down, &down));
+            }
+            let mut c = conn(pieces);
+            c.midstream = true;
+            assert!(decode(&c, SessionId(1)).is_none(), "{what}");
+        }
     }
 
     #[test]

@@ -60,11 +60,6 @@ impl Stream {
         self.len
     }
 
-    /// Whether it holds no byte at all.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
     /// Whether any byte in `from..to` is missing.
     pub(crate) fn has_gap(&self, from: u64, to: u64) -> bool {
         self.hole_from(from).is_some_and(|h| h.at < to)
