@@ -705,6 +705,18 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
         // a session of its own, beginning with the repeated Upgrade; the parts add up.
         let rec = wstap_replay::open_all(&files).unwrap();
         assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        // Given out of order, the files are read in time order, and a note says so.
+        let reversed: Vec<_> = files.iter().rev().cloned().collect();
+        let back = wstap_replay::open_all(&reversed).unwrap();
+        let summary = |r: &wstap_replay::Recording| -> Vec<_> {
+            r.sessions
+                .iter()
+                .map(|s| (s.client, s.messages.iter().map(|m| m.data.clone()).collect::<Vec<_>>()))
+                .collect()
+        };
+        assert!(summary(&back) == summary(&rec), "the same sessions, whatever the order given");
+        assert!(back.notes.iter().any(|n| n.contains("not given in time order")), "{:?}", back.notes);
+        assert!(!rec.notes.iter().any(|n| n.contains("time order")), "{:?}", rec.notes);
         // Two legs per file, fewer when a leg moved nothing between two rotations: its
         // replays then repeat the same handshake, and the reader takes them as one.
         assert!(

@@ -138,7 +138,7 @@ pub fn open_all<P: AsRef<Path>>(paths: &[P]) -> Result<Recording, Error> {
 pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
     let mut rec = Recording::default();
     let mut tcp = reassembly::Reassembler::new();
-    for (path, bytes) in files {
+    for &(path, bytes) in in_time_order(files, &mut rec.notes) {
         let reader =
             capfile::Reader::new(bytes).map_err(|source| Error::Format { path: path.to_path_buf(), source })?;
         for packet in reader {
@@ -177,6 +177,22 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
         ));
     }
     Ok(rec)
+}
+
+/// `files` in the order of their first packets (rotated files given out of order, say),
+/// the order given kept between files that start together; a note says when that was not
+/// the order given.
+fn in_time_order<'f, 'a>(files: &'f [(&'a Path, &'a [u8])], notes: &mut Vec<String>) -> Vec<&'f (&'a Path, &'a [u8])> {
+    let first = |b: &[u8]| capfile::Reader::new(b).ok()?.next()?.ok().map(|p| p.time);
+    let mut ordered: Vec<(Option<wstap_wire::Timestamp>, &(&Path, &[u8]))> =
+        files.iter().map(|f| (first(f.1), f)).collect();
+    ordered.sort_by_key(|(t, _)| *t);
+    let moved = ordered.iter().zip(files).any(|((_, f), given)| f.0 != given.0);
+    if moved {
+        let names: Vec<String> = ordered.iter().map(|(_, f)| f.0.display().to_string()).collect();
+        notes.push(format!("the files were not given in time order; read in it: {}", names.join(", ")));
+    }
+    ordered.into_iter().map(|(_, f)| f).collect()
 }
 
 /// Whether the opener's first bytes are a TLS handshake record (a ClientHello).
