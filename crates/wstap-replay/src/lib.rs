@@ -179,13 +179,15 @@ pub fn read(files: &[(&Path, &[u8])]) -> Result<Recording, Error> {
     Ok(rec)
 }
 
+/// A capture in memory, and its name.
+type File<'a> = (&'a Path, &'a [u8]);
+
 /// `files` in the order of their first packets (rotated files given out of order, say),
 /// the order given kept between files that start together; a note says when that was not
 /// the order given.
-fn in_time_order<'f, 'a>(files: &'f [(&'a Path, &'a [u8])], notes: &mut Vec<String>) -> Vec<&'f (&'a Path, &'a [u8])> {
+fn in_time_order<'f, 'a>(files: &'f [File<'a>], notes: &mut Vec<String>) -> Vec<&'f File<'a>> {
     let first = |b: &[u8]| capfile::Reader::new(b).ok()?.next()?.ok().map(|p| p.time);
-    let mut ordered: Vec<(Option<wstap_wire::Timestamp>, &(&Path, &[u8]))> =
-        files.iter().map(|f| (first(f.1), f)).collect();
+    let mut ordered: Vec<(Option<wstap_wire::Timestamp>, &File)> = files.iter().map(|f| (first(f.1), f)).collect();
     ordered.sort_by_key(|(t, _)| *t);
     let moved = ordered.iter().zip(files).any(|((_, f), given)| f.0 != given.0);
     if moved {
