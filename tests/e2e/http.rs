@@ -133,25 +133,8 @@ async fn requests_on_one_client_connection_share_one_upstream_connection() {
 #[tokio::test]
 async fn kept_alive_connections_park_between_requests_and_pipelined_requests_keep_their_order() {
     within(async {
-        let upstream = serve(|s| async move {
-            let mut r = BufReader::new(s);
-            loop {
-                let head = read_head(&mut r).await;
-                if head.is_empty() {
-                    return;
-                }
-                let len = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                    .map_or(0, |v| v.parse::<usize>().unwrap());
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).await.unwrap();
-                let said = format!("{} {len}", head.split(' ').nth(1).unwrap());
-                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{said}", said.len());
-                r.get_mut().write_all(answer.as_bytes()).await.unwrap();
-            }
-        })
-        .await;
+        // It reads each body by its length: a body cut or run together shifts the paths.
+        let upstream = keep_alive_upstream().await;
         let proxy = Proxy::start(&config(upstream, "[admin]\nlisten = \"127.0.0.1:0\"")).await;
         let admin = proxy.admin.unwrap();
         let mut r = BufReader::new(TcpStream::connect(proxy.addr()).await.unwrap());
@@ -162,7 +145,7 @@ async fn kept_alive_connections_park_between_requests_and_pipelined_requests_kee
         pipelined
             .extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
         r.get_mut().write_all(&pipelined).await.unwrap();
-        for said in ["/a 200000", "/b 0", "/c 3"] {
+        for said in ["/a", "/b", "/c"] {
             let (head, body) = read_response(&mut r).await;
             assert_eq!((status_of(&head), body.as_str()), (200, said));
         }
@@ -177,7 +160,7 @@ async fn kept_alive_connections_park_between_requests_and_pipelined_requests_kee
             let request = format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
             r.get_mut().write_all(request.as_bytes()).await.unwrap();
             let (head, body) = read_response(&mut r).await;
-            assert_eq!((status_of(&head), body), (200, format!("{path} 0")));
+            assert_eq!((status_of(&head), body.as_str()), (200, path));
         }
     })
     .await;
