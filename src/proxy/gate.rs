@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use wstap_wire::http::{Framer, Part};
 use wstap_wire::Dir;
 
+use crate::proxy::headers;
+
 /// Bytes read at once while a turn waits for its answer: enough to see the client close
 /// (or pipeline), never more held than this past one read of hyper's.
 const PEEK: usize = 1024;
@@ -50,7 +52,9 @@ impl Answer {
     /// connection alive ([`keeps_alive`]). The turn parks after an answer that keeps it
     /// alive too; after any other, hyper has the rest of the connection.
     pub(crate) fn answered<B>(&self, keeps: bool, resp: &Response<B>) {
-        let parks = keeps && resp.status() != StatusCode::SWITCHING_PROTOCOLS && !closes(resp.headers());
+        let parks = keeps
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            && !headers::connection_lists(resp.headers(), "close");
         // The gate may have given hyper the connection already (framing it cannot follow).
         let _ = self.0.compare_exchange(PENDING, if parks { PARK } else { OPEN }, AcqRel, Acquire);
     }
@@ -76,17 +80,7 @@ impl Answer {
 
 /// Whether `req` keeps its connection alive: HTTP/1.1 without `Connection: close`.
 pub(crate) fn keeps_alive<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11 && !closes(req.headers())
-}
-
-/// Whether `Connection` lists `close`.
-fn closes(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|o| o.trim().eq_ignore_ascii_case("close"))
+    req.version() == Version::HTTP_11 && headers::keeps_alive(req.headers(), req.version())
 }
 
 /// Where the gate is in a turn.

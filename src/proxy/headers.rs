@@ -12,10 +12,7 @@ const HOP_BY_HOP: [&str; 6] = ["connection", "proxy-connection", "keep-alive", "
 /// The protocol a request asks to upgrade to: `Upgrade`'s value when `Connection` lists
 /// the `upgrade` option.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    connection_options(headers)
-        .any(|o| o.eq_ignore_ascii_case("upgrade"))
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    connection_lists(headers, "upgrade").then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
 /// Removes the hop-by-hop fields and every field `Connection` names. When `upgrade` is
@@ -53,6 +50,22 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: Option<&Head
         Some(h) => headers.insert("x-forwarded-host", h.clone()),
         None => headers.remove("x-forwarded-host"),
     };
+}
+
+/// Whether a `Connection` field lists `option` (any case).
+pub fn connection_lists(headers: &HeaderMap, option: &str) -> bool {
+    connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
+}
+
+/// Whether a message of `version` with `headers` keeps its connection alive (RFC 9112
+/// §9.3): HTTP/1.1 unless `Connection` lists `close`, HTTP/1.0 only if it lists
+/// `keep-alive`.
+pub fn keeps_alive(headers: &HeaderMap, version: hyper::Version) -> bool {
+    match version {
+        hyper::Version::HTTP_11 => !connection_lists(headers, "close"),
+        hyper::Version::HTTP_10 => connection_lists(headers, "keep-alive"),
+        _ => false,
+    }
 }
 
 /// The comma-separated options of every `Connection` field, trimmed.

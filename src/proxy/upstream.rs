@@ -21,6 +21,7 @@ use crate::config::route::{Route, Upstream};
 use crate::config::tls::UpstreamTls;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::ProxyError;
+use crate::proxy::headers;
 use crate::proxy::metered::Metered;
 use crate::proxy::paced::Paced;
 use crate::proxy::recording::{self, LegTap};
@@ -73,7 +74,7 @@ impl UpstreamConn {
         let Between::Parked(socket) = std::mem::replace(&mut self.between, Between::Gone) else {
             return Err(ProxyError::Connect(std::io::Error::from(std::io::ErrorKind::NotConnected)));
         };
-        let keeps = keeps_alive(req.headers(), req.version());
+        let keeps = headers::keeps_alive(req.headers(), req.version());
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)
             .max_buf_size(UPSTREAM_READ_BUFFER)
@@ -147,23 +148,6 @@ async fn hand_back(conn: hyper::client::conn::http1::Connection<TokioIo<Socket>,
     }
 }
 
-/// Whether a message of `version` with `headers` keeps its connection alive.
-fn keeps_alive(headers: &hyper::HeaderMap, version: hyper::Version) -> bool {
-    let lists = |option: &str| {
-        headers
-            .get_all(hyper::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|o| o.trim().eq_ignore_ascii_case(option))
-    };
-    match version {
-        hyper::Version::HTTP_11 => !lists("close"),
-        hyper::Version::HTTP_10 => lists("keep-alive"),
-        _ => false,
-    }
-}
-
 /// Whether the connection can carry another request after `resp`: kept alive, and its
 /// body's end known without the close.
 fn reusable(resp: &Response<Incoming>) -> bool {
@@ -172,7 +156,7 @@ fn reusable(resp: &Response<Incoming>) -> bool {
     let framed = resp.body().is_end_stream()
         || h.contains_key(hyper::header::CONTENT_LENGTH)
         || h.contains_key(hyper::header::TRANSFER_ENCODING);
-    framed && keeps_alive(h, resp.version())
+    framed && headers::keeps_alive(h, resp.version())
 }
 
 /// Whether a parked socket is still open: a read would wait (a close, or bytes nobody
