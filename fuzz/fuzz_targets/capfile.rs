@@ -3,8 +3,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(reader) = wstap_replay::capfile::Reader::new(data) {
-        for record in reader {
+    if let Ok(mut reader) = wstap_replay::capfile::Reader::new(data) {
+        while let Some(record) = reader.next() {
             if record.is_err() {
                 break;
             }

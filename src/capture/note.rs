@@ -382,8 +382,8 @@ impl Audience {
     /// What the comment on each repeated packet says.
     fn origin(self) -> &'static str {
         match self {
-            Audience::File => "repeated from an earlier file",
-            Audience::Subscriber => "in progress when this stream began",
+            Audience::File => wstap_wire::pcapng::REPEATED_IN_FILE,
+            Audience::Subscriber => wstap_wire::pcapng::REPEATED_IN_STREAM,
         }
     }
 

@@ -345,7 +345,8 @@ fn damaged_captures_give_errors_not_panics() {
 #[test]
 fn a_capture_started_after_the_handshake_still_yields_every_message() {
     let full = std::fs::read(fixture("tcpdump-lo-ipv6.pcap")).unwrap();
-    let packets: Vec<_> = wstap_replay::capfile::Reader::new(&full).unwrap().map(Result::unwrap).collect();
+    let packets: Vec<_> =
+        wstap_replay::capfile::Reader::new(&full[..]).unwrap().packets().map(Result::unwrap).collect();
     let switched = packets.iter().position(|p| p.data.windows(12).any(|w| w == b"HTTP/1.1 101")).unwrap();
     let late = [&full[..24], &full[packets[switched + 1].offset as usize..]].concat();
     let rec = wstap_replay::read(&[(Path::new("late.pcap"), &late)]).unwrap();

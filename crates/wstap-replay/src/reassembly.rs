@@ -54,10 +54,18 @@ pub struct Reassembled {
     pub duplicate_bytes: u64,
     /// Segments that arrived ahead of a hole and waited.
     pub out_of_order: u64,
+    /// Per direction (`Up`: `a`'s), the stream offset up to which its bytes came from
+    /// [`Reassembler::push_repeat`]: what a capture repeated of the connection's past
+    /// (wstap's rotated files and live streams), not what was sent at that time.
+    pub repeated: PerDir<u64>,
 }
 
 /// Bytes waiting for a hole to fill, per direction, beyond which the hole is given up on.
 const MAX_PENDING: usize = 8 << 20;
+
+/// How long, in capture time, a connection's tuple is remembered after it ended: its
+/// stray packets then (a last ACK, a retransmitted FIN) are no new connection.
+const REMEMBER_ENDED_NS: u64 = 120_000_000_000;
 
 #[derive(Default)]
 struct Half {
@@ -85,16 +93,30 @@ impl Half {
 struct Live {
     conn: Reassembled,
     halves: PerDir<Half>,
+    /// Its place among the connections, by when each was first seen.
+    seen: u64,
+    /// Only repeated packets so far: further repeats continue it. Once the connection
+    /// is live, repeats of it (a later file's, read together) are dropped.
+    repeats_only: bool,
 }
 
-/// Feeds segments in capture order; [`Reassembler::finish`] returns the connections.
+type Key = (SocketAddr, SocketAddr);
+
+/// Feeds segments in capture order; connections are handed out as they end
+/// ([`Reassembler::take_ended`]) and the rest by [`Reassembler::finish`]. Memory is the
+/// connections open at once.
 #[derive(Default)]
 pub struct Reassembler {
-    by_key: HashMap<(SocketAddr, SocketAddr), usize>,
-    live: Vec<Live>,
+    live: HashMap<Key, Live>,
+    seen: u64,
+    ended: Vec<(u64, Reassembled)>,
+    /// Tuples of connections that ended, and when.
+    gone: HashMap<Key, Timestamp>,
+    /// `gone`'s size at which it is next pruned.
+    prune_at: usize,
 }
 
-fn key(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+fn key(a: SocketAddr, b: SocketAddr) -> Key {
     if a <= b {
         (a, b)
     } else {
@@ -110,15 +132,39 @@ impl Reassembler {
 
     /// One segment, in capture order.
     pub fn push(&mut self, time: Timestamp, s: &Segment<'_>) {
+        self.take(time, s, false);
+    }
+
+    /// One segment a capture repeated of a connection's past (a wstap file's repeated
+    /// handshake and Upgrade exchange): it starts the connection when the capture holds
+    /// nothing of it yet, its bytes marked [`Reassembled::repeated`]; it is dropped when
+    /// the connection is already live (the file before it was read too).
+    pub fn push_repeat(&mut self, time: Timestamp, s: &Segment<'_>) {
+        self.take(time, s, true);
+    }
+
+    fn take(&mut self, time: Timestamp, s: &Segment<'_>, repeat: bool) {
         let k = key(s.src, s.dst);
-        let reuse = self.by_key.get(&k).copied().filter(|&i| {
-            let l = &self.live[i];
+        let fresh_syn = s.syn && s.ack.is_none();
+        let live = self.live.get(&k);
+        if repeat && live.is_some_and(|l| !l.repeats_only) {
+            return;
+        }
+        if live.is_none() && !fresh_syn && self.gone.contains_key(&k) {
+            return; // a stray packet of a connection that ended
+        }
+        let reuse = live.is_some_and(|l| {
             let h = &l.halves[l.from(s)];
             // A fresh SYN on a finished tuple, or with another ISN, is a new connection.
             let closed = l.halves.iter().all(|(_, h)| h.done) || l.halves.iter().any(|(_, h)| h.fin_at.is_some());
-            !(s.syn && s.ack.is_none() && (closed || h.isn.is_some_and(|isn| isn != s.seq)))
+            !(fresh_syn && (closed || h.isn.is_some_and(|isn| isn != s.seq)))
         });
-        let i = reuse.unwrap_or_else(|| {
+        if !reuse {
+            if let Some(mut old) = self.live.remove(&k) {
+                old.flush(Some(time));
+                self.ended.push((old.seen, old.conn));
+            }
+            self.gone.remove(&k);
             let (a, b) = if s.syn && s.ack.is_some() { (s.dst, s.src) } else { (s.src, s.dst) };
             let conn = Reassembled {
                 a,
@@ -128,22 +174,52 @@ impl Reassembler {
                 deliveries: Vec::new(),
                 duplicate_bytes: 0,
                 out_of_order: 0,
+                repeated: PerDir::default(),
             };
-            if let Some(old) = self.by_key.insert(k, self.live.len()) {
-                self.live[old].flush(Some(time));
+            self.seen += 1;
+            self.live.insert(k, Live { conn, halves: Default::default(), seen: self.seen, repeats_only: repeat });
+        }
+        let Some(l) = self.live.get_mut(&k) else { return };
+        l.repeats_only &= repeat;
+        l.segment(time, s, repeat);
+        if l.halves.iter().all(|(_, h)| h.done) {
+            if let Some(l) = self.live.remove(&k) {
+                self.ended.push((l.seen, l.conn));
             }
-            self.live.push(Live { conn, halves: Default::default() });
-            self.live.len() - 1
-        });
-        self.live[i].segment(time, s);
+            self.forget_before(time);
+            self.gone.insert(k, time);
+        }
     }
 
-    /// Ends every stream: what still waits for a hole is delivered after a gap.
-    pub fn finish(mut self) -> Vec<Reassembled> {
-        for l in &mut self.live {
-            l.flush(None);
+    /// Forgets ended tuples older than [`REMEMBER_ENDED_NS`], now and then.
+    fn forget_before(&mut self, now: Timestamp) {
+        if self.gone.len() < self.prune_at {
+            return;
         }
-        self.live.into_iter().map(|l| l.conn).collect()
+        self.gone.retain(|_, t| t.as_nanos().saturating_add(REMEMBER_ENDED_NS) > now.as_nanos());
+        self.prune_at = (self.gone.len() * 2).max(1024);
+    }
+
+    /// The connections that ended since the last call, in the order they ended.
+    pub fn take_ended(&mut self) -> impl Iterator<Item = Reassembled> + '_ {
+        self.ended.drain(..).map(|(_, c)| c)
+    }
+
+    /// Ends every stream: what still waits for a hole is delivered after a gap. The
+    /// connections not yet taken: those that ended, then the rest, each in the order it
+    /// was first seen.
+    pub fn finish(mut self) -> Vec<Reassembled> {
+        let mut rest: Vec<(u64, Reassembled)> = self
+            .live
+            .into_values()
+            .map(|mut l| {
+                l.flush(None);
+                (l.seen, l.conn)
+            })
+            .collect();
+        rest.sort_by_key(|(seen, _)| *seen);
+        self.ended.sort_by_key(|(seen, _)| *seen);
+        self.ended.into_iter().chain(rest).map(|(_, c)| c).collect()
     }
 }
 
@@ -157,7 +233,7 @@ impl Live {
         }
     }
 
-    fn segment(&mut self, ts: Timestamp, s: &Segment<'_>) {
+    fn segment(&mut self, ts: Timestamp, s: &Segment<'_>, repeat: bool) {
         let from = self.from(s);
         let h = &mut self.halves[from];
         if h.done {
@@ -178,6 +254,11 @@ impl Live {
         let start = h.offset(seq);
         if !s.payload.is_empty() {
             self.insert(from, ts, start, s.payload);
+            if repeat {
+                let end = (start + s.payload.len() as i64).max(0) as u64;
+                let r = &mut self.conn.repeated[from];
+                *r = (*r).max(end);
+            }
         }
         if s.fin {
             let h = &mut self.halves[from];
@@ -495,5 +576,69 @@ mod tests {
         let c = run(&[synack, seg(C, 1, "", b"GET")]);
         assert_eq!(c[0].a, C.parse().unwrap());
         assert_eq!(stream(&c[0], Dir::Up), [Readable::Data(b"GET".to_vec())]);
+    }
+
+    #[test]
+    fn ended_connections_are_handed_out_at_once_and_their_stray_packets_start_nothing() {
+        let mut r = Reassembler::new();
+        let t = Timestamp::from_nanos;
+        let mut ack = seg(C, 5, "", b"");
+        ack.ack = Some(501);
+        for (i, s) in
+            [seg(C, 0, "S", b""), seg(C, 1, "", b"hi"), seg(C, 3, "F", b""), seg(S, 500, "F", b"")].iter().enumerate()
+        {
+            r.push(t(i as u64), s);
+        }
+        let ended: Vec<_> = r.take_ended().collect();
+        assert_eq!(ended.len(), 1, "both FINs: ended, before the capture does");
+        assert_eq!(stream(&ended[0], Dir::Up), [Readable::Data(b"hi".to_vec()), Readable::Fin]);
+        r.push(t(10), &ack); // the last ACK, after the end
+        r.push(t(11), &seg(C, 3, "F", b"")); // a retransmitted FIN
+        assert_eq!(r.take_ended().count(), 0);
+        r.push(t(12), &seg(C, 9000, "S", b"")); // the tuple reused: a new connection
+        let rest = r.finish();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert!(!rest[0].midstream);
+        // Long after the end, a packet on the tuple is a connection picked up mid-way.
+        let mut r = Reassembler::new();
+        r.push(t(0), &seg(C, 0, "S", b""));
+        r.push(t(1), &seg(C, 1, "R", b""));
+        assert_eq!(r.take_ended().count(), 1, "a reset ends it");
+        r.push(t(REMEMBER_ENDED_NS + 10), &seg(C, 77, "", b"late"));
+        for k in 0..2000u16 {
+            // Other connections end, so that the ended tuples are pruned.
+            let (a, b) = (format!("10.0.9.9:{k}").parse().unwrap(), S.parse().unwrap());
+            let rst = Segment { src: a, dst: b, seq: 1, ack: None, syn: false, fin: false, rst: true, payload: b"" };
+            r.push(t(2 * REMEMBER_ENDED_NS + u64::from(k) * 1_000_000_000), &rst);
+            // one a second
+        }
+        assert!(r.gone.len() < 1100, "ended tuples are forgotten: {}", r.gone.len());
+    }
+
+    #[test]
+    fn repeats_start_a_connection_the_capture_holds_nothing_of_and_are_dropped_for_a_live_one() {
+        let t = Timestamp::from_nanos;
+        // Read alone: the repeated handshake and Upgrade start the connection, marked.
+        let mut r = Reassembler::new();
+        r.push_repeat(t(0), &seg(C, 100, "S", b""));
+        r.push_repeat(t(0), &seg(C, 101, "", b"GET / HTTP/1.1\r\n\r\n"));
+        r.push(t(1), &seg(C, 119, "", b"live"));
+        r.push_repeat(t(2), &seg(C, 50, "S", b"")); // a later file's repeat: dropped
+        let c = r.finish();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].repeated[Dir::Up], 18);
+        assert_eq!(c[0].repeated[Dir::Down], 0);
+        assert!(!c[0].midstream);
+        // Read after the file before it: the repeats of a live connection are dropped.
+        let mut r = Reassembler::new();
+        r.push(t(0), &seg(C, 0, "S", b""));
+        r.push(t(0), &seg(C, 1, "", b"GET / HTTP/1.1\r\n\r\n"));
+        r.push_repeat(t(1), &seg(C, 100, "S", b""));
+        r.push_repeat(t(1), &seg(C, 101, "", b"GET / HTTP/1.1\r\n\r\n"));
+        r.push(t(2), &seg(C, 19, "", b"live"));
+        let c = r.finish();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].repeated[Dir::Up], 0);
+        assert_eq!(stream(&c[0], Dir::Up).len(), 2, "the request, then the live bytes: no gap, no new SYN");
     }
 }

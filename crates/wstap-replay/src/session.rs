@@ -175,6 +175,11 @@ impl InflateBudget {
     pub fn for_input(input_bytes: usize) -> InflateBudget {
         InflateBudget { left: (64usize << 20).saturating_add(input_bytes.saturating_mul(16)) }
     }
+
+    /// Grows the budget for `input_bytes` more read.
+    pub fn grant(&mut self, input_bytes: usize) {
+        self.left = self.left.saturating_add(input_bytes.saturating_mul(16));
+    }
 }
 
 fn streams(conn: &Reassembled) -> PerDir<Stream> {
@@ -564,21 +569,19 @@ pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudg
     }
     let (client, up) = match find_upgrade(&s, client) {
         Ok(Some(up)) => (client, up),
-        // Picked up after the handshake: frames from the first byte, if both directions
-        // start with a plausible frame (masked from the client, not from the server).
-        _ if conn.midstream => {
-            let client = Dir::BOTH
-                .into_iter()
-                .find(|&c| plausible_start(&s[c], true) && plausible_start(&s[c.reverse()], false))?;
-            problems.push("no handshake in the capture: no path or headers, and compression unknown".to_string());
-            (client, Upgrade { request: Head::none(), response: Head::none(), at: PerDir::default() })
+        // Whole HTTP exchanges and no Upgrade: no session.
+        Ok(None) if !conn.midstream => return None,
+        // The exchange was cut (by the snap length, a lost packet, the capture's start):
+        // a session only if the frames after it say so.
+        _ => {
+            let (client, up, problem) = without_handshake(&s, conn.midstream)?;
+            problems.push(problem);
+            (client, up)
         }
-        // Without a readable Upgrade exchange there is nothing to call a WebSocket session.
-        _ => return None,
     };
     problems.extend(wrong_accept(&up.request, &up.response));
     let takeover = deflate::takeover(&up.response);
-    let mut out = Vec::new();
+    let (mut out, mut repeated) = (Vec::new(), 0);
     // The client's stream is `client` on the connection, and its messages go `Up`.
     for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
         let inflate = takeover.map(|t| Inflater { z: Decompress::new(false), takeover: t[dir] });
@@ -591,7 +594,21 @@ pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudg
             d.out.push(Decoded { arrived: Arrival { end: u64::MAX, ..st.arrival(st.len()) }, message: unfinished });
         }
         problems.extend(d.take_problems());
-        out.extend(d.out);
+        // What the capture repeated of the session's past primes the inflater; it was
+        // not sent now, so it is no message.
+        let (repeats, sent): (Vec<_>, Vec<_>) = d.out.into_iter().partition(|m| m.arrived.end <= conn.repeated[stream]);
+        repeated += repeats.len();
+        out.extend(sent);
+    }
+    if conn.repeated.iter().any(|(_, &r)| r > 0) {
+        notes.push(format!(
+            "the session began before this capture: its handshake{} repeated by the capture so that it \
+             decodes, and not listed",
+            match repeated {
+                0 => " was".to_string(),
+                n => format!(" and {n} message(s) restoring the compression context were"),
+            }
+        ));
     }
     out.sort_by_key(|d| (d.arrived.order, d.message.dir == Dir::Down, d.arrived.end));
     let (client_addr, server_addr) = if client == Dir::Up { (conn.a, conn.b) } else { (conn.b, conn.a) };
@@ -649,14 +666,99 @@ fn next_frame(st: &Stream, from: u64, masked: bool) -> Option<u64> {
     })
 }
 
+/// The session on a connection whose Upgrade exchange could not be read, if its bytes
+/// say it is one, with a problem saying what is missing. The server's `101` counts when
+/// it was captured whole (its fields say which extensions were agreed); then frames
+/// must follow it, and the client's side must be frames from where its request was cut
+/// (or silent). Without a `101`, both sides must be seen speaking WebSocket: frames from
+/// the start of what was captured, after an HTTP head, or after a hole (see
+/// [`plausible_at`]). `Up` is taken as the client unless `midstream` leaves it open.
+fn without_handshake(s: &PerDir<Stream>, midstream: bool) -> Option<(Dir, Upgrade, String)> {
+    let clients: &[Dir] = if midstream { &[Dir::Up, Dir::Down] } else { &[Dir::Up] };
+    clients.iter().find_map(|&client| {
+        let (cs, ss) = (&s[client], &s[client.reverse()]);
+        let request = http::request(cs.contiguous(0)).ok().flatten().filter(Head::asks_websocket);
+        let response = switching(ss);
+        // After a 101, one sound frame header where the client's frames may start is enough.
+        let seen = response.is_some();
+        let server_at = match &response {
+            Some((_, end)) => Some(*end).filter(|&at| at == ss.len() || plausible_at(ss, at, false, true))?,
+            None => frame_starts(ss).find(|&at| plausible_at(ss, at, false, false))?,
+        };
+        let client_at = match frame_starts(cs).find(|&at| plausible_at(cs, at, true, seen)) {
+            Some(at) => at,
+            None if seen => cs.len(),
+            None => return None,
+        };
+        let problem = match (&request, &response) {
+            (Some(_), Some(_)) => "the Upgrade exchange could not be followed",
+            (Some(_), None) => "the server's 101 was not captured whole: compression unknown",
+            (None, Some(_)) => "the client's Upgrade request was not captured whole: no path or request headers",
+            (None, None) if midstream => "no handshake in the capture: no path or headers, and compression unknown",
+            (None, None) => {
+                "the handshake was not captured whole (cut by the snap length, or lost): no path or headers, and \
+                 compression unknown"
+            }
+        };
+        let request = request.unwrap_or_else(Head::none);
+        let response = response.map_or_else(Head::none, |(head, _)| head);
+        let at = PerDir::new(client_at, server_at);
+        Some((client, Upgrade { request, response, at }, problem.to_string()))
+    })
+}
+
+/// How far into a stream its first frame is looked for.
+const SCAN: u64 = 64 << 10;
+
+/// Where frames may start in a stream whose HTTP could not be followed: its start, after
+/// each HTTP head's blank line, after each hole, in the first [`SCAN`] bytes.
+fn frame_starts(st: &Stream) -> impl Iterator<Item = u64> + '_ {
+    let mut at = 0;
+    let mut found = vec![0];
+    while at < st.len().min(SCAN) {
+        match st.hole_from(at).filter(|h| h.at <= at) {
+            Some(h) => {
+                found.push(h.end);
+                at = h.end;
+            }
+            None => {
+                let run = st.contiguous(at);
+                let run = &run[..run.len().min((SCAN - at.min(SCAN)) as usize + 3)];
+                found.extend(
+                    run.windows(4).enumerate().filter(|(_, w)| w == b"\r\n\r\n").map(|(i, _)| at + i as u64 + 4),
+                );
+                at += run.len().max(1) as u64;
+            }
+        }
+    }
+    found.dedup();
+    found.into_iter()
+}
+
+/// The server's `101` switching to WebSocket, captured whole in the first [`SCAN`]
+/// bytes of its stream, and where it ends.
+fn switching(st: &Stream) -> Option<(Head, u64)> {
+    frame_starts(st).find_map(|at| {
+        let run = st.contiguous(at);
+        let start = run.windows(9).position(|w| w == b"HTTP/1.1 ")?;
+        let head = http::response(&run[start..]).ok()??;
+        let ws = head.status == 101 && head.has_token("upgrade", "websocket");
+        ws.then(|| {
+            let end = at + (start + head.len) as u64;
+            (head, end)
+        })
+    })
+}
+
 /// Whether a stream seen without its handshake starts as one side of a WebSocket session
-/// does: frames with sound headers, masked as `masked` says, the first a message's start
+/// does at `from`: frames with sound headers, masked as `masked` says, the first a message's start
 /// (no continuation) and no control frame fragmented, each frame's length landing on the
-/// next header, for three frames or up to the end of what was captured. An empty stream
+/// next header, for three frames or up to the end of what was captured. Nothing at all
 /// never does: bare ACKs, FINs and RSTs are no session, and a session picked up mid-way
-/// is one only when both sides are seen to speak it.
-fn plausible_start(st: &Stream, masked: bool) -> bool {
-    let run = st.contiguous(0);
+/// is one only when both sides are seen to speak it. `one`: the first sound header is
+/// enough (the server's `101` was seen).
+fn plausible_at(st: &Stream, from: u64, masked: bool, one: bool) -> bool {
+    let run = st.contiguous(from);
     let mut at = 0;
     for i in 0..3 {
         if at == run.len() {
@@ -672,9 +774,10 @@ fn plausible_start(st: &Stream, masked: bool) -> bool {
             return false;
         }
         let next = (at + h.header_len) as u64 + h.len;
-        if next > run.len() as u64 {
-            // It runs past what was captured: only a later frame may.
-            return i > 0;
+        if one || next > run.len() as u64 {
+            // It runs past what was captured: only a later frame may (or, when one is
+            // enough, this one).
+            return one || i > 0;
         }
         at = next as usize;
     }
@@ -748,6 +851,7 @@ pub(crate) mod tests {
             deliveries,
             duplicate_bytes: 0,
             out_of_order: 0,
+            repeated: PerDir::default(),
         }
     }
 
@@ -1101,5 +1205,82 @@ pub(crate) mod tests {
             data(Dir::Down, &frame(true, false, Opcode::Continuation, b"x", false)),
         ]);
         assert!(decode(&cont, SessionId(1)).unwrap().problems.iter().any(|p| p.contains("continuation")));
+    }
+
+    #[test]
+    fn a_handshake_cut_by_the_snap_length_still_gives_the_session_with_a_problem() {
+        let text = |m: &[u8], masked| frame(true, false, Opcode::Text, m, masked);
+        let switch = format!("{SWITCH}\r\n");
+        // The request's tail was cut (and, the second time, the 101's too).
+        for response_cut in [false, true] {
+            let response: Vec<(Dir, Readable)> = match response_cut {
+                false => vec![data(Dir::Down, switch.as_bytes())],
+                true => vec![
+                    data(Dir::Down, &switch.as_bytes()[..40]),
+                    (Dir::Down, Readable::Gap(switch.len() as u64 - 40)),
+                ],
+            };
+            let c = conn(
+                [
+                    vec![data(Dir::Up, &UPGRADE[..60]), (Dir::Up, Readable::Gap(UPGRADE.len() as u64 - 60))],
+                    response,
+                    vec![
+                        data(Dir::Up, &text(b"one", true)),
+                        data(Dir::Down, &text(b"two", false)),
+                        data(Dir::Up, &text(b"three", true)),
+                        data(Dir::Down, &text(b"four", false)),
+                    ],
+                ]
+                .concat(),
+            );
+            let s = decode(&c, SessionId(1)).unwrap_or_else(|| panic!("response cut {response_cut}: no session"));
+            let texts: Vec<_> = s.messages.iter().map(|m| (m.dir, m.data.clone())).collect();
+            assert_eq!(
+                texts,
+                [
+                    (Dir::Up, b"one".to_vec()),
+                    (Dir::Down, b"two".to_vec()),
+                    (Dir::Up, b"three".to_vec()),
+                    (Dir::Down, b"four".to_vec())
+                ],
+                "response cut {response_cut}"
+            );
+            let want = if response_cut {
+                "the handshake was not captured whole"
+            } else {
+                "the client's Upgrade request was not captured whole"
+            };
+            assert!(s.problems.iter().any(|p| p.starts_with(want)), "{:?}", s.problems);
+            assert_eq!(s.status, if response_cut { 0 } else { 101 });
+        }
+        // A plain HTTP exchange cut the same way is no session.
+        let c = conn(vec![
+            data(Dir::Up, b"GET /x HTTP/1.1\r\nHost: h\r\nX-Long: "),
+            (Dir::Up, Readable::Gap(300)),
+            data(Dir::Down, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+        ]);
+        assert!(decode(&c, SessionId(1)).is_none());
+    }
+
+    #[test]
+    fn what_the_capture_repeated_primes_the_inflater_and_is_not_a_message() {
+        // A rotated file: the Upgrade exchange and a priming message were repeated by the
+        // writer; the live part follows, compressed with the context the priming set.
+        let mut z = Compress::new(Compression::default(), false);
+        let prime = frame(true, true, Opcode::Binary, &deflate(&mut z, b"the window so far"), false);
+        let live = frame(true, true, Opcode::Text, &deflate(&mut z, b"the window so far, again"), false);
+        let response = format!("{SWITCH}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        let mut c = conn(vec![
+            data(Dir::Up, UPGRADE),
+            data(Dir::Down, response.as_bytes()),
+            data(Dir::Down, &prime),
+            data(Dir::Down, &live),
+        ]);
+        c.repeated = PerDir::new(UPGRADE.len() as u64, (response.len() + prime.len()) as u64);
+        let s = decode(&c, SessionId(1)).unwrap();
+        assert_eq!(summary(&s), [(Dir::Down, Kind::Text, b"the window so far, again".to_vec(), 1)]);
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert!(s.notes.iter().any(|n| n.contains("1 message(s) restoring the compression context")), "{:?}", s.notes);
+        assert_eq!(s.path, "/chat?x=1", "the repeated handshake is the part's handshake");
     }
 }

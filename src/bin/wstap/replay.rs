@@ -129,28 +129,28 @@ pub enum Format {
     Json,
 }
 
-/// `wstap sessions`.
+/// `wstap sessions`: each session printed as soon as its connection ends.
 pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode {
-    let rec = match wstap_replay::open_all(files) {
+    let mut stream = match wstap_replay::stream(files) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
     let mut out = std::io::stdout().lock();
-    let mut print = |line: String| writeln!(out, "{line}").is_ok();
+    let mut print = |line: String| writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
     if format == Format::Table {
         print(format!(
             "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  CLOSE(C/S)",
             "ID", "START (UTC)", "CLIENT → SERVER", "PATH", "C→S", "S→C"
         ));
     }
-    for s in &rec.sessions {
-        let ok = if format == Format::Json { print(session_json(s).to_string()) } else { print(session_line(s)) };
+    for s in stream.by_ref() {
+        let ok = if format == Format::Json { print(session_json(&s).to_string()) } else { print(session_line(&s)) };
         if !ok {
             return ExitCode::from(MATCHED); // stdout closed (a pager quit): nothing more to say
         }
         for (i, m) in s.messages.iter().enumerate().filter(|_| listing == Listing::Messages) {
             let line = if format == Format::Json {
-                message_json(s, i + 1, m).to_string()
+                message_json(&s, i + 1, m).to_string()
             } else if m.kind == wstap_replay::Kind::Gap {
                 let when = m.time.since(s.start).as_secs_f64();
                 format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
@@ -171,6 +171,7 @@ pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode
             }
         }
     }
+    let rec = stream.into_recording();
     report_problems(&rec);
     ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
 }
@@ -189,21 +190,25 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(ERROR)
 }
 
-/// Loads the files and picks the session to play: the one asked for, or the only one.
+/// Reads the files and picks the session to play: the one asked for, or the only one.
+/// Only that session is kept while the files stream.
 fn choose(files: &[PathBuf], id: Option<SessionId>) -> Result<Session, String> {
-    let rec = wstap_replay::open_all(files).map_err(|e| e.to_string())?;
-    report_problems(&rec);
-    let s = match id {
-        Some(id) => rec
-            .session(id)
-            .ok_or_else(|| format!("no session {id}: the capture has {} (see `wstap sessions`)", rec.sessions.len()))?,
-        None if rec.sessions.len() == 1 => &rec.sessions[0],
-        None if rec.sessions.is_empty() => return Err("the capture holds no WebSocket session".into()),
-        None => {
-            return Err(format!(
-                "the capture holds {} sessions: choose one with --session (see `wstap sessions`)",
-                rec.sessions.len()
-            ))
+    let mut stream = wstap_replay::stream(files).map_err(|e| e.to_string())?;
+    let (mut chosen, mut count) = (None, 0);
+    for s in stream.by_ref() {
+        count += 1;
+        if chosen.is_none() && id.is_none_or(|id| s.id == id) {
+            chosen = Some(s);
+        }
+    }
+    report_problems(&stream.into_recording());
+    let s = match (chosen, id) {
+        (Some(s), Some(_)) => s,
+        (Some(s), None) if count == 1 => s,
+        (_, Some(id)) => return Err(format!("no session {id}: the capture has {count} (see `wstap sessions`)")),
+        (_, None) if count == 0 => return Err("the capture holds no WebSocket session".into()),
+        (_, None) => {
+            return Err(format!("the capture holds {count} sessions: choose one with --session (see `wstap sessions`)"))
         }
     };
     if let Some(m) = s.messages.iter().position(|m| m.kind == wstap_replay::Kind::Gap) {
@@ -221,7 +226,7 @@ fn choose(files: &[PathBuf], id: Option<SessionId>) -> Result<Session, String> {
             m + 1
         ));
     }
-    Ok(s.clone())
+    Ok(s)
 }
 
 fn print_step(step: &Step) {
