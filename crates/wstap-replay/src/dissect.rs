@@ -204,13 +204,15 @@ fn gre(b: &[u8]) -> Result<&[u8], Skip> {
     }
 }
 
-/// The packet a UDP datagram carries when its destination port is a tunnel's: VXLAN
-/// (4789, and 8472 as Linux's first default), Geneve (6081), GTP-U (2152).
+/// The packet a UDP datagram carries when one of its ports (the destination's first,
+/// as Wireshark looks) is a tunnel's: VXLAN (4789, and 8472 as Linux's first default),
+/// Geneve (6081), GTP-U (2152).
 fn udp_tunnel(b: &[u8]) -> Result<&[u8], Skip> {
     let short = || Skip::Malformed("tunnel header cut short".into());
-    let port = be16(b, 2).ok_or_else(short)?;
+    let tunnel = |p: &u16| matches!(p, 4789 | 8472 | 6081 | 2152);
+    let ports = [be16(b, 2).ok_or_else(short)?, be16(b, 0).ok_or_else(short)?];
     let body = b.get(8..).ok_or_else(short)?;
-    match port {
+    match ports.into_iter().find(tunnel).unwrap_or_default() {
         4789 | 8472 => ip_payload(LinkType::Ethernet, body.get(8..).ok_or_else(short)?),
         6081 => {
             let options = usize::from(body.first().ok_or_else(short)? & 0x3f) * 4;
