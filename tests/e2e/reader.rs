@@ -93,11 +93,11 @@ fn tshark_messages(file: &Path, extra: &[&str], clients: &[u16]) -> Vec<(u16, Ve
         let num = |s: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{s:?} in {line:?}"));
         let (src, dst) = (num(cols[0][0]) as u16, num(cols[1][0]) as u16);
         let (mut ext16, mut ext64, mut texts) = (cols[5].iter(), cols[6].iter(), cols[7].iter());
-        for i in 0..cols[2].len() {
+        for (opcode, length) in cols[2].iter().zip(&cols[4]) {
             let dir = if clients.contains(&src) { Dir::Up } else { Dir::Down };
             let client = if dir == Dir::Up { src } else { dst };
-            let opcode = num(cols[2][i]) as u8;
-            let len = match num(cols[4][i]) {
+            let opcode = num(opcode) as u8;
+            let len = match num(length) {
                 126 => num(ext16.next().unwrap()),
                 127 => num(ext64.next().unwrap()),
                 n => n,
