@@ -2,8 +2,9 @@
 # Installs, from Debian's packages, what `make test` (and `make demo`, `make bench`) need
 # and this machine lacks; does nothing when everything is present. Idempotent.
 #
-#   scripts/deps.sh          the tests' tools: tshark and capinfos, systemd-analyze, mount,
-#                            runuser and Debian's python3 (a live stream read as another user)
+#   scripts/deps.sh          the tests' tools: tshark, capinfos and editcap, systemd-analyze,
+#                            mount, runuser, Debian's python3 (a live stream read as another
+#                            user) and its websockets (real permessage-deflate peers)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #
 # As root it runs apt-get itself; otherwise it uses `sudo -n` if that needs no password,
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 # command → the Debian package that provides it
-tools=(tshark:tshark capinfos:tshark systemd-analyze:systemd mount:mount runuser:util-linux)
+tools=(tshark:tshark capinfos:tshark editcap:tshark systemd-analyze:systemd mount:mount runuser:util-linux)
 [ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common)
 
 missing=()
@@ -23,8 +24,10 @@ for pair in "${tools[@]}"; do
 done
 
 # The live stream's tests run a reader as another user with /usr/bin/python3 (Debian's,
-# whatever python a PATH finds first).
+# whatever python a PATH finds first); the reader's tests run real permessage-deflate
+# peers with its websockets. editcap (tshark's package) cuts captures' snap length.
 [ -x /usr/bin/python3 ] || missing+=(python3-minimal)
+/usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
 
 # rustfmt and clippy: `make test` runs both.
 if command -v rustup >/dev/null 2>&1; then

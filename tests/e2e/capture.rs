@@ -701,10 +701,12 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
         assert_eq!(up.len(), want.len(), "client messages across all files");
         assert!(up == want, "client messages across all files add up exactly to those sent");
         assert!(down == want, "echoes across all files add up exactly");
-        // wstap's own reader: read as one capture, each file holds its part of each leg as
-        // a session of its own, beginning with the repeated Upgrade; the parts add up.
+        // wstap's own reader: read together, the files hold one session per leg, whole
+        // (what each file repeated is dropped); read alone, each file holds its part of
+        // each leg, beginning with the repeated Upgrade, and the parts add up.
         let rec = wstap_replay::open_all(&files).unwrap();
         assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        assert_eq!(rec.sessions.len(), 2, "one session per leg");
         // Given out of order, the files are read in time order, and a note says so.
         let reversed: Vec<_> = files.iter().rev().cloned().collect();
         let back = wstap_replay::open_all(&reversed).unwrap();
@@ -717,33 +719,32 @@ async fn a_session_across_rotations_decodes_in_every_file_and_adds_up() {
         assert!(summary(&back) == summary(&rec), "the same sessions, whatever the order given");
         assert!(back.notes.iter().any(|n| n.contains("not given in time order")), "{:?}", back.notes);
         assert!(!rec.notes.iter().any(|n| n.contains("time order")), "{:?}", rec.notes);
-        // Two legs per file, fewer when a leg moved nothing between two rotations: its
-        // replays then repeat the same handshake, and the reader takes them as one.
-        assert!(
-            (4..=2 * files.len()).contains(&rec.sessions.len()),
-            "{} parts in {} files",
-            rec.sessions.len(),
-            files.len()
-        );
-        for leg in [rec.sessions[0].client, rec.sessions[1].client] {
-            let parts: Vec<_> = rec.sessions.iter().filter(|s| s.client == leg).collect();
-            assert!(parts.iter().all(|s| s.path == "/rotating?x=1" && s.status == 101));
-            let client: Vec<WsMessage> = parts
+        let client = |sessions: &[&wstap_replay::Session]| -> Vec<WsMessage> {
+            sessions
                 .iter()
                 .flat_map(|s| &s.messages)
                 .filter(|m| m.dir == wstap::Dir::Up)
                 .map(|m| {
-                    (
-                        match m.kind {
-                            wstap_replay::Kind::Text => Opcode::Text,
-                            wstap_replay::Kind::Close => Opcode::Close,
-                            _ => Opcode::Binary,
-                        },
-                        m.data.clone(),
-                    )
+                    let op = match m.kind {
+                        wstap_replay::Kind::Text => Opcode::Text,
+                        wstap_replay::Kind::Close => Opcode::Close,
+                        _ => Opcode::Binary,
+                    };
+                    (op, m.data.clone())
                 })
-                .collect();
-            assert!(client == want, "the parts of leg {leg} add up to what was sent");
+                .collect()
+        };
+        for s in &rec.sessions {
+            assert!(s.path == "/rotating?x=1" && s.status == 101);
+            assert!(client(&[s]) == want, "leg {}: one session, what was sent", s.client);
+        }
+        let alone: Vec<_> = files.iter().map(|f| wstap_replay::open(f).unwrap()).collect();
+        for leg in [rec.sessions[0].client, rec.sessions[1].client] {
+            let parts: Vec<_> = alone.iter().flat_map(|r| &r.sessions).filter(|s| s.client == leg).collect();
+            assert!(parts.len() >= 3, "leg {leg}: {} parts", parts.len());
+            assert!(parts.iter().all(|s| s.path == "/rotating?x=1" && s.status == 101));
+            assert!(parts[1..].iter().all(|s| s.notes.iter().any(|n| n.contains("began before this capture"))));
+            assert!(client(&parts) == want, "the parts of leg {leg} add up to what was sent");
         }
         // Files after the first begin with the replayed, commented handshake.
         for file in &files[1..] {

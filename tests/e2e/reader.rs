@@ -336,3 +336,105 @@ fn reading_a_capture_many_times_the_memory_it_is_given_succeeds() {
     assert_eq!(stdout.lines().count(), 1 + 96);
     assert!(stdout.lines().nth(1).unwrap().contains("/s/0") && stdout.contains("   65    65  1000/1000"), "{stdout}");
 }
+
+/// The python peers of `peers/deflate.py`.
+fn peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/peers/deflate.py")
+}
+
+/// A message as the python peers log it: (kind, bytes).
+fn logged(line: &str) -> (String, Vec<u8>) {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let hex = v["hex"].as_str().unwrap();
+    let bytes = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    (v["kind"].as_str().unwrap().to_string(), bytes)
+}
+
+fn client_messages(s: &Session) -> Vec<(String, Vec<u8>)> {
+    s.messages
+        .iter()
+        .filter(|m| m.dir == Dir::Up && matches!(m.kind, Kind::Text | Kind::Binary))
+        .map(|m| (m.kind.name().to_string(), m.data.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotated_deflate_session_reads_whole_together_and_replays_exactly_in_parts() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    within(async {
+        let scratch = scratch_dir("rotated-deflate");
+        let log = scratch.join("received.jsonl");
+        let mut server = tokio::process::Command::new("/usr/bin/python3")
+            .args([peers().to_str().unwrap(), "server", log.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        let port: u16 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+        let upstream: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let dir = crate::capture::capture_dir("rotated-deflate");
+        let proxy = Proxy::start(&config(upstream, &crate::capture::capture_toml(&dir, ""))).await;
+        let front = proxy.addr();
+        let mut client = tokio::process::Command::new("/usr/bin/python3")
+            .args([peers().to_str().unwrap(), "client", &proxy.ws_url("/feed?room=3")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdin = client.stdin.take().unwrap();
+        let mut out = BufReader::new(client.stdout.take().unwrap()).lines();
+        let mut sent = Vec::new();
+        while let Some(line) = out.next_line().await.unwrap() {
+            match line.strip_prefix("sent ") {
+                Some(m) => sent.push(logged(m)),
+                None => {
+                    assert_eq!(line, "rotate");
+                    let files = std::fs::read_dir(&dir).unwrap().count();
+                    proxy.rotate().await; // SIGUSR1, mid-session
+                    eventually("the rotation finished a file", || std::fs::read_dir(&dir).unwrap().count() > files)
+                        .await;
+                    stdin.write_all(b"go\n").await.unwrap();
+                }
+            }
+        }
+        assert!(client.wait().await.unwrap().success());
+        assert_eq!(sent.len(), 12);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let files = crate::capture::the_files(&dir);
+        assert!(files.len() >= 3, "{files:?}");
+
+        // Read together: one client-leg session, every message once, compressed.
+        let rec = wstap_replay::open_all(&files).unwrap();
+        assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        let whole: Vec<_> = rec.sessions.iter().filter(|s| s.server == front).collect();
+        assert_eq!(whole.len(), 1);
+        let data = |m: &&wstap_replay::Message| m.dir == Dir::Up && m.kind != Kind::Close;
+        assert!(whole[0].deflate && whole[0].messages.iter().filter(data).all(|m| m.compressed));
+        assert!(client_messages(whole[0]) == sent, "read together: exactly what the client sent");
+
+        // Each file alone: its part of the session, replayed; the server receives exactly
+        // that part, and the parts add up to what the client sent: no priming message.
+        std::fs::write(&log, "").unwrap();
+        let mut received = Vec::new();
+        for file in &files {
+            let part = wstap_replay::open(file).unwrap();
+            assert!(part.problems.is_empty(), "{}: {:?}", file.display(), part.problems);
+            let Some(s) = part.sessions.iter().find(|s| s.server == front) else { continue };
+            let args = ["replay", file.to_str().unwrap(), "--session", &s.id.to_string(), "--target"];
+            let target = format!("ws://{upstream}");
+            let (code, stdout, stderr) = crate::replay::wstap(&[&args[..], &[target.as_str()]].concat()).await;
+            assert_eq!(code, 0, "{}: {stdout}{stderr}", file.display());
+            let got: Vec<_> = std::fs::read_to_string(&log).unwrap().lines().map(logged).collect();
+            std::fs::write(&log, "").unwrap();
+            assert!(got == client_messages(s), "{}: the server got the part's messages", file.display());
+            received.extend(got);
+        }
+        assert_eq!(received.len(), sent.len());
+        assert!(received == sent, "the parts' replays sent exactly what the client sent");
+        drop(server.kill().await);
+    })
+    .await;
+}
