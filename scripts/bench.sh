@@ -10,3 +10,4 @@ ulimit -n "$(ulimit -Hn)"
 echo "== $(date -u +%F) on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), nginx $(/usr/sbin/nginx -v 2>&1 | cut -d/ -f2)"
 cargo bench --bench capture
 cargo bench --bench proxy
+cargo bench --bench reader

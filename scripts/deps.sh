@@ -6,6 +6,7 @@
 #                            mount, runuser, Debian's python3 (a live stream read as another
 #                            user) and its websockets (real permessage-deflate peers)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
+#                            and GNU time (the reader's peak RSS)
 #
 # As root it runs apt-get itself; otherwise it uses `sudo -n` if that needs no password,
 # and else names the packages and the command to install them, and exits 1.
@@ -13,7 +14,7 @@ set -euo pipefail
 
 # command → the Debian package that provides it
 tools=(tshark:tshark capinfos:tshark editcap:tshark systemd-analyze:systemd mount:mount runuser:util-linux)
-[ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common)
+[ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common time:time)
 
 missing=()
 for pair in "${tools[@]}"; do

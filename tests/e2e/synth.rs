@@ -109,19 +109,27 @@ impl Session {
     }
 }
 
-/// `sessions` closed sessions one after the other, each with `messages` text messages of
-/// `size` bytes each way: the capture's size is about `sessions × messages × 2 × size`.
-pub fn closed_sessions<W: Write>(out: W, sessions: u32, messages: u32, size: usize) -> io::Result<W> {
+/// `sessions` closed sessions, `open` at a time (their messages interleaved), each with
+/// `messages` text messages of `size` bytes each way: the capture's size is about
+/// `sessions × messages × 2 × size`.
+pub fn closed_sessions<W: Write>(out: W, sessions: u32, open: u32, messages: u32, size: usize) -> io::Result<W> {
     let mut to = Records::new(out)?;
     let text: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
-    for n in 0..sessions {
-        let mut s = Session::new(n);
-        s.open(n, &mut to)?;
-        for _ in 0..messages {
-            s.message(Dir::Up, &text, &mut to)?;
-            s.message(Dir::Down, &text, &mut to)?;
+    for wave in (0..sessions).step_by(open.max(1) as usize) {
+        let ids: Vec<u32> = (wave..(wave + open.max(1)).min(sessions)).collect();
+        let mut live: Vec<Session> = ids.iter().map(|&n| Session::new(n)).collect();
+        for (s, &n) in live.iter_mut().zip(&ids) {
+            s.open(n, &mut to)?;
         }
-        s.close(&mut to)?;
+        for _ in 0..messages {
+            for s in &mut live {
+                s.message(Dir::Up, &text, &mut to)?;
+                s.message(Dir::Down, &text, &mut to)?;
+            }
+        }
+        for s in &mut live {
+            s.close(&mut to)?;
+        }
     }
     Ok(to.out)
 }
