@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use wstap_replay::{Dir, Kind, Session};
+use wstap_wire::wsframe::Opcode;
 
 use crate::capture::{run, tshark};
 use crate::replay::wstap;
@@ -58,7 +59,7 @@ const NOT_WEBSOCKET: &[&str] = &[
 #[derive(Debug)]
 struct Shown {
     dir: Dir,
-    opcode: u8,
+    opcode: Opcode,
     frames: u32,
     len: u64,
     text: Option<String>,
@@ -96,13 +97,13 @@ fn tshark_messages(file: &Path, extra: &[&str], clients: &[u16]) -> Vec<(u16, Ve
         for (opcode, length) in cols[2].iter().zip(&cols[4]) {
             let dir = if clients.contains(&src) { Dir::Up } else { Dir::Down };
             let client = if dir == Dir::Up { src } else { dst };
-            let opcode = num(opcode) as u8;
+            let opcode = Opcode::from_bits(num(opcode) as u8);
             let len = match num(length) {
                 126 => num(ext16.next().unwrap()),
                 127 => num(ext64.next().unwrap()),
                 n => n,
             };
-            let text = (opcode == 1).then(|| texts.next().map(|t| t.to_string())).flatten();
+            let text = (opcode == Opcode::Text).then(|| texts.next().map(|t| t.to_string())).flatten();
             let at = match by_client.iter().position(|(c, _)| *c == client) {
                 Some(at) => at,
                 None => {
@@ -112,9 +113,9 @@ fn tshark_messages(file: &Path, extra: &[&str], clients: &[u16]) -> Vec<(u16, Ve
             };
             let messages = &mut by_client[at].1;
             // A continuation joins the last data message sent the same way.
-            let open = messages.iter_mut().rev().find(|m| m.dir == dir && m.opcode < 8);
+            let open = messages.iter_mut().rev().find(|m| m.dir == dir && !m.opcode.is_control());
             match (opcode, open) {
-                (0, Some(m)) => {
+                (Opcode::Continuation, Some(m)) => {
                     m.frames += 1;
                     m.len += len;
                 }
@@ -125,13 +126,13 @@ fn tshark_messages(file: &Path, extra: &[&str], clients: &[u16]) -> Vec<(u16, Ve
     by_client
 }
 
-fn opcode(kind: Kind) -> u8 {
+fn opcode(kind: Kind) -> Opcode {
     match kind {
-        Kind::Text => 1,
-        Kind::Binary => 2,
-        Kind::Close => 8,
-        Kind::Ping => 9,
-        Kind::Pong => 10,
+        Kind::Text => Opcode::Text,
+        Kind::Binary => Opcode::Binary,
+        Kind::Close => Opcode::Close,
+        Kind::Ping => Opcode::Ping,
+        Kind::Pong => Opcode::Pong,
         other => panic!("{other:?} has no opcode"),
     }
 }
@@ -317,24 +318,57 @@ fn sessions_are_handed_out_as_their_connections_end_not_at_the_end_of_the_file()
     assert!(rest.iter().all(|s| s.messages.len() == 42 && s.problems.is_empty()));
     let rec = sessions.into_recording();
     assert!(rec.sessions.is_empty() && rec.problems.is_empty(), "{:?}", rec.problems);
+
+    // One long session, event by event: its messages come out as they complete.
+    let capture = synth::closed_sessions(Vec::new(), 1, 1, 2000, 2000).unwrap();
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let src = Counting { inner: &capture[..], read: read.clone() };
+    let mut events = wstap_replay::stream_from("long.pcap", src).unwrap().into_events();
+    let Some(wstap_replay::Event::Opened(opened)) = events.next() else { panic!("the session opens first") };
+    assert_eq!((opened.path.as_str(), opened.messages.len()), ("/s/0", 0));
+    let Some(wstap_replay::Event::Message(id, first)) = events.next() else { panic!("then its messages") };
+    let at_first = read.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((id, first.dir, first.data.len()), (opened.id, Dir::Up, 2000));
+    assert!(at_first < capture.len() as u64 / 10, "{at_first} of {} bytes read for the first message", capture.len());
+    let mut tally = wstap_replay::Tally::default();
+    tally.add(&first);
+    let mut closed = None;
+    for e in events.by_ref() {
+        match e {
+            wstap_replay::Event::Message(_, m) => tally.add(&m),
+            wstap_replay::Event::Closed(s) => closed = Some(s),
+            wstap_replay::Event::Opened(s) => panic!("one session only: {}", s.id),
+        }
+    }
+    let closed = closed.expect("it closes at the end");
+    assert!(closed.messages.is_empty() && closed.problems.is_empty(), "{:?}", closed.problems);
+    assert_eq!(tally.messages, wstap_wire::PerDir::new(2001, 2001));
+    assert_eq!(tally.close, wstap_wire::PerDir::new(Some(1000), Some(1000)));
 }
 
 #[test]
 fn a_capture_larger_than_the_memory_allowed_reads_within_it() {
-    // 96 MiB of closed sessions read with a 160 MiB address space: the whole file alone
-    // would take most of it, and once took three times the file.
+    // 96 MiB read with a 160 MiB address space (the binary's own mappings take much of
+    // it): the whole file alone would take most of it, and once took three times the
+    // file. Once as 96 sessions four at a time, once as a single session: a day-long
+    // session is held as the frame in progress, not as what it carried.
     let scratch = scratch_dir("big");
-    let file = scratch.join("big.pcap");
-    let out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
-    synth::closed_sessions(out, 96, 4, 64, 8 * 1024).unwrap().into_inner().unwrap().sync_all().unwrap();
-    let size = std::fs::metadata(&file).unwrap().len();
-    assert!(size > 96 << 20, "{size}");
-    let script = "ulimit -v 163840; exec \"$0\" sessions \"$1\"";
-    let out = Command::new("sh").args(["-c", script, WSTAP, file.to_str().unwrap()]).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().count(), 1 + 96);
-    assert!(stdout.lines().nth(1).unwrap().contains("/s/0") && stdout.contains("   65    65  1000/1000"), "{stdout}");
+    for (name, sessions, open, messages) in [("many", 96, 4, 64), ("one", 1, 1, 96 * 64)] {
+        let file = scratch.join(format!("{name}.pcap"));
+        let out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        let out = synth::closed_sessions(out, sessions, open, messages, 8 * 1024).unwrap();
+        out.into_inner().unwrap().sync_all().unwrap();
+        let size = std::fs::metadata(&file).unwrap().len();
+        assert!(size > 96 << 20, "{size}");
+        let script = "ulimit -v 163840; exec \"$0\" sessions \"$1\"";
+        let out = Command::new("sh").args(["-c", script, WSTAP, file.to_str().unwrap()]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.lines().count(), 1 + sessions as usize, "{name}");
+        let counts = format!("{:>5} {:>5}  1000/1000", messages + 1, messages + 1);
+        assert!(stdout.lines().skip(1).all(|l| l.contains(&counts)), "{name}: {stdout}");
+        std::fs::remove_file(&file).unwrap();
+    }
 }
 
 /// The python peers of `peers/deflate.py`.

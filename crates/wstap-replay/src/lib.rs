@@ -6,11 +6,13 @@
 //!
 //! # Layout
 //!
-//! The reading path, every stage pure:
+//! The reading path, every stage pure but the first:
 //!
 //! ```text
-//! capfile (pcap/pcapng records) ─▶ dissect (link, IP, TCP) ─▶ reassembly (byte streams,
-//!   gaps) ─▶ session (HTTP exchanges, Upgrade, frames, inflate) ─▶ Session { messages }
+//! input (files, stdin, gzip/zstd/lz4) ─▶ capfile (pcap/pcapng records) ─▶ dissect (link,
+//!   tunnels, IP, TCP) ─▶ reassembly (byte streams, gaps) ─▶ conn (handshake found, frames
+//!   decoded as they arrive) ─▶ session (HTTP exchanges, Upgrade, frames, inflate)
+//!   ─▶ Events { Opened, Message, Closed } ─▶ Sessions ─▶ Recording { sessions }
 //! ```
 //!
 //! Loading a fixture in a Rust test:
@@ -32,12 +34,16 @@
 //!
 //! The stages, for a reader that wants one alone (a fuzz target, a tool of its own):
 //!
-//! - [`capfile`]: pcap and pcapng records from a byte slice, errors with file offsets.
+//! - [`input`]: files, standard input, and compressed captures, as bytes.
+//! - [`capfile`]: pcap and pcapng records from any reader, errors with file offsets.
 //! - [`dissect`]: link layer → IP → TCP segment.
 //! - [`reassembly`]: per-connection byte streams in the order their bytes became
 //!   readable, with explicit gaps.
 //! - [`decode_within`]: HTTP exchanges, the Upgrade, frames, inflating: a [`Session`]
-//!   of [`Message`]s.
+//!   of [`Message`]s, from one connection in memory.
+//! - [`stream`] and [`stream_from`]: any number of captures of any size as [`Sessions`],
+//!   each handed out when its connection ends, or as [`Events`], each message handed
+//!   out when complete and none kept.
 //! - [`replay()`] and [`mock`]: one side of a session against a live peer.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -48,6 +54,7 @@
 pub struct Guide;
 
 pub mod capfile;
+mod conn;
 pub mod dissect;
 pub mod input;
 mod player;
@@ -55,15 +62,16 @@ pub mod reassembly;
 mod session;
 mod stream;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use wstap_wire::Timestamp;
 
 pub use capfile::FormatError;
+pub use conn::decode_within;
 pub use player::{mock, preview, replay, BadTarget, Content, Options, PlayError, Report, Step};
-pub use session::{decode_within, InflateBudget, Kind, Message, Session, SessionId};
+pub use session::{InflateBudget, Kind, Message, Session, SessionId, Tally};
 pub use wstap_wire::Dir;
 
 /// Everything read from one or more capture files.
@@ -220,26 +228,44 @@ impl<'a> Input<'a> {
     }
 }
 
-/// Sessions as the captures stream: an iterator that hands each session out when its
-/// connection ends; [`Sessions::into_recording`] gives what was counted, noted and found
-/// wrong on the way (and the sessions not taken).
-pub struct Sessions<'a> {
+/// What a capture shows as it streams ([`Events`]).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A session was found (its handshake, or frames that say it is one): everything
+    /// but its messages, which follow.
+    Opened(Session),
+    /// A message of a session, complete.
+    Message(SessionId, Message),
+    /// A session's connection ended: the session with its problems and notes complete,
+    /// and no messages (they were handed out before).
+    Closed(Session),
+}
+
+/// The captures as they stream, event by event: each message is handed out when it is
+/// complete and nothing of it is kept, so memory is what is still to be read of the
+/// connections open (a frame or fragmented message in progress, bounded by the reader's
+/// largest message; a connection's bytes until its handshake is found), whatever a
+/// session carries. [`Events::into_recording`] reads on to the end and gives what was
+/// counted, noted and found wrong.
+pub struct Events<'a> {
     /// The captures still to read, in the order they are read.
     inputs: std::vec::IntoIter<Input<'a>>,
     current: Option<Packets<'a>>,
     tcp: reassembly::Reassembler,
-    /// Sessions decoded and not yet handed out.
-    ready: VecDeque<Session>,
+    /// The connections being read, by their number.
+    conns: HashMap<u64, conn::Conn>,
+    /// Events not yet handed out.
+    ready: VecDeque<Event>,
     /// The totals, problems and notes so far (its `sessions` stay empty).
     rec: Recording,
     budget: InflateBudget,
-    /// Sessions decoded so far.
+    /// Sessions found so far.
     sessions: usize,
     done: bool,
 }
 
-impl<'a> Sessions<'a> {
-    fn new(inputs: Vec<Input<'a>>) -> Result<Sessions<'a>, Error> {
+impl<'a> Events<'a> {
+    fn new(inputs: Vec<Input<'a>>) -> Result<Events<'a>, Error> {
         let mut rec = Recording::default();
         let inputs = if inputs.iter().any(|i| matches!(i, Input::Once(..))) {
             // Standard input is read once: its first packet cannot be looked at before
@@ -254,10 +280,11 @@ impl<'a> Sessions<'a> {
         let mut inputs = inputs.into_iter();
         // The first capture is opened now, so that one read once is checked here too.
         let current = inputs.next().map(Input::packets).transpose()?;
-        Ok(Sessions {
+        Ok(Events {
             inputs,
             current,
             tcp: reassembly::Reassembler::new(),
+            conns: HashMap::new(),
             ready: VecDeque::new(),
             rec,
             budget: InflateBudget::for_input(0),
@@ -266,16 +293,16 @@ impl<'a> Sessions<'a> {
         })
     }
 
-    /// Everything the captures hold: the sessions not taken yet (all of them, when none
-    /// was), with the totals, problems and notes of the whole read.
+    /// Reads to the end: the totals, problems and notes of the whole read (no sessions:
+    /// they were handed out, or are dropped now).
     pub fn into_recording(mut self) -> Recording {
-        let sessions: Vec<Session> = self.by_ref().collect();
-        Recording { sessions, ..self.rec }
+        self.by_ref().for_each(drop);
+        self.rec
     }
 
-    /// Reads on until a connection ends or the captures do.
+    /// Reads on until something happens or the captures end.
     fn read_on(&mut self) {
-        loop {
+        while self.ready.is_empty() {
             let Some(packets) = &mut self.current else {
                 match self.inputs.next().map(Input::packets) {
                     Some(Ok(p)) => self.current = Some(p),
@@ -302,10 +329,8 @@ impl<'a> Sessions<'a> {
                 }
                 None => self.current = None,
             }
-            let ended: Vec<_> = self.tcp.take_ended().collect();
-            if !ended.is_empty() {
-                ended.iter().for_each(|c| self.decode(c));
-                return;
+            for news in self.tcp.take_news() {
+                self.news(news);
             }
         }
     }
@@ -313,8 +338,8 @@ impl<'a> Sessions<'a> {
     /// The end of the captures: every connection still open ends.
     fn finish(&mut self) {
         self.done = true;
-        for conn in std::mem::take(&mut self.tcp).finish() {
-            self.decode(&conn);
+        for news in std::mem::take(&mut self.tcp).finish_news() {
+            self.news(news);
         }
         if self.rec.tls_connections > 0 {
             self.rec.notes.push(format!(
@@ -326,17 +351,75 @@ impl<'a> Sessions<'a> {
         }
     }
 
-    fn decode(&mut self, conn: &reassembly::Reassembled) {
-        match session::decode_within(conn, SessionId(self.sessions + 1), &mut self.budget) {
-            Some(s) => {
-                self.sessions += 1;
-                self.rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
-                self.rec.notes.extend(s.notes.iter().map(|n| format!("session {}: {n}", s.id)));
-                self.ready.push_back(s);
+    /// What a connection made readable: to its reader, and what that finds to the queue.
+    fn news(&mut self, news: reassembly::News) {
+        let budget = &mut self.budget;
+        let conn = self.conns.entry(news.conn).or_insert_with(|| conn::Conn::new(&news.facts));
+        let (fed, closed) = match news.ended {
+            false => (conn.feed(news.facts, budget, &mut self.sessions), None),
+            true => {
+                let Some(conn) = self.conns.remove(&news.conn) else { return };
+                let tls = conn.is_tls();
+                let (fed, session) = conn.end(news.facts, budget, &mut self.sessions);
+                match session {
+                    Some(_) => {}
+                    None if tls => self.rec.tls_connections += 1,
+                    None => self.rec.other_connections += 1,
+                }
+                (fed, session)
             }
-            None if tls(conn) => self.rec.tls_connections += 1,
-            None => self.rec.other_connections += 1,
+        };
+        if let Some(s) = fed.opened {
+            self.ready.push_back(Event::Opened(s));
         }
+        if let Some(id) = fed.id {
+            self.ready.extend(fed.messages.into_iter().map(|m| Event::Message(id, m)));
+        }
+        if let Some(s) = closed {
+            self.rec.problems.extend(s.problems.iter().map(|p| format!("session {}: {p}", s.id)));
+            self.rec.notes.extend(s.notes.iter().map(|n| format!("session {}: {n}", s.id)));
+            self.ready.push_back(Event::Closed(s));
+        }
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if self.ready.is_empty() && !self.done {
+            self.read_on();
+        }
+        self.ready.pop_front()
+    }
+}
+
+/// Sessions as the captures stream: each handed out whole when its connection ends
+/// (its messages held until then). [`Sessions::into_recording`] gives what was counted,
+/// noted and found wrong on the way, and the sessions not taken.
+pub struct Sessions<'a> {
+    events: Events<'a>,
+    /// Sessions whose connections are open, with their messages so far.
+    open: HashMap<SessionId, Session>,
+}
+
+impl<'a> Sessions<'a> {
+    fn new(inputs: Vec<Input<'a>>) -> Result<Sessions<'a>, Error> {
+        Ok(Sessions { events: Events::new(inputs)?, open: HashMap::new() })
+    }
+
+    /// The same captures event by event, messages handed out as they complete (and
+    /// none kept).
+    pub fn into_events(self) -> Events<'a> {
+        self.events
+    }
+
+    /// Everything the captures hold: the sessions not taken yet (all of them, when none
+    /// was), by id, with the totals, problems and notes of the whole read.
+    pub fn into_recording(mut self) -> Recording {
+        let mut sessions: Vec<Session> = self.by_ref().collect();
+        sessions.sort_by_key(|s| s.id);
+        Recording { sessions, ..self.events.into_recording() }
     }
 }
 
@@ -345,13 +428,20 @@ impl Iterator for Sessions<'_> {
 
     fn next(&mut self) -> Option<Session> {
         loop {
-            if let Some(s) = self.ready.pop_front() {
-                return Some(s);
+            match self.events.next()? {
+                Event::Opened(s) => {
+                    self.open.insert(s.id, s);
+                }
+                Event::Message(id, m) => {
+                    if let Some(s) = self.open.get_mut(&id) {
+                        s.messages.push(m);
+                    }
+                }
+                Event::Closed(s) => {
+                    let messages = self.open.remove(&s.id).map(|o| o.messages).unwrap_or_default();
+                    return Some(Session { messages, ..s });
+                }
             }
-            if self.done {
-                return None;
-            }
-            self.read_on();
         }
     }
 }
@@ -369,13 +459,4 @@ fn in_time_order<'a>(inputs: Vec<Input<'a>>, notes: &mut Vec<String>) -> Result<
         notes.push(format!("the files were not given in time order; read in it: {}", names.join(", ")));
     }
     Ok(ordered.into_iter().map(|(_, _, i)| i).collect())
-}
-
-/// Whether the opener's first bytes are a TLS handshake record (a ClientHello).
-fn tls(conn: &reassembly::Reassembled) -> bool {
-    let first = conn.deliveries.iter().find_map(|e| match (&e.what, e.from) {
-        (reassembly::Readable::Data(d), Dir::Up) => Some(d),
-        _ => None,
-    });
-    first.is_some_and(|d| d.len() >= 6 && d[0] == 0x16 && d[1] == 3 && d[5] == 1)
 }

@@ -675,7 +675,7 @@ mod tests {
 
     #[test]
     fn targets_keep_the_recorded_path_unless_they_name_one() {
-        let s = crate::session::tests::session_with_path("/chat?room=1");
+        let s = crate::session::session_with_path("/chat?room=1");
         assert_eq!(url_for(&s, "ws://127.0.0.1:9").unwrap(), "ws://127.0.0.1:9/chat?room=1");
         assert_eq!(url_for(&s, "ws://h:9/").unwrap(), "ws://h:9/chat?room=1");
         assert_eq!(url_for(&s, "ws://h:9/other").unwrap(), "ws://h:9/other");

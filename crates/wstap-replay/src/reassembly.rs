@@ -60,6 +60,14 @@ pub struct Reassembled {
     pub repeated: PerDir<u64>,
 }
 
+impl Reassembled {
+    /// Everything but the deliveries.
+    pub fn facts(&self) -> Reassembled {
+        let Reassembled { a, b, first_seen, midstream, duplicate_bytes, out_of_order, repeated, .. } = *self;
+        Reassembled { a, b, first_seen, midstream, deliveries: Vec::new(), duplicate_bytes, out_of_order, repeated }
+    }
+}
+
 /// Bytes waiting for a hole to fill, per direction, beyond which the hole is given up on.
 const MAX_PENDING: usize = 8 << 20;
 
@@ -102,14 +110,29 @@ struct Live {
 
 type Key = (SocketAddr, SocketAddr);
 
-/// Feeds segments in capture order; connections are handed out as they end
-/// ([`Reassembler::take_ended`]) and the rest by [`Reassembler::finish`]. Memory is the
-/// connections open at once.
+/// What a connection made readable since it was last asked ([`Reassembler::take_news`]).
+#[derive(Debug)]
+pub struct News {
+    /// The connection: its number by when it was first seen, from 1.
+    pub conn: u64,
+    /// Its facts, with the deliveries made since.
+    pub facts: Reassembled,
+    /// It ended: nothing more will come of it.
+    pub ended: bool,
+}
+
+/// Feeds segments in capture order; connections are handed out whole as they end
+/// ([`Reassembler::take_ended`], then [`Reassembler::finish`]), or what each made
+/// readable as it goes ([`Reassembler::take_news`], then [`Reassembler::finish_news`]).
+/// Memory is the connections open at once, and (taken as news) only what waits for a
+/// hole in them.
 #[derive(Default)]
 pub struct Reassembler {
     live: HashMap<Key, Live>,
     seen: u64,
     ended: Vec<(u64, Reassembled)>,
+    /// Connections with deliveries since the last news.
+    touched: Vec<Key>,
     /// Tuples of connections that ended, and when.
     gone: HashMap<Key, Timestamp>,
     /// `gone`'s size at which it is next pruned.
@@ -182,6 +205,9 @@ impl Reassembler {
         let Some(l) = self.live.get_mut(&k) else { return };
         l.repeats_only &= repeat;
         l.segment(time, s, repeat);
+        if !l.conn.deliveries.is_empty() && self.touched.last() != Some(&k) {
+            self.touched.push(k);
+        }
         if l.halves.iter().all(|(_, h)| h.done) {
             if let Some(l) = self.live.remove(&k) {
                 self.ended.push((l.seen, l.conn));
@@ -203,6 +229,33 @@ impl Reassembler {
     /// The connections that ended since the last call, in the order they ended.
     pub fn take_ended(&mut self) -> impl Iterator<Item = Reassembled> + '_ {
         self.ended.drain(..).map(|(_, c)| c)
+    }
+
+    /// What each connection made readable since the last call, and the connections that
+    /// ended (with what they made readable last).
+    pub fn take_news(&mut self) -> Vec<News> {
+        let mut news = Vec::new();
+        for k in self.touched.drain(..) {
+            let Some(l) = self.live.get_mut(&k) else { continue };
+            if !l.conn.deliveries.is_empty() {
+                let deliveries = std::mem::take(&mut l.conn.deliveries);
+                news.push(News { conn: l.seen, facts: Reassembled { deliveries, ..l.conn.facts() }, ended: false });
+            }
+        }
+        news.extend(self.ended.drain(..).map(|(conn, facts)| News { conn, facts, ended: true }));
+        news
+    }
+
+    /// The end of the capture, as news: every connection ends.
+    pub fn finish_news(mut self) -> Vec<News> {
+        let mut news = self.take_news();
+        let mut rest: Vec<Live> = self.live.into_values().collect();
+        rest.sort_by_key(|l| l.seen);
+        for mut l in rest {
+            l.flush(None);
+            news.push(News { conn: l.seen, facts: l.conn, ended: true });
+        }
+        news
     }
 
     /// Ends every stream: what still waits for a hole is delivered after a gap. The

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use flate2::Decompress;
 
-use crate::reassembly::{Readable, Reassembled};
+use crate::reassembly::Reassembled;
 use crate::stream::{Arrival, Hole, Stream};
 use wstap_wire::deflate;
 use wstap_wire::dir::{Dir, PerDir};
@@ -78,6 +78,28 @@ impl Message {
     }
 }
 
+/// What a session's messages add up to, counted as they stream by (see
+/// [`crate::Events`]) or from a whole session ([`Session::tally`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages each way (`Up`: the client's), gaps not counted.
+    pub messages: PerDir<usize>,
+    /// The close code sent each way, if a close message with one went that way.
+    pub close: PerDir<Option<u16>>,
+}
+
+impl Tally {
+    /// Counts `m`.
+    pub fn add(&mut self, m: &Message) {
+        if m.kind != Kind::Gap {
+            self.messages[m.dir] += 1;
+        }
+        if m.kind == Kind::Close && self.close[m.dir].is_none() {
+            self.close[m.dir] = m.close_code();
+        }
+    }
+}
+
 /// A session's number in its capture: 1-based, in the order the capture saw the
 /// sessions' first packets (as `wstap sessions` lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -133,12 +155,19 @@ impl Session {
     /// The messages that went `dir`; the gaps among them (bytes not captured) are not
     /// messages, and not counted.
     pub fn count(&self, dir: Dir) -> usize {
-        self.messages.iter().filter(|m| m.dir == dir && m.kind != Kind::Gap).count()
+        self.tally().messages[dir]
     }
 
     /// The close code sent `dir`, if a close message with one went that way.
     pub fn close_code(&self, dir: Dir) -> Option<u16> {
-        self.messages.iter().find(|m| m.dir == dir && m.kind == Kind::Close).and_then(Message::close_code)
+        self.tally().close[dir]
+    }
+
+    /// What its messages add up to.
+    pub fn tally(&self) -> Tally {
+        let mut t = Tally::default();
+        self.messages.iter().for_each(|m| t.add(m));
+        t
     }
 
     /// A request header's value (name compared case-insensitively).
@@ -182,24 +211,12 @@ impl InflateBudget {
     }
 }
 
-fn streams(conn: &Reassembled) -> PerDir<Stream> {
-    let mut s: PerDir<Stream> = PerDir::default();
-    for (order, e) in conn.deliveries.iter().enumerate() {
-        match &e.what {
-            Readable::Data(d) => s[e.from].push_data(d, e.time, order),
-            Readable::Gap(n) => s[e.from].push_hole(*n, e.time, order),
-            Readable::Fin | Readable::Rst => {}
-        }
-    }
-    s
-}
-
 /// Where the WebSocket frames start in each direction (`Up`: the client's), after the
 /// HTTP exchanges.
-struct Upgrade {
-    request: Head,
-    response: Head,
-    at: PerDir<u64>,
+pub(crate) struct Upgrade {
+    pub(crate) request: Head,
+    pub(crate) response: Head,
+    pub(crate) at: PerDir<u64>,
 }
 
 /// The longest HTTP head the reader holds.
@@ -262,17 +279,16 @@ fn next_message(f: &mut Framer, dir: Dir, st: &Stream, at: &mut u64) -> Result<O
     }
 }
 
-/// One direction's frame decoding.
-struct Decoder<'b> {
+/// One direction's frame decoding, fed as the stream grows.
+pub(crate) struct Decoder {
     /// Which way its messages go (`Up`: the client's).
     dir: Dir,
-    budget: &'b mut InflateBudget,
     /// The inflater, when the handshake negotiated permessage-deflate.
     inflate: Option<Inflater>,
     /// The fragmented data message being assembled.
     partial: Option<Message>,
     /// Messages, each with the arrival of its last byte.
-    out: Vec<Decoded>,
+    pub(crate) out: Vec<Decoded>,
     problems: Vec<String>,
     /// Problems past [`MAX_PROBLEMS`], counted only.
     more_problems: u64,
@@ -280,23 +296,42 @@ struct Decoder<'b> {
     window_lost: Option<u64>,
 }
 
+/// Where decoding goes on after a hole.
+enum Resume {
+    At(u64),
+    /// Not enough after the hole yet to tell.
+    Wait,
+}
+
+/// How much captured after a lost frame header is searched for the next frame before the
+/// stream ends: past it, the direction is given up on rather than searched again and
+/// again as it grows.
+const RESYNC_WINDOW: usize = 256 << 10;
+
 /// A direction's inflater.
-struct Inflater {
-    z: Decompress,
+pub(crate) struct Inflater {
+    pub(crate) z: Decompress,
     /// It keeps its context (window) from one message to the next.
-    takeover: bool,
+    pub(crate) takeover: bool,
 }
 
 /// A message read, with when its last byte became readable (for merging both directions).
-struct Decoded {
-    arrived: Arrival,
-    message: Message,
+pub(crate) struct Decoded {
+    pub(crate) arrived: Arrival,
+    pub(crate) message: Message,
 }
 
-impl<'b> Decoder<'b> {
-    fn new(dir: Dir, inflate: Option<Inflater>, budget: &'b mut InflateBudget) -> Decoder<'b> {
+impl Decoded {
+    /// A message the stream's end left unfinished.
+    fn unfinished(message: Message, st: &Stream) -> Decoded {
+        Decoded { arrived: Arrival { end: u64::MAX, ..st.arrival(st.len()) }, message }
+    }
+}
+
+impl Decoder {
+    pub(crate) fn new(dir: Dir, inflate: Option<Inflater>) -> Decoder {
         let (partial, out, problems) = (None, Vec::new(), Vec::new());
-        Decoder { dir, budget, inflate, partial, out, problems, more_problems: 0, window_lost: None }
+        Decoder { dir, inflate, partial, out, problems, more_problems: 0, window_lost: None }
     }
 
     /// Notes a problem: the first few in full, the rest counted (a stream of broken frames
@@ -309,8 +344,17 @@ impl<'b> Decoder<'b> {
         }
     }
 
+    /// The stream `st` ended: a fragmented message still open is incomplete.
+    pub(crate) fn finish(&mut self, st: &Stream) {
+        if let Some(mut unfinished) = self.partial.take() {
+            self.problem("the capture ends inside a fragmented message".into());
+            unfinished.incomplete = true;
+            self.out.push(Decoded::unfinished(unfinished, st));
+        }
+    }
+
     /// The problems, with the count of those not listed.
-    fn take_problems(&mut self) -> Vec<String> {
+    pub(crate) fn take_problems(&mut self) -> Vec<String> {
         let mut all = std::mem::take(&mut self.problems);
         if self.more_problems > 0 {
             all.push(format!("{}: {} more problems like these", self.dir.arrow(), self.more_problems));
@@ -318,39 +362,48 @@ impl<'b> Decoder<'b> {
         all
     }
 
-    /// Decodes the frames of `st` from offset `at` to its end. Where the capture lost a
-    /// frame header (a hole where one starts, or across one), decoding goes on at the
-    /// hole's end if a sound header starts there: wstap's own captures always resume at
-    /// a frame boundary, and list the hole as a gap.
-    fn run(&mut self, st: &Stream, mut at: u64) {
+    /// Decodes the frames of `st` from offset `at`: to its end when `last` (the stream
+    /// has ended), else those whose bytes are all in (a frame the stream's current end
+    /// cuts waits for the rest). Where the capture lost a frame header (a hole where one
+    /// starts, or across one), decoding goes on at the hole's end if a sound header
+    /// starts there: wstap's own captures always resume at a frame boundary, and list
+    /// the hole as a gap. Returns where to go on from; `None` when the rest of the
+    /// direction cannot be read.
+    pub(crate) fn run(&mut self, st: &Stream, mut at: u64, last: bool, budget: &mut InflateBudget) -> Option<u64> {
         while at < st.len() {
             let run = st.contiguous(at);
             let Some(header) = FrameHeader::parse(run) else {
                 match st.hole_from(at).filter(|h| h.at <= at + run.len() as u64) {
-                    Some(hole) => match self.resync(st, hole) {
-                        Some(next) => {
+                    Some(hole) => match self.resync(st, hole, last)? {
+                        Resume::At(next) => {
                             at = next;
                             continue;
                         }
-                        None => return,
+                        Resume::Wait => return Some(at),
                     },
+                    None if !last => return Some(at),
                     None => break,
                 }
             };
             if let Opcode::Reserved(bits) = header.opcode {
-                return self.problem(format!("bad frame header at stream offset {at}: reserved opcode {bits:#x}"));
+                self.problem(format!("bad frame header at stream offset {at}: reserved opcode {bits:#x}"));
+                return None;
             }
             let (start, len) = (at + header.header_len as u64, header.len);
             if len > MAX_MESSAGE as u64 {
-                return self
-                    .problem(format!("frame at stream offset {at} claims {len} bytes, more than this reader holds"));
+                self.problem(format!("frame at stream offset {at} claims {len} bytes, more than this reader holds"));
+                return None;
             }
             let end = start + len;
+            if end > st.len() && !last {
+                return Some(at);
+            }
             let (payload, gap) = payload(st, start, end, header.mask);
             let arrived = Arrival { end, ..st.arrival(end.min(st.len())) };
-            self.frame(&header, payload, gap, arrived);
+            self.frame(&header, payload, gap, arrived, budget);
             if end > st.len() {
-                return self.problem(format!("the stream ends inside a {len}-byte frame at stream offset {at}"));
+                self.problem(format!("the stream ends inside a {len}-byte frame at stream offset {at}"));
+                return None;
             }
             if gap {
                 let missing = len - st.runs(start, end).iter().map(|(_, b)| b.len() as u64).sum::<u64>();
@@ -363,18 +416,23 @@ impl<'b> Decoder<'b> {
         if at < st.len() {
             self.problem(format!("the stream ends inside a frame header at stream offset {at}"));
         }
+        Some(at)
     }
 
     /// A hole where a frame header should be: lists it as a gap and says where decoding
     /// goes on: at its end when a sound header starts there (wstap's own captures), else
     /// at the next frame that parses and is followed by another (or by the stream's end),
-    /// the bytes skipped to it lost too and said so; `None` when no frame follows.
-    fn resync(&mut self, st: &Stream, hole: Hole) -> Option<u64> {
+    /// the bytes skipped to it lost too and said so; `None` when no frame follows. Before
+    /// the stream's end (`last` false), it waits while what follows the hole is too
+    /// short to tell.
+    fn resync(&mut self, st: &Stream, hole: Hole, last: bool) -> Option<Resume> {
         let masked = self.dir == Dir::Up;
         let resume = match hole.end >= st.len() {
+            true if !last => return Some(Resume::Wait),
             true => hole.end,
             false => match next_frame(st, hole.end, masked) {
                 Some(at) => at,
+                None if !last && st.contiguous(hole.end).len() < RESYNC_WINDOW => return Some(Resume::Wait),
                 None => {
                     self.problem(format!(
                         "the capture lost {} bytes at stream offset {}, and no frame header follows them; \
@@ -419,11 +477,11 @@ impl<'b> Decoder<'b> {
             lost,
         };
         self.out.push(Decoded { arrived, message: gap });
-        Some(resume)
+        Some(Resume::At(resume))
     }
 
     /// One frame, whose last byte `arrived`.
-    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, arrived: Arrival) {
+    fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, arrived: Arrival, budget: &mut InflateBudget) {
         let end = arrived.end;
         let dir = self.dir;
         let message = move |kind, data, compressed| Message {
@@ -457,7 +515,7 @@ impl<'b> Decoder<'b> {
                 p.time = arrived.time;
                 if h.fin {
                     let m = self.partial.take();
-                    m.into_iter().for_each(|m| self.complete(m, arrived));
+                    m.into_iter().for_each(|m| self.complete(m, arrived, budget));
                 }
             }
             Opcode::Text | Opcode::Binary => {
@@ -470,7 +528,7 @@ impl<'b> Decoder<'b> {
                     self.out.push(Decoded { arrived, message: unfinished });
                 }
                 if h.fin {
-                    self.complete(m, arrived);
+                    self.complete(m, arrived, budget);
                 } else {
                     self.partial = Some(m);
                 }
@@ -481,7 +539,7 @@ impl<'b> Decoder<'b> {
     }
 
     /// A message's last frame arrived: inflate it if it was compressed.
-    fn complete(&mut self, mut m: Message, arrived: Arrival) {
+    fn complete(&mut self, mut m: Message, arrived: Arrival, budget: &mut InflateBudget) {
         // After a gap that took compressed bytes, the shared window is unknown.
         if m.compressed && !m.incomplete {
             if let Some(at) = self.window_lost {
@@ -494,7 +552,7 @@ impl<'b> Decoder<'b> {
             }
         }
         if m.compressed && !m.incomplete {
-            self.inflate(&mut m, arrived.end);
+            self.inflate(&mut m, arrived.end, budget);
         }
         self.out.push(Decoded { arrived, message: m });
     }
@@ -503,7 +561,7 @@ impl<'b> Decoder<'b> {
     /// read's budget spent, stays as it was and is marked incomplete (with a problem); one
     /// cut at a limit keeps what it got, marked incomplete, and (with context takeover)
     /// the window is lost from there.
-    fn inflate(&mut self, m: &mut Message, end: u64) {
+    fn inflate(&mut self, m: &mut Message, end: u64, budget: &mut InflateBudget) {
         m.incomplete = true;
         let Some(Inflater { z, takeover }) = self.inflate.as_mut() else {
             self.problem(format!(
@@ -514,7 +572,7 @@ impl<'b> Decoder<'b> {
         if !*takeover {
             z.reset(false);
         }
-        let limit = MAX_MESSAGE.min(self.budget.left);
+        let limit = MAX_MESSAGE.min(budget.left);
         if limit == 0 {
             self.problem(format!(
                 "compressed message ending at stream offset {end} left compressed: the read's inflate budget is spent"
@@ -525,7 +583,7 @@ impl<'b> Decoder<'b> {
         let input = [&m.data[..], &deflate::MESSAGE_TAIL].concat();
         let mut out = Vec::with_capacity((input.len() * 3).min(limit));
         let result = deflate::inflate(z, &input, limit, |piece| out.extend_from_slice(piece));
-        self.budget.left -= out.len();
+        budget.left -= out.len();
         match result {
             Ok(done) if done.cut => {
                 let why = if limit == MAX_MESSAGE {
@@ -547,88 +605,66 @@ impl<'b> Decoder<'b> {
     }
 }
 
-/// The WebSocket session on `conn`, if it carries one (inflating at most 64 MiB).
-#[cfg(test)]
-pub fn decode(conn: &Reassembled, id: SessionId) -> Option<Session> {
-    decode_within(conn, id, &mut InflateBudget::for_input(0))
+/// A session found on a connection: which way its client's bytes go, where its frames
+/// start, and what is missing of its handshake.
+pub(crate) struct Found {
+    pub(crate) client: Dir,
+    pub(crate) up: Upgrade,
+    pub(crate) problem: Option<String>,
 }
 
-/// The WebSocket session on `conn`, if it carries one, inflating within `budget`.
-pub fn decode_within(conn: &Reassembled, id: SessionId, budget: &mut InflateBudget) -> Option<Session> {
-    let s = streams(conn);
+/// The session on a connection whose streams so far are `s`: its Upgrade exchange, or
+/// (when `frames_too`) frames that say it is one without it. `None` until then; with
+/// `last` (the streams are whole) `None` is final.
+pub(crate) fn detect(s: &PerDir<Stream>, midstream: bool, frames_too: bool, last: bool) -> Option<Found> {
     let looks_http = |st: &Stream| {
         let b = st.contiguous(0);
         b.first().is_some_and(u8::is_ascii_uppercase) && http::request(b).is_ok()
     };
     // The client is the SYN's sender; a connection picked up mid-way: whoever talks HTTP.
-    let client =
-        if conn.midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) { Dir::Down } else { Dir::Up };
+    let client = if midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) { Dir::Down } else { Dir::Up };
+    match find_upgrade(s, client) {
+        Ok(Some(up)) => Some(Found { client, up, problem: None }),
+        // Whole HTTP exchanges and no Upgrade: no session (yet).
+        Ok(None) if !midstream && last => None,
+        Ok(None) if !midstream || !frames_too => None,
+        // The exchange was cut (by the snap length, a lost packet, the capture's start):
+        // a session only if the frames after it say so.
+        _ if frames_too => {
+            let (client, up, problem) = without_handshake(s, midstream)?;
+            Some(Found { client, up, problem: Some(problem) })
+        }
+        _ => None,
+    }
+}
+
+/// A session's header: everything but its messages.
+pub(crate) fn header(conn: &Reassembled, id: SessionId, found: &Found) -> Session {
     let (mut problems, mut notes) = (Vec::new(), Vec::new());
     if conn.midstream {
         notes.push("the capture began after this connection opened (its SYN is not in it)".to_string());
     }
-    let (client, up) = match find_upgrade(&s, client) {
-        Ok(Some(up)) => (client, up),
-        // Whole HTTP exchanges and no Upgrade: no session.
-        Ok(None) if !conn.midstream => return None,
-        // The exchange was cut (by the snap length, a lost packet, the capture's start):
-        // a session only if the frames after it say so.
-        _ => {
-            let (client, up, problem) = without_handshake(&s, conn.midstream)?;
-            problems.push(problem);
-            (client, up)
-        }
-    };
+    let up = &found.up;
+    problems.extend(found.problem.clone());
     problems.extend(wrong_accept(&up.request, &up.response));
-    let takeover = deflate::takeover(&up.response);
-    let (mut out, mut repeated) = (Vec::new(), 0);
-    // The client's stream is `client` on the connection, and its messages go `Up`.
-    for (stream, dir) in [(client, Dir::Up), (client.reverse(), Dir::Down)] {
-        let inflate = takeover.map(|t| Inflater { z: Decompress::new(false), takeover: t[dir] });
-        let mut d = Decoder::new(dir, inflate, budget);
-        let st = &s[stream];
-        d.run(st, up.at[dir]);
-        if let Some(mut unfinished) = d.partial.take() {
-            d.problem("the capture ends inside a fragmented message".into());
-            unfinished.incomplete = true;
-            d.out.push(Decoded { arrived: Arrival { end: u64::MAX, ..st.arrival(st.len()) }, message: unfinished });
-        }
-        problems.extend(d.take_problems());
-        // What the capture repeated of the session's past primes the inflater; it was
-        // not sent now, so it is no message.
-        let (repeats, sent): (Vec<_>, Vec<_>) = d.out.into_iter().partition(|m| m.arrived.end <= conn.repeated[stream]);
-        repeated += repeats.len();
-        out.extend(sent);
-    }
-    if conn.repeated.iter().any(|(_, &r)| r > 0) {
-        notes.push(format!(
-            "the session began before this capture: its handshake{} repeated by the capture so that it \
-             decodes, and not listed",
-            match repeated {
-                0 => " was".to_string(),
-                n => format!(" and {n} message(s) restoring the compression context were"),
-            }
-        ));
-    }
-    out.sort_by_key(|d| (d.arrived.order, d.message.dir == Dir::Down, d.arrived.end));
-    let (client_addr, server_addr) = if client == Dir::Up { (conn.a, conn.b) } else { (conn.b, conn.a) };
-    Some(Session {
+    let (client, server) = if found.client == Dir::Up { (conn.a, conn.b) } else { (conn.b, conn.a) };
+    Session {
         id,
-        client: client_addr,
-        server: server_addr,
+        client,
+        server,
         start: conn.first_seen,
-        method: up.request.method,
-        path: up.request.path,
-        request_headers: up.request.headers,
+        method: up.request.method.clone(),
+        path: up.request.path.clone(),
+        request_headers: up.request.headers.clone(),
         status: up.response.status,
-        response_headers: up.response.headers,
-        deflate: takeover.is_some(),
-        messages: out.into_iter().map(|d| d.message).collect(),
+        response_headers: up.response.headers.clone(),
+        deflate: deflate::takeover(&up.response).is_some(),
+        messages: Vec::new(),
         problems,
         notes,
         duplicate_bytes: conn.duplicate_bytes,
         out_of_order: conn.out_of_order,
-    })
+    }
 }
 
 /// A `101` whose `Sec-WebSocket-Accept` is not the one the request's key asks for (RFC
@@ -802,32 +838,35 @@ fn payload(st: &Stream, start: u64, end: u64, mask: Option<[u8; 4]>) -> (Vec<u8>
     (out, gap)
 }
 
+/// A session with `path` and nothing else, for tests.
 #[cfg(test)]
-pub(crate) mod tests {
+pub(crate) fn session_with_path(path: &str) -> Session {
+    Session {
+        id: SessionId(1),
+        client: "127.0.0.1:1".parse().unwrap(),
+        server: "127.0.0.1:2".parse().unwrap(),
+        start: Timestamp::EPOCH,
+        method: "GET".into(),
+        path: path.into(),
+        request_headers: Vec::new(),
+        status: 101,
+        response_headers: Vec::new(),
+        deflate: false,
+        messages: Vec::new(),
+        problems: Vec::new(),
+        notes: Vec::new(),
+        duplicate_bytes: 0,
+        out_of_order: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
-    use crate::reassembly::Delivery;
+    use crate::conn::{decode, decode_within};
+    use crate::reassembly::{Delivery, Readable};
     use flate2::{Compress, Compression, FlushCompress};
     use wstap_wire::wsframe::{encode_frame, first_byte};
-
-    pub(crate) fn session_with_path(path: &str) -> Session {
-        Session {
-            id: SessionId(1),
-            client: "127.0.0.1:1".parse().unwrap(),
-            server: "127.0.0.1:2".parse().unwrap(),
-            start: Timestamp::EPOCH,
-            method: "GET".into(),
-            path: path.into(),
-            request_headers: Vec::new(),
-            status: 101,
-            response_headers: Vec::new(),
-            deflate: false,
-            messages: Vec::new(),
-            problems: Vec::new(),
-            notes: Vec::new(),
-            duplicate_bytes: 0,
-            out_of_order: 0,
-        }
-    }
 
     /// A frame as a client (masked) or server would send it.
     fn frame(fin: bool, rsv1: bool, opcode: Opcode, payload: &[u8], masked: bool) -> Vec<u8> {

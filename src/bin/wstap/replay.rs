@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use wstap::config::tls::ServerCheck;
 
+use std::collections::HashMap;
 use wstap_replay::{self as player, preview, Options, Report, Step};
-use wstap_replay::{Dir, Message, Recording, Session, SessionId};
+
+use wstap_replay::{Dir, Event, Message, Recording, Session, SessionId, Tally};
 
 pub const MATCHED: u8 = 0;
 pub const MISMATCH: u8 = 1;
@@ -21,16 +23,16 @@ fn utc(t: wstap_wire::Timestamp) -> String {
 
 /// A session's line of the table: every column at its width, whatever the addresses
 /// (IPv6) and the path; what does not fit is cut with `…` (`--json` has it whole).
-fn session_line(s: &Session) -> String {
+fn session_line(s: &Session, t: &Tally) -> String {
     format!(
         "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  {}{}",
         s.id,
         utc(s.start),
         endpoints(s),
         fit(&s.path, 24, Cut::End),
-        s.count(Dir::Up),
-        s.count(Dir::Down),
-        close_codes(s),
+        t.messages[Dir::Up],
+        t.messages[Dir::Down],
+        close_codes(t),
         if s.problems.is_empty() { "" } else { "  (damaged)" }
     )
 }
@@ -71,8 +73,8 @@ fn fit(text: &str, width: usize, cut: Cut) -> String {
     out
 }
 
-fn close_codes(s: &Session) -> String {
-    let code = |who| s.close_code(who).map_or("-".to_string(), |c| c.to_string());
+fn close_codes(t: &Tally) -> String {
+    let code = |who: Dir| t.close[who].map_or("-".to_string(), |c| c.to_string());
     format!("{}/{}", code(Dir::Up), code(Dir::Down))
 }
 
@@ -100,14 +102,14 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
     v
 }
 
-fn session_json(s: &Session) -> serde_json::Value {
+fn session_json(s: &Session, t: &Tally) -> serde_json::Value {
     let mut v = serde_json::to_value(s).unwrap_or_default();
     v["type"] = "session".into();
     v["time"] = utc(s.start).into();
-    v["messages_client"] = s.count(Dir::Up).into();
-    v["messages_server"] = s.count(Dir::Down).into();
-    v["close_client"] = s.close_code(Dir::Up).into();
-    v["close_server"] = s.close_code(Dir::Down).into();
+    v["messages_client"] = t.messages[Dir::Up].into();
+    v["messages_server"] = t.messages[Dir::Down].into();
+    v["close_client"] = t.close[Dir::Up].into();
+    v["close_server"] = t.close[Dir::Down].into();
     v
 }
 
@@ -129,9 +131,11 @@ pub enum Format {
     Json,
 }
 
-/// `wstap sessions`: each session printed as soon as its connection ends.
+/// `wstap sessions`: each session printed as soon as its connection ends. The listing
+/// alone keeps no message (each is counted as it streams by); `--messages` holds a
+/// session's messages until it ends, to print them under it.
 pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode {
-    let mut stream = match wstap_replay::stream(files) {
+    let stream = match wstap_replay::stream(files) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -143,37 +147,67 @@ pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode
             "ID", "START (UTC)", "CLIENT → SERVER", "PATH", "C→S", "S→C"
         ));
     }
-    for s in stream.by_ref() {
-        let ok = if format == Format::Json { print(session_json(&s).to_string()) } else { print(session_line(&s)) };
-        if !ok {
-            return ExitCode::from(MATCHED); // stdout closed (a pager quit): nothing more to say
-        }
-        for (i, m) in s.messages.iter().enumerate().filter(|_| listing == Listing::Messages) {
-            let line = if format == Format::Json {
-                message_json(&s, i + 1, m).to_string()
-            } else if m.kind == wstap_replay::Kind::Gap {
-                let when = m.time.since(s.start).as_secs_f64();
-                format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
-            } else {
-                format!(
-                    "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
-                    i + 1,
-                    m.time.since(s.start).as_secs_f64(),
-                    m.dir.arrow(),
-                    m.kind.name(),
-                    m.data.len(),
-                    preview(m.kind, &m.data, 60),
-                    if m.incomplete { "  (incomplete)" } else { "" }
-                )
-            };
-            if !print(line) {
-                return ExitCode::from(MATCHED);
+    let mut line = |s: &Session, t: &Tally| match format {
+        Format::Json => print(session_json(s, t).to_string()),
+        Format::Table => print(session_line(s, t)),
+    };
+    let rec = match listing {
+        Listing::Sessions => {
+            let mut events = stream.into_events();
+            let mut open: HashMap<SessionId, Tally> = HashMap::new();
+            for e in events.by_ref() {
+                match e {
+                    Event::Opened(s) => drop(open.insert(s.id, Tally::default())),
+                    Event::Message(id, m) => open.entry(id).or_default().add(&m),
+                    Event::Closed(s) => {
+                        if !line(&s, &open.remove(&s.id).unwrap_or_default()) {
+                            return ExitCode::from(MATCHED); // stdout closed (a pager quit)
+                        }
+                    }
+                }
             }
+            events.into_recording()
         }
-    }
-    let rec = stream.into_recording();
+        Listing::Messages => {
+            let mut sessions = stream;
+            for s in sessions.by_ref() {
+                if !line(&s, &s.tally()) || !print_messages(&s, format) {
+                    return ExitCode::from(MATCHED);
+                }
+            }
+            sessions.into_recording()
+        }
+    };
     report_problems(&rec);
     ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
+}
+
+/// A session's messages under its line; false once stdout is closed.
+fn print_messages(s: &Session, format: Format) -> bool {
+    let mut out = std::io::stdout().lock();
+    for (i, m) in s.messages.iter().enumerate() {
+        let line = if format == Format::Json {
+            message_json(s, i + 1, m).to_string()
+        } else if m.kind == wstap_replay::Kind::Gap {
+            let when = m.time.since(s.start).as_secs_f64();
+            format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
+        } else {
+            format!(
+                "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
+                i + 1,
+                m.time.since(s.start).as_secs_f64(),
+                m.dir.arrow(),
+                m.kind.name(),
+                m.data.len(),
+                preview(m.kind, &m.data, 60),
+                if m.incomplete { "  (incomplete)" } else { "" }
+            )
+        };
+        if writeln!(out, "{line}").is_err() {
+            return false;
+        }
+    }
+    out.flush().is_ok()
 }
 
 fn report_problems(rec: &Recording) {
@@ -366,12 +400,16 @@ mod tests {
 
     #[test]
     fn the_table_stays_aligned_with_ipv6_addresses_and_long_paths() {
-        let short = session_line(&session("127.0.0.1:4242", "127.0.0.1:80", "/ws"));
-        let long = session_line(&session(
-            "[2001:db8:85a3:8d3:1319:8a2e:370:7348]:54321",
-            "[2001:db8:85a3:8d3:1319:8a2e:370:7349]:443",
-            "/very/long/path/to/the/socket?with=a&long=query&string=1",
-        ));
+        let none = Tally::default();
+        let short = session_line(&session("127.0.0.1:4242", "127.0.0.1:80", "/ws"), &none);
+        let long = session_line(
+            &session(
+                "[2001:db8:85a3:8d3:1319:8a2e:370:7348]:54321",
+                "[2001:db8:85a3:8d3:1319:8a2e:370:7349]:443",
+                "/very/long/path/to/the/socket?with=a&long=query&string=1",
+            ),
+            &none,
+        );
         let at = |line: &str, column: &str| line.find(column).map(|i| line[..i].chars().count());
         assert_eq!(short.chars().count(), long.chars().count(), "\n{short}\n{long}");
         assert!(long.contains(" [2001:db8:…7348]:54321 → [2001:db8:…0:7349]:443 "), "both ports kept: {long}");
