@@ -382,8 +382,8 @@ impl Audience {
     /// What the comment on each repeated packet says.
     fn origin(self) -> &'static str {
         match self {
-            Audience::File => wstap_wire::pcapng::REPEATED_IN_FILE,
-            Audience::Subscriber => wstap_wire::pcapng::REPEATED_IN_STREAM,
+            Audience::File => wstap_wire::repeat::REPEATED_IN_FILE,
+            Audience::Subscriber => wstap_wire::repeat::REPEATED_IN_STREAM,
         }
     }
 

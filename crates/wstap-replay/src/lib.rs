@@ -316,9 +316,7 @@ impl<'a> Events<'a> {
                     self.rec.packets += 1;
                     self.budget.grant(packet.data.len());
                     match dissect::segment(packet.link, packet.data) {
-                        Ok(s) if packet.comment.is_some_and(wstap_wire::pcapng::is_repeat) => {
-                            self.tcp.push_repeat(packet.time, &s)
-                        }
+                        Ok(s) if repeated(&packet) => self.tcp.push_repeat(packet.time, &s),
                         Ok(s) => self.tcp.push(packet.time, &s),
                         Err(_) => self.rec.skipped += 1,
                     }
@@ -444,6 +442,13 @@ impl Iterator for Sessions<'_> {
             }
         }
     }
+}
+
+/// Whether the capture marks `packet` as repeated of a session's past
+/// ([`wstap_wire::repeat`]).
+fn repeated(packet: &capfile::RawPacket<'_>) -> bool {
+    packet.comment.is_some_and(wstap_wire::repeat::is_repeat)
+        || (packet.link == dissect::LinkType::Ethernet && wstap_wire::repeat::is_repeat_frame(packet.data))
 }
 
 /// `inputs` in the order of their first packets, the order given kept between files

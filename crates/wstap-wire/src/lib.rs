@@ -12,6 +12,8 @@
 //!   stream.
 //! - [`deflate`]: permessage-deflate: negotiation, the bounded inflating loop, the window
 //!   a new capture file restores.
+//! - [`repeat`]: how a capture marks what it repeats of a session's past (comments in
+//!   pcapng, Ethernet addresses in classic pcap).
 //! - [`http`]: HTTP/1.1 heads, where a head ends, and the one message framer (bodies by
 //!   length, chunks, or to the close; HEAD, 1xx, 204, 304; the switch after a `101`).
 //! - [`time`]: [`Timestamp`], the one time type of capture and replay.
@@ -22,6 +24,7 @@ pub mod deflate;
 pub mod dir;
 pub mod http;
 pub mod pcapng;
+pub mod repeat;
 pub mod tcp;
 pub mod time;
 pub mod wsframe;

@@ -15,20 +15,6 @@ use crate::time::Timestamp;
 /// pcap-file 2.0 writes option lengths as `u16` without checking: keep comments shorter.
 const MAX_COMMENT: usize = 60_000;
 
-/// How the comment of every packet a capture repeats of a connection's past begins: in
-/// a new file, so that it decodes on its own (the handshake, the Upgrade exchange, the
-/// permessage-deflate priming, TLS records) ...
-pub const REPEATED_IN_FILE: &str = "repeated from an earlier file";
-/// ... and in a live stream joined mid-session. A reader takes such packets as the
-/// capture's own repetition, never as bytes sent at that time.
-pub const REPEATED_IN_STREAM: &str = "in progress when this stream began";
-
-/// Whether a packet's comment marks it as repeated ([`REPEATED_IN_FILE`],
-/// [`REPEATED_IN_STREAM`]).
-pub fn is_repeat(comment: &str) -> bool {
-    comment.starts_with(REPEATED_IN_FILE) || comment.starts_with(REPEATED_IN_STREAM)
-}
-
 /// Who wrote a section: goes into the section header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SectionInfo {

@@ -8,6 +8,7 @@
 //! is classic pcap of Ethernet frames instead.
 
 use std::sync::Arc;
+use wstap_wire::repeat::{MAC_PEER, MAC_PEER_REPEATED, MAC_WSTAP, MAC_WSTAP_REPEATED};
 
 use bytes::Bytes;
 use wstap_wire::Timestamp;
@@ -147,12 +148,6 @@ const SEND_AT: usize = 256 * 1024;
 
 const BOTH_LEGS: Legs = Legs { client: true, upstream: true };
 
-/// The fixed MAC addresses of the classic pcap stream's Ethernet headers: wstap's end of
-/// each connection, and the other end.
-pub const MAC_WSTAP: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-/// See [`MAC_WSTAP`].
-pub const MAC_PEER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
 /// Classic pcap's file header: microsecond timestamps, Ethernet, 256 KiB snap length.
 fn pcap_header() -> [u8; 24] {
     let mut h = [0u8; 24];
@@ -181,8 +176,13 @@ fn to_pcap(blocks: &[u8], out: &mut Vec<u8>) {
         let caplen = caplen as usize;
         let Some(data) = body.get(20..20 + caplen) else { continue };
         let ts = (u64::from(hi) << 32) | u64::from(lo);
-        let inbound = epb_flags(body.get(20 + caplen.next_multiple_of(4)..).unwrap_or_default()) & 0b11 == 0b01;
-        let (src, dst) = if inbound { (MAC_PEER, MAC_WSTAP) } else { (MAC_WSTAP, MAC_PEER) };
+        let (flags, repeated) = epb_options(body.get(20 + caplen.next_multiple_of(4)..).unwrap_or_default());
+        // Classic pcap has no comments: a repeated packet says so by its addresses.
+        let (wstap, peer) = match repeated {
+            true => (MAC_WSTAP_REPEATED, MAC_PEER_REPEATED),
+            false => (MAC_WSTAP, MAC_PEER),
+        };
+        let (src, dst) = if flags & 0b11 == 0b01 { (peer, wstap) } else { (wstap, peer) };
         let ethertype: u16 = if data.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
         let frame_len = (14 + caplen) as u32;
         for v in [(ts / 1_000_000_000) as u32, (ts % 1_000_000_000 / 1000) as u32, frame_len, frame_len] {
@@ -195,19 +195,21 @@ fn to_pcap(blocks: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// The `epb_flags` option's value among an EPB's options, or 0.
-fn epb_flags(mut options: &[u8]) -> u32 {
+/// The `epb_flags` option's value among an EPB's options (or 0), and whether its
+/// comment marks it as repeated.
+fn epb_options(mut options: &[u8]) -> (u32, bool) {
+    let (mut flags, mut repeated) = (0, false);
     while options.len() >= 4 {
         let code = u16::from_le_bytes([options[0], options[1]]);
         let len = usize::from(u16::from_le_bytes([options[2], options[3]]));
-        let Some(value) = options.get(4..4 + len) else { return 0 };
-        if code == 0 {
-            return 0;
-        }
-        if code == 2 && len == 4 {
-            return u32::from_le_bytes(value.try_into().expect("4 bytes"));
+        let Some(value) = options.get(4..4 + len) else { break };
+        match code {
+            0 => break,
+            1 => repeated |= std::str::from_utf8(value).is_ok_and(wstap_wire::repeat::is_repeat),
+            2 if len == 4 => flags = u32::from_le_bytes(value.try_into().expect("4 bytes")),
+            _ => {}
         }
         options = &options[(4 + len.next_multiple_of(4)).min(options.len())..];
     }
-    0
+    (flags, repeated)
 }
