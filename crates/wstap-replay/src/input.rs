@@ -1,8 +1,9 @@
 //! Where capture bytes come from: a file or standard input (`-`), as they are or
 //! compressed with gzip, zstd or lz4 (recognised by their magic, as Wireshark does).
 //! Everything streams: a capture is never held whole, and decompression keeps only its
-//! window (32 KiB for gzip, 64 KiB for lz4, the frame's window for zstd, refused past
-//! 128 MiB as the `zstd` tool does).
+//! window (32 KiB for gzip, up to 4 MiB blocks for lz4, the frame's window for zstd:
+//! refused past 32 MiB, enough for every compression level but `--long` and `--ultra`,
+//! whose files the tool itself refuses past 128 MiB).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -13,6 +14,9 @@ pub type Source = Box<dyn Read + Send>;
 
 /// How far reads go ahead of the reader.
 const BUFFER: usize = 64 << 10;
+
+/// The largest zstd window a capture may ask for.
+const MAX_ZSTD_WINDOW: u64 = 32 << 20;
 
 /// The name that means standard input.
 pub const STDIN: &str = "-";
@@ -32,7 +36,8 @@ pub fn decompressed<'a, R: Read + Send + 'a>(mut src: BufReader<R>) -> io::Resul
     Ok(match magic {
         [0x1f, 0x8b, ..] => Box::new(BufReader::with_capacity(BUFFER, flate2::bufread::MultiGzDecoder::new(src))),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            let z = ruzstd::decoding::FrameDecoder::new();
+            let mut z = ruzstd::decoding::FrameDecoder::new();
+            z.set_max_window_size(MAX_ZSTD_WINDOW);
             Box::new(BufReader::with_capacity(BUFFER, Zstd { src, z, in_frame: false }))
         }
         [0x04, 0x22, 0x4d, 0x18, ..] => {

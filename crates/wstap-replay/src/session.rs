@@ -187,7 +187,7 @@ fn nanos<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// The largest message or gap this reader will hold in memory.
-const MAX_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 /// Problems listed per direction of a session; past them, only counted.
 const MAX_PROBLEMS: usize = 8;
 
@@ -222,39 +222,103 @@ pub(crate) struct Upgrade {
 /// The longest HTTP head the reader holds.
 const MAX_HEAD: usize = 1 << 20;
 
-/// The Upgrade exchange, with the client's stream going `client` on the connection: the
-/// exchanges before it walked with the HTTP framer, each request and then its answers.
-/// `Err` says why the exchanges cannot be followed.
-fn find_upgrade(s: &PerDir<Stream>, client: Dir) -> Result<Option<Upgrade>, String> {
-    let streams = PerDir::new(&s[client], &s[client.reverse()]);
-    let mut framer = Framer::new(MAX_HEAD);
-    let mut at = PerDir::new(0u64, 0u64);
-    loop {
-        let Some(request) = next_message(&mut framer, Dir::Up, streams[Dir::Up], &mut at[Dir::Up])? else {
-            return Ok(None);
-        };
-        // Interim responses (100 Continue) come before the real one.
-        let response = loop {
-            let Some(answer) = next_message(&mut framer, Dir::Down, streams[Dir::Down], &mut at[Dir::Down])? else {
-                return Ok(None);
-            };
-            if !answer.is_interim() {
-                break answer;
+/// The HTTP exchanges on a connection walked as its bytes arrive, up to the Upgrade:
+/// each request, then its answers, with the HTTP framer. The bytes it has walked are not
+/// needed again (a body is skipped as it streams by).
+pub(crate) struct Walk {
+    /// Which way on the connection the client's bytes go.
+    client: Dir,
+    framer: Framer,
+    /// How far each side has been walked (`Up`: the client's stream), and how far to
+    /// the end of its last whole head or body piece (a head in progress is the framer's
+    /// until complete: its bytes are still needed if the walk fails).
+    at: PerDir<u64>,
+    settled: PerDir<u64>,
+    /// The head of the message in progress each way.
+    head: PerDir<Option<Head>>,
+    /// The request whose answer is awaited.
+    request: Option<Head>,
+    /// Why the exchanges could not be followed, once they could not.
+    failed: Option<String>,
+}
+
+/// Where a walk got to.
+pub(crate) enum Walked {
+    /// The Upgrade to WebSocket and its `101`.
+    Upgrade(Upgrade),
+    /// Nothing yet: more bytes are needed.
+    More,
+    /// A `101` to a protocol this reader does not read.
+    Switched,
+}
+
+impl Walk {
+    pub(crate) fn new(client: Dir) -> Walk {
+        let (framer, at, head) = (Framer::new(MAX_HEAD), PerDir::default(), PerDir::default());
+        Walk { client, framer, at, settled: at, head, request: None, failed: None }
+    }
+
+    /// How far the stream going `stream` on the connection has been walked past whole
+    /// heads and body pieces, while the walk goes well: what is before it is not needed.
+    pub(crate) fn walked(&self, stream: Dir) -> Option<u64> {
+        let side = if stream == self.client { Dir::Up } else { Dir::Down };
+        self.failed.is_none().then_some(self.settled[side])
+    }
+
+    /// Walks on over what the streams now hold. `Err` says why the exchanges cannot be
+    /// followed (and stays so).
+    pub(crate) fn step(&mut self, s: &PerDir<Stream>) -> Result<Walked, String> {
+        if let Some(why) = &self.failed {
+            return Err(why.clone());
+        }
+        let walked = self.walk(PerDir::new(&s[self.client], &s[self.client.reverse()]));
+        if let Err(why) = &walked {
+            self.failed = Some(why.clone());
+        }
+        walked
+    }
+
+    fn walk(&mut self, streams: PerDir<&Stream>) -> Result<Walked, String> {
+        loop {
+            if self.request.is_none() {
+                let (at, head) = ((&mut self.at[Dir::Up], &mut self.settled[Dir::Up]), &mut self.head[Dir::Up]);
+                match next_message(&mut self.framer, Dir::Up, streams[Dir::Up], at, head)? {
+                    Some(request) => self.request = Some(request),
+                    None => return Ok(Walked::More),
+                }
             }
-        };
-        if framer.switched(Dir::Down) {
-            // A 101: to WebSocket, or to a protocol this reader does not read.
-            return Ok(request.asks_websocket().then_some(Upgrade { request, response, at }));
+            // Interim responses (100 Continue) come before the real one.
+            let (at, head) = ((&mut self.at[Dir::Down], &mut self.settled[Dir::Down]), &mut self.head[Dir::Down]);
+            let Some(response) = next_message(&mut self.framer, Dir::Down, streams[Dir::Down], at, head)? else {
+                return Ok(Walked::More);
+            };
+            if response.is_interim() {
+                continue;
+            }
+            let request = self.request.take().unwrap_or_else(Head::none);
+            if self.framer.switched(Dir::Down) {
+                // A 101: to WebSocket, or to a protocol this reader does not read.
+                return Ok(match request.asks_websocket() {
+                    true => Walked::Upgrade(Upgrade { request, response, at: self.at }),
+                    false => Walked::Switched,
+                });
+            }
         }
     }
 }
 
 /// Feeds the framer the stream going `dir` from `at` until a message is complete, and
 /// returns its head; `None` when the stream ends first (a body may run to the close, or
-/// claim more than was captured).
-fn next_message(f: &mut Framer, dir: Dir, st: &Stream, at: &mut u64) -> Result<Option<Head>, String> {
+/// claim more than was captured), the head seen so far kept in `head`. `at` is where the
+/// walk is, and where it settled (past the last whole head or body piece).
+fn next_message(
+    f: &mut Framer,
+    dir: Dir,
+    st: &Stream,
+    (at, settled): (&mut u64, &mut u64),
+    head: &mut Option<Head>,
+) -> Result<Option<Head>, String> {
     let what = if dir == Dir::Up { HeadKind::Request } else { HeadKind::Response };
-    let mut head = None;
     loop {
         let run = st.contiguous(*at);
         if run.is_empty() {
@@ -267,12 +331,15 @@ fn next_message(f: &mut Framer, dir: Dir, st: &Stream, at: &mut u64) -> Result<O
         }
         let step = f.advance(dir, run);
         *at += step.used as u64;
+        if !matches!(step.part, Part::HeadSoFar) {
+            *settled = *at;
+        }
         match step.part {
             Part::HeadSoFar | Part::Body { ends: false } => {}
             Part::Head { head: h, ends: true, .. } => return Ok(Some(h)),
-            Part::Head { head: h, ends: false, .. } => head = Some(h),
-            Part::Body { ends: true } => return Ok(head),
-            Part::Switched => return Ok(None),
+            Part::Head { head: h, ends: false, .. } => *head = Some(h),
+            Part::Body { ends: true } => return Ok(head.take()),
+            Part::Switched => return Err(format!("the HTTP {what} came after a switch of protocols")),
             Part::HeadTooLong { .. } => return Err(format!("an HTTP {what} head of more than {MAX_HEAD} bytes")),
             Part::Unframed(e) => return Err(format!("the HTTP {what} at stream offset {at}: {e}")),
         }
@@ -294,19 +361,29 @@ pub(crate) struct Decoder {
     more_problems: u64,
     /// The stream offset of a gap after which the shared deflate window is unknown.
     window_lost: Option<u64>,
+    /// Looking for the next frame after a lost frame header, while the stream grows.
+    resyncing: Option<Resync>,
+    /// The fragmented message in progress passed the largest message this reader holds.
+    overflowed: bool,
+}
+
+/// The search for the next frame after a hole, waiting for more of the stream.
+#[derive(Debug, Clone, Copy)]
+struct Resync {
+    hole: Hole,
+    /// Offsets before it are ruled out.
+    scan: u64,
+    /// The place in the conversation of the hole: every message of this direction from
+    /// here on comes after it.
+    since: usize,
 }
 
 /// Where decoding goes on after a hole.
 enum Resume {
     At(u64),
-    /// Not enough after the hole yet to tell.
-    Wait,
+    /// Not enough after the hole yet to tell: the search so far.
+    Wait(Resync),
 }
-
-/// How much captured after a lost frame header is searched for the next frame before the
-/// stream ends: past it, the direction is given up on rather than searched again and
-/// again as it grows.
-const RESYNC_WINDOW: usize = 256 << 10;
 
 /// A direction's inflater.
 pub(crate) struct Inflater {
@@ -331,7 +408,8 @@ impl Decoded {
 impl Decoder {
     pub(crate) fn new(dir: Dir, inflate: Option<Inflater>) -> Decoder {
         let (partial, out, problems) = (None, Vec::new(), Vec::new());
-        Decoder { dir, inflate, partial, out, problems, more_problems: 0, window_lost: None }
+        let (resyncing, overflowed) = (None, false);
+        Decoder { dir, inflate, partial, out, problems, more_problems: 0, window_lost: None, resyncing, overflowed }
     }
 
     /// Notes a problem: the first few in full, the rest counted (a stream of broken frames
@@ -365,22 +443,30 @@ impl Decoder {
     /// Decodes the frames of `st` from offset `at`: to its end when `last` (the stream
     /// has ended), else those whose bytes are all in (a frame the stream's current end
     /// cuts waits for the rest). Where the capture lost a frame header (a hole where one
-    /// starts, or across one), decoding goes on at the hole's end if a sound header
-    /// starts there: wstap's own captures always resume at a frame boundary, and list
-    /// the hole as a gap. Returns where to go on from; `None` when the rest of the
-    /// direction cannot be read.
+    /// starts, or across one), decoding goes on at the next frame ([`Decoder::resync`]).
+    /// Returns where to go on from (nothing before it is needed again); `None` when the
+    /// rest of the direction cannot be read.
     pub(crate) fn run(&mut self, st: &Stream, mut at: u64, last: bool, budget: &mut InflateBudget) -> Option<u64> {
+        if let Some(r) = self.resyncing.take() {
+            match self.resync(st, r, last)? {
+                Resume::At(next) => at = next,
+                Resume::Wait(r) => return Some(self.wait(r)),
+            }
+        }
         while at < st.len() {
             let run = st.contiguous(at);
             let Some(header) = FrameHeader::parse(run) else {
                 match st.hole_from(at).filter(|h| h.at <= at + run.len() as u64) {
-                    Some(hole) => match self.resync(st, hole, last)? {
-                        Resume::At(next) => {
-                            at = next;
-                            continue;
+                    Some(hole) => {
+                        let since = st.arrival(hole.end).order;
+                        match self.resync(st, Resync { hole, scan: hole.end, since }, last)? {
+                            Resume::At(next) => {
+                                at = next;
+                                continue;
+                            }
+                            Resume::Wait(r) => return Some(self.wait(r)),
                         }
-                        Resume::Wait => return Some(at),
-                    },
+                    }
                     None if !last => return Some(at),
                     None => break,
                 }
@@ -419,21 +505,33 @@ impl Decoder {
         Some(at)
     }
 
+    /// Waits, searching after a hole: nothing before the search's place is needed again.
+    fn wait(&mut self, r: Resync) -> u64 {
+        self.resyncing = Some(r);
+        r.scan
+    }
+
+    /// Where in the conversation this direction's next message can come from, while it
+    /// waits for what follows a hole: messages the other way after it must wait too.
+    pub(crate) fn waiting_since(&self) -> Option<usize> {
+        self.resyncing.map(|r| r.since)
+    }
+
     /// A hole where a frame header should be: lists it as a gap and says where decoding
     /// goes on: at its end when a sound header starts there (wstap's own captures), else
     /// at the next frame that parses and is followed by another (or by the stream's end),
     /// the bytes skipped to it lost too and said so; `None` when no frame follows. Before
-    /// the stream's end (`last` false), it waits while what follows the hole is too
-    /// short to tell.
-    fn resync(&mut self, st: &Stream, hole: Hole, last: bool) -> Option<Resume> {
-        let masked = self.dir == Dir::Up;
+    /// the stream's end (`last` false) it waits while what follows the hole cannot tell,
+    /// so that the frame found is the one a read of the whole stream finds.
+    fn resync(&mut self, st: &Stream, r: Resync, last: bool) -> Option<Resume> {
+        let (hole, masked) = (r.hole, self.dir == Dir::Up);
         let resume = match hole.end >= st.len() {
-            true if !last => return Some(Resume::Wait),
+            true if !last => return Some(Resume::Wait(r)),
             true => hole.end,
-            false => match next_frame(st, hole.end, masked) {
-                Some(at) => at,
-                None if !last && st.contiguous(hole.end).len() < RESYNC_WINDOW => return Some(Resume::Wait),
-                None => {
+            false => match next_frame(st, hole.end, r.scan, masked, !last) {
+                Scan::At(at) => at,
+                Scan::Wait(scan) => return Some(Resume::Wait(Resync { scan, ..r })),
+                Scan::Nothing => {
                     self.problem(format!(
                         "the capture lost {} bytes at stream offset {}, and no frame header follows them; \
                          the rest of this direction is unreadable",
@@ -482,7 +580,6 @@ impl Decoder {
 
     /// One frame, whose last byte `arrived`.
     fn frame(&mut self, h: &FrameHeader, data: Vec<u8>, gap: bool, arrived: Arrival, budget: &mut InflateBudget) {
-        let end = arrived.end;
         let dir = self.dir;
         let message = move |kind, data, compressed| Message {
             dir,
@@ -503,21 +600,7 @@ impl Decoder {
                 };
                 self.out.push(Decoded { arrived, message: message(kind, data, false) });
             }
-            Opcode::Continuation => {
-                let Some(p) = self.partial.as_mut() else {
-                    return self.problem(format!(
-                        "continuation frame with no message to continue, ending at stream offset {end}"
-                    ));
-                };
-                p.data.extend_from_slice(&data);
-                p.frames += 1;
-                p.incomplete |= gap;
-                p.time = arrived.time;
-                if h.fin {
-                    let m = self.partial.take();
-                    m.into_iter().for_each(|m| self.complete(m, arrived, budget));
-                }
-            }
+            Opcode::Continuation => self.continuation(h.fin, &data, gap, arrived, budget),
             Opcode::Text | Opcode::Binary => {
                 let kind = if h.opcode == Opcode::Text { Kind::Text } else { Kind::Binary };
                 let m = message(kind, data, h.rsv1);
@@ -535,6 +618,39 @@ impl Decoder {
             }
             // Reserved opcodes stopped the decoding at their header.
             Opcode::Reserved(_) => {}
+        }
+    }
+
+    /// A continuation frame, whose last byte `arrived`: more of the fragmented message. A
+    /// message is held up to the largest this reader holds; past it the rest is dropped
+    /// and the message marked incomplete.
+    fn continuation(&mut self, fin: bool, data: &[u8], gap: bool, arrived: Arrival, budget: &mut InflateBudget) {
+        let end = arrived.end;
+        let Some(p) = self.partial.as_mut() else {
+            return self
+                .problem(format!("continuation frame with no message to continue, ending at stream offset {end}"));
+        };
+        let room = MAX_MESSAGE.saturating_sub(p.data.len());
+        let take = data.len().min(room);
+        if p.data.len() + take > p.data.capacity() {
+            // Grown by doubling, but never past the largest message.
+            let want = (p.data.capacity() * 2).max(p.data.len() + take).min(MAX_MESSAGE);
+            p.data.reserve_exact(want - p.data.len());
+        }
+        p.data.extend_from_slice(&data[..take]);
+        p.frames += 1;
+        p.incomplete |= gap || data.len() > room;
+        p.time = arrived.time;
+        if data.len() > room && !std::mem::replace(&mut self.overflowed, true) {
+            self.problem(format!(
+                "a fragmented message ending at stream offset {end} runs past {MAX_MESSAGE} bytes, the largest \
+                 this reader holds: cut there, incomplete"
+            ));
+        }
+        if fin {
+            self.overflowed = false;
+            let m = self.partial.take();
+            m.into_iter().for_each(|m| self.complete(m, arrived, budget));
         }
     }
 
@@ -613,28 +729,50 @@ pub(crate) struct Found {
     pub(crate) problem: Option<String>,
 }
 
-/// The session on a connection whose streams so far are `s`: its Upgrade exchange, or
-/// (when `frames_too`) frames that say it is one without it. `None` until then; with
-/// `last` (the streams are whole) `None` is final.
-pub(crate) fn detect(s: &PerDir<Stream>, midstream: bool, frames_too: bool, last: bool) -> Option<Found> {
+/// Whether a connection carries a session, as far as its streams so far tell.
+pub(crate) enum Look {
+    Found(Box<Found>),
+    /// Not yet known.
+    NotYet,
+    /// No session.
+    Never,
+}
+
+/// The client's side of a connection: the SYN's sender; for a connection picked up
+/// mid-way, whoever talks HTTP.
+pub(crate) fn client_side(s: &PerDir<Stream>, midstream: bool) -> Dir {
     let looks_http = |st: &Stream| {
-        let b = st.contiguous(0);
+        let b = st.contiguous(st.start());
         b.first().is_some_and(u8::is_ascii_uppercase) && http::request(b).is_ok()
     };
-    // The client is the SYN's sender; a connection picked up mid-way: whoever talks HTTP.
-    let client = if midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) { Dir::Down } else { Dir::Up };
-    match find_upgrade(s, client) {
-        Ok(Some(up)) => Some(Found { client, up, problem: None }),
+    if midstream && !looks_http(&s[Dir::Up]) && looks_http(&s[Dir::Down]) {
+        Dir::Down
+    } else {
+        Dir::Up
+    }
+}
+
+/// Whether the connection whose streams so far are `s` carries a session: its Upgrade
+/// exchange, walked on by `walk`, or (when `frames_too`) frames that say it is one
+/// without it. With `last` (the streams are whole) the answer is final.
+pub(crate) fn detect(s: &PerDir<Stream>, walk: &mut Walk, midstream: bool, frames_too: bool, last: bool) -> Look {
+    let client = walk.client;
+    match walk.step(s) {
+        Ok(Walked::Upgrade(up)) => Look::Found(Box::new(Found { client, up, problem: None })),
+        Ok(Walked::Switched) => Look::Never,
         // Whole HTTP exchanges and no Upgrade: no session (yet).
-        Ok(None) if !midstream && last => None,
-        Ok(None) if !midstream || !frames_too => None,
+        Ok(Walked::More) if !midstream => match last {
+            true => Look::Never,
+            false => Look::NotYet,
+        },
         // The exchange was cut (by the snap length, a lost packet, the capture's start):
         // a session only if the frames after it say so.
-        _ if frames_too => {
-            let (client, up, problem) = without_handshake(s, midstream)?;
-            Some(Found { client, up, problem: Some(problem) })
-        }
-        _ => None,
+        _ if frames_too => match without_handshake(s, midstream) {
+            Some((client, up, problem)) => Look::Found(Box::new(Found { client, up, problem: Some(problem) })),
+            None if last => Look::Never,
+            None => Look::NotYet,
+        },
+        _ => Look::NotYet,
     }
 }
 
@@ -679,27 +817,70 @@ fn wrong_accept(request: &Head, response: &Head) -> Option<String> {
     }
 }
 
-/// Where the next frame starts in the captured bytes from `from` (up to the next hole): at
-/// `from` if a sound header (masked as `masked` says) starts there; further on, a sound
-/// header whose frame is followed by another, or ends where the captured bytes do (one
-/// header alone could be payload bytes that look like one).
-fn next_frame(st: &Stream, from: u64, masked: bool) -> Option<u64> {
-    let run = st.contiguous(from);
-    let sound = |at: usize| {
-        FrameHeader::parse(run.get(at..)?)
-            .filter(|h| h.is_sound() && h.masked() == masked && h.len <= MAX_MESSAGE as u64)
-            .map(|h| at as u64 + h.header_len as u64 + h.len)
-    };
-    // Right at `from` one sound header is enough: wstap's own captures resume there.
-    if sound(0).is_some() {
-        return Some(from);
+/// What the search for the next frame after a hole found.
+enum Scan {
+    /// A frame starts here.
+    At(u64),
+    /// Not known yet: offsets before this one are ruled out, and the rest waits for more
+    /// of the stream.
+    Wait(u64),
+    /// No frame in the captured bytes after the hole.
+    Nothing,
+}
+
+/// Where the next frame starts in the captured bytes from `from` (up to the next hole),
+/// offsets before `scan` already ruled out: at `from` if a sound header (masked as
+/// `masked` says) starts there; further on, a sound header whose frame is followed by
+/// another, or ends where the captured bytes do (one header alone could be payload bytes
+/// that look like one). `open`: the stream may grow: a candidate that needs bytes past
+/// its current end waits for them. Each offset is looked at once, whatever the waits.
+fn next_frame(st: &Stream, from: u64, scan: u64, masked: bool, open: bool) -> Scan {
+    // What was ruled out may be released: the search goes on from `scan`.
+    let start = scan.max(from);
+    let run = st.contiguous(start);
+    let end = start + run.len() as u64;
+    let open = open && end == st.len();
+    let header = |p: u64| FrameHeader::parse(run.get((p - start) as usize..)?);
+    let sound = |h: &FrameHeader| h.is_sound() && h.masked() == masked && h.len <= MAX_MESSAGE as u64;
+    // A header the stream's current end may be cutting.
+    let cut = |p: u64| open && end - p < 14;
+    if start == from {
+        // Right at `from` one sound header is enough: wstap's own captures resume there.
+        match header(from) {
+            Some(h) if sound(&h) => return Scan::At(from),
+            None if cut(from) => return Scan::Wait(from),
+            _ => {}
+        }
     }
-    (1..run.len()).find_map(|at| {
-        let next = sound(at)?;
-        let ends = next == run.len() as u64 || from + next == st.len();
-        let follows = ends || usize::try_from(next).ok().and_then(sound).is_some();
-        follows.then_some(from + at as u64)
-    })
+    let first = if start == from { from + 1 } else { start };
+    for p in first..end {
+        let Some(h) = header(p) else {
+            match cut(p) {
+                true => return Scan::Wait(p),
+                false => continue,
+            }
+        };
+        if !sound(&h) {
+            continue;
+        }
+        let next = p + h.header_len as u64 + h.len;
+        if next >= end {
+            match open {
+                true => return Scan::Wait(p),
+                false if next == end || next == st.len() => return Scan::At(p),
+                false => continue,
+            }
+        }
+        match header(next) {
+            Some(h) if sound(&h) => return Scan::At(p),
+            None if cut(next) => return Scan::Wait(p),
+            _ => {}
+        }
+    }
+    match open {
+        true => Scan::Wait(end.max(first)),
+        false => Scan::Nothing,
+    }
 }
 
 /// The session on a connection whose Upgrade exchange could not be read, if its bytes
@@ -713,7 +894,7 @@ fn without_handshake(s: &PerDir<Stream>, midstream: bool) -> Option<(Dir, Upgrad
     let clients: &[Dir] = if midstream { &[Dir::Up, Dir::Down] } else { &[Dir::Up] };
     clients.iter().find_map(|&client| {
         let (cs, ss) = (&s[client], &s[client.reverse()]);
-        let request = http::request(cs.contiguous(0)).ok().flatten().filter(Head::asks_websocket);
+        let request = http::request(cs.contiguous(cs.start())).ok().flatten().filter(Head::asks_websocket);
         let response = switching(ss);
         // After a 101, one sound frame header where the client's frames may start is enough.
         let seen = response.is_some();
@@ -746,12 +927,14 @@ fn without_handshake(s: &PerDir<Stream>, midstream: bool) -> Option<(Dir, Upgrad
 /// How far into a stream its first frame is looked for.
 const SCAN: u64 = 64 << 10;
 
-/// Where frames may start in a stream whose HTTP could not be followed: its start, after
-/// each HTTP head's blank line, after each hole, in the first [`SCAN`] bytes.
+/// Where frames may start in a stream whose HTTP could not be followed: its start (what
+/// was walked of it released), after each HTTP head's blank line, after each hole, in
+/// the first [`SCAN`] bytes.
 fn frame_starts(st: &Stream) -> impl Iterator<Item = u64> + '_ {
-    let mut at = 0;
-    let mut found = vec![0];
-    while at < st.len().min(SCAN) {
+    let mut at = st.start();
+    let mut found = vec![at];
+    let scan = at + SCAN;
+    while at < st.len().min(scan) {
         match st.hole_from(at).filter(|h| h.at <= at) {
             Some(h) => {
                 found.push(h.end);
@@ -759,7 +942,7 @@ fn frame_starts(st: &Stream) -> impl Iterator<Item = u64> + '_ {
             }
             None => {
                 let run = st.contiguous(at);
-                let run = &run[..run.len().min((SCAN - at.min(SCAN)) as usize + 3)];
+                let run = &run[..run.len().min((scan - at.min(scan)) as usize + 3)];
                 found.extend(
                     run.windows(4).enumerate().filter(|(_, w)| w == b"\r\n\r\n").map(|(i, _)| at + i as u64 + 4),
                 );
@@ -776,7 +959,7 @@ fn frame_starts(st: &Stream) -> impl Iterator<Item = u64> + '_ {
 fn switching(st: &Stream) -> Option<(Head, u64)> {
     frame_starts(st).find_map(|at| {
         let run = st.contiguous(at);
-        let start = run.windows(9).position(|w| w == b"HTTP/1.1 ")?;
+        let start = run[..run.len().min(SCAN as usize)].windows(9).position(|w| w == b"HTTP/1.1 ")?;
         let head = http::response(&run[start..]).ok()??;
         let ws = head.status == 101 && head.has_token("upgrade", "websocket");
         ws.then(|| {

@@ -124,6 +124,11 @@ impl Stream {
         }
     }
 
+    /// Where what is held starts: the offset up to which the stream was released.
+    pub(crate) fn start(&self) -> u64 {
+        self.base.0
+    }
+
     /// Captured bytes held (not released).
     pub(crate) fn held(&self) -> usize {
         self.data.len()
