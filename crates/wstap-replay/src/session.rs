@@ -163,6 +163,29 @@ impl Session {
         self.tally().close[dir]
     }
 
+    /// A session between `client` and `server` with nothing else yet: a `GET /` answered
+    /// by a `101`, no headers, no messages, started at the epoch (for tools that build
+    /// sessions of their own, and tests).
+    pub fn new(id: SessionId, client: SocketAddr, server: SocketAddr) -> Session {
+        Session {
+            id,
+            client,
+            server,
+            start: Timestamp::EPOCH,
+            method: "GET".into(),
+            path: "/".into(),
+            request_headers: Vec::new(),
+            status: 101,
+            response_headers: Vec::new(),
+            deflate: false,
+            messages: Vec::new(),
+            problems: Vec::new(),
+            notes: Vec::new(),
+            duplicate_bytes: 0,
+            out_of_order: 0,
+        }
+    }
+
     /// What its messages add up to.
     pub fn tally(&self) -> Tally {
         let mut t = Tally::default();
@@ -1024,23 +1047,8 @@ fn payload(st: &Stream, start: u64, end: u64, mask: Option<[u8; 4]>) -> (Vec<u8>
 /// A session with `path` and nothing else, for tests.
 #[cfg(test)]
 pub(crate) fn session_with_path(path: &str) -> Session {
-    Session {
-        id: SessionId(1),
-        client: "127.0.0.1:1".parse().unwrap(),
-        server: "127.0.0.1:2".parse().unwrap(),
-        start: Timestamp::EPOCH,
-        method: "GET".into(),
-        path: path.into(),
-        request_headers: Vec::new(),
-        status: 101,
-        response_headers: Vec::new(),
-        deflate: false,
-        messages: Vec::new(),
-        problems: Vec::new(),
-        notes: Vec::new(),
-        duplicate_bytes: 0,
-        out_of_order: 0,
-    }
+    let ends = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+    Session { path: path.into(), ..Session::new(SessionId(1), ends.0, ends.1) }
 }
 
 #[cfg(test)]

@@ -379,23 +379,9 @@ mod tests {
     use super::*;
 
     fn session(client: &str, server: &str, path: &str) -> Session {
-        Session {
-            id: wstap_replay::SessionId(12),
-            client: client.parse().unwrap(),
-            server: server.parse().unwrap(),
-            start: wstap_wire::Timestamp::from_nanos(1_795_817_067_483_060_333),
-            method: "GET".into(),
-            path: path.into(),
-            request_headers: Vec::new(),
-            status: 101,
-            response_headers: Vec::new(),
-            deflate: false,
-            messages: Vec::new(),
-            problems: Vec::new(),
-            notes: Vec::new(),
-            duplicate_bytes: 0,
-            out_of_order: 0,
-        }
+        let start = wstap_wire::Timestamp::from_nanos(1_795_817_067_483_060_333);
+        let id = wstap_replay::SessionId(12);
+        Session { start, path: path.into(), ..Session::new(id, client.parse().unwrap(), server.parse().unwrap()) }
     }
 
     #[test]
