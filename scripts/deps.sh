@@ -4,7 +4,8 @@
 #
 #   scripts/deps.sh          the tests' tools: tshark, capinfos and editcap, systemd-analyze,
 #                            mount, runuser, Debian's python3 (a live stream read as another
-#                            user) and its websockets (real permessage-deflate peers)
+#                            user) with its websockets (real permessage-deflate peers) and
+#                            jsonschema (HAR files checked against their schema)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #                            and GNU time (the reader's peak RSS)
 #
@@ -29,6 +30,8 @@ done
 # peers with its websockets. editcap (tshark's package) cuts captures' snap length.
 [ -x /usr/bin/python3 ] || missing+=(python3-minimal)
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
+# ... and check exported HAR files against the HAR 1.2 schema with its jsonschema.
+/usr/bin/python3 -c 'import jsonschema' 2>/dev/null || missing+=(python3-jsonschema)
 
 # rustfmt and clippy: `make test` runs both.
 if command -v rustup >/dev/null 2>&1; then

@@ -44,5 +44,8 @@ pub use queue::Recorder;
 pub use stats::Stats;
 pub use taps::{Decision, Layer, Mark, Start, Tap, Tee};
 pub use write::ports::table as undecodable_ports;
-pub use write::{Budgets, Capture, CaptureWriter, FileSink, Heartbeat, Processed, PureAcks, RecordBudget, Synthesis};
+pub use write::{
+    redact_head, redact_payload, Budgets, Capture, CaptureWriter, FileSink, Heartbeat, Processed, PureAcks,
+    RecordBudget, Synthesis,
+};
 pub use wstap_wire::pcapng::SectionInfo;

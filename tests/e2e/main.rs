@@ -6,6 +6,7 @@ mod capture;
 mod cli;
 mod durability;
 mod errors;
+mod fixtures;
 mod house;
 mod http;
 mod keylog;

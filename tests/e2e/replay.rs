@@ -153,10 +153,15 @@ async fn replay_matches_the_same_upstream_and_diffs_a_changed_one() {
         assert_eq!(code, 1, "{out}");
         assert!(out.contains("6 of 6 expected matched, 0 different, 0 missing, 1 extra"), "{out}");
 
-        // No session given when there are two; a target that is down: errors, exit 2.
-        let (code, _, err) = wstap(&["replay", f, "--target", &same]).await;
+        // No session given: every one is replayed (both legs of the recording).
+        let (code, out, err) = wstap(&["replay", f, "--target", &same, "--speed", "max"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("replaying session 1") && out.contains("replaying session 2"), "{out}");
+        assert!(out.contains("2 sessions: 2 matched, 0 did not"), "{out}");
+        // A filter no session passes, and a target that is down: errors, exit 2.
+        let (code, _, err) = wstap(&["replay", f, "--target", &same, "--path", "/nowhere"]).await;
         assert_eq!(code, 2);
-        assert!(err.contains("holds 2 sessions") && err.contains("--session"), "{err}");
+        assert!(err.contains("none of the capture's 2 sessions passes the filters"), "{err}");
         let down = format!("ws://{}", closed_port().await);
         let (code, _, err) = wstap(&["replay", f, "--session", "1", "--target", &down]).await;
         assert_eq!(code, 2, "{err}");

@@ -56,7 +56,9 @@ pub struct Guide;
 pub mod capfile;
 mod conn;
 pub mod dissect;
+mod filter;
 pub mod input;
+pub mod jsonpath;
 mod player;
 pub mod reassembly;
 mod session;
@@ -70,6 +72,7 @@ use wstap_wire::Timestamp;
 
 pub use capfile::FormatError;
 pub use conn::decode_within;
+pub use filter::{Endpoint, Filter, FilterTally};
 pub use player::{mock, preview, replay, BadTarget, Content, Options, PlayError, Report, Step};
 pub use session::{InflateBudget, Kind, Message, Session, SessionId, Tally};
 pub use wstap_wire::Dir;

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::jsonpath::{self, JsonPath};
 use crate::session::{Kind, Message, Session};
 use wstap_wire::dir::Dir;
 
@@ -32,6 +33,12 @@ pub struct Options {
     /// Parts of payloads that may differ (timestamps, ids): erased from both sides before
     /// comparing.
     pub ignore: Vec<Regex>,
+    /// Values inside JSON messages that may differ: erased from both sides, and JSON
+    /// messages compared as JSON (key order aside), before the `ignore` patterns apply.
+    pub ignore_json: Vec<JsonPath>,
+    /// The peer's messages are compared with the recorded ones in any order (a server
+    /// whose answers to independent requests may interleave differently).
+    pub unordered: bool,
     /// How long to wait for each message from the peer.
     pub wait: Duration,
     /// TLS to a `wss://` target ([`replay()`]): whom to trust.
@@ -46,6 +53,8 @@ impl Default for Options {
         Options {
             speed: Some(1.0),
             ignore: Vec::new(),
+            ignore_json: Vec::new(),
+            unordered: false,
             wait: Duration::from_secs(5),
             client_tls: None,
             server_tls: None,
@@ -120,12 +129,17 @@ pub struct Content {
 }
 
 impl Content {
-    /// What is compared of it: for a close its code alone, for data its payload with what
-    /// the `ignore` patterns match erased (each match becomes one NUL byte).
-    fn compared(&self, ignore: &[Regex]) -> (Kind, Vec<u8>) {
+    /// What is compared of it: for a close its code alone, for data its payload with the
+    /// `ignore_json` paths erased (a JSON message, in canonical form) and then what the
+    /// `ignore` patterns match erased (each match becomes one NUL byte).
+    fn compared(&self, opts: &Options) -> (Kind, Vec<u8>) {
         let data = match self.kind {
             Kind::Close => self.data.get(..2).unwrap_or_default().to_vec(),
-            _ => ignore.iter().fold(self.data.clone(), |d, re| re.replace_all(&d, &b"\0"[..]).into_owned()),
+            _ => {
+                let json = (!opts.ignore_json.is_empty()).then(|| jsonpath::erased(&self.data, &opts.ignore_json));
+                let data = json.flatten().unwrap_or_else(|| self.data.clone());
+                opts.ignore.iter().fold(data, |d, re| re.replace_all(&d, &b"\0"[..]).into_owned())
+            }
         };
         (self.kind, data)
     }
@@ -468,7 +482,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     // Finish the closing handshake: this flushes the library's answer to the peer's close.
     let _ = ws.close(None).await;
     let _ = tokio::time::timeout(opts.wait, async { while let Some(Ok(_)) = ws.next().await {} }).await;
-    report.steps.extend(diff(&expected, &peer.got, &opts.ignore));
+    report.steps.extend(diff(&expected, &peer.got, opts));
     Ok(report)
 }
 
@@ -506,10 +520,13 @@ impl Peer {
 /// of equal messages matches; between two matches, messages of the same kind and
 /// similar size are the same message changed; the rest are missing or extra. So one
 /// added or lost message is reported as that, not as every later message differing.
-fn diff(expected: &[Recorded], got: &[Content], ignore: &[Regex]) -> Vec<Step> {
+fn diff(expected: &[Recorded], got: &[Content], opts: &Options) -> Vec<Step> {
     // What is compared, made once for each message (the LCS compares every pair).
-    let compared_exp: Vec<_> = expected.iter().map(|e| e.content.compared(ignore)).collect();
-    let compared_got: Vec<_> = got.iter().map(|g| g.compared(ignore)).collect();
+    let compared_exp: Vec<_> = expected.iter().map(|e| e.content.compared(opts)).collect();
+    let compared_got: Vec<_> = got.iter().map(|g| g.compared(opts)).collect();
+    if opts.unordered {
+        return unordered(expected, got, &compared_exp, &compared_got);
+    }
     let equal = lcs(expected.len(), got.len(), |i, j| compared_exp[i] == compared_got[j]);
     let exp = |i: usize| expected[i].content.clone();
     let mut steps = Vec::new();
@@ -539,6 +556,36 @@ fn diff(expected: &[Recorded], got: &[Content], ignore: &[Regex]) -> Vec<Step> {
         }
         (i, j) = (mi + 1, mj + 1);
     }
+    steps
+}
+
+/// The comparison in any order: each recorded message matches the first equal one the
+/// peer sent that no other matched; what is left pairs up by kind as different, in the
+/// order each side had it; then missing and extra.
+fn unordered(expected: &[Recorded], got: &[Content], exp: &[(Kind, Vec<u8>)], gotc: &[(Kind, Vec<u8>)]) -> Vec<Step> {
+    let mut taken = vec![false; got.len()];
+    let mut left = Vec::new();
+    let mut steps = Vec::new();
+    for (i, e) in expected.iter().enumerate() {
+        match (0..got.len()).find(|&j| !taken[j] && exp[i] == gotc[j]) {
+            Some(j) => {
+                taken[j] = true;
+                steps.push(Step::Matched { index: e.index, kind: got[j].kind, len: got[j].data.len() });
+            }
+            None => left.push(i),
+        }
+    }
+    for i in left {
+        let e = &expected[i];
+        match (0..got.len()).find(|&j| !taken[j] && got[j].kind == e.content.kind) {
+            Some(j) => {
+                taken[j] = true;
+                steps.push(Step::Different { index: e.index, expected: e.content.clone(), got: got[j].clone() });
+            }
+            None => steps.push(Step::Missing { index: e.index, expected: e.content.clone() }),
+        }
+    }
+    steps.extend((0..got.len()).filter(|&j| !taken[j]).map(|j| Step::Extra { got: got[j].clone() }));
     steps
 }
 
@@ -623,7 +670,10 @@ mod tests {
     #[test]
     fn ignore_patterns_erase_from_both_sides() {
         let re = vec![Regex::new(r#""ts":\d+"#).unwrap()];
-        let same = |a: &Content, b: &Content, ignore: &[Regex]| a.compared(ignore) == b.compared(ignore);
+        let same = |a: &Content, b: &Content, ignore: &[Regex]| {
+            let opts = Options { ignore: ignore.to_vec(), ..Options::default() };
+            a.compared(&opts) == b.compared(&opts)
+        };
         let a = text(r#"{"ts":1700000000,"v":1}"#);
         let b = text(r#"{"ts":1800000001,"v":1}"#);
         let c = text(r#"{"ts":1800000001,"v":2}"#);
@@ -647,7 +697,7 @@ mod tests {
             .map(|(i, s)| Recorded { index: 2 * i + 2, content: text(s) })
             .collect();
         let got = vec![text("HELLO"), text("surprise!!"), text("JSON-ONE"), text("fragment"), text("more")];
-        let steps = diff(&expected, &got, &[]);
+        let steps = diff(&expected, &got, &Options::default());
         assert_eq!(
             steps,
             [
@@ -658,9 +708,30 @@ mod tests {
                 Step::Extra { got: text("more") },
             ]
         );
-        let lost = diff(&expected, &[text("hello"), text("fragment")], &[]);
+        let lost = diff(&expected, &[text("hello"), text("fragment")], &Options::default());
         assert_eq!(lost[1], Step::Missing { index: 4, expected: text("json-one") });
         assert_eq!(lost.iter().filter(|s| s.is_failure()).count(), 1);
+    }
+
+    #[test]
+    fn json_paths_are_erased_and_order_may_not_count() {
+        let json = |s: &str| text(s);
+        let recorded = [r#"{"op":"quote","id":1,"ts":100}"#, r#"{"op":"fill","id":2,"ts":101}"#];
+        let expected: Vec<_> =
+            recorded.iter().enumerate().map(|(i, s)| Recorded { index: 2 * i + 2, content: json(s) }).collect();
+        let ignore_json = vec!["ts".parse().unwrap(), "/id".parse().unwrap()];
+        let opts = Options { ignore_json, ..Options::default() };
+        let later = [json(r#"{"ts":900,"id":7,"op":"quote"}"#), json(r#"{"op":"fill","ts":901,"id":8}"#)];
+        assert!(diff(&expected, &later, &opts).iter().all(|s| !s.is_failure()), "timestamps and ids may differ");
+        let changed = [json(r#"{"op":"quote","id":1,"ts":100}"#), json(r#"{"op":"cancel","id":2,"ts":101}"#)];
+        assert!(diff(&expected, &changed, &opts).iter().any(Step::is_failure), "content may not");
+        let swapped = [later[1].clone(), later[0].clone()];
+        assert!(diff(&expected, &swapped, &opts).iter().any(Step::is_failure), "in order by default");
+        let any_order = Options { unordered: true, ..opts };
+        assert!(diff(&expected, &swapped, &any_order).iter().all(|s| !s.is_failure()), "in any order");
+        let steps = diff(&expected, &[later[1].clone(), json(r#"{"op":"x"}"#), json("{}")], &any_order);
+        assert_eq!(steps.iter().filter(|s| matches!(s, Step::Different { .. })).count(), 1);
+        assert_eq!(steps.iter().filter(|s| matches!(s, Step::Extra { .. })).count(), 1);
     }
 
     #[test]

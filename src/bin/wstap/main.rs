@@ -6,8 +6,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use wstap::config::tls::ServerCheck;
 
+mod export;
 mod extcap;
+mod junit;
+mod pick;
 mod replay;
+mod sessions;
+
+use pick::Pick;
 
 /// jemalloc, with its background thread: memory freed after a peak of sessions goes back
 /// to the system within its decay time (10 s). glibc's malloc kept it in the heap (a soak
@@ -36,11 +42,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
-    /// List the WebSocket sessions in capture files (pcap or pcapng, from any tool).
+    /// List the WebSocket sessions in capture files (pcap or pcapng, from any tool), those
+    /// the filters take.
     Sessions {
-        /// Capture files, read as one capture in this order (a rotated set, say).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
+        #[command(flatten)]
+        pick: Pick,
         /// Also list each message: time, direction, kind, size, a preview.
         #[arg(long)]
         messages: bool,
@@ -48,11 +54,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Replay a recorded client against a server and compare its answers with the recording
-    /// (exit 0 matched, 1 mismatch, 2 error).
+    /// Replay the recorded clients of the sessions the filters take (every one, by default)
+    /// against a server and compare its answers with the recording (exit 0 all matched, 1
+    /// a mismatch, 2 error).
     Replay {
         #[command(flatten)]
         pick: Pick,
+        /// Also write a JUnit XML report here: a test suite per session, a test case per
+        /// message compared.
+        #[arg(long, value_name = "REPORT.xml")]
+        junit: Option<PathBuf>,
         /// The server: ws:// or wss://HOST:PORT, optionally with a path that replaces the
         /// recorded one.
         #[arg(long)]
@@ -73,7 +84,24 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Act as the recorded server for a client, reporting where it diverges.
+    /// Write the sessions the filters take as HAR (Chrome DevTools' WebSocket entries) or
+    /// JSON lines (one message a line).
+    Export {
+        #[command(flatten)]
+        pick: Pick,
+        /// `har` or `jsonl`.
+        #[arg(long, value_parser = ["har", "jsonl"])]
+        format: String,
+        /// Where to write (`-`: standard output).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// Redact with this config file's `[capture.redact]` rules instead of the defaults
+        /// (credential headers, token-like query parameters).
+        #[arg(long, value_name = "CONFIG")]
+        redact: Option<PathBuf>,
+    },
+    /// Act as the recorded server (of the one session the filters take) for a client,
+    /// reporting where it diverges.
     Mock {
         #[command(flatten)]
         pick: Pick,
@@ -95,16 +123,6 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct Pick {
-    /// Capture files, read as one capture in this order.
-    #[arg(required = true)]
-    files: Vec<PathBuf>,
-    /// The session to play, by the id `wstap sessions` shows (needed when there are several).
-    #[arg(long)]
-    session: Option<usize>,
-}
-
-#[derive(clap::Args)]
 struct Play {
     /// Pace messages by the recorded timing scaled by this factor, or `max` to send each as
     /// soon as the peer's earlier messages are in.
@@ -114,6 +132,14 @@ struct Play {
     /// both sides before comparing. Repeatable.
     #[arg(long, value_name = "REGEX")]
     ignore: Vec<regex::bytes::Regex>,
+    /// A path to values in JSON messages that may differ (timestamps, ids): a JSON pointer
+    /// (/order/id) or a dotted path (order.id, items.*.ts), erased from both sides, JSON
+    /// compared as JSON. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    ignore_json: Vec<wstap_replay::jsonpath::JsonPath>,
+    /// Compare the peer's messages with the recorded ones in any order.
+    #[arg(long)]
+    unordered: bool,
     /// How long to wait for each message from the peer.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     wait: std::time::Duration,
@@ -137,6 +163,8 @@ impl Play {
         wstap_replay::Options {
             speed: self.speed.0,
             ignore: self.ignore,
+            ignore_json: self.ignore_json,
+            unordered: self.unordered,
             wait: self.wait,
             client_tls: None,
             server_tls: None,
@@ -155,26 +183,23 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Sessions { files, messages, json } => {
-            let listing = if messages { cli::Listing::Messages } else { cli::Listing::Sessions };
-            return cli::sessions(&files, listing, if json { cli::Format::Json } else { cli::Format::Table });
+        Command::Sessions { pick, messages, json } => {
+            let listing = if messages { sessions::Listing::Messages } else { sessions::Listing::Sessions };
+            let format = if json { sessions::Format::Json } else { sessions::Format::Table };
+            return sessions::sessions(&pick, listing, format);
+        }
+        Command::Export { pick, format, output, redact } => {
+            return export::export(&pick, &format, &output, redact.as_deref())
         }
         Command::Extcap { args } => return extcap::run(&args),
-        Command::Replay { pick, target, ca_file, insecure, play } => {
+        Command::Replay { pick, junit, target, ca_file, insecure, play } => {
             let check = if insecure { ServerCheck::Skipped } else { ServerCheck::Verified };
             let tls = cli::Trust { ca_file, check };
-            return cli::replay(&pick.files, pick.session.map(wstap_replay::SessionId), &target, tls, play.options());
+            return cli::replay(&pick, &target, tls, play.options(), junit.as_deref());
         }
         Command::Mock { pick, listen, once, tls_cert, tls_key, play } => {
             let clients = if once { cli::Clients::One } else { cli::Clients::Each };
-            return cli::mock(
-                &pick.files,
-                pick.session.map(wstap_replay::SessionId),
-                &listen,
-                clients,
-                tls_cert.zip(tls_key),
-                play.options(),
-            );
+            return cli::mock(&pick, &listen, clients, tls_cert.zip(tls_key), play.options());
         }
     };
     match result {

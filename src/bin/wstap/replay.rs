@@ -1,283 +1,45 @@
-//! The `sessions`, `replay` and `mock` commands: reading files, choosing a session,
-//! printing listings, progress and summaries. Exit codes: 0 matched (or listed cleanly),
-//! 1 mismatch (or the files had problems), 2 error.
+//! The `replay` and `mock` commands: playing a recorded side of sessions against a live
+//! peer, with progress, summaries and a JUnit report.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use wstap::config::tls::ServerCheck;
+use wstap_replay::{self as player, Dir, Options, Report, SessionId, Step};
 
-use std::collections::HashMap;
-use wstap_replay::{self as player, preview, Options, Report, Step};
-
-use wstap_replay::{Dir, Event, Message, Recording, Session, SessionId, Tally};
-
-pub const MATCHED: u8 = 0;
-pub const MISMATCH: u8 = 1;
-pub const ERROR: u8 = 2;
-
-fn utc(t: wstap_wire::Timestamp) -> String {
-    humantime::format_rfc3339_micros(t.to_system_time()).to_string()
-}
-
-/// A session's line of the table: every column at its width, whatever the addresses
-/// (IPv6) and the path; what does not fit is cut with `…` (`--json` has it whole).
-fn session_line(s: &Session, t: &Tally) -> String {
-    format!(
-        "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  {}{}",
-        s.id,
-        utc(s.start),
-        endpoints(s),
-        fit(&s.path, 24, Cut::End),
-        t.messages[Dir::Up],
-        t.messages[Dir::Down],
-        close_codes(t),
-        if s.problems.is_empty() { "" } else { "  (damaged)" }
-    )
-}
-
-/// `client → server` in the table's 47 columns: each address cut in its middle when the
-/// two do not fit, so that both ports stay.
-fn endpoints(s: &Session) -> String {
-    let (client, server) = (s.client.to_string(), s.server.to_string());
-    let whole = format!("{client} → {server}");
-    if whole.chars().count() <= 47 {
-        return whole;
-    }
-    format!("{} → {}", fit(&client, 22, Cut::Middle), fit(&server, 22, Cut::Middle))
-}
-
-/// Where [`fit`] cuts.
-#[derive(Clone, Copy)]
-enum Cut {
-    /// In the middle: both ends kept (addresses and their ports).
-    Middle,
-    /// At the end: the start kept (a path).
-    End,
-}
-
-/// `text` in at most `width` characters, cut with `…` where `cut` says.
-fn fit(text: &str, width: usize, cut: Cut) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    if chars.len() <= width {
-        return text.to_owned();
-    }
-    let (head, tail) = match cut {
-        Cut::End => (width - 1, 0),
-        Cut::Middle => ((width - 1) / 2, width - 1 - (width - 1) / 2),
-    };
-    let mut out: String = chars[..head].iter().collect();
-    out.push('…');
-    out.extend(&chars[chars.len() - tail..]);
-    out
-}
-
-fn close_codes(t: &Tally) -> String {
-    let code = |who: Dir| t.close[who].map_or("-".to_string(), |c| c.to_string());
-    format!("{}/{}", code(Dir::Up), code(Dir::Down))
-}
-
-fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "type": "message",
-        "session": s.id,
-        "index": index,
-        "time": utc(m.time),
-        "sender": m.dir.sender(),
-        "kind": m.kind,
-        "size": m.data.len(),
-        "frames": m.frames,
-        "compressed": m.compressed,
-        "incomplete": m.incomplete,
-    });
-    if m.kind == wstap_replay::Kind::Gap {
-        v["lost"] = m.lost.into();
-        return v;
-    }
-    match std::str::from_utf8(&m.data) {
-        Ok(t) if m.kind != wstap_replay::Kind::Binary => v["text"] = t.into(),
-        _ => v["hex"] = m.data.iter().map(|b| format!("{b:02x}")).collect::<String>().into(),
-    }
-    v
-}
-
-fn session_json(s: &Session, t: &Tally) -> serde_json::Value {
-    let mut v = serde_json::to_value(s).unwrap_or_default();
-    v["type"] = "session".into();
-    v["time"] = utc(s.start).into();
-    v["messages_client"] = t.messages[Dir::Up].into();
-    v["messages_server"] = t.messages[Dir::Down].into();
-    v["close_client"] = t.close[Dir::Up].into();
-    v["close_server"] = t.close[Dir::Down].into();
-    v
-}
-
-/// What `wstap sessions` lists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listing {
-    /// One line per session.
-    Sessions,
-    /// Each session, then each of its messages (`--messages`).
-    Messages,
-}
-
-/// How `wstap sessions` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// An aligned table for people.
-    Table,
-    /// JSON lines (`--json`).
-    Json,
-}
-
-/// `wstap sessions`: each session printed as soon as its connection ends. The listing
-/// alone keeps no message (each is counted as it streams by); `--messages` holds a
-/// session's messages until it ends, to print them under it.
-pub fn sessions(files: &[PathBuf], listing: Listing, format: Format) -> ExitCode {
-    let stream = match wstap_replay::stream(files) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let mut out = std::io::stdout().lock();
-    let mut print = |line: String| writeln!(out, "{line}").and_then(|()| out.flush()).is_ok();
-    if format == Format::Table {
-        print(format!(
-            "{:<4} {:<27} {:<47} {:<24} {:>5} {:>5}  CLOSE(C/S)",
-            "ID", "START (UTC)", "CLIENT → SERVER", "PATH", "C→S", "S→C"
-        ));
-    }
-    let mut line = |s: &Session, t: &Tally| match format {
-        Format::Json => print(session_json(s, t).to_string()),
-        Format::Table => print(session_line(s, t)),
-    };
-    let rec = match listing {
-        Listing::Sessions => {
-            let mut events = stream.into_events();
-            let mut open: HashMap<SessionId, Tally> = HashMap::new();
-            for e in events.by_ref() {
-                match e {
-                    Event::Opened(s) => drop(open.insert(s.id, Tally::default())),
-                    Event::Message(id, m) => open.entry(id).or_default().add(&m),
-                    Event::Closed(s) => {
-                        if !line(&s, &open.remove(&s.id).unwrap_or_default()) {
-                            return ExitCode::from(MATCHED); // stdout closed (a pager quit)
-                        }
-                    }
-                }
-            }
-            events.into_recording()
-        }
-        Listing::Messages => {
-            let mut sessions = stream;
-            for s in sessions.by_ref() {
-                if !line(&s, &s.tally()) || !print_messages(&s, format) {
-                    return ExitCode::from(MATCHED);
-                }
-            }
-            sessions.into_recording()
-        }
-    };
-    report_problems(&rec);
-    ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
-}
-
-/// A session's messages under its line; false once stdout is closed.
-fn print_messages(s: &Session, format: Format) -> bool {
-    let mut out = std::io::stdout().lock();
-    for (i, m) in s.messages.iter().enumerate() {
-        let line = if format == Format::Json {
-            message_json(s, i + 1, m).to_string()
-        } else if m.kind == wstap_replay::Kind::Gap {
-            let when = m.time.since(s.start).as_secs_f64();
-            format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
-        } else {
-            format!(
-                "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
-                i + 1,
-                m.time.since(s.start).as_secs_f64(),
-                m.dir.arrow(),
-                m.kind.name(),
-                m.data.len(),
-                preview(m.kind, &m.data, 60),
-                if m.incomplete { "  (incomplete)" } else { "" }
-            )
-        };
-        if writeln!(out, "{line}").is_err() {
-            return false;
-        }
-    }
-    out.flush().is_ok()
-}
-
-fn report_problems(rec: &Recording) {
-    for n in &rec.notes {
-        eprintln!("wstap: note: {n}");
-    }
-    for p in &rec.problems {
-        eprintln!("wstap: warning: {p}");
-    }
-}
-
-fn fail(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("wstap: {e}");
-    ExitCode::from(ERROR)
-}
-
-/// Reads the files and picks the session to play: the one asked for, or the only one.
-/// Only that session is kept while the files stream.
-fn choose(files: &[PathBuf], id: Option<SessionId>) -> Result<Session, String> {
-    let mut stream = wstap_replay::stream(files).map_err(|e| e.to_string())?;
-    let (mut chosen, mut count) = (None, 0);
-    for s in stream.by_ref() {
-        count += 1;
-        if chosen.is_none() && id.is_none_or(|id| s.id == id) {
-            chosen = Some(s);
-        }
-    }
-    report_problems(&stream.into_recording());
-    let s = match (chosen, id) {
-        (Some(s), Some(_)) => s,
-        (Some(s), None) if count == 1 => s,
-        (_, Some(id)) => return Err(format!("no session {id}: the capture has {count} (see `wstap sessions`)")),
-        (_, None) if count == 0 => return Err("the capture holds no WebSocket session".into()),
-        (_, None) => {
-            return Err(format!("the capture holds {count} sessions: choose one with --session (see `wstap sessions`)"))
-        }
-    };
-    if let Some(m) = s.messages.iter().position(|m| m.kind == wstap_replay::Kind::Gap) {
-        let lost = s.messages[m].lost;
-        return Err(format!(
-            "session {}: the capture lost {lost} bytes at #{} (a gap), so it cannot be played",
-            s.id,
-            m + 1
-        ));
-    }
-    if let Some(m) = s.messages.iter().position(|m| m.incomplete) {
-        return Err(format!(
-            "session {}: message #{} is incomplete in the capture, so it cannot be played",
-            s.id,
-            m + 1
-        ));
-    }
-    Ok(s)
-}
+use crate::junit;
+use crate::pick::{chosen, fail, one, Pick, ERROR, MATCHED, MISMATCH};
 
 fn print_step(step: &Step) {
     println!("  {step}");
 }
 
-fn finish(result: Result<Report, player::PlayError>) -> ExitCode {
+/// One session's play-through, said: its failures and summary, or why it could not play.
+fn said(result: &Result<Report, player::PlayError>, id: SessionId) {
     match result {
         Ok(report) => {
             for step in report.steps.iter().filter(|s| s.is_failure()) {
                 println!("  {step}");
             }
             println!("{}", report.summary());
-            ExitCode::from(if report.matched() { MATCHED } else { MISMATCH })
         }
-        Err(e) => fail(format!("{e:#}")),
+        Err(e) => eprintln!("wstap: session {id}: {e:#}"),
     }
+}
+
+/// The exit code of play-throughs: an error if any could not play, else a mismatch if
+/// any differed.
+fn verdict<'a>(results: impl IntoIterator<Item = &'a Result<Report, player::PlayError>>) -> ExitCode {
+    let mut code = MATCHED;
+    for r in results {
+        code = code.max(match r {
+            Ok(report) if report.matched() => MATCHED,
+            Ok(_) => MISMATCH,
+            Err(_) => ERROR,
+        });
+    }
+    ExitCode::from(code)
 }
 
 /// How a `wss://` target is trusted: by `--ca-file` or the system's roots, unless its
@@ -287,8 +49,9 @@ pub struct Trust {
     pub check: ServerCheck,
 }
 
-/// `wstap replay`.
-pub fn replay(files: &[PathBuf], id: Option<SessionId>, target: &str, trust: Trust, mut opts: Options) -> ExitCode {
+/// `wstap replay`: each session the filters take, one after the other, against
+/// `target`; with `junit`, a JUnit XML report of them all.
+pub fn replay(pick: &Pick, target: &str, trust: Trust, mut opts: Options, junit: Option<&Path>) -> ExitCode {
     if let Some(rest) = target.strip_prefix("wss://") {
         let host = rest.split(['/', ':']).next().unwrap_or_default();
         let host = match rest.strip_prefix('[') {
@@ -305,22 +68,39 @@ pub fn replay(files: &[PathBuf], id: Option<SessionId>, target: &str, trust: Tru
     } else if trust.ca_file.is_some() || trust.check == ServerCheck::Skipped {
         return fail("--ca-file and --insecure are for a wss:// target");
     }
-    let session = match choose(files, id) {
+    let sessions = match chosen(pick) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    println!(
-        "replaying session {} ({} {}, {} client and {} server messages) against {target}",
-        session.id,
-        session.method,
-        session.path,
-        session.count(Dir::Up),
-        session.count(Dir::Down)
-    );
-    match wstap::runtime(1) {
-        Ok(rt) => finish(rt.block_on(player::replay(&session, target, &opts, print_step))),
-        Err(e) => fail(e),
+    let rt = match wstap::runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => return fail(e),
+    };
+    let mut played = Vec::new();
+    for session in &sessions {
+        println!(
+            "replaying session {} ({} {}, {} client and {} server messages) against {target}",
+            session.id,
+            session.method,
+            session.path,
+            session.count(Dir::Up),
+            session.count(Dir::Down)
+        );
+        let started = Instant::now();
+        let result = rt.block_on(player::replay(session, target, &opts, print_step));
+        said(&result, session.id);
+        played.push(junit::Played { session, result, took: started.elapsed() });
     }
+    if sessions.len() > 1 {
+        let ok = played.iter().filter(|p| p.result.as_ref().is_ok_and(Report::matched)).count();
+        println!("{} sessions: {ok} matched, {} did not", sessions.len(), sessions.len() - ok);
+    }
+    if let Some(path) = junit {
+        if let Err(e) = std::fs::write(path, junit::report(&played, target)) {
+            return fail(format!("--junit {}: {e}", path.display()));
+        }
+    }
+    verdict(played.iter().map(|p| &p.result))
 }
 
 /// Whom `wstap mock` serves.
@@ -335,8 +115,7 @@ pub enum Clients {
 /// `wstap mock`: serves the recorded server to `clients`; over TLS with `tls`
 /// (certificate chain, key).
 pub fn mock(
-    files: &[PathBuf],
-    id: Option<SessionId>,
+    pick: &Pick,
     listen: &str,
     clients: Clients,
     tls: Option<(PathBuf, PathBuf)>,
@@ -349,7 +128,7 @@ pub fn mock(
         }
     }
     let scheme = if opts.server_tls.is_some() { "wss" } else { "ws" };
-    let session = match choose(files, id) {
+    let session = match one(pick) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -366,48 +145,10 @@ pub fn mock(
         println!("mocking session {} ({}) on {scheme}://{addr}{}", session.id, session.path, session.path);
         loop {
             let result = player::mock(&session, &listener, &opts, print_step).await;
-            let code = finish(result);
+            said(&result, session.id);
             if clients == Clients::One {
-                return code;
+                return verdict([&result]);
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn session(client: &str, server: &str, path: &str) -> Session {
-        let start = wstap_wire::Timestamp::from_nanos(1_795_817_067_483_060_333);
-        let id = wstap_replay::SessionId(12);
-        Session { start, path: path.into(), ..Session::new(id, client.parse().unwrap(), server.parse().unwrap()) }
-    }
-
-    #[test]
-    fn the_table_stays_aligned_with_ipv6_addresses_and_long_paths() {
-        let none = Tally::default();
-        let short = session_line(&session("127.0.0.1:4242", "127.0.0.1:80", "/ws"), &none);
-        let long = session_line(
-            &session(
-                "[2001:db8:85a3:8d3:1319:8a2e:370:7348]:54321",
-                "[2001:db8:85a3:8d3:1319:8a2e:370:7349]:443",
-                "/very/long/path/to/the/socket?with=a&long=query&string=1",
-            ),
-            &none,
-        );
-        let at = |line: &str, column: &str| line.find(column).map(|i| line[..i].chars().count());
-        assert_eq!(short.chars().count(), long.chars().count(), "\n{short}\n{long}");
-        assert!(long.contains(" [2001:db8:…7348]:54321 → [2001:db8:…0:7349]:443 "), "both ports kept: {long}");
-        assert!(long.contains("/very/long/path/to/the/… "), "the path's start kept: {long}");
-        assert_eq!(at(&short, "    0     0  -/-"), at(&long, "    0     0  -/-"));
-    }
-
-    #[test]
-    fn fit_cuts_only_what_does_not_fit() {
-        assert_eq!(fit("abc", 3, Cut::End), "abc");
-        assert_eq!(fit("abcdef", 4, Cut::End), "abc…");
-        assert_eq!(fit("abcdef", 4, Cut::Middle), "a…ef");
-        assert_eq!(fit("→→→→→", 3, Cut::Middle), "→…→");
-    }
 }

@@ -23,6 +23,7 @@ mod leg;
 mod live;
 pub(crate) mod ports;
 mod redact;
+pub use redact::{head as redact_head, payload as redact_payload};
 mod repeat;
 mod rewrite;
 mod rotation;

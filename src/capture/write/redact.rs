@@ -21,7 +21,7 @@ const K8S_BEARER: &[u8] = b"base64url.bearer.authorization.k8s.io.";
 
 /// Redacts, in a complete HTTP head (request or response, up to its blank line), what
 /// `rules` names. Returns what was redacted, once each, in the order it was met.
-pub(super) fn head(head: &mut [u8], rules: &Redact) -> Vec<Redaction> {
+pub fn head(head: &mut [u8], rules: &Redact) -> Vec<Redaction> {
     let mut redacted = Vec::new();
     if rules.is_off() {
         return redacted;
@@ -157,7 +157,7 @@ pub(super) fn text(text: &str, rules: &Redact) -> String {
 
 /// Redacts every match of the payload patterns in `payload` (a whole message, as the
 /// application sees it). Returns what matched, and how often.
-pub(super) fn payload(payload: &mut [u8], rules: &Redact) -> Vec<Redaction> {
+pub fn payload(payload: &mut [u8], rules: &Redact) -> Vec<Redaction> {
     let mut redacted = Vec::new();
     for (pattern, re) in rules.payload.iter().enumerate() {
         let spans: Vec<std::ops::Range<usize>> = re.find_iter(payload).map(|m| m.range()).collect();

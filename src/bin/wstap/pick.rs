@@ -1,0 +1,161 @@
+//! What the commands that read captures share: the filters that pick sessions, how
+//! problems and errors are said, and the exit codes (0 matched or listed cleanly, 1 a
+//! mismatch or problems in the files, 2 an error).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use wstap_replay::{Endpoint, Filter, Recording, Session, SessionId};
+use wstap_wire::Timestamp;
+
+pub const MATCHED: u8 = 0;
+pub const MISMATCH: u8 = 1;
+pub const ERROR: u8 = 2;
+
+pub fn report_problems(rec: &Recording) {
+    for n in &rec.notes {
+        eprintln!("wstap: note: {n}");
+    }
+    for p in &rec.problems {
+        eprintln!("wstap: warning: {p}");
+    }
+}
+
+pub fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("wstap: {e}");
+    ExitCode::from(ERROR)
+}
+
+/// The captures to read, and which of their sessions to take.
+#[derive(clap::Args)]
+pub struct Pick {
+    /// Capture files (pcap or pcapng, gzip/zstd/lz4 or not, `-` for standard input), read
+    /// as one capture in time order (a rotated set, say).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub filters: Filters,
+}
+
+/// Which sessions to take: every one given must hold (docs/replay.md, "Filters").
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Filters {
+    /// The session with this id, as `wstap sessions` shows it.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<usize>,
+    /// Sessions from this client: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub client: Option<Endpoint>,
+    /// Sessions to this server: ADDR or ADDR:PORT.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub server: Option<Endpoint>,
+    /// Sessions whose request target starts with PREFIX (`/chat`, `/feed?room=1`).
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+    /// Sessions whose Host field names NAME (any case, port ignored).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    /// Sessions still open at or after TIME (RFC 3339: 2026-12-06T14:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<Timestamp>,
+    /// Sessions that began before TIME (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<Timestamp>,
+    /// Sessions with a message whose payload (unmasked, inflated) matches REGEX.
+    #[arg(long, value_name = "REGEX")]
+    pub grep: Option<regex::bytes::Regex>,
+    /// Sessions with at least N messages (both ways).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_messages: usize,
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map(Timestamp::from_system_time)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-12-06T14:00:00Z ({e})"))
+}
+
+impl Filters {
+    /// The library's filter.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            session: self.session.map(SessionId),
+            client: self.client,
+            server: self.server,
+            path: self.path.clone(),
+            host: self.host.clone(),
+            since: self.since,
+            until: self.until,
+            grep: self.grep.clone(),
+            min_messages: self.min_messages,
+        }
+    }
+
+    /// Whether any criterion is given.
+    fn any(&self) -> bool {
+        self.session.is_some()
+            || self.client.is_some()
+            || self.server.is_some()
+            || self.path.is_some()
+            || self.host.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || self.grep.is_some()
+            || self.min_messages > 0
+    }
+}
+
+/// Reads the files and keeps the sessions the filters take (only those are held while
+/// the files stream), each checked playable; an error when none is taken.
+pub fn chosen(pick: &Pick) -> Result<Vec<Session>, String> {
+    let filter = pick.filters.filter();
+    let mut stream = wstap_replay::stream(&pick.files).map_err(|e| e.to_string())?;
+    let (mut chosen, mut count) = (Vec::new(), 0);
+    for s in stream.by_ref() {
+        count += 1;
+        if filter.admits(&s) {
+            chosen.push(s);
+        }
+    }
+    report_problems(&stream.into_recording());
+    if chosen.is_empty() {
+        let others = Filters { session: None, ..pick.filters.clone() }.any();
+        return Err(match (count, pick.filters.session) {
+            (0, _) => "the capture holds no WebSocket session".to_string(),
+            (_, Some(id)) if !others => format!("no session {id}: the capture has {count} (see `wstap sessions`)"),
+            _ => format!("none of the capture's {count} sessions passes the filters (see `wstap sessions`)"),
+        });
+    }
+    chosen.sort_by_key(|s| s.id);
+    chosen.iter().try_for_each(playable)?;
+    Ok(chosen)
+}
+
+/// The one session the filters take (the only one, with none given).
+pub fn one(pick: &Pick) -> Result<Session, String> {
+    let mut chosen = chosen(pick)?;
+    match chosen.len() {
+        1 => Ok(chosen.remove(0)),
+        n => Err(format!("{n} sessions pass: choose one with --session or the filters (see `wstap sessions`)")),
+    }
+}
+
+/// Whether a session can be played: no bytes missing from it.
+fn playable(s: &Session) -> Result<(), String> {
+    if let Some(m) = s.messages.iter().position(|m| m.kind == wstap_replay::Kind::Gap) {
+        let lost = s.messages[m].lost;
+        return Err(format!(
+            "session {}: the capture lost {lost} bytes at #{} (a gap), so it cannot be played",
+            s.id,
+            m + 1
+        ));
+    }
+    if let Some(m) = s.messages.iter().position(|m| m.incomplete) {
+        return Err(format!(
+            "session {}: message #{} is incomplete in the capture, so it cannot be played",
+            s.id,
+            m + 1
+        ));
+    }
+    Ok(())
+}

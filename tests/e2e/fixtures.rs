@@ -1,0 +1,260 @@
+//! From a day of captures to a fixture: filters that pick sessions across rotated files,
+//! export as HAR (checked against the HAR 1.2 schema) and JSON lines, and replays that CI
+//! reads (several sessions at once, a JUnit report, JSON values that may differ).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::capture::{capture_dir, capture_toml, the_files};
+use crate::replay::wstap;
+use crate::support::*;
+
+/// What a session of the recording was: its path, its client's port, when it began.
+struct Recorded {
+    path: &'static str,
+    port: u16,
+}
+
+/// Opens a session on `path` (with `host` as its Host field, if given), sends `texts`
+/// and reads their echoes; leaves it open.
+async fn session(proxy: &Proxy, path: &str, host: Option<&str>, texts: &[&str]) -> (WsClient, u16) {
+    let mut request = proxy.ws_url(path).into_client_request().unwrap();
+    if let Some(host) = host {
+        request.headers_mut().insert("host", host.parse().unwrap());
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let port = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!(),
+    };
+    for t in texts {
+        ws.send(Message::text(*t)).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(*t));
+    }
+    (ws, port)
+}
+
+async fn close(mut ws: WsClient) {
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// `wstap sessions --json FILES ARGS…`: the paths of the sessions listed, in id order.
+async fn listed(files: &[PathBuf], args: &[&str]) -> Vec<(String, u16)> {
+    let mut all: Vec<String> = vec!["sessions".into(), "--json".into()];
+    all.extend(files.iter().map(|f| f.display().to_string()));
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = wstap(&all).await;
+    assert_eq!(code, 0, "{args:?}: {stderr}");
+    let mut rows: Vec<(usize, String, u16)> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            let client: std::net::SocketAddr = v["client"].as_str().unwrap().parse().unwrap();
+            (v["id"].as_u64().unwrap() as usize, v["path"].as_str().unwrap().to_string(), client.port())
+        })
+        .collect();
+    rows.sort();
+    rows.into_iter().map(|(_, p, c)| (p, c)).collect()
+}
+
+/// Records four sessions through the daemon, the files rotated in the middle of one:
+/// returns the files, what each session was, and a time between the second and third.
+async fn recording(name: &str) -> (Scratch, Vec<PathBuf>, Vec<Recorded>, String) {
+    let dir = capture_dir(name);
+    let proxy = Proxy::start(&config(echo_upstream().await, &capture_toml(&dir, ""))).await;
+    let mut recorded = Vec::new();
+    let (a, port) = session(&proxy, "/chat?room=1", None, &["hello", "buy 100 at 7"]).await;
+    recorded.push(Recorded { path: "/chat?room=1", port });
+    close(a).await;
+    let (mut feed, port) = session(&proxy, "/feed", None, &["tick 1", "tick 2", "tick 3"]).await;
+    recorded.push(Recorded { path: "/feed", port });
+    proxy.rotate().await; // SIGUSR1, mid-session
+    for t in ["tick 4", "tick 5", "tick 6"] {
+        feed.send(Message::text(t)).await.unwrap();
+        feed.next().await.unwrap().unwrap();
+    }
+    close(feed).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await; // the clock moves on: a boundary
+    let between = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (c, port) = session(&proxy, "/chat?room=2", Some("App.Example:8443"), &["hello again"]).await;
+    recorded.push(Recorded { path: "/chat?room=2", port });
+    close(c).await;
+    let (d, port) = session(&proxy, "/feed?quiet=1", None, &[]).await;
+    recorded.push(Recorded { path: "/feed?quiet=1", port });
+    close(d).await;
+    proxy.begin_shutdown().await;
+    proxy.stopped().await;
+    let files = the_files(&dir);
+    assert!(files.len() >= 2, "rotated: {files:?}");
+    (dir, files, recorded, between)
+}
+
+#[tokio::test]
+async fn filters_pick_exactly_the_expected_sessions_across_rotated_files() {
+    within(async {
+        let (_dir, files, rec, between) = recording("filters").await;
+        // The client legs (the upstream legs are listed too: they go to the echo server).
+        let front: Vec<(String, u16)> = rec.iter().map(|r| (r.path.to_string(), r.port)).collect();
+        let want = |which: &[usize]| which.iter().map(|&i| front[i].clone()).collect::<Vec<_>>();
+        let client_legs = |got: Vec<(String, u16)>| -> Vec<(String, u16)> {
+            got.into_iter().filter(|(_, port)| front.iter().any(|(_, p)| p == port)).collect()
+        };
+        assert_eq!(client_legs(listed(&files, &[]).await), want(&[0, 1, 2, 3]), "one session each, across files");
+        assert_eq!(client_legs(listed(&files, &["--path", "/chat"]).await), want(&[0, 2]));
+        assert_eq!(client_legs(listed(&files, &["--host", "app.example"]).await), want(&[2]));
+        assert_eq!(client_legs(listed(&files, &["--grep", r"buy \d+"]).await), want(&[0]));
+        assert_eq!(client_legs(listed(&files, &["--min-messages", "12"]).await), want(&[1]), "6 each way");
+        assert_eq!(client_legs(listed(&files, &["--since", &between]).await), want(&[2, 3]));
+        assert_eq!(client_legs(listed(&files, &["--until", &between]).await), want(&[0, 1]));
+        let client = format!("127.0.0.1:{}", rec[3].port);
+        assert_eq!(listed(&files, &["--client", &client]).await, want(&[3]));
+        assert_eq!(client_legs(listed(&files, &["--path", "/feed", "--min-messages", "3"]).await), want(&[1]));
+        let combined = listed(&files, &["--path", "/chat", "--grep", "again", "--until", &between]).await;
+        assert!(combined.is_empty(), "every filter must hold: {combined:?}");
+        // The same filters choose what is exported: one JSON line per message.
+        let mut args = vec!["export".to_string(), "--format".into(), "jsonl".into(), "-o".into(), "-".into()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        args.extend(["--client".into(), format!("127.0.0.1:{}", rec[1].port)]);
+        let (code, stdout, stderr) = wstap(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(code, 0, "{stderr}");
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let texts: Vec<&str> =
+            lines.iter().filter(|l| l["sender"] == "client").filter_map(|l| l["text"].as_str()).collect();
+        assert_eq!(texts, ["tick 1", "tick 2", "tick 3", "tick 4", "tick 5", "tick 6"]);
+    })
+    .await;
+}
+
+/// Checks `har` against the HAR 1.2 schema (with Chrome's WebSocket extension) with
+/// python's jsonschema; the validator's complaint, if any.
+fn har_complaint(har: &Path) -> Option<String> {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/har-1.2.schema.json");
+    let check = "import json, sys, jsonschema\n\
+                 schema, doc = (json.load(open(p)) for p in sys.argv[1:3])\n\
+                 jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())";
+    let out = Command::new("/usr/bin/python3").args(["-c", check]).arg(&schema).arg(har).output().unwrap();
+    (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn the_har_export_passes_the_har_schema_and_holds_the_sessions_messages() {
+    within(async {
+        let (dir, files, rec, _) = recording("har").await;
+        let har = dir.join("out.har");
+        let mut args =
+            vec!["export".to_string(), "--format".into(), "har".into(), "-o".into(), har.display().to_string()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        args.extend(["--path".into(), "/".into()]);
+        let (code, _, stderr) = wstap(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(har_complaint(&har), None);
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&har).unwrap()).unwrap();
+        let whole = wstap_replay::open_all(&files).unwrap();
+        let entries = doc["log"]["entries"].as_array().unwrap();
+        assert_eq!(entries.len(), whole.sessions.len());
+        for s in &whole.sessions {
+            let e = entries.iter().find(|e| e["connection"].as_str() == Some(&s.client.port().to_string())).unwrap();
+            assert_eq!(e["response"]["status"], 101);
+            let msgs = e["_webSocketMessages"].as_array().unwrap();
+            assert_eq!(msgs.len(), s.messages.len(), "{}", s.path);
+            for (m, h) in s.messages.iter().zip(msgs) {
+                assert_eq!(h["type"], if m.dir == wstap_replay::Dir::Up { "send" } else { "receive" });
+                match m.kind {
+                    wstap_replay::Kind::Text => assert_eq!(h["data"].as_str().unwrap().as_bytes(), &m.data[..]),
+                    _ => assert_eq!(h["_encoding"], "base64"),
+                }
+            }
+        }
+        let feed = entries.iter().find(|e| e["connection"].as_str() == Some(&rec[1].port.to_string())).unwrap();
+        assert!(feed["request"]["url"].as_str().unwrap().ends_with("/feed"));
+        // A broken document fails the check: the check checks.
+        let mut bad = doc.clone();
+        bad["log"]["entries"][0]["_webSocketMessages"][0]["type"] = "sent".into();
+        let bad_path = dir.join("bad.har");
+        std::fs::write(&bad_path, bad.to_string()).unwrap();
+        assert!(har_complaint(&bad_path).is_some());
+    })
+    .await;
+}
+
+/// An upstream that answers each text message with JSON carrying it, a fresh timestamp
+/// and a counter; `shout`: the text upper-cased (a build that changed).
+async fn json_upstream(shout: bool) -> std::net::SocketAddr {
+    serve(move |stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+        let mut n = 0;
+        while let Some(Ok(Message::Text(t))) = ws.next().await {
+            n += 1;
+            let text = if shout { t.to_uppercase() } else { t.to_string() };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let reply = serde_json::json!({ "echo": text, "n": n, "meta": { "ts": now.to_string() } });
+            if ws.send(Message::text(reply.to_string())).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn replays_of_every_session_chosen_report_to_junit_and_ignore_json_values() {
+    within(async {
+        let dir = capture_dir("junit");
+        let proxy = Proxy::start(&config(json_upstream(false).await, &capture_toml(&dir, ""))).await;
+        // The client legs only: the upstream legs' server is the upstream.
+        let front = format!("--server={}", proxy.addr());
+        for path in ["/json?a", "/json?b"] {
+            let (mut ws, _) = tokio_tungstenite::connect_async(proxy.ws_url(path)).await.unwrap();
+            for t in ["alpha", "BETA", "gamma"] {
+                ws.send(Message::text(t)).await.unwrap();
+                ws.next().await.unwrap().unwrap();
+            }
+            close(ws).await;
+        }
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let files = the_files(&dir);
+        let play = |target: std::net::SocketAddr, extra: &[&str], junit: Option<&Path>| {
+            let mut args: Vec<String> = vec!["replay".into()];
+            args.extend(files.iter().map(|f| f.display().to_string()));
+            args.extend(["--target".into(), format!("ws://{target}"), "--speed".into(), "max".into()]);
+            args.extend(["--path".into(), "/json".into(), "--wait".into(), "2s".into()]);
+            args.extend(extra.iter().map(|a| a.to_string()));
+            if let Some(j) = junit {
+                args.extend(["--junit".into(), j.display().to_string()]);
+            }
+            async move { wstap(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+        };
+        let same = json_upstream(false).await;
+        let (code, out, _) = play(same, &[&front], None).await;
+        assert_eq!(code, 1, "fresh timestamps differ: {out}");
+        let (code, out, err) = play(same, &[&front, "--ignore-json", "meta.ts"], None).await;
+        assert_eq!(code, 0, "timestamps ignored, both sessions replayed: {out}{err}");
+        assert!(out.contains("2 sessions: 2 matched"), "{out}");
+        let junit = dir.join("report.xml");
+        let changed = json_upstream(true).await;
+        let (code, out, _) = play(changed, &[&front, "--ignore-json", "/meta/ts"], Some(&junit)).await;
+        assert_eq!(code, 1, "content changed: {out}");
+        // JUnit: two suites, a case for the handshake and each answer; "alpha" and "gamma"
+        // differ in each, "BETA" does not.
+        let count = "import sys, xml.etree.ElementTree as ET\n\
+                     root = ET.parse(sys.argv[1]).getroot()\n\
+                     suites = root.findall('testsuite')\n\
+                     cases = [c for s in suites for c in s.findall('testcase')]\n\
+                     failed = [c for c in cases if c.find('failure') is not None]\n\
+                     print(root.tag, len(suites), len(cases), len(failed), root.get('tests'), root.get('failures'))";
+        let out = Command::new("/usr/bin/python3").args(["-c", count]).arg(&junit).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "testsuites 2 8 4 8 4");
+        let xml = std::fs::read_to_string(&junit).unwrap();
+        assert!(xml.contains("DIFFERENT") && xml.contains("ALPHA"), "the failure holds the difference");
+    })
+    .await;
+}
