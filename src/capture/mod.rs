@@ -43,7 +43,7 @@ pub use note::{
 pub use queue::Recorder;
 pub use stats::Stats;
 pub use taps::{Decision, Layer, Mark, Start, Tap, Tee};
-pub use write::ports::table as undecodable_ports;
+pub use write::ports::{display as display_port, table as undecodable_ports};
 pub use write::{
     redact_head, redact_payload, Budgets, Capture, CaptureWriter, FileSink, Heartbeat, Processed, PureAcks,
     RecordBudget, Synthesis,

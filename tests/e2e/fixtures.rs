@@ -258,3 +258,63 @@ async fn replays_of_every_session_chosen_report_to_junit_and_ignore_json_values(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_carved_deflate_session_is_small_clean_and_reads_back_the_same() {
+    use tokio::io::AsyncBufReadExt;
+    within(async {
+        let scratch = scratch_dir("carve");
+        let peers = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/peers/deflate.py");
+        let log = scratch.join("received.jsonl");
+        let mut server = tokio::process::Command::new("/usr/bin/python3")
+            .args([peers.to_str().unwrap(), "server", log.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
+        let port: u16 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+        let dir = capture_dir("carve");
+        let proxy = Proxy::start(&config(([127, 0, 0, 1], port).into(), &capture_toml(&dir, ""))).await;
+        let front = proxy.addr();
+        let status = tokio::process::Command::new("/usr/bin/python3")
+            .args([peers.to_str().unwrap(), "clients", &proxy.ws_url("/feed"), "30"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success());
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        drop(server.kill().await);
+        let files = the_files(&dir);
+        let whole: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+        let carved = scratch.join("session17.pcapng");
+        let mut args: Vec<String> = vec!["carve".into(), "-o".into(), carved.display().to_string()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        args.extend(["--path".into(), "/feed?n=17&".into(), format!("--server={front}")]);
+        let (code, _, stderr) = wstap(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(code, 0, "{stderr}");
+        let size = std::fs::metadata(&carved).unwrap().len();
+        assert!(size * 10 < whole, "{size} bytes carved out of {whole}");
+        crate::capture::assert_clean(&carved, 1);
+        // The same messages as the session in the capture, and tshark inflates them.
+        let original = wstap_replay::open_all(&files).unwrap();
+        let original = original.sessions.iter().find(|s| s.path == "/feed?n=17&" && s.server == front).unwrap();
+        let back = wstap_replay::open(&carved).unwrap();
+        assert!(back.problems.is_empty(), "{:?}", back.problems);
+        assert_eq!(back.sessions.len(), 1);
+        let s = &back.sessions[0];
+        assert!(s.deflate && s.path == "/feed?n=17&");
+        let brief = |s: &wstap_replay::Session| -> Vec<(wstap_replay::Dir, wstap_replay::Kind, Vec<u8>)> {
+            s.messages.iter().map(|m| (m.dir, m.kind, m.data.clone())).collect()
+        };
+        assert!(brief(s) == brief(original), "the carved session reads back as the original");
+        assert!(s.messages.iter().filter(|m| m.kind == wstap_replay::Kind::Text).all(|m| m.compressed));
+        let texts = crate::capture::fields(&carved, "websocket.opcode == 1", &["websocket.payload.text"]).concat();
+        assert_eq!(texts.len(), 2 * 9, "nine text messages each way, inflated by tshark");
+        let comments = crate::capture::fields(&carved, "frame.comment", &["frame.comment"]).concat();
+        assert!(comments[0].contains("carved by wstap from") && comments[0].contains("session"), "{comments:?}");
+    })
+    .await;
+}

@@ -10,21 +10,16 @@ use std::process::ExitCode;
 
 use data_encoding::BASE64;
 use serde_json::{json, Value};
-use wstap::config::Redact;
 use wstap_replay::{Dir, Kind, Message, Session};
-use wstap_wire::http;
 
-use crate::pick::{fail, report_problems, Pick, MATCHED, MISMATCH};
+use crate::pick::{fail, redacted, redaction, report_problems, Pick, MATCHED, MISMATCH};
 
 /// `wstap export`: writes as the sessions stream (HAR needs them all: its entries are
 /// written one by one as each session ends, inside the log's array).
 pub fn export(pick: &Pick, format: &str, output: &Path, redact: Option<&Path>) -> ExitCode {
-    let rules = match redact {
-        None => Redact::defaults(),
-        Some(config) => match wstap::Settings::load(config) {
-            Ok(settings) => settings.capture.redact.clone(),
-            Err(e) => return fail(format!("--redact: {e:#}")),
-        },
+    let rules = match redaction(redact) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
     };
     let mut stream = match wstap_replay::stream(&pick.files) {
         Ok(s) => s,
@@ -64,32 +59,6 @@ pub fn export(pick: &Pick, format: &str, output: &Path, redact: Option<&Path>) -
     report_problems(&rec);
     eprintln!("wstap: exported {written} session(s)");
     ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
-}
-
-/// A session with what `rules` names redacted: the heads' credentials, and payload
-/// patterns in its messages (each byte of what they match becomes `*`).
-fn redacted(mut s: Session, rules: &Redact) -> Session {
-    let head = |start: String, headers: &[(String, String)]| {
-        let mut text = start.into_bytes();
-        for (name, value) in headers {
-            text.extend_from_slice(format!("\r\n{name}: {value}").as_bytes());
-        }
-        text.extend_from_slice(b"\r\n\r\n");
-        wstap::capture::redact_head(&mut text, rules);
-        text
-    };
-    let request = head(format!("{} {} HTTP/1.1", s.method, s.path), &s.request_headers);
-    if let Ok(Some(h)) = http::request(&request) {
-        (s.path, s.request_headers) = (h.path, h.headers);
-    }
-    let response = head(format!("HTTP/1.1 {} Switching Protocols", s.status), &s.response_headers);
-    if let Ok(Some(h)) = http::response(&response) {
-        s.response_headers = h.headers;
-    }
-    for m in s.messages.iter_mut().filter(|m| matches!(m.kind, Kind::Text | Kind::Binary)) {
-        wstap::capture::redact_payload(&mut m.data, rules);
-    }
-    s
 }
 
 fn utc(t: wstap_wire::Timestamp) -> String {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use wstap::config::tls::ServerCheck;
 
+mod carve;
 mod export;
 mod extcap;
 mod junit;
@@ -100,6 +101,18 @@ enum Command {
         #[arg(long, value_name = "CONFIG")]
         redact: Option<PathBuf>,
     },
+    /// Write the sessions the filters take as a small pcapng of their own, synthesized as
+    /// the daemon writes (deflate sessions compressed again), redacted as captures are.
+    Carve {
+        #[command(flatten)]
+        pick: Pick,
+        /// The pcapng to write.
+        #[arg(short, long, value_name = "OUT.pcapng")]
+        output: PathBuf,
+        /// Redact with this config file's `[capture.redact]` rules instead of the defaults.
+        #[arg(long, value_name = "CONFIG")]
+        redact: Option<PathBuf>,
+    },
     /// Act as the recorded server (of the one session the filters take) for a client,
     /// reporting where it diverges.
     Mock {
@@ -188,6 +201,7 @@ fn main() -> ExitCode {
             let format = if json { sessions::Format::Json } else { sessions::Format::Table };
             return sessions::sessions(&pick, listing, format);
         }
+        Command::Carve { pick, output, redact } => return carve::carve(&pick, &output, redact.as_deref()),
         Command::Export { pick, format, output, redact } => {
             return export::export(&pick, &format, &output, redact.as_deref())
         }

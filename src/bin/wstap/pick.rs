@@ -2,10 +2,13 @@
 //! problems and errors are said, and the exit codes (0 matched or listed cleanly, 1 a
 //! mismatch or problems in the files, 2 an error).
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 
-use wstap_replay::{Endpoint, Filter, Recording, Session, SessionId};
+use std::process::ExitCode;
+use wstap::config::Redact;
+use wstap_wire::http;
+
+use wstap_replay::{Endpoint, Filter, Kind, Recording, Session, SessionId};
 use wstap_wire::Timestamp;
 
 pub const MATCHED: u8 = 0;
@@ -158,4 +161,42 @@ fn playable(s: &Session) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The redaction rules of `--redact CONFIG` (its `[capture.redact]`), or the capture's
+/// defaults: what export and carve leave out.
+pub fn redaction(config: Option<&Path>) -> Result<Redact, String> {
+    match config {
+        None => Ok(Redact::defaults()),
+        Some(config) => match wstap::Settings::load(config) {
+            Ok(settings) => Ok(settings.capture.redact.clone()),
+            Err(e) => Err(format!("--redact: {e:#}")),
+        },
+    }
+}
+
+/// A session with what `rules` names redacted: the heads' credentials, and payload
+/// patterns in its messages (each byte of what they match becomes `*`).
+pub fn redacted(mut s: Session, rules: &Redact) -> Session {
+    let head = |start: String, headers: &[(String, String)]| {
+        let mut text = start.into_bytes();
+        for (name, value) in headers {
+            text.extend_from_slice(format!("\r\n{name}: {value}").as_bytes());
+        }
+        text.extend_from_slice(b"\r\n\r\n");
+        wstap::capture::redact_head(&mut text, rules);
+        text
+    };
+    let request = head(format!("{} {} HTTP/1.1", s.method, s.path), &s.request_headers);
+    if let Ok(Some(h)) = http::request(&request) {
+        (s.path, s.request_headers) = (h.path, h.headers);
+    }
+    let response = head(format!("HTTP/1.1 {} Switching Protocols", s.status), &s.response_headers);
+    if let Ok(Some(h)) = http::response(&response) {
+        s.response_headers = h.headers;
+    }
+    for m in s.messages.iter_mut().filter(|m| matches!(m.kind, Kind::Text | Kind::Binary)) {
+        wstap::capture::redact_payload(&mut m.data, rules);
+    }
+    s
 }

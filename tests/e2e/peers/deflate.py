@@ -6,6 +6,8 @@ the reader's tests.
     deflate.py client URL   connects with permessage-deflate, sends MESSAGES, checks each
                             echo; prints each message it sent as a JSON line; after the
                             4th and the 8th it prints "rotate" and waits for a line on stdin
+    deflate.py clients URL N   N such sessions one after the other, on URL + "?n=I&", no
+                            waits
 """
 import asyncio
 import json
@@ -45,16 +47,27 @@ async def serve(log):
         await asyncio.Future()
 
 
-async def client(url):
+async def client(url, pause=True):
     async with websockets.connect(url, max_size=None, compression="deflate") as ws:
         for i, m in enumerate(MESSAGES):
             await ws.send(m)
             assert await ws.recv() == m, f"echo of message {i}"
             print("sent " + record(m), flush=True)
-            if i in (3, 7):
+            if pause and i in (3, 7):
                 print("rotate", flush=True)
                 sys.stdin.readline()
 
 
+async def clients(url, n):
+    for i in range(n):
+        await client(f"{url}?n={i}&", pause=False)
+
+
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[2]) if sys.argv[1] == "server" else client(sys.argv[2]))
+    mode, arg = sys.argv[1], sys.argv[2]
+    if mode == "server":
+        asyncio.run(serve(arg))
+    elif mode == "clients":
+        asyncio.run(clients(arg, int(sys.argv[3])))
+    else:
+        asyncio.run(client(arg))

@@ -1,0 +1,209 @@
+//! The `carve` command: the sessions the filters take, out of any number of captures
+//! (wstap's or anyone's), written as a small pcapng of their own, synthesized the way the
+//! daemon writes: a TCP handshake, the Upgrade exchange, each message as a frame (the
+//! client's masked; compressed again when the session negotiated permessage-deflate, so
+//! the file decodes on its own), the closing handshake and FINs, each session's first
+//! packet commented with where it came from. Redacted as the capture redacts.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use flate2::{Compress, Compression, FlushCompress};
+use wstap_replay::{Dir, Kind, Message, Session};
+use wstap_wire::dir::PerDir;
+use wstap_wire::http::Head;
+use wstap_wire::tcp::Flow;
+use wstap_wire::wsframe::{encode_frame, first_byte, Opcode};
+use wstap_wire::Timestamp;
+
+use crate::pick::{fail, redacted, redaction, report_problems, Pick, MATCHED, MISMATCH};
+
+/// Where synthesized packets go, and what writes some of them.
+type Emit<'e> = dyn FnMut(Dir, wstap_wire::tcp::Packet<'_>) + 'e;
+type Step<'s> = dyn FnMut(&mut Flow, &mut Emit<'_>) + 's;
+
+/// One packet of the carved file, until all are written in time order.
+struct Packet {
+    time: Timestamp,
+    dir: Dir,
+    bytes: Vec<u8>,
+    comment: Option<String>,
+}
+
+/// `wstap carve`.
+pub fn carve(pick: &Pick, output: &Path, redact: Option<&Path>) -> ExitCode {
+    let rules = match redaction(redact) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let mut stream = match wstap_replay::stream(&pick.files) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let filter = pick.filters.filter();
+    let sources: Vec<String> = pick.files.iter().map(|f| f.display().to_string()).collect();
+    let mut packets = Vec::new();
+    let mut carved = 0;
+    for s in stream.by_ref().filter(|s| filter.admits(s)) {
+        carved += 1;
+        packets.extend(synthesize(&redacted(s, &rules), carved, &sources.join(", ")));
+    }
+    let rec = stream.into_recording();
+    report_problems(&rec);
+    if carved == 0 {
+        return fail("no session passes the filters (see `wstap sessions`)");
+    }
+    // In time order; a session's own packets keep theirs.
+    packets.sort_by_key(|p| p.time);
+    if let Err(e) = write(output, &packets) {
+        return fail(format!("{}: {e}", output.display()));
+    }
+    eprintln!("wstap: carved {carved} session(s), {} packets, into {}", packets.len(), output.display());
+    ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
+}
+
+fn write(output: &Path, packets: &[Packet]) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(output)?);
+    let mut w =
+        wstap_wire::pcapng::PcapngWriter::new(file, &wstap::capture::section_info()).map_err(std::io::Error::other)?;
+    let ifc =
+        w.add_interface("carved", "WebSocket sessions carved by wstap", Dir::Down).map_err(std::io::Error::other)?;
+    for p in packets {
+        w.packet(ifc, p.time, p.dir, &[&p.bytes], p.comment.as_deref())?;
+    }
+    w.into_inner().flush()
+}
+
+/// The packets of one session: its `n`th carved, from `sources`.
+fn synthesize(s: &Session, n: u32, sources: &str) -> Vec<Packet> {
+    let shown = wstap::capture::display_port(s.client, s.server, wstap::config::DisplayPort::Auto);
+    let server = std::net::SocketAddr::new(s.server.ip(), shown);
+    let isn = PerDir::new(n.wrapping_mul(0x9E37_79B9), n.wrapping_mul(0x85EB_CA6B));
+    let mut flow = Flow::new(s.client, server, isn, 1460);
+    let mut out = Vec::new();
+    let mut time = s.start;
+    let mut comment = Some(heading(s, sources, shown));
+    let mut emit = |flow: &mut Flow, at: Timestamp, f: &mut Step<'_>| {
+        time = time.max(at);
+        f(flow, &mut |dir, p| {
+            let bytes = [p.headers, p.payload].concat();
+            out.push(Packet { time, dir, bytes, comment: comment.take() });
+        });
+    };
+    let send = |flow: &mut Flow, dir: Dir, bytes: &[u8], e: &mut Emit<'_>| {
+        flow.data(dir, bytes, e);
+        flow.ack(dir.reverse(), e);
+    };
+    emit(&mut flow, s.start, &mut |f, e| f.handshake(e));
+    emit(&mut flow, s.start, &mut |f, e| send(f, Dir::Up, &request(s), e));
+    emit(&mut flow, s.start, &mut |f, e| send(f, Dir::Down, &response(s), e));
+    let mut deflate = deflaters(s);
+    for (i, m) in s.messages.iter().enumerate() {
+        if m.kind == Kind::Gap {
+            flow.skip(m.dir, m.lost);
+            continue;
+        }
+        let frame = frame(m, i, deflate.as_mut());
+        emit(&mut flow, m.time, &mut |f, e| send(f, m.dir, &frame, e));
+    }
+    let end = s.messages.last().map_or(s.start, |m| m.time);
+    emit(&mut flow, end, &mut |f, e| {
+        f.fin(Dir::Down, e);
+        f.fin(Dir::Up, e);
+        f.ack(Dir::Down, e);
+    });
+    out
+}
+
+/// The comment on a session's first packet: where it was carved from.
+fn heading(s: &Session, sources: &str, shown: u16) -> String {
+    let mut c = format!(
+        "carved by wstap from {sources}: session {}: {} {} from {} to {}, begun {}",
+        s.id,
+        s.method,
+        s.path,
+        s.client,
+        s.server,
+        humantime::format_rfc3339_micros(s.start.to_system_time())
+    );
+    if shown != s.server.port() {
+        c.push_str(&format!(
+            "; the server port {} is written as {shown}, so that Wireshark decodes the session",
+            s.server.port()
+        ));
+    }
+    c
+}
+
+/// The Upgrade request as recorded (redacted).
+fn request(s: &Session) -> Vec<u8> {
+    head(format!("{} {} HTTP/1.1", s.method, s.path), &s.request_headers)
+}
+
+/// The `101` as recorded (redacted).
+fn response(s: &Session) -> Vec<u8> {
+    head(format!("HTTP/1.1 {} Switching Protocols", s.status), &s.response_headers)
+}
+
+fn head(start: String, headers: &[(String, String)]) -> Vec<u8> {
+    let mut text = start;
+    for (name, value) in headers {
+        text.push_str(&format!("\r\n{name}: {value}"));
+    }
+    text.push_str("\r\n\r\n");
+    text.into_bytes()
+}
+
+/// Each direction's compressor, and whether it keeps its window, when the session
+/// negotiated permessage-deflate.
+fn deflaters(s: &Session) -> Option<PerDir<(Compress, bool)>> {
+    let response = Head { headers: s.response_headers.clone(), ..Head::none() };
+    let takeover = wstap_wire::deflate::takeover(&response)?;
+    Some(takeover.map(|_, keeps| (Compress::new(Compression::default(), false), keeps)))
+}
+
+/// A message as one frame: masked from the client, compressed again when the session
+/// compresses (data messages only).
+fn frame(m: &Message, index: usize, deflate: Option<&mut PerDir<(Compress, bool)>>) -> Vec<u8> {
+    let opcode = match m.kind {
+        Kind::Text => Opcode::Text,
+        Kind::Binary => Opcode::Binary,
+        Kind::Close => Opcode::Close,
+        Kind::Ping => Opcode::Ping,
+        _ => Opcode::Pong,
+    };
+    let mask = (m.dir == Dir::Up).then(|| (index as u32 ^ 0x5A5A_A5A5).max(1).to_be_bytes());
+    match deflate.filter(|_| !opcode.is_control()) {
+        Some(d) => {
+            let (z, keeps) = &mut d[m.dir];
+            if !*keeps {
+                z.reset();
+            }
+            encode_frame(first_byte(true, true, opcode), &compressed(z, &m.data), mask)
+        }
+        None => encode_frame(first_byte(true, false, opcode), &m.data, mask),
+    }
+}
+
+/// `data` compressed as permessage-deflate sends it: a sync flush, its final empty
+/// block's `00 00 ff ff` taken off.
+fn compressed(z: &mut Compress, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    let start = z.total_in();
+    loop {
+        let done = (z.total_in() - start) as usize;
+        if z.compress_vec(&data[done..], &mut out, FlushCompress::Sync).is_err() {
+            break;
+        }
+        // All taken, and room left: the flush is complete.
+        if (z.total_in() - start) as usize == data.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity().max(1024));
+    }
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    out
+}
