@@ -53,6 +53,11 @@
 #[doc = include_str!("../../../docs/replay.md")]
 pub struct Guide;
 
+/// The fixture walk-through, `docs/fixtures.md`: its Rust example compiles as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/fixtures.md")]
+pub struct FixtureGuide;
+
 pub mod capfile;
 mod conn;
 pub mod dissect;
