@@ -515,7 +515,7 @@ fn repeated(
         Repeats::TlsNotKept(why) => write!(
             f,
             "; its TLS records cannot be decrypted from {} alone ({why}): open it together with the files \
-             before it (mergecap)",
+             before it (wstap merge)",
             audience.alone()
         )?,
     }

@@ -132,6 +132,40 @@ async fn filters_pick_exactly_the_expected_sessions_across_rotated_files() {
     .await;
 }
 
+/// `wstap merge FILES -o out`: the merged file.
+pub(crate) async fn merged(files: &[PathBuf], out: &Path) -> PathBuf {
+    let mut args = vec!["merge".to_string(), "-o".into(), out.display().to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let (code, _, stderr) = wstap(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code, 0, "{stderr}");
+    out.to_path_buf()
+}
+
+#[tokio::test]
+async fn merged_rotated_files_decode_every_message_once() {
+    within(async {
+        let (dir, files, rec, _) = recording("merge").await;
+        let merged = merged(&files, &dir.join("merged.pcapng")).await;
+        crate::capture::assert_clean(&merged, 2);
+        // Every message once on each leg each way in tshark: the feed, cut by the
+        // rotation, whole.
+        let texts = crate::capture::fields(&merged, "websocket.opcode == 1", &["websocket.payload.text"]).concat();
+        for t in ["hello", "buy 100 at 7", "hello again", "tick 1", "tick 3", "tick 4", "tick 6"] {
+            assert_eq!(texts.iter().filter(|x| *x == t).count(), 4, "{t:?}: {texts:?}");
+        }
+        // And the reader sees in it what it sees in the files read together.
+        let together = wstap_replay::open_all(&files).unwrap();
+        let one = wstap_replay::open(&merged).unwrap();
+        assert!(one.problems.is_empty(), "{:?}", one.problems);
+        let brief = |r: &wstap_replay::Recording| -> Vec<_> {
+            r.sessions.iter().map(|s| (s.client, s.path.clone(), s.messages.clone())).collect()
+        };
+        assert!(brief(&one) == brief(&together));
+        assert_eq!(one.sessions.iter().filter(|s| s.path == rec[1].path).count(), 2, "the feed: one per leg");
+    })
+    .await;
+}
+
 /// Checks `har` against the HAR 1.2 schema (with Chrome's WebSocket extension) with
 /// python's jsonschema; the validator's complaint, if any.
 fn har_complaint(har: &Path) -> Option<String> {

@@ -619,6 +619,16 @@ async fn encrypted_captures_decrypt(version: &'static rustls::SupportedProtocolV
             }
             assert_eq!(last_prefix, sent.len(), "the last file has the whole conversation");
             assert!(!seen.is_empty());
+            // Merged with `wstap merge`, the files decode as one: every message once on
+            // each leg each way, the repeated records left out, no expert warning.
+            let merged = crate::fixtures::merged(&files, &dir.join("merged.pcapng")).await;
+            let expert = tshark(&merged, &["-q", "-z", "expert"]);
+            assert!(!expert.contains("Warnings (") && !expert.contains("Errors ("), "{name}, merged: {expert}");
+            let texts = decrypted_texts(&merged);
+            for m in &sent {
+                assert_eq!(texts.iter().filter(|(_, t)| t == m).count(), 4, "TLS {name}, merged, {m:?}: {texts:?}");
+            }
+            assert_eq!(texts.len(), 4 * sent.len(), "TLS {name}, merged: nothing twice");
             let comments: Vec<String> = fields(&files[0], "frame.comment", &["frame.comment"]).concat();
             assert!(comments.iter().any(|c| c.contains("captured as TLS records")), "{comments:?}");
             // The key log file has the same keys, and only the owner may read it.

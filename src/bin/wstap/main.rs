@@ -10,6 +10,7 @@ mod carve;
 mod export;
 mod extcap;
 mod junit;
+mod merge;
 mod pick;
 mod replay;
 mod sessions;
@@ -113,6 +114,16 @@ enum Command {
         #[arg(long, value_name = "CONFIG")]
         redact: Option<PathBuf>,
     },
+    /// Join wstap's rotated files into one pcapng in which every session is whole and
+    /// decodes (what each file repeated of an earlier one left out).
+    Merge {
+        /// wstap's capture files (read in time order).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The pcapng to write.
+        #[arg(short, long, value_name = "OUT.pcapng")]
+        output: PathBuf,
+    },
     /// Act as the recorded server (of the one session the filters take) for a client,
     /// reporting where it diverges.
     Mock {
@@ -201,6 +212,7 @@ fn main() -> ExitCode {
             let format = if json { sessions::Format::Json } else { sessions::Format::Table };
             return sessions::sessions(&pick, listing, format);
         }
+        Command::Merge { files, output } => return merge::merge(&files, &output),
         Command::Carve { pick, output, redact } => return carve::carve(&pick, &output, redact.as_deref()),
         Command::Export { pick, format, output, redact } => {
             return export::export(&pick, &format, &output, redact.as_deref())
