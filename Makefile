@@ -1,7 +1,7 @@
 # wstap: the two commands of the README are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build deps demo test fuzz soak bench bench-capture fixtures install install-files install-extcap link-extcap clean
+.PHONY: all build deps demo test fuzz soak bench bench-capture fixtures install install-files install-extcap link-extcap install-wireshark-plugin clean
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -55,7 +55,14 @@ fixtures:
 # Wireshark's interface list gets `wstap` (the daemon's live stream, docs/live.md): the
 # binary is linked into the extcap folder `tshark -G folders` names (the personal one on
 # Wireshark 4.2+, the global one on 4.0, which needs root). link-extcap links $(BIN) as it is.
-install-extcap: build link-extcap
+install-extcap: build link-extcap install-wireshark-plugin
+
+# Wireshark decodes what rides on WebSocket (MQTT, STOMP, GraphQL, OCPP, WAMP) with
+# config/wireshark/wstap-subprotocols.lua, copied into its personal Lua plugins folder.
+install-wireshark-plugin:
+	@dir=$$(tshark -G folders 2>/dev/null | sed -n 's/^Personal Lua Plugins:[[:space:]]*//p' | head -1); \
+	[ -n "$$dir" ] || { echo "tshark -G folders names no Lua plugins folder: is tshark installed?" >&2; exit 1; }; \
+	mkdir -p "$$dir" && cp config/wireshark/wstap-subprotocols.lua "$$dir/" && echo "installed $$dir/wstap-subprotocols.lua"
 
 link-extcap:
 	@folders=$$(tshark -G folders 2>/dev/null); \

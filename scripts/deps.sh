@@ -5,7 +5,8 @@
 #   scripts/deps.sh          the tests' tools: tshark, capinfos and editcap, systemd-analyze,
 #                            mount, runuser, Debian's python3 (a live stream read as another
 #                            user) with its websockets (real permessage-deflate peers) and
-#                            jsonschema (HAR files checked against their schema)
+#                            jsonschema (HAR files checked against their schema), mosquitto
+#                            and python's paho-mqtt (MQTT over WebSocket)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #                            and GNU time (the reader's peak RSS)
 #
@@ -32,6 +33,9 @@ done
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
 # ... and check exported HAR files against the HAR 1.2 schema with its jsonschema.
 /usr/bin/python3 -c 'import jsonschema' 2>/dev/null || missing+=(python3-jsonschema)
+# MQTT over WebSocket, decoded with the Wireshark plugin: a real broker and client.
+[ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+/usr/bin/python3 -c 'import paho.mqtt.client' 2>/dev/null || missing+=(python3-paho-mqtt)
 
 # rustfmt and clippy: `make test` runs both.
 if command -v rustup >/dev/null 2>&1; then

@@ -352,3 +352,79 @@ async fn a_carved_deflate_session_is_small_clean_and_reads_back_the_same() {
     })
     .await;
 }
+
+/// A port free now (for a program that cannot be told to pick one).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket_decodes_as_mqtt_with_the_wireshark_plugin() {
+    within(async {
+        let scratch = scratch_dir("mqtt");
+        // Debian's mosquitto with a websockets listener (it wants a plain one beside it).
+        let (ws_port, tcp_port) = (free_port(), free_port());
+        let conf = scratch.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {ws_port} 127.0.0.1\nprotocol websockets\nlistener {tcp_port} 127.0.0.1\nallow_anonymous true\n"
+            ),
+        )
+        .unwrap();
+        let _broker = tokio::process::Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut ready = false;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", ws_port)).await.is_ok() {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(ready, "mosquitto listens");
+        let dir = capture_dir("mqtt");
+        let proxy = Proxy::start(&config(([127, 0, 0, 1], ws_port).into(), &capture_toml(&dir, ""))).await;
+        let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/peers/mqtt.py");
+        let status = tokio::process::Command::new("/usr/bin/python3")
+            .arg(&client)
+            .arg(proxy.addr().port().to_string())
+            .status()
+            .await
+            .unwrap();
+        assert!(status.success(), "the MQTT client published and got its message back through wstap");
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = the_files(&dir).remove(0);
+        let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/wireshark/wstap-subprotocols.lua");
+        let script = format!("lua_script:{}", plugin.display());
+        let mqtt = |with_plugin: bool| {
+            let mut args = vec![];
+            if with_plugin {
+                args.extend(["-X", script.as_str()]);
+            }
+            args.extend(["-Y", "mqtt", "-T", "fields", "-e", "mqtt.msgtype", "-e", "mqtt.topic", "-e", "mqtt.msg"]);
+            crate::capture::tshark(&file, &args)
+        };
+        assert_eq!(mqtt(false).lines().count(), 0, "Wireshark alone shows no MQTT on a WebSocket");
+        let decoded = mqtt(true);
+        let types: Vec<&str> = decoded.lines().map(|l| l.split('\t').next().unwrap_or_default()).collect();
+        for t in ["1", "2", "8", "9", "3", "14"] {
+            assert!(types.contains(&t), "MQTT message type {t} (connect, connack, subscribe, suback, publish, disconnect): {decoded}");
+        }
+        assert!(decoded.contains("wstap/test"), "{decoded}");
+        let expert = crate::capture::tshark(&file, &["-X", &script, "-q", "-z", "expert"]);
+        assert!(!expert.contains("Warnings (") && !expert.contains("Errors ("), "{expert}");
+        // wstap's own listing says what rides on the messages.
+        let (code, out, _) = wstap(&["sessions", "--messages", file.to_str().unwrap()]).await;
+        assert_eq!(code, 0);
+        assert!(out.lines().filter(|l| l.contains(" binary ")).all(|l| l.contains("[mqtt]")), "{out}");
+    })
+    .await;
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 
-use wstap_replay::{preview, Dir, Event, FilterTally, Message, Session, SessionId, Tally};
+use wstap_replay::{preview, Dir, Event, FilterTally, Kind, Message, Session, SessionId, Tally};
 
 use crate::pick::{fail, report_problems, Pick, MATCHED, MISMATCH};
 
@@ -84,6 +84,10 @@ fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
         "compressed": m.compressed,
         "incomplete": m.incomplete,
     });
+    if let Some(p) = s.response_header("sec-websocket-protocol").filter(|_| matches!(m.kind, Kind::Text | Kind::Binary))
+    {
+        v["subprotocol"] = p.trim().into();
+    }
     if m.kind == wstap_replay::Kind::Gap {
         v["lost"] = m.lost.into();
         return v;
@@ -189,6 +193,11 @@ pub fn sessions(pick: &Pick, listing: Listing, format: Format) -> ExitCode {
 /// A session's messages under its line; false once stdout is closed.
 fn print_messages(s: &Session, format: Format) -> bool {
     let mut out = std::io::stdout().lock();
+    // Data messages are labelled with what rides on them: the subprotocol the 101 agreed.
+    let label = match s.response_header("sec-websocket-protocol") {
+        Some(p) => format!("[{}] ", p.trim()),
+        None => String::new(),
+    };
     for (i, m) in s.messages.iter().enumerate() {
         let line = if format == Format::Json {
             message_json(s, i + 1, m).to_string()
@@ -196,8 +205,10 @@ fn print_messages(s: &Session, format: Format) -> bool {
             let when = m.time.since(s.start).as_secs_f64();
             format!("     #{:<5} +{when:.6}s  {}  gap    {:>8} B  not captured", i + 1, m.dir.arrow(), m.lost)
         } else {
+            let label =
+                if matches!(m.kind, wstap_replay::Kind::Text | wstap_replay::Kind::Binary) { &label[..] } else { "" };
             format!(
-                "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {}{}",
+                "     #{:<5} +{:.6}s  {}  {:<6} {:>8} B  {label}{}{}",
                 i + 1,
                 m.time.since(s.start).as_secs_f64(),
                 m.dir.arrow(),
