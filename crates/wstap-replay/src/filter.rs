@@ -58,7 +58,8 @@ impl FromStr for Endpoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Endpoint, String> {
-        if let Ok(ip) = s.parse::<IpAddr>() {
+        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(Endpoint { ip, port: None });
         }
         match s.parse::<SocketAddr>() {
@@ -68,17 +69,24 @@ impl FromStr for Endpoint {
     }
 }
 
+/// A `Host` field's name: its port and an IPv6 literal's brackets taken off.
+fn host_name(h: &str) -> &str {
+    let h = h.trim();
+    if let Some(v6) = h.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match h.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() && !name.contains(':') => name,
+        _ => h,
+    }
+}
+
 impl Filter {
     /// Whether every criterion its opening can tell holds for `s` (all but `grep`,
     /// `min_messages` and `since`, which need its messages).
     pub fn admits_opening(&self, s: &Session) -> bool {
-        let host = |want: &str| {
-            s.request_header("host").is_some_and(|h| {
-                let name =
-                    h.trim().rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h.trim(), |(n, _)| n);
-                name.trim_matches(['[', ']']).eq_ignore_ascii_case(want.trim_matches(['[', ']']))
-            })
-        };
+        let host =
+            |want: &str| s.request_header("host").is_some_and(|h| host_name(h).eq_ignore_ascii_case(host_name(want)));
         self.session.is_none_or(|id| id == s.id)
             && self.client.is_none_or(|e| e.matches(s.client))
             && self.server.is_none_or(|e| e.matches(s.server))
@@ -177,6 +185,10 @@ mod tests {
         let both = Filter { path: Some("/chat".into()), session: Some(SessionId(2)), ..Filter::default() };
         assert_eq!(take(&both), Vec::<usize>::new(), "combined: all must hold");
         assert!("[::1]:443".parse::<Endpoint>().is_ok() && "::1".parse::<Endpoint>().is_ok());
+        assert_eq!("[::1]".parse::<Endpoint>(), "::1".parse::<Endpoint>());
+        for (field, want) in [("[::1]:8080", "[::1]:8080"), ("[::1]:8080", "::1"), ("a.example:80", "A.EXAMPLE")] {
+            assert_eq!(host_name(field).to_ascii_lowercase(), host_name(want).to_ascii_lowercase(), "{field} {want}");
+        }
         assert!("example.com".parse::<Endpoint>().unwrap_err().contains("ADDR:PORT"));
     }
 }

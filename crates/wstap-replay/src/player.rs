@@ -5,6 +5,7 @@
 //! the `ignore` patterns match erased from both. Pings and pongs are keep-alives, answered by the library and
 //! never compared.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -563,11 +564,16 @@ fn diff(expected: &[Recorded], got: &[Content], opts: &Options) -> Vec<Step> {
 /// peer sent that no other matched; what is left pairs up by kind as different, in the
 /// order each side had it; then missing and extra.
 fn unordered(expected: &[Recorded], got: &[Content], exp: &[(Kind, Vec<u8>)], gotc: &[(Kind, Vec<u8>)]) -> Vec<Step> {
+    // The peer's messages by what is compared of them, each list in the order sent.
+    let mut by_content: HashMap<&(Kind, Vec<u8>), VecDeque<usize>> = HashMap::new();
+    for (j, c) in gotc.iter().enumerate() {
+        by_content.entry(c).or_default().push_back(j);
+    }
     let mut taken = vec![false; got.len()];
     let mut left = Vec::new();
     let mut steps = Vec::new();
     for (i, e) in expected.iter().enumerate() {
-        match (0..got.len()).find(|&j| !taken[j] && exp[i] == gotc[j]) {
+        match by_content.get_mut(&exp[i]).and_then(VecDeque::pop_front) {
             Some(j) => {
                 taken[j] = true;
                 steps.push(Step::Matched { index: e.index, kind: got[j].kind, len: got[j].data.len() });
@@ -575,9 +581,14 @@ fn unordered(expected: &[Recorded], got: &[Content], exp: &[(Kind, Vec<u8>)], go
             None => left.push(i),
         }
     }
+    // What is left pairs up by kind, in order: one pass over each kind's leftovers.
+    let mut leftover: HashMap<Kind, VecDeque<usize>> = HashMap::new();
+    for j in (0..got.len()).filter(|&j| !taken[j]) {
+        leftover.entry(got[j].kind).or_default().push_back(j);
+    }
     for i in left {
         let e = &expected[i];
-        match (0..got.len()).find(|&j| !taken[j] && got[j].kind == e.content.kind) {
+        match leftover.get_mut(&e.content.kind).and_then(VecDeque::pop_front) {
             Some(j) => {
                 taken[j] = true;
                 steps.push(Step::Different { index: e.index, expected: e.content.clone(), got: got[j].clone() });

@@ -17,7 +17,7 @@ use wstap_wire::wsframe::{apply_mask, FrameHeader, Opcode};
 use wstap_wire::Timestamp;
 
 /// A message's kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A text message (opcode 1), its fragments joined.

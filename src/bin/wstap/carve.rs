@@ -104,6 +104,18 @@ fn synthesize(s: &Session, n: u32, sources: &str) -> Vec<Packet> {
             flow.skip(m.dir, m.lost);
             continue;
         }
+        if m.incomplete {
+            // What the source lacks stays lacking: the frame claims one byte more than
+            // it holds, and that byte is not captured. Readers say "incomplete", as of
+            // the source; the window a compressed one needed is lost with it.
+            let frame = incomplete_frame(m, i);
+            emit(&mut flow, m.time, &mut |f, e| {
+                f.data(m.dir, &frame, e);
+                f.skip(m.dir, 1);
+            });
+            deflate = None;
+            continue;
+        }
         let frame = frame(m, i, deflate.as_mut());
         emit(&mut flow, m.time, &mut |f, e| send(f, m.dir, &frame, e));
     }
@@ -119,13 +131,13 @@ fn synthesize(s: &Session, n: u32, sources: &str) -> Vec<Packet> {
 /// The comment on a session's first packet: where it was carved from.
 fn heading(s: &Session, sources: &str, shown: u16) -> String {
     let mut c = format!(
-        "carved by wstap from {sources}: session {}: {} {} from {} to {}, begun {}",
+        "carved by wstap from {sources}: session {}: {} from {} to {}, begun {}{}",
         s.id,
-        s.method,
-        s.path,
+        if has_handshake(s) { format!("{} {}", s.method, s.path) } else { "(no handshake)".into() },
         s.client,
         s.server,
-        humantime::format_rfc3339_micros(s.start.to_system_time())
+        humantime::format_rfc3339_micros(s.start.to_system_time()),
+        if has_handshake(s) { "" } else { "; the source held no handshake: this one is made up, as is the path" }
     );
     if shown != s.server.port() {
         c.push_str(&format!(
@@ -136,13 +148,37 @@ fn heading(s: &Session, sources: &str, shown: u16) -> String {
     c
 }
 
-/// The Upgrade request as recorded (redacted).
+/// The key of RFC 6455's example, and the accept that goes with it: the handshake of a
+/// session whose own the source did not hold.
+const KEY: (&str, &str) = ("dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+
+/// Whether the source held the session's handshake (a session found by its frames alone
+/// has neither request line nor status).
+fn has_handshake(s: &Session) -> bool {
+    !s.method.is_empty() && s.status == 101
+}
+
+/// The Upgrade request as recorded (redacted), or a minimal one when the source had none.
 fn request(s: &Session) -> Vec<u8> {
+    if !has_handshake(s) {
+        let fields = [
+            ("Host", s.server.to_string()),
+            ("Upgrade", "websocket".into()),
+            ("Connection", "Upgrade".into()),
+            ("Sec-WebSocket-Key", KEY.0.into()),
+            ("Sec-WebSocket-Version", "13".into()),
+        ];
+        return head("GET / HTTP/1.1".into(), &fields.map(|(n, v)| (n.to_string(), v)));
+    }
     head(format!("{} {} HTTP/1.1", s.method, s.path), &s.request_headers)
 }
 
-/// The `101` as recorded (redacted).
+/// The `101` as recorded (redacted), or a minimal one when the source had none.
 fn response(s: &Session) -> Vec<u8> {
+    if !has_handshake(s) {
+        let fields = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", KEY.1)];
+        return head("HTTP/1.1 101 Switching Protocols".into(), &fields.map(|(n, v)| (n.to_string(), v.to_string())));
+    }
     head(format!("HTTP/1.1 {} Switching Protocols", s.status), &s.response_headers)
 }
 
@@ -156,11 +192,42 @@ fn head(start: String, headers: &[(String, String)]) -> Vec<u8> {
 }
 
 /// Each direction's compressor, and whether it keeps its window, when the session
-/// negotiated permessage-deflate.
+/// negotiated permessage-deflate: with the window the `101` gave it
+/// (`client_max_window_bits`, `server_max_window_bits`), so that a peer holding only that
+/// much inflates it.
 fn deflaters(s: &Session) -> Option<PerDir<(Compress, bool)>> {
     let response = Head { headers: s.response_headers.clone(), ..Head::none() };
     let takeover = wstap_wire::deflate::takeover(&response)?;
-    Some(takeover.map(|_, keeps| (Compress::new(Compression::default(), false), keeps)))
+    let ext = response.field("sec-websocket-extensions").unwrap_or_default().to_ascii_lowercase();
+    let bits = |param: &str| {
+        let value = ext
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix(param)?.trim().strip_prefix('=')?.trim().parse::<u8>().ok());
+        value.unwrap_or(15).clamp(9, 15)
+    };
+    let bits = PerDir::new(bits("client_max_window_bits"), bits("server_max_window_bits"));
+    Some(takeover.map(|dir, keeps| (Compress::new_with_window_bits(Compression::default(), false, bits[dir]), keeps)))
+}
+
+/// A message the source lacks bytes of, as a frame of what it held that claims one byte
+/// more (the writer skips that byte), sent uncompressed.
+fn incomplete_frame(m: &Message, index: usize) -> Vec<u8> {
+    let opcode = match m.kind {
+        Kind::Text => Opcode::Text,
+        Kind::Close => Opcode::Close,
+        Kind::Ping => Opcode::Ping,
+        Kind::Pong => Opcode::Pong,
+        _ => Opcode::Binary,
+    };
+    let mask = (m.dir == Dir::Up).then(|| (index as u32 ^ 0x5A5A_A5A5).max(1).to_be_bytes());
+    let mut frame =
+        wstap_wire::wsframe::FrameHeader::encode(first_byte(true, false, opcode), m.data.len() as u64 + 1, mask);
+    let mut payload = m.data.clone();
+    if let Some(key) = mask {
+        wstap_wire::wsframe::apply_mask(&mut payload, key, 0);
+    }
+    frame.extend(payload);
+    frame
 }
 
 /// A message as one frame: masked from the client, compressed again when the session

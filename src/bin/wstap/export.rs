@@ -57,6 +57,9 @@ pub fn export(pick: &Pick, format: &str, output: &Path, redact: Option<&Path>) -
     }
     let rec = stream.into_recording();
     report_problems(&rec);
+    if written == 0 {
+        return fail("no session passes the filters (see `wstap sessions`)");
+    }
     eprintln!("wstap: exported {written} session(s)");
     ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
 }

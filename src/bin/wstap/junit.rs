@@ -21,7 +21,9 @@ pub fn report(played: &[Played<'_>], target: &str) -> String {
     let (mut tests, mut failures, mut errors) = (0, 0, 0);
     for p in played {
         let s = p.session;
-        let name = format!("session {}: {} {}", s.id, s.method, s.path);
+        // The path as a capture shows it: credentials in its query redacted.
+        let path = crate::pick::redacted_target(&s.path);
+        let name = format!("session {}: {} {path}", s.id, s.method);
         let cases: Vec<(String, Option<(&str, String)>)> = match &p.result {
             Ok(report) => cases(report),
             Err(e) => vec![("play".to_string(), Some(("error", format!("{e:#}"))))],
@@ -100,7 +102,8 @@ fn escape(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
             '\n' | '\t' => out.push(c),
-            c if (c as u32) < 0x20 => out.push('\u{fffd}'),
+            // What XML 1.0 does not allow: control characters, U+FFFE and U+FFFF.
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }
@@ -113,6 +116,9 @@ mod tests {
 
     #[test]
     fn markup_and_control_characters_are_escaped() {
-        assert_eq!(escape("a<b>&\"c'\u{1}\n"), "a&lt;b&gt;&amp;&quot;c&apos;\u{fffd}\n");
+        assert_eq!(
+            escape("a<b>&\"c'\u{1}\n\u{fffe}\u{ffff}"),
+            "a&lt;b&gt;&amp;&quot;c&apos;\u{fffd}\n\u{fffd}\u{fffd}"
+        );
     }
 }

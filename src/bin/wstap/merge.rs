@@ -43,27 +43,41 @@ struct Merged {
     dropped: u64,
 }
 
-/// `wstap merge`.
+/// `wstap merge`: written to `OUT.part`, renamed to `output` once whole, so that a
+/// failure leaves nothing half-written and no input is ever overwritten.
 pub fn merge(files: &[PathBuf], output: &Path) -> ExitCode {
+    if let Err(e) = distinct(files, output) {
+        return fail(e);
+    }
     let ordered = match in_time_order(files) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let out = match std::fs::File::create(output) {
+    let part = output.with_file_name(format!(
+        "{}.part",
+        output.file_name().map_or_else(|| "merged".into(), |n| n.to_string_lossy())
+    ));
+    let out = match std::fs::File::create(&part) {
         Ok(f) => f,
-        Err(e) => return fail(format!("{}: {e}", output.display())),
+        Err(e) => return fail(format!("{}: {e}", part.display())),
     };
     let mut out = BufWriter::new(out);
     let mut merged = Merged::default();
+    let mut result = Ok(());
     for (i, file) in ordered.iter().enumerate() {
-        if let Err(e) = merged.file(file, i == 0, &mut out) {
-            return fail(format!("{}: {e}", file.display()));
+        result = merged.file(file, i == 0, &mut out).map_err(|e| format!("{}: {e}", file.display()));
+        if result.is_err() {
+            break;
         }
         let current = std::mem::take(&mut merged.current);
         merged.earlier.extend(current);
     }
-    if let Err(e) = out.flush() {
-        return fail(format!("{}: {e}", output.display()));
+    let result = result
+        .and_then(|()| out.flush().map_err(|e| format!("{}: {e}", part.display())))
+        .and_then(|()| std::fs::rename(&part, output).map_err(|e| format!("{}: {e}", output.display())));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&part);
+        return fail(e);
     }
     eprintln!(
         "wstap: merged {} files into {}: {} packets, {} repeated ones left out",
@@ -73,6 +87,26 @@ pub fn merge(files: &[PathBuf], output: &Path) -> ExitCode {
         merged.dropped
     );
     ExitCode::from(MATCHED)
+}
+
+/// The inputs are files (not standard input, which cannot be read twice), each given
+/// once, none of them the output.
+fn distinct(files: &[PathBuf], output: &Path) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    let out = std::fs::canonicalize(output).ok();
+    for f in files {
+        if f.as_os_str() == "-" {
+            return Err("merge reads files, not standard input (`-`): it reads each twice".into());
+        }
+        let real = std::fs::canonicalize(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        if out.as_ref() == Some(&real) {
+            return Err(format!("{}: the output is one of the inputs", f.display()));
+        }
+        if !seen.insert(real) {
+            return Err(format!("{}: given twice", f.display()));
+        }
+    }
+    Ok(())
 }
 
 /// The files in the order of their first packets.

@@ -72,10 +72,24 @@ pub struct Filters {
     pub min_messages: usize,
 }
 
+/// An RFC 3339 time: UTC (`Z`), or with an offset (`+01:00`).
 fn parse_time(s: &str) -> Result<Timestamp, String> {
-    humantime::parse_rfc3339_weak(s)
-        .map(Timestamp::from_system_time)
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-12-06T14:00:00Z ({e})"))
+    let bad = |e: &dyn std::fmt::Display| format!("{s:?} is not an RFC 3339 time such as 2026-12-06T14:00:00Z ({e})");
+    // humantime reads UTC only: an offset is taken off and applied by hand.
+    let (utc, offset) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((head, tail))
+            if tail.len() == 6 && (tail.starts_with('+') || tail.starts_with('-')) && &tail[3..4] == ":" =>
+        {
+            let (h, m) = (tail[1..3].parse::<i64>(), tail[4..6].parse::<i64>());
+            let (Ok(h), Ok(m)) = (h, m) else { return Err(bad(&"a bad offset")) };
+            let sign = if tail.starts_with('-') { -1 } else { 1 };
+            (format!("{head}Z"), sign * (h * 3600 + m * 60))
+        }
+        _ => (s.to_string(), 0),
+    };
+    let t = humantime::parse_rfc3339_weak(&utc).map_err(|e| bad(&e))?;
+    let shifted = Timestamp::from_system_time(t).as_nanos() as i128 - i128::from(offset) * 1_000_000_000;
+    Ok(Timestamp::saturating_from_nanos(shifted))
 }
 
 impl Filters {
@@ -199,4 +213,35 @@ pub fn redacted(mut s: Session, rules: &Redact) -> Session {
         wstap::capture::redact_payload(&mut m.data, rules);
     }
     s
+}
+
+/// A request target with what the capture's default rules redact in it (token-like
+/// query parameters, userinfo): for reports that leave the machine (JUnit files).
+pub fn redacted_target(target: &str) -> String {
+    let mut line = format!("GET {target} HTTP/1.1\r\n\r\n").into_bytes();
+    wstap::capture::redact_head(&mut line, &Redact::defaults());
+    match http::request(&line) {
+        Ok(Some(h)) => h.path,
+        _ => target.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_in_utc_or_with_an_offset() {
+        let utc = parse_time("2026-12-06T14:00:00Z").unwrap();
+        assert_eq!(parse_time("2026-12-06T15:00:00+01:00").unwrap(), utc);
+        assert_eq!(parse_time("2026-12-06T09:30:00-04:30").unwrap(), utc);
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("2026-12-06T15:00:00+1x:00").is_err());
+    }
+
+    #[test]
+    fn reports_name_targets_without_their_tokens() {
+        let shown = redacted_target("/chat?room=1&token=abcdef");
+        assert!(shown.starts_with("/chat?room=1&token=") && !shown.contains("abcdef"), "{shown}");
+    }
 }
