@@ -17,7 +17,7 @@ use wstap_wire::tcp::Flow;
 use wstap_wire::wsframe::{encode_frame, first_byte, Opcode};
 use wstap_wire::Timestamp;
 
-use crate::pick::{fail, redacted, redaction, report_problems, Pick, MATCHED, MISMATCH};
+use crate::pick::{fail, open_redacted, redacted, report_problems, Pick, MATCHED, MISMATCH};
 
 /// Where synthesized packets go, and what writes some of them.
 type Emit<'e> = dyn FnMut(Dir, wstap_wire::tcp::Packet<'_>) + 'e;
@@ -33,12 +33,8 @@ struct Packet {
 
 /// `wstap carve`.
 pub fn carve(pick: &Pick, output: &Path, redact: Option<&Path>) -> ExitCode {
-    let rules = match redaction(redact) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let mut stream = match wstap_replay::stream(&pick.files) {
-        Ok(s) => s,
+    let (rules, mut stream) = match open_redacted(pick, redact) {
+        Ok(opened) => opened,
         Err(e) => return fail(e),
     };
     let filter = pick.filters.filter();

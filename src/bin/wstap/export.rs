@@ -12,17 +12,14 @@ use data_encoding::BASE64;
 use serde_json::{json, Value};
 use wstap_replay::{Dir, Kind, Message, Session};
 
-use crate::pick::{fail, redacted, redaction, report_problems, Pick, MATCHED, MISMATCH};
+use crate::pick::{fail, open_redacted, redacted, report_problems, Pick, MATCHED, MISMATCH};
+use crate::sessions::utc;
 
 /// `wstap export`: writes as the sessions stream (HAR needs them all: its entries are
 /// written one by one as each session ends, inside the log's array).
 pub fn export(pick: &Pick, format: &str, output: &Path, redact: Option<&Path>) -> ExitCode {
-    let rules = match redaction(redact) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let mut stream = match wstap_replay::stream(&pick.files) {
-        Ok(s) => s,
+    let (rules, mut stream) = match open_redacted(pick, redact) {
+        Ok(opened) => opened,
         Err(e) => return fail(e),
     };
     let mut out: Box<dyn Write> = match output.as_os_str() == "-" {
@@ -64,10 +61,6 @@ pub fn export(pick: &Pick, format: &str, output: &Path, redact: Option<&Path>) -
     ExitCode::from(if rec.problems.is_empty() { MATCHED } else { MISMATCH })
 }
 
-fn utc(t: wstap_wire::Timestamp) -> String {
-    humantime::format_rfc3339_micros(t.to_system_time()).to_string()
-}
-
 /// A message's payload for JSON: text as it is, anything else (or text that is not
 /// UTF-8) as base64.
 fn payload(m: &Message) -> (&'static str, Value) {
@@ -77,20 +70,10 @@ fn payload(m: &Message) -> (&'static str, Value) {
     }
 }
 
-/// One JSON line: a message and the session it belongs to.
+/// One JSON line: a message and the session it belongs to, its payload as text or base64.
 fn line(s: &Session, index: usize, m: &Message) -> Value {
-    let mut v = json!({
-        "session": s.id,
-        "index": index,
-        "time": utc(m.time),
-        "sender": m.dir.sender(),
-        "kind": m.kind,
-        "size": m.data.len(),
-        "incomplete": m.incomplete,
-    });
-    if m.kind == Kind::Gap {
-        v["lost"] = m.lost.into();
-    } else {
+    let mut v = crate::sessions::message_fields(s, index, m);
+    if m.kind != Kind::Gap {
         let (key, data) = payload(m);
         v[key] = data;
     }

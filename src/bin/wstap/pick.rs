@@ -177,6 +177,14 @@ fn playable(s: &Session) -> Result<(), String> {
     Ok(())
 }
 
+/// The captures streaming, and the redaction rules of `--redact CONFIG`: what export and
+/// carve start from.
+pub fn open_redacted(pick: &Pick, redact: Option<&Path>) -> Result<(Redact, wstap_replay::Sessions<'static>), String> {
+    let rules = redaction(redact)?;
+    let stream = wstap_replay::stream(&pick.files).map_err(|e| e.to_string())?;
+    Ok((rules, stream))
+}
+
 /// The redaction rules of `--redact CONFIG` (its `[capture.redact]`), or the capture's
 /// defaults: what export and carve leave out.
 pub fn redaction(config: Option<&Path>) -> Result<Redact, String> {

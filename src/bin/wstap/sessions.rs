@@ -10,7 +10,7 @@ use wstap_replay::{preview, Dir, Event, FilterTally, Kind, Message, Session, Ses
 
 use crate::pick::{fail, report_problems, Pick, MATCHED, MISMATCH};
 
-fn utc(t: wstap_wire::Timestamp) -> String {
+pub fn utc(t: wstap_wire::Timestamp) -> String {
     humantime::format_rfc3339_micros(t.to_system_time()).to_string()
 }
 
@@ -71,29 +71,39 @@ fn close_codes(t: &Tally) -> String {
     format!("{}/{}", code(Dir::Up), code(Dir::Down))
 }
 
-fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
+/// What every JSON form of a message says (`sessions --json`, `export --format jsonl`):
+/// its session and place, time, sender, kind, size, whether bytes of it are missing, what
+/// rides on it, and for a gap the bytes lost. Its payload is each form's own.
+pub fn message_fields(s: &Session, index: usize, m: &Message) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "type": "message",
         "session": s.id,
         "index": index,
         "time": utc(m.time),
         "sender": m.dir.sender(),
         "kind": m.kind,
         "size": m.data.len(),
-        "frames": m.frames,
-        "compressed": m.compressed,
         "incomplete": m.incomplete,
     });
     if let Some(p) = s.response_header("sec-websocket-protocol").filter(|_| matches!(m.kind, Kind::Text | Kind::Binary))
     {
         v["subprotocol"] = p.trim().into();
     }
-    if m.kind == wstap_replay::Kind::Gap {
+    if m.kind == Kind::Gap {
         v["lost"] = m.lost.into();
+    }
+    v
+}
+
+fn message_json(s: &Session, index: usize, m: &Message) -> serde_json::Value {
+    let mut v = message_fields(s, index, m);
+    v["type"] = "message".into();
+    v["frames"] = m.frames.into();
+    v["compressed"] = m.compressed.into();
+    if m.kind == Kind::Gap {
         return v;
     }
     match std::str::from_utf8(&m.data) {
-        Ok(t) if m.kind != wstap_replay::Kind::Binary => v["text"] = t.into(),
+        Ok(t) if m.kind != Kind::Binary => v["text"] = t.into(),
         _ => v["hex"] = m.data.iter().map(|b| format!("{b:02x}")).collect::<String>().into(),
     }
     v
