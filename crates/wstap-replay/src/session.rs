@@ -78,6 +78,16 @@ impl Message {
     }
 }
 
+/// An HTTP/1.1 head: `start`, each field, the blank line.
+fn head(start: String, fields: &[(String, String)]) -> Vec<u8> {
+    let mut text = start;
+    for (name, value) in fields {
+        text.push_str(&format!("\r\n{name}: {value}"));
+    }
+    text.push_str("\r\n\r\n");
+    text.into_bytes()
+}
+
 /// What a session's messages add up to, counted as they stream by (see
 /// [`crate::Events`]) or from a whole session ([`Session::tally`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -184,6 +194,17 @@ impl Session {
             duplicate_bytes: 0,
             out_of_order: 0,
         }
+    }
+
+    /// The Upgrade request as an HTTP/1.1 head: its line, its fields, the blank line.
+    pub fn request_head(&self) -> Vec<u8> {
+        head(format!("{} {} HTTP/1.1", self.method, self.path), &self.request_headers)
+    }
+
+    /// The answer to it (the `101`) as an HTTP/1.1 head.
+    pub fn response_head(&self) -> Vec<u8> {
+        let reason = if self.status == 101 { "Switching Protocols" } else { "" };
+        head(format!("HTTP/1.1 {} {reason}", self.status), &self.response_headers)
     }
 
     /// What its messages add up to.

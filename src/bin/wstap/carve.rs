@@ -156,35 +156,29 @@ fn has_handshake(s: &Session) -> bool {
 
 /// The Upgrade request as recorded (redacted), or a minimal one when the source had none.
 fn request(s: &Session) -> Vec<u8> {
-    if !has_handshake(s) {
-        let fields = [
-            ("Host", s.server.to_string()),
-            ("Upgrade", "websocket".into()),
-            ("Connection", "Upgrade".into()),
-            ("Sec-WebSocket-Key", KEY.0.into()),
-            ("Sec-WebSocket-Version", "13".into()),
-        ];
-        return head("GET / HTTP/1.1".into(), &fields.map(|(n, v)| (n.to_string(), v)));
+    if has_handshake(s) {
+        return s.request_head();
     }
-    head(format!("{} {} HTTP/1.1", s.method, s.path), &s.request_headers)
+    let fields = [
+        ("Host", s.server.to_string()),
+        ("Upgrade", "websocket".into()),
+        ("Connection", "Upgrade".into()),
+        ("Sec-WebSocket-Key", KEY.0.into()),
+        ("Sec-WebSocket-Version", "13".into()),
+    ];
+    let request_headers = fields.map(|(n, v)| (n.to_string(), v)).to_vec();
+    Session { method: "GET".into(), path: "/".into(), request_headers, ..Session::new(s.id, s.client, s.server) }
+        .request_head()
 }
 
 /// The `101` as recorded (redacted), or a minimal one when the source had none.
 fn response(s: &Session) -> Vec<u8> {
-    if !has_handshake(s) {
-        let fields = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", KEY.1)];
-        return head("HTTP/1.1 101 Switching Protocols".into(), &fields.map(|(n, v)| (n.to_string(), v.to_string())));
+    if has_handshake(s) {
+        return s.response_head();
     }
-    head(format!("HTTP/1.1 {} Switching Protocols", s.status), &s.response_headers)
-}
-
-fn head(start: String, headers: &[(String, String)]) -> Vec<u8> {
-    let mut text = start;
-    for (name, value) in headers {
-        text.push_str(&format!("\r\n{name}: {value}"));
-    }
-    text.push_str("\r\n\r\n");
-    text.into_bytes()
+    let fields = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", KEY.1)];
+    let response_headers = fields.map(|(n, v)| (n.to_string(), v.to_string())).to_vec();
+    Session { response_headers, ..Session::new(s.id, s.client, s.server) }.response_head()
 }
 
 /// Each direction's compressor, and whether it keeps its window, when the session

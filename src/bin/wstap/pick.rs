@@ -200,20 +200,12 @@ pub fn redaction(config: Option<&Path>) -> Result<Redact, String> {
 /// A session with what `rules` names redacted: the heads' credentials, and payload
 /// patterns in its messages (each byte of what they match becomes `*`).
 pub fn redacted(mut s: Session, rules: &Redact) -> Session {
-    let head = |start: String, headers: &[(String, String)]| {
-        let mut text = start.into_bytes();
-        for (name, value) in headers {
-            text.extend_from_slice(format!("\r\n{name}: {value}").as_bytes());
-        }
-        text.extend_from_slice(b"\r\n\r\n");
-        wstap::capture::redact_head(&mut text, rules);
-        text
-    };
-    let request = head(format!("{} {} HTTP/1.1", s.method, s.path), &s.request_headers);
+    let (mut request, mut response) = (s.request_head(), s.response_head());
+    wstap::capture::redact_head(&mut request, rules);
+    wstap::capture::redact_head(&mut response, rules);
     if let Ok(Some(h)) = http::request(&request) {
         (s.path, s.request_headers) = (h.path, h.headers);
     }
-    let response = head(format!("HTTP/1.1 {} Switching Protocols", s.status), &s.response_headers);
     if let Ok(Some(h)) = http::response(&response) {
         s.response_headers = h.headers;
     }
