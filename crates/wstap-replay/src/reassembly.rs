@@ -170,7 +170,9 @@ impl Reassembler {
         let k = key(s.src, s.dst);
         let fresh_syn = s.syn && s.ack.is_none();
         let live = self.live.get(&k);
-        if repeat && live.is_some_and(|l| !l.repeats_only) {
+        // A repeat of a connection the capture holds (live, or ended since: a writer
+        // behind its clock may repeat a leg whose FINs it has just written) is dropped.
+        if repeat && (live.is_some_and(|l| !l.repeats_only) || (live.is_none() && self.gone.contains_key(&k))) {
             return;
         }
         if live.is_none() && !fresh_syn && self.gone.contains_key(&k) {
@@ -693,5 +695,17 @@ mod tests {
         assert_eq!(c.len(), 1, "{c:?}");
         assert_eq!(c[0].repeated[Dir::Up], 0);
         assert_eq!(stream(&c[0], Dir::Up).len(), 2, "the request, then the live bytes: no gap, no new SYN");
+        // A repeat of a connection that ended just before the next file began (the
+        // writer repeats a leg until it has written its close): dropped too.
+        let mut r = Reassembler::new();
+        r.push(t(0), &seg(C, 0, "S", b""));
+        r.push(t(0), &seg(S, 500, "S", b""));
+        r.push(t(1), &seg(C, 1, "F", b""));
+        r.push(t(1), &seg(S, 501, "F", b""));
+        assert_eq!(r.take_ended().count(), 1);
+        r.push_repeat(t(2), &seg(C, 100, "S", b""));
+        r.push_repeat(t(2), &seg(C, 101, "", b"GET / HTTP/1.1\r\n\r\n"));
+        r.push_repeat(t(2), &seg(C, 119, "F", b""));
+        assert!(r.finish().is_empty(), "no connection made of repeats alone");
     }
 }
