@@ -141,7 +141,13 @@ async fn finish<F: std::future::Future<Output = hyper::Result<()>>>(conn: F) {
 async fn hand_back(conn: hyper::client::conn::http1::Connection<TokioIo<Socket>, Paced>, tx: oneshot::Sender<Socket>) {
     match conn.without_shutdown().await {
         Ok(parts) if parts.read_buf.is_empty() => {
-            let _ = tx.send(parts.io.into_inner());
+            let mut socket = parts.io.into_inner();
+            // The socket's registration holds the waker of the last task that read it,
+            // and a waker keeps its task's whole allocation (~2 KiB here) alive: polled
+            // once with a waker of no task, the parked socket holds none of this one.
+            if still_open(&mut socket) {
+                let _ = tx.send(socket);
+            }
         }
         Ok(_) => debug!(side = %Leg::Upstream.name(), "upstream sent bytes past its response; closed"),
         Err(e) => debug!(side = %Leg::Upstream.name(), error = %e, "upstream connection ended"),
