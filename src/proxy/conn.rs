@@ -99,8 +99,10 @@ struct Accepted {
 /// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
 /// daemon drains (then in-flight requests finish first). Each request is a turn of its
 /// own hyper connection over the [`Gate`]; between them the socket is parked, holding no
-/// buffer, for up to `handshake_timeout` (the keep-alive idle time).
-async fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S)
+/// buffer, for up to `handshake_timeout` (the keep-alive idle time). The connection's
+/// state is set up here, at once, so that the future returned holds only what its turns
+/// need (an async fn would keep its arguments for its whole life).
+fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S) -> impl std::future::Future<Output = ()> + Send
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -108,62 +110,94 @@ where
     // The tap over TLS sees what hyper sees; one under it, the records.
     let over = capture.tap_over(|| recording::tap(&ctx, Leg::Client, id, local, client, Layer::Http));
     let conn = Arc::new(ClientConn::new(ctx, id, client, shutdown, capture, permit));
-    let started = tokio::time::Instant::now();
     info!("connection open");
     let bytes: ByteCounts = Arc::default();
     let stream = Metered::new(Tee::new(stream, over), Leg::Client, conn.ctx.traffic.clone(), Some(bytes.clone()));
-    let limits = &conn.ctx.settings.limits;
+    let gate = Gate::new(stream, conn.ctx.settings.limits.max_header_size);
+    turns(conn, gate, bytes)
+}
+
+/// [`serve`]'s turns, and the parked waits between them. An async block, not an async
+/// fn, and nothing but the gate and a few words live across its waits: a parked
+/// connection's task is this future (an async fn keeps its arguments twice).
+#[allow(clippy::manual_async_fn, reason = "an async fn's future keeps its arguments twice")]
+fn turns<S>(conn: Arc<ClientConn>, mut gate: Gate<S>, bytes: ByteCounts) -> impl std::future::Future<Output = ()> + Send
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    async move {
+        let started = tokio::time::Instant::now();
+        let limits = &conn.ctx.settings.limits;
+        let mut shutdown = conn.shutdown.clone();
+        let mut first = true;
+        loop {
+            let parked_at = tokio::time::Instant::now();
+            // A new connection's first request comes at once, as a rule: hyper waits for it
+            // (its header timeout counts a silent client).
+            if !std::mem::take(&mut first) && !next_request(&conn, &mut gate, &mut shutdown).await {
+                close(&mut gate, limits.handshake_timeout).await;
+                break;
+            }
+            gate.start_turn();
+            let answer = gate.answer();
+            // The head's time counts from the start of the wait for it.
+            let head_time = limits.handshake_timeout.saturating_sub(parked_at.elapsed()).max(MIN_HEAD_TIME);
+            let turn = http(limits, head_time).serve_connection(TokioIo::new(gate), service(&conn, answer.clone()));
+            // Boxed: a parked connection's task holds none of it.
+            let Some((parts, result)) = Box::pin(run_turn(turn.with_upgrades(), &answer, &mut shutdown)).await else {
+                return;
+            };
+            if let Err(e) = &result {
+                if let Some(kind) = log_connection_error(e) {
+                    conn.ctx.traffic.request_failed(Leg::Client, kind);
+                }
+            }
+            // Boxed, as the turn.
+            let refused = lock(&conn.upgrade).take();
+            let Some((io, unread)) = Box::pin(after_turn(parts, refused)).await else { break };
+            gate = io.into_inner();
+            let whole = gate.end_turn(&unread);
+            if !(whole && answer.parks() && result.is_ok()) || shutdown.is_draining() {
+                close(&mut gate, limits.handshake_timeout).await;
+                break;
+            }
+        }
+        if !conn.upgraded.load(Relaxed) {
+            let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
+            info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
+        }
+    }
+}
+
+/// The socket back from a turn, and the bytes hyper read past its request: from hyper's
+/// parts, or, after an Upgrade the upstream refused, from the upgrade hyper prepared
+/// (`refused`). `None` once upgraded: the session has the socket.
+async fn after_turn<I, S>(
+    parts: Option<hyper::server::conn::http1::Parts<I, S>>,
+    refused: Option<hyper::upgrade::OnUpgrade>,
+) -> Option<(I, Bytes)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    match (parts, refused) {
+        (Some(parts), _) => Some((parts.io, parts.read_buf)),
+        (None, Some(refused)) => taken_back(refused).await,
+        (None, None) => None,
+    }
+}
+
+/// hyper's server for one turn: heads of up to `max_header_size`, read within
+/// `head_time`.
+fn http(limits: &crate::config::Limits, head_time: std::time::Duration) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .max_header_size(limits.max_header_size)
         // hyper's read buffer grows with what a request sends (to ~400 KiB by default):
         // bound it by the largest head. It goes with the turn.
         .max_buf_size(read_buffer(limits.max_header_size))
-        .preserve_header_case(true);
-    let mut gate = Gate::new(stream, limits.max_header_size);
-    let mut shutdown = conn.shutdown.clone();
-    let mut first = true;
-    loop {
-        let parked_at = tokio::time::Instant::now();
-        // A new connection's first request comes at once, as a rule: hyper waits for it
-        // (its header timeout counts a silent client).
-        if !std::mem::take(&mut first) && !next_request(&conn, &mut gate, &mut shutdown).await {
-            close(&mut gate, limits.handshake_timeout).await;
-            break;
-        }
-        gate.start_turn();
-        // The head's time counts from the start of the wait for it.
-        http.header_read_timeout(limits.handshake_timeout.saturating_sub(parked_at.elapsed()).max(MIN_HEAD_TIME));
-        let answer = gate.answer();
-        let turn = http.serve_connection(TokioIo::new(gate), service(&conn, answer.clone())).with_upgrades();
-        // Boxed: a parked connection's task holds none of it.
-        let Some((parts, result)) = Box::pin(run_turn(turn, &answer, &mut shutdown)).await else { return };
-        if let Err(e) = &result {
-            if let Some(kind) = log_connection_error(e) {
-                conn.ctx.traffic.request_failed(Leg::Client, kind);
-            }
-        }
-        let refused = lock(&conn.upgrade).take();
-        let (io, unread) = match (parts, refused) {
-            (Some(parts), _) => (parts.io, parts.read_buf),
-            (None, Some(refused)) => match taken_back(refused).await {
-                Some(back) => back,
-                None => break,
-            },
-            // Upgraded: the session has the socket.
-            (None, None) => break,
-        };
-        gate = io.into_inner();
-        let whole = gate.end_turn(&unread);
-        if !(whole && answer.parks() && result.is_ok()) || shutdown.is_draining() {
-            close(&mut gate, limits.handshake_timeout).await;
-            break;
-        }
-    }
-    if !conn.upgraded.load(Relaxed) {
-        let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
-        info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
-    }
+        .preserve_header_case(true)
+        .header_read_timeout(head_time);
+    http
 }
 
 /// Parks `gate` until the client sends the next request's first bytes (true), leaves,

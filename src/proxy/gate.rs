@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper::{Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wstap_wire::http::{Framer, Part};
 use wstap_wire::Dir;
 
@@ -140,24 +140,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Gate<S> {
 
     /// Waits, holding no buffer, until the client sends the next request's first bytes
     /// (true; at once when some are held) or closes (false). Empty lines before a request
-    /// (RFC 9112 §2.2) wait here too, dropped as hyper would.
+    /// (RFC 9112 §2.2) wait here too, dropped as hyper would. The future is a pointer: a
+    /// parked connection's task holds no read buffer of it.
     pub(crate) async fn park(&mut self) -> io::Result<bool> {
         self.mode = Mode::Parked;
+        std::future::poll_fn(|cx| self.poll_park(cx)).await
+    }
+
+    fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         loop {
             let empty = self.held[self.start..].iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
             self.start += empty;
             if self.has_held() {
-                return Ok(true);
+                return Poll::Ready(Ok(true));
             }
             (self.held, self.start) = (Vec::new(), 0);
             if self.eof {
-                return Ok(false);
+                return Poll::Ready(Ok(false));
             }
-            // Small: it is part of every parked connection's task.
             let mut first = [0u8; FIRST];
-            let n = self.io.read(&mut first).await?;
-            self.eof = n == 0;
-            self.held.extend_from_slice(&first[..n]);
+            let mut buf = ReadBuf::new(&mut first);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            self.eof = buf.filled().is_empty();
+            self.held.extend_from_slice(buf.filled());
         }
     }
 

@@ -65,7 +65,9 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
             Ok(permit) => {
                 let permit = permit.counted_in(&ctx.traffic);
                 let tls = ctx.settings.tls_at(configured).map(|t| t.config.clone());
-                tokio::spawn(conn::accept(ctx, id, stream, tls, shutdown.clone(), permit).instrument(span));
+                // Set up in the connection's span: a plain connection's state is made at once.
+                let serving = span.in_scope(|| conn::accept(ctx, id, stream, tls, shutdown.clone(), permit));
+                tokio::spawn(serving.instrument(span));
             }
             // A TLS client would read a plaintext answer as garbage: it is closed instead.
             Err(why) if ctx.settings.tls_at(configured).is_some() => {
