@@ -85,7 +85,12 @@ impl Requests {
     /// framer saw it whole and it is the one hyper parsed (`method`); else the framing is
     /// lost from there.
     pub(super) fn route_next(&mut self, method: &str) -> Option<&Request> {
-        match self.waiting.pop_front() {
+        let next = self.waiting.pop_front();
+        if self.waiting.is_empty() {
+            // Nothing kept while the connection idles.
+            self.waiting = VecDeque::new();
+        }
+        match next {
             Some(r) if r.method == method => {
                 self.routed = Some(r);
                 self.routed.as_ref()

@@ -79,13 +79,14 @@ pub struct Tap {
     follows: AtomicBool,
     state: Mutex<TapState>,
     /// Each direction's frames, once a session is recorded (locked after `state`).
-    tracks: PerDir<Mutex<Option<Track>>>,
+    tracks: PerDir<Mutex<Option<Box<Track>>>>,
 }
 
 struct TapState {
     probe: Probe,
-    /// The client's requests, while they are followed.
-    requests: Option<Requests>,
+    /// The client's requests, while they are followed (boxed: a session's tap, past its
+    /// switch, holds no room for them).
+    requests: Option<Box<Requests>>,
     /// The end of each stream was sent, and a reset.
     fin_sent: PerDir<bool>,
     reset_sent: bool,
@@ -153,14 +154,14 @@ impl Tap {
     /// in the past. A client leg's plain HTTP has its requests followed.
     pub fn probing(recorder: Recorder, opening: Opening, probe: usize, layer: Layer) -> Arc<Tap> {
         let (keeps, requests) = match layer {
-            Layer::Http if opening.leg == Leg::Client => (Keeps::Undecided, Some(Requests::new(probe))),
+            Layer::Http if opening.leg == Leg::Client => (Keeps::Undecided, Some(Box::new(Requests::new(probe)))),
             Layer::Http => (Keeps::Exchange, None),
             Layer::Tls => (Keeps::FromStart(FirstBytes::Kept), None),
         };
         Arc::new(Tap::new(recorder, opening, Mode::Probing, Probe::new(probe, keeps), requests))
     }
 
-    fn new(recorder: Recorder, opening: Opening, mode: Mode, probe: Probe, requests: Option<Requests>) -> Tap {
+    fn new(recorder: Recorder, opening: Opening, mode: Mode, probe: Probe, requests: Option<Box<Requests>>) -> Tap {
         let follows = AtomicBool::new(requests.is_some());
         let state = TapState {
             probe,
@@ -317,7 +318,7 @@ impl Tap {
         if scope == Scope::Session && !tls {
             // A session's streams start with their heads: from here on, drops follow frames.
             for dir in Dir::BOTH {
-                *lock(&self.tracks[dir]) = Some(Track::new());
+                *lock(&self.tracks[dir]) = Some(Box::new(Track::new()));
             }
         }
         self.mode.store(Mode::Recording as u8, Relaxed);
@@ -544,7 +545,7 @@ impl Tap {
     /// decided yet, held from there.
     fn hold_or_pass(&self, state: &mut TapState, at: u64, piece: Piece<'_>, time: Option<Timestamp>) {
         let len = piece.len();
-        let undecided = state.requests.as_ref().and_then(Requests::undecided_from);
+        let undecided = state.requests.as_deref().and_then(Requests::undecided_from);
         let hold_from = match state.held.is_empty() {
             true => undecided.unwrap_or(u64::MAX).max(at),
             false => at,
@@ -571,7 +572,7 @@ impl Tap {
     /// Writes the held client bytes a route has decided since; `answered`: after wstap
     /// wrote to the client (the answer to an Upgrade request), which the note says.
     fn release(&self, state: &mut TapState, answered: bool) {
-        let limit = state.requests.as_ref().and_then(Requests::undecided_from).unwrap_or(u64::MAX);
+        let limit = state.requests.as_deref().and_then(Requests::undecided_from).unwrap_or(u64::MAX);
         let (dir, base) = (self.inbound(), self.base[self.inbound()].load(Relaxed));
         let ready: usize = state
             .held
@@ -635,7 +636,7 @@ impl Tap {
         if lost {
             return self.unfollowed(&mut state);
         }
-        let done = state.requests.as_ref().is_none_or(Requests::switched) && state.held.is_empty();
+        let done = state.requests.as_deref().is_none_or(Requests::switched) && state.held.is_empty();
         if done || self.mode() == Mode::Off {
             state.requests = None;
             self.follows.store(false, Relaxed);
@@ -674,6 +675,17 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    /// Every client connection holds a tap while it lives (an idle keep-alive one too):
+    /// what is needed only while requests are followed, or while a session is recorded,
+    /// is boxed apart, so the tap itself stays small.
+    #[test]
+    fn a_tap_holds_no_room_for_what_it_does_not_do_yet() {
+        assert!(std::mem::size_of::<Tap>() <= 480, "{} bytes", std::mem::size_of::<Tap>());
+        let recorder = Recorder::new(1 << 20);
+        let tap = client_tap(&recorder);
+        assert!(tap.tracks.iter().all(|(_, t)| lock(t).is_none()), "no frame tracks before a session");
     }
 
     /// A session's capture starts at its Upgrade request among the kept bytes (not at the
