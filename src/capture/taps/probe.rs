@@ -163,7 +163,9 @@ impl Probe {
     /// The kept chunks that reach past `base` (per direction), taken out.
     pub(super) fn take_from(&mut self, base: wstap_wire::PerDir<u64>) -> Vec<Kept> {
         self.bytes = 0;
-        self.ring.drain(..).filter(|k| k.offset + k.bytes.len() as u64 > base[k.dir]).collect()
+        // The ring's room goes too: a recorded session's tap keeps none of it.
+        let ring = std::mem::take(&mut self.ring);
+        ring.into_iter().filter(|k| k.offset + k.bytes.len() as u64 > base[k.dir]).collect()
     }
 
     /// Lets go of what it kept, and keeps nothing more.

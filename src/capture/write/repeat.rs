@@ -33,7 +33,7 @@ pub(super) struct Beginning {
 /// Writes every live leg at the start of `section`: handshake, Upgrade exchange, deflate
 /// windows or TLS records, each packet commented.
 pub(super) fn repeat_all<W: Write>(
-    legs: &mut BTreeMap<LegId, LegState>,
+    legs: &mut BTreeMap<LegId, Box<LegState>>,
     section: &mut Section<W>,
     at: Beginning,
     stats: &Stats,

@@ -108,7 +108,7 @@ pub struct CaptureWriter<W: Write> {
     /// The legs the sections have interfaces for.
     pub(super) wanted: Legs,
     /// Ordered by leg id, so that repeats come out in a stable order.
-    pub(super) legs: BTreeMap<LegId, LegState>,
+    pub(super) legs: BTreeMap<LegId, Box<LegState>>,
     synth: Synthesis,
     isns: Isns,
     /// The time of the last event: timestamps stay in file order even when two legs'
@@ -240,7 +240,7 @@ impl<W: Write> CaptureWriter<W> {
     fn apply(&mut self, ev: Event, stats: &Stats) -> io::Result<()> {
         let time = ev.time.max(self.clock);
         self.clock = time;
-        let (held, ack) = self.acks.before(&ev, time, self.legs.get_mut(&ev.leg));
+        let (held, ack) = self.acks.before(&ev, time, self.legs.get_mut(&ev.leg).map(|l| &mut **l));
         if let Some(last) = held {
             self.write_final(last, stats)?;
         }
@@ -314,7 +314,7 @@ impl<W: Write> CaptureWriter<W> {
         let mut leg = LegState::new(o.leg, flow, heading, o.scope, rules);
         leg.encrypted = o.tls_secrets.clone().map(|keys| Encrypted::new(keys, self.synth.budgets.records.clone()));
         // The leg is in before its keys are written: it keeps its state whatever that gives.
-        self.legs.insert(id, leg);
+        self.legs.insert(id, Box::new(leg));
         if let Some(keys) = o.tls_secrets {
             self.section.secrets(o.leg, &keys)?;
         }

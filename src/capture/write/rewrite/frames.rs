@@ -88,14 +88,14 @@ impl FrameWriter<'_> {
         w: Walk<'_>,
         data: &[u8],
         base: usize,
-        follower: &mut Option<Follower>,
+        follower: &mut Option<Box<Follower>>,
         allowance: &mut Allowance,
     ) {
         match w {
             Walk::Header { header, bytes, in_data } => {
                 // A header that straddled two inputs is made again from the tracker's copy.
                 let within = in_data.map(|r| base + r.start..base + r.end);
-                self.header(header, bytes, within, follower)
+                self.header(header, bytes, within, follower.as_deref())
             }
             Walk::Payload { header: h, range, pos, last: end } => {
                 let piece = &data[range.clone()];
@@ -115,7 +115,7 @@ impl FrameWriter<'_> {
     }
 
     /// A frame begins: decide what of it is written, and write its header (or hold it).
-    fn header(&mut self, h: FrameHeader, raw: &[u8], within: Option<Range<usize>>, follower: &Option<Follower>) {
+    fn header(&mut self, h: FrameHeader, raw: &[u8], within: Option<Range<usize>>, follower: Option<&Follower>) {
         if h.opcode.starts_message() {
             if self.m.held.is_some() {
                 self.release_held(Release::Searched); // the previous message never finished
@@ -151,12 +151,12 @@ impl FrameWriter<'_> {
     }
 
     /// What a data message starting with frame `h` is written as.
-    fn start_message(&mut self, h: FrameHeader, follower: &Option<Follower>) -> Outgoing {
+    fn start_message(&mut self, h: FrameHeader, follower: Option<&Follower>) -> Outgoing {
         let patterns = !self.rules.redact.payload.is_empty();
         let mut m = Outgoing { compressed: h.rsv1, left: self.rules.snap.message, ..Outgoing::default() };
         if h.rsv1 {
             m.left = None; // a compressed message is kept whole or not at all
-            m.removed = if let Some(loss) = follower.as_ref().and_then(Follower::window_lost) {
+            m.removed = if let Some(loss) = follower.and_then(Follower::window_lost) {
                 Some(Cut::Undecodable(loss))
             } else if patterns {
                 Some(Cut::CompressedUnsearched)

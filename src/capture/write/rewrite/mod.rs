@@ -138,8 +138,8 @@ pub(super) struct Rewriter {
     /// The connection's HTTP exchanges, both ways.
     http: Framer,
     /// Each direction's permessage-deflate follower, when its context is kept across
-    /// messages.
-    deflate: PerDir<Option<Follower>>,
+    /// messages (boxed: most legs have none).
+    deflate: PerDir<Option<Box<Follower>>>,
     /// Each direction's last head, as written: what a new section repeats.
     heads: PerDir<Vec<u8>>,
 }
@@ -314,7 +314,7 @@ impl Rewriter {
     /// joining changes nothing.
     pub(super) fn repeated(&mut self, audience: Audience) -> HeadsAndPrimers {
         if audience == Audience::File {
-            self.deflate.iter_mut().flatten().for_each(Follower::new_file);
+            self.deflate.iter_mut().flatten().for_each(|f| f.new_file());
         }
         // A client's frames are masked.
         let primers = self.deflate.by_ref().map(|dir, f| f.as_ref().and_then(|f| f.priming_frame(dir == Dir::Up)));
@@ -413,7 +413,7 @@ impl Rewriter {
         }
         if dir == Dir::Down && head.status == 101 {
             if let Some(keep) = deflate::takeover(head) {
-                self.deflate = keep.map(|_, keep| keep.then(Follower::new));
+                self.deflate = keep.map(|_, keep| keep.then(|| Box::new(Follower::new())));
             }
         }
         self.dirs[dir].compressed = bodies::compressed(head);
