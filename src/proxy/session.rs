@@ -59,7 +59,9 @@ pub(crate) fn spawn(
             captured,
         };
         let _listed = conn.ctx.traffic.session_started(conn.id, live);
-        let done = splice::splice(&mut client, &mut upstream, &counts, idle, shutdown.reached(Phase::Closing)).await;
+        // Pinned here, and the relay holds a pointer to it.
+        let stop = std::pin::pin!(shutdown.reached(Phase::Closing));
+        let done = splice::splice(&mut client, &mut upstream, &counts, idle, stop).await;
         let ending = Ending::Session { conn: conn.id, end: done.end.said() };
         recording::closing(PerLeg::new(conn.capture.tap.as_ref(), upstream_tap.as_ref()), &ending);
         drop((client, upstream));

@@ -26,8 +26,14 @@ pub struct Shutdown {
 impl Shutdown {
     /// Resolves once the daemon has at least reached `phase`.
     pub async fn reached(&mut self, phase: Phase) {
-        // An Err means the coordinator is gone, which only happens once everything ends.
-        let _ = self.rx.wait_for(|p| *p >= phase).await;
+        // Not `wait_for`, whose future is twice the size: every connection and session
+        // holds one while it lives. An Err means the coordinator is gone, which only
+        // happens once everything ends.
+        while *self.rx.borrow_and_update() < phase {
+            if self.rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Whether the daemon has started to drain.
