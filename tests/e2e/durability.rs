@@ -278,6 +278,46 @@ fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
     drop(disk);
 }
 
+/// A file that cannot be created when a rotation is due (the directory replaced by a
+/// file here; a full inode table or a lost permission alike) ends the rotation: the
+/// writer drops capture, counts it, and goes on; it once asked for the rotation again
+/// at every event, for ever.
+#[test]
+fn a_file_that_cannot_be_created_at_a_rotation_drops_capture_and_goes_on() {
+    use wstap::capture::{FileSink, SectionInfo, Stats};
+    let scratch = capture_dir("cannot-create");
+    let dir = scratch.join("captures");
+    let mut s = sink_settings(&dir);
+    (s.rotate.size, s.rotate.interval, s.rotate.files) = (16 << 10, None, 0);
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let sec = 1_000_000_000u64;
+    let t0 = 1_764_000_000 * sec;
+    let messages: Vec<Vec<u8>> = (0..60).map(|i| noise(2048 + i)).collect();
+    let events = crate::capture::synthetic_session(1, (1, 2), &messages, t0, 1000);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let path = dir.clone();
+    std::thread::spawn(move || {
+        let stats = Stats::default();
+        let mut sink = FileSink::new(s, info, 1);
+        let (first, rest) = events.split_at(4);
+        for ev in first.iter().cloned() {
+            sink.process(ev, &stats);
+        }
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, b"not a directory").unwrap();
+        for ev in rest.iter().cloned() {
+            let now = ev.time;
+            sink.process(ev, &stats);
+            sink.tick(now, &stats);
+        }
+        let _ = done_tx.send(stats);
+    });
+    let stats = done_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the writer went on");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&stats.error_episodes), 1);
+    assert!(load(&stats.bytes_unwritten) > 0, "what was not written is counted");
+}
+
 /// A whole config: one listener on port 0, one route, then `extra`.
 fn config_toml(upstream: std::net::SocketAddr, extra: &str) -> String {
     config(upstream, extra)

@@ -310,6 +310,9 @@ impl FileSink {
                 }
             }
             Err(e) => {
+                // No file to rotate into: the rotation is over (else every event would
+                // ask for it again, at once, for ever). The retry opens the next file.
+                out.writer.rotation_done();
                 if let Some(w) = out.writer.lose_output() {
                     if let Some(f) = out.file.take() {
                         self.finish_file(f, w);
