@@ -3,7 +3,7 @@
 # and this machine lacks; does nothing when everything is present. Idempotent.
 #
 #   scripts/deps.sh          the tests' tools: tshark, capinfos and editcap, systemd-analyze,
-#                            mount, runuser, Debian's python3 (a live stream read as another
+#                            mount, mkfs.ext4 (a small disk that takes O_DIRECT), runuser, Debian's python3 (a live stream read as another
 #                            user) with its websockets (real permessage-deflate peers) and
 #                            jsonschema (HAR files checked against their schema), mosquitto
 #                            and python's paho-mqtt (MQTT over WebSocket)
@@ -15,7 +15,8 @@
 set -euo pipefail
 
 # command → the Debian package that provides it
-tools=(tshark:tshark capinfos:tshark editcap:tshark systemd-analyze:systemd mount:mount runuser:util-linux)
+tools=(tshark:tshark capinfos:tshark editcap:tshark systemd-analyze:systemd mount:mount runuser:util-linux
+       mkfs.ext4:e2fsprogs)
 [ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common time:time)
 
 missing=()

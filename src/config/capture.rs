@@ -267,6 +267,8 @@ pub struct CaptureSettings {
     pub queue_size: usize,
     /// Data reaches the OS at least this often.
     pub flush_interval: Duration,
+    /// Files are written around the page cache (`O_DIRECT`) where the filesystem allows.
+    pub direct_io: bool,
     /// One rotating series of files, or one file per session (`capture.per_session`).
     pub files: FilesPer,
     /// Mode of created files (the umask applies too).
@@ -304,6 +306,7 @@ impl CaptureSettings {
             acks: PureAcks::Written,
             queue_size: 64 << 20,
             flush_interval: Duration::from_secs(1),
+            direct_io: true,
             files: FilesPer::Capture,
             file_mode: 0o640,
             rotate: RotateSettings {

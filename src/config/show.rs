@@ -148,6 +148,7 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
     writeln!(f, "acks = {}", c.acks == PureAcks::Written)?;
     writeln!(f, "queue_size = {}", c.queue_size)?;
     writeln!(f, "flush_interval = {:?}", dur(Some(c.flush_interval)))?;
+    writeln!(f, "direct_io = {}", c.direct_io)?;
     writeln!(f, "per_session = {}", c.files == FilesPer::Session)?;
     writeln!(f, "file_mode = \"{:04o}\"", c.file_mode)?;
     if c.tls == TlsCapture::Encrypted {

@@ -236,6 +236,7 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         acks: if c.acks { PureAcks::Written } else { PureAcks::Omitted },
         queue_size: c.queue_size.0 as usize,
         flush_interval: c.flush_interval.0,
+        direct_io: c.direct_io,
         files: if c.per_session { FilesPer::Session } else { FilesPer::Capture },
         file_mode,
         rotate: RotateSettings {

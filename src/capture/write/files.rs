@@ -21,6 +21,8 @@ use std::time::SystemTime;
 
 use tracing::{info, warn};
 
+use super::direct::DirectFile;
+
 use crate::config::CaptureSettings;
 
 /// Mode of a capture directory wstap creates.
@@ -28,19 +30,62 @@ const DIR_MODE: u32 = 0o750;
 
 /// A file being written, counting its bytes.
 pub struct Counted {
-    inner: BufWriter<File>,
+    inner: Out,
     pub(crate) written: u64,
+    /// When a direct file's buffer last went out (`None`: not yet).
+    flushed: Option<wstap_wire::Timestamp>,
+}
+
+/// How a file is written: around the page cache where the filesystem allows it
+/// (`capture.direct_io`), else buffered.
+enum Out {
+    Direct(DirectFile),
+    Buffered(BufWriter<File>),
+}
+
+impl Counted {
+    fn new(inner: Out) -> Counted {
+        Counted { inner, written: 0, flushed: None }
+    }
+
+    /// The flush after a batch of events, at `now`: a buffered file's buffer goes to the
+    /// kernel each time; a direct file's, the first time and then once `interval` has
+    /// passed, for each one is a write to the disk (its whole buffers go out as they
+    /// fill). Either way bytes reach the file at least every `interval`.
+    pub(crate) fn flush_due(&mut self, now: wstap_wire::Timestamp, interval: std::time::Duration) -> io::Result<()> {
+        if let Out::Direct(_) = self.inner {
+            if self.flushed.is_some_and(|at| now < at.after(interval)) {
+                return Ok(());
+            }
+            self.flushed = Some(now);
+        }
+        self.flush()
+    }
+
+    /// Writes out what is buffered, and hands back the file to be synced and closed.
+    fn into_file(self) -> io::Result<File> {
+        match self.inner {
+            Out::Direct(d) => d.into_inner(),
+            Out::Buffered(b) => b.into_inner().map_err(io::IntoInnerError::into_error),
+        }
+    }
 }
 
 impl Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = match &mut self.inner {
+            Out::Direct(d) => d.write(buf)?,
+            Out::Buffered(b) => b.write(buf)?,
+        };
         self.written += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        match &mut self.inner {
+            Out::Direct(d) => d.flush(),
+            Out::Buffered(b) => b.flush(),
+        }
     }
 }
 
@@ -48,6 +93,8 @@ impl Write for Counted {
 pub struct FileSet {
     ring: Ring,
     mode: u32,
+    /// `capture.direct_io`.
+    direct: bool,
     /// The `.part` files this process has open, by device and inode (a directory can be
     /// spelled many ways): never mistaken for a crash's leftovers.
     open: HashSet<(u64, u64)>,
@@ -90,6 +137,7 @@ impl FileSet {
         FileSet {
             ring: Ring { dir: s.dir.clone(), prefix: s.prefix.clone(), keep: s.rotate.files, next_seq: None },
             mode: s.file_mode,
+            direct: s.direct_io,
             open: HashSet::new(),
             finisher: Finisher::start(),
         }
@@ -108,6 +156,7 @@ impl FileSet {
         r.prefix = s.prefix.clone();
         r.keep = s.rotate.files;
         self.mode = s.file_mode;
+        self.direct = s.direct_io;
     }
 
     /// Creates the directory if needed; on first use, finds the next sequence number and
@@ -161,17 +210,23 @@ impl FileSet {
         let meta = file.metadata()?;
         let id = (meta.dev(), meta.ino());
         self.open.insert(id);
-        Ok((
-            OpenFile { part, path, id, ring: self.ring.clone() },
-            Counted { inner: BufWriter::with_capacity(256 * 1024, file), written: 0 },
-        ))
+        let direct = match self.direct {
+            // A filesystem that refuses O_DIRECT gets buffered writes.
+            true => DirectFile::open(&part, file.try_clone()?).ok(),
+            false => None,
+        };
+        let inner = match direct {
+            Some(d) => Out::Direct(d),
+            None => Out::Buffered(BufWriter::with_capacity(256 * 1024, file)),
+        };
+        Ok((OpenFile { part, path, id, ring: self.ring.clone() }, Counted::new(inner)))
     }
 
     /// Writes out what the file's buffer holds, then hands it to the finisher: synced,
     /// renamed to its final name, the ring trimmed. A write error here gives the file up
     /// ([`FileSet::give_up`]); one in the finisher is logged there and salvages the file.
     pub(crate) fn finish(&mut self, f: OpenFile, w: Counted) -> io::Result<()> {
-        match w.inner.into_inner() {
+        match w.into_file() {
             Ok(file) => {
                 self.open.remove(&f.id);
                 let ring = f.ring_now(&self.ring);
@@ -180,7 +235,7 @@ impl FileSet {
             }
             Err(e) => {
                 self.give_up(f);
-                Err(e.into_error())
+                Err(e)
             }
         }
     }

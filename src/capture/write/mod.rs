@@ -4,7 +4,8 @@
 //!
 //! - `thread`: [`Capture`], the writer thread and its heartbeat.
 //! - `sink`: [`FileSink`]: outputs (one, or one per session), rotation by size, age and
-//!   signal, write errors; `files`: names, `.part`, the ring of finished files.
+//!   signal, write errors; `files`: names, `.part`, the ring of finished files;
+//!   `direct`: a file written around the page cache.
 //! - `writer`: [`CaptureWriter`], the dispatcher from events to packets, over its parts:
 //!   `section` and `statistics` (the pcapng section and what each interface saw),
 //!   `acks` (when the synthesized receivers acknowledge, and the packet held back for a
@@ -17,6 +18,7 @@
 //! - `live`: the live stream's writer, each subscriber's first section and chunks.
 
 mod acks;
+mod direct;
 mod encrypted;
 pub(crate) mod files;
 mod leg;

@@ -251,7 +251,7 @@ impl FileSink {
                 self.write_failed(key, &e, now, stats);
             }
             if let Some(w) = self.outputs.get_mut(&key).and_then(|o| o.writer.get_mut()) {
-                if let Err(e) = w.flush() {
+                if let Err(e) = w.flush_due(now, self.settings.flush_interval) {
                     self.write_failed(key, &e, now, stats);
                 }
             }
