@@ -51,7 +51,12 @@ struct Shared {
 #[derive(Default)]
 struct Queue {
     events: VecDeque<Event>,
+    /// What the events queued and the batch the writer holds cost: bounded by the limit,
+    /// so that captured data waiting in memory, in the queue or in the writer's hands,
+    /// never exceeds `capture.queue_size`.
     bytes: usize,
+    /// What the batch the writer holds cost (freed when it comes back for the next).
+    taken: usize,
     requests: Requests,
     writer: Waiting,
 }
@@ -210,6 +215,8 @@ impl Recorder {
     /// asked meanwhile.
     pub(crate) fn take(&self, busy: bool, idle: Duration, batch: &mut VecDeque<Event>) -> Requests {
         let mut q = self.lock();
+        // The batch handed out last time is written: its room is free again.
+        q.bytes -= std::mem::take(&mut q.taken);
         let asked = q.requests.close || q.requests.rotate || q.requests.reconfigure.is_some();
         let wait = if asked || q.bytes >= WAKE_BYTES {
             None
@@ -226,7 +233,7 @@ impl Recorder {
             q.writer = Waiting::No;
         }
         std::mem::swap(&mut q.events, batch);
-        q.bytes = 0;
+        q.taken = q.bytes;
         let Requests { close, rotate, reconfigure } = &mut q.requests;
         Requests { close: *close, rotate: std::mem::take(rotate), reconfigure: reconfigure.take() }
     }
@@ -246,7 +253,7 @@ impl Recorder {
     /// driven by hand (tests, fuzzing) rather than by the capture's thread.
     pub fn take_events(&self) -> Vec<Event> {
         let mut q = self.lock();
-        q.bytes = 0;
+        (q.bytes, q.taken) = (0, 0);
         q.events.drain(..).collect()
     }
 }
@@ -273,6 +280,22 @@ mod tests {
 
     fn data(dir: Dir, offset: u64, bytes: &[u8]) -> What {
         What::Data { dir, offset, bytes: Bytes::copy_from_slice(bytes) }
+    }
+
+    /// The batch the writer holds counts until it comes back for the next: captured data
+    /// in memory is bounded by the limit, not twice it.
+    #[test]
+    fn the_batch_being_written_still_counts_against_the_limit() {
+        let rec = Recorder::new(1000);
+        let leg = rec.new_leg();
+        assert!(rec.send(leg, data(Dir::Up, 0, &[0; 800])));
+        let mut batch = VecDeque::new();
+        rec.take(false, Duration::ZERO, &mut batch);
+        assert_eq!(batch.len(), 1);
+        assert!(!rec.send(leg, data(Dir::Up, 800, &[0; 800])), "the writer still holds 800 bytes");
+        batch.clear();
+        rec.take(false, Duration::ZERO, &mut batch);
+        assert!(rec.send(leg, data(Dir::Up, 1600, &[0; 800])), "written: room again");
     }
 
     #[test]
