@@ -501,8 +501,21 @@ impl Bench {
             }
         }
         if wants("64kib") {
+            // The target's resident memory sampled through the burst: its peak.
+            let (pids, stop) = (self.pids(t), Arc::new(AtomicBool::new(false)));
+            let sampling = stop.clone();
+            let sampler = std::thread::spawn(move || {
+                let mut peak = 0;
+                while !sampling.load(Relaxed) {
+                    peak = peak.max(rss_kib(&pids));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak
+            });
             let x = throughput(a, 4, 64 * 1024, secs).await;
+            stop.store(true, Relaxed);
             r.add("4 × 64 KiB", "MB/s", t, x.bytes_per_s / 1e6, x.proxied);
+            r.add("4 × 64 KiB", "peak MiB RSS", t, sampler.join().unwrap_or(0) as f64 / 1024.0, 0);
         }
         if wants("latency") {
             let (p50, p99, proxied) = latency(a, secs).await;
@@ -938,6 +951,27 @@ impl Results {
                 true,
             ),
             ("2. completeness: wstap-on − dumpcap's ≥ 0", c("wstap-on") - c("nginx-64k+dumpcap"), 0.0, true),
+            // Issue 27's, beside issue 16's.
+            (
+                "27. 4×64KiB: wstap-on ÷ nginx-64k+dumpcap ≥ 1.00",
+                ratio(k64, "MB/s", "wstap-on", "nginx-64k+dumpcap"),
+                1.0,
+                true,
+            ),
+            ("27. completeness: wstap-on = 1.0000", c("wstap-on"), 0.99995, true),
+            (
+                "27. CPU/session: wstap-on ÷ wstap-off ≤ 1.10",
+                ratio(conn, "CPU µs/session", "wstap-on", "wstap-off"),
+                1.1,
+                false,
+            ),
+            ("27. idle KiB/session, wstap-both ≤ 6", m(&idle, "KiB RSS/session", "wstap-both"), 6.0, false),
+            (
+                "27. 64 KiB burst: peak MiB RSS, wstap-both ≤ queue_size (64) + 32",
+                m(k64, "peak MiB RSS", "wstap-both"),
+                96.0,
+                false,
+            ),
             ("4. connect: wstap-on ÷ nginx ≥ 1.00", ratio(conn, "conn/s", "wstap-on", "nginx"), 1.0, true),
             ("4. CPU/session: wstap-on ÷ nginx ≤ 1.00", ratio(conn, "CPU µs/session", "wstap-on", "nginx"), 1.0, false),
             ("5. 64B p50: wstap-on ÷ nginx ≤ 1.00", ratio(lat, "p50 µs", "wstap-on", "nginx"), 1.0, false),
