@@ -268,7 +268,8 @@ impl Recorder {
 
     /// Makes it look empty again.
     pub(crate) fn unfill(&self) {
-        self.lock().bytes = 0;
+        let mut q = self.lock();
+        (q.bytes, q.taken) = (0, 0);
     }
 }
 

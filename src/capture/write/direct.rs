@@ -35,17 +35,40 @@ pub(crate) struct DirectFile {
     fill: usize,
     /// The file offset of `buf[0]`: a multiple of [`ALIGN`].
     base: u64,
+    /// The filesystem refused a direct write (it took the open): everything goes
+    /// through the ordinary descriptor from then on.
+    refused: bool,
 }
 
 impl DirectFile {
     /// `plain`, a file just created at `path`, opened a second time with `O_DIRECT`; an
-    /// error where the filesystem refuses it (tmpfs, some network filesystems).
+    /// error where the filesystem refuses it (some network filesystems, older kernels'
+    /// tmpfs), or where the name no longer leads to the same file.
     pub(crate) fn open(path: &Path, plain: File) -> io::Result<DirectFile> {
+        use std::os::unix::fs::MetadataExt;
         let direct = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        Ok(DirectFile { direct, plain, buf: Aligned::new()?, fill: 0, base: 0 })
+        let (a, b) = (direct.metadata()?, plain.metadata()?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            return Err(io::Error::other("the capture file was replaced"));
+        }
+        Ok(DirectFile { direct, plain, buf: Aligned::new()?, fill: 0, base: 0, refused: false })
+    }
+
+    /// `len` bytes of the buffer to the file at `base`, `len` a multiple of [`ALIGN`]:
+    /// directly, or through the ordinary descriptor once a direct write was refused
+    /// (a filesystem that opens with `O_DIRECT` but wants larger blocks).
+    fn write_blocks(&mut self, len: usize) -> io::Result<()> {
+        let bytes = &self.buf.bytes()[..len];
+        if !self.refused {
+            match self.direct.write_all_at(bytes, self.base) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.refused = true,
+                done => return done,
+            }
+        }
+        self.plain.write_all_at(bytes, self.base)
     }
 
     /// Writes what is buffered (whole blocks directly, the tail through the buffered
@@ -59,7 +82,7 @@ impl DirectFile {
 impl Write for DirectFile {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.fill == CAPACITY {
-            self.direct.write_all_at(self.buf.bytes(), self.base)?;
+            self.write_blocks(CAPACITY)?;
             (self.base, self.fill) = (self.base + CAPACITY as u64, 0);
         }
         let n = data.len().min(CAPACITY - self.fill);
@@ -72,7 +95,7 @@ impl Write for DirectFile {
     fn flush(&mut self) -> io::Result<()> {
         let whole = self.fill / ALIGN * ALIGN;
         if whole > 0 {
-            self.direct.write_all_at(&self.buf.bytes()[..whole], self.base)?;
+            self.write_blocks(whole)?;
         }
         let tail = self.fill - whole;
         if tail > 0 {

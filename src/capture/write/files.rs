@@ -51,10 +51,19 @@ impl Counted {
     /// The flush after a batch of events, at `now`: a buffered file's buffer goes to the
     /// kernel each time; a direct file's, the first time and then once `interval` has
     /// passed, for each one is a write to the disk (its whole buffers go out as they
-    /// fill). Either way bytes reach the file at least every `interval`.
-    pub(crate) fn flush_due(&mut self, now: wstap_wire::Timestamp, interval: std::time::Duration) -> io::Result<()> {
+    /// fill).
+    /// `idle`: no event came since the last flush due; then it goes out whatever the
+    /// time, so a trickle waits at most about one interval. A clock set back counts as
+    /// due.
+    pub(crate) fn flush_due(
+        &mut self,
+        now: wstap_wire::Timestamp,
+        interval: std::time::Duration,
+        idle: bool,
+    ) -> io::Result<()> {
         if let Out::Direct(_) = self.inner {
-            if self.flushed.is_some_and(|at| now < at.after(interval)) {
+            let waits = |at: wstap_wire::Timestamp| now >= at && now < at.after(interval);
+            if !idle && self.flushed.is_some_and(waits) {
                 return Ok(());
             }
             self.flushed = Some(now);
@@ -212,7 +221,7 @@ impl FileSet {
         self.open.insert(id);
         let direct = match self.direct {
             // A filesystem that refuses O_DIRECT gets buffered writes.
-            true => DirectFile::open(&part, file.try_clone()?).ok(),
+            true => file.try_clone().and_then(|plain| DirectFile::open(&part, plain)).ok(),
             false => None,
         };
         let inner = match direct {

@@ -93,6 +93,8 @@ pub struct FileSink {
     session_of: HashMap<LegId, ConnId, Ids>,
     /// In a write-error episode: no file is being written.
     failing: bool,
+    /// An event came since the last tick (else the writer is idle, and flushes).
+    busy: bool,
     retry_at: Timestamp,
     /// What every output's writer shares: inflating and records kept.
     budgets: Budgets,
@@ -145,6 +147,7 @@ impl FileSink {
             outputs: HashMap::default(),
             session_of: HashMap::default(),
             failing: false,
+            busy: false,
             retry_at: Timestamp::EPOCH,
             budgets: Budgets::default(),
         }
@@ -167,6 +170,7 @@ impl FileSink {
 
     /// Writes one event into the output it belongs to, opening or rotating files as due.
     pub fn process(&mut self, ev: Event, stats: &Stats) {
+        self.busy = true;
         let time = ev.time;
         let key = self.key_of(&ev);
         let closing = matches!(ev.what, What::Close { .. });
@@ -234,6 +238,7 @@ impl FileSink {
     /// Called at least every flush interval: flushes, starts interval rotations, rotates
     /// idle outputs that are due, and retries after a write error.
     pub fn tick(&mut self, now: Timestamp, stats: &Stats) {
+        let idle = !std::mem::take(&mut self.busy);
         stats.files_finished.fetch_add(self.files.finished(), Relaxed);
         let keys: Vec<Key> = self.outputs.keys().copied().collect();
         for key in keys {
@@ -251,7 +256,7 @@ impl FileSink {
                 self.write_failed(key, &e, now, stats);
             }
             if let Some(w) = self.outputs.get_mut(&key).and_then(|o| o.writer.get_mut()) {
-                if let Err(e) = w.flush_due(now, self.settings.flush_interval) {
+                if let Err(e) = w.flush_due(now, self.settings.flush_interval, idle) {
                     self.write_failed(key, &e, now, stats);
                 }
             }
