@@ -491,13 +491,13 @@ impl Bench {
         if wants("1kib") {
             let (cpu, writer) = (cpu_secs(&self.pids(t)), self.writer_cpu_secs(t));
             let x = throughput(a, 50, 1024, secs).await;
-            r.add("50 × 1 KiB", "msg/s", t, x.msgs_per_s, x.proxied);
+            r.add(K1, "msg/s", t, x.msgs_per_s, x.proxied);
             // Less noisy than a rate on shared cores: what the target spent per echo.
             let msgs = x.proxied as f64 / 2048.0;
             let per_msg = (cpu_secs(&self.pids(t)) - cpu) * 1e6 / msgs;
-            r.add("50 × 1 KiB", "CPU µs/msg", t, per_msg, 0);
+            r.add(K1, "CPU µs/msg", t, per_msg, 0);
             if let (Some(before), Some(after)) = (writer, self.writer_cpu_secs(t)) {
-                r.add("50 × 1 KiB", "… of it capture writer", t, (after - before) * 1e6 / msgs, 0);
+                r.add(K1, "… of it capture writer", t, (after - before) * 1e6 / msgs, 0);
             }
         }
         if wants("64kib") {
@@ -514,8 +514,8 @@ impl Bench {
             });
             let x = throughput(a, 4, 64 * 1024, secs).await;
             stop.store(true, Relaxed);
-            r.add("4 × 64 KiB", "MB/s", t, x.bytes_per_s / 1e6, x.proxied);
-            r.add("4 × 64 KiB", "peak MiB RSS", t, sampler.join().unwrap_or(0) as f64 / 1024.0, 0);
+            r.add(K64, "MB/s", t, x.bytes_per_s / 1e6, x.proxied);
+            r.add(K64, "peak MiB RSS", t, sampler.join().unwrap_or(0) as f64 / 1024.0, 0);
         }
         if wants("latency") {
             let (p50, p99, proxied) = latency(a, secs).await;
@@ -525,9 +525,9 @@ impl Bench {
         if wants("connect") {
             let cpu = cpu_secs(&self.pids(t));
             let (rate, proxied, sessions) = connect_rate(a, 8, secs).await;
-            r.add("connect+upgrade+close, 8 workers", "conn/s", t, rate, proxied);
+            r.add(CONNECT, "conn/s", t, rate, proxied);
             let per_session = (cpu_secs(&self.pids(t)) - cpu) * 1e6 / sessions as f64;
-            r.add("connect+upgrade+close, 8 workers", "CPU µs/session", t, per_session, 0);
+            r.add(CONNECT, "CPU µs/session", t, per_session, 0);
         }
     }
 
@@ -673,7 +673,7 @@ fn cpu_secs_of(stats: &[PathBuf]) -> f64 {
 /// A goal: what it says, the value measured, the goal, and whether it is a floor.
 type Goal = (&'static str, f64, f64, bool);
 
-/// Scenario and target names the goals look up.
+/// Scenario and target names: the rounds record them, the goals look them up.
 const K1: &str = "50 × 1 KiB";
 const K64: &str = "4 × 64 KiB";
 const CONNECT: &str = "connect+upgrade+close, 8 workers";
@@ -959,18 +959,23 @@ impl Results {
     fn speed_goals(&self, completeness: &BTreeMap<&str, f64>) -> Vec<Goal> {
         let m = |s: &str, k: &str, t: &str| self.median(s, k, t);
         let (idle, kept) = (self.scenario(&["idle sessions"]), self.scenario(&["keep-alive connections", "pooled"]));
-        let (k1, k64, lat, conn) = (K1, K64, "1 × 64 B", CONNECT);
+        let lat = "1 × 64 B";
         let ratio = |s: &str, k: &str, a: &str, b: &str| m(s, k, a) / m(s, k, b);
         let c = |t: &str| completeness.get(t).copied().unwrap_or(f64::NAN);
         vec![
-            ("1. 50×1KiB: wstap-on ÷ nginx-64k+dumpcap ≥ 1.15", ratio(k1, "msg/s", "wstap-on", DUMPCAP), 1.15, true),
-            ("1. 50×1KiB: wstap-on ÷ nginx ≥ 1.00", ratio(k1, "msg/s", "wstap-on", "nginx"), 1.0, true),
-            ("1. 50×1KiB: wstap-on ÷ wstap-off ≥ 0.95", ratio(k1, "msg/s", "wstap-on", "wstap-off"), 0.95, true),
-            ("1. 50×1KiB: wstap-both ÷ nginx ≥ 0.90", ratio(k1, "msg/s", "wstap-both", "nginx"), 0.9, true),
-            ("2. 4×64KiB: wstap-on ÷ nginx-64k+dumpcap ≥ 1.50", ratio(k64, "MB/s", "wstap-on", DUMPCAP), 1.5, true),
+            ("1. 50×1KiB: wstap-on ÷ nginx-64k+dumpcap ≥ 1.15", ratio(K1, "msg/s", "wstap-on", DUMPCAP), 1.15, true),
+            ("1. 50×1KiB: wstap-on ÷ nginx ≥ 1.00", ratio(K1, "msg/s", "wstap-on", "nginx"), 1.0, true),
+            ("1. 50×1KiB: wstap-on ÷ wstap-off ≥ 0.95", ratio(K1, "msg/s", "wstap-on", "wstap-off"), 0.95, true),
+            ("1. 50×1KiB: wstap-both ÷ nginx ≥ 0.90", ratio(K1, "msg/s", "wstap-both", "nginx"), 0.9, true),
+            ("2. 4×64KiB: wstap-on ÷ nginx-64k+dumpcap ≥ 1.50", ratio(K64, "MB/s", "wstap-on", DUMPCAP), 1.5, true),
             ("2. completeness: wstap-on − dumpcap's ≥ 0", c("wstap-on") - c(DUMPCAP), 0.0, true),
-            ("4. connect: wstap-on ÷ nginx ≥ 1.00", ratio(conn, "conn/s", "wstap-on", "nginx"), 1.0, true),
-            ("4. CPU/session: wstap-on ÷ nginx ≤ 1.00", ratio(conn, "CPU µs/session", "wstap-on", "nginx"), 1.0, false),
+            ("4. connect: wstap-on ÷ nginx ≥ 1.00", ratio(CONNECT, "conn/s", "wstap-on", "nginx"), 1.0, true),
+            (
+                "4. CPU/session: wstap-on ÷ nginx ≤ 1.00",
+                ratio(CONNECT, "CPU µs/session", "wstap-on", "nginx"),
+                1.0,
+                false,
+            ),
             ("5. 64B p50: wstap-on ÷ nginx ≤ 1.00", ratio(lat, "p50 µs", "wstap-on", "nginx"), 1.0, false),
             ("5. 64B p99: wstap-on ÷ nginx ≤ 1.00", ratio(lat, "p99 µs", "wstap-on", "nginx"), 1.0, false),
             ("6. idle KiB/session, wstap-on ≤ 4", m(&idle, "KiB RSS/session", "wstap-on"), 4.0, false),

@@ -49,12 +49,10 @@ impl Counted {
     }
 
     /// The flush after a batch of events, at `now`: a buffered file's buffer goes to the
-    /// kernel each time; a direct file's, the first time and then once `interval` has
-    /// passed, for each one is a write to the disk (its whole buffers go out as they
-    /// fill).
-    /// `idle`: no event came since the last flush due; then it goes out whatever the
-    /// time, so a trickle waits at most about one interval. A clock set back counts as
-    /// due.
+    /// kernel each time. A direct file's goes out (each time a write to the disk; its
+    /// whole buffers go out as they fill anyway) the first time, then once `interval`
+    /// has passed, or when the writer is `idle` (no event since the last tick), so that
+    /// a trickle waits about one interval at most. A clock set back counts as due.
     pub(crate) fn flush_due(
         &mut self,
         now: wstap_wire::Timestamp,
