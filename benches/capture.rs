@@ -38,7 +38,8 @@ enum Load {
 /// (credentials in the Upgrade request redacted), with a client leg whose session is open.
 fn writer(segment: Segmentation, stats: &Stats) -> CaptureWriter<BufWriter<std::fs::File>> {
     let sink = std::fs::File::create("/dev/null").expect("/dev/null");
-    let info = SectionInfo { application: "bench".into(), os: "bench".into(), hostname: "bench".into() };
+    let info =
+        SectionInfo { application: "bench".into(), os: "bench".into(), hostname: "bench".into(), ..Default::default() };
     let synth = Synthesis {
         mss_ipv4: 1460,
         mss_ipv6: 1440,

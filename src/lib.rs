@@ -13,11 +13,13 @@
 //!   capture/   the tee under each socket → event queue → writer thread → pcapng files
 //!   proxy/     one client connection: TLS, hyper on both legs, routing, headers, the splice
 //!   service/   the daemon: listeners, run and drain, reload, signals, systemd, metrics
+//!   ship/      finished files stored in object storage and handed to `on_finish`;
+//!              captures read back from the store
 //!   bin/wstap/ the command line, apart from the library
 //! ```
 //!
 //! Dependencies point one way, down these layers: `service` → `proxy` → `capture` →
-//! `config` → `wstap_wire`; `wstap_replay` → `wstap_wire`; `sync` is a leaf everyone uses.
+//! `config` → `wstap_wire`; `service` → `ship` → `capture`, `config`, `wstap_replay`; `wstap_replay` → `wstap_wire`; `sync` is a leaf everyone uses.
 //!
 //! # The path of a byte
 //!
@@ -65,6 +67,7 @@ pub mod capture;
 pub mod config;
 mod proxy;
 mod service;
+pub mod ship;
 mod sync;
 
 pub use capture::{Capture, Opening, Tap, Tee};

@@ -18,6 +18,8 @@
 //! - `url`: URLs with their credentials redacted: for heads and comments on the writer's
 //!   side, and for the proxy's log lines (a leaf, so that both redact alike).
 //! - `host`: who writes the files (the section header's application and host).
+//! - `outbox`: where finished files are handed on, to be uploaded or given to a command
+//!   (the `ship` subsystem takes them), and held from the ring until then.
 //!
 //! What a library user drives: a [`Capture`] (the queue and its writer thread), each
 //! socket in a [`Tee`] with its [`Tap`]; or, with events of one's own, a
@@ -28,6 +30,7 @@ pub(crate) mod host;
 pub(crate) mod ids;
 pub mod live;
 pub(crate) mod note;
+pub mod outbox;
 pub(crate) mod queue;
 pub(crate) mod stats;
 pub(crate) mod taps;
@@ -40,6 +43,7 @@ pub use ids::{ConnId, LegId};
 pub use note::{
     Audience, Cut, Ending, Forgotten, Heading, Note, Redaction, Repeats, SessionEnd, Stop, TlsHeld, TlsLeg,
 };
+pub use outbox::{Arrivals, Outbox};
 pub use queue::Recorder;
 pub use stats::Stats;
 pub use taps::{Decision, Layer, Mark, Start, Tap, Tee};

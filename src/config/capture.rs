@@ -287,6 +287,13 @@ pub struct CaptureSettings {
     /// A live stream is served (`[live]`), in this format: the writer keeps what a
     /// subscriber joining at any moment needs.
     pub live: Option<super::LiveFormat>,
+    /// The name this instance gives its files (`{instance}` in `prefix`), their section
+    /// headers and their objects' keys.
+    pub instance: String,
+    /// A command run for every finished file (`capture.on_finish`).
+    pub on_finish: Option<super::OnFinish>,
+    /// Finished files are stored in object storage (`[capture.upload]`).
+    pub upload: Option<super::UploadSettings>,
 }
 
 impl CaptureSettings {
@@ -320,6 +327,9 @@ impl CaptureSettings {
             tls: TlsCapture::Plaintext,
             tls_keylog: None,
             live: None,
+            instance: super::host_name(),
+            on_finish: None,
+            upload: None,
         }
     }
 

@@ -96,6 +96,11 @@ pub(super) struct FileCapture {
     pub(super) rotate: FileRotate,
     pub(super) tls: TlsCapture,
     pub(super) tls_keylog: Option<PathBuf>,
+    pub(super) instance: Option<String>,
+    pub(super) on_finish: Vec<String>,
+    pub(super) on_finish_timeout: HumanDuration,
+    pub(super) on_finish_concurrency: usize,
+    pub(super) upload: Option<super::upload::FileUpload>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +155,11 @@ impl Default for FileCapture {
             rotate: FileRotate::default(),
             tls: TlsCapture::Plaintext,
             tls_keylog: None,
+            instance: None,
+            on_finish: Vec::new(),
+            on_finish_timeout: HumanDuration(Duration::from_secs(60)),
+            on_finish_concurrency: 2,
+            upload: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod route;
 mod show;
 pub mod tls;
 mod units;
+mod upload;
 pub(crate) mod users;
 mod validate;
 
@@ -29,6 +30,7 @@ use file::FileConfig;
 pub use live::{canonical, LiveFormat, LiveListen, LiveSettings, LiveUser, SocketAccess};
 use route::Route;
 pub use units::{ByteSize, HumanDuration};
+pub use upload::{host_name, parse_url, Credentials, OnFinish, Secret, UploadSettings, Verify};
 
 impl Settings {
     /// The TLS settings of the listener configured at `addr`, if it terminates TLS.

@@ -134,6 +134,7 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
         writeln!(f, "sample_seed = {seed}")?;
     }
     writeln!(f, "dir = {}", P(&c.dir))?;
+    writeln!(f, "instance = {}", Q(&c.instance))?;
     writeln!(f, "prefix = {}", Q(&c.prefix))?;
     match c.display_port {
         DisplayPort::Auto => writeln!(f, "display_port = \"auto\"")?,
@@ -162,6 +163,12 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
         writeln!(f, "# WARNING: redaction is off: capture files hold every credential that crossed wstap")?;
         writeln!(f, "redact = false")?;
     }
+    if let Some(hook) = &c.on_finish {
+        let argv: Vec<String> = hook.command.iter().map(|a| Q(a).to_string()).collect();
+        writeln!(f, "on_finish = [{}]", argv.join(", "))?;
+        writeln!(f, "on_finish_timeout = {:?}", dur(Some(hook.timeout)))?;
+        writeln!(f, "on_finish_concurrency = {}", hook.concurrency)?;
+    }
     let r = &c.rotate;
     writeln!(f, "\n[capture.rotate]")?;
     writeln!(f, "size = {}", r.size)?;
@@ -171,7 +178,40 @@ fn write_capture(f: &mut fmt::Formatter<'_>, c: &CaptureSettings) -> fmt::Result
     if !c.redact.is_off() {
         write_redact(f, &c.redact)?;
     }
-    Ok(())
+    match &c.upload {
+        Some(u) => write_upload(f, u),
+        None => Ok(()),
+    }
+}
+
+/// `[capture.upload]`: the credential files by name, never what they hold.
+fn write_upload(f: &mut fmt::Formatter<'_>, u: &super::UploadSettings) -> fmt::Result {
+    writeln!(f, "\n[capture.upload]")?;
+    writeln!(f, "url = {}", Q(&u.url))?;
+    if let Some(e) = &u.endpoint {
+        writeln!(f, "endpoint = {}", Q(e))?;
+    }
+    if let Some(r) = &u.region {
+        writeln!(f, "region = {}", Q(r))?;
+    }
+    match &u.credentials {
+        Some(c) => {
+            let keys = ["access_key_id_file", "secret_access_key_file", "session_token_file"];
+            for (key, file) in keys.iter().zip(&c.files) {
+                writeln!(f, "{key} = {}", P(file))?;
+            }
+        }
+        None => writeln!(f, "# credentials: from the environment or the instance's role")?,
+    }
+    if let Some(ca) = &u.ca_file {
+        writeln!(f, "ca_file = {}", P(ca))?;
+    }
+    writeln!(f, "delete_after = {}", u.delete_after)?;
+    writeln!(f, "concurrency = {}", u.concurrency)?;
+    writeln!(f, "max_backlog = {}", u.max_backlog)?;
+    let verify = if u.verify == super::Verify::Etag { "etag" } else { "size" };
+    writeln!(f, "verify = \"{verify}\"")?;
+    writeln!(f, "shutdown_wait = {:?}", humantime::format_duration(u.shutdown_wait).to_string())
 }
 
 fn write_redact(f: &mut fmt::Formatter<'_>, r: &Redact) -> fmt::Result {

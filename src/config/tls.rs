@@ -147,6 +147,21 @@ pub(super) fn upstream_tls(f: FileUpstreamTls, host: &str) -> Result<UpstreamTls
     })
 }
 
+/// TLS to an object store (`capture.upload`): its certificate checked against `ca_file`
+/// or the system's roots.
+pub fn store_client(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let roots = match ca_file {
+        Some(ca) => Arc::new(roots(ca)?),
+        None => system_roots()?,
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// Whether a server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerCheck {

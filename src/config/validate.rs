@@ -188,9 +188,10 @@ fn limits(l: FileLimits) -> Result<Limits, Invalid> {
 }
 
 fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
-    if c.prefix.is_empty() || c.prefix.contains(['/', '\\', '\0']) {
-        return fail("capture.prefix", format!("{:?} must be a non-empty file name part", c.prefix));
-    }
+    let named = |(key, msg): (String, String)| Invalid { key, msg };
+    let (instance, prefix) = super::upload::naming(c.instance, &c.prefix).map_err(named)?;
+    let (on_finish, upload) =
+        super::upload::shipping(c.on_finish, c.on_finish_timeout, c.on_finish_concurrency, c.upload).map_err(named)?;
     let policy = Policy {
         mode: c.mode,
         legs: legs("capture.legs", &c.legs, c.mode)?,
@@ -228,7 +229,7 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         policy,
         legs: policy.legs,
         dir: c.dir,
-        prefix: c.prefix,
+        prefix,
         display_port: display_port(c.display_port)?,
         mss_ipv4: c.mss_ipv4,
         mss_ipv6: c.mss_ipv6,
@@ -250,6 +251,9 @@ fn capture(c: FileCapture) -> Result<CaptureSettings, Invalid> {
         tls: c.tls,
         tls_keylog: c.tls_keylog,
         live: None,
+        instance,
+        on_finish,
+        upload,
     })
 }
 

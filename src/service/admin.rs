@@ -99,10 +99,13 @@ fn respond(method: &Method, path: &str, shared: &Shared) -> Response<Full<Bytes>
     let (status, content_type, body) = match (method, path) {
         (&Method::GET, "/metrics") => {
             let ctx = shared.ctx();
-            let body = shared.metrics.render(ctx.capture.as_ref().map(|r| r.stats()), shared.healthy());
+            let instance = &ctx.settings.capture.instance;
+            let body = shared.metrics.render(ctx.capture.as_ref().map(|r| r.stats()), shared.healthy(), instance);
             (200, "text/plain; version=0.0.4; charset=utf-8", body)
         }
-        (&Method::GET, "/sessions") => (200, "application/json", shared.metrics.sessions_json()),
+        (&Method::GET, "/sessions") => {
+            (200, "application/json", shared.metrics.sessions_json(&shared.ctx().settings.capture.instance))
+        }
         (&Method::GET, "/healthz") => match shared.healthy() {
             true => (200, "text/plain", "ok\n".to_owned()),
             false => (503, "text/plain", "unhealthy: an accept loop ended or the capture writer is stuck\n".to_owned()),

@@ -21,6 +21,7 @@ use crate::service::shared::Shared;
 use crate::service::signals::Action;
 use crate::service::systemd::{self, Notifier};
 use crate::service::{admin, listeners, live, reload};
+use crate::ship::Shipper;
 use crate::sync::lock;
 
 /// A daemon with its listeners bound, ready to run.
@@ -133,6 +134,8 @@ struct Running {
     settings: Arc<Settings>,
     shared: Arc<Shared>,
     capture: Option<Capture>,
+    /// Stores finished files and runs `on_finish` for them.
+    shipper: Shipper,
     coordinator: Coordinator,
     notifier: Notifier,
     state: watch::Sender<State>,
@@ -175,9 +178,14 @@ impl Running {
     ) -> Result<Running, DaemonError> {
         let coordinator = Coordinator::default();
         let keylog = reload::open_keylog(&settings)?;
+        reload::check_upload(&settings)?;
+        let shipper = Shipper::start(&settings.capture, metrics.shipping.clone()).map_err(DaemonError::ShipThread)?;
         let capture = match settings.capture.on() {
             false => None,
-            true => Some(Capture::start(settings.capture.clone()).map_err(DaemonError::CaptureWriter)?),
+            true => Some(
+                Capture::start_shipping(settings.capture.clone(), Some(shipper.outbox()))
+                    .map_err(DaemonError::CaptureWriter)?,
+            ),
         };
         let ctx = ProxyContext::new(
             settings.clone(),
@@ -196,7 +204,7 @@ impl Running {
         let notifier = Notifier::from_env();
         listening.send_replace(shared.bound());
         notifier.ready(&format!("listening on {}", shared.bound_list()));
-        Ok(Running { settings, shared, capture, coordinator, notifier, state, listening })
+        Ok(Running { settings, shared, capture, shipper, coordinator, notifier, state, listening })
     }
 
     /// SIGHUP: applies the config file again, or says why it could not. Its files are read
@@ -223,7 +231,7 @@ impl Running {
             }
         };
         let result = match read {
-            Ok(read) => reload::apply(read, &self.shared, &mut self.capture, &self.coordinator).await,
+            Ok(read) => reload::apply(read, &self.shared, &mut self.capture, &self.shipper, &self.coordinator).await,
             Err(e) => Err(e),
         };
         self.reloaded(result);
@@ -298,6 +306,8 @@ impl Running {
         if let Some(c) = self.capture.take() {
             c.finish();
         }
+        // Then the files it finished last are stored and handed to `on_finish`.
+        self.shipper.finish().await;
         // After the capture: subscribers get the sessions' last packets, then the end.
         let live = lock(&self.shared.live).take();
         if let Some(live) = live {

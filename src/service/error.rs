@@ -66,6 +66,17 @@ pub enum DaemonError {
     /// The thread that reads a reload's files could not start.
     #[error("cannot start a thread to read the config: {0}")]
     ReadThread(std::io::Error),
+    /// `[capture.upload]` names a store its client cannot be built for.
+    #[error("{}: {error}", file.display())]
+    Upload {
+        /// The config file.
+        file: PathBuf,
+        /// What was wrong, with the key.
+        error: String,
+    },
+    /// The thread that ships finished files could not start.
+    #[error("cannot start the thread that ships capture files: {0}")]
+    ShipThread(std::io::Error),
     /// The capture writer's thread could not start.
     #[error("cannot start the capture writer: {0}")]
     CaptureWriter(std::io::Error),

@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::capture::stats::Stats;
 use crate::proxy::traffic::SessionCapture;
 use crate::proxy::traffic::Traffic;
+use crate::ship::{Failure, Ran, ShipStats};
 use wstap_wire::dir::{Dir, Leg};
 
 /// The daemon's counters: the proxy's, and its own.
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub live_refused: [AtomicU64; LiveRefusal::ALL.len()],
     /// Live-stream subscribers a reload disconnected (`live.allow`, `live.users` narrowed).
     pub live_revoked: AtomicU64,
+    /// What `[capture.upload]` and `capture.on_finish` did.
+    pub shipping: Arc<ShipStats>,
 }
 
 /// Why the live stream refused a subscriber: the `reason` of `wstap_live_refused_total`.
@@ -116,9 +119,16 @@ fn gauge(name: &'static str, help: &'static str, value: u64) -> Family {
 }
 
 impl Metrics {
-    /// `/metrics`: the Prometheus text exposition format.
-    pub fn render(&self, capture: Option<&Stats>, healthy: bool) -> String {
-        let mut families = self.proxy_families(healthy);
+    /// `/metrics`: the Prometheus text exposition format; `instance` is
+    /// `capture.instance`.
+    pub fn render(&self, capture: Option<&Stats>, healthy: bool, instance: &str) -> String {
+        let mut families = vec![Family {
+            name: "wstap_info",
+            kind: MetricType::Gauge,
+            help: "Always 1: the instance's name (capture.instance) and wstap's version.",
+            rows: vec![(format!("{{instance=\"{instance}\",version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
+        }];
+        families.extend(self.proxy_families(healthy));
         families.push(Family {
             name: "wstap_reloads_total",
             kind: MetricType::Counter,
@@ -129,6 +139,7 @@ impl Metrics {
             ],
         });
         families.extend(capture.map(capture_families).into_iter().flatten());
+        families.extend(ship_families(&self.shipping));
         let joined = self.live_joined.load(Relaxed);
         families.extend([
             gauge(
@@ -215,8 +226,8 @@ impl Metrics {
         ]
     }
 
-    /// `/sessions`: the live sessions as a JSON array.
-    pub fn sessions_json(&self) -> String {
+    /// `/sessions`: the live sessions as a JSON array, each naming the `instance`.
+    pub fn sessions_json(&self, instance: &str) -> String {
         let now = Instant::now();
         let list: Vec<serde_json::Value> = self
             .traffic
@@ -225,6 +236,7 @@ impl Metrics {
             .map(|(id, s)| {
                 serde_json::json!({
                     "id": id.0,
+                    "instance": instance,
                     "client": s.client.to_string(),
                     "path": s.path,
                     "upstream": s.upstream,
@@ -244,6 +256,60 @@ impl Metrics {
             .collect();
         serde_json::Value::Array(list).to_string()
     }
+}
+
+fn ship_families(s: &ShipStats) -> Vec<Family> {
+    let get = |a: &AtomicU64| a.load(Relaxed);
+    let oldest = match get(&s.oldest_waiting) {
+        0 => 0,
+        t => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.as_secs().saturating_sub(t)),
+    };
+    vec![
+        counter(
+            "wstap_upload_stored_files_total",
+            "Capture files stored in object storage and verified.",
+            get(&s.stored_files),
+        ),
+        counter("wstap_upload_stored_bytes_total", "Bytes of the capture files stored.", get(&s.stored_bytes)),
+        Family {
+            name: "wstap_upload_failures_total",
+            kind: MetricType::Counter,
+            help: "Uploads that failed (each is tried again), by reason.",
+            rows: Failure::ALL
+                .iter()
+                .map(|f| (format!("{{reason=\"{}\"}}", f.label()), get(&s.failures[*f as usize])))
+                .collect(),
+        },
+        counter(
+            "wstap_upload_conflicts_total",
+            "Capture files not stored because their key holds a different object.",
+            get(&s.conflicts),
+        ),
+        counter(
+            "wstap_upload_dropped_files_total",
+            "Capture files dropped from the upload backlog (max_backlog): never stored.",
+            get(&s.dropped_files),
+        ),
+        counter("wstap_upload_dropped_bytes_total", "Bytes of the capture files dropped.", get(&s.dropped_bytes)),
+        gauge("wstap_upload_backlog_files", "Finished capture files waiting to be stored.", get(&s.backlog_files)),
+        gauge("wstap_upload_backlog_bytes", "Bytes of the capture files waiting to be stored.", get(&s.backlog_bytes)),
+        gauge(
+            "wstap_upload_oldest_waiting_seconds",
+            "Age of the oldest capture file waiting to be stored (0: none waits).",
+            oldest,
+        ),
+        Family {
+            name: "wstap_on_finish_total",
+            kind: MetricType::Counter,
+            help: "capture.on_finish runs, by result.",
+            rows: Ran::ALL
+                .iter()
+                .map(|r| (format!("{{result=\"{}\"}}", r.label()), get(&s.runs[*r as usize])))
+                .collect(),
+        },
+    ]
 }
 
 fn capture_families(s: &Stats) -> Vec<Family> {
@@ -297,7 +363,7 @@ mod tests {
             captured: SessionCapture::Captured,
         };
         let session = m.traffic.session_started(crate::capture::ConnId(3), live);
-        let text = m.render(None, true);
+        let text = m.render(None, true, "i");
         for line in [
             "wstap_up 1",
             "wstap_connections_active 1",
@@ -308,25 +374,25 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }
-        let json: serde_json::Value = serde_json::from_str(&m.sessions_json()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&m.sessions_json("i")).unwrap();
         assert_eq!(json[0]["id"], 3);
         assert_eq!(
             (json[0]["bytes_from_client"].as_u64(), json[0]["bytes_from_upstream"].as_u64()),
             (Some(5), Some(7))
         );
         drop((conn, session));
-        assert!(m.render(None, false).contains("wstap_connections_active 0\n"));
-        assert_eq!(m.sessions_json(), "[]");
+        assert!(m.render(None, false, "i").contains("wstap_connections_active 0\n"));
+        assert_eq!(m.sessions_json("i"), "[]");
     }
 
     #[test]
     fn capture_drops_show_in_the_metrics() {
         let (m, stats) = (Metrics::default(), Stats::default());
-        let before = m.render(Some(&stats), true);
+        let before = m.render(Some(&stats), true, "i");
         assert!(before.contains("wstap_capture_dropped_events_total 0\n"), "{before}");
         stats.events_dropped.fetch_add(1, Relaxed);
         stats.bytes_dropped.fetch_add(800, Relaxed);
-        let after = m.render(Some(&stats), true);
+        let after = m.render(Some(&stats), true, "i");
         assert!(after.contains("wstap_capture_dropped_events_total 1\n"), "{after}");
         assert!(after.contains("wstap_capture_dropped_bytes_total 800\n"), "{after}");
     }

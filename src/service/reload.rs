@@ -20,6 +20,7 @@ use crate::service::error::DaemonError;
 use crate::service::listeners;
 use crate::service::live::{self, LiveListener};
 use crate::service::shared::Shared;
+use crate::ship::Shipper;
 use crate::sync::lock;
 
 /// How long reading a reload's files may take: the config, the TLS files it names, the
@@ -63,9 +64,11 @@ pub(crate) async fn apply(
     read: Read,
     shared: &Arc<Shared>,
     capture: &mut Option<Capture>,
+    shipper: &Shipper,
     coordinator: &Coordinator,
 ) -> Result<Arc<Settings>, DaemonError> {
     let Read { settings, keylog } = read;
+    check_upload(&settings)?;
     let new = Arc::new(settings);
     let current: Vec<SocketAddr> = lock(&shared.listeners).iter().map(|l| l.configured).collect();
     let mut added = Vec::new();
@@ -77,7 +80,8 @@ pub(crate) async fn apply(
         Some(current) if !moved(current) => None,
         _ => live::bind(&new)?,
     };
-    let recorder = reconfigure_capture(&new, shared, capture)?;
+    let recorder = reconfigure_capture(&new, shared, capture, shipper)?;
+    shipper.reconfigure(&new.capture);
     let workers = shared.ctx().settings.workers;
     if new.workers != workers {
         warn!(workers, configured = new.workers, "`workers` takes effect at the next restart");
@@ -100,6 +104,11 @@ pub(crate) async fn apply(
     Ok(new)
 }
 
+/// Refuses `[capture.upload]` settings the store's client cannot be built from.
+pub(crate) fn check_upload(settings: &Settings) -> Result<(), DaemonError> {
+    crate::ship::check(&settings.capture).map_err(|error| DaemonError::Upload { file: settings.source.clone(), error })
+}
+
 /// The key log file the settings name (`capture.tls_keylog`), opened for appending. It
 /// cannot block: see [`KeyLogFile::open`].
 pub(crate) fn open_keylog(settings: &Settings) -> Result<Option<Arc<KeyLogFile>>, DaemonError> {
@@ -118,6 +127,7 @@ fn reconfigure_capture(
     new: &Settings,
     shared: &Shared,
     capture: &mut Option<Capture>,
+    shipper: &Shipper,
 ) -> Result<Option<Recorder>, DaemonError> {
     Ok(match (new.capture.on(), capture.as_ref()) {
         (false, _) => None,
@@ -126,7 +136,8 @@ fn reconfigure_capture(
             Some(c.recorder().clone())
         }
         (true, None) => {
-            let c = Capture::start(new.capture.clone()).map_err(DaemonError::CaptureWriter)?;
+            let c = Capture::start_shipping(new.capture.clone(), Some(shipper.outbox()))
+                .map_err(DaemonError::CaptureWriter)?;
             *lock(&shared.writer) = Some(c.heartbeat());
             let r = c.recorder().clone();
             *capture = Some(c);

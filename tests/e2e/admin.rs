@@ -8,7 +8,7 @@ use crate::capture::*;
 use crate::support::*;
 
 /// `/metrics` as (name with labels → value).
-async fn scrape(admin: SocketAddr) -> BTreeMap<String, u64> {
+pub(crate) async fn scrape(admin: SocketAddr) -> BTreeMap<String, u64> {
     let response = raw_exchange(admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let body = &response[response.find("\r\n\r\n").unwrap() + 4..];

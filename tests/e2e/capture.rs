@@ -581,8 +581,12 @@ fn golden_a_deterministic_session_gives_a_byte_identical_file() {
             },
         ),
     ];
-    let info =
-        SectionInfo { application: "wstap golden".into(), os: "golden-os".into(), hostname: "golden-host".into() };
+    let info = SectionInfo {
+        application: "wstap golden".into(),
+        os: "golden-os".into(),
+        hostname: "golden-host".into(),
+        ..Default::default()
+    };
     let synth = Synthesis {
         mss_ipv4: 1460,
         mss_ipv6: 1440,
@@ -829,7 +833,12 @@ fn sink_run(settings: wstap::config::CaptureSettings, events: Vec<wstap::capture
     use wstap::capture::FileSink;
     use wstap::capture::SectionInfo;
     let stats = wstap::capture::Stats::default();
-    let info = SectionInfo { application: "wstap test".into(), os: "test".into(), hostname: "test".into() };
+    let info = SectionInfo {
+        application: "wstap test".into(),
+        os: "test".into(),
+        hostname: "test".into(),
+        ..Default::default()
+    };
     let mut sink = FileSink::new(settings, info, 99);
     for ev in events {
         let now = ev.time;

@@ -282,7 +282,7 @@ fn a_write_error_episode_is_reported_once_and_ends_when_a_file_opens() {
     // Flushed every 50 ms of the injected clock, as the events cross it (a direct file's
     // buffer goes out when flushed, or when its 1 MiB fills).
     s.flush_interval = std::time::Duration::from_millis(50);
-    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into(), ..Default::default() };
     let stats = Stats::default();
     let mut sink = FileSink::new(s, info, 1);
     let sec = 1_000_000_000u64;
@@ -331,7 +331,7 @@ fn a_file_that_cannot_be_created_at_a_rotation_drops_capture_and_goes_on() {
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
     (s.rotate.size, s.rotate.interval, s.rotate.files) = (16 << 10, None, 0);
-    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into(), ..Default::default() };
     let sec = 1_000_000_000u64;
     let t0 = 1_764_000_000 * sec;
     let messages: Vec<Vec<u8>> = (0..60).map(|i| noise(2048 + i)).collect();
@@ -383,7 +383,7 @@ fn a_write_error_episode_never_gives_a_final_name_to_an_empty_file_nor_pushes_ca
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
     (s.rotate.size, s.rotate.interval, s.rotate.files) = (0, None, 3);
-    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into(), ..Default::default() };
     let (stats, sec) = (Stats::default(), 1_000_000_000u64);
     let mut sink = FileSink::new(s, info, 1);
     let mut now = 1_764_000_000 * sec;
@@ -439,7 +439,7 @@ fn a_reload_leaves_the_daemon_s_own_part_files_alone() {
     let dir = scratch.join("captures");
     let mut s = sink_settings(&dir);
     s.files = wstap::config::FilesPer::Session;
-    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+    let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into(), ..Default::default() };
     let stats = Stats::default();
     let mut sink = FileSink::new(s.clone(), info, 1);
     let t0 = 1_764_000_000 * 1_000_000_000u64;

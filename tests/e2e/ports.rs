@@ -13,7 +13,8 @@ fn one_session_per_port(ports: &[u16], file: &Path) {
     use wstap::capture::{CaptureWriter, Event, LegId, PureAcks, SectionInfo, Stats, Synthesis, What};
     use wstap::config::{DisplayPort, Legs};
     use wstap::{Dir, Leg, Opening};
-    let info = SectionInfo { application: "ports".into(), os: "test".into(), hostname: "test".into() };
+    let info =
+        SectionInfo { application: "ports".into(), os: "test".into(), hostname: "test".into(), ..Default::default() };
     let synth = Synthesis {
         mss_ipv4: 1460,
         mss_ipv6: 1440,

@@ -31,7 +31,7 @@ fn the_reader_reads_back_what_the_writer_wrote_for_any_chunking_rotation_and_dro
         let events = synthetic_session(1, (client, upstream), &messages, 1_764_000_000_000_000_000, 1000);
 
         let dir = capture_dir(&format!("property-{seed}"));
-        let mut sink = FileSink::new(sink_settings(&dir), wstap::capture::section_info(), seed);
+        let mut sink = FileSink::new(sink_settings(&dir), wstap::capture::section_info("test"), seed);
         let stats = Stats::default();
         let mut expected: Expected = BTreeMap::new();
         let mut rotations = 0;

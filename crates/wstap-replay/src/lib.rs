@@ -181,6 +181,16 @@ pub fn stream_from<'a>(name: impl Into<PathBuf>, src: impl Read + Send + 'a) -> 
     }
 }
 
+/// Opens a capture's bytes from their start, each time it is called: a capture that is
+/// not a file (an object in a store, say), opened when its turn comes.
+pub type Opener = Box<dyn Fn() -> std::io::Result<Box<dyn Read + Send>> + Send + Sync>;
+
+/// Streams captures as [`stream`] does files, each named for problems and opened by its
+/// [`Opener`] (compression undone as for files).
+pub fn stream_opened(inputs: Vec<(PathBuf, Opener)>) -> Result<Sessions<'static>, Error> {
+    Sessions::new(inputs.into_iter().map(|(path, open)| Input::Opened(path, std::sync::Arc::new(open))).collect())
+}
+
 /// A capture to read.
 enum Input<'a> {
     /// A file, opened when its turn comes.
@@ -189,6 +199,8 @@ enum Input<'a> {
     Memory(PathBuf, &'a [u8]),
     /// Bytes read once, as they come (standard input, a pipe), decompressed.
     Once(PathBuf, Box<dyn Read + Send + 'a>),
+    /// Bytes its opener gives, from the start each time.
+    Opened(PathBuf, std::sync::Arc<Opener>),
 }
 
 /// A capture being read: its name and its packets.
@@ -200,7 +212,7 @@ struct Packets<'a> {
 impl<'a> Input<'a> {
     fn path(&self) -> &Path {
         match self {
-            Input::File(p) | Input::Memory(p, _) | Input::Once(p, _) => p,
+            Input::File(p) | Input::Memory(p, _) | Input::Once(p, _) | Input::Opened(p, _) => p,
         }
     }
 
@@ -216,6 +228,12 @@ impl<'a> Input<'a> {
                 Err(source) => return Err(Error::Io { path, source }),
             },
             Input::Once(path, src) => (path, src),
+            Input::Opened(path, open) => {
+                match open().and_then(|src| input::decompressed(std::io::BufReader::with_capacity(64 << 10, src))) {
+                    Ok(src) => (path, src),
+                    Err(source) => return Err(Error::Io { path, source }),
+                }
+            }
         };
         match capfile::Reader::new(src) {
             Ok(reader) => Ok(Packets { path, reader }),
@@ -229,6 +247,7 @@ impl<'a> Input<'a> {
         let again = match self {
             Input::File(p) => Input::File(p.clone()),
             Input::Memory(p, b) => Input::Memory(p.clone(), b),
+            Input::Opened(p, open) => Input::Opened(p.clone(), open.clone()),
             Input::Once(..) => return Ok(None),
         };
         let mut packets = again.packets()?;

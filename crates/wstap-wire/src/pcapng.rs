@@ -16,7 +16,7 @@ use crate::time::Timestamp;
 const MAX_COMMENT: usize = 60_000;
 
 /// Who wrote a section: goes into the section header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SectionInfo {
     /// `shb_userappl`, e.g. "wstap 0.1.0".
     pub application: String,
@@ -24,6 +24,26 @@ pub struct SectionInfo {
     pub os: String,
     /// Named in the section comment.
     pub hostname: String,
+    /// `shb_hardware`, e.g. "x86_64"; left out when empty.
+    pub hardware: String,
+    /// The name of the instance that wrote the section, in its comment; left out when
+    /// empty.
+    pub instance: String,
+}
+
+/// The section header's options: comment, hardware, OS, application.
+fn section_options(info: &SectionInfo) -> Vec<SectionHeaderOption<'static>> {
+    let mut comment = format!("captured by {} on {}", info.application, info.hostname);
+    if !info.instance.is_empty() {
+        comment.push_str(&format!(", instance {}", info.instance));
+    }
+    let mut options = vec![SectionHeaderOption::Comment(comment.into())];
+    if !info.hardware.is_empty() {
+        options.push(SectionHeaderOption::Hardware(info.hardware.clone().into()));
+    }
+    options.push(SectionHeaderOption::OS(info.os.clone().into()));
+    options.push(SectionHeaderOption::UserApplication(info.application.clone().into()));
+    options
 }
 
 /// A pcapng section being written, with link type RAW IP (packets start at the IP header).
@@ -36,15 +56,8 @@ pub struct PcapngWriter<W: Write> {
 impl<W: Write> PcapngWriter<W> {
     /// Writes the section header.
     pub fn new(w: W, info: &SectionInfo) -> pcap_file::PcapResult<Self> {
-        let shb = SectionHeaderBlock {
-            endianness: Endianness::Little,
-            options: vec![
-                SectionHeaderOption::Comment(format!("captured by {} on {}", info.application, info.hostname).into()),
-                SectionHeaderOption::OS(info.os.clone().into()),
-                SectionHeaderOption::UserApplication(info.application.clone().into()),
-            ],
-            ..Default::default()
-        };
+        let shb =
+            SectionHeaderBlock { endianness: Endianness::Little, options: section_options(info), ..Default::default() };
         Ok(PcapngWriter { inner: PcapNgWriter::with_section_header(w, shb)?, inbound: Vec::new() })
     }
 
@@ -253,7 +266,13 @@ mod tests {
 
     #[test]
     fn blocks_read_back_with_their_options() {
-        let info = SectionInfo { application: "wstap 9.9".into(), os: "testos".into(), hostname: "h1".into() };
+        let info = SectionInfo {
+            application: "wstap 9.9".into(),
+            os: "testos".into(),
+            hostname: "h1".into(),
+            hardware: "x86_64".into(),
+            instance: "eu-1a".into(),
+        };
         let mut w = PcapngWriter::new(Vec::new(), &info).unwrap();
         assert_eq!(w.add_interface("client", "client leg", Dir::Up).unwrap(), 0);
         assert_eq!(w.add_interface("upstream", "upstream leg", Dir::Down).unwrap(), 1);
@@ -266,6 +285,9 @@ mod tests {
         let shb = r.section().clone();
         assert!(shb.options.contains(&SectionHeaderOption::UserApplication("wstap 9.9".into())));
         assert!(shb.options.contains(&SectionHeaderOption::OS("testos".into())));
+        assert!(shb.options.contains(&SectionHeaderOption::Hardware("x86_64".into())));
+        let comment = SectionHeaderOption::Comment("captured by wstap 9.9 on h1, instance eu-1a".into());
+        assert!(shb.options.contains(&comment), "{:?}", shb.options);
         let mut blocks = Vec::new();
         while let Some(b) = r.next_block() {
             blocks.push(b.unwrap().into_owned());
@@ -286,7 +308,7 @@ mod tests {
     #[test]
     fn statistics_blocks_read_back() {
         use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption;
-        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into(), ..Default::default() };
         let mut w = PcapngWriter::new(Vec::new(), &info).unwrap();
         w.add_interface("client", "client leg", Dir::Up).unwrap();
         let stats = InterfaceStats {

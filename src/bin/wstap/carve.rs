@@ -61,8 +61,8 @@ pub fn carve(pick: &Pick, output: &Path, redact: Option<&Path>) -> ExitCode {
 
 fn write(output: &Path, packets: &[Packet]) -> std::io::Result<()> {
     let file = std::io::BufWriter::new(std::fs::File::create(output)?);
-    let mut w =
-        wstap_wire::pcapng::PcapngWriter::new(file, &wstap::capture::section_info()).map_err(std::io::Error::other)?;
+    let mut w = wstap_wire::pcapng::PcapngWriter::new(file, &wstap::capture::section_info(""))
+        .map_err(std::io::Error::other)?;
     let ifc =
         w.add_interface("carved", "WebSocket sessions carved by wstap", Dir::Down).map_err(std::io::Error::other)?;
     for p in packets {

@@ -33,9 +33,15 @@ pub fn fail(e: impl std::fmt::Display) -> ExitCode {
 #[derive(clap::Args)]
 pub struct Pick {
     /// Capture files (pcap or pcapng, gzip/zstd/lz4 or not, `-` for standard input), read
-    /// as one capture in time order (a rotated set, say).
+    /// as one capture in time order (a rotated set, say). `s3://BUCKET/KEY` reads an
+    /// object, `s3://BUCKET/PREFIX/` every capture under it (in key order), streamed.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// For s3:// captures: the store's address, region and credentials are this config's
+    /// `[capture.upload]` (else the environment's: AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    #[arg(long, value_name = "CONFIG")]
+    pub store_config: Option<PathBuf>,
     #[command(flatten)]
     pub filters: Filters,
 }
@@ -122,11 +128,43 @@ impl Filters {
     }
 }
 
+/// The captures streaming: files, and objects of a store (`s3://`).
+pub fn stream(pick: &Pick) -> Result<wstap_replay::Sessions<'static>, String> {
+    let is_object = |f: &PathBuf| f.to_str().is_some_and(|s| s.starts_with("s3://"));
+    if !pick.files.iter().any(is_object) {
+        return wstap_replay::stream(&pick.files).map_err(|e| e.to_string());
+    }
+    let store = match &pick.store_config {
+        Some(config) => match wstap::Settings::load(config) {
+            Ok(s) => s.capture.upload.clone(),
+            Err(e) => return Err(format!("--store-config: {e:#}")),
+        },
+        None => None,
+    };
+    let mut inputs: Vec<(PathBuf, wstap_replay::Opener)> = Vec::new();
+    for f in &pick.files {
+        match f.to_str().filter(|s| s.starts_with("s3://")) {
+            Some(url) => inputs.extend(wstap::ship::read::captures(url, store.as_ref())?),
+            None if f.as_os_str() == wstap_replay::input::STDIN => {
+                return Err("standard input (`-`) cannot be read together with s3:// captures".into())
+            }
+            None => {
+                let path = f.clone();
+                let open: wstap_replay::Opener = Box::new(move || {
+                    std::fs::File::open(&path).map(|file| Box::new(file) as Box<dyn std::io::Read + Send>)
+                });
+                inputs.push((f.clone(), open));
+            }
+        }
+    }
+    wstap_replay::stream_opened(inputs).map_err(|e| e.to_string())
+}
+
 /// Reads the files and keeps the sessions the filters take (only those are held while
 /// the files stream), each checked playable; an error when none is taken.
 pub fn chosen(pick: &Pick) -> Result<Vec<Session>, String> {
     let filter = pick.filters.filter();
-    let mut stream = wstap_replay::stream(&pick.files).map_err(|e| e.to_string())?;
+    let mut stream = stream(pick)?;
     let (mut chosen, mut count) = (Vec::new(), 0);
     for s in stream.by_ref() {
         count += 1;
@@ -181,8 +219,7 @@ fn playable(s: &Session) -> Result<(), String> {
 /// carve start from.
 pub fn open_redacted(pick: &Pick, redact: Option<&Path>) -> Result<(Redact, wstap_replay::Sessions<'static>), String> {
     let rules = redaction(redact)?;
-    let stream = wstap_replay::stream(&pick.files).map_err(|e| e.to_string())?;
-    Ok((rules, stream))
+    Ok((rules, stream(pick)?))
 }
 
 /// The redaction rules of `--redact CONFIG` (its `[capture.redact]`), or the capture's

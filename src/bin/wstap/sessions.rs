@@ -142,7 +142,7 @@ pub enum Format {
 /// ends. The listing alone keeps no message (each is counted as it streams by);
 /// `--messages` holds a session's messages until it ends, to print them under it.
 pub fn sessions(pick: &Pick, listing: Listing, format: Format) -> ExitCode {
-    let stream = match wstap_replay::stream(&pick.files) {
+    let stream = match crate::pick::stream(pick) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

@@ -837,7 +837,12 @@ mod tests {
             rotate_wait: std::time::Duration::from_millis(5),
             budgets: Default::default(),
         };
-        let info = wstap_wire::pcapng::SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+        let info = wstap_wire::pcapng::SectionInfo {
+            application: "t".into(),
+            os: "t".into(),
+            hostname: "t".into(),
+            ..Default::default()
+        };
         let mut w = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: false }, synth).unwrap();
         let stats = crate::capture::Stats::default();
         for e in events {

@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::direct::DirectFile;
 
+use crate::capture::outbox::Outbox;
 use crate::config::CaptureSettings;
 
 /// Mode of a capture directory wstap creates.
@@ -116,6 +117,8 @@ struct Ring {
     /// Finished files to keep; 0 = all.
     keep: usize,
     next_seq: Option<u32>,
+    /// Where finished files are handed on; the files it holds are not deleted.
+    outbox: Option<Arc<Outbox>>,
 }
 
 /// An open `.part` file and the name it gets when finished.
@@ -142,7 +145,13 @@ impl OpenFile {
 impl FileSet {
     pub fn new(s: &CaptureSettings) -> FileSet {
         FileSet {
-            ring: Ring { dir: s.dir.clone(), prefix: s.prefix.clone(), keep: s.rotate.files, next_seq: None },
+            ring: Ring {
+                dir: s.dir.clone(),
+                prefix: s.prefix.clone(),
+                keep: s.rotate.files,
+                next_seq: None,
+                outbox: None,
+            },
             mode: s.file_mode,
             direct: s.direct_io,
             open: HashSet::new(),
@@ -166,6 +175,11 @@ impl FileSet {
         self.direct = s.direct_io;
     }
 
+    /// Hands each file, once finished, to `outbox`.
+    pub(crate) fn ship_to(&mut self, outbox: Arc<Outbox>) {
+        self.ring.outbox = Some(outbox);
+    }
+
     /// Creates the directory if needed; on first use, finds the next sequence number and
     /// finishes `.part` files a crashed run left behind (see [`salvage`]).
     fn prepare(&mut self) -> io::Result<()> {
@@ -185,8 +199,8 @@ impl FileSet {
                 max = max.max(seq);
                 let part = r.dir.join(&name);
                 let ours = fs::symlink_metadata(&part).is_ok_and(|m| self.open.contains(&(m.dev(), m.ino())));
-                if name.ends_with(".part") && !ours {
-                    salvage(&part, Salvaged::LeftOpen);
+                if name.ends_with(".part") && !ours && salvage(&part, Salvaged::LeftOpen) {
+                    r.handed_on(&part.with_extension(""));
                 }
             }
         }
@@ -274,7 +288,15 @@ impl Ring {
         (seq.len() == 5 && rest.contains(".pcapng")).then(|| seq.parse().ok()).flatten()
     }
 
-    /// Deletes the oldest finished files beyond the ring's size.
+    /// Hands a file that got its final name on, if there is an outbox.
+    fn handed_on(&self, path: &Path) {
+        if let Some(outbox) = &self.outbox {
+            outbox.finished(path);
+        }
+    }
+
+    /// Deletes the oldest finished files beyond the ring's size, but for those the
+    /// outbox holds (still to be uploaded).
     fn trim(&self) {
         if self.keep == 0 {
             return;
@@ -285,7 +307,8 @@ impl Ring {
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let seq = self.seq_of(&name).filter(|_| name.ends_with(".pcapng"))?;
-                Some((seq, e.path()))
+                let held = self.outbox.as_ref().is_some_and(|o| o.is_held(&e.path()));
+                (!held).then(|| (seq, e.path()))
             })
             .collect();
         // Sequence order, with wrap-around: the newest seq is the one just below next_seq.
@@ -377,6 +400,7 @@ fn run(job: Job, finished: &AtomicU64) {
         }
         Job::GiveUp { f, ring } => {
             if salvage(&f.part, Salvaged::AfterWriteError) {
+                ring.handed_on(&f.path);
                 ring.trim();
             }
         }
@@ -402,12 +426,14 @@ fn end(file: File, f: &OpenFile, ring: &Ring) -> bool {
                 let _ = dir.sync_all();
             }
             info!(path = %f.path.display(), "capture file finished");
+            ring.handed_on(&f.path);
             ring.trim();
             true
         }
         Err(e) => {
             warn!(path = %f.part.display(), error = %e, "cannot finish a capture file");
             if salvage(&f.part, Salvaged::AfterWriteError) {
+                ring.handed_on(&f.path);
                 ring.trim();
             }
             false

@@ -41,7 +41,8 @@ impl LiveWriter {
         let synth = Synthesis::new(settings, seed, budgets.clone());
         // Both interfaces always, so that their ids never change under a subscriber (the
         // taps send only the legs the config records).
-        let mut writer = CaptureWriter::detached(&crate::capture::host::section_info(), BOTH_LEGS, synth);
+        let mut writer =
+            CaptureWriter::detached(&crate::capture::host::section_info(&settings.instance), BOTH_LEGS, synth);
         let _ = writer.rotate(Vec::new(), &Stats::default());
         // Its own section is nobody's: each subscriber gets one of its own.
         if let Some(out) = writer.get_mut() {

@@ -137,6 +137,11 @@ impl std::hash::Hasher for IdHasher {
 }
 
 impl FileSink {
+    /// Hands each file, once finished, to `outbox`.
+    pub fn ship_to(&mut self, outbox: std::sync::Arc<crate::capture::Outbox>) {
+        self.files.ship_to(outbox);
+    }
+
     /// A sink writing files as `settings` say; `seed` varies the synthesized ISNs.
     pub fn new(settings: CaptureSettings, info: SectionInfo, seed: u64) -> FileSink {
         FileSink {
@@ -217,12 +222,14 @@ impl FileSink {
     /// say; it starts as soon as every session is between frames.
     pub fn reconfigure(&mut self, settings: CaptureSettings, now: Timestamp) {
         self.files.reconfigure(&settings);
+        self.info.instance.clone_from(&settings.instance);
         self.settings = settings;
         let keys: Vec<Key> = self.outputs.keys().copied().collect();
         for key in keys {
             let synth = self.synthesis(key.seed(self.seed));
             if let Some(out) = self.outputs.get_mut(&key) {
                 out.writer.reconfigure(self.settings.legs, synth);
+                out.writer.info.instance.clone_from(&self.info.instance);
                 out.writer.rotation_due(now);
             }
         }

@@ -15,6 +15,7 @@ use super::live::LiveWriter;
 use super::sink::FileSink;
 use crate::capture::event::now;
 use crate::capture::live::Hub;
+use crate::capture::outbox::Outbox;
 use crate::capture::queue::Recorder;
 use crate::config::CaptureSettings;
 
@@ -46,6 +47,11 @@ pub struct Capture {
 impl Capture {
     /// Starts the writer thread. The file is created when the first event arrives.
     pub fn start(settings: CaptureSettings) -> io::Result<Capture> {
+        Capture::start_shipping(settings, None)
+    }
+
+    /// [`Capture::start`], each file handed to `outbox` once it is finished.
+    pub fn start_shipping(settings: CaptureSettings, outbox: Option<Arc<Outbox>>) -> io::Result<Capture> {
         let recorder = Recorder::new(settings.queue_size);
         let heartbeat = Heartbeat(Arc::new(AtomicU64::new(now().as_nanos())));
         let waker = recorder.clone();
@@ -54,7 +60,7 @@ impl Capture {
             let (recorder, heartbeat, hub) = (recorder.clone(), heartbeat.clone(), hub.clone());
             std::thread::Builder::new()
                 .name("wstap-capture".into())
-                .spawn(move || writer_thread(&recorder, &heartbeat, settings, hub))?
+                .spawn(move || writer_thread(&recorder, &heartbeat, settings, hub, outbox))?
         };
         Ok(Capture { recorder, thread: Some(thread), heartbeat, hub })
     }
@@ -106,7 +112,13 @@ impl Drop for Capture {
     }
 }
 
-fn writer_thread(recorder: &Recorder, heartbeat: &Heartbeat, settings: CaptureSettings, hub: Arc<Hub>) {
+fn writer_thread(
+    recorder: &Recorder,
+    heartbeat: &Heartbeat,
+    settings: CaptureSettings,
+    hub: Arc<Hub>,
+    outbox: Option<Arc<Outbox>>,
+) {
     let stats = recorder.stats();
     let flush_interval = settings.flush_interval;
     let seed = random_seed();
@@ -116,7 +128,10 @@ fn writer_thread(recorder: &Recorder, heartbeat: &Heartbeat, settings: CaptureSe
         Some(LiveWriter::new(settings, live_seed, format, hub.clone()))
     };
     let mut live = live_writer(&settings);
-    let mut sink = FileSink::new(settings, crate::capture::host::section_info(), seed);
+    let mut sink = FileSink::new(settings.clone(), crate::capture::host::section_info(&settings.instance), seed);
+    if let Some(outbox) = outbox {
+        sink.ship_to(outbox);
+    }
     let mut batch = VecDeque::new();
     let mut busy = false;
     loop {

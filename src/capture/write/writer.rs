@@ -566,7 +566,7 @@ mod tests {
     }
 
     fn test_writer_acks(acks: PureAcks) -> CaptureWriter<Vec<u8>> {
-        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into() };
+        let info = SectionInfo { application: "t".into(), os: "t".into(), hostname: "t".into(), ..Default::default() };
         let synth = Synthesis {
             mss_ipv4: 1460,
             mss_ipv6: 1440,
