@@ -2,7 +2,7 @@
 //! it has its final name, and whoever ships files (`[capture.upload]`,
 //! `capture.on_finish`) takes them. A file still to be shipped is *held*: the ring
 //! (`rotate.files`) does not delete it. Nothing here waits: the finisher never waits
-//! for the shipping, and a shipper that falls behind by more than [`QUEUE`] files is told
+//! for the shipping, and a shipper that falls behind by more than 4,096 files is told
 //! to look in the directory instead.
 
 use std::collections::{HashSet, VecDeque};
