@@ -227,6 +227,22 @@ async fn two_instances_store_their_files_under_their_own_keys_and_the_last_one_a
         assert_eq!(sessions.len(), 1, "one session, whole across the rotated objects:\n{listing}");
         // 24 messages and the close, each way.
         assert!(sessions[0].contains("/feed") && sessions[0].contains("   25    25 "), "every message:\n{listing}");
+        // Carved and replayed straight from the bucket.
+        let carved = scratch.join(format!("{name}-carved.pcapng"));
+        let wstap = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_wstap"))
+                .current_dir(dir)
+                .args(args)
+                .args(["--store-config", config.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "wstap {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let url = format!("s3://fleet/caps/{name}/");
+        wstap(&["carve", &url, "-o", carved.to_str().unwrap()]);
+        let frames = tshark(&carved, &["-Y", "websocket.opcode == 2", "-T", "fields", "-e", "frame.number"]);
+        assert_eq!(frames.lines().count(), 48, "the carved session holds every message");
+        wstap(&["replay", &url, "--target", &format!("ws://{echo}"), "--speed", "max"]);
     }
 }
 
@@ -319,11 +335,20 @@ async fn wrong_credentials_a_missing_bucket_and_no_store_are_named_counted_and_n
         std::fs::write(&path, good.replace("[capture.upload]\n", "[capture.upload]\nconcurrency = 0\n")).unwrap();
         i.signal("HUP");
         i.logged(&["reload failed", "capture.upload.concurrency"]);
-        std::fs::write(&path, good).unwrap();
+        std::fs::write(&path, &good).unwrap();
+        if r.why == "credentials" {
+            // A reload with the right secret: the files waiting go up.
+            assert_eq!(i.metric("wstap_upload_stored_files_total").await, 0);
+            std::fs::write(&path, good.replace("bad-secret", "good-secret")).unwrap();
+            i.signal("HUP");
+            i.metric_reaches("wstap_upload_stored_files_total", 1).await;
+            i.metric_reaches("wstap_reloads_total{result=\"ok\"}", 1).await;
+        }
         let (_, log) = i.stop();
         assert!(!log.iter().any(|l| l.contains(SECRET)), "no secret in the log");
     }
-    assert!(store.objects("fleet", "").await.is_empty(), "nothing was stored by a refused upload");
+    let stored = store.objects("fleet", "").await;
+    assert!(!stored.is_empty() && stored.iter().all(|(k, _)| k.starts_with("eu-4/")), "only after the fix");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
