@@ -113,6 +113,17 @@ fn counter(name: &'static str, help: &'static str, value: u64) -> Family {
     Family { name, kind: MetricType::Counter, help, rows: vec![(String::new(), value)] }
 }
 
+/// A counter family of a row per value of one label.
+fn by_label<'a>(
+    name: &'static str,
+    help: &'static str,
+    label: &str,
+    rows: impl Iterator<Item = (&'a str, u64)>,
+) -> Family {
+    let rows = rows.map(|(value, n)| (format!("{{{label}=\"{value}\"}}"), n)).collect();
+    Family { name, kind: MetricType::Counter, help, rows }
+}
+
 /// A gauge family of one row.
 fn gauge(name: &'static str, help: &'static str, value: u64) -> Family {
     Family { name, kind: MetricType::Gauge, help, rows: vec![(String::new(), value)] }
@@ -153,15 +164,12 @@ impl Metrics {
                 "Live-stream subscribers disconnected for falling more than live.buffer behind.",
                 self.live_cut_off.load(Relaxed),
             ),
-            Family {
-                name: "wstap_live_refused_total",
-                kind: MetricType::Counter,
-                help: "Live-stream connections refused, by reason.",
-                rows: LiveRefusal::ALL
-                    .iter()
-                    .map(|r| (format!("{{reason=\"{}\"}}", r.label()), self.live_refused[*r as usize].load(Relaxed)))
-                    .collect(),
-            },
+            by_label(
+                "wstap_live_refused_total",
+                "Live-stream connections refused, by reason.",
+                "reason",
+                LiveRefusal::ALL.iter().map(|r| (r.label(), self.live_refused[*r as usize].load(Relaxed))),
+            ),
             counter(
                 "wstap_live_revoked_total",
                 "Live-stream subscribers disconnected by a reload that no longer allows them.",
@@ -273,15 +281,12 @@ fn ship_families(s: &ShipStats) -> Vec<Family> {
             get(&s.stored_files),
         ),
         counter("wstap_upload_stored_bytes_total", "Bytes of the capture files stored.", get(&s.stored_bytes)),
-        Family {
-            name: "wstap_upload_failures_total",
-            kind: MetricType::Counter,
-            help: "Uploads that failed (each is tried again), by reason.",
-            rows: Failure::ALL
-                .iter()
-                .map(|f| (format!("{{reason=\"{}\"}}", f.label()), get(&s.failures[*f as usize])))
-                .collect(),
-        },
+        by_label(
+            "wstap_upload_failures_total",
+            "Uploads that failed (each is tried again), by reason.",
+            "reason",
+            Failure::ALL.iter().map(|f| (f.label(), get(&s.failures[*f as usize]))),
+        ),
         counter(
             "wstap_upload_conflicts_total",
             "Capture files not stored because their key holds a different object.",
@@ -300,15 +305,12 @@ fn ship_families(s: &ShipStats) -> Vec<Family> {
             "Age of the oldest capture file waiting to be stored (0: none waits).",
             oldest,
         ),
-        Family {
-            name: "wstap_on_finish_total",
-            kind: MetricType::Counter,
-            help: "capture.on_finish runs, by result.",
-            rows: Ran::ALL
-                .iter()
-                .map(|r| (format!("{{result=\"{}\"}}", r.label()), get(&s.runs[*r as usize])))
-                .collect(),
-        },
+        by_label(
+            "wstap_on_finish_total",
+            "capture.on_finish runs, by result.",
+            "result",
+            Ran::ALL.iter().map(|r| (r.label(), get(&s.runs[*r as usize]))),
+        ),
     ]
 }
 
