@@ -84,6 +84,11 @@ impl Outbox {
         lock(&self.inner).held.remove(path);
     }
 
+    /// The files held now.
+    pub fn held(&self) -> Vec<PathBuf> {
+        lock(&self.inner).held.iter().cloned().collect()
+    }
+
     /// The files finished since the last call.
     pub fn take(&self) -> Arrivals {
         let mut inner = lock(&self.inner);

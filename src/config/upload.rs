@@ -184,7 +184,8 @@ pub fn parse_url(url: &str) -> Result<(String, String), String> {
         return Err(format!("{bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '-' and '.')"));
     }
     let prefix = prefix.trim_matches('/');
-    if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") || prefix.contains(['\\', '\0']) {
+    let odd = |p: &str| p == "." || p == ".." || p.chars().any(char::is_control);
+    if prefix.split('/').any(odd) || prefix.contains("//") || prefix.contains('\\') {
         return Err(format!("{prefix:?} is not a key prefix (no empty, '.' or '..' parts)"));
     }
     Ok((bucket.to_owned(), prefix.to_owned()))
@@ -225,7 +226,7 @@ pub(super) fn naming(instance: Option<String>, prefix: &str) -> Result<(String, 
         return bad_prefix(format!("{{{bad}}} is not {{instance}}"));
     }
     let expanded = prefix.replace("{instance}", &instance);
-    if expanded.is_empty() || expanded.contains(['/', '\\', '\0']) {
+    if expanded.is_empty() || expanded.contains(['/', '\\']) || expanded.chars().any(char::is_control) {
         return bad_prefix(format!("{prefix:?} must be a non-empty file name part"));
     }
     Ok((instance, expanded))
@@ -321,7 +322,9 @@ mod tests {
         assert_eq!(parse_url("s3://caps/prod/ws/").unwrap(), ("caps".into(), "prod/ws".into()));
         assert_eq!(parse_url("s3://caps").unwrap(), ("caps".into(), String::new()));
         assert_eq!(parse_url("s3://caps/").unwrap(), ("caps".into(), String::new()));
-        for bad in ["http://caps/", "s3://Caps/", "s3://ab/", "s3://caps/a//b", "s3://caps/../x", "s3:///x"] {
+        for bad in
+            ["http://caps/", "s3://Caps/", "s3://ab/", "s3://caps/a//b", "s3://caps/../x", "s3:///x", "s3://caps/a\nb/"]
+        {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
     }
@@ -370,6 +373,7 @@ mod config_tests {
         for (extra, key) in [
             ("[capture]\nprefix = \"ws-{host}\"", "capture.prefix"),
             ("[capture]\ninstance = \"eu 1\"", "capture.instance"),
+            ("[capture]\nprefix = \"ws\\u0007\"", "capture.prefix"),
             ("[capture]\non_finish = [\"gzip\", \"{file}\"]", "capture.on_finish"),
             ("[capture]\non_finish = [\"gzip\"]\non_finish_timeout = \"0s\"", "capture.on_finish_timeout"),
             ("[capture.upload]\nurl = \"https://bucket/\"", "capture.upload.url"),

@@ -105,9 +105,15 @@ impl Backlog {
         self.waiting.iter().map(|w| w.finished).min()
     }
 
-    /// Whether a file is being uploaded now.
-    pub(super) fn any_busy(&self) -> bool {
-        self.waiting.iter().any(|w| w.busy)
+    /// Whether a file waits (or is being uploaded).
+    pub(super) fn contains(&self, path: &Path) -> bool {
+        self.waiting.iter().any(|w| w.path == path)
+    }
+
+    /// Every file, the backlog emptied.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = Waiting> + '_ {
+        self.bytes = 0;
+        self.waiting.drain(..)
     }
 
     /// Whether nothing waits.

@@ -49,10 +49,12 @@ pub(super) fn record(path: &Path, what: Settled) -> io::Result<()> {
     journal.sync_data()
 }
 
-/// The finished capture files of `dir` the journal does not name, with their sizes and
+/// The finished capture files of `dir` (of the ring `prefix` names:
+/// `PREFIX_NNNNN_….pcapng`) the journal does not name, with their sizes and
 /// modification times, oldest first; the journal is rewritten to name only files still
-/// there, so it stays as long as the directory's list.
-pub(super) fn unsettled(dir: &Path) -> io::Result<Vec<(PathBuf, u64, SystemTime)>> {
+/// there, so it stays as long as the directory's list. A file that goes while the
+/// directory is read (the ring trimmed it) is passed over.
+pub(super) fn unsettled(dir: &Path, prefix: &str) -> io::Result<Vec<(PathBuf, u64, SystemTime)>> {
     let journal = dir.join(NAME);
     let text = match fs::read_to_string(&journal) {
         Ok(t) => t,
@@ -62,11 +64,10 @@ pub(super) fn unsettled(dir: &Path) -> io::Result<Vec<(PathBuf, u64, SystemTime)
     let settled: HashSet<&str> = text.lines().filter_map(|l| l.split_once(' ').map(|(_, name)| name)).collect();
     let mut present = HashSet::new();
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let meta = entry.metadata()?;
-        if !name.ends_with(".pcapng") || !meta.is_file() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if !of_ring(&name, prefix) || !meta.is_file() {
             continue;
         }
         if settled.contains(name.as_str()) {
@@ -85,6 +86,13 @@ pub(super) fn unsettled(dir: &Path) -> io::Result<Vec<(PathBuf, u64, SystemTime)
         rewrite(&journal, &kept)?;
     }
     Ok(found)
+}
+
+/// Whether `name` is a finished file of the ring `prefix` names.
+fn of_ring(name: &str, prefix: &str) -> bool {
+    let rest = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('_'));
+    let seq = rest.and_then(|r| r.get(..6));
+    name.ends_with(".pcapng") && seq.is_some_and(|s| s.ends_with('_') && s[..5].bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Replaces the journal with `text`, whole or not at all.
@@ -115,15 +123,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wstap-journal-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        for name in ["a.pcapng", "b.pcapng", "c.pcapng", "d.pcapng.part", "notes.txt"] {
+        let [a, b, c] = ["w_00001_x.pcapng", "w_00002_x.pcapng", "w_00003_x.pcapng"];
+        for name in [a, b, c, "w_00004_x.pcapng.part", "notes.txt", "carved.pcapng", "other_00001_x.pcapng"] {
             fs::write(dir.join(name), name).unwrap();
         }
-        record(&dir.join("a.pcapng"), Settled::Stored).unwrap();
-        record(&dir.join("gone.pcapng"), Settled::Dropped).unwrap();
-        record(&dir.join("c.pcapng"), Settled::Conflict).unwrap();
-        let found: Vec<PathBuf> = unsettled(&dir).unwrap().into_iter().map(|(p, ..)| p).collect();
-        assert_eq!(found, [dir.join("b.pcapng")]);
-        assert_eq!(fs::read_to_string(dir.join(NAME)).unwrap(), "stored a.pcapng\nconflict c.pcapng\n");
+        record(&dir.join(a), Settled::Stored).unwrap();
+        record(&dir.join("w_00000_gone.pcapng"), Settled::Dropped).unwrap();
+        record(&dir.join(c), Settled::Conflict).unwrap();
+        let found: Vec<PathBuf> = unsettled(&dir, "w").unwrap().into_iter().map(|(p, ..)| p).collect();
+        assert_eq!(found, [dir.join(b)], "only this ring's finished files not yet settled");
+        assert_eq!(fs::read_to_string(dir.join(NAME)).unwrap(), format!("stored {a}\nconflict {c}\n"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

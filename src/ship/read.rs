@@ -47,21 +47,22 @@ pub fn captures(url: &str, store: Option<&UploadSettings>) -> Result<Vec<(PathBu
     settings.bucket.clone_from(&bucket);
     let objects: Arc<dyn ObjectStore> = super::store::open(&settings)?;
     let handle = runtime()?;
-    let one = (!url.ends_with('/') && !key.is_empty()).then(|| Key::from(key.as_str()));
-    let prefix = (!key.is_empty()).then(|| Key::from(key.as_str()));
+    let parsed = Key::parse(&key).map_err(|e| format!("{url}: {e}"))?;
+    let one = (!url.ends_with('/') && !key.is_empty()).then(|| parsed.clone());
+    let prefix = (!key.is_empty()).then_some(parsed);
     let store = objects.clone();
     let keys = on(&handle, async move {
         if let Some(k) = one {
             match store.head(&k).await {
                 Ok(_) => return Ok(vec![k]),
                 Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(super::describe(&e)),
             }
         }
         let mut listed = store.list(prefix.as_ref());
         let mut keys = Vec::new();
         while let Some(meta) = listed.next().await {
-            let meta = meta.map_err(|e| e.to_string())?;
+            let meta = meta.map_err(|e| super::describe(&e))?;
             if CAPTURES.iter().any(|c| meta.location.as_ref().ends_with(c)) {
                 keys.push(meta.location);
             }
@@ -87,13 +88,21 @@ pub fn captures(url: &str, store: Option<&UploadSettings>) -> Result<Vec<(PathBu
 /// A runtime of its own, on a thread of its own for the rest of the process: the
 /// commands that read are not async, and some run inside a runtime of their own.
 fn runtime() -> Result<Handle, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let handle = rt.handle().clone();
+    let (tx, rx) = mpsc::sync_channel(1);
+    // Made on its thread, and never dropped: no runtime is dropped in another's context.
     std::thread::Builder::new()
         .name("wstap-objects".into())
-        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => {
+                let _ = tx.send(Ok(rt.handle().clone()));
+                rt.block_on(std::future::pending::<()>());
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+            }
+        })
         .map_err(|e| e.to_string())?;
-    Ok(handle)
+    rx.recv().map_err(|_| "the object store's runtime did not start".to_owned())?
 }
 
 /// Runs `work` on the objects' runtime and waits for it.
@@ -116,13 +125,13 @@ fn stream(handle: &Handle, store: Arc<dyn ObjectStore>, key: Key) -> ObjectReade
         let mut body = match store.get(&key).await {
             Ok(got) => got.into_stream(),
             Err(e) => {
-                let _ = tx.send(Err(io::Error::other(e.to_string())));
+                let _ = tx.send(Err(io::Error::other(super::describe(&e))));
                 return;
             }
         };
         let mut tx = tx;
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| io::Error::other(e.to_string()));
+            let chunk = chunk.map_err(|e| io::Error::other(super::describe(&e)));
             // A full channel waits on a blocking thread: the reader sets the pace.
             let sent = tokio::task::spawn_blocking(move || {
                 let sent = tx.send(chunk).is_ok();

@@ -60,24 +60,37 @@ pub fn open(u: &UploadSettings) -> Result<Arc<dyn ObjectStore>, String> {
 /// Where a file is stored: `PREFIX/INSTANCE/YYYY/MM/DD/NAME`, the day (UTC) the file
 /// began, read from its name (`…_YYYYmmddHHMMSS…`), else the day it was `finished`.
 pub fn key(prefix: &str, instance: &str, name: &str, finished: SystemTime) -> String {
-    let day = day_in_name(name).unwrap_or_else(|| {
-        let t = humantime::format_rfc3339_seconds(finished).to_string();
-        (t[0..4].to_owned(), t[5..7].to_owned(), t[8..10].to_owned())
-    });
-    let (y, m, d) = day;
+    let (y, m, d) = day_in_name(name).unwrap_or_else(|| day_of(finished));
     match prefix.is_empty() {
         true => format!("{instance}/{y}/{m}/{d}/{name}"),
         false => format!("{prefix}/{instance}/{y}/{m}/{d}/{name}"),
     }
 }
 
-/// The year, month and day of the first `_YYYYmmddHHMMSS` part of a file name.
+/// The year, month and day of the first `_YYYYmmddHHMMSS` part of a file name (its
+/// prefix may hold dots: an instance named by a host's full name).
 fn day_in_name(name: &str) -> Option<(String, String, String)> {
-    let stem = name.split('.').next()?;
-    let stamp = stem.split('_').find(|p| p.len() == 14 && p.bytes().all(|b| b.is_ascii_digit()))?;
+    let stem = name.strip_suffix(".pcapng").unwrap_or(name);
+    let stamp = stem.split(['_', '.']).find(|p| p.len() == 14 && p.bytes().all(|b| b.is_ascii_digit()))?;
     let (y, m, d) = (&stamp[0..4], &stamp[4..6], &stamp[6..8]);
     let valid = ("01".."13").contains(&m) && ("01".."32").contains(&d);
     valid.then(|| (y.to_owned(), m.to_owned(), d.to_owned()))
+}
+
+/// The UTC day of `t` (a time before 1970 counts as 1970-01-01).
+fn day_of(t: SystemTime) -> (String, String, String) {
+    let days = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (format!("{y:04}"), format!("{m:02}"), format!("{d:02}"))
 }
 
 /// Requests through hyper, over TLS where the address says `https`.
@@ -141,5 +154,12 @@ mod tests {
         );
         assert_eq!(key("p", "i", "mine.pcapng", t), "p/i/2025/12/06/mine.pcapng");
         assert_eq!(key("p", "i", "x_20261399000000.pcapng", t), "p/i/2025/12/06/x_20261399000000.pcapng");
+        let dotted = "wstap-ip-10-0-0-1.ec2.internal_00003_20261207093000.pcapng";
+        assert_eq!(key("p", "i", dotted, t), format!("p/i/2026/12/07/{dotted}"));
+        let before = UNIX_EPOCH - Duration::from_secs(86_400 * 400);
+        assert_eq!(key("p", "i", "old.pcapng", before), "p/i/1970/01/01/old.pcapng");
+        for (secs, day) in [(0, "1970/01/01"), (951_782_400, "2000/02/29"), (4_107_542_400, "2100/03/01")] {
+            assert_eq!(key("p", "i", "f", UNIX_EPOCH + Duration::from_secs(secs)), format!("p/i/{day}/f"));
+        }
     }
 }

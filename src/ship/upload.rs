@@ -88,7 +88,7 @@ impl Failed {
     }
 
     fn store(e: &object_store::Error, writing: bool) -> Failed {
-        Failed { reason: classify(e, writing), detail: e.to_string() }
+        Failed { reason: classify(e, writing), detail: describe(e) }
     }
 }
 
@@ -104,6 +104,9 @@ pub(super) async fn store(
     let size = file.metadata().map_err(Failed::local)?.len();
     let part = part_size(size);
     match store.head(&key).await {
+        // (Without s3:ListBucket, S3 answers 403 for a key that does not exist: then
+        // nothing can be told, and the file is stored.)
+        Err(object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. }) => {}
         Ok(there) => {
             let ours = etag(&file, size, part).await.map_err(Failed::local)?;
             return Ok(match there.size == size && matches(there.e_tag.as_deref(), &ours, verify) {
@@ -111,7 +114,6 @@ pub(super) async fn store(
                 false => Outcome::Conflict,
             });
         }
-        Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(Failed::store(&e, false)),
     }
     let sent = match size <= part {
@@ -214,6 +216,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the store said, for a log line: the request and its status, and S3's error code
+/// and message, but never the response body itself. An S3 error body can repeat the
+/// access key id and the request as it was signed, a session token included.
+pub fn describe(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let after = &text[text.find(&open)? + open.len()..];
+        Some(after[..after.find('<')?].trim().to_owned())
+    };
+    let mut said = text.split('<').next().unwrap_or_default().trim_end_matches([' ', ':']).to_owned();
+    if let Some(at) = said.find("status code: ") {
+        let status = &said[at + "status code: ".len()..];
+        let end = status.find(": ").unwrap_or(status.len());
+        said.truncate(at + "status code: ".len() + end);
+    }
+    if let Some(code) = tag("Code") {
+        said.push_str(&format!(": {code}"));
+        if let Some(message) = tag("Message") {
+            said.push_str(&format!(": {message}"));
+        }
+    }
+    said.chars().take(400).collect()
+}
+
 /// Why the store refused: the credentials (401, 403), a bucket that does not exist (a
 /// 404 on a write, or S3's `NoSuchBucket`), a store not reached, or anything else.
 pub(super) fn classify(e: &object_store::Error, writing: bool) -> Failure {
@@ -243,6 +270,25 @@ pub(super) fn classify(e: &object_store::Error, writing: bool) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_store_said_is_told_without_its_body() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we \
+                    calculated does not match</Message><AWSAccessKeyId>AKIASECRETID</AWSAccessKeyId><CanonicalRequest>PUT \
+                    x-amz-security-token:FQoGZXIvYXdzEXAMPLETOKEN</CanonicalRequest></Error>";
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: format!("Error performing PUT http://s3/b/k in 3ms - Server returned non-2xx status code: 403 Forbidden: {body}").into(),
+        };
+        let said = describe(&e);
+        assert!(!said.contains("AKIASECRETID") && !said.contains("EXAMPLETOKEN"), "{said}");
+        assert!(
+            said.contains("403 Forbidden") && said.contains("SignatureDoesNotMatch: The request signature"),
+            "{said}"
+        );
+        let plain = object_store::Error::Generic { store: "S3", source: "error trying to connect: refused".into() };
+        assert!(describe(&plain).contains("error trying to connect: refused"));
+    }
 
     #[test]
     fn parts_stay_within_s3s_count() {

@@ -411,6 +411,9 @@ async fn a_file_larger_than_a_part_is_stored_in_parts_then_deleted_here() {
     assert_eq!(objects.len(), 1, "{:?}", objects.iter().map(|o| &o.0).collect::<Vec<_>>());
     let (key, bytes) = &objects[0];
     assert!(bytes.len() > 10 << 20, "{key}: {} bytes", bytes.len());
+    // on_finish ran for it before it was deleted.
+    let ran = std::fs::read_to_string(dir.join("finished.log")).unwrap();
+    assert_eq!(ran.trim(), key.rsplit('/').next().unwrap(), "on_finish ran, then the file went");
     // S3's multipart ETag: the MD5 of the parts' MD5s, a dash, their count.
     let out = Command::new("curl")
         .args(["-sI", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", &format!("{KEY}:{SECRET}")])
@@ -426,4 +429,35 @@ async fn a_file_larger_than_a_part_is_stored_in_parts_then_deleted_here() {
         tshark(&copy, &["-Y", "websocket.opcode == 2", "-T", "fields", "-e", "websocket.payload_length_ext_64"]);
     assert_eq!(frames.lines().count(), 160, "80 messages each way decode from the stored object");
     assert!(frames.lines().all(|l| l == "65536"), "each whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_finish_alone_gets_every_file_whole_before_the_ring_deletes_it() {
+    let scratch = Scratch::new("on-finish-ring");
+    let echo = echo_upstream().await;
+    let dir = scratch.join("eu-7");
+    std::fs::create_dir_all(dir.join("copies")).unwrap();
+    // A slow command, and a ring of one file: the ring must wait for each run.
+    let config = config_of("eu-7", echo, "")
+        .replace(
+            "on_finish = [\"/bin/sh\", \"-c\", \"echo \\\"$WSTAP_NAME\\\" >> finished.log\"]",
+            "on_finish = [\"/bin/sh\", \"-c\", \"sleep 0.2; cp \\\"$1\\\" copies/\", \"hook\", \"{path}\"]\non_finish_concurrency = 1",
+        )
+        .replace("max_wait = \"1s\"", "max_wait = \"1s\"\nfiles = 1");
+    assert!(config.contains("files = 1") && config.contains("copies/"), "{config}");
+    let i = Instance::start(&dir, &config).await;
+    traffic(i.addr, 30, 10_000).await;
+    let (dir, _) = i.stop();
+    let copies = finished_in(&dir.join("copies"));
+    // (The ring deletes what was let go at its next trim, when a file ends: files the
+    // last runs let go are still here.)
+    assert!(copies.len() >= 4, "every rotated file was run: {copies:?}");
+    for copy in &copies {
+        assert_clean(copy, 1);
+    }
+    let seqs: Vec<u32> = copies
+        .iter()
+        .map(|c| c.file_name().unwrap().to_str().unwrap().split('_').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u32).collect::<Vec<_>>(), "none missed");
 }
