@@ -117,7 +117,11 @@ fn decision(path: &str) -> Decision {
     }
 }
 
-async fn handle(tap: Arc<Tap>, seen: Arc<Mutex<Seen>>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    tap: Arc<Tap>,
+    seen: Arc<Mutex<Seen>>,
+    mut req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().to_string();
     {
         let mut seen = seen.lock().unwrap();
@@ -241,7 +245,8 @@ fuzz_target!(|data: &[u8]| {
         rotate_wait: Duration::from_millis(5),
         budgets: Default::default(),
     };
-    let info = SectionInfo { application: "fuzz".into(), os: "fuzz".into(), hostname: "fuzz".into() };
+    let info =
+        SectionInfo { application: "fuzz".into(), os: "fuzz".into(), hostname: "fuzz".into(), ..Default::default() };
     let legs = Legs { client: true, upstream: false };
     let mut w = CaptureWriter::new(Vec::new(), &info, legs, synth).expect("a writer");
     let stats = Stats::default();

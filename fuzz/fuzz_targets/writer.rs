@@ -45,7 +45,8 @@ fuzz_target!(|data: &[u8]| {
         rotate_wait: Duration::from_millis(5),
         budgets: Default::default(),
     };
-    let info = SectionInfo { application: "fuzz".into(), os: "fuzz".into(), hostname: "fuzz".into() };
+    let info =
+        SectionInfo { application: "fuzz".into(), os: "fuzz".into(), hostname: "fuzz".into(), ..Default::default() };
     let Ok(mut w) = CaptureWriter::new(Vec::new(), &info, Legs { client: true, upstream: true }, synth) else { return };
     let stats = Stats::default();
     let mut files: Vec<Vec<u8>> = Vec::new();
