@@ -318,6 +318,9 @@ pub enum Heading {
         upstream: String,
         /// The legs over TLS.
         tls: PerLeg<Option<TlsLeg>>,
+        /// What really carried the client leg, when it is written as an HTTP/1.1
+        /// connection it was not (a WebSocket over HTTP/2).
+        carried: Option<String>,
     },
     /// A client connection recorded whole (mode `"all"`).
     Connection {
@@ -357,8 +360,11 @@ pub enum TlsHeld {
 impl fmt::Display for Heading {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Heading::Session { conn, request, client, route, upstream, tls } => {
+            Heading::Session { conn, request, client, route, upstream, tls, carried } => {
                 write!(f, "wstap session {conn}: {request} from {client} via route {route:?} to {upstream}")?;
+                if let Some(carried) = carried {
+                    write!(f, "; client leg {carried}")?;
+                }
                 for leg in Leg::BOTH {
                     if let Some(TlsLeg { agreed, held }) = &tls[leg] {
                         let held = match held {
@@ -595,6 +601,7 @@ mod tests {
             route: "/chat".into(),
             upstream: "127.0.0.1:9000".into(),
             tls,
+            carried: None,
         };
         let headings = [
             session(PerLeg::new(None, None)),

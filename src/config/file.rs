@@ -45,6 +45,16 @@ pub(super) struct FileConfig {
 pub(super) struct FileListener {
     pub(super) addr: SocketAddr,
     pub(super) tls: Option<FileServerTls>,
+    /// HTTP/2 besides HTTP/1.1: ALPN `h2` over TLS, prior knowledge on cleartext.
+    #[serde(default)]
+    pub(super) http2: bool,
+    /// With `http2`: WebSocket over HTTP/2 (RFC 8441) is offered.
+    #[serde(default = "default_true")]
+    pub(super) connect_protocol: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

@@ -32,10 +32,22 @@ use route::Route;
 pub use units::{ByteSize, HumanDuration};
 pub use upload::{host_name, parse_url, Credentials, OnFinish, Secret, UploadSettings, Verify};
 
+/// A listener's HTTP/2 (`[[listener]] http2 = true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    /// WebSocket over HTTP/2 (RFC 8441) is offered: `SETTINGS_ENABLE_CONNECT_PROTOCOL`.
+    pub connect_protocol: bool,
+}
+
 impl Settings {
     /// The TLS settings of the listener configured at `addr`, if it terminates TLS.
     pub fn tls_at(&self, addr: SocketAddr) -> Option<&tls::ServerTls> {
         self.tls.iter().find(|(a, _)| *a == addr).map(|(_, t)| t)
+    }
+
+    /// Whether the listener configured at `addr` speaks HTTP/2, and how.
+    pub fn http2_at(&self, addr: SocketAddr) -> Option<Http2> {
+        self.http2.iter().find(|(a, _)| *a == addr).map(|(_, h)| *h)
     }
 }
 
@@ -48,6 +60,8 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// The listeners that terminate TLS, with their settings.
     pub tls: Vec<(SocketAddr, tls::ServerTls)>,
+    /// The listeners that speak HTTP/2 besides HTTP/1.1 (`http2 = true`).
+    pub http2: Vec<(SocketAddr, Http2)>,
     /// Threads running connections: 0 = one per CPU; 1 = every task on one thread.
     pub workers: usize,
     /// In file order; the first match wins.

@@ -12,14 +12,18 @@ use super::{
 /// Prints the effective settings as TOML, defaults filled in (`wstap check`).
 impl fmt::Display for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let plain = self.listen.iter().filter(|a| self.tls_at(**a).is_none());
+        let plain = self.listen.iter().filter(|a| self.tls_at(**a).is_none() && self.http2_at(**a).is_none());
         let listen: Vec<String> = plain.map(|a| Q(&a.to_string()).to_string()).collect();
         writeln!(f, "# effective settings of {}", self.source.display())?;
         writeln!(f, "listen = [{}]", listen.join(", "))?;
         writeln!(f, "workers = {}", self.workers)?;
-        for (addr, t) in &self.tls {
+        for addr in self.listen.iter().filter(|a| self.tls_at(**a).is_some() || self.http2_at(**a).is_some()) {
             writeln!(f, "\n[[listener]]")?;
             writeln!(f, "addr = {}", Q(&addr.to_string()))?;
+            if let Some(h) = self.http2_at(*addr) {
+                writeln!(f, "http2 = true\nconnect_protocol = {}", h.connect_protocol)?;
+            }
+            let Some(t) = self.tls_at(*addr) else { continue };
             write!(f, "tls = {{ cert = {}, key = {}", P(&t.cert), P(&t.key))?;
             if let Some(ca) = &t.client_ca {
                 write!(f, ", client_ca = {}", P(ca))?;

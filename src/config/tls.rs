@@ -183,7 +183,7 @@ pub fn client(host: &str, ca_file: Option<PathBuf>, check: ServerCheck) -> Resul
 /// A server's TLS outside a config (`wstap mock --tls-cert … --tls-key …`).
 pub fn server(cert: PathBuf, key: PathBuf) -> Result<ServerTls, String> {
     let f = FileServerTls { cert, key, sni: Vec::new(), client_ca: None };
-    server_tls(f).map_err(|(_, e)| format!("--tls-cert/--tls-key: {e}"))
+    server_tls(f, false).map_err(|(_, e)| format!("--tls-cert/--tls-key: {e}"))
 }
 
 /// `insecure_skip_verify`: any certificate is accepted; signatures are still checked,
@@ -233,7 +233,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a listener's certificates and keys; the error names the file (the caller adds
 /// the key) and what was wrong with it.
-pub(super) fn server_tls(f: FileServerTls) -> Result<ServerTls, (String, String)> {
+pub(super) fn server_tls(f: FileServerTls, http2: bool) -> Result<ServerTls, (String, String)> {
     let provider = provider();
     let default = certified(&f.cert, &f.key, &provider).map_err(|e| ("cert".to_owned(), e))?;
     let mut by_name = HashMap::new();
@@ -266,7 +266,10 @@ pub(super) fn server_tls(f: FileServerTls) -> Result<ServerTls, (String, String)
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(BySni { default: Arc::new(default), by_name }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match http2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     Ok(ServerTls { cert: f.cert, key: f.key, sni, client_ca: f.client_ca, config: Arc::new(config) })
 }
 

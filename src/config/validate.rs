@@ -40,12 +40,16 @@ pub(super) fn validate(file: FileConfig, source: &Path) -> Result<Settings, Conf
 fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
     let mut listen = std::mem::take(&mut f.listen);
     let mut tls = Vec::new();
+    let mut http2 = Vec::new();
     for (i, l) in std::mem::take(&mut f.listeners).into_iter().enumerate() {
         listen.push(l.addr);
         if let Some(t) = l.tls {
-            let t = super::tls::server_tls(t)
+            let t = super::tls::server_tls(t, l.http2)
                 .map_err(|(key, msg)| Invalid { key: format!("listener[{i}].tls.{key}"), msg })?;
             tls.push((l.addr, t));
+        }
+        if l.http2 {
+            http2.push((l.addr, super::Http2 { connect_protocol: l.connect_protocol }));
         }
     }
     check_listen(&listen)?;
@@ -75,6 +79,7 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
         source: source.to_owned(),
         listen,
         tls,
+        http2,
         workers: f.workers,
         routes,
         limits,

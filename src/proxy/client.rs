@@ -16,6 +16,18 @@ use crate::proxy::recording::LegTap;
 use crate::proxy::shutdown::Shutdown;
 use crate::proxy::upstream::UpstreamConn;
 
+/// A client connection as accepted.
+pub(crate) struct Accepted {
+    pub(crate) id: ConnId,
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+    /// Its capture so far: a tap under its TLS with its keys (`capture.tls =
+    /// "encrypted"`), and what its TLS agreed.
+    pub(crate) capture: LegTap,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) permit: Permit,
+}
+
 /// State of one accepted client connection, shared by its requests and its session.
 pub struct ClientConn {
     pub(crate) id: ConnId,
@@ -27,8 +39,8 @@ pub struct ClientConn {
     /// The upstream connection of the previous request, kept for reuse.
     pub(crate) upstream: Mutex<Option<UpstreamConn>>,
     /// Held for as long as the connection or its WebSocket session lives (it also counts
-    /// the connection as open).
-    _permit: Permit,
+    /// the connection as open); an HTTP/2 connection's streams share it.
+    _permit: Arc<Permit>,
     /// Switched to WebSocket: the session logs the end, not the connection.
     pub(crate) upgraded: AtomicBool,
     /// The client's side of the upgrade hyper prepared for the turn's request (it does for
@@ -46,7 +58,7 @@ impl ClientConn {
         client: SocketAddr,
         shutdown: Shutdown,
         capture: LegTap,
-        permit: Permit,
+        permit: Arc<Permit>,
     ) -> ClientConn {
         ClientConn {
             id,

@@ -6,7 +6,6 @@
 //! driven through [`crate::proxy::recording`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -16,23 +15,20 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, HOST, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use wstap_wire::{Dir, Leg, PerLeg};
 
-use crate::capture::{ConnId, Layer, Tee};
+use crate::capture::{Layer, Tee};
 use crate::config::route::Route;
-use crate::proxy::admission::Permit;
-use crate::proxy::client::ClientConn;
+use crate::proxy::client::{Accepted, ClientConn};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::{Failure, ProxyError};
 use crate::proxy::gate::{self, Answer, Gate};
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
 use crate::proxy::path;
-use crate::proxy::recording::{self, Exchange, LegTap, Recording};
+use crate::proxy::recording::{self, Exchange, Recording};
 use crate::proxy::shutdown::{Phase, Shutdown};
-use crate::proxy::tls;
 use crate::proxy::traffic::ByteCounts;
 use crate::proxy::upstream;
 use crate::sync::lock;
@@ -40,76 +36,20 @@ use crate::sync::lock;
 /// Response bodies: streamed from the upstream, or a short one wstap writes itself.
 pub type Body = Either<Incoming, Full<Bytes>>;
 
-/// Takes an accepted client connection: on a listener that terminates TLS, the handshake
-/// first (a failure is logged once and counted, and ends only this connection), then
-/// [`serve`]. The future is boxed at the size its case needs: a plain connection's task
-/// holds no room for a TLS handshake.
-pub fn accept(
-    ctx: Arc<ProxyContext>,
-    id: ConnId,
-    stream: TcpStream,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: Shutdown,
-    permit: Permit,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    let (Ok(client), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else { return Box::pin(async {}) };
-    let accepted = Accepted { id, client, local, capture: LegTap::default(), shutdown, permit };
-    match tls {
-        None => Box::pin(serve(ctx, accepted, stream)),
-        Some(config) => Box::pin(accept_tls(ctx, accepted, stream, config)),
-    }
-}
-
-/// The TLS handshake of an accepted connection, then [`serve`].
-async fn accept_tls(ctx: Arc<ProxyContext>, accepted: Accepted, stream: TcpStream, config: Arc<rustls::ServerConfig>) {
-    let (id, client, local) = (accepted.id, accepted.client, accepted.local);
-    let (tap, keys) = recording::tls_tap(&ctx, Leg::Client, id, local, client);
-    let config = match &keys {
-        Some(k) => k.server_config(&config),
-        None => config,
-    };
-    match tls::accept(config, Tee::new(stream, tap.clone()), ctx.settings.limits.handshake_timeout).await {
-        Ok(stream) => {
-            let server = stream.get_ref().1;
-            let about = format!("{}, port {}", tls::describe(server, server.server_name()), local.port());
-            debug!(tls = %about, "TLS handshake done");
-            let capture = LegTap::over_tls(tap, keys, about);
-            Box::pin(serve(ctx, Accepted { capture, ..accepted }, stream)).await;
-        }
-        Err(e) => {
-            let reason = tls::HandshakeFailure::of(&e);
-            ctx.traffic.tls_failed(reason);
-            info!(reason = reason.label(), error = %e, "TLS handshake failed");
-        }
-    }
-}
-
-/// A client connection as accepted.
-struct Accepted {
-    id: ConnId,
-    client: SocketAddr,
-    local: SocketAddr,
-    /// Its capture so far: a tap under its TLS with its keys (`capture.tls =
-    /// "encrypted"`), and what its TLS agreed.
-    capture: LegTap,
-    shutdown: Shutdown,
-    permit: Permit,
-}
-
 /// Serves HTTP/1.1 on `stream` until the client leaves, the connection upgrades, or the
 /// daemon drains (then in-flight requests finish first). Each request is a turn of its
 /// own hyper connection over the [`Gate`]; between them the socket is parked, holding no
 /// buffer, for up to `handshake_timeout` (the keep-alive idle time). The connection's
 /// state is set up here, at once, so that the future returned holds only what its turns
 /// need (an async fn would keep its arguments for its whole life).
-fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S) -> impl std::future::Future<Output = ()> + Send
+pub(super) fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S) -> impl std::future::Future<Output = ()> + Send
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted { id, client, local, mut capture, shutdown, permit } = a;
     // The tap over TLS sees what hyper sees; one under it, the records.
     let over = capture.tap_over(|| recording::tap(&ctx, Leg::Client, id, local, client, Layer::Http));
-    let conn = Arc::new(ClientConn::new(ctx, id, client, shutdown, capture, permit));
+    let conn = Arc::new(ClientConn::new(ctx, id, client, shutdown, capture, Arc::new(permit)));
     info!("connection open");
     let bytes: ByteCounts = Arc::default();
     let stream = Metered::new(Tee::new(stream, over), Leg::Client, conn.ctx.traffic.clone(), Some(bytes.clone()));
@@ -331,7 +271,7 @@ struct Routed {
 
 impl ClientConn {
     /// Answers one request.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().clone();
         // Logged as the capture shows it: userinfo and the listed query values redacted.
         let target = crate::capture::url::Redacted { url: req.uri().clone(), rules: &self.ctx.settings.capture.redact };
@@ -423,6 +363,11 @@ impl ClientConn {
         let client_upgrade = client_upgrade.ok_or(ProxyError::UnexpectedUpgrade)?;
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let captured = recording.session(&ex, &up.capture, verdict);
+        // A leg written as HTTP/1.1 though it is not (a WebSocket over HTTP/2): the `101`
+        // it stands for, before the session's first frame.
+        if let (Some(tap), Some(_)) = (&self.capture.tap, &self.capture.carried) {
+            tap.on_said(&headers::switching_head(resp.headers()));
+        }
         crate::proxy::session::spawn(self, client_upgrade, upstream_upgrade, route.clone(), up.capture.tap, captured);
         let (mut parts, body) = resp.into_parts();
         let proto = parts.headers.get(UPGRADE).cloned();

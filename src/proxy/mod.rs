@@ -2,11 +2,15 @@
 //! upstream connection it opens itself, and the relay of each upgraded session.
 //!
 //! - [`context`]: what every connection of one configuration shares.
+//! - [`accept`]: an accepted connection's TLS handshake, then HTTP/1.1 or HTTP/2.
 //! - [`admission`]: the connection limits, total and per client.
 //! - [`conn`]: a client connection served: hyper's server on the (teed) socket, routing,
 //!   each request forwarded; [`client`]: the connection's state; [`upstream`]: its
 //!   upstream connection (hyper's client on a socket it opened); [`session`]: a
 //!   WebSocket session's task.
+//! - [`h2`]: HTTP/2 on a client connection (`http2 = true`): each stream answered as an
+//!   HTTP/1.1 request, a WebSocket over HTTP/2 bridged to an HTTP/1.1 Upgrade and
+//!   written as an HTTP/1.1 connection of its own.
 //! - [`gate`]: the client socket as each request's hyper connection sees it; between
 //!   requests the socket is parked outside hyper, holding no buffer.
 //! - [`recording`]: the connection's capture as the proxy drives it: its taps, and
@@ -21,12 +25,14 @@
 //! - [`shutdown`]: the phases a drain goes through, and the handle every task holds.
 //! - [`tls`]: the handshake on a listener that terminates TLS.
 
+pub mod accept;
 pub mod admission;
 pub mod client;
 pub mod conn;
 pub mod context;
 pub mod error;
 pub mod gate;
+pub mod h2;
 pub mod headers;
 pub mod metered;
 pub mod paced;

@@ -71,6 +71,9 @@ pub(crate) struct LegTap {
     pub(crate) keys: Option<Arc<Keys>>,
     /// The TLS the leg runs over, as the session's heading describes it.
     pub(crate) tls: Option<TlsLeg>,
+    /// What really carried the leg, when it is written as something else (an HTTP/2
+    /// stream written as an HTTP/1.1 connection), as the heading says it.
+    pub(crate) carried: Option<String>,
 }
 
 impl LegTap {
@@ -80,7 +83,7 @@ impl LegTap {
     pub(crate) fn over_tls(under: Option<Arc<Tap>>, keys: Option<Arc<Keys>>, agreed: String) -> LegTap {
         let held = if under.is_some() { TlsHeld::Records } else { TlsHeld::Decrypted };
         let keys = keys.filter(|_| under.is_some());
-        LegTap { tap: under, keys, tls: Some(TlsLeg { agreed, held }) }
+        LegTap { tap: under, keys, tls: Some(TlsLeg { agreed, held }), carried: None }
     }
 
     /// The tap for the stream hyper reads (plain, or over the TLS): `make`'s, and the leg's
@@ -215,6 +218,7 @@ impl Recording<'_> {
             route: ex.route.path_prefix.clone(),
             upstream: ex.route.upstream.to_string(),
             tls: PerLeg::new(self.client_leg.tls.clone(), upstream.tls.clone()),
+            carried: self.client_leg.carried.clone(),
         };
         if self.begin(ex, upstream, heading) {
             return SessionCapture::Captured;

@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tracing::{info, info_span};
 use wstap_wire::{Dir, PerLeg};
 
-use crate::capture::{Ending, Tap};
+use crate::capture::{Ending, Tap, Tee};
 use crate::config::route::Route;
 use crate::proxy::client::ClientConn;
 use crate::proxy::recording;
@@ -47,7 +47,9 @@ pub(crate) fn spawn(
         let started = tokio::time::Instant::now();
         span.in_scope(|| info!("websocket session open"));
         let idle = conn.ctx.settings.limits.idle_timeout;
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        // A leg the socket's tap does not see (an HTTP/2 stream) is tapped here.
+        let tap = conn.capture.carried.as_ref().and(conn.capture.tap.clone());
+        let (mut client, mut upstream) = (Tee::new(TokioIo::new(client), tap), TokioIo::new(upstream));
         let counts: ByteCounts = Arc::default();
         let live = LiveSession {
             started: std::time::Instant::now(),

@@ -13,8 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::capture::ConnId;
+use crate::proxy::accept;
 use crate::proxy::admission::Refused;
-use crate::proxy::conn;
 use crate::proxy::shutdown::{Coordinator, Phase, Shutdown};
 use crate::service::accepting::Accepting;
 use crate::service::error::DaemonError;
@@ -65,8 +65,9 @@ async fn accept_loop(configured: SocketAddr, listener: TcpListener, shared: Arc<
             Ok(permit) => {
                 let permit = permit.counted_in(&ctx.traffic);
                 let tls = ctx.settings.tls_at(configured).map(|t| t.config.clone());
+                let tls = accept::Listener { tls, http2: ctx.settings.http2_at(configured) };
                 // Set up in the connection's span: a plain connection's state is made at once.
-                let serving = span.in_scope(|| conn::accept(ctx, id, stream, tls, shutdown.clone(), permit));
+                let serving = span.in_scope(|| accept::accept(ctx, id, stream, tls, shutdown.clone(), permit));
                 tokio::spawn(serving.instrument(span));
             }
             // A TLS client would read a plaintext answer as garbage: it is closed instead.

@@ -9,6 +9,7 @@ mod errors;
 mod fixtures;
 mod house;
 mod http;
+mod http2;
 mod keylog;
 mod live;
 mod overload;

@@ -18,21 +18,21 @@ use crate::support::*;
 use wstap_wire::wsframe::Opcode;
 
 /// A test CA, and certificates it signs, written as PEM files into a directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     issuer: Issuer<'static, KeyPair>,
     ca: CertificateDer<'static>,
 }
 
 /// A certificate's files and its DER.
-struct Site {
-    cert: PathBuf,
-    key: PathBuf,
+pub(crate) struct Site {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
     der: CertificateDer<'static>,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
@@ -42,7 +42,7 @@ impl Pki {
     }
 
     /// A certificate for `name`, written as `<file>.pem` and `<file>.key`.
-    fn site(&self, name: &str, file: &str) -> Site {
+    pub(crate) fn site(&self, name: &str, file: &str) -> Site {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&key, &self.issuer).unwrap();
         let (cert_path, key_path) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));

@@ -368,6 +368,12 @@ impl Tap {
         self.on_chunk(self.inbound(), Piece::Slice(data));
     }
 
+    /// `data` was written: for a connection the tap is not under, whose bytes are said
+    /// to it (an HTTP/2 stream's WebSocket, written as HTTP/1.1).
+    pub(crate) fn on_said(&self, data: &[u8]) {
+        self.on_written(Piece::Slice(data));
+    }
+
     /// `written` was written to the socket.
     pub(crate) fn on_written(&self, written: Piece<'_>) {
         self.on_chunk(self.inbound().reverse(), written);

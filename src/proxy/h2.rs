@@ -1,0 +1,262 @@
+//! HTTP/2 on a client connection (`[[listener]] http2 = true`): ALPN `h2` over TLS, or
+//! prior knowledge on cleartext (the connection preface sniffed; HTTP/1.1 still served
+//! on the same port). hyper's HTTP/2 server bounds the streams, the header lists and the
+//! resets a client may send (the 2023 rapid-reset and 2024 CONTINUATION floods), and a
+//! drain ends the connection with a GOAWAY.
+//!
+//! Each request is a stream of its own, answered as an HTTP/1.1 request would be
+//! ([`ClientConn::handle`]: routing, header rules, limits, `X-Forwarded-*`) over an
+//! HTTP/1.1 upstream connection of its own. A WebSocket over HTTP/2 (RFC 8441: an
+//! extended CONNECT with `:protocol = websocket`) is bridged to the upstream as an
+//! HTTP/1.1 Upgrade, and its client leg is written as an HTTP/1.1 connection of its own:
+//! the Upgrade request and the upstream's `101` (with the key the upstream was sent and
+//! the accept it gave), then the stream's frames as they crossed. Wireshark decodes it as
+//! it decodes any session, which it cannot do for a WebSocket inside HTTP/2.
+
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+use wstap_wire::{Dir, Leg};
+
+use crate::capture::{ConnId, Layer};
+use crate::config::Http2;
+use crate::proxy::admission::Permit;
+use crate::proxy::client::{Accepted, ClientConn};
+use crate::proxy::conn::Body;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::metered::Metered;
+use crate::proxy::recording::{self, LegTap};
+use crate::proxy::shutdown::{Phase, Shutdown};
+use crate::proxy::traffic::ByteCounts;
+use crate::sync::lock;
+
+/// The client connection preface of HTTP/2.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Streams a client may have open at once.
+const MAX_STREAMS: u32 = 128;
+
+/// Streams a client may reset before they were answered, pending at once (rapid reset).
+const MAX_PENDING_RESETS: usize = 32;
+
+/// Streams wstap may reset for a client's errors before the connection is closed.
+const MAX_LOCAL_RESETS: usize = 256;
+
+/// Whether a cleartext connection opens with HTTP/2's preface: `Some(true)` for
+/// HTTP/2, `Some(false)` for anything else (HTTP/1.1), `None` when it sent nothing
+/// within `limit` or closed.
+pub(super) async fn sniff(stream: &TcpStream, limit: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Some(false);
+        }
+        if n == PREFACE.len() {
+            return Some(true);
+        }
+        // Part of the preface: the rest is on its way (rare: it is 24 bytes).
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(5))).await;
+    }
+}
+
+/// What the streams of one HTTP/2 connection share.
+struct Streams {
+    ctx: Arc<ProxyContext>,
+    id: ConnId,
+    client: SocketAddr,
+    local: SocketAddr,
+    shutdown: Shutdown,
+    permit: Arc<Permit>,
+    /// Requests so far.
+    count: AtomicU64,
+    /// How the connection came: `ALPN h2`, or cleartext with prior knowledge.
+    how: &'static str,
+}
+
+/// Serves HTTP/2 on `stream` until the client leaves or the drain closes it (a GOAWAY
+/// first; the streams open get until the end of the grace period).
+pub(super) async fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S, h2: Http2, how: &'static str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Accepted { id, client, local, shutdown, permit, .. } = a;
+    info!(how, "connection open (HTTP/2)");
+    let started = tokio::time::Instant::now();
+    let bytes: ByteCounts = Arc::default();
+    let stream = Metered::new(stream, Leg::Client, ctx.traffic.clone(), Some(bytes.clone()));
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(ctx.settings.limits.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS));
+    if h2.connect_protocol {
+        b.enable_connect_protocol();
+    }
+    let streams = Arc::new(Streams {
+        ctx,
+        id,
+        client,
+        local,
+        shutdown: shutdown.clone(),
+        permit: Arc::new(permit),
+        count: AtomicU64::new(0),
+        how,
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let streams = streams.clone();
+        async move { Ok::<_, Infallible>(streams.answer(req).await) }
+    });
+    let conn = b.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = shutdown.clone();
+    let result = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = draining.reached(Phase::Draining) => {
+            conn.as_mut().graceful_shutdown();
+            let mut closing = shutdown.clone();
+            tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = closing.reached(Phase::Closing) => None,
+            }
+        }
+    };
+    if let Some(Err(e)) = result {
+        info!(error = %e, "HTTP/2 connection error");
+    }
+    let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
+    info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
+}
+
+impl Streams {
+    /// Answers one stream: as an HTTP/1.1 request would be, a WebSocket's extended
+    /// CONNECT as an Upgrade (its `101` answered with a `200`).
+    async fn answer(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let n = self.count.fetch_add(1, Relaxed) + 1;
+        let id = ConnId(self.id.0 | (n << 32));
+        let websocket = req.method() == Method::CONNECT
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        // `:authority` is the Host; the target, in origin form.
+        if let Some(authority) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().entry(HOST).or_insert(authority);
+        }
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        *req.uri_mut() = target.parse().unwrap_or_default();
+        let capture = match websocket {
+            true => self.stream_capture(id, n),
+            false => LegTap::default(),
+        };
+        let conn = Arc::new(ClientConn::new(
+            self.ctx.clone(),
+            id,
+            self.client,
+            self.shutdown.clone(),
+            capture,
+            self.permit.clone(),
+        ));
+        if !websocket {
+            return conn.handle(req).await;
+        }
+        as_upgrade(&mut req);
+        *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+        if let Some(tap) = &conn.capture.tap {
+            tap.on_read(&request_head(&req));
+        }
+        debug!(stream = n, "WebSocket over HTTP/2");
+        accepted(conn.handle(req).await)
+    }
+
+    /// The tap of a WebSocket stream's client leg, written as an HTTP/1.1 connection of
+    /// its own from a port of the client's address made up for it, and what it says of
+    /// what really carried it.
+    fn stream_capture(&self, id: ConnId, n: u64) -> LegTap {
+        let port = 49_152 + ((self.id.0.wrapping_mul(64) + n) % 16_384) as u16;
+        let remote = SocketAddr::new(self.client.ip(), port);
+        let tap = recording::tap(&self.ctx, Leg::Client, id, self.local, remote, Layer::Http);
+        let carried = format!(
+            "is a WebSocket over HTTP/2 (RFC 8441), request {n} of the connection from {} to {} ({}), written as \
+             an HTTP/1.1 connection from port {port}",
+            self.client, self.local, self.how
+        );
+        LegTap { tap, carried: Some(carried), ..LegTap::default() }
+    }
+}
+
+/// An extended CONNECT made the Upgrade request it stands for: `GET`, `Upgrade:
+/// websocket`, and a `Sec-WebSocket-Key` of its own (the stream had none); the
+/// version, protocols and extensions as the client sent them.
+fn as_upgrade(req: &mut Request<Incoming>) {
+    *req.method_mut() = Method::GET;
+    req.extensions_mut().remove::<hyper::ext::Protocol>();
+    let h = req.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(key) = HeaderValue::from_str(&new_key()) {
+        h.insert(SEC_WEBSOCKET_KEY, key);
+    }
+    h.entry(HeaderName::from_static("sec-websocket-version")).or_insert(HeaderValue::from_static("13"));
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 bytes no one can guess, in base64.
+fn new_key() -> String {
+    let random = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.finish().to_le_bytes()
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&random(nanos));
+    key[8..].copy_from_slice(&random(!nanos));
+    data_encoding::BASE64.encode(&key)
+}
+
+/// The request as an HTTP/1.1 head: what the capture shows the client sending.
+fn request_head(req: &Request<Incoming>) -> Vec<u8> {
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri()).into_bytes();
+    let host = req.headers().get(HOST).into_iter().map(|v| (&HOST, v));
+    let rest = req.headers().iter().filter(|(name, _)| **name != HOST);
+    for (name, value) in host.chain(rest) {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// The answer to an extended CONNECT: the upstream's `101` becomes a `200` (its
+/// protocol and extensions kept, the HTTP/1.1 upgrade fields gone); anything else is
+/// passed on as it came.
+fn accepted(resp: Response<Body>) -> Response<Body> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
+    }
+    let (mut parts, _) = resp.into_parts();
+    parts.status = StatusCode::OK;
+    for name in [UPGRADE, CONNECTION, SEC_WEBSOCKET_ACCEPT] {
+        parts.headers.remove(name);
+    }
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+}

@@ -1,0 +1,255 @@
+//! HTTP/2 listeners (`http2 = true`): an `h2` client speaking extended CONNECT (RFC
+//! 8441) straight to the daemon, the capture of such a WebSocket read back by tshark as
+//! an HTTP/1.1 session, a refused route, many streams at once, a peer resetting streams
+//! in a loop, and curl over HTTP/2 on cleartext (prior knowledge) and TLS (ALPN).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Method, Request, StatusCode};
+
+use crate::capture::{assert_clean, capture_dir, capture_toml, fields, the_files, tshark};
+use crate::support::*;
+use crate::tls::Pki;
+
+/// A daemon with one cleartext HTTP/2 listener, routing `/chat` to `upstream`,
+/// capturing into `caps` (if given).
+async fn h2_proxy(upstream: SocketAddr, caps: Option<&Path>) -> Proxy {
+    let capture = caps.map_or(String::new(), |d| capture_toml(d, "legs = [\"client\"]"));
+    let toml = format!(
+        "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\nhttp2 = true\n[[route]]\npath_prefix = \"/chat\"\n\
+         upstream = \"ws://{upstream}\"\n{capture}"
+    );
+    Proxy::start(&toml).await
+}
+
+/// An HTTP/2 connection to `addr`, prior knowledge; its connection task runs apart.
+async fn h2_client(addr: SocketAddr) -> SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.ready().await.unwrap()
+}
+
+/// An extended CONNECT for a WebSocket at `path`: its status, and the stream.
+async fn connect_websocket(
+    send: &mut SendRequest<Bytes>,
+    path: &str,
+) -> (StatusCode, Option<(h2::SendStream<Bytes>, h2::RecvStream)>) {
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://wstap.test{path}"))
+        .extension(h2::ext::Protocol::from("websocket"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-extensions", "permessage-deflate; client_max_window_bits")
+        .body(())
+        .unwrap();
+    let (response, stream) = send.clone().ready().await.unwrap().send_request(req, false).unwrap();
+    let response = within(response).await.unwrap();
+    let status = response.status();
+    (status, (status == StatusCode::OK).then(|| (stream, response.into_body())))
+}
+
+/// Reads from `body` until a whole server frame is there; returns its payload and the
+/// bytes after it.
+async fn next_frame(body: &mut h2::RecvStream, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    loop {
+        if let Some((first, payload, used)) = parse_frame(buf) {
+            buf.drain(..used);
+            return (first, payload);
+        }
+        let data = within(body.data()).await.expect("the stream goes on").unwrap();
+        let _ = body.flow_control().release_capacity(data.len());
+        buf.extend_from_slice(&data);
+    }
+}
+
+/// An unmasked frame at the start of `buf`: its first byte, payload and length.
+fn parse_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (first, len7) = (*buf.first()?, *buf.get(1)? & 0x7f);
+    let (len, at) = match len7 {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(at..at + len)?.to_vec();
+    Some((first, payload, at + len))
+}
+
+/// A masked binary frame.
+fn masked_binary_frame(payload: &[u8]) -> Vec<u8> {
+    use wstap_wire::wsframe::{encode_frame, first_byte, Opcode};
+    encode_frame(first_byte(true, false, Opcode::Binary), payload, Some([0x11, 0x22, 0x33, 0x44]))
+}
+
+/// One echo round over a WebSocket stream.
+async fn echo(
+    send: &mut h2::SendStream<Bytes>,
+    body: &mut h2::RecvStream,
+    buf: &mut Vec<u8>,
+    frame: Vec<u8>,
+) -> Vec<u8> {
+    send.send_data(Bytes::from(frame), false).unwrap();
+    next_frame(body, buf).await.1
+}
+
+#[tokio::test]
+async fn a_websocket_over_http2_is_bridged_and_written_as_an_http1_session() {
+    within(async {
+        let caps = capture_dir("h2-ws");
+        let proxy = h2_proxy(echo_upstream().await, Some(&caps)).await;
+        let mut send = h2_client(proxy.addr()).await;
+        let (status, stream) = connect_websocket(&mut send, "/chat?room=1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(send.is_extended_connect_protocol_enabled(), "SETTINGS_ENABLE_CONNECT_PROTOCOL is advertised");
+        let (mut out, mut body) = stream.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(echo(&mut out, &mut body, &mut buf, masked_text_frame(b"hello over h2")).await, b"hello over h2");
+        let big = noise(200_000);
+        assert_eq!(echo(&mut out, &mut body, &mut buf, masked_binary_frame(&big)).await, big, "200 KB, flow control");
+        out.send_data(Bytes::from(wstap_wire::wsframe::encode_frame(0x88, &[3, 232], Some([1, 2, 3, 4]))), true)
+            .unwrap();
+        let (first, _) = next_frame(&mut body, &mut buf).await;
+        assert_eq!(first, 0x88, "the close echoed");
+        drop((out, body, send));
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = the_files(&caps).remove(0);
+        assert_clean(&file, 1);
+        let request = fields(&file, "http.request", &["http.request.method", "http.request.uri", "http.upgrade"]);
+        assert_eq!(
+            request,
+            [["GET", "/chat?room=1", "websocket"]],
+            "the extended CONNECT, as the Upgrade it stands for"
+        );
+        let response = fields(&file, "http.response", &["http.response.code"]);
+        assert_eq!(response, [["101"]]);
+        let text = fields(&file, "websocket.opcode == 1", &["websocket.payload.text"]);
+        assert_eq!(text, [vec!["hello over h2".to_owned()], vec!["hello over h2".to_owned()]], "both ways");
+        let binary = fields(&file, "websocket.opcode == 2", &["websocket.payload_length_ext_64"]);
+        assert_eq!(binary.len(), 2, "{binary:?}");
+        let comments = tshark(&file, &["-T", "fields", "-e", "frame.comment"]);
+        assert!(comments.contains("WebSocket over HTTP/2 (RFC 8441)"), "{comments}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_route_is_a_404_on_its_stream_and_the_connection_lives_on() {
+    within(async {
+        let proxy = h2_proxy(echo_upstream().await, None).await;
+        let mut send = h2_client(proxy.addr()).await;
+        let (status, _) = connect_websocket(&mut send, "/nowhere").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, stream) = connect_websocket(&mut send, "/chat").await;
+        assert_eq!(status, StatusCode::OK, "the same connection goes on");
+        let (mut out, mut body) = stream.unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(echo(&mut out, &mut body, &mut buf, masked_text_frame(b"still here")).await, b"still here");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn many_websockets_share_one_connection() {
+    within(async {
+        let proxy = h2_proxy(echo_upstream().await, None).await;
+        let send = h2_client(proxy.addr()).await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (status, stream) = connect_websocket(&mut send, "/chat").await;
+                assert_eq!(status, StatusCode::OK);
+                let (mut out, mut body) = stream.unwrap();
+                let mut buf = Vec::new();
+                for round in 0..5 {
+                    let text = format!("stream {i} round {round}");
+                    assert_eq!(
+                        echo(&mut out, &mut body, &mut buf, masked_text_frame(text.as_bytes())).await,
+                        text.as_bytes()
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_peer_resetting_streams_in_a_loop_is_cut_off_and_others_are_served() {
+    within(async {
+        let upstream = echo_upstream().await;
+        let proxy = h2_proxy(upstream, None).await;
+        let mut send = h2_client(proxy.addr()).await;
+        let mut refused = false;
+        for _ in 0..5_000 {
+            let req = Request::builder().method(Method::GET).uri("http://wstap.test/chat").body(()).unwrap();
+            let Ok(mut ready) = send.clone().ready().await else {
+                refused = true;
+                break;
+            };
+            let Ok((_, mut stream)) = ready.send_request(req, false) else {
+                refused = true;
+                break;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+            tokio::task::yield_now().await;
+        }
+        let _ = &mut send;
+        // Whatever the flood got, another client is served at once.
+        let mut other = h2_client(proxy.addr()).await;
+        let (status, _) = connect_websocket(&mut other, "/chat").await;
+        assert_eq!(status, StatusCode::OK, "a flood on one connection (cut off: {refused}) holds no other up");
+    })
+    .await;
+}
+
+/// curl's answer over `args`: its body and the HTTP version it spoke.
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_version}"]).args(args).output().unwrap();
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    (body.to_owned(), version.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_its_answers_over_http2_with_prior_knowledge_and_over_tls_and_http1_still_works() {
+    let upstream = fixed_upstream("HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-Up: yes\r\n\r\nfrom the up").await;
+    let scratch = Scratch::new("h2-curl");
+    std::fs::create_dir_all(&*scratch).unwrap();
+    let pki = Pki::new(&scratch);
+    let site = pki.site("localhost", "site");
+    let toml = format!(
+        "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\nhttp2 = true\n[[listener]]\naddr = \"127.0.0.2:0\"\n\
+         http2 = true\ntls = {{ cert = {:?}, key = {:?} }}\n[[route]]\nupstream = \"http://{upstream}\"\n",
+        site.cert, site.key
+    );
+    let proxy = Proxy::start(&toml).await;
+    let (plain, tls) = (proxy.addrs[0], proxy.addrs[1]);
+    let answers = tokio::task::spawn_blocking(move || {
+        let plain_url = format!("http://{plain}/x");
+        let tls_url = format!("https://localhost:{}/x", tls.port());
+        let resolve = format!("localhost:{}:127.0.0.2", tls.port());
+        [
+            curl(&["--http2-prior-knowledge", &plain_url]),
+            curl(&["--http1.1", &plain_url]),
+            curl(&["--http2", "-k", "--resolve", &resolve, &tls_url]),
+            curl(&["--http1.1", "-k", "--resolve", &resolve, &tls_url]),
+        ]
+    })
+    .await
+    .unwrap();
+    let versions: Vec<&str> = answers.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(versions, ["2", "1.1", "2", "1.1"]);
+    assert!(answers.iter().all(|(body, _)| body == "from the up"), "{answers:?}");
+}
