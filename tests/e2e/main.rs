@@ -2,6 +2,7 @@
 //! talk through it. One binary, one module per topic.
 
 mod admin;
+mod browser;
 mod capture;
 mod cli;
 mod durability;
