@@ -328,6 +328,9 @@ pub enum Heading {
         conn: ConnId,
         /// The client's address.
         client: SocketAddr,
+        /// What really carried it, when it is written as an HTTP/1.1 connection it was
+        /// not (a stream of an HTTP/2 connection).
+        carried: Option<String>,
     },
     /// The upstream connection of a client connection recorded whole.
     UpstreamConnection {
@@ -376,7 +379,13 @@ impl fmt::Display for Heading {
                 }
                 Ok(())
             }
-            Heading::Connection { conn, client } => write!(f, "wstap connection {conn} from {client}"),
+            Heading::Connection { conn, client, carried } => {
+                write!(f, "wstap connection {conn} from {client}")?;
+                match carried {
+                    Some(carried) => write!(f, "; it {carried}"),
+                    None => Ok(()),
+                }
+            }
             Heading::UpstreamConnection { conn, upstream } => {
                 write!(f, "wstap upstream connection of connection {conn} to {upstream}")
             }
@@ -606,7 +615,7 @@ mod tests {
         let headings = [
             session(PerLeg::new(None, None)),
             session(PerLeg::new(tls(TlsHeld::Decrypted), tls(TlsHeld::Records))),
-            Heading::Connection { conn: ConnId(4), client },
+            Heading::Connection { conn: ConnId(4), client, carried: None },
             Heading::UpstreamConnection { conn: ConnId(4), upstream: "127.0.0.1:9000".into() },
         ];
         let notes = [

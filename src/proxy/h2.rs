@@ -31,8 +31,10 @@ use tracing::{debug, info};
 use wstap_wire::{Dir, Leg};
 
 use crate::capture::{ConnId, Layer};
+use crate::config::CaptureMode;
 use crate::config::Http2;
 use crate::proxy::admission::Permit;
+use crate::proxy::as_http1::{self, Said};
 use crate::proxy::client::{Accepted, ClientConn};
 use crate::proxy::conn::Body;
 use crate::proxy::context::ProxyContext;
@@ -148,7 +150,7 @@ where
 impl Streams {
     /// Answers one stream: as an HTTP/1.1 request would be, a WebSocket's extended
     /// CONNECT as an Upgrade (its `101` answered with a `200`).
-    async fn answer(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+    async fn answer(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Said<Body>> {
         let n = self.count.fetch_add(1, Relaxed) + 1;
         let id = ConnId(self.id.0 | (n << 32));
         let websocket = req.method() == Method::CONNECT
@@ -162,40 +164,52 @@ impl Streams {
         }
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         *req.uri_mut() = target.parse().unwrap_or_default();
-        let capture = match websocket {
-            true => self.stream_capture(id, n),
-            false => LegTap::default(),
-        };
         let conn = Arc::new(ClientConn::new(
             self.ctx.clone(),
             id,
             self.client,
             self.shutdown.clone(),
-            capture,
+            self.stream_capture(id, n, websocket),
             self.permit.clone(),
         ));
-        if !websocket {
-            return conn.handle(req).await;
+        let tap = conn.capture.tap.clone();
+        if websocket {
+            as_upgrade(&mut req);
+            *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+            if let Some(tap) = &tap {
+                as_http1::request(tap, &req, true);
+            }
+            debug!(stream = n, "WebSocket over HTTP/2");
+            return accepted(conn.handle(req).await).map(|b| Said::new(b, None));
         }
-        as_upgrade(&mut req);
-        *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
-        if let Some(tap) = &conn.capture.tap {
-            tap.on_read(&request_head(&req));
+        let Some(tap) = tap else { return conn.handle(req).await.map(|b| Said::new(b, None)) };
+        // Restated as HTTP/1.1 for the capture: the request's body as the upstream takes
+        // it, the response's as the client does.
+        if let Some(body) = as_http1::request(&tap, &req, false) {
+            req.extensions_mut().insert(body);
         }
-        debug!(stream = n, "WebSocket over HTTP/2");
-        accepted(conn.handle(req).await)
+        let method = req.method().clone();
+        let (parts, body) = conn.handle(req).await.into_parts();
+        let said = as_http1::response(&tap, &parts, hyper::body::Body::is_end_stream(&body), &method);
+        Response::from_parts(parts, Said::new(body, Some(said)))
     }
 
-    /// The tap of a WebSocket stream's client leg, written as an HTTP/1.1 connection of
-    /// its own from a port of the client's address made up for it, and what it says of
+    /// The tap of a stream's client leg, if it may be recorded (a WebSocket's, or any
+    /// stream's where a route records whole connections): written as an HTTP/1.1
+    /// connection of its own from a port of the client's address made up for it, with
     /// what really carried it.
-    fn stream_capture(&self, id: ConnId, n: u64) -> LegTap {
+    fn stream_capture(&self, id: ConnId, n: u64, websocket: bool) -> LegTap {
+        let whole = |r: &crate::config::route::Route| r.policy.mode == CaptureMode::All && r.policy.legs.client;
+        if !websocket && !self.ctx.settings.routes.iter().any(whole) {
+            return LegTap::default();
+        }
         let port = 49_152 + ((self.id.0.wrapping_mul(64) + n) % 16_384) as u16;
         let remote = SocketAddr::new(self.client.ip(), port);
         let tap = recording::tap(&self.ctx, Leg::Client, id, self.local, remote, Layer::Http);
+        let what = if websocket { "a WebSocket over HTTP/2 (RFC 8441)" } else { "an HTTP/2 request" };
         let carried = format!(
-            "is a WebSocket over HTTP/2 (RFC 8441), request {n} of the connection from {} to {} ({}), written as \
-             an HTTP/1.1 connection from port {port}",
+            "is {what}, request {n} of the connection from {} to {} ({}), written as an HTTP/1.1 connection from \
+             port {port}",
             self.client, self.local, self.how
         );
         LegTap { tap, carried: Some(carried), ..LegTap::default() }
@@ -229,21 +243,6 @@ fn new_key() -> String {
     key[..8].copy_from_slice(&random(nanos));
     key[8..].copy_from_slice(&random(!nanos));
     data_encoding::BASE64.encode(&key)
-}
-
-/// The request as an HTTP/1.1 head: what the capture shows the client sending.
-fn request_head(req: &Request<Incoming>) -> Vec<u8> {
-    let mut head = format!("{} {} HTTP/1.1\r\n", req.method(), req.uri()).into_bytes();
-    let host = req.headers().get(HOST).into_iter().map(|v| (&HOST, v));
-    let rest = req.headers().iter().filter(|(name, _)| **name != HOST);
-    for (name, value) in host.chain(rest) {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// The answer to an extended CONNECT: the upstream's `101` becomes a `200` (its

@@ -11,6 +11,7 @@
 //! - [`h2`]: HTTP/2 on a client connection (`http2 = true`): each stream answered as an
 //!   HTTP/1.1 request, a WebSocket over HTTP/2 bridged to an HTTP/1.1 Upgrade and
 //!   written as an HTTP/1.1 connection of its own.
+//!   [`as_http1`]: such a stream restated as HTTP/1.1 for its capture.
 //! - [`gate`]: the client socket as each request's hyper connection sees it; between
 //!   requests the socket is parked outside hyper, holding no buffer.
 //! - [`recording`]: the connection's capture as the proxy drives it: its taps, and
@@ -27,6 +28,7 @@
 
 pub mod accept;
 pub mod admission;
+pub mod as_http1;
 pub mod client;
 pub mod conn;
 pub mod context;

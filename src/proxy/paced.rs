@@ -15,6 +15,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::as_http1::BodyTap;
+
 /// `Incoming`, with a deadline between frames.
 pub struct Paced {
     inner: Incoming,
@@ -24,6 +26,8 @@ pub struct Paced {
     expired: Arc<AtomicBool>,
     /// The body has been asked for (the clock runs from then).
     started: bool,
+    /// Where the body is said as it goes, restated as HTTP/1.1 (an HTTP/2 stream's).
+    said: Option<BodyTap>,
 }
 
 /// Why a paced body ended early.
@@ -42,7 +46,12 @@ impl Paced {
     /// `inner`, allowed `limit` between frames (none: no limit); `expired` is set on expiry.
     pub fn new(inner: Incoming, limit: Option<Duration>, expired: Arc<AtomicBool>) -> Paced {
         let deadline = Box::pin(tokio::time::sleep(limit.unwrap_or(Duration::ZERO)));
-        Paced { inner, limit, deadline, expired, started: false }
+        Paced { inner, limit, deadline, expired, started: false, said: None }
+    }
+
+    /// The body, said to `said` as it goes.
+    pub(crate) fn saying(self, said: Option<BodyTap>) -> Paced {
+        Paced { said, ..self }
     }
 }
 
@@ -59,6 +68,16 @@ impl Body for Paced {
             Poll::Ready(frame) => {
                 if let Some(limit) = this.limit {
                     this.deadline.as_mut().reset(Instant::now() + limit);
+                }
+                // (hyper may stop at the last frame, when the body says it has ended.)
+                let ended = frame.is_none() || this.inner.is_end_stream();
+                if let Some(said) = &this.said {
+                    if let Some(Ok(f)) = &frame {
+                        f.data_ref().into_iter().for_each(|d| said.data(d));
+                    }
+                }
+                if let Some(said) = this.said.take_if(|_| ended) {
+                    said.end();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }

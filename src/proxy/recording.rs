@@ -180,7 +180,9 @@ impl Recording<'_> {
             _ if !recorded_leg => Decision::Skip,
             Verdict::Connection => {
                 let heading = match leg {
-                    Leg::Client => Heading::Connection { conn: self.conn, client: self.client },
+                    Leg::Client => {
+                        Heading::Connection { conn: self.conn, client: self.client, carried: legs.carried.clone() }
+                    }
                     Leg::Upstream => {
                         Heading::UpstreamConnection { conn: self.conn, upstream: ex.route.upstream.to_string() }
                     }

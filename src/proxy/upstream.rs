@@ -94,8 +94,10 @@ impl UpstreamConn {
         };
         let limits = &ctx.settings.limits;
         let stalled = Arc::new(AtomicBool::new(false));
-        let (parts, body) = req.into_parts();
-        let body = Paced::new(body, limits.body_timeout, stalled.clone());
+        let (mut parts, body) = req.into_parts();
+        // A stream restated as HTTP/1.1 for its capture: its body is said as it goes.
+        let said = parts.extensions.remove::<crate::proxy::as_http1::BodyTap>();
+        let body = Paced::new(body, limits.body_timeout, stalled.clone()).saying(said);
         let sent = sender.send_request(Request::from_parts(parts, body));
         let resp = match limits.upstream_timeout {
             Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ProxyError::ResponseTimeout(t))?,

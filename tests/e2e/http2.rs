@@ -253,3 +253,64 @@ async fn curl_gets_its_answers_over_http2_with_prior_knowledge_and_over_tls_and_
     assert_eq!(versions, ["2", "1.1", "2", "1.1"]);
     assert!(answers.iter().all(|(body, _)| body == "from the up"), "{answers:?}");
 }
+
+#[tokio::test]
+async fn in_mode_all_each_http2_request_is_written_as_an_http1_exchange() {
+    within(async {
+        let upstream = recording_upstream("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await.0;
+        let chunked = serve(|mut s| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0u8; 65536];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
+                .await;
+        })
+        .await;
+        let caps = capture_dir("h2-all");
+        let toml = format!(
+            "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\nhttp2 = true\n[[route]]\npath_prefix = \"/chunked\"\n\
+             upstream = \"http://{chunked}\"\n[[route]]\nupstream = \"http://{}\"\n{}",
+            upstream,
+            capture_toml(&caps, "mode = \"all\"\nlegs = [\"client\"]")
+        );
+        let proxy = Proxy::start(&toml).await;
+        let mut send = h2_client(proxy.addr()).await;
+        // A GET, a POST whose body has no length (chunked, restated), and a chunked answer.
+        let get = Request::get("http://wstap.test/a?token=secret").body(()).unwrap();
+        let (resp, _) = send.send_request(get, true).unwrap();
+        let mut body = within(resp).await.unwrap().into_body();
+        assert_eq!(within(body.data()).await.unwrap().unwrap(), "hello");
+        let post = Request::post("http://wstap.test/b").body(()).unwrap();
+        let (resp, mut out) = send.clone().ready().await.unwrap().send_request(post, false).unwrap();
+        out.send_data(Bytes::from_static(b"{\"op\":"), false).unwrap();
+        out.send_data(Bytes::from_static(b"\"buy\"}"), true).unwrap();
+        assert_eq!(within(resp).await.unwrap().status(), StatusCode::OK);
+        let get = Request::get("http://wstap.test/chunked").body(()).unwrap();
+        let (resp, _) = send.clone().ready().await.unwrap().send_request(get, true).unwrap();
+        let mut body = within(resp).await.unwrap().into_body();
+        let mut got = Vec::new();
+        while let Some(d) = within(body.data()).await {
+            got.extend_from_slice(&d.unwrap());
+        }
+        assert_eq!(got, b"abcdefg");
+        drop(send);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let file = the_files(&caps).remove(0);
+        assert_clean(&file, 1);
+        let requests = fields(&file, "http.request", &["http.request.method", "http.request.uri", "http.file_data"]);
+        let uris: Vec<&str> = requests.iter().map(|r| r[1].as_str()).collect();
+        assert!(uris.contains(&"/b") && uris.contains(&"/chunked"), "{requests:?}");
+        assert!(uris.iter().any(|u| u.starts_with("/a?token=") && !u.contains("secret")), "redacted: {requests:?}");
+        let post = requests.iter().find(|r| r[1] == "/b").unwrap();
+        assert_eq!(post[2], "{\"op\":\"buy\"}", "the body, chunked and joined by tshark");
+        let answers = fields(&file, "http.response", &["http.response.code", "http.file_data"]);
+        let bodies: Vec<&str> = answers.iter().map(|r| r[1].as_str()).collect();
+        assert_eq!(answers.len(), 3, "{answers:?}");
+        assert!(bodies.contains(&"hello") && bodies.contains(&"abcdefg"), "{answers:?}");
+        let comments = tshark(&file, &["-T", "fields", "-e", "frame.comment"]);
+        assert!(comments.contains("is an HTTP/2 request, request 1 of the connection"), "{comments}");
+    })
+    .await;
+}
