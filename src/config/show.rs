@@ -21,6 +21,12 @@ impl fmt::Display for Settings {
             writeln!(f, "\n[[listener]]")?;
             writeln!(f, "addr = {}", Q(&addr.to_string()))?;
             if let Some(h) = self.http2_at(*addr) {
+                if self.tls_at(*addr).is_some() && self.capture.tls == TlsCapture::Encrypted {
+                    writeln!(
+                        f,
+                        "# capture.tls = \"encrypted\": over TLS this listener offers HTTP/1.1 only (docs/http2.md)"
+                    )?;
+                }
                 writeln!(f, "http2 = true\nconnect_protocol = {}", h.connect_protocol)?;
             }
             let Some(t) = self.tls_at(*addr) else { continue };

@@ -43,8 +43,12 @@ fn settings(mut f: FileConfig, source: &Path) -> Result<Settings, Invalid> {
     let mut http2 = Vec::new();
     for (i, l) in std::mem::take(&mut f.listeners).into_iter().enumerate() {
         listen.push(l.addr);
+        // TLS records captured whole cannot be restated stream by stream, and Wireshark
+        // shows no WebSocket inside HTTP/2: with `capture.tls = "encrypted"` a TLS
+        // listener offers HTTP/1.1 only (docs/http2.md).
+        let h2_over_tls = l.http2 && f.capture.tls != TlsCapture::Encrypted;
         if let Some(t) = l.tls {
-            let t = super::tls::server_tls(t, l.http2)
+            let t = super::tls::server_tls(t, h2_over_tls)
                 .map_err(|(key, msg)| Invalid { key: format!("listener[{i}].tls.{key}"), msg })?;
             tls.push((l.addr, t));
         }

@@ -110,6 +110,8 @@ async fn a_websocket_over_http2_is_bridged_and_written_as_an_http1_session() {
         let (mut out, mut body) = stream.unwrap();
         let mut buf = Vec::new();
         assert_eq!(echo(&mut out, &mut body, &mut buf, masked_text_frame(b"hello over h2")).await, b"hello over h2");
+        // A rotation in the middle of the session: the next file repeats it, as for any.
+        proxy.rotate().await;
         let big = noise(200_000);
         assert_eq!(echo(&mut out, &mut body, &mut buf, masked_binary_frame(&big)).await, big, "200 KB, flow control");
         out.send_data(Bytes::from(wstap_wire::wsframe::encode_frame(0x88, &[3, 232], Some([1, 2, 3, 4]))), true)
@@ -119,8 +121,17 @@ async fn a_websocket_over_http2_is_bridged_and_written_as_an_http1_session() {
         drop((out, body, send));
         proxy.begin_shutdown().await;
         proxy.stopped().await;
-        let file = the_files(&caps).remove(0);
+        let files = the_files(&caps);
+        assert_eq!(files.len(), 2, "rotated: {files:?}");
+        // The reader (sessions, replay, carve) takes it as one session across the files.
+        let rec = wstap_replay::open_all(&files).unwrap();
+        assert!(rec.problems.is_empty(), "{:?}", rec.problems);
+        assert_eq!(rec.sessions.len(), 1);
+        let kinds: Vec<&str> = rec.sessions[0].messages.iter().map(|m| m.kind.name()).collect();
+        assert_eq!(kinds, ["text", "text", "binary", "binary", "close", "close"]);
+        let file = files[0].clone();
         assert_clean(&file, 1);
+        assert_clean(&files[1], 1);
         let request = fields(&file, "http.request", &["http.request.method", "http.request.uri", "http.upgrade"]);
         assert_eq!(
             request,
@@ -131,7 +142,7 @@ async fn a_websocket_over_http2_is_bridged_and_written_as_an_http1_session() {
         assert_eq!(response, [["101"]]);
         let text = fields(&file, "websocket.opcode == 1", &["websocket.payload.text"]);
         assert_eq!(text, [vec!["hello over h2".to_owned()], vec!["hello over h2".to_owned()]], "both ways");
-        let binary = fields(&file, "websocket.opcode == 2", &["websocket.payload_length_ext_64"]);
+        let binary = fields(&files[1], "websocket.opcode == 2", &["websocket.payload_length_ext_64"]);
         assert_eq!(binary.len(), 2, "{binary:?}");
         let comments = tshark(&file, &["-T", "fields", "-e", "frame.comment"]);
         assert!(comments.contains("WebSocket over HTTP/2 (RFC 8441)"), "{comments}");
@@ -313,4 +324,26 @@ async fn in_mode_all_each_http2_request_is_written_as_an_http1_exchange() {
         assert!(comments.contains("is an HTTP/2 request, request 1 of the connection"), "{comments}");
     })
     .await;
+}
+
+#[test]
+fn tls_listeners_offer_h2_first_unless_tls_legs_are_captured_as_records() {
+    let scratch = Scratch::new("h2-alpn");
+    std::fs::create_dir_all(&*scratch).unwrap();
+    let site = Pki::new(&scratch).site("localhost", "site");
+    let alpn = |capture: &str| {
+        let toml = format!(
+            "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\nhttp2 = true\ntls = {{ cert = {:?}, key = {:?} }}\n\
+             [[route]]\nupstream = \"ws://127.0.0.1:1\"\n[capture]\n{capture}\n",
+            site.cert, site.key
+        );
+        let s = wstap::Settings::parse(&toml, "h2.toml".as_ref()).unwrap();
+        let shown = s.to_string();
+        (s.tls[0].1.config.alpn_protocols.clone(), shown)
+    };
+    let (offered, _) = alpn("tls = \"plaintext\"");
+    assert_eq!(offered, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    let (offered, shown) = alpn("tls = \"encrypted\"");
+    assert_eq!(offered, [b"http/1.1".to_vec()], "records are captured whole: no HTTP/2 over TLS");
+    assert!(shown.contains("offers HTTP/1.1 only"), "{shown}");
 }
