@@ -64,6 +64,12 @@ pub(crate) fn spawn(
         // Pinned here, and the relay holds a pointer to it.
         let stop = std::pin::pin!(shutdown.reached(Phase::Closing));
         let done = splice::splice(&mut client, &mut upstream, &counts, idle, stop).await;
+        if conn.capture.carried.is_some() {
+            // An HTTP/2 stream dropped before its peer ended it is reset, and what was
+            // still to send to it (the close's answer) goes with it: its peer gets a
+            // moment to end it first.
+            linger(&mut client).await;
+        }
         let ending = Ending::Session { conn: conn.id, end: done.end.said() };
         recording::closing(PerLeg::new(conn.capture.tap.as_ref(), upstream_tap.as_ref()), &ending);
         drop((client, upstream));
@@ -71,4 +77,16 @@ pub(crate) fn spawn(
         let secs = started.elapsed().as_secs_f64();
         span.in_scope(|| info!(up, down, secs, end = %done.end, "websocket session ended"));
     });
+}
+
+/// How long an HTTP/2 stream whose session ended waits for its peer to end it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads (and drops) what the peer still sends, until it ends the stream, for at most
+/// [`LINGER`].
+async fn linger<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 512];
+    let _ =
+        tokio::time::timeout(LINGER, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} }).await;
 }

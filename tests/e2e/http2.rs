@@ -347,3 +347,48 @@ fn tls_listeners_offer_h2_first_unless_tls_legs_are_captured_as_records() {
     assert_eq!(offered, [b"http/1.1".to_vec()], "records are captured whole: no HTTP/2 over TLS");
     assert!(shown.contains("offers HTTP/1.1 only"), "{shown}");
 }
+
+#[tokio::test]
+async fn replay_and_mock_speak_websocket_over_http2() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    within(async {
+        // A session recorded through an HTTP/2 listener (its HTTP/1.1 still served).
+        let caps = capture_dir("h2-replay");
+        let proxy = h2_proxy(echo_upstream().await, Some(&caps)).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/chat", proxy.addr())).await.unwrap();
+        for text in ["one", "two", "three"] {
+            ws.send(Message::text(text)).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+        }
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        drop(ws);
+        proxy.begin_shutdown().await;
+        proxy.stopped().await;
+        let session = wstap_replay::open(the_files(&caps).remove(0)).unwrap().sessions.remove(0);
+        let opts = wstap_replay::Options { speed: None, http2: true, ..Default::default() };
+        // Replayed over HTTP/2 through a daemon's HTTP/2 listener: every echo matches.
+        let proxy = h2_proxy(echo_upstream().await, None).await;
+        let report = wstap_replay::replay(&session, &format!("ws://{}/chat", proxy.addr()), &opts, |_| {}).await;
+        assert!(report.as_ref().is_ok_and(|r| r.matched()), "{report:?}");
+        // The mock's recorded server, and the replay's recorded client, over HTTP/2.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("ws://{}/chat", listener.local_addr().unwrap());
+        let (mocked, replayed) = tokio::join!(
+            wstap_replay::mock(&session, &listener, &opts, |_| {}),
+            wstap_replay::replay(&session, &target, &opts, |_| {})
+        );
+        assert!(mocked.as_ref().is_ok_and(|r| r.matched()), "{mocked:?}");
+        assert!(replayed.as_ref().is_ok_and(|r| r.matched()), "{replayed:?}");
+        // Without --http2, an HTTP/1.1 client's Upgrade is not what the mock waits for.
+        let plain =
+            wstap_replay::Options { speed: None, wait: std::time::Duration::from_secs(1), ..Default::default() };
+        let (mocked, _) = tokio::join!(
+            wstap_replay::mock(&session, &listener, &opts, |_| {}),
+            wstap_replay::replay(&session, &target, &plain, |_| {})
+        );
+        assert!(mocked.is_err(), "an HTTP/1.1 Upgrade is refused by an HTTP/2 mock");
+    })
+    .await;
+}

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::WebSocketStream;
 
@@ -46,6 +46,9 @@ pub struct Options {
     pub client_tls: Option<Arc<rustls::ClientConfig>>,
     /// TLS to serve with ([`mock`]): clients connect with `wss://`.
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// WebSocket over HTTP/2 (RFC 8441): [`replay()`] sends an extended CONNECT (HTTP/2
+    /// with prior knowledge on `ws://`, ALPN `h2` on `wss://`); [`mock`] takes one.
+    pub http2: bool,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             wait: Duration::from_secs(5),
             client_tls: None,
             server_tls: None,
+            http2: false,
         }
     }
 }
@@ -312,19 +316,33 @@ pub async fn replay(
         let stream: Box<dyn Io> = match &opts.client_tls {
             Some(config) if tls => {
                 let name = rustls::pki_types::ServerName::try_from(host.clone())?;
-                Box::new(tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?)
+                let config = match opts.http2 {
+                    true => {
+                        let mut h2 = (**config).clone();
+                        h2.alpn_protocols = vec![b"h2".to_vec()];
+                        Arc::new(h2)
+                    }
+                    false => config.clone(),
+                };
+                Box::new(tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?)
             }
             _ => Box::new(tcp),
         };
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tokio_tungstenite::client_async(request, stream).await?)
+        if opts.http2 {
+            let (stream, headers) = crate::over_h2::connect(stream, request).await?;
+            let ws = WebSocketStream::from_raw_socket(Box::new(stream) as Box<dyn Io>, Role::Client, None).await;
+            return Ok::<_, Box<dyn std::error::Error + Send + Sync>>((ws, headers));
+        }
+        let (ws, response) = tokio_tungstenite::client_async(request, stream).await?;
+        Ok((ws, response.headers().clone()))
     };
-    let (ws, response) = tokio::time::timeout(opts.wait, connect)
+    let (ws, headers) = tokio::time::timeout(opts.wait, connect)
         .await
         .map_err(|_| PlayError::Timeout { url: Some(url.clone()), wait: opts.wait })?
         .map_err(failed)?;
     let mut report = Report::default();
     let recorded = session.response_header("sec-websocket-protocol");
-    let got = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+    let got = headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
     if recorded != got {
         report.steps.push(Step::Handshake(format!("subprotocol: recorded {recorded:?}, got {got:?}")));
     }
@@ -399,17 +417,38 @@ pub async fn mock(
         }
         Ok(res)
     };
+    let protocol_name = session.response_header("sec-websocket-protocol").map(str::to_owned);
+    let (http2, mut h2_asked) = (opts.http2, None);
     let handshake = async {
         let stream: Box<dyn Io> = match &opts.server_tls {
-            Some(config) => Box::new(tokio_rustls::TlsAcceptor::from(config.clone()).accept(socket).await?),
+            Some(config) => {
+                let config = match http2 {
+                    true => {
+                        let mut h2 = (**config).clone();
+                        h2.alpn_protocols = vec![b"h2".to_vec()];
+                        Arc::new(h2)
+                    }
+                    false => config.clone(),
+                };
+                Box::new(tokio_rustls::TlsAcceptor::from(config).accept(socket).await?)
+            }
             None => Box::new(socket),
         };
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tokio_tungstenite::accept_hdr_async(stream, callback).await?)
+        if http2 {
+            let (stream, path) = crate::over_h2::accept(stream, protocol_name.as_deref()).await?;
+            h2_asked = Some(path);
+            let ws = WebSocketStream::from_raw_socket(Box::new(stream) as Box<dyn Io>, Role::Server, None).await;
+            return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ws);
+        }
+        Ok(tokio_tungstenite::accept_hdr_async(stream, callback).await?)
     };
     let ws = tokio::time::timeout(opts.wait, handshake)
         .await
         .map_err(|_| PlayError::Timeout { url: None, wait: opts.wait })?
         .map_err(|source| PlayError::Handshake { url: None, source })?;
+    if let Some(path) = h2_asked {
+        asked = path;
+    }
     // A session captured without its handshake has no recorded path to hold the client to.
     if !session.path.is_empty() && asked != session.path {
         report.steps.push(Step::Handshake(format!("path: recorded {:?}, client asked for {asked:?}", session.path)));

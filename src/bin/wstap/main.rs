@@ -167,6 +167,10 @@ struct Play {
     /// How long to wait for each message from the peer.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     wait: std::time::Duration,
+    /// WebSocket over HTTP/2 (RFC 8441): replay sends an extended CONNECT (HTTP/2 with
+    /// prior knowledge on ws://, ALPN h2 on wss://); mock takes one.
+    #[arg(long)]
+    http2: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -192,6 +196,7 @@ impl Play {
             wait: self.wait,
             client_tls: None,
             server_tls: None,
+            http2: self.http2,
         }
     }
 }
