@@ -112,16 +112,12 @@ where
     if h2.connect_protocol {
         b.enable_connect_protocol();
     }
-    let streams = Arc::new(Streams {
-        ctx,
-        id,
-        client,
-        local,
-        shutdown: shutdown.clone(),
-        permit: Arc::new(permit),
-        count: AtomicU64::new(0),
-        how,
-    });
+    let idle_limit = ctx.settings.limits.handshake_timeout;
+    let permit = Arc::new(permit);
+    // Each live stream (a WebSocket session's too) holds the permit: none but ours, idle.
+    let live = Arc::downgrade(&permit);
+    let streams =
+        Arc::new(Streams { ctx, id, client, local, shutdown: shutdown.clone(), permit, count: AtomicU64::new(0), how });
     let service = hyper::service::service_fn(move |req| {
         let streams = streams.clone();
         async move { Ok::<_, Infallible>(streams.answer(req).await) }
@@ -129,9 +125,15 @@ where
     let conn = b.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let mut draining = shutdown.clone();
+    let ending = async {
+        tokio::select! {
+            () = draining.reached(Phase::Draining) => {}
+            () = idle(&live, idle_limit) => debug!("HTTP/2 connection idle; closing it"),
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => Some(r),
-        () = draining.reached(Phase::Draining) => {
+        () = ending => {
             conn.as_mut().graceful_shutdown();
             let mut closing = shutdown.clone();
             tokio::select! {
@@ -145,6 +147,20 @@ where
     }
     let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
     info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
+}
+
+/// Ends once the connection has had no stream open for `limit` (the keep-alive idle
+/// time, `limits.handshake_timeout`, as for HTTP/1.1): then a GOAWAY closes it.
+async fn idle(live: &std::sync::Weak<Permit>, limit: Duration) {
+    let step = (limit / 4).max(Duration::from_millis(100));
+    let mut quiet = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        quiet = if live.strong_count() <= 1 { quiet + step } else { Duration::ZERO };
+        if quiet >= limit {
+            return;
+        }
+    }
 }
 
 impl Streams {
