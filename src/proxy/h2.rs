@@ -143,7 +143,9 @@ where
         }
     };
     if let Some(Err(e)) = result {
-        info!(error = %e, "HTTP/2 connection error");
+        // hyper says "http2 error"; the reason is its source's (a flood: ENHANCE_YOUR_CALM).
+        let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+        info!(error = %e, cause, "HTTP/2 connection error; closed");
     }
     let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
     info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");

@@ -200,6 +200,7 @@ async fn many_websockets_share_one_connection() {
 #[tokio::test]
 async fn a_peer_resetting_streams_in_a_loop_is_cut_off_and_others_are_served() {
     within(async {
+        let (logs, _guard) = Logs::capture();
         let upstream = echo_upstream().await;
         let proxy = h2_proxy(upstream, None).await;
         let mut send = h2_client(proxy.addr()).await;
@@ -222,6 +223,9 @@ async fn a_peer_resetting_streams_in_a_loop_is_cut_off_and_others_are_served() {
         let mut other = h2_client(proxy.addr()).await;
         let (status, _) = connect_websocket(&mut other, "/chat").await;
         assert_eq!(status, StatusCode::OK, "a flood on one connection (cut off: {refused}) holds no other up");
+        assert!(refused, "the flooding connection was cut off");
+        let said = logs.lines_with(&["HTTP/2 connection error", "excessive load"]);
+        assert_eq!(said.len(), 1, "logged once, with why");
     })
     .await;
 }
@@ -415,6 +419,54 @@ async fn an_idle_http2_connection_is_closed_with_a_goaway_after_the_keep_alive_t
         let ended = within(conn).await.unwrap();
         assert!(ended.is_ok(), "a graceful end, not an error: {ended:?}");
         assert!(started.elapsed() >= std::time::Duration::from_millis(900), "not before the keep-alive time");
+    })
+    .await;
+}
+
+/// An HTTP/2 frame: its header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_continuation_flood_is_cut_off_at_the_header_list_limit_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(async {
+        let (logs, _guard) = Logs::capture();
+        let proxy = h2_proxy(echo_upstream().await, None).await;
+        let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        tcp.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+        // HEADERS without END_HEADERS, then CONTINUATION frames of literal fields, never
+        // ending: 200 frames of 16 KiB, far past any header list limit.
+        tcp.write_all(&frame(1, 0, 1, &[0x82, 0x86, 0x84])).await.unwrap();
+        let field: Vec<u8> = [&[0x00, 0x03][..], b"x-a", &[100], &[b'v'; 100]].concat();
+        let block: Vec<u8> = field.iter().copied().cycle().take(16_384).collect();
+        let mut sent = 0;
+        for _ in 0..200 {
+            if tcp.write_all(&frame(9, 0, 1, &block)).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        // The daemon closes the connection (a GOAWAY, then the end).
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+        let (mut at, mut goaway) = (0, false);
+        while at + 9 <= rest.len() {
+            goaway |= rest[at + 3] == 7;
+            at += 9 + u32::from_be_bytes([0, rest[at], rest[at + 1], rest[at + 2]]) as usize;
+        }
+        assert!(goaway || sent < 200, "a GOAWAY, or the connection closed under the flood ({sent} frames sent)");
+        // Another client is served at once.
+        let mut other = h2_client(proxy.addr()).await;
+        let (status, _) = connect_websocket(&mut other, "/chat").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(logs.lines_with(&["HTTP/2 connection error"]).len(), 1, "logged once");
     })
     .await;
 }
