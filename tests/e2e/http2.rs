@@ -470,3 +470,53 @@ async fn a_continuation_flood_is_cut_off_at_the_header_list_limit_and_others_are
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_drain_sends_goaway_and_lets_the_live_websocket_finish() {
+    within(async {
+        let proxy = h2_proxy(echo_upstream().await, None).await;
+        let mut send = h2_client(proxy.addr()).await;
+        let (status, stream) = connect_websocket(&mut send, "/chat").await;
+        assert_eq!(status, StatusCode::OK);
+        let (mut out, mut body) = stream.unwrap();
+        let mut buf = Vec::new();
+        proxy.begin_shutdown().await;
+        // No new stream is taken on the connection: GOAWAY came.
+        let mut refused = false;
+        for _ in 0..100 {
+            let req = Request::get("http://wstap.test/chat").body(()).unwrap();
+            let attempt = async { send.clone().ready().await?.send_request(req, true)?.0.await };
+            if attempt.await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(refused, "a new stream after the drain began is refused");
+        // The live session goes on within the grace period.
+        assert_eq!(echo(&mut out, &mut body, &mut buf, masked_text_frame(b"still on")).await, b"still on");
+        out.send_data(Bytes::from(wstap_wire::wsframe::encode_frame(0x88, &[3, 232], Some([1, 2, 3, 4]))), true)
+            .unwrap();
+        assert_eq!(next_frame(&mut body, &mut buf).await.0, 0x88);
+        drop((out, body, send));
+        proxy.stopped().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_protocol_false_advertises_no_websocket_over_http2() {
+    within(async {
+        let upstream = fixed_upstream("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let toml = format!(
+            "listen = []\n[[listener]]\naddr = \"127.0.0.1:0\"\nhttp2 = true\nconnect_protocol = false\n\
+             [[route]]\nupstream = \"http://{upstream}\"\n"
+        );
+        let proxy = Proxy::start(&toml).await;
+        let mut send = h2_client(proxy.addr()).await;
+        let (resp, _) = send.send_request(Request::get("http://wstap.test/").body(()).unwrap(), true).unwrap();
+        assert_eq!(within(resp).await.unwrap().status(), StatusCode::NO_CONTENT);
+        assert!(!send.is_extended_connect_protocol_enabled());
+    })
+    .await;
+}
