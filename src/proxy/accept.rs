@@ -36,7 +36,7 @@ pub fn accept(
         Listener { tls: None, http2: None } => Box::pin(serve(ctx, accepted, stream)),
         Listener { tls: None, http2: Some(h2) } => Box::pin(async move {
             match h2::sniff(&stream, ctx.settings.limits.handshake_timeout).await {
-                Some(true) => h2::serve(ctx, accepted, stream, h2, "cleartext, prior knowledge").await,
+                Some(true) => h2::serve(ctx, accepted, stream, h2, "cleartext, prior knowledge".to_owned()).await,
                 Some(false) => serve(ctx, accepted, stream).await,
                 None => debug!("connection closed before its first request"),
             }
@@ -73,11 +73,9 @@ async fn accept_tls(
             let about = format!("{}, port {}", tls::describe(server, server.server_name()), local.port());
             debug!(tls = %about, "TLS handshake done");
             let h2 = http2.filter(|_| server.alpn_protocol() == Some(b"h2"));
-            let capture = LegTap::over_tls(tap, keys, about);
+            let capture = LegTap::over_tls(tap, keys, about.clone());
             match h2 {
-                Some(h2) => {
-                    Box::pin(h2::serve(ctx, Accepted { capture, ..accepted }, stream, h2, "TLS, ALPN h2")).await
-                }
+                Some(h2) => Box::pin(h2::serve(ctx, Accepted { capture, ..accepted }, stream, h2, about)).await,
                 None => Box::pin(serve(ctx, Accepted { capture, ..accepted }, stream)).await,
             }
         }

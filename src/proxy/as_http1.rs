@@ -4,6 +4,7 @@
 //! response. Wireshark then reads the exchange as it reads any HTTP/1.1 one.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -30,6 +31,8 @@ pub(crate) struct BodyTap {
     tap: Arc<Tap>,
     side: Side,
     chunked: bool,
+    /// Its end was said.
+    ended: Arc<AtomicBool>,
 }
 
 impl BodyTap {
@@ -55,10 +58,37 @@ impl BodyTap {
         }
     }
 
-    /// The body's end.
+    /// The body's end (once).
     pub(crate) fn end(&self) {
-        if self.chunked {
+        if self.chunked && !self.ended.swap(true, Relaxed) {
             self.say(b"0\r\n\r\n");
+        }
+    }
+}
+
+/// A stream's tap, closed (both ways, then the connection) when this is dropped, unless
+/// it was let go to what closes it itself (a WebSocket session's tee): whatever way the
+/// stream ends (a reset while it was being answered, a refusal), its restated connection
+/// ends in the capture.
+pub(crate) struct TapGuard(Option<Arc<Tap>>);
+
+impl TapGuard {
+    pub(crate) fn new(tap: Option<Arc<Tap>>) -> TapGuard {
+        TapGuard(tap)
+    }
+
+    /// The tap now closes by other means.
+    pub(crate) fn let_go(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        if let Some(tap) = self.0.take() {
+            tap.on_shutdown();
+            tap.on_read_end();
+            tap.on_close();
         }
     }
 }
@@ -72,7 +102,7 @@ pub(crate) fn request<B: Body>(tap: &Arc<Tap>, req: &Request<B>, tunnel: bool) -
     let chunked = body && !req.headers().contains_key(CONTENT_LENGTH);
     fields(&mut head, req.headers(), chunked);
     tap.on_read(&head);
-    body.then(|| BodyTap { tap: tap.clone(), side: Side::Client, chunked })
+    body.then(|| BodyTap { tap: tap.clone(), side: Side::Client, chunked, ended: Arc::default() })
 }
 
 /// Says a response head to `tap` as an HTTP/1.1 head; returns how its body is to be
@@ -90,7 +120,7 @@ pub(crate) fn response(tap: &Arc<Tap>, parts: &Parts, ends: bool, method: &Metho
     }
     fields(&mut head, &parts.headers, chunked);
     tap.on_said(&head);
-    BodyTap { tap: tap.clone(), side: Side::Wstap, chunked }
+    BodyTap { tap: tap.clone(), side: Side::Wstap, chunked, ended: Arc::default() }
 }
 
 /// The fields of a head, `Host` first, and its end.
@@ -110,24 +140,25 @@ fn fields(head: &mut Vec<u8>, headers: &HeaderMap, chunked: bool) {
 }
 
 /// A response body said to its tap as it goes to the client; at its end (or when it is
-/// dropped), the restated connection closes, both ways.
+/// dropped), the restated connection closes, both ways. It holds what it is given to
+/// hold until then (the connection's permit: a stream streaming its answer is live).
 pub(crate) struct Said<B> {
     inner: B,
     tap: Option<BodyTap>,
+    guard: TapGuard,
+    _holds: Option<Arc<dyn Send + Sync>>,
 }
 
 impl<B> Said<B> {
-    /// `inner`, said to `tap` (none: passed on as it is).
-    pub(crate) fn new(inner: B, tap: Option<BodyTap>) -> Said<B> {
-        Said { inner, tap }
+    /// `inner`, said to `tap` (none: passed on as it is), `guard` closing the stream's
+    /// tap once it ends, holding `holds` until then.
+    pub(crate) fn new(inner: B, tap: Option<BodyTap>, guard: TapGuard, holds: Option<Arc<dyn Send + Sync>>) -> Said<B> {
+        Said { inner, tap, guard, _holds: holds }
     }
 
     fn close(&mut self) {
-        if let Some(t) = self.tap.take() {
-            t.tap.on_shutdown();
-            t.tap.on_read_end();
-            t.tap.on_close();
-        }
+        self.tap = None;
+        drop(std::mem::replace(&mut self.guard, TapGuard::new(None)));
     }
 }
 
@@ -163,11 +194,5 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Said<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl<B> Drop for Said<B> {
-    fn drop(&mut self) {
-        self.close();
     }
 }

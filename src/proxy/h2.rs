@@ -23,7 +23,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::header::{
+    HeaderName, HeaderValue, CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -34,7 +36,7 @@ use crate::capture::{ConnId, Layer};
 use crate::config::CaptureMode;
 use crate::config::Http2;
 use crate::proxy::admission::Permit;
-use crate::proxy::as_http1::{self, Said};
+use crate::proxy::as_http1::{self, Said, TapGuard};
 use crate::proxy::client::{Accepted, ClientConn};
 use crate::proxy::conn::Body;
 use crate::proxy::context::ProxyContext;
@@ -47,8 +49,16 @@ use crate::sync::lock;
 /// The client connection preface of HTTP/2.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Streams a client may have open at once.
-const MAX_STREAMS: u32 = 128;
+/// Streams a client may have open at once: each is an upstream connection of its own.
+const MAX_STREAMS: u32 = 32;
+
+/// What hyper buffers for a stream the client does not read, at most.
+const SEND_BUFFER: usize = 64 * 1024;
+
+/// How often a connection quiet that long is asked whether its client is still there
+/// (an HTTP/2 PING), and how long the answer may take.
+const PING_AFTER: Duration = Duration::from_secs(60);
+const PING_WAIT: Duration = Duration::from_secs(20);
 
 /// Streams a client may reset before they were answered, pending at once (rapid reset).
 const MAX_PENDING_RESETS: usize = 32;
@@ -62,6 +72,7 @@ const MAX_LOCAL_RESETS: usize = 256;
 pub(super) async fn sniff(stream: &TcpStream, limit: Duration) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut buf = [0u8; PREFACE.len()];
+    let mut wait = Duration::from_millis(5);
     loop {
         let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await.ok()?.ok()?;
         if n == 0 {
@@ -73,8 +84,10 @@ pub(super) async fn sniff(stream: &TcpStream, limit: Duration) -> Option<bool> {
         if n == PREFACE.len() {
             return Some(true);
         }
-        // Part of the preface: the rest is on its way (rare: it is 24 bytes).
-        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(5))).await;
+        // Part of the preface: the rest is on its way (rare: it is 24 bytes). Looked at
+        // again after 5 ms, then less and less often.
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
     }
 }
 
@@ -88,18 +101,19 @@ struct Streams {
     permit: Arc<Permit>,
     /// Requests so far.
     count: AtomicU64,
-    /// How the connection came: `ALPN h2`, or cleartext with prior knowledge.
-    how: &'static str,
+    /// How the connection came: its TLS (version, suite, SNI, ALPN h2, port), or
+    /// cleartext with prior knowledge.
+    how: String,
 }
 
 /// Serves HTTP/2 on `stream` until the client leaves or the drain closes it (a GOAWAY
 /// first; the streams open get until the end of the grace period).
-pub(super) async fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S, h2: Http2, how: &'static str)
+pub(super) async fn serve<S>(ctx: Arc<ProxyContext>, a: Accepted, stream: S, h2: Http2, how: String)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Accepted { id, client, local, shutdown, permit, .. } = a;
-    info!(how, "connection open (HTTP/2)");
+    info!(how = %how, "connection open (HTTP/2)");
     let started = tokio::time::Instant::now();
     let bytes: ByteCounts = Arc::default();
     let stream = Metered::new(stream, Leg::Client, ctx.traffic.clone(), Some(bytes.clone()));
@@ -108,7 +122,10 @@ where
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(u32::try_from(ctx.settings.limits.max_header_size).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS));
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .max_send_buf_size(SEND_BUFFER)
+        .keep_alive_interval(PING_AFTER)
+        .keep_alive_timeout(PING_WAIT);
     if h2.connect_protocol {
         b.enable_connect_protocol();
     }
@@ -119,26 +136,42 @@ where
     let streams =
         Arc::new(Streams { ctx, id, client, local, shutdown: shutdown.clone(), permit, count: AtomicU64::new(0), how });
     let service = hyper::service::service_fn(move |req| {
+        // Counted here, as hyper accepts each stream (in the order they opened), not
+        // when each task first runs.
+        let n = streams.count.fetch_add(1, Relaxed) + 1;
         let streams = streams.clone();
-        async move { Ok::<_, Infallible>(streams.answer(req).await) }
+        async move { Ok::<_, Infallible>(streams.answer(n, req).await) }
     });
     let conn = b.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let mut draining = shutdown.clone();
+    // A drain gives the streams until the end of the grace period; an idle connection's
+    // client gets the keep-alive time to answer the GOAWAY's PING (hyper closes once it
+    // has), then the connection is dropped.
     let ending = async {
         tokio::select! {
-            () = draining.reached(Phase::Draining) => {}
-            () = idle(&live, idle_limit) => debug!("HTTP/2 connection idle; closing it"),
+            () = draining.reached(Phase::Draining) => None,
+            () = idle(&live, idle_limit) => {
+                debug!("HTTP/2 connection idle; closing it");
+                Some(idle_limit)
+            }
         }
     };
     let result = tokio::select! {
         r = conn.as_mut() => Some(r),
-        () = ending => {
+        bound = ending => {
             conn.as_mut().graceful_shutdown();
             let mut closing = shutdown.clone();
+            let bounded = async {
+                match bound {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 r = conn.as_mut() => Some(r),
                 () = closing.reached(Phase::Closing) => None,
+                () = bounded => None,
             }
         }
     };
@@ -166,62 +199,74 @@ async fn idle(live: &std::sync::Weak<Permit>, limit: Duration) {
 }
 
 impl Streams {
-    /// Answers one stream: as an HTTP/1.1 request would be, a WebSocket's extended
-    /// CONNECT as an Upgrade (its `101` answered with a `200`).
-    async fn answer(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Said<Body>> {
-        let n = self.count.fetch_add(1, Relaxed) + 1;
+    /// Answers one stream (the `n`-th the connection accepted): as an HTTP/1.1 request
+    /// would be, a WebSocket's extended CONNECT as an Upgrade (its `101` answered with a
+    /// `200`).
+    async fn answer(self: Arc<Self>, n: u64, mut req: Request<Incoming>) -> Response<Said<Body>> {
         let id = ConnId(self.id.0 | (n << 32));
         let websocket = req.method() == Method::CONNECT
             && req
                 .extensions()
                 .get::<hyper::ext::Protocol>()
                 .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-        // `:authority` is the Host; the target, in origin form.
-        if let Some(authority) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            req.headers_mut().entry(HOST).or_insert(authority);
-        }
-        let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        *req.uri_mut() = target.parse().unwrap_or_default();
+        normalize(&mut req);
         let conn = Arc::new(ClientConn::new(
             self.ctx.clone(),
             id,
             self.client,
             self.shutdown.clone(),
-            self.stream_capture(id, n, websocket),
+            self.stream_capture(id, websocket),
             self.permit.clone(),
         ));
         let tap = conn.capture.tap.clone();
+        // Whatever way the stream ends, its restated connection ends in the capture.
+        let mut guard = TapGuard::new(tap.clone());
+        // A stream streaming its answer is live: it holds the connection's permit.
+        let holds = Some(self.permit.clone() as Arc<dyn Send + Sync>);
+        let mut body_tap = None;
         if websocket {
             as_upgrade(&mut req);
             *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
-            if let Some(tap) = &tap {
-                as_http1::request(tap, &req, true);
-            }
             debug!(stream = n, "WebSocket over HTTP/2");
-            return accepted(conn.handle(req).await).map(|b| Said::new(b, None));
         }
-        let Some(tap) = tap else { return conn.handle(req).await.map(|b| Said::new(b, None)) };
-        // Restated as HTTP/1.1 for the capture: the request's body as the upstream takes
-        // it, the response's as the client does.
-        if let Some(body) = as_http1::request(&tap, &req, false) {
-            req.extensions_mut().insert(body);
+        if let Some(tap) = &tap {
+            // Restated as HTTP/1.1 for the capture: the request's body as the upstream
+            // takes it, the response's as the client does.
+            body_tap = as_http1::request(tap, &req, websocket);
+            if let Some(body) = &body_tap {
+                req.extensions_mut().insert(body.clone());
+            }
         }
         let method = req.method().clone();
-        let (parts, body) = conn.handle(req).await.into_parts();
+        let resp = conn.handle(req).await;
+        if websocket && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The session's tee has the tap from here on, and closes it.
+            guard.let_go();
+            return accepted(resp).map(|b| Said::new(b, None, guard, None));
+        }
+        let resp = if websocket { accepted(resp) } else { resp };
+        let Some(tap) = tap else { return resp.map(|b| Said::new(b, None, guard, holds)) };
+        // A body the upstream never took (the request failed before): its end is said, so
+        // that the exchange reads on.
+        if let Some(body) = body_tap {
+            body.end();
+        }
+        let (parts, body) = resp.into_parts();
         let said = as_http1::response(&tap, &parts, hyper::body::Body::is_end_stream(&body), &method);
-        Response::from_parts(parts, Said::new(body, Some(said)))
+        Response::from_parts(parts, Said::new(body, Some(said), guard, holds))
     }
 
     /// The tap of a stream's client leg, if it may be recorded (a WebSocket's, or any
     /// stream's where a route records whole connections): written as an HTTP/1.1
     /// connection of its own from a port of the client's address made up for it, with
     /// what really carried it.
-    fn stream_capture(&self, id: ConnId, n: u64, websocket: bool) -> LegTap {
+    fn stream_capture(&self, id: ConnId, websocket: bool) -> LegTap {
         let whole = |r: &crate::config::route::Route| r.policy.mode == CaptureMode::All && r.policy.legs.client;
         if !websocket && !self.ctx.settings.routes.iter().any(whole) {
             return LegTap::default();
         }
-        let port = 49_152 + ((self.id.0.wrapping_mul(64) + n) % 16_384) as u16;
+        let n = id.0 >> 32;
+        let port = synthetic_port();
         let remote = SocketAddr::new(self.client.ip(), port);
         let tap = recording::tap(&self.ctx, Leg::Client, id, self.local, remote, Layer::Http);
         let what = if websocket { "a WebSocket over HTTP/2 (RFC 8441)" } else { "an HTTP/2 request" };
@@ -232,6 +277,29 @@ impl Streams {
         );
         LegTap { tap, carried: Some(carried), ..LegTap::default() }
     }
+}
+
+/// The ports restated connections come from, in turn: 49152–65535 (the dynamic range),
+/// so that two of them share an address and port only 16,384 streams apart.
+fn synthetic_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    49_152 + (NEXT.fetch_add(1, Relaxed) % 16_384) as u16
+}
+
+/// The request as HTTP/1.1 forwards it: `:authority` is its Host (RFC 9113 §8.3.1),
+/// cookie crumbs joined again into one field (§8.2.3), the target in origin form.
+fn normalize(req: &mut Request<Incoming>) {
+    if let Some(authority) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        req.headers_mut().insert(HOST, authority);
+    }
+    let crumbs: Vec<&[u8]> = req.headers().get_all(COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if crumbs.len() > 1 {
+        if let Ok(joined) = HeaderValue::from_bytes(&crumbs.join(&b"; "[..])) {
+            req.headers_mut().insert(COOKIE, joined);
+        }
+    }
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *req.uri_mut() = target.parse().unwrap_or_default();
 }
 
 /// An extended CONNECT made the Upgrade request it stands for: `GET`, `Upgrade:
@@ -267,6 +335,11 @@ fn new_key() -> String {
 /// protocol and extensions kept, the HTTP/1.1 upgrade fields gone); anything else is
 /// passed on as it came.
 fn accepted(resp: Response<Body>) -> Response<Body> {
+    // Any other 2xx would be a tunnel to the client (RFC 8441 §5): not a WebSocket.
+    if resp.status().is_success() {
+        info!(status = resp.status().as_u16(), "upstream answered a WebSocket request without switching; 502");
+        return crate::proxy::conn::error_response(StatusCode::BAD_GATEWAY);
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return resp;
     }

@@ -40,6 +40,10 @@ pub(crate) fn spawn(
             Ok(pair) => pair,
             Err(e) => {
                 span.in_scope(|| info!(error = %e, "upgrade did not complete"));
+                // A leg the socket's tap does not see ends here, in the capture too.
+                if conn.capture.carried.is_some() {
+                    drop(crate::proxy::as_http1::TapGuard::new(conn.capture.tap.clone()));
+                }
                 return;
             }
         };

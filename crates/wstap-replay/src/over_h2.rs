@@ -75,10 +75,14 @@ impl AsyncWrite for H2Stream {
             return Poll::Ready(Ok(0));
         }
         self.send.reserve_capacity(data.len());
-        let n = match ready!(self.send.poll_capacity(cx)) {
-            Some(Ok(n)) => n.min(data.len()),
-            Some(Err(e)) => return Poll::Ready(Err(broken(e))),
-            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        let n = loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                // (None yet: the peer's window is shut; poll_capacity waits again.)
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => break n.min(data.len()),
+                Some(Err(e)) => return Poll::Ready(Err(broken(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
         };
         self.send.send_data(Bytes::copy_from_slice(&data[..n]), false).map_err(broken)?;
         Poll::Ready(Ok(n))
@@ -126,7 +130,7 @@ where
     }
     let (response, stream) = send.send_request(connect.body(())?, false)?;
     let response = response.await?;
-    if response.status() != StatusCode::OK {
+    if !response.status().is_success() {
         return Err(format!("the server answered the extended CONNECT with {}", response.status()).into());
     }
     let (parts, recv) = response.into_parts();
