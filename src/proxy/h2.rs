@@ -117,18 +117,7 @@ where
     let started = tokio::time::Instant::now();
     let bytes: ByteCounts = Arc::default();
     let stream = Metered::new(stream, Leg::Client, ctx.traffic.clone(), Some(bytes.clone()));
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(u32::try_from(ctx.settings.limits.max_header_size).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
-        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
-        .max_send_buf_size(SEND_BUFFER)
-        .keep_alive_interval(PING_AFTER)
-        .keep_alive_timeout(PING_WAIT);
-    if h2.connect_protocol {
-        b.enable_connect_protocol();
-    }
+    let b = server(&ctx, h2);
     let idle_limit = ctx.settings.limits.handshake_timeout;
     let permit = Arc::new(permit);
     // Each live stream (a WebSocket session's too) holds the permit: none but ours, idle.
@@ -182,6 +171,23 @@ where
     }
     let (bytes_in, bytes_out) = (bytes[Dir::Up].load(Relaxed), bytes[Dir::Down].load(Relaxed));
     info!(bytes_in, bytes_out, secs = started.elapsed().as_secs_f64(), "connection closed");
+}
+
+/// hyper's HTTP/2 server, with its bounds (docs/http2.md).
+fn server(ctx: &ProxyContext, h2: Http2) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(ctx.settings.limits.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .max_send_buf_size(SEND_BUFFER)
+        .keep_alive_interval(PING_AFTER)
+        .keep_alive_timeout(PING_WAIT);
+    if h2.connect_protocol {
+        b.enable_connect_protocol();
+    }
+    b
 }
 
 /// Ends once the connection has had no stream open for `limit` (the keep-alive idle
