@@ -47,7 +47,45 @@ pub struct ClientConn {
     /// any request with an `Upgrade` field, and a CONNECT): the session takes it after a
     /// `101`; after any other answer hyper hands the socket to it at the end of the turn
     /// all the same, and the next turn takes it back.
-    pub(crate) upgrade: Mutex<Option<OnUpgrade>>,
+    pub(crate) upgrade: Mutex<Option<ClientSide>>,
+}
+
+/// A byte stream both ways.
+pub(crate) trait Duplex: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// A connection's client side as a session's relay takes it.
+pub(crate) type ClientIo = Box<dyn Duplex>;
+
+/// The client's side of a session, once it has switched protocols.
+pub(crate) enum ClientSide {
+    /// hyper's upgrade of an HTTP/1.1 connection.
+    Upgrade(OnUpgrade),
+    /// An HTTP/2 stream, handed over once its `200` is sent.
+    Stream(tokio::sync::oneshot::Receiver<ClientIo>),
+}
+
+impl ClientSide {
+    /// The client's side, once switched.
+    pub(crate) async fn ready(self) -> std::io::Result<ClientIo> {
+        match self {
+            ClientSide::Upgrade(u) => match u.await {
+                Ok(up) => Ok(Box::new(hyper_util::rt::TokioIo::new(up))),
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+            ClientSide::Stream(rx) => {
+                rx.await.map_err(|_| std::io::Error::other("the stream ended before the session began"))
+            }
+        }
+    }
+
+    /// hyper's upgrade, if it is one.
+    pub(crate) fn into_upgrade(self) -> Option<OnUpgrade> {
+        match self {
+            ClientSide::Upgrade(u) => Some(u),
+            ClientSide::Stream(_) => None,
+        }
+    }
 }
 
 impl ClientConn {

@@ -20,12 +20,13 @@ use wstap_wire::{Dir, Leg, PerLeg};
 
 use crate::capture::{Layer, Tee};
 use crate::config::route::Route;
-use crate::proxy::client::{Accepted, ClientConn};
+use crate::proxy::client::{Accepted, ClientConn, ClientSide};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::error::{Failure, ProxyError};
 use crate::proxy::gate::{self, Answer, Gate};
 use crate::proxy::headers;
 use crate::proxy::metered::Metered;
+use crate::proxy::paced::RequestBody;
 use crate::proxy::path;
 use crate::proxy::recording::{self, Exchange, Recording};
 use crate::proxy::shutdown::{Phase, Shutdown};
@@ -93,7 +94,7 @@ where
                 }
             }
             // Boxed, as the turn.
-            let refused = lock(&conn.upgrade).take();
+            let refused = lock(&conn.upgrade).take().and_then(ClientSide::into_upgrade);
             let Some((io, unread)) = Box::pin(after_turn(parts, refused)).await else { break };
             gate = io.into_inner();
             let whole = gate.end_turn(&unread);
@@ -189,7 +190,7 @@ fn service(
         let (conn, answer) = (conn.clone(), answer.clone());
         async move {
             let keeps = gate::keeps_alive(&req);
-            *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+            *lock(&conn.upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>().map(ClientSide::Upgrade);
             let resp = conn.handle(req).await;
             answer.answered(keeps, &resp);
             Ok::<_, Infallible>(resp)
@@ -271,7 +272,7 @@ struct Routed {
 
 impl ClientConn {
     /// Answers one request.
-    pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn handle<B: RequestBody>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
         let method = req.method().clone();
         // Logged as the capture shows it: userinfo and the listed query values redacted.
         let target = crate::capture::url::Redacted { url: req.uri().clone(), rules: &self.ctx.settings.capture.redact };
@@ -323,7 +324,7 @@ impl ClientConn {
     /// starts the session's relay (and, if the route records it, its capture). Each
     /// request's route says what the connection's capture records of it, before a byte
     /// of it goes upstream.
-    async fn forward(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn forward<B: RequestBody>(self: &Arc<Self>, req: Request<B>) -> Result<Response<Body>, ProxyError> {
         let recording = Recording { ctx: &self.ctx, conn: self.id, client: self.client, client_leg: &self.capture };
         let host = req.headers().get(HOST).cloned();
         let host_str = host.as_ref().and_then(|h| h.to_str().ok()).or(req.uri().host());
@@ -378,14 +379,14 @@ impl ClientConn {
     /// The request as the upstream gets it: the routed path and the query as it came,
     /// hop-by-hop fields stripped (the upgrade pair kept), `X-Forwarded-*`, and the
     /// upstream's `Host` unless the client's is kept.
-    fn upstream_request(
+    fn upstream_request<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         route: &Route,
         path: String,
         host: Option<HeaderValue>,
         upgrade: Option<&HeaderValue>,
-    ) -> Result<Request<Incoming>, ProxyError> {
+    ) -> Result<Request<B>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let target = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),

@@ -17,9 +17,20 @@ use tokio::time::{Instant, Sleep};
 
 use crate::proxy::as_http1::BodyTap;
 
-/// `Incoming`, with a deadline between frames.
-pub struct Paced {
-    inner: Incoming,
+/// What a request's body may be: hyper's (HTTP/1.1), or an HTTP/2 stream's.
+pub trait RequestBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+/// A request body, with a deadline between frames.
+pub struct Paced<B = Incoming> {
+    inner: B,
     limit: Option<Duration>,
     deadline: Pin<Box<Sleep>>,
     /// Set when the deadline passed: the request failed because of the client.
@@ -42,20 +53,20 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
-impl Paced {
+impl<B> Paced<B> {
     /// `inner`, allowed `limit` between frames (none: no limit); `expired` is set on expiry.
-    pub fn new(inner: Incoming, limit: Option<Duration>, expired: Arc<AtomicBool>) -> Paced {
+    pub fn new(inner: B, limit: Option<Duration>, expired: Arc<AtomicBool>) -> Paced<B> {
         let deadline = Box::pin(tokio::time::sleep(limit.unwrap_or(Duration::ZERO)));
         Paced { inner, limit, deadline, expired, started: false, said: None }
     }
 
     /// The body, said to `said` as it goes.
-    pub(crate) fn saying(self, said: Option<BodyTap>) -> Paced {
+    pub(crate) fn saying(self, said: Option<BodyTap>) -> Paced<B> {
         Paced { said, ..self }
     }
 }
 
-impl Body for Paced {
+impl<B: RequestBody> Body for Paced<B> {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 

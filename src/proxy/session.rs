@@ -13,7 +13,7 @@ use wstap_wire::{Dir, PerLeg};
 
 use crate::capture::{Ending, Tap, Tee};
 use crate::config::route::Route;
-use crate::proxy::client::ClientConn;
+use crate::proxy::client::{ClientConn, ClientSide};
 use crate::proxy::recording;
 use crate::proxy::shutdown::Phase;
 use crate::proxy::splice;
@@ -24,7 +24,7 @@ use crate::proxy::traffic::{ByteCounts, LiveSession};
 /// switched protocols.
 pub(crate) fn spawn(
     conn: &Arc<ClientConn>,
-    client: OnUpgrade,
+    client: ClientSide,
     upstream: OnUpgrade,
     route: Route,
     upstream_tap: Option<Arc<Tap>>,
@@ -36,7 +36,8 @@ pub(crate) fn spawn(
     let span = info_span!("session", path_prefix = %route.path_prefix, upstream = %route.upstream);
     tokio::spawn(async move {
         let mut shutdown = conn.shutdown.clone();
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
+        let upstream = async { upstream.await.map_err(std::io::Error::other) };
+        let (client, upstream) = match tokio::try_join!(client.ready(), upstream) {
             Ok(pair) => pair,
             Err(e) => {
                 span.in_scope(|| info!(error = %e, "upgrade did not complete"));
@@ -53,7 +54,7 @@ pub(crate) fn spawn(
         let idle = conn.ctx.settings.limits.idle_timeout;
         // A leg the socket's tap does not see (an HTTP/2 stream) is tapped here.
         let tap = conn.capture.carried.as_ref().and(conn.capture.tap.clone());
-        let (mut client, mut upstream) = (Tee::new(TokioIo::new(client), tap), TokioIo::new(upstream));
+        let (mut client, mut upstream) = (Tee::new(client, tap), TokioIo::new(upstream));
         let counts: ByteCounts = Arc::default();
         let live = LiveSession {
             started: std::time::Instant::now(),
@@ -68,12 +69,6 @@ pub(crate) fn spawn(
         // Pinned here, and the relay holds a pointer to it.
         let stop = std::pin::pin!(shutdown.reached(Phase::Closing));
         let done = splice::splice(&mut client, &mut upstream, &counts, idle, stop).await;
-        if conn.capture.carried.is_some() {
-            // An HTTP/2 stream dropped before its peer ended it is reset, and what was
-            // still to send to it (the close's answer) goes with it: its peer gets a
-            // moment to end it first.
-            linger(&mut client).await;
-        }
         let ending = Ending::Session { conn: conn.id, end: done.end.said() };
         recording::closing(PerLeg::new(conn.capture.tap.as_ref(), upstream_tap.as_ref()), &ending);
         drop((client, upstream));
@@ -81,16 +76,4 @@ pub(crate) fn spawn(
         let secs = started.elapsed().as_secs_f64();
         span.in_scope(|| info!(up, down, secs, end = %done.end, "websocket session ended"));
     });
-}
-
-/// How long an HTTP/2 stream whose session ended waits for its peer to end it.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads (and drops) what the peer still sends, until it ends the stream, for at most
-/// [`LINGER`].
-async fn linger<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
-    use tokio::io::AsyncReadExt;
-    let mut sink = [0u8; 512];
-    let _ =
-        tokio::time::timeout(LINGER, async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} }).await;
 }

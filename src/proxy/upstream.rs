@@ -65,10 +65,10 @@ impl UpstreamConn {
     /// head (up to `limits.upstream_timeout`). An `upgrade` request's connection goes to
     /// its session (or, refused, closes); any other is parked again after its response,
     /// when both sides keep it alive.
-    pub(crate) async fn send(
+    pub(crate) async fn send<B: crate::proxy::paced::RequestBody>(
         &mut self,
         ctx: &ProxyContext,
-        req: Request<Incoming>,
+        req: Request<B>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         let Between::Parked(socket) = std::mem::replace(&mut self.between, Between::Gone) else {
@@ -140,7 +140,10 @@ async fn finish<F: std::future::Future<Output = hyper::Result<()>>>(conn: F) {
 
 /// Runs an upstream connection to the end of its one exchange, and hands its socket back
 /// (when nothing past the response was read).
-async fn hand_back(conn: hyper::client::conn::http1::Connection<TokioIo<Socket>, Paced>, tx: oneshot::Sender<Socket>) {
+async fn hand_back<B: crate::proxy::paced::RequestBody>(
+    conn: hyper::client::conn::http1::Connection<TokioIo<Socket>, Paced<B>>,
+    tx: oneshot::Sender<Socket>,
+) {
     match conn.without_shutdown().await {
         Ok(parts) if parts.read_buf.is_empty() => {
             let mut socket = parts.io.into_inner();

@@ -147,7 +147,7 @@ async fn a_websocket_over_http2_is_bridged_and_written_as_an_http1_session() {
         let binary: usize = files.iter().map(|f| fields(f, "websocket.opcode == 2", &["frame.number"]).len()).sum();
         assert_eq!(binary, 2);
         let comments = tshark(&file, &["-T", "fields", "-e", "frame.comment"]);
-        assert!(comments.contains("WebSocket over HTTP/2 (RFC 8441)"), "{comments}");
+        assert!(comments.contains("WebSocket over HTTP/2 (RFC 8441), stream 1 of the connection"), "{comments}");
     })
     .await;
 }
@@ -334,7 +334,7 @@ async fn in_mode_all_each_http2_request_is_written_as_an_http1_exchange() {
         assert_eq!(answers.len(), 3, "{answers:?}");
         assert!(bodies.contains(&"hello") && bodies.contains(&"abcdefg"), "{answers:?}");
         let comments = tshark(&file, &["-T", "fields", "-e", "frame.comment"]);
-        assert!(comments.contains("is an HTTP/2 request, request 1 of the connection"), "{comments}");
+        assert!(comments.contains("is an HTTP/2 request, stream 1 of the connection"), "{comments}");
     })
     .await;
 }

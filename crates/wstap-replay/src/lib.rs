@@ -64,7 +64,7 @@ pub mod dissect;
 mod filter;
 pub mod input;
 pub mod jsonpath;
-mod over_h2;
+pub mod over_h2;
 mod player;
 pub mod reassembly;
 mod session;

@@ -25,7 +25,8 @@ pub struct H2Stream {
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl H2Stream {
-    fn new(send: SendStream<Bytes>, recv: RecvStream) -> H2Stream {
+    /// The stream whose halves these are.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> H2Stream {
         H2Stream { send, recv: Some(recv), buf: Bytes::new() }
     }
 }
