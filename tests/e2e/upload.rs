@@ -399,7 +399,15 @@ async fn a_file_larger_than_a_part_is_stored_in_parts_then_deleted_here() {
     traffic(i.addr, 80, 64 * 1024).await;
     // A live session names the instance that carries it.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/live", i.addr)).await.unwrap();
-    let sessions = raw_exchange(i.admin, b"GET /sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    // (Listed once the session's task has both sides: just after the client's 101.)
+    let mut sessions = String::new();
+    for _ in 0..500 {
+        sessions = raw_exchange(i.admin, b"GET /sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        if !sessions.ends_with("[]") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(sessions.contains("\"instance\":\"eu-6\""), "{sessions}");
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = within(ws.next()).await {}
