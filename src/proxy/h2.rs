@@ -54,6 +54,11 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Streams a client may have open at once: each is an upstream connection of its own.
 const MAX_STREAMS: u32 = 32;
 
+/// What a client may send before wstap reads it, a stream and the whole connection
+/// (HTTP/2's default, 64 KiB, would hold a fast client to a window per round trip).
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 /// What is buffered for a stream the client does not read, at most.
 const SEND_BUFFER: usize = 64 * 1024;
 
@@ -179,7 +184,9 @@ fn server(ctx: &ProxyContext, h2: Http2) -> ::h2::server::Builder {
         .max_header_list_size(u32::try_from(ctx.settings.limits.max_header_size).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
-        .max_send_buffer_size(SEND_BUFFER);
+        .max_send_buffer_size(SEND_BUFFER)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     if h2.connect_protocol {
         b.enable_connect_protocol();
     }
