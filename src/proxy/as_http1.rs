@@ -43,9 +43,10 @@ impl BodyTap {
         }
     }
 
-    /// A piece of the body.
+    /// A piece of the body (none after its end was said: a request body still coming
+    /// after an early answer is not restated past that answer).
     pub(crate) fn data(&self, bytes: &[u8]) {
-        if bytes.is_empty() {
+        if bytes.is_empty() || self.ended.load(Relaxed) {
             return;
         }
         match self.chunked {
@@ -60,7 +61,7 @@ impl BodyTap {
 
     /// The body's end (once).
     pub(crate) fn end(&self) {
-        if self.chunked && !self.ended.swap(true, Relaxed) {
+        if !self.ended.swap(true, Relaxed) && self.chunked {
             self.say(b"0\r\n\r\n");
         }
     }
