@@ -124,6 +124,14 @@ pub(crate) fn response(tap: &Arc<Tap>, parts: &Parts, ends: bool, method: &Metho
     BodyTap { tap: tap.clone(), side: Side::Wstap, chunked, ended: Arc::default() }
 }
 
+/// Says the upstream's `101` (its `headers`) to `tap` as an HTTP/1.1 head: what a
+/// restated WebSocket's client is answered.
+pub(crate) fn switched(tap: &Arc<Tap>, headers: &HeaderMap) {
+    let mut head = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
+    fields(&mut head, headers, false);
+    tap.on_said(&head);
+}
+
 /// The fields of a head, `Host` first, and its end.
 fn fields(head: &mut Vec<u8>, headers: &HeaderMap, chunked: bool) {
     let host = headers.get(hyper::header::HOST).into_iter().map(|v| (&hyper::header::HOST, v));

@@ -367,7 +367,7 @@ impl ClientConn {
         // A leg written as HTTP/1.1 though it is not (a WebSocket over HTTP/2): the `101`
         // it stands for, before the session's first frame.
         if let (Some(tap), Some(_)) = (&self.capture.tap, &self.capture.carried) {
-            tap.on_said(&headers::switching_head(resp.headers()));
+            crate::proxy::as_http1::switched(tap, resp.headers());
         }
         crate::proxy::session::spawn(self, client_upgrade, upstream_upgrade, route.clone(), up.capture.tap, captured);
         let (mut parts, body) = resp.into_parts();

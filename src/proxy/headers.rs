@@ -1,6 +1,5 @@
 //! Header rules of a reverse proxy: hop-by-hop fields (RFC 9110 §7.6.1), the WebSocket
-//! upgrade pair, `X-Forwarded-*`, and a `101` as the HTTP/1.1 head it is. Pure functions
-//! over a `HeaderMap`.
+//! upgrade pair, and `X-Forwarded-*`. Pure functions over a `HeaderMap`.
 
 use std::net::IpAddr;
 
@@ -78,19 +77,6 @@ fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|o| !o.is_empty())
-}
-
-/// The upstream's `101` as an HTTP/1.1 head: what the capture shows wstap answering.
-pub fn switching_head(headers: &HeaderMap) -> Vec<u8> {
-    let mut head = b"HTTP/1.1 101 Switching Protocols\r\n".to_vec();
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 #[cfg(test)]
